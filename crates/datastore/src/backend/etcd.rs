@@ -1,0 +1,467 @@
+//! etcd v3 backend.
+//!
+//! Keys are `/brindle/<plural.group>/<namespace>/<name>` (no namespace segment for
+//! cluster-scoped kinds), values are the object's JSON without `resourceVersion`, and
+//! resourceVersion is the key's `mod_revision`. Writes are transactions that compare the
+//! key's revision, so an update with a resourceVersion is a compare-and-swap in one round trip.
+//! On update the object's metadata is stored as given (uid and creationTimestamp are kept
+//! when the caller sends back what it read, as every read-modify-write does).
+//!
+//! Watches run in a task of their own: when the connection drops they re-watch from the last
+//! revision delivered, and when etcd has compacted that revision they end with `Expired`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use super::{meta, Backend, RawEvent, RawList, RawWatch};
+use crate::{Key, ResourceType, Result, StoreError};
+
+const NAME: &str = "etcd";
+/// Objects per page when listing, so a large list never exceeds gRPC's message limit.
+const LIST_PAGE: i64 = 500;
+
+#[derive(Clone)]
+pub struct EtcdBackend {
+    client: Client,
+    endpoints: String,
+    root: String,
+}
+
+impl EtcdBackend {
+    /// Connects lazily: an unreachable etcd shows up as `Unavailable` on the first operation.
+    pub async fn connect(endpoints: &[String]) -> Result<Self> {
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_timeout(Duration::from_secs(10))
+            .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
+        let joined = endpoints.join(",");
+        let client =
+            Client::connect(endpoints, Some(opts))
+                .await
+                .map_err(|e| StoreError::Unavailable {
+                    backend: NAME,
+                    endpoint: joined.clone(),
+                    key: Key::new("(connect)", None, None),
+                    source: Box::new(e),
+                })?;
+        Ok(EtcdBackend {
+            client,
+            endpoints: joined,
+            root: "/brindle/".into(),
+        })
+    }
+
+    /// The raw client, for tools that need etcd itself (benchmarks, compaction in tests).
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    fn etcd_key(&self, ty: &ResourceType, ns: Option<&str>, name: &str) -> String {
+        format!("{}{}", self.prefix(ty, ns), name)
+    }
+
+    fn prefix(&self, ty: &ResourceType, ns: Option<&str>) -> String {
+        match ns {
+            Some(ns) => format!("{}{}/{ns}/", self.root, ty.resource_name()),
+            None => format!("{}{}/", self.root, ty.resource_name()),
+        }
+    }
+
+    fn err(&self, key: Key, e: etcd_client::Error) -> StoreError {
+        if is_unavailable(&e) {
+            StoreError::Unavailable {
+                backend: NAME,
+                endpoint: self.endpoints.clone(),
+                key,
+                source: Box::new(e),
+            }
+        } else {
+            StoreError::Backend {
+                backend: NAME,
+                key,
+                message: e.to_string(),
+            }
+        }
+    }
+
+    fn decode(&self, key: impl FnOnce() -> Key, kv: &KeyValue) -> Result<Value> {
+        let mut v: Value =
+            serde_json::from_slice(kv.value()).map_err(|source| StoreError::Decode {
+                backend: NAME,
+                key: key(),
+                source,
+            })?;
+        meta::set(&mut v, "resourceVersion", kv.mod_revision().to_string());
+        Ok(v)
+    }
+
+    fn encode(obj: &Value) -> Vec<u8> {
+        let mut obj = obj.clone();
+        meta::remove(&mut obj, "resourceVersion");
+        serde_json::to_vec(&obj).expect("a serde_json::Value always serializes")
+    }
+
+    /// Why a guarded write failed: the key's current state from the transaction's else-branch.
+    fn current(resp: &etcd_client::TxnResponse) -> Option<KeyValue> {
+        resp.op_responses().into_iter().find_map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().cloned(),
+            _ => None,
+        })
+    }
+}
+
+fn is_unavailable(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+        ),
+        _ => false,
+    }
+}
+
+fn parse_revision(ty: &ResourceType, ns: Option<&str>, rev: &str) -> Result<i64> {
+    rev.parse().map_err(|_| StoreError::Backend {
+        backend: NAME,
+        key: ty.key(ns, None),
+        message: format!("{rev:?} is not an etcd revision"),
+    })
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn name_of(obj: &Value) -> (Option<String>, String) {
+    (
+        meta::namespace(obj).map(str::to_owned),
+        meta::name(obj).unwrap_or_default().to_owned(),
+    )
+}
+
+#[async_trait]
+impl Backend for EtcdBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn get(&self, ty: &ResourceType, ns: Option<&str>, name: &str) -> Result<Option<Value>> {
+        let key = || ty.key(ns, Some(name));
+        let resp = self
+            .client
+            .kv_client()
+            .get(self.etcd_key(ty, ns, name), None)
+            .await
+            .map_err(|e| self.err(key(), e))?;
+        resp.kvs()
+            .first()
+            .map(|kv| self.decode(key, kv))
+            .transpose()
+    }
+
+    async fn list(&self, ty: &ResourceType, ns: Option<&str>) -> Result<RawList> {
+        let prefix = self.prefix(ty, ns);
+        let end = prefix_end(&prefix);
+        let mut kv = self.client.kv_client();
+        let mut start = prefix.clone().into_bytes();
+        let mut revision = 0;
+        let mut items = vec![];
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision); // every page from one snapshot
+            }
+            let resp = kv
+                .get(start.clone(), Some(opts))
+                .await
+                .map_err(|e| self.err(ty.key(ns, None), e))?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            for kv in resp.kvs() {
+                let key = || Key::new(&String::from_utf8_lossy(kv.key()), None, None);
+                items.push(self.decode(key, kv)?);
+            }
+            match resp.kvs().last() {
+                Some(last) if resp.more() => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => break,
+            }
+        }
+        Ok(RawList {
+            items,
+            revision: revision.to_string(),
+        })
+    }
+
+    async fn create(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {
+        let (ns, name) = name_of(&obj);
+        let key = || ty.key(ns.as_deref(), Some(&name));
+        let k = self.etcd_key(ty, ns.as_deref(), &name);
+        meta::stamp_created(&mut obj, uuid::Uuid::new_v4().to_string());
+        let txn = Txn::new()
+            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(k, Self::encode(&obj), None)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(key(), e))?;
+        if !resp.succeeded() {
+            return Err(StoreError::AlreadyExists {
+                backend: NAME,
+                key: key(),
+            });
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+        meta::set(&mut obj, "resourceVersion", rev.to_string());
+        Ok(obj)
+    }
+
+    async fn update(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {
+        let (ns, name) = name_of(&obj);
+        let key = || ty.key(ns.as_deref(), Some(&name));
+        let k = self.etcd_key(ty, ns.as_deref(), &name);
+        let expected = meta::resource_version(&obj).map(str::to_owned);
+        let guard = match &expected {
+            Some(rv) => Compare::mod_revision(
+                k.clone(),
+                CompareOp::Equal,
+                parse_revision(ty, ns.as_deref(), rv)?,
+            ),
+            None => Compare::create_revision(k.clone(), CompareOp::NotEqual, 0),
+        };
+        let txn = Txn::new()
+            .when([guard])
+            .and_then([TxnOp::put(k.clone(), Self::encode(&obj), None)])
+            .or_else([TxnOp::get(k, None)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(key(), e))?;
+        if !resp.succeeded() {
+            return Err(match (Self::current(&resp), expected) {
+                (None, _) => StoreError::NotFound {
+                    backend: NAME,
+                    key: key(),
+                },
+                (Some(_), Some(expected)) => StoreError::Conflict {
+                    backend: NAME,
+                    key: key(),
+                    expected,
+                },
+                (Some(_), None) => StoreError::Backend {
+                    backend: NAME,
+                    key: key(),
+                    message: "unconditional update failed although the key exists".into(),
+                },
+            });
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+        meta::set(&mut obj, "resourceVersion", rev.to_string());
+        Ok(obj)
+    }
+
+    async fn delete(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        precondition: Option<&str>,
+    ) -> Result<()> {
+        let key = || ty.key(ns, Some(name));
+        let k = self.etcd_key(ty, ns, name);
+        let guard = match precondition {
+            Some(rv) => {
+                Compare::mod_revision(k.clone(), CompareOp::Equal, parse_revision(ty, ns, rv)?)
+            }
+            None => Compare::create_revision(k.clone(), CompareOp::NotEqual, 0),
+        };
+        let txn = Txn::new()
+            .when([guard])
+            .and_then([TxnOp::delete(k.clone(), None)])
+            .or_else([TxnOp::get(k, None)]);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(key(), e))?;
+        if resp.succeeded() {
+            return Ok(());
+        }
+        Err(match (Self::current(&resp), precondition) {
+            (Some(_), Some(expected)) => StoreError::Conflict {
+                backend: NAME,
+                key: key(),
+                expected: expected.to_owned(),
+            },
+            _ => StoreError::NotFound {
+                backend: NAME,
+                key: key(),
+            },
+        })
+    }
+
+    async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {
+        let from = parse_revision(ty, ns, revision)?;
+        let (tx, mut rx) = mpsc::channel(1024);
+        let w = Watch {
+            backend: self.clone(),
+            prefix: self.prefix(ty, ns),
+            key: ty.key(ns, None),
+            last: from,
+            tx,
+        };
+        tokio::spawn(w.run());
+        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+    }
+}
+
+/// One watch's task: follows etcd from `last`, re-watching after a dropped connection.
+struct Watch {
+    backend: EtcdBackend,
+    prefix: String,
+    key: Key,
+    /// The revision of the last change delivered (or the starting revision).
+    last: i64,
+    tx: mpsc::Sender<Result<RawEvent>>,
+}
+
+enum Ended {
+    /// The receiver is gone or the watch expired: stop.
+    Stop,
+    /// The connection dropped: watch again from `last`.
+    Reconnect(String),
+}
+
+impl Watch {
+    async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.follow().await {
+                Ended::Stop => return,
+                Ended::Reconnect(why) => {
+                    warn!(key = %self.key, revision = self.last, error = %why,
+                        "etcd watch interrupted; re-watching");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.tx.closed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn follow(&mut self) -> Ended {
+        let opts = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.last + 1)
+            .with_prev_key()
+            .with_progress_notify();
+        let mut client = self.backend.client.watch_client();
+        let mut stream = match client.watch(self.prefix.clone(), Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => return Ended::Reconnect(e.to_string()),
+        };
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                _ = self.tx.closed() => return Ended::Stop,
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ended::Reconnect("stream closed by etcd".into()),
+                Err(e) => return Ended::Reconnect(e.to_string()),
+            };
+            if resp.canceled() {
+                if resp.compact_revision() > 0 {
+                    let _ = self.tx.send(Err(self.expired())).await;
+                    return Ended::Stop;
+                }
+                return Ended::Reconnect(format!("watch cancelled: {}", resp.cancel_reason()));
+            }
+            if resp.events().is_empty() && !resp.created() {
+                // A progress notification: nothing on our prefix up to this revision.
+                if let Some(h) = resp.header() {
+                    self.last = self.last.max(h.revision());
+                }
+                continue;
+            }
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let event = match self.event(ev.event_type(), kv, ev.prev_kv()) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        // A value that does not decode is reported and skipped, not fatal.
+                        warn!(key = %self.key, error = %e, "undecodable value in watch");
+                        self.last = kv.mod_revision();
+                        continue;
+                    }
+                };
+                self.last = kv.mod_revision();
+                if self.tx.send(Ok(event)).await.is_err() {
+                    return Ended::Stop;
+                }
+            }
+        }
+    }
+
+    fn event(&self, t: EventType, kv: &KeyValue, prev: Option<&KeyValue>) -> Result<RawEvent> {
+        let key = || Key::new(&String::from_utf8_lossy(kv.key()), None, None);
+        Ok(match t {
+            EventType::Put if kv.create_revision() == kv.mod_revision() => {
+                RawEvent::Added(self.backend.decode(key, kv)?)
+            }
+            EventType::Put => RawEvent::Modified(self.backend.decode(key, kv)?),
+            EventType::Delete => {
+                let Some(prev) = prev else {
+                    debug!(key = %key(), "delete without previous value");
+                    return Err(StoreError::Backend {
+                        backend: NAME,
+                        key: key(),
+                        message: "delete event without the previous value".into(),
+                    });
+                };
+                let mut last = self.backend.decode(key, prev)?;
+                meta::set(&mut last, "resourceVersion", kv.mod_revision().to_string());
+                RawEvent::Deleted(last)
+            }
+        })
+    }
+
+    fn expired(&self) -> StoreError {
+        StoreError::Expired {
+            backend: NAME,
+            key: self.key.clone(),
+            revision: self.last.to_string(),
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! An in-process backend for unit tests of other crates, with the same semantics as etcd:
+//! a global revision, resourceVersion = the revision of the last write, watch history that
+//! can be compacted, and an outage switch to test how callers behave when the store is down.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use super::{meta, Backend, RawEvent, RawList, RawWatch};
+use crate::{Key, ResourceType, Result, StoreError};
+
+const NAME: &str = "memory";
+
+#[derive(Clone, Default)]
+pub struct MemoryBackend {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    revision: u64,
+    compacted: u64,
+    objects: BTreeMap<String, Value>,
+    history: Vec<(u64, String, RawEvent)>,
+    watchers: Vec<Watcher>,
+    unavailable: bool,
+}
+
+struct Watcher {
+    prefix: String,
+    tx: mpsc::UnboundedSender<Result<RawEvent>>,
+}
+
+fn path(ty: &ResourceType, ns: Option<&str>, name: &str) -> String {
+    match ns {
+        Some(ns) => format!("{}/{ns}/{name}", ty.resource_name()),
+        None => format!("{}/{name}", ty.resource_name()),
+    }
+}
+
+fn prefix(ty: &ResourceType, ns: Option<&str>) -> String {
+    match ns {
+        Some(ns) => format!("{}/{ns}/", ty.resource_name()),
+        None => format!("{}/", ty.resource_name()),
+    }
+}
+
+fn parse_revision(ty: &ResourceType, ns: Option<&str>, rev: &str) -> Result<u64> {
+    rev.parse().map_err(|_| StoreError::Backend {
+        backend: NAME,
+        key: ty.key(ns, None),
+        message: format!("{rev:?} is not a revision of this store"),
+    })
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain data behind; keep using it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_available(&self, key: impl FnOnce() -> Key) -> Result<MutexGuard<'_, Inner>> {
+        let inner = self.lock();
+        if inner.unavailable {
+            return Err(StoreError::Unavailable {
+                backend: NAME,
+                endpoint: "memory".into(),
+                key: key(),
+                source: "the memory store is switched off (set_unavailable)".into(),
+            });
+        }
+        Ok(inner)
+    }
+
+    /// Forgets watch history up to now; watches from older revisions then expire.
+    pub fn compact(&self) {
+        let mut inner = self.lock();
+        inner.compacted = inner.revision;
+        inner.history.clear();
+    }
+
+    /// While set, every operation fails with `Unavailable` (open watches stay open).
+    pub fn set_unavailable(&self, down: bool) {
+        self.lock().unavailable = down;
+    }
+}
+
+impl Inner {
+    fn commit(&mut self, path: String, event: RawEvent) {
+        let rev = self.revision;
+        self.watchers
+            .retain(|w| !path.starts_with(&w.prefix) || w.tx.send(Ok(event.clone())).is_ok());
+        self.history.push((rev, path, event));
+    }
+
+    fn write(&mut self, path: String, mut obj: Value, created: bool) -> Value {
+        self.revision += 1;
+        meta::set(&mut obj, "resourceVersion", self.revision.to_string());
+        self.objects.insert(path.clone(), obj.clone());
+        let ev = if created {
+            RawEvent::Added(obj.clone())
+        } else {
+            RawEvent::Modified(obj.clone())
+        };
+        self.commit(path, ev);
+        obj
+    }
+}
+
+#[async_trait]
+impl Backend for MemoryBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn get(&self, ty: &ResourceType, ns: Option<&str>, name: &str) -> Result<Option<Value>> {
+        let inner = self.lock_available(|| ty.key(ns, Some(name)))?;
+        Ok(inner.objects.get(&path(ty, ns, name)).cloned())
+    }
+
+    async fn list(&self, ty: &ResourceType, ns: Option<&str>) -> Result<RawList> {
+        let inner = self.lock_available(|| ty.key(ns, None))?;
+        let p = prefix(ty, ns);
+        let items = inner
+            .objects
+            .range(p.clone()..)
+            .take_while(|(k, _)| k.starts_with(&p))
+            .map(|(_, v)| v.clone())
+            .collect();
+        Ok(RawList {
+            items,
+            revision: inner.revision.to_string(),
+        })
+    }
+
+    async fn create(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {
+        let ns = meta::namespace(&obj).map(str::to_owned);
+        let name = meta::name(&obj).unwrap_or_default().to_owned();
+        let key = || ty.key(ns.as_deref(), Some(&name));
+        let mut inner = self.lock_available(key)?;
+        let p = path(ty, ns.as_deref(), &name);
+        if inner.objects.contains_key(&p) {
+            return Err(StoreError::AlreadyExists {
+                backend: NAME,
+                key: key(),
+            });
+        }
+        meta::stamp_created(&mut obj, uuid::Uuid::new_v4().to_string());
+        Ok(inner.write(p, obj, true))
+    }
+
+    async fn update(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {
+        let ns = meta::namespace(&obj).map(str::to_owned);
+        let name = meta::name(&obj).unwrap_or_default().to_owned();
+        let key = || ty.key(ns.as_deref(), Some(&name));
+        let mut inner = self.lock_available(key)?;
+        let p = path(ty, ns.as_deref(), &name);
+        let Some(current) = inner.objects.get(&p) else {
+            return Err(StoreError::NotFound {
+                backend: NAME,
+                key: key(),
+            });
+        };
+        if let Some(expected) = meta::resource_version(&obj) {
+            if meta::resource_version(current) != Some(expected) {
+                return Err(StoreError::Conflict {
+                    backend: NAME,
+                    key: key(),
+                    expected: expected.to_owned(),
+                });
+            }
+        }
+        meta::carry_server_fields(current, &mut obj);
+        Ok(inner.write(p, obj, false))
+    }
+
+    async fn delete(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        precondition: Option<&str>,
+    ) -> Result<()> {
+        let key = || ty.key(ns, Some(name));
+        let mut inner = self.lock_available(key)?;
+        let p = path(ty, ns, name);
+        let Some(current) = inner.objects.get(&p) else {
+            return Err(StoreError::NotFound {
+                backend: NAME,
+                key: key(),
+            });
+        };
+        if let Some(expected) = precondition {
+            if meta::resource_version(current) != Some(expected) {
+                return Err(StoreError::Conflict {
+                    backend: NAME,
+                    key: key(),
+                    expected: expected.to_owned(),
+                });
+            }
+        }
+        let mut last = inner.objects.remove(&p).unwrap_or_default();
+        inner.revision += 1;
+        meta::set(&mut last, "resourceVersion", inner.revision.to_string());
+        inner.commit(p, RawEvent::Deleted(last));
+        Ok(())
+    }
+
+    async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {
+        let from = parse_revision(ty, ns, revision)?;
+        let mut inner = self.lock_available(|| ty.key(ns, None))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        if from < inner.compacted {
+            let _ = tx.send(Err(StoreError::Expired {
+                backend: NAME,
+                key: ty.key(ns, None),
+                revision: revision.to_owned(),
+            }));
+        } else {
+            let p = prefix(ty, ns);
+            // Replay and subscribe under one lock: nothing can slip between the two.
+            for (rev, path, ev) in &inner.history {
+                if *rev > from && path.starts_with(&p) {
+                    let _ = tx.send(Ok(ev.clone()));
+                }
+            }
+            inner.watchers.push(Watcher { prefix: p, tx });
+        }
+        Ok(tokio_stream_from(rx))
+    }
+}
+
+fn tokio_stream_from(mut rx: mpsc::UnboundedReceiver<Result<RawEvent>>) -> RawWatch {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}

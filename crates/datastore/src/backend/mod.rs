@@ -1,0 +1,131 @@
+//! The backend interface: JSON objects in, JSON objects out, with the Store's semantics
+//! (see the crate docs). Typing, validation and defaults are the [`crate::Store`]'s job.
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use serde_json::Value;
+
+use crate::{ResourceType, Result};
+
+pub mod etcd;
+pub mod kubernetes;
+pub mod memory;
+
+/// A list and the revision it was read at; watch from that revision to follow on.
+#[derive(Debug, Clone)]
+pub struct RawList {
+    pub items: Vec<Value>,
+    pub revision: String,
+}
+
+/// One change. A deleted object is its last state, with the deletion's resourceVersion.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawEvent {
+    Added(Value),
+    Modified(Value),
+    Deleted(Value),
+}
+
+impl RawEvent {
+    pub fn object(&self) -> &Value {
+        match self {
+            RawEvent::Added(v) | RawEvent::Modified(v) | RawEvent::Deleted(v) => v,
+        }
+    }
+}
+
+pub type RawWatch = BoxStream<'static, Result<RawEvent>>;
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// `etcd`, `kubernetes` or `memory`, for errors and logs.
+    fn name(&self) -> &'static str;
+
+    async fn get(&self, ty: &ResourceType, ns: Option<&str>, name: &str) -> Result<Option<Value>>;
+
+    /// Every object of the kind, in one namespace or (`None`) all of them.
+    async fn list(&self, ty: &ResourceType, ns: Option<&str>) -> Result<RawList>;
+
+    /// Stores a new object; returns it as stored (resourceVersion, uid, creationTimestamp).
+    async fn create(&self, ty: &ResourceType, obj: Value) -> Result<Value>;
+
+    /// Replaces an existing object: compare-and-swap when `metadata.resourceVersion` is set.
+    async fn update(&self, ty: &ResourceType, obj: Value) -> Result<Value>;
+
+    /// Deletes, if `precondition` is given only when it is the current resourceVersion.
+    async fn delete(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        precondition: Option<&str>,
+    ) -> Result<()>;
+
+    /// Changes after `revision`, in order; see the crate docs for reconnects and expiry.
+    async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch>;
+}
+
+/// Small accessors on an object's JSON metadata, shared by the backends.
+pub(crate) mod meta {
+    use serde_json::{Map, Value};
+
+    fn field<'a>(obj: &'a Value, name: &str) -> Option<&'a str> {
+        obj.get("metadata")?.get(name)?.as_str()
+    }
+
+    pub fn name(obj: &Value) -> Option<&str> {
+        field(obj, "name")
+    }
+
+    pub fn namespace(obj: &Value) -> Option<&str> {
+        field(obj, "namespace")
+    }
+
+    pub fn resource_version(obj: &Value) -> Option<&str> {
+        field(obj, "resourceVersion").filter(|v| !v.is_empty())
+    }
+
+    fn metadata_mut(obj: &mut Value) -> &mut Map<String, Value> {
+        if !obj.is_object() {
+            *obj = Value::Object(Map::new());
+        }
+        let map = obj.as_object_mut().expect("made an object above");
+        let meta = map
+            .entry("metadata")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !meta.is_object() {
+            *meta = Value::Object(Map::new());
+        }
+        meta.as_object_mut().expect("made an object above")
+    }
+
+    pub fn set(obj: &mut Value, name: &str, value: impl Into<Value>) {
+        metadata_mut(obj).insert(name.to_owned(), value.into());
+    }
+
+    pub fn remove(obj: &mut Value, name: &str) -> Option<Value> {
+        metadata_mut(obj).remove(name)
+    }
+
+    pub fn get(obj: &Value, name: &str) -> Option<Value> {
+        obj.get("metadata")?.get(name).cloned()
+    }
+
+    /// The fields a server sets on create: uid and creationTimestamp.
+    pub fn stamp_created(obj: &mut Value, uid: String) {
+        set(obj, "uid", uid);
+        let now = k8s_openapi::jiff::Timestamp::now()
+            .round(k8s_openapi::jiff::Unit::Second)
+            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now());
+        set(obj, "creationTimestamp", now.to_string());
+    }
+
+    /// Keeps uid and creationTimestamp across an update (callers may omit them).
+    pub fn carry_server_fields(from: &Value, to: &mut Value) {
+        for f in ["uid", "creationTimestamp"] {
+            if let Some(v) = get(from, f) {
+                set(to, f, v);
+            }
+        }
+    }
+}

@@ -1,0 +1,128 @@
+use std::fmt::Debug;
+
+use brindle_api::{
+    BGPConfiguration, BGPPeer, BlockAffinity, BrindleNode, IPAMBlock, IPAMConfig, IPAMHandle,
+    IPPool, Invalid, Validate,
+};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::error::Key;
+
+/// What a backend needs to know about a kind: where it lives in the API and in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceType {
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub plural: String,
+    pub namespaced: bool,
+}
+
+impl ResourceType {
+    pub fn of<K: StoreResource>() -> Self {
+        ResourceType {
+            group: K::group(&()).into_owned(),
+            version: K::version(&()).into_owned(),
+            kind: K::kind(&()).into_owned(),
+            plural: K::plural(&()).into_owned(),
+            namespaced: K::NAMESPACED,
+        }
+    }
+
+    /// `plural.group`, or `plural` for the core group: Kubernetes' own resource name.
+    pub fn resource_name(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn key(&self, namespace: Option<&str>, name: Option<&str>) -> Key {
+        Key::new(&self.resource_name(), namespace, name)
+    }
+}
+
+/// A kind the Store can hold.
+pub trait StoreResource:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    const NAMESPACED: bool;
+
+    /// Rules on the object alone; the Store refuses to write an object that breaks one.
+    fn validate_object(&self) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// Set for kinds with rules across objects of the kind; the Store then lists them
+    /// before a write and calls [`StoreResource::check_against`].
+    const CHECKED_AGAINST_OTHERS: bool = false;
+
+    fn check_against(&self, _others: &[Self]) -> Result<(), Invalid> {
+        Ok(())
+    }
+}
+
+macro_rules! validated_cluster_kind {
+    ($($t:ty),*) => {$(
+        impl StoreResource for $t {
+            const NAMESPACED: bool = false;
+            fn validate_object(&self) -> Result<(), Invalid> {
+                self.validate()
+            }
+        }
+    )*};
+}
+
+validated_cluster_kind!(
+    IPAMBlock,
+    BlockAffinity,
+    IPAMHandle,
+    IPAMConfig,
+    BGPConfiguration,
+    BGPPeer,
+    BrindleNode
+);
+
+impl StoreResource for IPPool {
+    const NAMESPACED: bool = false;
+    const CHECKED_AGAINST_OTHERS: bool = true;
+    fn validate_object(&self) -> Result<(), Invalid> {
+        self.validate()
+    }
+    fn check_against(&self, others: &[Self]) -> Result<(), Invalid> {
+        IPPool::check_against(self, others)
+    }
+}
+
+// Kubernetes' own kinds: validated by the API server in a cluster, stored as-is in etcd.
+impl StoreResource for Node {
+    const NAMESPACED: bool = false;
+}
+impl StoreResource for Pod {
+    const NAMESPACED: bool = true;
+}
+impl StoreResource for Service {
+    const NAMESPACED: bool = true;
+}
+impl StoreResource for EndpointSlice {
+    const NAMESPACED: bool = true;
+}

@@ -1,0 +1,225 @@
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+
+use crate::backend::{meta, Backend, RawEvent};
+use crate::{ResourceType, Result, StoreError, StoreResource};
+
+/// A handle on one datastore; cheap to clone. Typed access is through [`Store::all`] and
+/// [`Store::namespaced`], which mirror `kube::Api::all` / `kube::Api::namespaced`.
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.backend.name())
+    }
+}
+
+impl Store {
+    pub fn new(backend: impl Backend) -> Self {
+        Store {
+            backend: Arc::new(backend),
+        }
+    }
+
+    pub fn from_arc(backend: Arc<dyn Backend>) -> Self {
+        Store { backend }
+    }
+
+    /// `etcd`, `kubernetes` or `memory`.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// Cluster-scoped kinds, or a namespaced kind across all namespaces.
+    pub fn all<K: StoreResource>(&self) -> Api<K> {
+        Api {
+            store: self.clone(),
+            ns: None,
+            ty: ResourceType::of::<K>(),
+            _k: PhantomData,
+        }
+    }
+
+    /// A namespaced kind within one namespace.
+    pub fn namespaced<K: StoreResource>(&self, ns: &str) -> Api<K> {
+        Api {
+            store: self.clone(),
+            ns: Some(ns.to_owned()),
+            ty: ResourceType::of::<K>(),
+            _k: PhantomData,
+        }
+    }
+}
+
+/// Objects and the revision they were read at.
+#[derive(Debug, Clone)]
+pub struct ObjectList<K> {
+    pub items: Vec<K>,
+    pub revision: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WatchEvent<K> {
+    Added(K),
+    Modified(K),
+    Deleted(K),
+}
+
+impl<K> WatchEvent<K> {
+    pub fn object(&self) -> &K {
+        match self {
+            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => o,
+        }
+    }
+}
+
+pub type WatchStream<K> = std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent<K>>> + Send>>;
+
+/// Typed access to one kind (in one namespace, or all).
+pub struct Api<K> {
+    store: Store,
+    ns: Option<String>,
+    ty: ResourceType,
+    _k: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Api<K> {
+    fn clone(&self) -> Self {
+        Api {
+            store: self.store.clone(),
+            ns: self.ns.clone(),
+            ty: self.ty.clone(),
+            _k: PhantomData,
+        }
+    }
+}
+
+impl<K: StoreResource> Api<K> {
+    fn backend(&self) -> &dyn Backend {
+        self.store.backend.as_ref()
+    }
+
+    fn decode(&self, value: Value) -> Result<K> {
+        let key = self.ty.key(
+            meta::namespace(&value).or(self.ns.as_deref()),
+            meta::name(&value),
+        );
+        serde_json::from_value(value).map_err(|source| StoreError::Decode {
+            backend: self.backend().name(),
+            key,
+            source,
+        })
+    }
+
+    /// Serializes with apiVersion and kind set, and the Api's namespace filled in.
+    fn encode(&self, obj: &K) -> Result<Value> {
+        let mut v = serde_json::to_value(obj).map_err(|source| StoreError::Decode {
+            backend: self.backend().name(),
+            key: self.ty.key(self.ns.as_deref(), obj.meta().name.as_deref()),
+            source,
+        })?;
+        if let Some(map) = v.as_object_mut() {
+            map.insert("apiVersion".into(), self.ty.api_version().into());
+            map.insert("kind".into(), self.ty.kind.clone().into());
+        }
+        match (&self.ns, meta::namespace(&v)) {
+            (Some(ns), None) => meta::set(&mut v, "namespace", ns.clone()),
+            (Some(ns), Some(theirs)) if theirs != ns => {
+                return Err(StoreError::Backend {
+                    backend: self.backend().name(),
+                    key: self.ty.key(Some(ns), obj.meta().name.as_deref()),
+                    message: format!("object names namespace {theirs:?}, this Api is for {ns:?}"),
+                })
+            }
+            (None, None) if self.ty.namespaced => {
+                return Err(StoreError::Backend {
+                    backend: self.backend().name(),
+                    key: self.ty.key(None, obj.meta().name.as_deref()),
+                    message: format!("{} is namespaced: set metadata.namespace", self.ty.kind),
+                })
+            }
+            _ => {}
+        }
+        Ok(v)
+    }
+
+    async fn check(&self, obj: &K) -> Result<()> {
+        obj.validate_object()?;
+        if K::CHECKED_AGAINST_OTHERS {
+            let others = self.list().await?.items;
+            obj.check_against(&others)?;
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<K>> {
+        match self
+            .backend()
+            .get(&self.ty, self.ns.as_deref(), name)
+            .await?
+        {
+            Some(v) => self.decode(v).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn list(&self) -> Result<ObjectList<K>> {
+        let raw = self.backend().list(&self.ty, self.ns.as_deref()).await?;
+        let items = raw
+            .items
+            .into_iter()
+            .map(|v| self.decode(v))
+            .collect::<Result<_>>()?;
+        Ok(ObjectList {
+            items,
+            revision: raw.revision,
+        })
+    }
+
+    /// Validates, then stores a new object. Fails with `AlreadyExists` if the name is taken.
+    pub async fn create(&self, obj: &K) -> Result<K> {
+        self.check(obj).await?;
+        let mut v = self.encode(obj)?;
+        meta::remove(&mut v, "resourceVersion");
+        let stored = self.backend().create(&self.ty, v).await?;
+        self.decode(stored)
+    }
+
+    /// Validates, then replaces the stored object: a compare-and-swap on
+    /// `metadata.resourceVersion` when it is set (`Conflict` when stale), unconditional when not.
+    pub async fn update(&self, obj: &K) -> Result<K> {
+        self.check(obj).await?;
+        let v = self.encode(obj)?;
+        let stored = self.backend().update(&self.ty, v).await?;
+        self.decode(stored)
+    }
+
+    /// Deletes; with `precondition`, only if it is still the current resourceVersion.
+    pub async fn delete(&self, name: &str, precondition: Option<&str>) -> Result<()> {
+        self.backend()
+            .delete(&self.ty, self.ns.as_deref(), name, precondition)
+            .await
+    }
+
+    /// Changes after `revision` (from a list, or the last event seen).
+    pub async fn watch(&self, revision: &str) -> Result<WatchStream<K>> {
+        let raw = self
+            .backend()
+            .watch(&self.ty, self.ns.as_deref(), revision)
+            .await?;
+        let api = self.clone();
+        Ok(Box::pin(raw.map(move |ev| {
+            Ok(match ev? {
+                RawEvent::Added(v) => WatchEvent::Added(api.decode(v)?),
+                RawEvent::Modified(v) => WatchEvent::Modified(api.decode(v)?),
+                RawEvent::Deleted(v) => WatchEvent::Deleted(api.decode(v)?),
+            })
+        })))
+    }
+}

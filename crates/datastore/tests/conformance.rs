@@ -1,0 +1,440 @@
+//! One conformance suite, run against every backend: etcd (a real etcd process), kubernetes
+//! (kube::Api over HTTP to the in-test API server of brindle-testsupport) and memory.
+//! Test names say which backend ran: `etcd::crud`, `kubernetes::crud`, `memory::crud`.
+
+mod harness;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use brindle_api::{IPAMHandle, IPAMHandleSpec, IPPool, IPPoolSpec};
+use brindle_datastore::{Store, StoreError, WatchEvent};
+use futures::StreamExt;
+use harness::Harness;
+use k8s_openapi::api::core::v1::Pod;
+
+fn pool(name: &str, cidr: &str) -> IPPool {
+    IPPool::new(name, IPPoolSpec::new(cidr))
+}
+
+fn rv<K: kube::Resource>(o: &K) -> String {
+    o.meta()
+        .resource_version
+        .clone()
+        .expect("stored objects carry a resourceVersion")
+}
+
+fn pod(ns: &str, name: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .expect("pod")
+}
+
+/// Retries a write while the datastore is coming back (after a restart in the test).
+async fn retry_while_unavailable<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if e.is_unavailable() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => panic!("write failed: {e}"),
+        }
+    }
+}
+
+async fn next_event<K: Clone + std::fmt::Debug>(
+    w: &mut brindle_datastore::WatchStream<K>,
+) -> Result<WatchEvent<K>, StoreError> {
+    tokio::time::timeout(Duration::from_secs(30), w.next())
+        .await
+        .expect("no watch event within 30s")
+        .expect("watch stream ended")
+}
+
+async fn crud(h: &mut impl Harness) {
+    let store = h.store().await;
+    let pools = store.all::<IPPool>();
+    assert!(pools.get("p1").await.unwrap().is_none());
+
+    let created = pools.create(&pool("p1", "10.244.0.0/16")).await.unwrap();
+    assert!(created.metadata.uid.is_some(), "uid set on create");
+    assert!(
+        created.metadata.creation_timestamp.is_some(),
+        "creationTimestamp set on create"
+    );
+    let got = pools.get("p1").await.unwrap().expect("created pool");
+    assert_eq!(got.spec, created.spec);
+    assert_eq!(rv(&got), rv(&created));
+
+    let again = pools
+        .create(&pool("p1", "10.245.0.0/16"))
+        .await
+        .unwrap_err();
+    assert!(again.is_already_exists(), "{again}");
+
+    let mut changed = got.clone();
+    changed.spec.nat_outgoing = true;
+    let updated = pools.update(&changed).await.unwrap();
+    assert_ne!(
+        rv(&updated),
+        rv(&got),
+        "a write changes the resourceVersion"
+    );
+    assert_eq!(
+        updated.metadata.uid, created.metadata.uid,
+        "uid survives an update"
+    );
+    assert!(pools.get("p1").await.unwrap().unwrap().spec.nat_outgoing);
+
+    // The stale copy loses: compare-and-swap.
+    let stale = pools.update(&changed).await.unwrap_err();
+    assert!(stale.is_conflict(), "{stale}");
+    assert!(
+        stale.to_string().contains("ippools.brindle.dev/p1"),
+        "{stale}"
+    );
+
+    let list = pools.list().await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert!(!list.revision.is_empty());
+
+    let e = pools.delete("p1", Some(&rv(&got))).await.unwrap_err();
+    assert!(e.is_conflict(), "delete with a stale precondition: {e}");
+    pools.delete("p1", Some(&rv(&updated))).await.unwrap();
+    assert!(pools.get("p1").await.unwrap().is_none());
+    assert!(pools.delete("p1", None).await.unwrap_err().is_not_found());
+    assert!(pools.update(&updated).await.unwrap_err().is_not_found());
+
+    // Unconditional update (no resourceVersion) of an existing object.
+    pools.create(&pool("p2", "10.246.0.0/16")).await.unwrap();
+    let mut blind = pool("p2", "10.246.0.0/16");
+    blind.spec.disabled = true;
+    assert!(pools.update(&blind).await.unwrap().spec.disabled);
+}
+
+async fn namespaces(h: &mut impl Harness) {
+    let store = h.store().await;
+    store
+        .namespaced::<Pod>("a")
+        .create(&pod("a", "p"))
+        .await
+        .unwrap();
+    store
+        .namespaced::<Pod>("b")
+        .create(&pod("b", "p"))
+        .await
+        .unwrap();
+    store
+        .namespaced::<Pod>("b")
+        .create(&pod("b", "q"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .namespaced::<Pod>("a")
+            .list()
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .namespaced::<Pod>("b")
+            .list()
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    assert_eq!(store.all::<Pod>().list().await.unwrap().items.len(), 3);
+    let got = store
+        .namespaced::<Pod>("b")
+        .get("q")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.metadata.namespace.as_deref(), Some("b"));
+    // A pod without a namespace cannot be stored through the all-namespaces handle.
+    let mut bare = pod("x", "bare");
+    bare.metadata.namespace = None;
+    assert!(store.all::<Pod>().create(&bare).await.is_err());
+}
+
+async fn validation(h: &mut impl Harness) {
+    let store = h.store().await;
+    let pools = store.all::<IPPool>();
+    let e = pools
+        .create(&pool("bad", "10.244.0.1/16"))
+        .await
+        .unwrap_err();
+    match &e {
+        StoreError::Invalid(inv) => assert!(inv.mentions("spec.cidr"), "{inv}"),
+        other => panic!("expected Invalid, got {other}"),
+    }
+    pools.create(&pool("a", "10.244.0.0/16")).await.unwrap();
+    let e = pools
+        .create(&pool("b", "10.244.64.0/18"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("overlaps IPPool \"a\""), "{e}");
+    assert_eq!(
+        pools.list().await.unwrap().items.len(),
+        1,
+        "nothing invalid was stored"
+    );
+}
+
+/// 8 writers increment one counter by compare-and-swap; no increment may be lost.
+async fn cas_under_contention(h: &mut impl Harness) {
+    const WRITERS: usize = 8;
+    const EACH: u32 = 25;
+    let store = h.store().await;
+    let handle = IPAMHandle::new(
+        "counter",
+        IPAMHandleSpec {
+            handle_id: "counter".into(),
+            block: BTreeMap::from([("10.0.0.0/26".to_string(), 0)]),
+            deleted: false,
+        },
+    );
+    store.all::<IPAMHandle>().create(&handle).await.unwrap();
+    let mut tasks = vec![];
+    for _ in 0..WRITERS {
+        let api = h.store().await.all::<IPAMHandle>(); // a client of its own per writer
+        tasks.push(tokio::spawn(async move {
+            let mut conflicts = 0u32;
+            for _ in 0..EACH {
+                loop {
+                    let mut h = api.get("counter").await.unwrap().unwrap();
+                    *h.spec.block.get_mut("10.0.0.0/26").unwrap() += 1;
+                    match api.update(&h).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_conflict() => conflicts += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            }
+            conflicts
+        }));
+    }
+    let mut conflicts = 0;
+    for t in tasks {
+        conflicts += t.await.unwrap();
+    }
+    let end = store
+        .all::<IPAMHandle>()
+        .get("counter")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        end.spec.block["10.0.0.0/26"],
+        WRITERS as u32 * EACH,
+        "lost updates"
+    );
+    println!(
+        "{}: {} CAS increments from {WRITERS} writers, {conflicts} conflicts retried, none lost",
+        store.backend_name(),
+        WRITERS as u32 * EACH
+    );
+}
+
+/// Every write shows up once, in order, with the resourceVersion the write returned.
+async fn watch_order_and_resume(h: &mut impl Harness) {
+    let store = h.store().await;
+    let pools = store.all::<IPPool>();
+    let start = pools.list().await.unwrap().revision;
+    let mut w = pools.watch(&start).await.unwrap();
+
+    // (kind of event, name, natOutgoing, resourceVersion returned by the write)
+    let mut expected = vec![];
+    for i in 0..5 {
+        let p = pools
+            .create(&pool(&format!("p{i}"), &format!("10.{i}.0.0/16")))
+            .await
+            .unwrap();
+        expected.push(("added", format!("p{i}"), false, rv(&p)));
+    }
+    for round in 0..4 {
+        for i in 0..5 {
+            let mut p = pools.get(&format!("p{i}")).await.unwrap().unwrap();
+            p.spec.nat_outgoing = round % 2 == 0;
+            let p = pools.update(&p).await.unwrap();
+            expected.push(("modified", format!("p{i}"), p.spec.nat_outgoing, rv(&p)));
+        }
+    }
+    for i in [1, 3] {
+        pools.delete(&format!("p{i}"), None).await.unwrap();
+        let last_nat = expected
+            .iter()
+            .rev()
+            .find(|e| e.1 == format!("p{i}"))
+            .unwrap()
+            .2;
+        expected.push(("deleted", format!("p{i}"), last_nat, String::new()));
+    }
+
+    let mut seen = vec![];
+    for _ in 0..expected.len() {
+        let ev = next_event(&mut w).await.unwrap();
+        let kind = match &ev {
+            WatchEvent::Added(_) => "added",
+            WatchEvent::Modified(_) => "modified",
+            WatchEvent::Deleted(_) => "deleted",
+        };
+        let o = ev.object();
+        seen.push((
+            kind,
+            o.metadata.name.clone().unwrap(),
+            o.spec.nat_outgoing,
+            rv(o),
+        ));
+    }
+    for (i, (e, s)) in expected.iter().zip(&seen).enumerate() {
+        assert_eq!((e.0, &e.1, e.2), (s.0, &s.1, s.2), "event {i}");
+        if !e.3.is_empty() {
+            assert_eq!(e.3, s.3, "event {i} carries the write's resourceVersion");
+        }
+    }
+    let revs: Vec<u64> = seen
+        .iter()
+        .map(|s| s.3.parse().expect("numeric revision"))
+        .collect();
+    assert!(
+        revs.windows(2).all(|w| w[0] < w[1]),
+        "revisions increase: {revs:?}"
+    );
+
+    // Resume: a new watch from the revision of event 10 sees exactly events 11.. again.
+    let mut again = pools.watch(&seen[10].3).await.unwrap();
+    for (i, s) in seen.iter().enumerate().skip(11) {
+        let ev = next_event(&mut again).await.unwrap();
+        assert_eq!(rv(ev.object()), s.3, "resumed event {i}");
+    }
+}
+
+/// The connection under a watch breaks (etcd restarts; the API server cuts its watches): the
+/// watch carries on from where it was, losing and repeating nothing.
+async fn watch_survives_interruption(h: &mut impl Harness) {
+    let store = h.store().await;
+    let pools = store.all::<IPPool>();
+    let start = pools.list().await.unwrap().revision;
+    let mut w = pools.watch(&start).await.unwrap();
+    for i in 0..3 {
+        pools
+            .create(&pool(&format!("a{i}"), &format!("10.{i}.0.0/16")))
+            .await
+            .unwrap();
+    }
+    for i in 0..3 {
+        let ev = next_event(&mut w).await.unwrap();
+        assert_eq!(
+            ev.object().metadata.name.as_deref(),
+            Some(format!("a{i}").as_str())
+        );
+    }
+    if !h.interrupt().await {
+        println!(
+            "{}: no connection to interrupt; resume-after-drop not applicable",
+            store.backend_name()
+        );
+        return;
+    }
+    for i in 3..6 {
+        let p = pool(&format!("a{i}"), &format!("10.{i}.0.0/16"));
+        retry_while_unavailable(|| pools.create(&p)).await;
+    }
+    for i in 3..6 {
+        let ev = next_event(&mut w).await.unwrap();
+        assert!(matches!(ev, WatchEvent::Added(_)));
+        assert_eq!(
+            ev.object().metadata.name.as_deref(),
+            Some(format!("a{i}").as_str()),
+            "after reconnect"
+        );
+    }
+    // Nothing repeated: the next thing on the watch is a new write, not an old event.
+    let b = pool("b", "10.200.0.0/16");
+    let p = retry_while_unavailable(|| pools.create(&b)).await;
+    let ev = next_event(&mut w).await.unwrap();
+    assert_eq!(rv(ev.object()), rv(&p));
+}
+
+/// A watch from a compacted revision ends with Expired, which tells the caller to relist.
+async fn watch_expired(h: &mut impl Harness) {
+    let store = h.store().await;
+    let pools = store.all::<IPPool>();
+    let old = pools.list().await.unwrap().revision;
+    for i in 0..3 {
+        pools
+            .create(&pool(&format!("x{i}"), &format!("10.{i}.0.0/16")))
+            .await
+            .unwrap();
+    }
+    h.compact().await;
+    let mut w = pools.watch(&old).await.unwrap();
+    let e = next_event(&mut w).await.unwrap_err();
+    assert!(e.is_expired(), "{e}");
+    assert!(e.to_string().contains("relist"), "{e}");
+    // The documented recovery: list again, watch from the list's revision.
+    let list = pools.list().await.unwrap();
+    assert_eq!(list.items.len(), 3);
+    let mut w = pools.watch(&list.revision).await.unwrap();
+    pools.create(&pool("y", "10.100.0.0/16")).await.unwrap();
+    let ev = next_event(&mut w).await.unwrap();
+    assert_eq!(ev.object().metadata.name.as_deref(), Some("y"));
+}
+
+/// An unreachable datastore is a clear error naming the backend and the key, in bounded time.
+async fn unreachable(h: &mut impl Harness) {
+    let store: Store = h.unreachable().await;
+    let t = tokio::time::Instant::now();
+    let e = store.all::<IPPool>().get("default-pool").await.unwrap_err();
+    let msg = e.to_string();
+    assert!(e.is_unavailable(), "{msg}");
+    assert!(msg.contains(store.backend_name()), "{msg}");
+    assert!(msg.contains("ippools.brindle.dev/default-pool"), "{msg}");
+    println!(
+        "{}: unreachable → {msg} (after {:?})",
+        store.backend_name(),
+        t.elapsed()
+    );
+    let e = store
+        .all::<IPPool>()
+        .create(&pool("p", "10.1.0.0/16"))
+        .await
+        .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+}
+
+macro_rules! suite {
+    ($backend:ident, $harness:expr) => {
+        mod $backend {
+            use super::*;
+            suite!(@tests $harness; crud, namespaces, validation, cas_under_contention,
+                watch_order_and_resume, watch_survives_interruption, watch_expired, unreachable);
+        }
+    };
+    (@tests $harness:expr; $($t:ident),*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $t() {
+            let mut h = $harness.await;
+            super::$t(&mut h).await;
+        }
+    )*};
+}
+
+suite!(etcd, harness::EtcdHarness::start());
+suite!(kubernetes, harness::KubeHarness::start());
+suite!(memory, harness::MemoryHarness::start());

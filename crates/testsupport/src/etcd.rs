@@ -1,0 +1,187 @@
+//! A real etcd (Debian's `etcd-server`) for tests and benchmarks.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::ports::free_port;
+
+/// One single-member etcd on 127.0.0.1. Dropping it kills the process (by its PID) and
+/// removes the data directory.
+pub struct EtcdServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+}
+
+/// The etcd binary: `$BRINDLE_ETCD_BIN`, else `etcd` on PATH.
+pub fn etcd_binary() -> PathBuf {
+    std::env::var_os("BRINDLE_ETCD_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("etcd"))
+}
+
+impl EtcdServer {
+    /// Starts etcd with its data in memory (`/dev/shm` when there is one): fast, for tests.
+    pub fn start() -> Self {
+        let base = Path::new("/dev/shm");
+        let dir = if base.is_dir() {
+            tempfile::Builder::new()
+                .prefix("brindle-etcd-")
+                .tempdir_in(base)
+        } else {
+            tempfile::Builder::new().prefix("brindle-etcd-").tempdir()
+        };
+        Self::start_in(dir.expect("temporary directory for etcd"))
+    }
+
+    /// Starts etcd with its data on the disk under the system temp dir: for benchmarks,
+    /// so fsync costs what it costs in production.
+    pub fn start_on_disk() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("brindle-etcd-")
+            .tempdir()
+            .expect("temporary directory for etcd");
+        Self::start_in(dir)
+    }
+
+    fn start_in(dir: tempfile::TempDir) -> Self {
+        let mut s = EtcdServer {
+            child: None,
+            dir,
+            client_port: 0,
+            peer_port: 0,
+        };
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            s.client_port = free_port().expect("free loopback port");
+            s.peer_port = free_port().expect("free loopback port");
+            match s.spawn() {
+                Ok(()) => return s,
+                Err(e) => {
+                    // Most likely a port was taken in between; start over with new ones.
+                    s.stop();
+                    let _ = std::fs::remove_dir_all(s.dir.path().join("data"));
+                    last_err = e;
+                }
+            }
+        }
+        panic!("etcd did not start: {last_err}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let bin = etcd_binary();
+        let log = std::fs::File::create(self.log_path()).map_err(|e| e.to_string())?;
+        let client = self.endpoint();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new(&bin)
+            .arg("--name")
+            .arg("brindle-test")
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--listen-client-urls")
+            .arg(&client)
+            .arg("--advertise-client-urls")
+            .arg(&client)
+            .arg("--listen-peer-urls")
+            .arg(&peer)
+            .arg("--initial-advertise-peer-urls")
+            .arg(&peer)
+            .arg("--initial-cluster")
+            .arg(format!("brindle-test={peer}"))
+            .arg("--log-outputs")
+            .arg("stderr")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot run {}: {e} (install Debian's etcd-server, as .ci/run does, or set BRINDLE_ETCD_BIN)",
+                    bin.display()
+                )
+            })?;
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(20))
+    }
+
+    fn wait_healthy(&mut self, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("etcd exited ({status}): {}", self.log_tail()));
+                }
+            }
+            if self.healthy() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(format!(
+            "etcd not healthy after {limit:?}: {}",
+            self.log_tail()
+        ))
+    }
+
+    fn healthy(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    /// The last lines etcd logged, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<_> = log.lines().rev().take(15).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills etcd (SIGKILL to its PID) and starts it again on the same ports and data:
+    /// clients see a dropped connection, and the data survives.
+    pub fn restart(&mut self) {
+        self.stop();
+        if let Err(e) = self.spawn() {
+            panic!("etcd did not come back after restart: {e}");
+        }
+    }
+
+    /// Kills etcd and waits for it; the data directory stays until the guard is dropped.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,0 +1,12 @@
+//! Test infrastructure shared by Brindle's suites (and later by `brindle-lab`): a real etcd on
+//! free loopback ports with a throw-away data directory, and a small Kubernetes API server.
+//! Everything started here is stopped when its guard is dropped, also when a test fails.
+//!
+//! Safety: only loopback addresses are used; processes are tracked by PID, never by name.
+
+pub mod apiserver;
+pub mod etcd;
+mod ports;
+
+pub use apiserver::ApiServer;
+pub use etcd::EtcdServer;
