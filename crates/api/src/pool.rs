@@ -160,31 +160,58 @@ impl Validate for IPPool {
 }
 
 impl IPPool {
-    /// Rules across pools: this pool's CIDR must not overlap any other pool's (a pool with
-    /// the same name is the object being replaced and is skipped).
-    pub fn check_against(&self, others: &[IPPool]) -> Result<(), Invalid> {
+    /// Rules across pools: this pool's CIDR must not overlap any other pool's, and, when
+    /// `replacing` an existing pool (same name in `others`), it keeps its CIDR and block size:
+    /// addresses and blocks already handed out are cut from them.
+    pub fn check_against(&self, others: &[IPPool], replacing: bool) -> Result<(), Invalid> {
         let name = self.metadata.name.clone().unwrap_or_default();
         let Some(mine) = self.spec.network() else {
             return Ok(()); // the single-object rules report the bad CIDR
         };
-        let errors: Vec<_> = others
+        let mut errors = vec![];
+        let old = others
             .iter()
-            .filter(|o| o.metadata.name.as_deref() != Some(name.as_str()))
-            .filter_map(|o| {
-                let theirs = o.spec.network()?;
-                overlaps(mine, theirs).then(|| {
-                    FieldError::new(
-                        "spec.cidr",
-                        format!(
-                            "{} overlaps IPPool {:?} ({})",
-                            self.spec.cidr,
-                            o.metadata.name.as_deref().unwrap_or(""),
-                            o.spec.cidr
-                        ),
-                    )
-                })
-            })
-            .collect();
+            .find(|o| replacing && o.metadata.name.as_deref() == Some(name.as_str()));
+        if let Some(old) = old {
+            if old.spec.network() != Some(mine) {
+                errors.push(FieldError::new(
+                    "spec.cidr",
+                    format!(
+                        "immutable: was {}, cannot become {}; create a new pool instead",
+                        old.spec.cidr, self.spec.cidr
+                    ),
+                ));
+            }
+            if old.spec.effective_block_size() != self.spec.effective_block_size() {
+                errors.push(FieldError::new(
+                    "spec.blockSize",
+                    format!(
+                        "immutable: was {}, cannot become {}",
+                        old.spec.effective_block_size(),
+                        self.spec.effective_block_size()
+                    ),
+                ));
+            }
+        }
+        errors.extend(
+            others
+                .iter()
+                .filter(|o| o.metadata.name.as_deref() != Some(name.as_str()))
+                .filter_map(|o| {
+                    let theirs = o.spec.network()?;
+                    overlaps(mine, theirs).then(|| {
+                        FieldError::new(
+                            "spec.cidr",
+                            format!(
+                                "{} overlaps IPPool {:?} ({})",
+                                self.spec.cidr,
+                                o.metadata.name.as_deref().unwrap_or(""),
+                                o.spec.cidr
+                            ),
+                        )
+                    })
+                }),
+        );
         if errors.is_empty() {
             Ok(())
         } else {
@@ -272,10 +299,32 @@ mod tests {
         let a = pool("a", IPPoolSpec::new("10.244.0.0/16"));
         let b = pool("b", IPPoolSpec::new("10.244.128.0/17"));
         let c = pool("c", IPPoolSpec::new("10.245.0.0/16"));
-        let e = b.check_against(&[a.clone(), c.clone()]).unwrap_err();
+        let e = b.check_against(&[a.clone(), c.clone()], false).unwrap_err();
         assert!(e.to_string().contains("overlaps IPPool \"a\""), "{e}");
-        assert!(c.check_against(&[a.clone(), b]).is_ok());
+        assert!(c.check_against(&[a.clone(), b], false).is_ok());
         // Replacing itself is not an overlap.
-        assert!(a.check_against(std::slice::from_ref(&a)).is_ok());
+        assert!(a.check_against(std::slice::from_ref(&a), true).is_ok());
+    }
+
+    #[test]
+    fn cidr_and_block_size_are_immutable() {
+        let old = pool("a", IPPoolSpec::new("10.244.0.0/16"));
+        let mut new = old.clone();
+        new.spec.nat_outgoing = true;
+        assert!(new.check_against(std::slice::from_ref(&old), true).is_ok());
+        new.spec.block_size = Some(24);
+        let e = new
+            .check_against(std::slice::from_ref(&old), true)
+            .unwrap_err();
+        assert!(
+            e.mentions("spec.blockSize") && e.to_string().contains("immutable"),
+            "{e}"
+        );
+        let mut moved = old.clone();
+        moved.spec.cidr = "10.250.0.0/16".into();
+        assert!(moved
+            .check_against(std::slice::from_ref(&old), true)
+            .unwrap_err()
+            .mentions("spec.cidr"));
     }
 }

@@ -53,9 +53,15 @@ async fn raw(endpoint: &str, clients: usize, shared: bool) -> Row {
         tasks.push(tokio::spawn(async move {
             let b = EtcdBackend::connect(&[endpoint]).await.expect("connect");
             let mut kv = b.client().kv_client();
-            let key = if shared { "/bench/raw/shared".to_string() } else { format!("/bench/raw/{clients}-{c}") };
+            let key = if shared {
+                "/bench/raw/shared".to_string()
+            } else {
+                format!("/bench/raw/{clients}-{c}")
+            };
             let value = vec![b'x'; 300]; // about the size of a handle's JSON
-            kv.put(key.clone(), value.clone(), None).await.expect("seed");
+            kv.put(key.clone(), value.clone(), None)
+                .await
+                .expect("seed");
             let (mut lat, mut conflicts) = (Vec::with_capacity(per), 0);
             for _ in 0..per {
                 let t = Instant::now();
@@ -80,7 +86,11 @@ async fn raw(endpoint: &str, clients: usize, shared: bool) -> Row {
 
 async fn store(endpoint: &str, clients: usize, shared: bool) -> Row {
     let per = OPS_TOTAL / clients;
-    let seed = Store::new(EtcdBackend::connect(&[endpoint.to_owned()]).await.expect("connect"));
+    let seed = Store::new(
+        EtcdBackend::connect(&[endpoint.to_owned()])
+            .await
+            .expect("connect"),
+    );
     if shared {
         let _ = seed.all::<IPAMHandle>().create(&handle("shared")).await;
     }
@@ -91,7 +101,11 @@ async fn store(endpoint: &str, clients: usize, shared: bool) -> Row {
         tasks.push(tokio::spawn(async move {
             let s = Store::new(EtcdBackend::connect(&[endpoint]).await.expect("connect"));
             let api = s.all::<IPAMHandle>();
-            let name = if shared { "shared".to_string() } else { format!("h{clients}-{c}") };
+            let name = if shared {
+                "shared".to_string()
+            } else {
+                format!("h{clients}-{c}")
+            };
             if !shared {
                 api.create(&handle(&name)).await.expect("seed");
             }
@@ -117,7 +131,13 @@ async fn store(endpoint: &str, clients: usize, shared: bool) -> Row {
 
 type Task = tokio::task::JoinHandle<(Vec<Duration>, usize)>;
 
-async fn collect(name: &str, clients: usize, shared: bool, start: Instant, tasks: Vec<Task>) -> Row {
+async fn collect(
+    name: &str,
+    clients: usize,
+    shared: bool,
+    start: Instant,
+    tasks: Vec<Task>,
+) -> Row {
     let mut lat = vec![];
     let mut conflicts = 0;
     for t in tasks {
@@ -140,7 +160,9 @@ async fn collect(name: &str, clients: usize, shared: bool, start: Instant, tasks
 #[tokio::main]
 async fn main() {
     // cargo bench passes --bench; nothing to parse.
-    let etcd = tokio::task::spawn_blocking(EtcdServer::start_on_disk).await.expect("etcd");
+    let etcd = tokio::task::spawn_blocking(EtcdServer::start_on_disk)
+        .await
+        .expect("etcd");
     let ep = etcd.endpoint();
     let mut rows = vec![];
     for clients in [1, 8] {
@@ -150,7 +172,9 @@ async fn main() {
     rows.push(raw(&ep, 8, true).await);
     rows.push(store(&ep, 8, true).await);
 
-    println!("\netcd CAS updates (read + compare-and-swap write; etcd on disk, one member, loopback)\n");
+    println!(
+        "\netcd CAS updates (read + compare-and-swap write; etcd on disk, one member, loopback)\n"
+    );
     println!("| path | clients | updates | updates/s | p50 ms | p99 ms | conflicts retried |");
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut json = vec![];
@@ -158,7 +182,13 @@ async fn main() {
         let rate = r.ops as f64 / r.secs;
         println!(
             "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {} |",
-            r.name, r.clients, r.ops, rate, r.pct(0.5), r.pct(0.99), r.conflicts
+            r.name,
+            r.clients,
+            r.ops,
+            rate,
+            r.pct(0.5),
+            r.pct(0.99),
+            r.conflicts
         );
         json.push(serde_json::json!({
             "path": r.name, "clients": r.clients, "updates": r.ops, "updates_per_sec": rate,

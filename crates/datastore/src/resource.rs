@@ -73,10 +73,10 @@ pub trait StoreResource:
     }
 
     /// Set for kinds with rules across objects of the kind; the Store then lists them
-    /// before a write and calls [`StoreResource::check_against`].
+    /// before a write and calls [`StoreResource::check_against`] (`replacing` on update).
     const CHECKED_AGAINST_OTHERS: bool = false;
 
-    fn check_against(&self, _others: &[Self]) -> Result<(), Invalid> {
+    fn check_against(&self, _others: &[Self], _replacing: bool) -> Result<(), Invalid> {
         Ok(())
     }
 }
@@ -108,8 +108,8 @@ impl StoreResource for IPPool {
     fn validate_object(&self) -> Result<(), Invalid> {
         self.validate()
     }
-    fn check_against(&self, others: &[Self]) -> Result<(), Invalid> {
-        IPPool::check_against(self, others)
+    fn check_against(&self, others: &[Self], replacing: bool) -> Result<(), Invalid> {
+        IPPool::check_against(self, others, replacing)
     }
 }
 

@@ -149,11 +149,11 @@ impl<K: StoreResource> Api<K> {
         Ok(v)
     }
 
-    async fn check(&self, obj: &K) -> Result<()> {
+    async fn check(&self, obj: &K, replacing: bool) -> Result<()> {
         obj.validate_object()?;
         if K::CHECKED_AGAINST_OTHERS {
             let others = self.list().await?.items;
-            obj.check_against(&others)?;
+            obj.check_against(&others, replacing)?;
         }
         Ok(())
     }
@@ -184,7 +184,7 @@ impl<K: StoreResource> Api<K> {
 
     /// Validates, then stores a new object. Fails with `AlreadyExists` if the name is taken.
     pub async fn create(&self, obj: &K) -> Result<K> {
-        self.check(obj).await?;
+        self.check(obj, false).await?;
         let mut v = self.encode(obj)?;
         meta::remove(&mut v, "resourceVersion");
         let stored = self.backend().create(&self.ty, v).await?;
@@ -194,7 +194,7 @@ impl<K: StoreResource> Api<K> {
     /// Validates, then replaces the stored object: a compare-and-swap on
     /// `metadata.resourceVersion` when it is set (`Conflict` when stale), unconditional when not.
     pub async fn update(&self, obj: &K) -> Result<K> {
-        self.check(obj).await?;
+        self.check(obj, true).await?;
         let v = self.encode(obj)?;
         let stored = self.backend().update(&self.ty, v).await?;
         self.decode(stored)

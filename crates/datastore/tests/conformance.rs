@@ -193,6 +193,59 @@ async fn validation(h: &mut impl Harness) {
         1,
         "nothing invalid was stored"
     );
+    let mut a = pools.get("a").await.unwrap().unwrap();
+    a.spec.block_size = Some(28);
+    let e = pools.update(&a).await.unwrap_err();
+    assert!(e.to_string().contains("spec.blockSize: immutable"), "{e}");
+    assert_eq!(pools.get("a").await.unwrap().unwrap().spec.block_size, None);
+}
+
+/// Kubernetes' own kinds, including one outside the core group, and the node's BGP facts
+/// carried as annotations on the Node.
+async fn native_kinds(h: &mut impl Harness) {
+    use brindle_api::NodeBgp;
+    use k8s_openapi::api::core::v1::{Node, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let store = h.store().await;
+    let bgp = NodeBgp {
+        ipv4_address: Some("198.18.0.11/24".into()),
+        as_number: Some(64512),
+        ..Default::default()
+    };
+    let mut node = Node::default();
+    node.metadata.name = Some("n1".into());
+    node.metadata.annotations = Some(bgp.to_annotations());
+    store.all::<Node>().create(&node).await.unwrap();
+    let got = store.all::<Node>().get("n1").await.unwrap().unwrap();
+    let back = NodeBgp::from_annotations(&got.metadata.annotations.unwrap_or_default()).unwrap();
+    assert_eq!(back, bgp);
+
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80, "protocol": "TCP"}]}
+    }))
+    .unwrap();
+    let services = store.namespaced::<Service>("default");
+    services.create(&svc).await.unwrap();
+    let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "web-abc", "namespace": "default",
+                     "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": ["10.244.0.5"], "zone": "a", "nodeName": "n1"}],
+        "ports": [{"port": 8080, "protocol": "TCP"}]
+    }))
+    .unwrap();
+    let slices = store.namespaced::<EndpointSlice>("default");
+    let list_rev = slices.list().await.unwrap().revision;
+    let mut w = slices.watch(&list_rev).await.unwrap();
+    slices.create(&slice).await.unwrap();
+    let ev = next_event(&mut w).await.unwrap();
+    assert_eq!(
+        ev.object().endpoints.as_ref().unwrap()[0].addresses,
+        vec!["10.244.0.5".to_string()]
+    );
+    let got = services.get("web").await.unwrap().unwrap();
+    assert_eq!(got.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
 }
 
 /// 8 writers increment one counter by compare-and-swap; no increment may be lost.
@@ -422,7 +475,7 @@ macro_rules! suite {
     ($backend:ident, $harness:expr) => {
         mod $backend {
             use super::*;
-            suite!(@tests $harness; crud, namespaces, validation, cas_under_contention,
+            suite!(@tests $harness; crud, namespaces, native_kinds, validation, cas_under_contention,
                 watch_order_and_resume, watch_survives_interruption, watch_expired, unreachable);
         }
     };

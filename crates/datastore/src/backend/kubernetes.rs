@@ -236,11 +236,8 @@ impl Watch {
         loop {
             match self.follow().await {
                 Ended::Stop => return,
-                Ended::Reconnect(why) if why.is_empty() => {
-                    // The server ended the call on its timeout: re-issue at once.
-                    backoff = Duration::from_millis(100);
-                    continue;
-                }
+                // The server ended the call (its timeout): re-issue after the shortest pause.
+                Ended::Reconnect(why) if why.is_empty() => backoff = Duration::from_millis(100),
                 Ended::Reconnect(why) => {
                     warn!(key = %self.key, revision = %self.last, error = %why,
                         "kubernetes watch interrupted; re-watching");
