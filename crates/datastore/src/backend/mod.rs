@@ -8,6 +8,7 @@ use serde_json::Value;
 use crate::{ResourceType, Result};
 
 pub mod etcd;
+pub mod instrumented;
 pub mod kubernetes;
 pub mod memory;
 

@@ -1,0 +1,53 @@
+use brindle_datastore::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    /// Nothing was allocated: a request is all-or-nothing.
+    #[error("no IPs available in pools [{pools}]: {handle} on node {node} asked for {wanted} {family} address(es); nothing was allocated")]
+    Exhausted {
+        pools: String,
+        handle: String,
+        node: String,
+        wanted: usize,
+        family: &'static str,
+    },
+
+    #[error("no enabled {family} IPPool allowing {use_} selects node {node}{detail}")]
+    NoPools {
+        family: &'static str,
+        use_: &'static str,
+        node: String,
+        detail: String,
+    },
+
+    #[error("{what}: still conflicting after {retries} compare-and-swap retries")]
+    TooManyRetries { what: String, retries: u32 },
+
+    #[error("{ip} is already allocated")]
+    InUse { ip: std::net::IpAddr },
+
+    #[error("{ip} is not in any IPPool")]
+    NotInPool { ip: std::net::IpAddr },
+
+    #[error("IPPool {pool}: spec.nodeSelector: {source}")]
+    Selector {
+        pool: String,
+        #[source]
+        source: crate::selector::SelectorError,
+    },
+
+    #[error("node {node} has no record in the {backend} datastore ({kind})")]
+    NoNode {
+        node: String,
+        backend: &'static str,
+        kind: &'static str,
+    },
+
+    #[error("IPAM data is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = IpamError> = std::result::Result<T, E>;

@@ -1,0 +1,69 @@
+//! Which pools a request may draw from.
+
+use std::collections::BTreeMap;
+
+use brindle_api::{AllowedUse, IPPool, IpipMode};
+use ipnetwork::IpNetwork;
+
+use crate::error::{IpamError, Result};
+use crate::selector::Selector;
+use crate::Family;
+
+/// A pool that passed every filter, with its parsed network.
+#[derive(Debug, Clone)]
+pub struct Eligible {
+    pub name: String,
+    pub net: IpNetwork,
+    pub block_size: u8,
+}
+
+pub fn selects(pool: &IPPool, labels: &BTreeMap<String, String>) -> Result<bool> {
+    let sel = Selector::parse(&pool.spec.node_selector).map_err(|source| IpamError::Selector {
+        pool: pool.metadata.name.clone().unwrap_or_default(),
+        source,
+    })?;
+    Ok(sel.matches(labels))
+}
+
+/// Enabled pools of `family` allowing `use_` that select the node, in name order;
+/// `restrict` (names or CIDRs) narrows them further. `tunnel_only` keeps IPIP pools.
+pub fn eligible(
+    pools: &[IPPool],
+    labels: &BTreeMap<String, String>,
+    family: Family,
+    use_: AllowedUse,
+    restrict: &[String],
+) -> Result<Vec<Eligible>> {
+    let mut out = vec![];
+    for p in pools {
+        let name = p.metadata.name.clone().unwrap_or_default();
+        let Some(net) = p.spec.network() else { continue };
+        if p.spec.disabled || Family::of(&net) != family || !p.spec.allowed_uses.contains(&use_) {
+            continue;
+        }
+        if use_ == AllowedUse::Tunnel && p.spec.ipip_mode == IpipMode::Never {
+            continue;
+        }
+        if !restrict.is_empty() && !restrict.iter().any(|r| *r == name || *r == p.spec.cidr) {
+            continue;
+        }
+        if !selects(p, labels)? {
+            continue;
+        }
+        out.push(Eligible {
+            name,
+            net,
+            block_size: p.spec.effective_block_size(),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub fn describe(pools: &[Eligible]) -> String {
+    pools
+        .iter()
+        .map(|p| format!("{} ({})", p.name, p.net))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
