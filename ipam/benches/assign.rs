@@ -1,1 +1,194 @@
-fn main(){}
+//! IPAM on a local etcd: allocations/s, p50/p99 latency per allocation and datastore round
+//! trips per allocation, with 1 and 8 concurrent nodes, beside the raw etcd CAS floor.
+//!
+//! - "node agent": one long-lived IPAM client per node (pools, config and the node's blocks
+//!   cached), one address per pod, 1,000 pods per node.
+//! - "fresh client": a new IPAM client per pod, as a CNI plugin process that reads everything
+//!   anew each time.
+//!
+//! Run: `cargo bench -p brindle-ipam --bench assign` (etcd-server must be installed).
+//! Writes bench-results/ipam-assign.json.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use brindle_api::{AllowedUse, BrindleNode, IPPool, IPPoolSpec};
+use brindle_datastore::backend::etcd::EtcdBackend;
+use brindle_datastore::backend::instrumented::Instrumented;
+use brindle_datastore::Store;
+use brindle_ipam::block::attr;
+use brindle_ipam::nodes::brindle_node;
+use brindle_ipam::{AssignRequest, Ipam};
+use brindle_testsupport::bench::{etcd_cas_floor, write_results, Sample};
+use brindle_testsupport::EtcdServer;
+
+const PODS_PER_NODE: usize = 1000;
+const FRESH_PODS: usize = 200;
+
+fn req(node: &str, pod: &str) -> AssignRequest {
+    AssignRequest {
+        handle: brindle_ipam::pod_handle(pod),
+        node: node.into(),
+        ipv4: 1,
+        ipv6: 0,
+        attrs: BTreeMap::from([
+            (attr::POD.into(), pod.into()),
+            (attr::NAMESPACE.into(), "bench".into()),
+            (attr::NODE.into(), node.into()),
+            (attr::TYPE.into(), attr::TYPE_POD.into()),
+        ]),
+        use_: AllowedUse::Workload,
+        pools: vec![],
+    }
+}
+
+struct Row {
+    sample: Sample,
+    /// Round trips (reads + writes) per allocation: histogram count → allocations.
+    trips: HashMap<u64, usize>,
+}
+
+impl Row {
+    fn common_trips(&self) -> u64 {
+        self.trips
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(t, _)| *t)
+            .unwrap_or(0)
+    }
+    fn mean_trips(&self) -> f64 {
+        let total: u64 = self.trips.iter().map(|(t, n)| t * *n as u64).sum();
+        total as f64 / self.trips.values().sum::<usize>().max(1) as f64
+    }
+}
+
+async fn run(endpoint: &str, nodes: usize, tag: &str, fresh: bool) -> Row {
+    let per = if fresh {
+        FRESH_PODS / nodes
+    } else {
+        PODS_PER_NODE
+    };
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for n in 0..nodes {
+        let backend = Instrumented::new(
+            EtcdBackend::connect(&[endpoint.to_owned()])
+                .await
+                .expect("etcd"),
+        );
+        let node = format!("{tag}-{n}");
+        tasks.push(tokio::spawn(async move {
+            let store = Store::new(backend.clone());
+            store
+                .all::<BrindleNode>()
+                .create(&brindle_node(&node, &[]))
+                .await
+                .expect("node");
+            let long_lived = Ipam::new(store.clone());
+            let mut s = Sample::default();
+            let mut trips = HashMap::new();
+            for i in 0..per {
+                let fresh_client;
+                let ipam = if fresh {
+                    fresh_client = Ipam::new(store.clone());
+                    &fresh_client
+                } else {
+                    &long_lived
+                };
+                let (r0, w0) = backend.round_trips();
+                let t = Instant::now();
+                ipam.assign(&req(&node, &format!("{node}-p{i}")))
+                    .await
+                    .expect("assign");
+                s.lat.push(t.elapsed());
+                let (r1, w1) = backend.round_trips();
+                *trips.entry(r1 - r0 + w1 - w0).or_insert(0usize) += 1;
+            }
+            (s, trips)
+        }));
+    }
+    let mut parts = vec![];
+    let mut trips: HashMap<u64, usize> = HashMap::new();
+    for t in tasks {
+        let (s, h) = t.await.expect("node task");
+        parts.push(s);
+        for (k, v) in h {
+            *trips.entry(k).or_default() += v;
+        }
+    }
+    Row {
+        sample: Sample::merge(parts, start.elapsed().as_secs_f64()),
+        trips,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    // BRINDLE_BENCH_ETCD=memory puts etcd's data in /dev/shm: no fsync cost, CPU only.
+    let in_memory = std::env::var("BRINDLE_BENCH_ETCD").as_deref() == Ok("memory");
+    let etcd = tokio::task::spawn_blocking(move || {
+        if in_memory {
+            EtcdServer::start()
+        } else {
+            EtcdServer::start_on_disk()
+        }
+    })
+    .await
+    .expect("etcd");
+    let ep = etcd.endpoint();
+    let store = Store::new(EtcdBackend::connect(&[ep.clone()]).await.expect("etcd"));
+    let mut pool = IPPoolSpec::new("10.128.0.0/12");
+    pool.block_size = Some(26);
+    store
+        .all::<IPPool>()
+        .create(&IPPool::new("bench", pool))
+        .await
+        .expect("pool");
+
+    let medium = if in_memory {
+        "data in /dev/shm"
+    } else {
+        "on disk"
+    };
+    println!("\nIPAM assign on etcd ({medium}, one member, loopback); one address per pod\n");
+    println!(
+        "| what | nodes | allocations | alloc/s | p50 ms | p99 ms | round trips (common / mean) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    let mut json = vec![];
+    for nodes in [1, 8] {
+        let floor = etcd_cas_floor(&ep, nodes, 2000, false).await;
+        println!(
+            "| raw etcd CAS floor (get + txn) | {nodes} | {} | {:.0} | {:.2} | {:.2} | 2 / 2 |",
+            floor.ops(),
+            floor.rate(),
+            floor.ms(0.5),
+            floor.ms(0.99)
+        );
+        json.push(serde_json::json!({"what": "raw etcd CAS floor", "nodes": nodes,
+            "ops": floor.ops(), "per_sec": floor.rate(), "p50_ms": floor.ms(0.5), "p99_ms": floor.ms(0.99)}));
+        for (what, fresh) in [
+            ("node agent (cached client)", false),
+            ("fresh client per pod (CNI-like)", true),
+        ] {
+            let tag = format!("{}{nodes}", if fresh { "f" } else { "a" });
+            let r = run(&ep, nodes, &tag, fresh).await;
+            let s = &r.sample;
+            println!(
+                "| {what} | {nodes} | {} | {:.0} | {:.2} | {:.2} | {} / {:.2} |",
+                s.ops(),
+                s.rate(),
+                s.ms(0.5),
+                s.ms(0.99),
+                r.common_trips(),
+                r.mean_trips()
+            );
+            json.push(
+                serde_json::json!({"what": what, "nodes": nodes, "ops": s.ops(),
+                "per_sec": s.rate(), "p50_ms": s.ms(0.5), "p99_ms": s.ms(0.99),
+                "round_trips_common": r.common_trips(), "round_trips_mean": r.mean_trips()}),
+            );
+        }
+    }
+    write_results("ipam-assign.json", &serde_json::Value::Array(json));
+}

@@ -110,7 +110,10 @@ pub fn network(b: &IPAMBlockSpec) -> Option<IpNetwork> {
 
 pub fn address(b: &IPAMBlockSpec, ordinal: u32) -> Option<IpAddr> {
     let net = network(b)?;
-    Some(from_u128(net.is_ipv4(), to_u128(net.network()) + u128::from(ordinal)))
+    Some(from_u128(
+        net.is_ipv4(),
+        to_u128(net.network()) + u128::from(ordinal),
+    ))
 }
 
 pub fn ordinal(b: &IPAMBlockSpec, ip: IpAddr) -> Option<u32> {
@@ -278,9 +281,15 @@ mod tests {
     fn names_and_arithmetic() {
         assert_eq!(block_name(&net("10.244.3.0/26")), "10-244-3-0-26");
         assert_eq!(block_name(&net("fd00:10::c0/122")), "fd00-10--c0-122");
-        assert_eq!(block_of("10.244.3.77".parse().unwrap(), 26), Some(net("10.244.3.64/26")));
+        assert_eq!(
+            block_of("10.244.3.77".parse().unwrap(), 26),
+            Some(net("10.244.3.64/26"))
+        );
         assert_eq!(block_count(&net("10.244.0.0/16"), 26), 1024);
-        assert_eq!(nth_block(&net("10.244.0.0/16"), 26, 5), Some(net("10.244.1.64/26")));
+        assert_eq!(
+            nth_block(&net("10.244.0.0/16"), 26, 5),
+            Some(net("10.244.1.64/26"))
+        );
         assert_eq!(block_count(&net("fd00::/48"), 122), 1 << 74);
         assert_eq!(stable_hash("node-1"), stable_hash("node-1"));
         assert_ne!(stable_hash("node-1"), stable_hash("node-2"));
@@ -293,15 +302,27 @@ mod tests {
         let mut b = new_block(&net("10.0.0.0/30"), Some("host:n1".into()));
         let attrs = BTreeMap::new();
         let first = allocate(&mut b, 2, "h1", &attrs);
-        assert_eq!(first, vec!["10.0.0.0".parse::<IpAddr>().unwrap(), "10.0.0.1".parse().unwrap()]);
+        assert_eq!(
+            first,
+            vec![
+                "10.0.0.0".parse::<IpAddr>().unwrap(),
+                "10.0.0.1".parse().unwrap()
+            ]
+        );
         let seq0 = allocations(&b)[0].sequence;
         release(&mut b, &[0]);
         // The released address goes to the tail: the two never-used ones come first.
         let next = allocate(&mut b, 3, "h2", &attrs);
         let next: Vec<String> = next.iter().map(ToString::to_string).collect();
         assert_eq!(next, ["10.0.0.2", "10.0.0.3", "10.0.0.0"]);
-        let reused = allocations(&b).into_iter().find(|a| a.ordinal == 0).unwrap();
-        assert!(reused.sequence > seq0, "a reused slot gets a new sequence number");
+        let reused = allocations(&b)
+            .into_iter()
+            .find(|a| a.ordinal == 0)
+            .unwrap();
+        assert!(
+            reused.sequence > seq0,
+            "a reused slot gets a new sequence number"
+        );
         assert_eq!(reused.handle.as_deref(), Some("h2"));
         assert_eq!(free(&b), 0);
         assert!(allocate(&mut b, 1, "h3", &attrs).is_empty());
@@ -327,8 +348,14 @@ mod tests {
         let mut b = new_block(&net("10.0.0.0/30"), None);
         let a = BTreeMap::new();
         assert!(allocate_ip(&mut b, "10.0.0.2".parse().unwrap(), "h", &a));
-        assert!(!allocate_ip(&mut b, "10.0.0.2".parse().unwrap(), "h", &a), "taken");
-        assert!(!allocate_ip(&mut b, "10.0.1.2".parse().unwrap(), "h", &a), "outside");
+        assert!(
+            !allocate_ip(&mut b, "10.0.0.2".parse().unwrap(), "h", &a),
+            "taken"
+        );
+        assert!(
+            !allocate_ip(&mut b, "10.0.1.2".parse().unwrap(), "h", &a),
+            "outside"
+        );
         assert_eq!(b.unallocated, vec![0, 1, 3]);
     }
 }

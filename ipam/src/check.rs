@@ -26,7 +26,10 @@ pub struct AllocationRef {
 /// Who an allocation belongs to, from its attributes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub enum Owner {
-    Pod { namespace: String, name: String },
+    Pod {
+        namespace: String,
+        name: String,
+    },
     Node(String),
     /// No owner recorded: never called leaked.
     Unknown,
@@ -41,7 +44,12 @@ impl AllocationRef {
 /// Who an allocation belongs to, from its attributes.
 pub fn owner_of(a: &BTreeMap<String, String>) -> Owner {
     {
-        match (a.get(attr::TYPE).map(String::as_str), a.get(attr::NAMESPACE), a.get(attr::POD), a.get(attr::NODE)) {
+        match (
+            a.get(attr::TYPE).map(String::as_str),
+            a.get(attr::NAMESPACE),
+            a.get(attr::POD),
+            a.get(attr::NODE),
+        ) {
             (Some(attr::TYPE_TUNNEL), _, _, Some(node)) => Owner::Node(node.clone()),
             (_, Some(ns), Some(pod), _) => Owner::Pod {
                 namespace: ns.clone(),
@@ -126,7 +134,11 @@ pub(crate) fn analyse(s: &Snapshot, owners: &OwnerSnapshot) -> Report {
         r.allocations += allocs.len();
         let mut free_seen = std::collections::HashSet::new();
         for &o in &b.spec.unallocated {
-            let allocated = b.spec.allocations.get(o as usize).is_some_and(Option::is_some);
+            let allocated = b
+                .spec
+                .allocations
+                .get(o as usize)
+                .is_some_and(Option::is_some);
             if !free_seen.insert(o) || allocated {
                 r.duplicates.extend(block::address(&b.spec, o));
             }
@@ -152,16 +164,22 @@ pub(crate) fn analyse(s: &Snapshot, owners: &OwnerSnapshot) -> Report {
                 });
             }
         }
-        let affine_ok = b.spec.affinity.as_deref().and_then(|a| a.strip_prefix("host:")).is_some_and(|node| {
-            s.affinities
-                .iter()
-                .any(|a| a.spec.node == node && a.spec.cidr == b.spec.cidr)
-        });
+        let affine_ok = b
+            .spec
+            .affinity
+            .as_deref()
+            .and_then(|a| a.strip_prefix("host:"))
+            .is_some_and(|node| {
+                s.affinities
+                    .iter()
+                    .any(|a| a.spec.node == node && a.spec.cidr == b.spec.cidr)
+            });
         if !affine_ok {
             r.blocks_without_affinity.push(b.spec.cidr.clone());
         }
     }
-    r.duplicates.extend(seen.into_iter().filter(|(_, n)| *n > 1).map(|(ip, _)| ip));
+    r.duplicates
+        .extend(seen.into_iter().filter(|(_, n)| *n > 1).map(|(ip, _)| ip));
     r.duplicates.sort();
 
     let mut counted: BTreeMap<(String, String), u32> = BTreeMap::new();
@@ -184,8 +202,11 @@ pub(crate) fn analyse(s: &Snapshot, owners: &OwnerSnapshot) -> Report {
         }
     }
 
-    let block_names: std::collections::HashSet<String> =
-        s.blocks.iter().filter_map(|b| b.metadata.name.clone()).collect();
+    let block_names: std::collections::HashSet<String> = s
+        .blocks
+        .iter()
+        .filter_map(|b| b.metadata.name.clone())
+        .collect();
     for a in &s.affinities {
         let exists = a
             .spec

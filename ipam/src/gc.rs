@@ -75,7 +75,8 @@ impl Collector {
         let snap = ipam.snapshot().await?;
         let report = analyse(&snap, owners);
         let mut out = PassReport::default();
-        let in_scope = |node: Option<&str>| dirty.is_none_or(|d| node.is_some_and(|n| d.contains(n)));
+        let in_scope =
+            |node: Option<&str>| dirty.is_none_or(|d| node.is_some_and(|n| d.contains(n)));
 
         // 1. Leaked allocations.
         let leaked: Vec<&AllocationRef> = report
@@ -121,7 +122,10 @@ impl Collector {
         let mut to_repair = std::collections::BTreeSet::new();
         for m in &report.handle_mismatches {
             let key = (m.handle.clone(), m.block.clone());
-            let e = self.handles.entry(key).or_insert((now, m.handle_says, m.block_holds));
+            let e = self
+                .handles
+                .entry(key)
+                .or_insert((now, m.handle_says, m.block_holds));
             if (e.1, e.2) != (m.handle_says, m.block_holds) {
                 *e = (now, m.handle_says, m.block_holds); // it moved: someone is working on it
             } else if now.duration_since(e.0) >= self.grace {
@@ -167,7 +171,11 @@ impl Collector {
             if now.duration_since(first) < self.grace {
                 continue;
             }
-            if let Some(a) = snap.affinities.iter().find(|a| a.metadata.name.as_deref() == Some(name)) {
+            if let Some(a) = snap
+                .affinities
+                .iter()
+                .find(|a| a.metadata.name.as_deref() == Some(name))
+            {
                 ipam.release_affinity(a).await?;
                 out.affinities_freed.push(a.spec.cidr.clone());
             }
@@ -189,7 +197,13 @@ fn alloc_node(l: &AllocationRef, blocks: &[IPAMBlock]) -> Option<String> {
     blocks
         .iter()
         .find(|b| b.metadata.name.as_deref() == Some(l.block.as_str()))
-        .and_then(|b| b.spec.affinity.as_deref()?.strip_prefix("host:").map(str::to_owned))
+        .and_then(|b| {
+            b.spec
+                .affinity
+                .as_deref()?
+                .strip_prefix("host:")
+                .map(str::to_owned)
+        })
 }
 
 async fn owner_exists(ipam: &Ipam, owner: &Owner) -> Result<bool> {
@@ -229,7 +243,10 @@ async fn repair_handle(ipam: &Ipam, handle: &str) -> Result<()> {
         let current = api.get(handle).await?;
         let r = match (current, actual.is_empty()) {
             (None, true) => return Ok(()),
-            (Some(h), true) => api.delete(handle, h.metadata.resource_version.as_deref()).await,
+            (Some(h), true) => {
+                api.delete(handle, h.metadata.resource_version.as_deref())
+                    .await
+            }
             (Some(mut h), false) => {
                 h.spec.block = actual.clone();
                 api.update(&h).await.map(|_| ())
@@ -276,12 +293,16 @@ impl Ipam {
         let blocks = self.store.all::<IPAMBlock>();
         let mut deleted = false;
         for _ in 0..MAX_RETRIES {
-            let Some(b) = blocks.get(&name).await? else { break };
+            let Some(b) = blocks.get(&name).await? else {
+                break;
+            };
             if b.spec.affinity.as_deref() != Some(&format!("host:{node}")) {
                 break;
             }
             let r = if block::is_empty(&b.spec) {
-                blocks.delete(&name, b.metadata.resource_version.as_deref()).await
+                blocks
+                    .delete(&name, b.metadata.resource_version.as_deref())
+                    .await
             } else {
                 let mut next = b.clone();
                 next.spec.affinity = None;
@@ -303,6 +324,16 @@ impl Ipam {
 
     /// Frees the node's empty blocks in pools that no longer select it (or no longer exist).
     pub async fn release_unselected_blocks(&self, node: &str) -> Result<Vec<String>> {
+        self.release_empty_blocks(node, true).await
+    }
+
+    /// Frees every empty block of the node (`only_unselected`: only those of pools that no
+    /// longer select it). A node that is drained, or an operator's `ipam release`, uses this.
+    pub async fn release_empty_blocks(
+        &self,
+        node: &str,
+        only_unselected: bool,
+    ) -> Result<Vec<String>> {
         self.clear_cache();
         let pools = self.pools().await?;
         let labels = self.labels(node).await?;
@@ -311,13 +342,17 @@ impl Ipam {
             if a.spec.node != node {
                 continue;
             }
-            let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else { continue };
-            let pool = pools.iter().find(|p| p.spec.network().is_some_and(|n| n.contains(net.network())));
+            let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else {
+                continue;
+            };
+            let pool = pools
+                .iter()
+                .find(|p| p.spec.network().is_some_and(|n| n.contains(net.network())));
             let selected = match pool {
                 Some(p) => crate::pools::selects(p, &labels)?,
                 None => false,
             };
-            if selected {
+            if selected && only_unselected {
                 continue;
             }
             let empty = self
@@ -327,7 +362,7 @@ impl Ipam {
                 .await?
                 .is_none_or(|b| block::is_empty(&b.spec));
             if empty && self.release_affinity(&a).await? {
-                info!(node, block = %a.spec.cidr, "released empty block of a pool that no longer selects the node");
+                info!(node, block = %a.spec.cidr, selected, "released empty block");
                 freed.push(a.spec.cidr.clone());
             }
         }

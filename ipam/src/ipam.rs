@@ -134,7 +134,10 @@ impl Ipam {
             return Ok(p);
         }
         let pools = self.store.all::<IPPool>().list().await?.items;
-        self.cache().pools = Some(Cached { at: Instant::now(), value: pools.clone() });
+        self.cache().pools = Some(Cached {
+            at: Instant::now(),
+            value: pools.clone(),
+        });
         Ok(pools)
     }
 
@@ -149,7 +152,10 @@ impl Ipam {
             .await?
             .map(|c| c.spec)
             .unwrap_or_default();
-        self.cache().config = Some(Cached { at: Instant::now(), value: c.clone() });
+        self.cache().config = Some(Cached {
+            at: Instant::now(),
+            value: c.clone(),
+        });
         Ok(c)
     }
 
@@ -164,9 +170,13 @@ impl Ipam {
             return Ok(l);
         }
         let l = self.owners.labels(node).await?;
-        self.cache()
-            .labels
-            .insert(node.to_owned(), Cached { at: Instant::now(), value: l.clone() });
+        self.cache().labels.insert(
+            node.to_owned(),
+            Cached {
+                at: Instant::now(),
+                value: l.clone(),
+            },
+        );
         Ok(l)
     }
 
@@ -230,7 +240,9 @@ impl Ipam {
         want: usize,
         handle: &mut HandleState,
     ) -> Result<Vec<IpAddr>> {
-        let pools = self.eligible(&req.node, family, req.use_, &req.pools).await?;
+        let pools = self
+            .eligible(&req.node, family, req.use_, &req.pools)
+            .await?;
         let cfg = self.config().await?;
         let mut got: Vec<IpAddr> = vec![];
         let step = |got: &mut Vec<IpAddr>, ips: Vec<IpAddr>| {
@@ -263,7 +275,9 @@ impl Ipam {
         }
         if !cfg.strict_affinity {
             for name in self.borrowable_blocks(&req.node, &pools).await? {
-                let ips = self.allocate_from(&name, want - got.len(), req, None, handle).await?;
+                let ips = self
+                    .allocate_from(&name, want - got.len(), req, None, handle)
+                    .await?;
                 if !ips.is_empty() {
                     debug!(node = %req.node, block = %name, n = ips.len(), "borrowed");
                 }
@@ -301,58 +315,47 @@ impl Ipam {
         }
     }
 
-    /// Names of the node's confirmed blocks in the eligible pools, most free first.
+    /// Names of the node's confirmed blocks in the eligible pools that have room, in CIDR
+    /// order (the node fills one block before the next, as Calico does).
     async fn affine_blocks(&self, node: &str, pools: &[Eligible]) -> Result<Vec<String>> {
-        let cached: Option<Vec<IPAMBlock>> = self
-            .cache()
-            .affine
-            .get(node)
-            .map(|m| m.values().cloned().collect());
-        let blocks = match cached {
-            Some(b) => b,
-            None => {
-                let affs = self.store.all::<BlockAffinity>().list().await?.items;
-                let mut blocks = vec![];
-                for a in affs.iter().filter(|a| {
-                    a.spec.node == node && a.spec.state == AffinityState::Confirmed && !a.spec.deleted
-                }) {
-                    let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else { continue };
-                    if let Some(b) = self.store.all::<IPAMBlock>().get(&block_name(&net)).await? {
-                        blocks.push(b);
-                    }
+        let loaded = self.cache().affine.contains_key(node);
+        if !loaded {
+            let affs = self.store.all::<BlockAffinity>().list().await?.items;
+            let mut blocks = BTreeMap::new();
+            for a in affs.iter().filter(|a| {
+                a.spec.node == node && a.spec.state == AffinityState::Confirmed && !a.spec.deleted
+            }) {
+                let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else {
+                    continue;
+                };
+                let name = block_name(&net);
+                if let Some(b) = self.store.all::<IPAMBlock>().get(&name).await? {
+                    blocks.insert(name, b);
                 }
-                let mut c = self.cache();
-                let entry = c.affine.entry(node.to_owned()).or_default();
-                for b in &blocks {
-                    entry.insert(b.metadata.name.clone().unwrap_or_default(), b.clone());
-                }
-                blocks
             }
+            self.cache().affine.insert(node.to_owned(), blocks);
+        }
+        let cache = self.cache();
+        let Some(blocks) = cache.affine.get(node) else {
+            return Ok(vec![]);
         };
-        let mut usable: Vec<&IPAMBlock> = blocks
+        Ok(blocks
             .iter()
-            .filter(|b| {
-                block::network(&b.spec)
-                    .is_some_and(|n| pools.iter().any(|p| p.net.contains(n.network())))
+            .filter(|(_, b)| {
+                block::free(&b.spec) > 0
+                    && block::network(&b.spec)
+                        .is_some_and(|n| pools.iter().any(|p| p.net.contains(n.network())))
             })
-            .collect();
-        usable.sort_by_key(|b| std::cmp::Reverse(block::free(&b.spec)));
-        Ok(usable
-            .into_iter()
-            .filter(|b| block::free(&b.spec) > 0)
-            .filter_map(|b| b.metadata.name.clone())
+            .map(|(name, _)| name.clone())
             .collect())
-    }
-
-    pub(crate) fn remember_block(&self, node: &str, b: &IPAMBlock) {
-        self.remember(node, b)
     }
 
     /// Updates a node's cached blocks, if that node's blocks have been loaded: a partial
     /// entry would hide the node's other blocks.
-    fn remember(&self, node: &str, b: &IPAMBlock) {
-        if let (Some(name), Some(m)) = (&b.metadata.name, self.cache().affine.get_mut(node)) {
-            m.insert(name.clone(), b.clone());
+    pub(crate) fn remember(&self, node: &str, b: IPAMBlock) {
+        if let (Some(name), Some(m)) = (b.metadata.name.clone(), self.cache().affine.get_mut(node))
+        {
+            m.insert(name, b);
         }
     }
 
@@ -383,15 +386,21 @@ impl Ipam {
         };
         let mut claimed = 0usize; // addresses counted on the handle for this block
         for _ in 0..MAX_RETRIES {
-            let owner_ok = affine.is_none_or(|node| block.spec.affinity.as_deref() == Some(&format!("host:{node}")));
+            let owner_ok = affine
+                .is_none_or(|node| block.spec.affinity.as_deref() == Some(&format!("host:{node}")));
             let k = if block.spec.deleted || !owner_ok {
                 0
             } else {
                 n.min(block::free(&block.spec))
             };
             if k != claimed {
-                self.adjust_handle(&req.handle, &block.spec.cidr, k as i64 - claimed as i64, handle)
-                    .await?;
+                self.adjust_handle(
+                    &req.handle,
+                    &block.spec.cidr,
+                    k as i64 - claimed as i64,
+                    handle,
+                )
+                .await?;
                 claimed = k;
             }
             if k == 0 {
@@ -400,20 +409,24 @@ impl Ipam {
                 }
                 return Ok(vec![]);
             }
-            let mut next = block.clone();
-            let ips = block::allocate(&mut next.spec, k, &req.handle, &req.attrs);
-            match blocks.update(&next).await {
+            let ips = block::allocate(&mut block.spec, k, &req.handle, &req.attrs);
+            match blocks.update(&block).await {
                 Ok(stored) => {
                     if let Some(node) = affine {
-                        self.remember(node, &stored);
+                        self.remember(node, stored);
                     }
                     return Ok(ips);
                 }
                 Err(StoreError::Conflict { .. }) => match blocks.get(name).await? {
                     Some(b) => block = b,
                     None => {
-                        self.adjust_handle(&req.handle, &block.spec.cidr, -(claimed as i64), handle)
-                            .await?;
+                        self.adjust_handle(
+                            &req.handle,
+                            &block.spec.cidr,
+                            -(claimed as i64),
+                            handle,
+                        )
+                        .await?;
                         return Ok(vec![]);
                     }
                 },
@@ -521,24 +534,35 @@ impl Ipam {
         let mine: Vec<&BlockAffinity> = affs.iter().filter(|a| a.spec.node == node).collect();
 
         // A pending claim of ours left by a crash: finish it if its block is there.
-        for a in mine.iter().filter(|a| a.spec.state == AffinityState::Pending) {
-            let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else { continue };
+        for a in mine
+            .iter()
+            .filter(|a| a.spec.state == AffinityState::Pending)
+        {
+            let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else {
+                continue;
+            };
             if !pools.iter().any(|p| p.net.contains(net.network())) {
                 continue;
             }
             match blocks_api.get(&block_name(&net)).await? {
                 Some(b) if b.spec.affinity.as_deref() == Some(&format!("host:{node}")) => {
                     self.confirm(a).await?;
-                    self.remember(node, &b);
-                    return Ok(b.metadata.name);
+                    let name = b.metadata.name.clone();
+                    self.remember(node, b);
+                    return Ok(name);
                 }
                 _ => self.drop_affinity(a).await?,
             }
         }
         // Confirmed blocks of ours this client has not seen (claimed by another client
         // for the same node): use those before claiming more.
-        for a in mine.iter().filter(|a| a.spec.state == AffinityState::Confirmed) {
-            let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else { continue };
+        for a in mine
+            .iter()
+            .filter(|a| a.spec.state == AffinityState::Confirmed)
+        {
+            let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else {
+                continue;
+            };
             let name = block_name(&net);
             let known = self
                 .cache()
@@ -550,8 +574,9 @@ impl Ipam {
             }
             if let Some(b) = blocks_api.get(&name).await? {
                 if b.spec.affinity.as_deref() == Some(&format!("host:{node}")) {
-                    self.remember(node, &b);
-                    if block::free(&b.spec) > 0 {
+                    let has_room = block::free(&b.spec) > 0;
+                    self.remember(node, b);
+                    if has_room {
                         return Ok(Some(name));
                     }
                 }
@@ -562,16 +587,22 @@ impl Ipam {
             .filter(|a| a.spec.state == AffinityState::Confirmed)
             .count();
         if cfg.max_blocks_per_host > 0 && held >= cfg.max_blocks_per_host as usize {
-            debug!(node, held, max = cfg.max_blocks_per_host, "at maxBlocksPerHost");
+            debug!(
+                node,
+                held,
+                max = cfg.max_blocks_per_host,
+                "at maxBlocksPerHost"
+            );
             return Ok(None);
         }
 
-        let existing: HashSet<String> = blocks_api
-            .list()
-            .await?
-            .items
-            .into_iter()
-            .filter_map(|b| b.metadata.name)
+        // Taken blocks, from the (small) affinity objects rather than the (large) blocks. A
+        // block that lost its affinity but still holds addresses is not in this set; creating
+        // it fails with AlreadyExists and the claim moves on.
+        let existing: HashSet<String> = affs
+            .iter()
+            .filter_map(|a| a.spec.cidr.parse::<IpNetwork>().ok())
+            .map(|n| block_name(&n))
             .collect();
         let seed = u128::from(block::stable_hash(node));
         for pool in pools {
@@ -621,10 +652,12 @@ impl Ipam {
         );
         let aff = match affs.create(&pending).await {
             Ok(a) => a,
-            Err(StoreError::AlreadyExists { .. }) => match affs.get(&Self::affinity_name(node, cidr)).await? {
-                Some(a) if a.spec.node == node => a,
-                _ => return Ok(None),
-            },
+            Err(StoreError::AlreadyExists { .. }) => {
+                match affs.get(&Self::affinity_name(node, cidr)).await? {
+                    Some(a) if a.spec.node == node => a,
+                    _ => return Ok(None),
+                }
+            }
             Err(e) => return Err(e.into()),
         };
         let name = block_name(cidr);
@@ -633,7 +666,7 @@ impl Ipam {
         match self.store.all::<IPAMBlock>().create(&b).await {
             Ok(stored) => {
                 self.confirm(&aff).await?;
-                self.remember(node, &stored);
+                self.remember(node, stored);
                 Ok(Some(name))
             }
             Err(StoreError::AlreadyExists { .. }) => {
@@ -652,7 +685,10 @@ impl Ipam {
             a.spec.state = AffinityState::Confirmed;
             match api.update(&a).await {
                 Ok(_) => return Ok(()),
-                Err(StoreError::Conflict { .. }) => match api.get(a.metadata.name.as_deref().unwrap_or_default()).await? {
+                Err(StoreError::Conflict { .. }) => match api
+                    .get(a.metadata.name.as_deref().unwrap_or_default())
+                    .await?
+                {
                     Some(fresh) => a = fresh,
                     None => return Ok(()),
                 },
@@ -660,7 +696,10 @@ impl Ipam {
             }
         }
         Err(IpamError::TooManyRetries {
-            what: format!("confirming affinity of {} to node {}", a.spec.cidr, a.spec.node),
+            what: format!(
+                "confirming affinity of {} to node {}",
+                a.spec.cidr, a.spec.node
+            ),
             retries: MAX_RETRIES,
         })
     }
@@ -725,12 +764,14 @@ impl Ipam {
             let mut next = block.clone();
             if !block::allocate_ip(&mut next.spec, ip, handle_id, attrs) {
                 if counted {
-                    self.adjust_handle(handle_id, &block.spec.cidr, -1, &mut st).await?;
+                    self.adjust_handle(handle_id, &block.spec.cidr, -1, &mut st)
+                        .await?;
                 }
                 return Err(IpamError::InUse { ip });
             }
             if !counted {
-                self.adjust_handle(handle_id, &block.spec.cidr, 1, &mut st).await?;
+                self.adjust_handle(handle_id, &block.spec.cidr, 1, &mut st)
+                    .await?;
                 counted = true;
             }
             match blocks.update(&next).await {

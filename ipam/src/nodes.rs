@@ -31,18 +31,32 @@ impl Owners {
         IpamError::NoNode {
             node: node.to_owned(),
             backend: self.store.backend_name(),
-            kind: if self.kube() { "Node" } else { "nodes.brindle.dev" },
+            kind: if self.kube() {
+                "Node"
+            } else {
+                "nodes.brindle.dev"
+            },
         }
     }
 
     /// The node's labels; an error naming the node if it has no record.
     pub async fn labels(&self, node: &str) -> Result<BTreeMap<String, String>> {
         let labels = if self.kube() {
-            self.store.all::<Node>().get(node).await?.map(|n| n.metadata.labels)
+            self.store
+                .all::<Node>()
+                .get(node)
+                .await?
+                .map(|n| n.metadata.labels)
         } else {
-            self.store.all::<BrindleNode>().get(node).await?.map(|n| n.metadata.labels)
+            self.store
+                .all::<BrindleNode>()
+                .get(node)
+                .await?
+                .map(|n| n.metadata.labels)
         };
-        labels.map(Option::unwrap_or_default).ok_or_else(|| self.no_node(node))
+        labels
+            .map(Option::unwrap_or_default)
+            .ok_or_else(|| self.no_node(node))
     }
 
     pub async fn node_exists(&self, node: &str) -> Result<bool> {
@@ -54,7 +68,12 @@ impl Owners {
     }
 
     pub async fn pod_exists(&self, namespace: &str, pod: &str) -> Result<bool> {
-        Ok(self.store.namespaced::<Pod>(namespace).get(pod).await?.is_some())
+        Ok(self
+            .store
+            .namespaced::<Pod>(namespace)
+            .get(pod)
+            .await?
+            .is_some())
     }
 
     /// All node names and all pods (namespace, name): a snapshot for a GC pass.
@@ -80,7 +99,12 @@ impl Owners {
 
     pub async fn bgp(&self, node: &str) -> Result<NodeBgp> {
         if self.kube() {
-            let n = self.store.all::<Node>().get(node).await?.ok_or_else(|| self.no_node(node))?;
+            let n = self
+                .store
+                .all::<Node>()
+                .get(node)
+                .await?
+                .ok_or_else(|| self.no_node(node))?;
             NodeBgp::from_annotations(&n.metadata.annotations.unwrap_or_default())
                 .map_err(|e| IpamError::Corrupt(format!("node {node}: {e}")))
         } else {
@@ -132,6 +156,11 @@ impl Owners {
 /// A node record for the etcd and memory backends (tests and the lab create nodes this way).
 pub fn brindle_node(name: &str, labels: &[(&str, &str)]) -> BrindleNode {
     let mut n = BrindleNode::new(name, NodeSpec::default());
-    n.metadata.labels = Some(labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+    n.metadata.labels = Some(
+        labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    );
     n
 }

@@ -37,7 +37,9 @@ pub fn eligible(
     let mut out = vec![];
     for p in pools {
         let name = p.metadata.name.clone().unwrap_or_default();
-        let Some(net) = p.spec.network() else { continue };
+        let Some(net) = p.spec.network() else {
+            continue;
+        };
         if p.spec.disabled || Family::of(&net) != family || !p.spec.allowed_uses.contains(&use_) {
             continue;
         }

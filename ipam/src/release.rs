@@ -29,7 +29,10 @@ pub enum ReleaseOutcome {
     /// The address was already free (or its block is gone).
     NotAllocated,
     /// Someone else holds it now: the handle or the sequence number differs. Left alone.
-    Mismatch { handle: Option<String>, sequence: u64 },
+    Mismatch {
+        handle: Option<String>,
+        sequence: u64,
+    },
 }
 
 impl Ipam {
@@ -45,7 +48,10 @@ impl Ipam {
             for cidr in h.spec.block.keys() {
                 freed.extend(self.release_handle_in_block(handle, cidr).await?);
             }
-            match handles.delete(handle, h.metadata.resource_version.as_deref()).await {
+            match handles
+                .delete(handle, h.metadata.resource_version.as_deref())
+                .await
+            {
                 Ok(()) | Err(StoreError::NotFound { .. }) => {
                     if !freed.is_empty() {
                         info!(handle, ips = ?freed, "released");
@@ -85,7 +91,10 @@ impl Ipam {
             match blocks.update(&next).await {
                 Ok(stored) => {
                     self.note_block(&stored);
-                    return Ok(ords.iter().filter_map(|&o| block::address(&b.spec, o)).collect());
+                    return Ok(ords
+                        .iter()
+                        .filter_map(|&o| block::address(&b.spec, o))
+                        .collect());
                 }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(StoreError::NotFound { .. }) => return Ok(vec![]),
@@ -100,8 +109,13 @@ impl Ipam {
 
     /// Keeps the affine-block cache in step with a block we just wrote.
     fn note_block(&self, b: &IPAMBlock) {
-        if let Some(node) = b.spec.affinity.as_deref().and_then(|a| a.strip_prefix("host:")) {
-            self.remember_block(node, b);
+        if let Some(node) = b
+            .spec
+            .affinity
+            .as_deref()
+            .and_then(|a| a.strip_prefix("host:"))
+        {
+            self.remember(node, b.clone());
         }
     }
 
@@ -117,7 +131,10 @@ impl Ipam {
 
     async fn block_for(&self, ip: IpAddr, pools: &[IPPool]) -> Result<Option<IPAMBlock>> {
         let blocks = self.store.all::<IPAMBlock>();
-        if let Some(p) = pools.iter().find(|p| p.spec.network().is_some_and(|n| n.contains(ip))) {
+        if let Some(p) = pools
+            .iter()
+            .find(|p| p.spec.network().is_some_and(|n| n.contains(ip)))
+        {
             if let Some(cidr) = block::block_of(ip, p.spec.effective_block_size()) {
                 return Ok(blocks.get(&block_name(&cidr)).await?);
             }
@@ -137,9 +154,11 @@ impl Ipam {
             let Some(b) = self.block_for(r.ip, pools).await? else {
                 return Ok(ReleaseOutcome::NotAllocated);
             };
-            let Some(a) = block::ordinal(&b.spec, r.ip)
-                .and_then(|o| block::allocations(&b.spec).into_iter().find(|a| a.ordinal == o))
-            else {
+            let Some(a) = block::ordinal(&b.spec, r.ip).and_then(|o| {
+                block::allocations(&b.spec)
+                    .into_iter()
+                    .find(|a| a.ordinal == o)
+            }) else {
                 return Ok(ReleaseOutcome::NotAllocated);
             };
             let handle_ok = r.handle.is_none() || r.handle == a.handle;
@@ -181,7 +200,9 @@ impl Ipam {
         let mut out = vec![];
         let blocks: BTreeMap<_, _> = h.spec.block.iter().collect();
         for cidr in blocks.keys() {
-            let Ok(net) = cidr.parse::<IpNetwork>() else { continue };
+            let Ok(net) = cidr.parse::<IpNetwork>() else {
+                continue;
+            };
             if let Some(b) = self.store.all::<IPAMBlock>().get(&block_name(&net)).await? {
                 out.extend(
                     block::ordinals_of(&b.spec, handle)

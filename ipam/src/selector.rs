@@ -195,7 +195,9 @@ mod tests {
     use super::*;
 
     fn labels(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
-        kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -213,7 +215,10 @@ mod tests {
             ("zone not in {'a'}", false),
             ("gpu not in {'x'}", true),
             ("!has(gpu) && rack == 'r1'", true),
-            ("zone == 'b' || (rack == 'r1' && kubernetes.io/os == 'linux')", true),
+            (
+                "zone == 'b' || (rack == 'r1' && kubernetes.io/os == 'linux')",
+                true,
+            ),
             ("!(zone == 'a')", false),
         ] {
             let s = Selector::parse(sel).unwrap_or_else(|e| panic!("{e}"));
@@ -223,7 +228,15 @@ mod tests {
 
     #[test]
     fn rejects_bad_syntax_with_position() {
-        for bad in ["", "zone = 'a'", "zone == a", "has(zone", "zone == 'a' &&", "all() junk", "zone in {'a' 'b'}"] {
+        for bad in [
+            "",
+            "zone = 'a'",
+            "zone == a",
+            "has(zone",
+            "zone == 'a' &&",
+            "all() junk",
+            "zone in {'a' 'b'}",
+        ] {
             let e = Selector::parse(bad).expect_err(bad);
             assert!(e.to_string().contains("offset"), "{e}");
         }

@@ -21,7 +21,10 @@ impl Ipam {
     pub async fn ensure_tunnel_address(&self, node: &str) -> Result<Option<IpAddr>> {
         let handle = tunnel_handle(node);
         let current = self.owners.bgp(node).await?.ipv4_ipip_tunnel_addr;
-        let pools = match self.eligible(node, Family::V4, AllowedUse::Tunnel, &[]).await {
+        let pools = match self
+            .eligible(node, Family::V4, AllowedUse::Tunnel, &[])
+            .await
+        {
             Ok(p) => p,
             Err(IpamError::NoPools { .. }) => vec![],
             Err(e) => return Err(e),
@@ -61,7 +64,11 @@ impl Ipam {
             .into_iter()
             .next()
             .ok_or_else(|| IpamError::Corrupt("assign returned no address".into()))?;
-        if let Err(e) = self.owners.set_tunnel_addr(node, Some(ip.to_string())).await {
+        if let Err(e) = self
+            .owners
+            .set_tunnel_addr(node, Some(ip.to_string()))
+            .await
+        {
             // Not recorded on the node: give the address back rather than leak it.
             let _ = self.release_handle(&handle).await;
             return Err(e);
@@ -73,7 +80,12 @@ impl Ipam {
         let Some(cidr) = block::block_of(ip, block_size) else {
             return Ok(false);
         };
-        let Some(b) = self.store.all::<IPAMBlock>().get(&block_name(&cidr)).await? else {
+        let Some(b) = self
+            .store
+            .all::<IPAMBlock>()
+            .get(&block_name(&cidr))
+            .await?
+        else {
             return Ok(false);
         };
         Ok(block::allocations(&b.spec)

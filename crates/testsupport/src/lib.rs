@@ -5,6 +5,7 @@
 //! Safety: only loopback addresses are used; processes are tracked by PID, never by name.
 
 pub mod apiserver;
+pub mod bench;
 pub mod etcd;
 mod ports;
 

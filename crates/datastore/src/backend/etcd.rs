@@ -104,10 +104,10 @@ impl EtcdBackend {
         Ok(v)
     }
 
-    fn encode(obj: &Value) -> Vec<u8> {
-        let mut obj = obj.clone();
-        meta::remove(&mut obj, "resourceVersion");
-        serde_json::to_vec(&obj).expect("a serde_json::Value always serializes")
+    /// The stored form: the object without its resourceVersion (etcd keeps that).
+    fn encode(obj: &mut Value) -> Vec<u8> {
+        meta::remove(obj, "resourceVersion");
+        serde_json::to_vec(obj).expect("a serde_json::Value always serializes")
     }
 
     /// Why a guarded write failed: the key's current state from the transaction's else-branch.
@@ -224,7 +224,7 @@ impl Backend for EtcdBackend {
         meta::stamp_created(&mut obj, uuid::Uuid::new_v4().to_string());
         let txn = Txn::new()
             .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(k, Self::encode(&obj), None)]);
+            .and_then([TxnOp::put(k, Self::encode(&mut obj), None)]);
         let resp = self
             .client
             .kv_client()
@@ -257,7 +257,7 @@ impl Backend for EtcdBackend {
         };
         let txn = Txn::new()
             .when([guard])
-            .and_then([TxnOp::put(k.clone(), Self::encode(&obj), None)])
+            .and_then([TxnOp::put(k.clone(), Self::encode(&mut obj), None)])
             .or_else([TxnOp::get(k, None)]);
         let resp = self
             .client

@@ -55,14 +55,14 @@ impl<B: Backend + Clone> Instrumented<B> {
     }
 
     fn write(&self, key: impl FnOnce() -> Key) -> Result<()> {
-        let left = self
-            .c
-            .writes_left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
-                u64::MAX => Some(u64::MAX),
-                0 => None,
-                n => Some(n - 1),
-            });
+        let left =
+            self.c
+                .writes_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                    u64::MAX => Some(u64::MAX),
+                    0 => None,
+                    n => Some(n - 1),
+                });
         if left.is_err() {
             return Err(StoreError::Unavailable {
                 backend: self.inner.name(),

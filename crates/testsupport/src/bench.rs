@@ -1,0 +1,112 @@
+//! Small helpers shared by the benchmarks: latency statistics, result files, and the raw
+//! etcd compare-and-swap floor that Brindle's datastore and IPAM figures are set beside.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+
+/// Latencies of one benchmark row.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub lat: Vec<Duration>,
+    pub secs: f64,
+    pub conflicts: usize,
+}
+
+impl Sample {
+    pub fn merge(parts: Vec<Sample>, secs: f64) -> Sample {
+        let mut lat: Vec<Duration> = parts.iter().flat_map(|p| p.lat.iter().copied()).collect();
+        lat.sort();
+        Sample {
+            lat,
+            secs,
+            conflicts: parts.iter().map(|p| p.conflicts).sum(),
+        }
+    }
+
+    pub fn ops(&self) -> usize {
+        self.lat.len()
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.ops() as f64 / self.secs
+    }
+
+    /// Percentile in milliseconds (`p` in 0..=1); the latencies must be sorted.
+    pub fn ms(&self, p: f64) -> f64 {
+        if self.lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.lat.len() as f64 - 1.0) * p).round() as usize;
+        self.lat[i].as_secs_f64() * 1e3
+    }
+}
+
+/// `bench-results/<name>` at the workspace root (created), for machine-readable results.
+pub fn results_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
+    let _ = std::fs::create_dir_all(&dir);
+    dir.canonicalize().unwrap_or(dir).join(name)
+}
+
+/// Writes `json` to `bench-results/<name>` and says where.
+pub fn write_results(name: &str, json: &serde_json::Value) {
+    let out = results_path(name);
+    match std::fs::write(&out, serde_json::to_string_pretty(json).unwrap_or_default()) {
+        Ok(()) => println!("\nwrote {}", out.display()),
+        Err(e) => eprintln!("could not write {}: {e}", out.display()),
+    }
+}
+
+/// The floor: `ops` read + compare-and-swap updates of ~300-byte values straight through
+/// etcd-client, from `clients` connections in parallel, each on its own key (or all on one).
+pub async fn etcd_cas_floor(endpoint: &str, clients: usize, ops: usize, shared: bool) -> Sample {
+    let per = ops / clients;
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for c in 0..clients {
+        let endpoint = endpoint.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect([endpoint], None)
+                .await
+                .expect("etcd connect");
+            let mut kv = client.kv_client();
+            let key = if shared {
+                "/bench/raw/shared".to_string()
+            } else {
+                format!("/bench/raw/{clients}-{c}")
+            };
+            let value = vec![b'x'; 300];
+            kv.put(key.clone(), value.clone(), None)
+                .await
+                .expect("seed");
+            let mut s = Sample::default();
+            for _ in 0..per {
+                let t = Instant::now();
+                loop {
+                    let cur = kv.get(key.clone(), None).await.expect("get");
+                    let rev = cur
+                        .kvs()
+                        .first()
+                        .map(|kv| kv.mod_revision())
+                        .unwrap_or_default();
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                        .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+                    if kv.txn(txn).await.expect("txn").succeeded() {
+                        break;
+                    }
+                    s.conflicts += 1;
+                }
+                s.lat.push(t.elapsed());
+            }
+            s
+        }));
+    }
+    let mut parts = vec![];
+    for t in tasks {
+        parts.push(t.await.expect("client task"));
+    }
+    Sample::merge(parts, start.elapsed().as_secs_f64())
+}

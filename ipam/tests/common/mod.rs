@@ -1,0 +1,114 @@
+//! Shared set-up for the IPAM tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use brindle_api::{AllowedUse, IPAMConfig, IPAMConfigSpec, IPPool, IPPoolSpec, IpipMode};
+use brindle_datastore::backend::memory::MemoryBackend;
+use brindle_datastore::Store;
+use brindle_ipam::block::attr;
+use brindle_ipam::nodes::brindle_node;
+use brindle_ipam::{AssignRequest, Ipam, IpamOptions};
+use k8s_openapi::api::core::v1::Pod;
+
+pub fn memory() -> Store {
+    Store::new(MemoryBackend::new())
+}
+
+/// An IPAM client that reads pools and config on every request, so tests see changes at once.
+pub fn ipam(store: &Store) -> Ipam {
+    Ipam::with_options(
+        store.clone(),
+        IpamOptions {
+            cache_ttl: std::time::Duration::ZERO,
+        },
+    )
+}
+
+pub async fn add_pool(store: &Store, name: &str, cidr: &str, block: u8) -> IPPool {
+    let mut s = IPPoolSpec::new(cidr);
+    s.block_size = Some(block);
+    store
+        .all::<IPPool>()
+        .create(&IPPool::new(name, s))
+        .await
+        .expect("pool")
+}
+
+pub async fn add_ipip_pool(store: &Store, name: &str, cidr: &str, block: u8) -> IPPool {
+    let mut s = IPPoolSpec::new(cidr);
+    s.block_size = Some(block);
+    s.ipip_mode = IpipMode::Always;
+    store
+        .all::<IPPool>()
+        .create(&IPPool::new(name, s))
+        .await
+        .expect("pool")
+}
+
+pub async fn add_node(store: &Store, name: &str) {
+    store
+        .all::<brindle_api::BrindleNode>()
+        .create(&brindle_node(name, &[("kubernetes.io/hostname", name)]))
+        .await
+        .expect("node");
+}
+
+pub async fn set_config(store: &Store, spec: IPAMConfigSpec) {
+    let api = store.all::<IPAMConfig>();
+    let mut c = IPAMConfig::new("default", spec);
+    match api.get("default").await.expect("get config") {
+        Some(old) => {
+            c.metadata = old.metadata;
+            api.update(&c).await.expect("config");
+        }
+        None => {
+            api.create(&c).await.expect("config");
+        }
+    }
+}
+
+pub async fn add_pod(store: &Store, ns: &str, name: &str) {
+    let p: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": ns}, "spec": {"containers": []}
+    }))
+    .expect("pod");
+    store.namespaced::<Pod>(ns).create(&p).await.expect("pod");
+}
+
+pub fn pod_req(node: &str, ns: &str, pod: &str, container: &str, n: usize) -> AssignRequest {
+    AssignRequest {
+        handle: brindle_ipam::pod_handle(container),
+        node: node.into(),
+        ipv4: n,
+        ipv6: 0,
+        attrs: BTreeMap::from([
+            (attr::POD.to_string(), pod.to_string()),
+            (attr::NAMESPACE.to_string(), ns.to_string()),
+            (attr::NODE.to_string(), node.to_string()),
+            (attr::CONTAINER_ID.to_string(), container.to_string()),
+            (attr::TYPE.to_string(), attr::TYPE_POD.to_string()),
+        ]),
+        use_: AllowedUse::Workload,
+        pools: vec![],
+    }
+}
+
+/// Every allocated address in every block, with its handle.
+pub async fn all_allocations(store: &Store) -> Vec<(IpAddr, Option<String>)> {
+    let mut out = vec![];
+    for b in store
+        .all::<brindle_api::IPAMBlock>()
+        .list()
+        .await
+        .expect("blocks")
+        .items
+    {
+        for a in brindle_ipam::block::allocations(&b.spec) {
+            out.push((a.ip, a.handle));
+        }
+    }
+    out.sort();
+    out
+}

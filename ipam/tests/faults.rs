@@ -1,0 +1,187 @@
+//! An allocator that dies between two writes: `ipam check` sees what it left, the collector
+//! repairs it, and no address is lost or doubled.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use brindle_api::{AffinityState, BlockAffinity, IPAMBlock};
+use brindle_datastore::backend::instrumented::Instrumented;
+use brindle_datastore::backend::memory::MemoryBackend;
+use brindle_datastore::Store;
+use brindle_ipam::gc::{Collector, OwnerSnapshot};
+use brindle_ipam::{Ipam, IpamOptions};
+use common::*;
+
+fn owners(nodes: &[&str], pods: &[&str]) -> OwnerSnapshot {
+    OwnerSnapshot {
+        nodes: nodes.iter().map(|s| s.to_string()).collect(),
+        pods: pods
+            .iter()
+            .map(|p| ("default".to_string(), p.to_string()))
+            .collect(),
+    }
+}
+
+fn dying(mem: &MemoryBackend) -> (Instrumented<MemoryBackend>, Ipam) {
+    let inst = Instrumented::new(mem.clone());
+    let ipam = Ipam::with_options(
+        Store::new(inst.clone()),
+        IpamOptions {
+            cache_ttl: Duration::ZERO,
+        },
+    );
+    (inst, ipam)
+}
+
+#[tokio::test]
+async fn killed_between_handle_write_and_block_write() {
+    let mem = MemoryBackend::new();
+    let store = Store::new(mem.clone());
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    for p in ["a", "b", "c"] {
+        add_pod(&store, "default", p).await;
+    }
+    let (inst, ipam) = dying(&mem);
+    ipam.assign(&pod_req("n1", "default", "a", "ca", 1))
+        .await
+        .unwrap();
+    // Next: handle create (write 1), block update (write 2). Die after the first.
+    inst.fail_writes_after(1);
+    let e = ipam
+        .assign(&pod_req("n1", "default", "b", "cb", 1))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("fault injection"), "{e}");
+
+    // A new process looks at what is left.
+    let ipam = common::ipam(&store);
+    let who = owners(&["n1"], &["a", "b", "c"]);
+    let report = ipam.check(&who).await.unwrap();
+    assert_eq!(report.handle_mismatches.len(), 1, "{report:?}");
+    let m = &report.handle_mismatches[0];
+    assert_eq!(
+        (m.handle.as_str(), m.handle_says, m.block_holds),
+        ("k8s-pod-network.cb", 1, 0)
+    );
+    assert!(report.duplicates.is_empty() && report.leaked.is_empty());
+
+    let grace = Duration::from_secs(900);
+    let mut gc = Collector::new(grace);
+    let t0 = Instant::now();
+    assert!(gc
+        .pass(&ipam, &who, None, t0)
+        .await
+        .unwrap()
+        .handles_repaired
+        .is_empty());
+    let r = gc.pass(&ipam, &who, None, t0 + grace).await.unwrap();
+    assert_eq!(r.handles_repaired, vec!["k8s-pod-network.cb".to_string()]);
+    assert!(ipam.check(&who).await.unwrap().is_clean());
+
+    // Nothing lost: the block has 63 free of 64, and the retried pod gets a fresh address.
+    let b = store
+        .all::<IPAMBlock>()
+        .list()
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    assert_eq!(brindle_ipam::block::free(&b.spec), 63);
+    let b_ip = ipam
+        .assign(&pod_req("n1", "default", "b", "cb", 1))
+        .await
+        .unwrap();
+    let c_ip = ipam
+        .assign(&pod_req("n1", "default", "c", "cc", 1))
+        .await
+        .unwrap();
+    let all: HashSet<_> = all_allocations(&store)
+        .await
+        .into_iter()
+        .map(|a| a.0)
+        .collect();
+    assert_eq!(all.len(), 3, "three distinct addresses");
+    assert_ne!(b_ip, c_ip);
+    assert!(ipam.check(&who).await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn killed_in_the_middle_of_claiming_a_block() {
+    for writes_before_death in [1, 2] {
+        // 1: pending affinity written, block not. 2: block written, affinity not confirmed.
+        let mem = MemoryBackend::new();
+        let store = Store::new(mem.clone());
+        add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+        add_node(&store, "n1").await;
+        let (inst, ipam) = dying(&mem);
+        inst.fail_writes_after(writes_before_death);
+        assert!(ipam
+            .assign(&pod_req("n1", "default", "a", "ca", 1))
+            .await
+            .is_err());
+        let who = owners(&["n1"], &["a"]);
+        let ipam = common::ipam(&store);
+        let report = ipam.check(&who).await.unwrap();
+        if writes_before_death == 1 {
+            assert_eq!(report.affinities_without_block.len(), 1, "{report:?}");
+        } else {
+            let a = store
+                .all::<BlockAffinity>()
+                .list()
+                .await
+                .unwrap()
+                .items
+                .remove(0);
+            assert_eq!(a.spec.state, AffinityState::Pending);
+        }
+        // The node's next request finishes or undoes the half-made claim.
+        ipam.assign(&pod_req("n1", "default", "a", "ca", 1))
+            .await
+            .unwrap();
+        let affs = store.all::<BlockAffinity>().list().await.unwrap().items;
+        assert_eq!(affs.len(), 1, "writes_before_death={writes_before_death}");
+        assert_eq!(affs[0].spec.state, AffinityState::Confirmed);
+        assert_eq!(
+            store.all::<IPAMBlock>().list().await.unwrap().items.len(),
+            1
+        );
+        assert!(ipam.check(&who).await.unwrap().is_clean());
+    }
+}
+
+#[tokio::test]
+async fn orphan_pending_affinity_is_collected_after_grace() {
+    let mem = MemoryBackend::new();
+    let store = Store::new(mem.clone());
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    let (inst, ipam) = dying(&mem);
+    inst.fail_writes_after(1);
+    assert!(ipam
+        .assign(&pod_req("n1", "default", "a", "ca", 1))
+        .await
+        .is_err());
+    let ipam = common::ipam(&store);
+    let who = owners(&["n1"], &[]);
+    let grace = Duration::from_secs(900);
+    let mut gc = Collector::new(grace);
+    let t0 = Instant::now();
+    assert!(gc
+        .pass(&ipam, &who, None, t0)
+        .await
+        .unwrap()
+        .affinities_freed
+        .is_empty());
+    assert_eq!(
+        gc.pass(&ipam, &who, None, t0 + grace)
+            .await
+            .unwrap()
+            .affinities_freed
+            .len(),
+        1
+    );
+    assert!(ipam.check(&who).await.unwrap().is_clean());
+}
