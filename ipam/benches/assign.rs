@@ -136,7 +136,11 @@ async fn main() {
     .await
     .expect("etcd");
     let ep = etcd.endpoint();
-    let store = Store::new(EtcdBackend::connect(&[ep.clone()]).await.expect("etcd"));
+    let store = Store::new(
+        EtcdBackend::connect(std::slice::from_ref(&ep))
+            .await
+            .expect("etcd"),
+    );
     let mut pool = IPPoolSpec::new("10.128.0.0/12");
     pool.block_size = Some(26);
     store

@@ -290,7 +290,9 @@ async fn release_by_handle_is_idempotent_and_by_address_checks_sequence() {
         sequence: None,
     };
     assert_eq!(
-        ipam.release_ips(std::slice::from_ref(&right)).await.unwrap()[0],
+        ipam.release_ips(std::slice::from_ref(&right))
+            .await
+            .unwrap()[0],
         ReleaseOutcome::Released
     );
     assert_eq!(

@@ -1,1 +1,254 @@
-fn main() {}
+//! `brindle-controller`: IPAM garbage collection for the cluster.
+//!
+//! ```text
+//!   pod watch  ──┐                           ┌─ incremental pass (dirty nodes, debounced)
+//!   node watch ──┼─> Change ─> main loop ────┤
+//!   timers     ──┘   (channel)  owns caches  └─ full pass every --resync
+//! ```
+//!
+//! The watches keep a cache of which pods and nodes exist; a deleted pod or node marks its
+//! node dirty. Passes are run by `brindle_ipam::gc::Collector`: suspects are released only
+//! after `--grace` and a fresh read of the owner, so a stale cache never frees a live pod's
+//! address. Deleted nodes' blocks, affinities and tunnel addresses are freed.
+
+mod watch;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context;
+use brindle_datastore::DatastoreArgs;
+use brindle_ipam::gc::{Collector, OwnerSnapshot};
+use brindle_ipam::Ipam;
+use clap::Parser;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+use watch::Change;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "brindle-controller",
+    version,
+    about = "Brindle IPAM garbage collector"
+)]
+struct Args {
+    #[command(flatten)]
+    datastore: DatastoreArgs,
+
+    /// How long an address must look orphaned before it is released (e.g. 15m, 90s).
+    #[arg(long, env = "BRINDLE_GC_GRACE", default_value = "15m", value_parser = duration)]
+    grace: Duration,
+
+    /// Full pass over all IPAM data this often.
+    #[arg(long, env = "BRINDLE_GC_RESYNC", default_value = "5m", value_parser = duration)]
+    resync: Duration,
+
+    /// Wait this long after a change before an incremental pass, to batch changes.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    debounce: Duration,
+
+    /// Log filter (tracing-subscriber syntax), e.g. info or brindle_ipam=debug.
+    #[arg(long, env = "BRINDLE_LOG", default_value = "info")]
+    log: String,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    brindle_api::validation::parse_duration_secs(s).map(Duration::from_secs)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let store = args
+        .datastore
+        .connect()
+        .await
+        .context("connecting to the datastore")?;
+    info!(backend = store.backend_name(), grace = ?args.grace, resync = ?args.resync, "brindle-controller starting");
+    let (tx, rx) = tokio::sync::mpsc::channel(1024);
+    watch::spawn(store.clone(), tx);
+    let ipam = Ipam::new(store);
+    tokio::select! {
+        r = run(&args, &ipam, rx) => r,
+        _ = shutdown() => {
+            info!("shutting down");
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the controller");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[derive(Default)]
+struct Owners {
+    /// (namespace, name) → node the pod runs on.
+    pods: BTreeMap<(String, String), Option<String>>,
+    nodes: HashSet<String>,
+    synced_pods: bool,
+    synced_nodes: bool,
+}
+
+impl Owners {
+    fn snapshot(&self) -> OwnerSnapshot {
+        OwnerSnapshot {
+            nodes: self.nodes.clone(),
+            pods: self.pods.keys().cloned().collect(),
+        }
+    }
+
+    /// Applies a change; returns the node it makes dirty, if any.
+    fn apply(&mut self, c: Change) -> Option<String> {
+        match c {
+            Change::PodsListed(pods) => {
+                self.pods = pods.into_iter().collect();
+                self.synced_pods = true;
+                None
+            }
+            Change::PodUp(key, node) => {
+                self.pods.insert(key, node);
+                None
+            }
+            Change::PodGone(key, node) => {
+                let cached = self.pods.remove(&key).flatten();
+                node.or(cached)
+            }
+            Change::NodesListed(nodes) => {
+                self.nodes = nodes.into_iter().collect();
+                self.synced_nodes = true;
+                None
+            }
+            Change::NodeUp(n) => {
+                self.nodes.insert(n);
+                None
+            }
+            Change::NodeGone(n) => {
+                self.nodes.remove(&n);
+                Some(n)
+            }
+        }
+    }
+}
+
+async fn run(
+    args: &Args,
+    ipam: &Ipam,
+    mut rx: tokio::sync::mpsc::Receiver<Change>,
+) -> anyhow::Result<()> {
+    let mut owners = Owners::default();
+    let mut gc = Collector::new(args.grace);
+    let mut dirty: HashSet<String> = HashSet::new();
+    // Nodes to look at again once their suspects' grace period is over.
+    let mut recheck: BTreeMap<Instant, HashSet<String>> = BTreeMap::new();
+    let mut next_full = Instant::now();
+    let mut next_incremental: Option<Instant> = None;
+    loop {
+        let synced = owners.synced_pods && owners.synced_nodes;
+        let recheck_at = recheck.keys().next().copied();
+        let wake = [Some(next_full), next_incremental, recheck_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(next_full);
+        tokio::select! {
+            change = rx.recv() => {
+                let Some(change) = change else { anyhow::bail!("the watch tasks stopped") };
+                if let Some(node) = owners.apply(change) {
+                    dirty.insert(node);
+                    next_incremental.get_or_insert(Instant::now() + args.debounce);
+                }
+            }
+            _ = tokio::time::sleep_until(wake) => {}
+        }
+        if !synced {
+            continue; // never judge owners from a half-filled cache
+        }
+        let now = Instant::now();
+        while let Some(entry) = recheck.first_entry() {
+            if *entry.key() > now {
+                break;
+            }
+            dirty.extend(entry.remove());
+            next_incremental.get_or_insert(now);
+        }
+        let full = now >= next_full;
+        let incremental = next_incremental.is_some_and(|t| now >= t) && !dirty.is_empty();
+        if !full && !incremental {
+            continue;
+        }
+        let scope = if full {
+            None
+        } else {
+            Some(std::mem::take(&mut dirty))
+        };
+        let mut full_due = None;
+        match gc
+            .pass(ipam, &owners.snapshot(), scope.as_ref(), now.into_std())
+            .await
+        {
+            Ok(r) => {
+                let acted = !r.released.is_empty()
+                    || !r.handles_repaired.is_empty()
+                    || !r.blocks_freed.is_empty()
+                    || !r.affinities_freed.is_empty();
+                if acted {
+                    info!(full, suspects = r.suspects, released = ?r.released, kept_live = r.kept_live,
+                        handles_repaired = ?r.handles_repaired, blocks_freed = ?r.blocks_freed,
+                        affinities_freed = ?r.affinities_freed, "gc pass");
+                } else if r.suspects > 0 {
+                    tracing::debug!(
+                        full,
+                        suspects = r.suspects,
+                        "gc pass: suspects within their grace period"
+                    );
+                }
+                // Suspects are judged again when their grace period is over.
+                let due = now + args.grace + Duration::from_millis(10);
+                match (&scope, r.suspects > 0) {
+                    (_, false) => {}
+                    (None, true) => full_due = Some(due),
+                    (Some(nodes), true) => recheck
+                        .entry(due)
+                        .or_default()
+                        .extend(nodes.iter().cloned()),
+                }
+            }
+            Err(e) => {
+                // The datastore may be down: keep the dirty set and try again later.
+                error!(error = %e, "gc pass failed; retrying");
+                if let Some(s) = scope {
+                    dirty.extend(s);
+                }
+                let retry = now + args.debounce.max(Duration::from_secs(1));
+                next_incremental = Some(retry);
+                if full {
+                    next_full = retry;
+                }
+                continue;
+            }
+        }
+        next_incremental = None;
+        if full {
+            next_full = full_due.map_or(now + args.resync, |d| d.min(now + args.resync));
+            dirty.clear();
+        }
+    }
+}

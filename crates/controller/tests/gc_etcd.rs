@@ -1,0 +1,190 @@
+//! The controller binary against a real etcd: a deleted pod's address is released after the
+//! grace period, a live pod's never; a deleted node's blocks, affinities and tunnel address
+//! are freed.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use brindle_api::{
+    AllowedUse, BlockAffinity, BrindleNode, IPAMBlock, IPAMHandle, IPPool, IPPoolSpec, IpipMode,
+};
+use brindle_datastore::backend::etcd::EtcdBackend;
+use brindle_datastore::Store;
+use brindle_ipam::block::attr;
+use brindle_ipam::nodes::brindle_node;
+use brindle_ipam::{AssignRequest, Ipam};
+use brindle_testsupport::EtcdServer;
+use k8s_openapi::api::core::v1::Pod;
+
+/// Kills the controller (by its PID) however the test ends.
+struct Controller(Child);
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pod(name: &str, node: &str) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"nodeName": node, "containers": []}
+    }))
+    .unwrap()
+}
+
+fn req(node: &str, pod: &str) -> AssignRequest {
+    AssignRequest {
+        handle: brindle_ipam::pod_handle(pod),
+        node: node.into(),
+        ipv4: 1,
+        ipv6: 0,
+        attrs: BTreeMap::from([
+            (attr::POD.into(), pod.into()),
+            (attr::NAMESPACE.into(), "default".into()),
+            (attr::NODE.into(), node.into()),
+            (attr::TYPE.into(), attr::TYPE_POD.into()),
+        ]),
+        use_: AllowedUse::Workload,
+        pools: vec![],
+    }
+}
+
+async fn allocated(store: &Store) -> Vec<IpAddr> {
+    let mut out = vec![];
+    for b in store.all::<IPAMBlock>().list().await.unwrap().items {
+        out.extend(
+            brindle_ipam::block::allocations(&b.spec)
+                .into_iter()
+                .map(|a| a.ip),
+        );
+    }
+    out.sort();
+    out
+}
+
+/// Polls until `cond` holds (the controller works on its own schedule), up to 60 s.
+async fn eventually<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..600 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("not within 60s: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_collects_leaks_and_deleted_nodes() {
+    let etcd = tokio::task::spawn_blocking(EtcdServer::start)
+        .await
+        .unwrap();
+    let store = Store::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
+    let mut pool = IPPoolSpec::new("10.50.0.0/24");
+    pool.block_size = Some(28);
+    pool.ipip_mode = IpipMode::Always;
+    store
+        .all::<IPPool>()
+        .create(&IPPool::new("pool", pool))
+        .await
+        .unwrap();
+    for n in ["n1", "n2"] {
+        store
+            .all::<BrindleNode>()
+            .create(&brindle_node(n, &[]))
+            .await
+            .unwrap();
+    }
+    let ipam = Ipam::new(store.clone());
+    for (p, n) in [("live", "n1"), ("doomed", "n1"), ("other", "n2")] {
+        store
+            .namespaced::<Pod>("default")
+            .create(&pod(p, n))
+            .await
+            .unwrap();
+        ipam.assign(&req(n, p)).await.unwrap();
+    }
+    let tunnel = ipam.ensure_tunnel_address("n2").await.unwrap().unwrap();
+    let live = ipam.ips_of_handle("k8s-pod-network.live").await.unwrap();
+    let doomed = ipam.ips_of_handle("k8s-pod-network.doomed").await.unwrap();
+
+    let grace = 3;
+    let _ctl = Controller(
+        Command::new(env!("CARGO_BIN_EXE_brindle-controller"))
+            .args(["--datastore", "etcd", "--etcd-endpoints", &etcd.endpoint()])
+            .args([
+                "--grace",
+                &format!("{grace}s"),
+                "--resync",
+                "2s",
+                "--debounce",
+                "0s",
+            ])
+            .args(["--log", "info"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start brindle-controller"),
+    );
+
+    // The pod goes; its address stays allocated (the pod's CNI DEL never ran).
+    let deleted_at = tokio::time::Instant::now();
+    store
+        .namespaced::<Pod>("default")
+        .delete("doomed", None)
+        .await
+        .unwrap();
+    eventually("the deleted pod's address is released", || async {
+        !allocated(&store).await.contains(&doomed[0])
+    })
+    .await;
+    assert!(
+        deleted_at.elapsed() >= Duration::from_secs(grace),
+        "released before the grace period"
+    );
+    assert!(
+        allocated(&store).await.contains(&live[0]),
+        "the live pod keeps its address"
+    );
+    assert!(store
+        .all::<IPAMHandle>()
+        .get("k8s-pod-network.doomed")
+        .await
+        .unwrap()
+        .is_none());
+
+    // Node n2 goes, and with it its pod.
+    store.all::<BrindleNode>().delete("n2", None).await.unwrap();
+    store
+        .namespaced::<Pod>("default")
+        .delete("other", None)
+        .await
+        .unwrap();
+    eventually(
+        "n2's blocks, affinities and addresses are freed",
+        || async {
+            let affs = store.all::<BlockAffinity>().list().await.unwrap().items;
+            let blocks = store.all::<IPAMBlock>().list().await.unwrap().items;
+            let ips = allocated(&store).await;
+            affs.iter().all(|a| a.spec.node == "n1")
+                && blocks
+                    .iter()
+                    .all(|b| b.spec.affinity.as_deref() == Some("host:n1"))
+                && !ips.contains(&tunnel)
+                && ips == live
+        },
+    )
+    .await;
+    let handles: Vec<_> = store.all::<IPAMHandle>().list().await.unwrap().items;
+    assert_eq!(
+        handles.len(),
+        1,
+        "only the live pod's handle is left: {handles:?}"
+    );
+}
