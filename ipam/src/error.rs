@@ -15,7 +15,7 @@ pub enum IpamError {
         family: &'static str,
     },
 
-    #[error("no enabled {family} IPPool allowing {use_} selects node {node}{detail}")]
+    #[error("no enabled {family} IPPool allowing {use_} selects node {node:?}{detail}")]
     NoPools {
         family: &'static str,
         use_: &'static str,

@@ -25,8 +25,14 @@ pub fn selects(pool: &IPPool, labels: &BTreeMap<String, String>) -> Result<bool>
     Ok(sel.matches(labels))
 }
 
-/// Enabled pools of `family` allowing `use_` that select the node, in name order;
-/// `restrict` (names or CIDRs) narrows them further. `tunnel_only` keeps IPIP pools.
+fn named(p: &IPPool, r: &str) -> bool {
+    p.metadata.name.as_deref() == Some(r) || p.spec.cidr == r
+}
+
+/// Enabled pools of `family` allowing `use_` that select the node, in name order.
+/// `restrict` (names or CIDRs, of either family) narrows them: its entries of this family
+/// are the only pools used; with none of this family, the family is not narrowed. An entry
+/// that names no pool at all is an error. Tunnel use keeps only IPIP pools.
 pub fn eligible(
     pools: &[IPPool],
     labels: &BTreeMap<String, String>,
@@ -34,6 +40,22 @@ pub fn eligible(
     use_: AllowedUse,
     restrict: &[String],
 ) -> Result<Vec<Eligible>> {
+    if let Some(missing) = restrict.iter().find(|r| !pools.iter().any(|p| named(p, r))) {
+        return Err(IpamError::NoPools {
+            family: family.name(),
+            use_: "any use",
+            node: String::new(),
+            detail: format!(": the requested IPPool {missing:?} does not exist"),
+        });
+    }
+    let restrict: Vec<&String> = restrict
+        .iter()
+        .filter(|r| {
+            pools
+                .iter()
+                .any(|p| named(p, r) && p.spec.network().is_some_and(|n| Family::of(&n) == family))
+        })
+        .collect();
     let mut out = vec![];
     for p in pools {
         let name = p.metadata.name.clone().unwrap_or_default();
@@ -46,7 +68,7 @@ pub fn eligible(
         if use_ == AllowedUse::Tunnel && p.spec.ipip_mode == IpipMode::Never {
             continue;
         }
-        if !restrict.is_empty() && !restrict.iter().any(|r| *r == name || *r == p.spec.cidr) {
+        if !restrict.is_empty() && !restrict.iter().any(|r| named(p, r)) {
             continue;
         }
         if !selects(p, labels)? {

@@ -7,7 +7,9 @@
 pub mod apiserver;
 pub mod bench;
 pub mod etcd;
+pub mod netns;
 mod ports;
 
 pub use apiserver::ApiServer;
 pub use etcd::EtcdServer;
+pub use netns::{ChildGuard, Netns, PortForward};

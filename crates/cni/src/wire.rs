@@ -1,0 +1,258 @@
+//! The pod's network, Calico's routed model: a veth pair, the pod side `eth0` with a /32
+//! (and /128) and `default via 169.254.1.1`, the host side answering ARP for it (proxy ARP)
+//! with a `/32 dev <veth> scope link` route pointing at the pod.
+//!
+//! Netlink sockets belong to the network namespace they were opened in. Work inside the pod's
+//! namespace runs on a dedicated thread that enters it (setns) and opens its own socket there,
+//! so the process's own threads never change namespace.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+
+use futures::TryStreamExt;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::spec::{code, CniError, CniResult};
+
+/// The gateway every pod routes through; the host veth answers ARP for it.
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The host veth's MAC, as in Calico; its link-local address is the pod's IPv6 gateway.
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0xecee, 0xeeff, 0xfeee, 0xeeee);
+
+fn nl(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
+    CniError::new(code::NETLINK, format!("{what}"), e.to_string())
+}
+
+/// `<prefix>` + the first 11 hex digits of sha1("<namespace>.<pod>").
+pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{prefix}{}", &hex[..11])
+}
+
+/// Runs `f` with a netlink handle opened inside the namespace at `netns` (a path such as
+/// `/var/run/netns/x` or `/proc/<pid>/ns/net`), on a thread of its own.
+pub fn in_netns<T, F, Fut>(netns: &str, f: F) -> CniResult<T>
+where
+    T: Send,
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: std::future::Future<Output = CniResult<T>>,
+{
+    let file = File::open(netns).map_err(|e| {
+        CniError::new(code::IO, format!("cannot open network namespace {netns}"), e.to_string())
+    })?;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| nl(format!("entering network namespace {netns}"), e))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| CniError::new(code::IO, "starting a runtime", e.to_string()))?;
+            rt.block_on(async {
+                let (conn, handle, _) = rtnetlink::new_connection()
+                    .map_err(|e| nl("opening a netlink socket in the pod namespace", e))?;
+                tokio::spawn(conn);
+                f(handle).await
+            })
+        })
+        .join()
+        .map_err(|_| CniError::new(code::IO, "the namespace worker thread panicked", ""))?
+    })
+}
+
+/// A netlink handle in the process's own (host) namespace.
+pub fn host_handle() -> CniResult<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| nl("opening a netlink socket", e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+pub async fn link_by_name(h: &Handle, name: &str) -> CniResult<Option<LinkMessage>> {
+    let mut s = h.link().get().match_name(name.to_owned()).execute();
+    match s.try_next().await {
+        Ok(l) => Ok(l),
+        // ENODEV: no such link.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+        Err(e) => Err(nl(format!("looking up link {name}"), e)),
+    }
+}
+
+pub fn mac_of(l: &LinkMessage) -> String {
+    l.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(m) => Some(m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+pub fn is_up(l: &LinkMessage) -> bool {
+    l.header.flags.contains(LinkFlags::Up)
+}
+
+/// Deletes a link by name if it exists (its veth peer goes with it).
+pub async fn delete_link(h: &Handle, name: &str) -> CniResult<bool> {
+    let Some(l) = link_by_name(h, name).await? else {
+        return Ok(false);
+    };
+    match h.link().del(l.header.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(false),
+        Err(e) => Err(nl(format!("deleting link {name}"), e)),
+    }
+}
+
+/// Creates the veth pair: `host` here, `pod_if` directly inside the pod's namespace.
+pub async fn create_veth(h: &Handle, host: &str, pod_if: &str, mtu: u32, netns: &File) -> CniResult<()> {
+    use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
+    let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+        .name(pod_if.to_owned())
+        .mtu(mtu)
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
+    let msg = rtnetlink::LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+        .name(host.to_owned())
+        .mtu(mtu)
+        .address(HOST_MAC.to_vec())
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    h.link()
+        .add(msg)
+        .execute()
+        .await
+        .map_err(|e| nl(format!("creating veth {host} <-> {pod_if}"), e))
+}
+
+pub async fn set_up(h: &Handle, l: &LinkMessage) -> CniResult<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(l.header.index).up().build())
+        .execute()
+        .await
+        .map_err(|e| nl(format!("setting link {} up", l.header.index), e))
+}
+
+/// `<ip>/32 dev <index> scope link` (or /128), replacing any route to the same prefix.
+pub fn host_route(ip: IpAddr, index: u32) -> RouteMessage {
+    match ip {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(a, 32)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(a, 128)
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build(),
+    }
+}
+
+pub async fn add_route(h: &Handle, r: RouteMessage, what: &str) -> CniResult<()> {
+    h.route().add(r).replace().execute().await.map_err(|e| nl(what, e))
+}
+
+/// Inside the pod: address, gateway route, default route.
+pub async fn configure_pod_side(h: &Handle, ifname: &str, ips: &[IpAddr]) -> CniResult<String> {
+    let l = link_by_name(h, ifname)
+        .await?
+        .ok_or_else(|| nl(format!("{ifname} did not appear in the pod namespace"), ""))?;
+    let idx = l.header.index;
+    set_up(h, &l).await?;
+    for ip in ips {
+        let plen = if ip.is_ipv4() { 32 } else { 128 };
+        h.address()
+            .add(idx, *ip, plen)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl(format!("adding {ip}/{plen} to {ifname}"), e))?;
+    }
+    if ips.iter().any(IpAddr::is_ipv4) {
+        let gw = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(GATEWAY_V4, 32)
+            .output_interface(idx)
+            .scope(RouteScope::Link)
+            .build();
+        add_route(h, gw, "adding the 169.254.1.1 route in the pod").await?;
+        let def = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(GATEWAY_V4)
+            .output_interface(idx)
+            .build();
+        add_route(h, def, "adding the default route in the pod").await?;
+    }
+    if ips.iter().any(IpAddr::is_ipv6) {
+        let def = RouteMessageBuilder::<Ipv6Addr>::new()
+            .gateway(GATEWAY_V6)
+            .output_interface(idx)
+            .build();
+        add_route(h, def, "adding the IPv6 default route in the pod").await?;
+    }
+    let l = link_by_name(h, ifname).await?.unwrap_or(l);
+    Ok(mac_of(&l))
+}
+
+/// Writes one sysctl under /proc/sys (this process's network namespace).
+pub fn sysctl(path: &str, value: &str) -> CniResult<()> {
+    let full = format!("/proc/sys/{path}");
+    std::fs::write(&full, value).map_err(|e| CniError::new(code::IO, format!("writing {value} to {full}"), e.to_string()))
+}
+
+pub fn read_sysctl(path: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/{path}")).ok().map(|s| s.trim().to_owned())
+}
+
+/// The routes in this namespace's main table, as (destination, prefix, gateway, oif).
+pub async fn routes(h: &Handle, v6: bool) -> CniResult<Vec<(Option<IpAddr>, u8, Option<IpAddr>, Option<u32>)>> {
+    let filter = if v6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    let mut s = h.route().get(filter).execute();
+    let mut out = vec![];
+    while let Some(r) = s.try_next().await.map_err(|e| nl("listing routes", e))? {
+        let mut dst = None;
+        let mut gw = None;
+        let mut oif = None;
+        for a in &r.attributes {
+            match a {
+                RouteAttribute::Destination(d) => dst = route_addr(d),
+                RouteAttribute::Gateway(g) => gw = route_addr(g),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        out.push((dst, r.header.destination_prefix_length, gw, oif));
+    }
+    Ok(out)
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+/// The addresses on a link, as plain IPs.
+pub async fn addresses(h: &Handle, index: u32) -> CniResult<Vec<IpAddr>> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut s = h.address().get().set_link_index_filter(index).execute();
+    let mut out = vec![];
+    while let Some(a) = s.try_next().await.map_err(|e| nl("listing addresses", e))? {
+        for attr in &a.attributes {
+            if let AddressAttribute::Address(ip) = attr {
+                out.push(*ip);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,176 @@
+//! A node in a network namespace, a real etcd, and the plugin binary run the way a runtime
+//! runs it: inside the node's namespace, configuration on stdin, CNI_* in the environment.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::process::Stdio;
+
+use brindle_api::{BrindleNode, IPPool, IPPoolSpec};
+use brindle_datastore::backend::etcd::EtcdBackend;
+use brindle_datastore::Store;
+use brindle_testsupport::{EtcdServer, Netns, PortForward};
+use serde_json::{json, Value};
+
+pub const NODE: &str = "node-1";
+pub const NODE_IP: &str = "198.18.0.1";
+
+pub struct Fixture {
+    /// etcd as seen from inside the node namespace.
+    pub forward: PortForward,
+    /// The node's uplink leads here (a stand-in for the rack): it gives the node the default
+    /// route that proxy ARP for 169.254.1.1 needs, as a real node has.
+    pub fabric: Netns,
+    pub etcd: EtcdServer,
+    pub store: Store,
+    pub node: Netns,
+    pub dir: tempfile_dir::Dir,
+}
+
+/// A throw-away directory for the plugin's log and lock files.
+pub mod tempfile_dir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Dir {
+            let p = std::env::temp_dir().join(format!(
+                "brindle-cni-test-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            ));
+            std::fs::create_dir_all(&p).unwrap();
+            Dir(p)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub struct Out {
+    pub ok: bool,
+    pub json: Value,
+}
+
+impl Fixture {
+    pub async fn new(pool_cidr: &str) -> Fixture {
+        let etcd = tokio::task::spawn_blocking(EtcdServer::start).await.unwrap();
+        let store = Store::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
+        let mut pool = IPPoolSpec::new(pool_cidr);
+        pool.block_size = Some(26);
+        store.all::<IPPool>().create(&IPPool::new("pods", pool)).await.unwrap();
+        store
+            .all::<BrindleNode>()
+            .create(&brindle_ipam::nodes::brindle_node(NODE, &[]))
+            .await
+            .unwrap();
+        let node = Netns::new("brl-node");
+        let fabric = Netns::new("brl-fab");
+        node.ok(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "fab0", "netns", fabric.name()]);
+        node.ok(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "up0"]);
+        node.ok(&["ip", "link", "set", "up0", "up"]);
+        fabric.ok(&["ip", "addr", "add", "198.18.0.254/24", "dev", "fab0"]);
+        fabric.ok(&["ip", "link", "set", "fab0", "up"]);
+        node.ok(&["ip", "route", "add", "default", "via", "198.18.0.254"]);
+        node.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+        let target = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
+        let forward = PortForward::new(&node, target);
+        Fixture { forward, fabric, etcd, store, node, dir: tempfile_dir::Dir::new() }
+    }
+
+    pub fn conf(&self, version: &str) -> Value {
+        json!({
+            "cniVersion": version,
+            "name": "k8s-pod-network",
+            "type": "brindle-cni",
+            "mtu": 1400,
+            "nodename": NODE,
+            "datastore_type": "etcd",
+            "etcd_endpoints": format!("http://{}", self.forward.addr),
+            "log_level": "info",
+            "log_file_path": self.dir.0.join("cni.log"),
+            "ipam_lock_file": self.dir.0.join("ipam.lock"),
+            "ipam": {"type": "brindle-ipam"}
+        })
+    }
+
+    /// Runs the plugin in the node namespace. `pod` is (namespace, name).
+    pub fn cni(&self, command: &str, container: &str, pod: Option<(&str, &str)>, netns: Option<&str>, conf: &Value) -> Out {
+        self.cni_raw(command, container, pod, netns, conf.to_string().as_bytes(), &[])
+    }
+
+    pub fn cni_raw(
+        &self,
+        command: &str,
+        container: &str,
+        pod: Option<(&str, &str)>,
+        netns: Option<&str>,
+        stdin: &[u8],
+        extra_env: &[(&str, &str)],
+    ) -> Out {
+        let mut c = self.node.command(&[env!("CARGO_BIN_EXE_brindle-cni")]);
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni");
+        if let Some(ns) = netns {
+            c.env("CNI_NETNS", ns);
+        }
+        if let Some((ns, name)) = pod {
+            c.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container}"));
+        }
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let json = if text.trim().is_empty() { Value::Null } else {
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("plugin printed non-JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+        };
+        Out { ok: out.status.success(), json }
+    }
+
+    /// Host-side interfaces the plugin made (prefix brl).
+    pub fn host_veths(&self) -> Vec<String> {
+        self.node
+            .ip_json(&["link", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .filter(|n| n.starts_with("brl"))
+            .collect()
+    }
+
+    pub async fn allocated(&self) -> Vec<std::net::IpAddr> {
+        let mut out = vec![];
+        for b in self.store.all::<brindle_api::IPAMBlock>().list().await.unwrap().items {
+            out.extend(brindle_ipam::block::allocations(&b.spec).into_iter().map(|a| a.ip));
+        }
+        out
+    }
+}
+
+pub fn ip_of(result: &Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned()
+}
+
+/// A one-connection TCP server: accepts, sends "hello", exits.
+pub fn tcp_server(ns: &Netns, ip: &str, port: u16) -> brindle_testsupport::ChildGuard {
+    let script = format!(
+        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{ip}',{port}))\ns.listen()\ns.settimeout(30)\nc,_=s.accept()\nc.sendall(b'hello')\nc.close()\n"
+    );
+    ns.spawn(&["python3", "-c", &script])
+}
+
+/// Connects from `ns` to ip:port (retrying while the server starts) and returns what it read.
+pub fn tcp_client(ns: &Netns, ip: &str, port: u16) -> String {
+    let script = format!(
+        "import socket,time\nfor i in range(50):\n  try:\n    s=socket.create_connection(('{ip}',{port}),timeout=2)\n    print(s.recv(16).decode())\n    break\n  except ConnectionRefusedError:\n    time.sleep(0.1)\n"
+    );
+    ns.ok(&["python3", "-c", &script]).trim().to_owned()
+}
