@@ -113,15 +113,29 @@ impl NetConf {
     pub fn parse(stdin: &[u8]) -> CniResult<NetConf> {
         // Decode the version first, so a config from a newer spec gets the version error.
         let raw: Value = serde_json::from_slice(stdin).map_err(|e| {
-            CniError::new(code::DECODE, "network configuration is not valid JSON", e.to_string())
+            CniError::new(
+                code::DECODE,
+                "network configuration is not valid JSON",
+                e.to_string(),
+            )
         })?;
         let version = raw
             .get("cniVersion")
             .and_then(Value::as_str)
-            .ok_or_else(|| CniError::new(code::INVALID_CONFIG, "network configuration has no cniVersion", ""))?;
+            .ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    "network configuration has no cniVersion",
+                    "",
+                )
+            })?;
         check_version(version)?;
         let conf: NetConf = serde_json::from_value(raw).map_err(|e| {
-            CniError::new(code::INVALID_CONFIG, "invalid network configuration", e.to_string())
+            CniError::new(
+                code::INVALID_CONFIG,
+                "invalid network configuration",
+                e.to_string(),
+            )
         })?;
         if conf.mtu < 68 || conf.mtu > 65535 {
             return Err(CniError::new(
@@ -133,7 +147,10 @@ impl NetConf {
         if conf.ipam.kind != "brindle-ipam" {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
-                format!("ipam.type {:?} is not supported by {}", conf.ipam.kind, conf.kind),
+                format!(
+                    "ipam.type {:?} is not supported by {}",
+                    conf.ipam.kind, conf.kind
+                ),
                 "use \"brindle-ipam\" (or leave ipam out)",
             ));
         }
@@ -161,7 +178,10 @@ impl NetConf {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
                 "cannot tell the node name",
-                format!("set nodename, or write it to {}", self.nodename_file.display()),
+                format!(
+                    "set nodename, or write it to {}",
+                    self.nodename_file.display()
+                ),
             ));
         }
         Ok(host.trim().to_owned())
@@ -186,7 +206,11 @@ impl Env {
         let mut parsed = BTreeMap::new();
         for pair in args.split(';').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').ok_or_else(|| {
-                CniError::new(code::INVALID_ENV, format!("CNI_ARGS: {pair:?} is not KEY=VALUE"), "")
+                CniError::new(
+                    code::INVALID_ENV,
+                    format!("CNI_ARGS: {pair:?} is not KEY=VALUE"),
+                    "",
+                )
             })?;
             parsed.insert(k.to_owned(), v.to_owned());
         }
@@ -207,7 +231,11 @@ impl Env {
             ("CNI_NETNS", needs_netns && self.netns.is_none()),
         ];
         match missing.iter().find(|(_, m)| *m) {
-            Some((var, _)) => Err(CniError::new(code::INVALID_ENV, format!("{var} is not set"), "")),
+            Some((var, _)) => Err(CniError::new(
+                code::INVALID_ENV,
+                format!("{var} is not set"),
+                "",
+            )),
             None => Ok(()),
         }
     }
@@ -226,7 +254,10 @@ mod tests {
 
     #[test]
     fn parses_config_and_defaults() {
-        let c = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"k8s","type":"brindle-cni","extra":1}"#).unwrap();
+        let c = NetConf::parse(
+            br#"{"cniVersion":"1.0.0","name":"k8s","type":"brindle-cni","extra":1}"#,
+        )
+        .unwrap();
         assert_eq!(c.mtu, 1500);
         assert_eq!(c.veth_prefix, "brl");
         assert!(c.ipam.assign_ipv4 && !c.ipam.assign_ipv6);
@@ -234,7 +265,8 @@ mod tests {
         assert_eq!(e.code, code::DECODE);
         let e = NetConf::parse(br#"{"cniVersion":"9.9.9","name":"k","type":"t"}"#).unwrap_err();
         assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
-        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"k","type":"t","mtu":20}"#).unwrap_err();
+        let e = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"k","type":"t","mtu":20}"#)
+            .unwrap_err();
         assert_eq!(e.code, code::INVALID_CONFIG);
     }
 
@@ -242,11 +274,16 @@ mod tests {
     fn parses_cni_args() {
         let env = |k: &str| match k {
             "CNI_COMMAND" => Some("ADD".to_string()),
-            "CNI_ARGS" => Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0".into()),
+            "CNI_ARGS" => {
+                Some("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0".into())
+            }
             _ => None,
         };
         let e = Env::from_env(env).unwrap();
         assert_eq!(e.pod(), Some(("default".into(), "web-0".into())));
-        assert_eq!(e.require(true).unwrap_err().msg, "CNI_CONTAINERID is not set");
+        assert_eq!(
+            e.require(true).unwrap_err().msg,
+            "CNI_CONTAINERID is not set"
+        );
     }
 }

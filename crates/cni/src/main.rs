@@ -28,10 +28,16 @@ fn main() -> ExitCode {
         let requested = serde_json::from_slice::<serde_json::Value>(&stdin)
             .ok()
             .and_then(|v| v["cniVersion"].as_str().map(str::to_owned));
-        return emit(Ok(Some(spec::version_answer(requested.as_deref()))), "1.1.0");
+        return emit(
+            Ok(Some(spec::version_answer(requested.as_deref()))),
+            "1.1.0",
+        );
     }
     if let Err(e) = std::io::stdin().read_to_end(&mut stdin) {
-        return emit(Err(CniError::new(code::IO, "cannot read stdin", e.to_string())), "1.1.0");
+        return emit(
+            Err(CniError::new(code::IO, "cannot read stdin", e.to_string())),
+            "1.1.0",
+        );
     }
     let conf = match NetConf::parse(&stdin) {
         Ok(c) => c,
@@ -45,12 +51,24 @@ fn main() -> ExitCode {
     let _log = init_logging(&conf);
     let ipam_only = std::env::args()
         .next()
-        .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+        })
         .is_some_and(|n| n == "brindle-ipam")
         || std::env::var("BRINDLE_CNI_MODE").as_deref() == Ok("ipam");
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
-        Err(e) => return emit(Err(CniError::new(code::IO, "starting a runtime", e.to_string())), &version),
+        Err(e) => {
+            return emit(
+                Err(CniError::new(code::IO, "starting a runtime", e.to_string())),
+                &version,
+            )
+        }
     };
     let out = rt.block_on(run(conf, env, ipam_only));
     if let Err(e) = &out {

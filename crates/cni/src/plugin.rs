@@ -44,7 +44,11 @@ pub struct Ctx {
 }
 
 fn store_err(e: StoreError) -> CniError {
-    let code = if e.is_unavailable() { code::TRY_AGAIN_LATER } else { code::DATASTORE };
+    let code = if e.is_unavailable() {
+        code::TRY_AGAIN_LATER
+    } else {
+        code::DATASTORE
+    };
     CniError::new(code, "datastore error", e.to_string())
 }
 
@@ -55,7 +59,11 @@ pub fn ipam_err(e: IpamError) -> CniError {
             CniError::new(code::NO_POOL, e.to_string(), "")
         }
         IpamError::Store(s) => store_err(s),
-        IpamError::NoNode { .. } => CniError::new(code::INVALID_CONFIG, e.to_string(), "is the nodename right?"),
+        IpamError::NoNode { .. } => CniError::new(
+            code::INVALID_CONFIG,
+            e.to_string(),
+            "is the nodename right?",
+        ),
         other => CniError::new(code::DATASTORE, other.to_string(), ""),
     }
 }
@@ -72,13 +80,16 @@ impl Ctx {
                 argv.extend([flag.to_string(), v.clone()]);
             }
         }
-        let cli = DatastoreCli::try_parse_from(argv)
-            .map_err(|e| CniError::new(code::INVALID_CONFIG, "datastore settings", e.to_string()))?;
-        let store = cli
-            .ds
-            .connect()
-            .await
-            .map_err(|e| CniError::new(code::TRY_AGAIN_LATER, "cannot reach the datastore", e.to_string()))?;
+        let cli = DatastoreCli::try_parse_from(argv).map_err(|e| {
+            CniError::new(code::INVALID_CONFIG, "datastore settings", e.to_string())
+        })?;
+        let store = cli.ds.connect().await.map_err(|e| {
+            CniError::new(
+                code::TRY_AGAIN_LATER,
+                "cannot reach the datastore",
+                e.to_string(),
+            )
+        })?;
         let node = conf.node_name()?;
         Ok(Ctx {
             ipam: Ipam::new(store.clone()),
@@ -97,14 +108,19 @@ impl Ctx {
         match self.env.pod() {
             Some((ns, pod)) => wire::host_veth_name(&self.conf.veth_prefix, &ns, &pod),
             // Not a Kubernetes pod: name the veth after the container.
-            None => wire::host_veth_name(&self.conf.veth_prefix, "container", &self.env.container_id),
+            None => {
+                wire::host_veth_name(&self.conf.veth_prefix, "container", &self.env.container_id)
+            }
         }
     }
 
     fn attrs(&self) -> BTreeMap<String, String> {
         let mut a = BTreeMap::from([
             (attr::NODE.to_string(), self.node.clone()),
-            (attr::CONTAINER_ID.to_string(), self.env.container_id.clone()),
+            (
+                attr::CONTAINER_ID.to_string(),
+                self.env.container_id.clone(),
+            ),
             (attr::TYPE.to_string(), attr::TYPE_POD.to_string()),
         ]);
         if let Some((ns, pod)) = self.env.pod() {
@@ -115,8 +131,14 @@ impl Ctx {
     }
 
     async fn pod(&self) -> CniResult<Option<Pod>> {
-        let Some((ns, name)) = self.env.pod() else { return Ok(None) };
-        self.store.namespaced::<Pod>(&ns).get(&name).await.map_err(store_err)
+        let Some((ns, name)) = self.env.pod() else {
+            return Ok(None);
+        };
+        self.store
+            .namespaced::<Pod>(&ns)
+            .get(&name)
+            .await
+            .map_err(store_err)
     }
 
     fn kube(&self) -> bool {
@@ -133,12 +155,18 @@ impl Ctx {
             info!(container = %self.env.container_id, ips = ?existing, "ADD repeated: keeping the addresses");
             return Ok(existing);
         }
-        let ann = pod.and_then(|p| p.metadata.annotations.clone()).unwrap_or_default();
+        let ann = pod
+            .and_then(|p| p.metadata.annotations.clone())
+            .unwrap_or_default();
         let list = |key: &str| -> CniResult<Option<Vec<String>>> {
             ann.get(key)
                 .map(|v| {
                     serde_json::from_str::<Vec<String>>(v).map_err(|e| {
-                        CniError::new(code::INVALID_CONFIG, format!("pod annotation {key}: {v:?} is not a JSON list of strings"), e.to_string())
+                        CniError::new(
+                            code::INVALID_CONFIG,
+                            format!("pod annotation {key}: {v:?} is not a JSON list of strings"),
+                            e.to_string(),
+                        )
                     })
                 })
                 .transpose()
@@ -147,9 +175,17 @@ impl Ctx {
             let mut ips = vec![];
             for a in addrs {
                 let ip: IpAddr = a.parse().map_err(|_| {
-                    CniError::new(code::INVALID_CONFIG, format!("pod annotation {ANNOTATION_IP_ADDRS}: {a:?} is not an address"), "")
+                    CniError::new(
+                        code::INVALID_CONFIG,
+                        format!("pod annotation {ANNOTATION_IP_ADDRS}: {a:?} is not an address"),
+                        "",
+                    )
                 })?;
-                if let Err(e) = self.ipam.assign_ip(ip, &handle, &self.node, &self.attrs()).await {
+                if let Err(e) = self
+                    .ipam
+                    .assign_ip(ip, &handle, &self.node, &self.attrs())
+                    .await
+                {
                     let _ = self.ipam.release_handle(&handle).await;
                     return Err(ipam_err(e));
                 }
@@ -157,8 +193,11 @@ impl Ctx {
             }
             return Ok(ips);
         }
-        let mut pools = list(ANNOTATION_IPV4_POOLS)?.unwrap_or_else(|| self.conf.ipam.ipv4_pools.clone());
-        pools.extend(list(ANNOTATION_IPV6_POOLS)?.unwrap_or_else(|| self.conf.ipam.ipv6_pools.clone()));
+        let mut pools =
+            list(ANNOTATION_IPV4_POOLS)?.unwrap_or_else(|| self.conf.ipam.ipv4_pools.clone());
+        pools.extend(
+            list(ANNOTATION_IPV6_POOLS)?.unwrap_or_else(|| self.conf.ipam.ipv6_pools.clone()),
+        );
         let req = AssignRequest {
             handle,
             node: self.node.clone(),
@@ -207,24 +246,33 @@ impl Ctx {
     async fn wire(&self, ips: &[IpAddr]) -> CniResult<AddResult> {
         let netns_path = self.env.netns.clone().unwrap_or_default();
         let netns = File::open(&netns_path).map_err(|e| {
-            CniError::new(code::IO, format!("cannot open network namespace {netns_path}"), e.to_string())
+            CniError::new(
+                code::IO,
+                format!("cannot open network namespace {netns_path}"),
+                e.to_string(),
+            )
         })?;
         let h = wire::host_handle()?;
         let veth = self.host_veth();
         let ifname = self.env.ifname.clone();
         // A leftover from an earlier sandbox of the same pod, or a repeated ADD: start clean.
+        // (Deleting the host side takes the pod side with it.)
         wire::delete_link(&h, &veth).await?;
-        wire::in_netns(&netns_path, |ph| {
-            let ifname = ifname.clone();
-            async move {
-                wire::delete_link(&ph, &ifname).await?;
-                Ok(())
+        if let Err(e) = wire::create_veth(&h, &veth, &ifname, self.conf.mtu, &netns).await {
+            // The pod namespace may still hold an interface of that name (not one of ours
+            // with a host side): remove it and try once more.
+            let removed = wire::in_netns(&netns_path, |ph| {
+                let ifname = ifname.clone();
+                async move { wire::delete_link(&ph, &ifname).await }
+            })?;
+            if !removed {
+                return Err(e);
             }
+            wire::create_veth(&h, &veth, &ifname, self.conf.mtu, &netns).await?;
+        }
+        let host = wire::link_by_name(&h, &veth).await?.ok_or_else(|| {
+            CniError::new(code::NETLINK, format!("{veth} vanished after creation"), "")
         })?;
-        wire::create_veth(&h, &veth, &ifname, self.conf.mtu, &netns).await?;
-        let host = wire::link_by_name(&h, &veth)
-            .await?
-            .ok_or_else(|| CniError::new(code::NETLINK, format!("{veth} vanished after creation"), ""))?;
         if ips.iter().any(IpAddr::is_ipv4) {
             wire::sysctl(&format!("net/ipv4/conf/{veth}/proxy_arp"), "1")?;
             wire::sysctl(&format!("net/ipv4/neigh/{veth}/proxy_delay"), "0")?;
@@ -241,12 +289,24 @@ impl Ctx {
             async move { wire::configure_pod_side(&ph, &ifname, &pod_ips).await }
         })?;
         for ip in ips {
-            wire::add_route(&h, wire::host_route(*ip, host.header.index), &format!("adding the host route to {ip}"))
-                .await?;
+            wire::add_route(
+                &h,
+                wire::host_route(*ip, host.header.index),
+                &format!("adding the host route to {ip}"),
+            )
+            .await?;
         }
         let interfaces = vec![
-            Interface { name: veth, mac: wire::mac_of(&host), sandbox: None },
-            Interface { name: ifname, mac: pod_mac, sandbox: Some(netns_path) },
+            Interface {
+                name: veth,
+                mac: wire::mac_of(&host),
+                sandbox: None,
+            },
+            Interface {
+                name: ifname,
+                mac: pod_mac,
+                sandbox: Some(netns_path),
+            },
         ];
         let mut r = ipam_result(ips, Some(1));
         r.interfaces = interfaces;
@@ -258,7 +318,9 @@ impl Ctx {
         if self.kube() {
             return Ok(()); // the API server's Pod is the record
         }
-        let Some((ns, name)) = self.env.pod() else { return Ok(()) };
+        let Some((ns, name)) = self.env.pod() else {
+            return Ok(());
+        };
         let api = self.store.namespaced::<Pod>(&ns);
         let mut p = pod.unwrap_or_else(|| {
             let mut p = Pod::default();
@@ -269,7 +331,10 @@ impl Ctx {
         p.metadata
             .annotations
             .get_or_insert_with(BTreeMap::new)
-            .insert(ANNOTATION_CONTAINER_ID.into(), self.env.container_id.clone());
+            .insert(
+                ANNOTATION_CONTAINER_ID.into(),
+                self.env.container_id.clone(),
+            );
         p.spec.get_or_insert_with(Default::default).node_name = Some(self.node.clone());
         let status = p.status.get_or_insert_with(Default::default);
         status.pod_ip = ips.first().map(ToString::to_string);
@@ -278,7 +343,11 @@ impl Ctx {
                 .map(|ip| k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() })
                 .collect(),
         );
-        let r = if p.metadata.resource_version.is_some() { api.update(&p).await } else { api.create(&p).await };
+        let r = if p.metadata.resource_version.is_some() {
+            api.update(&p).await
+        } else {
+            api.create(&p).await
+        };
         r.map(|_| ()).map_err(store_err)
     }
 
@@ -286,15 +355,27 @@ impl Ctx {
         self.env.require(false)?;
         let freed = {
             let _lock = HostLock::acquire(&self.conf.ipam_lock_file)?;
-            self.ipam.release_handle(&self.handle()).await.map_err(ipam_err)?
+            self.ipam
+                .release_handle(&self.handle())
+                .await
+                .map_err(ipam_err)?
         };
         if !ipam_only {
             let h = wire::host_handle()?;
-            wire::delete_link(&h, &self.host_veth()).await?;
-            // The pod side went with the host side; a namespace that is gone is fine.
-            if let Some(ns) = self.env.netns.as_deref().filter(|p| Path::new(p).exists()) {
+            let deleted = wire::delete_link(&h, &self.host_veth()).await?;
+            // The pod side goes with the host side; without one, look in the pod (a
+            // namespace that is gone is fine).
+            let netns = self
+                .env
+                .netns
+                .as_deref()
+                .filter(|p| !deleted && Path::new(p).exists());
+            if let Some(ns) = netns {
                 let ifname = self.env.ifname.clone();
-                let _ = wire::in_netns(ns, |ph| async move { wire::delete_link(&ph, &ifname).await });
+                let _ = wire::in_netns(
+                    ns,
+                    |ph| async move { wire::delete_link(&ph, &ifname).await },
+                );
             }
             self.delete_workload().await?;
         }
@@ -306,7 +387,9 @@ impl Ctx {
         if self.kube() {
             return Ok(());
         }
-        let Some(p) = self.pod().await? else { return Ok(()) };
+        let Some(p) = self.pod().await? else {
+            return Ok(());
+        };
         let ours = p
             .metadata
             .annotations
@@ -317,7 +400,12 @@ impl Ctx {
             return Ok(()); // a newer sandbox of the pod owns the record
         }
         let (ns, name) = self.env.pod().unwrap_or_default();
-        match self.store.namespaced::<Pod>(&ns).delete(&name, p.metadata.resource_version.as_deref()).await {
+        match self
+            .store
+            .namespaced::<Pod>(&ns)
+            .delete(&name, p.metadata.resource_version.as_deref())
+            .await
+        {
             Ok(()) | Err(StoreError::NotFound { .. }) | Err(StoreError::Conflict { .. }) => Ok(()),
             Err(e) => Err(store_err(e)),
         }
@@ -326,10 +414,18 @@ impl Ctx {
     pub async fn check(&self, ipam_only: bool) -> CniResult<()> {
         self.env.require(!ipam_only)?;
         let prev = self.conf.prev_result.as_ref().ok_or_else(|| {
-            CniError::new(code::INVALID_CONFIG, "CHECK needs prevResult in the network configuration", "")
+            CniError::new(
+                code::INVALID_CONFIG,
+                "CHECK needs prevResult in the network configuration",
+                "",
+            )
         })?;
         let mut problems = vec![];
-        let ips = self.ipam.ips_of_handle(&self.handle()).await.map_err(ipam_err)?;
+        let ips = self
+            .ipam
+            .ips_of_handle(&self.handle())
+            .await
+            .map_err(ipam_err)?;
         if ips.is_empty() {
             problems.push(format!("IPAM holds no address for {}", self.handle()));
         }
@@ -367,14 +463,18 @@ impl Ctx {
                     problems.push(format!("host interface {veth} is down"));
                 }
                 if ips.iter().any(IpAddr::is_ipv4)
-                    && wire::read_sysctl(&format!("net/ipv4/conf/{veth}/proxy_arp")).as_deref() != Some("1")
+                    && wire::read_sysctl(&format!("net/ipv4/conf/{veth}/proxy_arp")).as_deref()
+                        != Some("1")
                 {
                     problems.push(format!("proxy_arp is off on {veth}"));
                 }
                 for ip in ips {
                     let routes = wire::routes(&h, ip.is_ipv6()).await?;
                     let plen = if ip.is_ipv4() { 32 } else { 128 };
-                    if !routes.iter().any(|r| r.0 == Some(*ip) && r.1 == plen && r.3 == Some(l.header.index)) {
+                    if !routes
+                        .iter()
+                        .any(|r| r.0 == Some(*ip) && r.1 == plen && r.3 == Some(l.header.index))
+                    {
                         problems.push(format!("host route {ip}/{plen} dev {veth} is missing"));
                     }
                 }
@@ -399,7 +499,10 @@ impl Ctx {
             }
             if want.iter().any(IpAddr::is_ipv4) {
                 let routes = wire::routes(&ph, false).await?;
-                if !routes.iter().any(|r| r.1 == 0 && r.2 == Some(IpAddr::V4(wire::GATEWAY_V4))) {
+                if !routes
+                    .iter()
+                    .any(|r| r.1 == 0 && r.2 == Some(IpAddr::V4(wire::GATEWAY_V4)))
+                {
                     p.push("the pod has no default route via 169.254.1.1".into());
                 }
             }
@@ -439,7 +542,11 @@ impl Ctx {
         }
         let _lock = HostLock::acquire(&self.conf.ipam_lock_file)?;
         for cid in stale {
-            let freed = self.ipam.release_handle(&pod_handle(&cid)).await.map_err(ipam_err)?;
+            let freed = self
+                .ipam
+                .release_handle(&pod_handle(&cid))
+                .await
+                .map_err(ipam_err)?;
             info!(op = "GC", container = %cid, released = ?freed, "done");
         }
         Ok(())
@@ -452,10 +559,20 @@ impl Ctx {
             .all::<brindle_api::IPPool>()
             .list()
             .await
-            .map_err(|e| CniError::new(code::NOT_AVAILABLE, "the datastore does not answer", e.to_string()))?
+            .map_err(|e| {
+                CniError::new(
+                    code::NOT_AVAILABLE,
+                    "the datastore does not answer",
+                    e.to_string(),
+                )
+            })?
             .items;
         if !pools.iter().any(|p| !p.spec.disabled) {
-            return Err(CniError::new(code::NOT_AVAILABLE, "no enabled IPPool exists", ""));
+            return Err(CniError::new(
+                code::NOT_AVAILABLE,
+                "no enabled IPPool exists",
+                "",
+            ));
         }
         Ok(())
     }
@@ -468,9 +585,16 @@ fn ipam_result(ips: &[IpAddr], interface: Option<usize>) -> AddResult {
             IpAddr::V4(_) => (32, wire::GATEWAY_V4.to_string(), "0.0.0.0/0"),
             IpAddr::V6(_) => (128, wire::GATEWAY_V6.to_string(), "::/0"),
         };
-        r.ips.push(IpConfig { address: format!("{ip}/{plen}"), gateway: Some(gw.clone()), interface });
+        r.ips.push(IpConfig {
+            address: format!("{ip}/{plen}"),
+            gateway: Some(gw.clone()),
+            interface,
+        });
         if !r.routes.iter().any(|x| x.dst == dst) {
-            r.routes.push(Route { dst: dst.into(), gw: Some(gw) });
+            r.routes.push(Route {
+                dst: dst.into(),
+                gw: Some(gw),
+            });
         }
     }
     r
@@ -491,9 +615,20 @@ impl HostLock {
             .truncate(false)
             .write(true)
             .open(path)
-            .map_err(|e| CniError::new(code::IO, format!("opening the IPAM lock {}", path.display()), e.to_string()))?;
-        f.lock()
-            .map_err(|e| CniError::new(code::IO, format!("taking the IPAM lock {}", path.display()), e.to_string()))?;
+            .map_err(|e| {
+                CniError::new(
+                    code::IO,
+                    format!("opening the IPAM lock {}", path.display()),
+                    e.to_string(),
+                )
+            })?;
+        f.lock().map_err(|e| {
+            CniError::new(
+                code::IO,
+                format!("taking the IPAM lock {}", path.display()),
+                e.to_string(),
+            )
+        })?;
         Ok(HostLock { _file: f })
     }
 }

@@ -107,7 +107,11 @@ impl AddResult {
             if version == "0.4.0" {
                 if let Some(ips) = map.get_mut("ips").and_then(Value::as_array_mut) {
                     for ip in ips {
-                        let fam = if ip["address"].as_str().is_some_and(|a| a.contains(':')) { "6" } else { "4" };
+                        let fam = if ip["address"].as_str().is_some_and(|a| a.contains(':')) {
+                            "6"
+                        } else {
+                            "4"
+                        };
                         ip["version"] = fam.into();
                     }
                 }

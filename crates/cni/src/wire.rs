@@ -44,7 +44,11 @@ where
     Fut: std::future::Future<Output = CniResult<T>>,
 {
     let file = File::open(netns).map_err(|e| {
-        CniError::new(code::IO, format!("cannot open network namespace {netns}"), e.to_string())
+        CniError::new(
+            code::IO,
+            format!("cannot open network namespace {netns}"),
+            e.to_string(),
+        )
     })?;
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -68,7 +72,8 @@ where
 
 /// A netlink handle in the process's own (host) namespace.
 pub fn host_handle() -> CniResult<Handle> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| nl("opening a netlink socket", e))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| nl("opening a netlink socket", e))?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -87,7 +92,12 @@ pub fn mac_of(l: &LinkMessage) -> String {
     l.attributes
         .iter()
         .find_map(|a| match a {
-            LinkAttribute::Address(m) => Some(m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")),
+            LinkAttribute::Address(m) => Some(
+                m.iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<Vec<_>>()
+                    .join(":"),
+            ),
             _ => None,
         })
         .unwrap_or_default()
@@ -110,7 +120,13 @@ pub async fn delete_link(h: &Handle, name: &str) -> CniResult<bool> {
 }
 
 /// Creates the veth pair: `host` here, `pod_if` directly inside the pod's namespace.
-pub async fn create_veth(h: &Handle, host: &str, pod_if: &str, mtu: u32, netns: &File) -> CniResult<()> {
+pub async fn create_veth(
+    h: &Handle,
+    host: &str,
+    pod_if: &str,
+    mtu: u32,
+    netns: &File,
+) -> CniResult<()> {
     use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth};
     let peer = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
         .name(pod_if.to_owned())
@@ -155,7 +171,12 @@ pub fn host_route(ip: IpAddr, index: u32) -> RouteMessage {
 }
 
 pub async fn add_route(h: &Handle, r: RouteMessage, what: &str) -> CniResult<()> {
-    h.route().add(r).replace().execute().await.map_err(|e| nl(what, e))
+    h.route()
+        .add(r)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| nl(what, e))
 }
 
 /// Inside the pod: address, gateway route, default route.
@@ -194,22 +215,32 @@ pub async fn configure_pod_side(h: &Handle, ifname: &str, ips: &[IpAddr]) -> Cni
             .build();
         add_route(h, def, "adding the IPv6 default route in the pod").await?;
     }
-    let l = link_by_name(h, ifname).await?.unwrap_or(l);
     Ok(mac_of(&l))
 }
 
 /// Writes one sysctl under /proc/sys (this process's network namespace).
 pub fn sysctl(path: &str, value: &str) -> CniResult<()> {
     let full = format!("/proc/sys/{path}");
-    std::fs::write(&full, value).map_err(|e| CniError::new(code::IO, format!("writing {value} to {full}"), e.to_string()))
+    std::fs::write(&full, value).map_err(|e| {
+        CniError::new(
+            code::IO,
+            format!("writing {value} to {full}"),
+            e.to_string(),
+        )
+    })
 }
 
 pub fn read_sysctl(path: &str) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/sys/{path}")).ok().map(|s| s.trim().to_owned())
+    std::fs::read_to_string(format!("/proc/sys/{path}"))
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
 
 /// The routes in this namespace's main table, as (destination, prefix, gateway, oif).
-pub async fn routes(h: &Handle, v6: bool) -> CniResult<Vec<(Option<IpAddr>, u8, Option<IpAddr>, Option<u32>)>> {
+pub async fn routes(
+    h: &Handle,
+    v6: bool,
+) -> CniResult<Vec<(Option<IpAddr>, u8, Option<IpAddr>, Option<u32>)>> {
     let filter = if v6 {
         RouteMessageBuilder::<Ipv6Addr>::new().build()
     } else {

@@ -14,9 +14,21 @@ async fn add_wires_the_pod_check_notices_drift_del_cleans_up() {
     let pod_b = Netns::new("brl-pod");
     let conf = f.conf("1.0.0");
 
-    let a = f.cni("ADD", "ca", Some(("default", "a")), Some(&pod_a.path()), &conf);
+    let a = f.cni(
+        "ADD",
+        "ca",
+        Some(("default", "a")),
+        Some(&pod_a.path()),
+        &conf,
+    );
     assert!(a.ok, "{}", a.json);
-    let b = f.cni("ADD", "cb", Some(("default", "b")), Some(&pod_b.path()), &conf);
+    let b = f.cni(
+        "ADD",
+        "cb",
+        Some(("default", "b")),
+        Some(&pod_b.path()),
+        &conf,
+    );
     assert!(b.ok, "{}", b.json);
     let ip_a = ip_of(&a.json);
     let ip_b = ip_of(&b.json);
@@ -29,10 +41,18 @@ async fn add_wires_the_pod_check_notices_drift_del_cleans_up() {
     let veth = a.json["interfaces"][0]["name"].as_str().unwrap().to_owned();
     assert_eq!(veth, brindle_cni_name("default", "a"));
     let link = &f.node.ip_json(&["link", "show", &veth])[0];
-    assert!(link["flags"].as_array().unwrap().iter().any(|x| x == "UP"), "{link}");
+    assert!(
+        link["flags"].as_array().unwrap().iter().any(|x| x == "UP"),
+        "{link}"
+    );
     assert_eq!(link["address"], "ee:ee:ee:ee:ee:ee");
     assert_eq!(link["mtu"], 1400);
-    let sysctl = |p: &str| f.node.ok(&["cat", &format!("/proc/sys/net/ipv4/{p}")]).trim().to_owned();
+    let sysctl = |p: &str| {
+        f.node
+            .ok(&["cat", &format!("/proc/sys/net/ipv4/{p}")])
+            .trim()
+            .to_owned()
+    };
     assert_eq!(sysctl(&format!("conf/{veth}/proxy_arp")), "1");
     assert_eq!(sysctl(&format!("neigh/{veth}/proxy_delay")), "0");
     assert_eq!(sysctl(&format!("conf/{veth}/forwarding")), "1");
@@ -43,55 +63,155 @@ async fn add_wires_the_pod_check_notices_drift_del_cleans_up() {
     // Pod side.
     let addrs = pod_a.ip_json(&["addr", "show", "eth0"]);
     let info = &addrs[0]["addr_info"];
-    assert!(info.as_array().unwrap().iter().any(|i| i["local"] == ip_a.as_str() && i["prefixlen"] == 32), "{info}");
+    assert!(
+        info.as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["local"] == ip_a.as_str() && i["prefixlen"] == 32),
+        "{info}"
+    );
     assert_eq!(addrs[0]["mtu"], 1400);
     let routes = pod_a.ip_json(&["route", "show"]);
-    assert!(routes.as_array().unwrap().iter().any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1" && r["dev"] == "eth0"), "{routes}");
-    assert!(routes.as_array().unwrap().iter().any(|r| r["dst"] == "169.254.1.1" && r["scope"] == "link"), "{routes}");
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "default" && r["gateway"] == "169.254.1.1" && r["dev"] == "eth0"),
+        "{routes}"
+    );
+    assert!(
+        routes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dst"] == "169.254.1.1" && r["scope"] == "link"),
+        "{routes}"
+    );
 
     // Real TCP: pod → host, pod → pod.
     let _srv = tcp_server(&f.node, NODE_IP, 8080);
-    assert_eq!(tcp_client(&pod_a, NODE_IP, 8080), "hello", "pod a reaches the host");
+    assert_eq!(
+        tcp_client(&pod_a, NODE_IP, 8080),
+        "hello",
+        "pod a reaches the host"
+    );
     let _srv = tcp_server(&pod_b, &ip_b, 8081);
-    assert_eq!(tcp_client(&pod_a, &ip_b, 8081), "hello", "pod a reaches pod b");
+    assert_eq!(
+        tcp_client(&pod_a, &ip_b, 8081),
+        "hello",
+        "pod a reaches pod b"
+    );
 
     // CHECK passes, then fails once the host route is gone.
     let mut check_conf = conf.clone();
     check_conf["prevResult"] = a.json.clone();
-    let c = f.cni("CHECK", "ca", Some(("default", "a")), Some(&pod_a.path()), &check_conf);
+    let c = f.cni(
+        "CHECK",
+        "ca",
+        Some(("default", "a")),
+        Some(&pod_a.path()),
+        &check_conf,
+    );
     assert!(c.ok, "{}", c.json);
     f.node.ok(&["ip", "route", "del", &format!("{ip_a}/32")]);
-    let c = f.cni("CHECK", "ca", Some(("default", "a")), Some(&pod_a.path()), &check_conf);
+    let c = f.cni(
+        "CHECK",
+        "ca",
+        Some(("default", "a")),
+        Some(&pod_a.path()),
+        &check_conf,
+    );
     assert!(!c.ok);
     assert_eq!(c.json["code"], 102);
-    assert!(c.json["details"].as_str().unwrap().contains("host route"), "{}", c.json);
+    assert!(
+        c.json["details"].as_str().unwrap().contains("host route"),
+        "{}",
+        c.json
+    );
 
     // ADD again for the same container: same address, wiring restored.
-    let again = f.cni("ADD", "ca", Some(("default", "a")), Some(&pod_a.path()), &conf);
+    let again = f.cni(
+        "ADD",
+        "ca",
+        Some(("default", "a")),
+        Some(&pod_a.path()),
+        &conf,
+    );
     assert!(again.ok, "{}", again.json);
     assert_eq!(ip_of(&again.json), ip_a);
-    assert!(f.cni("CHECK", "ca", Some(("default", "a")), Some(&pod_a.path()), &check_conf).ok);
+    assert!(
+        f.cni(
+            "CHECK",
+            "ca",
+            Some(("default", "a")),
+            Some(&pod_a.path()),
+            &check_conf
+        )
+        .ok
+    );
 
     // DEL removes everything and releases the address; DEL again is fine.
     for _ in 0..2 {
-        let d = f.cni("DEL", "ca", Some(("default", "a")), Some(&pod_a.path()), &conf);
+        let d = f.cni(
+            "DEL",
+            "ca",
+            Some(("default", "a")),
+            Some(&pod_a.path()),
+            &conf,
+        );
         assert!(d.ok, "{}", d.json);
     }
     assert!(!f.host_veths().contains(&veth));
-    assert!(pod_a.ip_json(&["link", "show"]).as_array().unwrap().iter().all(|l| l["ifname"] != "eth0"));
-    assert!(f.node.ip_json(&["route", "show", &format!("{ip_a}/32")]).as_array().unwrap().is_empty());
+    assert!(pod_a
+        .ip_json(&["link", "show"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|l| l["ifname"] != "eth0"));
+    assert!(f
+        .node
+        .ip_json(&["route", "show", &format!("{ip_a}/32")])
+        .as_array()
+        .unwrap()
+        .is_empty());
     assert!(!f.allocated().await.iter().any(|ip| ip.to_string() == ip_a));
-    assert!(f.store.all::<IPAMHandle>().get("k8s-pod-network.ca").await.unwrap().is_none());
+    assert!(f
+        .store
+        .all::<IPAMHandle>()
+        .get("k8s-pod-network.ca")
+        .await
+        .unwrap()
+        .is_none());
     // DEL of an unknown container, and of one whose namespace is gone.
-    assert!(f.cni("DEL", "never-seen", Some(("default", "x")), Some("/var/run/netns/does-not-exist"), &conf).ok);
+    assert!(
+        f.cni(
+            "DEL",
+            "never-seen",
+            Some(("default", "x")),
+            Some("/var/run/netns/does-not-exist"),
+            &conf
+        )
+        .ok
+    );
     drop(pod_b);
-    let d = f.cni("DEL", "cb", Some(("default", "b")), Some("/var/run/netns/gone"), &conf);
+    let d = f.cni(
+        "DEL",
+        "cb",
+        Some(("default", "b")),
+        Some("/var/run/netns/gone"),
+        &conf,
+    );
     assert!(d.ok, "{}", d.json);
     assert!(f.allocated().await.is_empty());
     assert!(f.host_veths().is_empty());
     // One log line per operation, with the container, pod and addresses.
     let log = std::fs::read_to_string(f.dir.0.join("cni.log")).unwrap();
-    assert!(log.lines().any(|l| l.contains("op=\"ADD\"") && l.contains("container=ca") && l.contains(&ip_a)), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("op=\"ADD\"") && l.contains("container=ca") && l.contains(&ip_a)),
+        "{log}"
+    );
 }
 
 fn brindle_cni_name(ns: &str, pod: &str) -> String {
@@ -113,7 +233,11 @@ fn sha1_hex(s: &str) -> String {
             c.wait_with_output()
         })
         .unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,27 +246,65 @@ async fn bad_input_gets_a_spec_error_and_leaves_nothing() {
     let pod = Netns::new("brl-pod");
     let path = pod.path();
     let cases: Vec<(&str, Vec<u8>, Option<&str>, u64)> = vec![
-        ("malformed JSON", b"{\"cniVersion\": ".to_vec(), Some(&path), 6),
-        ("unknown version", json!({"cniVersion": "7.0.0", "name": "n", "type": "brindle-cni"}).to_string().into_bytes(), Some(&path), 1),
-        ("missing CNI_NETNS", f.conf("1.0.0").to_string().into_bytes(), None, 4),
-        ("pool that does not exist", {
-            let mut c = f.conf("1.0.0");
-            c["ipam"]["ipv4_pools"] = json!(["no-such-pool"]);
-            c.to_string().into_bytes()
-        }, Some(&path), 101),
+        (
+            "malformed JSON",
+            b"{\"cniVersion\": ".to_vec(),
+            Some(&path),
+            6,
+        ),
+        (
+            "unknown version",
+            json!({"cniVersion": "7.0.0", "name": "n", "type": "brindle-cni"})
+                .to_string()
+                .into_bytes(),
+            Some(&path),
+            1,
+        ),
+        (
+            "missing CNI_NETNS",
+            f.conf("1.0.0").to_string().into_bytes(),
+            None,
+            4,
+        ),
+        (
+            "pool that does not exist",
+            {
+                let mut c = f.conf("1.0.0");
+                c["ipam"]["ipv4_pools"] = json!(["no-such-pool"]);
+                c.to_string().into_bytes()
+            },
+            Some(&path),
+            101,
+        ),
     ];
     for (what, stdin, netns, want) in cases {
         let out = f.cni_raw("ADD", "cx", Some(("default", "x")), netns, &stdin, &[]);
         assert!(!out.ok, "{what}: should fail");
         assert_eq!(out.json["code"], want, "{what}: {}", out.json);
-        assert!(!out.json["msg"].as_str().unwrap_or_default().is_empty(), "{what}: a message");
+        assert!(
+            !out.json["msg"].as_str().unwrap_or_default().is_empty(),
+            "{what}: a message"
+        );
         assert!(f.allocated().await.is_empty(), "{what}: nothing allocated");
         assert!(f.host_veths().is_empty(), "{what}: no interface left");
-        assert!(f.store.all::<IPAMHandle>().list().await.unwrap().items.is_empty(), "{what}: no handle");
+        assert!(
+            f.store
+                .all::<IPAMHandle>()
+                .list()
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "{what}: no handle"
+        );
     }
     let out = f.cni_raw("VERSION", "", None, None, br#"{"cniVersion":"1.1.0"}"#, &[]);
     assert!(out.ok);
-    assert!(out.json["supportedVersions"].as_array().unwrap().iter().any(|v| v == "1.1.0"));
+    assert!(out.json["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v == "1.1.0"));
     // STATUS (1.1.0): ready while a pool exists.
     let out = f.cni("STATUS", "", None, None, &f.conf("1.1.0"));
     assert!(out.ok, "{}", out.json);
@@ -153,21 +315,57 @@ async fn ipam_only_mode_and_gc() {
     let f = Fixture::new("10.68.0.0/16").await;
     let conf = f.conf("1.1.0");
     let env = [("BRINDLE_CNI_MODE", "ipam")];
-    let out = f.cni_raw("ADD", "i1", Some(("default", "i1")), None, conf.to_string().as_bytes(), &env);
+    let out = f.cni_raw(
+        "ADD",
+        "i1",
+        Some(("default", "i1")),
+        None,
+        conf.to_string().as_bytes(),
+        &env,
+    );
     assert!(out.ok, "{}", out.json);
     assert!(out.json["interfaces"].as_array().unwrap().is_empty());
     assert_eq!(f.allocated().await.len(), 1);
-    let out = f.cni_raw("ADD", "i2", Some(("default", "i2")), None, conf.to_string().as_bytes(), &env);
+    let out = f.cni_raw(
+        "ADD",
+        "i2",
+        Some(("default", "i2")),
+        None,
+        conf.to_string().as_bytes(),
+        &env,
+    );
     assert!(out.ok);
-    assert!(f.host_veths().is_empty(), "IPAM-only mode touches no interface");
+    assert!(
+        f.host_veths().is_empty(),
+        "IPAM-only mode touches no interface"
+    );
     // GC with i2 still valid releases i1 only.
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "i2", "ifname": "eth0"}]);
     let out = f.cni("GC", "", None, None, &gc);
     assert!(out.ok, "{}", out.json);
-    assert!(f.store.all::<IPAMHandle>().get("k8s-pod-network.i1").await.unwrap().is_none());
-    assert!(f.store.all::<IPAMHandle>().get("k8s-pod-network.i2").await.unwrap().is_some());
-    let out = f.cni_raw("DEL", "i2", Some(("default", "i2")), None, conf.to_string().as_bytes(), &env);
+    assert!(f
+        .store
+        .all::<IPAMHandle>()
+        .get("k8s-pod-network.i1")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(f
+        .store
+        .all::<IPAMHandle>()
+        .get("k8s-pod-network.i2")
+        .await
+        .unwrap()
+        .is_some());
+    let out = f.cni_raw(
+        "DEL",
+        "i2",
+        Some(("default", "i2")),
+        None,
+        conf.to_string().as_bytes(),
+        &env,
+    );
     assert!(out.ok);
     assert!(f.allocated().await.is_empty());
 }

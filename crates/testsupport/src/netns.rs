@@ -125,7 +125,8 @@ impl PortForward {
         let path = ns.path();
         let listener = std::thread::spawn(move || -> std::io::Result<std::net::TcpListener> {
             let f = std::fs::File::open(&path)?;
-            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::other)?;
+            nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::other)?;
             let l = std::net::TcpListener::bind(("127.0.0.1", 0))?;
             l.set_nonblocking(true)?;
             Ok(l)
@@ -136,7 +137,10 @@ impl PortForward {
         let addr = listener.local_addr().expect("local addr");
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
                 loop {
@@ -154,7 +158,11 @@ impl PortForward {
                 }
             });
         });
-        PortForward { addr, stop: Some(stop), thread: Some(thread) }
+        PortForward {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 }
 

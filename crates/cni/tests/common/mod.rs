@@ -34,7 +34,10 @@ pub mod tempfile_dir {
             let p = std::env::temp_dir().join(format!(
                 "brindle-cni-test-{}-{}",
                 std::process::id(),
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos()
             ));
             std::fs::create_dir_all(&p).unwrap();
             Dir(p)
@@ -54,11 +57,17 @@ pub struct Out {
 
 impl Fixture {
     pub async fn new(pool_cidr: &str) -> Fixture {
-        let etcd = tokio::task::spawn_blocking(EtcdServer::start).await.unwrap();
+        let etcd = tokio::task::spawn_blocking(EtcdServer::start)
+            .await
+            .unwrap();
         let store = Store::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
         let mut pool = IPPoolSpec::new(pool_cidr);
         pool.block_size = Some(26);
-        store.all::<IPPool>().create(&IPPool::new("pods", pool)).await.unwrap();
+        store
+            .all::<IPPool>()
+            .create(&IPPool::new("pods", pool))
+            .await
+            .unwrap();
         store
             .all::<BrindleNode>()
             .create(&brindle_ipam::nodes::brindle_node(NODE, &[]))
@@ -66,16 +75,39 @@ impl Fixture {
             .unwrap();
         let node = Netns::new("brl-node");
         let fabric = Netns::new("brl-fab");
-        node.ok(&["ip", "link", "add", "up0", "type", "veth", "peer", "name", "fab0", "netns", fabric.name()]);
+        node.ok(&[
+            "ip",
+            "link",
+            "add",
+            "up0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "fab0",
+            "netns",
+            fabric.name(),
+        ]);
         node.ok(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "up0"]);
         node.ok(&["ip", "link", "set", "up0", "up"]);
         fabric.ok(&["ip", "addr", "add", "198.18.0.254/24", "dev", "fab0"]);
         fabric.ok(&["ip", "link", "set", "fab0", "up"]);
         node.ok(&["ip", "route", "add", "default", "via", "198.18.0.254"]);
         node.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-        let target = etcd.endpoint().trim_start_matches("http://").parse().unwrap();
+        let target = etcd
+            .endpoint()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
         let forward = PortForward::new(&node, target);
-        Fixture { forward, fabric, etcd, store, node, dir: tempfile_dir::Dir::new() }
+        Fixture {
+            forward,
+            fabric,
+            etcd,
+            store,
+            node,
+            dir: tempfile_dir::Dir::new(),
+        }
     }
 
     pub fn conf(&self, version: &str) -> Value {
@@ -95,8 +127,22 @@ impl Fixture {
     }
 
     /// Runs the plugin in the node namespace. `pod` is (namespace, name).
-    pub fn cni(&self, command: &str, container: &str, pod: Option<(&str, &str)>, netns: Option<&str>, conf: &Value) -> Out {
-        self.cni_raw(command, container, pod, netns, conf.to_string().as_bytes(), &[])
+    pub fn cni(
+        &self,
+        command: &str,
+        container: &str,
+        pod: Option<(&str, &str)>,
+        netns: Option<&str>,
+        conf: &Value,
+    ) -> Out {
+        self.cni_raw(
+            command,
+            container,
+            pod,
+            netns,
+            conf.to_string().as_bytes(),
+            &[],
+        )
     }
 
     pub fn cni_raw(
@@ -124,14 +170,29 @@ impl Fixture {
         for (k, v) in extra_env {
             c.env(k, v);
         }
-        let mut child = c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         let out = child.wait_with_output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        let json = if text.trim().is_empty() { Value::Null } else {
-            serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("plugin printed non-JSON ({e}): {text}\nstderr: {}", String::from_utf8_lossy(&out.stderr)))
+        let json = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(text.trim()).unwrap_or_else(|e| {
+                panic!(
+                    "plugin printed non-JSON ({e}): {text}\nstderr: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
         };
-        Out { ok: out.status.success(), json }
+        Out {
+            ok: out.status.success(),
+            json,
+        }
     }
 
     /// Host-side interfaces the plugin made (prefix brl).
@@ -148,15 +209,32 @@ impl Fixture {
 
     pub async fn allocated(&self) -> Vec<std::net::IpAddr> {
         let mut out = vec![];
-        for b in self.store.all::<brindle_api::IPAMBlock>().list().await.unwrap().items {
-            out.extend(brindle_ipam::block::allocations(&b.spec).into_iter().map(|a| a.ip));
+        for b in self
+            .store
+            .all::<brindle_api::IPAMBlock>()
+            .list()
+            .await
+            .unwrap()
+            .items
+        {
+            out.extend(
+                brindle_ipam::block::allocations(&b.spec)
+                    .into_iter()
+                    .map(|a| a.ip),
+            );
         }
         out
     }
 }
 
 pub fn ip_of(result: &Value) -> String {
-    result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_owned()
+    result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 /// A one-connection TCP server: accepts, sends "hello", exits.
