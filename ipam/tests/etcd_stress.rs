@@ -139,16 +139,7 @@ async fn eight_nodes_allocate_borrow_and_release_on_etcd() {
         all_allocations(&admin).await.is_empty(),
         "every address released"
     );
-    assert!(
-        admin
-            .all::<IPAMHandle>()
-            .list()
-            .await
-            .unwrap()
-            .items
-            .is_empty(),
-        "no handle left"
-    );
+    assert!(count::<IPAMHandle>(&admin).await == 0, "no handle left");
 
     // Configured to release: every node gives back its now empty blocks.
     let ipam = Ipam::new(admin.clone());
@@ -160,17 +151,11 @@ async fn eight_nodes_allocate_borrow_and_release_on_etcd() {
         freed += ipam.release_empty_blocks(&n, false).await.unwrap().len();
     }
     assert_eq!(
-        admin.all::<IPAMBlock>().list().await.unwrap().items.len(),
+        count::<IPAMBlock>(&admin).await,
         0,
         "no empty block left claimed"
     );
-    assert!(admin
-        .all::<BlockAffinity>()
-        .list()
-        .await
-        .unwrap()
-        .items
-        .is_empty());
+    assert!(count::<BlockAffinity>(&admin).await == 0);
     println!(
         "etcd stress: released {total} in {release_secs:.1}s ({:.0}/s); {freed} empty blocks freed",
         total as f64 / release_secs,

@@ -144,10 +144,7 @@ async fn killed_in_the_middle_of_claiming_a_block() {
         let affs = store.all::<BlockAffinity>().list().await.unwrap().items;
         assert_eq!(affs.len(), 1, "writes_before_death={writes_before_death}");
         assert_eq!(affs[0].spec.state, AffinityState::Confirmed);
-        assert_eq!(
-            store.all::<IPAMBlock>().list().await.unwrap().items.len(),
-            1
-        );
+        assert_eq!(count::<IPAMBlock>(&store).await, 1);
         assert!(ipam.check(&who).await.unwrap().is_clean());
     }
 }

@@ -122,13 +122,7 @@ async fn borrows_when_the_pool_has_no_free_block_unless_strict() {
         .unwrap();
     assert_eq!(got.len(), 10, "borrowed from n1's and n2's blocks");
     assert_eq!(
-        store
-            .all::<BlockAffinity>()
-            .list()
-            .await
-            .unwrap()
-            .items
-            .len(),
+        count::<BlockAffinity>(&store).await,
         2,
         "no block claimed by n3"
     );
@@ -163,10 +157,7 @@ async fn max_blocks_per_host() {
         .await
         .unwrap_err();
     assert!(matches!(e, IpamError::Exhausted { .. }), "{e}");
-    assert_eq!(
-        store.all::<IPAMBlock>().list().await.unwrap().items.len(),
-        1
-    );
+    assert_eq!(count::<IPAMBlock>(&store).await, 1);
 }
 
 #[tokio::test]
@@ -231,13 +222,7 @@ async fn release_by_handle_is_idempotent_and_by_address_checks_sequence() {
         .await
         .unwrap()
         .is_empty());
-    assert!(store
-        .all::<IPAMHandle>()
-        .list()
-        .await
-        .unwrap()
-        .items
-        .is_empty());
+    assert!(count::<IPAMHandle>(&store).await == 0);
 
     // Address-based release with a stale sequence number leaves the new owner alone.
     let first = ipam
@@ -413,20 +398,8 @@ async fn blocks_of_a_pool_that_no_longer_selects_the_node_are_released_when_empt
     );
     ipam.release_handle("k8s-pod-network.c1").await.unwrap();
     assert_eq!(ipam.release_unselected_blocks("n1").await.unwrap().len(), 1);
-    assert!(store
-        .all::<IPAMBlock>()
-        .list()
-        .await
-        .unwrap()
-        .items
-        .is_empty());
-    assert!(store
-        .all::<BlockAffinity>()
-        .list()
-        .await
-        .unwrap()
-        .items
-        .is_empty());
+    assert!(count::<IPAMBlock>(&store).await == 0);
+    assert!(count::<BlockAffinity>(&store).await == 0);
     let e = ipam
         .assign(&pod_req("n1", "default", "b", "c2", 1))
         .await
@@ -537,16 +510,7 @@ async fn gc_frees_a_deleted_nodes_blocks_affinities_and_tunnel_address() {
     let blocks = store.all::<IPAMBlock>().list().await.unwrap().items;
     assert_eq!(blocks.len(), 1);
     assert_eq!(blocks[0].spec.affinity.as_deref(), Some("host:n1"));
-    assert_eq!(
-        store
-            .all::<BlockAffinity>()
-            .list()
-            .await
-            .unwrap()
-            .items
-            .len(),
-        1
-    );
+    assert_eq!(count::<BlockAffinity>(&store).await, 1);
     let handles: Vec<_> = store.all::<IPAMHandle>().list().await.unwrap().items;
     assert_eq!(handles.len(), 1, "only n1's pod handle is left");
     assert!(ipam.check(&owners).await.unwrap().is_clean());

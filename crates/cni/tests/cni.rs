@@ -2,7 +2,6 @@
 
 mod common;
 
-use brindle_api::IPAMHandle;
 use brindle_testsupport::Netns;
 use common::*;
 use serde_json::json;
@@ -176,13 +175,7 @@ async fn add_wires_the_pod_check_notices_drift_del_cleans_up() {
         .unwrap()
         .is_empty());
     assert!(!f.allocated().await.iter().any(|ip| ip.to_string() == ip_a));
-    assert!(f
-        .store
-        .all::<IPAMHandle>()
-        .get("k8s-pod-network.ca")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(!f.has_handle("k8s-pod-network.ca").await);
     // DEL of an unknown container, and of one whose namespace is gone.
     assert!(
         f.cni(
@@ -287,16 +280,7 @@ async fn bad_input_gets_a_spec_error_and_leaves_nothing() {
         );
         assert!(f.allocated().await.is_empty(), "{what}: nothing allocated");
         assert!(f.host_veths().is_empty(), "{what}: no interface left");
-        assert!(
-            f.store
-                .all::<IPAMHandle>()
-                .list()
-                .await
-                .unwrap()
-                .items
-                .is_empty(),
-            "{what}: no handle"
-        );
+        assert!(f.handles().await == 0, "{what}: no handle");
     }
     let out = f.cni_raw("VERSION", "", None, None, br#"{"cniVersion":"1.1.0"}"#, &[]);
     assert!(out.ok);
@@ -344,20 +328,8 @@ async fn ipam_only_mode_and_gc() {
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "i2", "ifname": "eth0"}]);
     let out = f.cni("GC", "", None, None, &gc);
     assert!(out.ok, "{}", out.json);
-    assert!(f
-        .store
-        .all::<IPAMHandle>()
-        .get("k8s-pod-network.i1")
-        .await
-        .unwrap()
-        .is_none());
-    assert!(f
-        .store
-        .all::<IPAMHandle>()
-        .get("k8s-pod-network.i2")
-        .await
-        .unwrap()
-        .is_some());
+    assert!(!f.has_handle("k8s-pod-network.i1").await);
+    assert!(f.has_handle("k8s-pod-network.i2").await);
     let out = f.cni_raw(
         "DEL",
         "i2",

@@ -5,10 +5,24 @@ mod common;
 
 use std::collections::HashSet;
 
-use brindle_api::IPAMHandle;
 use brindle_testsupport::Netns;
 use common::*;
 use serde_json::json;
+
+/// Runs `command` for every pod at the same time, one plugin process each.
+fn all_at_once(f: &Fixture, pods: &[Netns], command: &str, conf: &serde_json::Value) -> Vec<Out> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, ns)| {
+                let (id, pod) = (format!("c{i}"), format!("p{i}"));
+                s.spawn(move || f.cni(command, &id, Some(("load", &pod)), Some(&ns.path()), conf))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_concurrent_adds_then_dels() {
@@ -16,25 +30,7 @@ async fn hundred_concurrent_adds_then_dels() {
     let f = Fixture::new("10.69.0.0/16").await;
     let pods: Vec<Netns> = (0..PODS).map(|_| Netns::new("brl-pod")).collect();
     let conf = f.conf("1.0.0");
-    let results: Vec<Out> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| {
-                let (f, conf) = (&f, &conf);
-                s.spawn(move || {
-                    f.cni(
-                        "ADD",
-                        &format!("c{i}"),
-                        Some(("load", &format!("p{i}"))),
-                        Some(&ns.path()),
-                        conf,
-                    )
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let results = all_at_once(&f, &pods, "ADD", &conf);
     for (i, r) in results.iter().enumerate() {
         assert!(r.ok, "pod {i}: {}", r.json);
     }
@@ -58,39 +54,12 @@ async fn hundred_concurrent_adds_then_dels() {
         "every pod answers"
     );
 
-    let dels: Vec<Out> = std::thread::scope(|s| {
-        let handles: Vec<_> = pods
-            .iter()
-            .enumerate()
-            .map(|(i, ns)| {
-                let (f, conf) = (&f, &conf);
-                s.spawn(move || {
-                    f.cni(
-                        "DEL",
-                        &format!("c{i}"),
-                        Some(("load", &format!("p{i}"))),
-                        Some(&ns.path()),
-                        conf,
-                    )
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let dels = all_at_once(&f, &pods, "DEL", &conf);
     for (i, r) in dels.iter().enumerate() {
         assert!(r.ok, "DEL {i}: {}", r.json);
     }
     assert!(f.allocated().await.is_empty(), "no allocation left");
-    assert!(
-        f.store
-            .all::<IPAMHandle>()
-            .list()
-            .await
-            .unwrap()
-            .items
-            .is_empty(),
-        "no handle left"
-    );
+    assert!(f.handles().await == 0, "no handle left");
     assert!(f.host_veths().is_empty(), "no interface left");
 }
 

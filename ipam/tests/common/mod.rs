@@ -112,3 +112,8 @@ pub async fn all_allocations(store: &Store) -> Vec<(IpAddr, Option<String>)> {
     out.sort();
     out
 }
+
+/// How many objects of a kind the store holds.
+pub async fn count<K: brindle_datastore::StoreResource>(store: &Store) -> usize {
+    store.all::<K>().list().await.expect("list").items.len()
+}

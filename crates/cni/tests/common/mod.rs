@@ -207,6 +207,25 @@ impl Fixture {
             .collect()
     }
 
+    pub async fn has_handle(&self, name: &str) -> bool {
+        self.store
+            .all::<brindle_api::IPAMHandle>()
+            .get(name)
+            .await
+            .unwrap()
+            .is_some()
+    }
+
+    pub async fn handles(&self) -> usize {
+        self.store
+            .all::<brindle_api::IPAMHandle>()
+            .list()
+            .await
+            .unwrap()
+            .items
+            .len()
+    }
+
     pub async fn allocated(&self) -> Vec<std::net::IpAddr> {
         let mut out = vec![];
         for b in self

@@ -17,12 +17,11 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, KeyValue, Txn, TxnOp,
     TxnOpResponse, WatchOptions,
 };
-use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{meta, Backend, RawEvent, RawList, RawWatch};
+use super::{meta, spawn_watch, Backend, Ended, Follow, RawEvent, RawList, RawWatch};
 use crate::{Key, ResourceType, Result, StoreError};
 
 const NAME: &str = "etcd";
@@ -331,16 +330,13 @@ impl Backend for EtcdBackend {
 
     async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {
         let from = parse_revision(ty, ns, revision)?;
-        let (tx, mut rx) = mpsc::channel(1024);
-        let w = Watch {
+        Ok(spawn_watch(|tx| Watch {
             backend: self.clone(),
             prefix: self.prefix(ty, ns),
             key: ty.key(ns, None),
             last: from,
             tx,
-        };
-        tokio::spawn(w.run());
-        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+        }))
     }
 }
 
@@ -354,32 +350,19 @@ struct Watch {
     tx: mpsc::Sender<Result<RawEvent>>,
 }
 
-enum Ended {
-    /// The receiver is gone or the watch expired: stop.
-    Stop,
-    /// The connection dropped: watch again from `last`.
-    Reconnect(String),
+impl Follow for Watch {
+    fn follow(&mut self) -> impl std::future::Future<Output = Ended> + Send {
+        Watch::follow(self)
+    }
+    fn describe(&self) -> String {
+        format!("etcd {} at revision {}", self.key, self.last)
+    }
+    fn sender(&self) -> &mpsc::Sender<Result<RawEvent>> {
+        &self.tx
+    }
 }
 
 impl Watch {
-    async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.follow().await {
-                Ended::Stop => return,
-                Ended::Reconnect(why) => {
-                    warn!(key = %self.key, revision = self.last, error = %why,
-                        "etcd watch interrupted; re-watching");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = self.tx.closed() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    }
-
     async fn follow(&mut self) -> Ended {
         let opts = WatchOptions::new()
             .with_prefix()
@@ -389,7 +372,7 @@ impl Watch {
         let mut client = self.backend.client.watch_client();
         let mut stream = match client.watch(self.prefix.clone(), Some(opts)).await {
             Ok(s) => s,
-            Err(e) => return Ended::Reconnect(e.to_string()),
+            Err(e) => return Ended::Reconnect(Some(e.to_string())),
         };
         loop {
             let msg = tokio::select! {
@@ -398,15 +381,18 @@ impl Watch {
             };
             let resp = match msg {
                 Ok(Some(r)) => r,
-                Ok(None) => return Ended::Reconnect("stream closed by etcd".into()),
-                Err(e) => return Ended::Reconnect(e.to_string()),
+                Ok(None) => return Ended::Reconnect(Some("stream closed by etcd".into())),
+                Err(e) => return Ended::Reconnect(Some(e.to_string())),
             };
             if resp.canceled() {
                 if resp.compact_revision() > 0 {
                     let _ = self.tx.send(Err(self.expired())).await;
                     return Ended::Stop;
                 }
-                return Ended::Reconnect(format!("watch cancelled: {}", resp.cancel_reason()));
+                return Ended::Reconnect(Some(format!(
+                    "watch cancelled: {}",
+                    resp.cancel_reason()
+                )));
             }
             if resp.events().is_empty() && !resp.created() {
                 // A progress notification: nothing on our prefix up to this revision.

@@ -6,10 +6,8 @@
 //! Watches are re-issued from the last resourceVersion seen (events and bookmarks) whenever
 //! the server ends one (it does every few minutes) or the connection drops.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, ListParams, PostParams, Preconditions, WatchEvent,
     WatchParams,
@@ -18,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{meta, Backend, RawEvent, RawList, RawWatch};
+use super::{meta, spawn_watch, Backend, Ended, Follow, RawEvent, RawList, RawWatch};
 use crate::{Key, ResourceType, Result, StoreError};
 
 const NAME: &str = "kubernetes";
@@ -204,16 +202,13 @@ impl Backend for KubernetesBackend {
     }
 
     async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {
-        let (tx, mut rx) = mpsc::channel(1024);
-        let w = Watch {
+        Ok(spawn_watch(|tx| Watch {
             backend: self.clone(),
             api: self.api(ty, ns),
             key: ty.key(ns, None),
             last: revision.to_owned(),
             tx,
-        };
-        tokio::spawn(w.run());
-        Ok(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed())
+        }))
     }
 }
 
@@ -225,32 +220,19 @@ struct Watch {
     tx: mpsc::Sender<Result<RawEvent>>,
 }
 
-enum Ended {
-    Stop,
-    Reconnect(String),
+impl Follow for Watch {
+    fn follow(&mut self) -> impl std::future::Future<Output = Ended> + Send {
+        Watch::follow(self)
+    }
+    fn describe(&self) -> String {
+        format!("kubernetes {} at resourceVersion {}", self.key, self.last)
+    }
+    fn sender(&self) -> &mpsc::Sender<Result<RawEvent>> {
+        &self.tx
+    }
 }
 
 impl Watch {
-    async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            match self.follow().await {
-                Ended::Stop => return,
-                // The server ended the call (its timeout): re-issue after the shortest pause.
-                Ended::Reconnect(why) if why.is_empty() => backoff = Duration::from_millis(100),
-                Ended::Reconnect(why) => {
-                    warn!(key = %self.key, revision = %self.last, error = %why,
-                        "kubernetes watch interrupted; re-watching");
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = self.tx.closed() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
-    }
-
     async fn expire(&self) -> Ended {
         let e = StoreError::Expired {
             backend: NAME,
@@ -266,7 +248,7 @@ impl Watch {
         let stream = match self.api.watch(&wp, &self.last).await {
             Ok(s) => s,
             Err(kube::Error::Api(s)) if s.code == 410 => return self.expire().await,
-            Err(e) => return Ended::Reconnect(e.to_string()),
+            Err(e) => return Ended::Reconnect(Some(e.to_string())),
         };
         let mut stream = std::pin::pin!(stream.into_stream());
         loop {
@@ -276,8 +258,8 @@ impl Watch {
             };
             let ev = match next {
                 Ok(Some(ev)) => ev,
-                Ok(None) => return Ended::Reconnect(String::new()),
-                Err(e) => return Ended::Reconnect(e.to_string()),
+                Ok(None) => return Ended::Reconnect(None),
+                Err(e) => return Ended::Reconnect(Some(e.to_string())),
             };
             let (obj, wrap): (DynamicObject, fn(Value) -> RawEvent) = match ev {
                 WatchEvent::Added(o) => (o, RawEvent::Added),
@@ -292,7 +274,7 @@ impl Watch {
                     let err =
                         self.backend
                             .err(self.key.clone(), Some(&self.last), kube::Error::Api(s));
-                    return Ended::Reconnect(err.to_string());
+                    return Ended::Reconnect(Some(err.to_string()));
                 }
             };
             if let Some(rv) = obj.metadata.resource_version.clone() {

@@ -66,6 +66,53 @@ pub trait Backend: Send + Sync + 'static {
     async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch>;
 }
 
+/// How one attempt at following a watch ended.
+pub(crate) enum Ended {
+    /// The receiver is gone or the watch expired: stop.
+    Stop,
+    /// Watch again from the last revision delivered; None when the server simply closed
+    /// the call (its timeout), Some(reason) when something broke.
+    Reconnect(Option<String>),
+}
+
+/// A watch that can be restarted from where it left off (the backends' watch tasks).
+pub(crate) trait Follow: Send + 'static {
+    fn follow(&mut self) -> impl std::future::Future<Output = Ended> + Send;
+    /// For logs: the backend, the key and the revision reached.
+    fn describe(&self) -> String;
+    fn sender(&self) -> &tokio::sync::mpsc::Sender<Result<RawEvent>>;
+}
+
+/// Runs a watch task: follows, and after a dropped connection follows again with a capped
+/// exponential backoff, until the receiver goes away or the watch expires. Returns the
+/// receiving end as the stream callers see.
+pub(crate) fn spawn_watch<F: Follow>(
+    make: impl FnOnce(tokio::sync::mpsc::Sender<Result<RawEvent>>) -> F,
+) -> RawWatch {
+    use futures::StreamExt;
+    use std::time::Duration;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1024);
+    let mut f = make(tx);
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match f.follow().await {
+                Ended::Stop => return,
+                Ended::Reconnect(None) => backoff = Duration::from_millis(100),
+                Ended::Reconnect(Some(why)) => {
+                    tracing::warn!(watch = %f.describe(), error = %why, "watch interrupted; re-watching");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = f.sender().closed() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    });
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
 /// Small accessors on an object's JSON metadata, shared by the backends.
 pub(crate) mod meta {
     use serde_json::{Map, Value};
