@@ -155,6 +155,43 @@ impl Collector {
             }
         }
 
+        // 3b. Empty blocks of pools that no longer select their node (or are gone).
+        let pools = ipam.store.all::<brindle_api::IPPool>().list().await?.items;
+        let mut labels: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        for a in &snap.affinities {
+            let node = a.spec.node.as_str();
+            if !owners.nodes.contains(node) || !in_scope(Some(node)) {
+                continue;
+            }
+            let Some(b) = snap.blocks.iter().find(|b| b.spec.cidr == a.spec.cidr) else {
+                continue;
+            };
+            if !block::is_empty(&b.spec) {
+                continue;
+            }
+            if !labels.contains_key(node) {
+                match ipam.owners.labels(node).await {
+                    Ok(l) => labels.insert(node.to_owned(), l),
+                    Err(_) => continue, // the node went away meanwhile: step 3 next time
+                };
+            }
+            let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else {
+                continue;
+            };
+            let pool = pools
+                .iter()
+                .find(|p| p.spec.network().is_some_and(|n| n.contains(net.network())));
+            let selected = match pool {
+                Some(p) => crate::pools::selects(p, &labels[node]).unwrap_or(true),
+                None => false,
+            };
+            if !selected && ipam.release_affinity(a).await? {
+                info!(node, block = %a.spec.cidr, "freed empty block of a pool that no longer selects the node");
+                out.affinities_freed.push(a.spec.cidr.clone());
+                out.blocks_freed.push(a.spec.cidr.clone());
+            }
+        }
+
         // 4. Empty blocks nobody holds.
         for b in &snap.blocks {
             let unaffine = b.spec.affinity.is_none();

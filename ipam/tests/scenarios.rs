@@ -515,3 +515,40 @@ async fn gc_frees_a_deleted_nodes_blocks_affinities_and_tunnel_address() {
     assert_eq!(handles.len(), 1, "only n1's pod handle is left");
     assert!(ipam.check(&owners).await.unwrap().is_clean());
 }
+
+#[tokio::test]
+async fn collector_frees_empty_blocks_of_pools_that_no_longer_select_the_node() {
+    let store = memory();
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    add_pod(&store, "default", "a").await;
+    let ipam = ipam(&store);
+    ipam.assign(&pod_req("n1", "default", "a", "c1", 1))
+        .await
+        .unwrap();
+    let mut p = store.all::<IPPool>().get("pool").await.unwrap().unwrap();
+    p.spec.node_selector = "zone == 'elsewhere'".into();
+    store.all::<IPPool>().update(&p).await.unwrap();
+    let mut gc = Collector::new(Duration::from_secs(60));
+    let owners = snapshot(&["n1"], &[("default", "a")]);
+    let r = gc.pass(&ipam, &owners, None, Instant::now()).await.unwrap();
+    assert!(
+        r.blocks_freed.is_empty(),
+        "the block still holds a's address: {r:?}"
+    );
+    ipam.release_handle("k8s-pod-network.c1").await.unwrap();
+    let r = gc.pass(&ipam, &owners, None, Instant::now()).await.unwrap();
+    assert_eq!(r.blocks_freed, vec!["10.9.0.0/26".to_string()], "{r:?}");
+    assert_eq!(count::<BlockAffinity>(&store).await, 0);
+    // A block of a pool that still selects the node is kept, empty or not.
+    p.spec.node_selector = "all()".into();
+    p.metadata.resource_version = None;
+    store.all::<IPPool>().update(&p).await.unwrap();
+    ipam.assign(&pod_req("n1", "default", "a", "c2", 1))
+        .await
+        .unwrap();
+    ipam.release_handle("k8s-pod-network.c2").await.unwrap();
+    let r = gc.pass(&ipam, &owners, None, Instant::now()).await.unwrap();
+    assert!(r.blocks_freed.is_empty(), "{r:?}");
+    assert_eq!(count::<IPAMBlock>(&store).await, 1);
+}
