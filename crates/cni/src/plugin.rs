@@ -279,6 +279,9 @@ impl Ctx {
             wire::sysctl(&format!("net/ipv4/conf/{veth}/forwarding"), "1")?;
         }
         if ips.iter().any(IpAddr::is_ipv6) {
+            // The pod's IPv6 gateway is this veth's link-local address: usable at once.
+            wire::sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"), "0")?;
+            wire::sysctl(&format!("net/ipv6/conf/{veth}/accept_dad"), "0")?;
             wire::sysctl(&format!("net/ipv6/conf/{veth}/proxy_ndp"), "1")?;
             wire::sysctl(&format!("net/ipv6/conf/{veth}/forwarding"), "1")?;
         }

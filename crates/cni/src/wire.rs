@@ -188,10 +188,14 @@ pub async fn configure_pod_side(h: &Handle, ifname: &str, ips: &[IpAddr]) -> Cni
     set_up(h, &l).await?;
     for ip in ips {
         let plen = if ip.is_ipv4() { 32 } else { 128 };
-        h.address()
-            .add(idx, *ip, plen)
-            .replace()
-            .execute()
+        let mut req = h.address().add(idx, *ip, plen).replace();
+        if ip.is_ipv6() {
+            // The address is ours by IPAM: skip duplicate address detection (and the second
+            // or so it would keep the address unusable).
+            use rtnetlink::packet_route::address::AddressHeaderFlags;
+            req.message_mut().header.flags |= AddressHeaderFlags::Nodad;
+        }
+        req.execute()
             .await
             .map_err(|e| nl(format!("adding {ip}/{plen} to {ifname}"), e))?;
     }

@@ -341,3 +341,56 @@ async fn ipam_only_mode_and_gc() {
     assert!(out.ok);
     assert!(f.allocated().await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_pods_talk_over_ipv6() {
+    let f = Fixture::new("10.71.0.0/16").await;
+    let mut v6 = brindle_api::IPPoolSpec::new("fd00:71::/112");
+    v6.block_size = Some(122);
+    f.store
+        .all::<brindle_api::IPPool>()
+        .create(&brindle_api::IPPool::new("pods-v6", v6))
+        .await
+        .unwrap();
+    f.node
+        .ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    let mut conf = f.conf("1.0.0");
+    conf["ipam"]["assign_ipv6"] = json!(true);
+    let (a, b) = (Netns::new("brl-pod"), Netns::new("brl-pod"));
+    let ra = f.cni("ADD", "d1", Some(("default", "d1")), Some(&a.path()), &conf);
+    let rb = f.cni("ADD", "d2", Some(("default", "d2")), Some(&b.path()), &conf);
+    assert!(ra.ok && rb.ok, "{} {}", ra.json, rb.json);
+    let v6_of = |r: &serde_json::Value| {
+        r["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["address"].as_str())
+            .find(|a| a.contains(':'))
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    let (a6, b6) = (v6_of(&ra.json), v6_of(&rb.json));
+    assert!(a6.starts_with("fd00:71::"), "{a6}");
+    let routes = a.ip_json(&["-6", "route", "show", "default"]);
+    assert_eq!(
+        routes[0]["gateway"], "fe80::ecee:eeff:feee:eeee",
+        "{routes}"
+    );
+    let _srv = tcp_server(&b, &b6, 8082);
+    assert_eq!(
+        tcp_client(&a, &b6, 8082),
+        "hello",
+        "pod a reaches pod b over IPv6"
+    );
+    for (c, ns) in [("d1", &a), ("d2", &b)] {
+        assert!(
+            f.cni("DEL", c, Some(("default", c)), Some(&ns.path()), &conf)
+                .ok
+        );
+    }
+    assert!(f.allocated().await.is_empty());
+}

@@ -259,7 +259,7 @@ pub fn ip_of(result: &Value) -> String {
 /// A one-connection TCP server: accepts, sends "hello", exits.
 pub fn tcp_server(ns: &Netns, ip: &str, port: u16) -> brindle_testsupport::ChildGuard {
     let script = format!(
-        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{ip}',{port}))\ns.listen()\ns.settimeout(30)\nc,_=s.accept()\nc.sendall(b'hello')\nc.close()\n"
+        "import socket\ns=socket.socket(socket.AF_INET6 if ':' in '{ip}' else socket.AF_INET)\ns.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\ns.bind(('{ip}',{port}))\ns.listen()\ns.settimeout(30)\nc,_=s.accept()\nc.sendall(b'hello')\nc.close()\n"
     );
     ns.spawn(&["python3", "-c", &script])
 }
