@@ -81,8 +81,17 @@ struct Cache {
     pools: Option<Cached<Vec<IPPool>>>,
     config: Option<Cached<IPAMConfigSpec>>,
     labels: HashMap<String, Cached<BTreeMap<String, String>>>,
-    /// Per node: its affine blocks as last read or written (name → block).
-    affine: HashMap<String, BTreeMap<String, IPAMBlock>>,
+    /// Per node: its affine blocks.
+    affine: HashMap<String, NodeBlocks>,
+}
+
+/// A node's confirmed blocks: every one of them (from the affinity list, newest first, since
+/// older blocks are the ones that have filled up), and those whose content has been read or
+/// written since, loaded only when first needed.
+#[derive(Default)]
+struct NodeBlocks {
+    order: Vec<(String, IpNetwork)>,
+    loaded: BTreeMap<String, IPAMBlock>,
 }
 
 /// An IPAM client. Cheap state only: caches that are refreshed by TTL or by a failed
@@ -315,54 +324,82 @@ impl Ipam {
         }
     }
 
-    /// Names of the node's confirmed blocks in the eligible pools that have room, in CIDR
-    /// order (the node fills one block before the next, as Calico does).
+    /// Names of the node's confirmed blocks in the eligible pools that may have room: those
+    /// known to have room and those not read yet, newest first. A fresh client lists the
+    /// affinities once and reads blocks one by one until one has room.
     async fn affine_blocks(&self, node: &str, pools: &[Eligible]) -> Result<Vec<String>> {
-        let loaded = self.cache().affine.contains_key(node);
-        if !loaded {
-            let affs = self.store.all::<BlockAffinity>().list().await?.items;
-            let mut blocks = BTreeMap::new();
-            for a in affs.iter().filter(|a| {
-                a.spec.node == node && a.spec.state == AffinityState::Confirmed && !a.spec.deleted
-            }) {
-                let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else {
-                    continue;
-                };
-                let name = block_name(&net);
-                if let Some(b) = self.store.all::<IPAMBlock>().get(&name).await? {
-                    blocks.insert(name, b);
-                }
-            }
-            self.cache().affine.insert(node.to_owned(), blocks);
+        if !self.cache().affine.contains_key(node) {
+            let mut affs: Vec<BlockAffinity> = self
+                .store
+                .all::<BlockAffinity>()
+                .list()
+                .await?
+                .items
+                .into_iter()
+                .filter(|a| {
+                    a.spec.node == node
+                        && a.spec.state == AffinityState::Confirmed
+                        && !a.spec.deleted
+                })
+                .collect();
+            affs.sort_by(|a, b| {
+                let created = |x: &BlockAffinity| x.metadata.creation_timestamp.clone();
+                created(b)
+                    .cmp(&created(a))
+                    .then_with(|| a.spec.cidr.cmp(&b.spec.cidr))
+            });
+            let order = affs
+                .iter()
+                .filter_map(|a| a.spec.cidr.parse::<IpNetwork>().ok())
+                .map(|n| (block_name(&n), n))
+                .collect();
+            self.cache().affine.insert(
+                node.to_owned(),
+                NodeBlocks {
+                    order,
+                    loaded: BTreeMap::new(),
+                },
+            );
         }
         let cache = self.cache();
-        let Some(blocks) = cache.affine.get(node) else {
+        let Some(nb) = cache.affine.get(node) else {
             return Ok(vec![]);
         };
-        Ok(blocks
+        Ok(nb
+            .order
             .iter()
-            .filter(|(_, b)| {
-                block::free(&b.spec) > 0
-                    && block::network(&b.spec)
-                        .is_some_and(|n| pools.iter().any(|p| p.net.contains(n.network())))
+            .filter(|(name, net)| {
+                pools.iter().any(|p| p.net.contains(net.network()))
+                    && nb.loaded.get(name).is_none_or(|b| block::free(&b.spec) > 0)
             })
             .map(|(name, _)| name.clone())
             .collect())
     }
 
-    /// Updates a node's cached blocks, if that node's blocks have been loaded: a partial
+    /// Updates a node's cached blocks, if that node's blocks have been listed: a partial
     /// entry would hide the node's other blocks.
     pub(crate) fn remember(&self, node: &str, b: IPAMBlock) {
-        if let (Some(name), Some(m)) = (b.metadata.name.clone(), self.cache().affine.get_mut(node))
-        {
-            m.insert(name, b);
+        let mut cache = self.cache();
+        let (Some(name), Some(nb)) = (b.metadata.name.clone(), cache.affine.get_mut(node)) else {
+            return;
+        };
+        if !nb.order.iter().any(|(n, _)| *n == name) {
+            if let Some(net) = block::network(&b.spec) {
+                nb.order.insert(0, (name.clone(), net)); // newly claimed: the newest
+            }
         }
+        nb.loaded.insert(name, b);
     }
 
     pub(crate) fn forget(&self, node: &str, name: &str) {
-        if let Some(m) = self.cache().affine.get_mut(node) {
-            m.remove(name);
+        if let Some(nb) = self.cache().affine.get_mut(node) {
+            nb.loaded.remove(name);
+            nb.order.retain(|(n, _)| n != name);
         }
+    }
+
+    fn cached_block(&self, node: &str, name: &str) -> Option<IPAMBlock> {
+        self.cache().affine.get(node)?.loaded.get(name).cloned()
     }
 
     /// Allocates up to `n` addresses in one block. `affine`: the block must still belong to
@@ -376,7 +413,7 @@ impl Ipam {
         handle: &mut HandleState,
     ) -> Result<Vec<IpAddr>> {
         let blocks = self.store.all::<IPAMBlock>();
-        let cached = affine.and_then(|node| self.cache().affine.get(node)?.get(name).cloned());
+        let cached = affine.and_then(|node| self.cached_block(node, name));
         let mut block = match cached {
             Some(b) => b,
             None => match blocks.get(name).await? {
@@ -568,7 +605,7 @@ impl Ipam {
                 .cache()
                 .affine
                 .get(node)
-                .is_some_and(|m| m.contains_key(&name));
+                .is_some_and(|nb| nb.order.iter().any(|(n, _)| *n == name));
             if known || !pools.iter().any(|p| p.net.contains(net.network())) {
                 continue;
             }
