@@ -9,14 +9,13 @@
 //! Run: `cargo bench -p brindle-ipam --bench assign` (etcd-server must be installed).
 //! Writes bench-results/ipam-assign.json.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Instant;
 
-use brindle_api::{AllowedUse, BrindleNode, IPPool, IPPoolSpec};
+use brindle_api::{BrindleNode, IPPool, IPPoolSpec};
 use brindle_datastore::backend::etcd::EtcdBackend;
 use brindle_datastore::backend::instrumented::Instrumented;
 use brindle_datastore::Store;
-use brindle_ipam::block::attr;
 use brindle_ipam::nodes::brindle_node;
 use brindle_ipam::{AssignRequest, Ipam};
 use brindle_testsupport::bench::{etcd_cas_floor, write_results, Sample};
@@ -26,20 +25,7 @@ const PODS_PER_NODE: usize = 1000;
 const FRESH_PODS: usize = 200;
 
 fn req(node: &str, pod: &str) -> AssignRequest {
-    AssignRequest {
-        handle: brindle_ipam::pod_handle(pod),
-        node: node.into(),
-        ipv4: 1,
-        ipv6: 0,
-        attrs: BTreeMap::from([
-            (attr::POD.into(), pod.into()),
-            (attr::NAMESPACE.into(), "bench".into()),
-            (attr::NODE.into(), node.into()),
-            (attr::TYPE.into(), attr::TYPE_POD.into()),
-        ]),
-        use_: AllowedUse::Workload,
-        pools: vec![],
-    }
+    AssignRequest::pod(node, "bench", pod, pod, 1)
 }
 
 struct Row {

@@ -56,6 +56,29 @@ pub struct AssignRequest {
     pub pools: Vec<String>,
 }
 
+impl AssignRequest {
+    /// `n` IPv4 addresses for a pod's container, under the pod handle, with the owner
+    /// attributes the collector uses to tell a live pod from a leak.
+    pub fn pod(node: &str, namespace: &str, pod: &str, container_id: &str, n: usize) -> Self {
+        use crate::block::attr;
+        AssignRequest {
+            handle: crate::pod_handle(container_id),
+            node: node.into(),
+            ipv4: n,
+            ipv6: 0,
+            attrs: BTreeMap::from([
+                (attr::POD.to_string(), pod.to_string()),
+                (attr::NAMESPACE.to_string(), namespace.to_string()),
+                (attr::NODE.to_string(), node.to_string()),
+                (attr::CONTAINER_ID.to_string(), container_id.to_string()),
+                (attr::TYPE.to_string(), attr::TYPE_POD.to_string()),
+            ]),
+            use_: AllowedUse::Workload,
+            pools: vec![],
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IpamOptions {
     /// How long pools, IPAMConfig and node labels read from the datastore are reused.

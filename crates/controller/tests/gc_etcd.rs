@@ -2,17 +2,15 @@
 //! grace period, a live pod's never; a deleted node's blocks, affinities and tunnel address
 //! are freed.
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use brindle_api::{
-    AllowedUse, BlockAffinity, BrindleNode, IPAMBlock, IPAMHandle, IPPool, IPPoolSpec, IpipMode,
+    BlockAffinity, BrindleNode, IPAMBlock, IPAMHandle, IPPool, IPPoolSpec, IpipMode,
 };
 use brindle_datastore::backend::etcd::EtcdBackend;
 use brindle_datastore::Store;
-use brindle_ipam::block::attr;
 use brindle_ipam::nodes::brindle_node;
 use brindle_ipam::{AssignRequest, Ipam};
 use brindle_testsupport::EtcdServer;
@@ -37,20 +35,7 @@ fn pod(name: &str, node: &str) -> Pod {
 }
 
 fn req(node: &str, pod: &str) -> AssignRequest {
-    AssignRequest {
-        handle: brindle_ipam::pod_handle(pod),
-        node: node.into(),
-        ipv4: 1,
-        ipv6: 0,
-        attrs: BTreeMap::from([
-            (attr::POD.into(), pod.into()),
-            (attr::NAMESPACE.into(), "default".into()),
-            (attr::NODE.into(), node.into()),
-            (attr::TYPE.into(), attr::TYPE_POD.into()),
-        ]),
-        use_: AllowedUse::Workload,
-        pools: vec![],
-    }
+    AssignRequest::pod(node, "default", pod, pod, 1)
 }
 
 async fn allocated(store: &Store) -> Vec<IpAddr> {

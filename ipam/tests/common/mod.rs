@@ -1,13 +1,11 @@
 //! Shared set-up for the IPAM tests.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use brindle_api::{AllowedUse, IPAMConfig, IPAMConfigSpec, IPPool, IPPoolSpec, IpipMode};
+use brindle_api::{IPAMConfig, IPAMConfigSpec, IPPool, IPPoolSpec, IpipMode};
 use brindle_datastore::backend::memory::MemoryBackend;
 use brindle_datastore::Store;
-use brindle_ipam::block::attr;
 use brindle_ipam::nodes::brindle_node;
 use brindle_ipam::{AssignRequest, Ipam, IpamOptions};
 use k8s_openapi::api::core::v1::Pod;
@@ -78,21 +76,7 @@ pub async fn add_pod(store: &Store, ns: &str, name: &str) {
 }
 
 pub fn pod_req(node: &str, ns: &str, pod: &str, container: &str, n: usize) -> AssignRequest {
-    AssignRequest {
-        handle: brindle_ipam::pod_handle(container),
-        node: node.into(),
-        ipv4: n,
-        ipv6: 0,
-        attrs: BTreeMap::from([
-            (attr::POD.to_string(), pod.to_string()),
-            (attr::NAMESPACE.to_string(), ns.to_string()),
-            (attr::NODE.to_string(), node.to_string()),
-            (attr::CONTAINER_ID.to_string(), container.to_string()),
-            (attr::TYPE.to_string(), attr::TYPE_POD.to_string()),
-        ]),
-        use_: AllowedUse::Workload,
-        pools: vec![],
-    }
+    AssignRequest::pod(node, ns, pod, container, n)
 }
 
 /// Every allocated address in every block, with its handle.
