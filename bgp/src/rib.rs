@@ -226,17 +226,22 @@ impl Rib {
 
     fn reselect(&mut self, prefix: IpNetwork) -> Option<Change> {
         let e = self.table.get(&prefix)?;
-        let best = self.decide(&e.paths).map(|i| e.paths[i].clone());
-        let multipath: Vec<Path> = best
-            .as_ref()
-            .map(|b| {
-                e.paths
-                    .iter()
-                    .filter(|p| self.equal_cost(p, b))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let (best, multipath) = if let [only] = e.paths.as_slice() {
+            (Some(only.clone()), vec![only.clone()]) // one path: nothing to decide
+        } else {
+            let best = self.decide(&e.paths).map(|i| e.paths[i].clone());
+            let multipath: Vec<Path> = best
+                .as_ref()
+                .map(|b| {
+                    e.paths
+                        .iter()
+                        .filter(|p| self.equal_cost(p, b))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            (best, multipath)
+        };
         let moved = best != e.best || multipath != e.multipath;
         if e.paths.is_empty() {
             self.table.remove(&prefix);
