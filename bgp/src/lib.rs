@@ -7,4 +7,5 @@
 
 pub mod codec;
 pub mod fsm;
+pub mod policy;
 pub mod rib;
