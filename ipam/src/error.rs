@@ -23,6 +23,9 @@ pub enum IpamError {
         detail: String,
     },
 
+    #[error("the requested IPPool {0:?} does not exist (give a pool name or CIDR)")]
+    UnknownPool(String),
+
     #[error("{what}: still conflicting after {retries} compare-and-swap retries")]
     TooManyRetries { what: String, retries: u32 },
 

@@ -41,12 +41,7 @@ pub fn eligible(
     restrict: &[String],
 ) -> Result<Vec<Eligible>> {
     if let Some(missing) = restrict.iter().find(|r| !pools.iter().any(|p| named(p, r))) {
-        return Err(IpamError::NoPools {
-            family: family.name(),
-            use_: "any use",
-            node: String::new(),
-            detail: format!(": the requested IPPool {missing:?} does not exist"),
-        });
+        return Err(IpamError::UnknownPool(missing.clone()));
     }
     let restrict: Vec<&String> = restrict
         .iter()

@@ -55,9 +55,10 @@ fn store_err(e: StoreError) -> CniError {
 pub fn ipam_err(e: IpamError) -> CniError {
     match e {
         IpamError::Exhausted { .. } => CniError::new(code::NO_ADDRESSES, e.to_string(), ""),
-        IpamError::NoPools { .. } | IpamError::NotInPool { .. } | IpamError::Selector { .. } => {
-            CniError::new(code::NO_POOL, e.to_string(), "")
-        }
+        IpamError::NoPools { .. }
+        | IpamError::UnknownPool(_)
+        | IpamError::NotInPool { .. }
+        | IpamError::Selector { .. } => CniError::new(code::NO_POOL, e.to_string(), ""),
         IpamError::Store(s) => store_err(s),
         IpamError::NoNode { .. } => CniError::new(
             code::INVALID_CONFIG,
