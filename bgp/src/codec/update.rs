@@ -35,49 +35,65 @@ impl Nlri {
     }
 }
 
-pub(crate) fn decode_nlri(
-    mut v: &[u8],
-    afi: Afi,
-    add_path: bool,
-) -> Result<Vec<Nlri>, DecodeError> {
-    let max = match afi {
-        Afi::Ipv4 => 32,
-        Afi::Ipv6 => 128,
-        Afi::Other(_) => return Err(DecodeError::InvalidNetwork),
-    };
-    let mut out = vec![];
-    while !v.is_empty() {
-        let path_id = if add_path {
-            if v.len() < 4 {
-                return Err(DecodeError::InvalidNetwork);
-            }
-            let id = u32::from_be_bytes([v[0], v[1], v[2], v[3]]);
-            v = &v[4..];
-            Some(id)
+type R<'a, T> = nom::IResult<&'a [u8], T, ()>;
+
+/// One NLRI entry (RFC 4271 §4.3; RFC 7911 §3 with a path identifier in front).
+fn nlri_entry(afi: Afi, add_path: bool) -> impl Fn(&[u8]) -> R<'_, Nlri> {
+    use nom::bytes::complete::take;
+    use nom::number::complete::{be_u32, be_u8};
+    move |i| {
+        let (i, path_id) = if add_path {
+            be_u32(i).map(|(i, id)| (i, Some(id)))?
         } else {
-            None
+            (i, None)
         };
-        let Some((&len, rest)) = v.split_first() else {
-            return Err(DecodeError::InvalidNetwork);
-        };
-        let bytes = usize::from(len).div_ceil(8);
-        if len > max || rest.len() < bytes {
-            return Err(DecodeError::InvalidNetwork);
-        }
-        let mut addr = [0u8; 16];
-        addr[..bytes].copy_from_slice(&rest[..bytes]);
-        let ip = match afi {
-            Afi::Ipv4 => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
-            _ => IpAddr::V6(Ipv6Addr::from(addr)),
-        };
+        let (i, len) = be_u8(i)?;
+        let (i, raw) = take(usize::from(len).div_ceil(8))(i)?;
         // Trailing bits past the prefix length are irrelevant (RFC 4271 §4.3): mask them.
-        let net = IpNetwork::new(ip, len).map_err(|_| DecodeError::InvalidNetwork)?;
-        let net = IpNetwork::new(net.network(), len).map_err(|_| DecodeError::InvalidNetwork)?;
-        out.push(Nlri {
-            prefix: net,
-            path_id,
-        });
-        v = &rest[bytes..];
+        let prefix = match afi {
+            Afi::Ipv4 => {
+                let mut b = [0u8; 4];
+                b.get_mut(..raw.len())
+                    .ok_or(nom::Err::Error(()))?
+                    .copy_from_slice(raw);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(len.min(32)))
+                    .unwrap_or(0);
+                let ip = Ipv4Addr::from(u32::from_be_bytes(b) & mask);
+                IpNetwork::V4(
+                    ipnetwork::Ipv4Network::new_checked(ip, len).ok_or(nom::Err::Error(()))?,
+                )
+            }
+            _ => {
+                let mut b = [0u8; 16];
+                b.get_mut(..raw.len())
+                    .ok_or(nom::Err::Error(()))?
+                    .copy_from_slice(raw);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(len.min(128)))
+                    .unwrap_or(0);
+                let ip = Ipv6Addr::from(u128::from_be_bytes(b) & mask);
+                IpNetwork::V6(
+                    ipnetwork::Ipv6Network::new_checked(ip, len).ok_or(nom::Err::Error(()))?,
+                )
+            }
+        };
+        Ok((i, Nlri { prefix, path_id }))
+    }
+}
+
+pub(crate) fn decode_nlri(v: &[u8], afi: Afi, add_path: bool) -> Result<Vec<Nlri>, DecodeError> {
+    if let Afi::Other(_) = afi {
+        return Err(DecodeError::InvalidNetwork);
+    }
+    let entry = nlri_entry(afi, add_path);
+    // A /24 takes 4 octets: a fair first guess of the count.
+    let mut out = Vec::with_capacity(v.len() / 4 + 1);
+    let mut i = v;
+    while !i.is_empty() {
+        let (rest, n) = entry(i).map_err(|_| DecodeError::InvalidNetwork)?;
+        out.push(n);
+        i = rest;
     }
     Ok(out)
 }
