@@ -5,6 +5,7 @@
 //! touch the datastore: the node agent feeds it peers and prefixes through its API.
 #![forbid(unsafe_code)]
 
+pub mod adj_out;
 pub mod codec;
 pub mod fsm;
 pub mod policy;
