@@ -64,6 +64,27 @@ pub struct Rib {
     table: BTreeMap<IpNetwork, Entry>,
 }
 
+impl Entry {
+    /// Stores the new outcome; the change, if it moved.
+    fn record(
+        &mut self,
+        prefix: IpNetwork,
+        best: Option<Path>,
+        multipath: Vec<Path>,
+    ) -> Option<Change> {
+        if best == self.best && multipath == self.multipath {
+            return None;
+        }
+        self.best = best.clone();
+        self.multipath = multipath.clone();
+        Some(Change {
+            prefix,
+            best,
+            multipath,
+        })
+    }
+}
+
 #[derive(Default)]
 struct Entry {
     paths: Vec<Path>,
@@ -95,6 +116,100 @@ fn neighbor_as(a: &Attributes) -> Option<u32> {
     })
 }
 
+/// The read-only view the decision process needs; kept apart from the table so a path set
+/// can be decided while its entry is borrowed (one map lookup per change).
+struct Decider<'a> {
+    local_as: u32,
+    router_id: Ipv4Addr,
+    peers: &'a HashMap<PeerId, PeerInfo>,
+}
+
+impl Decider<'_> {
+    fn ibgp(&self, peer: PeerId) -> bool {
+        peer == LOCAL
+            || self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.asn == self.local_as)
+    }
+
+    /// The best path and its equal-cost companions.
+    fn select(&self, paths: &[Path]) -> (Option<Path>, Vec<Path>) {
+        if let [only] = paths {
+            return (Some(only.clone()), vec![only.clone()]); // nothing to decide
+        }
+        let best = self.decide(paths).map(|i| paths[i].clone());
+        let multipath = best
+            .as_ref()
+            .map(|b| {
+                paths
+                    .iter()
+                    .filter(|p| self.equal_cost(p, b))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        (best, multipath)
+    }
+
+    /// Same up to (and including) the eBGP-over-iBGP step: candidates for ECMP.
+    fn equal_cost(&self, a: &Path, b: &Path) -> bool {
+        local_pref(&a.attrs) == local_pref(&b.attrs)
+            && as_path_len(&a.attrs) == as_path_len(&b.attrs)
+            && origin_rank(&a.attrs) == origin_rank(&b.attrs)
+            && a.attrs.med.unwrap_or(0) == b.attrs.med.unwrap_or(0)
+            && neighbor_as(&a.attrs) == neighbor_as(&b.attrs)
+            && self.ibgp(a.peer) == self.ibgp(b.peer)
+    }
+
+    /// RFC 4271 §9.1.2.2, steps (a)–(f), then RFC 4456 §9's ORIGINATOR_ID and CLUSTER_LIST
+    /// rules, by elimination over the candidates. Stale paths lose to fresh ones of equal
+    /// preference only through the normal steps (RFC 4724 leaves them usable).
+    fn decide(&self, paths: &[Path]) -> Option<usize> {
+        let mut c: Vec<usize> = (0..paths.len()).collect();
+        let keep_min = |c: &mut Vec<usize>, key: &dyn Fn(&Path) -> u64| {
+            if let Some(m) = c.iter().map(|&i| key(&paths[i])).min() {
+                c.retain(|&i| key(&paths[i]) == m);
+            }
+        };
+        keep_min(&mut c, &|p| u64::from(u32::MAX - local_pref(&p.attrs)));
+        keep_min(&mut c, &|p| as_path_len(&p.attrs) as u64);
+        keep_min(&mut c, &|p| u64::from(origin_rank(&p.attrs)));
+        // (c) MED: drop a path if another from the same neighbouring AS has a lower MED
+        // (a missing MED counts as 0, the lowest).
+        let snapshot = c.clone();
+        c.retain(|&i| {
+            let (na, med) = (
+                neighbor_as(&paths[i].attrs),
+                paths[i].attrs.med.unwrap_or(0),
+            );
+            !snapshot.iter().any(|&j| {
+                neighbor_as(&paths[j].attrs) == na && paths[j].attrs.med.unwrap_or(0) < med
+            })
+        });
+        // (d) eBGP over iBGP.
+        keep_min(&mut c, &|p| u64::from(self.ibgp(p.peer)));
+        // (f) lowest BGP identifier, the ORIGINATOR_ID when there is one (RFC 4456 §9).
+        let id = |p: &Path| -> u32 {
+            let peer_id = self
+                .peers
+                .get(&p.peer)
+                .map_or(self.router_id, |x| x.router_id);
+            u32::from(p.attrs.originator_id.unwrap_or(peer_id))
+        };
+        keep_min(&mut c, &|p| u64::from(id(p)));
+        keep_min(&mut c, &|p| p.attrs.cluster_list.len() as u64);
+        // (g) lowest peer address (then path ID, to be deterministic with add-path).
+        c.into_iter().min_by(|&a, &b| {
+            let addr = |p: &Path| self.peers.get(&p.peer).map(|x| x.addr);
+            addr(&paths[a])
+                .cmp(&addr(&paths[b]))
+                .then_with(|| paths[a].path_id.cmp(&paths[b].path_id))
+                .then(Ordering::Equal)
+        })
+    }
+}
+
 impl Rib {
     pub fn new(local_as: u32, router_id: Ipv4Addr) -> Rib {
         Rib {
@@ -110,12 +225,16 @@ impl Rib {
         self.peers.insert(p.id, p);
     }
 
+    fn decider(&self) -> Decider<'_> {
+        Decider {
+            local_as: self.local_as,
+            router_id: self.router_id,
+            peers: &self.peers,
+        }
+    }
+
     fn ibgp(&self, peer: PeerId) -> bool {
-        peer == LOCAL
-            || self
-                .peers
-                .get(&peer)
-                .is_some_and(|p| p.asn == self.local_as)
+        self.decider().ibgp(peer)
     }
 
     fn cluster(&self) -> Ipv4Addr {
@@ -143,6 +262,11 @@ impl Rib {
     /// A path from `peer` for `prefix` (replacing the same peer's path with the same path
     /// ID). Returns the change to the Loc-RIB, if the best or multipath set moved.
     pub fn insert(&mut self, prefix: IpNetwork, path: Path) -> Option<Change> {
+        let d = Decider {
+            local_as: self.local_as,
+            router_id: self.router_id,
+            peers: &self.peers,
+        };
         let e = self.table.entry(prefix).or_default();
         match e
             .paths
@@ -152,7 +276,8 @@ impl Rib {
             Some(p) => *p = path,
             None => e.paths.push(path),
         }
-        self.reselect(prefix)
+        let (best, multipath) = d.select(&e.paths);
+        e.record(prefix, best, multipath)
     }
 
     pub fn withdraw(
@@ -225,92 +350,23 @@ impl Rib {
     }
 
     fn reselect(&mut self, prefix: IpNetwork) -> Option<Change> {
-        let e = self.table.get(&prefix)?;
-        let (best, multipath) = if let [only] = e.paths.as_slice() {
-            (Some(only.clone()), vec![only.clone()]) // one path: nothing to decide
-        } else {
-            let best = self.decide(&e.paths).map(|i| e.paths[i].clone());
-            let multipath: Vec<Path> = best
-                .as_ref()
-                .map(|b| {
-                    e.paths
-                        .iter()
-                        .filter(|p| self.equal_cost(p, b))
-                        .cloned()
-                        .collect()
-                })
-                .unwrap_or_default();
-            (best, multipath)
+        let d = Decider {
+            local_as: self.local_as,
+            router_id: self.router_id,
+            peers: &self.peers,
         };
-        let moved = best != e.best || multipath != e.multipath;
+        let e = self.table.get_mut(&prefix)?;
+        let (best, multipath) = d.select(&e.paths);
+        let change = e.record(prefix, best, multipath);
         if e.paths.is_empty() {
             self.table.remove(&prefix);
-        } else if let Some(e) = self.table.get_mut(&prefix) {
-            e.best = best.clone();
-            e.multipath = multipath.clone();
         }
-        moved.then_some(Change {
-            prefix,
-            best,
-            multipath,
-        })
+        change
     }
 
-    /// Same up to (and including) the eBGP-over-iBGP step: candidates for ECMP.
-    fn equal_cost(&self, a: &Path, b: &Path) -> bool {
-        local_pref(&a.attrs) == local_pref(&b.attrs)
-            && as_path_len(&a.attrs) == as_path_len(&b.attrs)
-            && origin_rank(&a.attrs) == origin_rank(&b.attrs)
-            && a.attrs.med.unwrap_or(0) == b.attrs.med.unwrap_or(0)
-            && neighbor_as(&a.attrs) == neighbor_as(&b.attrs)
-            && self.ibgp(a.peer) == self.ibgp(b.peer)
-    }
-
-    /// RFC 4271 §9.1.2.2, steps (a)–(f), then RFC 4456 §9's ORIGINATOR_ID and CLUSTER_LIST
-    /// rules, by elimination over the candidates. Stale paths lose to fresh ones of equal
-    /// preference only through the normal steps (RFC 4724 leaves them usable).
+    /// RFC 4271 §9.1.2.2's decision over `paths` (see [`Decider::decide`]).
     pub fn decide(&self, paths: &[Path]) -> Option<usize> {
-        let mut c: Vec<usize> = (0..paths.len()).collect();
-        let keep_min = |c: &mut Vec<usize>, key: &dyn Fn(&Path) -> u64| {
-            if let Some(m) = c.iter().map(|&i| key(&paths[i])).min() {
-                c.retain(|&i| key(&paths[i]) == m);
-            }
-        };
-        keep_min(&mut c, &|p| u64::from(u32::MAX - local_pref(&p.attrs)));
-        keep_min(&mut c, &|p| as_path_len(&p.attrs) as u64);
-        keep_min(&mut c, &|p| u64::from(origin_rank(&p.attrs)));
-        // (c) MED: drop a path if another from the same neighbouring AS has a lower MED
-        // (a missing MED counts as 0, the lowest).
-        let snapshot = c.clone();
-        c.retain(|&i| {
-            let (na, med) = (
-                neighbor_as(&paths[i].attrs),
-                paths[i].attrs.med.unwrap_or(0),
-            );
-            !snapshot.iter().any(|&j| {
-                neighbor_as(&paths[j].attrs) == na && paths[j].attrs.med.unwrap_or(0) < med
-            })
-        });
-        // (d) eBGP over iBGP.
-        keep_min(&mut c, &|p| u64::from(self.ibgp(p.peer)));
-        // (f) lowest BGP identifier, the ORIGINATOR_ID when there is one (RFC 4456 §9).
-        let id = |p: &Path| -> u32 {
-            let peer_id = self
-                .peers
-                .get(&p.peer)
-                .map_or(self.router_id, |x| x.router_id);
-            u32::from(p.attrs.originator_id.unwrap_or(peer_id))
-        };
-        keep_min(&mut c, &|p| u64::from(id(p)));
-        keep_min(&mut c, &|p| p.attrs.cluster_list.len() as u64);
-        // (g) lowest peer address (then path ID, to be deterministic with add-path).
-        c.into_iter().min_by(|&a, &b| {
-            let addr = |p: &Path| self.peers.get(&p.peer).map(|x| x.addr);
-            addr(&paths[a])
-                .cmp(&addr(&paths[b]))
-                .then_with(|| paths[a].path_id.cmp(&paths[b].path_id))
-                .then(Ordering::Equal)
-        })
+        self.decider().decide(paths)
     }
 
     /// Whether `path` goes to `to` (iBGP split horizon, RFC 4456 reflection), and with what
