@@ -38,60 +38,54 @@ impl Nlri {
 type R<'a, T> = nom::IResult<&'a [u8], T, ()>;
 
 /// One NLRI entry (RFC 4271 §4.3; RFC 7911 §3 with a path identifier in front).
-fn nlri_entry(afi: Afi, add_path: bool) -> impl Fn(&[u8]) -> R<'_, Nlri> {
+#[inline]
+fn nlri_entry(i: &[u8], afi: Afi, add_path: bool) -> R<'_, Nlri> {
     use nom::bytes::complete::take;
     use nom::number::complete::{be_u32, be_u8};
-    move |i| {
-        let (i, path_id) = if add_path {
-            be_u32(i).map(|(i, id)| (i, Some(id)))?
-        } else {
-            (i, None)
-        };
-        let (i, len) = be_u8(i)?;
-        let (i, raw) = take(usize::from(len).div_ceil(8))(i)?;
-        // Trailing bits past the prefix length are irrelevant (RFC 4271 §4.3): mask them.
-        let prefix = match afi {
-            Afi::Ipv4 => {
-                let mut b = [0u8; 4];
-                b.get_mut(..raw.len())
-                    .ok_or(nom::Err::Error(()))?
-                    .copy_from_slice(raw);
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(len.min(32)))
-                    .unwrap_or(0);
-                let ip = Ipv4Addr::from(u32::from_be_bytes(b) & mask);
-                IpNetwork::V4(
-                    ipnetwork::Ipv4Network::new_checked(ip, len).ok_or(nom::Err::Error(()))?,
-                )
-            }
-            _ => {
-                let mut b = [0u8; 16];
-                b.get_mut(..raw.len())
-                    .ok_or(nom::Err::Error(()))?
-                    .copy_from_slice(raw);
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(len.min(128)))
-                    .unwrap_or(0);
-                let ip = Ipv6Addr::from(u128::from_be_bytes(b) & mask);
-                IpNetwork::V6(
-                    ipnetwork::Ipv6Network::new_checked(ip, len).ok_or(nom::Err::Error(()))?,
-                )
-            }
-        };
-        Ok((i, Nlri { prefix, path_id }))
-    }
+    let (i, path_id) = if add_path {
+        be_u32(i).map(|(i, id)| (i, Some(id)))?
+    } else {
+        (i, None)
+    };
+    let (i, len) = be_u8(i)?;
+    let (i, raw) = take(usize::from(len).div_ceil(8))(i)?;
+    // Trailing bits past the prefix length are irrelevant (RFC 4271 §4.3): mask them.
+    let prefix = match afi {
+        Afi::Ipv4 => {
+            let mut b = [0u8; 4];
+            b.get_mut(..raw.len())
+                .ok_or(nom::Err::Error(()))?
+                .copy_from_slice(raw);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            let ip = Ipv4Addr::from(u32::from_be_bytes(b) & mask);
+            IpNetwork::V4(ipnetwork::Ipv4Network::new_checked(ip, len).ok_or(nom::Err::Error(()))?)
+        }
+        _ => {
+            let mut b = [0u8; 16];
+            b.get_mut(..raw.len())
+                .ok_or(nom::Err::Error(()))?
+                .copy_from_slice(raw);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            let ip = Ipv6Addr::from(u128::from_be_bytes(b) & mask);
+            IpNetwork::V6(ipnetwork::Ipv6Network::new_checked(ip, len).ok_or(nom::Err::Error(()))?)
+        }
+    };
+    Ok((i, Nlri { prefix, path_id }))
 }
 
 pub(crate) fn decode_nlri(v: &[u8], afi: Afi, add_path: bool) -> Result<Vec<Nlri>, DecodeError> {
     if let Afi::Other(_) = afi {
         return Err(DecodeError::InvalidNetwork);
     }
-    let entry = nlri_entry(afi, add_path);
     // A /24 takes 4 octets: a fair first guess of the count.
     let mut out = Vec::with_capacity(v.len() / 4 + 1);
     let mut i = v;
     while !i.is_empty() {
-        let (rest, n) = entry(i).map_err(|_| DecodeError::InvalidNetwork)?;
+        let (rest, n) = nlri_entry(i, afi, add_path).map_err(|_| DecodeError::InvalidNetwork)?;
         out.push(n);
         i = rest;
     }
