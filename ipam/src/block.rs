@@ -168,11 +168,17 @@ fn attribute_index(b: &mut IPAMBlockSpec, handle: &str, attrs: &BTreeMap<String,
     (b.attributes.len() - 1) as u32
 }
 
-fn mark(b: &mut IPAMBlockSpec, ordinal: u32, attr: u32) {
+/// Marks a slot allocated; false (and nothing changed) for an ordinal outside the block,
+/// which only a corrupted block can hold.
+fn mark(b: &mut IPAMBlockSpec, ordinal: u32, attr: u32) -> bool {
+    let Some(slot) = b.allocations.get_mut(ordinal as usize) else {
+        return false;
+    };
+    *slot = Some(attr);
     b.sequence_number += 1;
-    b.allocations[ordinal as usize] = Some(attr);
     b.sequence_number_for_allocation
         .insert(ordinal.to_string(), b.sequence_number);
+    true
 }
 
 /// Takes up to `n` addresses off the head of the free list (the longest idle first).
@@ -188,12 +194,8 @@ pub fn allocate(
     }
     let attr = attribute_index(b, handle, attrs);
     let ords: Vec<u32> = b.unallocated.drain(..take).collect();
-    ords.iter()
-        .filter_map(|&o| {
-            mark(b, o, attr);
-            address(b, o)
-        })
-        .collect()
+    let marked: Vec<u32> = ords.into_iter().filter(|&o| mark(b, o, attr)).collect();
+    marked.into_iter().filter_map(|o| address(b, o)).collect()
 }
 
 /// Allocates one given address; false if it is not free (or not in the block).
@@ -211,8 +213,7 @@ pub fn allocate_ip(
     };
     b.unallocated.remove(pos);
     let attr = attribute_index(b, handle, attrs);
-    mark(b, ord, attr);
-    true
+    mark(b, ord, attr)
 }
 
 /// Frees the given ordinals: back on the tail of the free list, attributes no longer used
@@ -341,6 +342,14 @@ mod tests {
         assert_eq!(b.attributes.len(), 1);
         assert_eq!(allocations(&b)[0].handle.as_deref(), Some("h2"));
         assert_eq!(release(&mut b, &h1), 0, "releasing twice frees nothing");
+    }
+
+    #[test]
+    fn a_corrupted_free_list_cannot_panic_the_allocator() {
+        let mut b = new_block(&net("10.0.0.0/30"), None);
+        b.unallocated = vec![9, 1];
+        let got = allocate(&mut b, 2, "h", &BTreeMap::new());
+        assert_eq!(got, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]
