@@ -1,8 +1,14 @@
-//! Brindle's BGP-4 library. So far: the message codec (`codec`), pure and sans-IO.
+//! Brindle's BGP-4 library, pure protocol so far: the message codec ([`codec`]), the sans-IO
+//! session state machine ([`fsm`]), the RIB and its decision process ([`rib`]), per-peer
+//! Adj-RIB-Out ([`adj_out`]) and route policy ([`policy`]). The tokio speaker driver and the
+//! kernel route sync (protocol 12, `proto bird`) come next. It must not touch the datastore:
+//! the node agent feeds it peers and prefixes through its API.
 //!
-//! It will also own the session FSM, the RIB and policy, the tokio speaker driver and the
-//! kernel route sync (protocol 12, `proto bird`); those are not written yet. It must not
-//! touch the datastore: the node agent feeds it peers and prefixes through its API.
+//! Partial: decoding uses nom for OPEN and NLRI, attributes are bounds-checked slice code
+//! (fuzzed); NOTIFICATION 2/7 (unsupported capability) is never sent; an attribute that
+//! overruns the attribute field resets the session. Missing: RFC 9072 extended optional
+//! parameters, confederation rules (segments are parsed and kept), NEXT_HOP semantic checks,
+//! the IGP-cost step of the decision process.
 #![forbid(unsafe_code)]
 
 pub mod adj_out;
