@@ -364,7 +364,7 @@ impl Rib {
         change
     }
 
-    /// RFC 4271 §9.1.2.2's decision over `paths` (see [`Decider::decide`]).
+    /// RFC 4271 §9.1.2.2's decision over `paths`: the index of the best one.
     pub fn decide(&self, paths: &[Path]) -> Option<usize> {
         self.decider().decide(paths)
     }
