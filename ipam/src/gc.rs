@@ -178,13 +178,9 @@ impl Collector {
             let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else {
                 continue;
             };
-            let pool = pools
-                .iter()
-                .find(|p| p.spec.network().is_some_and(|n| n.contains(net.network())));
-            let selected = match pool {
-                Some(p) => crate::pools::selects(p, &labels[node]).unwrap_or(true),
-                None => false,
-            };
+            // A selector that does not parse keeps the block: never free on a doubt.
+            let selected =
+                crate::pools::block_selected(&pools, &net, &labels[node]).unwrap_or(true);
             if !selected && ipam.release_affinity(a).await? {
                 info!(node, block = %a.spec.cidr, "freed empty block of a pool that no longer selects the node");
                 out.affinities_freed.push(a.spec.cidr.clone());
@@ -382,13 +378,7 @@ impl Ipam {
             let Ok(net) = a.spec.cidr.parse::<IpNetwork>() else {
                 continue;
             };
-            let pool = pools
-                .iter()
-                .find(|p| p.spec.network().is_some_and(|n| n.contains(net.network())));
-            let selected = match pool {
-                Some(p) => crate::pools::selects(p, &labels)?,
-                None => false,
-            };
+            let selected = crate::pools::block_selected(&pools, &net, &labels)?;
             if selected && only_unselected {
                 continue;
             }

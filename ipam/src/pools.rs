@@ -25,6 +25,23 @@ pub fn selects(pool: &IPPool, labels: &BTreeMap<String, String>) -> Result<bool>
     Ok(sel.matches(labels))
 }
 
+/// Whether the pool holding `block` still selects a node with these labels; false when no
+/// pool holds it any more.
+pub fn block_selected(
+    pools: &[IPPool],
+    block: &IpNetwork,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool> {
+    match pools.iter().find(|p| {
+        p.spec
+            .network()
+            .is_some_and(|n| n.contains(block.network()))
+    }) {
+        Some(p) => selects(p, labels),
+        None => Ok(false),
+    }
+}
+
 fn named(p: &IPPool, r: &str) -> bool {
     p.metadata.name.as_deref() == Some(r) || p.spec.cidr == r
 }
