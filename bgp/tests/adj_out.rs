@@ -1,23 +1,15 @@
 //! Adj-RIB-Out: from Loc-RIB changes to the adverts one peer needs.
 
-use std::net::{IpAddr, Ipv4Addr};
+mod common;
+
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use brindle_bgp::adj_out::{AdjRibOut, Advert, ExportSettings};
 use brindle_bgp::codec::{AsSegment, Attributes, Origin};
 use brindle_bgp::policy::{Match, Policy, PrefixEntry, Term, Verdict};
-use brindle_bgp::rib::{Path, PeerInfo, Rib, LOCAL};
-use ipnetwork::IpNetwork;
-
-fn peer(id: u32, asn: u32, rr_client: bool) -> PeerInfo {
-    PeerInfo {
-        id,
-        asn,
-        router_id: Ipv4Addr::new(198, 18, 1, id as u8),
-        addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, id as u8)),
-        rr_client,
-    }
-}
+use brindle_bgp::rib::{Path, Rib, LOCAL};
+use common::{net, peer};
 
 fn attrs(path: &[u32]) -> Attributes {
     Attributes {
@@ -26,10 +18,6 @@ fn attrs(path: &[u32]) -> Attributes {
         next_hop: Some(Ipv4Addr::new(198, 18, 0, 50)),
         ..Attributes::default()
     }
-}
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
 }
 
 fn setup() -> Rib {

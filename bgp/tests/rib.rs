@@ -1,25 +1,18 @@
 //! The RIB: decision process step by step, against a brute-force model on random inputs,
 //! route reflection, loops, graceful-restart stale sweep, multipath.
 
+mod common;
+
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use brindle_bgp::codec::{community, AsSegment, Attributes, Origin};
 use brindle_bgp::rib::{Path, PeerInfo, Refused, Rib, LOCAL};
+use common::{net, peer};
 use ipnetwork::IpNetwork;
 use proptest::prelude::*;
 
 const LOCAL_AS: u32 = 64512;
-
-fn peer(id: u32, asn: u32, rr_client: bool) -> PeerInfo {
-    PeerInfo {
-        id,
-        asn,
-        router_id: Ipv4Addr::new(198, 18, 1, id as u8),
-        addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, id as u8)),
-        rr_client,
-    }
-}
 
 fn rib() -> Rib {
     let mut r = Rib::new(LOCAL_AS, Ipv4Addr::new(198, 18, 1, 100));
@@ -53,10 +46,6 @@ fn path(peer: u32, a: Attributes) -> Path {
         attrs: Arc::new(a),
         stale: false,
     }
-}
-
-fn net(s: &str) -> IpNetwork {
-    s.parse().unwrap()
 }
 
 #[test]
