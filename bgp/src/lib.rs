@@ -14,5 +14,6 @@
 pub mod adj_out;
 pub mod codec;
 pub mod fsm;
+pub mod kernel;
 pub mod policy;
 pub mod rib;

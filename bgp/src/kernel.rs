@@ -1,0 +1,236 @@
+//! Kernel route sync: best routes go into the kernel's main table as protocol 12
+//! (`proto bird`), so operators' `ip route show proto bird` works as with Calico.
+//!
+//! The caller decides each prefix's form (IPIP: `via <node> dev tunl0 onlink`; direct:
+//! `via <next hop>`; ECMP; `blackhole` for the node's own blocks). Changes are route
+//! *replaces*, never delete + add, so traffic never sees a gap; requests are pipelined on
+//! the one netlink socket this owns; deleting what is already gone is fine. On start,
+//! [`KernelSync::reconcile`] adopts the protocol-12 routes it wants and purges the others.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::{StreamExt, TryStreamExt};
+use ipnetwork::IpNetwork;
+use rtnetlink::packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol,
+    RouteType, RouteVia,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+/// `RTPROT_BIRD`: the protocol number Brindle's routes carry.
+pub const PROTO_BIRD: u8 = 12;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub gateway: IpAddr,
+    /// The interface to use (by index); None lets the kernel find it from the gateway.
+    pub ifindex: Option<u32>,
+    /// Trust the gateway to be on the link even without a connected route (IPIP's tunl0).
+    pub onlink: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `blackhole <prefix>`: the node's own blocks, so unused addresses go nowhere.
+    Blackhole,
+    /// One next hop, or several for ECMP.
+    Via(Vec<NextHop>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("kernel route {prefix}: {op} failed: {source}")]
+    Route {
+        prefix: IpNetwork,
+        op: &'static str,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("listing the kernel's routes failed: {0}")]
+    List(#[source] rtnetlink::Error),
+}
+
+/// The netlink writer. Owned by one task; everything else sends it plain data.
+pub struct KernelSync {
+    handle: Handle,
+    metric: u32,
+}
+
+/// How many requests are in flight on the socket at once.
+const PIPELINE: usize = 256;
+
+fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.raw_code() == -errno)
+}
+
+impl KernelSync {
+    pub fn new(handle: Handle, metric: u32) -> KernelSync {
+        KernelSync { handle, metric }
+    }
+
+    fn message(&self, prefix: IpNetwork, target: Option<&Target>) -> RouteMessage {
+        let mut m = match prefix {
+            IpNetwork::V4(n) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(n.network(), n.prefix())
+                .build(),
+            IpNetwork::V6(n) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(n.network(), n.prefix())
+                .build(),
+        };
+        m.header.protocol = RouteProtocol::Bird;
+        if target.is_some() {
+            m.attributes.push(RouteAttribute::Priority(self.metric));
+        }
+        // A delete names no metric, so it matches our protocol's route whatever its metric
+        // (one left by a run with another metric included); the kernel still matches the
+        // protocol, so other routes to the prefix are never touched.
+        match target {
+            None => {}
+            Some(Target::Blackhole) => m.header.kind = RouteType::BlackHole,
+            Some(Target::Via(hops)) if hops.len() == 1 => {
+                let h = &hops[0];
+                m.attributes.push(gateway_attr(prefix, h.gateway));
+                if let Some(i) = h.ifindex {
+                    m.attributes.push(RouteAttribute::Oif(i));
+                }
+                if h.onlink {
+                    m.header.flags |= rtnetlink::packet_route::route::RouteFlags::Onlink;
+                }
+            }
+            Some(Target::Via(hops)) => {
+                let nh = hops
+                    .iter()
+                    .map(|h| {
+                        let mut n = RouteNextHop::default();
+                        n.interface_index = h.ifindex.unwrap_or(0);
+                        if h.onlink {
+                            n.flags |= RouteNextHopFlags::Onlink;
+                        }
+                        n.attributes.push(gateway_attr(prefix, h.gateway));
+                        n
+                    })
+                    .collect();
+                m.attributes.push(RouteAttribute::MultiPath(nh));
+            }
+        }
+        m
+    }
+
+    /// Installs or replaces one route.
+    pub async fn install(&self, prefix: IpNetwork, target: &Target) -> Result<(), KernelError> {
+        let m = self.message(prefix, Some(target));
+        self.handle
+            .route()
+            .add(m)
+            .replace()
+            .execute()
+            .await
+            .map_err(|source| KernelError::Route {
+                prefix,
+                op: "replace",
+                source,
+            })
+    }
+
+    /// Removes our route to `prefix`; one that is already gone is not an error.
+    pub async fn remove(&self, prefix: IpNetwork) -> Result<(), KernelError> {
+        let m = self.message(prefix, None);
+        match self.handle.route().del(m).execute().await {
+            Err(e) if is_errno(&e, 3) || is_errno(&e, 2) => Ok(()), // ESRCH / ENOENT
+            r => r.map_err(|source| KernelError::Route {
+                prefix,
+                op: "delete",
+                source,
+            }),
+        }
+    }
+
+    /// Applies many changes (Some: install, None: remove), pipelined on the socket.
+    /// Returns the failures; the rest are in place.
+    pub async fn apply(&self, changes: Vec<(IpNetwork, Option<Target>)>) -> Vec<KernelError> {
+        futures::stream::iter(changes)
+            .map(|(p, t)| async move {
+                match t {
+                    Some(t) => self.install(p, &t).await,
+                    None => self.remove(p).await,
+                }
+            })
+            .buffer_unordered(PIPELINE)
+            .filter_map(|r| async move { r.err() })
+            .collect()
+            .await
+    }
+
+    /// The prefixes of our (protocol 12) routes in the main table, both families.
+    pub async fn installed(&self) -> Result<Vec<IpNetwork>, rtnetlink::Error> {
+        let mut out = vec![];
+        for filter in [
+            RouteMessageBuilder::<Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<Ipv6Addr>::new().build(),
+        ] {
+            let mut s = self.handle.route().get(filter).execute();
+            while let Some(r) = s.try_next().await? {
+                if r.header.protocol != RouteProtocol::Bird {
+                    continue;
+                }
+                let dst = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                    _ => None,
+                });
+                let plen = r.header.destination_prefix_length;
+                let ip = dst.unwrap_or(
+                    if r.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6 {
+                        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                    } else {
+                        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                    },
+                );
+                if let Ok(n) = IpNetwork::new(ip, plen) {
+                    out.push(n);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// On start: installs (replaces) every wanted route and removes protocol-12 routes that
+    /// are not wanted (left by an earlier run). Routes of other protocols are never touched.
+    pub async fn reconcile(
+        &self,
+        wanted: &[(IpNetwork, Target)],
+    ) -> Result<(usize, usize), Vec<KernelError>> {
+        let keep: HashSet<IpNetwork> = wanted.iter().map(|(p, _)| *p).collect();
+        let stale: Vec<(IpNetwork, Option<Target>)> = match self.installed().await {
+            Ok(v) => v
+                .into_iter()
+                .filter(|p| !keep.contains(p))
+                .map(|p| (p, None))
+                .collect(),
+            Err(e) => return Err(vec![KernelError::List(e)]),
+        };
+        let purged = stale.len();
+        let mut changes: Vec<(IpNetwork, Option<Target>)> =
+            wanted.iter().map(|(p, t)| (*p, Some(t.clone()))).collect();
+        changes.extend(stale);
+        let errors = self.apply(changes).await;
+        if errors.is_empty() {
+            Ok((wanted.len(), purged))
+        } else {
+            Err(errors)
+        }
+    }
+}
+
+fn gateway_attr(prefix: IpNetwork, gw: IpAddr) -> RouteAttribute {
+    match (prefix, gw) {
+        (IpNetwork::V4(_), IpAddr::V4(g)) => RouteAttribute::Gateway(RouteAddress::Inet(g)),
+        (IpNetwork::V6(_), IpAddr::V6(g)) => RouteAttribute::Gateway(RouteAddress::Inet6(g)),
+        // RFC 5549 style: an IPv4 prefix via an IPv6 next hop.
+        (_, g) => RouteAttribute::Via(match g {
+            IpAddr::V4(a) => RouteVia::Inet(a),
+            IpAddr::V6(a) => RouteVia::Inet6(a),
+        }),
+    }
+}
