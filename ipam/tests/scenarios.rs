@@ -13,10 +13,7 @@ use common::*;
 
 #[tokio::test]
 async fn node_fills_its_own_block_first_then_claims_another() {
-    let store = memory();
-    add_pool(&store, "pool", "10.244.0.0/24", 29).await;
-    add_node(&store, "n1").await;
-    let ipam = ipam(&store);
+    let (store, ipam) = one_node("10.244.0.0/24", 29).await;
     let a = ipam
         .assign(&pod_req("n1", "default", "a", "c1", 5))
         .await
@@ -162,10 +159,7 @@ async fn max_blocks_per_host() {
 
 #[tokio::test]
 async fn specific_address_and_in_use() {
-    let store = memory();
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
-    let ipam = ipam(&store);
+    let (store, ipam) = one_node("10.9.0.0/24", 26).await;
     let ip: IpAddr = "10.9.0.77".parse().unwrap();
     let attrs = pod_req("n1", "default", "a", "c1", 1).attrs;
     ipam.assign_ip(ip, "k8s-pod-network.c1", "n1", &attrs)
@@ -197,10 +191,7 @@ async fn specific_address_and_in_use() {
 
 #[tokio::test]
 async fn release_by_handle_is_idempotent_and_by_address_checks_sequence() {
-    let store = memory();
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
-    let ipam = ipam(&store);
+    let (store, ipam) = one_node("10.9.0.0/24", 26).await;
     let ips = ipam
         .assign(&pod_req("n1", "default", "a", "c1", 2))
         .await
@@ -379,10 +370,7 @@ async fn tunnel_address_follows_the_ipip_pools() {
 
 #[tokio::test]
 async fn blocks_of_a_pool_that_no_longer_selects_the_node_are_released_when_empty() {
-    let store = memory();
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
-    let ipam = ipam(&store);
+    let (store, ipam) = one_node("10.9.0.0/24", 26).await;
     ipam.assign(&pod_req("n1", "default", "a", "c1", 1))
         .await
         .unwrap();

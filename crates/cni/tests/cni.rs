@@ -299,25 +299,21 @@ async fn ipam_only_mode_and_gc() {
     let f = Fixture::new("10.68.0.0/16").await;
     let conf = f.conf("1.1.0");
     let env = [("BRINDLE_CNI_MODE", "ipam")];
-    let out = f.cni_raw(
-        "ADD",
-        "i1",
-        Some(("default", "i1")),
-        None,
-        conf.to_string().as_bytes(),
-        &env,
-    );
+    let ipam_mode = |cmd: &str, id: &str| {
+        f.cni_raw(
+            cmd,
+            id,
+            Some(("default", id)),
+            None,
+            conf.to_string().as_bytes(),
+            &env,
+        )
+    };
+    let out = ipam_mode("ADD", "i1");
     assert!(out.ok, "{}", out.json);
     assert!(out.json["interfaces"].as_array().unwrap().is_empty());
     assert_eq!(f.allocated().await.len(), 1);
-    let out = f.cni_raw(
-        "ADD",
-        "i2",
-        Some(("default", "i2")),
-        None,
-        conf.to_string().as_bytes(),
-        &env,
-    );
+    let out = ipam_mode("ADD", "i2");
     assert!(out.ok);
     assert!(
         f.host_veths().is_empty(),
@@ -330,14 +326,7 @@ async fn ipam_only_mode_and_gc() {
     assert!(out.ok, "{}", out.json);
     assert!(!f.has_handle("k8s-pod-network.i1").await);
     assert!(f.has_handle("k8s-pod-network.i2").await);
-    let out = f.cni_raw(
-        "DEL",
-        "i2",
-        Some(("default", "i2")),
-        None,
-        conf.to_string().as_bytes(),
-        &env,
-    );
+    let out = ipam_mode("DEL", "i2");
     assert!(out.ok);
     assert!(f.allocated().await.is_empty());
 }

@@ -24,6 +24,15 @@ pub fn ipam(store: &Store) -> Ipam {
     )
 }
 
+/// A memory store with one pool named "pool" and one node "n1", and an IPAM client on it.
+pub async fn one_node(cidr: &str, block: u8) -> (Store, Ipam) {
+    let store = memory();
+    add_pool(&store, "pool", cidr, block).await;
+    add_node(&store, "n1").await;
+    let ipam = ipam(&store);
+    (store, ipam)
+}
+
 pub async fn add_pool(store: &Store, name: &str, cidr: &str, block: u8) -> IPPool {
     let mut s = IPPoolSpec::new(cidr);
     s.block_size = Some(block);
