@@ -9,11 +9,13 @@
 //! overruns the attribute field resets the session. Missing: RFC 9072 extended optional
 //! parameters, confederation rules (segments are parsed and kept), NEXT_HOP semantic checks,
 //! the IGP-cost step of the decision process.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod adj_out;
 pub mod codec;
+pub mod config;
 pub mod fsm;
 pub mod kernel;
 pub mod policy;
 pub mod rib;
+pub mod speaker;

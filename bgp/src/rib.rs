@@ -310,9 +310,23 @@ impl Rib {
 
     /// End-of-RIB (or the restart timer): the peer's paths still stale are withdrawn.
     pub fn sweep_stale(&mut self, peer: PeerId) -> Vec<Change> {
+        self.sweep_stale_where(peer, |_| true)
+    }
+
+    /// End-of-RIB for one family: the peer's stale paths for prefixes of that family.
+    pub fn sweep_stale_family(&mut self, peer: PeerId, ipv4: bool) -> Vec<Change> {
+        self.sweep_stale_where(peer, |p| p.is_ipv4() == ipv4)
+    }
+
+    fn sweep_stale_where(
+        &mut self,
+        peer: PeerId,
+        pick: impl Fn(&IpNetwork) -> bool,
+    ) -> Vec<Change> {
         let prefixes: Vec<IpNetwork> = self
             .table
             .iter()
+            .filter(|(k, _)| pick(k))
             .filter(|(_, e)| e.paths.iter().any(|p| p.peer == peer && p.stale))
             .map(|(k, _)| *k)
             .collect();
@@ -330,6 +344,24 @@ impl Rib {
     pub fn drop_peer(&mut self, peer: PeerId) -> Vec<Change> {
         self.mark_stale(peer);
         self.sweep_stale(peer)
+    }
+
+    /// The peer is forgotten (after its paths were dropped).
+    pub fn remove_peer(&mut self, peer: PeerId) -> Option<PeerInfo> {
+        self.peers.remove(&peer)
+    }
+
+    pub fn peer(&self, peer: PeerId) -> Option<&PeerInfo> {
+        self.peers.get(&peer)
+    }
+
+    /// Every prefix with its best path and multipath set, in prefix order.
+    pub fn iter(&self) -> impl Iterator<Item = Change> + '_ {
+        self.table.iter().map(|(p, e)| Change {
+            prefix: *p,
+            best: e.best.clone(),
+            multipath: e.multipath.clone(),
+        })
     }
 
     pub fn best(&self, prefix: &IpNetwork) -> Option<&Path> {

@@ -21,6 +21,7 @@ pub use capability::{AddPathMode, Capability, GrFamily};
 pub use error::{AttrError, DecodeError, Treatment};
 pub use message::{decode, encode, message_len, Message, Notification, RouteRefresh, HEADER_LEN};
 pub use open::Open;
+pub(crate) use update::encode_nlri;
 pub use update::{Nlri, Update};
 
 /// AS_TRANS (RFC 6793): stands in for a 4-octet AS where only 2 octets fit.

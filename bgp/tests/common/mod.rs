@@ -20,3 +20,4 @@ pub fn peer(id: u32, asn: u32, rr_client: bool) -> PeerInfo {
 pub fn net(s: &str) -> IpNetwork {
     s.parse().expect("prefix")
 }
+pub mod bgpd;

@@ -6,6 +6,7 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod daemons;
 pub mod etcd;
 pub mod netns;
 mod ports;

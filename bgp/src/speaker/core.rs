@@ -1,0 +1,1007 @@
+//! The core task: owns the RIB and every peer's Adj-RIB-Out. Sessions report to it, the
+//! handle commands it, and it writes encoded UPDATEs to each established peer's writer.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::kernel_task::{self, Op, Want};
+use super::pack::{end_of_rib, is_end_of_rib, pack};
+use super::session::{Event, SessionCmd, SessionTask, Writer};
+use super::{
+    socket, Command, Encap, Origination, PeerConfig, PeerStatus, RibFilter, RibRoute,
+    SpeakerConfig, SpeakerError,
+};
+use crate::adj_out::{AdjRibOut, Advert, ExportSettings};
+use crate::codec::{
+    Afi, AsSegment, Attributes, Capability, Ctx, GrFamily, MpReach, Nlri, Origin, Treatment,
+    Update, SAFI_UNICAST,
+};
+use crate::fsm::{self, Negotiated, State};
+use crate::policy::Verdict;
+use crate::rib::{Change, Path, PeerId, PeerInfo, Rib, LOCAL};
+
+/// Timers and accepted connections, delivered back to the core.
+enum Internal {
+    Accepted(TcpStream, SocketAddr),
+    /// A restarting peer's restart time (or stale time) ran out.
+    SweepStale {
+        peer: PeerId,
+        epoch: u64,
+    },
+    ConvergeDeadline,
+}
+
+struct Up {
+    adj: AdjRibOut,
+    writer: Writer,
+    ctx: Ctx,
+    v4: bool,
+    v6: bool,
+    nh4: Option<Ipv4Addr>,
+    nh6: Option<Ipv6Addr>,
+    ebgp: bool,
+    /// The peer's graceful-restart time, from its OPEN.
+    restart_time: Option<u16>,
+}
+
+struct Peer {
+    cfg: PeerConfig,
+    id: PeerId,
+    cmd: mpsc::UnboundedSender<SessionCmd>,
+    state: State,
+    since: Instant,
+    last_error: Option<String>,
+    router_id: Option<Ipv4Addr>,
+    up: Option<Up>,
+    accepted: usize,
+    rejected: HashSet<(IpNetwork, Option<u32>)>,
+    /// Families (IPv4, IPv6) in which this peer's paths are stale (it is restarting).
+    stale: [bool; 2],
+    /// Bumped on every session change, so old timers know they are old.
+    epoch: u64,
+    restart_time: Option<u16>,
+    /// End-of-RIB seen since the session came up.
+    eor: bool,
+}
+
+pub struct Core {
+    cfg: SpeakerConfig,
+    rib: Rib,
+    peers: HashMap<PeerId, Peer>,
+    by_addr: HashMap<IpAddr, PeerId>,
+    next_id: PeerId,
+    origins: HashMap<IpNetwork, Origination>,
+    cmds: mpsc::UnboundedReceiver<Command>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    listener: Option<Arc<tokio::net::TcpListener>>,
+    kernel: Option<mpsc::UnboundedSender<Op>>,
+    encap: Vec<(IpNetwork, Encap)>,
+    /// We found our kernel routes from before a restart; cleared once converged.
+    restarting: bool,
+}
+
+fn unmap(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Core {
+    pub async fn start(
+        cfg: SpeakerConfig,
+        cmds: mpsc::UnboundedReceiver<Command>,
+    ) -> Result<Core, SpeakerError> {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (internal_tx, internal) = mpsc::unbounded_channel();
+        let mut rib = Rib::new(cfg.local_as, cfg.router_id);
+        rib.cluster_id = cfg.cluster_id;
+        let listener = match cfg.listen {
+            Some(addr) => {
+                let l = Arc::new(
+                    socket::listen(addr).map_err(|source| SpeakerError::Listen { addr, source })?,
+                );
+                tokio::spawn(accept_loop(l.clone(), internal_tx.clone()));
+                info!(%addr, "listening for BGP connections");
+                Some(l)
+            }
+            None => None,
+        };
+        let (kernel, restarting) = match &cfg.kernel {
+            Some(k) => {
+                let s = kernel_task::start(k, cfg.graceful_restart.enabled).await?;
+                (Some(s.ops), s.restarting)
+            }
+            None => (None, false),
+        };
+        let encap = cfg
+            .kernel
+            .as_ref()
+            .map(|k| k.encap.clone())
+            .unwrap_or_default();
+        if restarting {
+            let tx = internal_tx.clone();
+            let wait = Duration::from_secs(u64::from(cfg.graceful_restart.restart_time));
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = tx.send(Internal::ConvergeDeadline);
+            });
+        }
+        Ok(Core {
+            cfg,
+            rib,
+            peers: HashMap::new(),
+            by_addr: HashMap::new(),
+            next_id: 1,
+            origins: HashMap::new(),
+            cmds,
+            events_tx,
+            events,
+            internal_tx,
+            internal,
+            listener,
+            kernel,
+            encap,
+            restarting,
+        })
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            tokio::select! {
+                c = self.cmds.recv() => match c {
+                    Some(Command::Shutdown { graceful, done }) => {
+                        self.shutdown(graceful).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(c) => self.command(c),
+                    None => {
+                        self.shutdown(false).await;
+                        return;
+                    }
+                },
+                Some(e) = self.events.recv() => self.event(e),
+                Some(i) = self.internal.recv() => self.internal(i),
+            }
+        }
+    }
+
+    fn command(&mut self, c: Command) {
+        match c {
+            Command::AddPeer(p, reply) => {
+                let _ = reply.send(self.add_peer(*p));
+            }
+            Command::RemovePeer(addr, reply) => {
+                let _ = reply.send(self.remove_peer(addr));
+            }
+            Command::Originate(o) => self.originate(o),
+            Command::Withdraw(p) => {
+                self.origins.remove(&p);
+                let ch: Vec<Change> = self.rib.withdraw(p, LOCAL, None).into_iter().collect();
+                self.propagate(&ch);
+            }
+            Command::SetEncap(rules) => {
+                self.encap = rules;
+                let all: Vec<Change> = self.rib.iter().collect();
+                self.kernel_changes(&all);
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Command::Rib(f, reply) => {
+                let _ = reply.send(self.dump(&f));
+            }
+            Command::Shutdown { .. } => {} // handled in run
+        }
+    }
+
+    fn capabilities(&self, p: &PeerConfig) -> Vec<Capability> {
+        let mut caps = vec![];
+        let families: Vec<Afi> = [(p.ipv4, Afi::Ipv4), (p.ipv6, Afi::Ipv6)]
+            .into_iter()
+            .filter(|f| f.0)
+            .map(|f| f.1)
+            .collect();
+        for afi in &families {
+            caps.push(Capability::Multiprotocol {
+                afi: *afi,
+                safi: SAFI_UNICAST,
+            });
+        }
+        caps.push(Capability::RouteRefresh);
+        caps.push(Capability::ExtendedMessage);
+        if self.cfg.graceful_restart.enabled && p.graceful_restart {
+            let forwarding = self.kernel.is_some();
+            caps.push(Capability::GracefulRestart {
+                restarting: self.restarting,
+                time: self.cfg.graceful_restart.restart_time.min(4095),
+                families: families
+                    .iter()
+                    .map(|afi| GrFamily {
+                        afi: *afi,
+                        safi: SAFI_UNICAST,
+                        forwarding,
+                    })
+                    .collect(),
+            });
+        }
+        caps.push(Capability::FourOctetAs(self.cfg.local_as));
+        caps
+    }
+
+    fn add_peer(&mut self, p: PeerConfig) -> Result<(), SpeakerError> {
+        let addr = unmap(p.addr);
+        if self.by_addr.contains_key(&addr) {
+            return Err(SpeakerError::DuplicatePeer(addr));
+        }
+        if let (Some(l), Some(key)) = (&self.listener, &p.password) {
+            if let Err(e) = socket::listener_key(l, addr, Some(key)) {
+                warn!(peer = %addr, "could not set the TCP MD5 key on the listener: {e}");
+            }
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.rib.add_peer(PeerInfo {
+            id,
+            asn: p.asn,
+            router_id: Ipv4Addr::UNSPECIFIED,
+            addr,
+            rr_client: p.rr_client,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = SessionTask {
+            id,
+            fsm_cfg: fsm::Config {
+                local_as: self.cfg.local_as,
+                router_id: self.cfg.router_id,
+                peer_as: p.asn,
+                hold_time: p.hold_time,
+                connect_retry_secs: p.connect_retry.as_secs().max(1) as u32,
+                passive: p.passive,
+                capabilities: self.capabilities(&p),
+            },
+            cfg: p.clone(),
+            local_as: self.cfg.local_as,
+            router_id: self.cfg.router_id,
+            events: self.events_tx.clone(),
+            cmds: rx,
+        };
+        tokio::spawn(task.run());
+        info!(peer = %addr, asn = p.asn, passive = p.passive, rr_client = p.rr_client, "peer added");
+        self.by_addr.insert(addr, id);
+        self.peers.insert(
+            id,
+            Peer {
+                cfg: p,
+                id,
+                cmd: tx,
+                state: State::Idle,
+                since: Instant::now(),
+                last_error: None,
+                router_id: None,
+                up: None,
+                accepted: 0,
+                rejected: HashSet::new(),
+                stale: [false; 2],
+                epoch: 0,
+                restart_time: None,
+                eor: false,
+            },
+        );
+        Ok(())
+    }
+
+    fn remove_peer(&mut self, addr: IpAddr) -> Result<(), SpeakerError> {
+        let addr = unmap(addr);
+        let id = self
+            .by_addr
+            .remove(&addr)
+            .ok_or(SpeakerError::NoPeer(addr))?;
+        if let Some(p) = self.peers.remove(&id) {
+            let (done, _) = oneshot::channel();
+            let _ = p.cmd.send(SessionCmd::Stop { notify: true, done });
+            if let (Some(l), Some(_)) = (&self.listener, &p.cfg.password) {
+                let _ = socket::listener_key(l, addr, None);
+            }
+        }
+        let ch = self.rib.drop_peer(id);
+        self.rib.remove_peer(id);
+        self.propagate(&ch);
+        info!(peer = %addr, "peer removed");
+        Ok(())
+    }
+
+    fn originate(&mut self, o: Origination) {
+        let Some(prefix) = o.prefix else { return };
+        let mut a = Attributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(vec![]),
+            communities: o.communities.clone(),
+            large_communities: o.large_communities.clone(),
+            med: o.med,
+            local_pref: o.local_pref,
+            ..Attributes::default()
+        };
+        if prefix.is_ipv6() {
+            a.mp_reach = Some(MpReach {
+                afi: Afi::Ipv6,
+                safi: SAFI_UNICAST,
+                next_hops: vec![],
+                nlri: vec![],
+            });
+        }
+        self.origins.insert(prefix, o);
+        let path = Path {
+            peer: LOCAL,
+            path_id: None,
+            attrs: Arc::new(a),
+            stale: false,
+        };
+        let ch: Vec<Change> = self.rib.insert(prefix, path).into_iter().collect();
+        // A changed blackhole flag alone does not move the best path: redo the kernel.
+        if ch.is_empty() {
+            if let Some(c) = self.rib.iter().find(|c| c.prefix == prefix) {
+                self.kernel_changes(&[c]);
+            }
+        }
+        self.propagate(&ch);
+    }
+
+    fn event(&mut self, e: Event) {
+        match e {
+            Event::State { peer, state } => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.state = state;
+                    p.since = Instant::now();
+                }
+            }
+            Event::Up {
+                peer,
+                neg,
+                local,
+                writer,
+            } => self.up(peer, *neg, local, writer),
+            Event::Down {
+                peer,
+                reason,
+                keep_routes,
+            } => self.down(peer, reason, keep_routes),
+            Event::Update { peer, update } => self.update(peer, *update),
+            Event::Refresh { peer, rr } => self.refresh(peer, rr.afi),
+        }
+    }
+
+    fn up(&mut self, id: PeerId, neg: Negotiated, local: SocketAddr, writer: Writer) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let ebgp = neg.peer_as != self.cfg.local_as;
+        let info = PeerInfo {
+            id,
+            asn: neg.peer_as,
+            router_id: neg.peer_id,
+            addr: unmap(p.cfg.addr),
+            rr_client: p.cfg.rr_client,
+        };
+        self.rib.add_peer(info.clone());
+        let local_ip = unmap(local.ip());
+        let nh4 = match local_ip {
+            IpAddr::V4(a) => Some(a),
+            _ => self.cfg.next_hop_v4,
+        };
+        let nh6 = match local_ip {
+            IpAddr::V6(a) => Some(a),
+            _ => self.cfg.next_hop_v6,
+        };
+        let has = |afi| neg.families.contains(&(afi, SAFI_UNICAST));
+        let gr = match &neg.peer_graceful_restart {
+            Some(Capability::GracefulRestart { time, families, .. }) => {
+                Some((*time, families.clone()))
+            }
+            _ => None,
+        };
+        // RFC 4724 §4.2: stale routes stay only if the peer kept forwarding state.
+        let keep_stale = gr
+            .as_ref()
+            .is_some_and(|(_, f)| f.iter().any(|f| f.forwarding));
+        p.router_id = Some(neg.peer_id);
+        p.last_error = None;
+        p.eor = false;
+        p.restart_time = gr.as_ref().map(|g| g.0);
+        let mut up = Up {
+            adj: AdjRibOut::new(ExportSettings {
+                peer: info,
+                policy: p.cfg.export.clone(),
+                next_hop_self: None,
+                add_path: neg.tx.add_path(Afi::Ipv4, SAFI_UNICAST),
+            }),
+            writer,
+            ctx: neg.tx.clone(),
+            v4: has(Afi::Ipv4),
+            v6: has(Afi::Ipv6),
+            nh4,
+            nh6,
+            ebgp,
+            restart_time: gr.map(|g| g.0),
+        };
+        let mut sweep = vec![];
+        if p.stale != [false; 2] {
+            if keep_stale {
+                let (tx, epoch) = (self.internal_tx.clone(), p.epoch);
+                let wait = self.cfg.graceful_restart.stale_time;
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = tx.send(Internal::SweepStale { peer: id, epoch });
+                });
+            } else {
+                p.stale = [false; 2];
+                sweep = self.rib.sweep_stale(id);
+                info!(peer = %p.cfg.addr, swept = sweep.len(), "peer did not keep its forwarding state: stale routes dropped");
+            }
+        }
+        // The whole table, then End-of-RIB per family.
+        let all: Vec<Change> = self.rib.iter().collect();
+        let adverts = export_all(&self.rib, &p.cfg, &mut up, &all);
+        for b in pack(&adverts, &up.ctx) {
+            let _ = up.writer.send(b);
+        }
+        for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
+            if on {
+                let _ = up.writer.send(end_of_rib(afi, &up.ctx));
+            }
+        }
+        info!(peer = %p.cfg.addr, advertised = up.adj.len(), "sent the table and End-of-RIB");
+        p.up = Some(up);
+        self.propagate(&sweep);
+    }
+
+    fn down(&mut self, id: PeerId, reason: String, keep_routes: bool) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.last_error = Some(reason);
+        let Some(up) = p.up.take() else {
+            return; // never got established: nothing to withdraw
+        };
+        p.eor = false;
+        p.epoch += 1;
+        let keep = keep_routes && self.cfg.graceful_restart.enabled && p.cfg.graceful_restart;
+        if keep {
+            let time = up.restart_time.unwrap_or(0);
+            info!(peer = %p.cfg.addr, restart_time = time, "peer restarting: keeping its routes as stale");
+            p.stale = [true; 2];
+            self.rib.mark_stale(id);
+            let (tx, epoch) = (self.internal_tx.clone(), p.epoch);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(u64::from(time))).await;
+                let _ = tx.send(Internal::SweepStale { peer: id, epoch });
+            });
+        } else {
+            p.stale = [false; 2];
+            p.accepted = 0;
+            p.rejected.clear();
+            let ch = self.rib.drop_peer(id);
+            self.propagate(&ch);
+        }
+    }
+
+    fn internal(&mut self, i: Internal) {
+        match i {
+            Internal::Accepted(s, from) => {
+                let addr = unmap(from.ip());
+                match self.by_addr.get(&addr).and_then(|id| self.peers.get(id)) {
+                    Some(p) => {
+                        let _ = socket::set_ttl(
+                            socket2::SockRef::from(&s),
+                            from.is_ipv6(),
+                            socket::ttl(&p.cfg, self.cfg.local_as),
+                        );
+                        let _ = p.cmd.send(SessionCmd::Incoming(s));
+                    }
+                    None => info!(%from, "refused a connection from an address that is not a peer"),
+                }
+            }
+            Internal::SweepStale { peer, epoch } => {
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if p.epoch != epoch || p.stale == [false; 2] {
+                    return;
+                }
+                p.stale = [false; 2];
+                let ch = self.rib.sweep_stale(peer);
+                info!(peer = %p.cfg.addr, swept = ch.len(), "graceful restart over: stale routes swept");
+                self.propagate(&ch);
+            }
+            Internal::ConvergeDeadline => self.converged(),
+        }
+    }
+
+    fn converged(&mut self) {
+        if self.restarting {
+            self.restarting = false;
+            if let Some(k) = &self.kernel {
+                let _ = k.send(Op::Converged);
+            }
+        }
+    }
+
+    fn update(&mut self, id: PeerId, u: Update) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if let Some(afi) = is_end_of_rib(&u) {
+            let fam = usize::from(afi != Afi::Ipv4);
+            let ch = if p.stale[fam] {
+                p.stale[fam] = false;
+                let ch = self.rib.sweep_stale_family(id, afi == Afi::Ipv4);
+                info!(peer = %p.cfg.addr, family = ?afi, swept = ch.len(), "End-of-RIB after restart: stale routes swept");
+                ch
+            } else {
+                vec![]
+            };
+            p.eor = true;
+            self.propagate(&ch);
+            if self.restarting && self.peers.values().all(|p| p.eor) {
+                self.converged();
+            }
+            return;
+        }
+        let withdraw_all = u
+            .errors
+            .iter()
+            .any(|e| e.treatment == Treatment::TreatAsWithdraw);
+        if !u.errors.is_empty() {
+            warn!(peer = %p.cfg.addr, errors = ?u.errors, withdraw_all, "UPDATE with attribute errors (RFC 7606)");
+        }
+        let ebgp = p.up.as_ref().is_some_and(|u| u.ebgp);
+        let mut base = u.attributes;
+        let reach = base.mp_reach.take();
+        let unreach = base.mp_unreach.take();
+        base.for_passing_on();
+        if ebgp {
+            base.local_pref = None; // RFC 4271 §5.1.5: not from an external peer
+        }
+        let mut withdrawn: Vec<Nlri> = u.withdrawn;
+        if let Some(un) = unreach.filter(|m| m.safi == SAFI_UNICAST) {
+            withdrawn.extend(un.withdrawn);
+        }
+        let mut announced: Vec<(Nlri, Arc<Attributes>)> = vec![];
+        if !u.nlri.is_empty() {
+            let a = Arc::new(Attributes { ..base.clone() });
+            announced.extend(u.nlri.into_iter().map(|n| (n, a.clone())));
+        }
+        if let Some(r) = reach.filter(|r| r.safi == SAFI_UNICAST && r.afi == Afi::Ipv6) {
+            let a = Arc::new(Attributes {
+                next_hop: None,
+                mp_reach: Some(MpReach {
+                    afi: Afi::Ipv6,
+                    safi: SAFI_UNICAST,
+                    next_hops: r.next_hops,
+                    nlri: vec![],
+                }),
+                ..base
+            });
+            announced.extend(r.nlri.into_iter().map(|n| (n, a.clone())));
+        }
+        if withdraw_all {
+            withdrawn.extend(announced.drain(..).map(|(n, _)| n));
+        }
+        let mut changes = Vec::with_capacity(withdrawn.len() + announced.len());
+        for n in withdrawn {
+            let had = self
+                .rib
+                .paths(&n.prefix)
+                .iter()
+                .any(|x| x.peer == id && x.path_id == n.path_id);
+            if had {
+                p.accepted -= 1;
+            }
+            p.rejected.remove(&(n.prefix, n.path_id));
+            changes.extend(self.rib.withdraw(n.prefix, id, n.path_id));
+        }
+        let policy_empty = p.cfg.import.terms.is_empty();
+        let default_accept = p.cfg.import.default == Verdict::Accept;
+        for (n, a) in announced {
+            let attrs = if policy_empty {
+                default_accept.then_some(a)
+            } else {
+                let mut own = (*a).clone();
+                (p.cfg.import.apply(&n.prefix, &mut own) == Verdict::Accept).then(|| Arc::new(own))
+            };
+            let attrs = attrs.filter(|a| self.rib.check_import(id, a).is_ok());
+            let had = self
+                .rib
+                .paths(&n.prefix)
+                .iter()
+                .any(|x| x.peer == id && x.path_id == n.path_id);
+            match attrs {
+                Some(attrs) => {
+                    if !had {
+                        p.accepted += 1;
+                    }
+                    p.rejected.remove(&(n.prefix, n.path_id));
+                    let path = Path {
+                        peer: id,
+                        path_id: n.path_id,
+                        attrs,
+                        stale: false,
+                    };
+                    changes.extend(self.rib.insert(n.prefix, path));
+                }
+                None => {
+                    if had {
+                        p.accepted -= 1;
+                        changes.extend(self.rib.withdraw(n.prefix, id, n.path_id));
+                    }
+                    p.rejected.insert((n.prefix, n.path_id));
+                }
+            }
+        }
+        self.propagate(&changes);
+    }
+
+    /// ROUTE-REFRESH (RFC 2918): the family's routes again, then its End-of-RIB.
+    fn refresh(&mut self, id: PeerId, family: Afi) {
+        let Some(up) = self.peers.get_mut(&id).and_then(|p| p.up.as_mut()) else {
+            return;
+        };
+        let mut all = up.adj.all();
+        all.retain(|a| a.prefix.is_ipv4() == (family == Afi::Ipv4));
+        for b in pack(&all, &up.ctx) {
+            let _ = up.writer.send(b);
+        }
+        for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
+            if on && afi == family {
+                let _ = up.writer.send(end_of_rib(afi, &up.ctx));
+            }
+        }
+    }
+
+    /// Sends Loc-RIB changes to every established peer and to the kernel.
+    fn propagate(&mut self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        self.kernel_changes(changes);
+        let mut out: HashMap<PeerId, Vec<Advert>> = HashMap::new();
+        let mut memo: Vec<(MemoKey, Option<Arc<Attributes>>)> = vec![];
+        for c in changes {
+            memo.clear();
+            for p in self.peers.values_mut() {
+                let Some(up) = p.up.as_mut() else { continue };
+                let (view, to) = (up_view(up), up.adj.settings.peer.clone());
+                let rib = &self.rib;
+                let ads = up.adj.update_with(c, |path| {
+                    export_one(rib, &p.cfg, view, &to, &c.prefix, path, &mut memo)
+                });
+                if !ads.is_empty() {
+                    out.entry(p.id).or_default().extend(ads);
+                }
+            }
+        }
+        for (id, ads) in out {
+            if let Some(up) = self.peers.get(&id).and_then(|p| p.up.as_ref()) {
+                for b in pack(&ads, &up.ctx) {
+                    let _ = up.writer.send(b);
+                }
+            }
+        }
+    }
+
+    fn kernel_changes(&self, changes: &[Change]) {
+        let Some(k) = &self.kernel else { return };
+        for c in changes {
+            let want = match &c.best {
+                None => None,
+                Some(b) if b.peer == LOCAL => self
+                    .origins
+                    .get(&c.prefix)
+                    .filter(|o| o.blackhole)
+                    .map(|_| Want::Blackhole),
+                Some(_) => {
+                    let encap = self
+                        .encap
+                        .iter()
+                        .find(|(net, _)| {
+                            net.is_ipv4() == c.prefix.is_ipv4()
+                                && net.contains(c.prefix.network())
+                                && net.prefix() <= c.prefix.prefix()
+                        })
+                        .map_or(Encap::None, |r| r.1);
+                    let hops: Vec<(IpAddr, Encap)> = c
+                        .multipath
+                        .iter()
+                        .filter(|p| p.peer != LOCAL)
+                        .filter_map(|p| next_hop(&p.attrs))
+                        .map(|nh| (nh, encap))
+                        .collect();
+                    (!hops.is_empty()).then_some(Want::Via(hops))
+                }
+            };
+            let _ = k.send(Op::Set(c.prefix, want));
+        }
+    }
+
+    fn status(&self) -> Vec<PeerStatus> {
+        let mut v: Vec<PeerStatus> = self
+            .peers
+            .values()
+            .map(|p| PeerStatus {
+                addr: p.cfg.addr,
+                asn: p.cfg.asn,
+                state: format!("{:?}", p.state),
+                since_secs: p.since.elapsed().as_secs(),
+                router_id: p.router_id,
+                last_error: p.last_error.clone(),
+                received: p.accepted + p.rejected.len(),
+                accepted: p.accepted,
+                advertised: p.up.as_ref().map_or(0, |u| u.adj.len()),
+                stale: if p.stale != [false; 2] {
+                    self.rib
+                        .iter()
+                        .filter(|c| {
+                            self.rib
+                                .paths(&c.prefix)
+                                .iter()
+                                .any(|x| x.peer == p.id && x.stale)
+                        })
+                        .count()
+                } else {
+                    0
+                },
+            })
+            .collect();
+        v.sort_by_key(|s| s.addr);
+        v
+    }
+
+    fn dump(&self, f: &RibFilter) -> Vec<RibRoute> {
+        let peer = f
+            .peer
+            .map(unmap)
+            .and_then(|a| self.by_addr.get(&a).copied());
+        if f.peer.is_some() && peer.is_none() {
+            return vec![];
+        }
+        let mut out = vec![];
+        for c in self.rib.iter() {
+            if let Some(w) = f.within {
+                if w.is_ipv4() != c.prefix.is_ipv4()
+                    || !w.contains(c.prefix.network())
+                    || c.prefix.prefix() < w.prefix()
+                {
+                    continue;
+                }
+            }
+            for path in self.rib.paths(&c.prefix) {
+                let best = c.best.as_ref() == Some(path);
+                if (f.best_only && !best) || peer.is_some_and(|id| id != path.peer) {
+                    continue;
+                }
+                out.push(route(&self.rib, c.prefix, path, best));
+                if f.limit.is_some_and(|l| out.len() >= l) {
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    async fn shutdown(&mut self, graceful: bool) {
+        info!(graceful, "shutting down");
+        // Drop our writer handles first so each session's writer can finish and close.
+        let mut waits = vec![];
+        for p in self.peers.values_mut() {
+            p.up = None;
+            let (done, rx) = oneshot::channel();
+            let _ = p.cmd.send(SessionCmd::Stop {
+                notify: !graceful,
+                done,
+            });
+            waits.push(rx);
+        }
+        for w in waits {
+            let _ = tokio::time::timeout(Duration::from_secs(3), w).await;
+        }
+        if let Some(k) = self.kernel.take() {
+            let (done, rx) = oneshot::channel();
+            let _ = k.send(Op::Stop {
+                remove: !graceful,
+                done,
+            });
+            let _ = rx.await;
+        }
+    }
+}
+
+async fn accept_loop(l: Arc<tokio::net::TcpListener>, tx: mpsc::UnboundedSender<Internal>) {
+    loop {
+        match l.accept().await {
+            Ok((s, from)) => {
+                if tx.send(Internal::Accepted(s, from)).is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn next_hop(a: &Attributes) -> Option<IpAddr> {
+    match &a.mp_reach {
+        Some(r) => r.next_hops.first().copied(),
+        None => a.next_hop.map(IpAddr::V4),
+    }
+}
+
+fn route(rib: &Rib, prefix: IpNetwork, p: &Path, best: bool) -> RibRoute {
+    let a = &p.attrs;
+    RibRoute {
+        prefix,
+        from: (p.peer != LOCAL)
+            .then(|| rib.peer(p.peer).map(|i| i.addr))
+            .flatten(),
+        best,
+        stale: p.stale,
+        next_hop: next_hop(a),
+        as_path: a
+            .as_path
+            .iter()
+            .flatten()
+            .flat_map(|s| s.asns().to_vec())
+            .collect(),
+        local_pref: a.local_pref,
+        med: a.med,
+        communities: a
+            .communities
+            .iter()
+            .map(|c| format!("{}:{}", c >> 16, c & 0xffff))
+            .collect(),
+        large_communities: a
+            .large_communities
+            .iter()
+            .map(|(x, y, z)| format!("{x}:{y}:{z}"))
+            .collect(),
+        originator_id: a.originator_id,
+        cluster_list: a.cluster_list.clone(),
+    }
+}
+
+/// What decides the exported attributes besides the path: peers alike share one result.
+#[derive(PartialEq)]
+struct MemoKey {
+    path: (PeerId, Option<u32>),
+    ebgp: bool,
+    rr_client: bool,
+    next_hop_self: bool,
+    nh4: Option<Ipv4Addr>,
+    nh6: Option<Ipv6Addr>,
+    v4: bool,
+    v6: bool,
+}
+
+#[derive(Clone, Copy)]
+struct UpView {
+    ebgp: bool,
+    v4: bool,
+    v6: bool,
+    nh4: Option<Ipv4Addr>,
+    nh6: Option<Ipv6Addr>,
+}
+
+fn up_view(u: &Up) -> UpView {
+    UpView {
+        ebgp: u.ebgp,
+        v4: u.v4,
+        v6: u.v6,
+        nh4: u.nh4,
+        nh6: u.nh6,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn export_one(
+    rib: &Rib,
+    pc: &PeerConfig,
+    up: UpView,
+    to: &PeerInfo,
+    prefix: &IpNetwork,
+    path: &Path,
+    memo: &mut Vec<(MemoKey, Option<Arc<Attributes>>)>,
+) -> Option<Arc<Attributes>> {
+    if path.peer == to.id {
+        return None; // never back to where it came from
+    }
+    let key = MemoKey {
+        path: (path.peer, path.path_id),
+        ebgp: up.ebgp,
+        rr_client: pc.rr_client,
+        next_hop_self: pc.next_hop_self,
+        nh4: up.nh4,
+        nh6: up.nh6,
+        v4: up.v4,
+        v6: up.v6,
+    };
+    let memoable = pc.export.terms.is_empty();
+    if memoable {
+        if let Some((_, r)) = memo.iter().find(|(k, _)| *k == key) {
+            return r.clone();
+        }
+    }
+    let r = export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new);
+    if memoable {
+        memo.push((key, r.clone()));
+    }
+    r
+}
+
+fn export_attrs(
+    rib: &Rib,
+    pc: &PeerConfig,
+    up: &UpView,
+    prefix: &IpNetwork,
+    path: &Path,
+    to: &PeerInfo,
+) -> Option<Attributes> {
+    if (prefix.is_ipv4() && !up.v4) || (prefix.is_ipv6() && !up.v6) {
+        return None;
+    }
+    let mut a = rib.export(path, to)?;
+    let rewrite = up.ebgp || pc.next_hop_self || path.peer == LOCAL;
+    if prefix.is_ipv4() {
+        if rewrite || a.next_hop.is_none() {
+            a.next_hop = Some(up.nh4?);
+        }
+    } else {
+        let keep = a.mp_reach.as_ref().is_some_and(|r| !r.next_hops.is_empty());
+        if rewrite || !keep {
+            a.mp_reach = Some(MpReach {
+                afi: Afi::Ipv6,
+                safi: SAFI_UNICAST,
+                next_hops: vec![IpAddr::V6(up.nh6?)],
+                nlri: vec![],
+            });
+        }
+        a.next_hop = None;
+    }
+    if up.ebgp {
+        a.med = a.med.filter(|_| path.peer == LOCAL);
+    } else if a.local_pref.is_none() {
+        a.local_pref = Some(100);
+    }
+    if a.as_path.is_none() {
+        a.as_path = Some(Vec::<AsSegment>::new());
+    }
+    (pc.export.apply(prefix, &mut a) == Verdict::Accept).then_some(a)
+}
+
+/// The whole table for a peer that just came up.
+fn export_all(rib: &Rib, pc: &PeerConfig, up: &mut Up, all: &[Change]) -> Vec<Advert> {
+    let mut out = vec![];
+    let mut memo = vec![];
+    let view = up_view(up);
+    let to = up.adj.settings.peer.clone();
+    for c in all {
+        memo.clear();
+        out.extend(up.adj.update_with(c, |path| {
+            export_one(rib, pc, view, &to, &c.prefix, path, &mut memo)
+        }));
+    }
+    out
+}

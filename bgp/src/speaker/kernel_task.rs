@@ -1,0 +1,187 @@
+//! The one netlink writer: best-route changes arrive as plain data, are coalesced per prefix
+//! and applied through [`KernelSync`] (replaces, pipelined).
+//!
+//! On start, protocol-12 routes left by an earlier run are either purged (a cold start) or,
+//! when graceful restart is on, kept: we are the restarting speaker and forwarding goes on
+//! through them until the core says it has converged; then whatever was not re-installed is
+//! purged (RFC 4724 §4.1's "stale" routes of our own). On a graceful stop routes stay.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::{Encap, KernelConfig, SpeakerError};
+use crate::kernel::{KernelSync, NextHop, Target};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Want {
+    Blackhole,
+    /// Next hops (ECMP when several), each with its encapsulation.
+    Via(Vec<(IpAddr, Encap)>),
+}
+
+pub enum Op {
+    Set(IpNetwork, Option<Want>),
+    /// The restarting speaker has its routes again: purge protocol-12 routes not re-made.
+    Converged,
+    /// Stop; `remove` takes our routes out first.
+    Stop {
+        remove: bool,
+        done: oneshot::Sender<()>,
+    },
+}
+
+pub struct Started {
+    pub ops: mpsc::UnboundedSender<Op>,
+    /// Routes of an earlier run were found and kept (graceful restart).
+    pub restarting: bool,
+}
+
+pub async fn start(cfg: &KernelConfig, keep_old: bool) -> Result<Started, SpeakerError> {
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| SpeakerError::Kernel(e.to_string()))?;
+    tokio::spawn(conn);
+    let sync = KernelSync::new(handle.clone(), cfg.metric);
+    let old = sync
+        .installed()
+        .await
+        .map_err(|e| SpeakerError::Kernel(format!("listing routes: {e}")))?;
+    let restarting = keep_old && !old.is_empty();
+    if restarting {
+        info!(
+            routes = old.len(),
+            "kept protocol-12 routes of the last run while we restart"
+        );
+    } else if !old.is_empty() {
+        let errs = sync.apply(old.iter().map(|p| (*p, None)).collect()).await;
+        info!(
+            routes = old.len(),
+            failed = errs.len(),
+            "purged protocol-12 routes of an earlier run"
+        );
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(sync, handle, rx, if restarting { old } else { vec![] }));
+    Ok(Started {
+        ops: tx,
+        restarting,
+    })
+}
+
+async fn tunl0(handle: &rtnetlink::Handle) -> Option<u32> {
+    use futures::TryStreamExt;
+    let mut s = handle
+        .link()
+        .get()
+        .match_name(String::from("tunl0"))
+        .execute();
+    s.try_next().await.ok()?.map(|l| l.header.index)
+}
+
+async fn run(
+    sync: KernelSync,
+    handle: rtnetlink::Handle,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    mut leftover: Vec<IpNetwork>,
+) {
+    let mut installed: HashSet<IpNetwork> = HashSet::new();
+    let mut tunl0_index: Option<u32> = None;
+    while let Some(op) = rx.recv().await {
+        let mut batch: HashMap<IpNetwork, Option<Want>> = HashMap::new();
+        let mut control = vec![];
+        let mut next = Some(op);
+        while let Some(op) = next.take() {
+            match op {
+                Op::Set(p, w) => {
+                    batch.insert(p, w);
+                }
+                other => control.push(other),
+            }
+            if batch.len() < 8192 && control.is_empty() {
+                next = rx.try_recv().ok();
+            }
+        }
+        if batch
+            .values()
+            .flatten()
+            .any(|w| matches!(w, Want::Via(v) if v.iter().any(|h| h.1 == Encap::Ipip)))
+            && tunl0_index.is_none()
+        {
+            tunl0_index = tunl0(&handle).await;
+        }
+        let changes: Vec<(IpNetwork, Option<Target>)> = batch
+            .into_iter()
+            .map(|(p, w)| {
+                match &w {
+                    Some(_) => installed.insert(p),
+                    None => installed.remove(&p),
+                };
+                (p, w.map(|w| target(w, tunl0_index)))
+            })
+            .collect();
+        if !changes.is_empty() {
+            for e in sync.apply(changes).await {
+                warn!("{e}");
+            }
+        }
+        for c in control {
+            match c {
+                Op::Converged => {
+                    let stale: Vec<_> = leftover
+                        .drain(..)
+                        .filter(|p| !installed.contains(p))
+                        .map(|p| (p, None))
+                        .collect();
+                    let n = stale.len();
+                    let errs = sync.apply(stale).await;
+                    info!(
+                        purged = n,
+                        failed = errs.len(),
+                        "converged after restart: purged routes not learned again"
+                    );
+                }
+                Op::Stop { remove, done } => {
+                    if remove {
+                        let all: Vec<_> = installed
+                            .drain()
+                            .chain(leftover.drain(..))
+                            .map(|p| (p, None))
+                            .collect();
+                        let errs = sync.apply(all).await;
+                        for e in errs {
+                            warn!("{e}");
+                        }
+                    }
+                    let _ = done.send(());
+                    return;
+                }
+                Op::Set(..) => {}
+            }
+        }
+    }
+}
+
+fn target(w: Want, tunl0: Option<u32>) -> Target {
+    match w {
+        Want::Blackhole => Target::Blackhole,
+        Want::Via(hops) => Target::Via(
+            hops.into_iter()
+                .map(|(gateway, encap)| match encap {
+                    Encap::Ipip => NextHop {
+                        gateway,
+                        ifindex: tunl0,
+                        onlink: true,
+                    },
+                    Encap::None => NextHop {
+                        gateway,
+                        ifindex: None,
+                        onlink: false,
+                    },
+                })
+                .collect(),
+        ),
+    }
+}

@@ -1,0 +1,72 @@
+//! TCP MD5 signatures (RFC 2385) through Linux's `TCP_MD5SIG` socket option: the one place
+//! the speaker needs `unsafe`, kept to a single `setsockopt` call.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
+
+/// Linux's `TCP_MD5SIG_MAXKEYLEN`.
+pub const MAX_KEY_LEN: usize = 80;
+
+/// `struct tcp_md5sig` from `<linux/tcp.h>`.
+#[repr(C)]
+struct TcpMd5Sig {
+    addr: libc::sockaddr_storage,
+    flags: u8,
+    prefixlen: u8,
+    keylen: u16,
+    ifindex: u32,
+    key: [u8; MAX_KEY_LEN],
+}
+
+/// Sets (or, with an empty key, removes) the key for segments to and from `peer` on this
+/// socket. On a listening socket it applies to the connections it accepts from `peer`.
+pub fn set_key(sock: &impl AsFd, peer: IpAddr, key: &[u8]) -> io::Result<()> {
+    // An IPv6 socket (a dual-stack listener) names IPv4 peers by their mapped address.
+    let v6_socket = socket2::SockRef::from(sock).domain()? == socket2::Domain::IPV6;
+    let peer = match peer {
+        IpAddr::V4(a) if v6_socket => IpAddr::V6(a.to_ipv6_mapped()),
+        p => p,
+    };
+    if key.len() > MAX_KEY_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TCP MD5 key longer than {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    // SAFETY: sockaddr_storage and the rest are plain integers; all-zero is valid.
+    let mut sig: TcpMd5Sig = unsafe { std::mem::zeroed() };
+    let storage = &mut sig.addr as *mut libc::sockaddr_storage;
+    match peer {
+        IpAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            let sin = unsafe { &mut *(storage as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_addr.s_addr = u32::from(a).to_be();
+        }
+        IpAddr::V6(a) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *(storage as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_addr.s6_addr = a.octets();
+        }
+    }
+    sig.keylen = key.len() as u16;
+    sig.key[..key.len()].copy_from_slice(key);
+    // SAFETY: the pointer and length describe `sig`, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MD5SIG,
+            &sig as *const TcpMd5Sig as *const libc::c_void,
+            std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

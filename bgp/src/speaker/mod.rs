@@ -1,0 +1,306 @@
+//! The speaker: the tokio driver around the sans-IO pieces. Tasks and channels:
+//!
+//! ```text
+//!   listener ──(accepted stream)──┐
+//!                                 ▼
+//!   Speaker handle ──Command──▶ core (owns Rib, Adj-RIB-Outs) ──KernelOp──▶ kernel writer
+//!                                ▲   │                                       (KernelSync)
+//!                      Event     │   │ encoded UPDATEs (Bytes)
+//!   session task (fsm::Session) ─┘   ▼
+//!        │ reads, decodes        writer task (one per connection) ──▶ TCP
+//! ```
+//!
+//! One session task per peer drives [`crate::fsm::Session`] over its connection: it reads and
+//! decodes, runs the timers, and reports `Up` / `Update` / `Down` to the core. The core owns
+//! the RIB: it imports, decides, exports through each peer's [`crate::adj_out::AdjRibOut`]
+//! and writes the encoded UPDATEs straight to the peer's writer task. Kernel routes go to
+//! one netlink writer. Nothing shares a lock with the hot path.
+
+mod control;
+mod core;
+mod kernel_task;
+mod md5;
+mod pack;
+mod session;
+mod socket;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::policy::Policy;
+
+pub use control::{serve as serve_control, Request as ControlRequest};
+pub use md5::MAX_KEY_LEN as MD5_MAX_KEY_LEN;
+
+/// The speaker as a whole.
+#[derive(Debug, Clone)]
+pub struct SpeakerConfig {
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    /// Where to accept BGP connections (None: never accept; every peer is then active).
+    pub listen: Option<SocketAddr>,
+    /// Set to reflect routes between route-reflector clients (RFC 4456); the router ID is
+    /// used when None and some peer is a client.
+    pub cluster_id: Option<Ipv4Addr>,
+    pub graceful_restart: GracefulRestart,
+    /// Next hops for a family the session's own address is not of (an IPv6 prefix over an
+    /// IPv4 session, say). None: such prefixes are not sent on such sessions.
+    pub next_hop_v4: Option<Ipv4Addr>,
+    pub next_hop_v6: Option<std::net::Ipv6Addr>,
+    pub kernel: Option<KernelConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GracefulRestart {
+    pub enabled: bool,
+    /// The restart time we advertise (RFC 4724 §3): how long peers keep our routes.
+    pub restart_time: u16,
+    /// How long we keep a restarting peer's routes after it came back before sweeping them
+    /// even without its End-of-RIB.
+    pub stale_time: Duration,
+}
+
+impl Default for GracefulRestart {
+    fn default() -> Self {
+        GracefulRestart {
+            enabled: true,
+            restart_time: 120,
+            stale_time: Duration::from_secs(360),
+        }
+    }
+}
+
+/// Kernel route sync settings.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    pub metric: u32,
+    /// Per-prefix encapsulation (first match wins; the default is direct).
+    pub encap: Vec<(IpNetwork, Encap)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encap {
+    /// `via <next hop>` on the interface that reaches it.
+    None,
+    /// `via <next hop> dev tunl0 onlink`.
+    Ipip,
+}
+
+/// One peer.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub asn: u32,
+    /// TCP MD5 signature key (RFC 2385).
+    pub password: Option<String>,
+    pub passive: bool,
+    pub rr_client: bool,
+    pub hold_time: u16,
+    pub connect_retry: Duration,
+    /// Bind outgoing connections to this address.
+    pub source: Option<IpAddr>,
+    /// eBGP multihop TTL (None: 1 for eBGP, 255 for iBGP... i.e. the peer is directly
+    /// connected when eBGP).
+    pub multihop: Option<u8>,
+    pub graceful_restart: bool,
+    /// Rewrite the next hop to our address even toward iBGP peers.
+    pub next_hop_self: bool,
+    pub ipv4: bool,
+    pub ipv6: bool,
+    pub import: Policy,
+    pub export: Policy,
+}
+
+impl PeerConfig {
+    pub fn new(addr: IpAddr, asn: u32) -> PeerConfig {
+        PeerConfig {
+            addr,
+            port: 179,
+            asn,
+            password: None,
+            passive: false,
+            rr_client: false,
+            hold_time: 90,
+            connect_retry: Duration::from_secs(5),
+            source: None,
+            multihop: None,
+            graceful_restart: true,
+            next_hop_self: false,
+            ipv4: true,
+            ipv6: true,
+            import: Policy::accept_all(),
+            export: Policy::accept_all(),
+        }
+    }
+}
+
+/// A prefix this speaker originates.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origination {
+    pub prefix: Option<IpNetwork>,
+    pub communities: Vec<u32>,
+    pub large_communities: Vec<(u32, u32, u32)>,
+    pub med: Option<u32>,
+    pub local_pref: Option<u32>,
+    /// Install `blackhole <prefix> proto bird` in the kernel (a node's own blocks).
+    pub blackhole: bool,
+}
+
+/// A peer as the control API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub addr: IpAddr,
+    pub asn: u32,
+    pub state: String,
+    /// Seconds in the current state.
+    pub since_secs: u64,
+    pub router_id: Option<Ipv4Addr>,
+    pub last_error: Option<String>,
+    pub received: usize,
+    pub accepted: usize,
+    pub advertised: usize,
+    /// Paths kept stale through the peer's graceful restart.
+    pub stale: usize,
+}
+
+/// One Loc-RIB entry as the control API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RibRoute {
+    pub prefix: IpNetwork,
+    /// The peer's address, or None for our own routes.
+    pub from: Option<IpAddr>,
+    pub best: bool,
+    pub stale: bool,
+    pub next_hop: Option<IpAddr>,
+    pub as_path: Vec<u32>,
+    pub local_pref: Option<u32>,
+    pub med: Option<u32>,
+    pub communities: Vec<String>,
+    pub large_communities: Vec<String>,
+    pub originator_id: Option<Ipv4Addr>,
+    pub cluster_list: Vec<Ipv4Addr>,
+}
+
+/// Which routes a RIB dump returns.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RibFilter {
+    /// Routes for prefixes inside this one.
+    pub within: Option<IpNetwork>,
+    /// Routes from this peer.
+    pub peer: Option<IpAddr>,
+    /// Only the best path of each prefix.
+    #[serde(default)]
+    pub best_only: bool,
+    /// At most this many routes.
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpeakerError {
+    #[error("peer {0} is already configured")]
+    DuplicatePeer(IpAddr),
+    #[error("no peer {0}")]
+    NoPeer(IpAddr),
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the speaker has stopped")]
+    Stopped,
+    #[error("the kernel route sync could not start: {0}")]
+    Kernel(String),
+}
+
+enum Command {
+    AddPeer(Box<PeerConfig>, oneshot::Sender<Result<(), SpeakerError>>),
+    RemovePeer(IpAddr, oneshot::Sender<Result<(), SpeakerError>>),
+    Originate(Origination),
+    Withdraw(IpNetwork),
+    SetEncap(Vec<(IpNetwork, Encap)>),
+    Peers(oneshot::Sender<Vec<PeerStatus>>),
+    Rib(RibFilter, oneshot::Sender<Vec<RibRoute>>),
+    /// Stop every session. Graceful: close TCP without NOTIFICATION and leave kernel routes
+    /// (we are restarting; RFC 4724). Otherwise Cease/administrative shutdown and remove them.
+    Shutdown {
+        graceful: bool,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// A handle to a running speaker (cheap to clone).
+#[derive(Clone)]
+pub struct Speaker {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Speaker {
+    /// Starts the core, the listener and (if configured) the kernel writer.
+    pub async fn start(cfg: SpeakerConfig) -> Result<Speaker, SpeakerError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let core = core::Core::start(cfg, rx).await?;
+        tokio::spawn(core.run());
+        Ok(Speaker { tx })
+    }
+
+    fn send(&self, c: Command) -> Result<(), SpeakerError> {
+        self.tx.send(c).map_err(|_| SpeakerError::Stopped)
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SpeakerError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx))?;
+        rx.await.map_err(|_| SpeakerError::Stopped)
+    }
+
+    pub async fn add_peer(&self, p: PeerConfig) -> Result<(), SpeakerError> {
+        self.ask(|tx| Command::AddPeer(Box::new(p), tx)).await?
+    }
+
+    /// Stops the session (Cease/administrative shutdown) and withdraws the peer's routes.
+    pub async fn remove_peer(&self, addr: IpAddr) -> Result<(), SpeakerError> {
+        self.ask(|tx| Command::RemovePeer(addr, tx)).await?
+    }
+
+    /// Originates (or changes) a prefix.
+    pub fn originate(&self, o: Origination) -> Result<(), SpeakerError> {
+        self.send(Command::Originate(o))
+    }
+
+    pub fn withdraw(&self, prefix: IpNetwork) -> Result<(), SpeakerError> {
+        self.send(Command::Withdraw(prefix))
+    }
+
+    /// Replaces the per-prefix encapsulation rules; installed routes are redone.
+    pub fn set_encap(&self, rules: Vec<(IpNetwork, Encap)>) -> Result<(), SpeakerError> {
+        self.send(Command::SetEncap(rules))
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerStatus>, SpeakerError> {
+        self.ask(Command::Peers).await
+    }
+
+    pub async fn rib(&self, f: RibFilter) -> Result<Vec<RibRoute>, SpeakerError> {
+        self.ask(|tx| Command::Rib(f, tx)).await
+    }
+
+    pub async fn shutdown(&self, graceful: bool) -> Result<(), SpeakerError> {
+        self.ask(|done| Command::Shutdown { graceful, done }).await
+    }
+}
+
+/// Where a control socket is by default.
+pub fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/brindle/bgpd.sock")
+}

@@ -1,0 +1,483 @@
+//! One task per peer: drives [`fsm::Session`] over the current connection, turns its outputs
+//! into writes and timers, resolves connection collisions (RFC 4271 §6.8), and reports to the
+//! core. Writes go through a writer task so a peer that stops reading never blocks our reads.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::socket;
+use super::PeerConfig;
+use crate::codec::{
+    self, Capability, Ctx, Message, Notification, Open, RouteRefresh, Update, HEADER_LEN,
+};
+use crate::fsm::{self, collision_keeps_incoming, Input, Negotiated, Output, State, Timer};
+use crate::rib::PeerId;
+
+pub type Writer = mpsc::UnboundedSender<Bytes>;
+
+/// What a session tells the core.
+pub enum Event {
+    Up {
+        peer: PeerId,
+        neg: Box<Negotiated>,
+        local: SocketAddr,
+        writer: Writer,
+    },
+    Update {
+        peer: PeerId,
+        update: Box<Update>,
+    },
+    Refresh {
+        peer: PeerId,
+        rr: RouteRefresh,
+    },
+    /// The session left Established (or an attempt failed). `keep_routes`: the peer is
+    /// graceful-restart capable and the session ended without a NOTIFICATION (RFC 4724 §4.2).
+    Down {
+        peer: PeerId,
+        reason: String,
+        keep_routes: bool,
+    },
+    State {
+        peer: PeerId,
+        state: State,
+    },
+}
+
+pub enum SessionCmd {
+    /// A connection the peer opened (from the listener).
+    Incoming(TcpStream),
+    /// Stop; with `notify`, send Cease/administrative shutdown first.
+    Stop {
+        notify: bool,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// An incoming connection whose first message (the peer's OPEN) has been read.
+struct Pending {
+    stream: TcpStream,
+    buf: BytesMut,
+    open: Open,
+}
+
+struct Conn {
+    reader: OwnedReadHalf,
+    buf: BytesMut,
+    writer: Writer,
+    local: SocketAddr,
+    written: tokio::task::JoinHandle<()>,
+}
+
+type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
+
+pub struct SessionTask {
+    pub id: PeerId,
+    pub cfg: PeerConfig,
+    pub fsm_cfg: fsm::Config,
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub cmds: mpsc::UnboundedReceiver<SessionCmd>,
+}
+
+/// Reads the first message of an incoming connection (the peer's OPEN).
+async fn read_open(mut stream: TcpStream) -> Option<Pending> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let read = async {
+        loop {
+            if let Some(n) = codec::message_len(&buf) {
+                let n = n.max(HEADER_LEN);
+                if buf.len() >= n {
+                    return match codec::decode(&buf[..n], &Ctx::default()) {
+                        Ok(Message::Open(o)) => Some(o),
+                        _ => None,
+                    };
+                }
+            }
+            if stream.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+        }
+    };
+    let open = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .ok()??;
+    Some(Pending { stream, buf, open })
+}
+
+async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+    let mut batch = BytesMut::new();
+    while let Some(b) = rx.recv().await {
+        batch.extend_from_slice(&b);
+        // Coalesce what is already queued into one write.
+        while batch.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if w.write_all(&batch).await.is_err() {
+            return;
+        }
+        batch.clear();
+    }
+    let _ = w.shutdown().await;
+}
+
+fn encode(m: &Message, ctx: &Ctx) -> Bytes {
+    let mut b = BytesMut::with_capacity(64);
+    codec::encode(m, ctx, &mut b);
+    b.freeze()
+}
+
+impl SessionTask {
+    pub async fn run(mut self) {
+        let mut run = Run {
+            fsm: fsm::Session::new(self.fsm_cfg.clone()),
+            conn: None,
+            connecting: None,
+            timers: HashMap::new(),
+            restart_at: None,
+            tx_ctx: Ctx::default(),
+            rx_ctx: Ctx::default(),
+            established: false,
+            notified: false,
+            peer_gr: false,
+            failures: 0,
+            closing: None,
+        };
+        let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
+        self.process(&mut run, Input::ManualStart);
+        loop {
+            let next_timer = run
+                .timers
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(t, at)| (*t, *at));
+            tokio::select! {
+                cmd = self.cmds.recv() => match cmd {
+                    Some(SessionCmd::Incoming(s)) => {
+                        let tx = pending_tx.clone();
+                        tokio::spawn(async move {
+                            if let Some(p) = read_open(s).await {
+                                let _ = tx.send(p);
+                            }
+                        });
+                    }
+                    Some(SessionCmd::Stop { notify, done }) => {
+                        self.stop(&mut run, notify).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.stop(&mut run, true).await;
+                        return;
+                    }
+                },
+                Some(p) = pending_rx.recv() => self.incoming(&mut run, p),
+                r = read(run.conn.as_mut()), if run.conn.is_some() => match r {
+                    Ok(0) | Err(_) => self.process(&mut run, Input::TcpFails),
+                    Ok(_) => self.drain(&mut run),
+                },
+                r = async { run.connecting.as_mut().expect("guarded").await }, if run.connecting.is_some() => {
+                    run.connecting = None;
+                    match r {
+                        Ok(s) => {
+                            self.attach(&mut run, s, BytesMut::new());
+                            self.process(&mut run, Input::TcpConnected);
+                        }
+                        Err(e) => {
+                            debug!(peer = %self.cfg.addr, "connect failed: {e}");
+                            self.process(&mut run, Input::TcpFails);
+                        }
+                    }
+                }
+                _ = sleep_until(next_timer.map(|t| t.1)), if next_timer.is_some() => {
+                    if let Some((t, _)) = next_timer {
+                        run.timers.remove(&t);
+                        self.process(&mut run, Input::TimerExpired(t));
+                    }
+                }
+                _ = sleep_until(run.restart_at), if run.restart_at.is_some() => {
+                    run.restart_at = None;
+                    self.restart(&mut run, self.fsm_cfg.clone());
+                }
+            }
+        }
+    }
+
+    fn restart(&self, run: &mut Run, cfg: fsm::Config) {
+        run.fsm = fsm::Session::new(cfg);
+        run.timers.clear();
+        run.established = false;
+        run.notified = false;
+        self.process(run, Input::ManualStart);
+    }
+
+    fn attach(&self, run: &mut Run, s: TcpStream, buf: BytesMut) {
+        let local = s
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let _ = s.set_nodelay(true);
+        let (r, w) = s.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let written = tokio::spawn(write_loop(w, rx));
+        run.conn = Some(Conn {
+            reader: r,
+            buf,
+            writer: tx,
+            local,
+            written,
+        });
+    }
+
+    /// RFC 4271 §6.8 with the peer's OPEN in hand.
+    fn incoming(&self, run: &mut Run, p: Pending) {
+        let state = run.fsm.state();
+        let refuse = |p: Pending, why: &str| {
+            info!(peer = %self.cfg.addr, "refused an incoming connection: {why}");
+            let note = encode(
+                &Message::Notification(Notification {
+                    code: 6,
+                    subcode: 7,
+                    data: vec![],
+                }),
+                &Ctx::default(),
+            );
+            tokio::spawn(async move {
+                let mut s = p.stream;
+                let _ = s.write_all(&note).await;
+                let _ = s.shutdown().await;
+            });
+        };
+        match state {
+            State::Established => return refuse(p, "a session is already established"),
+            State::OpenSent | State::OpenConfirm => {
+                if !collision_keeps_incoming(self.router_id, p.open.bgp_id) {
+                    return refuse(p, "connection collision: our connection wins");
+                }
+                self.process(run, Input::OpenCollisionDump);
+            }
+            State::Idle | State::Connect | State::Active => {}
+        }
+        if let Some(c) = run.conn.take() {
+            drop(c);
+        }
+        run.connecting = None;
+        run.restart_at = None;
+        // A fresh machine for the accepted connection; passive so it does not dial out too.
+        let mut cfg = self.fsm_cfg.clone();
+        cfg.passive = true;
+        self.restart(run, cfg);
+        self.attach(run, p.stream, p.buf);
+        self.process(run, Input::TcpConnected);
+        self.drain(run);
+    }
+
+    /// Decodes and processes every whole message in the buffer.
+    fn drain(&self, run: &mut Run) {
+        loop {
+            let Some(conn) = run.conn.as_mut() else {
+                return;
+            };
+            let Some(n) = codec::message_len(&conn.buf) else {
+                return;
+            };
+            let n = n.max(HEADER_LEN);
+            if conn.buf.len() < n {
+                conn.buf.reserve(n - conn.buf.len());
+                return;
+            }
+            let msg = conn.buf.split_to(n);
+            let input = match codec::decode(&msg, &run.rx_ctx) {
+                Ok(m) => Input::Message(m),
+                Err(e) => Input::DecodeError(e),
+            };
+            self.process(run, input);
+        }
+    }
+
+    fn process(&self, run: &mut Run, input: Input) {
+        if matches!(input, Input::Message(Message::Notification(_))) {
+            run.notified = true;
+        }
+        if let Input::Message(Message::Open(o)) = &input {
+            run.peer_gr = o
+                .capabilities
+                .iter()
+                .any(|c| matches!(c, Capability::GracefulRestart { .. }));
+        }
+        let before = run.fsm.state();
+        for out in run.fsm.process(input) {
+            self.output(run, out);
+        }
+        let after = run.fsm.state();
+        if before != after {
+            debug!(peer = %self.cfg.addr, "{before:?} -> {after:?}");
+            let _ = self.events.send(Event::State {
+                peer: self.id,
+                state: after,
+            });
+        }
+    }
+
+    fn output(&self, run: &mut Run, out: Output) {
+        match out {
+            Output::Connect => {
+                let cfg = self.cfg.clone();
+                let local_as = self.local_as;
+                run.connecting = Some(Box::pin(async move {
+                    tokio::time::timeout(Duration::from_secs(10), socket::connect(&cfg, local_as))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(std::io::Error::new(
+                                std::io::ErrorKind::TimedOut,
+                                "timed out",
+                            ))
+                        })
+                }));
+            }
+            Output::Disconnect => {
+                if let Some(c) = run.conn.take() {
+                    run.closing = Some(c.written);
+                }
+                run.connecting = None;
+            }
+            Output::Send(m) => {
+                if matches!(m, Message::Notification(_)) {
+                    run.notified = true;
+                }
+                if let Some(c) = &run.conn {
+                    let _ = c.writer.send(encode(&m, &run.tx_ctx));
+                }
+            }
+            Output::StartTimer(t, secs) => {
+                run.timers
+                    .insert(t, Instant::now() + Duration::from_secs(u64::from(secs)));
+            }
+            Output::StopTimer(t) => {
+                run.timers.remove(&t);
+            }
+            Output::Up(neg) => {
+                run.tx_ctx = neg.tx.clone();
+                run.rx_ctx = neg.rx.clone();
+                run.established = true;
+                run.failures = 0;
+                let Some(c) = &run.conn else { return };
+                info!(peer = %self.cfg.addr, peer_as = neg.peer_as, router_id = %neg.peer_id,
+                    hold = neg.hold_time, "session established");
+                let _ = self.events.send(Event::Up {
+                    peer: self.id,
+                    neg: Box::new(neg),
+                    local: c.local,
+                    writer: c.writer.clone(),
+                });
+            }
+            Output::Down(reason) => {
+                let keep_routes = run.established && run.peer_gr && !run.notified;
+                if run.established {
+                    warn!(peer = %self.cfg.addr, keep_routes, "session down: {reason}");
+                } else {
+                    debug!(peer = %self.cfg.addr, "attempt failed: {reason}");
+                }
+                run.failures = run.failures.saturating_add(u32::from(!run.established));
+                run.tx_ctx = Ctx::default();
+                run.rx_ctx = Ctx::default();
+                run.established = false;
+                run.restart_at = Some(Instant::now() + self.backoff(run.failures));
+                let _ = self.events.send(Event::Down {
+                    peer: self.id,
+                    reason,
+                    keep_routes,
+                });
+            }
+            Output::Update(u) => {
+                let _ = self.events.send(Event::Update {
+                    peer: self.id,
+                    update: u,
+                });
+            }
+            Output::RouteRefresh(rr) => {
+                let _ = self.events.send(Event::Refresh { peer: self.id, rr });
+            }
+        }
+    }
+
+    /// After a drop: 1 s the first time, then the connect-retry time doubling per failed
+    /// attempt up to 2 minutes, with ±25% jitter so two speakers do not keep colliding.
+    fn backoff(&self, failures: u32) -> Duration {
+        let base = if failures == 0 {
+            Duration::from_secs(1)
+        } else {
+            (self.cfg.connect_retry * 2u32.saturating_pow(failures - 1).min(64))
+                .min(Duration::from_secs(120))
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id();
+        let jitter = 0.75 + f64::from(nanos % 1000) / 2000.0;
+        base.mul_f64(jitter)
+    }
+
+    async fn stop(&self, run: &mut Run, notify: bool) {
+        if notify {
+            self.process(run, Input::ManualStop);
+        }
+        run.restart_at = None;
+        if let Some(c) = run.conn.take() {
+            run.closing = Some(c.written);
+        }
+        // Let the writer flush what is queued (the NOTIFICATION) and close.
+        if let Some(w) = run.closing.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        }
+    }
+}
+
+struct Run {
+    fsm: fsm::Session,
+    conn: Option<Conn>,
+    connecting: Option<Connecting>,
+    timers: HashMap<Timer, Instant>,
+    restart_at: Option<Instant>,
+    tx_ctx: Ctx,
+    rx_ctx: Ctx,
+    established: bool,
+    notified: bool,
+    peer_gr: bool,
+    failures: u32,
+    /// The writer of the last closed connection, still flushing.
+    closing: Option<tokio::task::JoinHandle<()>>,
+}
+
+async fn read(conn: Option<&mut Conn>) -> std::io::Result<usize> {
+    match conn {
+        Some(c) => {
+            if c.buf.capacity() - c.buf.len() < 4096 {
+                c.buf.reserve(64 * 1024);
+            }
+            c.reader.read_buf(&mut c.buf).await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,178 @@
+//! BIRD 2 as the peer.
+
+use std::time::Duration;
+
+use brindle_testsupport::daemons::{wait_for, Bird};
+
+use crate::common::bgpd::Bgpd;
+use crate::*;
+
+/// BIRD's config: statics as described in main.rs, one session per family.
+/// `routes4` are the IPv4 statics (the first gets the communities).
+fn conf(asn: u32, routes4: &[&str], session_extra: &str) -> String {
+    let mut statics = String::new();
+    for (i, r) in routes4.iter().enumerate() {
+        if i == 0 {
+            statics += &format!(
+                "route {r} blackhole {{ bgp_community.add((65001,7)); bgp_large_community.add((4200000001,1,1)); }};\n"
+            );
+        } else {
+            statics += &format!("route {r} blackhole;\n");
+        }
+    }
+    format!(
+        r#"router id 198.18.0.2;
+protocol device {{}}
+protocol direct {{ ipv4; ipv6; }}
+protocol static s4 {{ ipv4; {statics} }}
+protocol static s6 {{ ipv6; route fd00:20::/122 blackhole; }}
+template bgp t {{
+  local as {asn}; {direct}
+  connect delay time 1; connect retry time 2; error wait time 1, 4;
+  {session_extra}
+}}
+protocol bgp b4 from t {{
+  source address 198.18.0.2; neighbor 198.18.0.1 as {BRINDLE_AS};
+  ipv4 {{ import all; export where source = RTS_STATIC; gateway direct; }};
+}}
+protocol bgp b6 from t {{
+  source address fd00:18::2; neighbor fd00:18::1 as {BRINDLE_AS};
+  ipv6 {{ import all; export where source = RTS_STATIC; gateway direct; }};
+}}
+"#,
+        direct = if asn == BRINDLE_AS { "direct;" } else { "" }
+    )
+}
+
+fn bird_route(bird: &Bird, prefix: &str, wants: &[&str]) {
+    let mut last = String::new();
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            &format!("{prefix} in BIRD"),
+            Duration::from_secs(30),
+            || {
+                last = bird.birdc(&["show", "route", "all", prefix]);
+                wants.iter().all(|w| last.contains(w)).then_some(())
+            },
+        )
+    }));
+    assert!(ok.is_ok(), "BIRD's {prefix}: want {wants:?} in:\n{last}");
+}
+
+#[test]
+fn ebgp_with_4_octet_as_both_families_communities_and_withdraw() {
+    let p = pair();
+    let bird = Bird::start(&p.peer, &conf(PEER_AS, &["10.245.0.0/26"], ""));
+    let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
+    check_exchange(&p, &b, &[PEER_AS]);
+    bird_route(
+        &bird,
+        "10.244.1.0/26",
+        &[
+            "BGP.as_path: 64512",
+            "BGP.next_hop: 198.18.0.1",
+            "BGP.community: (64512,100)",
+            "BGP.large_community: (64512, 1, 2)",
+        ],
+    );
+    bird_route(
+        &bird,
+        "fd00:10::/122",
+        &["BGP.as_path: 64512", "BGP.next_hop: fd00:18::1"],
+    );
+    bird.birdc(&["disable", "s4"]);
+    bird.birdc(&["disable", "s6"]);
+    check_withdrawn(&p, &b);
+}
+
+#[test]
+fn ibgp_both_families() {
+    let p = pair();
+    let bird = Bird::start(&p.peer, &conf(BRINDLE_AS, &["10.245.0.0/26"], ""));
+    let b = Bgpd::start(&p.brl, &brindle_conf(BRINDLE_AS, ""));
+    check_exchange(&p, &b, &[]);
+    bird_route(
+        &bird,
+        "10.244.1.0/26",
+        &[
+            "BGP.next_hop: 198.18.0.1",
+            "BGP.local_pref: 100",
+            "BGP.community: (64512,100)",
+        ],
+    );
+    bird_route(&bird, "fd00:10::/122", &["BGP.next_hop: fd00:18::1"]);
+}
+
+#[test]
+fn md5_password_right_and_wrong() {
+    let p = pair();
+    let _bird = Bird::start(
+        &p.peer,
+        &conf(PEER_AS, &["10.245.0.0/26"], "password \"s3cret-md5\";"),
+    );
+    let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, "password = \"s3cret-md5\""));
+    check_exchange(&p, &b, &[PEER_AS]);
+    let dir = b.terminate();
+    let b = Bgpd::start_in(&p.brl, dir, &brindle_conf(PEER_AS, "password = \"wrong\""));
+    never_established(&b, "198.18.0.2", 8);
+    never_established(&b, "fd00:18::2", 1);
+}
+
+#[test]
+fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
+    let p = pair();
+    let gr = "graceful restart on; graceful restart time 60;";
+    let bird = Bird::start(
+        &p.peer,
+        &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.64/26"], gr),
+    );
+    let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
+    b.wait_established("198.18.0.2");
+    let before = [
+        "10.245.0.0/26 via 198.18.0.2",
+        "10.245.0.64/26 via 198.18.0.2",
+        "blackhole 10.244.1.0/26",
+        "fd00:20::/122 via fd00:18::2",
+        "blackhole fd00:10::/122",
+    ];
+    wait_kernel(&p.brl, &before, &b);
+    // BIRD crashes: no NOTIFICATION, the TCP connection just closes.
+    let dir = bird.kill();
+    wait_for("the session to go down", Duration::from_secs(30), || {
+        (b.peer("198.18.0.2").state != "Established").then_some(())
+    });
+    // Forwarding goes on: the kernel routes stay, the RIB marks them stale.
+    assert_eq!(kernel_routes(&p.brl), set(&before), "{}", b.log());
+    let r = b.route("10.245.0.0/26").expect("kept through the restart");
+    assert!(r.stale, "{r:?}");
+    // BIRD comes back (recovering, -R) without 10.245.0.64/26 and with a new route.
+    let _bird = Bird::start_in(
+        &p.peer,
+        dir,
+        &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.128/26"], gr),
+        &["-R"],
+    );
+    b.wait_established("198.18.0.2");
+    wait_kernel(
+        &p.brl,
+        &[
+            "10.245.0.0/26 via 198.18.0.2",
+            "10.245.0.128/26 via 198.18.0.2",
+            "blackhole 10.244.1.0/26",
+            "fd00:20::/122 via fd00:18::2",
+            "blackhole fd00:10::/122",
+        ],
+        &b,
+    );
+    let r = b.route("10.245.0.0/26").expect("refreshed");
+    assert!(!r.stale, "{r:?}");
+    // The refresh came with End-of-RIB, which is what swept the stale routes (BIRD keeps
+    // forwarding state, so they were not dropped when the session came back).
+    let log = b.log();
+    assert!(
+        log.contains(
+            "End-of-RIB after restart: stale routes swept peer=198.18.0.2 family=Ipv4 swept=1"
+        ),
+        "{log}"
+    );
+}

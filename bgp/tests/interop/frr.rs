@@ -1,0 +1,1 @@
+//! FRR as the peer.

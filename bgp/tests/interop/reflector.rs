@@ -1,0 +1,1 @@
+//! Brindle as a route reflector.
