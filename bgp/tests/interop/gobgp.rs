@@ -1,1 +1,144 @@
-//! GoBGP as the peer.
+//! GoBGP as the peer: routes are added and deleted through its CLI.
+
+use std::time::Duration;
+
+use brindle_testsupport::daemons::{wait_for, Gobgp};
+
+use crate::common::bgpd::Bgpd;
+use crate::*;
+
+fn neighbor(addr: &str, family: &str, gr: bool) -> String {
+    let gr_block = if gr {
+        "  [neighbors.graceful-restart.config]\n    enabled = true\n    restart-time = 60\n"
+    } else {
+        ""
+    };
+    let mp_gr = if gr {
+        r#"    [neighbors.afi-safis.mp-graceful-restart.config]
+      enabled = true
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{addr}"
+    peer-as = {BRINDLE_AS}
+  [neighbors.timers.config]
+    connect-retry = 1
+{gr_block}  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "{family}"
+{mp_gr}"#
+    )
+}
+
+fn conf(asn: u32, gr: bool) -> String {
+    format!(
+        r#"[global.config]
+  as = {asn}
+  router-id = "198.18.0.2"
+  port = 179
+{}{}"#,
+        neighbor("198.18.0.1", "ipv4-unicast", gr),
+        neighbor("fd00:18::1", "ipv6-unicast", gr)
+    )
+}
+
+fn add_routes(g: &Gobgp, v4: &[&str]) {
+    for (i, r) in v4.iter().enumerate() {
+        let mut args = vec!["global", "rib", "add", r];
+        if i == 0 {
+            args.extend(["community", "65001:7", "large-community", "4200000001:1:1"]);
+        }
+        args.extend(["-a", "ipv4"]);
+        let out = g.gobgp(&args);
+        assert!(out.trim().is_empty(), "gobgp {args:?}: {out}");
+    }
+    let out = g.gobgp(&["global", "rib", "add", "fd00:20::/122", "-a", "ipv6"]);
+    assert!(out.trim().is_empty(), "{out}");
+}
+
+fn gobgp_route(g: &Gobgp, family: &str, wants: &[&str]) {
+    let mut last = String::new();
+    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the route in GoBGP", Duration::from_secs(30), || {
+            last = g.gobgp(&["global", "rib", "-a", family]);
+            wants.iter().all(|w| last.contains(w)).then_some(())
+        })
+    }));
+    assert!(ok.is_ok(), "GoBGP {family}: want {wants:?} in:\n{last}");
+}
+
+#[test]
+fn ebgp_with_4_octet_as_both_families_communities_and_withdraw() {
+    let p = pair();
+    let g = Gobgp::start(&p.peer, &conf(PEER_AS, false));
+    add_routes(&g, &["10.245.0.0/26"]);
+    let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
+    check_exchange(&p, &b, &[PEER_AS]);
+    gobgp_route(
+        &g,
+        "ipv4",
+        &["10.244.1.0/26", "198.18.0.1", "64512:100", "64512:1:2"],
+    );
+    gobgp_route(&g, "ipv6", &["fd00:10::/122", "fd00:18::1"]);
+    // Route refresh: GoBGP asks, Brindle sends the table again; nothing changes.
+    g.gobgp(&["neighbor", "198.18.0.1", "softresetin"]);
+    gobgp_route(&g, "ipv4", &["10.244.1.0/26", "64512:100"]);
+    g.gobgp(&["global", "rib", "del", "10.245.0.0/26", "-a", "ipv4"]);
+    g.gobgp(&["global", "rib", "del", "fd00:20::/122", "-a", "ipv6"]);
+    check_withdrawn(&p, &b);
+}
+
+#[test]
+fn ibgp_both_families() {
+    let p = pair();
+    let g = Gobgp::start(&p.peer, &conf(BRINDLE_AS, false));
+    add_routes(&g, &["10.245.0.0/26"]);
+    let b = Bgpd::start(&p.brl, &brindle_conf(BRINDLE_AS, ""));
+    check_exchange(&p, &b, &[]);
+    gobgp_route(&g, "ipv4", &["10.244.1.0/26", "198.18.0.1", "64512:100"]);
+    gobgp_route(&g, "ipv6", &["fd00:10::/122", "fd00:18::1"]);
+}
+
+#[test]
+fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
+    let p = pair();
+    let g = Gobgp::start(&p.peer, &conf(PEER_AS, true));
+    add_routes(&g, &["10.245.0.0/26", "10.245.0.64/26"]);
+    let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
+    let before = [
+        "10.245.0.0/26 via 198.18.0.2",
+        "10.245.0.64/26 via 198.18.0.2",
+        "blackhole 10.244.1.0/26",
+        "fd00:20::/122 via fd00:18::2",
+        "blackhole fd00:10::/122",
+    ];
+    wait_kernel(&p.brl, &before, &b);
+    let dir = g.kill();
+    wait_for("the session to go down", Duration::from_secs(30), || {
+        (b.peer("198.18.0.2").state != "Established").then_some(())
+    });
+    assert_eq!(kernel_routes(&p.brl), set(&before), "{}", b.log());
+    assert!(b.route("10.245.0.64/26").expect("kept").stale);
+    let g = Gobgp::start_in(&p.peer, dir, &conf(PEER_AS, true), &["-r"]);
+    add_routes(&g, &["10.245.0.0/26", "10.245.0.128/26"]);
+    wait_kernel(
+        &p.brl,
+        &[
+            "10.245.0.0/26 via 198.18.0.2",
+            "10.245.0.128/26 via 198.18.0.2",
+            "blackhole 10.244.1.0/26",
+            "fd00:20::/122 via fd00:18::2",
+            "blackhole fd00:10::/122",
+        ],
+        &b,
+    );
+    let log = b.log();
+    assert!(
+        log.contains("End-of-RIB after restart: stale routes swept peer=198.18.0.2"),
+        "{log}"
+    );
+}

@@ -159,11 +159,9 @@ pub fn check_exchange(p: &Pair, b: &Bgpd, as_path: &[u32]) {
         b,
     );
     let st = b.peer("198.18.0.2");
-    assert_eq!(
-        (st.received, st.accepted, st.advertised),
-        (1, 1, 1),
-        "{st:?}"
-    );
+    // Some peers (FRR) send our own route back over eBGP: received but refused (AS loop).
+    assert_eq!((st.accepted, st.advertised), (1, 1), "{st:?}");
+    assert!(st.received >= st.accepted, "{st:?}");
 }
 
 /// After the peer withdrew 10.245.0.0/26 and fd00:20::/122.

@@ -76,13 +76,28 @@ impl Bird {
         );
         let mut args = vec!["bird", "-f", "-c", &c, "-s", &s, "-P", &p];
         args.extend_from_slice(flags);
-        let child = ns.spawn(&args);
-        let b = Bird { _child: child, dir };
-        wait_for("BIRD's control socket", Duration::from_secs(10), || {
-            b.birdc(&["show", "status"])
-                .contains("Daemon is up")
-                .then_some(())
-        });
+        let log_path = dir.path().join("bird.log");
+        let log = std::fs::File::create(&log_path).expect("log");
+        let child = ns
+            .command(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start bird (install bird2)");
+        let b = Bird {
+            _child: ChildGuard(child),
+            dir,
+        };
+        let start = Instant::now();
+        while !b.birdc(&["show", "status"]).contains("Daemon is up") {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "BIRD did not start: {}",
+                tail(&log_path, 20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
         b
     }
 
@@ -122,10 +137,10 @@ pub struct Gobgp {
 impl Gobgp {
     pub fn start(ns: &Netns, conf: &str) -> Gobgp {
         let dir = workdir("gobgp");
-        Self::run(ns, dir, conf)
+        Self::run(ns, dir, conf, &[])
     }
 
-    fn run(ns: &Netns, dir: tempfile::TempDir, conf: &str) -> Gobgp {
+    fn run(ns: &Netns, dir: tempfile::TempDir, conf: &str, flags: &[&str]) -> Gobgp {
         let port = 50051;
         let c = dir.path().join("gobgpd.toml");
         std::fs::write(&c, conf).expect("write gobgpd.toml");
@@ -140,6 +155,7 @@ impl Gobgp {
                 "--api-hosts",
                 &format!("127.0.0.1:{port}"),
             ])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -164,8 +180,10 @@ impl Gobgp {
         dir
     }
 
-    pub fn start_in(ns: &Netns, dir: tempfile::TempDir, conf: &str) -> Gobgp {
-        Self::run(ns, dir, conf)
+    /// Starts gobgpd again in the directory of one that was killed, with extra flags
+    /// (`-r`: restarting, for graceful restart).
+    pub fn start_in(ns: &Netns, dir: tempfile::TempDir, conf: &str, flags: &[&str]) -> Gobgp {
+        Self::run(ns, dir, conf, flags)
     }
 
     /// `gobgp -u 127.0.0.1 -p <port> <args>` inside the namespace.
