@@ -6,11 +6,12 @@
 //! Attributes are shared (`Arc`): a reflector with 1,000 clients holds one copy of each
 //! exported attribute set, not one per client.
 
-use std::collections::HashMap;
+use std::collections::{btree_map, BTreeMap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+use smallvec::SmallVec;
 
 use crate::codec::Attributes;
 use crate::policy::{Policy, Verdict};
@@ -48,35 +49,22 @@ pub struct Advert {
     pub attrs: Option<Arc<Attributes>>,
 }
 
-type Sent = Vec<(Option<u32>, Arc<Attributes>)>;
-
-pub struct AdjRibOut {
-    pub settings: ExportSettings,
-    sent: HashMap<IpNetwork, Sent>,
+/// What one peer should have for a prefix: nothing (withdraw), one path, or with add-path
+/// several, each under its path ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Want {
+    pub prefix: IpNetwork,
+    pub paths: SmallVec<[(Option<u32>, Arc<Attributes>); 1]>,
 }
 
-impl AdjRibOut {
-    pub fn new(settings: ExportSettings) -> AdjRibOut {
-        AdjRibOut {
-            settings,
-            sent: HashMap::new(),
-        }
-    }
-
-    /// What this peer should now hear about `change.prefix`.
-    pub fn update(&mut self, rib: &Rib, change: &Change) -> Vec<Advert> {
-        let s = self.settings.clone();
-        self.update_with(change, |p| s.export(rib, &change.prefix, p).map(Arc::new))
-    }
-
-    /// Like [`update`](Self::update), with the export decision supplied by the caller (who
-    /// may share one result between peers that export alike).
-    pub fn update_with(
-        &mut self,
+impl Want {
+    /// The peer's want for a Loc-RIB change, given how its paths export to it.
+    pub fn of(
         change: &Change,
+        add_path: bool,
         mut export: impl FnMut(&Path) -> Option<Arc<Attributes>>,
-    ) -> Vec<Advert> {
-        let mut want: Sent = if self.settings.add_path {
+    ) -> Want {
+        let paths = if add_path {
             change
                 .multipath
                 .iter()
@@ -86,64 +74,161 @@ impl AdjRibOut {
         } else {
             change
                 .best
-                .iter()
-                .filter_map(|p| Some((None, export(p)?)))
+                .as_ref()
+                .and_then(export)
+                .map(|a| (None, a))
+                .into_iter()
                 .collect()
         };
-        let prefix = change.prefix;
-        let before = self.sent.remove(&prefix).unwrap_or_default();
-        let mut out = vec![];
-        // Withdraw what was sent and is no longer wanted.
+        Want {
+            prefix: change.prefix,
+            paths,
+        }
+    }
+}
+
+/// What was sent to one peer: one attribute set per prefix, or per (prefix, path ID) with
+/// add-path. Sorted maps: at 1M prefixes they cost about half of what hash maps do, and the
+/// attribute sets are shared between prefixes and peers.
+#[derive(Default)]
+pub struct Sent {
+    one: BTreeMap<IpNetwork, Arc<Attributes>>,
+    many: BTreeMap<(IpNetwork, u32), Arc<Attributes>>,
+}
+
+fn same(a: &Arc<Attributes>, b: &Arc<Attributes>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+impl Sent {
+    /// Records `w` and appends the adverts that make the peer's view match it: nothing when
+    /// it already has exactly that.
+    pub fn apply(&mut self, w: Want, out: &mut Vec<Advert>) {
+        let prefix = w.prefix;
+        let advert = |path_id, attrs| Advert {
+            prefix,
+            path_id,
+            attrs,
+        };
+        match w.paths.first() {
+            Some((Some(_), _)) => {}
+            None if self.one.is_empty() && self.many.is_empty() => return,
+            None if self.many.is_empty() => {
+                if self.one.remove(&prefix).is_some() {
+                    out.push(advert(None, None));
+                }
+                return;
+            }
+            None => {}
+            Some((None, a)) => {
+                match self.one.entry(prefix) {
+                    btree_map::Entry::Occupied(o) if same(o.get(), a) => {}
+                    btree_map::Entry::Occupied(mut o) => {
+                        o.insert(a.clone());
+                        out.push(advert(None, Some(a.clone())));
+                    }
+                    btree_map::Entry::Vacant(v) => {
+                        v.insert(a.clone());
+                        out.push(advert(None, Some(a.clone())));
+                    }
+                }
+                return;
+            }
+        }
+        // Add-path, or a withdraw that may concern add-path entries.
+        if self.one.remove(&prefix).is_some() {
+            out.push(advert(None, None));
+        }
+        let before: Vec<(u32, Arc<Attributes>)> = self
+            .many
+            .range((prefix, 0)..=(prefix, u32::MAX))
+            .map(|((_, id), a)| (*id, a.clone()))
+            .collect();
         for (id, _) in &before {
-            if !want.iter().any(|(w, _)| w == id) {
-                out.push(Advert {
-                    prefix,
-                    path_id: *id,
-                    attrs: None,
-                });
+            if !w.paths.iter().any(|(w, _)| *w == Some(*id)) {
+                self.many.remove(&(prefix, *id));
+                out.push(advert(Some(*id), None));
             }
         }
-        // Announce what is new or changed.
-        want.sort_by_key(|(id, _)| *id);
-        for (id, a) in &want {
-            let same = before
-                .iter()
-                .any(|(b, x)| b == id && (Arc::ptr_eq(x, a) || x == a));
-            if !same {
-                out.push(Advert {
-                    prefix,
-                    path_id: *id,
-                    attrs: Some(a.clone()),
-                });
+        for (id, a) in w.paths {
+            let id = id.unwrap_or(0);
+            if !before.iter().any(|(b, x)| *b == id && same(x, &a)) {
+                self.many.insert((prefix, id), a.clone());
+                out.push(advert(Some(id), Some(a)));
             }
         }
-        if !want.is_empty() {
-            want.shrink_to_fit();
-            self.sent.insert(prefix, want);
-        }
-        out
     }
 
-    /// Everything currently advertised (for a route refresh request), in prefix order.
+    /// Everything currently advertised, in prefix order.
     pub fn all(&self) -> Vec<Advert> {
-        let mut v: Vec<Advert> = self
-            .sent
-            .iter()
-            .flat_map(|(p, sent)| {
-                sent.iter().map(|(id, a)| Advert {
-                    prefix: *p,
-                    path_id: *id,
-                    attrs: Some(a.clone()),
-                })
-            })
-            .collect();
-        v.sort_by_key(|a| (a.prefix, a.path_id));
-        v
+        let one = self.one.iter().map(|(p, a)| Advert {
+            prefix: *p,
+            path_id: None,
+            attrs: Some(a.clone()),
+        });
+        let many = self.many.iter().map(|((p, id), a)| Advert {
+            prefix: *p,
+            path_id: Some(*id),
+            attrs: Some(a.clone()),
+        });
+        one.chain(many).collect()
+    }
+
+    /// Forgets what was sent (before sending the table again, for a route refresh).
+    pub fn clear(&mut self) {
+        self.one.clear();
+        self.many.clear();
     }
 
     /// How many (prefix, path id) pairs are advertised.
     pub fn len(&self) -> usize {
-        self.sent.values().map(Vec::len).sum()
+        self.one.len() + self.many.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.one.is_empty() && self.many.is_empty()
+    }
+}
+
+/// Export settings and what was sent, together: for a caller that does both in one place.
+/// (The speaker splits them: the core exports, each peer's writer task owns its `Sent`.)
+pub struct AdjRibOut {
+    pub settings: ExportSettings,
+    pub sent: Sent,
+}
+
+impl AdjRibOut {
+    pub fn new(settings: ExportSettings) -> AdjRibOut {
+        AdjRibOut {
+            settings,
+            sent: Sent::default(),
+        }
+    }
+
+    /// What this peer should now hear about `change.prefix`.
+    pub fn update(&mut self, rib: &Rib, change: &Change) -> Vec<Advert> {
+        let s = self.settings.clone();
+        self.update_with(change, |p| s.export(rib, &change.prefix, p).map(Arc::new))
+    }
+
+    /// Like [`update`](Self::update), with the export decision supplied by the caller.
+    pub fn update_with(
+        &mut self,
+        change: &Change,
+        export: impl FnMut(&Path) -> Option<Arc<Attributes>>,
+    ) -> Vec<Advert> {
+        let mut out = vec![];
+        let want = Want::of(change, self.settings.add_path, export);
+        self.sent.apply(want, &mut out);
+        out
+    }
+
+    pub fn all(&self) -> Vec<Advert> {
+        self.sent.all()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sent.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -3,6 +3,11 @@
 //! marking, and the export rules of iBGP split horizon and route reflection.
 //!
 //! One task owns a `Rib`; everything reaches it as plain calls from that task.
+//!
+//! Memory: an entry is only its paths (inline when there is one), kept with the best path
+//! first and its equal-cost companions right after it, so the outcome of the decision is
+//! read off the order instead of being stored twice. With 1M prefixes that is what keeps
+//! the table near BIRD's size.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
@@ -10,8 +15,12 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
+use smallvec::SmallVec;
 
 use crate::codec::{AsSegment, Attributes, Origin};
+
+/// Paths of one prefix; one inline (the common case), more on the heap.
+pub type Paths = SmallVec<[Path; 1]>;
 
 pub type PeerId = u32;
 
@@ -43,7 +52,10 @@ pub struct Path {
 pub struct Change {
     pub prefix: IpNetwork,
     pub best: Option<Path>,
-    pub multipath: Vec<Path>,
+    pub multipath: Paths,
+    /// The best path before this change (None for a new prefix, and in a table dump):
+    /// lets an exporter tell whether a peer needs a withdraw without remembering.
+    pub previous: Option<Path>,
 }
 
 /// Why an imported path was refused.
@@ -60,37 +72,78 @@ pub struct Rib {
     /// Set when this speaker reflects routes (RFC 4456); defaults to the router ID.
     pub cluster_id: Option<Ipv4Addr>,
     peers: HashMap<PeerId, PeerInfo>,
-    /// Prefix → every path (from any peer) with its best and multipath computed.
+    /// Prefix → every path (from any peer), best first.
     table: BTreeMap<IpNetwork, Entry>,
+    /// How many paths each peer has in the table.
+    counts: HashMap<PeerId, usize>,
 }
 
-impl Entry {
-    /// Stores the new outcome; the change, if it moved.
-    fn record(
-        &mut self,
-        prefix: IpNetwork,
-        best: Option<Path>,
-        multipath: Vec<Path>,
-    ) -> Option<Change> {
-        if best == self.best && multipath == self.multipath {
-            return None;
-        }
-        self.best = best.clone();
-        self.multipath = multipath.clone();
-        Some(Change {
-            prefix,
-            best,
-            multipath,
-        })
-    }
+/// What identifies a path for change detection: who, which path ID, which attributes.
+type PathKey = (PeerId, Option<u32>, usize);
+
+fn key(p: &Path) -> PathKey {
+    (p.peer, p.path_id, Arc::as_ptr(&p.attrs) as usize)
 }
+
+/// The decision's outcome as identities: the best and the multipath set.
+type Outcome = (Option<PathKey>, SmallVec<[PathKey; 1]>);
 
 #[derive(Default)]
 struct Entry {
-    paths: Vec<Path>,
-    /// The outcome last reported, to tell whether a change moved anything.
-    best: Option<Path>,
-    multipath: Vec<Path>,
+    /// Best first, then its equal-cost companions, then the rest.
+    paths: Paths,
+}
+
+impl Entry {
+    /// How many leading paths form the multipath set.
+    fn multipath_len(&self, d: &Decider) -> usize {
+        match self.paths.first() {
+            None => 0,
+            Some(best) => {
+                1 + self.paths[1..]
+                    .iter()
+                    .take_while(|p| d.equal_cost(p, best))
+                    .count()
+            }
+        }
+    }
+
+    fn outcome(&self, d: &Decider) -> Outcome {
+        let n = self.multipath_len(d);
+        (
+            self.paths.first().map(key),
+            self.paths[..n].iter().map(key).collect(),
+        )
+    }
+
+    fn change(&self, prefix: IpNetwork, d: &Decider, previous: Option<Path>) -> Change {
+        let n = self.multipath_len(d);
+        Change {
+            prefix,
+            best: self.paths.first().cloned(),
+            multipath: self.paths[..n].iter().cloned().collect(),
+            previous,
+        }
+    }
+
+    /// Runs the decision and orders the paths: best, equal-cost companions, the rest.
+    fn reorder(&mut self, d: &Decider) {
+        if self.paths.len() < 2 {
+            return;
+        }
+        if let Some(i) = d.decide(&self.paths) {
+            self.paths.swap(0, i);
+            let (best, rest) = self.paths.split_at_mut(1);
+            // Stable partition of the rest: equal-cost paths first.
+            let mut j = 0;
+            for i in 0..rest.len() {
+                if d.equal_cost(&rest[i], &best[0]) {
+                    rest[j..=i].rotate_right(1);
+                    j += 1;
+                }
+            }
+        }
+    }
 }
 
 fn local_pref(a: &Attributes) -> u32 {
@@ -131,25 +184,6 @@ impl Decider<'_> {
                 .peers
                 .get(&peer)
                 .is_some_and(|p| p.asn == self.local_as)
-    }
-
-    /// The best path and its equal-cost companions.
-    fn select(&self, paths: &[Path]) -> (Option<Path>, Vec<Path>) {
-        if let [only] = paths {
-            return (Some(only.clone()), vec![only.clone()]); // nothing to decide
-        }
-        let best = self.decide(paths).map(|i| paths[i].clone());
-        let multipath = best
-            .as_ref()
-            .map(|b| {
-                paths
-                    .iter()
-                    .filter(|p| self.equal_cost(p, b))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
-        (best, multipath)
     }
 
     /// Same up to (and including) the eBGP-over-iBGP step: candidates for ECMP.
@@ -218,6 +252,7 @@ impl Rib {
             cluster_id: None,
             peers: HashMap::new(),
             table: BTreeMap::new(),
+            counts: HashMap::new(),
         }
     }
 
@@ -268,16 +303,21 @@ impl Rib {
             peers: &self.peers,
         };
         let e = self.table.entry(prefix).or_default();
+        let before = e.outcome(&d);
+        let previous = e.paths.first().cloned();
         match e
             .paths
             .iter_mut()
             .find(|p| p.peer == path.peer && p.path_id == path.path_id)
         {
             Some(p) => *p = path,
-            None => e.paths.push(path),
+            None => {
+                *self.counts.entry(path.peer).or_default() += 1;
+                e.paths.push(path);
+            }
         }
-        let (best, multipath) = d.select(&e.paths);
-        e.record(prefix, best, multipath)
+        e.reorder(&d);
+        (e.outcome(&d) != before).then(|| e.change(prefix, &d, previous))
     }
 
     pub fn withdraw(
@@ -286,25 +326,54 @@ impl Rib {
         peer: PeerId,
         path_id: Option<u32>,
     ) -> Option<Change> {
+        self.remove_where(prefix, |p| p.peer == peer && p.path_id == path_id)
+    }
+
+    /// Removes the paths `gone` picks from one prefix; the change, if the outcome moved.
+    fn remove_where(&mut self, prefix: IpNetwork, gone: impl Fn(&Path) -> bool) -> Option<Change> {
+        let d = Decider {
+            local_as: self.local_as,
+            router_id: self.router_id,
+            peers: &self.peers,
+        };
         let e = self.table.get_mut(&prefix)?;
-        let before = e.paths.len();
-        e.paths
-            .retain(|p| !(p.peer == peer && p.path_id == path_id));
-        if e.paths.len() == before {
+        let before = e.outcome(&d);
+        let previous = e.paths.first().cloned();
+        let n = e.paths.len();
+        let counts = &mut self.counts;
+        e.paths.retain(|p| {
+            if gone(p) {
+                if let Some(c) = counts.get_mut(&p.peer) {
+                    *c = c.saturating_sub(1);
+                }
+                false
+            } else {
+                true
+            }
+        });
+        if e.paths.len() == n {
             return None;
         }
-        self.reselect(prefix)
+        e.reorder(&d);
+        let change = (e.outcome(&d) != before).then(|| e.change(prefix, &d, previous));
+        if e.paths.is_empty() {
+            self.table.remove(&prefix);
+        }
+        change
+    }
+
+    /// How many paths `peer` has in the table.
+    pub fn path_count(&self, peer: PeerId) -> usize {
+        self.counts.get(&peer).copied().unwrap_or(0)
     }
 
     /// Graceful restart begins (RFC 4724 §4.2): the peer's paths stay, marked stale.
     pub fn mark_stale(&mut self, peer: PeerId) {
         for e in self.table.values_mut() {
-            let all = e
-                .paths
+            e.paths
                 .iter_mut()
-                .chain(e.best.iter_mut())
-                .chain(e.multipath.iter_mut());
-            all.filter(|p| p.peer == peer).for_each(|p| p.stale = true);
+                .filter(|p| p.peer == peer)
+                .for_each(|p| p.stale = true);
         }
     }
 
@@ -330,14 +399,10 @@ impl Rib {
             .filter(|(_, e)| e.paths.iter().any(|p| p.peer == peer && p.stale))
             .map(|(k, _)| *k)
             .collect();
-        let mut out = vec![];
-        for prefix in prefixes {
-            if let Some(e) = self.table.get_mut(&prefix) {
-                e.paths.retain(|p| !(p.peer == peer && p.stale));
-            }
-            out.extend(self.reselect(prefix));
-        }
-        out
+        prefixes
+            .into_iter()
+            .filter_map(|prefix| self.remove_where(prefix, |p| p.peer == peer && p.stale))
+            .collect()
     }
 
     /// The peer is gone: all its paths are withdrawn.
@@ -348,6 +413,7 @@ impl Rib {
 
     /// The peer is forgotten (after its paths were dropped).
     pub fn remove_peer(&mut self, peer: PeerId) -> Option<PeerInfo> {
+        self.counts.remove(&peer);
         self.peers.remove(&peer)
     }
 
@@ -357,15 +423,12 @@ impl Rib {
 
     /// Every prefix with its best path and multipath set, in prefix order.
     pub fn iter(&self) -> impl Iterator<Item = Change> + '_ {
-        self.table.iter().map(|(p, e)| Change {
-            prefix: *p,
-            best: e.best.clone(),
-            multipath: e.multipath.clone(),
-        })
+        let d = self.decider();
+        self.table.iter().map(move |(p, e)| e.change(*p, &d, None))
     }
 
     pub fn best(&self, prefix: &IpNetwork) -> Option<&Path> {
-        self.table.get(prefix)?.best.as_ref()
+        self.table.get(prefix)?.paths.first()
     }
 
     /// Every path held for a prefix (all peers, stale ones included).
@@ -379,21 +442,6 @@ impl Rib {
 
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
-    }
-
-    fn reselect(&mut self, prefix: IpNetwork) -> Option<Change> {
-        let d = Decider {
-            local_as: self.local_as,
-            router_id: self.router_id,
-            peers: &self.peers,
-        };
-        let e = self.table.get_mut(&prefix)?;
-        let (best, multipath) = d.select(&e.paths);
-        let change = e.record(prefix, best, multipath);
-        if e.paths.is_empty() {
-            self.table.remove(&prefix);
-        }
-        change
     }
 
     /// RFC 4271 §9.1.2.2's decision over `paths`: the index of the best one.

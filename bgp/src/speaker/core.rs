@@ -2,6 +2,7 @@
 //! handle commands it, and it writes encoded UPDATEs to each established peer's writer.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,17 +13,17 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::kernel_task::{self, Op, Want};
-use super::pack::{end_of_rib, is_end_of_rib, pack};
-use super::session::{Event, SessionCmd, SessionTask, Writer};
+use super::kernel_task::{self, Op, Route};
+use super::pack::is_end_of_rib;
+use super::session::{Event, Inflight, Out, SessionCmd, SessionTask, Writer};
 use super::{
     socket, Command, Encap, Origination, PeerConfig, PeerStatus, RibFilter, RibRoute,
     SpeakerConfig, SpeakerError,
 };
-use crate::adj_out::{AdjRibOut, Advert, ExportSettings};
+use crate::adj_out::{ExportSettings, Want};
 use crate::codec::{
-    Afi, AsSegment, Attributes, Capability, Ctx, GrFamily, MpReach, Nlri, Origin, Treatment,
-    Update, SAFI_UNICAST,
+    Afi, AsSegment, Attributes, Capability, GrFamily, MpReach, Nlri, Origin, Treatment, Update,
+    SAFI_UNICAST,
 };
 use crate::fsm::{self, Negotiated, State};
 use crate::policy::Verdict;
@@ -40,9 +41,10 @@ enum Internal {
 }
 
 struct Up {
-    adj: AdjRibOut,
+    /// Who the peer is and its export policy (its Adj-RIB-Out lives in its writer task).
+    settings: ExportSettings,
     writer: Writer,
-    ctx: Ctx,
+    advertised: Arc<std::sync::atomic::AtomicUsize>,
     v4: bool,
     v6: bool,
     nh4: Option<Ipv4Addr>,
@@ -61,7 +63,8 @@ struct Peer {
     last_error: Option<String>,
     router_id: Option<Ipv4Addr>,
     up: Option<Up>,
-    accepted: usize,
+    /// UPDATEs the session has handed over and this task has not processed yet.
+    inflight: Arc<Inflight>,
     rejected: HashSet<(IpNetwork, Option<u32>)>,
     /// Families (IPv4, IPv6) in which this peer's paths are stale (it is restarting).
     stale: [bool; 2],
@@ -261,8 +264,10 @@ impl Core {
             rr_client: p.rr_client,
         });
         let (tx, rx) = mpsc::unbounded_channel();
+        let inflight = Arc::new(Inflight::default());
         let task = SessionTask {
             id,
+            inflight: inflight.clone(),
             fsm_cfg: fsm::Config {
                 local_as: self.cfg.local_as,
                 router_id: self.cfg.router_id,
@@ -292,7 +297,7 @@ impl Core {
                 last_error: None,
                 router_id: None,
                 up: None,
-                accepted: 0,
+                inflight,
                 rejected: HashSet::new(),
                 stale: [false; 2],
                 epoch: 0,
@@ -372,18 +377,31 @@ impl Core {
                 neg,
                 local,
                 writer,
-            } => self.up(peer, *neg, local, writer),
+                advertised,
+            } => self.up(peer, *neg, local, writer, advertised),
             Event::Down {
                 peer,
                 reason,
                 keep_routes,
             } => self.down(peer, reason, keep_routes),
-            Event::Update { peer, update } => self.update(peer, *update),
+            Event::Update { peer, update } => {
+                self.update(peer, *update);
+                if let Some(p) = self.peers.get(&peer) {
+                    p.inflight.done();
+                }
+            }
             Event::Refresh { peer, rr } => self.refresh(peer, rr.afi),
         }
     }
 
-    fn up(&mut self, id: PeerId, neg: Negotiated, local: SocketAddr, writer: Writer) {
+    fn up(
+        &mut self,
+        id: PeerId,
+        neg: Negotiated,
+        local: SocketAddr,
+        writer: Writer,
+        advertised: Arc<std::sync::atomic::AtomicUsize>,
+    ) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
@@ -420,15 +438,15 @@ impl Core {
         p.last_error = None;
         p.eor = false;
         p.restart_time = gr.as_ref().map(|g| g.0);
-        let mut up = Up {
-            adj: AdjRibOut::new(ExportSettings {
+        let up = Up {
+            settings: ExportSettings {
                 peer: info,
                 policy: p.cfg.export.clone(),
                 next_hop_self: None,
                 add_path: neg.tx.add_path(Afi::Ipv4, SAFI_UNICAST),
-            }),
+            },
             writer,
-            ctx: neg.tx.clone(),
+            advertised,
             v4: has(Afi::Ipv4),
             v6: has(Afi::Ipv6),
             nh4,
@@ -452,17 +470,15 @@ impl Core {
             }
         }
         // The whole table, then End-of-RIB per family.
-        let all: Vec<Change> = self.rib.iter().collect();
-        let adverts = export_all(&self.rib, &p.cfg, &mut up, &all);
-        for b in pack(&adverts, &up.ctx) {
-            let _ = up.writer.send(b);
-        }
+        let wants = export_all(&self.rib, &p.cfg, &up, self.rib.iter());
+        let n = wants.len();
+        let _ = up.writer.send(Out::Routes(wants));
         for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
             if on {
-                let _ = up.writer.send(end_of_rib(afi, &up.ctx));
+                let _ = up.writer.send(Out::EndOfRib(afi));
             }
         }
-        info!(peer = %p.cfg.addr, advertised = up.adj.len(), "sent the table and End-of-RIB");
+        info!(peer = %p.cfg.addr, routes = n, "sent the table and End-of-RIB");
         p.up = Some(up);
         self.propagate(&sweep);
     }
@@ -490,7 +506,6 @@ impl Core {
             });
         } else {
             p.stale = [false; 2];
-            p.accepted = 0;
             p.rejected.clear();
             let ch = self.rib.drop_peer(id);
             self.propagate(&ch);
@@ -601,38 +616,39 @@ impl Core {
         }
         let mut changes = Vec::with_capacity(withdrawn.len() + announced.len());
         for n in withdrawn {
-            let had = self
-                .rib
-                .paths(&n.prefix)
-                .iter()
-                .any(|x| x.peer == id && x.path_id == n.path_id);
-            if had {
-                p.accepted -= 1;
+            if !p.rejected.is_empty() {
+                p.rejected.remove(&(n.prefix, n.path_id));
             }
-            p.rejected.remove(&(n.prefix, n.path_id));
             changes.extend(self.rib.withdraw(n.prefix, id, n.path_id));
         }
         let policy_empty = p.cfg.import.terms.is_empty();
         let default_accept = p.cfg.import.default == Verdict::Accept;
+        // The loop checks and the policy depend on the attributes only (an empty policy):
+        // decide once per attribute set.
+        let mut checked: Option<(usize, bool)> = None;
         for (n, a) in announced {
             let attrs = if policy_empty {
-                default_accept.then_some(a)
+                let ptr = Arc::as_ptr(&a) as usize;
+                let ok = match checked {
+                    Some((p, ok)) if p == ptr => ok,
+                    _ => {
+                        let ok = default_accept && self.rib.check_import(id, &a).is_ok();
+                        checked = Some((ptr, ok));
+                        ok
+                    }
+                };
+                ok.then_some(a)
             } else {
                 let mut own = (*a).clone();
-                (p.cfg.import.apply(&n.prefix, &mut own) == Verdict::Accept).then(|| Arc::new(own))
+                let ok = p.cfg.import.apply(&n.prefix, &mut own) == Verdict::Accept
+                    && self.rib.check_import(id, &own).is_ok();
+                ok.then(|| Arc::new(own))
             };
-            let attrs = attrs.filter(|a| self.rib.check_import(id, a).is_ok());
-            let had = self
-                .rib
-                .paths(&n.prefix)
-                .iter()
-                .any(|x| x.peer == id && x.path_id == n.path_id);
             match attrs {
                 Some(attrs) => {
-                    if !had {
-                        p.accepted += 1;
+                    if !p.rejected.is_empty() {
+                        p.rejected.remove(&(n.prefix, n.path_id));
                     }
-                    p.rejected.remove(&(n.prefix, n.path_id));
                     let path = Path {
                         peer: id,
                         path_id: n.path_id,
@@ -642,10 +658,7 @@ impl Core {
                     changes.extend(self.rib.insert(n.prefix, path));
                 }
                 None => {
-                    if had {
-                        p.accepted -= 1;
-                        changes.extend(self.rib.withdraw(n.prefix, id, n.path_id));
-                    }
+                    changes.extend(self.rib.withdraw(n.prefix, id, n.path_id));
                     p.rejected.insert((n.prefix, n.path_id));
                 }
             }
@@ -655,19 +668,20 @@ impl Core {
 
     /// ROUTE-REFRESH (RFC 2918): the family's routes again, then its End-of-RIB.
     fn refresh(&mut self, id: PeerId, family: Afi) {
-        let Some(up) = self.peers.get_mut(&id).and_then(|p| p.up.as_mut()) else {
+        let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        let mut all = up.adj.all();
-        all.retain(|a| a.prefix.is_ipv4() == (family == Afi::Ipv4));
-        for b in pack(&all, &up.ctx) {
-            let _ = up.writer.send(b);
-        }
-        for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
-            if on && afi == family {
-                let _ = up.writer.send(end_of_rib(afi, &up.ctx));
-            }
-        }
+        let Some(up) = p.up.as_ref() else { return };
+        let all = self
+            .rib
+            .iter()
+            .filter(|c| c.prefix.is_ipv4() == (family == Afi::Ipv4));
+        let wants = export_all(&self.rib, &p.cfg, up, all);
+        let n = wants.len();
+        let _ = up.writer.send(Out::Clear);
+        let _ = up.writer.send(Out::Routes(wants));
+        let _ = up.writer.send(Out::EndOfRib(family));
+        info!(peer = %p.cfg.addr, family = ?family, routes = n, "route refresh answered");
     }
 
     /// Sends Loc-RIB changes to every established peer and to the kernel.
@@ -676,27 +690,31 @@ impl Core {
             return;
         }
         self.kernel_changes(changes);
-        let mut out: HashMap<PeerId, Vec<Advert>> = HashMap::new();
-        let mut memo: Vec<(MemoKey, Option<Arc<Attributes>>)> = vec![];
+        let mut out: HashMap<PeerId, Vec<Want>> = HashMap::new();
+        let mut memo = Memo::default();
         for c in changes {
-            memo.clear();
-            for p in self.peers.values_mut() {
-                let Some(up) = p.up.as_mut() else { continue };
-                let (view, to) = (up_view(up), up.adj.settings.peer.clone());
-                let rib = &self.rib;
-                let ads = up.adj.update_with(c, |path| {
-                    export_one(rib, &p.cfg, view, &to, &c.prefix, path, &mut memo)
-                });
-                if !ads.is_empty() {
-                    out.entry(p.id).or_default().extend(ads);
+            for p in self.peers.values() {
+                let Some(up) = &p.up else { continue };
+                let view = up_view(up);
+                let to = &up.settings.peer;
+                let mut export = |path: &Path| {
+                    export_one(&self.rib, &p.cfg, view, to, &c.prefix, path, &mut memo)
+                };
+                let w = Want::of(c, up.settings.add_path, &mut export);
+                // Nothing for this peer now: a withdraw only if it had the previous best
+                // (the writer would drop it otherwise, but why queue it).
+                if w.paths.is_empty()
+                    && !up.settings.add_path
+                    && c.previous.as_ref().and_then(&mut export).is_none()
+                {
+                    continue;
                 }
+                out.entry(p.id).or_default().push(w);
             }
         }
-        for (id, ads) in out {
+        for (id, wants) in out {
             if let Some(up) = self.peers.get(&id).and_then(|p| p.up.as_ref()) {
-                for b in pack(&ads, &up.ctx) {
-                    let _ = up.writer.send(b);
-                }
+                let _ = up.writer.send(Out::Routes(wants));
             }
         }
     }
@@ -710,7 +728,7 @@ impl Core {
                     .origins
                     .get(&c.prefix)
                     .filter(|o| o.blackhole)
-                    .map(|_| Want::Blackhole),
+                    .map(|_| Route::Blackhole),
                 Some(_) => {
                     let encap = self
                         .encap
@@ -728,7 +746,7 @@ impl Core {
                         .filter_map(|p| next_hop(&p.attrs))
                         .map(|nh| (nh, encap))
                         .collect();
-                    (!hops.is_empty()).then_some(Want::Via(hops))
+                    (!hops.is_empty()).then_some(Route::Via(hops))
                 }
             };
             let _ = k.send(Op::Set(c.prefix, want));
@@ -746,9 +764,11 @@ impl Core {
                 since_secs: p.since.elapsed().as_secs(),
                 router_id: p.router_id,
                 last_error: p.last_error.clone(),
-                received: p.accepted + p.rejected.len(),
-                accepted: p.accepted,
-                advertised: p.up.as_ref().map_or(0, |u| u.adj.len()),
+                received: self.rib.path_count(p.id) + p.rejected.len(),
+                accepted: self.rib.path_count(p.id),
+                advertised: p.up.as_ref().map_or(0, |u| {
+                    u.advertised.load(std::sync::atomic::Ordering::Relaxed)
+                }),
                 stale: if p.stale != [false; 2] {
                     self.rib
                         .iter()
@@ -883,10 +903,14 @@ fn route(rib: &Rib, prefix: IpNetwork, p: &Path, best: bool) -> RibRoute {
     }
 }
 
-/// What decides the exported attributes besides the path: peers alike share one result.
-#[derive(PartialEq)]
+/// What decides the exported attributes (with an empty export policy): the source path's
+/// attributes and peer, the prefix's family, and how the receiving peer exports. Peers alike
+/// share one result, and so do the prefixes of one UPDATE.
+#[derive(PartialEq, Eq, Hash)]
 struct MemoKey {
-    path: (PeerId, Option<u32>),
+    attrs: usize,
+    from: PeerId,
+    v4_prefix: bool,
     ebgp: bool,
     rr_client: bool,
     next_hop_self: bool,
@@ -894,6 +918,37 @@ struct MemoKey {
     nh6: Option<Ipv6Addr>,
     v4: bool,
     v6: bool,
+}
+
+/// Lives for one batch of changes, while the source attributes it points at are alive.
+type Memo = HashMap<MemoKey, Option<Arc<Attributes>>, BuildHasherDefault<FxHasher>>;
+
+/// The memo is consulted for every prefix and peer: a multiply-rotate hash (as rustc's
+/// FxHash) instead of SipHash; its keys are our own pointers and flags, not peer input.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -923,13 +978,15 @@ fn export_one(
     to: &PeerInfo,
     prefix: &IpNetwork,
     path: &Path,
-    memo: &mut Vec<(MemoKey, Option<Arc<Attributes>>)>,
+    memo: &mut Memo,
 ) -> Option<Arc<Attributes>> {
     if path.peer == to.id {
         return None; // never back to where it came from
     }
     let key = MemoKey {
-        path: (path.peer, path.path_id),
+        attrs: Arc::as_ptr(&path.attrs) as usize,
+        from: path.peer,
+        v4_prefix: prefix.is_ipv4(),
         ebgp: up.ebgp,
         rr_client: pc.rr_client,
         next_hop_self: pc.next_hop_self,
@@ -938,17 +995,12 @@ fn export_one(
         v4: up.v4,
         v6: up.v6,
     };
-    let memoable = pc.export.terms.is_empty();
-    if memoable {
-        if let Some((_, r)) = memo.iter().find(|(k, _)| *k == key) {
-            return r.clone();
-        }
+    if !pc.export.terms.is_empty() {
+        return export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new);
     }
-    let r = export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new);
-    if memoable {
-        memo.push((key, r.clone()));
-    }
-    r
+    memo.entry(key)
+        .or_insert_with(|| export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new))
+        .clone()
 }
 
 fn export_attrs(
@@ -991,17 +1043,16 @@ fn export_attrs(
     (pc.export.apply(prefix, &mut a) == Verdict::Accept).then_some(a)
 }
 
-/// The whole table for a peer that just came up.
-fn export_all(rib: &Rib, pc: &PeerConfig, up: &mut Up, all: &[Change]) -> Vec<Advert> {
-    let mut out = vec![];
-    let mut memo = vec![];
+/// The whole table (or a family of it) as one peer should have it.
+fn export_all(rib: &Rib, pc: &PeerConfig, up: &Up, all: impl Iterator<Item = Change>) -> Vec<Want> {
+    let mut memo = Memo::default();
     let view = up_view(up);
-    let to = up.adj.settings.peer.clone();
-    for c in all {
-        memo.clear();
-        out.extend(up.adj.update_with(c, |path| {
-            export_one(rib, pc, view, &to, &c.prefix, path, &mut memo)
-        }));
-    }
-    out
+    let to = &up.settings.peer;
+    all.map(|c| {
+        Want::of(&c, up.settings.add_path, |path| {
+            export_one(rib, pc, view, to, &c.prefix, path, &mut memo)
+        })
+    })
+    .filter(|w| !w.paths.is_empty())
+    .collect()
 }

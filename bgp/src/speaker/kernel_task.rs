@@ -17,14 +17,14 @@ use super::{Encap, KernelConfig, SpeakerError};
 use crate::kernel::{KernelSync, NextHop, Target};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Want {
+pub enum Route {
     Blackhole,
     /// Next hops (ECMP when several), each with its encapsulation.
     Via(Vec<(IpAddr, Encap)>),
 }
 
 pub enum Op {
-    Set(IpNetwork, Option<Want>),
+    Set(IpNetwork, Option<Route>),
     /// The restarting speaker has its routes again: purge protocol-12 routes not re-made.
     Converged,
     /// Stop; `remove` takes our routes out first.
@@ -90,7 +90,7 @@ async fn run(
     let mut installed: HashSet<IpNetwork> = HashSet::new();
     let mut tunl0_index: Option<u32> = None;
     while let Some(op) = rx.recv().await {
-        let mut batch: HashMap<IpNetwork, Option<Want>> = HashMap::new();
+        let mut batch: HashMap<IpNetwork, Option<Route>> = HashMap::new();
         let mut control = vec![];
         let mut next = Some(op);
         while let Some(op) = next.take() {
@@ -107,7 +107,7 @@ async fn run(
         if batch
             .values()
             .flatten()
-            .any(|w| matches!(w, Want::Via(v) if v.iter().any(|h| h.1 == Encap::Ipip)))
+            .any(|w| matches!(w, Route::Via(v) if v.iter().any(|h| h.1 == Encap::Ipip)))
             && tunl0_index.is_none()
         {
             tunl0_index = tunl0(&handle).await;
@@ -164,10 +164,10 @@ async fn run(
     }
 }
 
-fn target(w: Want, tunl0: Option<u32>) -> Target {
+fn target(w: Route, tunl0: Option<u32>) -> Target {
     match w {
-        Want::Blackhole => Target::Blackhole,
-        Want::Via(hops) => Target::Via(
+        Route::Blackhole => Target::Blackhole,
+        Route::Via(hops) => Target::Via(
             hops.into_iter()
                 .map(|(gateway, encap)| match encap {
                     Encap::Ipip => NextHop {

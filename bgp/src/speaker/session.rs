@@ -16,15 +16,56 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use super::pack::{end_of_rib, pack};
 use super::socket;
 use super::PeerConfig;
+use crate::adj_out::{Sent, Want};
 use crate::codec::{
-    self, Capability, Ctx, Message, Notification, Open, RouteRefresh, Update, HEADER_LEN,
+    self, Afi, Capability, Ctx, Message, Notification, Open, RouteRefresh, Update, HEADER_LEN,
 };
 use crate::fsm::{self, collision_keeps_incoming, Input, Negotiated, Output, State, Timer};
 use crate::rib::PeerId;
 
-pub type Writer = mpsc::UnboundedSender<Bytes>;
+/// What goes to a connection's writer task, in order.
+pub enum Out {
+    /// An encoded message from the session (OPEN, KEEPALIVE, NOTIFICATION).
+    Raw(Bytes),
+    /// The session is up: encode routes this way from now on.
+    Ctx(Ctx),
+    /// Routes as the peer should now have them; the writer owns what was sent
+    /// (Adj-RIB-Out), sends only the difference, packed into UPDATEs.
+    Routes(Vec<Want>),
+    EndOfRib(Afi),
+    /// Forget what was sent (a route refresh resends everything).
+    Clear,
+}
+
+pub type Writer = mpsc::UnboundedSender<Out>;
+
+/// Backpressure from the core: a session stops reading while this many of its UPDATEs wait
+/// to be processed, so a fast peer fills TCP's window, not our memory.
+const MAX_INFLIGHT: usize = 64;
+
+#[derive(Default)]
+pub struct Inflight {
+    n: std::sync::atomic::AtomicUsize,
+    wake: tokio::sync::Notify,
+}
+
+impl Inflight {
+    fn full(&self) -> bool {
+        self.n.load(std::sync::atomic::Ordering::Acquire) >= MAX_INFLIGHT
+    }
+
+    /// The core has processed one UPDATE.
+    pub fn done(&self) {
+        self.n.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        self.wake.notify_one();
+    }
+}
 
 /// What a session tells the core.
 pub enum Event {
@@ -33,6 +74,8 @@ pub enum Event {
         neg: Box<Negotiated>,
         local: SocketAddr,
         writer: Writer,
+        /// How many routes the writer has advertised (its Adj-RIB-Out size).
+        advertised: Arc<AtomicUsize>,
     },
     Update {
         peer: PeerId,
@@ -77,6 +120,7 @@ struct Conn {
     buf: BytesMut,
     writer: Writer,
     local: SocketAddr,
+    advertised: Arc<AtomicUsize>,
     written: tokio::task::JoinHandle<()>,
 }
 
@@ -84,6 +128,7 @@ type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send
 
 pub struct SessionTask {
     pub id: PeerId,
+    pub inflight: Arc<Inflight>,
     pub cfg: PeerConfig,
     pub fsm_cfg: fsm::Config,
     pub local_as: u32,
@@ -117,14 +162,38 @@ async fn read_open(mut stream: TcpStream) -> Option<Pending> {
     Some(Pending { stream, buf, open })
 }
 
-async fn write_loop(mut w: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Bytes>) {
+/// The writer task: owns the connection's write half and its Adj-RIB-Out.
+async fn write_loop(
+    mut w: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+    advertised: Arc<AtomicUsize>,
+) {
+    let mut sent = Sent::default();
+    let mut ctx = Ctx::default();
     let mut batch = BytesMut::new();
-    while let Some(b) = rx.recv().await {
-        batch.extend_from_slice(&b);
+    let mut adverts = vec![];
+    let mut handle = |m: Out, batch: &mut BytesMut| match m {
+        Out::Raw(b) => batch.extend_from_slice(&b),
+        Out::Ctx(c) => ctx = c,
+        Out::Routes(wants) => {
+            adverts.clear();
+            for w in wants {
+                sent.apply(w, &mut adverts);
+            }
+            for b in pack(&adverts, &ctx) {
+                batch.extend_from_slice(&b);
+            }
+            advertised.store(sent.len(), Ordering::Relaxed);
+        }
+        Out::EndOfRib(afi) => batch.extend_from_slice(&end_of_rib(afi, &ctx)),
+        Out::Clear => sent.clear(),
+    };
+    while let Some(m) = rx.recv().await {
+        handle(m, &mut batch);
         // Coalesce what is already queued into one write.
         while batch.len() < 256 * 1024 {
             match rx.try_recv() {
-                Ok(more) => batch.extend_from_slice(&more),
+                Ok(more) => handle(more, &mut batch),
                 Err(_) => break,
             }
         }
@@ -187,7 +256,8 @@ impl SessionTask {
                     }
                 },
                 Some(p) = pending_rx.recv() => self.incoming(&mut run, p),
-                r = read(run.conn.as_mut()), if run.conn.is_some() => match r {
+                _ = self.inflight.wake.notified(), if run.conn.is_some() && self.inflight.full() => {}
+                r = read(run.conn.as_mut()), if run.conn.is_some() && !self.inflight.full() => match r {
                     Ok(0) | Err(_) => self.process(&mut run, Input::TcpFails),
                     Ok(_) => self.drain(&mut run),
                 },
@@ -233,12 +303,14 @@ impl SessionTask {
         let _ = s.set_nodelay(true);
         let (r, w) = s.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
-        let written = tokio::spawn(write_loop(w, rx));
+        let advertised = Arc::new(AtomicUsize::new(0));
+        let written = tokio::spawn(write_loop(w, rx, advertised.clone()));
         run.conn = Some(Conn {
             reader: r,
             buf,
             writer: tx,
             local,
+            advertised,
             written,
         });
     }
@@ -360,7 +432,7 @@ impl SessionTask {
                     run.notified = true;
                 }
                 if let Some(c) = &run.conn {
-                    let _ = c.writer.send(encode(&m, &run.tx_ctx));
+                    let _ = c.writer.send(Out::Raw(encode(&m, &run.tx_ctx)));
                 }
             }
             Output::StartTimer(t, secs) => {
@@ -376,6 +448,7 @@ impl SessionTask {
                 run.established = true;
                 run.failures = 0;
                 let Some(c) = &run.conn else { return };
+                let _ = c.writer.send(Out::Ctx(neg.tx.clone()));
                 info!(peer = %self.cfg.addr, peer_as = neg.peer_as, router_id = %neg.peer_id,
                     hold = neg.hold_time, "session established");
                 let _ = self.events.send(Event::Up {
@@ -383,6 +456,7 @@ impl SessionTask {
                     neg: Box::new(neg),
                     local: c.local,
                     writer: c.writer.clone(),
+                    advertised: c.advertised.clone(),
                 });
             }
             Output::Down(reason) => {
@@ -404,6 +478,9 @@ impl SessionTask {
                 });
             }
             Output::Update(u) => {
+                self.inflight
+                    .n
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
                 let _ = self.events.send(Event::Update {
                     peer: self.id,
                     update: u,

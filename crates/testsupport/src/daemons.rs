@@ -114,6 +114,10 @@ impl Bird {
         Self::run(ns, dir, conf, flags)
     }
 
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("bird.sock")
     }
@@ -186,6 +190,10 @@ impl Gobgp {
         Self::run(ns, dir, conf, flags)
     }
 
+    pub fn pid(&self) -> u32 {
+        self._child.0.id()
+    }
+
     /// `gobgp -u 127.0.0.1 -p <port> <args>` inside the namespace.
     pub fn gobgp(&self, args: &[&str]) -> String {
         let port = self.port.to_string();
@@ -215,10 +223,16 @@ pub struct Frr {
 impl Frr {
     pub fn start(ns: &Netns, conf: &str) -> Frr {
         let dir = workdir("frr");
-        Self::run(ns, dir, conf)
+        Self::run(ns, dir, conf, &[])
     }
 
-    fn run(ns: &Netns, dir: tempfile::TempDir, conf: &str) -> Frr {
+    /// With extra flags for bgpd (`-n`: do not install routes in the kernel).
+    pub fn start_with(ns: &Netns, conf: &str, bgpd_flags: &[&str]) -> Frr {
+        let dir = workdir("frr");
+        Self::run(ns, dir, conf, bgpd_flags)
+    }
+
+    fn run(ns: &Netns, dir: tempfile::TempDir, conf: &str, bgpd_flags: &[&str]) -> Frr {
         let d = dir.path();
         let conf_path = d.join("frr.conf");
         std::fs::write(&conf_path, conf).expect("write frr.conf");
@@ -226,7 +240,7 @@ impl Frr {
             .args(["-R", "frr:frr"])
             .arg(d)
             .status();
-        let daemon = |name: &str| {
+        let daemon = |name: &str, flags: &[&str]| {
             let log = std::fs::File::create(d.join(format!("{name}.log"))).expect("log");
             let child = ns
                 .command(&[
@@ -244,6 +258,7 @@ impl Frr {
                     "-g",
                     "frr",
                 ])
+                .args(flags)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log"))
                 .stderr(log)
@@ -251,11 +266,11 @@ impl Frr {
                 .unwrap_or_else(|e| panic!("start {name} (install frr): {e}"));
             ChildGuard(child)
         };
-        let zebra = daemon("zebra");
+        let zebra = daemon("zebra", &[]);
         wait_for("zebra's API socket", Duration::from_secs(10), || {
             d.join("zserv.api").exists().then_some(())
         });
-        let bgpd = daemon("bgpd");
+        let bgpd = daemon("bgpd", bgpd_flags);
         let f = Frr {
             _zebra: zebra,
             _bgpd: bgpd,
@@ -280,7 +295,12 @@ impl Frr {
     }
 
     pub fn start_in(ns: &Netns, dir: tempfile::TempDir, conf: &str) -> Frr {
-        Self::run(ns, dir, conf)
+        Self::run(ns, dir, conf, &[])
+    }
+
+    /// bgpd's process ID.
+    pub fn pid(&self) -> u32 {
+        self._bgpd.0.id()
     }
 
     /// `vtysh --vty_socket DIR -c <cmd> -c <cmd>…`

@@ -1,0 +1,246 @@
+//! A minimal, fast BGP load generator for the benchmarks (bgperf's method): an injector that
+//! sends precomputed UPDATEs as fast as TCP takes them, and a monitor that counts distinct
+//! prefixes arriving. Sessions offer a 90 s hold time (some daemons tie their write timeout
+//! to it) and keep alive every 20 s; 4-octet AS. Built on Brindle's codec, but none of its
+//! speaker.
+#![allow(dead_code)]
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use brindle_bgp::codec::{
+    self, AsSegment, Attributes, Capability, Ctx, Message, Nlri, Open, Origin, Update, HEADER_LEN,
+};
+use bytes::{Bytes, BytesMut};
+use ipnetwork::IpNetwork;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+pub fn ctx() -> Ctx {
+    Ctx {
+        four_octet_as: true,
+        ..Ctx::default()
+    }
+}
+
+fn encode(m: &Message) -> Bytes {
+    let mut b = BytesMut::new();
+    codec::encode(m, &ctx(), &mut b);
+    b.freeze()
+}
+
+pub struct Conn {
+    pub r: OwnedReadHalf,
+    pub w: OwnedWriteHalf,
+    pub buf: BytesMut,
+}
+
+/// Reads one whole message.
+pub async fn read_msg(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<Message> {
+    loop {
+        if let Some(n) = codec::message_len(buf) {
+            let n = n.max(HEADER_LEN);
+            if buf.len() >= n {
+                let m = buf.split_to(n);
+                return codec::decode(&m, &ctx())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
+            }
+        }
+        if r.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+async fn handshake(s: TcpStream, asn: u32, id: Ipv4Addr) -> io::Result<Conn> {
+    s.set_nodelay(true)?;
+    let (mut r, mut w) = s.into_split();
+    let caps = vec![
+        Capability::Multiprotocol {
+            afi: codec::Afi::Ipv4,
+            safi: 1,
+        },
+        Capability::FourOctetAs(asn),
+    ];
+    w.write_all(&encode(&Message::Open(Open::new(asn, 90, id, caps))))
+        .await?;
+    let mut buf = BytesMut::with_capacity(1 << 16);
+    match read_msg(&mut r, &mut buf).await? {
+        Message::Open(_) => {}
+        m => return Err(io::Error::other(format!("expected OPEN, got {m:?}"))),
+    }
+    w.write_all(&encode(&Message::Keepalive)).await?;
+    loop {
+        match read_msg(&mut r, &mut buf).await? {
+            Message::Keepalive => break,
+            Message::Notification(n) => {
+                return Err(io::Error::other(format!(
+                    "NOTIFICATION {}/{}",
+                    n.code, n.subcode
+                )))
+            }
+            _ => {}
+        }
+    }
+    Ok(Conn { r, w, buf })
+}
+
+/// Connects from `local` to `remote`, retrying while refused, and completes the OPEN
+/// exchange.
+pub async fn connect(
+    local: IpAddr,
+    remote: SocketAddr,
+    asn: u32,
+    id: Ipv4Addr,
+    patience: Duration,
+) -> io::Result<Conn> {
+    let start = Instant::now();
+    loop {
+        let s = TcpSocket::new_v4()?;
+        s.set_reuseaddr(true)?;
+        s.bind(SocketAddr::new(local, 0))?;
+        match s.connect(remote).await {
+            Ok(s) => match handshake(s, asn, id).await {
+                Ok(c) => return Ok(c),
+                Err(e) if start.elapsed() < patience => {
+                    let _ = e;
+                }
+                Err(e) => return Err(e),
+            },
+            Err(e) if start.elapsed() > patience => return Err(e),
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn accept(l: &TcpListener, asn: u32, id: Ipv4Addr) -> io::Result<Conn> {
+    let (s, _) = l.accept().await?;
+    handshake(s, asn, id).await
+}
+
+/// Prefix `i` of the benchmark's set: the i-th /28 of 10.0.0.0/8 (up to 2^20 of them).
+pub fn prefix(i: u32) -> IpNetwork {
+    IpNetwork::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 4))), 28).expect("prefix")
+}
+
+/// The index of a benchmark prefix, if it is one.
+pub fn index(p: &IpNetwork) -> Option<usize> {
+    match p {
+        IpNetwork::V4(n) if n.prefix() == 28 => {
+            let a = u32::from(n.network());
+            (a >> 24 == 10).then_some(((a & 0x00ff_ffff) >> 4) as usize)
+        }
+        _ => None,
+    }
+}
+
+/// `n` prefixes packed into 4096-octet UPDATEs with one set of attributes.
+pub fn updates(n: u32, asn: u32, next_hop: Ipv4Addr) -> Vec<Bytes> {
+    let attrs = Attributes {
+        origin: Some(Origin::Igp),
+        as_path: Some(vec![AsSegment::Sequence(vec![asn])]),
+        next_hop: Some(next_hop),
+        ..Attributes::default()
+    };
+    // 4096 − header − lengths − attributes (~30) leaves room for ~800 /28s at 5 octets.
+    let per = 800;
+    (0..n)
+        .step_by(per)
+        .map(|start| {
+            let nlri = (start..(start + per as u32).min(n))
+                .map(|i| Nlri::new(prefix(i)))
+                .collect();
+            encode(&Message::Update(Box::new(Update {
+                attributes: attrs.clone(),
+                nlri,
+                ..Update::default()
+            })))
+        })
+        .collect()
+}
+
+pub fn end_of_rib() -> Bytes {
+    encode(&Message::Update(Box::default()))
+}
+
+/// Sends every message, then End-of-RIB, as fast as the socket takes them.
+pub async fn inject(c: &mut Conn, msgs: &[Bytes]) -> io::Result<()> {
+    let mut batch = Vec::with_capacity(1 << 20);
+    for m in msgs {
+        batch.extend_from_slice(m);
+        if batch.len() >= 1 << 20 {
+            c.w.write_all(&batch).await?;
+            batch.clear();
+        }
+    }
+    batch.extend_from_slice(&end_of_rib());
+    c.w.write_all(&batch).await?;
+    c.w.flush().await
+}
+
+/// Keeps an idle session up: a KEEPALIVE every 20 s (and reads and drops what comes).
+pub fn keep_alive(c: Conn) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let Conn {
+            mut r,
+            mut w,
+            mut buf,
+        } = c;
+        let mut tick = tokio::time::interval(Duration::from_secs(20));
+        loop {
+            tokio::select! {
+                m = read_msg(&mut r, &mut buf) => if m.is_err() { return },
+                _ = tick.tick() => if w.write_all(&encode(&Message::Keepalive)).await.is_err() { return },
+            }
+        }
+    })
+}
+
+/// Reads until `want` distinct benchmark prefixes have been announced; returns when.
+pub async fn count(c: &mut Conn, want: usize) -> io::Result<Instant> {
+    let mut seen = vec![false; 1 << 20];
+    let mut have = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(20));
+    while have < want {
+        let m = tokio::select! {
+            m = read_msg(&mut c.r, &mut c.buf) => m?,
+            _ = tick.tick() => {
+                c.w.write_all(&encode(&Message::Keepalive)).await?;
+                continue;
+            }
+        };
+        if let Message::Update(u) = m {
+            for n in &u.nlri {
+                if let Some(i) = index(&n.prefix) {
+                    if !seen[i] {
+                        seen[i] = true;
+                        have += 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(Instant::now())
+}
+
+/// Peak resident memory (VmHWM) and CPU seconds (user + system) of a process.
+pub fn usage(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0u64);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+    let hz = 100.0; // USER_HZ on Linux
+    (kb * 1024, (ticks(11) + ticks(12)) as f64 / hz)
+}
