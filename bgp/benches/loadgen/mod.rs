@@ -162,6 +162,21 @@ pub fn updates(n: u32, asn: u32, next_hop: Ipv4Addr) -> Vec<Bytes> {
         .collect()
 }
 
+/// One UPDATE announcing `prefix` from an iBGP client at `next_hop`.
+pub fn announce(prefix: IpNetwork, next_hop: Ipv4Addr) -> Bytes {
+    encode(&Message::Update(Box::new(Update {
+        attributes: Attributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(vec![]),
+            next_hop: Some(next_hop),
+            local_pref: Some(100),
+            ..Attributes::default()
+        },
+        nlri: vec![Nlri::new(prefix)],
+        ..Update::default()
+    })))
+}
+
 pub fn end_of_rib() -> Bytes {
     encode(&Message::Update(Box::default()))
 }
@@ -201,6 +216,15 @@ pub fn keep_alive(c: Conn) -> tokio::task::JoinHandle<()> {
 
 /// Reads until `want` distinct benchmark prefixes have been announced; returns when.
 pub async fn count(c: &mut Conn, want: usize) -> io::Result<Instant> {
+    count_with(c, want, index).await
+}
+
+/// Like [`count`], with the prefixes numbered (below 2^20) by `index`.
+pub async fn count_with(
+    c: &mut Conn,
+    want: usize,
+    index: impl Fn(&IpNetwork) -> Option<usize>,
+) -> io::Result<Instant> {
     let mut seen = vec![false; 1 << 20];
     let mut have = 0;
     let mut tick = tokio::time::interval(Duration::from_secs(20));

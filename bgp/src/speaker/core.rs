@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -92,6 +92,7 @@ pub struct Core {
     encap: Vec<(IpNetwork, Encap)>,
     /// We found our kernel routes from before a restart; cleared once converged.
     restarting: bool,
+    cache: ExportCache,
 }
 
 fn unmap(a: IpAddr) -> IpAddr {
@@ -157,6 +158,7 @@ impl Core {
             kernel,
             encap,
             restarting,
+            cache: ExportCache::default(),
         })
     }
 
@@ -175,7 +177,7 @@ impl Core {
                         return;
                     }
                 },
-                Some(e) = self.events.recv() => self.event(e),
+                Some(e) = self.events.recv() => self.events_batch(e),
                 Some(i) = self.internal.recv() => self.internal(i),
             }
         }
@@ -385,7 +387,9 @@ impl Core {
                 keep_routes,
             } => self.down(peer, reason, keep_routes),
             Event::Update { peer, update } => {
-                self.update(peer, *update);
+                let mut changes = vec![];
+                self.update(peer, *update, &mut changes);
+                self.propagate(&changes);
                 if let Some(p) = self.peers.get(&peer) {
                     p.inflight.done();
                 }
@@ -434,6 +438,10 @@ impl Core {
         let keep_stale = gr
             .as_ref()
             .is_some_and(|(_, f)| f.iter().any(|f| f.forwarding));
+        if p.router_id.is_some_and(|r| r != neg.peer_id) {
+            // Its routes' ORIGINATOR_ID when reflected was the old identifier.
+            self.cache.clear();
+        }
         p.router_id = Some(neg.peer_id);
         p.last_error = None;
         p.eor = false;
@@ -470,7 +478,7 @@ impl Core {
             }
         }
         // The whole table, then End-of-RIB per family.
-        let wants = export_all(&self.rib, &p.cfg, &up, self.rib.iter());
+        let wants = export_all(&self.rib, &mut self.cache, &p.cfg, &up, self.rib.iter());
         let n = wants.len();
         let _ = up.writer.send(Out::Routes(wants));
         for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
@@ -553,11 +561,48 @@ impl Core {
         }
     }
 
-    fn update(&mut self, id: PeerId, u: Update) {
+    /// Handles `first` and whatever else is already queued (up to a bound), importing
+    /// consecutive UPDATEs into one batch of changes, exported once: fewer, fuller messages
+    /// to each peer when many peers speak at once (a reflector's clients).
+    fn events_batch(&mut self, first: Event) {
+        let mut pending = vec![];
+        let mut next = Some(first);
+        let mut n = 0;
+        while let Some(e) = next.take() {
+            match e {
+                Event::Update { peer, update } => {
+                    self.update(peer, *update, &mut pending);
+                    if let Some(p) = self.peers.get(&peer) {
+                        p.inflight.done();
+                    }
+                }
+                other => {
+                    self.propagate(&pending);
+                    pending.clear();
+                    self.event(other);
+                }
+            }
+            n += 1;
+            if n < 256 && pending.len() < 4096 {
+                next = self.events.try_recv().ok();
+            }
+        }
+        self.propagate(&pending);
+    }
+
+    /// Imports one UPDATE, adding the Loc-RIB changes to `changes` (for the caller to
+    /// export).
+    fn update(&mut self, id: PeerId, u: Update, changes: &mut Vec<Change>) {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
         if let Some(afi) = is_end_of_rib(&u) {
+            // What came before the End-of-RIB goes out (and into the kernel) first.
+            self.propagate(changes);
+            changes.clear();
+            let Some(p) = self.peers.get_mut(&id) else {
+                return;
+            };
             let fam = usize::from(afi != Afi::Ipv4);
             let ch = if p.stale[fam] {
                 p.stale[fam] = false;
@@ -614,7 +659,7 @@ impl Core {
         if withdraw_all {
             withdrawn.extend(announced.drain(..).map(|(n, _)| n));
         }
-        let mut changes = Vec::with_capacity(withdrawn.len() + announced.len());
+        changes.reserve(withdrawn.len() + announced.len());
         for n in withdrawn {
             if !p.rejected.is_empty() {
                 p.rejected.remove(&(n.prefix, n.path_id));
@@ -663,7 +708,6 @@ impl Core {
                 }
             }
         }
-        self.propagate(&changes);
     }
 
     /// ROUTE-REFRESH (RFC 2918): the family's routes again, then its End-of-RIB.
@@ -676,7 +720,7 @@ impl Core {
             .rib
             .iter()
             .filter(|c| c.prefix.is_ipv4() == (family == Afi::Ipv4));
-        let wants = export_all(&self.rib, &p.cfg, up, all);
+        let wants = export_all(&self.rib, &mut self.cache, &p.cfg, up, all);
         let n = wants.len();
         let _ = up.writer.send(Out::Clear);
         let _ = up.writer.send(Out::Routes(wants));
@@ -691,15 +735,14 @@ impl Core {
         }
         self.kernel_changes(changes);
         let mut out: HashMap<PeerId, Vec<Want>> = HashMap::new();
-        let mut memo = Memo::default();
+        let cache = &mut self.cache;
         for c in changes {
             for p in self.peers.values() {
                 let Some(up) = &p.up else { continue };
                 let view = up_view(up);
                 let to = &up.settings.peer;
-                let mut export = |path: &Path| {
-                    export_one(&self.rib, &p.cfg, view, to, &c.prefix, path, &mut memo)
-                };
+                let mut export =
+                    |path: &Path| export_one(&self.rib, &p.cfg, view, to, &c.prefix, path, cache);
                 let w = Want::of(c, up.settings.add_path, &mut export);
                 // Nothing for this peer now: a withdraw only if it had the previous best
                 // (the writer would drop it otherwise, but why queue it).
@@ -920,8 +963,46 @@ struct MemoKey {
     v6: bool,
 }
 
-/// Lives for one batch of changes, while the source attributes it points at are alive.
-type Memo = HashMap<MemoKey, Option<Arc<Attributes>>, BuildHasherDefault<FxHasher>>;
+/// Exported attributes, shared between peers alike, between the prefixes of one UPDATE,
+/// and over time: a peer that comes up gets the very attribute sets the others hold, so a
+/// reflector with 1,000 clients keeps one copy of each route's attributes, not 1,000.
+///
+/// Keyed by the source attributes' address; each entry holds a `Weak` to them, which keeps
+/// that allocation (not its contents) alive, so the address cannot be reused while the entry
+/// exists. Entries whose source is gone are swept as the cache grows.
+/// The source (held weakly) and what it exports as.
+type Cached = (Weak<Attributes>, Option<Arc<Attributes>>);
+
+#[derive(Default)]
+struct ExportCache {
+    map: HashMap<MemoKey, Cached, BuildHasherDefault<FxHasher>>,
+    swept_at: usize,
+}
+
+impl ExportCache {
+    fn get_or(
+        &mut self,
+        key: MemoKey,
+        src: &Arc<Attributes>,
+        make: impl FnOnce() -> Option<Arc<Attributes>>,
+    ) -> Option<Arc<Attributes>> {
+        if let Some((_, v)) = self.map.get(&key) {
+            return v.clone();
+        }
+        let v = make();
+        self.map.insert(key, (Arc::downgrade(src), v.clone()));
+        if self.map.len() > 2 * self.swept_at + 1024 {
+            self.map.retain(|_, (w, _)| w.strong_count() > 0);
+            self.swept_at = self.map.len();
+        }
+        v
+    }
+
+    fn clear(&mut self) {
+        self.map.clear();
+        self.swept_at = 0;
+    }
+}
 
 /// The memo is consulted for every prefix and peer: a multiply-rotate hash (as rustc's
 /// FxHash) instead of SipHash; its keys are our own pointers and flags, not peer input.
@@ -978,7 +1059,7 @@ fn export_one(
     to: &PeerInfo,
     prefix: &IpNetwork,
     path: &Path,
-    memo: &mut Memo,
+    cache: &mut ExportCache,
 ) -> Option<Arc<Attributes>> {
     if path.peer == to.id {
         return None; // never back to where it came from
@@ -998,9 +1079,9 @@ fn export_one(
     if !pc.export.terms.is_empty() {
         return export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new);
     }
-    memo.entry(key)
-        .or_insert_with(|| export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new))
-        .clone()
+    cache.get_or(key, &path.attrs, || {
+        export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new)
+    })
 }
 
 fn export_attrs(
@@ -1044,13 +1125,18 @@ fn export_attrs(
 }
 
 /// The whole table (or a family of it) as one peer should have it.
-fn export_all(rib: &Rib, pc: &PeerConfig, up: &Up, all: impl Iterator<Item = Change>) -> Vec<Want> {
-    let mut memo = Memo::default();
+fn export_all(
+    rib: &Rib,
+    cache: &mut ExportCache,
+    pc: &PeerConfig,
+    up: &Up,
+    all: impl Iterator<Item = Change>,
+) -> Vec<Want> {
     let view = up_view(up);
     let to = &up.settings.peer;
     all.map(|c| {
         Want::of(&c, up.settings.add_path, |path| {
-            export_one(rib, pc, view, to, &c.prefix, path, &mut memo)
+            export_one(rib, pc, view, to, &c.prefix, path, cache)
         })
     })
     .filter(|w| !w.paths.is_empty())

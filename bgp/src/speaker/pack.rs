@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 use crate::adj_out::Advert;
 use crate::codec::{
@@ -49,7 +49,7 @@ fn chunks(nlri: &[Nlri], add_path: bool, room: usize) -> Vec<&[Nlri]> {
     out
 }
 
-fn v4_announce(attrs: &Attributes, nlri: &[Nlri], ctx: &Ctx, out: &mut Vec<Bytes>) {
+fn v4_announce(attrs: &Attributes, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) {
     let ap = ctx.add_path(Afi::Ipv4, SAFI_UNICAST);
     let mut a = BytesMut::new();
     attrs.encode(ctx, &mut a);
@@ -58,39 +58,34 @@ fn v4_announce(attrs: &Attributes, nlri: &[Nlri], ctx: &Ctx, out: &mut Vec<Bytes
         .saturating_sub(HEADER_LEN + 4 + a.len())
         .max(24);
     for c in chunks(nlri, ap, room) {
-        let mut b = BytesMut::with_capacity(ctx.max_len());
-        let start = header(&mut b);
-        b.put_u16(0);
-        b.put_u16(a.len() as u16);
-        b.put_slice(&a);
-        encode_nlri(c, ap, &mut b);
-        finish(&mut b, start);
-        out.push(b.freeze());
+        let start = header(out);
+        out.put_u16(0);
+        out.put_u16(a.len() as u16);
+        out.put_slice(&a);
+        encode_nlri(c, ap, out);
+        finish(out, start);
     }
 }
 
-fn v4_withdraw(nlri: &[Nlri], ctx: &Ctx, out: &mut Vec<Bytes>) {
+fn v4_withdraw(nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) {
     let ap = ctx.add_path(Afi::Ipv4, SAFI_UNICAST);
     for c in chunks(nlri, ap, ctx.max_len() - HEADER_LEN - 4) {
-        let mut b = BytesMut::with_capacity(ctx.max_len());
-        let start = header(&mut b);
-        let mut w = BytesMut::new();
-        encode_nlri(c, ap, &mut w);
-        b.put_u16(w.len() as u16);
-        b.put_slice(&w);
-        b.put_u16(0);
-        finish(&mut b, start);
-        out.push(b.freeze());
+        let start = header(out);
+        let len_at = out.len();
+        out.put_u16(0);
+        encode_nlri(c, ap, out);
+        let w = (out.len() - len_at - 2) as u16;
+        out[len_at..len_at + 2].copy_from_slice(&w.to_be_bytes());
+        out.put_u16(0);
+        finish(out, start);
     }
 }
 
-fn message(u: Update, ctx: &Ctx) -> Bytes {
-    let mut b = BytesMut::new();
-    crate::codec::encode(&Message::Update(Box::new(u)), ctx, &mut b);
-    b.freeze()
+fn message(u: Update, ctx: &Ctx, out: &mut BytesMut) {
+    crate::codec::encode(&Message::Update(Box::new(u)), ctx, out);
 }
 
-fn v6(attrs: Option<&Attributes>, nlri: &[Nlri], ctx: &Ctx, out: &mut Vec<Bytes>) {
+fn v6(attrs: Option<&Attributes>, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) {
     let ap = ctx.add_path(Afi::Ipv6, SAFI_UNICAST);
     // Attributes other than MP_REACH stay well under 1 KiB for Brindle's routes.
     let room = ctx.max_len() - HEADER_LEN - 4 - 1024;
@@ -115,13 +110,12 @@ fn v6(attrs: Option<&Attributes>, nlri: &[Nlri], ctx: &Ctx, out: &mut Vec<Bytes>
                 });
             }
         }
-        out.push(message(u, ctx));
+        message(u, ctx, out);
     }
 }
 
-/// Encodes adverts (in the order given) into UPDATE messages.
-pub fn pack(adverts: &[Advert], ctx: &Ctx) -> Vec<Bytes> {
-    let mut out = vec![];
+/// Encodes adverts (in the order given) into UPDATE messages appended to `out`.
+pub fn pack(adverts: &[Advert], ctx: &Ctx, out: &mut BytesMut) {
     let mut i = 0;
     while i < adverts.len() {
         let first = &adverts[i];
@@ -146,17 +140,16 @@ pub fn pack(adverts: &[Advert], ctx: &Ctx) -> Vec<Bytes> {
             })
             .collect();
         match (v4, &first.attrs) {
-            (true, Some(a)) => v4_announce(a, &nlri, ctx, &mut out),
-            (true, None) => v4_withdraw(&nlri, ctx, &mut out),
-            (false, a) => v6(a.as_deref(), &nlri, ctx, &mut out),
+            (true, Some(a)) => v4_announce(a, &nlri, ctx, out),
+            (true, None) => v4_withdraw(&nlri, ctx, out),
+            (false, a) => v6(a.as_deref(), &nlri, ctx, out),
         }
         i = j;
     }
-    out
 }
 
 /// End-of-RIB for a family (RFC 4724 §2).
-pub fn end_of_rib(afi: Afi, ctx: &Ctx) -> Bytes {
+pub fn end_of_rib(afi: Afi, ctx: &Ctx, out: &mut BytesMut) {
     let mut u = Update::default();
     if afi != Afi::Ipv4 {
         u.attributes.mp_unreach = Some(MpUnreach {
@@ -165,7 +158,7 @@ pub fn end_of_rib(afi: Afi, ctx: &Ctx) -> Bytes {
             withdrawn: vec![],
         });
     }
-    message(u, ctx)
+    message(u, ctx, out)
 }
 
 /// Whether an UPDATE is an End-of-RIB marker, and for which family.

@@ -122,6 +122,8 @@ struct Conn {
     local: SocketAddr,
     advertised: Arc<AtomicUsize>,
     written: tokio::task::JoinHandle<()>,
+    /// How much to reserve for the next read (grows while reads fill the buffer).
+    read_size: usize,
 }
 
 type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send>>;
@@ -180,12 +182,10 @@ async fn write_loop(
             for w in wants {
                 sent.apply(w, &mut adverts);
             }
-            for b in pack(&adverts, &ctx) {
-                batch.extend_from_slice(&b);
-            }
+            pack(&adverts, &ctx, batch);
             advertised.store(sent.len(), Ordering::Relaxed);
         }
-        Out::EndOfRib(afi) => batch.extend_from_slice(&end_of_rib(afi, &ctx)),
+        Out::EndOfRib(afi) => end_of_rib(afi, &ctx, batch),
         Out::Clear => sent.clear(),
     };
     while let Some(m) = rx.recv().await {
@@ -200,7 +200,12 @@ async fn write_loop(
         if w.write_all(&batch).await.is_err() {
             return;
         }
-        batch.clear();
+        // A table dump can grow the buffer; a thousand idle sessions should not keep it.
+        if batch.capacity() > 64 * 1024 {
+            batch = BytesMut::new();
+        } else {
+            batch.clear();
+        }
     }
     let _ = w.shutdown().await;
 }
@@ -312,6 +317,7 @@ impl SessionTask {
             local,
             advertised,
             written,
+            read_size: 4096,
         });
     }
 
@@ -543,10 +549,18 @@ struct Run {
 async fn read(conn: Option<&mut Conn>) -> std::io::Result<usize> {
     match conn {
         Some(c) => {
-            if c.buf.capacity() - c.buf.len() < 4096 {
-                c.buf.reserve(64 * 1024);
+            // Start small (a thousand sessions at 64 KiB each add up) and grow while reads
+            // fill the buffer (a peer sending a full table).
+            let free = c.buf.capacity() - c.buf.len();
+            if free < 1024 {
+                c.buf.reserve(c.read_size);
             }
-            c.reader.read_buf(&mut c.buf).await
+            let free = c.buf.capacity() - c.buf.len();
+            let n = c.reader.read_buf(&mut c.buf).await?;
+            if n == free && c.read_size < 64 * 1024 {
+                c.read_size *= 2;
+            }
+            Ok(n)
         }
         None => std::future::pending().await,
     }

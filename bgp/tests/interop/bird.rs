@@ -176,3 +176,59 @@ fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
         "{log}"
     );
 }
+
+/// Brindle is the restarting speaker: stopped with graceful restart on, its kernel routes
+/// stay (forwarding goes on) and BIRD keeps its routes; started again, it finds its routes,
+/// says it is restarting, and once BIRD's End-of-RIB is in purges what BIRD no longer has.
+#[test]
+fn brindle_restarts_gracefully_and_keeps_forwarding() {
+    let p = pair();
+    let gr = "graceful restart on; graceful restart time 60;";
+    let bird = Bird::start(
+        &p.peer,
+        &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.64/26"], gr),
+    );
+    let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
+    let before = [
+        "10.245.0.0/26 via 198.18.0.2",
+        "10.245.0.64/26 via 198.18.0.2",
+        "blackhole 10.244.1.0/26",
+        "fd00:20::/122 via fd00:18::2",
+        "blackhole fd00:10::/122",
+    ];
+    wait_kernel(&p.brl, &before, &b);
+    bird_route(&bird, "10.244.1.0/26", &["BGP.next_hop: 198.18.0.1"]);
+    let dir = b.terminate();
+    // Stopped: our kernel routes are all still there, and BIRD keeps our route (stale).
+    assert_eq!(kernel_routes(&p.brl), set(&before));
+    bird_route(&bird, "10.244.1.0/26", &["BGP.next_hop: 198.18.0.1"]);
+    // While we are down, BIRD drops one of its routes.
+    bird.birdc(&["disable", "s4"]);
+    std::fs::write(
+        bird.dir.path().join("bird.conf"),
+        conf(PEER_AS, &["10.245.0.0/26"], gr),
+    )
+    .expect("bird.conf");
+    bird.birdc(&["configure"]);
+    bird.birdc(&["enable", "s4"]);
+    let b = Bgpd::start_in(&p.brl, dir, &brindle_conf(PEER_AS, ""));
+    wait_kernel(
+        &p.brl,
+        &[
+            "10.245.0.0/26 via 198.18.0.2",
+            "blackhole 10.244.1.0/26",
+            "fd00:20::/122 via fd00:18::2",
+            "blackhole fd00:10::/122",
+        ],
+        &b,
+    );
+    let log = b.log();
+    assert!(
+        log.contains("kept protocol-12 routes of the last run while we restart"),
+        "{log}"
+    );
+    assert!(
+        log.contains("converged after restart: purged routes not learned again purged=1"),
+        "{log}"
+    );
+}

@@ -1,0 +1,198 @@
+//! The speaker in-process, on loopback addresses (no namespaces): two Brindle speakers that
+//! both dial out settle on one session and exchange routes; a peer that sends a malformed
+//! UPDATE gets the RFC 7606 treatment (treat-as-withdraw, or a NOTIFICATION and a reset).
+
+#[path = "../benches/loadgen/mod.rs"]
+mod loadgen;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use brindle_bgp::codec::Message;
+use brindle_bgp::speaker::{
+    GracefulRestart, Origination, PeerConfig, PeerStatus, RibFilter, Speaker, SpeakerConfig,
+};
+use ipnetwork::IpNetwork;
+use tokio::io::AsyncWriteExt;
+
+fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn config(ip: &str, port: u16, asn: u32) -> SpeakerConfig {
+    let addr: Ipv4Addr = ip.parse().expect("ip");
+    SpeakerConfig {
+        local_as: asn,
+        router_id: addr,
+        listen: Some(SocketAddr::new(IpAddr::V4(addr), port)),
+        cluster_id: None,
+        graceful_restart: GracefulRestart::default(),
+        next_hop_v4: None,
+        next_hop_v6: None,
+        kernel: None,
+    }
+}
+
+async fn until<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    for _ in 0..300 {
+        if let Some(v) = f().await {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn peer(s: &Speaker, addr: &str) -> PeerStatus {
+    let a: IpAddr = addr.parse().expect("ip");
+    s.peers()
+        .await
+        .expect("peers")
+        .into_iter()
+        .find(|p| p.addr == a)
+        .expect("peer")
+}
+
+fn net(s: &str) -> IpNetwork {
+    s.parse().expect("prefix")
+}
+
+async fn has_route(s: &Speaker, prefix: &str) -> bool {
+    s.rib(RibFilter::default())
+        .await
+        .expect("rib")
+        .iter()
+        .any(|r| r.prefix == net(prefix))
+}
+
+#[tokio::test]
+async fn two_speakers_dialing_each_other_settle_on_one_session() {
+    let (pa, pb) = (free_port("127.0.0.11"), free_port("127.0.0.12"));
+    let a = Speaker::start(config("127.0.0.11", pa, 64512))
+        .await
+        .expect("a");
+    let b = Speaker::start(config("127.0.0.12", pb, 64513))
+        .await
+        .expect("b");
+    let mut to_b = PeerConfig::new("127.0.0.12".parse().unwrap(), 64513);
+    to_b.port = pb;
+    to_b.source = Some("127.0.0.11".parse().unwrap());
+    to_b.connect_retry = Duration::from_secs(1);
+    let mut to_a = PeerConfig::new("127.0.0.11".parse().unwrap(), 64512);
+    to_a.port = pa;
+    to_a.source = Some("127.0.0.12".parse().unwrap());
+    to_a.connect_retry = Duration::from_secs(1);
+    a.add_peer(to_b).await.expect("peer b");
+    b.add_peer(to_a).await.expect("peer a");
+    until("both established", async || {
+        let (x, y) = (peer(&a, "127.0.0.12").await, peer(&b, "127.0.0.11").await);
+        (x.state == "Established" && y.state == "Established").then_some(())
+    })
+    .await;
+    a.originate(Origination {
+        prefix: Some(net("10.244.1.0/26")),
+        communities: vec![(64512 << 16) | 7],
+        ..Origination::default()
+    })
+    .expect("originate");
+    until("b learns a's block", async || {
+        has_route(&b, "10.244.1.0/26").await.then_some(())
+    })
+    .await;
+    let r = b.rib(RibFilter::default()).await.expect("rib");
+    assert_eq!(r[0].as_path, vec![64512]);
+    assert_eq!(r[0].next_hop, Some("127.0.0.11".parse().unwrap()));
+    assert_eq!(r[0].communities, vec!["64512:7".to_string()]);
+    a.withdraw(net("10.244.1.0/26")).expect("withdraw");
+    until("b forgets it", async || {
+        (!has_route(&b, "10.244.1.0/26").await).then_some(())
+    })
+    .await;
+    // Removing the peer sends Cease / administrative shutdown, which b reports.
+    a.remove_peer("127.0.0.12".parse().unwrap())
+        .await
+        .expect("remove");
+    let st = until("b sees the session end", async || {
+        let p = peer(&b, "127.0.0.11").await;
+        (p.state != "Established").then_some(p)
+    })
+    .await;
+    let err = st.last_error.unwrap_or_default();
+    assert!(err.contains("NOTIFICATION 6/2"), "{err}");
+    a.shutdown(false).await.expect("shutdown a");
+    b.shutdown(false).await.expect("shutdown b");
+}
+
+/// An UPDATE by hand: ORIGIN value, and the NEXT_HOP attribute's declared length.
+fn update(origin: u8, next_hop_len: u8) -> Vec<u8> {
+    let mut attrs = vec![0x40, 1, 1, origin, 0x40, 2, 0, 0x40, 3, next_hop_len];
+    attrs.extend_from_slice(&[127, 0, 0, 14]);
+    let nlri = [24, 10, 9, 0];
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&attrs);
+    body.extend_from_slice(&nlri);
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    m.push(2);
+    m.extend_from_slice(&body);
+    m
+}
+
+#[tokio::test]
+async fn malformed_updates_are_withdrawn_or_reset_the_session_as_rfc_7606_says() {
+    let port = free_port("127.0.0.13");
+    let s = Speaker::start(config("127.0.0.13", port, 64512))
+        .await
+        .expect("speaker");
+    let mut p = PeerConfig::new("127.0.0.14".parse().unwrap(), 65001);
+    p.passive = true;
+    s.add_peer(p).await.expect("peer");
+    let mut c = loadgen::connect(
+        "127.0.0.14".parse().unwrap(),
+        SocketAddr::new("127.0.0.13".parse().unwrap(), port),
+        65001,
+        "127.0.0.14".parse().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("session");
+    c.w.write_all(&update(0, 4)).await.expect("send");
+    until("the route", async || {
+        has_route(&s, "10.9.0.0/24").await.then_some(())
+    })
+    .await;
+    // ORIGIN 7 does not exist: treat-as-withdraw (RFC 7606 §7.1), the session stays up.
+    c.w.write_all(&update(7, 4)).await.expect("send");
+    until("the withdraw", async || {
+        (!has_route(&s, "10.9.0.0/24").await).then_some(())
+    })
+    .await;
+    assert_eq!(peer(&s, "127.0.0.14").await.state, "Established");
+    // NEXT_HOP longer than the attributes: the attribute list cannot be parsed, so the
+    // session is reset with an UPDATE-message-error NOTIFICATION.
+    c.w.write_all(&update(0, 10)).await.expect("send");
+    let n = loop {
+        match loadgen::read_msg(&mut c.r, &mut c.buf).await.expect("read") {
+            Message::Notification(n) => break n,
+            _ => continue,
+        }
+    };
+    assert_eq!(n.code, 3, "{n:?}");
+    let st = until("the session down", async || {
+        let p = peer(&s, "127.0.0.14").await;
+        (p.state != "Established").then_some(p)
+    })
+    .await;
+    assert!(
+        st.last_error
+            .unwrap_or_default()
+            .contains("bad message from the peer"),
+        "the reason is reported"
+    );
+    s.shutdown(false).await.expect("shutdown");
+}
