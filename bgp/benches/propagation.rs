@@ -14,7 +14,6 @@
 mod loadgen;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use brindle_testsupport::bench::write_results;
@@ -79,20 +78,8 @@ families = ["ipv4"]
 "#,
                 dir.path().display()
             );
-            let path = dir.path().join("bgpd.toml");
-            std::fs::write(&path, conf).expect("config");
-            let child = dut
-                .command(&[
-                    env!("CARGO_BIN_EXE_brindle-bgpd"),
-                    "--config",
-                    &path.display().to_string(),
-                    "--log",
-                    "warn",
-                ])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("brindle-bgpd");
-            Running::Brindle(ChildGuard(child), dir)
+            let child = loadgen::spawn_bgpd(dut, &dir, &conf, env!("CARGO_BIN_EXE_brindle-bgpd"));
+            Running::Brindle(child, dir)
         }
         "bird" => Running::Bird(Bird::start(
             dut,

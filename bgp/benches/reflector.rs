@@ -86,20 +86,8 @@ fn start(daemon: &str, ns: &Netns, n: u32) -> Running {
                     client_addr(i)
                 );
             }
-            let path = dir.path().join("bgpd.toml");
-            std::fs::write(&path, conf).expect("config");
-            let child = ns
-                .command(&[
-                    env!("CARGO_BIN_EXE_brindle-bgpd"),
-                    "--config",
-                    &path.display().to_string(),
-                    "--log",
-                    "warn",
-                ])
-                .stdin(Stdio::null())
-                .spawn()
-                .expect("brindle-bgpd");
-            Running::Brindle(ChildGuard(child), dir)
+            let child = loadgen::spawn_bgpd(ns, &dir, &conf, env!("CARGO_BIN_EXE_brindle-bgpd"));
+            Running::Brindle(child, dir)
         }
         "bird" => {
             let mut conf = format!(

@@ -1,14 +1,17 @@
-//! Brindle's BGP-4 library, pure protocol so far: the message codec ([`codec`]), the sans-IO
-//! session state machine ([`fsm`]), the RIB and its decision process ([`rib`]), per-peer
-//! Adj-RIB-Out ([`adj_out`]) and route policy ([`policy`]). The tokio speaker driver and the
-//! kernel route sync (protocol 12, `proto bird`) come next. It must not touch the datastore:
-//! the node agent feeds it peers and prefixes through its API.
+//! Brindle's BGP-4 library: the message codec ([`codec`]), the sans-IO session state
+//! machine ([`fsm`]), the RIB and its decision process ([`rib`]), per-peer Adj-RIB-Out
+//! ([`adj_out`]), route policy ([`policy`]), the kernel route sync (protocol 12,
+//! `proto bird`, [`kernel`]), the tokio speaker that drives them over TCP ([`speaker`]) and
+//! `brindle-bgpd`'s configuration ([`config`]). It never touches the datastore: the node
+//! agent feeds it peers and prefixes through the [`speaker::Speaker`] handle.
+//!
+//! `unsafe` is denied everywhere but in `speaker/md5.rs`, the one `setsockopt(TCP_MD5SIG)`.
 //!
 //! Partial: decoding uses nom for OPEN and NLRI, attributes are bounds-checked slice code
 //! (fuzzed); NOTIFICATION 2/7 (unsupported capability) is never sent; an attribute that
 //! overruns the attribute field resets the session. Missing: RFC 9072 extended optional
 //! parameters, confederation rules (segments are parsed and kept), NEXT_HOP semantic checks,
-//! the IGP-cost step of the decision process.
+//! the IGP-cost step of the decision process, RFC 8538, BFD.
 #![deny(unsafe_code)]
 
 pub mod adj_out;

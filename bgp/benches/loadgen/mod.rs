@@ -268,3 +268,27 @@ pub fn usage(pid: u32) -> (u64, f64) {
     let hz = 100.0; // USER_HZ on Linux
     (kb * 1024, (ticks(11) + ticks(12)) as f64 / hz)
 }
+
+/// Starts `brindle-bgpd` (the benchmark's build, `bin`) in `ns` with `conf` written to `dir`,
+/// logging warnings only.
+pub fn spawn_bgpd(
+    ns: &brindle_testsupport::Netns,
+    dir: &tempfile::TempDir,
+    conf: &str,
+    bin: &str,
+) -> brindle_testsupport::ChildGuard {
+    let path = dir.path().join("bgpd.toml");
+    std::fs::write(&path, conf).expect("config");
+    let child = ns
+        .command(&[
+            bin,
+            "--config",
+            &path.display().to_string(),
+            "--log",
+            "warn",
+        ])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("brindle-bgpd");
+    brindle_testsupport::ChildGuard(child)
+}

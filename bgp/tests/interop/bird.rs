@@ -1,8 +1,6 @@
 //! BIRD 2 as the peer.
 
-use std::time::Duration;
-
-use brindle_testsupport::daemons::{wait_for, Bird};
+use brindle_testsupport::daemons::Bird;
 
 use crate::common::bgpd::Bgpd;
 use crate::*;
@@ -42,21 +40,6 @@ protocol bgp b6 from t {{
 "#,
         direct = if asn == BRINDLE_AS { "direct;" } else { "" }
     )
-}
-
-fn bird_route(bird: &Bird, prefix: &str, wants: &[&str]) {
-    let mut last = String::new();
-    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(
-            &format!("{prefix} in BIRD"),
-            Duration::from_secs(30),
-            || {
-                last = bird.birdc(&["show", "route", "all", prefix]);
-                wants.iter().all(|w| last.contains(w)).then_some(())
-            },
-        )
-    }));
-    assert!(ok.is_ok(), "BIRD's {prefix}: want {wants:?} in:\n{last}");
 }
 
 #[test]
@@ -127,24 +110,10 @@ fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
         &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.64/26"], gr),
     );
     let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
-    b.wait_established("198.18.0.2");
-    let before = [
-        "10.245.0.0/26 via 198.18.0.2",
-        "10.245.0.64/26 via 198.18.0.2",
-        "blackhole 10.244.1.0/26",
-        "fd00:20::/122 via fd00:18::2",
-        "blackhole fd00:10::/122",
-    ];
-    wait_kernel(&p.brl, &before, &b);
+    wait_kernel(&p.brl, &GR_BEFORE, &b);
     // BIRD crashes: no NOTIFICATION, the TCP connection just closes.
     let dir = bird.kill();
-    wait_for("the session to go down", Duration::from_secs(30), || {
-        (b.peer("198.18.0.2").state != "Established").then_some(())
-    });
-    // Forwarding goes on: the kernel routes stay, the RIB marks them stale.
-    assert_eq!(kernel_routes(&p.brl), set(&before), "{}", b.log());
-    let r = b.route("10.245.0.0/26").expect("kept through the restart");
-    assert!(r.stale, "{r:?}");
+    check_kept_while_down(&p, &b);
     // BIRD comes back (recovering, -R) without 10.245.0.64/26 and with a new route.
     let _bird = Bird::start_in(
         &p.peer,
@@ -152,27 +121,10 @@ fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
         &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.128/26"], gr),
         &["-R"],
     );
-    b.wait_established("198.18.0.2");
-    wait_kernel(
-        &p.brl,
-        &[
-            "10.245.0.0/26 via 198.18.0.2",
-            "10.245.0.128/26 via 198.18.0.2",
-            "blackhole 10.244.1.0/26",
-            "fd00:20::/122 via fd00:18::2",
-            "blackhole fd00:10::/122",
-        ],
-        &b,
-    );
-    let r = b.route("10.245.0.0/26").expect("refreshed");
-    assert!(!r.stale, "{r:?}");
-    // The refresh came with End-of-RIB, which is what swept the stale routes (BIRD keeps
-    // forwarding state, so they were not dropped when the session came back).
+    check_swept_after_eor(&p, &b);
     let log = b.log();
     assert!(
-        log.contains(
-            "End-of-RIB after restart: stale routes swept peer=198.18.0.2 family=Ipv4 swept=1"
-        ),
+        log.contains("stale routes swept peer=198.18.0.2 family=Ipv4 swept=1"),
         "{log}"
     );
 }
@@ -189,18 +141,11 @@ fn brindle_restarts_gracefully_and_keeps_forwarding() {
         &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.64/26"], gr),
     );
     let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
-    let before = [
-        "10.245.0.0/26 via 198.18.0.2",
-        "10.245.0.64/26 via 198.18.0.2",
-        "blackhole 10.244.1.0/26",
-        "fd00:20::/122 via fd00:18::2",
-        "blackhole fd00:10::/122",
-    ];
-    wait_kernel(&p.brl, &before, &b);
+    wait_kernel(&p.brl, &GR_BEFORE, &b);
     bird_route(&bird, "10.244.1.0/26", &["BGP.next_hop: 198.18.0.1"]);
     let dir = b.terminate();
     // Stopped: our kernel routes are all still there, and BIRD keeps our route (stale).
-    assert_eq!(kernel_routes(&p.brl), set(&before));
+    assert_eq!(kernel_routes(&p.brl), set(&GR_BEFORE));
     bird_route(&bird, "10.244.1.0/26", &["BGP.next_hop: 198.18.0.1"]);
     // While we are down, BIRD drops one of its routes.
     bird.birdc(&["disable", "s4"]);

@@ -1,8 +1,6 @@
 //! GoBGP as the peer: routes are added and deleted through its CLI.
 
-use std::time::Duration;
-
-use brindle_testsupport::daemons::{wait_for, Gobgp};
+use brindle_testsupport::daemons::Gobgp;
 
 use crate::common::bgpd::Bgpd;
 use crate::*;
@@ -61,14 +59,8 @@ fn add_routes(g: &Gobgp, v4: &[&str]) {
 }
 
 fn gobgp_route(g: &Gobgp, family: &str, wants: &[&str]) {
-    let mut last = String::new();
-    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for("the route in GoBGP", Duration::from_secs(30), || {
-            last = g.gobgp(&["global", "rib", "-a", family]);
-            wants.iter().all(|w| last.contains(w)).then_some(())
-        })
-    }));
-    assert!(ok.is_ok(), "GoBGP {family}: want {wants:?} in:\n{last}");
+    let show = || g.gobgp(&["global", "rib", "-a", family]);
+    wait_output(&format!("GoBGP's {family} table"), show, wants);
 }
 
 #[test]
@@ -109,36 +101,11 @@ fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
     let g = Gobgp::start(&p.peer, &conf(PEER_AS, true));
     add_routes(&g, &["10.245.0.0/26", "10.245.0.64/26"]);
     let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
-    let before = [
-        "10.245.0.0/26 via 198.18.0.2",
-        "10.245.0.64/26 via 198.18.0.2",
-        "blackhole 10.244.1.0/26",
-        "fd00:20::/122 via fd00:18::2",
-        "blackhole fd00:10::/122",
-    ];
-    wait_kernel(&p.brl, &before, &b);
+    wait_kernel(&p.brl, &GR_BEFORE, &b);
     let dir = g.kill();
-    wait_for("the session to go down", Duration::from_secs(30), || {
-        (b.peer("198.18.0.2").state != "Established").then_some(())
-    });
-    assert_eq!(kernel_routes(&p.brl), set(&before), "{}", b.log());
-    assert!(b.route("10.245.0.64/26").expect("kept").stale);
+    check_kept_while_down(&p, &b);
+    // Back, restarting (-r), without 10.245.0.64/26 and with a new route.
     let g = Gobgp::start_in(&p.peer, dir, &conf(PEER_AS, true), &["-r"]);
     add_routes(&g, &["10.245.0.0/26", "10.245.0.128/26"]);
-    wait_kernel(
-        &p.brl,
-        &[
-            "10.245.0.0/26 via 198.18.0.2",
-            "10.245.0.128/26 via 198.18.0.2",
-            "blackhole 10.244.1.0/26",
-            "fd00:20::/122 via fd00:18::2",
-            "blackhole fd00:10::/122",
-        ],
-        &b,
-    );
-    let log = b.log();
-    assert!(
-        log.contains("End-of-RIB after restart: stale routes swept peer=198.18.0.2"),
-        "{log}"
-    );
+    check_swept_after_eor(&p, &b);
 }

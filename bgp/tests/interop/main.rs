@@ -18,7 +18,7 @@ mod reflector;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use brindle_testsupport::daemons::{link, wait_for};
+use brindle_testsupport::daemons::{link, wait_for, Bird};
 use brindle_testsupport::Netns;
 use common::bgpd::Bgpd;
 
@@ -97,19 +97,86 @@ pub fn set(v: &[&str]) -> BTreeSet<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
+/// Polls `show` until its output holds every one of `wants` (30 s); fails with the last
+/// output otherwise.
+pub fn wait_output(what: &str, mut show: impl FnMut() -> String, wants: &[&str]) {
+    let start = std::time::Instant::now();
+    loop {
+        let last = show();
+        if wants.iter().all(|w| last.contains(w)) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{what}: want {wants:?} in:\n{last}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for BIRD's `show route all <prefix>` to hold every one of `wants`.
+pub fn bird_route(bird: &Bird, prefix: &str, wants: &[&str]) {
+    let show = || bird.birdc(&["show", "route", "all", prefix]);
+    wait_output(&format!("BIRD's {prefix}"), show, wants);
+}
+
 pub fn wait_kernel(ns: &Netns, want: &[&str], b: &Bgpd) {
     let want = set(want);
-    let mut last = BTreeSet::new();
-    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for("kernel routes", Duration::from_secs(30), || {
-            last = kernel_routes(ns);
-            (last == want).then_some(())
-        })
-    }));
+    let start = std::time::Instant::now();
+    loop {
+        let have = kernel_routes(ns);
+        if have == want {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "kernel routes: want {want:?}, have {have:?}\n{}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Graceful-restart tests: kernel routes while the peer has 10.245.0.0/26 and
+/// 10.245.0.64/26 ...
+pub const GR_BEFORE: [&str; 5] = [
+    "10.245.0.0/26 via 198.18.0.2",
+    "10.245.0.64/26 via 198.18.0.2",
+    "blackhole 10.244.1.0/26",
+    "fd00:20::/122 via fd00:18::2",
+    "blackhole fd00:10::/122",
+];
+
+/// ... and after it came back with 10.245.0.0/26 and 10.245.0.128/26.
+pub const GR_AFTER: [&str; 5] = [
+    "10.245.0.0/26 via 198.18.0.2",
+    "10.245.0.128/26 via 198.18.0.2",
+    "blackhole 10.244.1.0/26",
+    "fd00:20::/122 via fd00:18::2",
+    "blackhole fd00:10::/122",
+];
+
+/// The peer was killed (no NOTIFICATION): the session goes down, forwarding goes on (the
+/// kernel routes stay) and the RIB marks the peer's routes stale.
+pub fn check_kept_while_down(p: &Pair, b: &Bgpd) {
+    wait_for("the session to go down", Duration::from_secs(30), || {
+        (b.peer("198.18.0.2").state != "Established").then_some(())
+    });
+    assert_eq!(kernel_routes(&p.brl), set(&GR_BEFORE), "{}", b.log());
+    let r = b.route("10.245.0.64/26").expect("kept through the restart");
+    assert!(r.stale, "{r:?}");
+}
+
+/// The peer is back: its new routes are in, and the one it no longer has was swept by its
+/// End-of-RIB (it kept forwarding state, so nothing was dropped when the session came up).
+pub fn check_swept_after_eor(p: &Pair, b: &Bgpd) {
+    wait_kernel(&p.brl, &GR_AFTER, b);
+    let r = b.route("10.245.0.0/26").expect("refreshed");
+    assert!(!r.stale, "{r:?}");
+    let log = b.log();
     assert!(
-        got.is_ok(),
-        "kernel routes: want {want:?}, have {last:?}\n{}",
-        b.log()
+        log.contains("End-of-RIB after restart: stale routes swept peer=198.18.0.2"),
+        "{log}"
     );
 }
 

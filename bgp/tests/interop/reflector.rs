@@ -8,7 +8,7 @@ use brindle_testsupport::daemons::{wait_for, Bird};
 use brindle_testsupport::Netns;
 
 use crate::common::bgpd::Bgpd;
-use crate::BRINDLE_AS;
+use crate::{bird_route, BRINDLE_AS};
 
 fn client(me: &str, route: &str) -> String {
     format!(
@@ -23,21 +23,6 @@ protocol bgp reflector {{
 }}
 "#
     )
-}
-
-fn bird_wants(bird: &Bird, prefix: &str, wants: &[&str]) {
-    let mut last = String::new();
-    let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_for(
-            &format!("{prefix} in BIRD"),
-            Duration::from_secs(30),
-            || {
-                last = bird.birdc(&["show", "route", "all", prefix]);
-                wants.iter().all(|w| last.contains(w)).then_some(())
-            },
-        )
-    }));
-    assert!(ok.is_ok(), "BIRD's {prefix}: want {wants:?} in:\n{last}");
 }
 
 #[test]
@@ -94,7 +79,7 @@ prefix = "10.244.1.0/26"
     let d = Bgpd::start(&rr, &conf);
     d.wait_established("198.18.0.2");
     d.wait_established("198.18.0.3");
-    bird_wants(
+    bird_route(
         &a,
         "10.245.3.0/26",
         &[
@@ -104,7 +89,7 @@ prefix = "10.244.1.0/26"
             "BGP.local_pref: 100",
         ],
     );
-    bird_wants(
+    bird_route(
         &b,
         "10.245.2.0/26",
         &[
