@@ -255,3 +255,14 @@ pub fn never_established(b: &Bgpd, addr: &str, secs: u64) {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// With the peer keyed "s3cret-md5": Brindle with that key exchanges routes; with another
+/// key, no session ever comes up (the kernel drops the unsigned or wrongly signed segments).
+pub fn check_md5(p: &Pair) {
+    let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, "password = \"s3cret-md5\""));
+    check_exchange(p, &b, &[PEER_AS]);
+    let dir = b.terminate();
+    let b = Bgpd::start_in(&p.brl, dir, &brindle_conf(PEER_AS, "password = \"wrong\""));
+    never_established(&b, "198.18.0.2", 8);
+    never_established(&b, "fd00:18::2", 1);
+}
