@@ -180,3 +180,84 @@ pub fn is_end_of_rib(u: &Update) -> Option<Afi> {
         Some(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::*;
+    use crate::codec::{decode, message_len, AsSegment, Origin};
+    use ipnetwork::IpNetwork;
+
+    fn messages(buf: &[u8], ctx: &Ctx) -> Vec<Update> {
+        let mut out = vec![];
+        let mut i = 0;
+        while i < buf.len() {
+            let n = message_len(&buf[i..]).expect("header");
+            assert!(n <= ctx.max_len(), "a {n}-octet message");
+            match decode(&buf[i..i + n], ctx).expect("decodes") {
+                Message::Update(u) => out.push(*u),
+                m => panic!("{m:?}"),
+            }
+            i += n;
+        }
+        out
+    }
+
+    #[test]
+    fn many_prefixes_fill_messages_within_the_size_and_decode_back() {
+        let a = Arc::new(Attributes {
+            origin: Some(Origin::Igp),
+            as_path: Some(vec![AsSegment::Sequence(vec![64512])]),
+            next_hop: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            ..Attributes::default()
+        });
+        let ads: Vec<Advert> = (0..3000u32)
+            .map(|i| Advert {
+                prefix: IpNetwork::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 8))), 24)
+                    .unwrap(),
+                path_id: None,
+                attrs: Some(a.clone()),
+            })
+            .chain((0..5u32).map(|i| Advert {
+                prefix: format!("fd00:{i}::/64").parse().unwrap(),
+                path_id: None,
+                attrs: None,
+            }))
+            .collect();
+        let ctx = Ctx {
+            four_octet_as: true,
+            ..Ctx::default()
+        };
+        let mut buf = BytesMut::new();
+        pack(&ads, &ctx, &mut buf);
+        let ups = messages(&buf, &ctx);
+        assert_eq!(
+            ups.len(),
+            4,
+            "3000 /24s in 3 messages, then one IPv6 withdraw"
+        );
+        let v4: Vec<_> = ups
+            .iter()
+            .flat_map(|u| u.nlri.iter().map(|n| n.prefix))
+            .collect();
+        assert_eq!(v4, ads[..3000].iter().map(|a| a.prefix).collect::<Vec<_>>());
+        assert!(ups[..3].iter().all(|u| u.attributes.next_hop == a.next_hop));
+        let w = ups[3].attributes.mp_unreach.as_ref().expect("MP_UNREACH");
+        assert_eq!(w.withdrawn.len(), 5);
+    }
+
+    #[test]
+    fn end_of_rib_markers_are_recognized_for_both_families() {
+        let ctx = Ctx::default();
+        for afi in [Afi::Ipv4, Afi::Ipv6] {
+            let mut buf = BytesMut::new();
+            end_of_rib(afi, &ctx, &mut buf);
+            let u = &messages(&buf, &ctx)[0];
+            assert_eq!(is_end_of_rib(u), Some(afi));
+        }
+        let mut u = Update::default();
+        u.attributes.med = Some(1);
+        assert_eq!(is_end_of_rib(&u), None, "attributes make it an UPDATE");
+    }
+}
