@@ -63,6 +63,15 @@ fn ebgp_with_4_octet_as_both_families_communities_and_withdraw() {
         "fd00:10::/122",
         &["BGP.as_path: 64512", "BGP.next_hop: fd00:18::1"],
     );
+    // Route refresh (RFC 2918): BIRD keeps no Adj-RIB-In, so `reload in` asks us for our
+    // routes again; we answer with the table and End-of-RIB, and BIRD still has them.
+    bird.birdc(&["reload", "in", "b4"]);
+    wait_output(
+        "Brindle's log",
+        || b.log(),
+        &["route refresh answered peer=198.18.0.2 family=Ipv4 routes=1"],
+    );
+    bird_route(&bird, "10.244.1.0/26", &["BGP.community: (64512,100)"]);
     bird.birdc(&["disable", "s4"]);
     bird.birdc(&["disable", "s6"]);
     check_withdrawn(&p, &b);
