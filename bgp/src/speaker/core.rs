@@ -90,8 +90,9 @@ pub struct Core {
     listener: Option<Arc<tokio::net::TcpListener>>,
     kernel: Option<mpsc::UnboundedSender<Op>>,
     encap: Vec<(IpNetwork, Encap)>,
-    /// We found our kernel routes from before a restart; cleared once converged.
-    restarting: bool,
+    /// We found our kernel routes from before a restart; cleared once converged (sessions
+    /// read it for their OPEN's restart bit).
+    restarting: Arc<std::sync::atomic::AtomicBool>,
     cache: ExportCache,
 }
 
@@ -157,7 +158,7 @@ impl Core {
             listener,
             kernel,
             encap,
-            restarting,
+            restarting: Arc::new(std::sync::atomic::AtomicBool::new(restarting)),
             cache: ExportCache::default(),
         })
     }
@@ -212,6 +213,10 @@ impl Core {
         }
     }
 
+    fn is_restarting(&self) -> bool {
+        self.restarting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn capabilities(&self, p: &PeerConfig) -> Vec<Capability> {
         let mut caps = vec![];
         let families: Vec<Afi> = [(p.ipv4, Afi::Ipv4), (p.ipv6, Afi::Ipv6)]
@@ -230,7 +235,7 @@ impl Core {
         if self.cfg.graceful_restart.enabled && p.graceful_restart {
             let forwarding = self.kernel.is_some();
             caps.push(Capability::GracefulRestart {
-                restarting: self.restarting,
+                restarting: self.is_restarting(),
                 time: self.cfg.graceful_restart.restart_time.min(4095),
                 families: families
                     .iter()
@@ -269,6 +274,7 @@ impl Core {
         let inflight = Arc::new(Inflight::default());
         let task = SessionTask {
             id,
+            restarting: self.restarting.clone(),
             inflight: inflight.clone(),
             fsm_cfg: fsm::Config {
                 local_as: self.cfg.local_as,
@@ -463,6 +469,9 @@ impl Core {
             restart_time: gr.map(|g| g.0),
         };
         let mut sweep = vec![];
+        // A new session: the restart timer armed when the last one went down no longer
+        // applies (the stale timer below takes over).
+        p.epoch += 1;
         if p.stale != [false; 2] {
             if keep_stale {
                 let (tx, epoch) = (self.internal_tx.clone(), p.epoch);
@@ -553,8 +562,9 @@ impl Core {
     }
 
     fn converged(&mut self) {
-        if self.restarting {
-            self.restarting = false;
+        if self.is_restarting() {
+            self.restarting
+                .store(false, std::sync::atomic::Ordering::Relaxed);
             if let Some(k) = &self.kernel {
                 let _ = k.send(Op::Converged);
             }
@@ -614,7 +624,7 @@ impl Core {
             };
             p.eor = true;
             self.propagate(&ch);
-            if self.restarting && self.peers.values().all(|p| p.eor) {
+            if self.is_restarting() && self.peers.values().all(|p| p.eor) {
                 self.converged();
             }
             return;

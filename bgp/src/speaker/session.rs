@@ -130,6 +130,8 @@ type Connecting = Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send
 
 pub struct SessionTask {
     pub id: PeerId,
+    /// We are a restarting speaker that has not converged yet (shared with the core).
+    pub restarting: Arc<std::sync::atomic::AtomicBool>,
     pub inflight: Arc<Inflight>,
     pub cfg: PeerConfig,
     pub fsm_cfg: fsm::Config,
@@ -233,7 +235,7 @@ impl SessionTask {
             closing: None,
         };
         let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
-        self.process(&mut run, Input::ManualStart);
+        self.restart(&mut run, self.fsm_cfg.clone());
         loop {
             let next_timer = run
                 .timers
@@ -293,7 +295,14 @@ impl SessionTask {
         }
     }
 
-    fn restart(&self, run: &mut Run, cfg: fsm::Config) {
+    fn restart(&self, run: &mut Run, mut cfg: fsm::Config) {
+        // The restart bit (RFC 4724 §3) holds only until the speaker has converged.
+        let now = self.restarting.load(Ordering::Relaxed);
+        for c in &mut cfg.capabilities {
+            if let Capability::GracefulRestart { restarting, .. } = c {
+                *restarting = now;
+            }
+        }
         run.fsm = fsm::Session::new(cfg);
         run.timers.clear();
         run.established = false;

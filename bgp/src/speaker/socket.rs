@@ -32,6 +32,8 @@ pub fn ttl(p: &PeerConfig, local_as: u32) -> u32 {
 
 pub fn set_ttl(s: SockRef<'_>, v6: bool, ttl: u32) -> io::Result<()> {
     if v6 {
+        // A dual-stack socket may carry IPv4 (mapped) traffic too: that takes IP_TTL.
+        let _ = s.set_ttl_v4(ttl);
         s.set_unicast_hops_v6(ttl)
     } else {
         s.set_ttl_v4(ttl)
