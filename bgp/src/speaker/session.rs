@@ -268,7 +268,7 @@ impl SessionTask {
                     Ok(0) | Err(_) => self.process(&mut run, Input::TcpFails),
                     Ok(_) => self.drain(&mut run),
                 },
-                r = async { run.connecting.as_mut().expect("guarded").await }, if run.connecting.is_some() => {
+                r = connecting(&mut run.connecting), if run.connecting.is_some() => {
                     run.connecting = None;
                     match r {
                         Ok(s) => {
@@ -571,6 +571,13 @@ async fn read(conn: Option<&mut Conn>) -> std::io::Result<usize> {
             }
             Ok(n)
         }
+        None => std::future::pending().await,
+    }
+}
+
+async fn connecting(c: &mut Option<Connecting>) -> std::io::Result<TcpStream> {
+    match c {
+        Some(f) => f.await,
         None => std::future::pending().await,
     }
 }
