@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use brindle_bgp::codec::{
-    self, AsSegment, Attributes, Capability, Ctx, Message, Nlri, Open, Origin, Update, HEADER_LEN,
+    self, AsSegment, Attributes, Capability, Ctx, Message, Nlri, Open, Origin, Update,
 };
 use bytes::{Bytes, BytesMut};
 use ipnetwork::IpNetwork;
@@ -40,13 +40,9 @@ pub struct Conn {
 /// Reads one whole message.
 pub async fn read_msg(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<Message> {
     loop {
-        if let Some(n) = codec::message_len(buf) {
-            let n = n.max(HEADER_LEN);
-            if buf.len() >= n {
-                let m = buf.split_to(n);
-                return codec::decode(&m, &ctx())
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
-            }
+        if let Some(m) = codec::next_message(buf) {
+            return codec::decode(&m, &ctx())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
         }
         if r.read_buf(buf).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());

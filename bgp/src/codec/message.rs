@@ -86,6 +86,14 @@ pub fn message_len(buf: &[u8]) -> Option<usize> {
     (buf.len() >= HEADER_LEN).then(|| usize::from(u16::from_be_bytes([buf[16], buf[17]])))
 }
 
+/// Framing for a stream: takes the first whole message (header included) off `buf` once it
+/// is all there. A header claiming fewer than 19 octets yields the bare header, for
+/// [`decode`] to refuse.
+pub fn next_message(buf: &mut BytesMut) -> Option<BytesMut> {
+    let n = message_len(buf)?.max(HEADER_LEN);
+    (buf.len() >= n).then(|| buf.split_to(n))
+}
+
 /// Decodes one whole message (header included; `msg.len()` from [`message_len`]).
 pub fn decode(msg: &[u8], ctx: &Ctx) -> Result<Message, DecodeError> {
     if msg.len() < HEADER_LEN {

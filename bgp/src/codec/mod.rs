@@ -1,6 +1,6 @@
 //! BGP messages: decoding with `nom`, encoding with `bytes`. No sockets, no clocks.
 //!
-//! Framing is separate from decoding ([`message_len`]), and decoding takes the [`Ctx`] the
+//! Framing is separate from decoding ([`message_len`], [`next_message`]), and decoding takes the [`Ctx`] the
 //! session negotiated (4-octet AS, add-path, extended messages). Errors map one-to-one to a
 //! NOTIFICATION code/subcode ([`DecodeError::notification`]); RFC 7606's revised handling
 //! of UPDATE attribute errors is its own outcome ([`Treatment`]), recorded on the
@@ -19,7 +19,9 @@ pub use attribute::{
 };
 pub use capability::{AddPathMode, Capability, GrFamily};
 pub use error::{AttrError, DecodeError, Treatment};
-pub use message::{decode, encode, message_len, Message, Notification, RouteRefresh, HEADER_LEN};
+pub use message::{
+    decode, encode, message_len, next_message, Message, Notification, RouteRefresh, HEADER_LEN,
+};
 pub use open::Open;
 pub(crate) use update::encode_nlri;
 pub use update::{Nlri, Update};

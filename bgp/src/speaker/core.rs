@@ -70,7 +70,6 @@ struct Peer {
     stale: [bool; 2],
     /// Bumped on every session change, so old timers know they are old.
     epoch: u64,
-    restart_time: Option<u16>,
     /// End-of-RIB seen since the session came up.
     eor: bool,
 }
@@ -309,7 +308,6 @@ impl Core {
                 rejected: HashSet::new(),
                 stale: [false; 2],
                 epoch: 0,
-                restart_time: None,
                 eor: false,
             },
         );
@@ -372,7 +370,18 @@ impl Core {
         self.propagate(&ch);
     }
 
-    fn event(&mut self, e: Event) {
+    /// One session event. UPDATEs are imported into `pending` (exported by the caller, in
+    /// batches); anything else first sends out what is pending, so order is kept.
+    fn event(&mut self, e: Event, pending: &mut Vec<Change>) {
+        if let Event::Update { peer, update } = e {
+            self.update(peer, *update, pending);
+            if let Some(p) = self.peers.get(&peer) {
+                p.inflight.done();
+            }
+            return;
+        }
+        self.propagate(pending);
+        pending.clear();
         match e {
             Event::State { peer, state } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
@@ -392,14 +401,7 @@ impl Core {
                 reason,
                 keep_routes,
             } => self.down(peer, reason, keep_routes),
-            Event::Update { peer, update } => {
-                let mut changes = vec![];
-                self.update(peer, *update, &mut changes);
-                self.propagate(&changes);
-                if let Some(p) = self.peers.get(&peer) {
-                    p.inflight.done();
-                }
-            }
+            Event::Update { .. } => {} // imported above
             Event::Refresh { peer, rr } => self.refresh(peer, rr.afi),
         }
     }
@@ -451,7 +453,6 @@ impl Core {
         p.router_id = Some(neg.peer_id);
         p.last_error = None;
         p.eor = false;
-        p.restart_time = gr.as_ref().map(|g| g.0);
         let up = Up {
             settings: ExportSettings {
                 peer: info,
@@ -579,19 +580,7 @@ impl Core {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(e) = next.take() {
-            match e {
-                Event::Update { peer, update } => {
-                    self.update(peer, *update, &mut pending);
-                    if let Some(p) = self.peers.get(&peer) {
-                        p.inflight.done();
-                    }
-                }
-                other => {
-                    self.propagate(&pending);
-                    pending.clear();
-                    self.event(other);
-                }
-            }
+            self.event(e, &mut pending);
             n += 1;
             if n < 256 && pending.len() < 4096 {
                 next = self.events.try_recv().ok();
@@ -749,10 +738,8 @@ impl Core {
         for c in changes {
             for p in self.peers.values() {
                 let Some(up) = &p.up else { continue };
-                let view = up_view(up);
-                let to = &up.settings.peer;
                 let mut export =
-                    |path: &Path| export_one(&self.rib, &p.cfg, view, to, &c.prefix, path, cache);
+                    |path: &Path| export_one(&self.rib, &p.cfg, up, &c.prefix, path, cache);
                 let w = Want::of(c, up.settings.add_path, &mut export);
                 // Nothing for this peer now: a withdraw only if it had the previous best
                 // (the writer would drop it otherwise, but why queue it).
@@ -1042,36 +1029,17 @@ impl Hasher for FxHasher {
     }
 }
 
-#[derive(Clone, Copy)]
-struct UpView {
-    ebgp: bool,
-    v4: bool,
-    v6: bool,
-    nh4: Option<Ipv4Addr>,
-    nh6: Option<Ipv6Addr>,
-}
-
-fn up_view(u: &Up) -> UpView {
-    UpView {
-        ebgp: u.ebgp,
-        v4: u.v4,
-        v6: u.v6,
-        nh4: u.nh4,
-        nh6: u.nh6,
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
+/// What `path` exports as to the established peer `up` (None: not sent), shared through
+/// the cache when the peer's export policy is empty.
 fn export_one(
     rib: &Rib,
     pc: &PeerConfig,
-    up: UpView,
-    to: &PeerInfo,
+    up: &Up,
     prefix: &IpNetwork,
     path: &Path,
     cache: &mut ExportCache,
 ) -> Option<Arc<Attributes>> {
-    if path.peer == to.id {
+    if path.peer == up.settings.peer.id {
         return None; // never back to where it came from
     }
     let key = MemoKey {
@@ -1087,25 +1055,24 @@ fn export_one(
         v6: up.v6,
     };
     if !pc.export.terms.is_empty() {
-        return export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new);
+        return export_attrs(rib, pc, up, prefix, path).map(Arc::new);
     }
     cache.get_or(key, &path.attrs, || {
-        export_attrs(rib, pc, &up, prefix, path, to).map(Arc::new)
+        export_attrs(rib, pc, up, prefix, path).map(Arc::new)
     })
 }
 
 fn export_attrs(
     rib: &Rib,
     pc: &PeerConfig,
-    up: &UpView,
+    up: &Up,
     prefix: &IpNetwork,
     path: &Path,
-    to: &PeerInfo,
 ) -> Option<Attributes> {
     if (prefix.is_ipv4() && !up.v4) || (prefix.is_ipv6() && !up.v6) {
         return None;
     }
-    let mut a = rib.export(path, to)?;
+    let mut a = rib.export(path, &up.settings.peer)?;
     let rewrite = up.ebgp || pc.next_hop_self || path.peer == LOCAL;
     if prefix.is_ipv4() {
         if rewrite || a.next_hop.is_none() {
@@ -1142,11 +1109,9 @@ fn export_all(
     up: &Up,
     all: impl Iterator<Item = Change>,
 ) -> Vec<Want> {
-    let view = up_view(up);
-    let to = &up.settings.peer;
     all.map(|c| {
         Want::of(&c, up.settings.add_path, |path| {
-            export_one(rib, pc, view, to, &c.prefix, path, cache)
+            export_one(rib, pc, up, &c.prefix, path, cache)
         })
     })
     .filter(|w| !w.paths.is_empty())

@@ -186,21 +186,20 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     use super::*;
-    use crate::codec::{decode, message_len, AsSegment, Origin};
+    use crate::codec::{decode, next_message, AsSegment, Origin};
     use ipnetwork::IpNetwork;
 
-    fn messages(buf: &[u8], ctx: &Ctx) -> Vec<Update> {
+    fn messages(buf: &BytesMut, ctx: &Ctx) -> Vec<Update> {
+        let mut rest = buf.clone();
         let mut out = vec![];
-        let mut i = 0;
-        while i < buf.len() {
-            let n = message_len(&buf[i..]).expect("header");
-            assert!(n <= ctx.max_len(), "a {n}-octet message");
-            match decode(&buf[i..i + n], ctx).expect("decodes") {
+        while let Some(m) = next_message(&mut rest) {
+            assert!(m.len() <= ctx.max_len(), "a {}-octet message", m.len());
+            match decode(&m, ctx).expect("decodes") {
                 Message::Update(u) => out.push(*u),
                 m => panic!("{m:?}"),
             }
-            i += n;
         }
+        assert!(rest.is_empty(), "a partial message at the end");
         out
     }
 

@@ -23,9 +23,7 @@ use super::pack::{end_of_rib, pack};
 use super::socket;
 use super::PeerConfig;
 use crate::adj_out::{Sent, Want};
-use crate::codec::{
-    self, Afi, Capability, Ctx, Message, Notification, Open, RouteRefresh, Update, HEADER_LEN,
-};
+use crate::codec::{self, Afi, Capability, Ctx, Message, Notification, Open, RouteRefresh, Update};
 use crate::fsm::{self, collision_keeps_incoming, Input, Negotiated, Output, State, Timer};
 use crate::rib::PeerId;
 
@@ -108,7 +106,8 @@ pub enum SessionCmd {
     },
 }
 
-/// An incoming connection whose first message (the peer's OPEN) has been read.
+/// An incoming connection whose first message (the peer's OPEN) has been read and decoded;
+/// `buf` holds whatever came after it.
 struct Pending {
     stream: TcpStream,
     buf: BytesMut,
@@ -146,14 +145,11 @@ async fn read_open(mut stream: TcpStream) -> Option<Pending> {
     let mut buf = BytesMut::with_capacity(4096);
     let read = async {
         loop {
-            if let Some(n) = codec::message_len(&buf) {
-                let n = n.max(HEADER_LEN);
-                if buf.len() >= n {
-                    return match codec::decode(&buf[..n], &Ctx::default()) {
-                        Ok(Message::Open(o)) => Some(o),
-                        _ => None,
-                    };
-                }
+            if let Some(m) = codec::next_message(&mut buf) {
+                return match codec::decode(&m, &Ctx::default()) {
+                    Ok(Message::Open(o)) => Some(o),
+                    _ => None,
+                };
             }
             if stream.read_buf(&mut buf).await.ok()? == 0 {
                 return None;
@@ -370,6 +366,7 @@ impl SessionTask {
         self.restart(run, cfg);
         self.attach(run, p.stream, p.buf);
         self.process(run, Input::TcpConnected);
+        self.process(run, Input::Message(Message::Open(p.open)));
         self.drain(run);
     }
 
@@ -379,15 +376,9 @@ impl SessionTask {
             let Some(conn) = run.conn.as_mut() else {
                 return;
             };
-            let Some(n) = codec::message_len(&conn.buf) else {
+            let Some(msg) = codec::next_message(&mut conn.buf) else {
                 return;
             };
-            let n = n.max(HEADER_LEN);
-            if conn.buf.len() < n {
-                conn.buf.reserve(n - conn.buf.len());
-                return;
-            }
-            let msg = conn.buf.split_to(n);
             let input = match codec::decode(&msg, &run.rx_ctx) {
                 Ok(m) => Input::Message(m),
                 Err(e) => Input::DecodeError(e),
