@@ -224,18 +224,7 @@ fn main() {
     let dut = Netns::new("brl-bench-dut");
     let f = std::fs::File::open(gen.path()).expect("netns");
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
-    ip(&[
-        "link",
-        "add",
-        "v0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "v0",
-        "netns",
-        dut.name(),
-    ]);
+    gen.veth("v0", &dut, "v0");
     ip(&["addr", "add", &format!("{INJ}/24"), "dev", "v0"]);
     ip(&["addr", "add", &format!("{MON}/24"), "dev", "v0"]);
     ip(&["link", "set", "v0", "up"]);

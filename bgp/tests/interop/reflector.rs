@@ -35,19 +35,7 @@ fn two_bird_clients_learn_each_other_through_the_reflector() {
     for (i, addr) in ["198.18.0.2", "198.18.0.3"].iter().enumerate() {
         let ns = Netns::new("brlcl");
         let port = format!("p{i}");
-        rr.ok(&[
-            "ip",
-            "link",
-            "add",
-            &port,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "v0",
-            "netns",
-            ns.name(),
-        ]);
+        rr.veth(&port, &ns, "v0");
         rr.ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
         ns.ok(&["ip", "addr", "add", &format!("{addr}/24"), "dev", "v0"]);
         ns.ok(&["ip", "link", "set", "v0", "up"]);

@@ -317,19 +317,7 @@ impl Frr {
 /// Two namespaces joined by a veth pair `v0`, with `a`/`b` as IPv4 /24 and IPv6 /64
 /// addresses (DAD off, so they are usable at once).
 pub fn link(x: &Netns, y: &Netns, a: (&str, &str), b: (&str, &str)) {
-    x.ok(&[
-        "ip",
-        "link",
-        "add",
-        "v0",
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "v0",
-        "netns",
-        y.name(),
-    ]);
+    x.veth("v0", y, "v0");
     for (ns, (v4, v6)) in [(x, a), (y, b)] {
         ns.ok(&["ip", "addr", "add", &format!("{v4}/24"), "dev", "v0"]);
         ns.ok(&[

@@ -78,6 +78,23 @@ impl Netns {
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("ip -j {args:?}: {e}: {out}"))
     }
 
+    /// A veth pair: `name` here, `peer_name` in `peer` (both left down).
+    pub fn veth(&self, name: &str, peer: &Netns, peer_name: &str) {
+        self.ok(&[
+            "ip",
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer_name,
+            "netns",
+            peer.name(),
+        ]);
+    }
+
     /// Starts a long-running command inside; the guard kills it (by PID) when dropped.
     pub fn spawn(&self, cmd: &[&str]) -> ChildGuard {
         let child = self

@@ -75,19 +75,7 @@ impl Fixture {
             .unwrap();
         let node = Netns::new("brl-node");
         let fabric = Netns::new("brl-fab");
-        node.ok(&[
-            "ip",
-            "link",
-            "add",
-            "up0",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "fab0",
-            "netns",
-            fabric.name(),
-        ]);
+        node.veth("up0", &fabric, "fab0");
         node.ok(&["ip", "addr", "add", &format!("{NODE_IP}/24"), "dev", "up0"]);
         node.ok(&["ip", "link", "set", "up0", "up"]);
         fabric.ok(&["ip", "addr", "add", "198.18.0.254/24", "dev", "fab0"]);
