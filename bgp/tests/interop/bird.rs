@@ -105,16 +105,24 @@ fn md5_password_right_and_wrong() {
     check_md5(&p);
 }
 
-#[test]
-fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
-    let p = pair();
-    let gr = "graceful restart on; graceful restart time 60;";
+const GR: &str = "graceful restart on; graceful restart time 60;";
+
+/// BIRD with graceful restart and 10.245.0.0/26 + 10.245.0.64/26, Brindle with them in its
+/// kernel.
+fn start_with_graceful_restart(p: &Pair) -> (Bird, Bgpd) {
     let bird = Bird::start(
         &p.peer,
-        &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.64/26"], gr),
+        &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.64/26"], GR),
     );
     let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
     wait_kernel(&p.brl, &GR_BEFORE, &b);
+    (bird, b)
+}
+
+#[test]
+fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
+    let p = pair();
+    let (bird, b) = start_with_graceful_restart(&p);
     // BIRD crashes: no NOTIFICATION, the TCP connection just closes.
     let dir = bird.kill();
     check_kept_while_down(&p, &b);
@@ -122,7 +130,7 @@ fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
     let _bird = Bird::start_in(
         &p.peer,
         dir,
-        &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.128/26"], gr),
+        &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.128/26"], GR),
         &["-R"],
     );
     check_swept_after_eor(&p, &b);
@@ -139,13 +147,7 @@ fn graceful_restart_keeps_routes_then_sweeps_after_end_of_rib() {
 #[test]
 fn brindle_restarts_gracefully_and_keeps_forwarding() {
     let p = pair();
-    let gr = "graceful restart on; graceful restart time 60;";
-    let bird = Bird::start(
-        &p.peer,
-        &conf(PEER_AS, &["10.245.0.0/26", "10.245.0.64/26"], gr),
-    );
-    let b = Bgpd::start(&p.brl, &brindle_conf(PEER_AS, ""));
-    wait_kernel(&p.brl, &GR_BEFORE, &b);
+    let (bird, b) = start_with_graceful_restart(&p);
     bird_route(&bird, "10.244.1.0/26", &["BGP.next_hop: 198.18.0.1"]);
     let dir = b.terminate();
     // Stopped: our kernel routes are all still there, and BIRD keeps our route (stale).
@@ -155,7 +157,7 @@ fn brindle_restarts_gracefully_and_keeps_forwarding() {
     bird.birdc(&["disable", "s4"]);
     std::fs::write(
         bird.dir.path().join("bird.conf"),
-        conf(PEER_AS, &["10.245.0.0/26"], gr),
+        conf(PEER_AS, &["10.245.0.0/26"], GR),
     )
     .expect("bird.conf");
     bird.birdc(&["configure"]);
