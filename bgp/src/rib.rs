@@ -421,6 +421,12 @@ impl Rib {
         self.peers.get(&peer)
     }
 
+    /// One prefix's best path and multipath set, as a change (for redoing its kernel route).
+    pub fn current(&self, prefix: &IpNetwork) -> Option<Change> {
+        let e = self.table.get(prefix)?;
+        Some(e.change(*prefix, &self.decider(), None))
+    }
+
     /// Every prefix with its best path and multipath set, in prefix order.
     pub fn iter(&self) -> impl Iterator<Item = Change> + '_ {
         let d = self.decider();

@@ -363,7 +363,7 @@ impl Core {
         let ch: Vec<Change> = self.rib.insert(prefix, path).into_iter().collect();
         // A changed blackhole flag alone does not move the best path: redo the kernel.
         if ch.is_empty() {
-            if let Some(c) = self.rib.iter().find(|c| c.prefix == prefix) {
+            if let Some(c) = self.rib.current(&prefix) {
                 self.kernel_changes(&[c]);
             }
         }
