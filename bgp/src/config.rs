@@ -518,7 +518,7 @@ pub fn parse(file: &str, text: &str) -> Result<DaemonConfig, ConfigError> {
             for (i, e) in k.encap.into_iter().enumerate() {
                 let key = format!("kernel.encap[{i}].prefix");
                 let p = prefix(&c, &key, &e.prefix)?;
-                if e.mode == Encap::Ipip && p.is_ipv6() {
+                if e.mode != Encap::None && p.is_ipv6() {
                     return Err(c.err(format!("kernel.encap[{i}].mode"), "IPIP carries IPv4 only"));
                 }
                 encap.push((p, e.mode));
@@ -526,6 +526,8 @@ pub fn parse(file: &str, text: &str) -> Result<DaemonConfig, ConfigError> {
             Some(KernelConfig {
                 metric: k.metric,
                 encap,
+                // bgpd knows no subnets of its own: CrossSubnet is IPIP everywhere there.
+                direct_subnets: vec![],
             })
         }
         _ => None,

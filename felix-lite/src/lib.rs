@@ -1,5 +1,26 @@
-//! Brindle's node dataplane (not written yet; see the dataplane issues).
+//! Brindle's node dataplane: the pieces of the kernel a node agent owns besides BGP routes.
 //!
-//! It will own tunl0, NAT outgoing, routes to local pods and the iptables rules that make
-//! Service virtual IPs reach their pods. It must not talk BGP or allocate addresses.
+//! - [`tunnel`]: the `tunl0` IPIP device, its MTU and its one /32 tunnel address;
+//! - [`workloads`]: the `/32 dev <veth> scope link` routes to local pods, repaired when missing.
+//!
+//! Service DNAT and NAT outgoing (iptables) come with the Services issue. This crate must not
+//! talk BGP or allocate addresses: callers hand it the desired state as plain data.
 #![forbid(unsafe_code)]
+
+pub mod tunnel;
+pub mod workloads;
+
+/// Errno values the dataplane tells apart.
+pub(crate) fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// The index of the link with this name, if there is one.
+pub(crate) async fn link_index(handle: &rtnetlink::Handle, name: &str) -> Option<u32> {
+    use futures::TryStreamExt;
+    let mut s = handle.link().get().match_name(name.to_string()).execute();
+    s.try_next().await.ok()?.map(|l| l.header.index)
+}

@@ -87,8 +87,11 @@ pub struct Core {
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal: mpsc::UnboundedReceiver<Internal>,
     listener: Option<Arc<tokio::net::TcpListener>>,
+    /// Holds the listener too: aborted on shutdown so the port is free for a new speaker.
+    accept_task: Option<tokio::task::JoinHandle<()>>,
     kernel: Option<mpsc::UnboundedSender<Op>>,
     encap: Vec<(IpNetwork, Encap)>,
+    direct_subnets: Vec<IpNetwork>,
     /// We found our kernel routes from before a restart; cleared once converged (sessions
     /// read it for their OPEN's restart bit).
     restarting: Arc<std::sync::atomic::AtomicBool>,
@@ -111,16 +114,16 @@ impl Core {
         let (internal_tx, internal) = mpsc::unbounded_channel();
         let mut rib = Rib::new(cfg.local_as, cfg.router_id);
         rib.cluster_id = cfg.cluster_id;
-        let listener = match cfg.listen {
+        let (listener, accept_task) = match cfg.listen {
             Some(addr) => {
                 let l = Arc::new(
                     socket::listen(addr).map_err(|source| SpeakerError::Listen { addr, source })?,
                 );
-                tokio::spawn(accept_loop(l.clone(), internal_tx.clone()));
+                let task = tokio::spawn(accept_loop(l.clone(), internal_tx.clone()));
                 info!(%addr, "listening for BGP connections");
-                Some(l)
+                (Some(l), Some(task))
             }
-            None => None,
+            None => (None, None),
         };
         let (kernel, restarting) = match &cfg.kernel {
             Some(k) => {
@@ -129,10 +132,10 @@ impl Core {
             }
             None => (None, false),
         };
-        let encap = cfg
+        let (encap, direct_subnets) = cfg
             .kernel
             .as_ref()
-            .map(|k| k.encap.clone())
+            .map(|k| (k.encap.clone(), k.direct_subnets.clone()))
             .unwrap_or_default();
         if restarting {
             let tx = internal_tx.clone();
@@ -155,8 +158,10 @@ impl Core {
             internal_tx,
             internal,
             listener,
+            accept_task,
             kernel,
             encap,
+            direct_subnets,
             restarting: Arc::new(std::sync::atomic::AtomicBool::new(restarting)),
             cache: ExportCache::default(),
         })
@@ -199,6 +204,11 @@ impl Core {
             }
             Command::SetEncap(rules) => {
                 self.encap = rules;
+                let all: Vec<Change> = self.rib.iter().collect();
+                self.kernel_changes(&all);
+            }
+            Command::SetDirectSubnets(subnets) => {
+                self.direct_subnets = subnets;
                 let all: Vec<Change> = self.rib.iter().collect();
                 self.kernel_changes(&all);
             }
@@ -784,12 +794,21 @@ impl Core {
                         .iter()
                         .filter(|p| p.peer != LOCAL)
                         .filter_map(|p| next_hop(&p.attrs))
-                        .map(|nh| (nh, encap))
+                        .map(|nh| (nh, self.resolve_encap(encap, nh)))
                         .collect();
                     (!hops.is_empty()).then_some(Route::Via(hops))
                 }
             };
             let _ = k.send(Op::Set(c.prefix, want));
+        }
+    }
+
+    /// CrossSubnet becomes direct for a next hop on one of our own subnets, IPIP otherwise.
+    fn resolve_encap(&self, encap: Encap, nh: IpAddr) -> Encap {
+        match encap {
+            Encap::CrossSubnet if self.direct_subnets.iter().any(|s| s.contains(nh)) => Encap::None,
+            Encap::CrossSubnet => Encap::Ipip,
+            e => e,
         }
     }
 
@@ -862,6 +881,10 @@ impl Core {
 
     async fn shutdown(&mut self, graceful: bool) {
         info!(graceful, "shutting down");
+        if let Some(t) = self.accept_task.take() {
+            t.abort();
+        }
+        self.listener = None;
         // Drop our writer handles first so each session's writer can finish and close.
         let mut waits = vec![];
         for p in self.peers.values_mut() {

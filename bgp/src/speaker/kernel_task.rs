@@ -175,7 +175,8 @@ fn target(w: Route, tunl0: Option<u32>) -> Target {
                         ifindex: tunl0,
                         onlink: true,
                     },
-                    Encap::None => NextHop {
+                    // CrossSubnet was resolved to one of the others by the core.
+                    Encap::None | Encap::CrossSubnet => NextHop {
                         gateway,
                         ifindex: None,
                         onlink: false,

@@ -81,6 +81,9 @@ pub struct KernelConfig {
     pub metric: u32,
     /// Per-prefix encapsulation (first match wins; the default is direct).
     pub encap: Vec<(IpNetwork, Encap)>,
+    /// The subnets this node is directly on: [`Encap::CrossSubnet`] next hops inside them
+    /// are reached directly, all others through tunl0.
+    pub direct_subnets: Vec<IpNetwork>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +93,9 @@ pub enum Encap {
     None,
     /// `via <next hop> dev tunl0 onlink`.
     Ipip,
+    /// IPIP toward next hops outside [`KernelConfig::direct_subnets`], direct inside them
+    /// (Calico's ipipMode CrossSubnet).
+    CrossSubnet,
 }
 
 /// One peer.
@@ -226,6 +232,7 @@ enum Command {
     Originate(Origination),
     Withdraw(IpNetwork),
     SetEncap(Vec<(IpNetwork, Encap)>),
+    SetDirectSubnets(Vec<IpNetwork>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     Rib(RibFilter, oneshot::Sender<Vec<RibRoute>>),
     /// Stop every session. Graceful: close TCP without NOTIFICATION and leave kernel routes
@@ -285,6 +292,12 @@ impl Speaker {
     /// Replaces the per-prefix encapsulation rules; installed routes are redone.
     pub fn set_encap(&self, rules: Vec<(IpNetwork, Encap)>) -> Result<(), SpeakerError> {
         self.send(Command::SetEncap(rules))
+    }
+
+    /// Replaces the subnets reached without encapsulation under [`Encap::CrossSubnet`];
+    /// installed routes are redone.
+    pub fn set_direct_subnets(&self, subnets: Vec<IpNetwork>) -> Result<(), SpeakerError> {
+        self.send(Command::SetDirectSubnets(subnets))
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerStatus>, SpeakerError> {

@@ -27,13 +27,7 @@ fn nl(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
     CniError::new(code::NETLINK, format!("{what}"), e.to_string())
 }
 
-/// `<prefix>` + the first 11 hex digits of sha1("<namespace>.<pod>").
-pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
-    use sha1::{Digest, Sha1};
-    let digest = Sha1::digest(format!("{namespace}.{pod}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{prefix}{}", &hex[..11])
-}
+pub use brindle_felix_lite::workloads::host_veth_name;
 
 /// Runs `f` with a netlink handle opened inside the namespace at `netns` (a path such as
 /// `/var/run/netns/x` or `/proc/<pid>/ns/net`), on a thread of its own.

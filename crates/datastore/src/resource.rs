@@ -4,7 +4,7 @@ use brindle_api::{
     BGPConfiguration, BGPPeer, BlockAffinity, BrindleNode, IPAMBlock, IPAMConfig, IPAMHandle,
     IPPool, Invalid, Validate,
 };
-use k8s_openapi::api::core::v1::{Node, Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -118,6 +118,10 @@ impl StoreResource for Node {
     const NAMESPACED: bool = false;
 }
 impl StoreResource for Pod {
+    const NAMESPACED: bool = true;
+}
+/// BGP passwords (BGPPeer `password.secretKeyRef`).
+impl StoreResource for Secret {
     const NAMESPACED: bool = true;
 }
 impl StoreResource for Service {

@@ -1,0 +1,236 @@
+//! The one owner of the embedded speaker. It turns each new snapshot into the speaker's
+//! desired state ([`crate::desired`]) and applies the difference: peers added, removed or
+//! changed, prefixes originated or withdrawn, encapsulation rules replaced (routes are
+//! re-installed in place, never withdrawn). A change of AS, router ID, listen port or cluster
+//! ID restarts the speaker inside the process, gracefully: kernel routes stay, peers keep ours.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use brindle_bgp::speaker::{
+    self, Encap, GracefulRestart, KernelConfig, Origination, PeerConfig, Speaker, SpeakerConfig,
+};
+use ipnetwork::IpNetwork;
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::desired::{self, DesiredPeer, Globals, Me, PeerKind, Warning};
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// What the rest of the agent may see of the speaker: its handle (None while it restarts)
+/// and the kind of each configured peer (for status output).
+#[derive(Clone, Default)]
+pub struct SpeakerView {
+    pub speaker: Option<Speaker>,
+    pub kinds: BTreeMap<IpAddr, PeerKind>,
+}
+
+pub struct BgpTask {
+    pub me: Me,
+    pub snap: watch::Receiver<Arc<Snapshot>>,
+    /// tunl0 is up with its address (routes may use IPIP).
+    pub tunnel_ok: watch::Receiver<bool>,
+    pub metrics: Metrics,
+    pub control_socket: PathBuf,
+    pub view: watch::Sender<SpeakerView>,
+    pub stop: oneshot::Receiver<()>,
+}
+
+struct Running {
+    speaker: Speaker,
+    globals: Globals,
+    peers: BTreeMap<IpAddr, DesiredPeer>,
+    origins: BTreeMap<IpNetwork, bool>,
+    encap: Vec<(IpNetwork, Encap)>,
+    control: tokio::task::JoinHandle<()>,
+}
+
+fn peer_config(d: &DesiredPeer) -> PeerConfig {
+    let mut p = PeerConfig::new(d.addr, d.asn);
+    p.port = d.port;
+    p.password = d.password.clone();
+    p.passive = d.passive;
+    p.rr_client = d.rr_client;
+    p.hold_time = d.hold_time;
+    p.source = d.source;
+    // One session per family, as Calico has: an IPv4 peer carries IPv4 routes.
+    p.ipv4 = d.addr.is_ipv4();
+    p.ipv6 = d.addr.is_ipv6();
+    p
+}
+
+fn origination(prefix: IpNetwork, blackhole: bool) -> Origination {
+    Origination {
+        prefix: Some(prefix),
+        blackhole,
+        ..Default::default()
+    }
+}
+
+impl BgpTask {
+    pub async fn run(mut self) {
+        let mut warned: BTreeSet<Warning> = BTreeSet::new();
+        let mut running: Option<Running> = None;
+        // Nothing is configured before the first full list: a speaker started on a partial
+        // view would withdraw what it has not seen yet.
+        while !self.snap.borrow().synced {
+            tokio::select! {
+                r = self.snap.changed() => if r.is_err() { return },
+                _ = &mut self.stop => return,
+            }
+        }
+        loop {
+            let started = Instant::now();
+            let snap = self.snap.borrow_and_update().clone();
+            let tunnel_ok = *self.tunnel_ok.borrow_and_update();
+            let mut warnings = vec![];
+            let want = Want {
+                globals: desired::globals(&snap, &self.me),
+                peers: desired::peers(&snap, &self.me, &mut warnings),
+                origins: desired::exports(&snap, &self.me),
+                encap: desired::encap(&snap, tunnel_ok),
+            };
+            for w in warnings {
+                if warned.insert(w.clone()) {
+                    warn!(resource = %w.resource, "{}", w.reason);
+                }
+            }
+            running = match running {
+                Some(r) if r.globals == want.globals => Some(self.update(r, &want).await),
+                Some(r) => {
+                    info!(old = ?r.globals, new = ?want.globals, "speaker settings changed; restarting the speaker gracefully");
+                    self.view.send_modify(|v| v.speaker = None);
+                    r.control.abort();
+                    let _ = r.speaker.shutdown(true).await;
+                    self.start(&want).await
+                }
+                None => self.start(&want).await,
+            };
+            if let Some(r) = &running {
+                self.view.send_replace(SpeakerView {
+                    speaker: Some(r.speaker.clone()),
+                    kinds: r.peers.iter().map(|(a, p)| (*a, p.kind)).collect(),
+                });
+            }
+            self.metrics
+                .programming
+                .observe(started.elapsed().as_secs_f64());
+            let retry = running.is_none();
+            tokio::select! {
+                r = self.snap.changed() => if r.is_err() { break },
+                r = self.tunnel_ok.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep(Duration::from_secs(5)), if retry => {}
+                _ = &mut self.stop => break,
+            }
+        }
+        if let Some(r) = running {
+            info!("stopping the speaker gracefully: kernel routes stay, peers keep ours");
+            r.control.abort();
+            let _ = r.speaker.shutdown(true).await;
+        }
+    }
+
+    async fn start(&self, want: &Want) -> Option<Running> {
+        let g = &want.globals;
+        let cfg = SpeakerConfig {
+            local_as: g.asn,
+            router_id: g.router_id,
+            listen: Some(SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                g.listen_port,
+            )),
+            cluster_id: g.cluster_id,
+            graceful_restart: GracefulRestart::default(),
+            next_hop_v4: Some(self.me.ip),
+            next_hop_v6: None,
+            kernel: Some(KernelConfig {
+                metric: 0,
+                encap: want.encap.clone(),
+                direct_subnets: vec![IpNetwork::V4(self.me.subnet)],
+            }),
+        };
+        let speaker = match Speaker::start(cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!("the BGP speaker could not start (retrying in 5 s): {e}");
+                return None;
+            }
+        };
+        info!(asn = g.asn, router_id = %g.router_id, port = g.listen_port, cluster_id = ?g.cluster_id, "BGP speaker started");
+        let path = self.control_socket.clone();
+        let s = speaker.clone();
+        let control = tokio::spawn(async move {
+            if let Err(e) = speaker::serve_control(s, &path).await {
+                error!(socket = %path.display(), "control socket failed: {e}");
+            }
+        });
+        let r = Running {
+            speaker,
+            globals: g.clone(),
+            peers: BTreeMap::new(),
+            origins: BTreeMap::new(),
+            encap: want.encap.clone(),
+            control,
+        };
+        // Originations first, peers after: a peer's first table dump (and End-of-RIB) then
+        // already holds our blocks, so a peer that kept them through our restart never sees
+        // them withdrawn.
+        Some(self.update(r, want).await)
+    }
+
+    async fn update(&self, mut r: Running, want: &Want) -> Running {
+        for (p, bh) in &want.origins {
+            if r.origins.get(p) != Some(bh) {
+                info!(prefix = %p, blackhole = bh, "originating");
+                let _ = r.speaker.originate(origination(*p, *bh));
+            }
+        }
+        for p in r.origins.keys() {
+            if !want.origins.contains_key(p) {
+                info!(prefix = %p, "withdrawing");
+                let _ = r.speaker.withdraw(*p);
+            }
+        }
+        r.origins = want.origins.clone();
+        if r.encap != want.encap {
+            info!(rules = ?want.encap, "route encapsulation changed; re-installing routes in place");
+            let _ = r.speaker.set_encap(want.encap.clone());
+            r.encap = want.encap.clone();
+        }
+        for (addr, old) in &r.peers {
+            let keep = want.peers.get(addr) == Some(old);
+            if !keep {
+                info!(peer = %addr, "removing peer");
+                if let Err(e) = r.speaker.remove_peer(*addr).await {
+                    warn!(peer = %addr, "removing peer: {e}");
+                }
+            }
+        }
+        let before = std::mem::take(&mut r.peers);
+        for (addr, d) in &want.peers {
+            if before.get(addr) == Some(d) {
+                r.peers.insert(*addr, d.clone());
+                continue;
+            }
+            info!(peer = %addr, asn = d.asn, kind = ?d.kind, node = ?d.node, passive = d.passive, rr_client = d.rr_client, "adding peer");
+            match r.speaker.add_peer(peer_config(d)).await {
+                Ok(()) => {
+                    r.peers.insert(*addr, d.clone());
+                }
+                Err(e) => warn!(peer = %addr, "adding peer: {e}"),
+            }
+        }
+        r
+    }
+}
+
+struct Want {
+    globals: Globals,
+    peers: BTreeMap<IpAddr, DesiredPeer>,
+    origins: BTreeMap<IpNetwork, bool>,
+    encap: Vec<(IpNetwork, Encap)>,
+}

@@ -1,0 +1,362 @@
+//! What the node's speaker should be doing, as pure functions of a [`Snapshot`]: the speaker's
+//! own settings, its peers (mesh, BGPPeers, route reflection — calico-node's confd rules,
+//! REFERENCE §A2), the prefixes it originates and the encapsulation of installed routes.
+//! Nothing here does I/O; problems with a resource come back as [`Warning`]s for the caller
+//! to log once.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use brindle_api::validation::parse_duration_secs;
+use brindle_api::{AffinityState, BGPConfigurationSpec, IpipMode};
+use brindle_bgp::speaker::Encap;
+use brindle_ipam::block::{self, attr};
+use brindle_ipam::selector::Selector;
+use ipnetwork::{IpNetwork, Ipv4Network};
+
+use crate::snapshot::{NodeInfo, Snapshot};
+
+/// This node, as registration found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Me {
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub subnet: Ipv4Network,
+}
+
+/// A problem with one resource: logged once by the caller, the rest goes on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Warning {
+    pub resource: String,
+    pub reason: String,
+}
+
+fn warn(w: &mut Vec<Warning>, resource: impl Into<String>, reason: impl Into<String>) {
+    w.push(Warning {
+        resource: resource.into(),
+        reason: reason.into(),
+    });
+}
+
+/// The speaker's own settings; a change restarts the embedded speaker (gracefully).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Globals {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+    pub listen_port: u16,
+    pub cluster_id: Option<Ipv4Addr>,
+}
+
+/// calicoctl's peer types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum PeerKind {
+    #[serde(rename = "node-to-node mesh")]
+    Mesh,
+    #[serde(rename = "global")]
+    Global,
+    #[serde(rename = "node specific")]
+    NodeSpecific,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredPeer {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub asn: u32,
+    pub kind: PeerKind,
+    /// The other node, for node-to-node peers.
+    pub node: Option<String>,
+    pub passive: bool,
+    pub rr_client: bool,
+    pub password: Option<String>,
+    pub hold_time: u16,
+    pub restart_time: Option<u64>,
+    pub source: Option<IpAddr>,
+}
+
+/// The BGPConfiguration in force for a node: `node.<name>` if there is one, else `default`,
+/// else the built-in defaults.
+pub fn config_for(snap: &Snapshot, node: &str) -> BGPConfigurationSpec {
+    snap.configs
+        .get(&format!("node.{node}"))
+        .or_else(|| snap.configs.get("default"))
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn node_asn(snap: &Snapshot, n: &NodeInfo) -> u32 {
+    n.bgp
+        .as_number
+        .unwrap_or_else(|| config_for(snap, "").as_number)
+}
+
+fn node_ip(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<Ipv4Addr> {
+    if let Some(e) = &n.bgp_error {
+        warn(w, format!("node {name}"), e.clone());
+        return None;
+    }
+    let a = n.bgp.ipv4_address.as_deref()?;
+    match a.parse::<Ipv4Network>() {
+        Ok(net) => Some(net.ip()),
+        Err(_) => {
+            warn(
+                w,
+                format!("node {name}"),
+                format!("ipv4Address {a:?} is not an IPv4 address/prefix; not peering with it"),
+            );
+            None
+        }
+    }
+}
+
+fn rr_id(n: Option<&NodeInfo>) -> Option<Ipv4Addr> {
+    n?.bgp.route_reflector_cluster_id.as_deref()?.parse().ok()
+}
+
+pub fn globals(snap: &Snapshot, me: &Me) -> Globals {
+    let mine = snap.nodes.get(&me.name);
+    let cfg = config_for(snap, &me.name);
+    Globals {
+        asn: mine
+            .and_then(|n| n.bgp.as_number)
+            .unwrap_or(config_for(snap, "").as_number),
+        router_id: me.ip,
+        listen_port: cfg.listen_port,
+        cluster_id: rr_id(mine),
+    }
+}
+
+fn selector(s: &str, resource: &str, field: &str, w: &mut Vec<Warning>) -> Option<Selector> {
+    match Selector::parse(s) {
+        Ok(sel) => Some(sel),
+        Err(e) => {
+            warn(w, resource, format!("{field}: {e}"));
+            None
+        }
+    }
+}
+
+/// Every session this node should have, keyed by peer address.
+pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr, DesiredPeer> {
+    let mut out = BTreeMap::new();
+    let mine = snap.nodes.get(&me.name);
+    let my_labels = mine.map(|n| n.labels.clone()).unwrap_or_default();
+    let my_rr = rr_id(mine);
+    let my_asn = globals(snap, me).asn;
+    // Node-to-node peers (mesh and peerSelector) follow one rule for who dials and who reflects.
+    let node_peer = |name: &str, n: &NodeInfo, ip: Ipv4Addr, kind: PeerKind| {
+        let asn = node_asn(snap, n);
+        DesiredPeer {
+            addr: IpAddr::V4(ip),
+            port: config_for(snap, name).listen_port,
+            asn,
+            kind,
+            node: Some(name.to_string()),
+            // The lower address waits (numerically; Calico compares strings).
+            passive: me.ip < ip,
+            rr_client: asn == my_asn && my_rr.is_some() && rr_id(Some(n)) != my_rr,
+            password: None,
+            hold_time: 90,
+            restart_time: None,
+            source: Some(IpAddr::V4(me.ip)),
+        }
+    };
+    let cfg = config_for(snap, &me.name);
+    if cfg.node_to_node_mesh_enabled && my_rr.is_none() {
+        for (name, n) in &snap.nodes {
+            if name == &me.name || rr_id(Some(n)).is_some() {
+                continue; // ourselves, or a route reflector (it peers by BGPPeer)
+            }
+            let Some(ip) = node_ip(name, n, w) else {
+                continue;
+            };
+            if ip != me.ip {
+                out.insert(IpAddr::V4(ip), node_peer(name, n, ip, PeerKind::Mesh));
+            }
+        }
+    }
+    for (pname, p) in &snap.peers {
+        let resource = format!("BGPPeer {pname}");
+        let applies = |labels: &std::collections::BTreeMap<String, String>,
+                       node: &str,
+                       w: &mut Vec<Warning>| match (&p.node, &p.node_selector)
+        {
+            (Some(n), _) => n == node,
+            (None, Some(s)) => selector(s, &resource, "spec.nodeSelector", w)
+                .is_some_and(|sel| sel.matches(labels)),
+            (None, None) => true,
+        };
+        let kind = if p.node.is_none() && p.node_selector.is_none() {
+            PeerKind::Global
+        } else {
+            PeerKind::NodeSpecific
+        };
+        let password = match &p.password {
+            None => None,
+            Some(pw) => {
+                let r = &pw.secret_key_ref;
+                let v = snap
+                    .secrets
+                    .iter()
+                    .find(|(k, _)| k.rsplit('/').next() == Some(r.name.as_str()))
+                    .and_then(|(_, data)| data.get(&r.key));
+                match v.map(|b| String::from_utf8(b.clone())) {
+                    Some(Ok(s)) => Some(s),
+                    _ => {
+                        warn(
+                            w,
+                            &resource,
+                            format!(
+                                "spec.password: secret {:?} key {:?} not found (or not UTF-8); not peering until it is",
+                                r.name, r.key
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
+        };
+        let secs = |v: &Option<String>| v.as_deref().and_then(|s| parse_duration_secs(s).ok());
+        let hold = secs(&p.hold_time)
+            .or_else(|| secs(&p.keepalive_time).map(|k| k * 3))
+            .map_or(90, |h| h.min(65535) as u16);
+        let tune = |mut d: DesiredPeer| {
+            d.password = password.clone();
+            d.hold_time = hold;
+            d.restart_time = secs(&p.max_restart_time);
+            d.kind = kind;
+            d
+        };
+        let me_applies = applies(&my_labels, &me.name, w);
+        if let Some(sa) = p.peer_addr() {
+            if me_applies && sa.ip() != IpAddr::V4(me.ip) {
+                let Some(asn) = p.as_number else { continue };
+                let d = DesiredPeer {
+                    addr: sa.ip(),
+                    port: sa.port(),
+                    asn,
+                    kind,
+                    node: None,
+                    passive: false,
+                    rr_client: p.route_reflector_client,
+                    password: None,
+                    hold_time: 90,
+                    restart_time: None,
+                    source: None,
+                };
+                out.insert(sa.ip(), tune(d));
+            }
+            continue;
+        }
+        let Some(ps) = p
+            .peer_selector
+            .as_deref()
+            .and_then(|s| selector(s, &resource, "spec.peerSelector", w))
+        else {
+            continue;
+        };
+        // Peering is symmetric: we peer with the nodes the selector picks when the resource
+        // applies to us, and with the nodes it applies to when the selector picks us.
+        let picked_me = ps.matches(&my_labels);
+        for (name, n) in &snap.nodes {
+            if name == &me.name {
+                continue;
+            }
+            let wanted =
+                (me_applies && ps.matches(&n.labels)) || (picked_me && applies(&n.labels, name, w));
+            if !wanted {
+                continue;
+            }
+            let Some(ip) = node_ip(name, n, w) else {
+                continue;
+            };
+            if ip != me.ip {
+                out.insert(IpAddr::V4(ip), tune(node_peer(name, n, ip, kind)));
+            }
+        }
+    }
+    out
+}
+
+/// The prefixes this node originates, with whether the kernel gets a blackhole for each:
+/// its confirmed affine blocks (aggregated: nothing beneath them), the /32s it borrowed from
+/// other nodes' blocks, and the Service ranges BGPConfiguration asks for.
+pub fn exports(snap: &Snapshot, me: &Me) -> BTreeMap<IpNetwork, bool> {
+    let mut out = BTreeMap::new();
+    let host = format!("host:{}", me.name);
+    let exported = |net: &IpNetwork| {
+        snap.pools.values().any(|p| {
+            !p.disable_bgp_export
+                && p.network().is_some_and(|pn| {
+                    pn.is_ipv4() == net.is_ipv4()
+                        && pn.contains(net.network())
+                        && pn.prefix() <= net.prefix()
+                })
+        })
+    };
+    for b in snap.blocks.values() {
+        let Some(net) = block::network(b) else {
+            continue;
+        };
+        if b.deleted || !exported(&net) {
+            continue;
+        }
+        if b.affinity.as_deref() == Some(host.as_str()) {
+            let confirmed = snap.affinities.values().any(|a| {
+                a.node == me.name && a.cidr == b.cidr && a.state == AffinityState::Confirmed
+            });
+            if confirmed {
+                out.insert(net, true);
+            }
+            continue;
+        }
+        for a in block::allocations(b) {
+            if a.attrs.get(attr::NODE).map(String::as_str) == Some(me.name.as_str()) {
+                let len = if a.ip.is_ipv4() { 32 } else { 128 };
+                if let Ok(n) = IpNetwork::new(a.ip, len) {
+                    out.insert(n, false);
+                }
+            }
+        }
+    }
+    let cfg = config_for(snap, &me.name);
+    for r in cfg
+        .service_cluster_ips
+        .iter()
+        .chain(&cfg.service_external_ips)
+        .chain(&cfg.service_load_balancer_ips)
+    {
+        if let Ok(n) = r.cidr.parse::<IpNetwork>() {
+            out.entry(n).or_insert(false);
+        }
+    }
+    out
+}
+
+/// Encapsulation of routes into each IPv4 pool (first match wins in the speaker). Without a
+/// working tunl0 every pool is reached directly.
+pub fn encap(snap: &Snapshot, tunnel_ok: bool) -> Vec<(IpNetwork, Encap)> {
+    snap.pools
+        .values()
+        .filter_map(|p| {
+            let net = p.network().filter(IpNetwork::is_ipv4)?;
+            let e = match p.ipip_mode {
+                _ if !tunnel_ok => Encap::None,
+                IpipMode::Always => Encap::Ipip,
+                IpipMode::CrossSubnet => Encap::CrossSubnet,
+                IpipMode::Never => Encap::None,
+            };
+            Some((net, e))
+        })
+        .collect()
+}
+
+/// Whether any IPv4 pool asks for IPIP at all.
+pub fn wants_ipip(snap: &Snapshot) -> bool {
+    snap.pools
+        .values()
+        .any(|p| !p.disabled && p.ipip_mode != IpipMode::Never)
+}
+
+#[cfg(test)]
+mod tests;

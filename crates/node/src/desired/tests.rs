@@ -1,0 +1,200 @@
+use super::*;
+use brindle_api::{BGPPeerSpec, BlockAffinitySpec, IPPoolSpec, NodeBgp};
+use brindle_ipam::block::new_block;
+
+fn node(ip: &str, labels: &[(&str, &str)], rr: Option<&str>) -> NodeInfo {
+    NodeInfo {
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        bgp: NodeBgp {
+            ipv4_address: Some(ip.into()),
+            route_reflector_cluster_id: rr.map(Into::into),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn me(name: &str, ip: &str) -> Me {
+    Me {
+        name: name.into(),
+        ip: ip.parse().unwrap(),
+        subnet: "198.18.0.0/24".parse().unwrap(),
+    }
+}
+
+fn three() -> Snapshot {
+    let mut s = Snapshot {
+        synced: true,
+        ..Default::default()
+    };
+    s.nodes
+        .insert("n1".into(), node("198.18.0.11/24", &[], None));
+    s.nodes
+        .insert("n2".into(), node("198.18.0.12/24", &[], None));
+    // 198.18.0.9 is numerically lower than .11 but sorts higher as a string.
+    s.nodes
+        .insert("n3".into(), node("198.18.0.9/24", &[], None));
+    s.pools
+        .insert("default".into(), IPPoolSpec::new("10.244.0.0/16"));
+    s
+}
+
+#[test]
+fn mesh_peers_everyone_else_and_the_lower_address_waits() {
+    let mut w = vec![];
+    let p = peers(&three(), &me("n1", "198.18.0.11"), &mut w);
+    assert!(w.is_empty(), "{w:?}");
+    let addrs: Vec<String> = p.keys().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["198.18.0.9", "198.18.0.12"]);
+    assert!(p[&"198.18.0.12".parse::<IpAddr>().unwrap()].passive);
+    // Numeric order: .9 < .11, so n1 dials n3 (Calico's string order would make n1 wait).
+    assert!(!p[&"198.18.0.9".parse::<IpAddr>().unwrap()].passive);
+    assert!(p
+        .values()
+        .all(|d| d.kind == PeerKind::Mesh && d.asn == 64512));
+}
+
+#[test]
+fn mesh_off_and_a_malformed_node_is_skipped_with_a_warning() {
+    let mut s = three();
+    s.nodes
+        .insert("bad".into(), node("198.18.0.300/24", &[], None));
+    let mut w = vec![];
+    let p = peers(&s, &me("n1", "198.18.0.11"), &mut w);
+    assert_eq!(p.len(), 2);
+    assert_eq!(w.len(), 1);
+    assert!(w[0].resource.contains("bad") && w[0].reason.contains("198.18.0.300"));
+    let cfg = BGPConfigurationSpec {
+        node_to_node_mesh_enabled: false,
+        ..Default::default()
+    };
+    s.configs.insert("default".into(), cfg);
+    assert!(peers(&s, &me("n1", "198.18.0.11"), &mut w).is_empty());
+}
+
+#[test]
+fn route_reflector_by_peer_selector_both_ways() {
+    let mut s = three();
+    s.nodes.insert(
+        "rr".into(),
+        node(
+            "198.18.0.2/24",
+            &[("route-reflector", "true")],
+            Some("224.0.0.1"),
+        ),
+    );
+    let cfg = BGPConfigurationSpec {
+        node_to_node_mesh_enabled: false,
+        ..Default::default()
+    };
+    s.configs.insert("default".into(), cfg);
+    s.peers.insert(
+        "to-rr".into(),
+        BGPPeerSpec {
+            node: None,
+            node_selector: Some("all()".into()),
+            peer_ip: None,
+            peer_selector: Some("route-reflector == 'true'".into()),
+            as_number: None,
+            password: None,
+            keepalive_time: None,
+            hold_time: None,
+            max_restart_time: None,
+            route_reflector_client: false,
+        },
+    );
+    let mut w = vec![];
+    let client = peers(&s, &me("n1", "198.18.0.11"), &mut w);
+    assert_eq!(client.len(), 1, "{client:?}");
+    let to_rr = &client[&"198.18.0.2".parse::<IpAddr>().unwrap()];
+    assert!(!to_rr.rr_client && !to_rr.passive);
+    let rr = peers(&s, &me("rr", "198.18.0.2"), &mut w);
+    assert_eq!(rr.len(), 3, "{rr:?}");
+    assert!(rr.values().all(|d| d.rr_client && d.passive));
+    assert_eq!(
+        globals(&s, &me("rr", "198.18.0.2")).cluster_id,
+        Some("224.0.0.1".parse().unwrap())
+    );
+    assert!(w.is_empty(), "{w:?}");
+}
+
+#[test]
+fn global_and_node_specific_peers() {
+    let mut s = three();
+    let mut spec = BGPPeerSpec {
+        node: Some("n2".into()),
+        node_selector: None,
+        peer_ip: Some("198.18.0.1".into()),
+        peer_selector: None,
+        as_number: Some(65001),
+        password: None,
+        keepalive_time: None,
+        hold_time: Some("30s".into()),
+        max_restart_time: None,
+        route_reflector_client: false,
+    };
+    s.peers.insert("tor".into(), spec.clone());
+    let mut w = vec![];
+    let tor: IpAddr = "198.18.0.1".parse().unwrap();
+    assert!(!peers(&s, &me("n1", "198.18.0.11"), &mut w).contains_key(&tor));
+    let p = peers(&s, &me("n2", "198.18.0.12"), &mut w);
+    assert_eq!(
+        (p[&tor].kind, p[&tor].asn, p[&tor].hold_time),
+        (PeerKind::NodeSpecific, 65001, 30)
+    );
+    spec.node = None;
+    s.peers.insert("tor".into(), spec);
+    assert_eq!(
+        peers(&s, &me("n1", "198.18.0.11"), &mut w)[&tor].kind,
+        PeerKind::Global
+    );
+}
+
+#[test]
+fn exports_confirmed_blocks_and_borrowed_addresses_only() {
+    let mut s = three();
+    let mine = new_block(&"10.244.1.0/26".parse().unwrap(), Some("host:n1".into()));
+    let pending = new_block(&"10.244.1.64/26".parse().unwrap(), Some("host:n1".into()));
+    let mut theirs = new_block(&"10.244.2.0/26".parse().unwrap(), Some("host:n2".into()));
+    assert!(brindle_ipam::block::allocate_ip(
+        &mut theirs,
+        "10.244.2.5".parse().unwrap(),
+        "h",
+        &BTreeMap::from([(attr::NODE.to_string(), "n1".to_string())]),
+    ));
+    for (n, b) in [("a", mine), ("b", pending), ("c", theirs)] {
+        s.blocks.insert(n.into(), b);
+    }
+    s.affinities.insert(
+        "a".into(),
+        BlockAffinitySpec {
+            node: "n1".into(),
+            cidr: "10.244.1.0/26".into(),
+            state: AffinityState::Confirmed,
+            deleted: false,
+        },
+    );
+    let e = exports(&s, &me("n1", "198.18.0.11"));
+    let got: Vec<(String, bool)> = e.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_eq!(
+        got,
+        [
+            ("10.244.1.0/26".to_string(), true),
+            ("10.244.2.5/32".to_string(), false)
+        ]
+    );
+    s.pools.get_mut("default").unwrap().disable_bgp_export = true;
+    assert!(exports(&s, &me("n1", "198.18.0.11")).is_empty());
+}
+
+#[test]
+fn encapsulation_follows_the_pool_and_the_tunnel() {
+    let mut s = three();
+    s.pools.get_mut("default").unwrap().ipip_mode = IpipMode::CrossSubnet;
+    assert_eq!(encap(&s, true)[0].1, Encap::CrossSubnet);
+    assert_eq!(encap(&s, false)[0].1, Encap::None);
+    assert!(wants_ipip(&s));
+}

@@ -1,0 +1,122 @@
+//! `/livez`, `/readyz` (calico-node's bird-ready rule, REFERENCE §A4) and `/metrics`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use tokio::sync::watch;
+
+use crate::bgp_task::SpeakerView;
+use crate::desired::PeerKind;
+use crate::metrics::{Metrics, PeerLabel, StateLabel};
+use crate::snapshot::Snapshot;
+
+/// Within this long of start every mesh peer must be Established to be ready; after it, one
+/// Established peer is enough (calico-node's `-threshold-time`, 30 s).
+pub const STARTUP_THRESHOLD: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct Health {
+    pub started: Instant,
+    pub snap: watch::Receiver<Arc<Snapshot>>,
+    pub view: watch::Receiver<SpeakerView>,
+    pub metrics: Metrics,
+}
+
+impl Health {
+    /// Ok(()) when ready, else why not.
+    pub async fn ready(&self) -> Result<String, String> {
+        if !self.snap.borrow().synced {
+            return Err("datastore not synced yet".into());
+        }
+        let view = self.view.borrow().clone();
+        let Some(sp) = view.speaker else {
+            return Err("BGP speaker not running".into());
+        };
+        let peers = sp.peers().await.map_err(|e| e.to_string())?;
+        if peers.is_empty() {
+            return Ok("ready (no BGP peers)".into());
+        }
+        let up = |p: &&brindle_bgp::speaker::PeerStatus| p.state == "Established";
+        let established = peers.iter().filter(up).count();
+        if self.started.elapsed() < STARTUP_THRESHOLD {
+            let down: Vec<String> = peers
+                .iter()
+                .filter(|p| view.kinds.get(&p.addr) == Some(&PeerKind::Mesh) && !up(p))
+                .map(|p| p.addr.to_string())
+                .collect();
+            if !down.is_empty() {
+                return Err(format!(
+                    "mesh peers not Established yet: {}",
+                    down.join(", ")
+                ));
+            }
+            return Ok(format!(
+                "ready ({established}/{} peers Established)",
+                peers.len()
+            ));
+        }
+        if established == 0 {
+            return Err(format!("no BGP peer Established (of {})", peers.len()));
+        }
+        Ok(format!(
+            "ready ({established}/{} peers Established)",
+            peers.len()
+        ))
+    }
+
+    /// Refreshes the BGP gauges from the speaker.
+    pub async fn refresh_metrics(&self) {
+        let Some(sp) = self.view.borrow().speaker.clone() else {
+            return;
+        };
+        let Ok(peers) = sp.peers().await else { return };
+        self.metrics.sessions.clear();
+        self.metrics.received.clear();
+        self.metrics.advertised.clear();
+        for p in &peers {
+            self.metrics
+                .sessions
+                .get_or_create(&StateLabel {
+                    state: p.state.clone(),
+                })
+                .inc();
+            let l = PeerLabel {
+                peer: p.addr.to_string(),
+            };
+            self.metrics
+                .received
+                .get_or_create(&l)
+                .set(p.received as i64);
+            self.metrics
+                .advertised
+                .get_or_create(&l)
+                .set(p.advertised as i64);
+        }
+    }
+}
+
+pub fn router(h: Health) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(h): State<Health>| async move {
+                match h.ready().await {
+                    Ok(s) => (StatusCode::OK, s + "\n"),
+                    Err(s) => (StatusCode::SERVICE_UNAVAILABLE, s + "\n"),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(h): State<Health>| async move {
+                h.refresh_metrics().await;
+                h.metrics.encode()
+            }),
+        )
+        .with_state(h)
+}

@@ -1,0 +1,345 @@
+//! `brindle-node`: the agent on every node. It registers the node, then runs one task per
+//! concern, each reading the datastore's [`snapshot`] and handing desired state to the single
+//! owner of that state:
+//!
+//! ```text
+//!   datastore ─▶ snapshot (mirrors + fold) ──watch──┬─▶ bgp task ──▶ Speaker (sessions, RIB,
+//!                                                   │      ▲          kernel writer: proto bird)
+//!                                                   │      │ tunl0 ok?
+//!                                                   ├─▶ tunnel task ──▶ IPAM + felix-lite tunl0
+//!                                                   ├─▶ workload task ──▶ felix-lite /32 routes
+//!                                                   └─▶ health (/livez /readyz /metrics)
+//! ```
+//!
+//! SIGTERM stops the speaker gracefully (RFC 4724): kernel routes stay and peers keep ours
+//! until we are back.
+#![forbid(unsafe_code)]
+
+mod autodetect;
+mod bgp_task;
+mod desired;
+mod health;
+mod metrics;
+mod register;
+mod snapshot;
+mod tunnel_task;
+mod workload_task;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use brindle_datastore::{DatastoreArgs, Store};
+use clap::Parser;
+use tokio::sync::{oneshot, watch};
+use tracing::{error, info, warn};
+
+use crate::autodetect::Method;
+use crate::desired::Me;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "brindle-node",
+    version,
+    about = "Brindle's node agent: BGP, tunl0, workload routes"
+)]
+struct Args {
+    /// This node's name (as the kubelet registers it); the hostname when not given.
+    #[arg(long, env = "NODENAME")]
+    nodename: Option<String>,
+    /// The node's IPv4 address (`a.b.c.d` or `a.b.c.d/len`), or `autodetect`.
+    #[arg(long, env = "IP")]
+    ip: Option<String>,
+    /// first-found, interface=<re>[,<re>], skip-interface=<re>[,..], cidr=<cidr>[,..],
+    /// can-reach=<host>, kubernetes-internal-ip. Regexes match whole interface names.
+    #[arg(long, env = "IP_AUTODETECTION_METHOD", default_value = "first-found")]
+    ip_autodetection_method: String,
+    /// This node's AS number (the cluster's BGPConfiguration asNumber when not given).
+    #[arg(long = "as", env = "AS")]
+    asn: Option<u32>,
+    #[arg(long, env = "BRINDLE_HEALTH_LISTEN", default_value = "127.0.0.1:9099")]
+    health_listen: SocketAddr,
+    /// Prometheus /metrics; `none` turns it off.
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    metrics_listen: String,
+    /// The speaker's control socket (read by `brindlectl node status`).
+    #[arg(
+        long,
+        env = "BRINDLE_CONTROL_SOCKET",
+        default_value = "/run/brindle/bgpd.sock"
+    )]
+    control_socket: PathBuf,
+    /// Where the node name is written for the CNI plugin (`nodename_file`).
+    #[arg(
+        long,
+        env = "BRINDLE_NODENAME_FILE",
+        default_value = "/var/lib/brindle/nodename"
+    )]
+    nodename_file: PathBuf,
+    /// tunl0's MTU; 0 = the uplink's MTU less 20.
+    #[arg(long, env = "BRINDLE_IPIP_MTU", default_value_t = 0)]
+    ipip_mtu: u32,
+    /// Host-side veth prefix of pods (the CNI plugin's).
+    #[arg(long, env = "BRINDLE_VETH_PREFIX", default_value = "brl")]
+    veth_prefix: String,
+    /// Namespace of the Secrets that BGPPeer passwords name.
+    #[arg(
+        long,
+        env = "BRINDLE_SECRETS_NAMESPACE",
+        default_value = "brindle-system"
+    )]
+    secrets_namespace: String,
+    #[arg(long, env = "BRINDLE_LOG", default_value = "info")]
+    log: String,
+    #[arg(long, env = "BRINDLE_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    #[command(flatten)]
+    datastore: DatastoreArgs,
+}
+
+fn init_logging(a: &Args) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&a.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if a.log_format == "json" {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Connects, retrying with backoff: a node may boot before its datastore is reachable.
+async fn connect(a: &DatastoreArgs) -> anyhow::Result<Store> {
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match a.connect().await {
+            Ok(s) => return Ok(s),
+            Err(e @ brindle_datastore::config::ConnectError::Etcd(_)) => {
+                warn!("datastore not reachable yet (retrying in {delay:?}): {e}");
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// Retries a datastore step until it works (startup only; logs each failure).
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => warn!("{what} (retrying in {delay:?}): {e:#}"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+async fn identify(
+    a: &Args,
+    store: &Store,
+    handle: &rtnetlink::Handle,
+) -> anyhow::Result<(Me, u32)> {
+    let name = match &a.nodename {
+        Some(n) if !n.is_empty() => n.clone(),
+        _ => nix::unistd::gethostname()
+            .context("reading the hostname (give --nodename)")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    let method = Method::parse(&a.ip_autodetection_method)
+        .context("--ip-autodetection-method / IP_AUTODETECTION_METHOD")?;
+    let (previous, internal) = retry("reading this node's record", || async {
+        Ok(register::recorded(store, &name).await?)
+    })
+    .await;
+    let ifaces = register::interfaces(handle)
+        .await
+        .context("listing interfaces")?;
+    let found = match a.ip.as_deref() {
+        Some(ip) if ip != "autodetect" && !ip.is_empty() => {
+            autodetect::parse_explicit(ip, &ifaces).map_err(anyhow::Error::msg)
+        }
+        _ => autodetect::detect(
+            &method,
+            &ifaces,
+            autodetect::local_toward,
+            || {
+                internal
+                    .as_deref()
+                    .ok_or_else(|| "the Node has no InternalIP (kubernetes-internal-ip needs --datastore kubernetes)".to_string())?
+                    .parse()
+                    .map_err(|_| "the Node's InternalIP is not IPv4".to_string())
+            },
+        )
+        .map_err(anyhow::Error::from),
+    };
+    let (iface, net) = match found {
+        Ok(f) => f,
+        Err(e) => {
+            let prev = previous
+                .as_ref()
+                .and_then(|b| b.ipv4_address.as_deref())
+                .and_then(|s| s.parse::<ipnetwork::Ipv4Network>().ok());
+            match prev {
+                Some(p) => {
+                    warn!("IPv4 autodetection failed ({e:#}); keeping the recorded address {p}");
+                    let iface = ifaces
+                        .iter()
+                        .find(|i| {
+                            i.addrs
+                                .iter()
+                                .any(|x| x.ip() == std::net::IpAddr::V4(p.ip()))
+                        })
+                        .map(|i| i.name.clone())
+                        .unwrap_or_default();
+                    (iface, p)
+                }
+                None => anyhow::bail!(
+                    "failed to autodetect an IPv4 address and node {name} has none recorded: {e:#}"
+                ),
+            }
+        }
+    };
+    let uplink_mtu = ifaces
+        .iter()
+        .find(|i| i.name == iface)
+        .map_or(1500, |i| i.mtu);
+    let subnet = ipnetwork::Ipv4Network::new(net.network(), net.prefix()).unwrap_or(net);
+    info!(node = %name, address = %net, interface = %iface, mtu = uplink_mtu, "node address");
+    Ok((
+        Me {
+            name,
+            ip: net.ip(),
+            subnet: ipnetwork::Ipv4Network::new(subnet.network(), subnet.prefix())
+                .unwrap_or(subnet),
+        },
+        uplink_mtu,
+    ))
+}
+
+async fn serve(addr: SocketAddr, app: axum::Router, what: &'static str) {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => {
+            info!(%addr, "{what} listening");
+            if let Err(e) = axum::serve(l, app).await {
+                error!("{what} server failed: {e}");
+            }
+        }
+        Err(e) => error!(%addr, "{what}: cannot listen: {e}"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let a = Args::parse();
+    init_logging(&a);
+    match run(a).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("brindle-node: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(a: Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = connect(&a.datastore).await?;
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+    tokio::spawn(conn);
+    let (me, uplink_mtu) = identify(&a, &store, &handle).await?;
+    retry("registering the node", || {
+        register::write(&store, &me.name, me_net(&me), a.asn)
+    })
+    .await;
+    if let Some(dir) = a.nodename_file.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = std::fs::write(&a.nodename_file, &me.name) {
+        warn!(file = %a.nodename_file.display(), "cannot write the node name for the CNI plugin: {e}");
+    }
+
+    let metrics = metrics::Metrics::new();
+    let snap = snapshot::start(&store, &a.secrets_namespace, metrics.clone());
+    let (tunnel_tx, tunnel_rx) = watch::channel(false);
+    let (view_tx, view_rx) = watch::channel(bgp_task::SpeakerView::default());
+    let (stop_tx, stop_rx) = oneshot::channel();
+
+    tokio::spawn(
+        tunnel_task::TunnelTask {
+            me: me.clone(),
+            ipam: brindle_ipam::Ipam::new(store.clone()),
+            snap: snap.clone(),
+            handle: handle.clone(),
+            mtu: if a.ipip_mtu > 0 {
+                a.ipip_mtu
+            } else {
+                uplink_mtu.saturating_sub(brindle_felix_lite::tunnel::IPIP_OVERHEAD)
+            },
+            ok: tunnel_tx,
+            metrics: metrics.clone(),
+        }
+        .run(),
+    );
+    tokio::spawn(
+        workload_task::WorkloadTask {
+            node: me.name.clone(),
+            veth_prefix: a.veth_prefix.clone(),
+            snap: snap.clone(),
+            handle: handle.clone(),
+        }
+        .run(),
+    );
+    let bgp = tokio::spawn(
+        bgp_task::BgpTask {
+            me: me.clone(),
+            snap: snap.clone(),
+            tunnel_ok: tunnel_rx,
+            metrics: metrics.clone(),
+            control_socket: a.control_socket.clone(),
+            view: view_tx,
+            stop: stop_rx,
+        }
+        .run(),
+    );
+    let h = health::Health {
+        started,
+        snap: snap.clone(),
+        view: view_rx,
+        metrics,
+    };
+    tokio::spawn(serve(a.health_listen, health::router(h.clone()), "health"));
+    if a.metrics_listen != "none" {
+        let addr: SocketAddr = a
+            .metrics_listen
+            .parse()
+            .context("--metrics-listen: not address:port or none")?;
+        tokio::spawn(serve(addr, health::router(h), "metrics"));
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down gracefully"),
+        _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down gracefully"),
+    }
+    let _ = stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), bgp).await;
+    info!("stopped");
+    Ok(())
+}
+
+fn me_net(me: &Me) -> ipnetwork::Ipv4Network {
+    ipnetwork::Ipv4Network::new(me.ip, me.subnet.prefix()).unwrap_or_else(|_| me.ip.into())
+}

@@ -1,0 +1,111 @@
+//! Prometheus metrics on `/metrics`. BGP session and prefix metrics are something Calico OSS
+//! does not export (REFERENCE §A4).
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    pub op: String,
+    pub result: String,
+}
+
+pub fn kind_label(kind: &str) -> KindLabel {
+    KindLabel {
+        kind: kind.to_string(),
+    }
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Arc<Mutex<Registry>>,
+    pub sessions: Family<StateLabel, Gauge>,
+    pub received: Family<PeerLabel, Gauge>,
+    pub advertised: Family<PeerLabel, Gauge>,
+    /// From a datastore change reaching the agent to the speaker (and so the kernel writer)
+    /// having the resulting peers, originations and encapsulation.
+    pub programming: Histogram,
+    pub ipam_ops: Family<OpLabel, Counter>,
+    pub watch_restarts: Family<KindLabel, Counter>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let m = Metrics {
+            registry: Arc::new(Mutex::new(Registry::with_prefix("brindle"))),
+            sessions: Family::default(),
+            received: Family::default(),
+            advertised: Family::default(),
+            programming: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            ipam_ops: Family::default(),
+            watch_restarts: Family::default(),
+        };
+        if let Ok(mut r) = m.registry.lock() {
+            r.register("bgp_sessions", "BGP sessions by state", m.sessions.clone());
+            r.register(
+                "bgp_prefixes_received",
+                "Prefixes received from each peer",
+                m.received.clone(),
+            );
+            r.register(
+                "bgp_prefixes_advertised",
+                "Prefixes advertised to each peer",
+                m.advertised.clone(),
+            );
+            r.register(
+                "route_programming_seconds",
+                "Datastore change to speaker and kernel writer updated",
+                m.programming.clone(),
+            );
+            r.register(
+                "ipam_operations",
+                "IPAM operations of the agent (tunnel address) by result",
+                m.ipam_ops.clone(),
+            );
+            r.register(
+                "datastore_watch_restarts",
+                "Datastore list/watch restarts by kind (errors, expiry, outages)",
+                m.watch_restarts.clone(),
+            );
+        }
+        m
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(r) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &r);
+        }
+        out
+    }
+
+    pub fn ipam(&self, op: &str, ok: bool) {
+        self.ipam_ops
+            .get_or_create(&OpLabel {
+                op: op.into(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .inc();
+    }
+}

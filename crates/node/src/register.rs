@@ -1,0 +1,146 @@
+//! Registration: the node's name, its IPv4 address (autodetected or given) and AS, written
+//! to its record — the `BrindleNode` object in etcd, `brindle.dev/*` annotations on the
+//! Kubernetes Node. A failed detection keeps the address already recorded; with none recorded
+//! the agent refuses to start.
+
+use std::collections::BTreeMap;
+
+use brindle_api::node::annotations;
+use brindle_api::{BrindleNode, NodeBgp};
+use brindle_datastore::{Store, StoreError};
+use futures::TryStreamExt;
+use ipnetwork::{IpNetwork, Ipv4Network};
+use k8s_openapi::api::core::v1::Node;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::LinkAttribute;
+
+use crate::autodetect::Iface;
+
+const RETRIES: usize = 20;
+
+/// The interfaces in index order, with MTU and addresses.
+pub async fn interfaces(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Iface>> {
+    let mut out: BTreeMap<u32, Iface> = BTreeMap::new();
+    let mut links = handle.link().get().execute();
+    while let Some(l) = links.try_next().await? {
+        let mut i = Iface {
+            name: String::new(),
+            mtu: 1500,
+            addrs: vec![],
+        };
+        for a in &l.attributes {
+            match a {
+                LinkAttribute::IfName(n) => i.name = n.clone(),
+                LinkAttribute::Mtu(m) => i.mtu = *m,
+                _ => {}
+            }
+        }
+        out.insert(l.header.index, i);
+    }
+    let mut addrs = handle.address().get().execute();
+    while let Some(a) = addrs.try_next().await? {
+        let ip = a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let ip = ip.or_else(|| {
+            a.attributes.iter().find_map(|x| match x {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        });
+        if let (Some(ip), Some(i)) = (ip, out.get_mut(&a.header.index)) {
+            if let Ok(n) = IpNetwork::new(ip, a.header.prefix_len) {
+                i.addrs.push(n);
+            }
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// The node's recorded BGP facts (None: no record yet), and its first InternalIP
+/// (Kubernetes only).
+pub async fn recorded(
+    store: &Store,
+    node: &str,
+) -> Result<(Option<NodeBgp>, Option<String>), StoreError> {
+    if store.backend_name() == "kubernetes" {
+        let n = store.all::<Node>().get(node).await?;
+        let internal = n
+            .as_ref()
+            .and_then(|n| n.status.as_ref())
+            .and_then(|s| s.addresses.as_ref())
+            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+            .map(|a| a.address.clone());
+        let bgp = n.map(|n| {
+            NodeBgp::from_annotations(&n.metadata.annotations.unwrap_or_default())
+                .unwrap_or_default()
+        });
+        Ok((bgp, internal))
+    } else {
+        let n = store.all::<BrindleNode>().get(node).await?;
+        Ok((n.map(|n| n.spec.bgp.unwrap_or_default()), None))
+    }
+}
+
+/// Writes the address (and AS, when given) to the node's record, creating the etcd record.
+pub async fn write(
+    store: &Store,
+    node: &str,
+    ip: Ipv4Network,
+    asn: Option<u32>,
+) -> anyhow::Result<()> {
+    for _ in 0..RETRIES {
+        let r = if store.backend_name() == "kubernetes" {
+            let api = store.all::<Node>();
+            let Some(mut n) = api.get(node).await? else {
+                anyhow::bail!("Kubernetes Node {node:?} does not exist (is --nodename right? the kubelet registers it)");
+            };
+            let ann = n.metadata.annotations.get_or_insert_with(BTreeMap::new);
+            let before = ann.clone();
+            ann.insert(annotations::IPV4_ADDRESS.into(), ip.to_string());
+            if let Some(a) = asn {
+                ann.insert(annotations::AS_NUMBER.into(), a.to_string());
+            }
+            if *ann == before {
+                return Ok(());
+            }
+            api.update(&n).await.map(|_| ())
+        } else {
+            let api = store.all::<BrindleNode>();
+            match api.get(node).await? {
+                None => {
+                    let mut n = brindle_ipam::nodes::brindle_node(node, &[]);
+                    n.metadata.labels = None;
+                    n.spec.bgp = Some(NodeBgp {
+                        ipv4_address: Some(ip.to_string()),
+                        as_number: asn,
+                        ..Default::default()
+                    });
+                    match api.create(&n).await {
+                        Err(StoreError::AlreadyExists { .. }) => continue,
+                        r => r.map(|_| ()),
+                    }
+                }
+                Some(mut n) => {
+                    let b = n.spec.bgp.get_or_insert_with(NodeBgp::default);
+                    let before = b.clone();
+                    b.ipv4_address = Some(ip.to_string());
+                    if asn.is_some() {
+                        b.as_number = asn;
+                    }
+                    if *b == before {
+                        return Ok(());
+                    }
+                    api.update(&n).await.map(|_| ())
+                }
+            }
+        };
+        match r {
+            Ok(()) => return Ok(()),
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("writing the record of node {node}: conflict after {RETRIES} retries")
+}

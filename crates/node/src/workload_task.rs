@@ -1,0 +1,64 @@
+//! The local-workload concern: every pod on this node whose veth exists has its
+//! `/32 dev <veth> scope link` route; a missing one is put back (felix-lite does the kernel
+//! part and never removes routes, see its module doc).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_felix_lite::workloads::{self, host_veth_name, WorkloadRoute};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::snapshot::Snapshot;
+
+pub struct WorkloadTask {
+    pub node: String,
+    pub veth_prefix: String,
+    pub snap: watch::Receiver<Arc<Snapshot>>,
+    pub handle: rtnetlink::Handle,
+}
+
+/// The routes this node's pods should have (pure).
+pub fn wanted(snap: &Snapshot, node: &str, prefix: &str) -> Vec<WorkloadRoute> {
+    let mut v = vec![];
+    for (key, p) in &snap.pods {
+        if p.node.as_deref() != Some(node) {
+            continue;
+        }
+        let Some((ns, name)) = key.split_once('/') else {
+            continue;
+        };
+        let veth = host_veth_name(prefix, ns, name);
+        for ip in &p.ips {
+            v.push(WorkloadRoute {
+                veth: veth.clone(),
+                ip: *ip,
+            });
+        }
+    }
+    v
+}
+
+impl WorkloadTask {
+    pub async fn run(mut self) {
+        loop {
+            let want = wanted(
+                &self.snap.borrow_and_update(),
+                &self.node,
+                &self.veth_prefix,
+            );
+            match workloads::repair(&self.handle, &want).await {
+                Ok(added) => {
+                    for r in added {
+                        info!(veth = %r.veth, ip = %r.ip, "put back a missing workload route");
+                    }
+                }
+                Err(e) => warn!("{e}"),
+            }
+            tokio::select! {
+                r = self.snap.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+    }
+}
