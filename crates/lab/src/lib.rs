@@ -1,1 +1,747 @@
+//! `brindle-lab`: a Brindle cluster of network namespaces on one machine, for the demo and the
+//! end-to-end tests. Everything it makes is owned by a [`Lab`] and removed when it is dropped
+//! (the testsupport guards: namespaces deleted, processes killed by PID), also when a test
+//! panics.
+//!
+//! ```text
+//!   fabric ns: bridge br0 (rack 0) … brN (rack N) [+ brspine when there are ToR routers]
+//!      │ veth eth0 198.18.<rack>.<10+i>/24, default via 198.18.<rack>.1
+//!   node ns (one per node): brindle-node, the pods' veths, proto-bird routes
+//!      │ loopback port forward ─▶ etcd (or the test API server) on the host's loopback
+//!   tor ns (one per rack, --tor): BIRD, AS 65000+rack, route reflector for its rack (iBGP),
+//!      eBGP to the other racks' routers over brspine (198.19.255.0/24)
+//!   pod ns: eth0 with a /32 from brindle-cni, called as a runtime calls it; a TCP echo server
+//! ```
+//!
+//! Only the namespaces it creates and the host's loopback are touched. Addresses: 198.18.0.0/15
+//! for the underlay, 10.244.0.0/16 for pods, never routed from the host namespace.
 
+mod net;
+mod pods;
+pub mod status;
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use brindle_api::{
+    BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec, IPPool, IPPoolSpec, IpipMode,
+    NodeBgp,
+};
+use brindle_datastore::Store;
+use brindle_testsupport::daemons::Bird;
+use brindle_testsupport::{ApiServer, ChildGuard, EtcdServer, Netns, PortForward};
+
+pub use pods::Pod;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+pub enum Encap {
+    None,
+    Ipip,
+    Crosssubnet,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+pub enum Datastore {
+    Etcd,
+    Kubernetes,
+}
+
+/// The shape of a lab cluster.
+#[derive(Debug, Clone, clap::Args, serde::Serialize, serde::Deserialize)]
+pub struct LabSpec {
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Underlay subnets (one bridge each); nodes are spread over them in order.
+    #[arg(long, default_value_t = 1)]
+    pub racks: usize,
+    /// A BIRD router per rack; the mesh is then off and each rack is its own AS.
+    #[arg(long)]
+    pub tor: bool,
+    #[arg(long, value_enum, default_value = "none")]
+    pub encap: Encap,
+    /// The first K nodes are route reflectors for the others (mesh off).
+    #[arg(long, default_value_t = 0)]
+    pub reflectors: usize,
+    #[arg(long, value_enum, default_value = "etcd")]
+    pub datastore: Datastore,
+    /// The controller's grace period before an orphaned address is released.
+    #[arg(long, default_value = "5s")]
+    pub gc_grace: String,
+}
+
+impl Default for LabSpec {
+    fn default() -> Self {
+        LabSpec {
+            nodes: 3,
+            racks: 1,
+            tor: false,
+            encap: Encap::None,
+            reflectors: 0,
+            datastore: Datastore::Etcd,
+            gc_grace: "5s".into(),
+        }
+    }
+}
+
+pub const POOL: &str = "10.244.0.0/16";
+
+/// A binary of the workspace: `$BRINDLE_BIN_DIR/<name>`, else next to the running executable
+/// (or one level up from a test's `deps/`).
+pub fn binary(name: &str) -> PathBuf {
+    if let Ok(d) = std::env::var("BRINDLE_BIN_DIR") {
+        return Path::new(&d).join(name);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    for d in [
+        dir.clone(),
+        dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+    ] {
+        let p = d.join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} not found beside {} (run `cargo build --workspace --bins`, or set BRINDLE_BIN_DIR)",
+        exe.display()
+    )
+}
+
+pub struct LabNode {
+    pub name: String,
+    pub rack: usize,
+    pub ip: Ipv4Addr,
+    pub asn: u32,
+    pub ns: Netns,
+    /// The datastore as this node sees it (loopback inside its namespace).
+    pub forward: PortForward,
+    pub dir: PathBuf,
+    agent: Option<ChildGuard>,
+}
+
+impl LabNode {
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir.join("bgpd.sock")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(|c| c.0.id())
+    }
+}
+
+pub struct Tor {
+    pub rack: usize,
+    pub ns: Netns,
+    pub bird: Bird,
+}
+
+pub struct Lab {
+    pub spec: LabSpec,
+    rt: tokio::runtime::Runtime,
+    pub dir: tempfile::TempDir,
+    pub etcd: Option<EtcdServer>,
+    api: Option<ApiServer>,
+    pub store: Store,
+    pub fabric: Netns,
+    pub nodes: Vec<LabNode>,
+    pub tors: Vec<Tor>,
+    pub pods: BTreeMap<String, Pod>,
+    controller: Option<ChildGuard>,
+    /// Nodes removed from the cluster (their namespaces are gone).
+    pub removed: Vec<String>,
+}
+
+/// The AS of a rack's nodes and router when there are routers; 64512 otherwise.
+pub fn rack_as(spec: &LabSpec, rack: usize) -> u32 {
+    if spec.tor {
+        65000 + rack as u32
+    } else {
+        64512
+    }
+}
+
+fn rack_of(spec: &LabSpec, i: usize) -> usize {
+    let per = spec.nodes.div_ceil(spec.racks.max(1));
+    i / per.max(1)
+}
+
+impl Lab {
+    /// Builds the cluster and starts every agent; `progress` gets a line per step.
+    pub fn up(spec: LabSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Lab> {
+        anyhow::ensure!(
+            spec.nodes >= 1 && spec.nodes <= 200,
+            "--nodes must be 1..=200"
+        );
+        anyhow::ensure!(
+            spec.racks >= 1 && spec.racks <= 50,
+            "--racks must be 1..=50"
+        );
+        anyhow::ensure!(
+            spec.reflectors < spec.nodes || spec.reflectors == 0,
+            "--reflectors must be fewer than --nodes"
+        );
+        anyhow::ensure!(
+            !(spec.tor && spec.reflectors > 0),
+            "--tor and --reflectors do not mix in the lab"
+        );
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let dir = tempfile::Builder::new().prefix("brindle-lab-").tempdir()?;
+        let (etcd, api, store, target) = match spec.datastore {
+            Datastore::Etcd => {
+                progress("starting etcd on loopback");
+                let etcd = EtcdServer::start();
+                let ep = etcd.endpoint();
+                let store =
+                    rt.block_on(brindle_datastore::backend::etcd::EtcdBackend::connect(&[
+                        ep.clone(),
+                    ]))?;
+                let target = ep.trim_start_matches("http://").parse()?;
+                (Some(etcd), None, Store::new(store), target)
+            }
+            Datastore::Kubernetes => {
+                progress("starting the test Kubernetes API server on loopback (no real kube-apiserver here)");
+                let api = rt.block_on(ApiServer::start())?;
+                let url = api.url();
+                let cfg = kube::Config::new(url.parse()?);
+                let client = kube::Client::try_from(cfg)?;
+                let store = Store::new(
+                    brindle_datastore::backend::kubernetes::KubernetesBackend::new(
+                        client,
+                        url.clone(),
+                    ),
+                );
+                let target = url.trim_start_matches("http://").parse()?;
+                (None, Some(api), store, target)
+            }
+        };
+        progress("making the fabric");
+        let fabric = Netns::new("brl-fab");
+        net::fabric(&fabric, &spec);
+        let mut lab = Lab {
+            spec: spec.clone(),
+            rt,
+            dir,
+            etcd,
+            api,
+            store,
+            fabric,
+            nodes: vec![],
+            tors: vec![],
+            pods: BTreeMap::new(),
+            controller: None,
+            removed: vec![],
+        };
+        lab.seed()?;
+        if spec.tor {
+            for r in 0..spec.racks {
+                progress(&format!(
+                    "starting BIRD as the router of rack {r} (AS {})",
+                    rack_as(&spec, r)
+                ));
+                let t = net::tor(&lab.fabric, &spec, r);
+                lab.tors.push(t);
+            }
+        }
+        for i in 0..spec.nodes {
+            let rack = rack_of(&spec, i);
+            let name = format!("node-{i}");
+            let k = (0..i).filter(|j| rack_of(&spec, *j) == rack).count();
+            let ip = Ipv4Addr::new(198, 18, rack as u8, 10 + k as u8);
+            progress(&format!(
+                "node {name}: namespace, uplink {ip}/24 on rack {rack}"
+            ));
+            let ns = Netns::new("brl-node");
+            net::node_uplink(&lab.fabric, &ns, rack, ip, i);
+            let forward = PortForward::new(&ns, target);
+            let dir = lab.dir.path().join(&name);
+            std::fs::create_dir_all(&dir)?;
+            let node = LabNode {
+                name: name.clone(),
+                rack,
+                ip,
+                asn: rack_as(&spec, rack),
+                ns,
+                forward,
+                dir,
+                agent: None,
+            };
+            lab.register(&node, i < spec.reflectors)?;
+            lab.nodes.push(node);
+        }
+        for i in 0..lab.nodes.len() {
+            progress(&format!("starting brindle-node on {}", lab.nodes[i].name));
+            lab.start_agent(i);
+        }
+        progress("starting brindle-controller");
+        lab.start_controller()?;
+        progress("waiting for every node to hold every other node's blocks");
+        Ok(lab)
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// The default pool, the BGP configuration, and BGPPeers for routers or reflectors.
+    fn seed(&self) -> anyhow::Result<()> {
+        let s = &self.spec;
+        let mut pool = IPPoolSpec::new(POOL);
+        pool.block_size = Some(26);
+        pool.ipip_mode = match s.encap {
+            Encap::None => IpipMode::Never,
+            Encap::Ipip => IpipMode::Always,
+            Encap::Crosssubnet => IpipMode::CrossSubnet,
+        };
+        let cfg = BGPConfigurationSpec {
+            node_to_node_mesh_enabled: !s.tor && s.reflectors == 0,
+            ..Default::default()
+        };
+        let mut peers = vec![];
+        if s.tor {
+            for r in 0..s.racks {
+                peers.push((
+                    format!("rack-{r}-router"),
+                    BGPPeerSpec {
+                        node_selector: Some(format!("rack == 'r{r}'")),
+                        peer_ip: Some(net::tor_ip(r).to_string()),
+                        as_number: Some(rack_as(s, r)),
+                        ..empty_peer()
+                    },
+                ));
+            }
+        }
+        if s.reflectors > 0 {
+            peers.push((
+                "peer-with-route-reflectors".into(),
+                BGPPeerSpec {
+                    node_selector: Some("all()".into()),
+                    peer_selector: Some("route-reflector == 'true'".into()),
+                    ..empty_peer()
+                },
+            ));
+        }
+        self.block_on(async {
+            self.store
+                .all::<IPPool>()
+                .create(&IPPool::new("default", pool))
+                .await?;
+            self.store
+                .all::<BGPConfiguration>()
+                .create(&BGPConfiguration::new("default", cfg))
+                .await?;
+            for (n, p) in peers {
+                self.store
+                    .all::<BGPPeer>()
+                    .create(&BGPPeer::new(&n, p))
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// The node's record as a kubelet (Kubernetes) or an installer (etcd) would make it:
+    /// labels, and a route reflector's cluster ID. The agent fills in its address.
+    fn register(&self, n: &LabNode, reflector: bool) -> anyhow::Result<()> {
+        let mut labels = BTreeMap::from([
+            ("rack".to_string(), format!("r{}", n.rack)),
+            ("kubernetes.io/hostname".to_string(), n.name.clone()),
+        ]);
+        if reflector {
+            labels.insert("route-reflector".into(), "true".into());
+        }
+        let bgp = NodeBgp {
+            route_reflector_cluster_id: reflector.then(|| "224.0.0.1".to_string()),
+            ..Default::default()
+        };
+        self.block_on(async {
+            match self.spec.datastore {
+                Datastore::Etcd => {
+                    let mut rec = brindle_ipam::nodes::brindle_node(&n.name, &[]);
+                    rec.metadata.labels = Some(labels);
+                    rec.spec.bgp = Some(bgp);
+                    self.store
+                        .all::<brindle_api::BrindleNode>()
+                        .create(&rec)
+                        .await?;
+                }
+                Datastore::Kubernetes => {
+                    let mut k = k8s_openapi::api::core::v1::Node::default();
+                    k.metadata.name = Some(n.name.clone());
+                    k.metadata.labels = Some(labels);
+                    k.metadata.annotations = Some(bgp.to_annotations());
+                    self.store
+                        .all::<k8s_openapi::api::core::v1::Node>()
+                        .create(&k)
+                        .await?;
+                }
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    fn datastore_args(&self, forward: &PortForward, dir: &Path) -> Vec<String> {
+        match self.spec.datastore {
+            Datastore::Etcd => vec![
+                "--datastore".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                format!("http://{}", forward.addr),
+            ],
+            Datastore::Kubernetes => {
+                let kc = dir.join("kubeconfig");
+                let _ = std::fs::write(&kc, kubeconfig(&format!("http://{}", forward.addr)));
+                vec![
+                    "--datastore".into(),
+                    "kubernetes".into(),
+                    "--kubeconfig".into(),
+                    kc.display().to_string(),
+                ]
+            }
+        }
+    }
+
+    /// Starts (or starts again) node i's agent.
+    pub fn start_agent(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let mut args: Vec<String> = vec![
+            binary("brindle-node").display().to_string(),
+            "--nodename".into(),
+            n.name.clone(),
+            "--ip-autodetection-method".into(),
+            "interface=eth0".into(),
+            "--as".into(),
+            n.asn.to_string(),
+            "--control-socket".into(),
+            n.control_socket().display().to_string(),
+            "--nodename-file".into(),
+            n.dir.join("nodename").display().to_string(),
+            "--metrics-listen".into(),
+            "127.0.0.1:9091".into(),
+            "--log".into(),
+            "info,brindle_bgp=info".into(),
+        ];
+        args.extend(self.datastore_args(&n.forward, &n.dir));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(n.log())
+            .expect("agent log");
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let child =
+            n.ns.command(&argv)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start brindle-node");
+        self.nodes[i].agent = Some(ChildGuard(child));
+    }
+
+    /// SIGTERM to node i's agent (a graceful stop), waiting for it to exit.
+    pub fn stop_agent(&mut self, i: usize) {
+        if let Some(mut g) = self.nodes[i].agent.take() {
+            let pid = nix::unistd::Pid::from_raw(g.0.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(15) {
+                if let Ok(Some(_)) = g.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            // ChildGuard's drop kills what did not stop.
+        }
+    }
+
+    fn start_controller(&mut self) -> anyhow::Result<()> {
+        let d = self.dir.path().join("controller");
+        std::fs::create_dir_all(&d)?;
+        let mut args = vec![
+            "--grace".to_string(),
+            self.spec.gc_grace.clone(),
+            "--resync".into(),
+            "10s".into(),
+        ];
+        match self.spec.datastore {
+            Datastore::Etcd => {
+                let ep = self
+                    .etcd
+                    .as_ref()
+                    .map(EtcdServer::endpoint)
+                    .unwrap_or_default();
+                args.extend([
+                    "--datastore".into(),
+                    "etcd".into(),
+                    "--etcd-endpoints".into(),
+                    ep,
+                ]);
+            }
+            Datastore::Kubernetes => {
+                let kc = d.join("kubeconfig");
+                let url = self.api.as_ref().map(ApiServer::url).unwrap_or_default();
+                std::fs::write(&kc, kubeconfig(&url))?;
+                args.extend([
+                    "--datastore".into(),
+                    "kubernetes".into(),
+                    "--kubeconfig".into(),
+                    kc.display().to_string(),
+                ]);
+            }
+        }
+        let log = std::fs::File::create(d.join("controller.log"))?;
+        let child = std::process::Command::new(binary("brindle-controller"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.controller = Some(ChildGuard(child));
+        Ok(())
+    }
+
+    pub fn node(&self, name: &str) -> &LabNode {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in the lab"))
+    }
+
+    pub fn node_index(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name} in the lab"))
+    }
+
+    /// Takes a node out of the cluster as an operator would after losing the machine: its
+    /// agent is killed, its namespace (and pods) go, its record is deleted.
+    pub fn remove_node(&mut self, name: &str) -> anyhow::Result<()> {
+        let i = self.node_index(name);
+        let gone: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, p)| p.node == name)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for p in gone {
+            self.pods.remove(&p);
+        }
+        let n = self.nodes.remove(i);
+        drop(n);
+        self.removed.push(name.to_string());
+        self.block_on(async {
+            match self.spec.datastore {
+                Datastore::Etcd => {
+                    self.store
+                        .all::<brindle_api::BrindleNode>()
+                        .delete(name, None)
+                        .await?
+                }
+                Datastore::Kubernetes => {
+                    self.store
+                        .all::<k8s_openapi::api::core::v1::Node>()
+                        .delete(name, None)
+                        .await?
+                }
+            }
+            let pods = self
+                .store
+                .all::<k8s_openapi::api::core::v1::Pod>()
+                .list()
+                .await?
+                .items;
+            for p in pods {
+                let on = p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(name);
+                if on {
+                    let ns = p.metadata.namespace.clone().unwrap_or_default();
+                    let pn = p.metadata.name.clone().unwrap_or_default();
+                    self.store
+                        .namespaced::<k8s_openapi::api::core::v1::Pod>(&ns)
+                        .delete(&pn, None)
+                        .await?;
+                }
+            }
+            anyhow::Ok(())
+        })
+    }
+
+    /// `ip route show proto bird` on a node, one line per route (`ip -o` form).
+    pub fn bird_routes(&self, node: &str) -> Vec<String> {
+        let out = self
+            .node(node)
+            .ns
+            .ok(&["ip", "-4", "route", "show", "proto", "bird"]);
+        out.lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+
+    /// The speaker's peers on a node (its control socket).
+    pub fn peers(&self, node: &str) -> Vec<serde_json::Value> {
+        status::control(
+            &self.node(node).control_socket(),
+            &serde_json::json!({"peers": {}}),
+        )
+        .ok()
+        .and_then(|v| v["ok"].as_array().cloned())
+        .unwrap_or_default()
+    }
+
+    /// Blocks affine to each node, from the datastore.
+    pub fn blocks(&self) -> BTreeMap<String, Vec<String>> {
+        let blocks = self
+            .block_on(self.store.all::<brindle_api::IPAMBlock>().list())
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for b in blocks {
+            if let Some(n) = b
+                .spec
+                .affinity
+                .as_deref()
+                .and_then(|a| a.strip_prefix("host:"))
+            {
+                m.entry(n.to_string())
+                    .or_default()
+                    .push(b.spec.cidr.clone());
+            }
+        }
+        m
+    }
+
+    /// Until every live node holds a proto-bird route for every other live node's blocks
+    /// (and a blackhole for its own), or `timeout`. Returns how long it took.
+    pub fn wait_converged(&self, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            let why = self.converged();
+            match why {
+                Ok(()) => return Ok(start.elapsed()),
+                Err(e) if start.elapsed() > timeout => {
+                    return Err(format!("not converged after {timeout:?}: {e}"))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn converged(&self) -> Result<(), String> {
+        let blocks = self.blocks();
+        for n in &self.nodes {
+            let routes = self.bird_routes(&n.name);
+            for (owner, bs) in &blocks {
+                for b in bs {
+                    let want = if owner == &n.name {
+                        format!("blackhole {b}")
+                    } else {
+                        b.clone()
+                    };
+                    if !routes
+                        .iter()
+                        .any(|r| r.starts_with(&format!("{want} ")) || r == &want)
+                    {
+                        return Err(format!("{} has no route {want}", n.name));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What to show to a person (`brindle-lab status`).
+    pub fn status(&self) -> String {
+        status::render(self)
+    }
+
+    /// Stops etcd (an outage); [`Lab::start_etcd`] brings it back with its data.
+    pub fn stop_etcd(&mut self) {
+        if let Some(e) = &mut self.etcd {
+            e.stop();
+        }
+    }
+
+    pub fn start_etcd(&mut self) {
+        if let Some(e) = &mut self.etcd {
+            e.restart();
+        }
+    }
+}
+
+/// What a lab made, for `brindle-lab down` to remove after a crash of the process that owns
+/// the guards.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Ledger {
+    pub namespaces: Vec<String>,
+    pub pids: Vec<u32>,
+}
+
+impl Lab {
+    pub fn ledger(&self) -> Ledger {
+        let mut l = Ledger::default();
+        l.namespaces.push(self.fabric.name().to_string());
+        for n in &self.nodes {
+            l.namespaces.push(n.ns.name().to_string());
+            l.pids.extend(n.agent_pid());
+        }
+        for t in &self.tors {
+            l.namespaces.push(t.ns.name().to_string());
+            l.pids.push(t.bird.pid());
+        }
+        for p in self.pods.values() {
+            l.namespaces.push(p.ns.name().to_string());
+            l.pids.push(p.server_pid());
+        }
+        l.pids.extend(self.controller.as_ref().map(|c| c.0.id()));
+        l.pids.extend(self.etcd.as_ref().and_then(EtcdServer::pid));
+        l
+    }
+}
+
+fn empty_peer() -> BGPPeerSpec {
+    BGPPeerSpec {
+        node: None,
+        node_selector: None,
+        peer_ip: None,
+        peer_selector: None,
+        as_number: None,
+        password: None,
+        keepalive_time: None,
+        hold_time: None,
+        max_restart_time: None,
+        route_reflector_client: false,
+    }
+}
+
+fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user: {{}}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\ncurrent-context: lab\n"
+    )
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Pods first (their veths live in node namespaces), then agents, routers, fabric;
+        // the guards do the rest.
+        self.pods.clear();
+        self.controller = None;
+        for n in &mut self.nodes {
+            n.agent = None;
+        }
+        self.nodes.clear();
+        self.tors.clear();
+    }
+}

@@ -1,1 +1,339 @@
-fn main() {}
+//! `brindle-lab`: the command line around [`brindle_lab::Lab`].
+//!
+//! `up` starts a supervisor process (`brindle-lab supervise`, in its own session) that builds
+//! the lab and owns every guard; the other commands talk to it over a unix socket in the state
+//! directory. `down` asks it to tear down, and if it is gone (crashed, killed) removes what its
+//! ledger lists: namespaces by name, processes by PID (checked against /proc first).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use brindle_lab::{Lab, LabSpec, Ledger};
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "brindle-lab",
+    version,
+    about = "A Brindle cluster of network namespaces on this machine"
+)]
+struct Cli {
+    /// Where the lab keeps its socket, ledger and logs.
+    #[arg(
+        long,
+        env = "BRINDLE_LAB_STATE",
+        default_value = "/run/brindle-lab",
+        global = true
+    )]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build the cluster and start every agent.
+    Up(LabSpec),
+    /// Pods through brindle-cni.
+    Pod {
+        #[command(subcommand)]
+        cmd: PodCmd,
+    },
+    /// Run a command in a pod's network namespace.
+    Exec {
+        pod: String,
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Nodes, BGP sessions, blocks and pods.
+    Status,
+    /// Remove everything the lab made.
+    Down,
+    #[command(hide = true)]
+    Supervise(LabSpec),
+}
+
+#[derive(Subcommand)]
+enum PodCmd {
+    Add {
+        name: String,
+        #[arg(long)]
+        node: String,
+    },
+    Del {
+        name: String,
+    },
+}
+
+fn socket(dir: &Path) -> PathBuf {
+    dir.join("lab.sock")
+}
+
+fn ask(dir: &Path, req: Value) -> anyhow::Result<Value> {
+    let mut s = UnixStream::connect(socket(dir))
+        .with_context(|| format!("no lab running (state dir {})", dir.display()))?;
+    writeln!(s, "{req}")?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    let v: Value = serde_json::from_str(&line).context("the lab's answer")?;
+    if let Some(e) = v.get("error") {
+        bail!("{}", e.as_str().unwrap_or_default());
+    }
+    Ok(v["ok"].clone())
+}
+
+fn spec_args(s: &LabSpec) -> Vec<String> {
+    let v = serde_json::to_value(s).unwrap_or_default();
+    let mut a = vec![
+        format!("--nodes={}", s.nodes),
+        format!("--racks={}", s.racks),
+        format!("--reflectors={}", s.reflectors),
+        format!("--gc-grace={}", s.gc_grace),
+        format!(
+            "--encap={}",
+            v["encap"].as_str().unwrap_or("none").to_lowercase()
+        ),
+        format!(
+            "--datastore={}",
+            v["datastore"].as_str().unwrap_or("etcd").to_lowercase()
+        ),
+    ];
+    if s.tor {
+        a.push("--tor".into());
+    }
+    a
+}
+
+fn up(dir: &Path, spec: &LabSpec) -> anyhow::Result<()> {
+    if UnixStream::connect(socket(dir)).is_ok() {
+        bail!(
+            "a lab is already running (state dir {}); `brindle-lab down` first",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    for f in ["progress.log", "ready", "failed", "ledger.json"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
+    let log = std::fs::File::create(dir.join("supervisor.log"))?;
+    let me = std::env::current_exe()?;
+    let mut child = Command::new("setsid")
+        .arg(me)
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("supervise")
+        .args(spec_args(spec))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting the lab supervisor (setsid from util-linux)")?;
+    let mut shown = 0;
+    let start = Instant::now();
+    loop {
+        let lines: Vec<String> = std::fs::read_to_string(dir.join("progress.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        for l in &lines[shown.min(lines.len())..] {
+            println!("» {l}");
+        }
+        shown = lines.len();
+        if dir.join("ready").exists() {
+            println!("lab is up: `brindle-lab status`, `brindle-lab pod add web-0 --node node-1`, `brindle-lab down`");
+            return Ok(());
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            let why = std::fs::read_to_string(dir.join("failed")).unwrap_or_default();
+            bail!(
+                "the lab did not come up: {why}\n(see {})",
+                dir.join("supervisor.log").display()
+            );
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("the lab did not come up within 10 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
+    let progress_path = dir.join("progress.log");
+    let mut progress = |s: &str| {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&progress_path)
+        {
+            let _ = writeln!(f, "{s}");
+        }
+    };
+    let mut lab = match Lab::up(spec, &mut progress) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::write(dir.join("failed"), format!("{e:#}"));
+            return Err(e);
+        }
+    };
+    let write_ledger = |lab: &Lab| {
+        let _ = std::fs::write(
+            dir.join("ledger.json"),
+            serde_json::to_string(&lab.ledger()).unwrap_or_default(),
+        );
+    };
+    write_ledger(&lab);
+    match lab.wait_converged(Duration::from_secs(120)) {
+        Ok(t) => progress(&format!("converged in {:.1} s", t.as_secs_f64())),
+        Err(e) => progress(&format!("warning: {e}")),
+    }
+    let _ = std::fs::remove_file(socket(dir));
+    let l = UnixListener::bind(socket(dir))?;
+    std::fs::write(dir.join("ready"), "")?;
+    for conn in l.incoming() {
+        let Ok(conn) = conn else { continue };
+        let mut line = String::new();
+        let mut r = BufReader::new(conn.try_clone()?);
+        if r.read_line(&mut line).is_err() {
+            continue;
+        }
+        let req: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        let reply = if req.get("down").is_some() {
+            let _ = writeln!(&conn, "{}", json!({"ok": "down"}));
+            break;
+        } else if req.get("status").is_some() {
+            json!({"ok": lab.status()})
+        } else if let Some(p) = req.get("pod_add") {
+            let (name, node) = (
+                p["name"].as_str().unwrap_or(""),
+                p["node"].as_str().unwrap_or(""),
+            );
+            if lab.nodes.iter().all(|n| n.name != node) {
+                json!({"error": format!("no node {node:?} (nodes: {})", lab.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>().join(", "))})
+            } else {
+                match lab.pod_add(name, node) {
+                    Ok(ip) => json!({"ok": ip.to_string()}),
+                    Err(e) => json!({"error": e}),
+                }
+            }
+        } else if let Some(n) = req.get("pod_del").and_then(Value::as_str) {
+            match lab.pod_del(n) {
+                Ok(()) => json!({"ok": "deleted"}),
+                Err(e) => json!({"error": e}),
+            }
+        } else if let Some(n) = req.get("pod_ns").and_then(Value::as_str) {
+            match lab.pods.get(n) {
+                Some(p) => json!({"ok": p.ns.name()}),
+                None => json!({"error": format!("no pod {n}")}),
+            }
+        } else {
+            json!({"error": "unknown request"})
+        };
+        write_ledger(&lab);
+        let _ = writeln!(&conn, "{reply}");
+    }
+    drop(lab);
+    let _ = std::fs::remove_file(socket(dir));
+    let _ = std::fs::remove_file(dir.join("ledger.json"));
+    let _ = std::fs::remove_file(dir.join("ready"));
+    Ok(())
+}
+
+/// Removes what a dead supervisor's ledger lists.
+fn sweep(dir: &Path) -> anyhow::Result<()> {
+    let Ok(text) = std::fs::read_to_string(dir.join("ledger.json")) else {
+        println!("nothing to remove");
+        return Ok(());
+    };
+    let l: Ledger = serde_json::from_str(&text)?;
+    for pid in l.pids {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmdline);
+        // Only a process that is still what we started (a PID can be reused).
+        if ["brindle", "bird", "etcd", "python3"]
+            .iter()
+            .any(|w| cmd.contains(w))
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    for ns in l.namespaces.iter().rev() {
+        let _ = Command::new("ip")
+            .args(["netns", "del", ns])
+            .stderr(Stdio::null())
+            .status();
+    }
+    let _ = std::fs::remove_file(dir.join("ledger.json"));
+    let _ = std::fs::remove_file(socket(dir));
+    println!("removed what the ledger listed (the supervisor was not running)");
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = &cli.state_dir;
+    match cli.cmd {
+        Cmd::Up(spec) => up(dir, &spec),
+        Cmd::Supervise(spec) => supervise(dir, spec),
+        Cmd::Status => {
+            print!(
+                "{}",
+                ask(dir, json!({"status": {}}))?
+                    .as_str()
+                    .unwrap_or_default()
+            );
+            Ok(())
+        }
+        Cmd::Pod {
+            cmd: PodCmd::Add { name, node },
+        } => {
+            let ip = ask(dir, json!({"pod_add": {"name": name, "node": node}}))?;
+            println!("pod {name} on {node}: {}", ip.as_str().unwrap_or_default());
+            Ok(())
+        }
+        Cmd::Pod {
+            cmd: PodCmd::Del { name },
+        } => {
+            ask(dir, json!({"pod_del": name}))?;
+            println!("pod {name} deleted");
+            Ok(())
+        }
+        Cmd::Exec { pod, cmd } => {
+            let ns = ask(dir, json!({"pod_ns": pod}))?;
+            let status = Command::new("ip")
+                .args(["netns", "exec", ns.as_str().unwrap_or_default()])
+                .args(&cmd)
+                .status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Cmd::Down => match ask(dir, json!({"down": {}})) {
+            Ok(_) => {
+                // Wait for the supervisor to finish tearing down.
+                let start = Instant::now();
+                while socket(dir).exists() && start.elapsed() < Duration::from_secs(60) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                println!("lab removed");
+                Ok(())
+            }
+            Err(_) => sweep(dir),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("brindle-lab: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
