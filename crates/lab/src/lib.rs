@@ -178,6 +178,23 @@ fn rack_of(spec: &LabSpec, i: usize) -> usize {
 impl Lab {
     /// Builds the cluster and starts every agent; `progress` gets a line per step.
     pub fn up(spec: LabSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Lab> {
+        let mut lab = Lab::build(spec, progress)?;
+        lab.start_agents(progress)?;
+        Ok(lab)
+    }
+
+    /// Starts every agent and the controller (after [`Lab::build`]).
+    pub fn start_agents(&mut self, progress: &mut dyn FnMut(&str)) -> anyhow::Result<()> {
+        for i in 0..self.nodes.len() {
+            progress(&format!("starting brindle-node on {}", self.nodes[i].name));
+            self.start_agent(i);
+        }
+        progress("starting brindle-controller");
+        self.start_controller()
+    }
+
+    /// Builds namespaces, routers, datastore and node records; no agent runs yet.
+    pub fn build(spec: LabSpec, progress: &mut dyn FnMut(&str)) -> anyhow::Result<Lab> {
         anyhow::ensure!(
             spec.nodes >= 1 && spec.nodes <= 200,
             "--nodes must be 1..=200"
@@ -281,13 +298,6 @@ impl Lab {
             lab.register(&node, i < spec.reflectors)?;
             lab.nodes.push(node);
         }
-        for i in 0..lab.nodes.len() {
-            progress(&format!("starting brindle-node on {}", lab.nodes[i].name));
-            lab.start_agent(i);
-        }
-        progress("starting brindle-controller");
-        lab.start_controller()?;
-        progress("waiting for every node to hold every other node's blocks");
         Ok(lab)
     }
 

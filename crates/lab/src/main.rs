@@ -188,6 +188,7 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
         );
     };
     write_ledger(&lab);
+    progress("waiting for every node to hold every other node's blocks");
     match lab.wait_converged(Duration::from_secs(120)) {
         Ok(t) => progress(&format!("converged in {:.1} s", t.as_secs_f64())),
         Err(e) => progress(&format!("warning: {e}")),

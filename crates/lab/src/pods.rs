@@ -146,11 +146,19 @@ impl Lab {
 
     /// Creates a pod on a node: namespace, CNI ADD, echo server. Returns its address.
     pub fn pod_add(&mut self, name: &str, node: &str) -> Result<Ipv4Addr, String> {
+        self.pod_add_from(name, node, None)
+    }
+
+    /// The same, with the pod asking for a pool (annotation `brindle.dev/ipv4pools`).
+    pub fn pod_add_from(&mut self, name: &str, node: &str, pool: Option<&str>) -> Result<Ipv4Addr, String> {
         if self.pods.contains_key(name) {
             return Err(format!("pod {name} exists"));
         }
-        if self.spec.datastore == Datastore::Kubernetes {
-            self.kube_pod(name, node, None)?;
+        let ann = pool.map(|p| ("brindle.dev/ipv4pools".to_string(), json!([p]).to_string()));
+        // The kubelet's Pod exists before the runtime calls CNI; in etcd mode a Pod record
+        // carries the annotation the same way.
+        if self.spec.datastore == Datastore::Kubernetes || ann.is_some() {
+            self.write_pod(name, node, None, ann)?;
         }
         let ns = Netns::new("brl-pod");
         let cid = format!(
@@ -164,7 +172,7 @@ impl Lab {
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("CNI result without an IPv4 address: {res}"))?;
         if self.spec.datastore == Datastore::Kubernetes {
-            self.kube_pod(name, node, Some(ip))?; // the kubelet reports the pod's IP
+            self.write_pod(name, node, Some(ip), None)?; // the kubelet reports the pod's IP
         }
         let script = self.echo_script();
         let server = ns.spawn(&["python3", &script, "serve", name, &PORT.to_string()]);
@@ -194,7 +202,7 @@ impl Lab {
         Ok(ip)
     }
 
-    fn kube_pod(&self, name: &str, node: &str, ip: Option<Ipv4Addr>) -> Result<(), String> {
+    fn write_pod(&self, name: &str, node: &str, ip: Option<Ipv4Addr>, ann: Option<(String, String)>) -> Result<(), String> {
         use k8s_openapi::api::core::v1::{Pod as KPod, PodIP, PodSpec, PodStatus};
         let api = self.store.namespaced::<KPod>(NAMESPACE);
         self.block_on(async {
@@ -205,6 +213,9 @@ impl Lab {
                 .unwrap_or_default();
             p.metadata.name = Some(name.into());
             p.metadata.namespace = Some(NAMESPACE.into());
+            if let Some((k, v)) = ann {
+                p.metadata.annotations.get_or_insert_with(Default::default).insert(k, v);
+            }
             p.spec = Some(PodSpec {
                 node_name: Some(node.into()),
                 ..Default::default()

@@ -120,3 +120,39 @@ pub fn router(h: Health) -> Router {
         )
         .with_state(h)
 }
+
+/// Logs, once per change, a configured peer that has not been Established for
+/// [`STARTUP_THRESHOLD`] (with the speaker's last error) and its coming up again: the
+/// speaker itself retries quietly.
+pub async fn watch_peers(view: watch::Receiver<SpeakerView>) {
+    use std::collections::BTreeMap;
+    let mut down_since: BTreeMap<std::net::IpAddr, (Instant, bool)> = BTreeMap::new();
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let Some(sp) = view.borrow().speaker.clone() else {
+            continue;
+        };
+        let Ok(peers) = sp.peers().await else { continue };
+        let now = Instant::now();
+        down_since.retain(|a, _| peers.iter().any(|p| p.addr == *a));
+        for p in peers {
+            if p.state == "Established" {
+                if let Some((_, true)) = down_since.remove(&p.addr) {
+                    tracing::info!(peer = %p.addr, "peer Established");
+                }
+                continue;
+            }
+            let e = down_since.entry(p.addr).or_insert((now, false));
+            if !e.1 && now.duration_since(e.0) >= STARTUP_THRESHOLD {
+                e.1 = true;
+                tracing::warn!(
+                    peer = %p.addr,
+                    state = %p.state,
+                    last_error = p.last_error.as_deref().unwrap_or("none"),
+                    "peer not Established for {}s",
+                    STARTUP_THRESHOLD.as_secs()
+                );
+            }
+        }
+    }
+}

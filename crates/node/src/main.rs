@@ -313,6 +313,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
         }
         .run(),
     );
+    tokio::spawn(health::watch_peers(view_rx.clone()));
     let h = health::Health {
         started,
         snap: snap.clone(),

@@ -1,0 +1,128 @@
+//! Helpers shared by the suites: a lab that prints its logs when a test fails, reachability
+//! and route checks, `ip monitor route` recorders.
+
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::process::Stdio;
+use std::time::Duration;
+
+use brindle_lab::{Lab, LabSpec};
+use brindle_testsupport::daemons::{tail, wait_for};
+use brindle_testsupport::ChildGuard;
+
+/// Builds a lab, runs the test, and on failure prints the tail of every agent's log.
+pub fn with_lab(spec: LabSpec, test: impl FnOnce(&mut Lab)) {
+    let mut lab = Lab::up(spec, &mut |s| eprintln!("lab: {s}")).expect("lab up");
+    let r = catch_unwind(AssertUnwindSafe(|| test(&mut lab)));
+    if let Err(e) = r {
+        for n in &lab.nodes {
+            eprintln!("---- {} agent log (tail) ----\n{}", n.name, tail(&n.log(), 40));
+        }
+        drop(lab);
+        resume_unwind(e);
+    }
+}
+
+/// One pod per node, named after it (`p-node-0`, …); returns the names.
+pub fn pod_per_node(lab: &mut Lab) -> Vec<String> {
+    let nodes: Vec<String> = lab.nodes.iter().map(|n| n.name.clone()).collect();
+    nodes
+        .iter()
+        .map(|n| {
+            let p = format!("p-{n}");
+            lab.pod_add(&p, n).unwrap_or_else(|e| panic!("pod add {p} on {n}: {e}"));
+            p
+        })
+        .collect()
+}
+
+/// Every pod reaches every other pod over TCP (and is greeted by the right one).
+pub fn all_reach(lab: &Lab, pods: &[String]) {
+    for a in pods {
+        for b in pods {
+            if a == b {
+                continue;
+            }
+            wait_for(&format!("{a} to reach {b} over TCP"), Duration::from_secs(40), || {
+                lab.reach(a, b).ok().filter(|name| name == b)
+            });
+        }
+    }
+}
+
+/// What a node's `ip route show proto bird` must be on one L2 segment: every other node's
+/// blocks via that node, a blackhole for each of its own.
+pub fn expected_mesh_routes(lab: &Lab, node: &str) -> BTreeSet<String> {
+    let mut want = BTreeSet::new();
+    for (owner, blocks) in lab.blocks() {
+        for b in blocks {
+            if owner == node {
+                want.insert(format!("blackhole {b}"));
+            } else {
+                let ip = lab.node(&owner).ip;
+                want.insert(format!("{b} via {ip} dev eth0"));
+            }
+        }
+    }
+    want
+}
+
+pub fn routes(lab: &Lab, node: &str) -> BTreeSet<String> {
+    lab.bird_routes(node)
+        .into_iter()
+        .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+/// Waits until each node's proto-bird routes are exactly the mesh's.
+pub fn wait_mesh_routes(lab: &Lab) {
+    for n in &lab.nodes {
+        wait_for(&format!("{}'s routes to be exactly the mesh's", n.name), Duration::from_secs(40), || {
+            let want = expected_mesh_routes(lab, &n.name);
+            (routes(lab, &n.name) == want).then_some(())
+        });
+    }
+}
+
+/// `ip monitor route` in a node's namespace, written to a file.
+pub struct RouteMonitor {
+    _child: ChildGuard,
+    pub file: std::path::PathBuf,
+}
+
+impl RouteMonitor {
+    pub fn start(lab: &Lab, node: &str) -> RouteMonitor {
+        let file = lab.dir.path().join(format!("monitor-{node}.log"));
+        let out = std::fs::File::create(&file).expect("monitor file");
+        let child = lab
+            .node(node)
+            .ns
+            .command(&["ip", "-4", "monitor", "route"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ip monitor");
+        std::thread::sleep(Duration::from_millis(300));
+        RouteMonitor {
+            _child: ChildGuard(child),
+            file,
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Route deletions seen (pod-side /32 scope-link routes excluded: they are the CNI's).
+    pub fn deleted(&self) -> Vec<String> {
+        self.lines()
+            .into_iter()
+            .filter(|l| l.starts_with("Deleted"))
+            .collect()
+    }
+}
