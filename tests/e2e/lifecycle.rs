@@ -26,8 +26,7 @@ fn bird_deletions(m: &RouteMonitor) -> Vec<String> {
 
 fn finish(child: std::process::Child) -> String {
     let out = child.wait_with_output().expect("stream client");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-        + &String::from_utf8_lossy(&out.stderr)
+    String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
 }
 
 #[test]
@@ -40,19 +39,35 @@ fn a_removed_node_disappears_from_every_node_and_the_controller_frees_its_blocks
         assert!(!gone.is_empty());
         lab.remove_node("node-2").expect("remove node-2");
         for n in ["node-0", "node-1"] {
-            wait_for(&format!("{n} to drop node-2's blocks"), Duration::from_secs(30), || {
-                let r = lab.bird_routes(n);
-                (!r.iter().any(|l| gone.iter().any(|b| l.contains(b.as_str())))).then_some(())
-            });
+            wait_for(
+                &format!("{n} to drop node-2's blocks"),
+                Duration::from_secs(30),
+                || {
+                    let r = lab.bird_routes(n);
+                    (!r.iter()
+                        .any(|l| gone.iter().any(|b| l.contains(b.as_str()))))
+                    .then_some(())
+                },
+            );
         }
         wait_mesh_routes(lab);
-        wait_for("the controller to free node-2's blocks and affinities", Duration::from_secs(90), || {
-            let blocks = lab.block_on(lab.store.all::<IPAMBlock>().list()).ok()?.items;
-            let affs = lab.block_on(lab.store.all::<BlockAffinity>().list()).ok()?.items;
-            let left = blocks.iter().any(|b| gone.contains(&b.spec.cidr))
-                || affs.iter().any(|a| a.spec.node == "node-2");
-            (!left).then_some(())
-        });
+        wait_for(
+            "the controller to free node-2's blocks and affinities",
+            Duration::from_secs(90),
+            || {
+                let blocks = lab
+                    .block_on(lab.store.all::<IPAMBlock>().list())
+                    .ok()?
+                    .items;
+                let affs = lab
+                    .block_on(lab.store.all::<BlockAffinity>().list())
+                    .ok()?
+                    .items;
+                let left = blocks.iter().any(|b| gone.contains(&b.spec.cidr))
+                    || affs.iter().any(|a| a.spec.node == "node-2");
+                (!left).then_some(())
+            },
+        );
         all_reach(lab, &pods[..2]);
     });
 }
@@ -64,8 +79,10 @@ fn an_agent_restart_under_traffic_withdraws_nothing() {
         all_reach(lab, &pods);
         wait_mesh_routes(lab);
         let before = routes(lab, "node-1");
-        let monitors: Vec<RouteMonitor> =
-            ["node-0", "node-1", "node-2"].iter().map(|n| RouteMonitor::start(lab, n)).collect();
+        let monitors: Vec<RouteMonitor> = ["node-0", "node-1", "node-2"]
+            .iter()
+            .map(|n| RouteMonitor::start(lab, n))
+            .collect();
         let stream = lab.stream("p-node-0", "p-node-1", 20);
         std::thread::sleep(Duration::from_secs(3));
         let i = lab.node_index("node-1");
@@ -74,16 +91,24 @@ fn an_agent_restart_under_traffic_withdraws_nothing() {
         // Stopped: its routes are all still there, and the others still route to it.
         assert_eq!(routes(lab, "node-1"), before);
         lab.start_agent(i);
-        wait_for("node-1's sessions to come back", Duration::from_secs(40), || {
-            let p = lab.peers("node-1");
-            (p.len() == 2 && p.iter().all(|p| p["state"] == "Established")).then_some(())
-        });
+        wait_for(
+            "node-1's sessions to come back",
+            Duration::from_secs(40),
+            || {
+                let p = lab.peers("node-1");
+                (p.len() == 2 && p.iter().all(|p| p["state"] == "Established")).then_some(())
+            },
+        );
         let out = finish(stream);
         assert!(out.starts_with("ok "), "the TCP stream broke: {out}");
         wait_mesh_routes(lab);
         for m in &monitors {
             let d = bird_deletions(m);
-            assert!(d.is_empty(), "routes withdrawn ({}): {d:?}", m.file.display());
+            assert!(
+                d.is_empty(),
+                "routes withdrawn ({}): {d:?}",
+                m.file.display()
+            );
         }
         all_reach(lab, &pods);
         assert_eq!(
@@ -103,29 +128,46 @@ fn a_datastore_outage_keeps_forwarding_and_the_agents_resync() {
         let pods = ["a".to_string(), "b".to_string()];
         all_reach(lab, &pods);
         wait_mesh_routes(lab);
-        let monitors: Vec<RouteMonitor> =
-            ["node-0", "node-1", "node-2"].iter().map(|n| RouteMonitor::start(lab, n)).collect();
+        let monitors: Vec<RouteMonitor> = ["node-0", "node-1", "node-2"]
+            .iter()
+            .map(|n| RouteMonitor::start(lab, n))
+            .collect();
         let stream = lab.stream("a", "b", 45);
         let down = Instant::now();
         lab.stop_etcd();
         std::thread::sleep(Duration::from_secs(5));
         // A runtime adding a pod now is told to try again later; nothing is half-made.
-        let e = lab.pod_add("late", "node-2").expect_err("no datastore, no address");
-        assert!(e.contains("\"code\":11"), "CNI error 11 (try again later) expected: {e}");
-        assert_eq!(lab.reach("a", "b").as_deref(), Ok("b"), "forwarding during the outage");
+        let e = lab
+            .pod_add("late", "node-2")
+            .expect_err("no datastore, no address");
+        assert!(
+            e.contains("\"code\":11"),
+            "CNI error 11 (try again later) expected: {e}"
+        );
+        assert_eq!(
+            lab.reach("a", "b").as_deref(),
+            Ok("b"),
+            "forwarding during the outage"
+        );
         std::thread::sleep(Duration::from_secs(30).saturating_sub(down.elapsed()));
         lab.start_etcd();
         // As the kubelet would, retry the pod until it is made.
-        wait_for("the pod to be added once etcd is back", Duration::from_secs(60), || {
-            lab.pod_add("late", "node-2").ok()
-        });
+        wait_for(
+            "the pod to be added once etcd is back",
+            Duration::from_secs(60),
+            || lab.pod_add("late", "node-2").ok(),
+        );
         all_reach(lab, &["a".into(), "b".into(), "late".into()]);
         wait_mesh_routes(lab);
         let out = finish(stream);
         assert!(out.starts_with("ok "), "the TCP stream broke: {out}");
         for m in &monitors {
             let d = bird_deletions(m);
-            assert!(d.is_empty(), "routes withdrawn ({}): {d:?}", m.file.display());
+            assert!(
+                d.is_empty(),
+                "routes withdrawn ({}): {d:?}",
+                m.file.display()
+            );
         }
     });
 }

@@ -12,10 +12,18 @@ fn mesh(spec: LabSpec) {
         wait_mesh_routes(lab);
         for n in &lab.nodes {
             let r = routes(lab, &n.name);
-            assert_eq!(r.len(), lab.nodes.len(), "{}: one route per node's block: {r:?}", n.name);
+            assert_eq!(
+                r.len(),
+                lab.nodes.len(),
+                "{}: one route per node's block: {r:?}",
+                n.name
+            );
             let peers = lab.peers(&n.name);
             assert_eq!(peers.len(), lab.nodes.len() - 1, "{}: {peers:?}", n.name);
-            assert!(peers.iter().all(|p| p["state"] == "Established"), "{peers:?}");
+            assert!(
+                peers.iter().all(|p| p["state"] == "Established"),
+                "{peers:?}"
+            );
         }
         // Removing a pod keeps its node's block (and its route): the block stays affine.
         let first = pods[0].clone();

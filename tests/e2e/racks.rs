@@ -46,18 +46,30 @@ fn two_racks_through_top_of_rack_routers() {
                     assert!(r.contains(&want), "{}: missing {want:?} in {r:?}", n.name);
                 }
             }
-            assert_eq!(lab.peers(&n.name).len(), 1, "{}: one session, to its router", n.name);
+            assert_eq!(
+                lab.peers(&n.name).len(),
+                1,
+                "{}: one session, to its router",
+                n.name
+            );
         }
 
         // A pool of one block: node-0 claims it, node-3 (the other rack) must borrow from it.
         let mut small = IPPoolSpec::new("10.245.0.0/26");
         small.block_size = Some(26);
-        lab.block_on(lab.store.all::<IPPool>().create(&IPPool::new("small", small)))
-            .expect("pool");
+        lab.block_on(
+            lab.store
+                .all::<IPPool>()
+                .create(&IPPool::new("small", small)),
+        )
+        .expect("pool");
         lab.pod_add_from("s0", "node-0", Some("small")).expect("s0");
         let borrowed = lab.pod_add_from("s3", "node-3", Some("small")).expect("s3");
         assert!(
-            "10.245.0.0/26".parse::<ipnetwork::Ipv4Network>().unwrap().contains(borrowed),
+            "10.245.0.0/26"
+                .parse::<ipnetwork::Ipv4Network>()
+                .unwrap()
+                .contains(borrowed),
             "{borrowed} should come from node-0's block"
         );
         let pods = ["s0".to_string(), "s3".to_string(), pods[1].clone()];
@@ -67,10 +79,17 @@ fn two_racks_through_top_of_rack_routers() {
         let mut want: BTreeSet<String> = lab.blocks().values().flatten().cloned().collect();
         want.insert(format!("{borrowed}/32"));
         for t in &lab.tors {
-            wait_for(&format!("router {} to hold exactly the blocks and the borrowed /32", t.rack), Duration::from_secs(30), || {
-                let got = bird_prefixes(&t.bird.birdc(&["show", "route"]));
-                (got == want).then_some(())
-            });
+            wait_for(
+                &format!(
+                    "router {} to hold exactly the blocks and the borrowed /32",
+                    t.rack
+                ),
+                Duration::from_secs(30),
+                || {
+                    let got = bird_prefixes(&t.bird.birdc(&["show", "route"]));
+                    (got == want).then_some(())
+                },
+            );
         }
     });
 }

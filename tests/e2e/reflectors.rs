@@ -19,7 +19,10 @@ fn one_reflector_for_four_clients() {
             let peers = lab.peers(&n.name);
             let want = if n.name == "node-0" { 4 } else { 1 };
             assert_eq!(peers.len(), want, "{}: {peers:?}", n.name);
-            assert!(peers.iter().all(|p| p["state"] == "Established"), "{peers:?}");
+            assert!(
+                peers.iter().all(|p| p["state"] == "Established"),
+                "{peers:?}"
+            );
             if n.name != "node-0" {
                 assert_eq!(peers[0]["addr"], lab.node("node-0").ip.to_string());
             }

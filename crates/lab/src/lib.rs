@@ -221,10 +221,9 @@ impl Lab {
                 progress("starting etcd on loopback");
                 let etcd = EtcdServer::start();
                 let ep = etcd.endpoint();
-                let store =
-                    rt.block_on(brindle_datastore::backend::etcd::EtcdBackend::connect(&[
-                        ep.clone(),
-                    ]))?;
+                let store = rt.block_on(brindle_datastore::backend::etcd::EtcdBackend::connect(
+                    std::slice::from_ref(&ep),
+                ))?;
                 let target = ep.trim_start_matches("http://").parse()?;
                 (Some(etcd), None, Store::new(store), target)
             }
@@ -232,6 +231,7 @@ impl Lab {
                 progress("starting the test Kubernetes API server on loopback (no real kube-apiserver here)");
                 let api = rt.block_on(ApiServer::start())?;
                 let url = api.url();
+                let _rt = rt.enter(); // the client's buffer task needs a runtime
                 let cfg = kube::Config::new(url.parse()?);
                 let client = kube::Client::try_from(cfg)?;
                 let store = Store::new(
@@ -650,7 +650,8 @@ impl Lab {
     }
 
     fn converged(&self) -> Result<(), String> {
-        let blocks = self.blocks();
+        let mut blocks = self.blocks();
+        blocks.retain(|owner, _| self.nodes.iter().any(|n| &n.name == owner));
         for n in &self.nodes {
             let routes = self.bird_routes(&n.name);
             for (owner, bs) in &blocks {

@@ -5,7 +5,10 @@ use std::net::Ipv4Addr;
 use brindle_testsupport::daemons::Bird;
 use brindle_testsupport::Netns;
 
-use crate::{rack_as, LabSpec, Tor, POOL};
+use crate::{rack_as, LabSpec, Tor};
+
+/// What the routers take and give: the lab's pod ranges (pools are made inside it).
+const PODS: &str = "10.0.0.0/8";
 
 /// A rack's gateway: the router's address when there is one, else the fabric's own (the
 /// fabric then routes between racks like a plain L3 underlay).
@@ -79,25 +82,25 @@ fn rack_nodes(spec: &LabSpec, rack: usize) -> Vec<Ipv4Addr> {
 
 /// Calico's "AS per rack" design: the router shares its rack's AS, reflects between the
 /// rack's nodes (iBGP), and speaks eBGP to the other racks' routers, rewriting the next hop
-/// to itself for routes from there. Only pool routes are taken or given.
+/// to itself for routes from there. Only pod ranges (10.0.0.0/8) are taken or given.
 pub fn bird_conf(spec: &LabSpec, rack: usize) -> String {
     let asn = rack_as(spec, rack);
     let id = spine_ip(rack);
     let mut c = format!(
         r#"router id {id};
 protocol device {{ scan time 2; }}
-filter pods {{ if net ~ [ {POOL}+ ] then accept; reject; }}
+filter pods {{ if net ~ [ {PODS}+ ] then accept; reject; }}
 protocol kernel {{ ipv4 {{ import none; export filter pods; }}; merge paths on; }}
-template bgp client {{
+template bgp rack_node {{
   local as {asn};
-  rr client; rr cluster id {id};
+  rr client; rr cluster id {id}; direct;
   connect retry time 1; error wait time 1, 5;
-  ipv4 {{ import filter pods; export filter pods; next hop self ebgp; gateway direct; }};
+  ipv4 {{ import filter pods; export filter pods; next hop self ebgp; }};
 }}
 "#
     );
     for (k, ip) in rack_nodes(spec, rack).iter().enumerate() {
-        c += &format!("protocol bgp node_{k} from client {{ neighbor {ip} as {asn}; }}\n");
+        c += &format!("protocol bgp node_{k} from rack_node {{ neighbor {ip} as {asn}; }}\n");
     }
     for other in (0..spec.racks).filter(|r| *r != rack) {
         c += &format!(

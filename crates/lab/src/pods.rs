@@ -150,7 +150,12 @@ impl Lab {
     }
 
     /// The same, with the pod asking for a pool (annotation `brindle.dev/ipv4pools`).
-    pub fn pod_add_from(&mut self, name: &str, node: &str, pool: Option<&str>) -> Result<Ipv4Addr, String> {
+    pub fn pod_add_from(
+        &mut self,
+        name: &str,
+        node: &str,
+        pool: Option<&str>,
+    ) -> Result<Ipv4Addr, String> {
         if self.pods.contains_key(name) {
             return Err(format!("pod {name} exists"));
         }
@@ -202,7 +207,13 @@ impl Lab {
         Ok(ip)
     }
 
-    fn write_pod(&self, name: &str, node: &str, ip: Option<Ipv4Addr>, ann: Option<(String, String)>) -> Result<(), String> {
+    fn write_pod(
+        &self,
+        name: &str,
+        node: &str,
+        ip: Option<Ipv4Addr>,
+        ann: Option<(String, String)>,
+    ) -> Result<(), String> {
         use k8s_openapi::api::core::v1::{Pod as KPod, PodIP, PodSpec, PodStatus};
         let api = self.store.namespaced::<KPod>(NAMESPACE);
         self.block_on(async {
@@ -214,7 +225,10 @@ impl Lab {
             p.metadata.name = Some(name.into());
             p.metadata.namespace = Some(NAMESPACE.into());
             if let Some((k, v)) = ann {
-                p.metadata.annotations.get_or_insert_with(Default::default).insert(k, v);
+                p.metadata
+                    .annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(k, v);
             }
             p.spec = Some(PodSpec {
                 node_name: Some(node.into()),

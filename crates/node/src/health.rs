@@ -132,7 +132,9 @@ pub async fn watch_peers(view: watch::Receiver<SpeakerView>) {
         let Some(sp) = view.borrow().speaker.clone() else {
             continue;
         };
-        let Ok(peers) = sp.peers().await else { continue };
+        let Ok(peers) = sp.peers().await else {
+            continue;
+        };
         let now = Instant::now();
         down_since.retain(|a, _| peers.iter().any(|p| p.addr == *a));
         for p in peers {
