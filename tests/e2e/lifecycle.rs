@@ -24,11 +24,6 @@ fn bird_deletions(m: &RouteMonitor) -> Vec<String> {
         .collect()
 }
 
-fn finish(child: std::process::Child) -> String {
-    let out = child.wait_with_output().expect("stream client");
-    String::from_utf8_lossy(&out.stdout).trim().to_string() + &String::from_utf8_lossy(&out.stderr)
-}
-
 #[test]
 fn a_removed_node_disappears_from_every_node_and_the_controller_frees_its_blocks() {
     with_lab(three(), |lab| {
@@ -99,7 +94,7 @@ fn an_agent_restart_under_traffic_withdraws_nothing() {
                 (p.len() == 2 && p.iter().all(|p| p["state"] == "Established")).then_some(())
             },
         );
-        let out = finish(stream);
+        let out = stream.finish();
         assert!(out.starts_with("ok "), "the TCP stream broke: {out}");
         wait_mesh_routes(lab);
         for m in &monitors {
@@ -159,7 +154,7 @@ fn a_datastore_outage_keeps_forwarding_and_the_agents_resync() {
         );
         all_reach(lab, &["a".into(), "b".into(), "late".into()]);
         wait_mesh_routes(lab);
-        let out = finish(stream);
+        let out = stream.finish();
         assert!(out.starts_with("ok "), "the TCP stream broke: {out}");
         for m in &monitors {
             let d = bird_deletions(m);

@@ -228,6 +228,7 @@ impl SessionTask {
             notified: false,
             peer_gr: false,
             failures: 0,
+            refused: false,
             closing: None,
         };
         let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
@@ -273,6 +274,7 @@ impl SessionTask {
                         }
                         Err(e) => {
                             debug!(peer = %self.cfg.addr, "connect failed: {e}");
+                            run.refused = true;
                             self.process(&mut run, Input::TcpFails);
                         }
                     }
@@ -307,6 +309,7 @@ impl SessionTask {
     }
 
     fn attach(&self, run: &mut Run, s: TcpStream, buf: BytesMut) {
+        run.refused = false;
         let local = s
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -472,11 +475,16 @@ impl SessionTask {
                 } else {
                     debug!(peer = %self.cfg.addr, "attempt failed: {reason}");
                 }
-                run.failures = run.failures.saturating_add(u32::from(!run.established));
+                let wait = if run.refused {
+                    self.backoff(1)
+                } else {
+                    run.failures = run.failures.saturating_add(u32::from(!run.established));
+                    self.backoff(run.failures)
+                };
                 run.tx_ctx = Ctx::default();
                 run.rx_ctx = Ctx::default();
                 run.established = false;
-                run.restart_at = Some(Instant::now() + self.backoff(run.failures));
+                run.restart_at = Some(Instant::now() + wait);
                 let _ = self.events.send(Event::Down {
                     peer: self.id,
                     reason,
@@ -542,6 +550,10 @@ struct Run {
     notified: bool,
     peer_gr: bool,
     failures: u32,
+    /// The last attempt never got a TCP connection (refused, unreachable): retried after
+    /// the plain connect-retry time, as BIRD does, not the doubling error backoff — a peer
+    /// that is simply not listening yet (a node starting) is reached as soon as it is.
+    refused: bool,
     /// The writer of the last closed connection, still flushing.
     closing: Option<tokio::task::JoinHandle<()>>,
 }

@@ -34,7 +34,7 @@ use brindle_datastore::Store;
 use brindle_testsupport::daemons::Bird;
 use brindle_testsupport::{ApiServer, ChildGuard, EtcdServer, Netns, PortForward};
 
-pub use pods::Pod;
+pub use pods::{Pod, Stream};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,

@@ -293,25 +293,39 @@ impl Lab {
         }
     }
 
-    /// Starts a TCP stream from one pod to another for `secs`; wait on the child for
-    /// "ok N" (every round trip within 2 s) or "broken …".
-    pub fn stream(&self, from: &str, to: &str, secs: u32) -> std::process::Child {
+    /// Starts a TCP stream from one pod to another for `secs`; [`Stream::finish`] says
+    /// "ok N" (every round trip within 2 s) or "broken …". Killed if dropped unfinished.
+    pub fn stream(&self, from: &str, to: &str, secs: u32) -> Stream {
         let ip = self.pods[to].ip.to_string();
         let script = self.echo_script();
-        self.pods[from]
+        let (port, secs) = (PORT.to_string(), secs.to_string());
+        let child = self.pods[from]
             .ns
-            .command(&[
-                "python3",
-                &script,
-                "stream",
-                &ip,
-                &PORT.to_string(),
-                &secs.to_string(),
-            ])
+            .command(&["python3", &script, "stream", &ip, &port, &secs])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start the stream client")
+            .expect("start the stream client");
+        Stream(ChildGuard(child))
+    }
+}
+
+pub struct Stream(ChildGuard);
+
+impl Stream {
+    /// Waits for the client and returns what it printed.
+    pub fn finish(mut self) -> String {
+        use std::io::Read;
+        let mut out = String::new();
+        let child = &mut self.0 .0;
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut out);
+        }
+        let _ = child.wait();
+        out.trim().to_string()
     }
 }

@@ -57,6 +57,9 @@ fn peer_config(d: &DesiredPeer) -> PeerConfig {
     p.rr_client = d.rr_client;
     p.hold_time = d.hold_time;
     p.source = d.source;
+    // BIRD's "connect delay time 2" in Calico's template: a peer that is starting is
+    // reached within about 2 s of listening.
+    p.connect_retry = Duration::from_secs(2);
     // One session per family, as Calico has: an IPv4 peer carries IPv4 routes.
     p.ipv4 = d.addr.is_ipv4();
     p.ipv6 = d.addr.is_ipv6();
