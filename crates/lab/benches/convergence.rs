@@ -4,7 +4,8 @@
 //! already holds one block (allocated through IPAM before any agent starts, as after a
 //! reboot of the whole cluster); then every agent starts, and we time from the last one
 //! starting until every node has a proto-bird route for every other node's block. Then a pod
-//! is added (CNI ADD) and we time until it answers TCP from every node. Agent peak RSS and CPU
+//! is added (CNI ADD, called as a runtime calls it) and we time until its kernel answers a
+//! TCP SYN from every node. Agent peak RSS and CPU
 //! come from /proc. Release binaries are built first (that is what a cluster runs).
 //! Prints a table and writes `bench-results/lab-convergence.json`.
 
@@ -63,33 +64,48 @@ fn scenario(name: &str, nodes: usize, reflectors: usize) -> Row {
         .wait_converged(Duration::from_secs(300))
         .expect("convergence");
     let last = lab.nodes.last().map(|n| n.name.clone()).unwrap_or_default();
-    let t = Instant::now();
-    let ip = lab.pod_add("probe", &last).expect("pod");
-    let add = t.elapsed();
     // One thread per node, each in the node's namespace (setns on a thread of its own),
-    // connecting until the pod's echo server answers.
+    // told the pod's address the moment the CNI ADD returns and then connecting until the
+    // pod's kernel answers: a refused connection counts (the echo server starts later).
     let paths: Vec<String> = lab.nodes.iter().map(|n| n.ns.path()).collect();
-    let reached: Vec<Duration> = std::thread::scope(|sc| {
+    let t = Instant::now();
+    let (add, reached) = std::thread::scope(|sc| {
+        let mut txs = vec![];
         let hs: Vec<_> = paths
             .iter()
             .map(|p| {
+                let (tx, rx) = std::sync::mpsc::channel::<std::net::Ipv4Addr>();
+                txs.push(tx);
                 sc.spawn(move || {
                     let f = std::fs::File::open(p).expect("netns");
                     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+                    let ip = rx.recv().expect("the pod's address");
                     let to = std::net::SocketAddr::from((ip, 8080));
                     loop {
-                        if std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200))
-                            .is_ok()
+                        match std::net::TcpStream::connect_timeout(&to, Duration::from_millis(200))
                         {
-                            return t.elapsed();
+                            Ok(_) => return t.elapsed(),
+                            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                                return t.elapsed()
+                            }
+                            Err(_) => {}
                         }
                         assert!(t.elapsed() < Duration::from_secs(120), "pod not reachable");
-                        std::thread::sleep(Duration::from_millis(10));
+                        std::thread::sleep(Duration::from_millis(5));
                     }
                 })
             })
             .collect();
-        hs.into_iter().map(|h| h.join().expect("probe")).collect()
+        let mut add = Duration::ZERO;
+        lab.pod_add_with("probe", &last, None, &mut |ip| {
+            add = t.elapsed();
+            for tx in &txs {
+                let _ = tx.send(ip);
+            }
+        })
+        .expect("pod");
+        let reached: Vec<Duration> = hs.into_iter().map(|h| h.join().expect("probe")).collect();
+        (add, reached)
     });
     let pod = reached.into_iter().max().unwrap_or_default();
     let pids: Vec<u32> = lab.nodes.iter().filter_map(|n| n.agent_pid()).collect();

@@ -156,6 +156,18 @@ impl Lab {
         node: &str,
         pool: Option<&str>,
     ) -> Result<Ipv4Addr, String> {
+        self.pod_add_with(name, node, pool, &mut |_| {})
+    }
+
+    /// The general form: `wired` is called with the pod's address as soon as the CNI ADD has
+    /// returned, before the echo server starts (benchmarks time reachability from there).
+    pub fn pod_add_with(
+        &mut self,
+        name: &str,
+        node: &str,
+        pool: Option<&str>,
+        wired: &mut dyn FnMut(Ipv4Addr),
+    ) -> Result<Ipv4Addr, String> {
         if self.pods.contains_key(name) {
             return Err(format!("pod {name} exists"));
         }
@@ -176,6 +188,7 @@ impl Lab {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| format!("CNI result without an IPv4 address: {res}"))?;
+        wired(ip);
         if self.spec.datastore == Datastore::Kubernetes {
             self.write_pod(name, node, Some(ip), None)?; // the kubelet reports the pod's IP
         }

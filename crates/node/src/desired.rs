@@ -84,10 +84,16 @@ pub fn config_for(snap: &Snapshot, node: &str) -> BGPConfigurationSpec {
         .unwrap_or_default()
 }
 
+/// The cluster's AS: the `default` BGPConfiguration's (a `node.<name>` one does not change
+/// the AS of other nodes).
+fn cluster_as(snap: &Snapshot) -> u32 {
+    snap.configs
+        .get("default")
+        .map_or(brindle_api::bgp::DEFAULT_AS_NUMBER, |c| c.as_number)
+}
+
 fn node_asn(snap: &Snapshot, n: &NodeInfo) -> u32 {
-    n.bgp
-        .as_number
-        .unwrap_or_else(|| config_for(snap, "").as_number)
+    n.bgp.as_number.unwrap_or_else(|| cluster_as(snap))
 }
 
 fn node_ip(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<Ipv4Addr> {
@@ -117,9 +123,7 @@ pub fn globals(snap: &Snapshot, me: &Me) -> Globals {
     let mine = snap.nodes.get(&me.name);
     let cfg = config_for(snap, &me.name);
     Globals {
-        asn: mine
-            .and_then(|n| n.bgp.as_number)
-            .unwrap_or(config_for(snap, "").as_number),
+        asn: mine.map_or_else(|| cluster_as(snap), |n| node_asn(snap, n)),
         router_id: me.ip,
         listen_port: cfg.listen_port,
         cluster_id: rr_id(mine),

@@ -220,8 +220,7 @@ async fn identify(
         Me {
             name,
             ip: net.ip(),
-            subnet: ipnetwork::Ipv4Network::new(subnet.network(), subnet.prefix())
-                .unwrap_or(subnet),
+            subnet,
         },
         uplink_mtu,
     ))
