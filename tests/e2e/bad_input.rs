@@ -25,16 +25,9 @@ fn bad_resources_are_logged_once_and_the_rest_keeps_working() {
         // A peer nobody answers for, a pool no node matches, a node record whose address is
         // not an address (written around the validating Store, as a broken tool might).
         let peer = BGPPeerSpec {
-            node: None,
-            node_selector: None,
             peer_ip: Some("198.18.0.250".into()),
-            peer_selector: None,
             as_number: Some(65010),
-            password: None,
-            keepalive_time: None,
-            hold_time: None,
-            max_restart_time: None,
-            route_reflector_client: false,
+            ..Default::default()
         };
         lab.block_on(
             lab.store

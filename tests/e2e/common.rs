@@ -104,7 +104,20 @@ pub struct RouteMonitor {
     pub file: std::path::PathBuf,
 }
 
+/// A monitor on each of these nodes.
+pub fn monitors(lab: &Lab, nodes: &[&str]) -> Vec<RouteMonitor> {
+    nodes.iter().map(|n| RouteMonitor::start(lab, n)).collect()
+}
+
 impl RouteMonitor {
+    /// Proto-bird route deletions seen (the CNI's own /32 routes come and go with pods).
+    pub fn bird_deletions(&self) -> Vec<String> {
+        self.deleted()
+            .into_iter()
+            .filter(|l| l.contains("proto bird"))
+            .collect()
+    }
+
     pub fn start(lab: &Lab, node: &str) -> RouteMonitor {
         let file = lab.dir.path().join(format!("monitor-{node}.log"));
         let out = std::fs::File::create(&file).expect("monitor file");

@@ -16,14 +16,6 @@ fn three() -> LabSpec {
     }
 }
 
-/// Proto-bird route deletions only (the CNI's own /32 routes come and go with pods).
-fn bird_deletions(m: &RouteMonitor) -> Vec<String> {
-    m.deleted()
-        .into_iter()
-        .filter(|l| l.contains("proto bird"))
-        .collect()
-}
-
 #[test]
 fn a_removed_node_disappears_from_every_node_and_the_controller_frees_its_blocks() {
     with_lab(three(), |lab| {
@@ -74,10 +66,7 @@ fn an_agent_restart_under_traffic_withdraws_nothing() {
         all_reach(lab, &pods);
         wait_mesh_routes(lab);
         let before = routes(lab, "node-1");
-        let monitors: Vec<RouteMonitor> = ["node-0", "node-1", "node-2"]
-            .iter()
-            .map(|n| RouteMonitor::start(lab, n))
-            .collect();
+        let monitors = monitors(lab, &["node-0", "node-1", "node-2"]);
         let stream = lab.stream("p-node-0", "p-node-1", 20);
         std::thread::sleep(Duration::from_secs(3));
         let i = lab.node_index("node-1");
@@ -98,7 +87,7 @@ fn an_agent_restart_under_traffic_withdraws_nothing() {
         assert!(out.starts_with("ok "), "the TCP stream broke: {out}");
         wait_mesh_routes(lab);
         for m in &monitors {
-            let d = bird_deletions(m);
+            let d = m.bird_deletions();
             assert!(
                 d.is_empty(),
                 "routes withdrawn ({}): {d:?}",
@@ -123,10 +112,7 @@ fn a_datastore_outage_keeps_forwarding_and_the_agents_resync() {
         let pods = ["a".to_string(), "b".to_string()];
         all_reach(lab, &pods);
         wait_mesh_routes(lab);
-        let monitors: Vec<RouteMonitor> = ["node-0", "node-1", "node-2"]
-            .iter()
-            .map(|n| RouteMonitor::start(lab, n))
-            .collect();
+        let monitors = monitors(lab, &["node-0", "node-1", "node-2"]);
         let stream = lab.stream("a", "b", 45);
         let down = Instant::now();
         lab.stop_etcd();
@@ -157,7 +143,7 @@ fn a_datastore_outage_keeps_forwarding_and_the_agents_resync() {
         let out = stream.finish();
         assert!(out.starts_with("ok "), "the TCP stream broke: {out}");
         for m in &monitors {
-            let d = bird_deletions(m);
+            let d = m.bird_deletions();
             assert!(
                 d.is_empty(),
                 "routes withdrawn ({}): {d:?}",

@@ -70,10 +70,7 @@ fn a_listen_port_change_takes_effect_without_a_restart_or_a_withdraw() {
             let pods = pod_per_node(lab);
             all_reach(lab, &pods);
             wait_mesh_routes(lab);
-            let monitors: Vec<RouteMonitor> = ["node-0", "node-1"]
-                .iter()
-                .map(|n| RouteMonitor::start(lab, n))
-                .collect();
+            let monitors = monitors(lab, &["node-0", "node-1"]);
             let pids: Vec<_> = lab.nodes.iter().map(|n| n.agent_pid()).collect();
             let api = lab.store.all::<BGPConfiguration>();
             let mut cfg = lab
@@ -105,11 +102,7 @@ fn a_listen_port_change_takes_effect_without_a_restart_or_a_withdraw() {
                 "same processes"
             );
             for m in &monitors {
-                let d: Vec<String> = m
-                    .deleted()
-                    .into_iter()
-                    .filter(|l| l.contains("proto bird"))
-                    .collect();
+                let d = m.bird_deletions();
                 assert!(d.is_empty(), "routes withdrawn: {d:?}");
             }
         },

@@ -161,7 +161,7 @@ fn check_community(value: &str) -> Result<(), String> {
 
 /// A BGP peer beyond the node-to-node mesh: a top-of-rack router, a route reflector, or a
 /// selection of nodes peering with each other.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "brindle.dev",
     version = "v1",

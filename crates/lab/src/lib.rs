@@ -328,7 +328,7 @@ impl Lab {
                         node_selector: Some(format!("rack == 'r{r}'")),
                         peer_ip: Some(net::tor_ip(r).to_string()),
                         as_number: Some(rack_as(s, r)),
-                        ..empty_peer()
+                        ..Default::default()
                     },
                 ));
             }
@@ -339,7 +339,7 @@ impl Lab {
                 BGPPeerSpec {
                     node_selector: Some("all()".into()),
                     peer_selector: Some("route-reflector == 'true'".into()),
-                    ..empty_peer()
+                    ..Default::default()
                 },
             ));
         }
@@ -719,21 +719,6 @@ impl Lab {
         l.pids.extend(self.controller.as_ref().map(|c| c.0.id()));
         l.pids.extend(self.etcd.as_ref().and_then(EtcdServer::pid));
         l
-    }
-}
-
-fn empty_peer() -> BGPPeerSpec {
-    BGPPeerSpec {
-        node: None,
-        node_selector: None,
-        peer_ip: None,
-        peer_selector: None,
-        as_number: None,
-        password: None,
-        keepalive_time: None,
-        hold_time: None,
-        max_restart_time: None,
-        route_reflector_client: false,
     }
 }
 

@@ -94,16 +94,9 @@ fn route_reflector_by_peer_selector_both_ways() {
     s.peers.insert(
         "to-rr".into(),
         BGPPeerSpec {
-            node: None,
             node_selector: Some("all()".into()),
-            peer_ip: None,
             peer_selector: Some("route-reflector == 'true'".into()),
-            as_number: None,
-            password: None,
-            keepalive_time: None,
-            hold_time: None,
-            max_restart_time: None,
-            route_reflector_client: false,
+            ..Default::default()
         },
     );
     let mut w = vec![];
@@ -126,15 +119,10 @@ fn global_and_node_specific_peers() {
     let mut s = three();
     let mut spec = BGPPeerSpec {
         node: Some("n2".into()),
-        node_selector: None,
         peer_ip: Some("198.18.0.1".into()),
-        peer_selector: None,
         as_number: Some(65001),
-        password: None,
-        keepalive_time: None,
         hold_time: Some("30s".into()),
-        max_restart_time: None,
-        route_reflector_client: false,
+        ..Default::default()
     };
     s.peers.insert("tor".into(), spec.clone());
     let mut w = vec![];
