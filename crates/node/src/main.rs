@@ -101,8 +101,11 @@ struct Args {
 fn init_logging(a: &Args) {
     let filter = tracing_subscriber::EnvFilter::try_new(&a.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal, never into a log file or a container log.
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if a.log_format == "json" {
         b.json().init();
@@ -137,7 +140,8 @@ where
     loop {
         match f().await {
             Ok(v) => return v,
-            Err(e) => warn!("{what} (retrying in {delay:?}): {e:#}"),
+            // The datastore's errors already carry their causes in their text.
+            Err(e) => warn!("{what} (retrying in {delay:?}): {e}"),
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(10));

@@ -65,7 +65,7 @@ impl TunnelTask {
                                 }
                                 Err(TunnelError::NoIpip(e)) => {
                                     if !no_ipip_logged {
-                                        warn!("{e}: running without IPIP encapsulation; routes to other nodes are direct");
+                                        warn!("tunl0: this kernel has no IPIP support ({e}); running without IPIP encapsulation: routes to other nodes are direct");
                                         no_ipip_logged = true;
                                     }
                                     self.ok.send_if_modified(|o| std::mem::replace(o, false));
