@@ -698,11 +698,17 @@ impl Lab {
 pub struct Ledger {
     pub namespaces: Vec<String>,
     pub pids: Vec<u32>,
+    /// The lab's working directory (logs, sockets, configuration files).
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
 }
 
 impl Lab {
     pub fn ledger(&self) -> Ledger {
-        let mut l = Ledger::default();
+        let mut l = Ledger {
+            dir: Some(self.dir.path().to_path_buf()),
+            ..Default::default()
+        };
         l.namespaces.push(self.fabric.name().to_string());
         for n in &self.nodes {
             l.namespaces.push(n.ns.name().to_string());

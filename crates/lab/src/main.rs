@@ -164,6 +164,7 @@ fn up(dir: &Path, spec: &LabSpec) -> anyhow::Result<()> {
 }
 
 fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
+    std::fs::write(dir.join("supervisor.pid"), std::process::id().to_string())?;
     let progress_path = dir.join("progress.log");
     let mut progress = |s: &str| {
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -242,6 +243,7 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(socket(dir));
     let _ = std::fs::remove_file(dir.join("ledger.json"));
     let _ = std::fs::remove_file(dir.join("ready"));
+    let _ = std::fs::remove_file(dir.join("supervisor.pid"));
     Ok(())
 }
 
@@ -271,6 +273,14 @@ fn sweep(dir: &Path) -> anyhow::Result<()> {
             .args(["netns", "del", ns])
             .stderr(Stdio::null())
             .status();
+    }
+    // Only a directory the lab made itself (a temp dir named brindle-lab-*).
+    if let Some(d) = l.dir.filter(|d| {
+        d.starts_with(std::env::temp_dir())
+            && d.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("brindle-lab-"))
+    }) {
+        let _ = std::fs::remove_dir_all(d);
     }
     let _ = std::fs::remove_file(dir.join("ledger.json"));
     let _ = std::fs::remove_file(socket(dir));

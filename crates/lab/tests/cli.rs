@@ -1,0 +1,112 @@
+//! The `brindle-lab` command as a person uses it: up, pods, exec, status, and down — also
+//! after the supervisor was killed, from its ledger.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn lab(dir: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_brindle-lab"))
+        .arg("--state-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run brindle-lab");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// `down` whatever happens, so a failing test leaves nothing behind.
+struct Down(PathBuf);
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = lab(&self.0, &["down"]);
+    }
+}
+
+fn namespaces() -> String {
+    String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .to_string()
+}
+
+#[test]
+fn up_pods_exec_status_and_down_after_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let _down = Down(dir.clone());
+    let (ok, out) = lab(&dir, &["up", "--nodes", "2"]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("starting brindle-node on node-1") && out.contains("lab is up"),
+        "{out}"
+    );
+    let (ok, again) = lab(&dir, &["up"]);
+    assert!(!ok && again.contains("already running"), "{again}");
+
+    let (ok, a) = lab(&dir, &["pod", "add", "a", "--node", "node-0"]);
+    assert!(ok, "{a}");
+    let (ok, b) = lab(&dir, &["pod", "add", "b", "--node", "node-1"]);
+    assert!(ok, "{b}");
+    let b_ip = b.trim().rsplit(' ').next().unwrap().to_string();
+    let (ok, bad) = lab(&dir, &["pod", "add", "c", "--node", "node-9"]);
+    assert!(!ok && bad.contains("no node \"node-9\""), "{bad}");
+
+    let code = format!("import socket; print(socket.create_connection(('{b_ip}', 8080), timeout=3).recv(16).decode().strip())");
+    let mut greeting = String::new();
+    for _ in 0..50 {
+        let (ok, g) = lab(&dir, &["exec", "a", "--", "python3", "-c", &code]);
+        if ok {
+            greeting = g;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(greeting.trim(), "b");
+
+    let (ok, status) = lab(&dir, &["status"]);
+    assert!(ok, "{status}");
+    for want in ["NODES", "node-0", "Established", "PODS", &b_ip] {
+        assert!(status.contains(want), "{want} in:\n{status}");
+    }
+
+    // The supervisor dies without tearing down: down sweeps what its ledger lists.
+    let ledger: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("ledger.json")).unwrap()).unwrap();
+    let pid: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (ok, out) = lab(&dir, &["down"]);
+    assert!(ok && out.contains("ledger"), "{out}");
+    let workdir = ledger["dir"].as_str().unwrap();
+    assert!(!Path::new(workdir).exists(), "{workdir} left behind");
+    let left = namespaces();
+    for ns in ledger["namespaces"].as_array().unwrap() {
+        assert!(
+            !left.contains(ns.as_str().unwrap()),
+            "{ns} left behind: {left}"
+        );
+    }
+    for p in ledger["pids"].as_array().unwrap() {
+        let p = p.as_u64().unwrap();
+        // Gone, or a zombie waiting for its (dead) parent's reaper.
+        let state = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        assert!(
+            state.is_empty() || state.contains(") Z"),
+            "process {p} still runs: {state}"
+        );
+    }
+}
