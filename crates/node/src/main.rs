@@ -170,8 +170,9 @@ async fn identify(
         .await
         .context("listing interfaces")?;
     let found = match a.ip.as_deref() {
+        // An address the operator gave is used or refused, never replaced by an old one.
         Some(ip) if ip != "autodetect" && !ip.is_empty() => {
-            autodetect::parse_explicit(ip, &ifaces).map_err(anyhow::Error::msg)
+            Ok(autodetect::parse_explicit(ip, &ifaces).map_err(anyhow::Error::msg)?)
         }
         _ => autodetect::detect(
             &method,

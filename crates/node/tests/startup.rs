@@ -145,3 +145,15 @@ fn registers_the_detected_address_and_keeps_it_when_detection_later_fails() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+#[test]
+fn a_bad_explicit_address_is_refused_not_replaced() {
+    let n = node();
+    let out = n.agent(&["--ip", "198.18.0.300"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--ip \"198.18.0.300\" is not an IPv4 address"),
+        "{err}"
+    );
+}
