@@ -41,6 +41,15 @@ pub fn pod_per_node(lab: &mut Lab) -> Vec<String> {
         .collect()
 }
 
+/// A pod on every node, all reaching each other, every node holding exactly the mesh's
+/// routes: where most tests start.
+pub fn settled_mesh(lab: &mut Lab) -> Vec<String> {
+    let pods = pod_per_node(lab);
+    all_reach(lab, &pods);
+    wait_mesh_routes(lab);
+    pods
+}
+
 /// Every pod reaches every other pod over TCP (and is greeted by the right one).
 pub fn all_reach(lab: &Lab, pods: &[String]) {
     for a in pods {

@@ -19,9 +19,7 @@ fn three() -> LabSpec {
 #[test]
 fn a_removed_node_disappears_from_every_node_and_the_controller_frees_its_blocks() {
     with_lab(three(), |lab| {
-        let pods = pod_per_node(lab);
-        all_reach(lab, &pods);
-        wait_mesh_routes(lab);
+        let pods = settled_mesh(lab);
         let gone: BTreeSet<String> = lab.blocks()["node-2"].iter().cloned().collect();
         assert!(!gone.is_empty());
         lab.remove_node("node-2").expect("remove node-2");
@@ -62,9 +60,7 @@ fn a_removed_node_disappears_from_every_node_and_the_controller_frees_its_blocks
 #[test]
 fn an_agent_restart_under_traffic_withdraws_nothing() {
     with_lab(three(), |lab| {
-        let pods = pod_per_node(lab);
-        all_reach(lab, &pods);
-        wait_mesh_routes(lab);
+        let pods = settled_mesh(lab);
         let before = routes(lab, "node-1");
         let monitors = monitors(lab, &["node-0", "node-1", "node-2"]);
         let stream = lab.stream("p-node-0", "p-node-1", 20);

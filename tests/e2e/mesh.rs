@@ -7,9 +7,7 @@ use crate::common::*;
 
 fn mesh(spec: LabSpec) {
     with_lab(spec, |lab| {
-        let pods = pod_per_node(lab);
-        all_reach(lab, &pods);
-        wait_mesh_routes(lab);
+        let pods = settled_mesh(lab);
         for n in &lab.nodes {
             let r = routes(lab, &n.name);
             assert_eq!(
@@ -67,9 +65,7 @@ fn a_listen_port_change_takes_effect_without_a_restart_or_a_withdraw() {
             ..Default::default()
         },
         |lab| {
-            let pods = pod_per_node(lab);
-            all_reach(lab, &pods);
-            wait_mesh_routes(lab);
+            let pods = settled_mesh(lab);
             let monitors = monitors(lab, &["node-0", "node-1"]);
             let pids: Vec<_> = lab.nodes.iter().map(|n| n.agent_pid()).collect();
             let api = lab.store.all::<BGPConfiguration>();

@@ -12,9 +12,7 @@ fn one_reflector_for_four_clients() {
         ..Default::default()
     };
     with_lab(spec, |lab| {
-        let pods = pod_per_node(lab);
-        all_reach(lab, &pods);
-        wait_mesh_routes(lab);
+        settled_mesh(lab);
         for n in &lab.nodes {
             let peers = lab.peers(&n.name);
             let want = if n.name == "node-0" { 4 } else { 1 };

@@ -8,42 +8,32 @@
 //!
 //! Run: `cargo bench -p brindle-cni --bench cni`. Writes bench-results/cni.json.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use brindle_api::{BrindleNode, IPPool, IPPoolSpec};
 use brindle_datastore::backend::etcd::EtcdBackend;
 use brindle_datastore::Store;
 use brindle_testsupport::bench::{write_results, Sample};
-use brindle_testsupport::{EtcdServer, Netns};
+use brindle_testsupport::{CniCall, EtcdServer, Netns};
 use serde_json::json;
 
 const PODS: usize = 100;
 
 fn run_plugin(command: &str, conf: &str, container: &str, netns: &str) -> Duration {
     let t = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_brindle-cni"))
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", netns)
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!("K8S_POD_NAMESPACE=bench;K8S_POD_NAME={container}"),
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("plugin");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = CniCall {
+        command,
+        container,
+        netns: Some(netns),
+        pod: Some(("bench", container)),
+        env: &[],
+    }
+    .run(
+        Command::new(env!("CARGO_BIN_EXE_brindle-cni")),
+        conf.as_bytes(),
+    )
+    .expect("plugin");
     let took = t.elapsed();
     assert!(
         out.status.success(),

@@ -2,12 +2,11 @@
 //! (CNI_* environment, the network configuration on stdin, a pod netns path), with a small
 //! TCP echo server in it so reachability is tested with real TCP.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
-use brindle_testsupport::{ChildGuard, Netns};
+use brindle_testsupport::{ChildGuard, CniCall, Netns};
 use serde_json::{json, Value};
 
 use crate::{binary, Datastore, Encap, Lab};
@@ -111,26 +110,18 @@ impl Lab {
     ) -> Result<Value, String> {
         let n = self.node(node);
         let bin = binary("brindle-cni").display().to_string();
-        let mut c = n.ns.command(&[&bin]);
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", cid)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni")
-            .env(
-                "CNI_ARGS",
-                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={NAMESPACE};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().map_err(|e| format!("running brindle-cni: {e}"))?;
-        if let Some(mut i) = child.stdin.take() {
-            let _ = i.write_all(self.cni_conf(node).to_string().as_bytes());
+        let out = CniCall {
+            command,
+            container: cid,
+            netns: Some(netns),
+            pod: Some((NAMESPACE, pod)),
+            env: &[],
         }
-        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        .run(
+            n.ns.command(&[&bin]),
+            self.cni_conf(node).to_string().as_bytes(),
+        )
+        .map_err(|e| format!("running brindle-cni: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         let v: Value = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
         if out.status.success() {

@@ -6,11 +6,13 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod cni;
 pub mod daemons;
 pub mod etcd;
 pub mod netns;
 mod ports;
 
 pub use apiserver::ApiServer;
+pub use cni::CniCall;
 pub use etcd::EtcdServer;
 pub use netns::{ChildGuard, Netns, PortForward};

@@ -2,13 +2,10 @@
 //! runs it: inside the node's namespace, configuration on stdin, CNI_* in the environment.
 #![allow(dead_code)]
 
-use std::io::Write;
-use std::process::Stdio;
-
 use brindle_api::{BrindleNode, IPPool, IPPoolSpec};
 use brindle_datastore::backend::etcd::EtcdBackend;
 use brindle_datastore::Store;
-use brindle_testsupport::{EtcdServer, Netns, PortForward};
+use brindle_testsupport::{CniCall, EtcdServer, Netns, PortForward};
 use serde_json::{json, Value};
 
 pub const NODE: &str = "node-1";
@@ -142,30 +139,18 @@ impl Fixture {
         stdin: &[u8],
         extra_env: &[(&str, &str)],
     ) -> Out {
-        let mut c = self.node.command(&[env!("CARGO_BIN_EXE_brindle-cni")]);
-        c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container)
-            .env("CNI_IFNAME", "eth0")
-            .env("CNI_PATH", "/usr/lib/cni");
-        if let Some(ns) = netns {
-            c.env("CNI_NETNS", ns);
+        let out = CniCall {
+            command,
+            container,
+            netns,
+            pod,
+            env: extra_env,
         }
-        if let Some((ns, name)) = pod {
-            c.env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID={container}"));
-        }
-        for (k, v) in extra_env {
-            c.env(k, v);
-        }
-        let mut child = c
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        let out = child.wait_with_output().unwrap();
+        .run(
+            self.node.command(&[env!("CARGO_BIN_EXE_brindle-cni")]),
+            stdin,
+        )
+        .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
         let json = if text.trim().is_empty() {
             Value::Null
