@@ -2,9 +2,11 @@
 //! (IPAM handle `ipip-tunnel-addr-<node>`) and put it on tunl0; when none does, release it
 //! and take it off. Publishes whether tunl0 is usable, which decides the routes' encapsulation.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use brindle_api::IPPoolSpec;
 use brindle_felix_lite::tunnel::{self, TunnelError, TunnelWant};
 use brindle_ipam::Ipam;
 use tokio::sync::watch;
@@ -12,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::desired::{self, Me};
 use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{NodeInfo, Snapshot};
 
 pub struct TunnelTask {
     pub me: Me,
@@ -24,66 +26,93 @@ pub struct TunnelTask {
     pub metrics: Metrics,
 }
 
+/// What a pass depends on: the pools and this node's record. Other changes (pods, other
+/// nodes' blocks) cost no datastore round trip.
+type Inputs = (Vec<IPPoolSpec>, Option<NodeInfo>);
+
 impl TunnelTask {
     pub async fn run(mut self) {
+        let mut settled: Option<Inputs> = None;
+        let mut timer_fired = false;
+        let mut address: Option<Option<IpAddr>> = None;
         let mut no_ipip_logged = false;
-        let mut last: Option<Option<std::net::IpAddr>> = None;
         loop {
             let snap = self.snap.borrow_and_update().clone();
-            if snap.synced {
-                let had = snap
-                    .nodes
-                    .get(&self.me.name)
-                    .and_then(|n| n.bgp.ipv4_ipip_tunnel_addr.clone());
-                // Nothing to do (and no datastore round trip) while no pool wants IPIP and
-                // the node holds no tunnel address.
-                if desired::wants_ipip(&snap) || had.is_some() {
-                    match self.ipam.ensure_tunnel_address(&self.me.name).await {
-                        Ok(addr) => {
-                            self.metrics.ipam("ensure_tunnel_address", true);
-                            if last != Some(addr) {
-                                info!(address = ?addr, "tunnel address");
-                                last = Some(addr);
-                            }
-                            let v4 = addr.and_then(|a| match a {
-                                std::net::IpAddr::V4(v) => Some(v),
-                                _ => None,
-                            });
-                            let want = TunnelWant {
-                                address: v4,
-                                mtu: self.mtu,
-                            };
-                            match tunnel::ensure(&self.handle, want).await {
-                                Ok(ch) => {
-                                    if ch != Default::default() {
-                                        info!(created = ch.created, added = ?ch.added, removed = ?ch.removed, mtu = self.mtu, "tunl0 updated");
-                                    }
-                                    self.ok.send_if_modified(|o| {
-                                        let n = v4.is_some();
-                                        std::mem::replace(o, n) != n
-                                    });
-                                }
-                                Err(TunnelError::NoIpip(e)) => {
-                                    if !no_ipip_logged {
-                                        warn!("tunl0: this kernel has no IPIP support ({e}); running without IPIP encapsulation: routes to other nodes are direct");
-                                        no_ipip_logged = true;
-                                    }
-                                    self.ok.send_if_modified(|o| std::mem::replace(o, false));
-                                }
-                                Err(e) => warn!("{e}"),
-                            }
-                        }
-                        Err(e) => {
-                            self.metrics.ipam("ensure_tunnel_address", false);
-                            warn!("tunnel address: {e} (retrying)");
-                        }
-                    }
-                }
+            let inputs: Inputs = (
+                snap.pools.values().cloned().collect(),
+                snap.nodes.get(&self.me.name).cloned(),
+            );
+            if snap.synced && (timer_fired || settled.as_ref() != Some(&inputs)) {
+                let done = self.pass(&snap, &mut address, &mut no_ipip_logged).await;
+                settled = done.then_some(inputs);
             }
             tokio::select! {
-                r = self.snap.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                r = self.snap.changed() => { timer_fired = false; if r.is_err() { return } }
+                // A periodic pass repairs drift (an address removed by hand, tunl0 deleted).
+                _ = tokio::time::sleep(Duration::from_secs(30)) => timer_fired = true,
             }
         }
+    }
+
+    /// One pass; false when it should be retried.
+    async fn pass(
+        &self,
+        snap: &Snapshot,
+        address: &mut Option<Option<IpAddr>>,
+        no_ipip_logged: &mut bool,
+    ) -> bool {
+        let had = snap
+            .nodes
+            .get(&self.me.name)
+            .and_then(|n| n.bgp.ipv4_ipip_tunnel_addr.clone());
+        // No pool wants IPIP and the node holds no tunnel address: nothing to do.
+        if !desired::wants_ipip(snap) && had.is_none() {
+            return true;
+        }
+        let addr = match self.ipam.ensure_tunnel_address(&self.me.name).await {
+            Ok(a) => {
+                self.metrics.ipam("ensure_tunnel_address", true);
+                a
+            }
+            Err(e) => {
+                self.metrics.ipam("ensure_tunnel_address", false);
+                warn!("tunnel address: {e} (retrying)");
+                return false;
+            }
+        };
+        if *address != Some(addr) {
+            info!(address = ?addr, "tunnel address");
+            *address = Some(addr);
+        }
+        let v4: Option<Ipv4Addr> = match addr {
+            Some(IpAddr::V4(v)) => Some(v),
+            _ => None,
+        };
+        let want = TunnelWant {
+            address: v4,
+            mtu: self.mtu,
+        };
+        let usable = match tunnel::ensure(&self.handle, want).await {
+            Ok(ch) => {
+                if ch != Default::default() {
+                    info!(created = ch.created, added = ?ch.added, removed = ?ch.removed, mtu = self.mtu, "tunl0 updated");
+                }
+                v4.is_some()
+            }
+            Err(TunnelError::NoIpip(e)) => {
+                if !*no_ipip_logged {
+                    warn!("tunl0: this kernel has no IPIP support ({e}); running without IPIP encapsulation: routes to other nodes are direct");
+                    *no_ipip_logged = true;
+                }
+                false
+            }
+            Err(e) => {
+                warn!("{e}");
+                return false;
+            }
+        };
+        self.ok
+            .send_if_modified(|o| std::mem::replace(o, usable) != usable);
+        true
     }
 }
