@@ -113,6 +113,18 @@ pub struct RouteMonitor {
     pub file: std::path::PathBuf,
 }
 
+/// Not one proto-bird route was deleted on any of these nodes.
+pub fn assert_no_withdrawals(monitors: &[RouteMonitor]) {
+    for m in monitors {
+        let d = m.bird_deletions();
+        assert!(
+            d.is_empty(),
+            "routes withdrawn ({}): {d:?}",
+            m.file.display()
+        );
+    }
+}
+
 /// A monitor on each of these nodes.
 pub fn monitors(lab: &Lab, nodes: &[&str]) -> Vec<RouteMonitor> {
     nodes.iter().map(|n| RouteMonitor::start(lab, n)).collect()

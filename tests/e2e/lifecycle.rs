@@ -82,14 +82,7 @@ fn an_agent_restart_under_traffic_withdraws_nothing() {
         let out = stream.finish();
         assert!(out.starts_with("ok "), "the TCP stream broke: {out}");
         wait_mesh_routes(lab);
-        for m in &monitors {
-            let d = m.bird_deletions();
-            assert!(
-                d.is_empty(),
-                "routes withdrawn ({}): {d:?}",
-                m.file.display()
-            );
-        }
+        assert_no_withdrawals(&monitors);
         all_reach(lab, &pods);
         assert_eq!(
             lab.reach("p-node-0", "p-node-1").as_deref(),
@@ -138,13 +131,6 @@ fn a_datastore_outage_keeps_forwarding_and_the_agents_resync() {
         wait_mesh_routes(lab);
         let out = stream.finish();
         assert!(out.starts_with("ok "), "the TCP stream broke: {out}");
-        for m in &monitors {
-            let d = m.bird_deletions();
-            assert!(
-                d.is_empty(),
-                "routes withdrawn ({}): {d:?}",
-                m.file.display()
-            );
-        }
+        assert_no_withdrawals(&monitors);
     });
 }

@@ -97,10 +97,7 @@ fn a_listen_port_change_takes_effect_without_a_restart_or_a_withdraw() {
                 lab.nodes.iter().map(|n| n.agent_pid()).collect::<Vec<_>>(),
                 "same processes"
             );
-            for m in &monitors {
-                let d = m.bird_deletions();
-                assert!(d.is_empty(), "routes withdrawn: {d:?}");
-            }
+            assert_no_withdrawals(&monitors);
         },
     );
 }
