@@ -206,6 +206,8 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
                     .and_then(|(_, data)| data.get(&r.key));
                 match v.map(|b| String::from_utf8(b.clone())) {
                     Some(Ok(s)) => Some(s),
+                    // Not listed yet: the peer waits for its Secret without a warning.
+                    None if !snap.secrets_listed => continue,
                     _ => {
                         warn(
                             w,

@@ -48,8 +48,12 @@ pub struct PodInfo {
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
-    /// Every kind has been listed at least once.
+    /// Every kind that peering and exports depend on has been listed at least once. Secrets
+    /// and Pods are not waited for: a node whose agent may not read Secrets (RBAC) or whose
+    /// cluster has many pods still gets its routes; a password peer waits for its Secret.
     pub synced: bool,
+    /// The Secrets have been listed (until then a missing one is not yet a problem).
+    pub secrets_listed: bool,
     pub configs: BTreeMap<String, BGPConfigurationSpec>,
     pub peers: BTreeMap<String, BGPPeerSpec>,
     pub pools: BTreeMap<String, IPPoolSpec>,
@@ -345,7 +349,11 @@ async fn fold(mut rx: mpsc::Receiver<Update>, out: watch::Sender<Arc<Snapshot>>)
                 .ok()
                 .flatten();
         }
-        snap.synced = listed.iter().all(|l| *l);
+        snap.secrets_listed = listed[Kind::Secret as usize];
+        snap.synced = listed
+            .iter()
+            .enumerate()
+            .all(|(k, l)| *l || k == Kind::Secret as usize || k == Kind::Pod as usize);
         if **out.borrow() != snap {
             out.send_replace(Arc::new(snap.clone()));
         }

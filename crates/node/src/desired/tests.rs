@@ -186,3 +186,41 @@ fn encapsulation_follows_the_pool_and_the_tunnel() {
     assert_eq!(encap(&s, false)[0].1, Encap::None);
     assert!(wants_ipip(&s));
 }
+
+#[test]
+fn a_password_peer_waits_for_its_secret() {
+    use brindle_api::bgp::{PeerPassword, SecretKeyRef};
+    let mut s = three();
+    s.peers.insert(
+        "tor".into(),
+        BGPPeerSpec {
+            peer_ip: Some("198.18.0.1".into()),
+            as_number: Some(65001),
+            password: Some(PeerPassword {
+                secret_key_ref: SecretKeyRef {
+                    name: "bgp".into(),
+                    key: "tor".into(),
+                },
+            }),
+            ..Default::default()
+        },
+    );
+    let tor: IpAddr = "198.18.0.1".parse().unwrap();
+    let n1 = me("n1", "198.18.0.11");
+    let mut w = vec![];
+    // Secrets not listed yet: no session, no warning.
+    assert!(!peers(&s, &n1, &mut w).contains_key(&tor));
+    assert!(w.is_empty(), "{w:?}");
+    // Listed, and missing: still no session, now a warning naming the secret.
+    s.secrets_listed = true;
+    assert!(!peers(&s, &n1, &mut w).contains_key(&tor));
+    assert!(w.len() == 1 && w[0].reason.contains("\"bgp\""), "{w:?}");
+    s.secrets.insert(
+        "brindle-system/bgp".into(),
+        BTreeMap::from([("tor".to_string(), b"s3cret".to_vec())]),
+    );
+    assert_eq!(
+        peers(&s, &n1, &mut w)[&tor].password.as_deref(),
+        Some("s3cret")
+    );
+}
