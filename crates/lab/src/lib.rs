@@ -157,8 +157,6 @@ pub struct Lab {
     pub tors: Vec<Tor>,
     pub pods: BTreeMap<String, Pod>,
     controller: Option<ChildGuard>,
-    /// Nodes removed from the cluster (their namespaces are gone).
-    pub removed: Vec<String>,
 }
 
 /// The AS of a rack's nodes and router when there are routers; 64512 otherwise.
@@ -259,7 +257,6 @@ impl Lab {
             tors: vec![],
             pods: BTreeMap::new(),
             controller: None,
-            removed: vec![],
         };
         lab.seed()?;
         if spec.tor {
@@ -551,7 +548,6 @@ impl Lab {
         }
         let n = self.nodes.remove(i);
         drop(n);
-        self.removed.push(name.to_string());
         self.block_on(async {
             match self.spec.datastore {
                 Datastore::Etcd => {
