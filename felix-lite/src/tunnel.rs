@@ -60,7 +60,7 @@ pub async fn ensure(handle: &Handle, want: TunnelWant) -> Result<TunnelChanges, 
         let msg = LinkIpIp::new(TUNNEL_DEVICE).mtu(want.mtu).up().build();
         match handle.link().add(msg).execute().await {
             Ok(()) => changes.created = true,
-            Err(e) if crate::errno(&e) == Some(libc_eexist()) => {}
+            Err(e) if crate::errno(&e) == Some(libc::EEXIST) => {}
             Err(e) => return Err(TunnelError::NoIpip(e.to_string())),
         }
         index = crate::link_index(handle, TUNNEL_DEVICE).await;
@@ -120,8 +120,4 @@ pub async fn ensure(handle: &Handle, want: TunnelWant) -> Result<TunnelChanges, 
         }
     }
     Ok(changes)
-}
-
-const fn libc_eexist() -> i32 {
-    17 // EEXIST on Linux
 }

@@ -181,13 +181,14 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
     }
     for (pname, p) in &snap.peers {
         let resource = format!("BGPPeer {pname}");
-        let applies = |labels: &std::collections::BTreeMap<String, String>,
-                       node: &str,
-                       w: &mut Vec<Warning>| match (&p.node, &p.node_selector)
-        {
+        // The nodeSelector is parsed once per resource, not once per node it is tried on.
+        let node_sel = p
+            .node_selector
+            .as_deref()
+            .map(|s| selector(s, &resource, "spec.nodeSelector", w));
+        let applies = |labels: &BTreeMap<String, String>, node: &str| match (&p.node, &node_sel) {
             (Some(n), _) => n == node,
-            (None, Some(s)) => selector(s, &resource, "spec.nodeSelector", w)
-                .is_some_and(|sel| sel.matches(labels)),
+            (None, Some(sel)) => sel.as_ref().is_some_and(|sel| sel.matches(labels)),
             (None, None) => true,
         };
         let kind = if p.node.is_none() && p.node_selector.is_none() {
@@ -233,7 +234,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             d.kind = kind;
             d
         };
-        let me_applies = applies(&my_labels, &me.name, w);
+        let me_applies = applies(&my_labels, &me.name);
         if let Some(sa) = p.peer_addr() {
             if me_applies && sa.ip() != IpAddr::V4(me.ip) {
                 let Some(asn) = p.as_number else { continue };
@@ -269,7 +270,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
                 continue;
             }
             let wanted =
-                (me_applies && ps.matches(&n.labels)) || (picked_me && applies(&n.labels, name, w));
+                (me_applies && ps.matches(&n.labels)) || (picked_me && applies(&n.labels, name));
             if !wanted {
                 continue;
             }
