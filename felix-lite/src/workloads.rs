@@ -18,6 +18,24 @@ pub fn host_veth_name(prefix: &str, namespace: &str, pod: &str) -> String {
     format!("{prefix}{}", &hex[..11])
 }
 
+/// The host side of one CNI attachment's veth. The primary interface (`eth0`) keeps
+/// Calico's name, [`host_veth_name`] of the pod, so Calico habits (and this agent's route
+/// repair) hold; any other interface hashes the network and interface in as well, so every
+/// attachment of a container has its own veth. Always `prefix` + 11 hex digits.
+pub fn attachment_veth_name(
+    prefix: &str,
+    namespace: &str,
+    pod: &str,
+    network: &str,
+    ifname: &str,
+) -> String {
+    if ifname == "eth0" {
+        host_veth_name(prefix, namespace, pod)
+    } else {
+        host_veth_name(prefix, namespace, &format!("{pod}.{network}.{ifname}"))
+    }
+}
+
 /// One local pod's address and the host side of its veth.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WorkloadRoute {
@@ -103,4 +121,25 @@ pub async fn repair(
         added.push(w.clone());
     }
     Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_veth_per_attachment_within_ifnamsiz() {
+        let primary = attachment_veth_name("brl", "default", "web", "k8s-pod-network", "eth0");
+        assert_eq!(primary, host_veth_name("brl", "default", "web"));
+        let a = attachment_veth_name("brl", "default", "web", "a", "eth1");
+        let b = attachment_veth_name("brl", "default", "web", "b", "eth1");
+        let c = attachment_veth_name("brl", "default", "web", "a", "eth2");
+        let names = [&primary, &a, &b, &c];
+        for (i, x) in names.iter().enumerate() {
+            assert!(x.len() <= 15, "{x}");
+            for y in &names[i + 1..] {
+                assert_ne!(x, y);
+            }
+        }
+    }
 }

@@ -17,6 +17,15 @@ pub mod attr {
     pub const TYPE: &str = "type";
     pub const TYPE_POD: &str = "pod";
     pub const TYPE_TUNNEL: &str = "ipipTunnelAddress";
+    /// The CNI attachment a pod address belongs to: (containerID, network, interface), and
+    /// where it lives, so the node agent can tell when it is gone.
+    pub const NETWORK: &str = "network";
+    pub const INTERFACE: &str = "interface";
+    pub const NETNS: &str = "netns";
+    /// The host side of the attachment's veth (absent when brindle-cni only did IPAM).
+    pub const HOST_INTERFACE: &str = "hostInterface";
+    /// When the address was given or last confirmed by a repeated ADD (RFC 3339, UTC).
+    pub const TIMESTAMP: &str = "timestamp";
 }
 
 pub fn to_u128(ip: IpAddr) -> u128 {
@@ -236,6 +245,33 @@ pub fn release(b: &mut IPAMBlockSpec, ordinals: &[u32]) -> usize {
     n
 }
 
+/// Merges `updates` into the attributes of the ordinals `handle` holds in the block. Returns
+/// those ordinals (none: nothing changed).
+pub fn update_attrs(
+    b: &mut IPAMBlockSpec,
+    handle: &str,
+    updates: &BTreeMap<String, String>,
+) -> Vec<u32> {
+    let ords = ordinals_of(b, handle);
+    for &o in &ords {
+        let Some(Some(i)) = b.allocations.get(o as usize).copied() else {
+            continue;
+        };
+        let mut attrs = b
+            .attributes
+            .get(i as usize)
+            .map(|a| a.secondary.clone())
+            .unwrap_or_default();
+        attrs.extend(updates.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let idx = attribute_index(b, handle, &attrs);
+        b.allocations[o as usize] = Some(idx);
+    }
+    if !ords.is_empty() {
+        compact_attributes(b);
+    }
+    ords
+}
+
 /// Ordinals held by `handle`.
 pub fn ordinals_of(b: &IPAMBlockSpec, handle: &str) -> Vec<u32> {
     b.allocations
@@ -342,6 +378,37 @@ mod tests {
         assert_eq!(b.attributes.len(), 1);
         assert_eq!(allocations(&b)[0].handle.as_deref(), Some("h2"));
         assert_eq!(release(&mut b, &h1), 0, "releasing twice frees nothing");
+    }
+
+    #[test]
+    fn updated_attributes_touch_only_the_handle_and_keep_sequences() {
+        let mut b = new_block(&net("10.0.0.0/29"), None);
+        let attrs = BTreeMap::from([("netns".to_string(), "/run/netns/a".to_string())]);
+        allocate(&mut b, 2, "h1", &attrs);
+        allocate(&mut b, 1, "h2", &attrs);
+        let before: Vec<u64> = allocations(&b).iter().map(|a| a.sequence).collect();
+        let upd = BTreeMap::from([("netns".to_string(), "/run/netns/b".to_string())]);
+        assert_eq!(update_attrs(&mut b, "h1", &upd), vec![0, 1]);
+        let after = allocations(&b);
+        assert_eq!(
+            after.iter().map(|a| a.sequence).collect::<Vec<_>>(),
+            before,
+            "refreshing attributes is not a new allocation"
+        );
+        for a in &after {
+            let want = if a.handle.as_deref() == Some("h1") {
+                "/run/netns/b"
+            } else {
+                "/run/netns/a"
+            };
+            assert_eq!(a.attrs["netns"], want, "{a:?}");
+        }
+        assert_eq!(
+            b.attributes.len(),
+            2,
+            "the old attribute entry is compacted away"
+        );
+        assert!(update_attrs(&mut b, "nobody", &upd).is_empty());
     }
 
     #[test]

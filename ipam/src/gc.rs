@@ -103,6 +103,7 @@ impl Collector {
                 ip: l.ip,
                 handle: l.handle.clone(),
                 sequence: Some(l.sequence),
+                attrs: None,
             };
             if ipam.release_ips(&[r]).await?.first() == Some(&ReleaseOutcome::Released) {
                 info!(ip = %l.ip, handle = ?l.handle, owner = ?l.owner(), "released leaked address");

@@ -340,6 +340,7 @@ impl Ipam {
                 ip,
                 handle: Some(handle.to_owned()),
                 sequence: None,
+                attrs: None,
             })
             .collect();
         if let Err(e) = self.release_ips(&ips).await {

@@ -29,7 +29,63 @@ pub use ipam::{AssignRequest, Family, Ipam, IpamOptions, MAX_RETRIES};
 pub use release::{ReleaseIp, ReleaseOutcome};
 pub use tunnel::tunnel_handle;
 
-/// The handle of a pod's addresses, as Calico's CNI plugin names it.
+/// The handle of a pod's addresses on Calico's default network, as Calico's CNI plugin
+/// names it.
 pub fn pod_handle(container_id: &str) -> String {
-    format!("k8s-pod-network.{container_id}")
+    attachment_handle("k8s-pod-network", container_id, PRIMARY_INTERFACE)
+}
+
+/// The interface a runtime gives a container's first network (kubelet always does).
+pub const PRIMARY_INTERFACE: &str = "eth0";
+
+/// The handle of one CNI attachment, (container ID, network, interface): Calico's
+/// `<network>.<containerID>` for the primary interface, `<network>.<containerID>.<ifname>`
+/// for any other, so a container on several networks holds one handle per attachment.
+/// Handles are object names in the Kubernetes datastore: upper case is folded and any
+/// character a name cannot hold becomes `-`.
+pub fn attachment_handle(network: &str, container_id: &str, ifname: &str) -> String {
+    let raw = if ifname == PRIMARY_INTERFACE {
+        format!("{network}.{container_id}")
+    } else {
+        format!("{network}.{container_id}.{ifname}")
+    };
+    raw.chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '-') => c,
+            _ => '-',
+        })
+        .collect()
+}
+
+/// Now, as the allocation timestamp attribute holds it (RFC 3339, UTC).
+pub fn timestamp_now() -> String {
+    jiff::Timestamp::now().to_string()
+}
+
+/// The allocation timestamp attribute, parsed.
+pub fn parse_timestamp(s: &str) -> Option<jiff::Timestamp> {
+    s.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attachment_handles() {
+        let cid = "3420073dfb6e";
+        assert_eq!(pod_handle(cid), "k8s-pod-network.3420073dfb6e");
+        assert_eq!(attachment_handle("a", cid, "eth0"), "a.3420073dfb6e");
+        assert_eq!(attachment_handle("a", cid, "eth1"), "a.3420073dfb6e.eth1");
+        assert_ne!(
+            attachment_handle("a", cid, "eth1"),
+            attachment_handle("b", cid, "eth1")
+        );
+        assert_eq!(
+            attachment_handle("My_Net", cid, "net1"),
+            "my-net.3420073dfb6e.net1"
+        );
+        let t = timestamp_now();
+        assert!(parse_timestamp(&t).is_some(), "{t}");
+    }
 }

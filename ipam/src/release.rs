@@ -21,6 +21,9 @@ pub struct ReleaseIp {
     pub handle: Option<String>,
     /// Only if the allocation is still the one made at this sequence number.
     pub sequence: Option<u64>,
+    /// Only if the allocation's attributes are still exactly these (a repeated ADD refreshes
+    /// them, so a decision taken on older ones cannot free an address just confirmed).
+    pub attrs: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +166,8 @@ impl Ipam {
             };
             let handle_ok = r.handle.is_none() || r.handle == a.handle;
             let seq_ok = r.sequence.is_none_or(|s| s == a.sequence);
-            if !handle_ok || !seq_ok {
+            let attrs_ok = r.attrs.as_ref().is_none_or(|x| *x == a.attrs);
+            if !handle_ok || !seq_ok || !attrs_ok {
                 return Ok(ReleaseOutcome::Mismatch {
                     handle: a.handle,
                     sequence: a.sequence,
@@ -190,6 +194,61 @@ impl Ipam {
             what: format!("releasing {}", r.ip),
             retries: MAX_RETRIES,
         })
+    }
+
+    /// Merges `updates` into the attributes of every address `handle` holds (one
+    /// compare-and-swap per block) and returns those addresses: what a repeated ADD uses, so
+    /// the owner record says where the attachment lives now.
+    pub async fn refresh_handle(
+        &self,
+        handle: &str,
+        updates: &BTreeMap<String, String>,
+    ) -> Result<Vec<IpAddr>> {
+        let Some(h) = self.store.all::<IPAMHandle>().get(handle).await? else {
+            return Ok(vec![]);
+        };
+        let blocks = self.store.all::<IPAMBlock>();
+        let mut out = vec![];
+        for cidr in h.spec.block.keys() {
+            let Ok(net) = cidr.parse::<IpNetwork>() else {
+                continue;
+            };
+            let name = block_name(&net);
+            let mut done = false;
+            for _ in 0..MAX_RETRIES {
+                let Some(b) = blocks.get(&name).await? else {
+                    done = true;
+                    break;
+                };
+                let mut next = b.clone();
+                let ords = block::update_attrs(&mut next.spec, handle, updates);
+                if ords.is_empty() {
+                    done = true;
+                    break;
+                }
+                match blocks.update(&next).await {
+                    Ok(stored) => {
+                        self.note_block(&stored);
+                        out.extend(ords.iter().filter_map(|&o| block::address(&b.spec, o)));
+                        done = true;
+                        break;
+                    }
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(StoreError::NotFound { .. }) => {
+                        done = true;
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !done {
+                return Err(IpamError::TooManyRetries {
+                    what: format!("refreshing {handle} in block {cidr}"),
+                    retries: MAX_RETRIES,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Everything `handle` holds, read from the blocks the handle names.

@@ -82,6 +82,7 @@ async fn run(ops: Vec<Op>, strict: bool) {
                     ip,
                     handle: Some(h.clone()),
                     sequence: None,
+                    attrs: None,
                 };
                 assert_eq!(
                     ipam.release_ips(&[r]).await.unwrap(),

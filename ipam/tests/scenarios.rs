@@ -244,6 +244,7 @@ async fn release_by_handle_is_idempotent_and_by_address_checks_sequence() {
         ip: first,
         handle: None,
         sequence: Some(old_seq),
+        attrs: None,
     };
     let out = ipam.release_ips(&[stale]).await.unwrap();
     assert!(matches!(out[0], ReleaseOutcome::Mismatch { .. }), "{out:?}");
@@ -251,6 +252,7 @@ async fn release_by_handle_is_idempotent_and_by_address_checks_sequence() {
         ip: first,
         handle: Some("k8s-pod-network.c2".into()),
         sequence: None,
+        attrs: None,
     };
     assert!(matches!(
         ipam.release_ips(&[wrong_handle]).await.unwrap()[0],
@@ -264,6 +266,7 @@ async fn release_by_handle_is_idempotent_and_by_address_checks_sequence() {
         ip: first,
         handle: Some("k8s-pod-network.c3".into()),
         sequence: None,
+        attrs: None,
     };
     assert_eq!(
         ipam.release_ips(std::slice::from_ref(&right))

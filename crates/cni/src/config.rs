@@ -55,6 +55,8 @@ pub struct NetConf {
 pub struct Attachment {
     #[serde(rename = "containerID")]
     pub container_id: String,
+    #[serde(default)]
+    pub ifname: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -142,6 +144,19 @@ impl NetConf {
                 code::INVALID_CONFIG,
                 format!("mtu {} is outside 68..=65535", conf.mtu),
                 "",
+            ));
+        }
+        if conf.veth_prefix.is_empty()
+            || conf.veth_prefix.len() > 4
+            || !conf.veth_prefix.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "veth_prefix {:?} must be 1 to 4 letters or digits",
+                    conf.veth_prefix
+                ),
+                "host veth names are the prefix and 11 hex digits, within Linux's 15 bytes",
             ));
         }
         if conf.ipam.kind != "brindle-ipam" {

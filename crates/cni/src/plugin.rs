@@ -13,7 +13,9 @@ use std::path::Path;
 use brindle_api::AllowedUse;
 use brindle_datastore::{DatastoreArgs, Store, StoreError};
 use brindle_ipam::block::attr;
-use brindle_ipam::{pod_handle, AssignRequest, Ipam, IpamError};
+use brindle_ipam::{
+    attachment_handle, AssignRequest, Ipam, IpamError, ReleaseIp, PRIMARY_INTERFACE,
+};
 use clap::Parser;
 use k8s_openapi::api::core::v1::Pod;
 use tracing::{info, warn};
@@ -101,21 +103,36 @@ impl Ctx {
         })
     }
 
+    /// This attachment's IPAM handle: (container, network, interface), see
+    /// [`attachment_handle`].
     fn handle(&self) -> String {
-        pod_handle(&self.env.container_id)
+        attachment_handle(&self.conf.name, &self.env.container_id, &self.env.ifname)
+    }
+
+    /// The container's first interface: the one that carries the default route and whose
+    /// addresses the pod record shows.
+    fn primary(&self) -> bool {
+        self.env.ifname == PRIMARY_INTERFACE
     }
 
     fn host_veth(&self) -> String {
-        match self.env.pod() {
-            Some((ns, pod)) => wire::host_veth_name(&self.conf.veth_prefix, &ns, &pod),
+        let (ns, pod) = self
+            .env
+            .pod()
             // Not a Kubernetes pod: name the veth after the container.
-            None => {
-                wire::host_veth_name(&self.conf.veth_prefix, "container", &self.env.container_id)
-            }
-        }
+            .unwrap_or_else(|| ("container".into(), self.env.container_id.clone()));
+        wire::attachment_veth_name(
+            &self.conf.veth_prefix,
+            &ns,
+            &pod,
+            &self.conf.name,
+            &self.env.ifname,
+        )
     }
 
-    fn attrs(&self) -> BTreeMap<String, String> {
+    /// What the allocation records about its owner and its attachment, so that the
+    /// controller (pod gone) and the node agent (container gone) can find leaks.
+    fn attrs(&self, ipam_only: bool) -> BTreeMap<String, String> {
         let mut a = BTreeMap::from([
             (attr::NODE.to_string(), self.node.clone()),
             (
@@ -123,7 +140,16 @@ impl Ctx {
                 self.env.container_id.clone(),
             ),
             (attr::TYPE.to_string(), attr::TYPE_POD.to_string()),
+            (attr::NETWORK.to_string(), self.conf.name.clone()),
+            (attr::INTERFACE.to_string(), self.env.ifname.clone()),
+            (attr::TIMESTAMP.to_string(), brindle_ipam::timestamp_now()),
         ]);
+        if let Some(ns) = &self.env.netns {
+            a.insert(attr::NETNS.into(), ns.clone());
+        }
+        if !ipam_only {
+            a.insert(attr::HOST_INTERFACE.into(), self.host_veth());
+        }
         if let Some((ns, pod)) = self.env.pod() {
             a.insert(attr::NAMESPACE.into(), ns);
             a.insert(attr::POD.into(), pod);
@@ -148,12 +174,20 @@ impl Ctx {
 
     /// Addresses for this container: the ones it already has (a repeated ADD), the ones
     /// its pod asks for, or new ones from the pools.
-    async fn allocate(&self, pod: Option<&Pod>) -> CniResult<Vec<IpAddr>> {
+    async fn allocate(&self, pod: Option<&Pod>, ipam_only: bool) -> CniResult<Vec<IpAddr>> {
         let _lock = HostLock::acquire(&self.conf.ipam_lock_file)?;
         let handle = self.handle();
-        let existing = self.ipam.ips_of_handle(&handle).await.map_err(ipam_err)?;
+        let attrs = self.attrs(ipam_only);
+        // A repeated ADD of this attachment keeps its addresses; the owner record is
+        // refreshed first (netns, timestamp) so the node agent's leak sweep, which releases
+        // only an allocation whose record it has seen unchanged, cannot free them now.
+        let existing = self
+            .ipam
+            .refresh_handle(&handle, &attrs)
+            .await
+            .map_err(ipam_err)?;
         if !existing.is_empty() {
-            info!(container = %self.env.container_id, ips = ?existing, "ADD repeated: keeping the addresses");
+            info!(container = %self.env.container_id, network = %self.conf.name, ifname = %self.env.ifname, ips = ?existing, "ADD repeated: keeping the addresses");
             return Ok(existing);
         }
         let ann = pod
@@ -182,11 +216,7 @@ impl Ctx {
                         "",
                     )
                 })?;
-                if let Err(e) = self
-                    .ipam
-                    .assign_ip(ip, &handle, &self.node, &self.attrs())
-                    .await
-                {
+                if let Err(e) = self.ipam.assign_ip(ip, &handle, &self.node, &attrs).await {
                     let _ = self.ipam.release_handle(&handle).await;
                     return Err(ipam_err(e));
                 }
@@ -204,7 +234,7 @@ impl Ctx {
             node: self.node.clone(),
             ipv4: usize::from(self.conf.ipam.assign_ipv4),
             ipv6: usize::from(self.conf.ipam.assign_ipv6),
-            attrs: self.attrs(),
+            attrs,
             use_: AllowedUse::Workload,
             pools,
         };
@@ -214,7 +244,7 @@ impl Ctx {
     pub async fn add(&self, ipam_only: bool) -> CniResult<AddResult> {
         self.env.require(!ipam_only)?;
         let pod = self.pod().await?;
-        let ips = self.allocate(pod.as_ref()).await?;
+        let ips = self.allocate(pod.as_ref(), ipam_only).await?;
         if ipam_only {
             return Ok(ipam_result(&ips, None));
         }
@@ -224,7 +254,7 @@ impl Ctx {
                     self.undo_add().await;
                     return Err(e);
                 }
-                info!(op = "ADD", network = %self.conf.name, container = %self.env.container_id, pod = ?self.env.pod(), ips = ?ips, veth = %self.host_veth(), "done");
+                info!(op = "ADD", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), ips = ?ips, veth = %self.host_veth(), "done");
                 Ok(r)
             }
             Err(e) => {
@@ -288,9 +318,10 @@ impl Ctx {
         }
         wire::set_up(&h, &host).await?;
         let pod_ips = ips.to_vec();
+        let primary = self.primary();
         let pod_mac = wire::in_netns(&netns_path, |ph| {
             let ifname = ifname.clone();
-            async move { wire::configure_pod_side(&ph, &ifname, &pod_ips).await }
+            async move { wire::configure_pod_side(&ph, &ifname, &pod_ips, primary).await }
         })?;
         for ip in ips {
             wire::add_route(
@@ -313,14 +344,19 @@ impl Ctx {
             },
         ];
         let mut r = ipam_result(ips, Some(1));
+        if !primary {
+            for route in &mut r.routes {
+                route.priority = Some(wire::SECONDARY_DEFAULT_METRIC);
+            }
+        }
         r.interfaces = interfaces;
         Ok(r)
     }
 
     /// etcd mode: the record that tells the controller this workload is alive.
     async fn write_workload(&self, pod: Option<Pod>, ips: &[IpAddr]) -> CniResult<()> {
-        if self.kube() {
-            return Ok(()); // the API server's Pod is the record
+        if self.kube() || !self.primary() {
+            return Ok(()); // the API server's Pod is the record; it shows the primary's IPs
         }
         let Some((ns, name)) = self.env.pod() else {
             return Ok(());
@@ -383,12 +419,12 @@ impl Ctx {
             }
             self.delete_workload().await?;
         }
-        info!(op = "DEL", container = %self.env.container_id, pod = ?self.env.pod(), released = ?freed, "done");
+        info!(op = "DEL", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), released = ?freed, "done");
         Ok(())
     }
 
     async fn delete_workload(&self) -> CniResult<()> {
-        if self.kube() {
+        if self.kube() || !self.primary() {
             return Ok(());
         }
         let Some(p) = self.pod().await? else {
@@ -519,13 +555,18 @@ impl Ctx {
         Ok(problems)
     }
 
-    /// CNI 1.1 GC: releases this node's pod addresses whose container is not among the
-    /// valid attachments.
+    /// CNI 1.1 GC: releases this node's addresses on this network whose attachment
+    /// (container ID, interface) is not among the runtime's valid attachments. Each is
+    /// released by address with its handle and sequence number, so an attachment made after
+    /// the list was read keeps its address.
     pub async fn gc(&self) -> CniResult<()> {
         let Some(valid) = &self.conf.valid_attachments else {
             return Ok(());
         };
-        let valid: HashSet<&str> = valid.iter().map(|a| a.container_id.as_str()).collect();
+        let valid: HashSet<(&str, &str)> = valid
+            .iter()
+            .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+            .collect();
         let blocks = self
             .store
             .all::<brindle_api::IPAMBlock>()
@@ -533,25 +574,41 @@ impl Ctx {
             .await
             .map_err(store_err)?
             .items;
-        let mut stale = HashSet::new();
+        let valid_cids: HashSet<&str> = valid.iter().map(|v| v.0).collect();
+        let mut stale = vec![];
         for b in &blocks {
             for a in brindle_ipam::block::allocations(&b.spec) {
-                let mine = a.attrs.get(attr::NODE) == Some(&self.node)
-                    && a.attrs.get(attr::TYPE).map(String::as_str) == Some(attr::TYPE_POD);
-                let cid = a.attrs.get(attr::CONTAINER_ID).cloned().unwrap_or_default();
-                if mine && !cid.is_empty() && !valid.contains(cid.as_str()) {
-                    stale.insert(cid);
+                let get = |k: &str| a.attrs.get(k).map(String::as_str);
+                if get(attr::NODE) != Some(self.node.as_str())
+                    || get(attr::TYPE) != Some(attr::TYPE_POD)
+                {
+                    continue;
+                }
+                let Some(cid) = get(attr::CONTAINER_ID).filter(|c| !c.is_empty()) else {
+                    continue;
+                };
+                let gone = match (get(attr::NETWORK), get(attr::INTERFACE)) {
+                    (Some(net), Some(ifname)) => {
+                        net == self.conf.name && !valid.contains(&(cid, ifname))
+                    }
+                    // Recorded before attachments were: known by container alone.
+                    _ => !valid_cids.contains(cid),
+                };
+                if gone {
+                    stale.push(a);
                 }
             }
         }
         let _lock = HostLock::acquire(&self.conf.ipam_lock_file)?;
-        for cid in stale {
-            let freed = self
-                .ipam
-                .release_handle(&pod_handle(&cid))
-                .await
-                .map_err(ipam_err)?;
-            info!(op = "GC", container = %cid, released = ?freed, "done");
+        for a in stale {
+            let r = ReleaseIp {
+                ip: a.ip,
+                handle: a.handle.clone(),
+                sequence: Some(a.sequence),
+                attrs: None,
+            };
+            let out = self.ipam.release_ips(&[r]).await.map_err(ipam_err)?;
+            info!(op = "GC", network = %self.conf.name, ip = %a.ip, handle = ?a.handle, outcome = ?out.first(), "done");
         }
         Ok(())
     }
@@ -598,6 +655,7 @@ fn ipam_result(ips: &[IpAddr], interface: Option<usize>) -> AddResult {
             r.routes.push(Route {
                 dst: dst.into(),
                 gw: Some(gw),
+                priority: None,
             });
         }
     }

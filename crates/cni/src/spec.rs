@@ -88,6 +88,9 @@ pub struct Route {
     pub dst: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gw: Option<String>,
+    /// CNI 1.1 `priority`: the route's metric (set on a secondary interface's default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]

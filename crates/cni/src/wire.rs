@@ -27,7 +27,7 @@ fn nl(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
     CniError::new(code::NETLINK, format!("{what}"), e.to_string())
 }
 
-pub use brindle_felix_lite::workloads::host_veth_name;
+pub use brindle_felix_lite::workloads::attachment_veth_name;
 
 /// Runs `f` with a netlink handle opened inside the namespace at `netns` (a path such as
 /// `/var/run/netns/x` or `/proc/<pid>/ns/net`), on a thread of its own.
@@ -173,8 +173,19 @@ pub async fn add_route(h: &Handle, r: RouteMessage, what: &str) -> CniResult<()>
         .map_err(|e| nl(what, e))
 }
 
-/// Inside the pod: address, gateway route, default route.
-pub async fn configure_pod_side(h: &Handle, ifname: &str, ips: &[IpAddr]) -> CniResult<String> {
+/// The metric of a secondary interface's default route: it never competes with the primary
+/// interface's (metric 0) and takes over only if that one is gone.
+pub const SECONDARY_DEFAULT_METRIC: u32 = 1000;
+
+/// Inside the pod: address, gateway route, default route. The primary interface gets
+/// `169.254.1.1 dev <if> scope link` and `default via 169.254.1.1`; a secondary one gets only
+/// `default via 169.254.1.1 dev <if> onlink metric 1000`, leaving the primary's routes alone.
+pub async fn configure_pod_side(
+    h: &Handle,
+    ifname: &str,
+    ips: &[IpAddr],
+    primary: bool,
+) -> CniResult<String> {
     let l = link_by_name(h, ifname)
         .await?
         .ok_or_else(|| nl(format!("{ifname} did not appear in the pod namespace"), ""))?;
@@ -192,6 +203,26 @@ pub async fn configure_pod_side(h: &Handle, ifname: &str, ips: &[IpAddr]) -> Cni
         req.execute()
             .await
             .map_err(|e| nl(format!("adding {ip}/{plen} to {ifname}"), e))?;
+    }
+    if !primary {
+        if ips.iter().any(IpAddr::is_ipv4) {
+            let def = RouteMessageBuilder::<Ipv4Addr>::new()
+                .gateway(GATEWAY_V4)
+                .output_interface(idx)
+                .onlink()
+                .priority(SECONDARY_DEFAULT_METRIC)
+                .build();
+            add_route(h, def, "adding the secondary default route in the pod").await?;
+        }
+        if ips.iter().any(IpAddr::is_ipv6) {
+            let def = RouteMessageBuilder::<Ipv6Addr>::new()
+                .gateway(GATEWAY_V6)
+                .output_interface(idx)
+                .priority(SECONDARY_DEFAULT_METRIC)
+                .build();
+            add_route(h, def, "adding the secondary IPv6 default route in the pod").await?;
+        }
+        return Ok(mac_of(&l));
     }
     if ips.iter().any(IpAddr::is_ipv4) {
         let gw = RouteMessageBuilder::<Ipv4Addr>::new()

@@ -329,6 +329,27 @@ async fn ipam_only_mode_and_gc() {
     let out = ipam_mode("DEL", "i2");
     assert!(out.ok);
     assert!(f.allocated().await.is_empty());
+
+    // GC is per attachment: i3 on eth0 is valid, i3 on eth1 is not.
+    for ifname in ["eth0", "eth1"] {
+        let env = [("BRINDLE_CNI_MODE", "ipam"), ("CNI_IFNAME", ifname)];
+        let out = f.cni_raw(
+            "ADD",
+            "i3",
+            Some(("default", "i3")),
+            None,
+            conf.to_string().as_bytes(),
+            &env,
+        );
+        assert!(out.ok, "{}", out.json);
+    }
+    assert!(f.has_handle("k8s-pod-network.i3.eth1").await);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "i3", "ifname": "eth0"}]);
+    let out = f.cni("GC", "", None, None, &gc);
+    assert!(out.ok, "{}", out.json);
+    assert!(f.has_handle("k8s-pod-network.i3").await);
+    assert!(!f.has_handle("k8s-pod-network.i3.eth1").await);
+    assert_eq!(f.allocated().await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,4 +403,174 @@ async fn dual_stack_pods_talk_over_ipv6() {
         );
     }
     assert!(f.allocated().await.is_empty());
+}
+
+/// An attachment is (container, network, interface): one container on two networks gets
+/// two addresses, two veths and two handles; a repeated ADD is per attachment; DEL of one
+/// leaves the other working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_attachments_of_one_container_are_independent() {
+    let f = Fixture::new("10.69.0.0/16").await;
+    let p = Netns::new("brl-pod");
+    let q = Netns::new("brl-pod");
+    let conf_a = f.conf("1.0.0");
+    let mut conf_b = f.conf("1.0.0");
+    conf_b["name"] = json!("net-b");
+    let eth1 = [("CNI_IFNAME", "eth1")];
+    let pod = Some(("default", "p"));
+    let add_b = |c: &str| {
+        f.cni_raw(
+            c,
+            "cp",
+            pod,
+            Some(&p.path()),
+            conf_b.to_string().as_bytes(),
+            &eth1,
+        )
+    };
+
+    let a = f.cni("ADD", "cp", pod, Some(&p.path()), &conf_a);
+    assert!(a.ok, "{}", a.json);
+    let b = add_b("ADD");
+    assert!(b.ok, "{}", b.json);
+    let (ip_a, ip_b) = (ip_of(&a.json), ip_of(&b.json));
+    assert_ne!(ip_a, ip_b, "each attachment has its own address");
+    let (veth_a, veth_b) = (
+        a.json["interfaces"][0]["name"].as_str().unwrap().to_owned(),
+        b.json["interfaces"][0]["name"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(
+        veth_a,
+        brindle_cni_name("default", "p"),
+        "eth0 keeps Calico's name"
+    );
+    assert_ne!(veth_a, veth_b);
+    assert!(veth_b.len() <= 15);
+    let mut veths = f.host_veths();
+    veths.sort();
+    let mut want = vec![veth_a.clone(), veth_b.clone()];
+    want.sort();
+    assert_eq!(veths, want);
+    assert!(f.has_handle("k8s-pod-network.cp").await);
+    assert!(f.has_handle("net-b.cp.eth1").await);
+    assert_eq!(b.json["routes"][0]["priority"], 1000);
+
+    // Both interfaces in the pod, each with its own address; the primary keeps the default.
+    let has_addr = |ifname: &str, ip: &str| {
+        p.ip_json(&["addr", "show", ifname])[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["local"] == ip)
+    };
+    assert!(has_addr("eth0", &ip_a) && has_addr("eth1", &ip_b));
+    let routes = p.ip_json(&["route", "show", "default"]);
+    let defaults: Vec<(String, u64)> = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["dev"].as_str().unwrap().to_owned(),
+                r["metric"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert!(defaults.contains(&("eth0".into(), 0)), "{routes}");
+    assert!(defaults.contains(&("eth1".into(), 1000)), "{routes}");
+
+    // The allocation records its attachment.
+    let blocks = f
+        .store
+        .all::<brindle_api::IPAMBlock>()
+        .list()
+        .await
+        .unwrap()
+        .items;
+    let alloc_b = blocks
+        .iter()
+        .flat_map(|b| brindle_ipam::block::allocations(&b.spec))
+        .find(|x| x.ip.to_string() == ip_b)
+        .unwrap();
+    assert_eq!(alloc_b.attrs["network"], "net-b");
+    assert_eq!(alloc_b.attrs["interface"], "eth1");
+    assert_eq!(alloc_b.attrs["netns"], p.path());
+    assert_eq!(alloc_b.attrs["hostInterface"], veth_b);
+    let stamp = alloc_b.attrs["timestamp"].clone();
+    assert!(brindle_ipam::parse_timestamp(&stamp).is_some(), "{stamp}");
+
+    // A repeated ADD of eth1 keeps eth1's address and does not touch eth0.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = add_b("ADD");
+    assert!(again.ok, "{}", again.json);
+    assert_eq!(ip_of(&again.json), ip_b);
+    assert!(has_addr("eth0", &ip_a), "eth0 survives eth1's repeated ADD");
+    assert_eq!(f.allocated().await.len(), 2);
+    let refreshed = f
+        .store
+        .all::<brindle_api::IPAMBlock>()
+        .list()
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .flat_map(|b| brindle_ipam::block::allocations(&b.spec))
+        .find(|x| x.ip.to_string() == ip_b)
+        .unwrap();
+    assert_ne!(
+        refreshed.attrs["timestamp"], stamp,
+        "repeated ADD refreshes the record"
+    );
+    assert_eq!(
+        refreshed.sequence, alloc_b.sequence,
+        "and is not a new allocation"
+    );
+
+    // Traffic to both addresses, from another pod.
+    let qa = f.cni(
+        "ADD",
+        "cq",
+        Some(("default", "q")),
+        Some(&q.path()),
+        &conf_a,
+    );
+    assert!(qa.ok, "{}", qa.json);
+    for (ip, port) in [(&ip_a, 8090), (&ip_b, 8091)] {
+        let _srv = tcp_server(&p, ip, port);
+        assert_eq!(tcp_client(&q, ip, port), "hello", "to {ip}");
+    }
+
+    // DEL of eth1 releases only eth1's attachment.
+    let del = add_b("DEL");
+    assert!(del.ok, "{}", del.json);
+    assert!(!f.has_handle("net-b.cp.eth1").await);
+    assert!(f.has_handle("k8s-pod-network.cp").await);
+    assert_eq!(f.host_veths().len(), 2, "eth0's veth and q's remain");
+    assert!(has_addr("eth0", &ip_a));
+    let mut check = conf_a.clone();
+    check["prevResult"] = a.json.clone();
+    let out = f.cni("CHECK", "cp", pod, Some(&p.path()), &check);
+    assert!(out.ok, "eth0 is as ADD left it: {}", out.json);
+    let _srv = tcp_server(&p, &ip_a, 8092);
+    assert_eq!(tcp_client(&q, &ip_a, 8092), "hello");
+    let allocated: Vec<String> = f
+        .allocated()
+        .await
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(!allocated.contains(&ip_b), "{allocated:?}");
+
+    for (c, podname, ns) in [("cp", "p", &p), ("cq", "q", &q)] {
+        let out = f.cni(
+            "DEL",
+            c,
+            Some(("default", podname)),
+            Some(&ns.path()),
+            &conf_a,
+        );
+        assert!(out.ok, "{}", out.json);
+    }
+    assert!(f.allocated().await.is_empty());
+    assert!(f.host_veths().is_empty());
 }
