@@ -51,12 +51,9 @@ pub struct WorkloadError {
     source: rtnetlink::Error,
 }
 
-/// Adds the routes of `want` that are missing and whose veth exists; returns those added.
-pub async fn repair(
-    handle: &Handle,
-    want: &[WorkloadRoute],
-) -> Result<Vec<WorkloadRoute>, WorkloadError> {
-    let mut links: HashMap<String, u32> = HashMap::new();
+/// The interfaces of the namespace `handle` talks to, by name.
+pub async fn links(handle: &Handle) -> Result<HashMap<String, u32>, WorkloadError> {
+    let mut links = HashMap::new();
     let mut s = handle.link().get().execute();
     while let Some(l) = s.try_next().await.map_err(|source| WorkloadError {
         what: "listing links".into(),
@@ -68,6 +65,15 @@ pub async fn repair(
             }
         }
     }
+    Ok(links)
+}
+
+/// Adds the routes of `want` that are missing and whose veth exists; returns those added.
+pub async fn repair(
+    handle: &Handle,
+    want: &[WorkloadRoute],
+) -> Result<Vec<WorkloadRoute>, WorkloadError> {
+    let links = links(handle).await?;
     let mut present: HashSet<(u32, Ipv4Addr)> = HashSet::new();
     let mut routes = handle
         .route()

@@ -8,6 +8,7 @@
 //!                                                   │      │ tunl0 ok?
 //!                                                   ├─▶ tunnel task ──▶ IPAM + felix-lite tunl0
 //!                                                   ├─▶ workload task ──▶ felix-lite /32 routes
+//!                                                   ├─▶ leak task ──▶ IPAM (departed containers)
 //!                                                   └─▶ health (/livez /readyz /metrics)
 //! ```
 //!
@@ -19,6 +20,7 @@ mod autodetect;
 mod bgp_task;
 mod desired;
 mod health;
+mod leak_task;
 mod metrics;
 mod register;
 mod snapshot;
@@ -90,6 +92,13 @@ struct Args {
         default_value = "brindle-system"
     )]
     secrets_namespace: String,
+    /// How long a pod address must have looked abandoned (its veth and network namespace
+    /// gone, no DEL) before it is released; 0 turns the sweep off.
+    #[arg(long, env = "BRINDLE_WORKLOAD_GC_GRACE_SECONDS", default_value_t = 300)]
+    workload_gc_grace_seconds: u64,
+    /// The container runtime's CNI cache (libcni's default), read by the sweep.
+    #[arg(long, env = "BRINDLE_CNI_CACHE_DIR", default_value = "/var/lib/cni")]
+    cni_cache_dir: PathBuf,
     #[arg(long, env = "BRINDLE_LOG", default_value = "info")]
     log: String,
     #[arg(long, env = "BRINDLE_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
@@ -305,6 +314,20 @@ async fn run(a: Args) -> anyhow::Result<()> {
         }
         .run(),
     );
+    if a.workload_gc_grace_seconds > 0 {
+        tokio::spawn(
+            leak_task::LeakTask {
+                node: me.name.clone(),
+                ipam: brindle_ipam::Ipam::new(store.clone()),
+                snap: snap.clone(),
+                handle: handle.clone(),
+                grace: Duration::from_secs(a.workload_gc_grace_seconds),
+                cni_cache_dir: a.cni_cache_dir.clone(),
+                metrics: metrics.clone(),
+            }
+            .run(),
+        );
+    }
     let bgp = tokio::spawn(
         bgp_task::BgpTask {
             me: me.clone(),

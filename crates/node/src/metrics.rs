@@ -48,6 +48,9 @@ pub struct Metrics {
     pub programming: Histogram,
     pub ipam_ops: Family<OpLabel, Counter>,
     pub watch_restarts: Family<KindLabel, Counter>,
+    /// Addresses whose container looks gone, waiting out the grace period.
+    pub workload_gc_suspects: Gauge,
+    pub workload_gc_released: Counter,
 }
 
 impl Metrics {
@@ -60,6 +63,8 @@ impl Metrics {
             programming: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             ipam_ops: Family::default(),
             watch_restarts: Family::default(),
+            workload_gc_suspects: Gauge::default(),
+            workload_gc_released: Counter::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register("bgp_sessions", "BGP sessions by state", m.sessions.clone());
@@ -87,6 +92,16 @@ impl Metrics {
                 "datastore_watch_restarts",
                 "Datastore list/watch restarts by kind (errors, expiry, outages)",
                 m.watch_restarts.clone(),
+            );
+            r.register(
+                "workload_gc_suspects",
+                "Addresses of this node whose container looks gone, in their grace period",
+                m.workload_gc_suspects.clone(),
+            );
+            r.register(
+                "workload_gc_released",
+                "Addresses released because their container was gone and its DEL never came",
+                m.workload_gc_released.clone(),
             );
         }
         m
