@@ -9,5 +9,6 @@ mod common;
 mod bad_input;
 mod lifecycle;
 mod mesh;
+mod podman;
 mod racks;
 mod reflectors;

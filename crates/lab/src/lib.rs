@@ -74,6 +74,14 @@ pub struct LabSpec {
     /// The controller's grace period before an orphaned address is released.
     #[arg(long, default_value = "5s")]
     pub gc_grace: String,
+    /// The agents' grace period before an address whose container is gone is released.
+    #[arg(long, default_value_t = 30)]
+    #[serde(default = "default_workload_gc_grace")]
+    pub workload_gc_grace_seconds: u64,
+}
+
+fn default_workload_gc_grace() -> u64 {
+    30
 }
 
 impl Default for LabSpec {
@@ -86,6 +94,7 @@ impl Default for LabSpec {
             reflectors: 0,
             datastore: Datastore::Etcd,
             gc_grace: "5s".into(),
+            workload_gc_grace_seconds: default_workload_gc_grace(),
         }
     }
 }
@@ -130,6 +139,10 @@ pub struct LabNode {
 impl LabNode {
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("bgpd.sock")
+    }
+    /// The CNI cache (libcni's `/var/lib/cni`) of this node's container runtime, if any.
+    pub fn cni_cache_dir(&self) -> PathBuf {
+        self.dir.join("cni-cache")
     }
     pub fn log(&self) -> PathBuf {
         self.dir.join("agent.log")
@@ -439,6 +452,10 @@ impl Lab {
             "127.0.0.1:9091".into(),
             "--log".into(),
             "info,brindle_bgp=info".into(),
+            "--workload-gc-grace-seconds".into(),
+            self.spec.workload_gc_grace_seconds.to_string(),
+            "--cni-cache-dir".into(),
+            n.cni_cache_dir().display().to_string(),
         ];
         args.extend(self.datastore_args(&n.forward, &n.dir));
         let log = std::fs::OpenOptions::new()

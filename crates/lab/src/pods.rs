@@ -73,7 +73,8 @@ impl Lab {
         p.display().to_string()
     }
 
-    fn cni_conf(&self, node: &str) -> Value {
+    /// The network configuration brindle-cni gets on `node` (network `k8s-pod-network`).
+    pub fn cni_conf(&self, node: &str) -> Value {
         let n = self.node(node);
         let mut c = json!({
             "cniVersion": "1.0.0",
