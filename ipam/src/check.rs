@@ -31,6 +31,9 @@ pub enum Owner {
         name: String,
     },
     Node(String),
+    /// A container with no Kubernetes pod behind it (podman, nerdctl): leaked when its node
+    /// is gone; on a live node, that node's agent judges it (it can see the container).
+    Container { node: String },
     /// No owner recorded: never called leaked.
     Unknown,
 }
@@ -55,6 +58,9 @@ pub fn owner_of(a: &BTreeMap<String, String>) -> Owner {
                 namespace: ns.clone(),
                 name: pod.clone(),
             },
+            (Some(attr::TYPE_POD), _, _, Some(node)) if a.contains_key(attr::CONTAINER_ID) => {
+                Owner::Container { node: node.clone() }
+            }
             _ => Owner::Unknown,
         }
     }
@@ -78,6 +84,10 @@ pub struct Report {
     pub allocations: usize,
     /// Allocations whose pod or node no longer exists.
     pub leaked: Vec<AllocationRef>,
+    /// Addresses of containers without a Kubernetes pod (a runtime such as podman calling
+    /// brindle-cni). Not a problem in itself: their node's agent releases one whose container
+    /// is gone; listed so an operator can see them.
+    pub container_attachments: Vec<AllocationRef>,
     /// Addresses held twice: in two blocks, or both allocated and on the free list.
     pub duplicates: Vec<IpAddr>,
     pub handle_mismatches: Vec<HandleMismatch>,
@@ -148,20 +158,26 @@ pub(crate) fn analyse(s: &Snapshot, owners: &OwnerSnapshot) -> Report {
             if let Some(h) = &a.handle {
                 *held.entry((h.clone(), b.spec.cidr.clone())).or_default() += 1;
             }
-            let leaked = match owner_of(&a.attrs) {
-                Owner::Pod { namespace, name } => !owners.pods.contains(&(namespace, name)),
-                Owner::Node(n) => !owners.nodes.contains(&n),
+            let owner = owner_of(&a.attrs);
+            let leaked = match &owner {
+                Owner::Pod { namespace, name } => {
+                    !owners.pods.contains(&(namespace.clone(), name.clone()))
+                }
+                Owner::Node(n) | Owner::Container { node: n } => !owners.nodes.contains(n),
                 Owner::Unknown => false,
             };
+            let found = AllocationRef {
+                block: name.clone(),
+                ip: a.ip,
+                ordinal: a.ordinal,
+                handle: a.handle,
+                sequence: a.sequence,
+                attrs: a.attrs,
+            };
             if leaked {
-                r.leaked.push(AllocationRef {
-                    block: name.clone(),
-                    ip: a.ip,
-                    ordinal: a.ordinal,
-                    handle: a.handle,
-                    sequence: a.sequence,
-                    attrs: a.attrs,
-                });
+                r.leaked.push(found);
+            } else if matches!(owner, Owner::Container { .. }) {
+                r.container_attachments.push(found);
             }
         }
         let affine_ok = b

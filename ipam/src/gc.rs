@@ -243,7 +243,7 @@ fn alloc_node(l: &AllocationRef, blocks: &[IPAMBlock]) -> Option<String> {
 async fn owner_exists(ipam: &Ipam, owner: &Owner) -> Result<bool> {
     match owner {
         Owner::Pod { namespace, name } => ipam.owners.pod_exists(namespace, name).await,
-        Owner::Node(n) => ipam.owners.node_exists(n).await,
+        Owner::Node(n) | Owner::Container { node: n } => ipam.owners.node_exists(n).await,
         Owner::Unknown => Ok(true),
     }
 }

@@ -543,3 +543,44 @@ async fn collector_frees_empty_blocks_of_pools_that_no_longer_select_the_node() 
     assert!(r.blocks_freed.is_empty(), "{r:?}");
     assert_eq!(count::<IPAMBlock>(&store).await, 1);
 }
+
+/// A container without a pod (podman calling brindle-cni) is listed, never leaked while its
+/// node lives, and released after the grace period once its node is gone.
+#[tokio::test]
+async fn container_addresses_follow_their_node() {
+    use brindle_ipam::block::attr;
+    let store = memory();
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    add_node(&store, "n2").await;
+    let ipam = ipam(&store);
+    for (node, cid) in [("n1", "live"), ("n2", "orphan")] {
+        let mut req = pod_req(node, "", "", cid, 1);
+        req.attrs.remove(attr::POD);
+        req.attrs.remove(attr::NAMESPACE);
+        ipam.assign(&req).await.unwrap();
+    }
+    let grace = Duration::from_secs(60);
+    let mut gc = Collector::new(grace);
+    let t0 = Instant::now();
+    let all = snapshot(&["n1", "n2"], &[]);
+    let report = ipam.check(&all).await.unwrap();
+    assert!(report.leaked.is_empty(), "{report:?}");
+    assert_eq!(report.container_attachments.len(), 2);
+    let r = gc.pass(&ipam, &all, None, t0 + grace * 2).await.unwrap();
+    assert!(r.released.is_empty(), "live nodes keep their containers' addresses");
+
+    store
+        .all::<brindle_api::BrindleNode>()
+        .delete("n2", None)
+        .await
+        .unwrap();
+    let owners = snapshot(&["n1"], &[]);
+    let r = gc.pass(&ipam, &owners, None, t0).await.unwrap();
+    assert!(r.released.is_empty(), "not before the grace period");
+    let r = gc.pass(&ipam, &owners, None, t0 + grace).await.unwrap();
+    assert_eq!(r.released.len(), 1, "{r:?}");
+    let left = ipam.check(&owners).await.unwrap();
+    assert_eq!(left.container_attachments.len(), 1);
+    assert_eq!(left.container_attachments[0].attrs[attr::NODE], "n1");
+}
