@@ -33,7 +33,9 @@ pub enum Owner {
     Node(String),
     /// A container with no Kubernetes pod behind it (podman, nerdctl): leaked when its node
     /// is gone; on a live node, that node's agent judges it (it can see the container).
-    Container { node: String },
+    Container {
+        node: String,
+    },
     /// No owner recorded: never called leaked.
     Unknown,
 }

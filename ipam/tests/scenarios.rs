@@ -568,7 +568,10 @@ async fn container_addresses_follow_their_node() {
     assert!(report.leaked.is_empty(), "{report:?}");
     assert_eq!(report.container_attachments.len(), 2);
     let r = gc.pass(&ipam, &all, None, t0 + grace * 2).await.unwrap();
-    assert!(r.released.is_empty(), "live nodes keep their containers' addresses");
+    assert!(
+        r.released.is_empty(),
+        "live nodes keep their containers' addresses"
+    );
 
     store
         .all::<brindle_api::BrindleNode>()
@@ -583,4 +586,50 @@ async fn container_addresses_follow_their_node() {
     let left = ipam.check(&owners).await.unwrap();
     assert_eq!(left.container_attachments.len(), 1);
     assert_eq!(left.container_attachments[0].attrs[attr::NODE], "n1");
+}
+
+/// A release conditioned on the owner record loses to a repeated ADD that refreshed it.
+#[tokio::test]
+async fn a_refreshed_record_defeats_a_stale_release() {
+    use brindle_ipam::block::attr;
+    let store = memory();
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    let ipam = ipam(&store);
+    let req = pod_req("n1", "default", "p", "c1", 1);
+    let ip = ipam.assign(&req).await.unwrap()[0];
+    let judged = req.attrs.clone();
+    let upd =
+        std::collections::BTreeMap::from([(attr::NETNS.to_string(), "/run/netns/new".to_string())]);
+    assert_eq!(
+        ipam.refresh_handle(&req.handle, &upd).await.unwrap(),
+        vec![ip]
+    );
+    let stale = ReleaseIp {
+        ip,
+        handle: Some(req.handle.clone()),
+        sequence: None,
+        attrs: Some(judged),
+    };
+    let out = ipam.release_ips(&[stale]).await.unwrap();
+    assert!(matches!(out[0], ReleaseOutcome::Mismatch { .. }), "{out:?}");
+    assert_eq!(ipam.ips_of_handle(&req.handle).await.unwrap(), vec![ip]);
+    let mut now = req.attrs.clone();
+    now.extend(upd);
+    let fresh = ReleaseIp {
+        ip,
+        handle: Some(req.handle.clone()),
+        sequence: None,
+        attrs: Some(now),
+    };
+    assert_eq!(
+        ipam.release_ips(&[fresh]).await.unwrap(),
+        vec![ReleaseOutcome::Released]
+    );
+    assert!(ipam.ips_of_handle(&req.handle).await.unwrap().is_empty());
+    assert!(ipam
+        .refresh_handle(&req.handle, &std::collections::BTreeMap::new())
+        .await
+        .unwrap()
+        .is_empty());
 }
