@@ -123,6 +123,14 @@ fn init_logging(a: &Args) {
     }
 }
 
+/// A netlink connection of its own for each task: the kernel refuses a second dump on a
+/// socket while one is running (EBUSY), so tasks sharing one would fail each other's listings.
+fn netlink() -> anyhow::Result<rtnetlink::Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
 /// Connects, retrying with backoff: a node may boot before its datastore is reachable.
 async fn connect(a: &DatastoreArgs) -> anyhow::Result<Store> {
     let mut delay = Duration::from_millis(500);
@@ -269,8 +277,7 @@ async fn main() -> std::process::ExitCode {
 async fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = connect(&a.datastore).await?;
-    let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
-    tokio::spawn(conn);
+    let handle = netlink()?;
     let (me, uplink_mtu) = identify(&a, &store, &handle).await?;
     retry("registering the node", || {
         register::write(&store, &me.name, me_net(&me), a.asn)
@@ -294,7 +301,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             me: me.clone(),
             ipam: brindle_ipam::Ipam::new(store.clone()),
             snap: snap.clone(),
-            handle: handle.clone(),
+            handle: netlink()?,
             mtu: if a.ipip_mtu > 0 {
                 a.ipip_mtu
             } else {
@@ -310,7 +317,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             node: me.name.clone(),
             veth_prefix: a.veth_prefix.clone(),
             snap: snap.clone(),
-            handle: handle.clone(),
+            handle: netlink()?,
         }
         .run(),
     );
@@ -320,7 +327,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 node: me.name.clone(),
                 ipam: brindle_ipam::Ipam::new(store.clone()),
                 snap: snap.clone(),
-                handle: handle.clone(),
+                handle: netlink()?,
                 grace: Duration::from_secs(a.workload_gc_grace_seconds),
                 cni_cache_dir: a.cni_cache_dir.clone(),
                 metrics: metrics.clone(),

@@ -36,6 +36,10 @@ impl TunnelTask {
         let mut timer_fired = false;
         let mut address: Option<Option<IpAddr>> = None;
         let mut no_ipip_logged = false;
+        // tunl0 holds no address of ours (nothing to take off when no pool wants IPIP). A
+        // failed pass after the address was released leaves it false, so the retry still
+        // takes the address off tunl0.
+        let mut tunl0_clean = true;
         loop {
             let snap = self.snap.borrow_and_update().clone();
             let inputs: Inputs = (
@@ -43,7 +47,9 @@ impl TunnelTask {
                 snap.nodes.get(&self.me.name).cloned(),
             );
             if snap.synced && (timer_fired || settled.as_ref() != Some(&inputs)) {
-                let done = self.pass(&snap, &mut address, &mut no_ipip_logged).await;
+                let done = self
+                    .pass(&snap, &mut address, &mut no_ipip_logged, &mut tunl0_clean)
+                    .await;
                 settled = done.then_some(inputs);
             }
             tokio::select! {
@@ -60,15 +66,18 @@ impl TunnelTask {
         snap: &Snapshot,
         address: &mut Option<Option<IpAddr>>,
         no_ipip_logged: &mut bool,
+        tunl0_clean: &mut bool,
     ) -> bool {
         let had = snap
             .nodes
             .get(&self.me.name)
             .and_then(|n| n.bgp.ipv4_ipip_tunnel_addr.clone());
-        // No pool wants IPIP and the node holds no tunnel address: nothing to do.
-        if !desired::wants_ipip(snap) && had.is_none() {
+        // No pool wants IPIP, the node holds no tunnel address and tunl0 has none of ours:
+        // nothing to do.
+        if !desired::wants_ipip(snap) && had.is_none() && *tunl0_clean {
             return true;
         }
+        *tunl0_clean = false;
         let addr = match self.ipam.ensure_tunnel_address(&self.me.name).await {
             Ok(a) => {
                 self.metrics.ipam("ensure_tunnel_address", true);
@@ -97,9 +106,11 @@ impl TunnelTask {
                 if ch != Default::default() {
                     info!(created = ch.created, added = ?ch.added, removed = ?ch.removed, mtu = self.mtu, "tunl0 updated");
                 }
+                *tunl0_clean = v4.is_none();
                 v4.is_some()
             }
             Err(TunnelError::NoIpip(e)) => {
+                *tunl0_clean = true; // no tunl0 at all
                 if !*no_ipip_logged {
                     warn!("tunl0: this kernel has no IPIP support ({e}); running without IPIP encapsulation: routes to other nodes are direct");
                     *no_ipip_logged = true;

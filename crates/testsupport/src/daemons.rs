@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use crate::netns::{ChildGuard, Netns};
 
 /// Polls `f` every 100 ms until it returns Some, panicking with `what` after `timeout`.
+/// `$BRINDLE_TIMEOUT_SCALE` (default 1) stretches it, for slow machines such as the TCG VM.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let timeout = timeout.mul_f64(timeout_scale());
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
@@ -20,6 +22,15 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// How much slower than this machine the current one is (`BRINDLE_TIMEOUT_SCALE`).
+pub fn timeout_scale() -> f64 {
+    std::env::var("BRINDLE_TIMEOUT_SCALE")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| *s >= 1.0)
+        .unwrap_or(1.0)
 }
 
 fn workdir(tag: &str) -> tempfile::TempDir {
