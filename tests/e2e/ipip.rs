@@ -50,12 +50,11 @@ fn ipip_in_a_vm() {
         start.elapsed().as_secs_f64()
     );
     assert_eq!(r.status, 0, "the tests inside the VM failed (output above)");
-    for t in VM_TESTS {
-        assert!(
-            r.output.contains(&format!("test {t} ... ok")),
-            "{t} did not pass inside the VM"
-        );
-    }
+    let all = format!("test result: ok. {} passed; 0 failed", VM_TESTS.len());
+    assert!(
+        r.output.contains(&all),
+        "not every one of {VM_TESTS:?} passed inside the VM"
+    );
 }
 
 fn in_vm() {
