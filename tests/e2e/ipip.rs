@@ -23,17 +23,37 @@ const VM_TESTS: &[&str] = &[
     "ipip::vm_node_address_change_moves_the_next_hop",
 ];
 
+/// `brindle-lab` as an operator runs it, inside the VM: a 2-node IPIP lab, two pods that
+/// talk, the routes in `status`, and `down`.
+const CLI: &str = r#"
+L="$(dirname "$(dirname "$0_EXE")")/brindle-lab"
+set -e
+echo "== brindle-lab up --nodes 2 --encap ipip"
+$L up --nodes 2 --encap ipip > /tmp/up.log 2>&1 || { cat /tmp/up.log; exit 1; }
+$L pod add a --node node-0
+B=$($L pod add b --node node-1 | sed 's/.*: //')
+GOT=$($L exec a -- python3 -c "import socket; c=socket.create_connection(('$B',8080),timeout=20); print(c.makefile().readline().strip())")
+echo "a reached b at $B: greeted by $GOT"
+[ "$GOT" = b ]
+$L status | tee /tmp/status.txt
+grep -q "via .* dev tunl0 onlink" /tmp/status.txt
+$L down
+echo "== brindle-lab CLI ok"
+"#;
+
 #[test]
 fn ipip_in_a_vm() {
     let exe = std::env::current_exe().expect("test binary");
     let script = format!(
         "export {IN_VM}=1 BRINDLE_TIMEOUT_SCALE=5 RUST_BACKTRACE=1\n\
          cd {dir}\n\
-         {exe} --ignored --exact --test-threads 1 --nocapture {tests} 2>&1\n",
+         {exe} --ignored --exact --test-threads 1 --nocapture {tests} 2>&1 || exit 1\n\
+         {CLI}",
         dir = std::env::current_dir().expect("cwd").display(),
         exe = exe.display(),
         tests = VM_TESTS.join(" "),
     );
+    let script = script.replace("$0_EXE", &exe.display().to_string());
     let start = Instant::now();
     let r = run_in_vm(&VmSpec {
         script: &script,
@@ -54,6 +74,10 @@ fn ipip_in_a_vm() {
     assert!(
         r.output.contains(&all),
         "not every one of {VM_TESTS:?} passed inside the VM"
+    );
+    assert!(
+        r.output.contains("== brindle-lab CLI ok"),
+        "the CLI run in the VM"
     );
 }
 

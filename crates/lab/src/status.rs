@@ -81,8 +81,15 @@ pub fn render(lab: &Lab) -> String {
         .values()
         .map(|p| vec![p.name.clone(), p.node.clone(), p.ip.to_string()])
         .collect();
+    let mut routes = String::new();
+    for n in &lab.nodes {
+        routes.push_str(&format!("{}:\n", n.name));
+        for r in lab.bird_routes(&n.name) {
+            routes.push_str(&format!("  {r}\n"));
+        }
+    }
     format!(
-        "NODES\n{}\nSESSIONS\n{}\nPODS\n{}",
+        "NODES\n{}\nSESSIONS\n{}\nPODS\n{}\nROUTES (ip route show proto bird)\n{routes}",
         table(
             &[
                 "NODE",
