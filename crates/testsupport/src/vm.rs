@@ -335,6 +335,9 @@ pub fn run_in_vm(spec: &VmSpec) -> Result<VmResult, VmError> {
     let stage = run.path().join("stage2.sh");
     std::fs::write(&stage, stage2(&script, spec.modules)).map_err(io("writing stage 2"))?;
     let console = run.path().join("console.log");
+    // qemu's own complaints go to a file: a pipe nobody reads could fill and stall it.
+    let qemu_err = run.path().join("qemu.err");
+    let err_file = std::fs::File::create(&qemu_err).map_err(io("creating qemu's error log"))?;
     let start = Instant::now();
     let mut child = Command::new(qemu)
         .args(["-accel", "tcg,thread=multi", "-machine", "pc"])
@@ -370,7 +373,7 @@ pub fn run_in_vm(spec: &VmSpec) -> Result<VmResult, VmError> {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(err_file)
         .spawn()
         .map_err(io("starting qemu"))?;
     let mut boot = None;
@@ -399,15 +402,11 @@ pub fn run_in_vm(spec: &VmSpec) -> Result<VmResult, VmError> {
         .map(|(_, b)| b)
         .unwrap_or(text.as_str());
     let Some((output, rest)) = body.rsplit_once(EXIT) else {
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut stderr);
-        }
+        let stderr = std::fs::read_to_string(&qemu_err).unwrap_or_default();
         return Err(VmError::NoResult(format!(
-            "{}{}",
+            "{}\nqemu: {}",
             tail_of(&text, 60),
-            stderr
+            stderr.trim()
         )));
     };
     let status = rest
