@@ -152,6 +152,29 @@ fn tunnel_handle_ips(lab: &Lab, node: &str) -> Option<IPAMHandle> {
     .expect("handle")
 }
 
+/// The addresses the blocks hold for `handle`.
+fn held_by(lab: &Lab, handle: &str) -> Vec<Ipv4Addr> {
+    let blocks = lab
+        .block_on(lab.store.all::<brindle_api::IPAMBlock>().list())
+        .expect("blocks")
+        .items;
+    let mut out = vec![];
+    for b in blocks {
+        let Ok(net) = b.spec.cidr.parse::<ipnetwork::Ipv4Network>() else {
+            continue;
+        };
+        for (ord, a) in b.spec.allocations.iter().enumerate() {
+            let mine = a
+                .and_then(|i| b.spec.attributes.get(i as usize))
+                .is_some_and(|x| x.handle_id.as_deref() == Some(handle));
+            if mine {
+                out.push(Ipv4Addr::from(u32::from(net.network()) + ord as u32));
+            }
+        }
+    }
+    out
+}
+
 fn tunl0_bytes(lab: &Lab, node: &str) -> (u64, u64) {
     let v: Value = lab.node(node).ns.ip_json(&["-s", "link", "show", "tunl0"]);
     let s = &v[0]["stats64"];
@@ -217,6 +240,12 @@ fn vm_always_routes_through_tunl0() {
             assert!(pool.contains(ip), "{ip} from the pool");
             let h = tunnel_handle_ips(lab, &n.name).expect("the tunnel address's handle");
             assert_eq!(h.spec.block.values().sum::<u32>(), 1, "{h:?}");
+            assert_eq!(
+                held_by(lab, &format!("ipip-tunnel-addr-{}", n.name)),
+                vec![ip],
+                "{}: tunl0's address is the one IPAM gave the node",
+                n.name
+            );
         }
         // Traffic really goes through the tunnel: byte counters and protocol 4 on the wire.
         for n in ["node-0", "node-1"] {
