@@ -295,7 +295,9 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null
 cp {script} /script.sh
 mount -t tmpfs tmpfs /run
 mkdir -p /run/netns /run/lock
-mount -t tmpfs tmpfs /tmp
+# /tmp stays the overlay's (writes land in its tmpfs, never on the host): a checkout or target
+# directory under the host's /tmp must stay visible.
+mkdir -p /tmp
 ip link set lo up
 for m in {modules}; do modprobe "$m" || echo "brindle-vm: modprobe $m failed"; done
 echo {BOOTED}
