@@ -153,26 +153,17 @@ fn tunnel_handle_ips(lab: &Lab, node: &str) -> Option<IPAMHandle> {
 }
 
 /// The addresses the blocks hold for `handle`.
-fn held_by(lab: &Lab, handle: &str) -> Vec<Ipv4Addr> {
+fn held_by(lab: &Lab, handle: &str) -> Vec<std::net::IpAddr> {
     let blocks = lab
         .block_on(lab.store.all::<brindle_api::IPAMBlock>().list())
         .expect("blocks")
         .items;
-    let mut out = vec![];
-    for b in blocks {
-        let Ok(net) = b.spec.cidr.parse::<ipnetwork::Ipv4Network>() else {
-            continue;
-        };
-        for (ord, a) in b.spec.allocations.iter().enumerate() {
-            let mine = a
-                .and_then(|i| b.spec.attributes.get(i as usize))
-                .is_some_and(|x| x.handle_id.as_deref() == Some(handle));
-            if mine {
-                out.push(Ipv4Addr::from(u32::from(net.network()) + ord as u32));
-            }
-        }
-    }
-    out
+    blocks
+        .iter()
+        .flat_map(|b| brindle_ipam::block::allocations(&b.spec))
+        .filter(|a| a.handle.as_deref() == Some(handle))
+        .map(|a| a.ip)
+        .collect()
 }
 
 fn tunl0_bytes(lab: &Lab, node: &str) -> (u64, u64) {
@@ -211,19 +202,29 @@ fn echo_bytes(lab: &Lab, from: &str, to: &str, n: usize) {
     );
 }
 
+/// Three nodes on one subnet, ipipMode Always.
+fn ipip_three() -> LabSpec {
+    LabSpec {
+        nodes: 3,
+        encap: Encap::Ipip,
+        ..Default::default()
+    }
+}
+
+/// A pod on every node, all talking, every route through tunl0: where three tests start.
+fn settled_ipip(lab: &mut Lab) -> Vec<String> {
+    let pods = pod_per_node(lab);
+    all_reach(lab, &pods);
+    wait_routes(lab, "all through tunl0", |_, _| true);
+    pods
+}
+
 #[test]
 #[ignore = "inside the VM: run by ipip_in_a_vm"]
 fn vm_always_routes_through_tunl0() {
     in_vm();
-    let spec = LabSpec {
-        nodes: 3,
-        encap: Encap::Ipip,
-        ..Default::default()
-    };
-    with_lab(spec, |lab| {
-        let pods = pod_per_node(lab);
-        all_reach(lab, &pods);
-        wait_routes(lab, "all through tunl0", |_, _| true);
+    with_lab(ipip_three(), |lab| {
+        let pods = settled_ipip(lab);
         print_routes(lab, "ipipMode Always");
         let pool: ipnetwork::Ipv4Network = brindle_lab::POOL.parse().expect("pool");
         for n in &lab.nodes {
@@ -242,7 +243,7 @@ fn vm_always_routes_through_tunl0() {
             assert_eq!(h.spec.block.values().sum::<u32>(), 1, "{h:?}");
             assert_eq!(
                 held_by(lab, &format!("ipip-tunnel-addr-{}", n.name)),
-                vec![ip],
+                vec![std::net::IpAddr::V4(ip)],
                 "{}: tunl0's address is the one IPAM gave the node",
                 n.name
             );
@@ -336,15 +337,8 @@ fn set_mode(lab: &Lab, mode: IpipMode) {
 #[ignore = "inside the VM: run by ipip_in_a_vm"]
 fn vm_mode_flips_replace_routes_in_place() {
     in_vm();
-    let spec = LabSpec {
-        nodes: 3,
-        encap: Encap::Ipip,
-        ..Default::default()
-    };
-    with_lab(spec, |lab| {
-        let pods = pod_per_node(lab);
-        all_reach(lab, &pods);
-        wait_routes(lab, "all through tunl0", |_, _| true);
+    with_lab(ipip_three(), |lab| {
+        let pods = settled_ipip(lab);
         let mons = monitors(lab, &["node-0", "node-1", "node-2"]);
 
         set_mode(lab, IpipMode::Never);
@@ -390,15 +384,8 @@ fn vm_mode_flips_replace_routes_in_place() {
 #[ignore = "inside the VM: run by ipip_in_a_vm"]
 fn vm_node_address_change_moves_the_next_hop() {
     in_vm();
-    let spec = LabSpec {
-        nodes: 3,
-        encap: Encap::Ipip,
-        ..Default::default()
-    };
-    with_lab(spec, |lab| {
-        let pods = pod_per_node(lab);
-        all_reach(lab, &pods);
-        wait_routes(lab, "all through tunl0", |_, _| true);
+    with_lab(ipip_three(), |lab| {
+        let pods = settled_ipip(lab);
         let i = lab.node_index("node-2");
         let old = lab.nodes[i].ip;
         let new = Ipv4Addr::new(old.octets()[0], old.octets()[1], old.octets()[2], 200);

@@ -245,29 +245,18 @@ fn attachments(lab: &Lab) -> BTreeMap<(String, String), (String, String)> {
         .items;
     let mut out = BTreeMap::new();
     for b in blocks {
-        for a in brindle_ipam_allocations(&b) {
-            if a.1.get("type").map(String::as_str) != Some("pod") {
+        for a in brindle_ipam::block::allocations(&b.spec) {
+            if a.attrs.get("type").map(String::as_str) != Some("pod") {
                 continue;
             }
-            let g = |k: &str| a.1.get(k).cloned().unwrap_or_default();
-            out.insert((g("containerID"), g("interface")), (a.0, g("network")));
+            let g = |k: &str| a.attrs.get(k).cloned().unwrap_or_default();
+            out.insert(
+                (g("containerID"), g("interface")),
+                (a.ip.to_string(), g("network")),
+            );
         }
     }
     out
-}
-
-fn brindle_ipam_allocations(b: &IPAMBlock) -> Vec<(String, BTreeMap<String, String>)> {
-    let net: ipnetwork::Ipv4Network = b.spec.cidr.parse().expect("block cidr");
-    b.spec
-        .allocations
-        .iter()
-        .enumerate()
-        .filter_map(|(o, a)| {
-            let attr = b.spec.attributes.get((*a)? as usize)?;
-            let ip = std::net::Ipv4Addr::from(u32::from(net.network()) + o as u32);
-            Some((ip.to_string(), attr.secondary.clone()))
-        })
-        .collect()
 }
 
 fn host_veths(lab: &Lab, node: &str) -> Vec<String> {

@@ -480,18 +480,7 @@ async fn two_attachments_of_one_container_are_independent() {
     assert!(defaults.contains(&("eth1".into(), 1000)), "{routes}");
 
     // The allocation records its attachment.
-    let blocks = f
-        .store
-        .all::<brindle_api::IPAMBlock>()
-        .list()
-        .await
-        .unwrap()
-        .items;
-    let alloc_b = blocks
-        .iter()
-        .flat_map(|b| brindle_ipam::block::allocations(&b.spec))
-        .find(|x| x.ip.to_string() == ip_b)
-        .unwrap();
+    let alloc_b = f.allocation(&ip_b).await;
     assert_eq!(alloc_b.attrs["network"], "net-b");
     assert_eq!(alloc_b.attrs["interface"], "eth1");
     assert_eq!(alloc_b.attrs["netns"], p.path());
@@ -506,17 +495,7 @@ async fn two_attachments_of_one_container_are_independent() {
     assert_eq!(ip_of(&again.json), ip_b);
     assert!(has_addr("eth0", &ip_a), "eth0 survives eth1's repeated ADD");
     assert_eq!(f.allocated().await.len(), 2);
-    let refreshed = f
-        .store
-        .all::<brindle_api::IPAMBlock>()
-        .list()
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .flat_map(|b| brindle_ipam::block::allocations(&b.spec))
-        .find(|x| x.ip.to_string() == ip_b)
-        .unwrap();
+    let refreshed = f.allocation(&ip_b).await;
     assert_ne!(
         refreshed.attrs["timestamp"], stamp,
         "repeated ADD refreshes the record"

@@ -219,6 +219,22 @@ impl Fixture {
     }
 }
 
+impl Fixture {
+    /// The allocation of `ip` (panics when it is free).
+    pub async fn allocation(&self, ip: &str) -> brindle_ipam::block::Allocation {
+        self.store
+            .all::<brindle_api::IPAMBlock>()
+            .list()
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .flat_map(|b| brindle_ipam::block::allocations(&b.spec))
+            .find(|a| a.ip.to_string() == ip)
+            .unwrap_or_else(|| panic!("{ip} is not allocated"))
+    }
+}
+
 pub fn ip_of(result: &Value) -> String {
     result["ips"][0]["address"]
         .as_str()
