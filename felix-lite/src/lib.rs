@@ -1,12 +1,16 @@
 //! Brindle's node dataplane: the pieces of the kernel a node agent owns besides BGP routes.
 //!
 //! - [`tunnel`]: the `tunl0` IPIP device, its MTU and its one /32 tunnel address;
-//! - [`workloads`]: the `/32 dev <veth> scope link` routes to local pods, repaired when missing.
+//! - [`workloads`]: the `/32 dev <veth> scope link` routes to local pods, repaired when missing;
+//! - [`proxy`]: Services (kube-proxy's iptables structure, `BRL-` chains) and NAT outgoing;
+//! - [`iptables`]: the writer that puts [`proxy`]'s rules in the kernel, changed chains only.
 //!
-//! Service DNAT and NAT outgoing (iptables) come with the Services issue. This crate must not
-//! talk BGP or allocate addresses: callers hand it the desired state as plain data.
+//! This crate must not talk BGP, read the datastore or allocate addresses: callers hand it
+//! the desired state as plain data.
 #![forbid(unsafe_code)]
 
+pub mod iptables;
+pub mod proxy;
 pub mod tunnel;
 pub mod workloads;
 

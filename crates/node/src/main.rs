@@ -23,6 +23,8 @@ mod health;
 mod leak_task;
 mod metrics;
 mod register;
+mod service_task;
+mod services;
 mod snapshot;
 mod tunnel_task;
 mod workload_task;
@@ -37,6 +39,8 @@ use clap::Parser;
 use tokio::sync::{oneshot, watch};
 use tracing::{error, info, warn};
 
+use brindle_felix_lite::iptables::Runner;
+
 use crate::autodetect::Method;
 use crate::desired::Me;
 
@@ -44,7 +48,7 @@ use crate::desired::Me;
 #[command(
     name = "brindle-node",
     version,
-    about = "Brindle's node agent: BGP, tunl0, workload routes"
+    about = "Brindle's node agent: BGP, tunl0, workload routes, Services"
 )]
 struct Args {
     /// This node's name (as the kubelet registers it); the hostname when not given.
@@ -99,12 +103,39 @@ struct Args {
     /// The container runtime's CNI cache (libcni's default), read by the sweep.
     #[arg(long, env = "BRINDLE_CNI_CACHE_DIR", default_value = "/var/lib/cni")]
     cni_cache_dir: PathBuf,
+    /// Program Services (kube-proxy's job) and NAT outgoing in iptables.
+    #[arg(long, env = "BRINDLE_SERVICES", default_value_t = true, action = clap::ArgAction::Set)]
+    services: bool,
+    /// iptables backend: auto (legacy where the kernel has it, else nft), legacy, nft.
+    #[arg(long, env = "BRINDLE_IPTABLES_BACKEND", default_value = "auto", value_parser = ["auto", "legacy", "nft"])]
+    iptables_backend: String,
+    /// Least time between two iptables syncs (a burst of changes becomes one write).
+    #[arg(long, env = "BRINDLE_MIN_SYNC_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    min_sync_interval: Duration,
+    /// How often the tables are read back and drift (our chains changed by hand) repaired.
+    #[arg(long, env = "BRINDLE_IPTABLES_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    iptables_refresh_interval: Duration,
+    /// The masquerade mark bit (kube-proxy's default, 14).
+    #[arg(long, env = "BRINDLE_MASQUERADE_BIT", default_value_t = 14, value_parser = clap::value_parser!(u8).range(0..=31))]
+    masquerade_bit: u8,
     #[arg(long, env = "BRINDLE_LOG", default_value = "info")]
     log: String,
     #[arg(long, env = "BRINDLE_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     #[command(flatten)]
     datastore: DatastoreArgs,
+}
+
+/// `1s`, `200ms`, `2m`; a bare number is seconds.
+fn parse_duration(v: &str) -> Result<Duration, String> {
+    if let Some(ms) = v.strip_suffix("ms") {
+        return ms
+            .trim()
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{v:?} is not a duration (e.g. 200ms, 1s, 2m)"));
+    }
+    brindle_api::validation::parse_duration_secs(v).map(Duration::from_secs)
 }
 
 fn init_logging(a: &Args) {
@@ -330,6 +361,28 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 handle: netlink()?,
                 grace: Duration::from_secs(a.workload_gc_grace_seconds),
                 cni_cache_dir: a.cni_cache_dir.clone(),
+                metrics: metrics.clone(),
+            }
+            .run(),
+        );
+    }
+    if a.services {
+        let backend = Runner::default()
+            .backend(&a.iptables_backend)
+            .context("--iptables-backend")?;
+        info!(
+            backend = backend.name(),
+            "Services and NAT outgoing in iptables"
+        );
+        tokio::spawn(
+            service_task::ServiceTask {
+                store: store.clone(),
+                node: me.name.clone(),
+                backend,
+                masquerade_bit: a.masquerade_bit,
+                min_sync: a.min_sync_interval,
+                refresh: a.iptables_refresh_interval,
+                snapshot: snap.clone(),
                 metrics: metrics.clone(),
             }
             .run(),

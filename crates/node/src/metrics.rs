@@ -37,6 +37,11 @@ pub fn kind_label(kind: &str) -> KindLabel {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabel {
+    pub object: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Arc<Mutex<Registry>>,
@@ -51,6 +56,12 @@ pub struct Metrics {
     /// Addresses whose container looks gone, waiting out the grace period.
     pub workload_gc_suspects: Gauge,
     pub workload_gc_released: Counter,
+    /// One iptables sync (render, diff, restore).
+    pub proxy_sync: Histogram,
+    pub proxy_rules: Gauge,
+    pub proxy_restore_failures: Counter,
+    /// Services with parts that could not be programmed (problems per Service).
+    pub proxy_skipped: Family<ObjectLabel, Gauge>,
 }
 
 impl Metrics {
@@ -65,6 +76,10 @@ impl Metrics {
             watch_restarts: Family::default(),
             workload_gc_suspects: Gauge::default(),
             workload_gc_released: Counter::default(),
+            proxy_sync: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            proxy_rules: Gauge::default(),
+            proxy_restore_failures: Counter::default(),
+            proxy_skipped: Family::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register("bgp_sessions", "BGP sessions by state", m.sessions.clone());
@@ -102,6 +117,26 @@ impl Metrics {
                 "workload_gc_released",
                 "Addresses released because their container was gone and its DEL never came",
                 m.workload_gc_released.clone(),
+            );
+            r.register(
+                "proxy_sync_seconds",
+                "One Services sync: render, diff and iptables-restore",
+                m.proxy_sync.clone(),
+            );
+            r.register(
+                "proxy_rules",
+                "iptables rules of ours after the last sync",
+                m.proxy_rules.clone(),
+            );
+            r.register(
+                "proxy_restore_failures",
+                "iptables-restore runs that failed",
+                m.proxy_restore_failures.clone(),
+            );
+            r.register(
+                "proxy_skipped",
+                "Problems that kept part of a Service or EndpointSlice from being programmed",
+                m.proxy_skipped.clone(),
             );
         }
         m

@@ -92,11 +92,15 @@ enum Kind {
 
 const KINDS: usize = 8;
 
-enum Update {
-    Reset(Kind, Vec<(String, Item)>),
-    Upsert(Kind, String, Box<Item>),
-    Delete(Kind, String),
+/// What a mirror reports about its kind.
+pub enum Event<T> {
+    /// A fresh list: replaces everything known of the kind.
+    Reset(Vec<(String, T)>),
+    Upsert(String, Box<T>),
+    Delete(String),
 }
+
+type Update = (Kind, Event<Item>);
 
 impl Snapshot {
     fn apply(&mut self, kind: Kind, key: String, item: Option<Item>) {
@@ -144,7 +148,13 @@ pub fn start(store: &Store, secrets_ns: &str, metrics: Metrics) -> watch::Receiv
     let kube = store.backend_name() == "kubernetes";
     macro_rules! mirror {
         ($api:expr, $kind:expr, $f:expr) => {
-            tokio::spawn(mirror($api, $kind, $f, tx.clone(), metrics.clone()));
+            tokio::spawn(mirror(
+                $api,
+                $f,
+                move |e| ($kind, e),
+                tx.clone(),
+                metrics.clone(),
+            ));
         };
     }
     mirror!(
@@ -231,7 +241,7 @@ fn kube_node(n: &Node) -> NodeInfo {
     }
 }
 
-fn key_of<K: StoreResource>(o: &K) -> String {
+pub fn key_of<K: StoreResource>(o: &K) -> String {
     let m = o.meta();
     match &m.namespace {
         Some(ns) => format!("{ns}/{}", m.name.as_deref().unwrap_or_default()),
@@ -241,11 +251,11 @@ fn key_of<K: StoreResource>(o: &K) -> String {
 
 /// List, then watch from the list's revision; on any error keep what was sent, back off and
 /// list again (an `Expired` watch relists at once).
-async fn mirror<K: StoreResource>(
+pub async fn mirror<K: StoreResource, T, U>(
     api: brindle_datastore::Api<K>,
-    kind: Kind,
-    f: fn(K) -> Option<Item>,
-    tx: mpsc::Sender<Update>,
+    f: fn(K) -> Option<T>,
+    wrap: impl Fn(Event<T>) -> U,
+    tx: mpsc::Sender<U>,
     metrics: Metrics,
 ) {
     let name = K::kind(&());
@@ -281,7 +291,7 @@ async fn mirror<K: StoreResource>(
                 f(o).map(|i| (k, i))
             })
             .collect();
-        if tx.send(Update::Reset(kind, items)).await.is_err() {
+        if tx.send(wrap(Event::Reset(items))).await.is_err() {
             return;
         }
         let mut stream = match api.watch(&list.revision).await {
@@ -297,11 +307,11 @@ async fn mirror<K: StoreResource>(
                 Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {
                     let k = key_of(&o);
                     match f(o) {
-                        Some(i) => Update::Upsert(kind, k, Box::new(i)),
-                        None => Update::Delete(kind, k),
+                        Some(i) => Event::Upsert(k, Box::new(i)),
+                        None => Event::Delete(k),
                     }
                 }
-                Ok(WatchEvent::Deleted(o)) => Update::Delete(kind, key_of(&o)),
+                Ok(WatchEvent::Deleted(o)) => Event::Delete(key_of(&o)),
                 Err(StoreError::Expired { .. }) => {
                     info!(kind = %name, "watch expired (compacted); listing again");
                     break;
@@ -313,7 +323,7 @@ async fn mirror<K: StoreResource>(
                     break;
                 }
             };
-            if tx.send(u).await.is_err() {
+            if tx.send(wrap(u)).await.is_err() {
                 return;
             }
         }
@@ -334,15 +344,15 @@ async fn fold(mut rx: mpsc::Receiver<Update>, out: watch::Sender<Arc<Snapshot>>)
         let deadline = tokio::time::Instant::now() + Duration::from_millis(50);
         while let Some(u) = next.take() {
             match u {
-                Update::Reset(k, items) => {
+                (k, Event::Reset(items)) => {
                     listed[k as usize] = true;
                     snap.clear(k);
                     for (key, i) in items {
                         snap.apply(k, key, Some(i));
                     }
                 }
-                Update::Upsert(k, key, i) => snap.apply(k, key, Some(*i)),
-                Update::Delete(k, key) => snap.apply(k, key, None),
+                (k, Event::Upsert(key, i)) => snap.apply(k, key, Some(*i)),
+                (k, Event::Delete(key)) => snap.apply(k, key, None),
             }
             next = tokio::time::timeout_at(deadline, rx.recv())
                 .await

@@ -1,0 +1,318 @@
+//! Services on this node (kube-proxy's job) and NAT outgoing: Services and EndpointSlices
+//! are mirrored here (not in the shared snapshot: there may be tens of thousands), each
+//! changed Service is rendered again, and felix-lite's writer puts the changed chains in the
+//! kernel. Syncs are at least `min_sync` apart (a burst of changes is one restore); every
+//! `refresh` the tables are read back and whatever drifted is rewritten.
+//!
+//! Nothing is written before Services, EndpointSlices and the pools have all been listed, so
+//! a restarting agent finds its chains as it left them and writes nothing.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use brindle_datastore::Store;
+use brindle_felix_lite::iptables::{Backend, Runner, Writer};
+use brindle_felix_lite::proxy::rules::{self, ServiceRules, ALL_POOLS_SET, MASQ_POOLS_SET};
+use brindle_felix_lite::proxy::NodeContext;
+use ipnetwork::Ipv4Network;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::metrics::Metrics;
+use crate::services::{self, Skipped};
+use crate::snapshot::{mirror, Event, Snapshot};
+
+pub struct ServiceTask {
+    pub store: Store,
+    pub node: String,
+    pub backend: Backend,
+    pub masquerade_bit: u8,
+    pub min_sync: Duration,
+    pub refresh: Duration,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub metrics: Metrics,
+}
+
+enum Ev {
+    Svc(Event<Service>),
+    Slice(Event<EndpointSlice>),
+}
+
+#[derive(Default)]
+struct State {
+    services: HashMap<String, Service>,
+    slices: HashMap<String, EndpointSlice>,
+    /// Service key → its slices' keys.
+    by_service: HashMap<String, BTreeSet<String>>,
+    listed_services: bool,
+    listed_slices: bool,
+    /// Rendered rules per Service key (sorted: the ruleset is the same after a restart).
+    rendered: BTreeMap<String, Vec<ServiceRules>>,
+    skipped: BTreeMap<String, Vec<Skipped>>,
+    dirty: BTreeSet<String>,
+}
+
+impl State {
+    fn slice_owner(&self, key: &str) -> Option<String> {
+        self.slices.get(key).and_then(services::slice_service)
+    }
+
+    fn put_slice(&mut self, key: String, s: EndpointSlice) {
+        if let Some(old) = self.slice_owner(&key) {
+            if let Some(set) = self.by_service.get_mut(&old) {
+                set.remove(&key);
+            }
+            self.dirty.insert(old);
+        }
+        if let Some(owner) = services::slice_service(&s) {
+            self.by_service
+                .entry(owner.clone())
+                .or_default()
+                .insert(key.clone());
+            self.dirty.insert(owner);
+        }
+        self.slices.insert(key, s);
+    }
+
+    fn drop_slice(&mut self, key: &str) {
+        if let Some(old) = self.slice_owner(key) {
+            if let Some(set) = self.by_service.get_mut(&old) {
+                set.remove(key);
+            }
+            self.dirty.insert(old);
+        }
+        self.slices.remove(key);
+    }
+
+    fn apply(&mut self, ev: Ev) {
+        match ev {
+            Ev::Svc(Event::Reset(items)) => {
+                self.listed_services = true;
+                let old: Vec<String> = self.services.keys().cloned().collect();
+                self.dirty.extend(old);
+                self.services.clear();
+                for (k, s) in items {
+                    self.dirty.insert(k.clone());
+                    self.services.insert(k, s);
+                }
+            }
+            Ev::Svc(Event::Upsert(k, s)) => {
+                if self.services.get(&k) != Some(&*s) {
+                    self.dirty.insert(k.clone());
+                    self.services.insert(k, *s);
+                }
+            }
+            Ev::Svc(Event::Delete(k)) => {
+                self.services.remove(&k);
+                self.dirty.insert(k);
+            }
+            Ev::Slice(Event::Reset(items)) => {
+                self.listed_slices = true;
+                let old: Vec<String> = self.slices.keys().cloned().collect();
+                for k in old {
+                    self.drop_slice(&k);
+                }
+                for (k, s) in items {
+                    self.put_slice(k, s);
+                }
+            }
+            Ev::Slice(Event::Upsert(k, s)) => {
+                if self.slices.get(&k) != Some(&*s) {
+                    self.put_slice(k, *s);
+                }
+            }
+            Ev::Slice(Event::Delete(k)) => self.drop_slice(&k),
+        }
+    }
+
+    /// Renders the dirty Services again (all of them when `all`).
+    fn render(&mut self, ctx: &NodeContext, all: bool) {
+        let keys: Vec<String> = if all {
+            self.services.keys().cloned().collect()
+        } else {
+            std::mem::take(&mut self.dirty).into_iter().collect()
+        };
+        if all {
+            self.dirty.clear();
+            self.rendered.clear();
+            self.skipped.clear();
+        }
+        for k in keys {
+            let Some(svc) = self.services.get(&k) else {
+                self.rendered.remove(&k);
+                self.skipped.remove(&k);
+                continue;
+            };
+            let slices: Vec<&EndpointSlice> = self
+                .by_service
+                .get(&k)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| self.slices.get(s))
+                .collect();
+            let mut skipped = vec![];
+            let ports = services::service_ports(svc, &slices, &mut skipped);
+            for s in &skipped {
+                if self.skipped.get(&k).is_none_or(|old| !old.contains(s)) {
+                    warn!(object = %s.object, "Service not fully programmed: {}", s.reason);
+                }
+            }
+            if skipped.is_empty() {
+                self.skipped.remove(&k);
+            } else {
+                self.skipped.insert(k.clone(), skipped);
+            }
+            let r = ports.iter().map(|p| rules::render(p, ctx)).collect();
+            self.rendered.insert(k, r);
+        }
+    }
+}
+
+/// The pools as the ipsets hold them.
+fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
+    let mut all = vec![];
+    let mut masq = vec![];
+    for p in snap.pools.values() {
+        if let Ok(n) = p.cidr.parse::<Ipv4Network>() {
+            all.push(n);
+            if p.nat_outgoing {
+                masq.push(n);
+            }
+        }
+    }
+    all.sort();
+    masq.sort();
+    BTreeMap::from([
+        (ALL_POOLS_SET.to_string(), all),
+        (MASQ_POOLS_SET.to_string(), masq),
+    ])
+}
+
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+impl ServiceTask {
+    pub async fn run(mut self) {
+        let (tx, mut rx) = mpsc::channel(4096);
+        tokio::spawn(mirror(
+            self.store.all::<Service>(),
+            Some,
+            Ev::Svc,
+            tx.clone(),
+            self.metrics.clone(),
+        ));
+        tokio::spawn(mirror(
+            self.store.all::<EndpointSlice>(),
+            Some,
+            Ev::Slice,
+            tx,
+            self.metrics.clone(),
+        ));
+        let runner = Runner::default();
+        let mut writer = Some(Writer::new(self.backend, runner));
+        let mut st = State::default();
+        let mut ctx: Option<NodeContext> = None;
+        let mut sets = BTreeMap::new();
+        let mut last_sync = Instant::now() - self.min_sync;
+        let mut last_refresh = Instant::now();
+        let mut pending = false;
+        let mut failing = false;
+        info!(
+            backend = self.backend.name(),
+            "services: waiting for Services, EndpointSlices and pools"
+        );
+        loop {
+            let ready = ctx.is_some() && st.listed_services && st.listed_slices;
+            let deadline = if pending {
+                last_sync + self.min_sync
+            } else {
+                last_refresh + self.refresh
+            };
+            tokio::select! {
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return };
+                    st.apply(ev);
+                    while let Ok(ev) = rx.try_recv() {
+                        st.apply(ev);
+                    }
+                    pending |= !st.dirty.is_empty();
+                }
+                r = self.snapshot.changed() => {
+                    if r.is_err() { return }
+                    let snap = self.snapshot.borrow_and_update().clone();
+                    if !snap.synced { continue }
+                    let zone = snap.nodes.get(&self.node).and_then(|n| n.labels.get(ZONE_LABEL).cloned());
+                    let c = NodeContext { node: self.node.clone(), zone, masquerade_bit: self.masquerade_bit };
+                    let new_sets = pool_sets(&snap);
+                    if ctx.as_ref() != Some(&c) || new_sets != sets {
+                        // A label or pool change can touch every Service: render them all.
+                        if ctx.as_ref() != Some(&c) {
+                            st.dirty.extend(st.services.keys().cloned());
+                        }
+                        ctx = Some(c);
+                        sets = new_sets;
+                        pending = true;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()), if ready => {
+                    if !pending {
+                        // The periodic re-read: repairs whatever was changed by hand.
+                        if let Some(w) = writer.as_mut() { w.invalidate(); }
+                        last_refresh = Instant::now();
+                        pending = true;
+                        continue;
+                    }
+                    let Some(c) = ctx.clone() else { continue };
+                    st.render(&c, false);
+                    let ruleset = rules::assemble(&c, st.rendered.values().flatten());
+                    let Some(mut w) = writer.take() else { return };
+                    let sets2 = sets.clone();
+                    let started = Instant::now();
+                    let res = tokio::task::spawn_blocking(move || {
+                        let r = w.sync_sets(&sets2).and_then(|_| w.sync(&ruleset));
+                        (w, r)
+                    }).await;
+                    let Ok((w, r)) = res else { return };
+                    writer = Some(w);
+                    last_sync = Instant::now();
+                    pending = false;
+                    self.metrics.proxy_sync.observe(started.elapsed().as_secs_f64());
+                    self.metrics.proxy_skipped.clear();
+                    for (k, v) in &st.skipped {
+                        self.metrics.proxy_skipped.get_or_create(&crate::metrics::ObjectLabel { object: k.clone() }).set(v.len() as i64);
+                    }
+                    match r {
+                        Ok(rep) => {
+                            self.metrics.proxy_rules.set(rep.rules_total as i64);
+                            if failing { info!("iptables writes work again"); failing = false; }
+                            if rep.chains_written + rep.chains_deleted + rep.jumps_inserted + rep.jumps_removed > 0 {
+                                info!(
+                                    services = st.services.len(),
+                                    chains_written = rep.chains_written,
+                                    chains_deleted = rep.chains_deleted,
+                                    rules_written = rep.rules_written,
+                                    jumps = rep.jumps_inserted,
+                                    rules_total = rep.rules_total,
+                                    read_back = rep.read,
+                                    restore_ms = rep.restore_time.as_millis() as u64,
+                                    total_ms = started.elapsed().as_millis() as u64,
+                                    "services programmed"
+                                );
+                            }
+                        }
+                        Err(e) => {
+                            self.metrics.proxy_restore_failures.inc();
+                            warn!("iptables sync failed (reading the tables again next time): {e}");
+                            failing = true;
+                            // Everything is rendered from scratch; retried after min_sync.
+                            st.dirty.extend(st.services.keys().cloned());
+                            pending = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! Services and EndpointSlices (Kubernetes' types) → felix-lite's plain [`ServicePort`]s.
+//! Pure. What cannot be programmed (a bad port, an unknown protocol, an address of the wrong
+//! family, a slice port without a number) is skipped with a reason; the rest goes on.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use brindle_felix_lite::proxy::{Endpoint, Protocol, ServicePort};
+use ipnetwork::Ipv4Network;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+/// The label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// kube-proxy's default ClientIP affinity timeout (3 hours).
+const DEFAULT_AFFINITY_SECONDS: u32 = 10800;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Skipped {
+    /// `namespace/name` of the Service or EndpointSlice.
+    pub object: String,
+    pub reason: String,
+}
+
+/// The Service key (`ns/name`) an EndpointSlice belongs to.
+pub fn slice_service(s: &EndpointSlice) -> Option<String> {
+    let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
+    Some(format!("{}/{name}", s.metadata.namespace.as_deref()?))
+}
+
+fn port_ok(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+/// The ports of one Service with their endpoints; `skipped` gets a line per problem.
+pub fn service_ports(
+    svc: &Service,
+    slices: &[&EndpointSlice],
+    skipped: &mut Vec<Skipped>,
+) -> Vec<ServicePort> {
+    let ns = svc.metadata.namespace.clone().unwrap_or_default();
+    let name = svc.metadata.name.clone().unwrap_or_default();
+    let key = format!("{ns}/{name}");
+    let mut skip = |object: &str, reason: String| {
+        skipped.push(Skipped {
+            object: object.to_string(),
+            reason,
+        })
+    };
+    let Some(spec) = &svc.spec else {
+        return vec![];
+    };
+    let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
+    if ty == "ExternalName" {
+        return vec![];
+    }
+    let ips: Vec<&String> = match &spec.cluster_ips {
+        Some(v) if !v.is_empty() => v.iter().collect(),
+        _ => spec.cluster_ip.iter().collect(),
+    };
+    if ips.iter().any(|i| i.as_str() == "None") {
+        return vec![]; // headless: DNS only, nothing to program
+    }
+    let cluster_ip = ips.iter().find_map(|i| i.parse::<Ipv4Addr>().ok());
+    if cluster_ip.is_none() && !ips.is_empty() {
+        skip(
+            &key,
+            format!(
+                "no IPv4 cluster IP ({}); felix-lite programs IPv4 only",
+                ips.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
+            ),
+        );
+        return vec![];
+    }
+    let mut external_ips = vec![];
+    for e in spec.external_ips.iter().flatten() {
+        match e.parse::<Ipv4Addr>() {
+            Ok(ip) => external_ips.push(ip),
+            Err(_) => skip(&key, format!("externalIPs: {e:?} is not an IPv4 address")),
+        }
+    }
+    let mut lb_ips = vec![];
+    let ingress = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|l| l.ingress.as_ref());
+    for i in ingress.into_iter().flatten() {
+        if let Some(ip) = &i.ip {
+            match ip.parse::<Ipv4Addr>() {
+                Ok(a) => lb_ips.push(a),
+                Err(_) => skip(&key, format!("loadBalancer ingress {ip:?} is not IPv4")),
+            }
+        }
+    }
+    let mut ranges = vec![];
+    for r in spec.load_balancer_source_ranges.iter().flatten() {
+        match r.trim().parse::<Ipv4Network>() {
+            Ok(n) => ranges.push(n),
+            Err(_) => skip(
+                &key,
+                format!("loadBalancerSourceRanges: {r:?} is not an IPv4 CIDR"),
+            ),
+        }
+    }
+    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|t| *t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+    });
+    let with_node_port = ty == "NodePort" || ty == "LoadBalancer";
+    let mut out = vec![];
+    for p in spec.ports.iter().flatten() {
+        let pname = p.name.clone().unwrap_or_default();
+        let proto_s = p.protocol.as_deref().unwrap_or("TCP");
+        let Some(protocol) = Protocol::parse(proto_s) else {
+            skip(
+                &key,
+                format!("port {pname:?}: unknown protocol {proto_s:?}"),
+            );
+            continue;
+        };
+        let Some(port) = port_ok(p.port) else {
+            skip(
+                &key,
+                format!("port {pname:?}: port {} is not 1-65535", p.port),
+            );
+            continue;
+        };
+        let node_port = match p.node_port.filter(|_| with_node_port) {
+            None => None,
+            Some(n) => match port_ok(n) {
+                Some(n) => Some(n),
+                None => {
+                    skip(&key, format!("port {pname:?}: nodePort {n} is not 1-65535"));
+                    continue;
+                }
+            },
+        };
+        let endpoints = endpoints_for(&pname, proto_s, slices, &mut skip);
+        out.push(ServicePort {
+            namespace: ns.clone(),
+            name: name.clone(),
+            port_name: pname,
+            protocol,
+            cluster_ip,
+            port,
+            node_port,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: lb_ips.clone(),
+            load_balancer_source_ranges: ranges.clone(),
+            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+            affinity_seconds: affinity,
+            endpoints,
+        });
+    }
+    out
+}
+
+/// The endpoints of the service port named `pname`, from every IPv4 slice, deduplicated and
+/// sorted (so the rules are the same whatever order the slices came in).
+fn endpoints_for(
+    pname: &str,
+    proto: &str,
+    slices: &[&EndpointSlice],
+    skip: &mut impl FnMut(&str, String),
+) -> Vec<Endpoint> {
+    let mut eps: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let skey = format!(
+            "{}/{}",
+            s.metadata.namespace.as_deref().unwrap_or_default(),
+            s.metadata.name.as_deref().unwrap_or_default()
+        );
+        let Some(sp) = s.ports.iter().flatten().find(|sp| {
+            sp.name.as_deref().unwrap_or_default() == pname
+                && sp.protocol.as_deref().unwrap_or("TCP") == proto
+        }) else {
+            continue; // this slice does not serve the port (a named port nobody defines)
+        };
+        let Some(port) = sp.port.and_then(port_ok) else {
+            skip(
+                &skey,
+                format!("port {pname:?} has no usable number ({:?})", sp.port),
+            );
+            continue;
+        };
+        for e in s.endpoints.iter().flatten() {
+            let Some(addr) = e.addresses.first() else {
+                continue;
+            };
+            let Ok(ip) = addr.parse::<Ipv4Addr>() else {
+                skip(&skey, format!("endpoint {addr:?} is not an IPv4 address"));
+                continue;
+            };
+            let c = e.conditions.clone().unwrap_or_default();
+            let ready = c.ready.unwrap_or(true);
+            let hints = e.hints.as_ref();
+            eps.entry((ip, port)).or_insert(Endpoint {
+                ip,
+                port,
+                node: e.node_name.clone(),
+                zone: e.zone.clone(),
+                ready,
+                serving: c.serving.unwrap_or(ready),
+                terminating: c.terminating.unwrap_or(false),
+                for_nodes: hints
+                    .and_then(|h| h.for_nodes.as_ref())
+                    .map(|v| v.iter().map(|n| n.name.clone()).collect()),
+                for_zones: hints
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|v| v.iter().map(|z| z.name.clone()).collect()),
+            });
+        }
+    }
+    eps.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn svc(v: serde_json::Value) -> Service {
+        serde_json::from_value(v).unwrap()
+    }
+    fn slice(v: serde_json::Value) -> EndpointSlice {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn ports_endpoints_and_conditions() {
+        let s = svc(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"type": "NodePort", "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                     "ports": [{"name": "http", "port": 80, "targetPort": "web", "nodePort": 30080},
+                               {"name": "dns", "port": 53, "protocol": "UDP"}],
+                     "externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP"}
+        }));
+        let sl = slice(json!({
+            "metadata": {"namespace": "default", "name": "web-1",
+                         "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.244.0.2"], "nodeName": "n1", "zone": "z1",
+                 "conditions": {"ready": false, "serving": true, "terminating": true}},
+                {"addresses": ["10.244.0.1"], "nodeName": "n2",
+                 "hints": {"forZones": [{"name": "z1"}]}}
+            ]
+        }));
+        assert_eq!(slice_service(&sl).as_deref(), Some("default/web"));
+        let mut skipped = vec![];
+        let p = service_ports(&s, &[&sl], &mut skipped);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(p.len(), 2);
+        assert_eq!(p[0].port_name_string(), "default/web:http");
+        assert_eq!(p[0].node_port, Some(30080));
+        assert!(p[0].external_local && p[0].affinity_seconds == Some(10800));
+        let e = &p[0].endpoints;
+        assert_eq!(e[0].ip.to_string(), "10.244.0.1"); // sorted
+        assert!(e[0].ready && e[0].serving && !e[0].terminating);
+        assert_eq!(e[0].for_zones.as_deref(), Some(&["z1".to_string()][..]));
+        assert!(!e[1].ready && e[1].serving && e[1].terminating);
+        // The UDP port has no slice port of its own: no endpoints (it will REJECT).
+        assert_eq!(p[1].protocol, Protocol::Udp);
+        assert!(p[1].endpoints.is_empty());
+    }
+
+    #[test]
+    fn bad_parts_are_skipped_with_a_reason_and_the_rest_kept() {
+        let s = svc(json!({
+            "metadata": {"namespace": "default", "name": "bad"},
+            "spec": {"clusterIP": "10.96.0.11",
+                     "ports": [{"name": "a", "port": 0}, {"name": "b", "port": 81, "protocol": "QUIC"},
+                               {"name": "c", "port": 82}],
+                     "externalIPs": ["fd00::1", "198.19.0.9"]}
+        }));
+        let mut skipped = vec![];
+        let p = service_ports(&s, &[], &mut skipped);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].external_ips.len(), 1);
+        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(reasons.len(), 3, "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.contains("port 0 is not 1-65535")));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("unknown protocol \"QUIC\"")));
+        let v6 = svc(json!({"metadata": {"namespace": "d", "name": "v6"},
+            "spec": {"clusterIP": "fd00::10", "ports": [{"port": 80}]}}));
+        assert!(service_ports(&v6, &[], &mut skipped).is_empty());
+        assert!(skipped.last().unwrap().reason.contains("IPv4 only"));
+        let headless = svc(json!({"metadata": {"namespace": "d", "name": "h"},
+            "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
+        assert!(service_ports(&headless, &[], &mut skipped).is_empty());
+    }
+}

@@ -1,0 +1,406 @@
+//! The iptables writer (DESIGN §6): one `iptables-restore --noflush` per sync, holding only
+//! the chains of ours that differ from what the kernel has; our jumps inserted at the top of
+//! the built-in chains; stale chains of ours flushed and deleted; nothing of anyone else's
+//! touched. What the kernel has is known from the last read (`iptables-save`) plus what was
+//! written since; [`Writer::invalidate`] (the periodic refresh, or a failure) makes the next
+//! sync read it again, which is how drift is repaired.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ipnetwork::Ipv4Network;
+
+use crate::proxy::rules::{Ruleset, TableRules, CHAIN_PREFIX, TAG};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Legacy,
+    Nft,
+}
+
+impl Backend {
+    fn tool(self, what: &str) -> String {
+        match self {
+            Backend::Legacy => format!("iptables-legacy-{what}"),
+            Backend::Nft => format!("iptables-nft-{what}"),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Legacy => "legacy",
+            Backend::Nft => "nft",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IptablesError {
+    #[error("running {cmd}: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{cmd} failed: {stderr}")]
+    Failed { cmd: String, stderr: String },
+    #[error("no usable iptables backend: {0}")]
+    NoBackend(String),
+}
+
+/// Runs the iptables tools, optionally behind a prefix (`ip netns exec NS` in tests).
+#[derive(Debug, Clone, Default)]
+pub struct Runner {
+    pub prefix: Vec<String>,
+}
+
+impl Runner {
+    fn run(&self, argv: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
+        let all: Vec<&str> = self
+            .prefix
+            .iter()
+            .map(String::as_str)
+            .chain(argv.iter().copied())
+            .collect();
+        let cmd = argv.join(" ");
+        let mut c = Command::new(all[0]);
+        c.args(&all[1..])
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().map_err(|source| IptablesError::Spawn {
+            cmd: cmd.clone(),
+            source,
+        })?;
+        if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
+            // A failed write shows up as the tool's error below.
+            let _ = w.write_all(text.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| IptablesError::Spawn {
+                cmd: cmd.clone(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(IptablesError::Failed {
+                cmd,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `auto`: the legacy backend where the kernel has it (its tools run and can read the
+    /// nat table), else nft. `legacy` / `nft`: that one, checked.
+    pub fn backend(&self, choice: &str) -> Result<Backend, IptablesError> {
+        let try_one = |b: Backend| self.run(&[&b.tool("save"), "-t", "nat"], None).map(|_| b);
+        match choice {
+            "legacy" => try_one(Backend::Legacy),
+            "nft" => try_one(Backend::Nft),
+            "auto" => try_one(Backend::Legacy).or_else(|e| {
+                try_one(Backend::Nft).map_err(|e2| IptablesError::NoBackend(format!("{e}; {e2}")))
+            }),
+            other => Err(IptablesError::NoBackend(format!(
+                "unknown backend {other:?} (auto, legacy, nft)"
+            ))),
+        }
+    }
+}
+
+/// A table as read: every chain, each rule as Some(our hash) or None (someone else's).
+pub type TableState = HashMap<String, Vec<Option<String>>>;
+
+/// Parses `iptables-save` output into tables.
+pub fn parse_save(text: &str) -> HashMap<String, TableState> {
+    let mut tables: HashMap<String, TableState> = HashMap::new();
+    let mut cur: Option<String> = None;
+    for line in text.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            cur = Some(t.trim().to_string());
+            tables.entry(t.trim().to_string()).or_default();
+            continue;
+        }
+        let Some(t) = cur.as_ref().and_then(|t| tables.get_mut(t)) else {
+            continue;
+        };
+        if let Some(rest) = line.strip_prefix(':') {
+            if let Some(name) = rest.split_whitespace().next() {
+                t.entry(name.to_string()).or_default();
+            }
+        } else if let Some(rest) = line.strip_prefix("-A ") {
+            let mut it = rest.splitn(2, ' ');
+            let chain = it.next().unwrap_or_default();
+            let body = it.next().unwrap_or_default();
+            t.entry(chain.to_string())
+                .or_default()
+                .push(rule_hash(body));
+        }
+    }
+    tables
+}
+
+/// Our hash in a rule's comment (`--comment brl:H` or `--comment "brl:H …"`).
+fn rule_hash(body: &str) -> Option<String> {
+    let i = body.find("--comment ")? + "--comment ".len();
+    let rest = body[i..].strip_prefix('"').unwrap_or(&body[i..]);
+    let h = rest.strip_prefix(TAG)?;
+    let end = h.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(h.len());
+    (end == 16).then(|| h[..end].to_string())
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The tables were read from the kernel first.
+    pub read: bool,
+    pub chains_written: usize,
+    pub chains_deleted: usize,
+    pub rules_written: usize,
+    pub jumps_inserted: usize,
+    pub jumps_removed: usize,
+    /// Rules of ours in the tables after the sync.
+    pub rules_total: usize,
+    pub bytes: usize,
+    pub restore_time: Duration,
+    pub read_time: Duration,
+}
+
+pub struct Writer {
+    pub backend: Backend,
+    runner: Runner,
+    known: Option<HashMap<String, TableState>>,
+    known_sets: Option<BTreeMap<String, Vec<Ipv4Network>>>,
+}
+
+impl Writer {
+    pub fn new(backend: Backend, runner: Runner) -> Writer {
+        Writer {
+            backend,
+            runner,
+            known: None,
+            known_sets: None,
+        }
+    }
+
+    /// Forget what the kernel has: the next sync reads it again (drift repair).
+    pub fn invalidate(&mut self) {
+        self.known = None;
+        self.known_sets = None;
+    }
+
+    fn read(&self) -> Result<HashMap<String, TableState>, IptablesError> {
+        let save = self.backend.tool("save");
+        let mut all = HashMap::new();
+        for t in ["nat", "filter"] {
+            let text = self.runner.run(&[&save, "-t", t], None)?;
+            all.extend(parse_save(&text));
+        }
+        Ok(all)
+    }
+
+    /// Brings the ipsets to `sets` (name → members), each replaced atomically (a temporary
+    /// set filled, then swapped in) when it differs from what was last written.
+    pub fn sync_sets(
+        &mut self,
+        sets: &BTreeMap<String, Vec<Ipv4Network>>,
+    ) -> Result<bool, IptablesError> {
+        if self.known_sets.as_ref() == Some(sets) {
+            return Ok(false);
+        }
+        let mut text = String::new();
+        for (name, nets) in sets {
+            let tmp = format!("{}-tmp", &name[..name.len().min(27)]);
+            text.push_str(&format!(
+                "create {name} hash:net family inet -exist\ncreate {tmp} hash:net family inet -exist\nflush {tmp}\n"
+            ));
+            for n in nets {
+                text.push_str(&format!("add {tmp} {n}\n"));
+            }
+            text.push_str(&format!("swap {tmp} {name}\ndestroy {tmp}\n"));
+        }
+        if let Err(e) = self
+            .runner
+            .run(&["ipset", "restore", "-exist"], Some(&text))
+        {
+            self.known_sets = None;
+            return Err(e);
+        }
+        self.known_sets = Some(sets.clone());
+        Ok(true)
+    }
+
+    /// Brings our chains and jumps to `want`, writing only what differs.
+    pub fn sync(&mut self, want: &Ruleset) -> Result<SyncReport, IptablesError> {
+        let mut report = SyncReport::default();
+        if self.known.is_none() {
+            let t = Instant::now();
+            self.known = Some(self.read()?);
+            report.read = true;
+            report.read_time = t.elapsed();
+        }
+        let known = self.known.as_mut().expect("read above");
+        let mut input = String::new();
+        let mut applied = vec![];
+        for (table, rules) in [("nat", &want.nat), ("filter", &want.filter)] {
+            let state = known.entry(table.to_string()).or_default();
+            report.rules_total += rules.rule_count();
+            if let Some(d) = diff(table, rules, state, &mut report) {
+                input.push_str(&d.text);
+                applied.push((table, d));
+            }
+        }
+        if input.is_empty() {
+            return Ok(report);
+        }
+        report.bytes = input.len();
+        let t = Instant::now();
+        let restore = self.backend.tool("restore");
+        let r = self
+            .runner
+            .run(&[&restore, "-w", "5", "--noflush"], Some(&input));
+        report.restore_time = t.elapsed();
+        if let Err(e) = r {
+            self.known = None;
+            return Err(e);
+        }
+        for (table, d) in applied {
+            let state = known.entry(table.to_string()).or_default();
+            d.apply(state);
+        }
+        Ok(report)
+    }
+}
+
+struct Diff {
+    text: String,
+    /// Chains written (name → hashes), chains deleted, built-in chains' new rule lists.
+    set: Vec<(String, Vec<Option<String>>)>,
+    deleted: Vec<String>,
+}
+
+impl Diff {
+    fn apply(self, state: &mut TableState) {
+        for (c, v) in self.set {
+            state.insert(c, v);
+        }
+        for c in self.deleted {
+            state.remove(&c);
+        }
+    }
+}
+
+fn diff(
+    table: &str,
+    want: &TableRules,
+    have: &TableState,
+    report: &mut SyncReport,
+) -> Option<Diff> {
+    let mut decl = String::new();
+    let mut body = String::new();
+    let mut tail = String::new();
+    let mut d = Diff {
+        text: String::new(),
+        set: vec![],
+        deleted: vec![],
+    };
+    let wanted: std::collections::HashSet<&str> =
+        want.chains.iter().map(|c| c.name.as_str()).collect();
+    for c in &want.chains {
+        let hashes: Vec<Option<String>> = c.rules.iter().map(|r| Some(r.hash.clone())).collect();
+        if have.get(&c.name) == Some(&hashes) {
+            continue;
+        }
+        decl.push_str(&format!(":{} - [0:0]\n", c.name));
+        for r in &c.rules {
+            body.push_str(&format!("-A {} {}\n", c.name, r.text));
+        }
+        report.chains_written += 1;
+        report.rules_written += c.rules.len();
+        d.set.push((c.name.clone(), hashes));
+    }
+    let mut stale: Vec<&String> = have
+        .keys()
+        .filter(|k| k.starts_with(CHAIN_PREFIX) && !wanted.contains(k.as_str()))
+        .collect();
+    stale.sort();
+    for c in stale {
+        decl.push_str(&format!(":{c} - [0:0]\n"));
+        tail.push_str(&format!("-X {c}\n"));
+        report.chains_deleted += 1;
+        d.deleted.push(c.clone());
+    }
+    // Built-in chains: ours that are no longer wanted go (by position, from the bottom up),
+    // missing ones are inserted at the top; the rest of the chain is not ours to touch.
+    let mut builtins: Vec<&str> = want.jumps.iter().map(|j| j.chain).collect();
+    builtins.extend(
+        have.keys()
+            .filter(|k| !k.starts_with(CHAIN_PREFIX) && k.chars().all(|c| c.is_ascii_uppercase()))
+            .map(String::as_str),
+    );
+    builtins.sort();
+    builtins.dedup();
+    let mut edits = String::new();
+    for b in builtins {
+        let mut rules = have.get(b).cloned().unwrap_or_default();
+        let ours: Vec<&str> = want
+            .jumps
+            .iter()
+            .filter(|j| j.chain == b)
+            .map(|j| j.rule.hash.as_str())
+            .collect();
+        let before = rules.clone();
+        for i in (0..rules.len()).rev() {
+            if let Some(h) = &rules[i] {
+                if !ours.contains(&h.as_str()) {
+                    edits.push_str(&format!("-D {b} {}\n", i + 1));
+                    rules.remove(i);
+                    report.jumps_removed += 1;
+                }
+            }
+        }
+        for j in want.jumps.iter().filter(|j| j.chain == b).rev() {
+            if !rules
+                .iter()
+                .any(|r| r.as_deref() == Some(j.rule.hash.as_str()))
+            {
+                edits.push_str(&format!("-I {b} 1 {}\n", j.rule.text));
+                rules.insert(0, Some(j.rule.hash.clone()));
+                report.jumps_inserted += 1;
+            }
+        }
+        if rules != before {
+            d.set.push((b.to_string(), rules));
+        }
+    }
+    if decl.is_empty() && edits.is_empty() {
+        return None;
+    }
+    d.text = format!("*{table}\n{decl}{edits}{body}{tail}COMMIT\n");
+    Some(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_hashes_quoted_or_not_and_marks_foreign_rules() {
+        let save = "*nat\n:PREROUTING ACCEPT [0:0]\n:BRL-X - [0:0]\n\
+            -A PREROUTING -m comment --comment \"brl:0123456789abcdef brindle service portals\" -j BRL-X\n\
+            -A PREROUTING -d 10.1.1.1/32 -j DNAT --to-destination 10.2.2.2\n\
+            -A BRL-X -m comment --comment brl:fedcba9876543210 -j RETURN\n\
+            -A BRL-X -m comment --comment brl:short -j RETURN\nCOMMIT\n";
+        let t = &parse_save(save)["nat"];
+        assert_eq!(
+            t["PREROUTING"],
+            vec![Some("0123456789abcdef".to_string()), None]
+        );
+        assert_eq!(t["BRL-X"], vec![Some("fedcba9876543210".to_string()), None]);
+    }
+}

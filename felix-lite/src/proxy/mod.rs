@@ -1,0 +1,129 @@
+//! Services in iptables, as kube-proxy programs them (REFERENCE §B), with Brindle's `BRL-`
+//! prefix so both can run side by side during a migration.
+//!
+//! The input is plain data ([`ServicePort`], [`Endpoint`], [`NodeContext`]) made by the agent
+//! from Services, EndpointSlices and Nodes; [`topology`] chooses the endpoints as kube-proxy's
+//! `CategorizeEndpoints` does; [`rules`] turns one service port into its chains and rules
+//! (pure, cached per service by the caller); [`crate::iptables`] writes only what changed.
+
+pub mod rules;
+pub mod topology;
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// Kubernetes' spelling (`TCP`, `UDP`, `SCTP`); anything else is refused.
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+    /// iptables' and kube-proxy's hash input spelling.
+    pub fn lower(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+}
+
+/// One endpoint of a service port, from an EndpointSlice (port already resolved).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    /// `hints.forNodes` (None: the endpoint carries no node hint).
+    pub for_nodes: Option<Vec<String>>,
+    /// `hints.forZones`.
+    pub for_zones: Option<Vec<String>>,
+}
+
+impl Endpoint {
+    /// `ip:port`, kube-proxy's endpoint string (hash input of the SEP chain name).
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+/// One port of one Service, with everything the rules need.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServicePort {
+    pub namespace: String,
+    pub name: String,
+    /// The Service port's name ("" when it has none).
+    pub port_name: String,
+    pub protocol: Protocol,
+    pub cluster_ip: Option<Ipv4Addr>,
+    pub port: u16,
+    pub node_port: Option<u16>,
+    pub external_ips: Vec<Ipv4Addr>,
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    pub load_balancer_source_ranges: Vec<Ipv4Network>,
+    /// externalTrafficPolicy: Local (only meaningful when externally accessible).
+    pub external_local: bool,
+    /// internalTrafficPolicy: Local.
+    pub internal_local: bool,
+    /// ClientIP session affinity timeout in seconds.
+    pub affinity_seconds: Option<u32>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+impl ServicePort {
+    /// kube-proxy's `ServicePortName.String()`: `ns/name` or `ns/name:port`.
+    pub fn port_name_string(&self) -> String {
+        if self.port_name.is_empty() {
+            format!("{}/{}", self.namespace, self.name)
+        } else {
+            format!("{}/{}:{}", self.namespace, self.name, self.port_name)
+        }
+    }
+    pub fn externally_accessible(&self) -> bool {
+        self.node_port.is_some()
+            || !self.external_ips.is_empty()
+            || !self.load_balancer_ips.is_empty()
+    }
+    pub fn external_policy_local(&self) -> bool {
+        self.external_local && self.externally_accessible()
+    }
+    pub fn uses_cluster_endpoints(&self) -> bool {
+        !self.internal_local || (self.externally_accessible() && !self.external_policy_local())
+    }
+    pub fn uses_local_endpoints(&self) -> bool {
+        self.internal_local || self.external_policy_local()
+    }
+}
+
+/// What a node's rules depend on besides the services.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeContext {
+    pub node: String,
+    /// `topology.kubernetes.io/zone` of this node, if labelled.
+    pub zone: Option<String>,
+    /// The masquerade mark bit (kube-proxy's `--iptables-masquerade-bit`, 14).
+    pub masquerade_bit: u8,
+}
+
+impl NodeContext {
+    /// `1<<bit` as kube-proxy formats it (`%#08x`: `0x004000`).
+    pub fn mark(&self) -> String {
+        format!("{:#08x}", 1u32 << self.masquerade_bit)
+    }
+}

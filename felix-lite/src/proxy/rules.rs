@@ -1,0 +1,715 @@
+//! One service port → its chains and rules, in kube-proxy's structure (REFERENCE §B1–B2), and
+//! the fixed chains around them. Every rule carries `-m comment --comment "brl:<hash> …"`: the
+//! hash (of chain and rule text) is how the writer tells our rules from anyone else's and
+//! what it compares with the kernel, so the text never has to be read back.
+
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+
+use sha1::Digest;
+
+use super::topology::categorize;
+use super::{Endpoint, NodeContext, ServicePort};
+
+pub const SERVICES: &str = "BRL-SERVICES";
+pub const NODEPORTS: &str = "BRL-NODEPORTS";
+pub const POSTROUTING: &str = "BRL-POSTROUTING";
+pub const MARK_MASQ: &str = "BRL-MARK-MASQ";
+pub const NAT_OUTGOING: &str = "BRL-NAT-OUTGOING";
+pub const EXTERNAL_SERVICES: &str = "BRL-EXTERNAL-SERVICES";
+pub const FORWARD: &str = "BRL-FORWARD";
+pub const FIREWALL: &str = "BRL-PROXY-FIREWALL";
+/// Every chain of ours starts with this; no other chain is ever written or deleted.
+pub const CHAIN_PREFIX: &str = "BRL-";
+/// The ipsets (hash:net) of every pool and of the pools with natOutgoing (Calico's
+/// `cali40all-ipam-pools` / `cali40masq-ipam-pools`).
+pub const ALL_POOLS_SET: &str = "brl40all-ipam-pools";
+pub const MASQ_POOLS_SET: &str = "brl40masq-ipam-pools";
+/// The comment tag of our rules.
+pub const TAG: &str = "brl:";
+
+/// One rule: its identity hash and its text after `-A <chain> `.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub hash: String,
+    pub text: String,
+}
+
+impl Rule {
+    /// `body` is iptables syntax; `comment` is shown to people after the hash.
+    pub fn new(chain: &str, comment: &str, body: &str) -> Rule {
+        let mut h = sha1::Sha1::new();
+        h.update(chain.as_bytes());
+        h.update([0]);
+        h.update(comment.as_bytes());
+        h.update([0]);
+        h.update(body.as_bytes());
+        let d = h.finalize();
+        let mut hash = String::with_capacity(16);
+        for b in &d[..8] {
+            let _ = write!(hash, "{b:02x}");
+        }
+        let text = if comment.is_empty() {
+            format!("-m comment --comment {TAG}{hash} {body}")
+        } else {
+            format!("-m comment --comment \"{TAG}{hash} {comment}\" {body}")
+        };
+        Rule { hash, text }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub rules: Vec<Rule>,
+}
+
+/// What one service port adds to a node's tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceRules {
+    /// nat: its SVC/SVL/EXT/FW/SEP chains (none when it has no endpoints).
+    pub chains: Vec<Chain>,
+    pub nat_services: Vec<Rule>,
+    pub nat_nodeports: Vec<Rule>,
+    pub filter_services: Vec<Rule>,
+    pub filter_external: Vec<Rule>,
+    pub filter_firewall: Vec<Rule>,
+}
+
+impl ServiceRules {
+    pub fn rule_count(&self) -> usize {
+        self.chains.iter().map(|c| c.rules.len()).sum::<usize>()
+            + self.nat_services.len()
+            + self.nat_nodeports.len()
+            + self.filter_services.len()
+            + self.filter_external.len()
+            + self.filter_firewall.len()
+    }
+}
+
+/// RFC 4648 base32 (standard alphabet), as Go's `base32.StdEncoding`, without padding.
+fn base32(data: &[u8]) -> String {
+    const A: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut out = String::with_capacity(data.len() * 8 / 5 + 1);
+    let (mut buf, mut bits) = (0u32, 0u32);
+    for &b in data {
+        buf = (buf << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(A[((buf >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(A[((buf << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// kube-proxy's `portProtoHash`: base32(sha256(s))[:16].
+pub fn hash16(s: &str) -> String {
+    let d = sha2::Sha256::digest(s.as_bytes());
+    base32(&d)[..16].to_string()
+}
+
+/// `BRL-SVC-…` etc. for a service port (kube-proxy's names with our prefix).
+pub fn service_chain(prefix: &str, svc: &ServicePort) -> String {
+    format!(
+        "BRL-{prefix}-{}",
+        hash16(&format!(
+            "{}{}",
+            svc.port_name_string(),
+            svc.protocol.lower()
+        ))
+    )
+}
+
+pub fn endpoint_chain(svc: &ServicePort, ep: &Endpoint) -> String {
+    format!(
+        "BRL-SEP-{}",
+        hash16(&format!(
+            "{}{}{}",
+            svc.port_name_string(),
+            svc.protocol.lower(),
+            ep.addr()
+        ))
+    )
+}
+
+fn dport(svc: &ServicePort, port: u16) -> String {
+    let p = svc.protocol.lower();
+    format!("-p {p} -m {p} --dport {port}")
+}
+
+fn dst(ip: Ipv4Addr) -> String {
+    format!("-d {ip}/32")
+}
+
+/// The rules of one service port on the node described by `ctx`.
+pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
+    let mut out = ServiceRules::default();
+    let spn = svc.port_name_string();
+    let cat = categorize(svc, ctx);
+    let svc_chain = service_chain("SVC", svc);
+    let svl_chain = service_chain("SVL", svc);
+    let ext_chain = service_chain("EXT", svc);
+    let fw_chain = service_chain("FW", svc);
+    let port = dport(svc, svc.port);
+    let external = svc.externally_accessible();
+
+    let uses_cluster = !cat.cluster.is_empty() && svc.uses_cluster_endpoints();
+    let uses_local = !cat.local.is_empty() && svc.uses_local_endpoints();
+    let (internal_chain, has_internal) = if svc.internal_local {
+        (&svl_chain, uses_local)
+    } else {
+        (&svc_chain, uses_cluster)
+    };
+    let (external_policy_chain, has_external) = if svc.external_policy_local() {
+        (&svl_chain, uses_local)
+    } else {
+        (&svc_chain, uses_cluster)
+    };
+    let filter_target = if cat.has_any {
+        "DROP"
+    } else {
+        "REJECT --reject-with icmp-port-unreachable"
+    };
+    let why = if cat.has_any {
+        "has no local endpoints"
+    } else {
+        "has no endpoints"
+    };
+    let uses_fw = cat.has_any
+        && !svc.load_balancer_source_ranges.is_empty()
+        && !svc.load_balancer_ips.is_empty();
+    let lb_chain = if uses_fw { &fw_chain } else { &ext_chain };
+
+    // Cluster IP.
+    if let Some(cip) = svc.cluster_ip {
+        if has_internal {
+            out.nat_services.push(Rule::new(
+                SERVICES,
+                &format!("{spn} cluster IP"),
+                &format!("{} {port} -j {internal_chain}", dst(cip)),
+            ));
+        } else {
+            out.filter_services.push(Rule::new(
+                SERVICES,
+                &format!("{spn} {why}"),
+                &format!("{} {port} -j {filter_target}", dst(cip)),
+            ));
+        }
+    }
+    // External IPs and load balancer IPs.
+    for (ips, what, chain) in [
+        (&svc.external_ips, "external IP", &ext_chain),
+        (&svc.load_balancer_ips, "loadbalancer IP", lb_chain),
+    ] {
+        for ip in ips {
+            if cat.has_any {
+                out.nat_services.push(Rule::new(
+                    SERVICES,
+                    &format!("{spn} {what}"),
+                    &format!("{} {port} -j {chain}", dst(*ip)),
+                ));
+            }
+            if !has_external {
+                out.filter_external.push(Rule::new(
+                    EXTERNAL_SERVICES,
+                    &format!("{spn} {why}"),
+                    &format!("{} {port} -j {filter_target}", dst(*ip)),
+                ));
+            }
+        }
+    }
+    if uses_fw {
+        for ip in &svc.load_balancer_ips {
+            out.filter_firewall.push(Rule::new(
+                FIREWALL,
+                &format!("{spn} traffic not accepted by {fw_chain}"),
+                &format!("{} {port} -j DROP", dst(*ip)),
+            ));
+        }
+    }
+    // NodePort.
+    if let Some(np) = svc.node_port {
+        let np_match = dport(svc, np);
+        if cat.has_any {
+            out.nat_nodeports.push(Rule::new(
+                NODEPORTS,
+                &spn,
+                &format!("{np_match} -j {ext_chain}"),
+            ));
+        }
+        if !has_external {
+            out.filter_external.push(Rule::new(
+                EXTERNAL_SERVICES,
+                &format!("{spn} {why}"),
+                &format!("-m addrtype --dst-type LOCAL {np_match} -j {filter_target}"),
+            ));
+        }
+    }
+    if !cat.has_any {
+        return out;
+    }
+
+    // The per-service nat chains.
+    if uses_cluster {
+        let mut rules = vec![];
+        if let Some(cip) = svc.cluster_ip {
+            // Off-cluster sources reaching the cluster IP are masqueraded.
+            rules.push(Rule::new(
+                &svc_chain,
+                &format!("{spn} cluster IP"),
+                &format!(
+                    "-m set ! --match-set {ALL_POOLS_SET} src {} {port} -j {MARK_MASQ}",
+                    dst(cip)
+                ),
+            ));
+        }
+        endpoint_rules(&mut rules, &svc_chain, svc, &cat.cluster);
+        out.chains.push(Chain {
+            name: svc_chain.clone(),
+            rules,
+        });
+    }
+    if uses_local {
+        let mut rules = vec![];
+        endpoint_rules(&mut rules, &svl_chain, svc, &cat.local);
+        out.chains.push(Chain {
+            name: svl_chain.clone(),
+            rules,
+        });
+    }
+    if external {
+        let mut rules = vec![];
+        if !svc.external_policy_local() {
+            rules.push(Rule::new(
+                &ext_chain,
+                &format!("masquerade traffic for {spn} external destinations"),
+                &format!("-j {MARK_MASQ}"),
+            ));
+        } else if uses_cluster {
+            // Pods and the node itself may use every endpoint (no client IP to keep).
+            rules.push(Rule::new(
+                &ext_chain,
+                &format!("pod traffic for {spn} external destinations"),
+                &format!("-m set --match-set {ALL_POOLS_SET} src -j {svc_chain}"),
+            ));
+            rules.push(Rule::new(
+                &ext_chain,
+                &format!("masquerade LOCAL traffic for {spn} external destinations"),
+                &format!("-m addrtype --src-type LOCAL -j {MARK_MASQ}"),
+            ));
+            rules.push(Rule::new(
+                &ext_chain,
+                &format!("route LOCAL traffic for {spn} external destinations"),
+                &format!("-m addrtype --src-type LOCAL -j {svc_chain}"),
+            ));
+        }
+        if has_external {
+            rules.push(Rule::new(
+                &ext_chain,
+                "",
+                &format!("-j {external_policy_chain}"),
+            ));
+        }
+        out.chains.push(Chain {
+            name: ext_chain.clone(),
+            rules,
+        });
+    }
+    if uses_fw {
+        let mut rules = vec![];
+        for r in &svc.load_balancer_source_ranges {
+            rules.push(Rule::new(
+                &fw_chain,
+                &format!("{spn} loadbalancer IP"),
+                &format!("-s {r} -j {ext_chain}"),
+            ));
+        }
+        // The load balancer itself (and hairpin through it) may always come in.
+        for ip in &svc.load_balancer_ips {
+            rules.push(Rule::new(
+                &fw_chain,
+                &format!("{spn} loadbalancer IP"),
+                &format!("-s {ip}/32 -j {ext_chain}"),
+            ));
+        }
+        out.chains.push(Chain {
+            name: fw_chain,
+            rules,
+        });
+    }
+    // SEP chains: every endpoint either policy chain uses, once.
+    let mut seen = std::collections::BTreeSet::new();
+    for ep in cat.cluster.iter().chain(cat.local.iter()) {
+        let name = endpoint_chain(svc, ep);
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let recent = match svc.affinity_seconds {
+            Some(_) => format!("-m recent --set --name {name} --mask 255.255.255.255 --rsource "),
+            None => String::new(),
+        };
+        let p = svc.protocol.lower();
+        let rules = vec![
+            Rule::new(&name, "", &format!("-s {}/32 -j {MARK_MASQ}", ep.ip)),
+            Rule::new(
+                &name,
+                "",
+                &format!(
+                    "{recent}-p {p} -m {p} -j DNAT --to-destination {}",
+                    ep.addr()
+                ),
+            ),
+        ];
+        out.chains.push(Chain { name, rules });
+    }
+    out
+}
+
+/// Affinity checks, then one rule per endpoint with `1/(n-i)` probabilities.
+fn endpoint_rules(rules: &mut Vec<Rule>, chain: &str, svc: &ServicePort, eps: &[&Endpoint]) {
+    let spn = svc.port_name_string();
+    let names: Vec<String> = eps.iter().map(|e| endpoint_chain(svc, e)).collect();
+    if let Some(secs) = svc.affinity_seconds {
+        for (ep, sep) in eps.iter().zip(&names) {
+            rules.push(Rule::new(
+                chain,
+                &format!("{spn} -> {}", ep.addr()),
+                &format!(
+                    "-m recent --rcheck --seconds {secs} --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}"
+                ),
+            ));
+        }
+    }
+    let n = eps.len();
+    for (i, (ep, sep)) in eps.iter().zip(&names).enumerate() {
+        let comment = format!("{spn} -> {}", ep.addr());
+        let body = if i + 1 < n {
+            format!(
+                "-m statistic --mode random --probability {:.10} -j {sep}",
+                1.0 / (n - i) as f64
+            )
+        } else {
+            format!("-j {sep}")
+        };
+        rules.push(Rule::new(chain, &comment, &body));
+    }
+}
+
+/// A rule of ours in a chain that is not ours (a built-in chain), inserted at its top.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    pub chain: &'static str,
+    pub rule: Rule,
+}
+
+/// One table as we want it: our chains, and our jumps from the built-in chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRules {
+    pub chains: Vec<Chain>,
+    pub jumps: Vec<Jump>,
+}
+
+impl TableRules {
+    pub fn rule_count(&self) -> usize {
+        self.chains.iter().map(|c| c.rules.len()).sum::<usize>() + self.jumps.len()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub nat: TableRules,
+    pub filter: TableRules,
+}
+
+fn jump(chain: &'static str, comment: &str, body: &str) -> Jump {
+    Jump {
+        chain,
+        rule: Rule::new(chain, comment, body),
+    }
+}
+
+/// The whole ruleset: the fixed chains with every service's rules in them, in the order
+/// given (callers sort, so a restart renders the same text).
+pub fn assemble<'a>(
+    ctx: &NodeContext,
+    services: impl IntoIterator<Item = &'a ServiceRules>,
+) -> Ruleset {
+    let mark = ctx.mark();
+    let new = "-m conntrack --ctstate NEW";
+    let mut nat_services = vec![];
+    let mut nodeports = vec![];
+    let mut f_services = vec![];
+    let mut f_external = vec![];
+    let mut f_firewall = vec![];
+    let mut chains = vec![];
+    for s in services {
+        nat_services.extend(s.nat_services.iter().cloned());
+        nodeports.extend(s.nat_nodeports.iter().cloned());
+        f_services.extend(s.filter_services.iter().cloned());
+        f_external.extend(s.filter_external.iter().cloned());
+        f_firewall.extend(s.filter_firewall.iter().cloned());
+        chains.extend(s.chains.iter().cloned());
+    }
+    nat_services.push(Rule::new(
+        SERVICES,
+        "brindle service nodeports; NOTE: this must be the last rule in this chain",
+        &format!("-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j {NODEPORTS}"),
+    ));
+    let mut nat_chains = vec![
+        Chain {
+            name: SERVICES.into(),
+            rules: nat_services,
+        },
+        Chain {
+            name: NODEPORTS.into(),
+            rules: nodeports,
+        },
+        Chain {
+            name: MARK_MASQ.into(),
+            rules: vec![Rule::new(MARK_MASQ, "", &format!("-j MARK --or-mark {mark}"))],
+        },
+        Chain {
+            name: NAT_OUTGOING.into(),
+            rules: vec![Rule::new(
+                NAT_OUTGOING,
+                "brindle nat outgoing",
+                &format!(
+                    "-m set --match-set {MASQ_POOLS_SET} src -m set ! --match-set {ALL_POOLS_SET} dst -j MASQUERADE --random-fully"
+                ),
+            )],
+        },
+        Chain {
+            name: POSTROUTING.into(),
+            rules: vec![
+                Rule::new(POSTROUTING, "", &format!("-j {NAT_OUTGOING}")),
+                Rule::new(POSTROUTING, "", &format!("-m mark ! --mark {mark}/{mark} -j RETURN")),
+                Rule::new(POSTROUTING, "", &format!("-j MARK --xor-mark {mark}")),
+                Rule::new(
+                    POSTROUTING,
+                    "brindle service traffic requiring SNAT",
+                    "-j MASQUERADE --random-fully",
+                ),
+            ],
+        },
+    ];
+    nat_chains.extend(chains);
+    let filter_chains = vec![
+        Chain {
+            name: SERVICES.into(),
+            rules: f_services,
+        },
+        Chain {
+            name: EXTERNAL_SERVICES.into(),
+            rules: f_external,
+        },
+        Chain {
+            name: FIREWALL.into(),
+            rules: f_firewall,
+        },
+        Chain {
+            name: FORWARD.into(),
+            rules: vec![
+                Rule::new(
+                    FORWARD,
+                    "brindle forwarding rules",
+                    &format!("-m mark --mark {mark}/{mark} -j ACCEPT"),
+                ),
+                Rule::new(
+                    FORWARD,
+                    "brindle forwarding conntrack rule",
+                    "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+                ),
+            ],
+        },
+    ];
+    let portals = "brindle service portals";
+    Ruleset {
+        nat: TableRules {
+            chains: nat_chains,
+            jumps: vec![
+                jump("PREROUTING", portals, &format!("-j {SERVICES}")),
+                jump("OUTPUT", portals, &format!("-j {SERVICES}")),
+                jump(
+                    "POSTROUTING",
+                    "brindle postrouting rules",
+                    &format!("-j {POSTROUTING}"),
+                ),
+            ],
+        },
+        filter: TableRules {
+            chains: filter_chains,
+            jumps: vec![
+                jump(
+                    "INPUT",
+                    "brindle load balancer firewall",
+                    &format!("{new} -j {FIREWALL}"),
+                ),
+                jump(
+                    "INPUT",
+                    "brindle externally-visible service portals",
+                    &format!("{new} -j {EXTERNAL_SERVICES}"),
+                ),
+                jump(
+                    "FORWARD",
+                    "brindle load balancer firewall",
+                    &format!("{new} -j {FIREWALL}"),
+                ),
+                jump(
+                    "FORWARD",
+                    "brindle forwarding rules",
+                    &format!("-j {FORWARD}"),
+                ),
+                jump("FORWARD", portals, &format!("{new} -j {SERVICES}")),
+                jump(
+                    "FORWARD",
+                    "brindle externally-visible service portals",
+                    &format!("{new} -j {EXTERNAL_SERVICES}"),
+                ),
+                jump(
+                    "OUTPUT",
+                    "brindle load balancer firewall",
+                    &format!("{new} -j {FIREWALL}"),
+                ),
+                jump("OUTPUT", portals, &format!("{new} -j {SERVICES}")),
+            ],
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::Protocol;
+
+    fn svc(eps: &[(u8, &str)]) -> ServicePort {
+        ServicePort {
+            namespace: "ns1".into(),
+            name: "svc1".into(),
+            port_name: "p80".into(),
+            protocol: Protocol::Tcp,
+            cluster_ip: Some("10.20.30.41".parse().unwrap()),
+            port: 80,
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            external_local: false,
+            internal_local: false,
+            affinity_seconds: None,
+            endpoints: eps
+                .iter()
+                .map(|(last, node)| Endpoint {
+                    ip: Ipv4Addr::new(10, 180, 0, *last),
+                    port: 80,
+                    node: Some(node.to_string()),
+                    zone: None,
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    for_nodes: None,
+                    for_zones: None,
+                })
+                .collect(),
+        }
+    }
+    fn ctx() -> NodeContext {
+        NodeContext {
+            node: "n1".into(),
+            zone: None,
+            masquerade_bit: 14,
+        }
+    }
+    fn texts(rules: &[Rule]) -> Vec<&str> {
+        rules.iter().map(|r| r.text.as_str()).collect()
+    }
+
+    #[test]
+    fn chain_names_are_kube_proxys_hashes() {
+        // The names kube-proxy's own tests expect (pkg/proxy/iptables/proxier_test.go).
+        let s = svc(&[(1, "n1")]);
+        assert_eq!(service_chain("SVC", &s), "BRL-SVC-XPGD46QRK7WJZT7O");
+        assert_eq!(
+            endpoint_chain(&s, &s.endpoints[0]),
+            "BRL-SEP-SXIVWICOYRO3J4NJ"
+        );
+        assert_eq!(ctx().mark(), "0x004000");
+    }
+
+    #[test]
+    fn endpoints_get_one_over_n_minus_i() {
+        let r = render(&svc(&[(1, "n1"), (2, "n2"), (3, "n2")]), &ctx());
+        let svc_chain = &r.chains[0];
+        assert_eq!(svc_chain.name, "BRL-SVC-XPGD46QRK7WJZT7O");
+        let t = texts(&svc_chain.rules);
+        assert!(t[0].contains("! --match-set brl40all-ipam-pools src -d 10.20.30.41/32"));
+        assert!(t[1].contains("--probability 0.3333333333 -j BRL-SEP-"));
+        assert!(t[2].contains("--probability 0.5000000000 -j BRL-SEP-"));
+        assert!(!t[3].contains("statistic"));
+        assert_eq!(r.chains.len(), 4); // SVC + 3 SEP
+        assert!(r.chains[1].rules[1]
+            .text
+            .ends_with("-p tcp -m tcp -j DNAT --to-destination 10.180.0.1:80"));
+        assert!(r.filter_services.is_empty());
+    }
+
+    #[test]
+    fn no_endpoints_rejects_in_filter_and_makes_no_nat_chain() {
+        let mut s = svc(&[]);
+        s.node_port = Some(30080);
+        s.external_ips = vec!["198.19.0.5".parse().unwrap()];
+        let r = render(&s, &ctx());
+        assert!(r.chains.is_empty() && r.nat_services.is_empty() && r.nat_nodeports.is_empty());
+        assert!(texts(&r.filter_services)[0]
+            .ends_with("-d 10.20.30.41/32 -p tcp -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable"));
+        let ext = texts(&r.filter_external);
+        assert_eq!(ext.len(), 2);
+        assert!(
+            ext[1].contains("-m addrtype --dst-type LOCAL -p tcp -m tcp --dport 30080 -j REJECT")
+        );
+    }
+
+    #[test]
+    fn external_local_without_local_endpoints_drops_external_traffic_only() {
+        let mut s = svc(&[(2, "n2")]);
+        s.node_port = Some(30080);
+        s.external_local = true;
+        let r = render(&s, &ctx());
+        // Cluster IP still works from here (internal policy Cluster).
+        assert!(texts(&r.nat_services)[0].ends_with("-j BRL-SVC-XPGD46QRK7WJZT7O"));
+        assert!(texts(&r.filter_external)[0].ends_with("--dport 30080 -j DROP"));
+        let ext = r
+            .chains
+            .iter()
+            .find(|c| c.name.starts_with("BRL-EXT-"))
+            .unwrap();
+        // Pod and node traffic short-circuits to the cluster chain; nothing goes to SVL.
+        assert_eq!(ext.rules.len(), 3);
+        assert!(!ext.rules.iter().any(|r| r.text.contains("BRL-SVL-")));
+    }
+
+    #[test]
+    fn affinity_checks_come_before_the_random_choice() {
+        let mut s = svc(&[(1, "n1"), (2, "n2")]);
+        s.affinity_seconds = Some(10800);
+        let r = render(&s, &ctx());
+        let t = texts(&r.chains[0].rules);
+        assert!(t[1].contains("--rcheck --seconds 10800 --reap --name BRL-SEP-"));
+        assert!(t[3].contains("statistic"));
+        assert!(r.chains[1].rules[1]
+            .text
+            .contains("-m recent --set --name BRL-SEP-"));
+    }
+
+    #[test]
+    fn hashes_differ_per_chain_and_text() {
+        let a = Rule::new("A", "", "-j RETURN");
+        assert_ne!(a.hash, Rule::new("B", "", "-j RETURN").hash);
+        assert_ne!(a.hash, Rule::new("A", "", "-j ACCEPT").hash);
+        assert_eq!(a, Rule::new("A", "", "-j RETURN"));
+        assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+    }
+}
