@@ -13,3 +13,4 @@ mod mesh;
 mod podman;
 mod racks;
 mod reflectors;
+mod services;

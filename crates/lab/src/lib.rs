@@ -18,6 +18,7 @@
 
 mod net;
 mod pods;
+mod services;
 pub mod status;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use brindle_testsupport::daemons::Bird;
 use brindle_testsupport::{ApiServer, ChildGuard, EtcdServer, Netns, PortForward};
 
 pub use pods::{Pod, Stream};
+pub use services::{Assigned, LabService};
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
@@ -78,6 +80,22 @@ pub struct LabSpec {
     #[arg(long, default_value_t = 30)]
     #[serde(default = "default_workload_gc_grace")]
     pub workload_gc_grace_seconds: u64,
+    /// Zones (`topology.kubernetes.io/zone`): node i is in `zone-<i mod zones>`.
+    #[arg(long, default_value_t = 1)]
+    #[serde(default = "one")]
+    pub zones: usize,
+    /// The agents' `--iptables-backend` (auto, legacy, nft).
+    #[arg(long, default_value = "auto")]
+    #[serde(default = "auto")]
+    pub iptables_backend: String,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn auto() -> String {
+    "auto".into()
 }
 
 fn default_workload_gc_grace() -> u64 {
@@ -95,6 +113,8 @@ impl Default for LabSpec {
             datastore: Datastore::Etcd,
             gc_grace: "5s".into(),
             workload_gc_grace_seconds: default_workload_gc_grace(),
+            zones: 1,
+            iptables_backend: auto(),
         }
     }
 }
@@ -169,6 +189,8 @@ pub struct Lab {
     pub nodes: Vec<LabNode>,
     pub tors: Vec<Tor>,
     pub pods: BTreeMap<String, Pod>,
+    /// Services the lab made (`service_add`), by name.
+    pub services: BTreeMap<String, Assigned>,
     controller: Option<ChildGuard>,
 }
 
@@ -269,6 +291,7 @@ impl Lab {
             nodes: vec![],
             tors: vec![],
             pods: BTreeMap::new(),
+            services: BTreeMap::new(),
             controller: None,
         };
         lab.seed()?;
@@ -285,6 +308,7 @@ impl Lab {
         for i in 0..spec.nodes {
             let rack = rack_of(&spec, i);
             let name = format!("node-{i}");
+            let zone = format!("zone-{}", i % spec.zones.max(1));
             let k = (0..i).filter(|j| rack_of(&spec, *j) == rack).count();
             let ip = Ipv4Addr::new(198, 18, rack as u8, 10 + k as u8);
             progress(&format!(
@@ -305,7 +329,7 @@ impl Lab {
                 dir,
                 agent: None,
             };
-            lab.register(&node, i < spec.reflectors)?;
+            lab.register(&node, &zone, i < spec.reflectors)?;
             lab.nodes.push(node);
         }
         Ok(lab)
@@ -374,10 +398,11 @@ impl Lab {
 
     /// The node's record as a kubelet (Kubernetes) or an installer (etcd) would make it:
     /// labels, and a route reflector's cluster ID. The agent fills in its address.
-    fn register(&self, n: &LabNode, reflector: bool) -> anyhow::Result<()> {
+    fn register(&self, n: &LabNode, zone: &str, reflector: bool) -> anyhow::Result<()> {
         let mut labels = BTreeMap::from([
             ("rack".to_string(), format!("r{}", n.rack)),
             ("kubernetes.io/hostname".to_string(), n.name.clone()),
+            ("topology.kubernetes.io/zone".to_string(), zone.to_string()),
         ]);
         if reflector {
             labels.insert("route-reflector".into(), "true".into());
@@ -456,6 +481,11 @@ impl Lab {
             self.spec.workload_gc_grace_seconds.to_string(),
             "--cni-cache-dir".into(),
             n.cni_cache_dir().display().to_string(),
+            "--iptables-backend".into(),
+            self.spec.iptables_backend.clone(),
+            // Short, so a test sees drift repaired quickly (the default is 30 s).
+            "--iptables-refresh-interval".into(),
+            "3s".into(),
         ];
         args.extend(self.datastore_args(&n.forward, &n.dir));
         let log = std::fs::OpenOptions::new()

@@ -44,6 +44,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: PodCmd,
     },
+    /// Services (the lab writes the Service and keeps its EndpointSlice current).
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+    },
     /// Run a command in a pod's network namespace.
     Exec {
         pod: String,
@@ -59,11 +64,20 @@ enum Cmd {
 }
 
 #[derive(Subcommand)]
+enum ServiceCmd {
+    Add(brindle_lab::LabService),
+    Del { name: String },
+}
+
+#[derive(Subcommand)]
 enum PodCmd {
     Add {
         name: String,
         #[arg(long)]
         node: String,
+        /// Labels `k=v` (repeatable); Services select on them.
+        #[arg(long = "label")]
+        labels: Vec<String>,
     },
     Del {
         name: String,
@@ -94,6 +108,12 @@ fn spec_args(s: &LabSpec) -> Vec<String> {
         format!("--racks={}", s.racks),
         format!("--reflectors={}", s.reflectors),
         format!("--gc-grace={}", s.gc_grace),
+        format!("--zones={}", s.zones),
+        format!("--iptables-backend={}", s.iptables_backend),
+        format!(
+            "--workload-gc-grace-seconds={}",
+            s.workload_gc_grace_seconds
+        ),
         format!(
             "--encap={}",
             v["encap"].as_str().unwrap_or("none").to_lowercase()
@@ -215,13 +235,40 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
                 p["name"].as_str().unwrap_or(""),
                 p["node"].as_str().unwrap_or(""),
             );
+            let labels: Vec<(String, String)> = p["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l.as_str()?.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let labels: Vec<(&str, &str)> = labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
             if lab.nodes.iter().all(|n| n.name != node) {
                 json!({"error": format!("no node {node:?} (nodes: {})", lab.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>().join(", "))})
             } else {
-                match lab.pod_add(name, node) {
+                match lab.pod_add_labeled(name, node, &labels) {
                     Ok(ip) => json!({"ok": ip.to_string()}),
                     Err(e) => json!({"error": e}),
                 }
+            }
+        } else if let Some(spec) = req.get("service_add") {
+            match serde_json::from_value::<brindle_lab::LabService>(spec.clone())
+                .map_err(|e| e.to_string())
+                .and_then(|s| lab.service_add(&s))
+            {
+                Ok(a) => json!({"ok": {
+                    "clusterIP": a.cluster_ip.to_string(),
+                    "ports": a.ports.iter().map(|(p, t, proto, np)| json!({"port": p, "targetPort": t, "protocol": proto, "nodePort": np})).collect::<Vec<_>>(),
+                }}),
+                Err(e) => json!({"error": e}),
+            }
+        } else if let Some(n) = req.get("service_del").and_then(Value::as_str) {
+            match lab.service_del(n) {
+                Ok(()) => json!({"ok": "deleted"}),
+                Err(e) => json!({"error": e}),
             }
         } else if let Some(n) = req.get("pod_del").and_then(Value::as_str) {
             match lab.pod_del(n) {
@@ -302,10 +349,43 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Cmd::Pod {
-            cmd: PodCmd::Add { name, node },
+        Cmd::Service {
+            cmd: ServiceCmd::Add(spec),
         } => {
-            let ip = ask(dir, json!({"pod_add": {"name": name, "node": node}}))?;
+            let a = ask(dir, json!({ "service_add": spec }))?;
+            println!(
+                "service {}: cluster IP {}",
+                spec.name,
+                a["clusterIP"].as_str().unwrap_or_default()
+            );
+            for p in a["ports"].as_array().into_iter().flatten() {
+                println!(
+                    "  port {} -> {} {}{}",
+                    p["port"],
+                    p["targetPort"],
+                    p["protocol"].as_str().unwrap_or_default(),
+                    p["nodePort"]
+                        .as_u64()
+                        .map(|n| format!(", nodePort {n}"))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Service {
+            cmd: ServiceCmd::Del { name },
+        } => {
+            ask(dir, json!({ "service_del": name }))?;
+            println!("service {name} deleted");
+            Ok(())
+        }
+        Cmd::Pod {
+            cmd: PodCmd::Add { name, node, labels },
+        } => {
+            let ip = ask(
+                dir,
+                json!({"pod_add": {"name": name, "node": node, "labels": labels}}),
+            )?;
             println!("pod {name} on {node}: {}", ip.as_str().unwrap_or_default());
             Ok(())
         }

@@ -20,6 +20,8 @@ pub struct Pod {
     pub ip: Ipv4Addr,
     pub container_id: String,
     pub ns: Netns,
+    /// The pod's labels (Services select on them).
+    pub labels: std::collections::BTreeMap<String, String>,
     _server: ChildGuard,
 }
 
@@ -28,12 +30,19 @@ const ECHO: &str = r#"
 import socket, sys, threading, time
 mode = sys.argv[1]
 if mode == "serve":
+    # Greets with "<pod name> <client address>", then echoes; UDP on the same port answers
+    # each datagram with the same greeting.
     name = sys.argv[2].encode()
     s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("0.0.0.0", int(sys.argv[3]))); s.listen(128)
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", int(sys.argv[3])))
+    def udp():
+        while True:
+            d, a = u.recvfrom(2048); u.sendto(name + b" " + a[0].encode() + b"\n", a)
+    threading.Thread(target=udp, daemon=True).start()
     def h(c):
         with c:
-            c.sendall(name + b"\n")
+            c.sendall(name + b" " + c.getpeername()[0].encode() + b"\n")
             while True:
                 d = c.recv(4096)
                 if not d: return
@@ -43,6 +52,17 @@ if mode == "serve":
 elif mode == "hello":
     c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
     f = c.makefile("rb"); print(f.readline().decode().strip())
+elif mode == "many":
+    # N connections one after another: one greeting (or "error <why>") per line.
+    for _ in range(int(sys.argv[4])):
+        try:
+            c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
+            print(c.makefile("rb").readline().decode().strip(), flush=True); c.close()
+        except Exception as e:
+            print("error %s" % e, flush=True)
+elif mode == "udp":
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
+    u.sendto(b"hi", (sys.argv[2], int(sys.argv[3]))); print(u.recvfrom(2048)[0].decode().strip())
 elif mode == "stream":
     # One byte every 50 ms for the given seconds; each must come back within 2 s.
     c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
@@ -160,6 +180,27 @@ impl Lab {
         pool: Option<&str>,
         wired: &mut dyn FnMut(Ipv4Addr),
     ) -> Result<Ipv4Addr, String> {
+        self.pod_add_full(name, node, pool, &[], wired)
+    }
+
+    /// A pod with labels (Services select on them); its Services' endpoints follow.
+    pub fn pod_add_labeled(
+        &mut self,
+        name: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Ipv4Addr, String> {
+        self.pod_add_full(name, node, None, labels, &mut |_| {})
+    }
+
+    fn pod_add_full(
+        &mut self,
+        name: &str,
+        node: &str,
+        pool: Option<&str>,
+        labels: &[(&str, &str)],
+        wired: &mut dyn FnMut(Ipv4Addr),
+    ) -> Result<Ipv4Addr, String> {
         if self.pods.contains_key(name) {
             return Err(format!("pod {name} exists"));
         }
@@ -194,6 +235,10 @@ impl Lab {
                 ip,
                 container_id: cid,
                 ns,
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 _server: server,
             },
         );
@@ -208,6 +253,9 @@ impl Lab {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+        if !self.services.is_empty() {
+            self.sync_endpoints()?;
         }
         Ok(ip)
     }
@@ -262,6 +310,9 @@ impl Lab {
             .remove(name)
             .ok_or_else(|| format!("no pod {name}"))?;
         self.cni("DEL", &p.node, name, &p.container_id, &p.ns.path())?;
+        if !self.services.is_empty() {
+            self.sync_endpoints()?;
+        }
         if self.spec.datastore == Datastore::Kubernetes {
             let api = self
                 .store
@@ -288,7 +339,12 @@ impl Lab {
         let script = self.echo_script();
         let out = self.exec(from, &["python3", &script, "hello", &ip, &PORT.to_string()])?;
         if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+            let line = String::from_utf8_lossy(&out.stdout).to_string();
+            Ok(line
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string())
         } else {
             Err(String::from_utf8_lossy(&out.stderr)
                 .lines()
@@ -296,6 +352,42 @@ impl Lab {
                 .unwrap_or("")
                 .to_string())
         }
+    }
+
+    /// A client in any namespace of the lab: `mode` is `hello` (one TCP connection), `udp`
+    /// (one datagram) or `many` (`count` TCP connections). Each answer is
+    /// (server pod, the client address it saw) or Err(why).
+    pub fn client(
+        &self,
+        ns: &Netns,
+        mode: &str,
+        ip: Ipv4Addr,
+        port: u16,
+        count: usize,
+    ) -> Vec<Result<(String, String), String>> {
+        let script = self.echo_script();
+        let out = ns.run(&[
+            "python3",
+            &script,
+            mode,
+            &ip.to_string(),
+            &port.to_string(),
+            &count.to_string(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut v: Vec<Result<(String, String), String>> = text
+            .lines()
+            .map(|l| match l.split_once(' ') {
+                Some(("error", why)) => Err(why.to_string()),
+                Some((a, b)) => Ok((a.to_string(), b.to_string())),
+                None => Err(format!("unexpected answer {l:?}")),
+            })
+            .collect();
+        if v.is_empty() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            v.push(Err(err.lines().last().unwrap_or("no answer").to_string()));
+        }
+        v
     }
 
     /// Starts a TCP stream from one pod to another for `secs`; [`Stream::finish`] says

@@ -366,10 +366,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
             .run(),
         );
     }
-    if a.services {
-        let backend = Runner::default()
+    let backend = match a.services {
+        false => None,
+        // A node whose iptables cannot be used still routes pods; it says so loudly.
+        true => Runner::default()
             .backend(&a.iptables_backend)
-            .context("--iptables-backend")?;
+            .inspect_err(|e| error!("Services and NAT outgoing are OFF on this node: {e}"))
+            .ok(),
+    };
+    if let Some(backend) = backend {
         info!(
             backend = backend.name(),
             "Services and NAT outgoing in iptables"

@@ -219,6 +219,7 @@ impl ServiceTask {
         let mut last_refresh = Instant::now();
         let mut pending = false;
         let mut failing = false;
+        let mut first = true;
         info!(
             backend = self.backend.name(),
             "services: waiting for Services, EndpointSlices and pools"
@@ -287,7 +288,12 @@ impl ServiceTask {
                         Ok(rep) => {
                             self.metrics.proxy_rules.set(rep.rules_total as i64);
                             if failing { info!("iptables writes work again"); failing = false; }
-                            if rep.chains_written + rep.chains_deleted + rep.jumps_inserted + rep.jumps_removed > 0 {
+                            let wrote = rep.chains_written + rep.chains_deleted + rep.jumps_inserted + rep.jumps_removed;
+                            if first && wrote == 0 {
+                                info!(services = st.services.len(), rules_total = rep.rules_total, "services: the tables already hold every rule (nothing written)");
+                            }
+                            first = false;
+                            if wrote > 0 {
                                 info!(
                                     services = st.services.len(),
                                     chains_written = rep.chains_written,

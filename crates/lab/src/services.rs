@@ -1,0 +1,295 @@
+//! The lab plays Kubernetes' control plane for Services: it writes the Service (cluster IP,
+//! node ports and load balancer ingress assigned here, as the API server and a cloud
+//! controller would) and keeps one EndpointSlice per Service current from the pods it made,
+//! with topology hints as the EndpointSlice controller sets them (REFERENCE §B3).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::core::v1::{
+    ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
+    ServiceStatus, SessionAffinityConfig,
+};
+use k8s_openapi::api::discovery::v1::{
+    Endpoint, EndpointConditions, EndpointHints, EndpointPort, EndpointSlice, ForNode, ForZone,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::pods::NAMESPACE;
+use crate::Lab;
+
+/// `brindle-lab service add …`, and the tests' way to make a Service.
+#[derive(Debug, Clone, Default, clap::Args, serde::Serialize, serde::Deserialize)]
+pub struct LabService {
+    pub name: String,
+    /// Pods with these labels (`k=v`, repeatable) are its endpoints.
+    #[arg(long = "selector", value_parser = parse_kv)]
+    pub selector: Vec<(String, String)>,
+    /// `PORT:TARGET[/udp|/sctp]`, repeatable (default 80:8080).
+    #[arg(long = "port")]
+    pub ports: Vec<String>,
+    /// ClusterIP, NodePort or LoadBalancer.
+    #[arg(long = "type", default_value = "ClusterIP")]
+    pub type_: String,
+    #[arg(long = "external-ip")]
+    pub external_ips: Vec<Ipv4Addr>,
+    /// The load balancer's address (the lab is the cloud controller); LoadBalancer only.
+    #[arg(long = "load-balancer-ip")]
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    #[arg(long = "load-balancer-source-range")]
+    pub load_balancer_source_ranges: Vec<String>,
+    /// PreferClose, PreferSameZone or PreferSameNode.
+    #[arg(long)]
+    pub traffic_distribution: Option<String>,
+    /// Local or Cluster.
+    #[arg(long)]
+    pub internal_traffic_policy: Option<String>,
+    #[arg(long)]
+    pub external_traffic_policy: Option<String>,
+    /// ClientIP affinity with this timeout in seconds.
+    #[arg(long)]
+    pub session_affinity_seconds: Option<i32>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not k=v"))
+}
+
+/// What the lab assigned to a Service.
+#[derive(Debug, Clone)]
+pub struct Assigned {
+    pub spec: LabService,
+    pub cluster_ip: Ipv4Addr,
+    /// Service port → (target port, protocol, node port).
+    pub ports: Vec<(u16, u16, String, Option<u16>)>,
+}
+
+impl Assigned {
+    pub fn node_port(&self, port: u16) -> Option<u16> {
+        self.ports.iter().find(|p| p.0 == port).and_then(|p| p.3)
+    }
+}
+
+fn parse_port(s: &str) -> Result<(u16, u16, String), String> {
+    let (pp, proto) = match s.split_once('/') {
+        Some((a, p)) => (a, p.to_uppercase()),
+        None => (s, "TCP".to_string()),
+    };
+    let (p, t) = pp.split_once(':').unwrap_or((pp, pp));
+    let bad = || format!("--port {s:?}: want PORT:TARGET[/udp|/sctp]");
+    Ok((
+        p.parse().map_err(|_| bad())?,
+        t.parse().map_err(|_| bad())?,
+        proto,
+    ))
+}
+
+fn port_name(port: u16, proto: &str) -> String {
+    format!("{}{port}", proto.to_lowercase())
+}
+
+impl Lab {
+    /// Writes a Service and its EndpointSlice; returns what was assigned.
+    pub fn service_add(&mut self, spec: &LabService) -> Result<Assigned, String> {
+        if self.services.contains_key(&spec.name) {
+            return Err(format!("service {} exists", spec.name));
+        }
+        let n = self.services.len() as u32;
+        let cluster_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + n);
+        let ports_in = if spec.ports.is_empty() {
+            vec!["80:8080".to_string()]
+        } else {
+            spec.ports.clone()
+        };
+        let with_np = spec.type_ == "NodePort" || spec.type_ == "LoadBalancer";
+        let mut ports = vec![];
+        for (i, p) in ports_in.iter().enumerate() {
+            let (port, target, proto) = parse_port(p)?;
+            let np = with_np.then(|| 30000 + (n as u16) * 10 + i as u16);
+            ports.push((port, target, proto, np));
+        }
+        let svc = Service {
+            metadata: kube::api::ObjectMeta {
+                name: Some(spec.name.clone()),
+                namespace: Some(NAMESPACE.into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                type_: Some(spec.type_.clone()),
+                cluster_ip: Some(cluster_ip.to_string()),
+                cluster_ips: Some(vec![cluster_ip.to_string()]),
+                selector: Some(spec.selector.iter().cloned().collect()),
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(p, t, proto, np)| ServicePort {
+                            name: Some(port_name(*p, proto)),
+                            port: i32::from(*p),
+                            target_port: Some(IntOrString::Int(i32::from(*t))),
+                            protocol: Some(proto.clone()),
+                            node_port: np.map(i32::from),
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                external_ips: (!spec.external_ips.is_empty())
+                    .then(|| spec.external_ips.iter().map(|i| i.to_string()).collect()),
+                load_balancer_source_ranges: (!spec.load_balancer_source_ranges.is_empty())
+                    .then(|| spec.load_balancer_source_ranges.clone()),
+                traffic_distribution: spec.traffic_distribution.clone(),
+                internal_traffic_policy: spec.internal_traffic_policy.clone(),
+                external_traffic_policy: spec.external_traffic_policy.clone(),
+                session_affinity: spec.session_affinity_seconds.map(|_| "ClientIP".into()),
+                session_affinity_config: spec.session_affinity_seconds.map(|t| {
+                    SessionAffinityConfig {
+                        client_ip: Some(ClientIPConfig {
+                            timeout_seconds: Some(t),
+                        }),
+                    }
+                }),
+                ..Default::default()
+            }),
+            status: (!spec.load_balancer_ips.is_empty()).then(|| ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(
+                        spec.load_balancer_ips
+                            .iter()
+                            .map(|ip| LoadBalancerIngress {
+                                ip: Some(ip.to_string()),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    ),
+                }),
+                ..Default::default()
+            }),
+        };
+        let api = self.store.namespaced::<Service>(NAMESPACE);
+        self.block_on(api.create(&svc)).map_err(|e| e.to_string())?;
+        let a = Assigned {
+            spec: spec.clone(),
+            cluster_ip,
+            ports,
+        };
+        self.services.insert(spec.name.clone(), a.clone());
+        self.sync_endpoints()?;
+        Ok(a)
+    }
+
+    pub fn service_del(&mut self, name: &str) -> Result<(), String> {
+        self.services
+            .remove(name)
+            .ok_or_else(|| format!("no service {name}"))?;
+        let svcs = self.store.namespaced::<Service>(NAMESPACE);
+        let slices = self.store.namespaced::<EndpointSlice>(NAMESPACE);
+        self.block_on(async {
+            svcs.delete(name, None).await?;
+            slices.delete(&format!("{name}-lab"), None).await
+        })
+        .map_err(|e| e.to_string())
+    }
+
+    /// A node's zone (`topology.kubernetes.io/zone`).
+    pub fn zone_of(&self, node: &str) -> String {
+        let i = self.node_index(node);
+        format!("zone-{}", i % self.spec.zones.max(1))
+    }
+
+    /// The pods a Service selects, as its EndpointSlice lists them.
+    fn slice_for(&self, a: &Assigned) -> EndpointSlice {
+        let hints = |node: &str| -> Option<EndpointHints> {
+            let zone = self.zone_of(node);
+            match a.spec.traffic_distribution.as_deref() {
+                Some("PreferClose") | Some("PreferSameZone") => Some(EndpointHints {
+                    for_zones: Some(vec![ForZone { name: zone }]),
+                    for_nodes: None,
+                }),
+                Some("PreferSameNode") => Some(EndpointHints {
+                    for_zones: Some(vec![ForZone { name: zone }]),
+                    for_nodes: Some(vec![ForNode {
+                        name: node.to_string(),
+                    }]),
+                }),
+                _ => None,
+            }
+        };
+        let endpoints: Vec<Endpoint> = self
+            .pods
+            .values()
+            .filter(|p| {
+                !a.spec.selector.is_empty()
+                    && a.spec
+                        .selector
+                        .iter()
+                        .all(|(k, v)| p.labels.get(k) == Some(v))
+            })
+            .map(|p| Endpoint {
+                addresses: vec![p.ip.to_string()],
+                conditions: Some(EndpointConditions {
+                    ready: Some(true),
+                    serving: Some(true),
+                    terminating: Some(false),
+                }),
+                node_name: Some(p.node.clone()),
+                zone: Some(self.zone_of(&p.node)),
+                hints: hints(&p.node),
+                ..Default::default()
+            })
+            .collect();
+        let mut labels = BTreeMap::new();
+        labels.insert(
+            "kubernetes.io/service-name".to_string(),
+            a.spec.name.clone(),
+        );
+        labels.insert(
+            "endpointslice.kubernetes.io/managed-by".to_string(),
+            "brindle-lab".to_string(),
+        );
+        EndpointSlice {
+            metadata: kube::api::ObjectMeta {
+                name: Some(format!("{}-lab", a.spec.name)),
+                namespace: Some(NAMESPACE.into()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            address_type: "IPv4".into(),
+            endpoints: Some(endpoints),
+            ports: Some(
+                a.ports
+                    .iter()
+                    .map(|(p, t, proto, _)| EndpointPort {
+                        name: Some(port_name(*p, proto)),
+                        port: Some(i32::from(*t)),
+                        protocol: Some(proto.clone()),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Brings every Service's EndpointSlice up to date with the lab's pods.
+    pub fn sync_endpoints(&mut self) -> Result<(), String> {
+        let api = self.store.namespaced::<EndpointSlice>(NAMESPACE);
+        for a in self.services.values() {
+            let mut want = self.slice_for(a);
+            let name = want.metadata.name.clone().unwrap_or_default();
+            self.block_on(async {
+                match api.get(&name).await? {
+                    Some(have) => {
+                        if have.endpoints == want.endpoints && have.ports == want.ports {
+                            return Ok(());
+                        }
+                        want.metadata.resource_version = have.metadata.resource_version;
+                        api.update(&want).await.map(|_| ())
+                    }
+                    None => api.create(&want).await.map(|_| ()),
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,458 @@
+//! Services through real iptables: real TCP and UDP from pods, from the node and from the
+//! fabric (outside every node) to cluster IPs, node ports, external and load balancer IPs;
+//! traffic policies and topology; NAT outgoing; restarts, drift and foreign rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use brindle_lab::{Lab, LabService, LabSpec};
+use brindle_testsupport::daemons::wait_for;
+
+use crate::common::with_lab;
+
+fn svc(name: &str, app: &str) -> LabService {
+    LabService {
+        name: name.into(),
+        selector: vec![("app".into(), app.into())],
+        ..Default::default()
+    }
+}
+
+/// Which pods answered `n` TCP connections from `pod` to ip:port (errors counted as "error").
+fn spread(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, n: usize) -> BTreeMap<String, usize> {
+    let ns = &lab.pods[pod].ns;
+    let mut m = BTreeMap::new();
+    for r in lab.client(ns, "many", ip, port, n) {
+        let k = match r {
+            Ok((who, _)) => who,
+            Err(_) => "error".to_string(),
+        };
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
+}
+
+fn save(lab: &Lab, node: &str, table: &str) -> String {
+    lab.node(node)
+        .ns
+        .ok(&["iptables-legacy-save", "-c", "-t", table])
+}
+
+/// Waits until `pod` reaches the service and only the given endpoints answer.
+fn wait_only(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, want: &[&str]) {
+    let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
+    wait_for(
+        &format!("{pod} → {ip}:{port} answered by {want:?} only"),
+        Duration::from_secs(30),
+        || {
+            let got: BTreeSet<String> = spread(lab, pod, ip, port, 20).into_keys().collect();
+            (got == want).then_some(())
+        },
+    );
+}
+
+/// Restarts node i's agent and returns its log from the restart to its first Services sync.
+fn restart_and_first_sync(lab: &mut Lab, i: usize) -> String {
+    let log = lab.nodes[i].log();
+    let offset = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
+    lab.stop_agent(i);
+    lab.start_agent(i);
+    wait_for(
+        "the restarted agent's first Services sync",
+        Duration::from_secs(30),
+        || {
+            let b = std::fs::read(&log).ok()?;
+            let since = String::from_utf8_lossy(b.get(offset..)?).to_string();
+            let synced = since.contains("nothing written") || since.contains("services programmed");
+            (since.contains("services: waiting") && synced).then_some(since)
+        },
+    )
+}
+
+#[test]
+fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
+    with_lab(
+        LabSpec {
+            nodes: 3,
+            ..Default::default()
+        },
+        |lab| {
+            for (p, n) in [
+                ("web-0", "node-0"),
+                ("web-1", "node-1"),
+                ("web-2", "node-2"),
+            ] {
+                lab.pod_add_labeled(p, n, &[("app", "web")]).unwrap();
+            }
+            lab.pod_add("client", "node-0").unwrap();
+            // A DNAT somebody else put in node-0's nat table, before Brindle programs anything.
+            lab.node("node-0").ns.ok(&[
+                "iptables-legacy",
+                "-t",
+                "nat",
+                "-A",
+                "PREROUTING",
+                "-d",
+                "198.19.100.50/32",
+                "-p",
+                "tcp",
+                "--dport",
+                "9",
+                "-j",
+                "DNAT",
+                "--to-destination",
+                "10.244.255.1:8080",
+            ]);
+            let foreign = |lab: &Lab| -> Vec<String> {
+                save(lab, "node-0", "nat")
+                    .lines()
+                    .filter(|l| l.contains("-A PREROUTING") && !l.contains("brl:"))
+                    .map(|l| l.split_once("] ").map(|x| x.1).unwrap_or(l).to_string())
+                    .collect()
+            };
+            let foreign_before = foreign(lab);
+            assert_eq!(foreign_before.len(), 1, "{foreign_before:?}");
+
+            let mut web = svc("web", "web");
+            web.type_ = "LoadBalancer".into();
+            web.ports = vec!["80:8080".into(), "53:8080/udp".into()];
+            web.external_ips = vec!["198.19.100.10".parse().unwrap()];
+            web.load_balancer_ips = vec!["198.19.100.20".parse().unwrap()];
+            let web = lab.service_add(&web).unwrap();
+            let cip = web.cluster_ip;
+            let np = web.node_port(80).unwrap();
+
+            // ClusterIP from a pod: 200 connections, every endpoint used, none failed.
+            wait_only(lab, "client", cip, 80, &["web-0", "web-1", "web-2"]);
+            let s = spread(lab, "client", cip, 80, 200);
+            assert!(!s.contains_key("error"), "{s:?}");
+            for p in ["web-0", "web-1", "web-2"] {
+                assert!(
+                    s.get(p).copied().unwrap_or(0) > 20,
+                    "{p} barely used: {s:?}"
+                );
+            }
+            // UDP.
+            let u = lab.client(&lab.pods["client"].ns, "udp", cip, 53, 1);
+            assert!(
+                matches!(&u[0], Ok((w, _)) if w.starts_with("web-")),
+                "{u:?}"
+            );
+            // From the node itself (masqueraded: the node's address is outside the pools).
+            let r = lab.client(&lab.node("node-1").ns, "hello", cip, 80, 1);
+            assert!(r[0].is_ok(), "node → cluster IP: {r:?}");
+            // Hairpin: a pod reaching itself through its Service.
+            let s = spread(lab, "web-0", cip, 80, 40);
+            assert!(
+                !s.contains_key("error") && s.contains_key("web-0"),
+                "hairpin: {s:?}"
+            );
+
+            // From outside: the fabric, to a node port, an external IP and the LB IP.
+            let n1 = lab.node("node-1").ip;
+            for ip in ["198.19.100.10", "198.19.100.20"] {
+                lab.fabric.ok(&[
+                    "ip",
+                    "route",
+                    "replace",
+                    &format!("{ip}/32"),
+                    "via",
+                    &n1.to_string(),
+                ]);
+            }
+            for (ip, port) in [
+                (n1, np),
+                ("198.19.100.10".parse().unwrap(), 80),
+                ("198.19.100.20".parse().unwrap(), 80),
+            ] {
+                let r = wait_for(
+                    &format!("fabric → {ip}:{port}"),
+                    Duration::from_secs(20),
+                    || lab.client(&lab.fabric, "hello", ip, port, 1).remove(0).ok(),
+                );
+                assert!(r.0.starts_with("web-"), "{r:?}");
+            }
+
+            // A Service without endpoints refuses at once (REJECT, not a timeout).
+            let empty = lab.service_add(&svc("empty", "nobody")).unwrap();
+            let r = wait_for(
+                "the empty Service to refuse",
+                Duration::from_secs(20),
+                || match lab
+                    .client(&lab.pods["client"].ns, "hello", empty.cluster_ip, 80, 1)
+                    .remove(0)
+                {
+                    Err(e) if e.contains("refused") => Some(e),
+                    _ => None,
+                },
+            );
+            assert!(r.contains("refused"), "{r}");
+
+            // A bad Service beside good ones: its bad ports are skipped, its good one works.
+            use k8s_openapi::api::core::v1::Service;
+            let bad: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "bad"},
+            "spec": {"clusterIP": "10.96.9.9", "selector": {"app": "web"},
+                     "ports": [{"name": "zero", "port": 0}, {"name": "quic", "port": 81, "protocol": "QUIC"},
+                               {"name": "tcp80", "port": 80, "targetPort": 8080}]}
+        })).unwrap();
+            lab.block_on(lab.store.namespaced::<Service>("default").create(&bad))
+                .unwrap();
+            let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"namespace": "default", "name": "bad-1", "labels": {"kubernetes.io/service-name": "bad"}},
+            "addressType": "IPv4", "ports": [{"name": "tcp80", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [lab.pods["web-1"].ip.to_string()], "nodeName": "node-1"}]
+        })).unwrap();
+            lab.block_on(
+                lab.store
+                    .namespaced::<k8s_openapi::api::discovery::v1::EndpointSlice>("default")
+                    .create(&slice),
+            )
+            .unwrap();
+            wait_only(lab, "client", "10.96.9.9".parse().unwrap(), 80, &["web-1"]);
+            let log = std::fs::read_to_string(lab.node("node-0").log()).unwrap();
+            assert!(
+                log.contains("port 0 is not 1-65535") && log.contains("unknown protocol \"QUIC\""),
+                "no log line for the bad Service"
+            );
+            wait_only(lab, "client", cip, 80, &["web-0", "web-1", "web-2"]);
+
+            // Removing an endpoint stops new connections to it.
+            lab.pod_del("web-2").unwrap();
+            wait_only(lab, "client", cip, 80, &["web-0", "web-1"]);
+            let s = spread(lab, "client", cip, 80, 60);
+            assert!(
+                !s.contains_key("web-2") && !s.contains_key("error"),
+                "{s:?}"
+            );
+
+            // The foreign DNAT is still there, as it was.
+            assert_eq!(foreign(lab), foreign_before);
+
+            // Our chains flushed by hand come back (the lab's refresh is 3 s).
+            lab.node("node-0")
+                .ns
+                .ok(&["iptables-legacy", "-t", "nat", "-F", "BRL-SERVICES"]);
+            assert!(lab.client(&lab.pods["client"].ns, "hello", cip, 80, 1)[0].is_err());
+            wait_for("BRL-SERVICES repaired", Duration::from_secs(30), || {
+                lab.client(&lab.pods["client"].ns, "hello", cip, 80, 1)
+                    .remove(0)
+                    .ok()
+            });
+            assert_eq!(foreign(lab), foreign_before);
+
+            // A restart keeps every rule: nothing written, counters not reset.
+            let counters = |lab: &Lab| -> BTreeMap<String, u64> {
+                save(lab, "node-0", "nat")
+                    .lines()
+                    .filter(|l| l.contains("-A BRL-SVC-"))
+                    .filter_map(|l| {
+                        let (c, rule) = l.strip_prefix('[')?.split_once("] ")?;
+                        Some((rule.to_string(), c.split(':').next()?.parse().ok()?))
+                    })
+                    .collect()
+            };
+            let before = counters(lab);
+            assert!(
+                before.values().any(|c| *c > 0),
+                "no packets counted: {before:?}"
+            );
+            let since = restart_and_first_sync(lab, 0);
+            assert!(
+                since.contains("nothing written"),
+                "the restart rewrote rules:\n{since}"
+            );
+            let after = counters(lab);
+            assert_eq!(
+                before.keys().collect::<Vec<_>>(),
+                after.keys().collect::<Vec<_>>()
+            );
+            for (rule, c) in &before {
+                assert!(
+                    after[rule] >= *c,
+                    "counter reset on {rule}: {c} → {}",
+                    after[rule]
+                );
+            }
+        },
+    );
+}
+
+#[test]
+fn traffic_policies_topology_affinity_and_nat_outgoing() {
+    // node-0 and node-2 in zone-0, node-1 in zone-1.
+    with_lab(
+        LabSpec {
+            nodes: 3,
+            zones: 2,
+            ..Default::default()
+        },
+        |lab| {
+            lab.pod_add("c0", "node-0").unwrap();
+            lab.pod_add("c1", "node-1").unwrap();
+            for (p, n) in [("a-0", "node-0"), ("a-1", "node-1"), ("a-2", "node-2")] {
+                lab.pod_add_labeled(
+                    p,
+                    n,
+                    &[
+                        ("app", "a"),
+                        ("only12", if n == "node-0" { "no" } else { "yes" }),
+                    ],
+                )
+                .unwrap();
+            }
+            // externalTrafficPolicy Local: only node-1's endpoint from node-1, client address kept;
+            // node-0 has no endpoint of this Service, so its node port drops outside traffic.
+            let mut etl = svc("etl", "a");
+            etl.selector.push(("only12".into(), "yes".into()));
+            etl.type_ = "NodePort".into();
+            etl.external_traffic_policy = Some("Local".into());
+            let etl = lab.service_add(&etl).unwrap();
+            let np = etl.node_port(80).unwrap();
+            let fabric_ip = "198.18.0.1";
+            let n1 = lab.node("node-1").ip;
+            for _ in 0..10 {
+                let r = wait_for(
+                    "fabric → node-1 node port",
+                    Duration::from_secs(20),
+                    || lab.client(&lab.fabric, "hello", n1, np, 1).remove(0).ok(),
+                );
+                assert_eq!(r, ("a-1".to_string(), fabric_ip.to_string()));
+            }
+            let r = lab.client(&lab.fabric, "hello", lab.node("node-0").ip, np, 1);
+            assert!(r[0].is_err(), "node-0 has no local endpoint, yet: {r:?}");
+            // Pods still use every endpoint of an eTP=Local Service through its cluster IP.
+            wait_only(lab, "c0", etl.cluster_ip, 80, &["a-1", "a-2"]);
+
+            // internalTrafficPolicy Local: this node's endpoint only; none here → dropped.
+            let mut itl = svc("itl", "a");
+            itl.internal_traffic_policy = Some("Local".into());
+            let itl = lab.service_add(&itl).unwrap();
+            wait_only(lab, "c0", itl.cluster_ip, 80, &["a-0"]);
+            let mut itl2 = svc("itl2", "a");
+            itl2.selector.push(("only12".into(), "no".into()));
+            itl2.internal_traffic_policy = Some("Local".into());
+            let itl2 = lab.service_add(&itl2).unwrap();
+            wait_only(lab, "c0", itl2.cluster_ip, 80, &["a-0"]);
+            wait_for(
+                "c1 dropped (no local endpoint)",
+                Duration::from_secs(20),
+                || {
+                    lab.client(&lab.pods["c1"].ns, "hello", itl2.cluster_ip, 80, 1)
+                        .remove(0)
+                        .err()
+                },
+            );
+
+            // PreferSameZone: c1 (zone-1) uses a-1 only; c0 (zone-0) uses a-0 and a-2.
+            let mut psz = svc("psz", "a");
+            psz.traffic_distribution = Some("PreferSameZone".into());
+            let psz = lab.service_add(&psz).unwrap();
+            wait_only(lab, "c1", psz.cluster_ip, 80, &["a-1"]);
+            wait_only(lab, "c0", psz.cluster_ip, 80, &["a-0", "a-2"]);
+
+            // ClientIP affinity: 50 connections, one endpoint.
+            let mut aff = svc("aff", "a");
+            aff.session_affinity_seconds = Some(600);
+            let aff = lab.service_add(&aff).unwrap();
+            wait_for("aff programmed", Duration::from_secs(20), || {
+                lab.client(&lab.pods["c0"].ns, "hello", aff.cluster_ip, 80, 1)
+                    .remove(0)
+                    .ok()
+            });
+            let s = spread(lab, "c0", aff.cluster_ip, 80, 50);
+            assert_eq!(s.len(), 1, "affinity broken: {s:?}");
+
+            // PreferSameNode: node-0's endpoint while it exists, then the others.
+            let mut psn = svc("psn", "a");
+            psn.traffic_distribution = Some("PreferSameNode".into());
+            let psn = lab.service_add(&psn).unwrap();
+            wait_only(lab, "c0", psn.cluster_ip, 80, &["a-0"]);
+            let s = spread(lab, "c0", psn.cluster_ip, 80, 30);
+            assert_eq!(s.keys().collect::<Vec<_>>(), ["a-0"], "{s:?}");
+            lab.pod_del("a-0").unwrap();
+            wait_only(lab, "c0", psn.cluster_ip, 80, &["a-1", "a-2"]);
+
+            // NAT outgoing: a server outside the pools (on the fabric's gateway address) sees the
+            // pod's own address, until the pool says natOutgoing; pod to pod is never NATed.
+            let script = lab.dir.path().join("echo.py").display().to_string();
+            let _server = lab
+                .fabric
+                .spawn(&["python3", &script, "serve", "outside", "8080"]);
+            lab.fabric.ok(&[
+                "ip",
+                "route",
+                "replace",
+                "10.244.0.0/16",
+                "via",
+                &lab.node("node-0").ip.to_string(),
+            ]);
+            let c0_ip = lab.pods["c0"].ip.to_string();
+            let gw: Ipv4Addr = fabric_ip.parse().unwrap();
+            let seen = wait_for("c0 → outside", Duration::from_secs(20), || {
+                lab.client(&lab.pods["c0"].ns, "hello", gw, 8080, 1)
+                    .remove(0)
+                    .ok()
+            });
+            assert_eq!(seen, ("outside".to_string(), c0_ip.clone()));
+            let pools = lab.store.all::<brindle_api::IPPool>();
+            let mut pool = lab.block_on(pools.get("default")).unwrap().unwrap();
+            pool.spec.nat_outgoing = true;
+            lab.block_on(pools.update(&pool)).unwrap();
+            let node0_ip = lab.node("node-0").ip.to_string();
+            wait_for(
+                "c0 → outside masqueraded",
+                Duration::from_secs(20),
+                || {
+                    let r = lab
+                        .client(&lab.pods["c0"].ns, "hello", gw, 8080, 1)
+                        .remove(0)
+                        .ok()?;
+                    (r.1 == node0_ip).then_some(())
+                },
+            );
+            let r = lab.client(&lab.pods["c0"].ns, "hello", lab.pods["a-1"].ip, 8080, 1);
+            assert_eq!(
+                r[0].as_ref().map(|x| x.1.clone()),
+                Ok(c0_ip),
+                "pod to pod was NATed"
+            );
+        },
+    );
+}
+
+#[test]
+fn nft_backend_programs_the_same_services() {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            iptables_backend: "nft".into(),
+            ..Default::default()
+        },
+        |lab| {
+            lab.pod_add_labeled("w0", "node-0", &[("app", "w")])
+                .unwrap();
+            lab.pod_add_labeled("w1", "node-1", &[("app", "w")])
+                .unwrap();
+            lab.pod_add("c", "node-0").unwrap();
+            let w = lab.service_add(&svc("w", "w")).unwrap();
+            wait_only(lab, "c", w.cluster_ip, 80, &["w0", "w1"]);
+            let nat = lab
+                .node("node-0")
+                .ns
+                .ok(&["iptables-nft-save", "-t", "nat"]);
+            assert!(
+                nat.contains(":BRL-SERVICES") && nat.contains("BRL-SVC-"),
+                "{nat}"
+            );
+            let legacy = lab
+                .node("node-0")
+                .ns
+                .ok(&["iptables-legacy-save", "-t", "nat"]);
+            assert!(!legacy.contains("BRL-"), "rules in the legacy tables too");
+            let since = restart_and_first_sync(lab, 0);
+            assert!(since.contains("nothing written"), "{since}");
+        },
+    );
+}
