@@ -176,6 +176,8 @@ pub struct Writer {
     runner: Runner,
     known: Option<HashMap<String, TableState>>,
     known_sets: Option<BTreeMap<String, Vec<Ipv4Network>>>,
+    /// The `iptables-restore` input of the last sync that wrote something.
+    pub last_input: String,
 }
 
 impl Writer {
@@ -185,6 +187,7 @@ impl Writer {
             runner,
             known: None,
             known_sets: None,
+            last_input: String::new(),
         }
     }
 
@@ -273,6 +276,7 @@ impl Writer {
             let state = known.entry(table.to_string()).or_default();
             d.apply(state);
         }
+        self.last_input = input;
         Ok(report)
     }
 }
