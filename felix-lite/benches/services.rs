@@ -31,7 +31,9 @@ fn service(i: usize, generation: u32) -> ServicePort {
         cluster_ip: Some(ip(u32::from(Ipv4Addr::new(10, 96, 0, 0)), i as u32)),
         port: 80,
         // One in ten is a NodePort, as in a typical cluster.
-        node_port: (i % 10 == 0).then_some(30000 + (i / 10) as u16 % 2000),
+        node_port: i
+            .is_multiple_of(10)
+            .then_some(30000 + (i / 10) as u16 % 2000),
         external_ips: vec![],
         load_balancer_ips: vec![],
         load_balancer_source_ranges: vec![],

@@ -65,7 +65,7 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum ServiceCmd {
-    Add(brindle_lab::LabService),
+    Add(Box<brindle_lab::LabService>),
     Del { name: String },
 }
 
@@ -352,7 +352,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Service {
             cmd: ServiceCmd::Add(spec),
         } => {
-            let a = ask(dir, json!({ "service_add": spec }))?;
+            let a = ask(dir, json!({ "service_add": *spec }))?;
             println!(
                 "service {}: cluster IP {}",
                 spec.name,
