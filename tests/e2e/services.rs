@@ -175,6 +175,47 @@ fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
                 assert!(r.0.starts_with("web-"), "{r:?}");
             }
 
+            // loadBalancerSourceRanges: the fabric (198.18.0.1) is outside one range, inside
+            // the other.
+            let mut fw = svc("fw", "web");
+            fw.type_ = "LoadBalancer".into();
+            fw.load_balancer_ips = vec!["198.19.100.30".parse().unwrap()];
+            fw.load_balancer_source_ranges = vec!["198.18.5.0/24".into()];
+            lab.service_add(&fw).unwrap();
+            let mut fw_ok = fw.clone();
+            fw_ok.name = "fw-ok".into();
+            fw_ok.load_balancer_ips = vec!["198.19.100.31".parse().unwrap()];
+            fw_ok.load_balancer_source_ranges = vec!["198.18.0.0/24".into()];
+            lab.service_add(&fw_ok).unwrap();
+            for ip in ["198.19.100.30", "198.19.100.31"] {
+                lab.fabric.ok(&[
+                    "ip",
+                    "route",
+                    "replace",
+                    &format!("{ip}/32"),
+                    "via",
+                    &n1.to_string(),
+                ]);
+            }
+            let ok_ip: Ipv4Addr = "198.19.100.31".parse().unwrap();
+            wait_for("fabric → allowed LB IP", Duration::from_secs(20), || {
+                lab.client(&lab.fabric, "hello", ok_ip, 80, 1)
+                    .remove(0)
+                    .ok()
+            });
+            let r = lab.client(
+                &lab.fabric,
+                "hello",
+                "198.19.100.30".parse().unwrap(),
+                80,
+                1,
+            );
+            assert!(
+                r[0].is_err(),
+                "a source outside loadBalancerSourceRanges got in: {r:?}"
+            );
+            // Pods are not load balancer clients: they reach the Service by its cluster IP.
+
             // A Service without endpoints refuses at once (REJECT, not a timeout).
             let empty = lab.service_add(&svc("empty", "nobody")).unwrap();
             let r = wait_for(
