@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::Ipv4Network;
 
-use crate::proxy::rules::{Ruleset, TableRules, CHAIN_PREFIX, TAG};
+use crate::proxy::rules::{Rule, Ruleset, TableRules, CHAIN_PREFIX, TAG};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -113,8 +113,14 @@ impl Runner {
     }
 }
 
-/// A table as read: every chain, each rule as Some(our hash) or None (someone else's).
-pub type TableState = HashMap<String, Vec<Option<String>>>;
+/// A table as read: every chain, each rule as Some(our hash) or None (someone else's); and
+/// the text of our rules in chains that are not ours, to delete them by their spec (a
+/// position could be stale, and deleting by position could hit someone else's rule).
+#[derive(Debug, Clone, Default)]
+pub struct TableState {
+    pub chains: HashMap<String, Vec<Option<u64>>>,
+    pub jump_texts: HashMap<u64, String>,
+}
 
 /// Parses `iptables-save` output into tables.
 pub fn parse_save(text: &str) -> HashMap<String, TableState> {
@@ -131,27 +137,32 @@ pub fn parse_save(text: &str) -> HashMap<String, TableState> {
         };
         if let Some(rest) = line.strip_prefix(':') {
             if let Some(name) = rest.split_whitespace().next() {
-                t.entry(name.to_string()).or_default();
+                t.chains.entry(name.to_string()).or_default();
             }
         } else if let Some(rest) = line.strip_prefix("-A ") {
             let mut it = rest.splitn(2, ' ');
             let chain = it.next().unwrap_or_default();
             let body = it.next().unwrap_or_default();
-            t.entry(chain.to_string())
-                .or_default()
-                .push(rule_hash(body));
+            let h = rule_hash(body);
+            if let (Some(h), false) = (h, chain.starts_with(CHAIN_PREFIX)) {
+                t.jump_texts.insert(h, body.to_string());
+            }
+            t.chains.entry(chain.to_string()).or_default().push(h);
         }
     }
     tables
 }
 
 /// Our hash in a rule's comment (`--comment brl:H` or `--comment "brl:H …"`).
-fn rule_hash(body: &str) -> Option<String> {
+fn rule_hash(body: &str) -> Option<u64> {
     let i = body.find("--comment ")? + "--comment ".len();
     let rest = body[i..].strip_prefix('"').unwrap_or(&body[i..]);
     let h = rest.strip_prefix(TAG)?;
     let end = h.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(h.len());
-    (end == 16).then(|| h[..end].to_string())
+    if end != 16 {
+        return None;
+    }
+    u64::from_str_radix(&h[..end], 16).ok()
 }
 
 /// What one sync did.
@@ -284,19 +295,28 @@ impl Writer {
 struct Diff {
     text: String,
     /// Chains written (name → hashes), chains deleted, built-in chains' new rule lists.
-    set: Vec<(String, Vec<Option<String>>)>,
+    set: Vec<(String, Vec<Option<u64>>)>,
     deleted: Vec<String>,
+    jump_texts: Vec<(u64, String)>,
 }
 
 impl Diff {
     fn apply(self, state: &mut TableState) {
         for (c, v) in self.set {
-            state.insert(c, v);
+            state.chains.insert(c, v);
         }
         for c in self.deleted {
-            state.remove(&c);
+            state.chains.remove(&c);
         }
+        state.jump_texts.extend(self.jump_texts);
     }
+}
+
+/// The kernel's chain holds exactly these rules of ours, in this order, and nothing else.
+fn same(have: Option<&Vec<Option<u64>>>, want: &[Rule]) -> bool {
+    have.is_some_and(|h| {
+        h.len() == want.len() && h.iter().zip(want).all(|(a, r)| *a == Some(r.hash))
+    })
 }
 
 fn diff(
@@ -312,12 +332,12 @@ fn diff(
         text: String::new(),
         set: vec![],
         deleted: vec![],
+        jump_texts: vec![],
     };
     let wanted: std::collections::HashSet<&str> =
         want.chains.iter().map(|c| c.name.as_str()).collect();
     for c in &want.chains {
-        let hashes: Vec<Option<String>> = c.rules.iter().map(|r| Some(r.hash.clone())).collect();
-        if have.get(&c.name) == Some(&hashes) {
+        if same(have.chains.get(&c.name), &c.rules) {
             continue;
         }
         decl.push_str(&format!(":{} - [0:0]\n", c.name));
@@ -326,9 +346,13 @@ fn diff(
         }
         report.chains_written += 1;
         report.rules_written += c.rules.len();
-        d.set.push((c.name.clone(), hashes));
+        d.set.push((
+            c.name.clone(),
+            c.rules.iter().map(|r| Some(r.hash)).collect(),
+        ));
     }
     let mut stale: Vec<&String> = have
+        .chains
         .keys()
         .filter(|k| k.starts_with(CHAIN_PREFIX) && !wanted.contains(k.as_str()))
         .collect();
@@ -339,11 +363,12 @@ fn diff(
         report.chains_deleted += 1;
         d.deleted.push(c.clone());
     }
-    // Built-in chains: ours that are no longer wanted go (by position, from the bottom up),
+    // Built-in chains: ours that are no longer wanted go (deleted by their text as read),
     // missing ones are inserted at the top; the rest of the chain is not ours to touch.
     let mut builtins: Vec<&str> = want.jumps.iter().map(|j| j.chain).collect();
     builtins.extend(
-        have.keys()
+        have.chains
+            .keys()
             .filter(|k| !k.starts_with(CHAIN_PREFIX) && k.chars().all(|c| c.is_ascii_uppercase()))
             .map(String::as_str),
     );
@@ -351,30 +376,30 @@ fn diff(
     builtins.dedup();
     let mut edits = String::new();
     for b in builtins {
-        let mut rules = have.get(b).cloned().unwrap_or_default();
-        let ours: Vec<&str> = want
+        let mut rules = have.chains.get(b).cloned().unwrap_or_default();
+        let ours: Vec<u64> = want
             .jumps
             .iter()
             .filter(|j| j.chain == b)
-            .map(|j| j.rule.hash.as_str())
+            .map(|j| j.rule.hash)
             .collect();
         let before = rules.clone();
         for i in (0..rules.len()).rev() {
-            if let Some(h) = &rules[i] {
-                if !ours.contains(&h.as_str()) {
-                    edits.push_str(&format!("-D {b} {}\n", i + 1));
-                    rules.remove(i);
-                    report.jumps_removed += 1;
-                }
+            let Some(h) = rules[i] else { continue };
+            if ours.contains(&h) {
+                continue;
+            }
+            if let Some(text) = have.jump_texts.get(&h) {
+                edits.push_str(&format!("-D {b} {text}\n"));
+                rules.remove(i);
+                report.jumps_removed += 1;
             }
         }
         for j in want.jumps.iter().filter(|j| j.chain == b).rev() {
-            if !rules
-                .iter()
-                .any(|r| r.as_deref() == Some(j.rule.hash.as_str()))
-            {
+            if !rules.contains(&Some(j.rule.hash)) {
                 edits.push_str(&format!("-I {b} 1 {}\n", j.rule.text));
-                rules.insert(0, Some(j.rule.hash.clone()));
+                rules.insert(0, Some(j.rule.hash));
+                d.jump_texts.push((j.rule.hash, j.rule.text.to_string()));
                 report.jumps_inserted += 1;
             }
         }
@@ -401,10 +426,9 @@ mod tests {
             -A BRL-X -m comment --comment brl:fedcba9876543210 -j RETURN\n\
             -A BRL-X -m comment --comment brl:short -j RETURN\nCOMMIT\n";
         let t = &parse_save(save)["nat"];
-        assert_eq!(
-            t["PREROUTING"],
-            vec![Some("0123456789abcdef".to_string()), None]
-        );
-        assert_eq!(t["BRL-X"], vec![Some("fedcba9876543210".to_string()), None]);
+        assert_eq!(t.chains["PREROUTING"], vec![Some(0x0123456789abcdef), None]);
+        assert_eq!(t.chains["BRL-X"], vec![Some(0xfedcba9876543210), None]);
+        assert!(t.jump_texts[&0x0123456789abcdef].ends_with("-j BRL-X"));
+        assert_eq!(t.jump_texts.len(), 1);
     }
 }

@@ -1,0 +1,137 @@
+//! The iptables writer against the real tools, in a network namespace of its own: only
+//! changed chains are written, a restart writes nothing, drift inside our chains is
+//! repaired, our old jumps are removed by their text, and nobody else's rule is touched.
+
+use brindle_felix_lite::iptables::{Backend, Runner, Writer};
+use brindle_felix_lite::proxy::rules::{Chain, Jump, Rule, Ruleset, TableRules};
+use brindle_testsupport::Netns;
+
+fn ruleset(jump_comment: &str, target: &str) -> Ruleset {
+    Ruleset {
+        nat: TableRules {
+            chains: vec![
+                Chain {
+                    name: "BRL-SERVICES".into(),
+                    rules: vec![Rule::new(
+                        "BRL-SERVICES",
+                        "svc",
+                        &format!("-d 10.96.0.1/32 -p tcp -m tcp --dport 80 -j {target}"),
+                    )],
+                },
+                Chain {
+                    name: target.into(),
+                    rules: vec![Rule::new(
+                        target,
+                        "",
+                        "-p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080",
+                    )],
+                },
+            ],
+            jumps: vec![Jump {
+                chain: "PREROUTING",
+                rule: Rule::new("PREROUTING", jump_comment, "-j BRL-SERVICES"),
+            }],
+        },
+        filter: TableRules::default(),
+    }
+}
+
+fn writer(ns: &Netns) -> Writer {
+    Writer::new(
+        Backend::Legacy,
+        Runner {
+            prefix: vec!["ip".into(), "netns".into(), "exec".into(), ns.name().into()],
+        },
+    )
+}
+
+fn nat(ns: &Netns) -> String {
+    ns.ok(&["iptables-legacy-save", "-t", "nat"])
+}
+
+#[test]
+fn writes_only_what_changed_and_never_touches_others() {
+    let ns = Netns::new("brl-wr");
+    ns.ok(&[
+        "iptables-legacy",
+        "-t",
+        "nat",
+        "-A",
+        "PREROUTING",
+        "-d",
+        "10.1.1.1/32",
+        "-j",
+        "RETURN",
+    ]);
+    let a = ruleset("brindle service portals", "BRL-SEP-AAAA");
+    let mut w = writer(&ns);
+    let r = w.sync(&a).unwrap();
+    assert!(
+        r.read && r.chains_written == 2 && r.jumps_inserted == 1,
+        "{r:?}"
+    );
+    let r = w.sync(&a).unwrap();
+    assert_eq!(r.chains_written + r.jumps_inserted, 0, "{r:?}");
+    // A new writer (an agent restart) reads the tables and writes nothing.
+    let mut w = writer(&ns);
+    let r = w.sync(&a).unwrap();
+    assert!(
+        r.read && r.chains_written == 0 && r.jumps_inserted == 0 && r.bytes == 0,
+        "{r:?}"
+    );
+
+    // Someone adds a rule to our chain and flushes our other chain: both repaired on the
+    // next read; their rule in PREROUTING stays where it was.
+    ns.ok(&[
+        "iptables-legacy",
+        "-t",
+        "nat",
+        "-A",
+        "BRL-SERVICES",
+        "-j",
+        "RETURN",
+    ]);
+    ns.ok(&["iptables-legacy", "-t", "nat", "-F", "BRL-SEP-AAAA"]);
+    w.invalidate();
+    let r = w.sync(&a).unwrap();
+    assert_eq!(r.chains_written, 2, "{r:?}");
+    let text = nat(&ns);
+    assert!(!text.contains("-A BRL-SERVICES -j RETURN"), "{text}");
+    assert!(text.contains("--to-destination 10.244.0.2:8080"), "{text}");
+    assert!(
+        text.contains("-A PREROUTING -d 10.1.1.1/32 -j RETURN"),
+        "{text}"
+    );
+
+    // A new version with another jump and another endpoint chain: the old jump goes (by its
+    // text), the stale chain is deleted, the foreign rule is untouched.
+    let b = ruleset("brindle service portals v2", "BRL-SEP-BBBB");
+    let r = w.sync(&b).unwrap();
+    assert!(
+        r.jumps_removed == 1 && r.jumps_inserted == 1 && r.chains_deleted == 1,
+        "{r:?}"
+    );
+    let text = nat(&ns);
+    assert!(!text.contains("BRL-SEP-AAAA"), "{text}");
+    assert_eq!(text.matches("-A PREROUTING").count(), 2, "{text}");
+    assert!(
+        text.contains("-A PREROUTING -d 10.1.1.1/32 -j RETURN"),
+        "{text}"
+    );
+    assert!(text.contains("brindle service portals v2"), "{text}");
+
+    // And an empty ruleset takes every chain of ours away, still nothing else.
+    let r = w
+        .sync(&Ruleset {
+            nat: TableRules::default(),
+            filter: TableRules::default(),
+        })
+        .unwrap();
+    assert_eq!(r.chains_deleted, 2, "{r:?}");
+    let text = nat(&ns);
+    assert!(!text.contains("BRL-"), "{text}");
+    assert!(
+        text.contains("-A PREROUTING -d 10.1.1.1/32 -j RETURN"),
+        "{text}"
+    );
+}
