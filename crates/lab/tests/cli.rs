@@ -67,7 +67,41 @@ fn up_pods_exec_status_and_down_after_a_crash() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert_eq!(greeting.trim(), "b");
+    // The echo server greets with its name and the client's address.
+    assert_eq!(greeting.split_whitespace().next(), Some("b"), "{greeting}");
+
+    // A Service through the CLI: its endpoint is a pod labelled for it.
+    let (ok, w) = lab(
+        &dir,
+        &["pod", "add", "w", "--node", "node-1", "--label", "app=web"],
+    );
+    assert!(ok, "{w}");
+    let (ok, svc) = lab(
+        &dir,
+        &[
+            "service",
+            "add",
+            "web",
+            "--selector",
+            "app=web",
+            "--port",
+            "80:8080",
+        ],
+    );
+    assert!(ok && svc.contains("cluster IP 10.96.0.10"), "{svc}");
+    let code = "import socket; print(socket.create_connection(('10.96.0.10', 80), timeout=3).recv(64).decode().strip())";
+    let mut via = String::new();
+    for _ in 0..50 {
+        let (ok, g) = lab(&dir, &["exec", "a", "--", "python3", "-c", code]);
+        if ok {
+            via = g;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(via.split_whitespace().next(), Some("w"), "{via}");
+    let (ok, bad) = lab(&dir, &["service", "add", "web"]);
+    assert!(!ok && bad.contains("service web exists"), "{bad}");
 
     let (ok, status) = lab(&dir, &["status"]);
     assert!(ok, "{status}");
