@@ -183,7 +183,7 @@ fn main() {
     ] {
         for n in sizes {
             let n: usize = n.parse().expect("size");
-            let r = run(n, &backend);
+            let r = run(n, backend);
             println!(
                 "{:<7} {:>6} | {:>10.1} {:>12.1} {:>9.0} | {:>10.1} {:?}",
                 backend,
