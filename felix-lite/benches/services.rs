@@ -169,13 +169,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    brindle_testsupport::bench::proc_status_mib(std::process::id(), "VmHWM:")
 }
 
 fn sizes(var: &str, default: &[usize]) -> Vec<usize> {

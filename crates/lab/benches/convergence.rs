@@ -25,17 +25,6 @@ struct Row {
     cpu_s: f64,
 }
 
-fn proc_status(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn cpu_secs(pid: u32) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command (which may hold spaces) start after the last ')'.
@@ -109,7 +98,10 @@ fn scenario(name: &str, nodes: usize, reflectors: usize) -> Row {
     });
     let pod = reached.into_iter().max().unwrap_or_default();
     let pids: Vec<u32> = lab.nodes.iter().filter_map(|n| n.agent_pid()).collect();
-    let rss: Vec<f64> = pids.iter().map(|p| proc_status(*p, "VmHWM:")).collect();
+    let rss: Vec<f64> = pids
+        .iter()
+        .map(|p| brindle_testsupport::bench::proc_status_mib(*p, "VmHWM:"))
+        .collect();
     let cpu: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
     Row {
         name: name.into(),
@@ -124,23 +116,7 @@ fn scenario(name: &str, nodes: usize, reflectors: usize) -> Row {
 }
 
 fn main() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "brindle-node",
-            "-p",
-            "brindle-cni",
-            "-p",
-            "brindle-controller",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(st.success(), "building the release binaries failed");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release");
-    std::env::set_var("BRINDLE_BIN_DIR", dir.canonicalize().unwrap_or(dir));
+    brindle_lab::use_release_binaries();
     let mut rows = vec![];
     for (name, n, rr) in [
         ("mesh", 3, 0),

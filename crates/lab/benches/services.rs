@@ -15,17 +15,6 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::json;
 
-fn proc_status(pid: u32, key: &str) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
-
 fn service(i: usize) -> Service {
     serde_json::from_value(json!({
         "metadata": {"namespace": "default", "name": format!("s{i}")},
@@ -110,7 +99,7 @@ fn run(n: usize, backend: &str) -> serde_json::Value {
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let rss = proc_status(pid, "VmHWM:");
+    let rss = brindle_testsupport::bench::proc_status_mib(pid, "VmHWM:");
     let mut changes = vec![];
     for g in 1..=5u32 {
         let i = (n / 7 * g as usize) % n;
@@ -147,23 +136,7 @@ fn run(n: usize, backend: &str) -> serde_json::Value {
 }
 
 fn main() {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let st = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "brindle-node",
-            "-p",
-            "brindle-cni",
-            "-p",
-            "brindle-controller",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(st.success(), "building the release binaries failed");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release");
-    std::env::set_var("BRINDLE_BIN_DIR", dir.canonicalize().unwrap_or(dir));
+    brindle_lab::use_release_binaries();
     let list = |var: &str, default: &str| -> Vec<String> {
         std::env::var(var)
             .unwrap_or_else(|_| default.into())

@@ -144,6 +144,27 @@ pub fn binary(name: &str) -> PathBuf {
     )
 }
 
+/// Builds the release binaries a cluster runs and points [`binary`] at them (benchmarks).
+pub fn use_release_binaries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let st = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "brindle-node",
+            "-p",
+            "brindle-cni",
+            "-p",
+            "brindle-controller",
+        ])
+        .status()
+        .expect("cargo build");
+    assert!(st.success(), "building the release binaries failed");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/release");
+    std::env::set_var("BRINDLE_BIN_DIR", dir.canonicalize().unwrap_or(dir));
+}
+
 pub struct LabNode {
     pub name: String,
     pub rack: usize,

@@ -110,3 +110,15 @@ pub async fn etcd_cas_floor(endpoint: &str, clients: usize, ops: usize, shared: 
     }
     Sample::merge(parts, start.elapsed().as_secs_f64())
 }
+
+/// A `/proc/<pid>/status` figure given in kB (`VmHWM:`, `VmRSS:`), in MiB; 0 when unreadable.
+pub fn proc_status_mib(pid: u32, key: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
