@@ -156,6 +156,8 @@ struct PeerFile {
     families: Option<Vec<String>>,
     import: Option<PolicyFile>,
     export: Option<PolicyFile>,
+    /// Shown as the peer's type by `brindlectl node status` (default `global`).
+    peer_type: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -477,6 +479,7 @@ fn peer(c: &Ctx, i: usize, p: PeerFile, local_as: u32) -> Result<PeerConfig, Con
         ipv6,
         import: policy(c, &k("import"), p.import)?,
         export: policy(c, &k("export"), p.export)?,
+        peer_type: p.peer_type,
     })
 }
 

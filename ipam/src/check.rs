@@ -6,14 +6,14 @@ use std::net::IpAddr;
 
 use brindle_api::{BlockAffinity, IPAMBlock, IPAMHandle};
 use ipnetwork::IpNetwork;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::block::{self, attr, block_name};
 use crate::error::Result;
 use crate::gc::OwnerSnapshot;
 use crate::Ipam;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AllocationRef {
     pub block: String,
     pub ip: IpAddr,
@@ -68,7 +68,7 @@ pub fn owner_of(a: &BTreeMap<String, String>) -> Owner {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HandleMismatch {
     pub handle: String,
     pub block: String,
@@ -78,7 +78,7 @@ pub struct HandleMismatch {
     pub block_holds: u32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub blocks: usize,
     pub handles: usize,

@@ -819,6 +819,7 @@ impl Core {
             .map(|p| PeerStatus {
                 addr: p.cfg.addr,
                 asn: p.cfg.asn,
+                peer_type: p.cfg.peer_type.clone(),
                 state: format!("{:?}", p.state),
                 since_secs: p.since.elapsed().as_secs(),
                 router_id: p.router_id,

@@ -122,6 +122,9 @@ pub struct PeerConfig {
     pub ipv6: bool,
     pub import: Policy,
     pub export: Policy,
+    /// What kind of peer this is to whoever configured it (`node-to-node mesh`, `global`,
+    /// `node specific`, `route reflector`); shown by the control API, not used by BGP.
+    pub peer_type: Option<String>,
 }
 
 impl PeerConfig {
@@ -143,6 +146,7 @@ impl PeerConfig {
             ipv6: true,
             import: Policy::accept_all(),
             export: Policy::accept_all(),
+            peer_type: None,
         }
     }
 }
@@ -174,6 +178,9 @@ pub struct PeerStatus {
     pub advertised: usize,
     /// Paths kept stale through the peer's graceful restart.
     pub stale: usize,
+    /// [`PeerConfig::peer_type`], when the configuration gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_type: Option<String>,
 }
 
 /// One Loc-RIB entry as the control API shows it.

@@ -70,6 +70,9 @@ pub mod annotations {
     pub const AS_NUMBER: &str = "brindle.dev/as-number";
     pub const RR_CLUSTER_ID: &str = "brindle.dev/route-reflector-cluster-id";
     pub const IPIP_TUNNEL_ADDR: &str = "brindle.dev/ipip-tunnel-address";
+    /// The version of the `brindle-node` that last registered the node (on the Kubernetes
+    /// Node and on the etcd record alike); `brindlectl version` reads it.
+    pub const AGENT_VERSION: &str = "brindle.dev/agent-version";
 }
 
 impl NodeBgp {

@@ -4,6 +4,7 @@
 //! --datastore kubernetes|etcd      BRINDLE_DATASTORE       (default kubernetes)
 //! --etcd-endpoints URL[,URL...]    BRINDLE_ETCD_ENDPOINTS  (default http://127.0.0.1:2379)
 //! --kubeconfig PATH                KUBECONFIG              (else ~/.kube/config, else in-cluster)
+//! --context NAME                   BRINDLE_KUBE_CONTEXT    (else the kubeconfig's current context)
 //! ```
 
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ pub struct DatastoreArgs {
     /// Where Brindle keeps its state.
     #[arg(
         long,
+        global = true,
         env = "BRINDLE_DATASTORE",
         value_enum,
         default_value = "kubernetes"
@@ -31,6 +33,7 @@ pub struct DatastoreArgs {
     /// etcd v3 endpoints, comma-separated (with --datastore etcd).
     #[arg(
         long,
+        global = true,
         env = "BRINDLE_ETCD_ENDPOINTS",
         value_delimiter = ',',
         default_value = "http://127.0.0.1:2379"
@@ -38,8 +41,12 @@ pub struct DatastoreArgs {
     pub etcd_endpoints: Vec<String>,
 
     /// kubeconfig file (with --datastore kubernetes); in a pod the service account is used.
-    #[arg(long, env = "KUBECONFIG")]
+    #[arg(long, global = true, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// kubeconfig context to use instead of the current one (with --datastore kubernetes).
+    #[arg(long, global = true, env = "BRINDLE_KUBE_CONTEXT")]
+    pub context: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +61,8 @@ pub enum ConnectError {
     NoClusterConfig(#[source] kube::config::InferConfigError),
     #[error("--datastore kubernetes: {0}")]
     Client(#[source] kube::Error),
+    #[error("--datastore kubernetes --context: {0}")]
+    Context(#[source] kube::config::KubeconfigError),
     #[error("--datastore etcd: {0}")]
     Etcd(#[source] crate::StoreError),
     #[error("--datastore etcd: --etcd-endpoints is empty")]
@@ -73,6 +82,10 @@ impl DatastoreArgs {
                 Ok(Store::new(b))
             }
             DatastoreKind::Kubernetes => {
+                let options = kube::config::KubeConfigOptions {
+                    context: self.context.clone(),
+                    ..Default::default()
+                };
                 let config = match &self.kubeconfig {
                     Some(path) => {
                         let kc = kube::config::Kubeconfig::read_from(path).map_err(|source| {
@@ -81,13 +94,16 @@ impl DatastoreArgs {
                                 source,
                             }
                         })?;
-                        kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                        kube::Config::from_custom_kubeconfig(kc, &options)
                             .await
                             .map_err(|source| ConnectError::Kubeconfig {
                                 path: path.clone(),
                                 source,
                             })?
                     }
+                    None if self.context.is_some() => kube::Config::from_kubeconfig(&options)
+                        .await
+                        .map_err(ConnectError::Context)?,
                     None => kube::Config::infer()
                         .await
                         .map_err(ConnectError::NoClusterConfig)?,

@@ -63,6 +63,7 @@ fn peer_config(d: &DesiredPeer) -> PeerConfig {
     // One session per family, as Calico has: an IPv4 peer carries IPv4 routes.
     p.ipv4 = d.addr.is_ipv4();
     p.ipv6 = d.addr.is_ipv6();
+    p.peer_type = Some(d.kind.as_str().to_string());
     p
 }
 

@@ -56,6 +56,21 @@ pub enum PeerKind {
     Global,
     #[serde(rename = "node specific")]
     NodeSpecific,
+    /// A node that reflects routes to this one (a BGPPeer's peerSelector picked it).
+    #[serde(rename = "route reflector")]
+    RouteReflector,
+}
+
+impl PeerKind {
+    /// The name `brindlectl node status` (and calicoctl) shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerKind::Mesh => "node-to-node mesh",
+            PeerKind::Global => "global",
+            PeerKind::NodeSpecific => "node specific",
+            PeerKind::RouteReflector => "route reflector",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +293,11 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
                 continue;
             };
             if ip != me.ip {
-                out.insert(IpAddr::V4(ip), tune(node_peer(name, n, ip, kind)));
+                let mut d = tune(node_peer(name, n, ip, kind));
+                if rr_id(Some(n)).is_some() && rr_id(Some(n)) != my_rr {
+                    d.kind = PeerKind::RouteReflector;
+                }
+                out.insert(IpAddr::V4(ip), d);
             }
         }
     }

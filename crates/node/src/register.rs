@@ -18,6 +18,16 @@ use crate::autodetect::Iface;
 
 const RETRIES: usize = 20;
 
+/// This agent's version, recorded on its node for `brindlectl version`.
+const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn version_annotation() -> BTreeMap<String, String> {
+    BTreeMap::from([(
+        annotations::AGENT_VERSION.to_string(),
+        AGENT_VERSION.to_string(),
+    )])
+}
+
 /// The interfaces in index order, with MTU and addresses.
 pub async fn interfaces(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Iface>> {
     let mut out: BTreeMap<u32, Iface> = BTreeMap::new();
@@ -99,6 +109,7 @@ pub async fn write(
             let ann = n.metadata.annotations.get_or_insert_with(BTreeMap::new);
             let before = ann.clone();
             ann.insert(annotations::IPV4_ADDRESS.into(), ip.to_string());
+            ann.insert(annotations::AGENT_VERSION.into(), AGENT_VERSION.into());
             if let Some(a) = asn {
                 ann.insert(annotations::AS_NUMBER.into(), a.to_string());
             }
@@ -112,6 +123,7 @@ pub async fn write(
                 None => {
                     let mut n = brindle_ipam::nodes::brindle_node(node, &[]);
                     n.metadata.labels = None;
+                    n.metadata.annotations = Some(version_annotation());
                     n.spec.bgp = Some(NodeBgp {
                         ipv4_address: Some(ip.to_string()),
                         as_number: asn,
@@ -123,13 +135,17 @@ pub async fn write(
                     }
                 }
                 Some(mut n) => {
+                    let before = (n.spec.clone(), n.metadata.annotations.clone());
                     let b = n.spec.bgp.get_or_insert_with(NodeBgp::default);
-                    let before = b.clone();
                     b.ipv4_address = Some(ip.to_string());
                     if asn.is_some() {
                         b.as_number = asn;
                     }
-                    if *b == before {
+                    n.metadata
+                        .annotations
+                        .get_or_insert_with(BTreeMap::new)
+                        .extend(version_annotation());
+                    if (&n.spec, &n.metadata.annotations) == (&before.0, &before.1) {
                         return Ok(());
                     }
                     api.update(&n).await.map(|_| ())

@@ -104,9 +104,13 @@ fn route_reflector_by_peer_selector_both_ways() {
     assert_eq!(client.len(), 1, "{client:?}");
     let to_rr = &client[&"198.18.0.2".parse::<IpAddr>().unwrap()];
     assert!(!to_rr.rr_client && !to_rr.passive);
+    // calicoctl-style status names the reflector as such; the reflector sees its clients as
+    // the BGPPeer's kind (it applies to every node by selector).
+    assert_eq!(to_rr.kind, PeerKind::RouteReflector);
     let rr = peers(&s, &me("rr", "198.18.0.2"), &mut w);
     assert_eq!(rr.len(), 3, "{rr:?}");
     assert!(rr.values().all(|d| d.rr_client && d.passive));
+    assert!(rr.values().all(|d| d.kind == PeerKind::NodeSpecific));
     assert_eq!(
         globals(&s, &me("rr", "198.18.0.2")).cluster_id,
         Some("224.0.0.1".parse().unwrap())

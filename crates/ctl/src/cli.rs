@@ -1,0 +1,197 @@
+//! The command line, as clap sees it. Verbs and flags follow calicoctl and kubectl.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use brindle_datastore::DatastoreArgs;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "brindlectl",
+    version,
+    about = "Manage Brindle's resources, see BGP status and inspect IPAM",
+    long_about = "Manage Brindle's resources, see BGP status and inspect IPAM.\n\n\
+Data goes to stdout, messages to stderr. Exit codes: 0 success, 1 error, 2 usage."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub datastore: DatastoreArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show resources: get KIND [NAME] (kinds: ippools, bgppeers, bgpconfigurations,
+    /// ipamblocks, blockaffinities, ipamhandles, ipamconfigs, nodes)
+    Get(GetArgs),
+    /// Create resources from files; fails for one that exists.
+    Create(FileArgs),
+    /// Create or update resources from files.
+    Apply(FileArgs),
+    /// Replace existing resources from files; fails for one that does not exist.
+    Replace(FileArgs),
+    /// Delete resources named in files, or one by KIND NAME.
+    Delete(DeleteArgs),
+    /// Add (k=v) or remove (k-) labels on a resource.
+    Label(LabelArgs),
+    /// Check files without writing anything.
+    Validate(FileArgs),
+    /// Print Calico v3 documents as Brindle documents, without applying them.
+    Convert(ConvertArgs),
+    /// The node agent: BGP session status.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// IP address management.
+    #[command(subcommand)]
+    Ipam(IpamCommand),
+    /// This client's version and the agents' versions recorded in the datastore.
+    Version,
+    /// Print a shell completion script (bash, zsh or fish).
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Wide,
+    Yaml,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    pub kind: String,
+    pub name: Option<String>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(Args, Debug)]
+pub struct FileArgs {
+    /// A file, a directory (its .yaml, .yml and .json files) or - for standard input.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct ConvertArgs {
+    #[command(flatten)]
+    pub files: FileArgs,
+    #[arg(short, long, value_enum, default_value = "yaml")]
+    pub output: DocOutput,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DocOutput {
+    Yaml,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct DeleteArgs {
+    /// Delete what these files name.
+    #[arg(short = 'f', long = "filename", conflicts_with_all = ["kind", "name"])]
+    pub files: Vec<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    /// Succeed when a resource does not exist.
+    #[arg(long)]
+    pub ignore_not_found: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LabelArgs {
+    pub kind: String,
+    pub name: String,
+    /// `key=value` to set, `key-` to remove.
+    #[arg(required = true)]
+    pub labels: Vec<String>,
+    /// Change a label that already has another value.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// The BGP sessions of the agent on this machine, from its control socket.
+    Status {
+        /// The agent's control socket (brindle-node --control-socket).
+        #[arg(
+            long,
+            env = "BRINDLE_CONTROL_SOCKET",
+            default_value = "/run/brindle/bgpd.sock"
+        )]
+        control_socket: PathBuf,
+        /// `wide` adds AS, router ID and prefix counts; `json` prints the agent's data.
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IpamCommand {
+    /// Pool usage, or who holds one address.
+    Show(ShowArgs),
+    /// Look for leaks, duplicates and records that disagree; exit 1 when anything is found.
+    Check {
+        /// Also write the full report as JSON to this file (for `ipam release --from-report`).
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+    /// Free addresses.
+    Release(ReleaseArgs),
+    /// Change the cluster's IPAM settings (the IPAMConfig named default).
+    Configure {
+        #[arg(long = "strictaffinity", action = clap::ArgAction::Set)]
+        strict_affinity: Option<bool>,
+        #[arg(long)]
+        max_blocks_per_host: Option<u32>,
+        #[arg(long = "autoallocateblocks", action = clap::ArgAction::Set)]
+        auto_allocate_blocks: Option<bool>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    /// Who holds this address.
+    #[arg(long, conflicts_with_all = ["show_blocks", "show_borrowed", "show_configuration"])]
+    pub ip: Option<IpAddr>,
+    /// A row per block under each pool.
+    #[arg(long)]
+    pub show_blocks: bool,
+    /// Addresses nodes took from other nodes' blocks.
+    #[arg(long)]
+    pub show_borrowed: bool,
+    /// The cluster's IPAM settings.
+    #[arg(long)]
+    pub show_configuration: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReleaseArgs {
+    /// Free this address.
+    #[arg(
+        long,
+        required_unless_present = "from_report",
+        conflicts_with = "from_report"
+    )]
+    pub ip: Option<IpAddr>,
+    /// Free the leaked addresses of a report written by `ipam check -o`.
+    #[arg(long)]
+    pub from_report: Option<PathBuf>,
+    /// Free an address even though its owner still exists.
+    #[arg(long)]
+    pub force: bool,
+}

@@ -1,0 +1,227 @@
+//! Reading `-f` sources: files, directories and standard input, each holding one or more YAML
+//! documents (`---` between them) or JSON values, and `List` documents with `items`. A parse
+//! error names the file, line and column; every document remembers where it came from.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde_json::Value;
+
+/// One document and where it starts.
+#[derive(Debug, Clone)]
+pub struct Doc {
+    pub file: String,
+    pub line: usize,
+    pub value: Value,
+}
+
+impl Doc {
+    pub fn origin(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+}
+
+/// Every document of every source, in order. Nothing is returned if any source fails to
+/// parse, so a bad file never leaves half its documents applied.
+pub fn read(sources: &[String]) -> anyhow::Result<Vec<Doc>> {
+    let mut docs = vec![];
+    for s in sources {
+        if s == "-" {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| anyhow::anyhow!("reading standard input: {e}"))?;
+            docs.extend(parse("<stdin>", &text)?);
+            continue;
+        }
+        let path = Path::new(s);
+        if path.is_dir() {
+            let mut files: Vec<_> = std::fs::read_dir(path)
+                .map_err(|e| anyhow::anyhow!("{s}: {e}"))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .and_then(|x| x.to_str())
+                            .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                anyhow::bail!("{s}: no .yaml, .yml or .json files in this directory");
+            }
+            for f in files {
+                docs.extend(read_file(&f)?);
+            }
+        } else {
+            docs.extend(read_file(path)?);
+        }
+    }
+    Ok(docs)
+}
+
+fn read_file(path: &Path) -> anyhow::Result<Vec<Doc>> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    parse(&name, &text)
+}
+
+/// The documents of one source's text.
+pub fn parse(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
+    let trimmed = text.trim_start();
+    let raw = if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        parse_json(file, text)?
+    } else {
+        parse_yaml(file, text)?
+    };
+    let mut out = vec![];
+    for d in raw {
+        expand_list(d, &mut out);
+    }
+    Ok(out)
+}
+
+/// `kind: List` (or `<Kind>List`) with `items`, and a top-level JSON array, become their items.
+fn expand_list(d: Doc, out: &mut Vec<Doc>) {
+    let items = match &d.value {
+        Value::Array(items) => Some(items.clone()),
+        Value::Object(m)
+            if m.get("kind")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.ends_with("List"))
+                && m.get("items").is_some_and(Value::is_array) =>
+        {
+            m.get("items").and_then(Value::as_array).cloned()
+        }
+        _ => None,
+    };
+    match items {
+        Some(items) => {
+            for value in items {
+                expand_list(
+                    Doc {
+                        file: d.file.clone(),
+                        line: d.line,
+                        value,
+                    },
+                    out,
+                );
+            }
+        }
+        None => out.push(d),
+    }
+}
+
+fn parse_json(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
+    let mut out = vec![];
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    loop {
+        // The document's first line: where the stream stands, past any whitespace.
+        let offset = stream.byte_offset();
+        let skipped = text[offset..].len() - text[offset..].trim_start().len();
+        let line = text[..offset + skipped].matches('\n').count() + 1;
+        match stream.next() {
+            None => break,
+            Some(Ok(value)) => out.push(Doc {
+                file: file.into(),
+                line,
+                value,
+            }),
+            Some(Err(e)) => anyhow::bail!("{file}:{}:{}: invalid JSON: {e}", e.line(), e.column()),
+        }
+    }
+    Ok(out)
+}
+
+/// Splits at document markers (`---` at the start of a line: YAML ends a document there
+/// whatever came before) and parses each part, so an error's line is the file's line.
+fn parse_yaml(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
+    let mut parts: Vec<(usize, String)> = vec![(1, String::new())];
+    for (i, l) in text.lines().enumerate() {
+        if l == "---" || l.starts_with("--- ") || l.starts_with("---\t") {
+            // Content after the marker on the same line belongs to the new document.
+            let rest = l[3..].trim_start();
+            let mut body = String::new();
+            if !rest.is_empty() && !rest.starts_with('#') {
+                body.push_str(rest);
+            }
+            body.push('\n');
+            parts.push((i + 1, body));
+        } else if let Some(last) = parts.last_mut() {
+            last.1.push_str(l);
+            last.1.push('\n');
+        }
+    }
+    let mut out = vec![];
+    for (start, body) in parts {
+        let value: Value = match serde_yaml_ng::from_str::<Option<Value>>(&body) {
+            Ok(Some(v)) => v,
+            Ok(None) => continue, // empty or comments only
+            Err(e) => {
+                let (line, col) = e
+                    .location()
+                    .map_or((start, 0), |l| (start + l.line() - 1, l.column()));
+                // serde_yaml_ng's message ends with its own (document-relative) position.
+                let msg = e.to_string();
+                let msg = msg
+                    .rsplit_once(" at line ")
+                    .map_or(msg.as_str(), |(m, _)| m)
+                    .to_string();
+                anyhow::bail!("{file}:{line}:{col}: invalid YAML: {msg}");
+            }
+        };
+        if value.is_null() {
+            continue;
+        }
+        // The document's first line with content, for messages about it.
+        let first = body
+            .lines()
+            .position(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            .unwrap_or(0);
+        out.push(Doc {
+            file: file.into(),
+            line: start + first,
+            value,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_documents_and_lines() {
+        let text =
+            "# pools\napiVersion: brindle.dev/v1\nkind: IPPool\n---\n\n---\nkind: BGPPeer\n...\n";
+        let d = parse("f.yaml", text).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!((d[0].line, d[1].line), (2, 7));
+        assert_eq!(d[1].value["kind"], "BGPPeer");
+    }
+
+    #[test]
+    fn yaml_error_names_file_line_and_column() {
+        let text = "kind: IPPool\n---\nkind: BGPPeer\nspec:\n  peerIP: [1\n  asNumber: 2\n";
+        let e = parse("bad.yaml", text).unwrap_err().to_string();
+        assert!(e.starts_with("bad.yaml:"), "{e}");
+        let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+        assert!((5..=7).contains(&line), "{e}");
+        assert!(e.contains("invalid YAML"), "{e}");
+    }
+
+    #[test]
+    fn json_stream_and_lists() {
+        let text =
+            "{\"kind\":\"A\"}\n\n{\"kind\":\"List\",\"items\":[{\"kind\":\"B\"},{\"kind\":\"C\"}]}";
+        let d = parse("f.json", text).unwrap();
+        let kinds: Vec<_> = d.iter().map(|d| d.value["kind"].clone()).collect();
+        assert_eq!(kinds, ["A", "B", "C"]);
+        assert_eq!((d[0].line, d[1].line), (1, 3));
+        let e = parse("f.json", "{\"kind\":\n  \"A\",}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("f.json:2:"), "{e}");
+    }
+}
