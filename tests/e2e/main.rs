@@ -7,6 +7,7 @@
 mod common;
 
 mod bad_input;
+mod ctl;
 mod ipip;
 mod lifecycle;
 mod mesh;

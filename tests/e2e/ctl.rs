@@ -1,0 +1,168 @@
+//! brindlectl on a running lab, as an operator on a node runs it: `node status` from a real
+//! brindle-node peering with a real BIRD top-of-rack router (node specific), a global BGPPeer
+//! added and removed with brindlectl, the node-to-node mesh switched on with brindlectl;
+//! `version` and `ipam` against the lab's etcd.
+
+use std::process::Command;
+use std::time::Duration;
+
+use brindle_lab::{binary, Lab, LabSpec};
+use brindle_testsupport::daemons::wait_for;
+
+use crate::common::*;
+
+fn ctl(lab: &Lab, args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    use std::io::Write;
+    let endpoint = lab.etcd.as_ref().expect("etcd lab").endpoint();
+    let mut c = Command::new(binary("brindlectl"));
+    c.args(args)
+        .args(["--datastore", "etcd", "--etcd-endpoints", &endpoint])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("brindlectl");
+    if let Some(s) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(s.as_bytes())
+            .expect("stdin");
+    }
+    drop(child.stdin.take());
+    let o = child.wait_with_output().expect("brindlectl");
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+type Row = (String, String, String, String);
+
+/// The IPv4 table of `node status` as (address, type, state, info) rows; None while the
+/// agent's socket is not there yet.
+fn status_rows(lab: &Lab, node: &str) -> Option<Vec<Row>> {
+    let sock = lab.node(node).control_socket().display().to_string();
+    let (code, out, err) = ctl(lab, &["node", "status", "--control-socket", &sock], None);
+    if code != 0 {
+        assert!(err.contains("brindle-node is not running"), "{err}");
+        return None;
+    }
+    assert!(
+        out.starts_with("Brindle process is running.\n\nIPv4 BGP status\n"),
+        "{out}"
+    );
+    let v4 = out.split("IPv6 BGP status").next().unwrap_or("");
+    Some(
+        v4.lines()
+            .filter(|l| l.starts_with("| ") && !l.contains("PEER ADDRESS"))
+            .map(|l| {
+                let c: Vec<String> = l.split('|').map(|x| x.trim().to_string()).collect();
+                (c[1].clone(), c[2].clone(), c[3].clone(), c[5].clone())
+            })
+            .collect(),
+    )
+}
+
+fn wait_row(lab: &Lab, node: &str, what: &str, f: impl Fn(&[Row]) -> bool) {
+    wait_for(what, Duration::from_secs(60), || {
+        let rows = status_rows(lab, node)?;
+        f(&rows).then_some(())
+    });
+}
+
+#[test]
+fn brindlectl_on_a_lab_with_a_bird_router() {
+    let spec = LabSpec {
+        nodes: 2,
+        racks: 1,
+        tor: true,
+        ..Default::default()
+    };
+    with_lab(spec, |lab| {
+        let tor = "198.18.0.1".to_string();
+        wait_row(
+            lab,
+            "node-0",
+            "the BIRD router Established as a node specific peer",
+            |r| {
+                r.iter().any(|x| {
+                    x.0 == tor && x.1 == "node specific" && x.2 == "up" && x.3 == "Established"
+                })
+            },
+        );
+        let sock = lab.node("node-0").control_socket().display().to_string();
+        let (_, out, _) = ctl(
+            lab,
+            &["node", "status", "--control-socket", &sock, "-o", "wide"],
+            None,
+        );
+        assert!(
+            out.contains("PREFIXES RECEIVED") && out.contains("No IPv6 peers found."),
+            "{out}"
+        );
+
+        // A global peer that never answers: shown as such, not up, with the reason.
+        let peer = "apiVersion: brindle.dev/v1\nkind: BGPPeer\nmetadata: {name: nowhere}\nspec: {peerIP: 198.18.0.250, asNumber: 65099}\n";
+        let (code, _, err) = ctl(lab, &["apply", "-f", "-"], Some(peer));
+        assert_eq!(code, 0, "{err}");
+        wait_row(lab, "node-0", "the global peer listed, not up", |r| {
+            r.iter()
+                .any(|x| x.0 == "198.18.0.250" && x.1 == "global" && x.2 == "start")
+        });
+        let (code, _, err) = ctl(lab, &["delete", "bgppeer", "nowhere"], None);
+        assert_eq!(code, 0, "{err}");
+        wait_row(lab, "node-0", "the global peer gone", |r| {
+            !r.iter().any(|x| x.0 == "198.18.0.250")
+        });
+
+        // The mesh switched on with brindlectl: node-1 appears as a node-to-node mesh peer.
+        let (_, cfg, _) = ctl(lab, &["get", "bgpconfig", "default", "-o", "json"], None);
+        let mut v: serde_json::Value = serde_json::from_str(&cfg).expect("json");
+        v["spec"]["nodeToNodeMeshEnabled"] = true.into();
+        let (code, _, err) = ctl(lab, &["apply", "-f", "-"], Some(&v.to_string()));
+        assert_eq!(code, 0, "{err}");
+        let n1 = lab.node("node-1").ip.to_string();
+        wait_row(lab, "node-0", "node-1 up as a mesh peer", |r| {
+            r.iter()
+                .any(|x| x.0 == n1 && x.1 == "node-to-node mesh" && x.2 == "up")
+                && r.iter().any(|x| x.0 == tor && x.2 == "up")
+        });
+
+        // No agent behind a socket path: exit 1, and the message says so.
+        let (code, _, err) = ctl(
+            lab,
+            &[
+                "node",
+                "status",
+                "--control-socket",
+                "/nonexistent/bgpd.sock",
+            ],
+            None,
+        );
+        assert_eq!(code, 1);
+        assert!(err.contains("brindle-node is not running"), "{err}");
+
+        // Versions recorded by the agents; IPAM of a pod.
+        let (_, out, _) = ctl(lab, &["version"], None);
+        for n in ["node-0", "node-1"] {
+            assert!(
+                out.lines()
+                    .any(|l| l.starts_with(n) && l.contains(env!("CARGO_PKG_VERSION"))),
+                "{out}"
+            );
+        }
+        let ip = lab.pod_add("web-0", "node-1").expect("pod");
+        let (_, out, _) = ctl(lab, &["ipam", "show", "--ip", &ip.to_string()], None);
+        assert!(
+            out.contains("is in use") && out.contains("web-0") && out.contains("node-1"),
+            "{out}"
+        );
+        let (code, out, err) = ctl(lab, &["ipam", "show", "--show-blocks"], None);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("| IP Pool  | 10.244.0.0/16"), "{out}");
+        let (code, out, err) = ctl(lab, &["ipam", "check"], None);
+        assert_eq!(code, 0, "{out}{err}");
+    });
+}
