@@ -161,12 +161,8 @@ fn parse_yaml(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
                 let (line, col) = e
                     .location()
                     .map_or((start, 0), |l| (start + l.line() - 1, l.column()));
-                // serde_yaml_ng's message ends with its own (document-relative) position.
-                let msg = e.to_string();
-                let msg = msg
-                    .rsplit_once(" at line ")
-                    .map_or(msg.as_str(), |(m, _)| m)
-                    .to_string();
+                // serde_yaml_ng puts its own (document-relative) position in the message.
+                let msg = fix_positions(&e.to_string(), start);
                 anyhow::bail!("{file}:{line}:{col}: invalid YAML: {msg}");
             }
         };
@@ -185,6 +181,37 @@ fn parse_yaml(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
         });
     }
     Ok(out)
+}
+
+/// serde_yaml_ng writes positions into its messages (" at line N column M"), counted from
+/// the document's start: the first one (the error's own, already in front as file:line:col)
+/// is dropped, the others are moved to the file's lines.
+fn fix_positions(msg: &str, first_line: usize) -> String {
+    const AT: &str = " at line ";
+    let mut out = String::new();
+    let mut rest = msg;
+    let mut first = true;
+    while let Some(i) = rest.find(AT) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + AT.len()..];
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let line: usize = after[..digits].parse().unwrap_or(0);
+        let tail = &after[digits..];
+        let col_len = tail.strip_prefix(" column ").map_or(0, |t| {
+            " column ".len() + t.len() - t.trim_start_matches(|c: char| c.is_ascii_digit()).len()
+        });
+        if !first {
+            out.push_str(&format!(
+                "{AT}{}{}",
+                line + first_line - 1,
+                &tail[..col_len]
+            ));
+        }
+        first = false;
+        rest = &tail[col_len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -209,6 +236,11 @@ mod tests {
         let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
         assert!((5..=7).contains(&line), "{e}");
         assert!(e.contains("invalid YAML"), "{e}");
+        assert_eq!(
+            fix_positions("x at line 5 column 1, while y at line 4 column 9", 10),
+            "x, while y at line 13 column 9"
+        );
+        assert_eq!(fix_positions("x at line 5 column 1", 1), "x");
     }
 
     #[test]

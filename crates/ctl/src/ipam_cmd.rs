@@ -79,7 +79,8 @@ fn usage_table(pools: &[IPPool], blocks: &[IPAMBlock], show_blocks: bool) -> Str
             .filter(|b| block::network(&b.spec).is_some_and(|bn| net.contains(bn.network())))
             .collect();
         let total = size(&net);
-        let in_use: f64 = mine.iter().map(|b| used(b)).sum();
+        // fold from +0.0: an empty f64 sum is -0.0, which would print as "-0%".
+        let in_use = mine.iter().map(|b| used(b)).fold(0.0, |a, b| a + b);
         rows.push(vec![
             "IP Pool".into(),
             p.spec.cidr.clone(),
@@ -384,7 +385,10 @@ pub async fn release(store: &Store, a: &ReleaseArgs) -> Result<(), Failure> {
             }
             Some(ReleaseOutcome::NotAllocated) => eprintln!("{what}: already free"),
             Some(ReleaseOutcome::Mismatch { handle, sequence }) => {
-                eprintln!("{what}: changed since it was read (now handle {handle:?}, sequence {sequence}); left alone");
+                eprintln!(
+                    "{what}: changed since it was read (now handle {}, sequence {sequence}); left alone",
+                    handle.as_deref().unwrap_or("(none)")
+                );
                 refused += 1;
             }
             None => {

@@ -108,6 +108,7 @@ pub fn g5(n: f64) -> String {
 
 /// calicoctl's `%.5g (%.f%%)`.
 pub fn with_percent(n: f64, total: f64) -> String {
+    let n = n + 0.0; // -0.0 (an empty sum) prints as "-0"
     let pct = if total > 0.0 { n / total * 100.0 } else { 0.0 };
     format!("{} ({pct:.0}%)", g5(n))
 }
@@ -174,6 +175,7 @@ mod tests {
         assert_eq!(g5(16777216.0), "1.6777e+07");
         assert_eq!(with_percent(5.0, 64.0), "5 (8%)");
         assert_eq!(with_percent(0.0, 64.0), "0 (0%)");
+        assert_eq!(with_percent(-0.0, 64.0), "0 (0%)");
     }
 
     #[test]
