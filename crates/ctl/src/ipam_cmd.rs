@@ -67,6 +67,16 @@ pub async fn show(store: &Store, a: &ShowArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+fn usage_row(grouping: &str, cidr: &str, total: f64, in_use: f64) -> Vec<String> {
+    vec![
+        grouping.into(),
+        cidr.into(),
+        g5(total),
+        with_percent(in_use, total),
+        with_percent(total - in_use, total),
+    ]
+}
+
 /// `GROUPING | CIDR | IPS TOTAL | IPS IN USE | IPS FREE`, a row per pool (and its blocks).
 fn usage_table(pools: &[IPPool], blocks: &[IPAMBlock], show_blocks: bool) -> String {
     let mut rows = vec![];
@@ -81,24 +91,11 @@ fn usage_table(pools: &[IPPool], blocks: &[IPAMBlock], show_blocks: bool) -> Str
         let total = size(&net);
         // fold from +0.0: an empty f64 sum is -0.0, which would print as "-0%".
         let in_use = mine.iter().map(|b| used(b)).fold(0.0, |a, b| a + b);
-        rows.push(vec![
-            "IP Pool".into(),
-            p.spec.cidr.clone(),
-            g5(total),
-            with_percent(in_use, total),
-            with_percent(total - in_use, total),
-        ]);
+        rows.push(usage_row("IP Pool", &p.spec.cidr, total, in_use));
         if show_blocks {
             for b in mine {
                 let t = block::network(&b.spec).map_or(0.0, |n| size(&n));
-                let u = used(b);
-                rows.push(vec![
-                    "Block".into(),
-                    b.spec.cidr.clone(),
-                    g5(t),
-                    with_percent(u, t),
-                    with_percent(t - u, t),
-                ]);
+                rows.push(usage_row("Block", &b.spec.cidr, t, used(b)));
             }
         }
     }

@@ -129,6 +129,16 @@ pub async fn write(c: &Client, args: &FileArgs, verb: Verb) -> Result<(), Failur
     for p in &docs {
         match write_one(c, p, verb).await {
             Ok(msg) => eprintln!("{} {:?} {msg}", p.kind.name(), p.name),
+            // The datastore's validation already names the resource.
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<brindle_datastore::StoreError>(),
+                    Some(brindle_datastore::StoreError::Invalid(_))
+                ) =>
+            {
+                eprintln!("error: {}: {e}", p.origin);
+                failed += 1;
+            }
             Err(e) => {
                 eprintln!("error: {}: {}: {e}", p.origin, p.what());
                 failed += 1;

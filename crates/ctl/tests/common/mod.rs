@@ -231,7 +231,7 @@ pub fn resource_scenario(ctl: &Ctl) {
     // Rules the datastore enforces (overlap with another pool): named by the store's error.
     let overlap = "apiVersion: brindle.dev/v1\nkind: IPPool\nmetadata: {name: overlap}\nspec: {cidr: 10.244.128.0/17}\n";
     let o = ctl.run_with(&["apply", "-f", "-"], Some(overlap));
-    o.fails(1, "<stdin>:1: IPPool \"overlap\": IPPool \"overlap\" is invalid: spec.cidr: 10.244.128.0/17 overlaps IPPool \"default\"");
+    o.fails(1, "<stdin>:1: IPPool \"overlap\" is invalid: spec.cidr: 10.244.128.0/17 overlaps IPPool \"default\"");
     // Not a Brindle (or Calico) document.
     let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
     ctl.run_with(&["apply", "-f", "-"], Some(pod))
