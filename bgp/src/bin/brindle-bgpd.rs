@@ -54,6 +54,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let graceful = cfg.speaker.graceful_restart.enabled;
     info!(local_as = cfg.speaker.local_as, router_id = %cfg.speaker.router_id, peers = cfg.peers.len(), "starting");
     let speaker = Speaker::start(cfg.speaker).await?;
+    // Originations first: each peer's first table dump (and End-of-RIB) then holds them, so
+    // a peer that kept our routes through our restart never sees them withdrawn.
+    for o in cfg.originate {
+        speaker.originate(o)?;
+    }
     for p in cfg.peers {
         let addr = p.addr;
         speaker
@@ -61,9 +66,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("adding peer {addr}"))?;
     }
-    for o in cfg.originate {
-        speaker.originate(o)?;
-    }
+    speaker.peers_configured()?;
     let sock = cfg.control_socket.unwrap_or_else(default_control_socket);
     let ctl = speaker.clone();
     tokio::spawn(async move {

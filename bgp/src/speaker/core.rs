@@ -95,6 +95,9 @@ pub struct Core {
     /// We found our kernel routes from before a restart; cleared once converged (sessions
     /// read it for their OPEN's restart bit).
     restarting: Arc<std::sync::atomic::AtomicBool>,
+    /// The owner has added every peer it starts with: until then, End-of-RIB from all the
+    /// peers added so far does not mean converged.
+    peers_configured: bool,
     cache: ExportCache,
 }
 
@@ -163,6 +166,7 @@ impl Core {
             encap,
             direct_subnets,
             restarting: Arc::new(std::sync::atomic::AtomicBool::new(restarting)),
+            peers_configured: false,
             cache: ExportCache::default(),
         })
     }
@@ -214,6 +218,10 @@ impl Core {
             }
             Command::Peers(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Command::PeersConfigured => {
+                self.peers_configured = true;
+                self.check_converged();
             }
             Command::Rib(f, reply) => {
                 let _ = reply.send(self.dump(&f));
@@ -572,6 +580,17 @@ impl Core {
         }
     }
 
+    /// Converged after our restart once every configured peer has sent End-of-RIB.
+    fn check_converged(&mut self) {
+        if self.is_restarting() && self.peers_configured && self.peers.values().all(|p| p.eor) {
+            info!(
+                peers = self.peers.len(),
+                "End-of-RIB from every peer: restart over"
+            );
+            self.converged();
+        }
+    }
+
     fn converged(&mut self) {
         if self.is_restarting() {
             self.restarting
@@ -623,9 +642,7 @@ impl Core {
             };
             p.eor = true;
             self.propagate(&ch);
-            if self.is_restarting() && self.peers.values().all(|p| p.eor) {
-                self.converged();
-            }
+            self.check_converged();
             return;
         }
         let withdraw_all = u

@@ -241,6 +241,8 @@ enum Command {
     SetEncap(Vec<(IpNetwork, Encap)>),
     SetDirectSubnets(Vec<IpNetwork>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
+    /// Every peer known at start has been added (see [`Speaker::peers_configured`]).
+    PeersConfigured,
     Rib(RibFilter, oneshot::Sender<Vec<RibRoute>>),
     /// Stop every session. Graceful: close TCP without NOTIFICATION and leave kernel routes
     /// (we are restarting; RFC 4724). Otherwise Cease/administrative shutdown and remove them.
@@ -280,6 +282,15 @@ impl Speaker {
 
     pub async fn add_peer(&self, p: PeerConfig) -> Result<(), SpeakerError> {
         self.ask(|tx| Command::AddPeer(Box::new(p), tx)).await?
+    }
+
+    /// Says that every peer the speaker starts with has been added. A restarting speaker
+    /// (kernel routes of its last run kept) waits for this before it may call itself
+    /// converged: otherwise End-of-RIB from the first peer added, arriving before the second
+    /// is added, would purge the routes only the second peer will send again. Until it is
+    /// called, only the restart-time deadline ends the restart.
+    pub fn peers_configured(&self) -> Result<(), SpeakerError> {
+        self.send(Command::PeersConfigured)
     }
 
     /// Stops the session (Cease/administrative shutdown) and withdraws the peer's routes.

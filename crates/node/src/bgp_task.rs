@@ -183,7 +183,11 @@ impl BgpTask {
         // Originations first, peers after: a peer's first table dump (and End-of-RIB) then
         // already holds our blocks, so a peer that kept them through our restart never sees
         // them withdrawn.
-        Some(self.update(r, want).await)
+        let r = self.update(r, want).await;
+        // Every peer of the snapshot is added: only now may End-of-RIB from all of them end
+        // our own restart (and purge the routes nobody sent again).
+        let _ = r.speaker.peers_configured();
+        Some(r)
     }
 
     async fn update(&self, mut r: Running, want: &Want) -> Running {
