@@ -1,38 +1,23 @@
-//! The committed CRDs in manifests/crds/ must be exactly what the types generate.
+//! The committed CRDs in manifests/00-crds.yaml must be exactly what the types generate.
 
 use std::path::Path;
 
 #[test]
 fn committed_crds_match_the_types() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
-    let mut expected = vec![];
-    for (file, crd) in brindle_api::crd::all() {
-        let want = brindle_api::crd::to_yaml(&crd).expect("render");
-        let path = dir.join(&file);
-        let have = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "{}: {e}; run `cargo run -p brindle-api --bin crdgen`",
-                path.display()
-            )
-        });
-        assert!(
-            have == want,
-            "{} is stale; run `cargo run -p brindle-api --bin crdgen`",
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(brindle_api::crd::MANIFEST);
+    let want = brindle_api::crd::manifest().expect("render");
+    let have = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run `cargo run -p brindle-api --bin crdgen`",
             path.display()
-        );
-        expected.push(file);
-    }
-    // No leftover CRD files for kinds that no longer exist.
-    let mut present: Vec<String> = std::fs::read_dir(&dir)
-        .expect("manifests/crds")
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".yaml"))
-        .collect();
-    present.sort();
-    expected.sort();
-    assert_eq!(
-        present, expected,
-        "files in manifests/crds/ that no type generates"
+        )
+    });
+    assert!(
+        have == want,
+        "{} is stale; run `cargo run -p brindle-api --bin crdgen`",
+        path.display()
     );
 }
 
