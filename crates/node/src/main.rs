@@ -26,6 +26,7 @@ mod register;
 mod service_task;
 mod services;
 mod snapshot;
+mod token_task;
 mod tunnel_task;
 mod workload_task;
 
@@ -118,6 +119,10 @@ struct Args {
     /// The masquerade mark bit (kube-proxy's default, 14).
     #[arg(long, env = "BRINDLE_MASQUERADE_BIT", default_value_t = 14, value_parser = clap::value_parser!(u8).range(0..=31))]
     masquerade_bit: u8,
+    /// Keep a copy of this pod's service account token here for the CNI plugin's kubeconfig
+    /// (`brindle-cni-install` names it); unset: no copy (etcd, or not in a pod).
+    #[arg(long, env = "BRINDLE_CNI_TOKEN_FILE")]
+    cni_token_file: Option<PathBuf>,
     #[arg(long, env = "BRINDLE_LOG", default_value = "info")]
     log: String,
     #[arg(long, env = "BRINDLE_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
@@ -321,6 +326,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
         warn!(file = %a.nodename_file.display(), "cannot write the node name for the CNI plugin: {e}");
     }
 
+    if let Some(copy) = &a.cni_token_file {
+        tokio::spawn(
+            token_task::TokenTask {
+                source: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
+                copy: copy.clone(),
+            }
+            .run(),
+        );
+    }
     let metrics = metrics::Metrics::new();
     let snap = snapshot::start(&store, &a.secrets_namespace, metrics.clone());
     let (tunnel_tx, tunnel_rx) = watch::channel(false);
