@@ -11,6 +11,7 @@
 //! after `--grace` and a fresh read of the owner, so a stale cache never frees a live pod's
 //! address. Deleted nodes' blocks, affinities and tunnel addresses are freed.
 
+mod default_pool;
 mod watch;
 
 use std::collections::{BTreeMap, HashSet};
@@ -34,6 +35,9 @@ use watch::Change;
 struct Args {
     #[command(flatten)]
     datastore: DatastoreArgs,
+
+    #[command(flatten)]
+    default_pool: default_pool::DefaultPool,
 
     /// How long an address must look orphaned before it is released (e.g. 15m, 90s).
     #[arg(long, env = "BRINDLE_GC_GRACE", default_value = "15m", value_parser = duration)]
@@ -70,6 +74,8 @@ async fn main() -> anyhow::Result<()> {
         .connect()
         .await
         .context("connecting to the datastore")?;
+    // A failure here ends the controller (its pod restarts with backoff, the log says why).
+    args.default_pool.ensure(&store).await?;
     info!(backend = store.backend_name(), grace = ?args.grace, resync = ?args.resync, "brindle-controller starting");
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     watch::spawn(store.clone(), tx);

@@ -173,3 +173,85 @@ async fn controller_collects_leaks_and_deleted_nodes() {
         "only the live pod's handle is left: {handles:?}"
     );
 }
+
+/// A cluster with no IPPool gets the default one (calico-node's CALICO_IPV4POOL_CIDR);
+/// a cluster that has one gets nothing; an invalid setting stops the controller and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_pool_is_made_only_when_there_is_none() {
+    let etcd = tokio::task::spawn_blocking(EtcdServer::start)
+        .await
+        .unwrap();
+    let store = Store::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
+    let start = |extra: &[&str]| {
+        Controller(
+            Command::new(env!("CARGO_BIN_EXE_brindle-controller"))
+                .args(["--datastore", "etcd", "--etcd-endpoints", &etcd.endpoint()])
+                .args(extra)
+                .stdin(Stdio::null())
+                // Read only once it has ended (the failing start logs a few lines).
+                .stderr(if extra.is_empty() {
+                    Stdio::inherit()
+                } else {
+                    Stdio::piped()
+                })
+                .spawn()
+                .expect("start brindle-controller"),
+        )
+    };
+    let bad = start(&["--default-ipv4-pool-cidr", "10.244.0.1/16"]);
+    let out = ended(bad);
+    assert!(!out.0, "an invalid default pool must stop the controller");
+    assert!(
+        out.1.contains("spec.cidr") && out.1.contains("host bits"),
+        "{}",
+        out.1
+    );
+    assert!(store.all::<IPPool>().list().await.unwrap().items.is_empty());
+
+    let _ctl = start(&[]);
+    let pools = || async { store.all::<IPPool>().list().await.unwrap().items };
+    eventually("the default pool", || async { !pools().await.is_empty() }).await;
+    let p = &pools().await[0];
+    assert_eq!(p.metadata.name.as_deref(), Some("default-ipv4-ippool"));
+    assert_eq!(p.spec.cidr, "10.244.0.0/16");
+    assert_eq!(p.spec.block_size, Some(26));
+    assert_eq!(p.spec.ipip_mode, IpipMode::CrossSubnet);
+    assert!(p.spec.nat_outgoing);
+    drop(_ctl);
+
+    // Deleted and replaced by the operator's own pool: a restart makes no second one.
+    store
+        .all::<IPPool>()
+        .delete("default-ipv4-ippool", None)
+        .await
+        .unwrap();
+    store
+        .all::<IPPool>()
+        .create(&IPPool::new("mine", IPPoolSpec::new("10.70.0.0/16")))
+        .await
+        .unwrap();
+    let _ctl = start(&[]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let names: Vec<_> = pools()
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert_eq!(names, ["mine"]);
+}
+
+/// Waits for the child to end on its own (up to 30 s): (success, stderr).
+fn ended(mut c: Controller) -> (bool, String) {
+    use std::io::Read;
+    for _ in 0..300 {
+        if let Ok(Some(status)) = c.0.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = c.0.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.success(), err);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the controller did not stop within 30 s");
+}
