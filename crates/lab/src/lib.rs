@@ -468,7 +468,10 @@ impl Lab {
             ],
             Datastore::Kubernetes => {
                 let kc = dir.join("kubeconfig");
-                let _ = std::fs::write(&kc, kubeconfig(&format!("http://{}", forward.addr)));
+                let _ = std::fs::write(
+                    &kc,
+                    kubeconfig(&format!("http://{}", forward.addr), TOKEN_NODE),
+                );
                 vec![
                     "--datastore".into(),
                     "kubernetes".into(),
@@ -567,7 +570,7 @@ impl Lab {
             Datastore::Kubernetes => {
                 let kc = d.join("kubeconfig");
                 let url = self.api.as_ref().map(ApiServer::url).unwrap_or_default();
-                std::fs::write(&kc, kubeconfig(&url))?;
+                std::fs::write(&kc, kubeconfig(&url, TOKEN_CONTROLLER))?;
                 args.extend([
                     "--datastore".into(),
                     "kubernetes".into(),
@@ -792,9 +795,17 @@ impl Lab {
     }
 }
 
-fn kubeconfig(server: &str) -> String {
+/// The bearer token of the agents and their CNI plugin (ServiceAccount brindle-node).
+pub const TOKEN_NODE: &str = "system:serviceaccount:brindle-system:brindle-node";
+/// The controller's (ServiceAccount brindle-controller).
+pub const TOKEN_CONTROLLER: &str = "system:serviceaccount:brindle-system:brindle-controller";
+
+/// A kubeconfig for one of the lab's roles. The token names the role's ServiceAccount in
+/// `manifests/` (the test API server does not authenticate; it records who asked for what,
+/// so a test can hold the calls against the ClusterRoles).
+fn kubeconfig(server: &str, token: &str) -> String {
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user: {{}}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\ncurrent-context: lab\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\ncurrent-context: lab\n"
     )
 }
 

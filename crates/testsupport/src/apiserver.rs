@@ -51,6 +51,19 @@ struct Db {
     objects: BTreeMap<(String, String, String), Value>,
     history: Vec<Change>,
     watchers: Vec<Watcher>,
+    calls: std::collections::BTreeSet<ApiCall>,
+}
+
+/// One kind of request the server has seen, as RBAC names it: who (the bearer token, empty
+/// without one), the verb, the API group ("" for core), the resource, and the namespace
+/// (None for a cluster-wide request). Tests compare these with ClusterRoles.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ApiCall {
+    pub user: String,
+    pub verb: &'static str,
+    pub group: String,
+    pub resource: String,
+    pub namespace: Option<String>,
 }
 
 #[derive(Clone)]
@@ -122,6 +135,11 @@ impl ApiServer {
     pub fn revision(&self) -> u64 {
         self.db().revision
     }
+
+    /// Every distinct (user, verb, group, resource, namespace) requested so far.
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.db().calls.iter().cloned().collect()
+    }
 }
 
 impl Drop for ApiServer {
@@ -133,6 +151,46 @@ impl Drop for ApiServer {
 
 fn lock(m: &Mutex<Db>) -> MutexGuard<'_, Db> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn record(
+    state: &Mutex<Db>,
+    headers: &axum::http::HeaderMap,
+    method: &Method,
+    t: &Target,
+    watch: bool,
+) {
+    let verb = match (method, &t.name) {
+        (&Method::GET, Some(_)) => "get",
+        (&Method::GET, None) if watch => "watch",
+        (&Method::GET, None) => "list",
+        (&Method::POST, _) => "create",
+        (&Method::PUT, _) => "update",
+        (&Method::PATCH, _) => "patch",
+        (&Method::DELETE, Some(_)) => "delete",
+        (&Method::DELETE, None) => "deletecollection",
+        _ => "unknown",
+    };
+    let user = headers
+        .get("authorization")
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .unwrap_or_default()
+        .to_string();
+    // collection is "<group>/<version>/<plural>" or "v1/<plural>" for the core group.
+    let parts: Vec<&str> = t.collection.split('/').collect();
+    let (group, resource) = match parts.as_slice() {
+        [g, _, r] => (g.to_string(), r.to_string()),
+        [_, r] => (String::new(), r.to_string()),
+        _ => (String::new(), t.collection.clone()),
+    };
+    lock(state).calls.insert(ApiCall {
+        user,
+        verb,
+        group,
+        resource,
+        namespace: t.namespace.clone(),
+    });
 }
 
 fn parse_target(path: &str) -> Option<Target> {
@@ -190,6 +248,7 @@ async fn handle(
     State(state): State<Arc<Mutex<Db>>>,
     method: Method,
     uri: Uri,
+    headers: axum::http::HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
@@ -218,6 +277,7 @@ async fn handle(
         }
     };
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    record(&state, &headers, &method, &t, watch);
     match (method, &t.name) {
         (Method::GET, Some(name)) => get(&state, &t, name),
         (Method::GET, None) if watch => start_watch(&state, t, &q),

@@ -13,7 +13,7 @@ pub mod netns;
 mod ports;
 pub mod vm;
 
-pub use apiserver::ApiServer;
+pub use apiserver::{ApiCall, ApiServer};
 pub use cni::CniCall;
 pub use etcd::EtcdServer;
 pub use netns::{ChildGuard, Netns, PortForward};

@@ -1,0 +1,202 @@
+//! Schemas: Kubernetes' own (kubernetes-validate, strict), k8s-openapi's types, and ours.
+
+use std::process::Command;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use serde_json::Value;
+
+use crate::{documents, files, kind, name, root};
+
+/// kubernetes-validate (PyPI) against the 1.35 schemas, unknown fields refused. CI installs
+/// it; a machine without it fails here and says how to get it.
+#[test]
+fn every_manifest_validates_strictly_against_kubernetes_1_35() {
+    let mut all = files("manifests");
+    all.extend(files("manifests/etcd"));
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.35.0", "--quiet"])
+        .args(&all)
+        .output()
+        .expect("kubernetes-validate is not installed: pip install kubernetes-validate");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
+    // Its quiet mode prints only problems.
+    assert!(!text.contains("ERROR"), "{text}");
+}
+
+/// Each document decodes into its k8s-openapi type with nothing left over: a field the type
+/// does not have (a typo the API server might drop) fails the round trip.
+#[test]
+fn every_manifest_parses_into_the_k8s_openapi_types() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    fn round<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> Value {
+        let t: T = serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("{} {}: {e}", v["kind"], v["metadata"]["name"]));
+        serde_json::to_value(t).unwrap()
+    }
+    let mut all = files("manifests");
+    all.extend(files("manifests/etcd"));
+    let docs = documents(&all);
+    assert!(docs.len() > 15, "{} documents", docs.len());
+    for (f, v) in &docs {
+        let back = match kind(v) {
+            "CustomResourceDefinition" => round::<CustomResourceDefinition>(v),
+            "Namespace" => round::<Namespace>(v),
+            "ServiceAccount" => round::<ServiceAccount>(v),
+            "ConfigMap" => round::<ConfigMap>(v),
+            "ClusterRole" => round::<ClusterRole>(v),
+            "ClusterRoleBinding" => round::<ClusterRoleBinding>(v),
+            "Role" => round::<Role>(v),
+            "RoleBinding" => round::<RoleBinding>(v),
+            "DaemonSet" => round::<DaemonSet>(v),
+            "Deployment" => round::<Deployment>(v),
+            other => panic!("{}: no type for kind {other}", f.display()),
+        };
+        assert_eq!(
+            strip_nulls(v.clone()),
+            strip_nulls(back),
+            "{}: {} {} changes when read as its type",
+            f.display(),
+            kind(v),
+            name(v)
+        );
+    }
+}
+
+fn strip_nulls(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip_nulls).collect()),
+        // "150m" and 150m alike; ports as numbers either way.
+        v => v,
+    }
+}
+
+#[test]
+fn the_crds_are_the_generated_ones_and_apply_first() {
+    let have = std::fs::read_to_string(root().join(brindle_api::crd::MANIFEST)).unwrap();
+    assert_eq!(
+        have,
+        brindle_api::crd::manifest().unwrap(),
+        "run `cargo run -p brindle-api --bin crdgen`"
+    );
+    // kubectl applies a directory's files in name order.
+    let first = files("manifests").remove(0);
+    assert!(first.ends_with("00-crds.yaml"), "{}", first.display());
+}
+
+/// The etcd variant is the same DaemonSet and Deployment apart from datastore settings.
+#[test]
+fn the_etcd_variant_differs_only_in_datastore_settings() {
+    let pick = |dir: &str| {
+        let mut d: Vec<Value> = documents(&files(dir))
+            .into_iter()
+            .map(|(_, v)| v)
+            .filter(|v| matches!(kind(v), "DaemonSet" | "Deployment"))
+            .collect();
+        d.sort_by(|a, b| kind(a).cmp(kind(b)));
+        d
+    };
+    let (k8s, etcd) = (pick("manifests"), pick("manifests/etcd"));
+    assert_eq!(k8s.len(), 2);
+    assert_eq!(etcd.len(), 2);
+    for (a, b) in k8s.iter().zip(&etcd) {
+        let env = |v: &Value| -> Vec<Vec<(String, String)>> {
+            let spec = &v["spec"]["template"]["spec"];
+            let mut all = vec![];
+            for c in ["initContainers", "containers"] {
+                for c in spec[c].as_array().into_iter().flatten() {
+                    all.push(
+                        c["env"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|e| {
+                                (
+                                    e["name"].as_str().unwrap().to_string(),
+                                    e["value"].to_string(),
+                                )
+                            })
+                            .collect(),
+                    );
+                }
+            }
+            all
+        };
+        for e in env(b) {
+            assert!(
+                e.iter()
+                    .any(|(n, v)| n == "BRINDLE_DATASTORE" && v == "\"etcd\""),
+                "{e:?}"
+            );
+            assert!(
+                e.iter().any(|(n, _)| n == "BRINDLE_ETCD_ENDPOINTS"),
+                "{e:?}"
+            );
+        }
+        let normalized = |v: &Value| {
+            let mut v = v.clone();
+            let spec = &mut v["spec"]["template"]["spec"];
+            let o = spec.as_object_mut().unwrap();
+            o.remove("serviceAccountName");
+            o.remove("automountServiceAccountToken");
+            for c in ["initContainers", "containers"] {
+                for c in spec[c].as_array_mut().into_iter().flatten() {
+                    c.as_object_mut().unwrap().remove("env");
+                }
+            }
+            v
+        };
+        assert_eq!(normalized(a), normalized(b), "{} {}", kind(a), name(a));
+    }
+}
+
+/// The examples are valid Brindle resources (the commented one once uncommented).
+#[test]
+fn the_examples_are_valid_resources() {
+    use brindle_api::Validate;
+    for f in files("manifests/examples") {
+        let text = std::fs::read_to_string(&f).unwrap();
+        // A file that is all comments holds an example resource: its lines are "# " + YAML
+        // (top-level keys, or indented lines that are not themselves comments).
+        let commented = text.lines().all(|l| l.is_empty() || l.starts_with('#'));
+        let uncommented: String = if commented {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("# "))
+                .filter(|l| {
+                    ["apiVersion:", "kind:", "metadata:", "spec:"]
+                        .iter()
+                        .any(|k| l.starts_with(k))
+                        || (l.starts_with("  ") && !l.trim_start().starts_with('#'))
+                })
+                .map(|l| l.to_string() + "\n")
+                .collect()
+        } else {
+            text.clone()
+        };
+        let v: Value = serde_yaml_ng::from_str(&uncommented)
+            .unwrap_or_else(|e| panic!("{}: {e}\n{uncommented}", f.display()));
+        let check = match kind(&v) {
+            "BGPConfiguration" => {
+                serde_json::from_value::<brindle_api::BGPConfiguration>(v.clone())
+                    .map(|r| r.validate().map_err(|e| e.to_string()))
+            }
+            "BGPPeer" => serde_json::from_value::<brindle_api::BGPPeer>(v.clone())
+                .map(|r| r.validate().map_err(|e| e.to_string())),
+            other => panic!("{}: unexpected kind {other}", f.display()),
+        };
+        match check {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("{}: {e}", f.display()),
+            Err(e) => panic!("{}: {e}", f.display()),
+        }
+    }
+}
