@@ -13,5 +13,6 @@ mod lifecycle;
 mod mesh;
 mod podman;
 mod racks;
+mod rbac;
 mod reflectors;
 mod services;

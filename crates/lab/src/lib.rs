@@ -590,6 +590,12 @@ impl Lab {
         Ok(())
     }
 
+    /// With the Kubernetes datastore: every distinct API call made so far, by token
+    /// ([`TOKEN_NODE`], [`TOKEN_CONTROLLER`], or empty for the lab itself).
+    pub fn api_calls(&self) -> Vec<brindle_testsupport::ApiCall> {
+        self.api.as_ref().map(ApiServer::calls).unwrap_or_default()
+    }
+
     pub fn node(&self, name: &str) -> &LabNode {
         self.nodes
             .iter()
