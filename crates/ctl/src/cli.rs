@@ -47,7 +47,11 @@ pub enum Command {
     #[command(subcommand)]
     Ipam(IpamCommand),
     /// This client's version and the agents' versions recorded in the datastore.
-    Version,
+    Version {
+        /// Only this client's version (no datastore needed), as `kubectl version --client`.
+        #[arg(long)]
+        client: bool,
+    },
     /// Print a shell completion script (bash, zsh or fish).
     Completion {
         #[arg(value_enum)]

@@ -116,7 +116,13 @@ async fn run(cli: Cli, name: &'static str) -> Result<(), Failure> {
             control_socket,
             output,
         }) => return status::run(control_socket, *output).await,
-        Command::Version => return version(&cli).await,
+        Command::Version { client } => {
+            if *client {
+                println!("Client Version:  {}", env!("CARGO_PKG_VERSION"));
+                return Ok(());
+            }
+            return version(&cli).await;
+        }
         _ => {}
     }
     let store = connect(&cli).await?;
@@ -150,7 +156,7 @@ async fn run(cli: Cli, name: &'static str) -> Result<(), Failure> {
         | Command::Validate(_)
         | Command::Convert(_)
         | Command::Node(_)
-        | Command::Version => Ok(()),
+        | Command::Version { .. } => Ok(()),
     }
 }
 

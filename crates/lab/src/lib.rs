@@ -285,6 +285,8 @@ impl Lab {
                 progress("starting the test Kubernetes API server on loopback (no real kube-apiserver here)");
                 let api = rt.block_on(ApiServer::start())?;
                 let url = api.url();
+                // For tools on the host (brindle-lab status prints the flags).
+                std::fs::write(dir.path().join("kubeconfig"), kubeconfig(&url, ""))?;
                 let _rt = rt.enter(); // the client's buffer task needs a runtime
                 let cfg = kube::Config::new(url.parse()?);
                 let client = kube::Client::try_from(cfg)?;
@@ -590,6 +592,25 @@ impl Lab {
         Ok(())
     }
 
+    /// The datastore flags that reach this lab's datastore from the host (for brindlectl).
+    pub fn datastore_flags(&self) -> Vec<String> {
+        match (&self.etcd, &self.api) {
+            (Some(e), _) => vec![
+                "--datastore".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                e.endpoint(),
+            ],
+            (None, Some(_)) => vec![
+                "--datastore".into(),
+                "kubernetes".into(),
+                "--kubeconfig".into(),
+                self.dir.path().join("kubeconfig").display().to_string(),
+            ],
+            (None, None) => vec![],
+        }
+    }
+
     /// With the Kubernetes datastore: every distinct API call made so far, by token
     /// ([`TOKEN_NODE`], [`TOKEN_CONTROLLER`], or empty for the lab itself).
     pub fn api_calls(&self) -> Vec<brindle_testsupport::ApiCall> {
@@ -810,8 +831,13 @@ pub const TOKEN_CONTROLLER: &str = "system:serviceaccount:brindle-system:brindle
 /// `manifests/` (the test API server does not authenticate; it records who asked for what,
 /// so a test can hold the calls against the ClusterRoles).
 fn kubeconfig(server: &str, token: &str) -> String {
+    let user = if token.is_empty() {
+        " {}".to_string()
+    } else {
+        format!("\n    token: {token}")
+    };
     format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\ncurrent-context: lab\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\nusers:\n- name: lab\n  user:{user}\ncontexts:\n- name: lab\n  context:\n    cluster: lab\n    user: lab\ncurrent-context: lab\n"
     )
 }
 

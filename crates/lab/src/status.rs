@@ -88,8 +88,20 @@ pub fn render(lab: &Lab) -> String {
             routes.push_str(&format!("  {r}\n"));
         }
     }
+    let access: Vec<Vec<String>> = lab
+        .nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.name.clone(),
+                n.ns.name().to_string(),
+                n.control_socket().display().to_string(),
+            ]
+        })
+        .collect();
     format!(
-        "NODES\n{}\nSESSIONS\n{}\nPODS\n{}\nROUTES (ip route show proto bird)\n{routes}",
+        "NODES\n{}\nSESSIONS\n{}\nPODS\n{}\nROUTES (ip route show proto bird)\n{routes}\nACCESS\n\
+         brindlectl {}\n{}",
         table(
             &[
                 "NODE",
@@ -115,5 +127,14 @@ pub fn render(lab: &Lab) -> String {
             &sessions
         ),
         table(&["POD", "NODE", "ADDRESS"], &pods),
+        lab.datastore_flags().join(" "),
+        table(
+            &[
+                "NODE",
+                "NETNS (ip netns exec)",
+                "CONTROL SOCKET (brindlectl node status --control-socket)"
+            ],
+            &access
+        ),
     )
 }
