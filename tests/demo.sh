@@ -61,7 +61,15 @@ ip netns exec "$ns0" ip route show proto bird
 say "client (node-2) -> web-1 (node-1) $web1:8080, pod to pod"
 "$lab" exec client -- python3 -c "import socket; s = socket.create_connection(('$web1', 8080), timeout=5); print(s.recv(128).decode().strip())"
 say "client (node-2) -> Service web $vip:80 (DNAT to web-0 or web-1)"
-"$lab" exec client -- python3 -c "import socket; s = socket.create_connection(('$vip', 80), timeout=5); print(s.recv(128).decode().strip())"
+# The agents program a new Service within a second or two of its EndpointSlice: retry briefly.
+"$lab" exec client -- python3 -c "
+import socket, time
+for i in range(30):
+    try:
+        s = socket.create_connection(('$vip', 80), timeout=2); print(s.recv(128).decode().strip()); break
+    except OSError as e:
+        if i == 29: raise
+        time.sleep(0.5)"
 
 cat <<MSG
 

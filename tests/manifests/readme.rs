@@ -1,0 +1,51 @@
+//! The configuration reference cannot drift: every flag and environment variable of the
+//! binaries an operator configures in the manifests appears in README.md.
+
+use std::process::Command;
+
+use crate::root;
+
+fn help(bin: &str) -> String {
+    let path = std::env::var("BRINDLE_BIN_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            // Test binaries live in target/<profile>/deps; the binaries one level up.
+            let exe = std::env::current_exe().unwrap();
+            exe.parent().unwrap().parent().unwrap().to_path_buf()
+        })
+        .join(bin);
+    let out = Command::new(&path)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e} (cargo build --bins first)", path.display()));
+    assert!(out.status.success(), "{bin} --help");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn every_flag_and_environment_variable_is_in_the_readme() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let mut missing = vec![];
+    for bin in ["brindle-node", "brindle-controller", "brindle-cni-install"] {
+        let text = help(bin);
+        for word in text.split(|c: char| c.is_whitespace() || c == ',' || c == '[' || c == ']') {
+            let item = if let Some(env) = word.strip_prefix("env:") {
+                env.split('=').next().unwrap_or_default().to_string()
+            } else if word.starts_with("--") && word.len() > 2 {
+                word.split(['=', '<'])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            } else {
+                continue;
+            };
+            if item.is_empty() || ["--help", "--version"].contains(&item.as_str()) {
+                continue;
+            }
+            if !readme.contains(&format!("`{item}")) && !readme.contains(&format!("({item}")) {
+                missing.push(format!("{bin} {item}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "not in README.md: {missing:#?}");
+}
