@@ -13,11 +13,17 @@ use crate::{documents, files, kind, name, root};
 fn every_manifest_validates_strictly_against_kubernetes_1_35() {
     let mut all = files("manifests");
     all.extend(files("manifests/etcd"));
-    let out = Command::new("kubernetes-validate")
-        .args(["--strict", "--kubernetes-version", "1.35.0", "--quiet"])
+    // As a module: no dependence on where pip put the script or on pyenv's shims.
+    let out = Command::new("python3")
+        .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.35.0", "--quiet"])
         .args(&all)
         .output()
-        .expect("kubernetes-validate is not installed: pip install kubernetes-validate");
+        .expect("python3 is needed to run kubernetes-validate");
+    let text0 = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !text0.contains("No module named kubernetes_validate"),
+        "kubernetes-validate is not installed: python3 -m pip install kubernetes-validate"
+    );
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
