@@ -49,3 +49,33 @@ fn every_flag_and_environment_variable_is_in_the_readme() {
     }
     assert!(missing.is_empty(), "not in README.md: {missing:#?}");
 }
+
+#[test]
+fn every_resource_field_is_in_the_resource_reference() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme
+        .find("## Resource reference")
+        .expect("a Resource reference section");
+    let section = &readme[start..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut missing = vec![];
+    for (_, crd) in brindle_api::crd::all() {
+        let kind = &crd.spec.names.kind;
+        let schema = crd.spec.versions[0].schema.as_ref().unwrap();
+        let root_schema = schema.open_api_v3_schema.as_ref().unwrap();
+        let spec = &root_schema.properties.as_ref().unwrap()["spec"];
+        assert!(
+            section.contains(&format!("**{kind}**")),
+            "{kind} has no table"
+        );
+        for field in spec.properties.iter().flat_map(|p| p.keys()) {
+            if !section.contains(&format!("| `{field}` |")) {
+                missing.push(format!("{kind}.spec.{field}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in README.md's Resource reference: {missing:#?}"
+    );
+}

@@ -15,7 +15,14 @@ fn every_manifest_validates_strictly_against_kubernetes_1_35() {
     all.extend(files("manifests/etcd"));
     // As a module: no dependence on where pip put the script or on pyenv's shims.
     let out = Command::new("python3")
-        .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", "1.35.0", "--quiet"])
+        .args([
+            "-m",
+            "kubernetes_validate",
+            "--strict",
+            "--kubernetes-version",
+            "1.35.0",
+            "--quiet",
+        ])
         .args(&all)
         .output()
         .expect("python3 is needed to run kubernetes-validate");
