@@ -39,9 +39,8 @@ type Grant = (String, String, String, String);
 fn grants(account: &str) -> BTreeSet<Grant> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/02-rbac.yaml");
     let text = std::fs::read_to_string(path).unwrap();
-    let docs: Vec<Value> = text
-        .split("\n---\n")
-        .map(|d| serde_yaml_ng::from_str(d).unwrap())
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
         .collect();
     let kind = |v: &Value| v["kind"].as_str().unwrap_or_default().to_string();
     let mut out = BTreeSet::new();

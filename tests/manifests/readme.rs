@@ -6,14 +6,7 @@ use std::process::Command;
 use crate::root;
 
 fn help(bin: &str) -> String {
-    let path = std::env::var("BRINDLE_BIN_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| {
-            // Test binaries live in target/<profile>/deps; the binaries one level up.
-            let exe = std::env::current_exe().unwrap();
-            exe.parent().unwrap().parent().unwrap().to_path_buf()
-        })
-        .join(bin);
+    let path = brindle_lab::binary(bin);
     let out = Command::new(&path)
         .arg("--help")
         .output()
@@ -59,7 +52,7 @@ fn every_resource_field_is_in_the_resource_reference() {
     let section = &readme[start..];
     let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
     let mut missing = vec![];
-    for (_, crd) in brindle_api::crd::all() {
+    for crd in brindle_api::crd::all() {
         let kind = &crd.spec.names.kind;
         let schema = crd.spec.versions[0].schema.as_ref().unwrap();
         let root_schema = schema.open_api_v3_schema.as_ref().unwrap();

@@ -137,6 +137,8 @@ fn run(a: &Args) -> anyhow::Result<()> {
         println!("installed {}", to.display());
     }
 
+    std::fs::create_dir_all(&a.conf_dir)
+        .with_context(|| format!("making {}", a.conf_dir.display()))?;
     let mut plugin_conf = json!({
         "type": "brindle-cni",
         "mtu": a.mtu,
@@ -170,8 +172,6 @@ fn run(a: &Args) -> anyhow::Result<()> {
     }
     let list = json!({"name": a.network_name, "cniVersion": "1.0.0", "plugins": plugins});
     let text = serde_json::to_string_pretty(&list)? + "\n";
-    std::fs::create_dir_all(&a.conf_dir)
-        .with_context(|| format!("making {}", a.conf_dir.display()))?;
     let conf = a.conf_dir.join(&a.conf_name);
     write_atomic(&conf, text.as_bytes(), 0o644)?;
     println!("wrote {}", conf.display());
@@ -219,7 +219,6 @@ fn kubeconfig(a: &Args) -> anyhow::Result<PathBuf> {
         token = a.cni_token_file.display(),
     );
     let path = a.conf_dir.join("brindle-kubeconfig");
-    std::fs::create_dir_all(&a.conf_dir)?;
     write_atomic(&path, kc.as_bytes(), 0o600)?;
     println!("wrote {}", path.display());
     // The conflist names the file as the host sees it.
