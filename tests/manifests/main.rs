@@ -24,6 +24,13 @@ pub fn files(dir: &str) -> Vec<PathBuf> {
     v
 }
 
+/// Every manifest an install applies: `manifests/` and the etcd variant.
+pub fn install_files() -> Vec<PathBuf> {
+    let mut all = files("manifests");
+    all.extend(files("manifests/etcd"));
+    all
+}
+
 /// Every document of the files, as JSON values, with the file each came from.
 pub fn documents(files: &[PathBuf]) -> Vec<(PathBuf, Value)> {
     let mut out = vec![];
