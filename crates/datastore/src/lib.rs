@@ -15,7 +15,9 @@
 //! - `list` returns the items and the revision they were read at; `watch(rev)` delivers every
 //!   change after `rev`, in order, reconnecting by itself when the connection drops, and ends
 //!   with [`StoreError::Expired`] when `rev` has been compacted away (the caller relists);
-//! - an unreachable datastore is [`StoreError::Unavailable`], naming the backend and the key.
+//! - an unreachable datastore is [`StoreError::Unavailable`], naming the backend and the key;
+//! - etcd and memory also commit multi-object transactions ([`Store::txn`]): all writes or
+//!   none, with the first failing write's own error. The Kubernetes API has none.
 //!
 //! This crate owns storage only: it does not interpret objects beyond validating them.
 #![forbid(unsafe_code)]
@@ -26,10 +28,10 @@ mod error;
 mod resource;
 mod store;
 
-pub use backend::{Backend, RawEvent, RawList};
+pub use backend::{Backend, RawEvent, RawList, TxnWrite};
 pub use config::{DatastoreArgs, DatastoreKind};
 pub use error::{Key, StoreError};
 pub use resource::{ResourceType, StoreResource};
-pub use store::{Api, ObjectList, Store, WatchEvent, WatchStream};
+pub use store::{Api, Committed, ObjectList, Store, Txn, WatchEvent, WatchStream};
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 
-use crate::backend::{meta, Backend, RawEvent};
+use crate::backend::{meta, Backend, RawEvent, TxnWrite};
 use crate::{ResourceType, Result, StoreError, StoreResource};
 
 /// A handle on one datastore; cheap to clone. Typed access is through [`Store::all`] and
@@ -34,6 +34,20 @@ impl Store {
     /// `etcd`, `kubernetes` or `memory`.
     pub fn backend_name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    /// Whether [`Store::txn`] can commit (etcd, memory); the Kubernetes API cannot.
+    pub fn transactions(&self) -> bool {
+        self.backend.transactions()
+    }
+
+    /// A transaction: writes to several objects, of any kinds, that land together or not at
+    /// all, in one round trip. Check [`Store::transactions`] first.
+    pub fn txn(&self) -> Txn {
+        Txn {
+            store: self.clone(),
+            writes: vec![],
+        }
     }
 
     /// Cluster-scoped kinds, or a namespaced kind across all namespaces.
@@ -221,5 +235,80 @@ impl<K: StoreResource> Api<K> {
                 RawEvent::Deleted(v) => WatchEvent::Deleted(api.decode(v)?),
             })
         })))
+    }
+}
+
+/// Writes gathered for one [`Backend::txn`]; each is validated as the single-object call
+/// would validate it. The index a method returns finds the stored object in [`Committed`].
+pub struct Txn {
+    store: Store,
+    writes: Vec<TxnWrite>,
+}
+
+impl Txn {
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// As [`Api::create`]: fails at commit with `AlreadyExists` if the name is taken.
+    pub async fn create<K: StoreResource>(&mut self, api: &Api<K>, obj: &K) -> Result<usize> {
+        api.check(obj, false).await?;
+        let mut v = api.encode(obj)?;
+        meta::remove(&mut v, "resourceVersion");
+        self.writes.push(TxnWrite::Create {
+            ty: api.ty.clone(),
+            obj: v,
+        });
+        Ok(self.writes.len() - 1)
+    }
+
+    /// As [`Api::update`]: a compare-and-swap when the object carries a resourceVersion.
+    pub async fn update<K: StoreResource>(&mut self, api: &Api<K>, obj: &K) -> Result<usize> {
+        api.check(obj, true).await?;
+        let v = api.encode(obj)?;
+        self.writes.push(TxnWrite::Update {
+            ty: api.ty.clone(),
+            obj: v,
+        });
+        Ok(self.writes.len() - 1)
+    }
+
+    /// As [`Api::delete`].
+    pub fn delete<K: StoreResource>(
+        &mut self,
+        api: &Api<K>,
+        name: &str,
+        precondition: Option<&str>,
+    ) -> usize {
+        self.writes.push(TxnWrite::Delete {
+            ty: api.ty.clone(),
+            ns: api.ns.clone(),
+            name: name.to_owned(),
+            precondition: precondition.map(str::to_owned),
+        });
+        self.writes.len() - 1
+    }
+
+    /// Everything or nothing; see [`Backend::txn`] for the errors.
+    pub async fn commit(self) -> Result<Committed> {
+        Ok(Committed(self.store.backend.txn(self.writes).await?))
+    }
+}
+
+/// What a committed [`Txn`] stored.
+#[derive(Debug)]
+pub struct Committed(Vec<Option<Value>>);
+
+impl Committed {
+    /// The object written at index `i` (None for a delete or an index out of range).
+    pub fn get<K: StoreResource>(&self, api: &Api<K>, i: usize) -> Result<Option<K>> {
+        match self.0.get(i).cloned().flatten() {
+            Some(v) => api.decode(v).map(Some),
+            None => Ok(None),
+        }
     }
 }

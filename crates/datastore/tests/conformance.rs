@@ -471,12 +471,85 @@ async fn unreachable(h: &mut impl Harness) {
     assert!(e.is_unavailable(), "{e}");
 }
 
+/// Multi-object transactions: all or nothing, the first failing write's own error, and on a
+/// backend without them a plain refusal that writes nothing.
+async fn transactions(h: &mut impl Harness) {
+    let store = h.store().await;
+    let pools = store.all::<IPPool>();
+    let handles = store.all::<IPAMHandle>();
+    let handle = |id: &str| {
+        IPAMHandle::new(
+            id,
+            IPAMHandleSpec {
+                handle_id: id.into(),
+                block: BTreeMap::from([("10.9.0.0/26".to_string(), 1)]),
+                deleted: false,
+            },
+        )
+    };
+    let p = pools.create(&pool("t1", "10.9.0.0/16")).await.unwrap();
+    let mut t = store.txn();
+    t.create(&handles, &handle("h1")).await.unwrap();
+    let mut changed = p.clone();
+    changed.spec.nat_outgoing = true;
+    t.update(&pools, &changed).await.unwrap();
+    if !store.transactions() {
+        let e = t.commit().await.unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+        assert!(
+            handles.get("h1").await.unwrap().is_none(),
+            "nothing written"
+        );
+        return;
+    }
+    let done = t.commit().await.unwrap();
+    let h1 = done.get(&handles, 0).unwrap().expect("created handle");
+    let p2 = done.get(&pools, 1).unwrap().expect("updated pool");
+    assert_eq!(rv(&h1), rv(&handles.get("h1").await.unwrap().unwrap()));
+    assert_eq!(rv(&p2), rv(&pools.get("t1").await.unwrap().unwrap()));
+    assert!(h1.metadata.uid.is_some() && h1.metadata.creation_timestamp.is_some());
+    assert_eq!(p2.metadata.uid, p.metadata.uid, "uid survives");
+
+    // A stale update with a good create: neither lands, and the error names the stale one.
+    let mut t = store.txn();
+    t.create(&handles, &handle("h2")).await.unwrap();
+    t.update(&pools, &changed).await.unwrap(); // `changed` carries p's old version
+    let e = t.commit().await.unwrap_err();
+    assert!(e.is_conflict(), "{e}");
+    assert!(e.to_string().contains("ippools.brindle.dev/t1"), "{e}");
+    assert!(handles.get("h2").await.unwrap().is_none(), "all or nothing");
+
+    // A create of a taken name, and a delete of a missing object.
+    let mut t = store.txn();
+    t.update(&pools, &p2).await.unwrap();
+    t.create(&handles, &handle("h1")).await.unwrap();
+    assert!(t.commit().await.unwrap_err().is_already_exists());
+    let mut t = store.txn();
+    t.delete(&handles, "nope", None);
+    assert!(t.commit().await.unwrap_err().is_not_found());
+    assert_eq!(rv(&pools.get("t1").await.unwrap().unwrap()), rv(&p2));
+
+    // Delete with a precondition plus an update, together; one object twice is refused.
+    let mut t = store.txn();
+    t.delete(&handles, "h1", Some(&rv(&h1)));
+    t.update(&pools, &p2).await.unwrap();
+    t.commit().await.unwrap();
+    assert!(handles.get("h1").await.unwrap().is_none());
+    let p3 = pools.get("t1").await.unwrap().unwrap();
+    let mut t = store.txn();
+    t.update(&pools, &p3).await.unwrap();
+    t.delete(&pools, "t1", None);
+    let e = t.commit().await.unwrap_err();
+    assert!(e.to_string().contains("twice"), "{e}");
+}
+
 macro_rules! suite {
     ($backend:ident, $harness:expr) => {
         mod $backend {
             use super::*;
             suite!(@tests $harness; crud, namespaces, native_kinds, validation, cas_under_contention,
-                watch_order_and_resume, watch_survives_interruption, watch_expired, unreachable);
+                watch_order_and_resume, watch_survives_interruption, watch_expired, unreachable,
+                transactions);
         }
     };
     (@tests $harness:expr; $($t:ident),*) => {$(

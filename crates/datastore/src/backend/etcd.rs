@@ -21,7 +21,10 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::{meta, spawn_watch, Backend, Ended, Follow, RawEvent, RawList, RawWatch};
+use super::{
+    check_distinct, meta, spawn_watch, txn_failure, Backend, Ended, Follow, RawEvent, RawList,
+    RawWatch, TxnWrite,
+};
 use crate::{Key, ResourceType, Result, StoreError};
 
 const NAME: &str = "etcd";
@@ -326,6 +329,111 @@ impl Backend for EtcdBackend {
                 key: key(),
             },
         })
+    }
+
+    fn transactions(&self) -> bool {
+        true
+    }
+
+    async fn txn(&self, mut writes: Vec<TxnWrite>) -> Result<Vec<Option<Value>>> {
+        check_distinct(NAME, &writes)?;
+        let mut when = vec![];
+        let mut then = vec![];
+        let mut otherwise = vec![];
+        for w in &mut writes {
+            let (k, guard, op) = match w {
+                TxnWrite::Create { ty, obj } => {
+                    let (ns, name) = name_of(obj);
+                    let k = self.etcd_key(ty, ns.as_deref(), &name);
+                    meta::stamp_created(obj, uuid::Uuid::new_v4().to_string());
+                    let mut stored = obj.clone();
+                    let op = TxnOp::put(k.clone(), Self::encode(&mut stored), None);
+                    (
+                        k.clone(),
+                        Compare::create_revision(k, CompareOp::Equal, 0),
+                        op,
+                    )
+                }
+                TxnWrite::Update { ty, obj } => {
+                    let (ns, name) = name_of(obj);
+                    let k = self.etcd_key(ty, ns.as_deref(), &name);
+                    let guard = match meta::resource_version(obj) {
+                        Some(rv) => Compare::mod_revision(
+                            k.clone(),
+                            CompareOp::Equal,
+                            parse_revision(ty, ns.as_deref(), rv)?,
+                        ),
+                        None => Compare::create_revision(k.clone(), CompareOp::NotEqual, 0),
+                    };
+                    let mut stored = obj.clone();
+                    let op = TxnOp::put(k.clone(), Self::encode(&mut stored), None);
+                    (k, guard, op)
+                }
+                TxnWrite::Delete {
+                    ty,
+                    ns,
+                    name,
+                    precondition,
+                } => {
+                    let k = self.etcd_key(ty, ns.as_deref(), name);
+                    let guard = match precondition {
+                        Some(rv) => Compare::mod_revision(
+                            k.clone(),
+                            CompareOp::Equal,
+                            parse_revision(ty, ns.as_deref(), rv)?,
+                        ),
+                        None => Compare::create_revision(k.clone(), CompareOp::NotEqual, 0),
+                    };
+                    (k.clone(), guard, TxnOp::delete(k, None))
+                }
+            };
+            when.push(guard);
+            then.push(op);
+            otherwise.push(TxnOp::get(k, None));
+        }
+        let first_key = || {
+            writes
+                .first()
+                .map(TxnWrite::key)
+                .unwrap_or_else(|| Key::new("(transaction)", None, None))
+        };
+        let txn = Txn::new().when(when).and_then(then).or_else(otherwise);
+        let resp = self
+            .client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(first_key(), e))?;
+        if !resp.succeeded() {
+            let current: Vec<Option<String>> = resp
+                .op_responses()
+                .into_iter()
+                .map(|r| match r {
+                    TxnOpResponse::Get(g) => {
+                        g.kvs().first().map(|kv| kv.mod_revision().to_string())
+                    }
+                    _ => None,
+                })
+                .collect();
+            return Err(txn_failure(NAME, &writes, &current).unwrap_or_else(|| {
+                StoreError::Backend {
+                    backend: NAME,
+                    key: first_key(),
+                    message: "transaction failed although every condition holds".into(),
+                }
+            }));
+        }
+        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+        Ok(writes
+            .into_iter()
+            .map(|w| match w {
+                TxnWrite::Create { mut obj, .. } | TxnWrite::Update { mut obj, .. } => {
+                    meta::set(&mut obj, "resourceVersion", rev.to_string());
+                    Some(obj)
+                }
+                TxnWrite::Delete { .. } => None,
+            })
+            .collect())
     }
 
     async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {

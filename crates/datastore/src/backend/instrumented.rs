@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Backend, RawList, RawWatch};
+use super::{Backend, RawList, RawWatch, TxnWrite};
 use crate::{Key, ResourceType, Result, StoreError};
 
 #[derive(Default)]
@@ -115,6 +115,18 @@ impl<B: Backend + Clone> Backend for Instrumented<B> {
     ) -> Result<()> {
         self.write(|| ty.key(ns, Some(name)))?;
         self.inner.delete(ty, ns, name, precondition).await
+    }
+
+    fn transactions(&self) -> bool {
+        self.inner.transactions()
+    }
+
+    /// One round trip, and one write for the fault injection: all of it reaches the
+    /// datastore or none of it does.
+    async fn txn(&self, writes: Vec<TxnWrite>) -> Result<Vec<Option<Value>>> {
+        let key = writes.first().map(TxnWrite::key);
+        self.write(|| key.unwrap_or_else(|| Key::new("(transaction)", None, None)))?;
+        self.inner.txn(writes).await
     }
 
     async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{meta, Backend, RawEvent, RawList, RawWatch};
+use super::{check_distinct, meta, txn_failure, Backend, RawEvent, RawList, RawWatch, TxnWrite};
 use crate::{Key, ResourceType, Result, StoreError};
 
 const NAME: &str = "memory";
@@ -212,6 +212,70 @@ impl Backend for MemoryBackend {
         meta::set(&mut last, "resourceVersion", inner.revision.to_string());
         inner.commit(p, RawEvent::Deleted(last));
         Ok(())
+    }
+
+    fn transactions(&self) -> bool {
+        true
+    }
+
+    async fn txn(&self, writes: Vec<TxnWrite>) -> Result<Vec<Option<Value>>> {
+        check_distinct(NAME, &writes)?;
+        let first = writes.first().map(TxnWrite::key);
+        let mut inner =
+            self.lock_available(|| first.unwrap_or_else(|| Key::new("(transaction)", None, None)))?;
+        let paths: Vec<String> = writes
+            .iter()
+            .map(|w| match w {
+                TxnWrite::Create { ty, obj } | TxnWrite::Update { ty, obj } => path(
+                    ty,
+                    meta::namespace(obj),
+                    meta::name(obj).unwrap_or_default(),
+                ),
+                TxnWrite::Delete { ty, ns, name, .. } => path(ty, ns.as_deref(), name),
+            })
+            .collect();
+        let current: Vec<Option<String>> = paths
+            .iter()
+            .map(|p| {
+                inner
+                    .objects
+                    .get(p)
+                    .map(|o| meta::resource_version(o).unwrap_or_default().to_owned())
+            })
+            .collect();
+        if let Some(e) = txn_failure(NAME, &writes, &current) {
+            return Err(e);
+        }
+        // Like etcd: every write of one transaction gets the same revision.
+        inner.revision += 1;
+        let rev = inner.revision.to_string();
+        let mut out = vec![];
+        for (w, p) in writes.into_iter().zip(paths) {
+            match w {
+                TxnWrite::Create { mut obj, .. } | TxnWrite::Update { mut obj, .. } => {
+                    let previous = inner.objects.get(&p).cloned();
+                    match &previous {
+                        Some(cur) => meta::carry_server_fields(cur, &mut obj),
+                        None => meta::stamp_created(&mut obj, uuid::Uuid::new_v4().to_string()),
+                    }
+                    meta::set(&mut obj, "resourceVersion", rev.clone());
+                    inner.objects.insert(p.clone(), obj.clone());
+                    let ev = match previous {
+                        None => RawEvent::Added(obj.clone()),
+                        Some(_) => RawEvent::Modified(obj.clone()),
+                    };
+                    inner.commit(p, ev);
+                    out.push(Some(obj));
+                }
+                TxnWrite::Delete { .. } => {
+                    let mut last = inner.objects.remove(&p).unwrap_or_default();
+                    meta::set(&mut last, "resourceVersion", rev.clone());
+                    inner.commit(p, RawEvent::Deleted(last));
+                    out.push(None);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {

@@ -37,6 +37,39 @@ impl RawEvent {
 
 pub type RawWatch = BoxStream<'static, Result<RawEvent>>;
 
+/// One write of a multi-object transaction ([`Backend::txn`]); each has the meaning of the
+/// single-object call of the same name.
+#[derive(Debug, Clone)]
+pub enum TxnWrite {
+    Create {
+        ty: ResourceType,
+        obj: Value,
+    },
+    /// A compare-and-swap when `metadata.resourceVersion` is set; the object must exist.
+    Update {
+        ty: ResourceType,
+        obj: Value,
+    },
+    Delete {
+        ty: ResourceType,
+        ns: Option<String>,
+        name: String,
+        precondition: Option<String>,
+    },
+}
+
+impl TxnWrite {
+    /// The object this write is about, for errors.
+    pub fn key(&self) -> crate::Key {
+        match self {
+            TxnWrite::Create { ty, obj } | TxnWrite::Update { ty, obj } => {
+                ty.key(meta::namespace(obj), meta::name(obj))
+            }
+            TxnWrite::Delete { ty, ns, name, .. } => ty.key(ns.as_deref(), Some(name)),
+        }
+    }
+}
+
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// `etcd`, `kubernetes` or `memory`, for errors and logs.
@@ -64,6 +97,79 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Changes after `revision`, in order; see the crate docs for reconnects and expiry.
     async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch>;
+
+    /// Whether [`Backend::txn`] is supported (etcd and memory; the Kubernetes API has no
+    /// multi-object transactions).
+    fn transactions(&self) -> bool {
+        false
+    }
+
+    /// All of `writes` or none of them, in one round trip. Returns what each stored (None for
+    /// a delete). When one write's condition does not hold, nothing is written and the error
+    /// is the one that write alone would have given (`AlreadyExists`, `Conflict`,
+    /// `NotFound`), for the first such write. Two writes to one object are refused.
+    async fn txn(&self, writes: Vec<TxnWrite>) -> Result<Vec<Option<Value>>> {
+        let key = writes
+            .first()
+            .map(TxnWrite::key)
+            .unwrap_or_else(|| crate::Key::new("(transaction)", None, None));
+        Err(crate::StoreError::Backend {
+            backend: self.name(),
+            key,
+            message: "multi-object transactions are not supported by this datastore".into(),
+        })
+    }
+}
+
+/// Refuses a transaction that writes one object twice (etcd refuses it too).
+pub(crate) fn check_distinct(backend: &'static str, writes: &[TxnWrite]) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for w in writes {
+        let k = w.key();
+        if !seen.insert(k.as_str().to_owned()) {
+            return Err(crate::StoreError::Backend {
+                backend,
+                key: k,
+                message: "one transaction writes this object twice".into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Why a transaction's conditions failed: the first write whose condition does not hold,
+/// given each object's current resourceVersion (None: absent). None when all hold.
+pub(crate) fn txn_failure(
+    backend: &'static str,
+    writes: &[TxnWrite],
+    current: &[Option<String>],
+) -> Option<crate::StoreError> {
+    use crate::StoreError;
+    for (w, cur) in writes.iter().zip(current) {
+        let key = w.key();
+        let expected = match w {
+            TxnWrite::Create { .. } => {
+                if cur.is_some() {
+                    return Some(StoreError::AlreadyExists { backend, key });
+                }
+                continue;
+            }
+            TxnWrite::Update { obj, .. } => meta::resource_version(obj).map(str::to_owned),
+            TxnWrite::Delete { precondition, .. } => precondition.clone(),
+        };
+        match (cur, expected) {
+            (None, _) => return Some(StoreError::NotFound { backend, key }),
+            (Some(cur), Some(expected)) if *cur != expected => {
+                return Some(StoreError::Conflict {
+                    backend,
+                    key,
+                    expected,
+                })
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 /// How one attempt at following a watch ended.
