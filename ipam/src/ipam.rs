@@ -84,12 +84,17 @@ pub struct IpamOptions {
     /// How long pools, IPAMConfig and node labels read from the datastore are reused.
     /// Zero reads them on every request.
     pub cache_ttl: Duration,
+    /// Write a block and its handles in one transaction where the datastore can (etcd).
+    /// Off: handle first, then block, as on the Kubernetes datastore (for comparison and
+    /// for tests of that path).
+    pub transactions: bool,
 }
 
 impl Default for IpamOptions {
     fn default() -> Self {
         IpamOptions {
             cache_ttl: Duration::from_secs(5),
+            transactions: true,
         }
     }
 }
@@ -122,15 +127,16 @@ struct NodeBlocks {
 pub struct Ipam {
     pub(crate) store: Store,
     pub(crate) owners: Owners,
-    opts: IpamOptions,
+    pub(crate) opts: IpamOptions,
     cache: Mutex<Cache>,
 }
 
 /// The latest version of a handle this request has seen, to save round trips.
 #[derive(Default)]
 pub(crate) struct HandleState {
-    latest: Option<IPAMHandle>,
-    created: bool,
+    pub(crate) latest: Option<IPAMHandle>,
+    /// The handle is known to exist (`latest` may not have been read yet).
+    pub(crate) created: bool,
 }
 
 impl Ipam {
@@ -351,7 +357,11 @@ impl Ipam {
     /// Names of the node's confirmed blocks in the eligible pools that may have room: those
     /// known to have room and those not read yet, newest first. A fresh client lists the
     /// affinities once and reads blocks one by one until one has room.
-    async fn affine_blocks(&self, node: &str, pools: &[Eligible]) -> Result<Vec<String>> {
+    pub(crate) async fn affine_blocks(
+        &self,
+        node: &str,
+        pools: &[Eligible],
+    ) -> Result<Vec<String>> {
         if !self.cache().affine.contains_key(node) {
             let mut affs: Vec<BlockAffinity> = self
                 .store
@@ -422,7 +432,7 @@ impl Ipam {
         }
     }
 
-    fn cached_block(&self, node: &str, name: &str) -> Option<IPAMBlock> {
+    pub(crate) fn cached_block(&self, node: &str, name: &str) -> Option<IPAMBlock> {
         self.cache().affine.get(node)?.loaded.get(name).cloned()
     }
 
@@ -445,6 +455,9 @@ impl Ipam {
                 None => return Ok(vec![]),
             },
         };
+        if self.one_txn() {
+            return self.allocate_txn(block, n, req, affine, handle).await;
+        }
         let mut claimed = 0usize; // addresses counted on the handle for this block
         for _ in 0..MAX_RETRIES {
             let owner_ok = affine

@@ -4,9 +4,12 @@
 //! when those are full (pending BlockAffinity → IPAMBlock → confirmed), borrows from other
 //! nodes' blocks when the pool has no block left and strictAffinity is off, and reports
 //! exhaustion in plain words. Every write is a compare-and-swap with a bounded retry loop.
-//! Writes go handle first, then block: a crash in between leaves a handle that claims more
-//! than the blocks hold, which `check` reports and the collector repairs; it never leaves an
-//! address allocated with no record of its owner.
+//! On etcd a block and the handles of the addresses taken from it are written in one
+//! transaction (`txn.rs`): one round trip, and nothing a crash can separate. On the
+//! Kubernetes datastore, which has no multi-object transactions, writes go handle first,
+//! then block: a crash in between leaves a handle that claims more than the blocks hold,
+//! which `check` reports and the collector repairs; it never leaves an address allocated
+//! with no record of its owner.
 //!
 //! This crate owns IPAM's objects (IPAMBlock, BlockAffinity, IPAMHandle) and the tunnel
 //! address on the node record. It does not touch the network.
@@ -22,12 +25,14 @@ mod pools;
 mod release;
 pub mod selector;
 mod tunnel;
+mod txn;
 
 pub use check::Report;
 pub use error::{IpamError, Result};
 pub use ipam::{AssignRequest, Family, Ipam, IpamOptions, MAX_RETRIES};
 pub use release::{ReleaseIp, ReleaseOutcome};
 pub use tunnel::tunnel_handle;
+pub use txn::MAX_BATCH;
 
 /// The handle of a pod's addresses on Calico's default network, as Calico's CNI plugin
 /// names it.

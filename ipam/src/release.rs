@@ -42,6 +42,9 @@ impl Ipam {
     /// Frees every address of `handle` and deletes the handle. Releasing an unknown or
     /// already released handle is not an error. Returns the addresses freed.
     pub async fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>> {
+        if self.one_txn() {
+            return self.release_handle_txn(handle).await;
+        }
         let handles = self.store.all::<IPAMHandle>();
         let mut freed = vec![];
         for _ in 0..MAX_RETRIES {
@@ -111,7 +114,7 @@ impl Ipam {
     }
 
     /// Keeps the affine-block cache in step with a block we just wrote.
-    fn note_block(&self, b: &IPAMBlock) {
+    pub(crate) fn note_block(&self, b: &IPAMBlock) {
         if let Some(node) = b
             .spec
             .affinity

@@ -1,5 +1,6 @@
-//! An allocator that dies between two writes: `ipam check` sees what it left, the collector
-//! repairs it, and no address is lost or doubled.
+//! An allocator that dies between two writes (the Kubernetes datastore's path): `ipam check`
+//! sees what it left, the collector repairs it, and no address is lost or doubled. With
+//! transactions (etcd's path, single and batched) a death leaves nothing to repair.
 
 mod common;
 
@@ -25,14 +26,118 @@ fn owners(nodes: &[&str], pods: &[&str]) -> OwnerSnapshot {
 }
 
 fn dying(mem: &MemoryBackend) -> (Instrumented<MemoryBackend>, Ipam) {
+    dying_with(mem, false)
+}
+
+fn dying_with(mem: &MemoryBackend, transactions: bool) -> (Instrumented<MemoryBackend>, Ipam) {
     let inst = Instrumented::new(mem.clone());
     let ipam = Ipam::with_options(
         Store::new(inst.clone()),
         IpamOptions {
             cache_ttl: Duration::ZERO,
+            transactions,
         },
     );
     (inst, ipam)
+}
+
+#[tokio::test]
+async fn killed_at_the_one_transaction_leaves_nothing() {
+    let mem = MemoryBackend::new();
+    let store = Store::new(mem.clone());
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    let (inst, ipam) = dying_with(&mem, true);
+    ipam.assign(&pod_req("n1", "default", "a", "ca", 1))
+        .await
+        .unwrap();
+    let (_, writes_before) = inst.round_trips();
+    ipam.assign(&pod_req("n1", "default", "b", "cb", 1))
+        .await
+        .unwrap();
+    let (_, writes_after) = inst.round_trips();
+    assert_eq!(writes_after - writes_before, 1, "one write per allocation");
+    inst.fail_writes_after(0);
+    let e = ipam
+        .assign(&pod_req("n1", "default", "c", "cc", 1))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("fault injection"), "{e}");
+    let who = owners(&["n1"], &["a", "b", "c"]);
+    let ipam = common::ipam(&store);
+    let report = ipam.check(&who).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    assert_eq!(all_allocations(&store).await.len(), 2);
+    assert!(store
+        .all::<brindle_api::IPAMHandle>()
+        .get("k8s-pod-network.cc")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test]
+async fn batch_killed_between_its_transactions() {
+    let mem = MemoryBackend::new();
+    let store = Store::new(mem.clone());
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    let ipam = common::ipam(&store);
+    // Two blocks for n1 with little room: 3 free in one, 4 in the other.
+    let mut held = vec![];
+    for i in 0..124 {
+        let r = pod_req("n1", "default", &format!("p{i}"), &format!("c{i}"), 1);
+        held.push((r.handle.clone(), ipam.assign(&r).await.unwrap()[0]));
+    }
+    for (h, _) in held.iter().take(4) {
+        ipam.release_handle(h).await.unwrap();
+    }
+    let (inst, dying) = dying_with(&mem, true);
+    let reqs: Vec<_> = (0..10)
+        .map(|i| pod_req("n1", "default", &format!("b{i}"), &format!("cb{i}"), 1))
+        .collect();
+    // Healthy first, to see the shape: all 7 from the two blocks, a transaction for each.
+    let (_, w0) = inst.round_trips();
+    let probe = dying.assign_batch(&reqs[..7]).await;
+    let (_, w1) = inst.round_trips();
+    assert!(probe.iter().all(Option::is_some), "{probe:?}");
+    assert_eq!(w1 - w0, 2, "one transaction per block");
+    for r in &reqs[..7] {
+        dying.release_handle(&r.handle).await.unwrap();
+    }
+
+    // Now die after the first block's transaction.
+    inst.fail_writes_after(1);
+    let out = dying.assign_batch(&reqs).await;
+    let served: Vec<_> = out.iter().flatten().flatten().copied().collect();
+    // All of the first block's room (3 or 4, whichever block comes first), none of the second.
+    assert!(served.len() == 3 || served.len() == 4, "{out:?}");
+    let first = brindle_ipam::block::block_of(served[0], 26);
+    assert!(served
+        .iter()
+        .all(|&ip| brindle_ipam::block::block_of(ip, 26) == first));
+    assert_eq!(
+        out.iter().filter(|o| o.is_none()).count(),
+        10 - served.len()
+    );
+
+    let mut pods: Vec<String> = (0..124).map(|i| format!("p{i}")).collect();
+    pods.extend((0..10).map(|i| format!("b{i}")));
+    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+    let report = ipam.check(&owners(&["n1"], &pods)).await.unwrap();
+    assert!(report.is_clean(), "nothing half-written: {report:?}");
+    let all = all_allocations(&store).await;
+    let distinct: HashSet<_> = all.iter().map(|a| a.0).collect();
+    assert_eq!(distinct.len(), all.len(), "no address twice");
+    assert_eq!(all.len(), 120 + served.len());
+    for (r, o) in reqs.iter().zip(&out) {
+        let h = store
+            .all::<brindle_api::IPAMHandle>()
+            .get(&r.handle)
+            .await
+            .unwrap();
+        assert_eq!(h.is_some(), o.is_some(), "{}: handle iff served", r.handle);
+    }
 }
 
 #[tokio::test]

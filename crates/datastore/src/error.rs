@@ -84,6 +84,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The object the error is about (None for a decode-free failure of a collection).
+    pub fn key(&self) -> Option<&Key> {
+        match self {
+            StoreError::NotFound { key, .. }
+            | StoreError::AlreadyExists { key, .. }
+            | StoreError::Conflict { key, .. }
+            | StoreError::Expired { key, .. }
+            | StoreError::Unavailable { key, .. }
+            | StoreError::Decode { key, .. }
+            | StoreError::Backend { key, .. } => Some(key),
+            StoreError::Invalid(_) => None,
+        }
+    }
     pub fn is_conflict(&self) -> bool {
         matches!(self, StoreError::Conflict { .. })
     }

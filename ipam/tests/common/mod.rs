@@ -20,6 +20,18 @@ pub fn ipam(store: &Store) -> Ipam {
         store.clone(),
         IpamOptions {
             cache_ttl: std::time::Duration::ZERO,
+            ..Default::default()
+        },
+    )
+}
+
+/// As [`ipam`], but writing handle and block separately, as on the Kubernetes datastore.
+pub fn ipam_two_writes(store: &Store) -> Ipam {
+    Ipam::with_options(
+        store.clone(),
+        IpamOptions {
+            cache_ttl: std::time::Duration::ZERO,
+            transactions: false,
         },
     )
 }

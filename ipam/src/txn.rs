@@ -1,0 +1,353 @@
+//! One write per allocation, where the datastore has multi-object transactions (etcd): the
+//! block and the handles of the addresses taken from it are written in one transaction, so
+//! an allocation is one round trip and no crash can leave one without the other. Several
+//! requests can share that transaction ([`Ipam::assign_batch`]): a node agent serving many
+//! pods at once takes all their addresses from a block in one compare-and-swap.
+//!
+//! On the Kubernetes datastore (no transactions) the two-write path in `ipam.rs` is used:
+//! handle first, then block.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use brindle_api::{AllowedUse, IPAMBlock, IPAMHandle, IPAMHandleSpec};
+use brindle_datastore::{ResourceType, StoreError};
+use ipnetwork::IpNetwork;
+use tracing::{debug, info};
+
+use crate::block::{self, block_name};
+use crate::error::{IpamError, Result};
+use crate::ipam::{AssignRequest, Family, HandleState, Ipam, MAX_RETRIES};
+
+/// Most requests one batch transaction carries (etcd allows 128 operations per transaction
+/// by default: one block plus one handle per request).
+pub const MAX_BATCH: usize = 64;
+
+fn handle_key(id: &str) -> String {
+    ResourceType::of::<IPAMHandle>()
+        .key(None, Some(id))
+        .as_str()
+        .to_owned()
+}
+
+fn is_race(e: &StoreError) -> bool {
+    e.is_conflict() || e.is_not_found() || e.is_already_exists()
+}
+
+/// The handle after adding `n` addresses of `cidr` to what we know of it.
+fn with_addresses(st: &HandleState, id: &str, cidr: &str, n: usize) -> IPAMHandle {
+    let mut h = st.latest.clone().unwrap_or_else(|| {
+        IPAMHandle::new(
+            id,
+            IPAMHandleSpec {
+                handle_id: id.to_owned(),
+                block: BTreeMap::new(),
+                deleted: false,
+            },
+        )
+    });
+    *h.spec.block.entry(cidr.to_owned()).or_default() += n as u32;
+    h
+}
+
+impl Ipam {
+    /// Whether allocations and releases go in one transaction.
+    pub(crate) fn one_txn(&self) -> bool {
+        self.opts.transactions && self.store.transactions()
+    }
+
+    /// Reads the handle into `st` when all we know is that it exists.
+    async fn load_handle(&self, id: &str, st: &mut HandleState) -> Result<()> {
+        if st.latest.is_none() && st.created {
+            st.latest = self.store.all::<IPAMHandle>().get(id).await?;
+            st.created = st.latest.is_some();
+        }
+        Ok(())
+    }
+
+    /// [`Ipam::allocate_from`] in one transaction: up to `n` addresses of `block` and the
+    /// handle's count for them, written together.
+    pub(crate) async fn allocate_txn(
+        &self,
+        mut block: IPAMBlock,
+        n: usize,
+        req: &AssignRequest,
+        affine: Option<&str>,
+        st: &mut HandleState,
+    ) -> Result<Vec<IpAddr>> {
+        let blocks = self.store.all::<IPAMBlock>();
+        let handles = self.store.all::<IPAMHandle>();
+        let name = block.metadata.name.clone().unwrap_or_default();
+        for _ in 0..MAX_RETRIES {
+            let owner_ok = affine
+                .is_none_or(|node| block.spec.affinity.as_deref() == Some(&format!("host:{node}")));
+            let k = if block.spec.deleted || !owner_ok {
+                0
+            } else {
+                n.min(block::free(&block.spec))
+            };
+            if k == 0 {
+                if let Some(node) = affine {
+                    self.forget(node, &name);
+                }
+                return Ok(vec![]);
+            }
+            self.load_handle(&req.handle, st).await?;
+            let mut next = block.clone();
+            let ips = block::allocate(&mut next.spec, k, &req.handle, &req.attrs);
+            let h = with_addresses(st, &req.handle, &block.spec.cidr, k);
+            let mut t = self.store.txn();
+            t.update(&blocks, &next).await?;
+            if st.latest.is_some() {
+                t.update(&handles, &h).await?;
+            } else {
+                t.create(&handles, &h).await?;
+            }
+            match t.commit().await {
+                Ok(done) => {
+                    st.latest = done.get(&handles, 1)?;
+                    st.created = true;
+                    if let (Some(node), Some(b)) = (affine, done.get(&blocks, 0)?) {
+                        self.remember(node, b);
+                    }
+                    return Ok(ips);
+                }
+                Err(e) if is_race(&e) => {
+                    if e.key()
+                        .is_some_and(|k| k.as_str() == handle_key(&req.handle))
+                    {
+                        st.latest = None;
+                        st.created = true;
+                        continue;
+                    }
+                    match blocks.get(&name).await? {
+                        Some(b) => block = b,
+                        None => {
+                            if let Some(node) = affine {
+                                self.forget(node, &name);
+                            }
+                            return Ok(vec![]);
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IpamError::TooManyRetries {
+            what: format!("allocating in block {} for {}", block.spec.cidr, req.handle),
+            retries: MAX_RETRIES,
+        })
+    }
+
+    /// Serves many requests together: IPv4-only workload requests for one node whose handles
+    /// do not exist yet take their addresses from the node's blocks, as many per transaction
+    /// as a block has room for. Each answer is `Some(addresses)` when served here, `None`
+    /// when the caller must serve that request alone (a handle that already exists, a new
+    /// block to claim, a borrow, an error, or a datastore without transactions); a request
+    /// left `None` has had nothing written for it.
+    pub async fn assign_batch(&self, reqs: &[AssignRequest]) -> Vec<Option<Vec<IpAddr>>> {
+        let mut out = vec![None; reqs.len()];
+        if !self.one_txn() {
+            return out;
+        }
+        let batchable = |r: &AssignRequest| {
+            r.ipv6 == 0 && r.ipv4 > 0 && r.ipv4 <= 64 && r.use_ == AllowedUse::Workload
+        };
+        // Groups: same node and same pools.
+        let mut groups: BTreeMap<(&str, &[String]), Vec<usize>> = BTreeMap::new();
+        for (i, r) in reqs.iter().enumerate().filter(|(_, r)| batchable(r)) {
+            groups
+                .entry((r.node.as_str(), r.pools.as_slice()))
+                .or_default()
+                .push(i);
+        }
+        for ((node, pools), idx) in groups {
+            for chunk in idx.chunks(MAX_BATCH) {
+                if let Err(e) = self.batch_group(node, pools, reqs, chunk, &mut out).await {
+                    debug!(node, error = %e, "batch stopped; the rest are served one by one");
+                }
+            }
+        }
+        out
+    }
+
+    async fn batch_group(
+        &self,
+        node: &str,
+        pools: &[String],
+        reqs: &[AssignRequest],
+        idx: &[usize],
+        out: &mut [Option<Vec<IpAddr>>],
+    ) -> Result<()> {
+        let eligible = self
+            .eligible(node, Family::V4, AllowedUse::Workload, pools)
+            .await?;
+        let mut waiting: Vec<usize> = idx.to_vec();
+        for name in self.affine_blocks(node, &eligible).await? {
+            if waiting.is_empty() {
+                break;
+            }
+            let Some(block) = self.block_for_batch(node, &name).await? else {
+                continue;
+            };
+            self.fill_block(node, block, reqs, &mut waiting, out)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn block_for_batch(&self, node: &str, name: &str) -> Result<Option<IPAMBlock>> {
+        if let Some(b) = self.cached_block(node, name) {
+            return Ok(Some(b));
+        }
+        Ok(self.store.all::<IPAMBlock>().get(name).await?)
+    }
+
+    /// Takes addresses for as many of `waiting` as fit in `block`, one transaction per round,
+    /// until the block is full or nobody waits. Served requests leave `waiting`; a request
+    /// whose handle turns out to exist leaves it unserved.
+    async fn fill_block(
+        &self,
+        node: &str,
+        mut block: IPAMBlock,
+        reqs: &[AssignRequest],
+        waiting: &mut Vec<usize>,
+        out: &mut [Option<Vec<IpAddr>>],
+    ) -> Result<()> {
+        let blocks = self.store.all::<IPAMBlock>();
+        let handles = self.store.all::<IPAMHandle>();
+        let name = block.metadata.name.clone().unwrap_or_default();
+        let mine = format!("host:{node}");
+        for _ in 0..MAX_RETRIES {
+            if block.spec.deleted || block.spec.affinity.as_deref() != Some(mine.as_str()) {
+                self.forget(node, &name);
+                return Ok(());
+            }
+            let mut room = block::free(&block.spec);
+            let mut take = vec![];
+            for &i in waiting.iter() {
+                if reqs[i].ipv4 <= room {
+                    room -= reqs[i].ipv4;
+                    take.push(i);
+                }
+            }
+            if take.is_empty() {
+                return Ok(());
+            }
+            let mut next = block.clone();
+            let mut t = self.store.txn();
+            let mut got = vec![];
+            for &i in &take {
+                let r = &reqs[i];
+                got.push(block::allocate(&mut next.spec, r.ipv4, &r.handle, &r.attrs));
+                let h =
+                    with_addresses(&HandleState::default(), &r.handle, &block.spec.cidr, r.ipv4);
+                t.create(&handles, &h).await?;
+            }
+            t.update(&blocks, &next).await?;
+            match t.commit().await {
+                Ok(done) => {
+                    for (&i, ips) in take.iter().zip(got) {
+                        info!(handle = %reqs[i].handle, node, ips = ?ips, batch = take.len(), "assigned");
+                        out[i] = Some(ips);
+                    }
+                    waiting.retain(|i| !take.contains(i));
+                    let Some(stored) = done.get(&blocks, take.len())? else {
+                        return Ok(());
+                    };
+                    self.remember(node, stored.clone());
+                    if waiting.is_empty() || block::free(&stored.spec) == 0 {
+                        return Ok(());
+                    }
+                    block = stored;
+                }
+                Err(e) if is_race(&e) => {
+                    let key = e.key().map(|k| k.as_str().to_owned()).unwrap_or_default();
+                    if let Some(&i) = take.iter().find(|&&i| handle_key(&reqs[i].handle) == key) {
+                        // It has addresses already (a repeated ADD): the caller serves it.
+                        waiting.retain(|&j| j != i);
+                        continue;
+                    }
+                    match blocks.get(&name).await? {
+                        Some(b) => block = b,
+                        None => {
+                            self.forget(node, &name);
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IpamError::TooManyRetries {
+            what: format!("batch allocation in block {}", block.spec.cidr),
+            retries: MAX_RETRIES,
+        })
+    }
+
+    /// [`Ipam::release_handle`] in one transaction per block: the block's addresses of the
+    /// handle and the handle's entry for the block go together; the last one deletes the
+    /// handle.
+    pub(crate) async fn release_handle_txn(&self, id: &str) -> Result<Vec<IpAddr>> {
+        let blocks = self.store.all::<IPAMBlock>();
+        let handles = self.store.all::<IPAMHandle>();
+        let mut freed = vec![];
+        for _ in 0..MAX_RETRIES {
+            let Some(h) = handles.get(id).await? else {
+                if !freed.is_empty() {
+                    info!(handle = id, ips = ?freed, "released");
+                }
+                return Ok(freed);
+            };
+            let Some(cidr) = h.spec.block.keys().next().cloned() else {
+                match handles
+                    .delete(id, h.metadata.resource_version.as_deref())
+                    .await
+                {
+                    Ok(()) | Err(StoreError::NotFound { .. }) => continue,
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let mut rest = h.clone();
+            rest.spec.block.remove(&cidr);
+            let mut t = self.store.txn();
+            if rest.spec.block.is_empty() {
+                t.delete(&handles, id, h.metadata.resource_version.as_deref());
+            } else {
+                t.update(&handles, &rest).await?;
+            }
+            let mut ips = vec![];
+            let block = match cidr.parse::<IpNetwork>() {
+                Ok(net) => blocks.get(&block_name(&net)).await?,
+                Err(_) => None,
+            };
+            if let Some(b) = &block {
+                let ords = block::ordinals_of(&b.spec, id);
+                if !ords.is_empty() {
+                    ips = ords
+                        .iter()
+                        .filter_map(|&o| block::address(&b.spec, o))
+                        .collect();
+                    let mut next = b.clone();
+                    block::release(&mut next.spec, &ords);
+                    t.update(&blocks, &next).await?;
+                }
+            }
+            match t.commit().await {
+                Ok(done) => {
+                    if let Some(b) = done.get(&blocks, 1)? {
+                        self.note_block(&b);
+                    }
+                    freed.extend(ips);
+                }
+                Err(e) if is_race(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IpamError::TooManyRetries {
+            what: format!("releasing handle {id}"),
+            retries: MAX_RETRIES,
+        })
+    }
+}
