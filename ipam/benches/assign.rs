@@ -2,9 +2,14 @@
 //! trips per allocation, with 1 and 8 concurrent nodes, beside the raw etcd CAS floor.
 //!
 //! - "node agent": one long-lived IPAM client per node (pools, config and the node's blocks
-//!   cached), one address per pod, 1,000 pods per node.
+//!   cached), one address per pod, 1,000 pods per node; with two writes per allocation
+//!   (handle, then block: the Kubernetes datastore's path) and with one transaction (etcd's).
+//! - "node agent, batches of 20": 20 requests at a time through `assign_batch`, as the agent
+//!   serves pods that start together; latency is the batch's, for every request in it.
 //! - "fresh client": a new IPAM client per pod, as a CNI plugin process that reads everything
 //!   anew each time.
+//! - floors: etcd itself, straight through etcd-client: read + compare-and-swap, and one
+//!   compare-and-swap write of a value the size of a /26 block's JSON.
 //!
 //! Run: `cargo bench -p brindle-ipam --bench assign` (etcd-server must be installed).
 //! Writes bench-results/ipam-assign.json.
@@ -17,12 +22,35 @@ use brindle_datastore::backend::etcd::EtcdBackend;
 use brindle_datastore::backend::instrumented::Instrumented;
 use brindle_datastore::Store;
 use brindle_ipam::nodes::brindle_node;
-use brindle_ipam::{AssignRequest, Ipam};
-use brindle_testsupport::bench::{etcd_cas_floor, write_results, Sample};
+use brindle_ipam::{AssignRequest, Ipam, IpamOptions};
+use brindle_testsupport::bench::{etcd_cas_floor, etcd_write_floor, write_results, Sample};
 use brindle_testsupport::EtcdServer;
 
 const PODS_PER_NODE: usize = 1000;
 const FRESH_PODS: usize = 200;
+const BATCH: usize = 20;
+
+/// The mean JSON size of a /26 block written while it fills with this benchmark's pods: what
+/// each allocation writes, so the one-write floor writes values of the same size.
+fn mean_block_bytes() -> usize {
+    let net: ipnetwork::IpNetwork = "10.128.0.0/26".parse().expect("cidr");
+    let mut b = brindle_ipam::block::new_block(&net, Some("host:a1-0".into()));
+    let mut total = 0;
+    for i in 0..64 {
+        let r = req("a1-0", &format!("a1-0-p{i}"));
+        brindle_ipam::block::allocate(&mut b, 1, &r.handle, &r.attrs);
+        total += serde_json::to_vec(&b).map(|v| v.len()).unwrap_or_default();
+    }
+    total / 64
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    TwoWrites,
+    OneTxn,
+    Batched,
+    Fresh,
+}
 
 fn req(node: &str, pod: &str) -> AssignRequest {
     AssignRequest::pod(node, "bench", pod, pod, 1)
@@ -48,11 +76,15 @@ impl Row {
     }
 }
 
-async fn run(endpoint: &str, nodes: usize, tag: &str, fresh: bool) -> Row {
-    let per = if fresh {
+async fn run(endpoint: &str, nodes: usize, tag: &str, mode: Mode) -> Row {
+    let per = if mode == Mode::Fresh {
         FRESH_PODS / nodes
     } else {
         PODS_PER_NODE
+    };
+    let opts = IpamOptions {
+        transactions: mode != Mode::TwoWrites,
+        ..Default::default()
     };
     let start = Instant::now();
     let mut tasks = vec![];
@@ -63,6 +95,7 @@ async fn run(endpoint: &str, nodes: usize, tag: &str, fresh: bool) -> Row {
                 .expect("etcd"),
         );
         let node = format!("{tag}-{n}");
+        let opts = opts.clone();
         tasks.push(tokio::spawn(async move {
             let store = Store::new(backend.clone());
             store
@@ -70,25 +103,39 @@ async fn run(endpoint: &str, nodes: usize, tag: &str, fresh: bool) -> Row {
                 .create(&brindle_node(&node, &[]))
                 .await
                 .expect("node");
-            let long_lived = Ipam::new(store.clone());
+            let long_lived = Ipam::with_options(store.clone(), opts.clone());
             let mut s = Sample::default();
             let mut trips = HashMap::new();
-            for i in 0..per {
+            let step = if mode == Mode::Batched { BATCH } else { 1 };
+            for i in (0..per).step_by(step) {
                 let fresh_client;
-                let ipam = if fresh {
-                    fresh_client = Ipam::new(store.clone());
+                let ipam = if mode == Mode::Fresh {
+                    fresh_client = Ipam::with_options(store.clone(), opts.clone());
                     &fresh_client
                 } else {
                     &long_lived
                 };
+                let reqs: Vec<_> = (i..(i + step).min(per))
+                    .map(|j| req(&node, &format!("{node}-p{j}")))
+                    .collect();
                 let (r0, w0) = backend.round_trips();
                 let t = Instant::now();
-                ipam.assign(&req(&node, &format!("{node}-p{i}")))
-                    .await
-                    .expect("assign");
-                s.lat.push(t.elapsed());
+                if mode == Mode::Batched {
+                    for (r, got) in reqs.iter().zip(ipam.assign_batch(&reqs).await) {
+                        if got.is_none() {
+                            ipam.assign(r).await.expect("assign");
+                        }
+                    }
+                } else {
+                    ipam.assign(&reqs[0]).await.expect("assign");
+                }
+                let took = t.elapsed();
                 let (r1, w1) = backend.round_trips();
-                *trips.entry(r1 - r0 + w1 - w0).or_insert(0usize) += 1;
+                let each = (r1 - r0 + w1 - w0) / reqs.len() as u64;
+                for _ in &reqs {
+                    s.lat.push(took);
+                    *trips.entry(each).or_insert(0usize) += 1;
+                }
             }
             (s, trips)
         }));
@@ -157,12 +204,25 @@ async fn main() {
         );
         json.push(serde_json::json!({"what": "raw etcd CAS floor", "nodes": nodes,
             "ops": floor.ops(), "per_sec": floor.rate(), "p50_ms": floor.ms(0.5), "p99_ms": floor.ms(0.99)}));
-        for (what, fresh) in [
-            ("node agent (cached client)", false),
-            ("fresh client per pod (CNI-like)", true),
+        let bytes = mean_block_bytes();
+        let one = etcd_write_floor(&ep, nodes, 2000, bytes).await;
+        println!(
+            "| raw etcd one write (txn, {bytes} B) | {nodes} | {} | {:.0} | {:.2} | {:.2} | 1 / 1 |",
+            one.ops(),
+            one.rate(),
+            one.ms(0.5),
+            one.ms(0.99)
+        );
+        json.push(serde_json::json!({"what": "raw etcd one write", "nodes": nodes,
+            "ops": one.ops(), "per_sec": one.rate(), "p50_ms": one.ms(0.5), "p99_ms": one.ms(0.99)}));
+        for (what, mode) in [
+            ("node agent, two writes (handle, block)", Mode::TwoWrites),
+            ("node agent, one transaction", Mode::OneTxn),
+            ("node agent, batches of 20", Mode::Batched),
+            ("fresh client per pod (CNI-like)", Mode::Fresh),
         ] {
-            let tag = format!("{}{nodes}", if fresh { "f" } else { "a" });
-            let r = run(&ep, nodes, &tag, fresh).await;
+            let tag = format!("m{}n{nodes}", mode as u8);
+            let r = run(&ep, nodes, &tag, mode).await;
             let s = &r.sample;
             println!(
                 "| {what} | {nodes} | {} | {:.0} | {:.2} | {:.2} | {} / {:.2} |",

@@ -737,17 +737,29 @@ impl Ipam {
         let name = block_name(cidr);
         let mut b = IPAMBlock::new(&name, block::new_block(cidr, Some(format!("host:{node}"))));
         b.metadata.name = Some(name.clone());
-        match self.store.all::<IPAMBlock>().create(&b).await {
+        let blocks = self.store.all::<IPAMBlock>();
+        match blocks.create(&b).await {
             Ok(stored) => {
                 self.confirm(&aff).await?;
                 self.remember(node, stored);
                 Ok(Some(name))
             }
-            Err(StoreError::AlreadyExists { .. }) => {
-                debug!(node, block = %cidr, "lost the race for a block");
-                self.drop_affinity(&aff).await?;
-                Ok(None)
-            }
+            Err(StoreError::AlreadyExists { .. }) => match blocks.get(&name).await? {
+                // Another client for the same node (the agent and a plugin, or two plugins)
+                // made it first: the block is ours all the same. Its affinity must stay.
+                Some(existing)
+                    if existing.spec.affinity.as_deref() == Some(&format!("host:{node}")) =>
+                {
+                    self.confirm(&aff).await?;
+                    self.remember(node, existing);
+                    Ok(Some(name))
+                }
+                _ => {
+                    debug!(node, block = %cidr, "lost the race for a block");
+                    self.drop_affinity(&aff).await?;
+                    Ok(None)
+                }
+            },
             Err(e) => Err(e.into()),
         }
     }

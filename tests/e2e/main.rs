@@ -8,6 +8,7 @@ mod common;
 
 mod bad_input;
 mod ctl;
+mod ipam_agent;
 mod ipip;
 mod lifecycle;
 mod mesh;

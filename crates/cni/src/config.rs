@@ -39,9 +39,13 @@ pub struct NetConf {
     /// Host-side veth names are this prefix + 11 hex digits.
     #[serde(default = "default_prefix")]
     pub veth_prefix: String,
-    /// The host-wide lock that serializes IPAM on one node.
+    /// The host-wide lock that serializes IPAM on one node when the plugin does IPAM itself
+    /// (the agent is not answering on `ipam_socket`).
     #[serde(default = "default_lock")]
     pub ipam_lock_file: PathBuf,
+    /// brindle-node's IPAM socket; `""` never asks the agent.
+    #[serde(default = "default_ipam_socket")]
+    pub ipam_socket: PathBuf,
     #[serde(default)]
     pub ipam: IpamConf,
     #[serde(rename = "prevResult", default)]
@@ -100,6 +104,9 @@ fn default_log_file() -> PathBuf {
 }
 fn default_prefix() -> String {
     "brl".into()
+}
+fn default_ipam_socket() -> PathBuf {
+    crate::agent::DEFAULT_SOCKET.into()
 }
 fn default_lock() -> PathBuf {
     "/run/brindle/ipam.lock".into()

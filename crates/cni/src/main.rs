@@ -7,16 +7,12 @@
 //! operation to `log_file_path`.
 #![forbid(unsafe_code)]
 
-mod config;
-mod plugin;
-mod spec;
-mod wire;
-
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use config::{Env, NetConf};
-use spec::{code, CniError, CniResult};
+use brindle_cni::config::{Env, NetConf};
+use brindle_cni::plugin;
+use brindle_cni::spec::{self, code, CniError, CniResult};
 
 fn main() -> ExitCode {
     let mut stdin = vec![];

@@ -1,35 +1,36 @@
 //! ADD, DEL, CHECK, GC and STATUS.
 //!
-//! Concurrency: IPAM on one node is serialized by a host-wide file lock (`ipam_lock_file`),
-//! as calico-ipam does, so 100 pods starting at once queue for a few milliseconds each
-//! instead of racing on the node's one block and burning compare-and-swap retries. The
-//! datastore's compare-and-swap still guards against other nodes and the controller.
+//! IPAM for ADD and DEL is asked of `brindle-node` on its socket first ([`crate::agent`]),
+//! which serves pods that start together in batches; the plugin then only wires the pod and
+//! never connects to the datastore. When the agent does not answer, the plugin does the same
+//! work itself ([`crate::podipam`]), serialized on the node by a host-wide file lock
+//! (`ipam_lock_file`), as calico-ipam does, so 100 pods starting at once queue for a few
+//! milliseconds each instead of racing on the node's one block. The datastore's
+//! compare-and-swap guards against other nodes, the agent and the controller either way.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs::File;
 use std::net::IpAddr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
-use brindle_api::AllowedUse;
-use brindle_datastore::{DatastoreArgs, Store, StoreError};
+use brindle_datastore::{DatastoreArgs, DatastoreKind, Store};
 use brindle_ipam::block::attr;
-use brindle_ipam::{
-    attachment_handle, AssignRequest, Ipam, IpamError, ReleaseIp, PRIMARY_INTERFACE,
-};
+use brindle_ipam::{attachment_handle, Ipam, ReleaseIp, PRIMARY_INTERFACE};
 use clap::Parser;
-use k8s_openapi::api::core::v1::Pod;
-use tracing::{info, warn};
+use std::collections::BTreeMap;
+use tokio::sync::OnceCell;
+use tracing::{debug, info, warn};
 
+use crate::agent::{self, Answer, Request};
 use crate::config::{Env, NetConf};
+pub use crate::podipam::{ipam_err, ANNOTATION_CONTAINER_ID};
+use crate::podipam::{store_err, AddRequest, Alone, DelRequest};
 use crate::spec::{code, AddResult, CniError, CniResult, Interface, IpConfig, Route};
 use crate::wire;
 
-/// Pod annotations that ask for particular pools or addresses (JSON lists of strings).
-pub const ANNOTATION_IPV4_POOLS: &str = "brindle.dev/ipv4pools";
-pub const ANNOTATION_IPV6_POOLS: &str = "brindle.dev/ipv6pools";
-pub const ANNOTATION_IP_ADDRS: &str = "brindle.dev/ipAddrs";
-/// On the workload record (etcd mode): which sandbox the record belongs to.
-pub const ANNOTATION_CONTAINER_ID: &str = "brindle.dev/containerID";
+/// How long the plugin waits for the agent before doing the work itself.
+const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 struct DatastoreCli {
@@ -40,35 +41,11 @@ struct DatastoreCli {
 pub struct Ctx {
     pub conf: NetConf,
     pub env: Env,
-    pub store: Store,
-    pub ipam: Ipam,
     pub node: String,
-}
-
-fn store_err(e: StoreError) -> CniError {
-    let code = if e.is_unavailable() {
-        code::TRY_AGAIN_LATER
-    } else {
-        code::DATASTORE
-    };
-    CniError::new(code, "datastore error", e.to_string())
-}
-
-pub fn ipam_err(e: IpamError) -> CniError {
-    match e {
-        IpamError::Exhausted { .. } => CniError::new(code::NO_ADDRESSES, e.to_string(), ""),
-        IpamError::NoPools { .. }
-        | IpamError::UnknownPool(_)
-        | IpamError::NotInPool { .. }
-        | IpamError::Selector { .. } => CniError::new(code::NO_POOL, e.to_string(), ""),
-        IpamError::Store(s) => store_err(s),
-        IpamError::NoNode { .. } => CniError::new(
-            code::INVALID_CONFIG,
-            e.to_string(),
-            "is the nodename right?",
-        ),
-        other => CniError::new(code::DATASTORE, other.to_string(), ""),
-    }
+    datastore: DatastoreArgs,
+    /// Connected on first use: an ADD or DEL the agent serves never needs it.
+    store: OnceCell<Store>,
+    ipam: OnceCell<Ipam>,
 }
 
 impl Ctx {
@@ -86,21 +63,34 @@ impl Ctx {
         let cli = DatastoreCli::try_parse_from(argv).map_err(|e| {
             CniError::new(code::INVALID_CONFIG, "datastore settings", e.to_string())
         })?;
-        let store = cli.ds.connect().await.map_err(|e| {
-            CniError::new(
-                code::TRY_AGAIN_LATER,
-                "cannot reach the datastore",
-                e.to_string(),
-            )
-        })?;
         let node = conf.node_name()?;
         Ok(Ctx {
-            ipam: Ipam::new(store.clone()),
-            store,
-            node,
             conf,
             env,
+            node,
+            datastore: cli.ds,
+            store: OnceCell::new(),
+            ipam: OnceCell::new(),
         })
+    }
+
+    async fn store(&self) -> CniResult<&Store> {
+        self.store
+            .get_or_try_init(|| async {
+                self.datastore.connect().await.map_err(|e| {
+                    CniError::new(
+                        code::TRY_AGAIN_LATER,
+                        "cannot reach the datastore",
+                        e.to_string(),
+                    )
+                })
+            })
+            .await
+    }
+
+    async fn ipam(&self) -> CniResult<&Ipam> {
+        let store = self.store().await?.clone();
+        Ok(self.ipam.get_or_init(|| async { Ipam::new(store) }).await)
     }
 
     /// This attachment's IPAM handle: (container, network, interface), see
@@ -157,104 +147,78 @@ impl Ctx {
         a
     }
 
-    async fn pod(&self) -> CniResult<Option<Pod>> {
-        let Some((ns, name)) = self.env.pod() else {
-            return Ok(None);
-        };
-        self.store
-            .namespaced::<Pod>(&ns)
-            .get(&name)
-            .await
-            .map_err(store_err)
+    /// Whether this attachment keeps a workload record (etcd mode, primary interface, full
+    /// plugin): on the Kubernetes datastore the API server's Pod is the record.
+    fn record(&self, ipam_only: bool) -> bool {
+        !ipam_only
+            && self.primary()
+            && self.datastore.datastore == DatastoreKind::Etcd
+            && self.env.pod().is_some()
     }
 
-    fn kube(&self) -> bool {
-        self.store.backend_name() == "kubernetes"
-    }
-
-    /// Addresses for this container: the ones it already has (a repeated ADD), the ones
-    /// its pod asks for, or new ones from the pools.
-    async fn allocate(&self, pod: Option<&Pod>, ipam_only: bool) -> CniResult<Vec<IpAddr>> {
-        let _lock = HostLock::acquire(&self.conf.ipam_lock_file)?;
-        let handle = self.handle();
-        let attrs = self.attrs(ipam_only);
-        // A repeated ADD of this attachment keeps its addresses; the owner record is
-        // refreshed first (netns, timestamp) so the node agent's leak sweep, which releases
-        // only an allocation whose record it has seen unchanged, cannot free them now.
-        let existing = self
-            .ipam
-            .refresh_handle(&handle, &attrs)
-            .await
-            .map_err(ipam_err)?;
-        if !existing.is_empty() {
-            info!(container = %self.env.container_id, network = %self.conf.name, ifname = %self.env.ifname, ips = ?existing, "ADD repeated: keeping the addresses");
-            return Ok(existing);
-        }
-        let ann = pod
-            .and_then(|p| p.metadata.annotations.clone())
-            .unwrap_or_default();
-        let list = |key: &str| -> CniResult<Option<Vec<String>>> {
-            ann.get(key)
-                .map(|v| {
-                    serde_json::from_str::<Vec<String>>(v).map_err(|e| {
-                        CniError::new(
-                            code::INVALID_CONFIG,
-                            format!("pod annotation {key}: {v:?} is not a JSON list of strings"),
-                            e.to_string(),
-                        )
-                    })
-                })
-                .transpose()
-        };
-        if let Some(addrs) = list(ANNOTATION_IP_ADDRS)? {
-            let mut ips = vec![];
-            for a in addrs {
-                let ip: IpAddr = a.parse().map_err(|_| {
-                    CniError::new(
-                        code::INVALID_CONFIG,
-                        format!("pod annotation {ANNOTATION_IP_ADDRS}: {a:?} is not an address"),
-                        "",
-                    )
-                })?;
-                if let Err(e) = self.ipam.assign_ip(ip, &handle, &self.node, &attrs).await {
-                    let _ = self.ipam.release_handle(&handle).await;
-                    return Err(ipam_err(e));
-                }
-                ips.push(ip);
-            }
-            return Ok(ips);
-        }
-        let mut pools =
-            list(ANNOTATION_IPV4_POOLS)?.unwrap_or_else(|| self.conf.ipam.ipv4_pools.clone());
-        pools.extend(
-            list(ANNOTATION_IPV6_POOLS)?.unwrap_or_else(|| self.conf.ipam.ipv6_pools.clone()),
-        );
-        let req = AssignRequest {
-            handle,
+    fn add_request(&self, ipam_only: bool) -> AddRequest {
+        AddRequest {
+            handle: self.handle(),
             node: self.node.clone(),
+            attrs: self.attrs(ipam_only),
             ipv4: usize::from(self.conf.ipam.assign_ipv4),
             ipv6: usize::from(self.conf.ipam.assign_ipv6),
-            attrs,
-            use_: AllowedUse::Workload,
-            pools,
+            ipv4_pools: self.conf.ipam.ipv4_pools.clone(),
+            ipv6_pools: self.conf.ipam.ipv6_pools.clone(),
+            pod: self.env.pod(),
+            container_id: self.env.container_id.clone(),
+            record: self.record(ipam_only),
+        }
+    }
+
+    fn del_request(&self, ipam_only: bool) -> DelRequest {
+        DelRequest {
+            handle: self.handle(),
+            pod: self.env.pod(),
+            container_id: self.env.container_id.clone(),
+            record: self.record(ipam_only),
+        }
+    }
+
+    /// Asks the agent; does it here when the agent does not answer. Returns the addresses
+    /// and who did the work, for the log.
+    async fn ipam_op(&self, req: Request) -> CniResult<(Vec<IpAddr>, &'static str)> {
+        let socket = &self.conf.ipam_socket;
+        if !socket.as_os_str().is_empty() {
+            match agent::call(socket, &req, AGENT_TIMEOUT).await {
+                Answer::Done(ips) => return Ok((ips, "agent")),
+                Answer::Failed(e) => return Err(e),
+                Answer::Unreachable(why) => {
+                    debug!(socket = %socket.display(), why, "brindle-node does not answer; doing IPAM here")
+                }
+            }
+        }
+        let _lock = HostLock::acquire(&self.conf.ipam_lock_file)?;
+        let store = self.store().await?;
+        let ipam = self.ipam().await?;
+        let ips = match &req {
+            Request::Add(r) => crate::podipam::add(store, ipam, &Alone, r).await?,
+            Request::Del(r) => crate::podipam::del(store, ipam, r).await?,
         };
-        self.ipam.assign(&req).await.map_err(ipam_err)
+        Ok((ips, "plugin"))
     }
 
     pub async fn add(&self, ipam_only: bool) -> CniResult<AddResult> {
         self.env.require(!ipam_only)?;
-        let pod = self.pod().await?;
-        let ips = self.allocate(pod.as_ref(), ipam_only).await?;
+        let t = Instant::now();
+        let (ips, by) = self
+            .ipam_op(Request::Add(self.add_request(ipam_only)))
+            .await?;
+        let ipam_ms = t.elapsed().as_secs_f64() * 1e3;
         if ipam_only {
+            info!(op = "ADD", network = %self.conf.name, container = %self.env.container_id, ips = ?ips, ipam = by, ipam_ms, "done");
             return Ok(ipam_result(&ips, None));
         }
+        let t = Instant::now();
         match self.wire(&ips).await {
             Ok(r) => {
-                if let Err(e) = self.write_workload(pod, &ips).await {
-                    self.undo_add().await;
-                    return Err(e);
-                }
-                info!(op = "ADD", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), ips = ?ips, veth = %self.host_veth(), "done");
+                let wire_ms = t.elapsed().as_secs_f64() * 1e3;
+                info!(op = "ADD", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), ips = ?ips, veth = %self.host_veth(), ipam = by, ipam_ms, wire_ms, "done");
                 Ok(r)
             }
             Err(e) => {
@@ -264,9 +228,9 @@ impl Ctx {
         }
     }
 
-    /// Takes back what a failed ADD made: the addresses and the veth pair.
+    /// Takes back what a failed ADD made: the addresses, the record and the veth pair.
     async fn undo_add(&self) {
-        if let Err(e) = self.ipam.release_handle(&self.handle()).await {
+        if let Err(e) = self.ipam_op(Request::Del(self.del_request(false))).await {
             warn!(container = %self.env.container_id, error = %e, "releasing after a failed ADD");
         }
         if let Ok(h) = wire::host_handle() {
@@ -353,53 +317,14 @@ impl Ctx {
         Ok(r)
     }
 
-    /// etcd mode: the record that tells the controller this workload is alive.
-    async fn write_workload(&self, pod: Option<Pod>, ips: &[IpAddr]) -> CniResult<()> {
-        if self.kube() || !self.primary() {
-            return Ok(()); // the API server's Pod is the record; it shows the primary's IPs
-        }
-        let Some((ns, name)) = self.env.pod() else {
-            return Ok(());
-        };
-        let api = self.store.namespaced::<Pod>(&ns);
-        let mut p = pod.unwrap_or_else(|| {
-            let mut p = Pod::default();
-            p.metadata.name = Some(name.clone());
-            p.metadata.namespace = Some(ns.clone());
-            p
-        });
-        p.metadata
-            .annotations
-            .get_or_insert_with(BTreeMap::new)
-            .insert(
-                ANNOTATION_CONTAINER_ID.into(),
-                self.env.container_id.clone(),
-            );
-        p.spec.get_or_insert_with(Default::default).node_name = Some(self.node.clone());
-        let status = p.status.get_or_insert_with(Default::default);
-        status.pod_ip = ips.first().map(ToString::to_string);
-        status.pod_ips = Some(
-            ips.iter()
-                .map(|ip| k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() })
-                .collect(),
-        );
-        let r = if p.metadata.resource_version.is_some() {
-            api.update(&p).await
-        } else {
-            api.create(&p).await
-        };
-        r.map(|_| ()).map_err(store_err)
-    }
-
     pub async fn del(&self, ipam_only: bool) -> CniResult<()> {
         self.env.require(false)?;
-        let freed = {
-            let _lock = HostLock::acquire(&self.conf.ipam_lock_file)?;
-            self.ipam
-                .release_handle(&self.handle())
-                .await
-                .map_err(ipam_err)?
-        };
+        let t = Instant::now();
+        let (freed, by) = self
+            .ipam_op(Request::Del(self.del_request(ipam_only)))
+            .await?;
+        let ipam_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
         if !ipam_only {
             let h = wire::host_handle()?;
             let deleted = wire::delete_link(&h, &self.host_veth()).await?;
@@ -417,38 +342,10 @@ impl Ctx {
                     |ph| async move { wire::delete_link(&ph, &ifname).await },
                 );
             }
-            self.delete_workload().await?;
         }
-        info!(op = "DEL", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), released = ?freed, "done");
+        let unwire_ms = t.elapsed().as_secs_f64() * 1e3;
+        info!(op = "DEL", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), released = ?freed, ipam = by, ipam_ms, unwire_ms, "done");
         Ok(())
-    }
-
-    async fn delete_workload(&self) -> CniResult<()> {
-        if self.kube() || !self.primary() {
-            return Ok(());
-        }
-        let Some(p) = self.pod().await? else {
-            return Ok(());
-        };
-        let ours = p
-            .metadata
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_CONTAINER_ID))
-            .is_some_and(|c| *c == self.env.container_id);
-        if !ours {
-            return Ok(()); // a newer sandbox of the pod owns the record
-        }
-        let (ns, name) = self.env.pod().unwrap_or_default();
-        match self
-            .store
-            .namespaced::<Pod>(&ns)
-            .delete(&name, p.metadata.resource_version.as_deref())
-            .await
-        {
-            Ok(()) | Err(StoreError::NotFound { .. }) | Err(StoreError::Conflict { .. }) => Ok(()),
-            Err(e) => Err(store_err(e)),
-        }
     }
 
     pub async fn check(&self, ipam_only: bool) -> CniResult<()> {
@@ -462,7 +359,8 @@ impl Ctx {
         })?;
         let mut problems = vec![];
         let ips = self
-            .ipam
+            .ipam()
+            .await?
             .ips_of_handle(&self.handle())
             .await
             .map_err(ipam_err)?;
@@ -568,7 +466,8 @@ impl Ctx {
             .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
             .collect();
         let blocks = self
-            .store
+            .store()
+            .await?
             .all::<brindle_api::IPAMBlock>()
             .list()
             .await
@@ -607,7 +506,12 @@ impl Ctx {
                 sequence: Some(a.sequence),
                 attrs: None,
             };
-            let out = self.ipam.release_ips(&[r]).await.map_err(ipam_err)?;
+            let out = self
+                .ipam()
+                .await?
+                .release_ips(&[r])
+                .await
+                .map_err(ipam_err)?;
             info!(op = "GC", network = %self.conf.name, ip = %a.ip, handle = ?a.handle, outcome = ?out.first(), "done");
         }
         Ok(())
@@ -616,7 +520,8 @@ impl Ctx {
     /// CNI 1.1 STATUS: ready when the datastore answers and an enabled pool exists.
     pub async fn status(&self) -> CniResult<()> {
         let pools = self
-            .store
+            .store()
+            .await?
             .all::<brindle_api::IPPool>()
             .list()
             .await

@@ -181,6 +181,11 @@ impl LabNode {
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("bgpd.sock")
     }
+
+    /// Where this node's agent serves IPAM to the CNI plugin.
+    pub fn ipam_socket(&self) -> PathBuf {
+        self.dir.join("ipam.sock")
+    }
     /// The CNI cache (libcni's `/var/lib/cni`) of this node's container runtime, if any.
     pub fn cni_cache_dir(&self) -> PathBuf {
         self.dir.join("cni-cache")
@@ -497,6 +502,8 @@ impl Lab {
             n.asn.to_string(),
             "--control-socket".into(),
             n.control_socket().display().to_string(),
+            "--ipam-socket".into(),
+            n.ipam_socket().display().to_string(),
             "--nodename-file".into(),
             n.dir.join("nodename").display().to_string(),
             "--metrics-listen".into(),
@@ -528,6 +535,11 @@ impl Lab {
                 .spawn()
                 .expect("start brindle-node");
         self.nodes[i].agent = Some(ChildGuard(child));
+    }
+
+    /// SIGKILL to node i's agent (a crash), waiting for it to be gone.
+    pub fn kill_agent(&mut self, i: usize) {
+        drop(self.nodes[i].agent.take()); // ChildGuard: kill, then wait
     }
 
     /// SIGTERM to node i's agent (a graceful stop), waiting for it to exit.

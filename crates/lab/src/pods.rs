@@ -105,6 +105,7 @@ impl Lab {
             "log_level": "info",
             "log_file_path": n.dir.join("cni.log"),
             "ipam_lock_file": n.dir.join("ipam.lock"),
+            "ipam_socket": n.ipam_socket(),
             "ipam": {"type": "brindle-ipam"}
         });
         match self.spec.datastore {

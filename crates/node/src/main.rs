@@ -77,6 +77,14 @@ struct Args {
         default_value = "/run/brindle/bgpd.sock"
     )]
     control_socket: PathBuf,
+    /// Where IPAM is served to the CNI plugin (its `ipam_socket`); `none` turns it off and
+    /// the plugin does IPAM itself.
+    #[arg(
+        long,
+        env = "BRINDLE_IPAM_SOCKET",
+        default_value = "/run/brindle/ipam.sock"
+    )]
+    ipam_socket: PathBuf,
     /// Where the node name is written for the CNI plugin (`nodename_file`).
     #[arg(
         long,
@@ -335,6 +343,21 @@ async fn run(a: Args) -> anyhow::Result<()> {
             .run(),
         );
     }
+    let ipam_socket = (a.ipam_socket.as_os_str() != "none").then(|| a.ipam_socket.clone());
+    if let Some(path) = ipam_socket.clone() {
+        let server = brindle_cni::agent::Server {
+            store: store.clone(),
+            ipam: std::sync::Arc::new(brindle_ipam::Ipam::new(store.clone())),
+            node: me.name.clone(),
+            path,
+        };
+        tokio::spawn(async move {
+            let path = server.path.clone();
+            if let Err(e) = server.run().await {
+                error!(socket = %path.display(), "IPAM socket failed; the CNI plugin does IPAM itself: {e}");
+            }
+        });
+    }
     let metrics = metrics::Metrics::new();
     let snap = snapshot::start(&store, &a.secrets_namespace, metrics.clone());
     let (tunnel_tx, tunnel_rx) = watch::channel(false);
@@ -440,6 +463,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down gracefully"),
         _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down gracefully"),
+    }
+    if let Some(path) = &ipam_socket {
+        // The plugin does IPAM itself from now on, instead of finding a dead socket.
+        let _ = std::fs::remove_file(path);
     }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(10), bgp).await;

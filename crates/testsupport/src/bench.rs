@@ -111,6 +111,53 @@ pub async fn etcd_cas_floor(endpoint: &str, clients: usize, ops: usize, shared: 
     Sample::merge(parts, start.elapsed().as_secs_f64())
 }
 
+/// The one-write floor: `ops` compare-and-swap writes of `bytes`-byte values, each guarded by
+/// the revision the previous write returned (no read), from `clients` connections in
+/// parallel, each on its own key: what one etcd transaction per operation costs.
+pub async fn etcd_write_floor(endpoint: &str, clients: usize, ops: usize, bytes: usize) -> Sample {
+    let per = ops / clients;
+    let start = Instant::now();
+    let mut tasks = vec![];
+    for c in 0..clients {
+        let endpoint = endpoint.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect([endpoint], None)
+                .await
+                .expect("etcd connect");
+            let mut kv = client.kv_client();
+            let key = format!("/bench/write/{clients}-{c}");
+            let value = vec![b'x'; bytes];
+            let mut rev = kv
+                .put(key.clone(), value.clone(), None)
+                .await
+                .expect("seed")
+                .header()
+                .map(|h| h.revision())
+                .unwrap_or_default();
+            let mut s = Sample::default();
+            for _ in 0..per {
+                let t = Instant::now();
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                    .or_else([TxnOp::get(key.clone(), None)]);
+                let r = kv.txn(txn).await.expect("txn");
+                if !r.succeeded() {
+                    s.conflicts += 1;
+                }
+                rev = r.header().map(|h| h.revision()).unwrap_or_default();
+                s.lat.push(t.elapsed());
+            }
+            s
+        }));
+    }
+    let mut parts = vec![];
+    for t in tasks {
+        parts.push(t.await.expect("client task"));
+    }
+    Sample::merge(parts, start.elapsed().as_secs_f64())
+}
+
 /// A `/proc/<pid>/status` figure given in kB (`VmHWM:`, `VmRSS:`), in MiB; 0 when unreadable.
 pub fn proc_status_mib(pid: u32, key: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -1,0 +1,278 @@
+//! IPAM served by the node agent on a local unix socket (`/run/brindle/ipam.sock`).
+//!
+//! `brindle-node` keeps a warm IPAM client (pools, the node, its blocks cached) and answers
+//! the datastore side of ADD and DEL ([`crate::podipam`]) for the plugin, which then only
+//! wires the pod. Requests that arrive together are batched: several pods' addresses are
+//! taken from a block in one etcd transaction. The plugin falls back to doing the work
+//! itself (under the host lock) when the socket is not there, refuses the connection, or
+//! closes it without an answer, so pod creation never depends on the agent being up; a
+//! request the agent has already served is then found by its handle, not served twice.
+//!
+//! Wire format: one JSON request line, one JSON answer line, then the connection closes.
+//! The socket is created mode 0600 (root only): whoever can write to it can take and free
+//! addresses.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use brindle_datastore::Store;
+use brindle_ipam::{AssignRequest, Ipam, MAX_BATCH};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::podipam::{self, AddRequest, Batch, DelRequest};
+use crate::spec::{code, CniError};
+
+pub const DEFAULT_SOCKET: &str = "/run/brindle/ipam.sock";
+/// Largest request line the agent reads.
+const MAX_LINE: u64 = 1 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Add(AddRequest),
+    Del(DelRequest),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "lowercase")]
+pub enum Response {
+    Ok {
+        ips: Vec<IpAddr>,
+    },
+    Error {
+        code: u32,
+        msg: String,
+        details: String,
+    },
+    /// Not for this agent (another node's request): the plugin does it itself.
+    Declined {
+        why: String,
+    },
+}
+
+/// How a call to the agent ended.
+#[derive(Debug)]
+pub enum Answer {
+    Done(Vec<IpAddr>),
+    Failed(CniError),
+    /// No answer: the plugin must do the work itself. Says why, for the log.
+    Unreachable(String),
+}
+
+/// Sends one request and waits up to `timeout` for the answer.
+pub async fn call(path: &Path, req: &Request, timeout: Duration) -> Answer {
+    match tokio::time::timeout(timeout, exchange(path, req)).await {
+        Ok(Ok(Response::Ok { ips })) => Answer::Done(ips),
+        Ok(Ok(Response::Error { code, msg, details })) => {
+            Answer::Failed(CniError::new(code, msg, details))
+        }
+        Ok(Ok(Response::Declined { why })) => Answer::Unreachable(format!("declined: {why}")),
+        Ok(Err(e)) => Answer::Unreachable(e.to_string()),
+        Err(_) => Answer::Unreachable(format!("no answer within {timeout:?}")),
+    }
+}
+
+async fn exchange(path: &Path, req: &Request) -> std::io::Result<Response> {
+    let mut s = UnixStream::connect(path).await?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).await?;
+    if answer.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the agent closed the connection without answering",
+        ));
+    }
+    Ok(serde_json::from_str(&answer)?)
+}
+
+/// The agent's batcher: plain requests that arrive while a batch is being written wait and
+/// go together in the next one.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<(AssignRequest, oneshot::Sender<Option<Vec<IpAddr>>>)>,
+    alone: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Batcher {
+    pub fn start(ipam: Arc<Ipam>) -> Batcher {
+        let (tx, mut rx) = mpsc::channel::<(AssignRequest, oneshot::Sender<_>)>(1024);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(x) => batch.push(x),
+                        Err(_) => break,
+                    }
+                }
+                let reqs: Vec<AssignRequest> = batch.iter().map(|(r, _)| r.clone()).collect();
+                let out = ipam.assign_batch(&reqs).await;
+                if reqs.len() > 1 {
+                    let served = out.iter().filter(|o| o.is_some()).count();
+                    debug!(requests = reqs.len(), served, "batch");
+                }
+                for ((_, reply), got) in batch.into_iter().zip(out) {
+                    let _ = reply.send(got);
+                }
+            }
+        });
+        Batcher {
+            tx,
+            alone: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+}
+
+impl Batch for Batcher {
+    async fn assign(&self, req: AssignRequest) -> Option<Vec<IpAddr>> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((req, reply)).await.ok()?;
+        answer.await.ok().flatten()
+    }
+
+    async fn alone(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        Some(self.alone.clone().lock_owned().await)
+    }
+}
+
+/// The agent's side: serves `path` until the listener fails.
+pub struct Server {
+    pub store: Store,
+    pub ipam: Arc<Ipam>,
+    pub node: String,
+    pub path: PathBuf,
+}
+
+impl Server {
+    pub async fn run(self) -> std::io::Result<()> {
+        let listener = bind_private(&self.path)?;
+        info!(socket = %self.path.display(), "serving IPAM to the CNI plugin");
+        let batcher = Batcher::start(self.ipam.clone());
+        let me = Arc::new(self);
+        loop {
+            let (conn, _) = listener.accept().await?;
+            let me = me.clone();
+            let batcher = batcher.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.serve(conn, &batcher).await {
+                    debug!(error = %e, "IPAM socket connection");
+                }
+            });
+        }
+    }
+
+    async fn serve(&self, conn: UnixStream, batcher: &Batcher) -> std::io::Result<()> {
+        let (r, mut w) = conn.into_split();
+        let mut line = String::new();
+        tokio::io::AsyncReadExt::take(BufReader::new(r), MAX_LINE)
+            .read_line(&mut line)
+            .await?;
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => self.answer(req, batcher).await,
+            Err(e) => Response::Error {
+                code: code::DECODE,
+                msg: "brindle-node could not decode the IPAM request".into(),
+                details: e.to_string(),
+            },
+        };
+        let mut out = serde_json::to_vec(&resp)?;
+        out.push(b'\n');
+        w.write_all(&out).await
+    }
+
+    async fn answer(&self, req: Request, batcher: &Batcher) -> Response {
+        let out = match &req {
+            Request::Add(r) if r.node != self.node => {
+                return Response::Declined {
+                    why: format!("this agent serves node {:?}, not {:?}", self.node, r.node),
+                }
+            }
+            Request::Add(r) => podipam::add(&self.store, &self.ipam, batcher, r).await,
+            Request::Del(r) => podipam::del(&self.store, &self.ipam, r).await,
+        };
+        match out {
+            Ok(ips) => Response::Ok { ips },
+            Err(e) => {
+                warn!(request = ?req, error = %e, "IPAM request failed");
+                Response::Error {
+                    code: e.code,
+                    msg: e.msg,
+                    details: e.details,
+                }
+            }
+        }
+    }
+}
+
+/// Binds a socket only root can use: made under a temporary name, restricted, then renamed
+/// over `path` (replacing a socket a previous run left), so it is never reachable with
+/// looser permissions.
+fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::rename(&tmp, path)?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        let r = Request::Del(DelRequest {
+            handle: "k8s-pod-network.abc".into(),
+            pod: Some(("default".into(), "web".into())),
+            container_id: "abc".into(),
+            record: true,
+        });
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["op"], "del");
+        assert_eq!(serde_json::from_value::<Request>(v).unwrap(), r);
+        let ok = Response::Ok {
+            ips: vec!["10.0.0.1".parse().unwrap()],
+        };
+        let v = serde_json::to_value(&ok).unwrap();
+        assert_eq!(v, serde_json::json!({"result": "ok", "ips": ["10.0.0.1"]}));
+    }
+
+    #[tokio::test]
+    async fn no_agent_means_unreachable() {
+        let dir = tempfile::tempdir().unwrap();
+        let req = Request::Del(DelRequest {
+            handle: "h".into(),
+            pod: None,
+            container_id: "c".into(),
+            record: false,
+        });
+        let a = call(&dir.path().join("none.sock"), &req, Duration::from_secs(1)).await;
+        assert!(matches!(a, Answer::Unreachable(_)), "{a:?}");
+        // A socket that accepts and closes without answering: also unreachable.
+        let path = dir.path().join("mute.sock");
+        let l = bind_private(&path).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        tokio::spawn(async move {
+            let (c, _) = l.accept().await.unwrap();
+            drop(c);
+        });
+        let a = call(&path, &req, Duration::from_secs(5)).await;
+        assert!(matches!(a, Answer::Unreachable(_)), "{a:?}");
+    }
+}
