@@ -1,6 +1,13 @@
 //! ADD and DEL latency of the plugin binary (release build), p50/p99, for 100 pods one at a
-//! time and 100 pods 20 at a time, on a local etcd (data on disk). Beside it, the cost of
-//! starting a process at all (`/bin/true`), the floor for any exec-based plugin.
+//! time and 100 pods 20 at a time, on a local etcd (data on disk):
+//! - through the agent: the plugin asks the node agent's IPAM socket; the server is
+//!   `brindle_cni::agent::Server`, the code `brindle-node` runs, here inside the benchmark
+//!   process on a runtime of its own;
+//! - direct: no agent, the plugin does IPAM itself under the host lock (the fallback path);
+//! - the reference plugins `ptp` + `host-local` (containernetworking-plugins, a file on
+//!   local disk and no datastore at all), run by the same harness on the same pods;
+//! - the cost of starting a process at all (`/bin/true`), the floor for any exec-based
+//!   plugin.
 //!
 //! The benchmark process moves itself into a network namespace of its own before it starts
 //! anything, so etcd, the plugin and the pods' veths all live there and nothing touches the
@@ -9,18 +16,21 @@
 //! Run: `cargo bench -p brindle-cni --bench cni`. Writes bench-results/cni.json.
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brindle_api::{BrindleNode, IPPool, IPPoolSpec};
+use brindle_cni::agent::Server;
 use brindle_datastore::backend::etcd::EtcdBackend;
 use brindle_datastore::Store;
+use brindle_ipam::Ipam;
 use brindle_testsupport::bench::{write_results, Sample};
 use brindle_testsupport::{CniCall, EtcdServer, Netns};
 use serde_json::json;
 
 const PODS: usize = 100;
 
-fn run_plugin(command: &str, conf: &str, container: &str, netns: &str) -> Duration {
+fn run_plugin(plugin: &str, command: &str, conf: &str, container: &str, netns: &str) -> Duration {
     let t = Instant::now();
     let out = CniCall {
         command,
@@ -29,10 +39,7 @@ fn run_plugin(command: &str, conf: &str, container: &str, netns: &str) -> Durati
         pod: Some(("bench", container)),
         env: &[],
     }
-    .run(
-        Command::new(env!("CARGO_BIN_EXE_brindle-cni")),
-        conf.as_bytes(),
-    )
+    .run(Command::new(plugin), conf.as_bytes())
     .expect("plugin");
     let took = t.elapsed();
     assert!(
@@ -43,7 +50,14 @@ fn run_plugin(command: &str, conf: &str, container: &str, netns: &str) -> Durati
     took
 }
 
-fn timed(parallel: usize, pods: &[Netns], conf: &str, command: &str, tag: &str) -> Sample {
+fn timed(
+    plugin: &str,
+    parallel: usize,
+    pods: &[Netns],
+    conf: &str,
+    command: &str,
+    tag: &str,
+) -> Sample {
     let start = Instant::now();
     let mut lat = vec![];
     for chunk in pods.chunks(parallel).enumerate() {
@@ -54,7 +68,7 @@ fn timed(parallel: usize, pods: &[Netns], conf: &str, command: &str, tag: &str) 
                 .enumerate()
                 .map(|(i, ns)| {
                     let id = format!("{tag}-{}", c * parallel + i);
-                    s.spawn(move || run_plugin(command, conf, &id, &ns.path()))
+                    s.spawn(move || run_plugin(plugin, command, conf, &id, &ns.path()))
                 })
                 .collect();
             hs.into_iter().map(|h| h.join().expect("thread")).collect()
@@ -68,6 +82,37 @@ fn timed(parallel: usize, pods: &[Netns], conf: &str, command: &str, tag: &str) 
     };
     s.lat.sort();
     s
+}
+
+/// Medians of the phase timings brindle-cni logs for containers `<tag>-*`: ADD's ipam_ms and
+/// wire_ms, DEL's ipam_ms and unwire_ms.
+fn phases(log: &std::path::Path, tag: &str) -> [f64; 4] {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut v: [Vec<f64>; 4] = Default::default();
+    let field = |line: &str, name: &str| -> Option<f64> {
+        let rest = &line[line.find(&format!(" {name}="))? + name.len() + 2..];
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    for line in text.lines() {
+        if !line.contains(&format!("container={tag}-")) {
+            continue;
+        }
+        let (a, b, i) = if line.contains("op=\"ADD\"") {
+            ("ipam_ms", "wire_ms", 0)
+        } else if line.contains("op=\"DEL\"") {
+            ("ipam_ms", "unwire_ms", 2)
+        } else {
+            continue;
+        };
+        if let (Some(x), Some(y)) = (field(line, a), field(line, b)) {
+            v[i].push(x);
+            v[i + 1].push(y);
+        }
+    }
+    v.map(|mut xs| {
+        xs.sort_by(f64::total_cmp);
+        xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+    })
 }
 
 fn main() {
@@ -103,12 +148,61 @@ fn main() {
             .await
             .expect("node");
     });
-    let conf = json!({
-        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "brindle-cni",
-        "nodename": "bench-node", "datastore_type": "etcd", "etcd_endpoints": etcd.endpoint(),
-        "log_file_path": dir.join("cni.log"), "ipam_lock_file": dir.join("ipam.lock"),
+    // The agent's IPAM server, on a runtime of its own (as in brindle-node).
+    let socket = dir.join("ipam.sock");
+    let agent_rt = tokio::runtime::Runtime::new().expect("runtime");
+    {
+        let store = rt
+            .block_on(EtcdBackend::connect(&[etcd.endpoint()]))
+            .expect("etcd");
+        let store = Store::new(store);
+        let server = Server {
+            ipam: Arc::new(Ipam::new(store.clone())),
+            store,
+            node: "bench-node".into(),
+            path: socket.clone(),
+        };
+        agent_rt.spawn(server.run());
+    }
+    while !socket.exists() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let brindle = |ipam_socket: &std::path::Path| {
+        json!({
+            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "brindle-cni",
+            "nodename": "bench-node", "datastore_type": "etcd", "etcd_endpoints": etcd.endpoint(),
+            "log_file_path": dir.join("cni.log"), "ipam_lock_file": dir.join("ipam.lock"),
+            "ipam_socket": ipam_socket,
+        })
+        .to_string()
+    };
+    let ptp = json!({
+        "cniVersion": "1.0.0", "name": "bench-ptp", "type": "ptp", "ipMasq": false, "mtu": 1500,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.73.0.0/16"}]],
+                 "dataDir": dir.join("host-local")}
     })
     .to_string();
+    let ptp_bin = "/usr/lib/cni/ptp";
+    let brindle_bin = env!("CARGO_BIN_EXE_brindle-cni");
+    let mut runs: Vec<(&str, &str, String)> = vec![
+        (
+            "brindle-cni through the agent",
+            brindle_bin,
+            brindle(&socket),
+        ),
+        (
+            "brindle-cni direct (no agent)",
+            brindle_bin,
+            brindle(std::path::Path::new("")),
+        ),
+    ];
+    if std::path::Path::new(ptp_bin).exists() {
+        runs.push(("ptp + host-local (reference)", ptp_bin, ptp));
+    } else {
+        eprintln!(
+            "{ptp_bin} missing (apt-get install containernetworking-plugins): no reference row"
+        );
+    }
 
     let floor = {
         let mut lat: Vec<Duration> = (0..PODS)
@@ -126,17 +220,32 @@ fn main() {
         }
     };
 
-    let mut rows = vec![("exec /bin/true (floor)", 1, floor.clone(), floor)];
-    for (label, parallel) in [("one at a time", 1), ("20 at a time", 20)] {
-        let pods: Vec<Netns> = (0..PODS).map(|_| Netns::new("brl-bench-pod")).collect();
-        let tag = format!("p{parallel}");
-        let add = timed(parallel, &pods, &conf, "ADD", &tag);
-        let del = timed(parallel, &pods, &conf, "DEL", &tag);
-        rows.push((label, parallel, add, del));
+    let mut breakdown = vec![];
+    let mut rows = vec![(
+        "exec /bin/true (floor)".to_string(),
+        1,
+        floor.clone(),
+        floor,
+    )];
+    for parallel in [1, 20] {
+        for (i, (label, bin, conf)) in runs.iter().enumerate() {
+            let pods: Vec<Netns> = (0..PODS).map(|_| Netns::new("brl-bench-pod")).collect();
+            let tag = format!("r{i}p{parallel}");
+            let add = timed(bin, parallel, &pods, conf, "ADD", &tag);
+            let del = timed(bin, parallel, &pods, conf, "DEL", &tag);
+            rows.push((label.to_string(), parallel, add, del));
+            if *bin == brindle_bin {
+                breakdown.push((
+                    label.to_string(),
+                    parallel,
+                    phases(&dir.join("cni.log"), &tag),
+                ));
+            }
+        }
     }
 
-    println!("\nbrindle-cni latency, {PODS} pods, etcd on disk (ms)\n");
-    println!("| run | concurrency | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
+    println!("\nCNI ADD/DEL latency, {PODS} pods per run, etcd on disk (ms)\n");
+    println!("| plugin | concurrency | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut out = vec![];
     for (label, par, add, del) in &rows {
@@ -150,6 +259,18 @@ fn main() {
         out.push(json!({"run": label, "concurrency": par, "add_p50_ms": add.ms(0.5), "add_p99_ms": add.ms(0.99),
             "del_p50_ms": del.ms(0.5), "del_p99_ms": del.ms(0.99)}));
     }
+    println!(
+        "\nwhere brindle-cni's time goes, medians from its log (ms): IPAM (agent or own), wiring\n"
+    );
+    println!("| plugin | concurrency | ADD ipam | ADD wire | DEL ipam | DEL unwire |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (label, par, p) in &breakdown {
+        println!(
+            "| {label} | {par} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            p[0], p[1], p[2], p[3]
+        );
+    }
+    drop(agent_rt);
     write_results("cni.json", &serde_json::Value::Array(out));
     let _ = std::fs::remove_dir_all(&dir);
 }
