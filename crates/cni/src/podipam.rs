@@ -121,8 +121,35 @@ pub async fn add(
     batch: &impl Batch,
     r: &AddRequest,
 ) -> CniResult<Vec<IpAddr>> {
-    let pod = pod(store, &r.pod).await?;
-    let ips = allocate(ipam, batch, r, pod.as_ref()).await?;
+    // Most pods ask for nothing of their own: their addresses are taken from the batch while
+    // their annotations are read, and given back if the annotations ask for something else.
+    let guess = AssignRequest {
+        handle: r.handle.clone(),
+        node: r.node.clone(),
+        ipv4: r.ipv4,
+        ipv6: r.ipv6,
+        attrs: r.attrs.clone(),
+        use_: AllowedUse::Workload,
+        pools: [r.ipv4_pools.clone(), r.ipv6_pools.clone()].concat(),
+    };
+    let (pod, guessed) = tokio::join!(pod(store, &r.pod), batch.assign(guess.clone()));
+    let pod = match pod {
+        Ok(p) => p,
+        Err(e) => {
+            if guessed.is_some() {
+                let _ = ipam.release_handle(&r.handle).await;
+            }
+            return Err(e);
+        }
+    };
+    let ips = allocate(
+        ipam,
+        batch,
+        r,
+        pod.as_ref(),
+        guessed.map(|ips| (guess, ips)),
+    )
+    .await?;
     if r.record {
         if let Err(e) = write_record(store, r, pod, &ips).await {
             let _ = ipam.release_handle(&r.handle).await;
@@ -137,6 +164,7 @@ async fn allocate(
     batch: &impl Batch,
     r: &AddRequest,
     pod: Option<&Pod>,
+    guessed: Option<(AssignRequest, Vec<IpAddr>)>,
 ) -> CniResult<Vec<IpAddr>> {
     let ann = pod
         .and_then(|p| p.metadata.annotations.clone())
@@ -154,9 +182,20 @@ async fn allocate(
             })
             .transpose()
     };
-    let fixed = list(ANNOTATION_IP_ADDRS)?;
-    let mut pools = list(ANNOTATION_IPV4_POOLS)?.unwrap_or_else(|| r.ipv4_pools.clone());
-    pools.extend(list(ANNOTATION_IPV6_POOLS)?.unwrap_or_else(|| r.ipv6_pools.clone()));
+    let fixed = list(ANNOTATION_IP_ADDRS);
+    let v4 = list(ANNOTATION_IPV4_POOLS);
+    let v6 = list(ANNOTATION_IPV6_POOLS);
+    let (fixed, v4, v6) = match (fixed, v4, v6) {
+        (Ok(f), Ok(a), Ok(b)) => (f, a, b),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+            if guessed.is_some() {
+                let _ = ipam.release_handle(&r.handle).await;
+            }
+            return Err(e);
+        }
+    };
+    let mut pools = v4.unwrap_or_else(|| r.ipv4_pools.clone());
+    pools.extend(v6.unwrap_or_else(|| r.ipv6_pools.clone()));
     let req = AssignRequest {
         handle: r.handle.clone(),
         node: r.node.clone(),
@@ -166,11 +205,12 @@ async fn allocate(
         use_: AllowedUse::Workload,
         pools,
     };
-    // The batch creates the handle only if it does not exist: a repeated ADD falls through.
-    if fixed.is_none() {
-        if let Some(ips) = batch.assign(req.clone()).await {
+    if let Some((guess, ips)) = guessed {
+        if fixed.is_none() && guess.pools == req.pools {
             return Ok(ips);
         }
+        info!(handle = %r.handle, "the pod's annotations ask for other pools or addresses: giving back {ips:?}");
+        ipam.release_handle(&r.handle).await.map_err(ipam_err)?;
     }
     let _alone = batch.alone().await;
     // A repeated ADD of this attachment keeps its addresses; the owner record is refreshed

@@ -107,6 +107,8 @@ impl Fixture {
             "log_level": "info",
             "log_file_path": self.dir.0.join("cni.log"),
             "ipam_lock_file": self.dir.0.join("ipam.lock"),
+            // The plugin's own IPAM (tests/agent.rs serves it from an agent instead).
+            "ipam_socket": "",
             "ipam": {"type": "brindle-ipam"}
         })
     }
