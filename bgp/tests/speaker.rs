@@ -129,8 +129,12 @@ async fn two_speakers_dialing_each_other_settle_on_one_session() {
 
 /// An UPDATE by hand: ORIGIN value, and the NEXT_HOP attribute's declared length.
 fn update(origin: u8, next_hop_len: u8) -> Vec<u8> {
+    update_via(origin, next_hop_len, [127, 0, 0, 14])
+}
+
+fn update_via(origin: u8, next_hop_len: u8, next_hop: [u8; 4]) -> Vec<u8> {
     let mut attrs = vec![0x40, 1, 1, origin, 0x40, 2, 0, 0x40, 3, next_hop_len];
-    attrs.extend_from_slice(&[127, 0, 0, 14]);
+    attrs.extend_from_slice(&next_hop);
     let nlri = [24, 10, 9, 0];
     let mut body = vec![0, 0];
     body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
@@ -173,16 +177,60 @@ async fn malformed_updates_are_withdrawn_or_reset_the_session_as_rfc_7606_says()
     })
     .await;
     assert_eq!(peer(&s, "127.0.0.14").await.state, "Established");
-    // NEXT_HOP longer than the attributes: the attribute list cannot be parsed, so the
-    // session is reset with an UPDATE-message-error NOTIFICATION.
+    // Unusable next hops (RFC 4271 §6.3): 0.0.0.0, multicast, class E and the speaker's own
+    // address on the session. Each one's routes are withdrawn, no NOTIFICATION, the session
+    // stays; a good next hop brings the route back each time.
+    for bad in [
+        [0, 0, 0, 0],
+        [224, 0, 0, 5],
+        [240, 0, 0, 1],
+        [127, 0, 0, 13],
+    ] {
+        c.w.write_all(&update(0, 4)).await.expect("send");
+        until("the route", async || {
+            has_route(&s, "10.9.0.0/24").await.then_some(())
+        })
+        .await;
+        c.w.write_all(&update_via(0, 4, bad)).await.expect("send");
+        until(&format!("next hop {bad:?} withdraws"), async || {
+            (!has_route(&s, "10.9.0.0/24").await).then_some(())
+        })
+        .await;
+        assert_eq!(peer(&s, "127.0.0.14").await.state, "Established");
+    }
+    // NEXT_HOP longer than the attributes: the Total Path Attribute Length still locates
+    // the NLRI, so its routes are treated as withdrawn (RFC 7606 §4); the session stays.
+    c.w.write_all(&update(0, 4)).await.expect("send");
+    until("the route", async || {
+        has_route(&s, "10.9.0.0/24").await.then_some(())
+    })
+    .await;
     c.w.write_all(&update(0, 10)).await.expect("send");
+    until("the overrun withdraws", async || {
+        (!has_route(&s, "10.9.0.0/24").await).then_some(())
+    })
+    .await;
+    assert_eq!(peer(&s, "127.0.0.14").await.state, "Established");
+    // An MP_REACH_NLRI that overruns the field: its NLRI cannot be known, so the session is
+    // reset with an UPDATE-message-error NOTIFICATION (3/5).
+    let attrs = [
+        0x40, 1, 1, 0, 0x40, 2, 0, 0x80, 14, 0x40, 0, 1, 1, 4, 127, 0, 0, 14, 0,
+    ];
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(&attrs);
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    m.push(2);
+    m.extend_from_slice(&body);
+    c.w.write_all(&m).await.expect("send");
     let n = loop {
         match loadgen::read_msg(&mut c.r, &mut c.buf).await.expect("read") {
             Message::Notification(n) => break n,
             _ => continue,
         }
     };
-    assert_eq!(n.code, 3, "{n:?}");
+    assert_eq!((n.code, n.subcode), (3, 5), "{n:?}");
     let st = until("the session down", async || {
         let p = peer(&s, "127.0.0.14").await;
         (p.state != "Established").then_some(p)

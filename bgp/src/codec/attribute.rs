@@ -296,37 +296,41 @@ pub(crate) fn decode_attributes(mut v: &[u8], ctx: &Ctx) -> Result<Decoded, Attr
     let mut as4_path = None;
     let mut as4_aggregator = None;
     while !v.is_empty() {
-        if v.len() < 3 {
-            return Err(err(
-                0,
-                "attribute header runs past the attribute field",
-                Treatment::SessionReset,
-                1,
-            ));
+        // RFC 7606 §4: an attribute whose header or value runs past the attribute field
+        // leaves the rest of the field unreadable, but the Total Path Attribute Length still
+        // locates the NLRI: treat-as-withdraw. Only an MP_REACH/MP_UNREACH that overruns
+        // (its NLRI cannot be known) resets the session.
+        let overrun = |code: u8, reason: &'static str, subcode: u8| {
+            let t = if code == code::MP_REACH || code == code::MP_UNREACH {
+                Treatment::SessionReset
+            } else {
+                Treatment::TreatAsWithdraw
+            };
+            err(code, reason, t, subcode)
+        };
+        let short = v.len() < 3 || (v[0] & EXTENDED_LENGTH != 0 && v.len() < 4);
+        if short {
+            let code = v.get(1).copied().unwrap_or(0);
+            let e = overrun(code, "attribute header runs past the attribute field", 1);
+            if e.treatment == Treatment::SessionReset {
+                return Err(e);
+            }
+            errors.push(e);
+            break;
         }
         let (flags, code) = (v[0], v[1]);
         let (len, hdr) = if flags & EXTENDED_LENGTH != 0 {
-            if v.len() < 4 {
-                return Err(err(
-                    code,
-                    "attribute header runs past the attribute field",
-                    Treatment::SessionReset,
-                    1,
-                ));
-            }
             (usize::from(u16::from_be_bytes([v[2], v[3]])), 4)
         } else {
             (usize::from(v[2]), 3)
         };
         if hdr + len > v.len() {
-            // RFC 7606 §4: the attribute overruns the field. Without trustworthy framing
-            // nothing after it (MP attributes included) can be located.
-            return Err(err(
-                code,
-                "attribute length runs past the attribute field",
-                Treatment::SessionReset,
-                5,
-            ));
+            let e = overrun(code, "attribute length runs past the attribute field", 5);
+            if e.treatment == Treatment::SessionReset {
+                return Err(e);
+            }
+            errors.push(e);
+            break;
         }
         let value = &v[hdr..hdr + len];
         v = &v[hdr + len..];

@@ -419,8 +419,20 @@ fn rfc7606_outcomes() {
     // MP_REACH twice → session reset.
     let mp = "80 0e 09 0001 01 04 c6120001 00";
     assert!(outcome(&format!("{ok} {mp} {mp}")).is_err());
-    // An attribute whose length runs past the attribute field → session reset.
-    assert!(outcome(&format!("{ok} c0 08 40 ffffff01")).is_err());
+    // An attribute whose length runs past the attribute field: the Total Path Attribute
+    // Length still locates the NLRI → treat-as-withdraw (RFC 7606 §4), subcode 5 noted.
+    assert_eq!(
+        outcome(&format!("{ok} c0 08 40 ffffff01")),
+        Ok(vec![(8, TreatAsWithdraw)])
+    );
+    // Fewer octets left than an attribute header → treat-as-withdraw too.
+    assert_eq!(
+        outcome(&format!("{ok} c0 08")),
+        Ok(vec![(8, TreatAsWithdraw)])
+    );
+    // An MP_REACH that overruns: its NLRI cannot be known → session reset (3/5).
+    let e = outcome(&format!("{ok} 80 0e 40 0001 01 04 c6120001 00")).unwrap_err();
+    assert_eq!((e.notification().0, e.notification().1), (3, 5));
     // An unrecognized well-known attribute → session reset (3/2).
     assert_eq!(
         outcome(&format!("{ok} 40 63 00"))

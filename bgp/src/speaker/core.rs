@@ -26,6 +26,7 @@ use crate::codec::{
     SAFI_UNICAST,
 };
 use crate::fsm::{self, Negotiated, State};
+use crate::nexthop;
 use crate::policy::Verdict;
 use crate::rib::{Change, Path, PeerId, PeerInfo, Rib, LOCAL};
 
@@ -665,11 +666,35 @@ impl Core {
             withdrawn.extend(un.withdrawn);
         }
         let mut announced: Vec<(Nlri, Arc<Attributes>)> = vec![];
-        if !u.nlri.is_empty() {
-            let a = Arc::new(Attributes { ..base.clone() });
-            announced.extend(u.nlri.into_iter().map(|n| (n, a.clone())));
+        let mut nlri = u.nlri;
+        let mut reach = reach.filter(|r| r.safi == SAFI_UNICAST && r.afi == Afi::Ipv6);
+        // RFC 4271 §6.3: routes through an unusable next hop are ignored (withdrawn here, so
+        // an earlier path from this peer does not linger), logged, and the session stays.
+        let peer_ip = unmap(p.cfg.addr);
+        let (own4, own6) = p.up.as_ref().map_or((None, None), |u| (u.nh4, u.nh6));
+        if let Some((nh, why)) = base
+            .next_hop
+            .filter(|_| !nlri.is_empty())
+            .and_then(|nh| Some((nh, nexthop::unusable_v4(nh, own4, peer_ip)?)))
+        {
+            warn!(peer = %p.cfg.addr, next_hop = %nh, why, prefixes = nlri.len(), "UPDATE with an unusable NEXT_HOP: its routes are treated as withdrawn");
+            withdrawn.append(&mut nlri);
         }
-        if let Some(r) = reach.filter(|r| r.safi == SAFI_UNICAST && r.afi == Afi::Ipv6) {
+        if let Some(why) = reach
+            .as_ref()
+            .filter(|r| !r.nlri.is_empty())
+            .and_then(|r| nexthop::unusable_v6(&r.next_hops, own6, peer_ip))
+        {
+            if let Some(r) = reach.take() {
+                warn!(peer = %p.cfg.addr, next_hops = ?r.next_hops, why, prefixes = r.nlri.len(), "MP_REACH_NLRI with an unusable next hop: its routes are treated as withdrawn");
+                withdrawn.extend(r.nlri);
+            }
+        }
+        if !nlri.is_empty() {
+            let a = Arc::new(Attributes { ..base.clone() });
+            announced.extend(nlri.into_iter().map(|n| (n, a.clone())));
+        }
+        if let Some(r) = reach {
             let a = Arc::new(Attributes {
                 next_hop: None,
                 mp_reach: Some(MpReach {
