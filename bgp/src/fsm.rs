@@ -367,6 +367,18 @@ impl Session {
             .into_iter()
             .filter(|f| peer_families.contains(f))
             .collect();
+        // RFC 5492 §5: without one address family in common the session could carry
+        // nothing; say which capabilities we needed (2/7, our Multiprotocol capabilities).
+        if families.is_empty() {
+            let data = mp(ours)
+                .iter()
+                .flat_map(|(afi, safi)| {
+                    let a = afi.to_u16().to_be_bytes();
+                    [1, 4, a[0], a[1], 0, *safi]
+                })
+                .collect();
+            return Err(DecodeError::UnsupportedCapability(data));
+        }
         // Add-path (RFC 7911 §5): we receive path identifiers where we said Receive and they
         // said Send, and send them where we said Send and they said Receive.
         let mode = |caps: &[Capability], afi: Afi, safi: u8| {

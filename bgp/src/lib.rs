@@ -8,9 +8,9 @@
 //! `unsafe` is denied everywhere but in `speaker/md5.rs`, the one `setsockopt(TCP_MD5SIG)`.
 //!
 //! Partial: decoding uses nom for OPEN and NLRI, attributes are bounds-checked slice code
-//! (fuzzed); NOTIFICATION 2/7 (unsupported capability) is never sent. Missing: RFC 9072
-//! extended optional parameters, confederation rules (segments are parsed and kept), the
-//! IGP-cost step of the decision process, GTSM (RFC 5082), RFC 8538, BFD.
+//! (fuzzed). Missing: RFC 9072 extended optional parameters, confederation rules (segments
+//! are parsed and kept), the IGP-cost step of the decision process, GTSM (RFC 5082),
+//! RFC 8538, BFD.
 #![deny(unsafe_code)]
 
 pub mod adj_out;

@@ -182,6 +182,24 @@ fn bad_opens_get_the_right_notification() {
         assert!(out.contains(&Output::Disconnect));
         assert_eq!(s.state(), State::Idle);
     }
+    // No address family in common: 2/7 naming the Multiprotocol capability we needed.
+    let mut s = open_sent(false);
+    let v6_only = Message::Open(Open::new(
+        4_200_000_001,
+        90,
+        PEER,
+        vec![Capability::Multiprotocol {
+            afi: Afi::Ipv6,
+            safi: 1,
+        }],
+    ));
+    let out = s.process(Input::Message(v6_only));
+    assert!(sent(&out).contains(&&Message::Notification(Notification {
+        code: 2,
+        subcode: 7,
+        data: vec![1, 4, 0, 1, 0, 1]
+    })));
+    assert_eq!(s.state(), State::Idle);
     // A version the codec refuses arrives as a decode error: 2/1 with the version we speak.
     let mut s = open_sent(false);
     let out = s.process(Input::DecodeError(DecodeError::UnsupportedVersion(3)));

@@ -24,6 +24,10 @@ pub enum DecodeError {
     UnsupportedOptionalParameter(u8),
     #[error("OPEN: unacceptable hold time {0}")]
     UnacceptableHoldTime(u16),
+    /// RFC 5492 §5: the peer lacks a capability we require (no address family in common);
+    /// the data is the capabilities we required.
+    #[error("OPEN: unsupported capability (no address family in common)")]
+    UnsupportedCapability(Vec<u8>),
     // 3: UPDATE Message Error
     #[error("UPDATE: malformed attribute list ({0})")]
     MalformedAttributeList(&'static str),
@@ -54,6 +58,7 @@ impl DecodeError {
             BadBgpIdentifier(_) => (2, 3, vec![]),
             UnsupportedOptionalParameter(_) => (2, 4, vec![]),
             UnacceptableHoldTime(_) => (2, 6, vec![]),
+            UnsupportedCapability(data) => (2, 7, data.clone()),
             MalformedAttributeList(_) => (3, 1, vec![]),
             InvalidNetwork => (3, 10, vec![]),
             Attribute(e) => (3, e.subcode, vec![]),
