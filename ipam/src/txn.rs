@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use brindle_api::{AllowedUse, IPAMBlock, IPAMHandle, IPAMHandleSpec};
-use brindle_datastore::{ResourceType, StoreError};
+use brindle_datastore::{ResourceType, StoreError, Txn};
 use ipnetwork::IpNetwork;
 use tracing::{debug, info};
 
@@ -28,6 +28,21 @@ fn handle_key(id: &str) -> String {
         .key(None, Some(id))
         .as_str()
         .to_owned()
+}
+
+/// More writes for request `i` of a batch, given its addresses (see
+/// [`Ipam::assign_batch_with`]).
+pub type BatchExtra<'a> =
+    &'a (dyn Fn(usize, &[IpAddr], &mut Txn) -> brindle_datastore::Result<()> + Sync);
+
+struct Group<'a> {
+    node: &'a str,
+    reqs: &'a [AssignRequest],
+    extra: BatchExtra<'a>,
+}
+
+fn t_key(keys: &[Option<String>], i: usize) -> Option<String> {
+    keys.get(i).cloned().flatten()
 }
 
 fn is_race(e: &StoreError) -> bool {
@@ -97,11 +112,11 @@ impl Ipam {
             let ips = block::allocate(&mut next.spec, k, &req.handle, &req.attrs);
             let h = with_addresses(st, &req.handle, &block.spec.cidr, k);
             let mut t = self.store.txn();
-            t.update(&blocks, &next).await?;
+            t.update(&blocks, &next)?;
             if st.latest.is_some() {
-                t.update(&handles, &h).await?;
+                t.update(&handles, &h)?;
             } else {
-                t.create(&handles, &h).await?;
+                t.create(&handles, &h)?;
             }
             match t.commit().await {
                 Ok(done) => {
@@ -146,6 +161,17 @@ impl Ipam {
     /// block to claim, a borrow, an error, or a datastore without transactions); a request
     /// left `None` has had nothing written for it.
     pub async fn assign_batch(&self, reqs: &[AssignRequest]) -> Vec<Option<Vec<IpAddr>>> {
+        self.assign_batch_with(reqs, &|_, _, _| Ok(())).await
+    }
+
+    /// [`Ipam::assign_batch`], with more writes for request `i` (given its addresses) in the
+    /// same transaction as its addresses, e.g. the pod record in etcd mode. A request whose
+    /// extra writes cannot be made or do not land is left to the caller, with nothing written.
+    pub async fn assign_batch_with(
+        &self,
+        reqs: &[AssignRequest],
+        extra: BatchExtra<'_>,
+    ) -> Vec<Option<Vec<IpAddr>>> {
         let mut out = vec![None; reqs.len()];
         if !self.one_txn() {
             return out;
@@ -163,7 +189,8 @@ impl Ipam {
         }
         for ((node, pools), idx) in groups {
             for chunk in idx.chunks(MAX_BATCH) {
-                if let Err(e) = self.batch_group(node, pools, reqs, chunk, &mut out).await {
+                let group = Group { node, reqs, extra };
+                if let Err(e) = self.batch_group(&group, pools, chunk, &mut out).await {
                     debug!(node, error = %e, "batch stopped; the rest are served one by one");
                 }
             }
@@ -173,12 +200,12 @@ impl Ipam {
 
     async fn batch_group(
         &self,
-        node: &str,
+        g: &Group<'_>,
         pools: &[String],
-        reqs: &[AssignRequest],
         idx: &[usize],
         out: &mut [Option<Vec<IpAddr>>],
     ) -> Result<()> {
+        let node = g.node;
         let eligible = self
             .eligible(node, Family::V4, AllowedUse::Workload, pools)
             .await?;
@@ -190,8 +217,7 @@ impl Ipam {
             let Some(block) = self.block_for_batch(node, &name).await? else {
                 continue;
             };
-            self.fill_block(node, block, reqs, &mut waiting, out)
-                .await?;
+            self.fill_block(g, block, &mut waiting, out).await?;
         }
         Ok(())
     }
@@ -208,12 +234,12 @@ impl Ipam {
     /// whose handle turns out to exist leaves it unserved.
     async fn fill_block(
         &self,
-        node: &str,
+        g: &Group<'_>,
         mut block: IPAMBlock,
-        reqs: &[AssignRequest],
         waiting: &mut Vec<usize>,
         out: &mut [Option<Vec<IpAddr>>],
     ) -> Result<()> {
+        let (node, reqs) = (g.node, g.reqs);
         let blocks = self.store.all::<IPAMBlock>();
         let handles = self.store.all::<IPAMHandle>();
         let name = block.metadata.name.clone().unwrap_or_default();
@@ -237,14 +263,32 @@ impl Ipam {
             let mut next = block.clone();
             let mut t = self.store.txn();
             let mut got = vec![];
+            // Which request each write of the transaction is for, to tell whose failed.
+            let mut owner: Vec<usize> = vec![];
+            let mut refused = None;
             for &i in &take {
                 let r = &reqs[i];
-                got.push(block::allocate(&mut next.spec, r.ipv4, &r.handle, &r.attrs));
+                let ips = block::allocate(&mut next.spec, r.ipv4, &r.handle, &r.attrs);
                 let h =
                     with_addresses(&HandleState::default(), &r.handle, &block.spec.cidr, r.ipv4);
-                t.create(&handles, &h).await?;
+                t.create(&handles, &h)?;
+                if let Err(e) = (g.extra)(i, &ips, &mut t) {
+                    debug!(handle = %r.handle, error = %e, "its other writes cannot join the batch");
+                    refused = Some(i);
+                    break;
+                }
+                owner.resize(t.len(), i);
+                got.push(ips);
             }
-            t.update(&blocks, &next).await?;
+            if let Some(i) = refused {
+                waiting.retain(|&j| j != i);
+                continue;
+            }
+            t.update(&blocks, &next)?;
+            let keys: Vec<Option<String>> = (0..t.len())
+                .map(|w| t.key(w).map(|k| k.as_str().to_owned()))
+                .collect();
+            let block_key = t_key(&keys, keys.len() - 1);
             match t.commit().await {
                 Ok(done) => {
                     for (&i, ips) in take.iter().zip(got) {
@@ -252,7 +296,7 @@ impl Ipam {
                         out[i] = Some(ips);
                     }
                     waiting.retain(|i| !take.contains(i));
-                    let Some(stored) = done.get(&blocks, take.len())? else {
+                    let Some(stored) = done.get(&blocks, keys.len() - 1)? else {
                         return Ok(());
                     };
                     self.remember(node, stored.clone());
@@ -262,11 +306,17 @@ impl Ipam {
                     block = stored;
                 }
                 Err(e) if is_race(&e) => {
-                    let key = e.key().map(|k| k.as_str().to_owned()).unwrap_or_default();
-                    if let Some(&i) = take.iter().find(|&&i| handle_key(&reqs[i].handle) == key) {
-                        // It has addresses already (a repeated ADD): the caller serves it.
-                        waiting.retain(|&j| j != i);
-                        continue;
+                    let key = e.key().map(|k| k.as_str().to_owned());
+                    if key != block_key {
+                        // One request's own writes failed (a handle that exists: a repeated
+                        // ADD; a record changed meanwhile): the caller serves it alone.
+                        if let Some(&i) = (0..owner.len())
+                            .find(|&w| t_key(&keys, w) == key)
+                            .and_then(|w| owner.get(w))
+                        {
+                            waiting.retain(|&j| j != i);
+                            continue;
+                        }
                     }
                     match blocks.get(&name).await? {
                         Some(b) => block = b,
@@ -315,7 +365,7 @@ impl Ipam {
             if rest.spec.block.is_empty() {
                 t.delete(&handles, id, h.metadata.resource_version.as_deref());
             } else {
-                t.update(&handles, &rest).await?;
+                t.update(&handles, &rest)?;
             }
             let mut ips = vec![];
             let block = match cidr.parse::<IpNetwork>() {
@@ -331,7 +381,7 @@ impl Ipam {
                         .collect();
                     let mut next = b.clone();
                     block::release(&mut next.spec, &ords);
-                    t.update(&blocks, &next).await?;
+                    t.update(&blocks, &next)?;
                 }
             }
             match t.commit().await {

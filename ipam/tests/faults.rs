@@ -287,3 +287,61 @@ async fn orphan_pending_affinity_is_collected_after_grace() {
     );
     assert!(ipam.check(&who).await.unwrap().is_clean());
 }
+
+#[tokio::test]
+async fn batch_extra_writes_land_with_the_addresses_or_not_at_all() {
+    use k8s_openapi::api::core::v1::Pod;
+    let mem = MemoryBackend::new();
+    let store = Store::new(mem.clone());
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    let ipam = common::ipam(&store);
+    ipam.assign(&pod_req("n1", "default", "first", "c-first", 1))
+        .await
+        .unwrap();
+    add_pod(&store, "default", "stale").await;
+    let pods = store.namespaced::<Pod>("default");
+    let mut stale = pods.get("stale").await.unwrap().unwrap();
+    // Someone writes the pod after it was read: its record write must fail, alone.
+    let mut newer = stale.clone();
+    newer.metadata.labels = Some([("x".to_string(), "1".to_string())].into());
+    pods.update(&newer).await.unwrap();
+    stale.metadata.labels = Some([("y".to_string(), "2".to_string())].into());
+
+    let reqs: Vec<_> = ["a", "stale", "b"]
+        .iter()
+        .map(|p| pod_req("n1", "default", p, &format!("c-{p}"), 1))
+        .collect();
+    let out = ipam
+        .assign_batch_with(&reqs, &|i, _ips, t| {
+            let api = store.namespaced::<Pod>("default");
+            if i == 1 {
+                t.update(&api, &stale).map(|_| ())
+            } else {
+                let mut p = Pod::default();
+                p.metadata.name = Some(format!("record-{i}"));
+                t.create(&api, &p).map(|_| ())
+            }
+        })
+        .await;
+    assert!(out[0].is_some() && out[2].is_some(), "{out:?}");
+    assert!(
+        out[1].is_none(),
+        "the stale record's request is left to the caller"
+    );
+    assert!(pods.get("record-0").await.unwrap().is_some());
+    assert!(pods.get("record-2").await.unwrap().is_some());
+    assert_eq!(
+        pods.get("stale").await.unwrap().unwrap().metadata.labels,
+        newer.metadata.labels,
+        "the stale write did not land"
+    );
+    let h = store.all::<brindle_api::IPAMHandle>();
+    assert!(h.get("k8s-pod-network.c-stale").await.unwrap().is_none());
+    let pods_now = ["first", "a", "stale", "b"];
+    assert!(ipam
+        .check(&owners(&["n1"], &pods_now))
+        .await
+        .unwrap()
+        .is_clean());
+}

@@ -148,6 +148,15 @@ fn main() {
             .await
             .expect("node");
     });
+    // The agent's log (its own timings of each ADD's IPAM), for the breakdown below.
+    let agent_log = dir.join("agent.log");
+    if let Ok(f) = std::fs::File::create(&agent_log) {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("brindle_cni=debug"))
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .try_init();
+    }
     // The agent's IPAM server, on a runtime of its own (as in brindle-node).
     let socket = dir.join("ipam.sock");
     let agent_rt = tokio::runtime::Runtime::new().expect("runtime");
@@ -269,6 +278,34 @@ fn main() {
             "| {label} | {par} | {:.2} | {:.2} | {:.2} | {:.2} |",
             p[0], p[1], p[2], p[3]
         );
+    }
+    let agent_phases = |tag: &str| -> [f64; 3] {
+        let text = std::fs::read_to_string(&agent_log).unwrap_or_default();
+        let mut v: [Vec<f64>; 3] = Default::default();
+        for line in text.lines().filter(|l| {
+            l.contains("ADD's IPAM done") && l.contains(&format!("k8s-pod-network.{tag}-"))
+        }) {
+            for (i, f) in ["read_ms", "alloc_ms", "total_ms"].iter().enumerate() {
+                if let Some(x) = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{f}=")))
+                    .and_then(|x| x.parse().ok())
+                {
+                    v[i].push(x);
+                }
+            }
+        }
+        v.map(|mut xs| {
+            xs.sort_by(f64::total_cmp);
+            xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+        })
+    };
+    println!("\ninside the agent, medians (ms), cumulative: pod read; addresses taken (with the pod record, in one transaction, when batched); done\n");
+    println!("| concurrency | pod read | allocated | done |");
+    println!("|---:|---:|---:|---:|");
+    for par in [1, 20] {
+        let p = agent_phases(&format!("r0p{par}"));
+        println!("| {par} | {:.2} | {:.2} | {:.2} |", p[0], p[1], p[2]);
     }
     drop(agent_rt);
     write_results("cni.json", &serde_json::Value::Array(out));

@@ -25,7 +25,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::podipam::{self, AddRequest, Batch, DelRequest};
+use crate::podipam::{self, AddRequest, Batch, DelRequest, Record};
 use crate::spec::{code, CniError};
 
 pub const DEFAULT_SOCKET: &str = "/run/brindle/ipam.sock";
@@ -96,15 +96,21 @@ async fn exchange(path: &Path, req: &Request) -> std::io::Result<Response> {
 
 /// The agent's batcher: plain requests that arrive while a batch is being written wait and
 /// go together in the next one.
+type Job = (
+    AssignRequest,
+    Option<Record>,
+    oneshot::Sender<Option<Vec<IpAddr>>>,
+);
+
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::Sender<(AssignRequest, oneshot::Sender<Option<Vec<IpAddr>>>)>,
+    tx: mpsc::Sender<Job>,
     alone: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Batcher {
     pub fn start(ipam: Arc<Ipam>) -> Batcher {
-        let (tx, mut rx) = mpsc::channel::<(AssignRequest, oneshot::Sender<_>)>(1024);
+        let (tx, mut rx) = mpsc::channel::<Job>(1024);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -114,13 +120,19 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                let reqs: Vec<AssignRequest> = batch.iter().map(|(r, _)| r.clone()).collect();
-                let out = ipam.assign_batch(&reqs).await;
+                let reqs: Vec<AssignRequest> = batch.iter().map(|(r, _, _)| r.clone()).collect();
+                let records: Vec<&Option<Record>> = batch.iter().map(|(_, w, _)| w).collect();
+                let out = ipam
+                    .assign_batch_with(&reqs, &|i, ips, t| match records.get(i) {
+                        Some(Some(w)) => w(ips, t),
+                        _ => Ok(()),
+                    })
+                    .await;
                 if reqs.len() > 1 {
                     let served = out.iter().filter(|o| o.is_some()).count();
                     debug!(requests = reqs.len(), served, "batch");
                 }
-                for ((_, reply), got) in batch.into_iter().zip(out) {
+                for ((_, _, reply), got) in batch.into_iter().zip(out) {
                     let _ = reply.send(got);
                 }
             }
@@ -133,9 +145,9 @@ impl Batcher {
 }
 
 impl Batch for Batcher {
-    async fn assign(&self, req: AssignRequest) -> Option<Vec<IpAddr>> {
+    async fn assign(&self, req: AssignRequest, record: Option<Record>) -> Option<Vec<IpAddr>> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send((req, reply)).await.ok()?;
+        self.tx.send((req, record, reply)).await.ok()?;
         answer.await.ok().flatten()
     }
 

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use brindle_api::AllowedUse;
-use brindle_datastore::{Store, StoreError};
+use brindle_datastore::{Store, StoreError, Txn};
 use brindle_ipam::{AssignRequest, Ipam, IpamError};
 use k8s_openapi::api::core::v1::Pod;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OwnedMutexGuard;
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::spec::{code, CniError, CniResult};
 
@@ -77,12 +77,16 @@ pub fn ipam_err(e: IpamError) -> CniError {
     }
 }
 
+/// Writes that go with a request's addresses in its batch transaction (the pod record).
+pub type Record = Box<dyn Fn(&[IpAddr], &mut Txn) -> brindle_datastore::Result<()> + Send + Sync>;
+
 /// Serves the plain case (new addresses from the pools, no annotations) of many ADDs
-/// together: the agent's batcher. `None`: serve it alone.
+/// together: the agent's batcher. `None`: serve it alone; nothing was written for it.
 pub trait Batch: Sync {
     fn assign(
         &self,
         req: AssignRequest,
+        record: Option<Record>,
     ) -> impl std::future::Future<Output = Option<Vec<IpAddr>>> + Send;
 
     /// Held while a request is served alone, so that the node's requests that need a new
@@ -94,7 +98,7 @@ pub trait Batch: Sync {
 pub struct Alone;
 
 impl Batch for Alone {
-    async fn assign(&self, _: AssignRequest) -> Option<Vec<IpAddr>> {
+    async fn assign(&self, _: AssignRequest, _: Option<Record>) -> Option<Vec<IpAddr>> {
         None
     }
 
@@ -121,51 +125,30 @@ pub async fn add(
     batch: &impl Batch,
     r: &AddRequest,
 ) -> CniResult<Vec<IpAddr>> {
-    // Most pods ask for nothing of their own: their addresses are taken from the batch while
-    // their annotations are read, and given back if the annotations ask for something else.
-    let guess = AssignRequest {
-        handle: r.handle.clone(),
-        node: r.node.clone(),
-        ipv4: r.ipv4,
-        ipv6: r.ipv6,
-        attrs: r.attrs.clone(),
-        use_: AllowedUse::Workload,
-        pools: [r.ipv4_pools.clone(), r.ipv6_pools.clone()].concat(),
-    };
-    let (pod, guessed) = tokio::join!(pod(store, &r.pod), batch.assign(guess.clone()));
-    let pod = match pod {
-        Ok(p) => p,
-        Err(e) => {
-            if guessed.is_some() {
-                let _ = ipam.release_handle(&r.handle).await;
-            }
-            return Err(e);
-        }
-    };
-    let ips = allocate(
-        ipam,
-        batch,
-        r,
-        pod.as_ref(),
-        guessed.map(|ips| (guess, ips)),
-    )
-    .await?;
-    if r.record {
+    let t = std::time::Instant::now();
+    let pod = pod(store, &r.pod).await?;
+    let read_ms = t.elapsed().as_secs_f64() * 1e3;
+    let (ips, recorded) = allocate(store, ipam, batch, r, pod.as_ref()).await?;
+    let alloc_ms = t.elapsed().as_secs_f64() * 1e3;
+    if r.record && !recorded {
         if let Err(e) = write_record(store, r, pod, &ips).await {
             let _ = ipam.release_handle(&r.handle).await;
             return Err(e);
         }
     }
+    let total_ms = t.elapsed().as_secs_f64() * 1e3;
+    debug!(handle = %r.handle, ips = ?ips, recorded, read_ms, alloc_ms, total_ms, "ADD's IPAM done");
     Ok(ips)
 }
 
+/// The addresses, and whether the pod record went with them (the batch path).
 async fn allocate(
+    store: &Store,
     ipam: &Ipam,
     batch: &impl Batch,
     r: &AddRequest,
     pod: Option<&Pod>,
-    guessed: Option<(AssignRequest, Vec<IpAddr>)>,
-) -> CniResult<Vec<IpAddr>> {
+) -> CniResult<(Vec<IpAddr>, bool)> {
     let ann = pod
         .and_then(|p| p.metadata.annotations.clone())
         .unwrap_or_default();
@@ -182,20 +165,9 @@ async fn allocate(
             })
             .transpose()
     };
-    let fixed = list(ANNOTATION_IP_ADDRS);
-    let v4 = list(ANNOTATION_IPV4_POOLS);
-    let v6 = list(ANNOTATION_IPV6_POOLS);
-    let (fixed, v4, v6) = match (fixed, v4, v6) {
-        (Ok(f), Ok(a), Ok(b)) => (f, a, b),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
-            if guessed.is_some() {
-                let _ = ipam.release_handle(&r.handle).await;
-            }
-            return Err(e);
-        }
-    };
-    let mut pools = v4.unwrap_or_else(|| r.ipv4_pools.clone());
-    pools.extend(v6.unwrap_or_else(|| r.ipv6_pools.clone()));
+    let fixed = list(ANNOTATION_IP_ADDRS)?;
+    let mut pools = list(ANNOTATION_IPV4_POOLS)?.unwrap_or_else(|| r.ipv4_pools.clone());
+    pools.extend(list(ANNOTATION_IPV6_POOLS)?.unwrap_or_else(|| r.ipv6_pools.clone()));
     let req = AssignRequest {
         handle: r.handle.clone(),
         node: r.node.clone(),
@@ -205,12 +177,27 @@ async fn allocate(
         use_: AllowedUse::Workload,
         pools,
     };
-    if let Some((guess, ips)) = guessed {
-        if fixed.is_none() && guess.pools == req.pools {
-            return Ok(ips);
+    // The batch creates the handle only if it does not exist: a repeated ADD falls through.
+    if fixed.is_none() {
+        let record = match (&r.pod, r.record) {
+            (Some((ns, _)), true) => {
+                let api = store.namespaced::<Pod>(ns);
+                let (r, pod) = (r.clone(), pod.cloned());
+                Some(Box::new(move |ips: &[IpAddr], t: &mut Txn| {
+                    let p = record_object(&r, pod.clone(), ips);
+                    if p.metadata.resource_version.is_some() {
+                        t.update(&api, &p).map(|_| ())
+                    } else {
+                        t.create(&api, &p).map(|_| ())
+                    }
+                }) as Record)
+            }
+            _ => None,
+        };
+        let with_record = record.is_some();
+        if let Some(ips) = batch.assign(req.clone(), record).await {
+            return Ok((ips, with_record));
         }
-        info!(handle = %r.handle, "the pod's annotations ask for other pools or addresses: giving back {ips:?}");
-        ipam.release_handle(&r.handle).await.map_err(ipam_err)?;
     }
     let _alone = batch.alone().await;
     // A repeated ADD of this attachment keeps its addresses; the owner record is refreshed
@@ -222,7 +209,7 @@ async fn allocate(
         .map_err(ipam_err)?;
     if !existing.is_empty() {
         info!(container = %r.container_id, handle = %r.handle, ips = ?existing, "ADD repeated: keeping the addresses");
-        return Ok(existing);
+        return Ok((existing, false));
     }
     if let Some(addrs) = fixed {
         let mut ips = vec![];
@@ -240,26 +227,19 @@ async fn allocate(
             }
             ips.push(ip);
         }
-        return Ok(ips);
+        return Ok((ips, false));
     }
-    ipam.assign(&req).await.map_err(ipam_err)
+    Ok((ipam.assign(&req).await.map_err(ipam_err)?, false))
 }
 
-/// etcd mode: the record that tells the controller this workload is alive.
-async fn write_record(
-    store: &Store,
-    r: &AddRequest,
-    pod: Option<Pod>,
-    ips: &[IpAddr],
-) -> CniResult<()> {
-    let Some((ns, name)) = &r.pod else {
-        return Ok(());
-    };
-    let api = store.namespaced::<Pod>(ns);
+/// etcd mode: the record that tells the controller this workload is alive: the pod as read
+/// (or a new one), with the container's ID, the node and the addresses.
+fn record_object(r: &AddRequest, pod: Option<Pod>, ips: &[IpAddr]) -> Pod {
+    let (ns, name) = r.pod.clone().unwrap_or_default();
     let mut p = pod.unwrap_or_else(|| {
         let mut p = Pod::default();
-        p.metadata.name = Some(name.clone());
-        p.metadata.namespace = Some(ns.clone());
+        p.metadata.name = Some(name);
+        p.metadata.namespace = Some(ns);
         p
     });
     p.metadata
@@ -274,12 +254,41 @@ async fn write_record(
             .map(|ip| k8s_openapi::api::core::v1::PodIP { ip: ip.to_string() })
             .collect(),
     );
-    let w = if p.metadata.resource_version.is_some() {
-        api.update(&p).await
-    } else {
-        api.create(&p).await
+    p
+}
+
+/// Writes the record on its own; a pod changed since it was read is read again (a few
+/// times) rather than failing the ADD.
+async fn write_record(
+    store: &Store,
+    r: &AddRequest,
+    mut pod: Option<Pod>,
+    ips: &[IpAddr],
+) -> CniResult<()> {
+    let Some((ns, name)) = &r.pod else {
+        return Ok(());
     };
-    w.map(|_| ()).map_err(store_err)
+    let api = store.namespaced::<Pod>(ns);
+    for _ in 0..5 {
+        let p = record_object(r, pod, ips);
+        let w = if p.metadata.resource_version.is_some() {
+            api.update(&p).await
+        } else {
+            api.create(&p).await
+        };
+        match w {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() || e.is_already_exists() || e.is_not_found() => {
+                pod = api.get(name).await.map_err(store_err)?;
+            }
+            Err(e) => return Err(store_err(e)),
+        }
+    }
+    Err(CniError::new(
+        code::TRY_AGAIN_LATER,
+        format!("the record of pod {ns}/{name} kept changing while it was written"),
+        "",
+    ))
 }
 
 /// Frees the attachment's addresses and, when asked, its workload record.

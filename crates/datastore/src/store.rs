@@ -255,8 +255,8 @@ impl Txn {
     }
 
     /// As [`Api::create`]: fails at commit with `AlreadyExists` if the name is taken.
-    pub async fn create<K: StoreResource>(&mut self, api: &Api<K>, obj: &K) -> Result<usize> {
-        api.check(obj, false).await?;
+    pub fn create<K: StoreResource>(&mut self, api: &Api<K>, obj: &K) -> Result<usize> {
+        Self::checked(api, obj)?;
         let mut v = api.encode(obj)?;
         meta::remove(&mut v, "resourceVersion");
         self.writes.push(TxnWrite::Create {
@@ -267,14 +267,35 @@ impl Txn {
     }
 
     /// As [`Api::update`]: a compare-and-swap when the object carries a resourceVersion.
-    pub async fn update<K: StoreResource>(&mut self, api: &Api<K>, obj: &K) -> Result<usize> {
-        api.check(obj, true).await?;
+    pub fn update<K: StoreResource>(&mut self, api: &Api<K>, obj: &K) -> Result<usize> {
+        Self::checked(api, obj)?;
         let v = api.encode(obj)?;
         self.writes.push(TxnWrite::Update {
             ty: api.ty.clone(),
             obj: v,
         });
         Ok(self.writes.len() - 1)
+    }
+
+    /// The object's own validation. A kind validated against the other objects of its kind
+    /// (IPPool: no overlaps) is refused: a transaction cannot hold that check.
+    fn checked<K: StoreResource>(api: &Api<K>, obj: &K) -> Result<()> {
+        if K::CHECKED_AGAINST_OTHERS {
+            return Err(StoreError::Backend {
+                backend: api.backend().name(),
+                key: api.ty.key(api.ns.as_deref(), obj.meta().name.as_deref()),
+                message: format!(
+                    "{} is validated against the other objects of its kind: write it alone",
+                    api.ty.kind
+                ),
+            });
+        }
+        Ok(obj.validate_object()?)
+    }
+
+    /// The object the write at index `i` is about.
+    pub fn key(&self, i: usize) -> Option<crate::Key> {
+        self.writes.get(i).map(TxnWrite::key)
     }
 
     /// As [`Api::delete`].

@@ -475,7 +475,7 @@ async fn unreachable(h: &mut impl Harness) {
 /// backend without them a plain refusal that writes nothing.
 async fn transactions(h: &mut impl Harness) {
     let store = h.store().await;
-    let pools = store.all::<IPPool>();
+    let pods = store.namespaced::<Pod>("default");
     let handles = store.all::<IPAMHandle>();
     let handle = |id: &str| {
         IPAMHandle::new(
@@ -487,12 +487,24 @@ async fn transactions(h: &mut impl Harness) {
             },
         )
     };
-    let p = pools.create(&pool("t1", "10.9.0.0/16")).await.unwrap();
+    // A kind validated against its others cannot be written in a transaction.
+    let e = store
+        .txn()
+        .create(&store.all::<IPPool>(), &pool("t0", "10.8.0.0/16"))
+        .unwrap_err();
+    assert!(e.to_string().contains("write it alone"), "{e}");
+
+    let p = pods.create(&pod("default", "t1")).await.unwrap();
     let mut t = store.txn();
-    t.create(&handles, &handle("h1")).await.unwrap();
+    t.create(&handles, &handle("h1")).unwrap();
     let mut changed = p.clone();
-    changed.spec.nat_outgoing = true;
-    t.update(&pools, &changed).await.unwrap();
+    changed
+        .metadata
+        .labels
+        .get_or_insert_with(BTreeMap::new)
+        .insert("x".into(), "1".into());
+    t.update(&pods, &changed).unwrap();
+    assert!(t.key(1).unwrap().as_str().ends_with("default/t1"));
     if !store.transactions() {
         let e = t.commit().await.unwrap_err();
         assert!(e.to_string().contains("not supported"), "{e}");
@@ -504,41 +516,43 @@ async fn transactions(h: &mut impl Harness) {
     }
     let done = t.commit().await.unwrap();
     let h1 = done.get(&handles, 0).unwrap().expect("created handle");
-    let p2 = done.get(&pools, 1).unwrap().expect("updated pool");
+    let p2 = done.get(&pods, 1).unwrap().expect("updated pod");
     assert_eq!(rv(&h1), rv(&handles.get("h1").await.unwrap().unwrap()));
-    assert_eq!(rv(&p2), rv(&pools.get("t1").await.unwrap().unwrap()));
+    assert_eq!(rv(&p2), rv(&pods.get("t1").await.unwrap().unwrap()));
     assert!(h1.metadata.uid.is_some() && h1.metadata.creation_timestamp.is_some());
     assert_eq!(p2.metadata.uid, p.metadata.uid, "uid survives");
+    assert!(p2.metadata.labels.unwrap().contains_key("x"));
 
     // A stale update with a good create: neither lands, and the error names the stale one.
     let mut t = store.txn();
-    t.create(&handles, &handle("h2")).await.unwrap();
-    t.update(&pools, &changed).await.unwrap(); // `changed` carries p's old version
+    t.create(&handles, &handle("h2")).unwrap();
+    t.update(&pods, &changed).unwrap(); // `changed` carries p's old version
     let e = t.commit().await.unwrap_err();
     assert!(e.is_conflict(), "{e}");
-    assert!(e.to_string().contains("ippools.brindle.dev/t1"), "{e}");
+    assert!(e.to_string().contains("default/t1"), "{e}");
     assert!(handles.get("h2").await.unwrap().is_none(), "all or nothing");
 
     // A create of a taken name, and a delete of a missing object.
+    let p2 = pods.get("t1").await.unwrap().unwrap();
     let mut t = store.txn();
-    t.update(&pools, &p2).await.unwrap();
-    t.create(&handles, &handle("h1")).await.unwrap();
+    t.update(&pods, &p2).unwrap();
+    t.create(&handles, &handle("h1")).unwrap();
     assert!(t.commit().await.unwrap_err().is_already_exists());
     let mut t = store.txn();
     t.delete(&handles, "nope", None);
     assert!(t.commit().await.unwrap_err().is_not_found());
-    assert_eq!(rv(&pools.get("t1").await.unwrap().unwrap()), rv(&p2));
+    assert_eq!(rv(&pods.get("t1").await.unwrap().unwrap()), rv(&p2));
 
     // Delete with a precondition plus an update, together; one object twice is refused.
     let mut t = store.txn();
     t.delete(&handles, "h1", Some(&rv(&h1)));
-    t.update(&pools, &p2).await.unwrap();
+    t.update(&pods, &p2).unwrap();
     t.commit().await.unwrap();
     assert!(handles.get("h1").await.unwrap().is_none());
-    let p3 = pools.get("t1").await.unwrap().unwrap();
+    let p3 = pods.get("t1").await.unwrap().unwrap();
     let mut t = store.txn();
-    t.update(&pools, &p3).await.unwrap();
-    t.delete(&pools, "t1", None);
+    t.update(&pods, &p3).unwrap();
+    t.delete(&pods, "t1", None);
     let e = t.commit().await.unwrap_err();
     assert!(e.to_string().contains("twice"), "{e}");
 }
