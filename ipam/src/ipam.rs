@@ -714,6 +714,11 @@ impl Ipam {
     /// Two-phase claim: pending affinity, block with our affinity, confirmed affinity.
     /// None when another node got there first.
     pub(crate) async fn try_claim(&self, node: &str, cidr: &IpNetwork) -> Result<Option<String>> {
+        if self.one_txn() {
+            if let Some(claimed) = self.claim_in_one_txn(node, cidr).await? {
+                return Ok(claimed);
+            }
+        }
         let affs = self.store.all::<BlockAffinity>();
         let pending = BlockAffinity::new(
             &Self::affinity_name(node, cidr),

@@ -10,7 +10,10 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use brindle_api::{AllowedUse, IPAMBlock, IPAMHandle, IPAMHandleSpec};
+use brindle_api::{
+    AffinityState, AllowedUse, BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMHandle,
+    IPAMHandleSpec,
+};
 use brindle_datastore::{ResourceType, StoreError, Txn};
 use ipnetwork::IpNetwork;
 use tracing::{debug, info};
@@ -333,6 +336,61 @@ impl Ipam {
             what: format!("batch allocation in block {}", block.spec.cidr),
             retries: MAX_RETRIES,
         })
+    }
+
+    /// A block claim in one transaction: the affinity, already confirmed, and the block.
+    /// `Some(None)`: another node has the block; `None`: an affinity of ours for it exists
+    /// already (a claim a crash left pending, or one a sibling client is making), which the
+    /// two-phase claim knows how to finish.
+    pub(crate) async fn claim_in_one_txn(
+        &self,
+        node: &str,
+        cidr: &IpNetwork,
+    ) -> Result<Option<Option<String>>> {
+        let affs = self.store.all::<BlockAffinity>();
+        let blocks = self.store.all::<IPAMBlock>();
+        let aff = BlockAffinity::new(
+            &Self::affinity_name(node, cidr),
+            BlockAffinitySpec {
+                node: node.to_owned(),
+                cidr: cidr.to_string(),
+                state: AffinityState::Confirmed,
+                deleted: false,
+            },
+        );
+        let name = block_name(cidr);
+        let mut b = IPAMBlock::new(&name, block::new_block(cidr, Some(format!("host:{node}"))));
+        b.metadata.name = Some(name.clone());
+        let mut t = self.store.txn();
+        t.create(&affs, &aff)?;
+        t.create(&blocks, &b)?;
+        let aff_key = t.key(0).map(|k| k.as_str().to_owned());
+        match t.commit().await {
+            Ok(done) => {
+                if let Some(stored) = done.get(&blocks, 1)? {
+                    self.remember(node, stored);
+                }
+                Ok(Some(Some(name)))
+            }
+            Err(StoreError::AlreadyExists { key, .. })
+                if Some(key.as_str()) == aff_key.as_deref() =>
+            {
+                Ok(None)
+            }
+            Err(StoreError::AlreadyExists { .. }) => match blocks.get(&name).await? {
+                // A sibling client of this node made it between our read and our write.
+                Some(existing)
+                    if existing.spec.affinity.as_deref() == Some(&format!("host:{node}")) =>
+                {
+                    Ok(None)
+                }
+                _ => {
+                    debug!(node, block = %cidr, "lost the race for a block");
+                    Ok(Some(None))
+                }
+            },
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// [`Ipam::release_handle`] in one transaction per block: the block's addresses of the

@@ -48,9 +48,21 @@ async fn killed_at_the_one_transaction_leaves_nothing() {
     add_pool(&store, "pool", "10.9.0.0/24", 26).await;
     add_node(&store, "n1").await;
     let (inst, ipam) = dying_with(&mem, true);
+    // Killed at the claim of the node's first block: no affinity, no block.
+    inst.fail_writes_after(0);
+    assert!(ipam
+        .assign(&pod_req("n1", "default", "a", "ca", 1))
+        .await
+        .is_err());
+    assert_eq!(count::<BlockAffinity>(&store).await, 0);
+    assert_eq!(count::<IPAMBlock>(&store).await, 0);
+    inst.fail_writes_after(u64::MAX);
+    let (_, w0) = inst.round_trips();
     ipam.assign(&pod_req("n1", "default", "a", "ca", 1))
         .await
         .unwrap();
+    let (_, w1) = inst.round_trips();
+    assert_eq!(w1 - w0, 2, "a claim (affinity + block) and an allocation: two writes");
     let (_, writes_before) = inst.round_trips();
     ipam.assign(&pod_req("n1", "default", "b", "cb", 1))
         .await
