@@ -597,7 +597,7 @@ impl Ipam {
     /// Claims a free block for `node` in the first eligible pool that has one, searching from
     /// the node's own starting point. None when no pool has a free block (or the node is at
     /// maxBlocksPerHost).
-    async fn claim_block(
+    pub(crate) async fn claim_block(
         &self,
         node: &str,
         pools: &[Eligible],

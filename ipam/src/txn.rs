@@ -158,11 +158,11 @@ impl Ipam {
     }
 
     /// Serves many requests together: IPv4-only workload requests for one node whose handles
-    /// do not exist yet take their addresses from the node's blocks, as many per transaction
-    /// as a block has room for. Each answer is `Some(addresses)` when served here, `None`
-    /// when the caller must serve that request alone (a handle that already exists, a new
-    /// block to claim, a borrow, an error, or a datastore without transactions); a request
-    /// left `None` has had nothing written for it.
+    /// do not exist yet take their addresses from the node's blocks (claiming new ones when
+    /// those are full), as many per transaction as a block has room for. Each answer is
+    /// `Some(addresses)` when served here, `None` when the caller must serve that request
+    /// alone (a handle that already exists, a borrow, an error, or a datastore without
+    /// transactions); a request left `None` has had nothing written for it.
     pub async fn assign_batch(&self, reqs: &[AssignRequest]) -> Vec<Option<Vec<IpAddr>>> {
         self.assign_batch_with(reqs, &|_, _, _| Ok(())).await
     }
@@ -215,6 +215,22 @@ impl Ipam {
         let mut waiting: Vec<usize> = idx.to_vec();
         for name in self.affine_blocks(node, &eligible).await? {
             if waiting.is_empty() {
+                break;
+            }
+            let Some(block) = self.block_for_batch(node, &name).await? else {
+                continue;
+            };
+            self.fill_block(g, block, &mut waiting, out).await?;
+        }
+        // The node's blocks are full: claim new ones for the rest of the batch, as a lone
+        // request would, rather than leaving each to claim and write on its own.
+        let cfg = self.config().await?;
+        let mut tried = std::collections::HashSet::new();
+        while !waiting.is_empty() && cfg.auto_allocate_blocks {
+            let Some(name) = self.claim_block(node, &eligible, &cfg).await? else {
+                break;
+            };
+            if !tried.insert(name.clone()) {
                 break;
             }
             let Some(block) = self.block_for_batch(node, &name).await? else {

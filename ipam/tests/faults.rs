@@ -62,7 +62,11 @@ async fn killed_at_the_one_transaction_leaves_nothing() {
         .await
         .unwrap();
     let (_, w1) = inst.round_trips();
-    assert_eq!(w1 - w0, 2, "a claim (affinity + block) and an allocation: two writes");
+    assert_eq!(
+        w1 - w0,
+        2,
+        "a claim (affinity + block) and an allocation: two writes"
+    );
     let (_, writes_before) = inst.round_trips();
     ipam.assign(&pod_req("n1", "default", "b", "cb", 1))
         .await
