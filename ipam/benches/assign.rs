@@ -58,8 +58,11 @@ fn req(node: &str, pod: &str) -> AssignRequest {
 
 struct Row {
     sample: Sample,
-    /// Round trips (reads + writes) per allocation: histogram count → allocations.
+    /// Round trips (reads + writes) per operation (an allocation, or a batch of them):
+    /// histogram count → allocations.
     trips: HashMap<u64, usize>,
+    /// All round trips, for the exact mean per allocation.
+    total_trips: u64,
 }
 
 impl Row {
@@ -71,8 +74,7 @@ impl Row {
             .unwrap_or(0)
     }
     fn mean_trips(&self) -> f64 {
-        let total: u64 = self.trips.iter().map(|(t, n)| t * *n as u64).sum();
-        total as f64 / self.trips.values().sum::<usize>().max(1) as f64
+        self.total_trips as f64 / self.trips.values().sum::<usize>().max(1) as f64
     }
 }
 
@@ -106,6 +108,7 @@ async fn run(endpoint: &str, nodes: usize, tag: &str, mode: Mode) -> Row {
             let long_lived = Ipam::with_options(store.clone(), opts.clone());
             let mut s = Sample::default();
             let mut trips = HashMap::new();
+            let mut total = 0u64;
             let step = if mode == Mode::Batched { BATCH } else { 1 };
             for i in (0..per).step_by(step) {
                 let fresh_client;
@@ -131,20 +134,23 @@ async fn run(endpoint: &str, nodes: usize, tag: &str, mode: Mode) -> Row {
                 }
                 let took = t.elapsed();
                 let (r1, w1) = backend.round_trips();
-                let each = (r1 - r0 + w1 - w0) / reqs.len() as u64;
+                let op = r1 - r0 + w1 - w0;
+                total += op;
                 for _ in &reqs {
                     s.lat.push(took);
-                    *trips.entry(each).or_insert(0usize) += 1;
+                    *trips.entry(op).or_insert(0usize) += 1;
                 }
             }
-            (s, trips)
+            (s, trips, total)
         }));
     }
     let mut parts = vec![];
     let mut trips: HashMap<u64, usize> = HashMap::new();
+    let mut total_trips = 0;
     for t in tasks {
-        let (s, h) = t.await.expect("node task");
+        let (s, h, total) = t.await.expect("node task");
         parts.push(s);
+        total_trips += total;
         for (k, v) in h {
             *trips.entry(k).or_default() += v;
         }
@@ -152,6 +158,7 @@ async fn run(endpoint: &str, nodes: usize, tag: &str, mode: Mode) -> Row {
     Row {
         sample: Sample::merge(parts, start.elapsed().as_secs_f64()),
         trips,
+        total_trips,
     }
 }
 
@@ -189,7 +196,7 @@ async fn main() {
     };
     println!("\nIPAM assign on etcd ({medium}, one member, loopback); one address per pod\n");
     println!(
-        "| what | nodes | allocations | alloc/s | p50 ms | p99 ms | round trips (common / mean) |"
+        "| what | nodes | allocations | alloc/s | p50 ms | p99 ms | round trips (most common per operation / mean per allocation) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut json = vec![];
