@@ -409,6 +409,113 @@ impl Ipam {
         }
     }
 
+    /// Releases many handles together: those whose addresses are all in one block are freed
+    /// with one transaction per block (the block, and each handle deleted on the condition
+    /// that it has not changed). Each answer is `Some(freed)` when done here (empty for a
+    /// handle that does not exist), `None` when the caller must release that handle alone
+    /// (it spans blocks, it changed meanwhile, an error, no transactions); nothing was
+    /// written for a `None`.
+    pub async fn release_batch(&self, ids: &[String]) -> Vec<Option<Vec<IpAddr>>> {
+        let mut out = vec![None; ids.len()];
+        if !self.one_txn() {
+            return out;
+        }
+        let handles = self.store.all::<IPAMHandle>();
+        let read = futures::future::join_all(ids.iter().map(|id| handles.get(id))).await;
+        let mut groups: BTreeMap<String, Vec<(usize, IPAMHandle)>> = BTreeMap::new();
+        for (i, h) in read.into_iter().enumerate() {
+            match h {
+                Ok(None) => out[i] = Some(vec![]),
+                Ok(Some(h)) if h.spec.block.len() == 1 => {
+                    if let Some(cidr) = h.spec.block.keys().next().cloned() {
+                        groups.entry(cidr).or_default().push((i, h));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (cidr, group) in groups {
+            if let Err(e) = self.release_in_block(&cidr, group, &mut out).await {
+                debug!(block = %cidr, error = %e, "batch release stopped; the rest are released one by one");
+            }
+        }
+        out
+    }
+
+    async fn release_in_block(
+        &self,
+        cidr: &str,
+        mut group: Vec<(usize, IPAMHandle)>,
+        out: &mut [Option<Vec<IpAddr>>],
+    ) -> Result<()> {
+        let Ok(net) = cidr.parse::<IpNetwork>() else {
+            return Ok(());
+        };
+        let blocks = self.store.all::<IPAMBlock>();
+        let handles = self.store.all::<IPAMHandle>();
+        let name = block_name(&net);
+        for _ in 0..MAX_RETRIES {
+            if group.is_empty() {
+                return Ok(());
+            }
+            let block = blocks.get(&name).await?;
+            let mut t = self.store.txn();
+            let mut freed = vec![];
+            let mut next = block.clone();
+            for (_, h) in &group {
+                let id = h.spec.handle_id.as_str();
+                t.delete(&handles, id, h.metadata.resource_version.as_deref());
+                let ips = match (&block, &mut next) {
+                    (Some(b), Some(n)) => {
+                        let ords = block::ordinals_of(&b.spec, id);
+                        block::release(&mut n.spec, &ords);
+                        ords.iter()
+                            .filter_map(|&o| block::address(&b.spec, o))
+                            .collect()
+                    }
+                    _ => vec![],
+                };
+                freed.push(ips);
+            }
+            let changed = freed.iter().any(|f| !f.is_empty());
+            if let (Some(n), true) = (&next, changed) {
+                t.update(&blocks, n)?;
+            }
+            let keys: Vec<Option<String>> = (0..t.len())
+                .map(|w| t.key(w).map(|k| k.as_str().to_owned()))
+                .collect();
+            match t.commit().await {
+                Ok(done) => {
+                    if changed {
+                        if let Some(b) = done.get(&blocks, group.len())? {
+                            self.note_block(&b);
+                        }
+                    }
+                    for ((i, h), ips) in group.iter().zip(freed) {
+                        if !ips.is_empty() {
+                            info!(handle = %h.spec.handle_id, ips = ?ips, batch = group.len(), "released");
+                        }
+                        out[*i] = Some(ips);
+                    }
+                    return Ok(());
+                }
+                Err(e) if is_race(&e) => {
+                    let key = e.key().map(|k| k.as_str().to_owned());
+                    // A handle that changed (an ADD of the same attachment meanwhile) is
+                    // released alone by the caller; the block changing just means again.
+                    if let Some(w) = (0..group.len()).find(|&w| t_key(&keys, w) == key) {
+                        group.remove(w);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IpamError::TooManyRetries {
+            what: format!("batch release in block {cidr}"),
+            retries: MAX_RETRIES,
+        })
+    }
+
     /// [`Ipam::release_handle`] in one transaction per block: the block's addresses of the
     /// handle and the handle's entry for the block go together; the last one deletes the
     /// handle.

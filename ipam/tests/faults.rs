@@ -361,3 +361,55 @@ async fn batch_extra_writes_land_with_the_addresses_or_not_at_all() {
         .unwrap()
         .is_clean());
 }
+
+#[tokio::test]
+async fn batch_release_frees_together_or_leaves_to_the_caller() {
+    let mem = MemoryBackend::new();
+    let store = Store::new(mem.clone());
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    let (inst, ipam) = dying_with(&mem, true);
+    let mut ids = vec![];
+    for p in ["a", "b", "c", "d"] {
+        let r = pod_req("n1", "default", p, &format!("c{p}"), 1);
+        ipam.assign(&r).await.unwrap();
+        ids.push(r.handle);
+    }
+    // Killed at the transaction: nothing released, every handle left to the caller.
+    inst.fail_writes_after(0);
+    let out = ipam.release_batch(&ids[..2]).await;
+    assert_eq!(out, vec![None, None]);
+    assert_eq!(all_allocations(&store).await.len(), 4);
+    inst.fail_writes_after(u64::MAX);
+
+    let (_, w0) = inst.round_trips();
+    let mut asked = ids[..3].to_vec();
+    asked.push("k8s-pod-network.never".into());
+    let out = ipam.release_batch(&asked).await;
+    let (_, w1) = inst.round_trips();
+    assert_eq!(w1 - w0, 1, "one transaction for the block");
+    assert!(
+        out[..3]
+            .iter()
+            .all(|o| o.as_ref().is_some_and(|f| f.len() == 1)),
+        "{out:?}"
+    );
+    assert_eq!(
+        out[3],
+        Some(vec![]),
+        "an unknown handle is already released"
+    );
+    let left = all_allocations(&store).await;
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1.as_deref(), Some(ids[3].as_str()));
+    for id in &ids[..3] {
+        assert!(store
+            .all::<brindle_api::IPAMHandle>()
+            .get(id)
+            .await
+            .unwrap()
+            .is_none());
+    }
+    let report = ipam.check(&owners(&["n1"], &["d"])).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}

@@ -102,15 +102,36 @@ type Job = (
     oneshot::Sender<Option<Vec<IpAddr>>>,
 );
 
+type Release = (String, oneshot::Sender<Option<Vec<IpAddr>>>);
+
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Job>,
+    releases: mpsc::Sender<Release>,
     alone: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Batcher {
     pub fn start(ipam: Arc<Ipam>) -> Batcher {
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
+        let (releases, mut rel_rx) = mpsc::channel::<Release>(1024);
+        let rel_ipam = ipam.clone();
+        tokio::spawn(async move {
+            while let Some(first) = rel_rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rel_rx.try_recv() {
+                        Ok(x) => batch.push(x),
+                        Err(_) => break,
+                    }
+                }
+                let ids: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
+                let out = rel_ipam.release_batch(&ids).await;
+                for ((_, reply), got) in batch.into_iter().zip(out) {
+                    let _ = reply.send(got);
+                }
+            }
+        });
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -139,6 +160,7 @@ impl Batcher {
         });
         Batcher {
             tx,
+            releases,
             alone: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
@@ -148,6 +170,12 @@ impl Batch for Batcher {
     async fn assign(&self, req: AssignRequest, record: Option<Record>) -> Option<Vec<IpAddr>> {
         let (reply, answer) = oneshot::channel();
         self.tx.send((req, record, reply)).await.ok()?;
+        answer.await.ok().flatten()
+    }
+
+    async fn release(&self, handle: &str) -> Option<Vec<IpAddr>> {
+        let (reply, answer) = oneshot::channel();
+        self.releases.send((handle.to_owned(), reply)).await.ok()?;
         answer.await.ok().flatten()
     }
 
@@ -209,7 +237,7 @@ impl Server {
                 }
             }
             Request::Add(r) => podipam::add(&self.store, &self.ipam, batcher, r).await,
-            Request::Del(r) => podipam::del(&self.store, &self.ipam, r).await,
+            Request::Del(r) => podipam::del(&self.store, &self.ipam, batcher, r).await,
         };
         match out {
             Ok(ips) => Response::Ok { ips },

@@ -198,7 +198,7 @@ impl Ctx {
         let ipam = self.ipam().await?;
         let ips = match &req {
             Request::Add(r) => crate::podipam::add(store, ipam, &Alone, r).await?,
-            Request::Del(r) => crate::podipam::del(store, ipam, r).await?,
+            Request::Del(r) => crate::podipam::del(store, ipam, &Alone, r).await?,
         };
         Ok((ips, "plugin"))
     }

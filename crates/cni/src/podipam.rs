@@ -89,6 +89,12 @@ pub trait Batch: Sync {
         record: Option<Record>,
     ) -> impl std::future::Future<Output = Option<Vec<IpAddr>>> + Send;
 
+    /// Releases a handle with the others that arrive together. `None`: release it alone.
+    fn release(
+        &self,
+        handle: &str,
+    ) -> impl std::future::Future<Output = Option<Vec<IpAddr>>> + Send;
+
     /// Held while a request is served alone, so that the node's requests that need a new
     /// block claim it one at a time instead of racing for it.
     fn alone(&self) -> impl std::future::Future<Output = Option<OwnedMutexGuard<()>>> + Send;
@@ -99,6 +105,10 @@ pub struct Alone;
 
 impl Batch for Alone {
     async fn assign(&self, _: AssignRequest, _: Option<Record>) -> Option<Vec<IpAddr>> {
+        None
+    }
+
+    async fn release(&self, _: &str) -> Option<Vec<IpAddr>> {
         None
     }
 
@@ -292,8 +302,16 @@ async fn write_record(
 }
 
 /// Frees the attachment's addresses and, when asked, its workload record.
-pub async fn del(store: &Store, ipam: &Ipam, r: &DelRequest) -> CniResult<Vec<IpAddr>> {
-    let freed = ipam.release_handle(&r.handle).await.map_err(ipam_err)?;
+pub async fn del(
+    store: &Store,
+    ipam: &Ipam,
+    batch: &impl Batch,
+    r: &DelRequest,
+) -> CniResult<Vec<IpAddr>> {
+    let freed = match batch.release(&r.handle).await {
+        Some(freed) => freed,
+        None => ipam.release_handle(&r.handle).await.map_err(ipam_err)?,
+    };
     if r.record {
         delete_record(store, r).await?;
     }
