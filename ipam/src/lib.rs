@@ -15,6 +15,7 @@
 //! address on the node record. It does not touch the network.
 #![forbid(unsafe_code)]
 
+mod batch;
 pub mod block;
 pub mod check;
 mod error;
@@ -27,12 +28,12 @@ pub mod selector;
 mod tunnel;
 mod txn;
 
+pub use batch::{BatchExtra, MAX_BATCH};
 pub use check::Report;
 pub use error::{IpamError, Result};
 pub use ipam::{AssignRequest, Family, Ipam, IpamOptions, MAX_RETRIES};
 pub use release::{ReleaseIp, ReleaseOutcome};
 pub use tunnel::tunnel_handle;
-pub use txn::MAX_BATCH;
 
 /// The handle of a pod's addresses on Calico's default network, as Calico's CNI plugin
 /// names it.

@@ -213,9 +213,13 @@ impl Server {
     async fn serve(&self, conn: UnixStream, batcher: &Batcher) -> std::io::Result<()> {
         let (r, mut w) = conn.into_split();
         let mut line = String::new();
-        tokio::io::AsyncReadExt::take(BufReader::new(r), MAX_LINE)
-            .read_line(&mut line)
-            .await?;
+        // A client that never finishes its line does not hold a task forever.
+        let mut reader = tokio::io::AsyncReadExt::take(BufReader::new(r), MAX_LINE);
+        tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line within 30 s")
+            })??;
         let resp = match serde_json::from_str::<Request>(&line) {
             Ok(req) => self.answer(req, batcher).await,
             Err(e) => Response::Error {
