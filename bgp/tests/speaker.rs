@@ -244,3 +244,128 @@ async fn malformed_updates_are_withdrawn_or_reset_the_session_as_rfc_7606_says()
     );
     s.shutdown(false).await.expect("shutdown");
 }
+
+/// An UPDATE by hand for `prefix` (a /24 of 10.9.0.0/16): the attributes as given.
+fn update_raw(attrs: &[u8], third_octet: u8) -> Vec<u8> {
+    let mut body = vec![0, 0];
+    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+    body.extend_from_slice(attrs);
+    body.extend_from_slice(&[24, 10, 9, third_octet]);
+    let mut m = vec![0xff; 16];
+    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
+    m.push(2);
+    m.extend_from_slice(&body);
+    m
+}
+
+#[tokio::test]
+async fn rfc_7606_treatments_hold_over_a_real_socket() {
+    const ORIGIN: [u8; 4] = [0x40, 1, 1, 0];
+    const PATH: [u8; 3] = [0x40, 2, 0];
+    const NH: [u8; 7] = [0x40, 3, 4, 127, 0, 0, 16];
+    let base = |extra: &[u8]| [&ORIGIN[..], &PATH, &NH, extra].concat();
+    // (what, attributes, whether the route is kept: attribute-discard or ignored, against
+    // treat-as-withdraw)
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        ("MED of 3 octets", base(&[0x80, 4, 3, 0, 0, 1]), false),
+        (
+            "COMMUNITIES of 3 octets",
+            base(&[0xc0, 8, 3, 0, 0, 1]),
+            false,
+        ),
+        (
+            "LARGE_COMMUNITY of 8 octets",
+            base(&[0xc0, 32, 8, 0, 0, 0, 1, 0, 0, 0, 2]),
+            false,
+        ),
+        (
+            "AS_PATH segment type 9",
+            [&ORIGIN[..], &[0x40, 2, 6, 9, 1, 0, 0, 0xfd, 0xe9], &NH].concat(),
+            false,
+        ),
+        ("NEXT_HOP missing", [&ORIGIN[..], &PATH].concat(), false),
+        ("ORIGIN missing", [&PATH[..], &NH].concat(), false),
+        ("ATOMIC_AGGREGATE of 1 octet", base(&[0x40, 6, 1, 0]), true),
+        ("AGGREGATOR of 3 octets", base(&[0xc0, 7, 3, 0, 0, 0]), true),
+        (
+            "ORIGINATOR_ID from an external peer",
+            base(&[0x80, 9, 4, 1, 2, 3, 4]),
+            true,
+        ),
+        (
+            "CLUSTER_LIST from an external peer",
+            base(&[0x80, 10, 4, 1, 2, 3, 4]),
+            true,
+        ),
+        ("ORIGIN twice", base(&[0x40, 1, 1, 2]), true),
+        (
+            "LOCAL_PREF from an external peer",
+            base(&[0x40, 5, 4, 0, 0, 0, 100]),
+            true,
+        ),
+        (
+            "unknown optional transitive",
+            base(&[0xc0, 0x63, 2, 0xbe, 0xef]),
+            true,
+        ),
+        (
+            "unknown optional non-transitive",
+            base(&[0x80, 0x64, 1, 0]),
+            true,
+        ),
+    ];
+    let port = free_port("127.0.0.15");
+    let s = Speaker::start(config("127.0.0.15", port, 64512))
+        .await
+        .expect("speaker");
+    let mut p = PeerConfig::new("127.0.0.16".parse().unwrap(), 65001);
+    p.passive = true;
+    s.add_peer(p).await.expect("peer");
+    let mut c = loadgen::connect(
+        "127.0.0.16".parse().unwrap(),
+        SocketAddr::new("127.0.0.15".parse().unwrap(), port),
+        65001,
+        "127.0.0.16".parse().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("session");
+    for (i, (what, attrs, kept)) in cases.iter().enumerate() {
+        // Each case announces its own prefix, first with good attributes.
+        let third = i as u8 + 1;
+        let prefix = format!("10.9.{third}.0/24");
+        c.w.write_all(&update_raw(&base(&[]), third))
+            .await
+            .expect("send");
+        until(&format!("{what}: the good route"), async || {
+            has_route(&s, &prefix).await.then_some(())
+        })
+        .await;
+        c.w.write_all(&update_raw(attrs, third))
+            .await
+            .expect("send");
+        if *kept {
+            // Processed (a marker after it arrives) and still there.
+            let marker = format!("10.9.{}.0/24", 100 + third);
+            c.w.write_all(&update_raw(&base(&[]), 100 + third))
+                .await
+                .expect("send");
+            until(&format!("{what}: the marker"), async || {
+                has_route(&s, &marker).await.then_some(())
+            })
+            .await;
+            assert!(has_route(&s, &prefix).await, "{what}: the route must stay");
+        } else {
+            until(&format!("{what}: treat-as-withdraw"), async || {
+                (!has_route(&s, &prefix).await).then_some(())
+            })
+            .await;
+        }
+        assert_eq!(
+            peer(&s, "127.0.0.16").await.state,
+            "Established",
+            "{what}: no reset"
+        );
+    }
+    s.shutdown(false).await.expect("shutdown");
+}
