@@ -118,13 +118,7 @@ impl Batcher {
         let rel_ipam = ipam.clone();
         tokio::spawn(async move {
             while let Some(first) = rel_rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rel_rx.try_recv() {
-                        Ok(x) => batch.push(x),
-                        Err(_) => break,
-                    }
-                }
+                let batch = waiting(first, &mut rel_rx);
                 let ids: Vec<String> = batch.iter().map(|(h, _)| h.clone()).collect();
                 let out = rel_ipam.release_batch(&ids).await;
                 for ((_, reply), got) in batch.into_iter().zip(out) {
@@ -134,13 +128,7 @@ impl Batcher {
         });
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(x) => batch.push(x),
-                        Err(_) => break,
-                    }
-                }
+                let batch = waiting(first, &mut rx);
                 let reqs: Vec<AssignRequest> = batch.iter().map(|(r, _, _)| r.clone()).collect();
                 let records: Vec<&Option<Record>> = batch.iter().map(|(_, w, _)| w).collect();
                 let out = ipam
@@ -164,6 +152,19 @@ impl Batcher {
             alone: Arc::new(tokio::sync::Mutex::new(())),
         }
     }
+}
+
+/// `first` and whatever else is already queued, up to a batch's worth: nothing waits for
+/// a batch to fill, so a lone request goes at once.
+fn waiting<T>(first: T, rx: &mut mpsc::Receiver<T>) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(x) => batch.push(x),
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 impl Batch for Batcher {
