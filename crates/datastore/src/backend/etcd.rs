@@ -133,6 +133,15 @@ fn is_unavailable(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// The condition of a write to an existing key: its revision is `rv` when given, else the key
+/// merely exists.
+fn exists_at(k: &str, ty: &ResourceType, ns: Option<&str>, rv: Option<&str>) -> Result<Compare> {
+    Ok(match rv {
+        Some(rv) => Compare::mod_revision(k, CompareOp::Equal, parse_revision(ty, ns, rv)?),
+        None => Compare::create_revision(k, CompareOp::NotEqual, 0),
+    })
+}
+
 fn parse_revision(ty: &ResourceType, ns: Option<&str>, rev: &str) -> Result<i64> {
     rev.parse().map_err(|_| StoreError::Backend {
         backend: NAME,
@@ -249,14 +258,7 @@ impl Backend for EtcdBackend {
         let key = || ty.key(ns.as_deref(), Some(&name));
         let k = self.etcd_key(ty, ns.as_deref(), &name);
         let expected = meta::resource_version(&obj).map(str::to_owned);
-        let guard = match &expected {
-            Some(rv) => Compare::mod_revision(
-                k.clone(),
-                CompareOp::Equal,
-                parse_revision(ty, ns.as_deref(), rv)?,
-            ),
-            None => Compare::create_revision(k.clone(), CompareOp::NotEqual, 0),
-        };
+        let guard = exists_at(&k, ty, ns.as_deref(), expected.as_deref())?;
         let txn = Txn::new()
             .when([guard])
             .and_then([TxnOp::put(k.clone(), Self::encode(&mut obj), None)])
@@ -299,12 +301,7 @@ impl Backend for EtcdBackend {
     ) -> Result<()> {
         let key = || ty.key(ns, Some(name));
         let k = self.etcd_key(ty, ns, name);
-        let guard = match precondition {
-            Some(rv) => {
-                Compare::mod_revision(k.clone(), CompareOp::Equal, parse_revision(ty, ns, rv)?)
-            }
-            None => Compare::create_revision(k.clone(), CompareOp::NotEqual, 0),
-        };
+        let guard = exists_at(&k, ty, ns, precondition)?;
         let txn = Txn::new()
             .when([guard])
             .and_then([TxnOp::delete(k.clone(), None)])
@@ -357,14 +354,7 @@ impl Backend for EtcdBackend {
                 TxnWrite::Update { ty, obj } => {
                     let (ns, name) = name_of(obj);
                     let k = self.etcd_key(ty, ns.as_deref(), &name);
-                    let guard = match meta::resource_version(obj) {
-                        Some(rv) => Compare::mod_revision(
-                            k.clone(),
-                            CompareOp::Equal,
-                            parse_revision(ty, ns.as_deref(), rv)?,
-                        ),
-                        None => Compare::create_revision(k.clone(), CompareOp::NotEqual, 0),
-                    };
+                    let guard = exists_at(&k, ty, ns.as_deref(), meta::resource_version(obj))?;
                     let mut stored = obj.clone();
                     let op = TxnOp::put(k.clone(), Self::encode(&mut stored), None);
                     (k, guard, op)
@@ -376,14 +366,7 @@ impl Backend for EtcdBackend {
                     precondition,
                 } => {
                     let k = self.etcd_key(ty, ns.as_deref(), name);
-                    let guard = match precondition {
-                        Some(rv) => Compare::mod_revision(
-                            k.clone(),
-                            CompareOp::Equal,
-                            parse_revision(ty, ns.as_deref(), rv)?,
-                        ),
-                        None => Compare::create_revision(k.clone(), CompareOp::NotEqual, 0),
-                    };
+                    let guard = exists_at(&k, ty, ns.as_deref(), precondition.as_deref())?;
                     (k.clone(), guard, TxnOp::delete(k, None))
                 }
             };

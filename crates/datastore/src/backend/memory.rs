@@ -101,8 +101,14 @@ impl Inner {
         self.history.push((rev, path, event));
     }
 
-    fn write(&mut self, path: String, mut obj: Value, created: bool) -> Value {
+    /// A write at a new revision of its own.
+    fn write(&mut self, path: String, obj: Value, created: bool) -> Value {
         self.revision += 1;
+        self.put(path, obj, created)
+    }
+
+    /// Stores `obj` at the current revision and tells the watchers.
+    fn put(&mut self, path: String, mut obj: Value, created: bool) -> Value {
         meta::set(&mut obj, "resourceVersion", self.revision.to_string());
         self.objects.insert(path.clone(), obj.clone());
         let ev = if created {
@@ -112,6 +118,13 @@ impl Inner {
         };
         self.commit(path, ev);
         obj
+    }
+
+    /// Removes the object at the current revision and tells the watchers.
+    fn erase(&mut self, path: String) {
+        let mut last = self.objects.remove(&path).unwrap_or_default();
+        meta::set(&mut last, "resourceVersion", self.revision.to_string());
+        self.commit(path, RawEvent::Deleted(last));
     }
 }
 
@@ -207,10 +220,8 @@ impl Backend for MemoryBackend {
                 });
             }
         }
-        let mut last = inner.objects.remove(&p).unwrap_or_default();
         inner.revision += 1;
-        meta::set(&mut last, "resourceVersion", inner.revision.to_string());
-        inner.commit(p, RawEvent::Deleted(last));
+        inner.erase(p);
         Ok(())
     }
 
@@ -248,29 +259,24 @@ impl Backend for MemoryBackend {
         }
         // Like etcd: every write of one transaction gets the same revision.
         inner.revision += 1;
-        let rev = inner.revision.to_string();
         let mut out = vec![];
         for (w, p) in writes.into_iter().zip(paths) {
             match w {
                 TxnWrite::Create { mut obj, .. } | TxnWrite::Update { mut obj, .. } => {
-                    let previous = inner.objects.get(&p).cloned();
-                    match &previous {
-                        Some(cur) => meta::carry_server_fields(cur, &mut obj),
-                        None => meta::stamp_created(&mut obj, uuid::Uuid::new_v4().to_string()),
-                    }
-                    meta::set(&mut obj, "resourceVersion", rev.clone());
-                    inner.objects.insert(p.clone(), obj.clone());
-                    let ev = match previous {
-                        None => RawEvent::Added(obj.clone()),
-                        Some(_) => RawEvent::Modified(obj.clone()),
+                    let created = match inner.objects.get(&p) {
+                        Some(cur) => {
+                            meta::carry_server_fields(cur, &mut obj);
+                            false
+                        }
+                        None => {
+                            meta::stamp_created(&mut obj, uuid::Uuid::new_v4().to_string());
+                            true
+                        }
                     };
-                    inner.commit(p, ev);
-                    out.push(Some(obj));
+                    out.push(Some(inner.put(p, obj, created)));
                 }
                 TxnWrite::Delete { .. } => {
-                    let mut last = inner.objects.remove(&p).unwrap_or_default();
-                    meta::set(&mut last, "resourceVersion", rev.clone());
-                    inner.commit(p, RawEvent::Deleted(last));
+                    inner.erase(p);
                     out.push(None);
                 }
             }
