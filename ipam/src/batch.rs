@@ -142,9 +142,8 @@ impl Ipam {
         let blocks = self.store.all::<IPAMBlock>();
         let handles = self.store.all::<IPAMHandle>();
         let name = block.metadata.name.clone().unwrap_or_default();
-        let mine = format!("host:{node}");
         for _ in 0..MAX_RETRIES {
-            if block.spec.deleted || block.spec.affinity.as_deref() != Some(mine.as_str()) {
+            if block.spec.deleted || !block::is_affine_to(&block.spec, node) {
                 self.forget(node, &name);
                 return Ok(());
             }
@@ -283,24 +282,16 @@ impl Ipam {
             if group.is_empty() {
                 return Ok(());
             }
-            let block = blocks.get(&name).await?;
+            let mut next = blocks.get(&name).await?;
             let mut t = self.store.txn();
             let mut freed = vec![];
-            let mut next = block.clone();
             for (_, h) in &group {
                 let id = h.spec.handle_id.as_str();
                 t.delete(&handles, id, h.metadata.resource_version.as_deref());
-                let ips = match (&block, &mut next) {
-                    (Some(b), Some(n)) => {
-                        let ords = block::ordinals_of(&b.spec, id);
-                        block::release(&mut n.spec, &ords);
-                        ords.iter()
-                            .filter_map(|&o| block::address(&b.spec, o))
-                            .collect()
-                    }
-                    _ => vec![],
-                };
-                freed.push(ips);
+                freed.push(match &mut next {
+                    Some(n) => block::release_handle(&mut n.spec, id),
+                    None => vec![],
+                });
             }
             let changed = freed.iter().any(|f| !f.is_empty());
             if let (Some(n), true) = (&next, changed) {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use brindle_api::{AllocationAttribute, IPAMBlockSpec};
+use brindle_api::{AllocationAttribute, IPAMBlock, IPAMBlockSpec};
 use ipnetwork::IpNetwork;
 
 /// Attribute keys written on every allocation, so owners can be found later.
@@ -100,6 +100,34 @@ pub fn new_block(cidr: &IpNetwork, affinity: Option<String>) -> IPAMBlockSpec {
         sequence_number: 0,
         sequence_number_for_allocation: BTreeMap::new(),
         deleted: false,
+    }
+}
+
+/// A new, empty block with affinity to `node`, named after its CIDR: what a claim creates.
+pub fn new_affine_block(cidr: &IpNetwork, node: &str) -> IPAMBlock {
+    let name = block_name(cidr);
+    let mut b = IPAMBlock::new(&name, new_block(cidr, Some(affinity(node))));
+    b.metadata.name = Some(name);
+    b
+}
+
+/// A block's `affinity` value for `node`.
+fn affinity(node: &str) -> String {
+    format!("host:{node}")
+}
+
+/// Whether the block has affinity to `node`.
+pub fn is_affine_to(b: &IPAMBlockSpec, node: &str) -> bool {
+    b.affinity.as_deref().and_then(|a| a.strip_prefix("host:")) == Some(node)
+}
+
+/// How many of `n` addresses the block can give: none when it is being deleted or (for
+/// `affine`) no longer that node's, else as many as are free.
+pub fn room(b: &IPAMBlockSpec, n: usize, affine: Option<&str>) -> usize {
+    if b.deleted || !affine.is_none_or(|node| is_affine_to(b, node)) {
+        0
+    } else {
+        n.min(free(b))
     }
 }
 
@@ -243,6 +271,14 @@ pub fn release(b: &mut IPAMBlockSpec, ordinals: &[u32]) -> usize {
         compact_attributes(b);
     }
     n
+}
+
+/// Frees every address `handle` holds in the block; returns them (none: nothing changed).
+pub fn release_handle(b: &mut IPAMBlockSpec, handle: &str) -> Vec<IpAddr> {
+    let ords = ordinals_of(b, handle);
+    let ips = ords.iter().filter_map(|&o| address(b, o)).collect();
+    release(b, &ords);
+    ips
 }
 
 /// Merges `updates` into the attributes of the ordinals `handle` holds in the block. Returns

@@ -330,7 +330,7 @@ impl Ipam {
             let Some(b) = blocks.get(&name).await? else {
                 break;
             };
-            if b.spec.affinity.as_deref() != Some(&format!("host:{node}")) {
+            if !block::is_affine_to(&b.spec, &node) {
                 break;
             }
             let r = if block::is_empty(&b.spec) {

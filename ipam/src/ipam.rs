@@ -460,13 +460,7 @@ impl Ipam {
         }
         let mut claimed = 0usize; // addresses counted on the handle for this block
         for _ in 0..MAX_RETRIES {
-            let owner_ok = affine
-                .is_none_or(|node| block.spec.affinity.as_deref() == Some(&format!("host:{node}")));
-            let k = if block.spec.deleted || !owner_ok {
-                0
-            } else {
-                n.min(block::free(&block.spec))
-            };
+            let k = block::room(&block.spec, n, affine);
             if k != claimed {
                 self.adjust_handle(
                     &req.handle,
@@ -619,7 +613,7 @@ impl Ipam {
                 continue;
             }
             match blocks_api.get(&block_name(&net)).await? {
-                Some(b) if b.spec.affinity.as_deref() == Some(&format!("host:{node}")) => {
+                Some(b) if block::is_affine_to(&b.spec, node) => {
                     self.confirm(a).await?;
                     let name = b.metadata.name.clone();
                     self.remember(node, b);
@@ -647,7 +641,7 @@ impl Ipam {
                 continue;
             }
             if let Some(b) = blocks_api.get(&name).await? {
-                if b.spec.affinity.as_deref() == Some(&format!("host:{node}")) {
+                if block::is_affine_to(&b.spec, node) {
                     let has_room = block::free(&b.spec) > 0;
                     self.remember(node, b);
                     if has_room {
@@ -740,8 +734,7 @@ impl Ipam {
             Err(e) => return Err(e.into()),
         };
         let name = block_name(cidr);
-        let mut b = IPAMBlock::new(&name, block::new_block(cidr, Some(format!("host:{node}"))));
-        b.metadata.name = Some(name.clone());
+        let b = block::new_affine_block(cidr, node);
         let blocks = self.store.all::<IPAMBlock>();
         match blocks.create(&b).await {
             Ok(stored) => {
@@ -752,9 +745,7 @@ impl Ipam {
             Err(StoreError::AlreadyExists { .. }) => match blocks.get(&name).await? {
                 // Another client for the same node (the agent and a plugin, or two plugins)
                 // made it first: the block is ours all the same. Its affinity must stay.
-                Some(existing)
-                    if existing.spec.affinity.as_deref() == Some(&format!("host:{node}")) =>
-                {
+                Some(existing) if block::is_affine_to(&existing.spec, node) => {
                     self.confirm(&aff).await?;
                     self.remember(node, existing);
                     Ok(Some(name))
@@ -805,7 +796,6 @@ impl Ipam {
 
     /// Other nodes' (and unaffine) blocks of the eligible pools that have room, most free first.
     async fn borrowable_blocks(&self, node: &str, pools: &[Eligible]) -> Result<Vec<String>> {
-        let mine = format!("host:{node}");
         let mut blocks: Vec<IPAMBlock> = self
             .store
             .all::<IPAMBlock>()
@@ -815,7 +805,7 @@ impl Ipam {
             .into_iter()
             .filter(|b| {
                 !b.spec.deleted
-                    && b.spec.affinity.as_deref() != Some(mine.as_str())
+                    && !block::is_affine_to(&b.spec, node)
                     && block::free(&b.spec) > 0
                     && block::network(&b.spec)
                         .is_some_and(|n| pools.iter().any(|p| p.net.contains(n.network())))

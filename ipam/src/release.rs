@@ -88,19 +88,15 @@ impl Ipam {
             let Some(b) = blocks.get(&name).await? else {
                 return Ok(vec![]);
             };
-            let ords = block::ordinals_of(&b.spec, handle);
-            if ords.is_empty() {
+            let mut next = b;
+            let freed = block::release_handle(&mut next.spec, handle);
+            if freed.is_empty() {
                 return Ok(vec![]);
             }
-            let mut next = b.clone();
-            block::release(&mut next.spec, &ords);
             match blocks.update(&next).await {
                 Ok(stored) => {
                     self.note_block(&stored);
-                    return Ok(ords
-                        .iter()
-                        .filter_map(|&o| block::address(&b.spec, o))
-                        .collect());
+                    return Ok(freed);
                 }
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(StoreError::NotFound { .. }) => return Ok(vec![]),

@@ -77,13 +77,7 @@ impl Ipam {
         let handles = self.store.all::<IPAMHandle>();
         let name = block.metadata.name.clone().unwrap_or_default();
         for _ in 0..MAX_RETRIES {
-            let owner_ok = affine
-                .is_none_or(|node| block.spec.affinity.as_deref() == Some(&format!("host:{node}")));
-            let k = if block.spec.deleted || !owner_ok {
-                0
-            } else {
-                n.min(block::free(&block.spec))
-            };
+            let k = block::room(&block.spec, n, affine);
             if k == 0 {
                 if let Some(node) = affine {
                     self.forget(node, &name);
@@ -158,8 +152,7 @@ impl Ipam {
             },
         );
         let name = block_name(cidr);
-        let mut b = IPAMBlock::new(&name, block::new_block(cidr, Some(format!("host:{node}"))));
-        b.metadata.name = Some(name.clone());
+        let b = block::new_affine_block(cidr, node);
         let mut t = self.store.txn();
         t.create(&affs, &aff)?;
         t.create(&blocks, &b)?;
@@ -178,11 +171,7 @@ impl Ipam {
             }
             Err(StoreError::AlreadyExists { .. }) => match blocks.get(&name).await? {
                 // A sibling client of this node made it between our read and our write.
-                Some(existing)
-                    if existing.spec.affinity.as_deref() == Some(&format!("host:{node}")) =>
-                {
-                    Ok(None)
-                }
+                Some(existing) if block::is_affine_to(&existing.spec, node) => Ok(None),
                 _ => {
                     debug!(node, block = %cidr, "lost the race for a block");
                     Ok(Some(None))
@@ -229,15 +218,9 @@ impl Ipam {
                 Ok(net) => blocks.get(&block_name(&net)).await?,
                 Err(_) => None,
             };
-            if let Some(b) = &block {
-                let ords = block::ordinals_of(&b.spec, id);
-                if !ords.is_empty() {
-                    ips = ords
-                        .iter()
-                        .filter_map(|&o| block::address(&b.spec, o))
-                        .collect();
-                    let mut next = b.clone();
-                    block::release(&mut next.spec, &ords);
+            if let Some(mut next) = block {
+                ips = block::release_handle(&mut next.spec, id);
+                if !ips.is_empty() {
                     t.update(&blocks, &next)?;
                 }
             }
