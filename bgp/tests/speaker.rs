@@ -135,11 +135,15 @@ fn update(origin: u8, next_hop_len: u8) -> Vec<u8> {
 fn update_via(origin: u8, next_hop_len: u8, next_hop: [u8; 4]) -> Vec<u8> {
     let mut attrs = vec![0x40, 1, 1, origin, 0x40, 2, 0, 0x40, 3, next_hop_len];
     attrs.extend_from_slice(&next_hop);
-    let nlri = [24, 10, 9, 0];
+    update_msg(&attrs, &[24, 10, 9, 0])
+}
+
+/// An UPDATE message by hand: no withdrawn routes, these attributes, this NLRI field.
+fn update_msg(attrs: &[u8], nlri: &[u8]) -> Vec<u8> {
     let mut body = vec![0, 0];
     body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    body.extend_from_slice(&attrs);
-    body.extend_from_slice(&nlri);
+    body.extend_from_slice(attrs);
+    body.extend_from_slice(nlri);
     let mut m = vec![0xff; 16];
     m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
     m.push(2);
@@ -216,14 +220,7 @@ async fn malformed_updates_are_withdrawn_or_reset_the_session_as_rfc_7606_says()
     let attrs = [
         0x40, 1, 1, 0, 0x40, 2, 0, 0x80, 14, 0x40, 0, 1, 1, 4, 127, 0, 0, 14, 0,
     ];
-    let mut body = vec![0, 0];
-    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    body.extend_from_slice(&attrs);
-    let mut m = vec![0xff; 16];
-    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
-    m.push(2);
-    m.extend_from_slice(&body);
-    c.w.write_all(&m).await.expect("send");
+    c.w.write_all(&update_msg(&attrs, &[])).await.expect("send");
     let n = loop {
         match loadgen::read_msg(&mut c.r, &mut c.buf).await.expect("read") {
             Message::Notification(n) => break n,
@@ -245,17 +242,9 @@ async fn malformed_updates_are_withdrawn_or_reset_the_session_as_rfc_7606_says()
     s.shutdown(false).await.expect("shutdown");
 }
 
-/// An UPDATE by hand for `prefix` (a /24 of 10.9.0.0/16): the attributes as given.
+/// An UPDATE by hand for 10.9.`third_octet`.0/24 with the attributes as given.
 fn update_raw(attrs: &[u8], third_octet: u8) -> Vec<u8> {
-    let mut body = vec![0, 0];
-    body.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
-    body.extend_from_slice(attrs);
-    body.extend_from_slice(&[24, 10, 9, third_octet]);
-    let mut m = vec![0xff; 16];
-    m.extend_from_slice(&((19 + body.len()) as u16).to_be_bytes());
-    m.push(2);
-    m.extend_from_slice(&body);
-    m
+    update_msg(attrs, &[24, 10, 9, third_octet])
 }
 
 #[tokio::test]

@@ -25,6 +25,15 @@ fn owners(nodes: &[&str], pods: &[&str]) -> OwnerSnapshot {
     }
 }
 
+/// A memory store with node `n1` and a /24 pool of /26 blocks, and the backend to cut off.
+async fn n1_with_a_slash_24() -> (MemoryBackend, Store) {
+    let mem = MemoryBackend::new();
+    let store = Store::new(mem.clone());
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    (mem, store)
+}
+
 fn dying(mem: &MemoryBackend) -> (Instrumented<MemoryBackend>, Ipam) {
     dying_with(mem, false)
 }
@@ -43,10 +52,7 @@ fn dying_with(mem: &MemoryBackend, transactions: bool) -> (Instrumented<MemoryBa
 
 #[tokio::test]
 async fn killed_at_the_one_transaction_leaves_nothing() {
-    let mem = MemoryBackend::new();
-    let store = Store::new(mem.clone());
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
+    let (mem, store) = n1_with_a_slash_24().await;
     let (inst, ipam) = dying_with(&mem, true);
     // Killed at the claim of the node's first block: no affinity, no block.
     inst.fail_writes_after(0);
@@ -94,10 +100,7 @@ async fn killed_at_the_one_transaction_leaves_nothing() {
 
 #[tokio::test]
 async fn batch_killed_between_its_transactions() {
-    let mem = MemoryBackend::new();
-    let store = Store::new(mem.clone());
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
+    let (mem, store) = n1_with_a_slash_24().await;
     let ipam = common::ipam(&store);
     // Two blocks for n1 with little room: 3 free in one, 4 in the other.
     let mut held = vec![];
@@ -158,10 +161,7 @@ async fn batch_killed_between_its_transactions() {
 
 #[tokio::test]
 async fn killed_between_handle_write_and_block_write() {
-    let mem = MemoryBackend::new();
-    let store = Store::new(mem.clone());
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
+    let (mem, store) = n1_with_a_slash_24().await;
     for p in ["a", "b", "c"] {
         add_pod(&store, "default", p).await;
     }
@@ -233,10 +233,7 @@ async fn killed_between_handle_write_and_block_write() {
 async fn killed_in_the_middle_of_claiming_a_block() {
     for writes_before_death in [1, 2] {
         // 1: pending affinity written, block not. 2: block written, affinity not confirmed.
-        let mem = MemoryBackend::new();
-        let store = Store::new(mem.clone());
-        add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-        add_node(&store, "n1").await;
+        let (mem, store) = n1_with_a_slash_24().await;
         let (inst, ipam) = dying(&mem);
         inst.fail_writes_after(writes_before_death);
         assert!(ipam
@@ -272,10 +269,7 @@ async fn killed_in_the_middle_of_claiming_a_block() {
 
 #[tokio::test]
 async fn orphan_pending_affinity_is_collected_after_grace() {
-    let mem = MemoryBackend::new();
-    let store = Store::new(mem.clone());
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
+    let (mem, store) = n1_with_a_slash_24().await;
     let (inst, ipam) = dying(&mem);
     inst.fail_writes_after(1);
     assert!(ipam
@@ -307,10 +301,7 @@ async fn orphan_pending_affinity_is_collected_after_grace() {
 #[tokio::test]
 async fn batch_extra_writes_land_with_the_addresses_or_not_at_all() {
     use k8s_openapi::api::core::v1::Pod;
-    let mem = MemoryBackend::new();
-    let store = Store::new(mem.clone());
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
+    let (_, store) = n1_with_a_slash_24().await;
     let ipam = common::ipam(&store);
     ipam.assign(&pod_req("n1", "default", "first", "c-first", 1))
         .await
@@ -364,10 +355,7 @@ async fn batch_extra_writes_land_with_the_addresses_or_not_at_all() {
 
 #[tokio::test]
 async fn batch_release_frees_together_or_leaves_to_the_caller() {
-    let mem = MemoryBackend::new();
-    let store = Store::new(mem.clone());
-    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
-    add_node(&store, "n1").await;
+    let (mem, store) = n1_with_a_slash_24().await;
     let (inst, ipam) = dying_with(&mem, true);
     let mut ids = vec![];
     for p in ["a", "b", "c", "d"] {

@@ -59,49 +59,22 @@ pub fn write_results(name: &str, json: &serde_json::Value) {
     }
 }
 
-/// The floor: `ops` read + compare-and-swap updates of ~300-byte values straight through
-/// etcd-client, from `clients` connections in parallel, each on its own key (or all on one).
-pub async fn etcd_cas_floor(endpoint: &str, clients: usize, ops: usize, shared: bool) -> Sample {
-    let per = ops / clients;
+/// Runs `client(c, kv)` on `clients` connections made in parallel, and merges their samples.
+async fn on_clients<F, Fut>(endpoint: &str, clients: usize, client: F) -> Sample
+where
+    F: Fn(usize, etcd_client::KvClient) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Sample> + Send + 'static,
+{
+    let client = std::sync::Arc::new(client);
     let start = Instant::now();
     let mut tasks = vec![];
     for c in 0..clients {
-        let endpoint = endpoint.to_owned();
+        let (endpoint, client) = (endpoint.to_owned(), client.clone());
         tasks.push(tokio::spawn(async move {
-            let client = Client::connect([endpoint], None)
+            let conn = Client::connect([endpoint], None)
                 .await
                 .expect("etcd connect");
-            let mut kv = client.kv_client();
-            let key = if shared {
-                "/bench/raw/shared".to_string()
-            } else {
-                format!("/bench/raw/{clients}-{c}")
-            };
-            let value = vec![b'x'; 300];
-            kv.put(key.clone(), value.clone(), None)
-                .await
-                .expect("seed");
-            let mut s = Sample::default();
-            for _ in 0..per {
-                let t = Instant::now();
-                loop {
-                    let cur = kv.get(key.clone(), None).await.expect("get");
-                    let rev = cur
-                        .kvs()
-                        .first()
-                        .map(|kv| kv.mod_revision())
-                        .unwrap_or_default();
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                        .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
-                    if kv.txn(txn).await.expect("txn").succeeded() {
-                        break;
-                    }
-                    s.conflicts += 1;
-                }
-                s.lat.push(t.elapsed());
-            }
-            s
+            client(c, conn.kv_client()).await
         }));
     }
     let mut parts = vec![];
@@ -111,51 +84,77 @@ pub async fn etcd_cas_floor(endpoint: &str, clients: usize, ops: usize, shared: 
     Sample::merge(parts, start.elapsed().as_secs_f64())
 }
 
+/// The floor: `ops` read + compare-and-swap updates of ~300-byte values straight through
+/// etcd-client, from `clients` connections in parallel, each on its own key (or all on one).
+pub async fn etcd_cas_floor(endpoint: &str, clients: usize, ops: usize, shared: bool) -> Sample {
+    let per = ops / clients;
+    on_clients(endpoint, clients, move |c, mut kv| async move {
+        let key = if shared {
+            "/bench/raw/shared".to_string()
+        } else {
+            format!("/bench/raw/{clients}-{c}")
+        };
+        let value = vec![b'x'; 300];
+        kv.put(key.clone(), value.clone(), None)
+            .await
+            .expect("seed");
+        let mut s = Sample::default();
+        for _ in 0..per {
+            let t = Instant::now();
+            loop {
+                let cur = kv.get(key.clone(), None).await.expect("get");
+                let rev = cur
+                    .kvs()
+                    .first()
+                    .map(|kv| kv.mod_revision())
+                    .unwrap_or_default();
+                let txn = Txn::new()
+                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                    .and_then([TxnOp::put(key.clone(), value.clone(), None)]);
+                if kv.txn(txn).await.expect("txn").succeeded() {
+                    break;
+                }
+                s.conflicts += 1;
+            }
+            s.lat.push(t.elapsed());
+        }
+        s
+    })
+    .await
+}
+
 /// The one-write floor: `ops` compare-and-swap writes of `bytes`-byte values, each guarded by
 /// the revision the previous write returned (no read), from `clients` connections in
 /// parallel, each on its own key: what one etcd transaction per operation costs.
 pub async fn etcd_write_floor(endpoint: &str, clients: usize, ops: usize, bytes: usize) -> Sample {
     let per = ops / clients;
-    let start = Instant::now();
-    let mut tasks = vec![];
-    for c in 0..clients {
-        let endpoint = endpoint.to_owned();
-        tasks.push(tokio::spawn(async move {
-            let client = Client::connect([endpoint], None)
-                .await
-                .expect("etcd connect");
-            let mut kv = client.kv_client();
-            let key = format!("/bench/write/{clients}-{c}");
-            let value = vec![b'x'; bytes];
-            let mut rev = kv
-                .put(key.clone(), value.clone(), None)
-                .await
-                .expect("seed")
-                .header()
-                .map(|h| h.revision())
-                .unwrap_or_default();
-            let mut s = Sample::default();
-            for _ in 0..per {
-                let t = Instant::now();
-                let txn = Txn::new()
-                    .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
-                    .and_then([TxnOp::put(key.clone(), value.clone(), None)])
-                    .or_else([TxnOp::get(key.clone(), None)]);
-                let r = kv.txn(txn).await.expect("txn");
-                if !r.succeeded() {
-                    s.conflicts += 1;
-                }
-                rev = r.header().map(|h| h.revision()).unwrap_or_default();
-                s.lat.push(t.elapsed());
+    on_clients(endpoint, clients, move |c, mut kv| async move {
+        let key = format!("/bench/write/{clients}-{c}");
+        let value = vec![b'x'; bytes];
+        let mut rev = kv
+            .put(key.clone(), value.clone(), None)
+            .await
+            .expect("seed")
+            .header()
+            .map(|h| h.revision())
+            .unwrap_or_default();
+        let mut s = Sample::default();
+        for _ in 0..per {
+            let t = Instant::now();
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([TxnOp::put(key.clone(), value.clone(), None)])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let r = kv.txn(txn).await.expect("txn");
+            if !r.succeeded() {
+                s.conflicts += 1;
             }
-            s
-        }));
-    }
-    let mut parts = vec![];
-    for t in tasks {
-        parts.push(t.await.expect("client task"));
-    }
-    Sample::merge(parts, start.elapsed().as_secs_f64())
+            rev = r.header().map(|h| h.revision()).unwrap_or_default();
+            s.lat.push(t.elapsed());
+        }
+        s
+    })
+    .await
 }
 
 /// A `/proc/<pid>/status` figure given in kB (`VmHWM:`, `VmRSS:`), in MiB; 0 when unreadable.
