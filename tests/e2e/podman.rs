@@ -498,7 +498,20 @@ fn scenario(lab: &mut Lab, pm: &Podman, node: &str) {
         Duration::from_secs(60),
         || (!attachments(lab).contains_key(&(orphan.clone(), "eth0".into()))).then_some(()),
     );
-    let log = std::fs::read_to_string(lab.node(node).log()).unwrap_or_default();
+    // The release is in the datastore a moment before the agent logs it: wait for the line.
+    let gone_line = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("released the address of a container that is gone") && l.contains(&orphan_ip)
+        })
+    };
+    let log = wait_for(
+        "the agent to log the release",
+        Duration::from_secs(10),
+        || {
+            let log = std::fs::read_to_string(lab.node(node).log()).unwrap_or_default();
+            gone_line(&log).then_some(log)
+        },
+    );
     eprintln!(
         "podman stop with the datastore down said: {}",
         stop_err.trim()
@@ -506,11 +519,6 @@ fn scenario(lab: &mut Lab, pm: &Podman, node: &str) {
     for l in log.lines().filter(|l| l.contains("container that is gone")) {
         eprintln!("agent: {l}");
     }
-    assert!(
-        log.contains("released the address of a container that is gone")
-            && log.contains(&orphan_ip),
-        "the agent says what it released and why"
-    );
     let left = attachments(lab);
     for (c, ifname) in [(&srv, "eth0"), (&c1, "eth0")] {
         assert!(
