@@ -583,6 +583,8 @@ pub fn parse(file: &str, text: &str) -> Result<DaemonConfig, ConfigError> {
                 enabled: f.graceful_restart.enabled,
                 restart_time: f.graceful_restart.restart_time,
                 stale_time: Duration::from_secs(f.graceful_restart.stale_time),
+                // A per-start choice: brindle-bgpd's `--recovering`, not the file.
+                recovering: false,
             },
             next_hop_v4: f.next_hop_v4,
             next_hop_v6: f.next_hop_v6,

@@ -13,8 +13,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteNextHop, RouteNextHopFlags, RouteProtocol,
-    RouteType, RouteVia,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteNextHopFlags,
+    RouteProtocol, RouteType, RouteVia,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -36,6 +36,27 @@ pub enum Target {
     Blackhole,
     /// One next hop, or several for ECMP.
     Via(Vec<NextHop>),
+}
+
+impl Target {
+    /// Whether a route the kernel holds (`have`, as [`KernelSync::routes`] reads it) is this
+    /// one: same next hops in any order; an interface we leave to the kernel matches any.
+    pub fn is_met_by(&self, have: &Target) -> bool {
+        match (self, have) {
+            (Target::Blackhole, Target::Blackhole) => true,
+            (Target::Via(want), Target::Via(have)) => {
+                want.len() == have.len()
+                    && want.iter().all(|w| {
+                        have.iter().any(|h| {
+                            h.gateway == w.gateway
+                                && h.onlink == w.onlink
+                                && w.ifindex.is_none_or(|i| h.ifindex == Some(i))
+                        })
+                    })
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +116,7 @@ impl KernelSync {
                     m.attributes.push(RouteAttribute::Oif(i));
                 }
                 if h.onlink {
-                    m.header.flags |= rtnetlink::packet_route::route::RouteFlags::Onlink;
+                    m.header.flags |= RouteFlags::Onlink;
                 }
             }
             Some(Target::Via(hops)) => {
@@ -164,6 +185,13 @@ impl KernelSync {
 
     /// The prefixes of our (protocol 12) routes in the main table, both families.
     pub async fn installed(&self) -> Result<Vec<IpNetwork>, rtnetlink::Error> {
+        Ok(self.routes().await?.into_iter().map(|r| r.0).collect())
+    }
+
+    /// Our (protocol 12) routes in the main table with their forms, as [`Target`]s; None
+    /// for a route with another metric or a form Brindle does not make (it will be rewritten
+    /// or purged, never kept by mistake).
+    pub async fn routes(&self) -> Result<Vec<(IpNetwork, Option<Target>)>, rtnetlink::Error> {
         let mut out = vec![];
         for filter in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
@@ -175,8 +203,7 @@ impl KernelSync {
                     continue;
                 }
                 let dst = r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
-                    RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+                    RouteAttribute::Destination(a) => address(a),
                     _ => None,
                 });
                 let plen = r.header.destination_prefix_length;
@@ -188,11 +215,60 @@ impl KernelSync {
                     },
                 );
                 if let Ok(n) = IpNetwork::new(ip, plen) {
-                    out.push(n);
+                    out.push((n, self.target_of(&r)));
                 }
             }
         }
         Ok(out)
+    }
+
+    fn target_of(&self, r: &RouteMessage) -> Option<Target> {
+        let metric = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Priority(m) => Some(*m),
+            _ => None,
+        });
+        if metric.unwrap_or(0) != self.metric {
+            return None;
+        }
+        if r.header.kind == RouteType::BlackHole {
+            return Some(Target::Blackhole);
+        }
+        if r.header.kind != RouteType::Unicast {
+            return None;
+        }
+        let gateway = |attrs: &[RouteAttribute]| {
+            attrs.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(a) => address(a),
+                RouteAttribute::Via(RouteVia::Inet(a)) => Some(IpAddr::V4(*a)),
+                RouteAttribute::Via(RouteVia::Inet6(a)) => Some(IpAddr::V6(*a)),
+                _ => None,
+            })
+        };
+        let multipath = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::MultiPath(hops) => Some(hops),
+            _ => None,
+        });
+        let hops = match multipath {
+            Some(hops) => hops
+                .iter()
+                .map(|h| {
+                    Some(NextHop {
+                        gateway: gateway(&h.attributes)?,
+                        ifindex: Some(h.interface_index),
+                        onlink: h.flags.contains(RouteNextHopFlags::Onlink),
+                    })
+                })
+                .collect::<Option<Vec<_>>>()?,
+            None => vec![NextHop {
+                gateway: gateway(&r.attributes)?,
+                ifindex: r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(i) => Some(*i),
+                    _ => None,
+                }),
+                onlink: r.header.flags.contains(RouteFlags::Onlink),
+            }],
+        };
+        Some(Target::Via(hops))
     }
 
     /// On start: installs (replaces) every wanted route and removes protocol-12 routes that
@@ -220,6 +296,14 @@ impl KernelSync {
         } else {
             Err(errors)
         }
+    }
+}
+
+fn address(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
     }
 }
 

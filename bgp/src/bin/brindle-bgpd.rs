@@ -22,6 +22,13 @@ struct Args {
     /// Check the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Start as a restarting speaker (RFC 4724 §4.1, like BIRD's `-R`): the OPEN's Restart
+    /// State bit is set, and our table goes out (and the kernel changes) only once every
+    /// graceful-restart peer has sent End-of-RIB or `restart_time` ran out. Use it when
+    /// restarting a speaker whose peers keep its routes; with kernel sync, routes of the last
+    /// run found in the kernel mean the same without this flag.
+    #[arg(long, short = 'R')]
+    recovering: bool,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "BRINDLE_LOG", default_value = "info")]
     log: String,
@@ -46,7 +53,8 @@ async fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let cfg = config::load(&args.config)?;
+    let mut cfg = config::load(&args.config)?;
+    cfg.speaker.graceful_restart.recovering = args.recovering;
     if args.check {
         println!("{}: ok ({} peers)", args.config.display(), cfg.peers.len());
         return Ok(());

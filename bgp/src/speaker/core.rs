@@ -53,6 +53,9 @@ struct Up {
     ebgp: bool,
     /// The peer's graceful-restart time, from its OPEN.
     restart_time: Option<u16>,
+    /// While we restart, we wait for this peer's End-of-RIB: it has graceful restart and is
+    /// not restarting itself (RFC 4724 §4.1 excludes the others).
+    eor_expected: bool,
 }
 
 struct Peer {
@@ -141,7 +144,15 @@ impl Core {
             .as_ref()
             .map(|k| (k.encap.clone(), k.direct_subnets.clone()))
             .unwrap_or_default();
+        // Restarting: routes of our last run were in the kernel, or the owner says so (a
+        // speaker without a kernel, such as a reflector).
+        let restarting =
+            cfg.graceful_restart.enabled && (restarting || cfg.graceful_restart.recovering);
         if restarting {
+            info!(
+                deferral_secs = cfg.graceful_restart.restart_time,
+                "restarting: route selection, kernel changes and our advertisements wait for End-of-RIB from every peer (RFC 4724 §4.1)"
+            );
             let tx = internal_tx.clone();
             let wait = Duration::from_secs(u64::from(cfg.graceful_restart.restart_time));
             tokio::spawn(async move {
@@ -456,15 +467,17 @@ impl Core {
         };
         let has = |afi| neg.families.contains(&(afi, SAFI_UNICAST));
         let gr = match &neg.peer_graceful_restart {
-            Some(Capability::GracefulRestart { time, families, .. }) => {
-                Some((*time, families.clone()))
-            }
+            Some(Capability::GracefulRestart {
+                time,
+                families,
+                restarting,
+            }) => Some((*time, families.clone(), *restarting)),
             _ => None,
         };
         // RFC 4724 §4.2: stale routes stay only if the peer kept forwarding state.
         let keep_stale = gr
             .as_ref()
-            .is_some_and(|(_, f)| f.iter().any(|f| f.forwarding));
+            .is_some_and(|(_, f, _)| f.iter().any(|f| f.forwarding));
         if p.router_id.is_some_and(|r| r != neg.peer_id) {
             // Its routes' ORIGINATOR_ID when reflected was the old identifier.
             self.cache.clear();
@@ -486,7 +499,8 @@ impl Core {
             nh4,
             nh6,
             ebgp,
-            restart_time: gr.map(|g| g.0),
+            restart_time: gr.as_ref().map(|g| g.0),
+            eor_expected: gr.as_ref().is_some_and(|g| !g.2),
         };
         let mut sweep = vec![];
         // A new session: the restart timer armed when the last one went down no longer
@@ -506,8 +520,22 @@ impl Core {
                 info!(peer = %p.cfg.addr, swept = sweep.len(), "peer did not keep its forwarding state: stale routes dropped");
             }
         }
-        // The whole table, then End-of-RIB per family.
-        let wants = export_all(&self.rib, &mut self.cache, &p.cfg, &up, self.rib.iter());
+        p.up = Some(up);
+        if self.restarting.load(std::sync::atomic::Ordering::Relaxed) {
+            info!(peer = %p.cfg.addr, "we are restarting: our table goes out once every peer has sent End-of-RIB");
+        } else {
+            self.send_table(id);
+        }
+        self.propagate(&sweep);
+        self.check_converged();
+    }
+
+    /// The whole table, then End-of-RIB per family: to a peer that just came up, or to every
+    /// peer once our restart is over.
+    fn send_table(&mut self, id: PeerId) {
+        let Some(p) = self.peers.get(&id) else { return };
+        let Some(up) = &p.up else { return };
+        let wants = export_all(&self.rib, &mut self.cache, &p.cfg, up, self.rib.iter());
         let n = wants.len();
         let _ = up.writer.send(Out::Routes(wants));
         for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
@@ -516,8 +544,6 @@ impl Core {
             }
         }
         info!(peer = %p.cfg.addr, routes = n, "sent the table and End-of-RIB");
-        p.up = Some(up);
-        self.propagate(&sweep);
     }
 
     fn down(&mut self, id: PeerId, reason: String, keep_routes: bool) {
@@ -581,9 +607,15 @@ impl Core {
         }
     }
 
-    /// Converged after our restart once every configured peer has sent End-of-RIB.
+    /// Converged after our restart once every configured peer has sent End-of-RIB, leaving
+    /// out (RFC 4724 §4.1) those without graceful restart and those restarting themselves.
     fn check_converged(&mut self) {
-        if self.is_restarting() && self.peers_configured && self.peers.values().all(|p| p.eor) {
+        let done = |p: &Peer| {
+            p.eor
+                || !(self.cfg.graceful_restart.enabled && p.cfg.graceful_restart)
+                || p.up.as_ref().is_some_and(|u| !u.eor_expected)
+        };
+        if self.is_restarting() && self.peers_configured && self.peers.values().all(done) {
             info!(
                 peers = self.peers.len(),
                 "End-of-RIB from every peer: restart over"
@@ -592,13 +624,28 @@ impl Core {
         }
     }
 
+    /// Our restart is over (every End-of-RIB in, or the deferral timer ran out): the kernel
+    /// gets the selected routes in one pass, then every established peer our table and
+    /// End-of-RIB.
     fn converged(&mut self) {
-        if self.is_restarting() {
-            self.restarting
-                .store(false, std::sync::atomic::Ordering::Relaxed);
-            if let Some(k) = &self.kernel {
-                let _ = k.send(Op::Converged);
-            }
+        if !self.is_restarting() {
+            return;
+        }
+        self.restarting
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let all: Vec<Change> = self.rib.iter().collect();
+        self.kernel_changes(&all);
+        if let Some(k) = &self.kernel {
+            let _ = k.send(Op::Converged);
+        }
+        let up: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| p.up.is_some())
+            .map(|p| p.id)
+            .collect();
+        for id in up {
+            self.send_table(id);
         }
     }
 
@@ -763,10 +810,15 @@ impl Core {
 
     /// ROUTE-REFRESH (RFC 2918): the family's routes again, then its End-of-RIB.
     fn refresh(&mut self, id: PeerId, family: Afi) {
+        let restarting = self.is_restarting();
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
         let Some(up) = p.up.as_ref() else { return };
+        if restarting {
+            info!(peer = %p.cfg.addr, "route refresh while we restart: our whole table follows once the restart is over");
+            return;
+        }
         let all = self
             .rib
             .iter()
@@ -779,9 +831,10 @@ impl Core {
         info!(peer = %p.cfg.addr, family = ?family, routes = n, "route refresh answered");
     }
 
-    /// Sends Loc-RIB changes to every established peer and to the kernel.
+    /// Sends Loc-RIB changes to every established peer and to the kernel (both wait while
+    /// we restart: [`Core::converged`] then sends everything).
     fn propagate(&mut self, changes: &[Change]) {
-        if changes.is_empty() {
+        if changes.is_empty() || self.is_restarting() {
             return;
         }
         self.kernel_changes(changes);
@@ -813,6 +866,9 @@ impl Core {
 
     fn kernel_changes(&self, changes: &[Change]) {
         let Some(k) = &self.kernel else { return };
+        if self.is_restarting() {
+            return;
+        }
         for c in changes {
             let want = match &c.best {
                 None => None,

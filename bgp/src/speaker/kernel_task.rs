@@ -3,10 +3,12 @@
 //!
 //! On start, protocol-12 routes left by an earlier run are either purged (a cold start) or,
 //! when graceful restart is on, kept: we are the restarting speaker and forwarding goes on
-//! through them until the core says it has converged; then whatever was not re-installed is
-//! purged (RFC 4724 §4.1's "stale" routes of our own). On a graceful stop routes stay.
+//! through them until the core says it has converged (RFC 4724 §4.1). The core then sends
+//! its whole table at once: a route the kernel already holds in that form is left alone (not
+//! even rewritten, so `ip monitor route` sees nothing), a different one is replaced, and
+//! whatever was not wanted again is purged. On a graceful stop routes stay.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -46,7 +48,7 @@ pub async fn start(cfg: &KernelConfig, keep_old: bool) -> Result<Started, Speake
     tokio::spawn(conn);
     let sync = KernelSync::new(handle.clone(), cfg.metric);
     let old = sync
-        .installed()
+        .routes()
         .await
         .map_err(|e| SpeakerError::Kernel(format!("listing routes: {e}")))?;
     let restarting = keep_old && !old.is_empty();
@@ -56,7 +58,7 @@ pub async fn start(cfg: &KernelConfig, keep_old: bool) -> Result<Started, Speake
             "kept protocol-12 routes of the last run while we restart"
         );
     } else if !old.is_empty() {
-        let errs = sync.apply(old.iter().map(|p| (*p, None)).collect()).await;
+        let errs = sync.apply(old.iter().map(|r| (r.0, None)).collect()).await;
         info!(
             routes = old.len(),
             failed = errs.len(),
@@ -64,7 +66,8 @@ pub async fn start(cfg: &KernelConfig, keep_old: bool) -> Result<Started, Speake
         );
     }
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(sync, handle, rx, if restarting { old } else { vec![] }));
+    let kept = if restarting { old } else { vec![] };
+    tokio::spawn(run(sync, handle, rx, kept.into_iter().collect()));
     Ok(Started {
         ops: tx,
         restarting,
@@ -85,9 +88,11 @@ async fn run(
     sync: KernelSync,
     handle: rtnetlink::Handle,
     mut rx: mpsc::UnboundedReceiver<Op>,
-    mut leftover: Vec<IpNetwork>,
+    mut kept: HashMap<IpNetwork, Option<Target>>,
 ) {
-    let mut installed: HashSet<IpNetwork> = HashSet::new();
+    // What we installed, so a change that leaves a route as it is writes nothing (a
+    // refreshed path, a peer's graceful restart): `ip monitor route` sees real changes only.
+    let mut installed: HashMap<IpNetwork, Route> = HashMap::new();
     let mut tunl0_index: Option<u32> = None;
     while let Some(op) = rx.recv().await {
         let mut batch: HashMap<IpNetwork, Option<Route>> = HashMap::new();
@@ -112,16 +117,35 @@ async fn run(
         {
             tunl0_index = tunl0(&handle).await;
         }
+        let mut same = 0;
         let changes: Vec<(IpNetwork, Option<Target>)> = batch
             .into_iter()
-            .map(|(p, w)| {
-                match &w {
-                    Some(_) => installed.insert(p),
+            .filter_map(|(p, w)| {
+                let was = match &w {
+                    Some(r) => installed.insert(p, r.clone()),
                     None => installed.remove(&p),
                 };
-                (p, w.map(|w| target(w, tunl0_index)))
+                if was.is_some() && was == w {
+                    return None;
+                }
+                let t = w.map(|w| target(w, tunl0_index));
+                // A route kept from before our restart that is already what we want.
+                let had = kept.remove(&p).flatten();
+                if let (Some(t), Some(had)) = (&t, &had) {
+                    if t.is_met_by(had) {
+                        same += 1;
+                        return None;
+                    }
+                }
+                Some((p, t))
             })
             .collect();
+        if same > 0 {
+            info!(
+                unchanged = same,
+                "routes kept through the restart are already as wanted"
+            );
+        }
         if !changes.is_empty() {
             for e in sync.apply(changes).await {
                 warn!("{e}");
@@ -130,10 +154,10 @@ async fn run(
         for c in control {
             match c {
                 Op::Converged => {
-                    let stale: Vec<_> = leftover
-                        .drain(..)
-                        .filter(|p| !installed.contains(p))
-                        .map(|p| (p, None))
+                    let stale: Vec<_> = kept
+                        .drain()
+                        .filter(|(p, _)| !installed.contains_key(p))
+                        .map(|(p, _)| (p, None))
                         .collect();
                     let n = stale.len();
                     let errs = sync.apply(stale).await;
@@ -147,7 +171,8 @@ async fn run(
                     if remove {
                         let all: Vec<_> = installed
                             .drain()
-                            .chain(leftover.drain(..))
+                            .map(|(p, _)| p)
+                            .chain(kept.drain().map(|(p, _)| p))
                             .map(|p| (p, None))
                             .collect();
                         let errs = sync.apply(all).await;

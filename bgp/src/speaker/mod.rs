@@ -63,6 +63,11 @@ pub struct GracefulRestart {
     /// How long we keep a restarting peer's routes after it came back before sweeping them
     /// even without its End-of-RIB.
     pub stale_time: Duration,
+    /// Start as a restarting speaker (like BIRD's `-R`) even when the kernel holds no routes
+    /// of ours: a speaker without kernel sync, such as a route reflector, restarted while
+    /// its peers keep its routes. With kernel sync, routes of the last run found at start
+    /// mean the same.
+    pub recovering: bool,
 }
 
 impl Default for GracefulRestart {
@@ -71,6 +76,7 @@ impl Default for GracefulRestart {
             enabled: true,
             restart_time: 120,
             stale_time: Duration::from_secs(360),
+            recovering: false,
         }
     }
 }

@@ -14,6 +14,7 @@ mod bird;
 mod frr;
 mod gobgp;
 mod reflector;
+mod restart;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
