@@ -53,8 +53,8 @@ struct Up {
     ebgp: bool,
     /// The peer's graceful-restart time, from its OPEN.
     restart_time: Option<u16>,
-    /// While we restart, we wait for this peer's End-of-RIB: it has graceful restart and is
-    /// not restarting itself (RFC 4724 §4.1 excludes the others).
+    /// While we restart, we wait for this peer's End-of-RIB: it has graceful restart (RFC
+    /// 4724 §4.1 leaves out the others).
     eor_expected: bool,
 }
 
@@ -262,7 +262,9 @@ impl Core {
         caps.push(Capability::RouteRefresh);
         caps.push(Capability::ExtendedMessage);
         if self.cfg.graceful_restart.enabled && p.graceful_restart {
-            let forwarding = self.kernel.is_some();
+            // Our routes kept forwarding through a restart: in the kernel, or (told `-R`) a
+            // speaker outside the forwarding path (a reflector) that lost nothing.
+            let forwarding = self.kernel.is_some() || self.cfg.graceful_restart.recovering;
             caps.push(Capability::GracefulRestart {
                 restarting: self.is_restarting(),
                 time: self.cfg.graceful_restart.restart_time.min(4095),
@@ -475,6 +477,7 @@ impl Core {
             _ => None,
         };
         // RFC 4724 §4.2: stale routes stay only if the peer kept forwarding state.
+        let peer_restarting = gr.as_ref().is_some_and(|g| g.2);
         let keep_stale = gr
             .as_ref()
             .is_some_and(|(_, f, _)| f.iter().any(|f| f.forwarding));
@@ -500,7 +503,7 @@ impl Core {
             nh6,
             ebgp,
             restart_time: gr.as_ref().map(|g| g.0),
-            eor_expected: gr.as_ref().is_some_and(|g| !g.2),
+            eor_expected: gr.is_some(),
         };
         let mut sweep = vec![];
         // A new session: the restart timer armed when the last one went down no longer
@@ -521,10 +524,16 @@ impl Core {
             }
         }
         p.up = Some(up);
-        if self.restarting.load(std::sync::atomic::Ordering::Relaxed) {
-            info!(peer = %p.cfg.addr, "we are restarting: our table goes out once every peer has sent End-of-RIB");
-        } else {
+        if !self.restarting.load(std::sync::atomic::Ordering::Relaxed) {
             self.send_table(id);
+        } else if peer_restarting {
+            // RFC 4724 §4.2: a restarting peer does not wait for us, nor we for it; it may
+            // wait for our End-of-RIB before its own. We still wait for its End-of-RIB (so
+            // its routes are in before we choose), and both of us get there.
+            info!(peer = %p.cfg.addr, "we and the peer are both restarting: it gets our table now");
+            self.send_table(id);
+        } else {
+            info!(peer = %p.cfg.addr, "we are restarting: our table goes out once every peer has sent End-of-RIB");
         }
         self.propagate(&sweep);
         self.check_converged();
@@ -581,12 +590,16 @@ impl Core {
                 let addr = unmap(from.ip());
                 match self.by_addr.get(&addr).and_then(|id| self.peers.get(id)) {
                     Some(p) => {
-                        let _ = socket::set_ttl(
-                            socket2::SockRef::from(&s),
-                            from.is_ipv6(),
-                            socket::ttl(&p.cfg, self.cfg.local_as),
-                        );
-                        let _ = p.cmd.send(SessionCmd::Incoming(s));
+                        let sock = socket2::SockRef::from(&s);
+                        match socket::set_ttls(sock, from.is_ipv6(), &p.cfg, self.cfg.local_as) {
+                            Ok(()) => {
+                                let _ = p.cmd.send(SessionCmd::Incoming(s));
+                            }
+                            // Without its GTSM check the connection must not carry the session.
+                            Err(e) => {
+                                warn!(peer = %addr, "refused a connection: setting its TTLs failed: {e}")
+                            }
+                        }
                     }
                     None => info!(%from, "refused a connection from an address that is not a peer"),
                 }
@@ -608,7 +621,9 @@ impl Core {
     }
 
     /// Converged after our restart once every configured peer has sent End-of-RIB, leaving
-    /// out (RFC 4724 §4.1) those without graceful restart and those restarting themselves.
+    /// out (RFC 4724 §4.1) those without graceful restart. Unlike the RFC we also wait for
+    /// peers restarting themselves: they have our table already (see `up`), and without
+    /// their routes the kernel pass would drop routes they are about to send again.
     fn check_converged(&mut self) {
         let done = |p: &Peer| {
             p.eor

@@ -19,10 +19,10 @@
 mod control;
 mod core;
 mod kernel_task;
-mod md5;
 mod pack;
 mod session;
 mod socket;
+mod sockopt;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::policy::Policy;
 
 pub use control::{serve as serve_control, Request as ControlRequest};
-pub use md5::MAX_KEY_LEN as MD5_MAX_KEY_LEN;
+pub use sockopt::MAX_KEY_LEN as MD5_MAX_KEY_LEN;
 
 /// The speaker as a whole.
 #[derive(Debug, Clone)]
@@ -66,7 +66,8 @@ pub struct GracefulRestart {
     /// Start as a restarting speaker (like BIRD's `-R`) even when the kernel holds no routes
     /// of ours: a speaker without kernel sync, such as a route reflector, restarted while
     /// its peers keep its routes. With kernel sync, routes of the last run found at start
-    /// mean the same.
+    /// mean the same. The OPEN then also says forwarding state was kept (RFC 4724's F bit),
+    /// so peers keep our routes through the restart instead of dropping them at once.
     pub recovering: bool,
 }
 
@@ -121,6 +122,10 @@ pub struct PeerConfig {
     /// eBGP multihop TTL (None: 1 for eBGP, 255 for iBGP... i.e. the peer is directly
     /// connected when eBGP).
     pub multihop: Option<u8>,
+    /// GTSM (RFC 5082): our packets leave with TTL 255 and the kernel drops the peer's that
+    /// arrive with less than `256 - hops` (255 for a directly connected peer: one spoofing
+    /// from further away cannot reach the session). Calico's `ttlSecurity`.
+    pub ttl_security: Option<u8>,
     pub graceful_restart: bool,
     /// Rewrite the next hop to our address even toward iBGP peers.
     pub next_hop_self: bool,
@@ -146,6 +151,7 @@ impl PeerConfig {
             connect_retry: Duration::from_secs(5),
             source: None,
             multihop: None,
+            ttl_security: None,
             graceful_restart: true,
             next_hop_self: false,
             ipv4: true,

@@ -27,6 +27,11 @@ impl Bgpd {
     }
 
     pub fn start_in(ns: &Netns, dir: tempfile::TempDir, conf: &str) -> Bgpd {
+        Self::start_with(ns, dir, conf, &[])
+    }
+
+    /// With extra command-line flags, e.g. `-R` (start as a restarting speaker).
+    pub fn start_with(ns: &Netns, dir: tempfile::TempDir, conf: &str, flags: &[&str]) -> Bgpd {
         let sock = dir.path().join("bgpd.sock");
         let _ = std::fs::remove_file(&sock);
         let path = dir.path().join("bgpd.toml");
@@ -48,6 +53,7 @@ impl Bgpd {
                 "--log",
                 "info,brindle_bgp=debug",
             ])
+            .args(flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

@@ -3,7 +3,8 @@
 //! other. It stops gracefully and starts again while `ip monitor route` watches all three
 //! kernels. While it is down, BIRD drops one route: that one route, and nothing else, may
 //! change anywhere. Routes that end up the same are never removed, replaced or rewritten,
-//! here or at either peer.
+//! here or at either peer. Once with kernel sync (the restart is known from the routes
+//! left in the kernel), once without, as a route server or reflector runs (told by `-R`).
 //!
 //! ```text
 //!   BIRD ns ──a── Brindle ns ──b── other Brindle ns
@@ -43,13 +44,13 @@ protocol bgp b4 {{
     )
 }
 
-fn middle_conf() -> String {
+fn middle_conf(kernel: bool) -> String {
+    let kernel = if kernel { "[kernel]\nmetric = 32" } else { "" };
     format!(
         r#"local_as = {BRINDLE_AS}
 router_id = "198.18.0.1"
 listen = "0.0.0.0:179"
-[kernel]
-metric = 32
+{kernel}
 [[peer]]
 address = "198.18.0.2"
 asn = {PEER_AS}
@@ -65,6 +66,16 @@ prefix = "10.244.1.0/26"
 blackhole = true
 "#
     )
+}
+
+#[test]
+fn a_graceful_restart_changes_no_route_that_ends_up_the_same() {
+    restart_beside_bird_and_brindle(true);
+}
+
+#[test]
+fn a_restarting_reflector_without_kernel_sync_changes_no_route_that_ends_up_the_same() {
+    restart_beside_bird_and_brindle(false);
 }
 
 fn other_conf() -> String {
@@ -119,8 +130,7 @@ fn events(file: &Path) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn a_graceful_restart_changes_no_route_that_ends_up_the_same() {
+fn restart_beside_bird_and_brindle(kernel: bool) {
     let bird_ns = Netns::new("brlrb");
     let mid = Netns::new("brlrm");
     let other_ns = Netns::new("brlro");
@@ -129,17 +139,19 @@ fn a_graceful_restart_changes_no_route_that_ends_up_the_same() {
 
     let bird = Bird::start(&bird_ns, &bird_conf(&["10.245.0.0/26", "10.245.0.64/26"]));
     let other = Bgpd::start(&other_ns, &other_conf());
-    let b = Bgpd::start(&mid, &middle_conf());
-    wait_kernel(
-        &mid,
-        &[
-            "10.245.0.0/26 via 198.18.0.2",
-            "10.245.0.64/26 via 198.18.0.2",
-            "10.246.0.0/26 via 198.18.1.2",
-            "blackhole 10.244.1.0/26",
-        ],
-        &b,
-    );
+    let b = Bgpd::start(&mid, &middle_conf(kernel));
+    if kernel {
+        wait_kernel(
+            &mid,
+            &[
+                "10.245.0.0/26 via 198.18.0.2",
+                "10.245.0.64/26 via 198.18.0.2",
+                "10.246.0.0/26 via 198.18.1.2",
+                "blackhole 10.244.1.0/26",
+            ],
+            &b,
+        );
+    }
     wait_kernel(
         &other_ns,
         &[
@@ -192,21 +204,24 @@ fn a_graceful_restart_changes_no_route_that_ends_up_the_same() {
     .expect("bird.conf");
     bird.birdc(&["configure"]);
 
-    let b = Bgpd::start_in(&mid, bdir, &middle_conf());
+    let flags: &[&str] = if kernel { &[] } else { &["-R"] };
+    let b = Bgpd::start_with(&mid, bdir, &middle_conf(kernel), flags);
     wait_output(
         "the restart to end",
         || b.log(),
         &["End-of-RIB from every peer: restart over"],
     );
-    wait_kernel(
-        &mid,
-        &[
-            "10.245.0.0/26 via 198.18.0.2",
-            "10.246.0.0/26 via 198.18.1.2",
-            "blackhole 10.244.1.0/26",
-        ],
-        &b,
-    );
+    if kernel {
+        wait_kernel(
+            &mid,
+            &[
+                "10.245.0.0/26 via 198.18.0.2",
+                "10.246.0.0/26 via 198.18.1.2",
+                "blackhole 10.244.1.0/26",
+            ],
+            &b,
+        );
+    }
     wait_kernel(
         &other_ns,
         &[
@@ -232,14 +247,19 @@ fn a_graceful_restart_changes_no_route_that_ends_up_the_same() {
     let gone = |ev: &[String]| ev.len() == 1 && ev[0].starts_with("Deleted 10.245.0.64/26 ");
     let (bird_ev, mid_ev, other_ev) = (events(&files[0]), events(&files[1]), events(&files[2]));
     assert!(bird_ev.is_empty(), "BIRD's kernel changed: {bird_ev:?}");
-    assert!(gone(&mid_ev), "our kernel: {mid_ev:?}\n{log}");
+    assert!(
+        if kernel {
+            gone(&mid_ev)
+        } else {
+            mid_ev.is_empty()
+        },
+        "our kernel: {mid_ev:?}\n{log}"
+    );
     assert!(
         gone(&other_ev),
         "the other Brindle's kernel: {other_ev:?}\n{}",
         other.log()
     );
-    assert!(
-        log.contains("routes kept through the restart are already as wanted unchanged=3"),
-        "{log}"
-    );
+    let kept = "routes kept through the restart are already as wanted unchanged=3";
+    assert!(!kernel || log.contains(kept), "{log}");
 }
