@@ -149,6 +149,8 @@ struct PeerFile {
     connect_retry: u64,
     source: Option<IpAddr>,
     multihop: Option<u8>,
+    /// GTSM (RFC 5082): hops to the peer (1: directly connected).
+    ttl_security: Option<u8>,
     #[serde(default = "yes")]
     graceful_restart: bool,
     #[serde(default)]
@@ -428,6 +430,18 @@ fn peer(c: &Ctx, i: usize, p: PeerFile, local_as: u32) -> Result<PeerConfig, Con
             "only for eBGP peers (iBGP is multihop already)",
         ));
     }
+    if p.ttl_security == Some(0) {
+        return Err(c.err(
+            k("ttl_security"),
+            "hops to the peer: 1 for a directly connected one",
+        ));
+    }
+    if p.ttl_security.is_some() && p.multihop.is_some() {
+        return Err(c.err(
+            k("ttl_security"),
+            "replaces multihop (TTL 255 out; the hops set the least TTL accepted): give one",
+        ));
+    }
     if p.rr_client && p.asn != local_as {
         return Err(c.err(
             k("rr_client"),
@@ -473,6 +487,7 @@ fn peer(c: &Ctx, i: usize, p: PeerFile, local_as: u32) -> Result<PeerConfig, Con
         connect_retry: Duration::from_secs(p.connect_retry.max(1)),
         source: p.source,
         multihop: p.multihop,
+        ttl_security: p.ttl_security,
         graceful_restart: p.graceful_restart,
         next_hop_self: p.next_hop_self,
         ipv4,
@@ -643,6 +658,15 @@ mod tests {
         assert!(e.contains("unknown field `colour`"), "{e}");
         assert!(err(&format!("{HEAD}[[peer]]\naddress = \"198.18.0.2\"\nasn = 65001\n[[peer]]\naddress = \"198.18.0.2\"\nasn = 65002\n"))
             .starts_with("bgpd.toml: peer[1].address: 198.18.0.2 is listed twice"));
+        let peer = "[[peer]]\naddress = \"198.18.0.2\"\nasn = 65001\n";
+        assert!(err(&format!("{HEAD}{peer}ttl_security = 0\n"))
+            .starts_with("bgpd.toml: peer[0].ttl_security: hops to the peer"));
+        assert!(
+            err(&format!("{HEAD}{peer}ttl_security = 1\nmultihop = 2\n"))
+                .starts_with("bgpd.toml: peer[0].ttl_security: replaces multihop")
+        );
+        let c = parse("bgpd.toml", &format!("{HEAD}{peer}ttl_security = 2\n")).expect("parses");
+        assert_eq!(c.peers[0].ttl_security, Some(2));
     }
 
     #[test]

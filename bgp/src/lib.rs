@@ -5,12 +5,11 @@
 //! `brindle-bgpd`'s configuration ([`config`]). It never touches the datastore: the node
 //! agent feeds it peers and prefixes through the [`speaker::Speaker`] handle.
 //!
-//! `unsafe` is denied everywhere but in `speaker/md5.rs`, the one `setsockopt(TCP_MD5SIG)`.
+//! `unsafe` is denied everywhere but in `speaker/sockopt.rs`: `setsockopt` for TCP MD5 and GTSM.
 //!
 //! Partial: decoding uses nom for OPEN and NLRI, attributes are bounds-checked slice code
 //! (fuzzed). Missing: RFC 9072 extended optional parameters, confederation rules (segments
-//! are parsed and kept), the IGP-cost step of the decision process, GTSM (RFC 5082),
-//! RFC 8538, BFD.
+//! are parsed and kept), the IGP-cost step of the decision process, RFC 8538, BFD.
 #![deny(unsafe_code)]
 
 pub mod adj_out;

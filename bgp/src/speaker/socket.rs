@@ -1,6 +1,6 @@
 //! Sockets with BGP's settings: the listener, outgoing connections bound to a source
-//! address, TTL (1 for a directly connected eBGP peer, the multihop value otherwise) and
-//! TCP MD5 keys.
+//! address, TTL (1 for a directly connected eBGP peer, the multihop value otherwise; 255
+//! and a minimum accepted TTL with GTSM) and TCP MD5 keys.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use super::{md5, PeerConfig};
+use super::{sockopt, PeerConfig};
 
 pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     let s = if addr.is_ipv4() {
@@ -24,13 +24,23 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 /// The TTL our packets to this peer carry.
 pub fn ttl(p: &PeerConfig, local_as: u32) -> u32 {
     match p.multihop {
+        _ if p.ttl_security.is_some() => 255,
         Some(h) => u32::from(h),
         None if p.asn != local_as => 1,
         None => 64,
     }
 }
 
-pub fn set_ttl(s: SockRef<'_>, v6: bool, ttl: u32) -> io::Result<()> {
+/// A connection's TTL, and with GTSM the least TTL accepted from the peer.
+pub fn set_ttls(s: SockRef<'_>, v6: bool, p: &PeerConfig, local_as: u32) -> io::Result<()> {
+    set_ttl(&s, v6, ttl(p, local_as))?;
+    match p.ttl_security {
+        Some(hops) => sockopt::set_min_ttl(&*s, v6, (256 - u16::from(hops.max(1))) as u8),
+        None => Ok(()),
+    }
+}
+
+fn set_ttl(s: &socket2::Socket, v6: bool, ttl: u32) -> io::Result<()> {
     if v6 {
         // A dual-stack socket may carry IPv4 (mapped) traffic too: that takes IP_TTL.
         let _ = s.set_ttl_v4(ttl);
@@ -49,17 +59,17 @@ pub async fn connect(p: &PeerConfig, local_as: u32) -> io::Result<TcpStream> {
         TcpSocket::new_v4()?
     };
     if let Some(key) = &p.password {
-        md5::set_key(&s, p.addr, key.as_bytes())?;
+        sockopt::set_key(&s, p.addr, key.as_bytes())?;
     }
     if let Some(src) = p.source {
         s.bind(SocketAddr::new(src, 0))?;
     }
-    set_ttl(SockRef::from(&s), v6, ttl(p, local_as))?;
+    set_ttls(SockRef::from(&s), v6, p, local_as)?;
     s.set_nodelay(true)?;
     s.connect(SocketAddr::new(p.addr, p.port)).await
 }
 
 /// Installs (or removes, with None) a peer's MD5 key on the listener.
 pub fn listener_key(l: &TcpListener, peer: IpAddr, key: Option<&str>) -> io::Result<()> {
-    md5::set_key(l, peer, key.unwrap_or("").as_bytes())
+    sockopt::set_key(l, peer, key.unwrap_or("").as_bytes())
 }

@@ -1,5 +1,7 @@
-//! TCP MD5 signatures (RFC 2385) through Linux's `TCP_MD5SIG` socket option: the one place
-//! the speaker needs `unsafe`, kept to a single `setsockopt` call.
+//! The socket options the standard library and socket2 lack, the one place the speaker
+//! needs `unsafe` (each a single `setsockopt` call): TCP MD5 signatures (RFC 2385, Linux's
+//! `TCP_MD5SIG`) and the minimum TTL GTSM asks for (RFC 5082, `IP_MINTTL` /
+//! `IPV6_MINHOPCOUNT`).
 #![allow(unsafe_code)]
 
 use std::io;
@@ -68,5 +70,35 @@ pub fn set_key(sock: &impl AsFd, peer: IpAddr, key: &[u8]) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Drops (in the kernel) every segment of this connection that arrives with a TTL (hop
+/// limit) below `min`: GTSM's check. On an IPv6 socket both options are set, since it may
+/// carry IPv4 (mapped) traffic too.
+pub fn set_min_ttl(sock: &impl AsFd, v6: bool, min: u8) -> io::Result<()> {
+    let set = |level, name| {
+        let v = libc::c_int::from(min);
+        // SAFETY: the pointer and length describe `v`, which outlives the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                sock.as_fd().as_raw_fd(),
+                level,
+                name,
+                &v as *const libc::c_int as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    if v6 {
+        let _ = set(libc::IPPROTO_IP, libc::IP_MINTTL);
+        set(libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT)
+    } else {
+        set(libc::IPPROTO_IP, libc::IP_MINTTL)
     }
 }

@@ -13,6 +13,7 @@ mod common;
 mod bird;
 mod frr;
 mod gobgp;
+mod gtsm;
 mod reflector;
 mod restart;
 

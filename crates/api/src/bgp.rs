@@ -201,6 +201,11 @@ pub struct BGPPeerSpec {
     /// How long to keep a restarting peer's routes (graceful restart).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_restart_time: Option<String>,
+    /// GTSM (RFC 5082): the hops to the peer (1: directly connected). Our packets leave
+    /// with TTL 255 and the peer's must arrive with at least 256 minus this; the peer
+    /// needs GTSM too (BIRD's `ttl security on`). Unset or 0: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_security: Option<u8>,
     /// The selected nodes reflect this peer's routes to it (it is their RR client).
     #[serde(default)]
     pub route_reflector_client: bool,

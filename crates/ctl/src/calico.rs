@@ -50,7 +50,7 @@ fn ippool_field(name: &str, v: &Value) -> Option<Field> {
 fn bgppeer_field(name: &str, v: &Value) -> Option<Field> {
     Some(match name {
         "node" | "nodeSelector" | "peerIP" | "asNumber" | "peerSelector" | "password"
-        | "keepaliveTime" | "maxRestartTime" => Field::Same,
+        | "keepaliveTime" | "maxRestartTime" | "ttlSecurity" => Field::Same,
         "sourceAddress" if v == "UseNodeIP" => Field::Dropped(""),
         "sourceAddress" => Field::Dropped(
             "Brindle always sources node-to-node sessions from the node IP and lets the kernel pick otherwise",
@@ -65,7 +65,6 @@ fn bgppeer_field(name: &str, v: &Value) -> Option<Field> {
         "restartMode" => Field::Dropped("Brindle always uses graceful restart"),
         "birdGatewayMode" => Field::Dropped("Brindle has no BIRD; next hops are installed as learned"),
         "numAllowedLocalASNumbers" => Field::Dropped("Brindle does not relax AS-path loop detection"),
-        "ttlSecurity" => Field::Dropped("Brindle does not set GTSM per BGPPeer"),
         "reachableBy" => Field::Dropped("Brindle installs no route to the peer"),
         "filters" => Field::Dropped("Brindle has no BGPFilter resource"),
         "localWorkloadSelector" => Field::Dropped("Brindle does not peer with workloads"),

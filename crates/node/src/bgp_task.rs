@@ -57,6 +57,7 @@ fn peer_config(d: &DesiredPeer) -> PeerConfig {
     p.rr_client = d.rr_client;
     p.hold_time = d.hold_time;
     p.source = d.source;
+    p.ttl_security = d.ttl_security;
     // BIRD's "connect delay time 2" in Calico's template: a peer that is starting is
     // reached within about 2 s of listening.
     p.connect_retry = Duration::from_secs(2);

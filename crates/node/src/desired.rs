@@ -87,6 +87,8 @@ pub struct DesiredPeer {
     pub hold_time: u16,
     pub restart_time: Option<u64>,
     pub source: Option<IpAddr>,
+    /// GTSM hops (Calico's `ttlSecurity`; never for mesh peers, as in Calico).
+    pub ttl_security: Option<u8>,
 }
 
 /// The BGPConfiguration in force for a node: `node.<name>` if there is one, else `default`,
@@ -178,6 +180,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             hold_time: 90,
             restart_time: None,
             source: Some(IpAddr::V4(me.ip)),
+            ttl_security: None,
         }
     };
     let cfg = config_for(snap, &me.name);
@@ -246,6 +249,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             d.password = password.clone();
             d.hold_time = hold;
             d.restart_time = secs(&p.max_restart_time);
+            d.ttl_security = p.ttl_security.filter(|h| *h > 0);
             d.kind = kind;
             d
         };
@@ -265,6 +269,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
                     hold_time: 90,
                     restart_time: None,
                     source: None,
+                    ttl_security: None,
                 };
                 out.insert(sa.ip(), tune(d));
             }

@@ -126,6 +126,7 @@ fn global_and_node_specific_peers() {
         peer_ip: Some("198.18.0.1".into()),
         as_number: Some(65001),
         hold_time: Some("30s".into()),
+        ttl_security: Some(1),
         ..Default::default()
     };
     s.peers.insert("tor".into(), spec.clone());
@@ -137,11 +138,18 @@ fn global_and_node_specific_peers() {
         (p[&tor].kind, p[&tor].asn, p[&tor].hold_time),
         (PeerKind::NodeSpecific, 65001, 30)
     );
+    assert_eq!(p[&tor].ttl_security, Some(1));
+    assert!(p
+        .values()
+        .filter(|d| d.kind == PeerKind::Mesh)
+        .all(|d| d.ttl_security.is_none()));
     spec.node = None;
+    spec.ttl_security = Some(0); // Calico's "off"
     s.peers.insert("tor".into(), spec);
+    let p = peers(&s, &me("n1", "198.18.0.11"), &mut w);
     assert_eq!(
-        peers(&s, &me("n1", "198.18.0.11"), &mut w)[&tor].kind,
-        PeerKind::Global
+        (p[&tor].kind, p[&tor].ttl_security),
+        (PeerKind::Global, None)
     );
 }
 
