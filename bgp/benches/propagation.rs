@@ -1,14 +1,18 @@
 //! Propagation (bgperf's method): an injector peer (AS 65001) sends N unique IPv4 prefixes to
 //! the daemon under test (AS 64512), a monitor peer (AS 65002) counts them arriving. Daemons:
 //! brindle-bgpd, BIRD, GoBGP, FRR in turn, same topology, none installing kernel routes.
-//! Reported: seconds from the first UPDATE sent to the last prefix counted, the daemon's peak
-//! RSS and CPU seconds. First row: the injector straight to the monitor (the ceiling).
+//! Two shapes: /24s packed 1,013 to a 4 KiB UPDATE (bgperf's workload) and /28s, 800 to one.
+//! Reported, the median of `BRINDLE_BENCH_RUNS` (3) runs, each with a fresh daemon: seconds
+//! from the first UPDATE sent to the last prefix counted, the daemon's CPU seconds, its peak
+//! RSS and that divided by the prefixes (bytes per route, the process's baseline included).
+//! First row of each size: the injector straight to the monitor (the ceiling).
 //!
 //! Topology: this process moves into a namespace of its own ("gen": injector 198.18.0.2,
 //! monitor 198.18.0.3), joined by a veth to the daemon's ("dut", 198.18.0.1).
 //!
 //! Run: `cargo bench -p brindle-bgp --bench propagation`. Choose with
-//! `BRINDLE_BENCH_PREFIXES=100000,1000000` and `BRINDLE_BENCH_DAEMONS=brindle,bird,gobgp,frr`.
+//! `BRINDLE_BENCH_PREFIXES=100000,1000000`, `BRINDLE_BENCH_DAEMONS=brindle,bird,gobgp,frr`,
+//! `BRINDLE_BENCH_SHAPES=24,28` and `BRINDLE_BENCH_RUNS=3`.
 //! Writes bench-results/bgp-propagation.json.
 
 mod loadgen;
@@ -78,7 +82,7 @@ families = ["ipv4"]
 "#,
                 dir.path().display()
             );
-            let child = loadgen::spawn_bgpd(dut, &dir, &conf, env!("CARGO_BIN_EXE_brindle-bgpd"));
+            let child = loadgen::spawn_bgpd(dut, &dir, &conf, &loadgen::bgpd_bin());
             Running::Brindle(child, dir)
         }
         "bird" => Running::Bird(Bird::start(
@@ -138,13 +142,19 @@ router bgp 64512
 
 struct Row {
     daemon: String,
+    shape: u8,
     prefixes: u32,
     secs: f64,
     rss: u64,
     cpu: f64,
 }
 
-async fn ceiling(n: u32, msgs: &[bytes::Bytes]) -> f64 {
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+async fn ceiling(shape: loadgen::Shape, n: u32, msgs: &[bytes::Bytes]) -> f64 {
     let s = TcpSocket::new_v4().expect("socket");
     s.set_reuseaddr(true).expect("reuse");
     s.bind(SocketAddr::new(MON.parse().expect("ip"), 179))
@@ -154,7 +164,9 @@ async fn ceiling(n: u32, msgs: &[bytes::Bytes]) -> f64 {
         let mut c = loadgen::accept(&l, 65002, MON.parse().expect("ip"))
             .await
             .expect("monitor session");
-        loadgen::count(&mut c, n as usize).await.expect("count")
+        loadgen::count(&mut c, shape, n as usize)
+            .await
+            .expect("count")
     });
     let mut inj = loadgen::connect(
         INJ.parse().expect("ip"),
@@ -172,7 +184,7 @@ async fn ceiling(n: u32, msgs: &[bytes::Bytes]) -> f64 {
     t1.duration_since(t0).as_secs_f64()
 }
 
-async fn through(n: u32, msgs: &[bytes::Bytes]) -> std::io::Result<f64> {
+async fn through(shape: loadgen::Shape, n: u32, msgs: &[bytes::Bytes]) -> std::io::Result<f64> {
     let dut = SocketAddr::new(DUT.parse().expect("ip"), 179);
     let patience = Duration::from_secs(60);
     let mut mon = loadgen::connect(
@@ -183,7 +195,7 @@ async fn through(n: u32, msgs: &[bytes::Bytes]) -> std::io::Result<f64> {
         patience,
     )
     .await?;
-    let monitor = tokio::spawn(async move { loadgen::count(&mut mon, n as usize).await });
+    let monitor = tokio::spawn(async move { loadgen::count(&mut mon, shape, n as usize).await });
     let mut inj = loadgen::connect(
         INJ.parse().expect("ip"),
         dut,
@@ -220,6 +232,15 @@ fn main() {
         .map(|s| s.parse().expect("a number of prefixes"))
         .collect();
     let daemons = list("BRINDLE_BENCH_DAEMONS", "brindle,bird,gobgp,frr");
+    let shapes: Vec<loadgen::Shape> = list("BRINDLE_BENCH_SHAPES", "24,28")
+        .iter()
+        .map(|s| loadgen::Shape::parse(s).expect("a prefix length: 24 or 28"))
+        .collect();
+    let runs: usize = list("BRINDLE_BENCH_RUNS", "3")
+        .first()
+        .and_then(|s| s.parse().ok())
+        .filter(|r| *r > 0)
+        .expect("BRINDLE_BENCH_RUNS: a number of runs");
     let gen = Netns::new("brl-bench-gen");
     let dut = Netns::new("brl-bench-dut");
     let f = std::fs::File::open(gen.path()).expect("netns");
@@ -236,63 +257,95 @@ fn main() {
         .build()
         .expect("runtime");
     let mut rows = vec![];
-    for &n in &sizes {
-        let msgs = loadgen::updates(n, 65001, INJ.parse::<Ipv4Addr>().expect("ip"));
-        let secs = rt.block_on(ceiling(n, &msgs));
-        rows.push(Row {
-            daemon: "injector → monitor (ceiling)".into(),
-            prefixes: n,
-            secs,
-            rss: 0,
-            cpu: 0.0,
-        });
-        for d in &daemons {
-            let running = start(d, &dut);
-            let secs = match rt.block_on(through(n, &msgs)) {
-                Ok(s) => s,
-                Err(e) => {
-                    if let Running::Gobgp(g) = &running {
-                        eprintln!(
-                            "{}",
-                            brindle_testsupport::daemons::tail(
-                                &g.dir.path().join("gobgpd.log"),
-                                30
-                            )
-                        );
-                    }
-                    panic!("{d} with {n} prefixes: {e}");
-                }
-            };
-            let (rss, cpu) = loadgen::usage(running.pid());
-            eprintln!("{d} {n}: {secs:.2} s, {} MiB, {cpu:.1} CPU s", rss >> 20);
+    for &shape in &shapes {
+        for &n in &sizes {
+            let msgs = loadgen::updates(shape, n, 65001, INJ.parse::<Ipv4Addr>().expect("ip"));
+            let secs = median(
+                (0..runs)
+                    .map(|_| rt.block_on(ceiling(shape, n, &msgs)))
+                    .collect(),
+            );
             rows.push(Row {
-                daemon: d.clone(),
+                daemon: "injector → monitor (ceiling)".into(),
+                shape: shape.len,
                 prefixes: n,
                 secs,
-                rss,
-                cpu,
+                rss: 0,
+                cpu: 0.0,
             });
-            drop(running);
+            for d in &daemons {
+                let (mut secs, mut rss, mut cpu) = (vec![], vec![], vec![]);
+                for _ in 0..runs {
+                    let (s, r, c) = one_run(&rt, d, &dut, shape, n, &msgs);
+                    eprintln!(
+                        "{d} /{} {n}: {s:.3} s, {} MiB, {c:.2} CPU s",
+                        shape.len,
+                        r >> 20
+                    );
+                    secs.push(s);
+                    rss.push(r as f64);
+                    cpu.push(c);
+                }
+                rows.push(Row {
+                    daemon: d.clone(),
+                    shape: shape.len,
+                    prefixes: n,
+                    secs: median(secs),
+                    rss: median(rss) as u64,
+                    cpu: median(cpu),
+                });
+            }
         }
     }
-    println!("\nBGP propagation, injector → daemon → monitor, eBGP, IPv4 /28s (2 cores)\n");
-    println!("| daemon | prefixes | seconds | prefixes/s | peak RSS MiB | CPU s |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "\nBGP propagation, injector → daemon → monitor, eBGP, one attribute set, median of {runs} (2 cores)\n"
+    );
+    println!("| daemon | prefixes | seconds | prefixes/s | CPU s | peak RSS MiB | bytes/route |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
     let mut json = vec![];
     for r in &rows {
         println!(
-            "| {} | {} | {:.2} | {:.0} | {} | {:.1} |",
+            "| {} | {} × /{} | {:.3} | {:.0} | {:.2} | {} | {} |",
             r.daemon,
             r.prefixes,
+            r.shape,
             r.secs,
             f64::from(r.prefixes) / r.secs,
+            r.cpu,
             r.rss >> 20,
-            r.cpu
+            r.rss / u64::from(r.prefixes.max(1)),
         );
         json.push(serde_json::json!({
-            "daemon": r.daemon, "prefixes": r.prefixes, "seconds": r.secs,
-            "peak_rss_bytes": r.rss, "cpu_seconds": r.cpu,
+            "daemon": r.daemon, "prefix_length": r.shape, "prefixes": r.prefixes,
+            "seconds": r.secs, "peak_rss_bytes": r.rss, "cpu_seconds": r.cpu,
+            "runs": runs,
         }));
     }
     write_results("bgp-propagation.json", &serde_json::Value::Array(json));
+}
+
+/// One daemon, started fresh: (seconds, peak RSS, CPU seconds).
+fn one_run(
+    rt: &tokio::runtime::Runtime,
+    d: &str,
+    dut: &Netns,
+    shape: loadgen::Shape,
+    n: u32,
+    msgs: &[bytes::Bytes],
+) -> (f64, u64, f64) {
+    let running = start(d, dut);
+    let secs = match rt.block_on(through(shape, n, msgs)) {
+        Ok(s) => s,
+        Err(e) => {
+            if let Running::Gobgp(g) = &running {
+                eprintln!(
+                    "{}",
+                    brindle_testsupport::daemons::tail(&g.dir.path().join("gobgpd.log"), 30)
+                );
+            }
+            panic!("{d} with {n} prefixes: {e}");
+        }
+    };
+    let (rss, cpu) = loadgen::usage(running.pid());
+    (secs, rss, cpu)
 }

@@ -86,7 +86,7 @@ fn start(daemon: &str, ns: &Netns, n: u32) -> Running {
                     client_addr(i)
                 );
             }
-            let child = loadgen::spawn_bgpd(ns, &dir, &conf, env!("CARGO_BIN_EXE_brindle-bgpd"));
+            let child = loadgen::spawn_bgpd(ns, &dir, &conf, &loadgen::bgpd_bin());
             Running::Brindle(child, dir)
         }
         "bird" => {

@@ -180,6 +180,12 @@ impl Sent {
         self.many.clear();
     }
 
+    /// Forgets what was sent in one family (IPv4 when `v4`), keeping the other's.
+    pub fn forget(&mut self, v4: bool) {
+        self.one.retain(|p, _| p.is_ipv4() != v4);
+        self.many.retain(|(p, _), _| p.is_ipv4() != v4);
+    }
+
     /// How many (prefix, path id) pairs are advertised.
     pub fn len(&self) -> usize {
         self.one.len() + self.many.len()

@@ -117,37 +117,71 @@ pub async fn accept(l: &TcpListener, asn: u32, id: Ipv4Addr) -> io::Result<Conn>
     handshake(s, asn, id).await
 }
 
-/// Prefix `i` of the benchmark's set: the i-th /28 of 10.0.0.0/8 (up to 2^20 of them).
-pub fn prefix(i: u32) -> IpNetwork {
-    IpNetwork::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 4))), 28).expect("prefix")
+/// The benchmark's prefix sets: unique IPv4 prefixes of one length, numbered from 0 (up to
+/// 2^20 of them), packed `per` to an UPDATE of at most 4096 octets.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub len: u8,
+    base: u32,
+    pub per: usize,
 }
 
-/// The index of a benchmark prefix, if it is one.
-pub fn index(p: &IpNetwork) -> Option<usize> {
-    match p {
-        IpNetwork::V4(n) if n.prefix() == 28 => {
-            let a = u32::from(n.network());
-            (a >> 24 == 10).then_some(((a & 0x00ff_ffff) >> 4) as usize)
+impl Shape {
+    /// /28s in 10.0.0.0/8, 800 per UPDATE (5 octets each).
+    pub const SLASH_28: Shape = Shape {
+        len: 28,
+        base: 0x0a00_0000,
+        per: 800,
+    };
+    /// /24s from 16.0.0.0 (2^20 of them reach 31.255.255.0), 1,013 per UPDATE: 4096 − 19
+    /// (header) − 4 (lengths) − 20 (ORIGIN, a one-AS AS_PATH, NEXT_HOP) leaves 4,053
+    /// octets, 4 per /24. bgperf's packing.
+    pub const SLASH_24: Shape = Shape {
+        len: 24,
+        base: 0x1000_0000,
+        per: 1013,
+    };
+
+    pub fn parse(s: &str) -> Option<Shape> {
+        match s.trim_start_matches('/') {
+            "28" => Some(Shape::SLASH_28),
+            "24" => Some(Shape::SLASH_24),
+            _ => None,
         }
-        _ => None,
+    }
+
+    /// Prefix `i` of the set.
+    pub fn prefix(&self, i: u32) -> IpNetwork {
+        let a = self.base + (i << (32 - self.len));
+        IpNetwork::new(IpAddr::V4(Ipv4Addr::from(a)), self.len).expect("prefix")
+    }
+
+    /// The number of a prefix of the set, if it is one.
+    pub fn index(&self, p: &IpNetwork) -> Option<usize> {
+        match p {
+            IpNetwork::V4(n) if n.prefix() == self.len => {
+                let i = u32::from(n.network()).checked_sub(self.base)? >> (32 - self.len);
+                (i < 1 << 20).then_some(i as usize)
+            }
+            _ => None,
+        }
     }
 }
 
-/// `n` prefixes packed into 4096-octet UPDATEs with one set of attributes.
-pub fn updates(n: u32, asn: u32, next_hop: Ipv4Addr) -> Vec<Bytes> {
+/// `n` prefixes of `shape` packed into UPDATEs with one set of attributes.
+pub fn updates(shape: Shape, n: u32, asn: u32, next_hop: Ipv4Addr) -> Vec<Bytes> {
     let attrs = Attributes {
         origin: Some(Origin::Igp),
         as_path: Some(vec![AsSegment::Sequence(vec![asn])]),
         next_hop: Some(next_hop),
         ..Attributes::default()
     };
-    // 4096 − header − lengths − attributes (~30) leaves room for ~800 /28s at 5 octets.
-    let per = 800;
-    (0..n)
+    let per = shape.per;
+    let msgs: Vec<Bytes> = (0..n)
         .step_by(per)
         .map(|start| {
             let nlri = (start..(start + per as u32).min(n))
-                .map(|i| Nlri::new(prefix(i)))
+                .map(|i| Nlri::new(shape.prefix(i)))
                 .collect();
             encode(&Message::Update(Box::new(Update {
                 attributes: attrs.clone(),
@@ -155,7 +189,12 @@ pub fn updates(n: u32, asn: u32, next_hop: Ipv4Addr) -> Vec<Bytes> {
                 ..Update::default()
             })))
         })
-        .collect()
+        .collect();
+    assert!(
+        msgs.iter().all(|m| m.len() <= 4096),
+        "UPDATEs over 4096 octets"
+    );
+    msgs
 }
 
 /// One UPDATE announcing `prefix` from an iBGP client at `next_hop`.
@@ -210,9 +249,9 @@ pub fn keep_alive(c: Conn) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Reads until `want` distinct benchmark prefixes have been announced; returns when.
-pub async fn count(c: &mut Conn, want: usize) -> io::Result<Instant> {
-    count_with(c, want, index).await
+/// Reads until `want` distinct prefixes of `shape` have been announced; returns when.
+pub async fn count(c: &mut Conn, shape: Shape, want: usize) -> io::Result<Instant> {
+    count_with(c, want, |p| shape.index(p)).await
 }
 
 /// Like [`count`], with the prefixes numbered (below 2^20) by `index`.
@@ -263,6 +302,13 @@ pub fn usage(pid: u32) -> (u64, f64) {
     // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
     let hz = 100.0; // USER_HZ on Linux
     (kb * 1024, (ticks(11) + ticks(12)) as f64 / hz)
+}
+
+/// The brindle-bgpd under test: this build's, or `BRINDLE_BENCH_BGPD` (another build, for
+/// a before/after comparison on one machine).
+pub fn bgpd_bin() -> String {
+    std::env::var("BRINDLE_BENCH_BGPD")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_brindle-bgpd").into())
 }
 
 /// Starts `brindle-bgpd` (the benchmark's build, `bin`) in `ns` with `conf` written to `dir`,

@@ -56,6 +56,9 @@ struct Up {
     /// While we restart, we wait for this peer's End-of-RIB: it has graceful restart (RFC
     /// 4724 §4.1 leaves out the others).
     eor_expected: bool,
+    /// The peer has our table (and End-of-RIB): changes go to it from now on. Not yet while
+    /// we restart, unless it restarts too.
+    table_sent: bool,
 }
 
 struct Peer {
@@ -504,6 +507,7 @@ impl Core {
             ebgp,
             restart_time: gr.as_ref().map(|g| g.0),
             eor_expected: gr.is_some(),
+            table_sent: false,
         };
         let mut sweep = vec![];
         // A new session: the restart timer armed when the last one went down no longer
@@ -542,10 +546,16 @@ impl Core {
     /// The whole table, then End-of-RIB per family: to a peer that just came up, or to every
     /// peer once our restart is over.
     fn send_table(&mut self, id: PeerId) {
-        let Some(p) = self.peers.get(&id) else { return };
-        let Some(up) = &p.up else { return };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(up) = &mut p.up else { return };
+        up.table_sent = true;
         let wants = export_all(&self.rib, &mut self.cache, &p.cfg, up, self.rib.iter());
         let n = wants.len();
+        if !up.settings.add_path {
+            up.advertised.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
         let _ = up.writer.send(Out::Routes(wants));
         for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
             if on {
@@ -656,7 +666,7 @@ impl Core {
         let up: Vec<PeerId> = self
             .peers
             .values()
-            .filter(|p| p.up.is_some())
+            .filter(|p| p.up.as_ref().is_some_and(|u| !u.table_sent))
             .map(|p| p.id)
             .collect();
         for id in up {
@@ -840,16 +850,22 @@ impl Core {
             .filter(|c| c.prefix.is_ipv4() == (family == Afi::Ipv4));
         let wants = export_all(&self.rib, &mut self.cache, &p.cfg, up, all);
         let n = wants.len();
-        let _ = up.writer.send(Out::Clear);
+        // (Without add-path the count stands: the same routes go out again.)
+        let _ = up.writer.send(Out::Forget(family));
         let _ = up.writer.send(Out::Routes(wants));
         let _ = up.writer.send(Out::EndOfRib(family));
         info!(peer = %p.cfg.addr, family = ?family, routes = n, "route refresh answered");
     }
 
-    /// Sends Loc-RIB changes to every established peer and to the kernel (both wait while
-    /// we restart: [`Core::converged`] then sends everything).
+    /// Sends Loc-RIB changes to the kernel and to every established peer that has our table
+    /// (the kernel waits while we restart: [`Core::converged`] then sends everything).
+    ///
+    /// Without add-path nothing per route is kept for a peer (no Adj-RIB-Out, as BIRD
+    /// keeps none): what it has is what the previous best path exported to it, so a change
+    /// is sent only when that differs from what the new best exports. With add-path the
+    /// writer keeps what it sent, to number the paths.
     fn propagate(&mut self, changes: &[Change]) {
-        if changes.is_empty() || self.is_restarting() {
+        if changes.is_empty() {
             return;
         }
         self.kernel_changes(changes);
@@ -857,18 +873,33 @@ impl Core {
         let cache = &mut self.cache;
         for c in changes {
             for p in self.peers.values() {
-                let Some(up) = &p.up else { continue };
+                let Some(up) = p.up.as_ref().filter(|u| u.table_sent) else {
+                    continue;
+                };
                 let mut export =
                     |path: &Path| export_one(&self.rib, &p.cfg, up, &c.prefix, path, cache);
-                let w = Want::of(c, up.settings.add_path, &mut export);
-                // Nothing for this peer now: a withdraw only if it had the previous best
-                // (the writer would drop it otherwise, but why queue it).
-                if w.paths.is_empty()
-                    && !up.settings.add_path
-                    && c.previous.as_ref().and_then(&mut export).is_none()
-                {
-                    continue;
-                }
+                let w = if up.settings.add_path {
+                    Want::of(c, true, &mut export)
+                } else {
+                    let new = c.best.as_ref().and_then(&mut export);
+                    let old = c.previous.as_ref().and_then(&mut export);
+                    let counter = &up.advertised;
+                    match (&new, &old) {
+                        (None, None) => continue,
+                        (Some(n), Some(o)) if Arc::ptr_eq(n, o) || n == o => continue,
+                        (Some(_), None) => {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        (None, Some(_)) => {
+                            counter.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        (Some(_), Some(_)) => {}
+                    }
+                    Want {
+                        prefix: c.prefix,
+                        paths: new.map(|a| (None, a)).into_iter().collect(),
+                    }
+                };
                 out.entry(p.id).or_default().push(w);
             }
         }
@@ -882,7 +913,7 @@ impl Core {
     fn kernel_changes(&self, changes: &[Change]) {
         let Some(k) = &self.kernel else { return };
         if self.is_restarting() {
-            return;
+            return; // the whole table goes in at once when the restart is over
         }
         for c in changes {
             let want = match &c.best {

@@ -22,8 +22,10 @@ use std::sync::Arc;
 use super::pack::{end_of_rib, pack};
 use super::socket;
 use super::PeerConfig;
-use crate::adj_out::{Sent, Want};
-use crate::codec::{self, Afi, Capability, Ctx, Message, Notification, Open, RouteRefresh, Update};
+use crate::adj_out::{Advert, Sent, Want};
+use crate::codec::{
+    self, Afi, Capability, Ctx, Message, Notification, Open, RouteRefresh, Update, SAFI_UNICAST,
+};
 use crate::fsm::{self, collision_keeps_incoming, Input, Negotiated, Output, State, Timer};
 use crate::rib::PeerId;
 
@@ -33,12 +35,13 @@ pub enum Out {
     Raw(Bytes),
     /// The session is up: encode routes this way from now on.
     Ctx(Ctx),
-    /// Routes as the peer should now have them; the writer owns what was sent
-    /// (Adj-RIB-Out), sends only the difference, packed into UPDATEs.
+    /// Routes as the peer should now have them, packed into UPDATEs. Without add-path the
+    /// core sends only changes; with it the writer keeps what was sent (the Adj-RIB-Out)
+    /// and sends the difference.
     Routes(Vec<Want>),
     EndOfRib(Afi),
-    /// Forget what was sent (a route refresh resends everything).
-    Clear,
+    /// Forget what was sent in a family (a route refresh resends all of it).
+    Forget(Afi),
 }
 
 pub type Writer = mpsc::UnboundedSender<Out>;
@@ -175,7 +178,7 @@ async fn write_loop(
     let mut handle = |m: Out, batch: &mut BytesMut| match m {
         Out::Raw(b) => batch.extend_from_slice(&b),
         Out::Ctx(c) => ctx = c,
-        Out::Routes(wants) => {
+        Out::Routes(wants) if ctx.add_path(Afi::Ipv4, SAFI_UNICAST) => {
             adverts.clear();
             for w in wants {
                 sent.apply(w, &mut adverts);
@@ -183,8 +186,17 @@ async fn write_loop(
             pack(&adverts, &ctx, batch);
             advertised.store(sent.len(), Ordering::Relaxed);
         }
+        Out::Routes(wants) => {
+            adverts.clear();
+            adverts.extend(wants.into_iter().map(|w| Advert {
+                prefix: w.prefix,
+                path_id: None,
+                attrs: w.paths.into_iter().next().map(|p| p.1),
+            }));
+            pack(&adverts, &ctx, batch);
+        }
         Out::EndOfRib(afi) => end_of_rib(afi, &ctx, batch),
-        Out::Clear => sent.clear(),
+        Out::Forget(afi) => sent.forget(afi == Afi::Ipv4),
     };
     while let Some(m) = rx.recv().await {
         handle(m, &mut batch);
