@@ -392,17 +392,30 @@ impl Rib {
         peer: PeerId,
         pick: impl Fn(&IpNetwork) -> bool,
     ) -> Vec<Change> {
-        let prefixes: Vec<IpNetwork> = self
-            .table
+        self.stale_prefixes(peer, pick)
+            .into_iter()
+            .filter_map(|prefix| self.sweep_prefix(prefix, peer))
+            .collect()
+    }
+
+    /// The prefixes `pick` chooses where `peer` has a stale path: sweep them a slice at a
+    /// time with [`Rib::sweep_prefix`] (a full table's changes at once would double memory).
+    pub fn stale_prefixes(
+        &self,
+        peer: PeerId,
+        pick: impl Fn(&IpNetwork) -> bool,
+    ) -> Vec<IpNetwork> {
+        self.table
             .iter()
             .filter(|(k, _)| pick(k))
             .filter(|(_, e)| e.paths.iter().any(|p| p.peer == peer && p.stale))
             .map(|(k, _)| *k)
-            .collect();
-        prefixes
-            .into_iter()
-            .filter_map(|prefix| self.remove_where(prefix, |p| p.peer == peer && p.stale))
             .collect()
+    }
+
+    /// Withdraws `peer`'s stale paths for one prefix.
+    pub fn sweep_prefix(&mut self, prefix: IpNetwork, peer: PeerId) -> Option<Change> {
+        self.remove_where(prefix, |p| p.peer == peer && p.stale)
     }
 
     /// The peer is gone: all its paths are withdrawn.

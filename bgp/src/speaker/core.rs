@@ -362,9 +362,9 @@ impl Core {
                 let _ = socket::listener_key(l, addr, None);
             }
         }
-        let ch = self.rib.drop_peer(id);
+        self.rib.mark_stale(id);
+        self.sweep(id, None);
         self.rib.remove_peer(id);
-        self.propagate(&ch);
         info!(peer = %addr, "peer removed");
         Ok(())
     }
@@ -453,11 +453,12 @@ impl Core {
             return;
         };
         let ebgp = neg.peer_as != self.cfg.local_as;
+        let addr = unmap(p.cfg.addr);
         let info = PeerInfo {
             id,
             asn: neg.peer_as,
             router_id: neg.peer_id,
-            addr: unmap(p.cfg.addr),
+            addr,
             rr_client: p.cfg.rr_client,
         };
         self.rib.add_peer(info.clone());
@@ -509,7 +510,7 @@ impl Core {
             eor_expected: gr.is_some(),
             table_sent: false,
         };
-        let mut sweep = vec![];
+        let mut sweep = false;
         // A new session: the restart timer armed when the last one went down no longer
         // applies (the stale timer below takes over).
         p.epoch += 1;
@@ -523,8 +524,7 @@ impl Core {
                 });
             } else {
                 p.stale = [false; 2];
-                sweep = self.rib.sweep_stale(id);
-                info!(peer = %p.cfg.addr, swept = sweep.len(), "peer did not keep its forwarding state: stale routes dropped");
+                sweep = true;
             }
         }
         p.up = Some(up);
@@ -539,8 +539,27 @@ impl Core {
         } else {
             info!(peer = %p.cfg.addr, "we are restarting: our table goes out once every peer has sent End-of-RIB");
         }
-        self.propagate(&sweep);
+        if sweep {
+            let n = self.sweep(id, None);
+            info!(peer = %addr, swept = n, "peer did not keep its forwarding state: stale routes dropped");
+        }
         self.check_converged();
+    }
+
+    /// Withdraws `peer`'s stale paths (of one family: IPv4 when Some(true)), sending the
+    /// changes out a slice at a time; returns how many prefixes it swept.
+    fn sweep(&mut self, peer: PeerId, ipv4: Option<bool>) -> usize {
+        let prefixes = self
+            .rib
+            .stale_prefixes(peer, |p| ipv4.is_none_or(|v4| p.is_ipv4() == v4));
+        for slice in prefixes.chunks(4096) {
+            let ch: Vec<Change> = slice
+                .iter()
+                .filter_map(|p| self.rib.sweep_prefix(*p, peer))
+                .collect();
+            self.propagate(&ch);
+        }
+        prefixes.len()
     }
 
     /// The whole table, then End-of-RIB per family: to a peer that just came up, or to every
@@ -589,8 +608,8 @@ impl Core {
         } else {
             p.stale = [false; 2];
             p.rejected.clear();
-            let ch = self.rib.drop_peer(id);
-            self.propagate(&ch);
+            self.rib.mark_stale(id);
+            self.sweep(id, None);
         }
     }
 
@@ -622,9 +641,9 @@ impl Core {
                     return;
                 }
                 p.stale = [false; 2];
-                let ch = self.rib.sweep_stale(peer);
-                info!(peer = %p.cfg.addr, swept = ch.len(), "graceful restart over: stale routes swept");
-                self.propagate(&ch);
+                let addr = p.cfg.addr;
+                let n = self.sweep(peer, None);
+                info!(peer = %addr, swept = n, "graceful restart over: stale routes swept");
             }
             Internal::ConvergeDeadline => self.converged(),
         }
@@ -705,16 +724,13 @@ impl Core {
                 return;
             };
             let fam = usize::from(afi != Afi::Ipv4);
-            let ch = if p.stale[fam] {
-                p.stale[fam] = false;
-                let ch = self.rib.sweep_stale_family(id, afi == Afi::Ipv4);
-                info!(peer = %p.cfg.addr, family = ?afi, swept = ch.len(), "End-of-RIB after restart: stale routes swept");
-                ch
-            } else {
-                vec![]
-            };
             p.eor = true;
-            self.propagate(&ch);
+            if p.stale[fam] {
+                p.stale[fam] = false;
+                let addr = p.cfg.addr;
+                let n = self.sweep(id, Some(afi == Afi::Ipv4));
+                info!(peer = %addr, family = ?afi, swept = n, "End-of-RIB after restart: stale routes swept");
+            }
             self.check_converged();
             return;
         }
