@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::{Encap, KernelConfig, SpeakerError};
 use crate::kernel::{KernelSync, NextHop, Target};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Route {
     Blackhole,
     /// Next hops (ECMP when several), each with its encapsulation.
@@ -90,9 +90,10 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Op>,
     mut kept: HashMap<IpNetwork, Option<Target>>,
 ) {
-    // What we installed, so a change that leaves a route as it is writes nothing (a
-    // refreshed path, a peer's graceful restart): `ip monitor route` sees real changes only.
-    let mut installed: HashMap<IpNetwork, Route> = HashMap::new();
+    // What we installed (a 64-bit digest of each route's form, not the route: 8 bytes a
+    // prefix at a million routes), so a change that leaves a route as it is writes nothing
+    // (a refreshed path, a peer's graceful restart): `ip monitor route` sees real changes.
+    let mut installed: HashMap<IpNetwork, u64> = HashMap::new();
     let mut tunl0_index: Option<u32> = None;
     while let Some(op) = rx.recv().await {
         let mut batch: HashMap<IpNetwork, Option<Route>> = HashMap::new();
@@ -121,11 +122,12 @@ async fn run(
         let changes: Vec<(IpNetwork, Option<Target>)> = batch
             .into_iter()
             .filter_map(|(p, w)| {
-                let was = match &w {
-                    Some(r) => installed.insert(p, r.clone()),
+                let now = w.as_ref().map(digest);
+                let was = match now {
+                    Some(d) => installed.insert(p, d),
                     None => installed.remove(&p),
                 };
-                if was.is_some() && was == w {
+                if was.is_some() && was == now {
                     return None;
                 }
                 let t = w.map(|w| target(w, tunl0_index));
@@ -187,6 +189,14 @@ async fn run(
             }
         }
     }
+}
+
+/// A route's form, hashed with fixed keys (SipHash): equal forms, equal digests.
+fn digest(r: &Route) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    r.hash(&mut h);
+    h.finish()
 }
 
 fn target(w: Route, tunl0: Option<u32>) -> Target {

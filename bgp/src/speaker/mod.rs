@@ -93,7 +93,7 @@ pub struct KernelConfig {
     pub direct_subnets: Vec<IpNetwork>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Encap {
     /// `via <next hop>` on the interface that reaches it.
