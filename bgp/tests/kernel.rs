@@ -123,10 +123,41 @@ fn install_replace_remove_and_purge() {
             Target::Via(vec![via("198.18.20.2", false), via("198.18.20.3", false)]),
         ),
     ];
+    let want = wanted.clone();
     let (installed, purged) = in_ns(&ns, |k| {
-        Box::pin(async move { k.reconcile(&wanted).await.unwrap() })
+        Box::pin(async move { k.reconcile(&want).await.unwrap() })
     });
     assert_eq!((installed, purged), (4, 1));
+    // Read back as a restarting speaker reads what it kept: every form is recognised (ECMP in
+    // any order, the interface the kernel chose), and a different form is not.
+    let read = in_ns(&ns, |k| Box::pin(async move { k.routes().await.unwrap() }));
+    for (prefix, target) in &wanted {
+        let have = read
+            .iter()
+            .find(|r| r.0 == *prefix)
+            .and_then(|r| r.1.as_ref());
+        assert!(
+            have.is_some_and(|h| target.is_met_by(h)),
+            "{prefix}: want {target:?}, read {have:?}"
+        );
+    }
+    let ecmp = read
+        .iter()
+        .find(|r| r.0 == net("10.244.3.0/26"))
+        .and_then(|r| r.1.clone());
+    let other = Target::Via(vec![via("198.18.20.2", false), via("198.18.20.4", false)]);
+    assert!(
+        !ecmp.is_some_and(|h| other.is_met_by(&h)),
+        "a different ECMP set"
+    );
+    let blackhole = read
+        .iter()
+        .find(|r| r.0 == net("10.244.0.0/26"))
+        .and_then(|r| r.1.clone());
+    assert!(
+        !blackhole.is_some_and(|h| wanted[1].1.is_met_by(&h)),
+        "blackhole is not via"
+    );
     let routes = bird_routes(&ns);
     assert_eq!(
         routes,
