@@ -230,9 +230,25 @@ impl Ipam {
         use_: AllowedUse,
         restrict: &[String],
     ) -> Result<Vec<Eligible>> {
-        let pools = self.pools().await?;
-        let labels = self.labels(node).await?;
-        let found = pools::eligible(&pools, &labels, family, use_, restrict)?;
+        let once = || async {
+            let pools = self.pools().await?;
+            let labels = self.labels(node).await?;
+            pools::eligible(&pools, &labels, family, use_, restrict)
+        };
+        let mut found = once().await;
+        // A pool or a node label newer than the cache (a pool created a moment ago): read
+        // the datastore again before saying there is none.
+        if matches!(&found, Err(IpamError::UnknownPool(_)))
+            || found.as_ref().is_ok_and(|f| f.is_empty())
+        {
+            {
+                let mut c = self.cache();
+                c.pools = None;
+                c.labels.remove(node);
+            }
+            found = once().await;
+        }
+        let found = found?;
         if found.is_empty() {
             return Err(IpamError::NoPools {
                 family: family.name(),

@@ -633,3 +633,35 @@ async fn a_refreshed_record_defeats_a_stale_release() {
         .unwrap()
         .is_empty());
 }
+
+/// A warm allocator (the agent's: pools cached for a minute) serves a pool created a moment
+/// ago, by name, instead of saying it does not exist.
+#[tokio::test]
+async fn a_pool_created_after_the_cache_was_filled_is_found() {
+    let store =
+        brindle_datastore::Store::new(brindle_datastore::backend::memory::MemoryBackend::new());
+    add_pool(&store, "pool", "10.9.0.0/24", 26).await;
+    add_node(&store, "n1").await;
+    let ipam = brindle_ipam::Ipam::with_options(
+        store.clone(),
+        brindle_ipam::IpamOptions {
+            cache_ttl: Duration::from_secs(60),
+            transactions: true,
+        },
+    );
+    ipam.assign(&pod_req("n1", "default", "a", "ca", 1))
+        .await
+        .unwrap();
+    add_pool(&store, "small", "10.245.0.0/26", 26).await;
+    let mut req = pod_req("n1", "default", "b", "cb", 1);
+    req.pools = vec!["small".into()];
+    let got = ipam.assign(&req).await.unwrap();
+    assert!(got[0].to_string().starts_with("10.245.0."), "{got:?}");
+    // A pool that really does not exist is still an error.
+    req.pools = vec!["nope".into()];
+    req.handle = "other".into();
+    assert!(matches!(
+        ipam.assign(&req).await,
+        Err(IpamError::UnknownPool(p)) if p == "nope"
+    ));
+}
