@@ -56,49 +56,43 @@ pub fn set_key(sock: &impl AsFd, peer: IpAddr, key: &[u8]) -> io::Result<()> {
     }
     sig.keylen = key.len() as u16;
     sig.key[..key.len()].copy_from_slice(key);
-    // SAFETY: the pointer and length describe `sig`, which outlives the call.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_fd().as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_MD5SIG,
-            &sig as *const TcpMd5Sig as *const libc::c_void,
-            std::mem::size_of::<TcpMd5Sig>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    setsockopt(sock, libc::IPPROTO_TCP, libc::TCP_MD5SIG, &sig)
 }
 
 /// Drops (in the kernel) every segment of this connection that arrives with a TTL (hop
 /// limit) below `min`: GTSM's check. On an IPv6 socket both options are set, since it may
 /// carry IPv4 (mapped) traffic too.
 pub fn set_min_ttl(sock: &impl AsFd, v6: bool, min: u8) -> io::Result<()> {
-    let set = |level, name| {
-        let v = libc::c_int::from(min);
-        // SAFETY: the pointer and length describe `v`, which outlives the call.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_fd().as_raw_fd(),
-                level,
-                name,
-                &v as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
+    let v = libc::c_int::from(min);
+    let set = |level, name| setsockopt(sock, level, name, &v);
     if v6 {
         let _ = set(libc::IPPROTO_IP, libc::IP_MINTTL);
         set(libc::IPPROTO_IPV6, libc::IPV6_MINHOPCOUNT)
     } else {
         set(libc::IPPROTO_IP, libc::IP_MINTTL)
+    }
+}
+
+/// `setsockopt(2)` with `value` as the option's bytes.
+fn setsockopt<T>(
+    sock: &impl AsFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: &T,
+) -> io::Result<()> {
+    // SAFETY: the pointer and length describe `value`, which outlives the call.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_fd().as_raw_fd(),
+            level,
+            name,
+            value as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
