@@ -50,16 +50,19 @@ pub async fn read_msg(r: &mut OwnedReadHalf, buf: &mut BytesMut) -> io::Result<M
     }
 }
 
-async fn handshake(s: TcpStream, asn: u32, id: Ipv4Addr) -> io::Result<Conn> {
+async fn handshake(
+    s: TcpStream,
+    asn: u32,
+    id: Ipv4Addr,
+    families: &[codec::Afi],
+) -> io::Result<Conn> {
     s.set_nodelay(true)?;
     let (mut r, mut w) = s.into_split();
-    let caps = vec![
-        Capability::Multiprotocol {
-            afi: codec::Afi::Ipv4,
-            safi: 1,
-        },
-        Capability::FourOctetAs(asn),
-    ];
+    let mut caps: Vec<Capability> = families
+        .iter()
+        .map(|&afi| Capability::Multiprotocol { afi, safi: 1 })
+        .collect();
+    caps.push(Capability::FourOctetAs(asn));
     w.write_all(&encode(&Message::Open(Open::new(asn, 90, id, caps))))
         .await?;
     let mut buf = BytesMut::with_capacity(1 << 16);
@@ -84,12 +87,24 @@ async fn handshake(s: TcpStream, asn: u32, id: Ipv4Addr) -> io::Result<Conn> {
 }
 
 /// Connects from `local` to `remote`, retrying while refused, and completes the OPEN
-/// exchange.
+/// exchange, offering IPv4 unicast.
 pub async fn connect(
     local: IpAddr,
     remote: SocketAddr,
     asn: u32,
     id: Ipv4Addr,
+    patience: Duration,
+) -> io::Result<Conn> {
+    connect_with(local, remote, asn, id, &[codec::Afi::Ipv4], patience).await
+}
+
+/// [`connect`], offering unicast of these address families.
+pub async fn connect_with(
+    local: IpAddr,
+    remote: SocketAddr,
+    asn: u32,
+    id: Ipv4Addr,
+    families: &[codec::Afi],
     patience: Duration,
 ) -> io::Result<Conn> {
     let start = Instant::now();
@@ -98,7 +113,7 @@ pub async fn connect(
         s.set_reuseaddr(true)?;
         s.bind(SocketAddr::new(local, 0))?;
         match s.connect(remote).await {
-            Ok(s) => match handshake(s, asn, id).await {
+            Ok(s) => match handshake(s, asn, id, families).await {
                 Ok(c) => return Ok(c),
                 Err(e) if start.elapsed() < patience => {
                     let _ = e;
@@ -114,7 +129,7 @@ pub async fn connect(
 
 pub async fn accept(l: &TcpListener, asn: u32, id: Ipv4Addr) -> io::Result<Conn> {
     let (s, _) = l.accept().await?;
-    handshake(s, asn, id).await
+    handshake(s, asn, id, &[codec::Afi::Ipv4]).await
 }
 
 /// The benchmark's prefix sets: unique IPv4 prefixes of one length, numbered from 0 (up to

@@ -357,11 +357,15 @@ pub(crate) fn decode_attributes(mut v: &[u8], ctx: &Ctx) -> Result<Decoded, Attr
 
         if let Some((opt, trans)) = expected_flags(code) {
             if (flags & OPTIONAL != 0) != opt || (flags & TRANSITIVE != 0) != trans {
-                let e = malformed(code, "attribute flags conflict with the attribute type");
+                // RFC 4271 §6.3: Attribute Flags Error, whatever the treatment.
+                let e = AttrError {
+                    subcode: 4,
+                    ..malformed(code, "attribute flags conflict with the attribute type")
+                };
                 if e.treatment == Treatment::SessionReset {
                     return Err(e);
                 }
-                errors.push(AttrError { subcode: 4, ..e });
+                errors.push(e);
                 continue;
             }
         }

@@ -1,4 +1,4 @@
-//! Helpers shared by the RIB and Adj-RIB-Out tests.
+//! Helpers shared by the tests.
 #![allow(dead_code)]
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,3 +21,4 @@ pub fn net(s: &str) -> IpNetwork {
     s.parse().expect("prefix")
 }
 pub mod bgpd;
+pub mod inproc;
