@@ -620,13 +620,20 @@ impl Core {
                 match self.by_addr.get(&addr).and_then(|id| self.peers.get(id)) {
                     Some(p) => {
                         let sock = socket2::SockRef::from(&s);
-                        match socket::set_ttls(sock, from.is_ipv6(), &p.cfg, self.cfg.local_as) {
+                        let checked =
+                            socket::set_ttls(sock, from.is_ipv6(), &p.cfg, self.cfg.local_as)
+                                .map_err(|e| format!("setting its TTLs failed: {e}"))
+                                .and_then(|()| {
+                                    socket::check_syn_ttl(&s, &p.cfg)
+                                        .map_err(|e| format!("GTSM: {e}"))
+                                });
+                        match checked {
                             Ok(()) => {
                                 let _ = p.cmd.send(SessionCmd::Incoming(s));
                             }
                             // Without its GTSM check the connection must not carry the session.
                             Err(e) => {
-                                warn!(peer = %addr, "refused a connection: setting its TTLs failed: {e}")
+                                warn!(peer = %addr, "refused a connection: {e}")
                             }
                         }
                     }

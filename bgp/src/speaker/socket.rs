@@ -18,7 +18,30 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     s.set_reuseaddr(true)?;
     s.bind(addr)?;
+    // GTSM peers' connections are checked by the TTL of their SYN (see `check_syn_ttl`).
+    sockopt::save_syn(&s)?;
     s.listen(1024)
+}
+
+/// For a GTSM peer, refuses an accepted connection whose SYN arrived with less TTL than
+/// allowed. The minimum TTL set on the connection after accepting it stops only what
+/// arrives later: without this, a peer further away could complete the handshake and have
+/// its OPEN and KEEPALIVE queued before the check was in place.
+pub fn check_syn_ttl(s: &TcpStream, p: &PeerConfig) -> io::Result<()> {
+    let Some(hops) = p.ttl_security else {
+        return Ok(());
+    };
+    let min = 256 - u16::from(hops.max(1));
+    match sockopt::syn_ttl(s)? {
+        Some(ttl) if u16::from(ttl) >= min => Ok(()),
+        Some(ttl) => Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "its SYN arrived with TTL {ttl}, and GTSM ({hops} hops) accepts no less than {min}"
+            ),
+        )),
+        None => Err(io::Error::other("the TTL of its SYN is unknown")),
+    }
 }
 
 /// The TTL our packets to this peer carry.

@@ -1,7 +1,8 @@
 //! The socket options the standard library and socket2 lack, the one place the speaker
-//! needs `unsafe` (each a single `setsockopt` call): TCP MD5 signatures (RFC 2385, Linux's
-//! `TCP_MD5SIG`) and the minimum TTL GTSM asks for (RFC 5082, `IP_MINTTL` /
-//! `IPV6_MINHOPCOUNT`).
+//! needs `unsafe` (each a single `setsockopt` or `getsockopt` call): TCP MD5 signatures
+//! (RFC 2385, Linux's `TCP_MD5SIG`), the minimum TTL GTSM asks for (RFC 5082, `IP_MINTTL` /
+//! `IPV6_MINHOPCOUNT`), and the TTL of the SYN that opened an accepted connection
+//! (`TCP_SAVE_SYN`), which GTSM checks too.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -71,6 +72,45 @@ pub fn set_min_ttl(sock: &impl AsFd, v6: bool, min: u8) -> io::Result<()> {
     } else {
         set(libc::IPPROTO_IP, libc::IP_MINTTL)
     }
+}
+
+/// Has the kernel keep the headers of the SYN that opens each connection this listener
+/// accepts, for [`syn_ttl`].
+pub fn save_syn(listener: &impl AsFd) -> io::Result<()> {
+    setsockopt(
+        listener,
+        libc::IPPROTO_TCP,
+        libc::TCP_SAVE_SYN,
+        &1 as &libc::c_int,
+    )
+}
+
+/// The TTL (IPv4) or hop limit (IPv6) the SYN that opened this accepted connection arrived
+/// with; None when the listener did not save it. The kernel gives the headers once.
+pub fn syn_ttl(sock: &impl AsFd) -> io::Result<Option<u8>> {
+    let mut buf = [0u8; 256];
+    let mut len = buf.len() as libc::socklen_t;
+    // SAFETY: the pointer and length describe `buf`; the kernel writes at most `len` bytes
+    // and sets `len` to how many it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SAVED_SYN,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // The network header first: IPv4's TTL is octet 8, IPv6's hop limit octet 7.
+    let headers = &buf[..(len as usize).min(buf.len())];
+    Ok(match headers.first().map(|b| b >> 4) {
+        Some(4) => headers.get(8).copied(),
+        Some(6) => headers.get(7).copied(),
+        _ => None,
+    })
 }
 
 /// `setsockopt(2)` with `value` as the option's bytes.

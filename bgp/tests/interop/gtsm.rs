@@ -118,8 +118,16 @@ fn gtsm_drops_a_peer_further_away_than_configured() {
     );
     // BIRD's packets leave with 255 and arrive with 254: one hop is too few, so the kernel
     // drops them and no session comes up.
+    // BIRD's own connections are refused by the TTL of their SYN, so BIRD never gets our
+    // OPEN and KEEPALIVE either.
     let b = Bgpd::start(&brl, &brindle("198.18.1.2", "ttl_security = 1"));
-    never_established(&b, "198.18.1.2", 8);
+    bird_never_takes(&b, &bird, 8);
+    never_established(&b, "198.18.1.2", 1);
+    let log = b.log();
+    assert!(
+        log.contains("its SYN arrived with TTL 254, and GTSM (1 hops) accepts no less than 255"),
+        "BIRD's connections are refused at accept\n{log}"
+    );
     // Two hops: 254 is enough.
     let dir = b.terminate();
     let b = Bgpd::start_in(&brl, dir, &brindle("198.18.1.2", "ttl_security = 2"));
