@@ -10,7 +10,7 @@
 //! the table near BIRD's size.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -18,6 +18,9 @@ use ipnetwork::IpNetwork;
 use smallvec::SmallVec;
 
 use crate::codec::{AsSegment, Attributes, Origin};
+
+mod table;
+use table::Table;
 
 /// Paths of one prefix; one inline (the common case), more on the heap.
 pub type Paths = SmallVec<[Path; 1]>;
@@ -73,7 +76,7 @@ pub struct Rib {
     pub cluster_id: Option<Ipv4Addr>,
     peers: HashMap<PeerId, PeerInfo>,
     /// Prefix → every path (from any peer), best first.
-    table: BTreeMap<IpNetwork, Entry>,
+    table: Table<Entry>,
     /// How many paths each peer has in the table.
     counts: HashMap<PeerId, usize>,
 }
@@ -251,7 +254,7 @@ impl Rib {
             router_id,
             cluster_id: None,
             peers: HashMap::new(),
-            table: BTreeMap::new(),
+            table: Table::default(),
             counts: HashMap::new(),
         }
     }
@@ -302,7 +305,7 @@ impl Rib {
             router_id: self.router_id,
             peers: &self.peers,
         };
-        let e = self.table.entry(prefix).or_default();
+        let e = self.table.entry_or_default(prefix);
         let before = e.outcome(&d);
         let previous = e.paths.first().cloned();
         match e
@@ -409,7 +412,7 @@ impl Rib {
             .iter()
             .filter(|(k, _)| pick(k))
             .filter(|(_, e)| e.paths.iter().any(|p| p.peer == peer && p.stale))
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .collect()
     }
 
@@ -443,7 +446,7 @@ impl Rib {
     /// Every prefix with its best path and multipath set, in prefix order.
     pub fn iter(&self) -> impl Iterator<Item = Change> + '_ {
         let d = self.decider();
-        self.table.iter().map(move |(p, e)| e.change(*p, &d, None))
+        self.table.iter().map(move |(p, e)| e.change(p, &d, None))
     }
 
     pub fn best(&self, prefix: &IpNetwork) -> Option<&Path> {
