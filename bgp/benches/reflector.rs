@@ -3,8 +3,9 @@
 //! from the first connection until every client has every other client's block, and the
 //! reflector's peak RSS. Brindle beside BIRD as the reflector, same topology.
 //!
-//! Topology: this process moves into a namespace ("gen", clients 198.18.4.1 up), joined by
-//! a veth to the reflector's ("rr", 198.18.0.1/16).
+//! Topology: this process moves into a namespace ("gen", clients 198.18.64.1 up, its side of
+//! the link 198.18.0.2/24), joined by a veth to the reflector's ("rr", 198.18.0.1/24, the
+//! clients routed via 198.18.0.2).
 //!
 //! Run: `cargo bench -p brindle-bgp --bench reflector` (`BRINDLE_BENCH_CLIENTS=1000`,
 //! `BRINDLE_BENCH_DAEMONS=brindle,bird`). Writes bench-results/bgp-reflector.json.
@@ -23,9 +24,13 @@ use ipnetwork::IpNetwork;
 
 const RR: &str = "198.18.0.1";
 const AS: u32 = 64512;
+/// The clients' side of the link, their router.
+const GW: &str = "198.18.0.2";
+/// Where client addresses are taken from (16,000 fit).
+const CLIENTS: &str = "198.18.64.0/18";
 
 fn client_addr(i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 4, 1)) + i)
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 64, 1)) + i)
 }
 
 /// Client i's block: the i-th /26 of 10.64.0.0/10.
@@ -91,9 +96,10 @@ fn start(daemon: &str, ns: &Netns, n: u32) -> Running {
         }
         "bird" => {
             let mut conf = format!(
-                "router id {RR};\nprotocol device {{}}\nprotocol direct {{ ipv4; }}\n\
-                 template bgp rrc {{ local {RR} as {AS}; rr client; rr cluster id {RR}; passive on; direct; error wait time 1, 5;\n\
-                 ipv4 {{ import all; export all; gateway direct; }}; }}\n"
+                "router id {RR};\nprotocol device {{}}\n\
+                 protocol static {{ ipv4; route {CLIENTS} via {GW}; }}\n\
+                 template bgp rrc {{ local {RR} as {AS}; rr client; rr cluster id {RR}; passive on; error wait time 1, 5;\n\
+                 ipv4 {{ import all; export where source = RTS_BGP; }}; }}\n"
             );
             for i in 0..n {
                 conf += &format!(
@@ -159,16 +165,24 @@ fn main() {
     let rr = Netns::new("brl-bench-rr");
     let f = std::fs::File::open(gen.path()).expect("netns");
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the namespace");
+    // The clients sit behind one router address (198.18.0.2), as nodes behind a ToR would:
+    // one neighbour entry on the reflector instead of one per client, which would overflow
+    // the kernel's neighbour table (gc_thresh3, 1,024 in a namespace) and drop SYNs.
     let mut cmds = format!(
-        "link add v0 type veth peer name v0 netns {}\nlink set v0 up\n",
+        "link add v0 type veth peer name v0 netns {}\nlink set v0 up\naddr add {GW}/24 dev v0\n",
         rr.name()
     );
     for i in 0..n {
-        cmds += &format!("addr add {}/16 dev v0\n", client_addr(i));
+        cmds += &format!("addr add {}/32 dev v0\n", client_addr(i));
     }
     batch(&cmds);
-    rr.ok(&["ip", "addr", "add", &format!("{RR}/16"), "dev", "v0"]);
+    // ARP from the router's own address, not a client's: the reflector would learn a
+    // neighbour entry for every client that asked.
+    std::fs::write("/proc/sys/net/ipv4/conf/all/arp_announce", "2").expect("arp_announce");
+    std::fs::write("/proc/sys/net/ipv4/conf/v0/arp_announce", "2").expect("arp_announce");
+    rr.ok(&["ip", "addr", "add", &format!("{RR}/24"), "dev", "v0"]);
     rr.ok(&["ip", "link", "set", "v0", "up"]);
+    rr.ok(&["ip", "route", "add", CLIENTS, "via", GW]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
