@@ -2,9 +2,8 @@
 //! handle commands it, and it writes encoded UPDATEs to each established peer's writer.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -20,15 +19,18 @@ use super::{
     socket, Command, Encap, Origination, PeerConfig, PeerStatus, RibFilter, RibRoute,
     SpeakerConfig, SpeakerError,
 };
-use crate::adj_out::{ExportSettings, Want};
+use crate::adj_out::ExportSettings;
 use crate::codec::{
-    Afi, AsSegment, Attributes, Capability, GrFamily, MpReach, Nlri, Origin, Treatment, Update,
+    Afi, Attributes, Capability, Ctx, GrFamily, MpReach, Nlri, Origin, Treatment, Update,
     SAFI_UNICAST,
 };
 use crate::fsm::{self, Negotiated, State};
 use crate::nexthop;
 use crate::policy::Verdict;
 use crate::rib::{Change, Path, PeerId, PeerInfo, Rib, LOCAL};
+
+mod export;
+use export::{export_all, ExportCache};
 
 /// Timers and accepted connections, delivered back to the core.
 enum Internal {
@@ -45,6 +47,8 @@ struct Up {
     /// Who the peer is and its export policy (its Adj-RIB-Out lives in its writer task).
     settings: ExportSettings,
     writer: Writer,
+    /// How the session encodes (update groups encode for it).
+    ctx: Ctx,
     advertised: Arc<std::sync::atomic::AtomicUsize>,
     v4: bool,
     v6: bool,
@@ -106,6 +110,8 @@ pub struct Core {
     /// peers added so far does not mean converged.
     peers_configured: bool,
     cache: ExportCache,
+    /// Peers whose session came up in the batch being handled: they get the table after it.
+    tables_due: Vec<PeerId>,
 }
 
 fn unmap(a: IpAddr) -> IpAddr {
@@ -183,6 +189,7 @@ impl Core {
             restarting: Arc::new(std::sync::atomic::AtomicBool::new(restarting)),
             peers_configured: false,
             cache: ExportCache::default(),
+            tables_due: vec![],
         })
     }
 
@@ -406,24 +413,33 @@ impl Core {
     }
 
     /// One session event. UPDATEs are imported into `pending` (exported by the caller, in
-    /// batches); anything else first sends out what is pending, so order is kept.
+    /// batches); anything else but a state change first sends out what is pending, so order
+    /// is kept. (A thousand sessions coming up report four state changes each: sending at
+    /// each would cut a reflector's batches down to a change or two, each sent to every
+    /// peer.)
     fn event(&mut self, e: Event, pending: &mut Vec<Change>) {
-        if let Event::Update { peer, update } = e {
-            self.update(peer, *update, pending);
-            if let Some(p) = self.peers.get(&peer) {
-                p.inflight.done();
-            }
-            return;
-        }
-        self.propagate(pending);
-        pending.clear();
         match e {
+            Event::Update { peer, update } => {
+                self.update(peer, *update, pending);
+                if let Some(p) = self.peers.get(&peer) {
+                    p.inflight.done();
+                }
+                return;
+            }
             Event::State { peer, state } => {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.state = state;
                     p.since = Instant::now();
                 }
+                return;
             }
+            Event::Up { peer, .. } if self.quiet_up(peer) => {}
+            _ => {
+                self.flush(pending);
+            }
+        }
+        match e {
+            Event::Update { .. } | Event::State { .. } => {} // handled above
             Event::Up {
                 peer,
                 neg,
@@ -436,7 +452,6 @@ impl Core {
                 reason,
                 keep_routes,
             } => self.down(peer, reason, keep_routes),
-            Event::Update { .. } => {} // imported above
             Event::Refresh { peer, rr } => self.refresh(peer, rr.afi),
         }
     }
@@ -500,6 +515,7 @@ impl Core {
                 add_path: neg.tx.add_path(Afi::Ipv4, SAFI_UNICAST),
             },
             writer,
+            ctx: neg.tx.clone(),
             advertised,
             v4: has(Afi::Ipv4),
             v6: has(Afi::Ipv6),
@@ -529,7 +545,8 @@ impl Core {
         }
         p.up = Some(up);
         if !self.restarting.load(std::sync::atomic::Ordering::Relaxed) {
-            self.send_table(id);
+            // Once the changes pending now have gone out (see `quiet_up`).
+            self.tables_due.push(id);
         } else if peer_restarting {
             // RFC 4724 §4.2: a restarting peer does not wait for us, nor we for it; it may
             // wait for our End-of-RIB before its own. We still wait for its End-of-RIB (so
@@ -700,6 +717,23 @@ impl Core {
         }
     }
 
+    /// Whether a peer's session coming up leaves pending changes alone: it has no stale
+    /// routes to sweep and we are not restarting, so all it does is add the peer (without
+    /// routes) and ask for the table to be sent after them. Peers that come up while
+    /// others announce (a reflector's clients) then do not cut the batch.
+    fn quiet_up(&self, peer: PeerId) -> bool {
+        !self.is_restarting() && self.peers.get(&peer).is_some_and(|p| p.stale == [false; 2])
+    }
+
+    /// Sends `pending` out, then the table to the peers that came up meanwhile (it holds the
+    /// pending changes already, so they must not get them twice).
+    fn flush(&mut self, pending: &mut Vec<Change>) {
+        self.propagate(pending);
+        pending.clear();
+        let due = std::mem::take(&mut self.tables_due);
+        self.send_tables(due);
+    }
+
     /// Handles `first` and whatever else is already queued (up to a bound), importing
     /// consecutive UPDATEs into one batch of changes, exported once: fewer, fuller messages
     /// to each peer when many peers speak at once (a reflector's clients).
@@ -714,7 +748,7 @@ impl Core {
                 next = self.events.try_recv().ok();
             }
         }
-        self.propagate(&pending);
+        self.flush(&mut pending);
     }
 
     /// Imports one UPDATE, adding the Loc-RIB changes to `changes` (for the caller to
@@ -878,59 +912,6 @@ impl Core {
         let _ = up.writer.send(Out::Routes(wants));
         let _ = up.writer.send(Out::EndOfRib(family));
         info!(peer = %p.cfg.addr, family = ?family, routes = n, "route refresh answered");
-    }
-
-    /// Sends Loc-RIB changes to the kernel and to every established peer that has our table
-    /// (the kernel waits while we restart: [`Core::converged`] then sends everything).
-    ///
-    /// Without add-path nothing per route is kept for a peer (no Adj-RIB-Out, as BIRD
-    /// keeps none): what it has is what the previous best path exported to it, so a change
-    /// is sent only when that differs from what the new best exports. With add-path the
-    /// writer keeps what it sent, to number the paths.
-    fn propagate(&mut self, changes: &[Change]) {
-        if changes.is_empty() {
-            return;
-        }
-        self.kernel_changes(changes);
-        let mut out: HashMap<PeerId, Vec<Want>> = HashMap::new();
-        let cache = &mut self.cache;
-        for c in changes {
-            for p in self.peers.values() {
-                let Some(up) = p.up.as_ref().filter(|u| u.table_sent) else {
-                    continue;
-                };
-                let mut export =
-                    |path: &Path| export_one(&self.rib, &p.cfg, up, &c.prefix, path, cache);
-                let w = if up.settings.add_path {
-                    Want::of(c, true, &mut export)
-                } else {
-                    let new = c.best.as_ref().and_then(&mut export);
-                    let old = c.previous.as_ref().and_then(&mut export);
-                    let counter = &up.advertised;
-                    match (&new, &old) {
-                        (None, None) => continue,
-                        (Some(n), Some(o)) if Arc::ptr_eq(n, o) || n == o => continue,
-                        (Some(_), None) => {
-                            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        (None, Some(_)) => {
-                            counter.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        (Some(_), Some(_)) => {}
-                    }
-                    Want {
-                        prefix: c.prefix,
-                        paths: new.map(|a| (None, a)).into_iter().collect(),
-                    }
-                };
-                out.entry(p.id).or_default().push(w);
-            }
-        }
-        for (id, wants) in out {
-            if let Some(up) = self.peers.get(&id).and_then(|p| p.up.as_ref()) {
-                let _ = up.writer.send(Out::Routes(wants));
-            }
-        }
     }
 
     fn kernel_changes(&self, changes: &[Change]) {
@@ -1132,179 +1113,4 @@ fn route(rib: &Rib, prefix: IpNetwork, p: &Path, best: bool) -> RibRoute {
         originator_id: a.originator_id,
         cluster_list: a.cluster_list.clone(),
     }
-}
-
-/// What decides the exported attributes (with an empty export policy): the source path's
-/// attributes and peer, the prefix's family, and how the receiving peer exports. Peers alike
-/// share one result, and so do the prefixes of one UPDATE.
-#[derive(PartialEq, Eq, Hash)]
-struct MemoKey {
-    attrs: usize,
-    from: PeerId,
-    v4_prefix: bool,
-    ebgp: bool,
-    rr_client: bool,
-    next_hop_self: bool,
-    nh4: Option<Ipv4Addr>,
-    nh6: Option<Ipv6Addr>,
-    v4: bool,
-    v6: bool,
-}
-
-/// Exported attributes, shared between peers alike, between the prefixes of one UPDATE,
-/// and over time: a peer that comes up gets the very attribute sets the others hold, so a
-/// reflector with 1,000 clients keeps one copy of each route's attributes, not 1,000.
-///
-/// Keyed by the source attributes' address; each entry holds a `Weak` to them, which keeps
-/// that allocation (not its contents) alive, so the address cannot be reused while the entry
-/// exists. Entries whose source is gone are swept as the cache grows.
-/// The source (held weakly) and what it exports as.
-type Cached = (Weak<Attributes>, Option<Arc<Attributes>>);
-
-#[derive(Default)]
-struct ExportCache {
-    map: HashMap<MemoKey, Cached, BuildHasherDefault<FxHasher>>,
-    swept_at: usize,
-}
-
-impl ExportCache {
-    fn get_or(
-        &mut self,
-        key: MemoKey,
-        src: &Arc<Attributes>,
-        make: impl FnOnce() -> Option<Arc<Attributes>>,
-    ) -> Option<Arc<Attributes>> {
-        if let Some((_, v)) = self.map.get(&key) {
-            return v.clone();
-        }
-        let v = make();
-        self.map.insert(key, (Arc::downgrade(src), v.clone()));
-        if self.map.len() > 2 * self.swept_at + 1024 {
-            self.map.retain(|_, (w, _)| w.strong_count() > 0);
-            self.swept_at = self.map.len();
-        }
-        v
-    }
-
-    fn clear(&mut self) {
-        self.map.clear();
-        self.swept_at = 0;
-    }
-}
-
-/// The memo is consulted for every prefix and peer: a multiply-rotate hash (as rustc's
-/// FxHash) instead of SipHash; its keys are our own pointers and flags, not peer input.
-#[derive(Default)]
-struct FxHasher(u64);
-
-impl Hasher for FxHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// What `path` exports as to the established peer `up` (None: not sent), shared through
-/// the cache when the peer's export policy is empty.
-fn export_one(
-    rib: &Rib,
-    pc: &PeerConfig,
-    up: &Up,
-    prefix: &IpNetwork,
-    path: &Path,
-    cache: &mut ExportCache,
-) -> Option<Arc<Attributes>> {
-    if path.peer == up.settings.peer.id {
-        return None; // never back to where it came from
-    }
-    let key = MemoKey {
-        attrs: Arc::as_ptr(&path.attrs) as usize,
-        from: path.peer,
-        v4_prefix: prefix.is_ipv4(),
-        ebgp: up.ebgp,
-        rr_client: pc.rr_client,
-        next_hop_self: pc.next_hop_self,
-        nh4: up.nh4,
-        nh6: up.nh6,
-        v4: up.v4,
-        v6: up.v6,
-    };
-    if !pc.export.terms.is_empty() {
-        return export_attrs(rib, pc, up, prefix, path).map(Arc::new);
-    }
-    cache.get_or(key, &path.attrs, || {
-        export_attrs(rib, pc, up, prefix, path).map(Arc::new)
-    })
-}
-
-fn export_attrs(
-    rib: &Rib,
-    pc: &PeerConfig,
-    up: &Up,
-    prefix: &IpNetwork,
-    path: &Path,
-) -> Option<Attributes> {
-    if (prefix.is_ipv4() && !up.v4) || (prefix.is_ipv6() && !up.v6) {
-        return None;
-    }
-    let mut a = rib.export(path, &up.settings.peer)?;
-    let rewrite = up.ebgp || pc.next_hop_self || path.peer == LOCAL;
-    if prefix.is_ipv4() {
-        if rewrite || a.next_hop.is_none() {
-            a.next_hop = Some(up.nh4?);
-        }
-    } else {
-        let keep = a.mp_reach.as_ref().is_some_and(|r| !r.next_hops.is_empty());
-        if rewrite || !keep {
-            a.mp_reach = Some(MpReach {
-                afi: Afi::Ipv6,
-                safi: SAFI_UNICAST,
-                next_hops: vec![IpAddr::V6(up.nh6?)],
-                nlri: vec![],
-            });
-        }
-        a.next_hop = None;
-    }
-    if up.ebgp {
-        a.med = a.med.filter(|_| path.peer == LOCAL);
-    } else if a.local_pref.is_none() {
-        a.local_pref = Some(100);
-    }
-    if a.as_path.is_none() {
-        a.as_path = Some(Vec::<AsSegment>::new());
-    }
-    (pc.export.apply(prefix, &mut a) == Verdict::Accept).then_some(a)
-}
-
-/// The whole table (or a family of it) as one peer should have it.
-fn export_all(
-    rib: &Rib,
-    cache: &mut ExportCache,
-    pc: &PeerConfig,
-    up: &Up,
-    all: impl Iterator<Item = Change>,
-) -> Vec<Want> {
-    all.map(|c| {
-        Want::of(&c, up.settings.add_path, |path| {
-            export_one(rib, pc, up, &c.prefix, path, cache)
-        })
-    })
-    .filter(|w| !w.paths.is_empty())
-    .collect()
 }

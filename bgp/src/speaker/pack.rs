@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use crate::adj_out::Advert;
+use crate::adj_out::{Advert, Want};
 use crate::codec::{
     encode_nlri, Afi, Attributes, Ctx, Message, MpReach, MpUnreach, Nlri, Update, HEADER_LEN,
     SAFI_UNICAST,
@@ -112,6 +112,15 @@ fn v6(attrs: Option<&Attributes>, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) 
         }
         message(u, ctx, out);
     }
+}
+
+/// Adverts for wants without add-path: the first path (if any) of each.
+pub fn adverts(wants: Vec<Want>) -> impl Iterator<Item = Advert> {
+    wants.into_iter().map(|w| Advert {
+        prefix: w.prefix,
+        path_id: None,
+        attrs: w.paths.into_iter().next().map(|p| p.1),
+    })
 }
 
 /// Encodes adverts (in the order given) into UPDATE messages appended to `out`.

@@ -19,10 +19,10 @@ use tracing::{debug, info, warn};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::pack::{end_of_rib, pack};
+use super::pack::{self, end_of_rib, pack};
 use super::socket;
 use super::PeerConfig;
-use crate::adj_out::{Advert, Sent, Want};
+use crate::adj_out::{Sent, Want};
 use crate::codec::{
     self, Afi, Capability, Ctx, Message, Notification, Open, RouteRefresh, Update, SAFI_UNICAST,
 };
@@ -31,7 +31,8 @@ use crate::rib::PeerId;
 
 /// What goes to a connection's writer task, in order.
 pub enum Out {
-    /// An encoded message from the session (OPEN, KEEPALIVE, NOTIFICATION).
+    /// Encoded messages: from the session (OPEN, KEEPALIVE, NOTIFICATION), or UPDATEs the
+    /// core encoded once for the peer's update group.
     Raw(Bytes),
     /// The session is up: encode routes this way from now on.
     Ctx(Ctx),
@@ -165,6 +166,10 @@ async fn read_open(mut stream: TcpStream) -> Option<Pending> {
     Some(Pending { stream, buf, open })
 }
 
+/// Messages already encoded elsewhere at least this long are written from the shared
+/// buffer, not copied: an update group's table, held once for all its members.
+const SHARED_MIN: usize = 4096;
+
 /// The writer task: owns the connection's write half and its Adj-RIB-Out.
 async fn write_loop(
     mut w: OwnedWriteHalf,
@@ -173,13 +178,22 @@ async fn write_loop(
 ) {
     let mut sent = Sent::default();
     let mut ctx = Ctx::default();
+    // What goes out next, in order: encoded here into `batch`, or shared buffers.
     let mut batch = BytesMut::new();
-    let mut adverts = vec![];
-    let mut handle = |m: Out, batch: &mut BytesMut| match m {
+    let mut chunks: Vec<Bytes> = vec![];
+    let mut handle = |m: Out, batch: &mut BytesMut, chunks: &mut Vec<Bytes>| match m {
+        Out::Raw(b) if b.len() >= SHARED_MIN => {
+            if !batch.is_empty() {
+                chunks.push(batch.split().freeze());
+            }
+            chunks.push(b);
+        }
         Out::Raw(b) => batch.extend_from_slice(&b),
         Out::Ctx(c) => ctx = c,
+        // (Adverts are not kept between messages: a table's worth, kept by each of
+        // thousands of writers, was most of a reflector's memory.)
         Out::Routes(wants) if ctx.add_path(Afi::Ipv4, SAFI_UNICAST) => {
-            adverts.clear();
+            let mut adverts = vec![];
             for w in wants {
                 sent.apply(w, &mut adverts);
             }
@@ -187,34 +201,32 @@ async fn write_loop(
             advertised.store(sent.len(), Ordering::Relaxed);
         }
         Out::Routes(wants) => {
-            adverts.clear();
-            adverts.extend(wants.into_iter().map(|w| Advert {
-                prefix: w.prefix,
-                path_id: None,
-                attrs: w.paths.into_iter().next().map(|p| p.1),
-            }));
+            let adverts: Vec<_> = pack::adverts(wants).collect();
             pack(&adverts, &ctx, batch);
         }
         Out::EndOfRib(afi) => end_of_rib(afi, &ctx, batch),
         Out::Forget(afi) => sent.forget(afi == Afi::Ipv4),
     };
     while let Some(m) = rx.recv().await {
-        handle(m, &mut batch);
-        // Coalesce what is already queued into one write.
-        while batch.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => handle(more, &mut batch),
-                Err(_) => break,
-            }
+        handle(m, &mut batch, &mut chunks);
+        // Coalesce what is already queued (up to a bound) into as few writes as it takes.
+        let mut size = batch.len() + chunks.iter().map(Bytes::len).sum::<usize>();
+        while size < 256 * 1024 {
+            let Ok(more) = rx.try_recv() else { break };
+            handle(more, &mut batch, &mut chunks);
+            size = batch.len() + chunks.iter().map(Bytes::len).sum::<usize>();
         }
-        if w.write_all(&batch).await.is_err() {
-            return;
+        if !batch.is_empty() {
+            chunks.push(batch.split().freeze());
+        }
+        for c in chunks.drain(..) {
+            if w.write_all(&c).await.is_err() {
+                return;
+            }
         }
         // A table dump can grow the buffer; a thousand idle sessions should not keep it.
         if batch.capacity() > 64 * 1024 {
             batch = BytesMut::new();
-        } else {
-            batch.clear();
         }
     }
     let _ = w.shutdown().await;

@@ -1,6 +1,7 @@
-//! Brindle as a route reflector (RFC 4456) for two BIRD clients on one LAN: each client
-//! learns the other's prefix with the originator's next hop, ORIGINATOR_ID and our
-//! CLUSTER_LIST, and a withdraw passes through.
+//! Brindle as a route reflector (RFC 4456) for three BIRD clients on one LAN: each client
+//! learns the others' prefixes with the originator's next hop, ORIGINATOR_ID and our
+//! CLUSTER_LIST, and a withdraw passes through. The clients export alike, so they form one
+//! update group: a change from one is encoded once for the other two.
 
 use std::time::Duration;
 
@@ -26,13 +27,16 @@ protocol bgp reflector {{
 }
 
 #[test]
-fn two_bird_clients_learn_each_other_through_the_reflector() {
+fn three_bird_clients_learn_each_other_through_the_reflector() {
     let rr = Netns::new("brlrr");
     rr.ok(&["ip", "link", "add", "br0", "type", "bridge"]);
     rr.ok(&["ip", "addr", "add", "198.18.0.1/24", "dev", "br0"]);
     rr.ok(&["ip", "link", "set", "br0", "up"]);
     let mut clients = vec![];
-    for (i, addr) in ["198.18.0.2", "198.18.0.3"].iter().enumerate() {
+    for (i, addr) in ["198.18.0.2", "198.18.0.3", "198.18.0.4"]
+        .iter()
+        .enumerate()
+    {
         let ns = Netns::new("brlcl");
         let port = format!("p{i}");
         rr.veth(&port, &ns, "v0");
@@ -43,6 +47,7 @@ fn two_bird_clients_learn_each_other_through_the_reflector() {
     }
     let a = Bird::start(&clients[0].0, &client("198.18.0.2", "10.245.2.0/26"));
     let b = Bird::start(&clients[1].0, &client("198.18.0.3", "10.245.3.0/26"));
+    let c = Bird::start(&clients[2].0, &client("198.18.0.4", "10.245.4.0/26"));
     let conf = format!(
         r#"local_as = {BRINDLE_AS}
 router_id = "198.18.0.1"
@@ -60,6 +65,12 @@ asn = {BRINDLE_AS}
 rr_client = true
 families = ["ipv4"]
 connect_retry = 1
+[[peer]]
+address = "198.18.0.4"
+asn = {BRINDLE_AS}
+rr_client = true
+families = ["ipv4"]
+connect_retry = 1
 [[originate]]
 prefix = "10.244.1.0/26"
 "#
@@ -67,6 +78,7 @@ prefix = "10.244.1.0/26"
     let d = Bgpd::start(&rr, &conf);
     d.wait_established("198.18.0.2");
     d.wait_established("198.18.0.3");
+    d.wait_established("198.18.0.4");
     bird_route(
         &a,
         "10.245.3.0/26",
@@ -86,6 +98,23 @@ prefix = "10.244.1.0/26"
             "BGP.cluster_list: 198.18.0.100",
         ],
     );
+    for (bird, from) in [
+        (&a, "198.18.0.4"),
+        (&b, "198.18.0.4"),
+        (&c, "198.18.0.2"),
+        (&c, "198.18.0.3"),
+    ] {
+        let prefix = format!("10.245.{}.0/26", &from[from.len() - 1..]);
+        let (nh, orig) = (
+            format!("BGP.next_hop: {from}"),
+            format!("BGP.originator_id: {from}"),
+        );
+        bird_route(
+            bird,
+            &prefix,
+            &[&nh, &orig, "BGP.cluster_list: 198.18.0.100"],
+        );
+    }
     // Our own route is not reflected, so it has neither attribute.
     let own = a.birdc(&["show", "route", "all", "10.244.1.0/26"]);
     assert!(own.contains("BGP.next_hop: 198.18.0.1"), "{own}");
@@ -97,8 +126,14 @@ prefix = "10.244.1.0/26"
     let back = a.birdc(&["show", "route", "all", "10.245.2.0/26"]);
     assert!(!back.contains("BGP.cluster_list"), "{back}");
     a.birdc(&["disable", "s4"]);
-    wait_for("the withdraw to reach B", Duration::from_secs(30), || {
-        let out = b.birdc(&["show", "route", "10.245.2.0/26"]);
-        (!out.contains("10.245.2.0/26")).then_some(())
-    });
+    for (name, bird) in [("B", &b), ("C", &c)] {
+        wait_for(
+            &format!("the withdraw to reach {name}"),
+            Duration::from_secs(30),
+            || {
+                let out = bird.birdc(&["show", "route", "10.245.2.0/26"]);
+                (!out.contains("10.245.2.0/26")).then_some(())
+            },
+        );
+    }
 }

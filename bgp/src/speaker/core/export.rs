@@ -1,0 +1,413 @@
+//! What each established peer is sent. Exported attributes are memoized (peers alike, the
+//! prefixes of one UPDATE and later peers share one result), and peers alike form update
+//! groups: a batch of changes is encoded once per group and the same bytes go to every
+//! member, except to the members some of the changes came from (a reflector's clients
+//! announcing), which get their own.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+use bytes::BytesMut;
+use ipnetwork::IpNetwork;
+use tracing::info;
+
+use super::{Core, Peer, Up};
+use crate::adj_out::Want;
+use crate::codec::{Afi, AsSegment, Attributes, MpReach, SAFI_UNICAST};
+use crate::policy::Verdict;
+use crate::rib::{Change, Path, PeerId, Rib, LOCAL};
+use crate::speaker::pack::{adverts, end_of_rib, pack};
+use crate::speaker::session::Out;
+use crate::speaker::PeerConfig;
+
+/// Peers in one update group: they export alike, and their sessions encode alike (AS
+/// numbers' size, message size; no add-path, no export policy of their own).
+#[derive(PartialEq, Eq, Hash)]
+struct GroupKey {
+    alike: Alike,
+    four_octet_as: bool,
+    extended_message: bool,
+}
+
+fn group_key(pc: &PeerConfig, up: &Up) -> Option<GroupKey> {
+    let plain = pc.export.terms.is_empty() && !up.settings.add_path && up.ctx.add_path.is_empty();
+    plain.then(|| GroupKey {
+        alike: Alike::of(pc, up),
+        four_octet_as: up.ctx.four_octet_as,
+        extended_message: up.ctx.extended_message,
+    })
+}
+
+impl Core {
+    /// Sends Loc-RIB changes to the kernel and to every established peer that has our table
+    /// (the kernel waits while we restart: [`Core::converged`] then sends everything).
+    ///
+    /// Without add-path nothing per route is kept for a peer (no Adj-RIB-Out, as BIRD
+    /// keeps none): what it has is what the previous best path exported to it, so a change
+    /// is sent only when that differs from what the new best exports. With add-path the
+    /// writer keeps what it sent, to number the paths.
+    pub(super) fn propagate(&mut self, changes: &[Change]) {
+        if changes.is_empty() {
+            return;
+        }
+        self.kernel_changes(changes);
+        let mut groups: HashMap<GroupKey, Vec<PeerId>> = HashMap::new();
+        let mut alone = vec![];
+        for p in self.peers.values() {
+            let Some(up) = p.up.as_ref().filter(|u| u.table_sent) else {
+                continue;
+            };
+            match group_key(&p.cfg, up) {
+                Some(k) => groups.entry(k).or_default().push(p.id),
+                None => alone.push(p.id),
+            }
+        }
+        for members in groups.into_values() {
+            if members.len() < 2 {
+                alone.extend(members);
+            } else {
+                self.send_to_group(changes, members, &mut alone);
+            }
+        }
+        for id in alone {
+            let Some((p, up)) = self.peers.get(&id).and_then(|p| Some((p, p.up.as_ref()?))) else {
+                continue;
+            };
+            let (wants, delta) = wants(&self.rib, &mut self.cache, p, up, changes);
+            if !wants.is_empty() {
+                count(up, delta);
+                let _ = up.writer.send(Out::Routes(wants));
+            }
+        }
+    }
+
+    /// One group's share of `changes`, encoded once and sent to every member that is the
+    /// source of none of them. Its wants are those of any such member: what a path exports
+    /// as differs between members alike only for the member it came from. The sources are
+    /// added to `alone`, to be served one by one.
+    fn send_to_group(&mut self, changes: &[Change], members: Vec<PeerId>, alone: &mut Vec<PeerId>) {
+        let set: HashSet<PeerId> = members.iter().copied().collect();
+        let sources: HashSet<PeerId> = changes
+            .iter()
+            .flat_map(|c| [&c.best, &c.previous])
+            .flatten()
+            .map(|p| p.peer)
+            .filter(|p| set.contains(p))
+            .collect();
+        let (shared, own): (Vec<PeerId>, Vec<PeerId>) =
+            members.into_iter().partition(|m| !sources.contains(m));
+        alone.extend(own);
+        let Some((rep, up)) = shared
+            .first()
+            .and_then(|id| self.peers.get(id))
+            .and_then(|p| Some((p, p.up.as_ref()?)))
+        else {
+            return;
+        };
+        let (wants, delta) = wants(&self.rib, &mut self.cache, rep, up, changes);
+        if wants.is_empty() {
+            return;
+        }
+        let mut buf = BytesMut::new();
+        pack(&adverts(wants).collect::<Vec<_>>(), &up.ctx, &mut buf);
+        let bytes = buf.freeze();
+        for up in shared
+            .iter()
+            .filter_map(|id| self.peers.get(id)?.up.as_ref())
+        {
+            count(up, delta);
+            let _ = up.writer.send(Out::Raw(bytes.clone()));
+        }
+    }
+}
+
+impl Core {
+    /// The table, to each of `peers` that is up and has not had it. Members of one update
+    /// group that have no routes of their own in the Loc-RIB (nothing to leave out for them)
+    /// share one encoding of it: a reflector's clients that come up together.
+    pub(super) fn send_tables(&mut self, peers: Vec<PeerId>) {
+        let mut groups: HashMap<GroupKey, Vec<PeerId>> = HashMap::new();
+        let mut alone = vec![];
+        for p in peers.iter().filter_map(|id| self.peers.get(id)) {
+            let Some(up) = p.up.as_ref().filter(|u| !u.table_sent) else {
+                continue;
+            };
+            match group_key(&p.cfg, up).filter(|_| self.rib.path_count(p.id) == 0) {
+                Some(k) => groups.entry(k).or_default().push(p.id),
+                None => alone.push(p.id),
+            }
+        }
+        for members in groups.into_values() {
+            if members.len() < 2 {
+                alone.extend(members);
+                continue;
+            }
+            let Some((rep, up)) = self
+                .peers
+                .get(&members[0])
+                .and_then(|p| Some((p, p.up.as_ref()?)))
+            else {
+                continue;
+            };
+            let wants = export_all(&self.rib, &mut self.cache, &rep.cfg, up, self.rib.iter());
+            let n = wants.len();
+            let mut buf = BytesMut::new();
+            pack(&adverts(wants).collect::<Vec<_>>(), &up.ctx, &mut buf);
+            for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
+                if on {
+                    end_of_rib(afi, &up.ctx, &mut buf);
+                }
+            }
+            let bytes = buf.freeze();
+            for id in &members {
+                let Some(p) = self.peers.get_mut(id) else {
+                    continue;
+                };
+                let Some(up) = p.up.as_mut() else { continue };
+                up.table_sent = true;
+                up.advertised.store(n, Ordering::Relaxed);
+                let _ = up.writer.send(Out::Raw(bytes.clone()));
+                info!(peer = %p.cfg.addr, routes = n, group = members.len(), "sent the table and End-of-RIB");
+            }
+        }
+        for id in alone {
+            self.send_table(id);
+        }
+    }
+}
+
+/// What `changes` mean for one peer, and by how much its count of advertised routes moves
+/// (without add-path; with it the writer counts).
+fn wants(
+    rib: &Rib,
+    cache: &mut ExportCache,
+    p: &Peer,
+    up: &Up,
+    changes: &[Change],
+) -> (Vec<Want>, isize) {
+    let mut delta = 0;
+    let mut out = vec![];
+    for c in changes {
+        let mut export = |path: &Path| export_one(rib, &p.cfg, up, &c.prefix, path, cache);
+        if up.settings.add_path {
+            out.push(Want::of(c, true, &mut export));
+            continue;
+        }
+        let new = c.best.as_ref().and_then(&mut export);
+        let old = c.previous.as_ref().and_then(&mut export);
+        match (&new, &old) {
+            (None, None) => continue,
+            (Some(n), Some(o)) if Arc::ptr_eq(n, o) || n == o => continue,
+            (Some(_), None) => delta += 1,
+            (None, Some(_)) => delta -= 1,
+            (Some(_), Some(_)) => {}
+        }
+        out.push(Want {
+            prefix: c.prefix,
+            paths: new.map(|a| (None, a)).into_iter().collect(),
+        });
+    }
+    (out, delta)
+}
+
+fn count(up: &Up, delta: isize) {
+    if delta >= 0 {
+        up.advertised.fetch_add(delta as usize, Ordering::Relaxed);
+    } else {
+        up.advertised
+            .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed);
+    }
+}
+
+/// What decides the exported attributes (with an empty export policy): the source path's
+/// attributes and peer, the prefix's family, and how the receiving peer exports. Peers alike
+/// share one result, and so do the prefixes of one UPDATE.
+#[derive(PartialEq, Eq, Hash)]
+struct MemoKey {
+    attrs: usize,
+    from: PeerId,
+    v4_prefix: bool,
+    alike: Alike,
+}
+
+/// How a peer exports, apart from who it is: peers alike export a path that came from
+/// neither of them the same way.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Alike {
+    ebgp: bool,
+    rr_client: bool,
+    next_hop_self: bool,
+    nh4: Option<Ipv4Addr>,
+    nh6: Option<Ipv6Addr>,
+    v4: bool,
+    v6: bool,
+}
+
+impl Alike {
+    fn of(pc: &PeerConfig, up: &Up) -> Alike {
+        Alike {
+            ebgp: up.ebgp,
+            rr_client: pc.rr_client,
+            next_hop_self: pc.next_hop_self,
+            nh4: up.nh4,
+            nh6: up.nh6,
+            v4: up.v4,
+            v6: up.v6,
+        }
+    }
+}
+
+/// Exported attributes, shared between peers alike, between the prefixes of one UPDATE,
+/// and over time: a peer that comes up gets the very attribute sets the others hold, so a
+/// reflector with 1,000 clients keeps one copy of each route's attributes, not 1,000.
+///
+/// Keyed by the source attributes' address; each entry holds a `Weak` to them, which keeps
+/// that allocation (not its contents) alive, so the address cannot be reused while the entry
+/// exists. Entries whose source is gone are swept as the cache grows.
+/// The source (held weakly) and what it exports as.
+type Cached = (Weak<Attributes>, Option<Arc<Attributes>>);
+
+#[derive(Default)]
+pub(super) struct ExportCache {
+    map: HashMap<MemoKey, Cached, BuildHasherDefault<FxHasher>>,
+    swept_at: usize,
+}
+
+impl ExportCache {
+    fn get_or(
+        &mut self,
+        key: MemoKey,
+        src: &Arc<Attributes>,
+        make: impl FnOnce() -> Option<Arc<Attributes>>,
+    ) -> Option<Arc<Attributes>> {
+        if let Some((_, v)) = self.map.get(&key) {
+            return v.clone();
+        }
+        let v = make();
+        self.map.insert(key, (Arc::downgrade(src), v.clone()));
+        if self.map.len() > 2 * self.swept_at + 1024 {
+            self.map.retain(|_, (w, _)| w.strong_count() > 0);
+            self.swept_at = self.map.len();
+        }
+        v
+    }
+
+    pub(super) fn clear(&mut self) {
+        self.map.clear();
+        self.swept_at = 0;
+    }
+}
+
+/// The memo is consulted for every prefix and peer: a multiply-rotate hash (as rustc's
+/// FxHash) instead of SipHash; its keys are our own pointers and flags, not peer input.
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// What `path` exports as to the established peer `up` (None: not sent), shared through
+/// the cache when the peer's export policy is empty.
+fn export_one(
+    rib: &Rib,
+    pc: &PeerConfig,
+    up: &Up,
+    prefix: &IpNetwork,
+    path: &Path,
+    cache: &mut ExportCache,
+) -> Option<Arc<Attributes>> {
+    if path.peer == up.settings.peer.id {
+        return None; // never back to where it came from
+    }
+    if !pc.export.terms.is_empty() {
+        return export_attrs(rib, pc, up, prefix, path).map(Arc::new);
+    }
+    let key = MemoKey {
+        attrs: Arc::as_ptr(&path.attrs) as usize,
+        from: path.peer,
+        v4_prefix: prefix.is_ipv4(),
+        alike: Alike::of(pc, up),
+    };
+    cache.get_or(key, &path.attrs, || {
+        export_attrs(rib, pc, up, prefix, path).map(Arc::new)
+    })
+}
+
+fn export_attrs(
+    rib: &Rib,
+    pc: &PeerConfig,
+    up: &Up,
+    prefix: &IpNetwork,
+    path: &Path,
+) -> Option<Attributes> {
+    if (prefix.is_ipv4() && !up.v4) || (prefix.is_ipv6() && !up.v6) {
+        return None;
+    }
+    let mut a = rib.export(path, &up.settings.peer)?;
+    let rewrite = up.ebgp || pc.next_hop_self || path.peer == LOCAL;
+    if prefix.is_ipv4() {
+        if rewrite || a.next_hop.is_none() {
+            a.next_hop = Some(up.nh4?);
+        }
+    } else {
+        let keep = a.mp_reach.as_ref().is_some_and(|r| !r.next_hops.is_empty());
+        if rewrite || !keep {
+            a.mp_reach = Some(MpReach {
+                afi: Afi::Ipv6,
+                safi: SAFI_UNICAST,
+                next_hops: vec![IpAddr::V6(up.nh6?)],
+                nlri: vec![],
+            });
+        }
+        a.next_hop = None;
+    }
+    if up.ebgp {
+        a.med = a.med.filter(|_| path.peer == LOCAL);
+    } else if a.local_pref.is_none() {
+        a.local_pref = Some(100);
+    }
+    if a.as_path.is_none() {
+        a.as_path = Some(Vec::<AsSegment>::new());
+    }
+    (pc.export.apply(prefix, &mut a) == Verdict::Accept).then_some(a)
+}
+
+/// The whole table (or a family of it) as one peer should have it.
+pub(super) fn export_all(
+    rib: &Rib,
+    cache: &mut ExportCache,
+    pc: &PeerConfig,
+    up: &Up,
+    all: impl Iterator<Item = Change>,
+) -> Vec<Want> {
+    all.map(|c| {
+        Want::of(&c, up.settings.add_path, |path| {
+            export_one(rib, pc, up, &c.prefix, path, cache)
+        })
+    })
+    .filter(|w| !w.paths.is_empty())
+    .collect()
+}
