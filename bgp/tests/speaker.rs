@@ -67,3 +67,66 @@ async fn two_speakers_dialing_each_other_settle_on_one_session() {
     a.shutdown(false).await.expect("shutdown a");
     b.shutdown(false).await.expect("shutdown b");
 }
+
+/// Peers alike but for their export policy's default are not one update group: a route
+/// goes to the two that accept it and never to the one whose (term-less) policy rejects all.
+#[tokio::test]
+async fn a_peer_that_exports_nothing_is_not_grouped_with_peers_that_export_all() {
+    use brindle_bgp::policy::Verdict;
+    let rr_ip = "127.0.0.31";
+    let r = Speaker::start(config(rr_ip, free_port(rr_ip), 64600))
+        .await
+        .expect("r");
+    let mut others = vec![];
+    for (i, ip) in ["127.0.0.32", "127.0.0.33", "127.0.0.34"]
+        .iter()
+        .enumerate()
+    {
+        let asn = 64601 + i as u32;
+        let port = free_port(ip);
+        let s = Speaker::start(config(ip, port, asn))
+            .await
+            .expect("speaker");
+        let mut to_r = PeerConfig::new(rr_ip.parse().unwrap(), 64600);
+        to_r.passive = true;
+        s.add_peer(to_r).await.expect("peer r");
+        let mut to_s = PeerConfig::new(ip.parse().unwrap(), asn);
+        to_s.port = port;
+        to_s.source = Some(rr_ip.parse().unwrap());
+        to_s.connect_retry = Duration::from_secs(1);
+        if i == 0 {
+            to_s.export.default = Verdict::Reject;
+        }
+        r.add_peer(to_s).await.expect("peer");
+        others.push((*ip, s));
+    }
+    until("all three established", async || {
+        for (ip, _) in &others {
+            if peer(&r, ip).await.state != "Established" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    r.originate(Origination {
+        prefix: Some(net("10.246.0.0/26")),
+        ..Origination::default()
+    })
+    .expect("originate");
+    for (ip, s) in &others[1..] {
+        until(&format!("{ip} learns the route"), async || {
+            has_route(s, "10.246.0.0/26").await.then_some(())
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !has_route(&others[0].1, "10.246.0.0/26").await,
+        "the peer whose export policy rejects everything got the route"
+    );
+    for (_, s) in others {
+        s.shutdown(false).await.expect("shutdown");
+    }
+    r.shutdown(false).await.expect("shutdown r");
+}

@@ -244,6 +244,9 @@ struct Alike {
     nh6: Option<Ipv6Addr>,
     v4: bool,
     v6: bool,
+    /// The export policy's default (the memo and the groups are for policies without
+    /// terms, where the default is all there is).
+    export_accepts: bool,
 }
 
 impl Alike {
@@ -256,6 +259,7 @@ impl Alike {
             nh6: up.nh6,
             v4: up.v4,
             v6: up.v6,
+            export_accepts: pc.export.default == Verdict::Accept,
         }
     }
 }
