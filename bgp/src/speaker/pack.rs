@@ -114,13 +114,18 @@ fn v6(attrs: Option<&Attributes>, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) 
     }
 }
 
-/// Adverts for wants without add-path: the first path (if any) of each.
-pub fn adverts(wants: Vec<Want>) -> impl Iterator<Item = Advert> {
-    wants.into_iter().map(|w| Advert {
-        prefix: w.prefix,
-        path_id: None,
-        attrs: w.paths.into_iter().next().map(|p| p.1),
-    })
+/// Encodes wants without add-path (the first path, if any, of each) into UPDATE messages
+/// appended to `out`.
+pub fn pack_wants(wants: Vec<Want>, ctx: &Ctx, out: &mut BytesMut) {
+    let adverts: Vec<Advert> = wants
+        .into_iter()
+        .map(|w| Advert {
+            prefix: w.prefix,
+            path_id: None,
+            attrs: w.paths.into_iter().next().map(|p| p.1),
+        })
+        .collect();
+    pack(&adverts, ctx, out);
 }
 
 /// Encodes adverts (in the order given) into UPDATE messages appended to `out`.

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use super::pack::{self, end_of_rib, pack};
+use super::pack::{end_of_rib, pack, pack_wants};
 use super::socket;
 use super::PeerConfig;
 use crate::adj_out::{Sent, Want};
@@ -200,10 +200,7 @@ async fn write_loop(
             pack(&adverts, &ctx, batch);
             advertised.store(sent.len(), Ordering::Relaxed);
         }
-        Out::Routes(wants) => {
-            let adverts: Vec<_> = pack::adverts(wants).collect();
-            pack(&adverts, &ctx, batch);
-        }
+        Out::Routes(wants) => pack_wants(wants, &ctx, batch),
         Out::EndOfRib(afi) => end_of_rib(afi, &ctx, batch),
         Out::Forget(afi) => sent.forget(afi == Afi::Ipv4),
     };

@@ -48,30 +48,21 @@ fn three_bird_clients_learn_each_other_through_the_reflector() {
     let a = Bird::start(&clients[0].0, &client("198.18.0.2", "10.245.2.0/26"));
     let b = Bird::start(&clients[1].0, &client("198.18.0.3", "10.245.3.0/26"));
     let c = Bird::start(&clients[2].0, &client("198.18.0.4", "10.245.4.0/26"));
+    let peers: String = clients
+        .iter()
+        .map(|(_, addr)| {
+            format!(
+                "[[peer]]\naddress = \"{addr}\"\nasn = {BRINDLE_AS}\nrr_client = true\n\
+                 families = [\"ipv4\"]\nconnect_retry = 1\n"
+            )
+        })
+        .collect();
     let conf = format!(
         r#"local_as = {BRINDLE_AS}
 router_id = "198.18.0.1"
 cluster_id = "198.18.0.100"
 listen = "0.0.0.0:179"
-[[peer]]
-address = "198.18.0.2"
-asn = {BRINDLE_AS}
-rr_client = true
-families = ["ipv4"]
-connect_retry = 1
-[[peer]]
-address = "198.18.0.3"
-asn = {BRINDLE_AS}
-rr_client = true
-families = ["ipv4"]
-connect_retry = 1
-[[peer]]
-address = "198.18.0.4"
-asn = {BRINDLE_AS}
-rr_client = true
-families = ["ipv4"]
-connect_retry = 1
-[[originate]]
+{peers}[[originate]]
 prefix = "10.244.1.0/26"
 "#
     );

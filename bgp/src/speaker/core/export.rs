@@ -19,7 +19,7 @@ use crate::adj_out::Want;
 use crate::codec::{Afi, AsSegment, Attributes, MpReach, SAFI_UNICAST};
 use crate::policy::Verdict;
 use crate::rib::{Change, Path, PeerId, Rib, LOCAL};
-use crate::speaker::pack::{adverts, end_of_rib, pack};
+use crate::speaker::pack::{end_of_rib, pack_wants};
 use crate::speaker::session::Out;
 use crate::speaker::PeerConfig;
 
@@ -54,26 +54,13 @@ impl Core {
             return;
         }
         self.kernel_changes(changes);
-        let mut groups: HashMap<GroupKey, Vec<PeerId>> = HashMap::new();
-        let mut alone = vec![];
-        for p in self.peers.values() {
-            let Some(up) = p.up.as_ref().filter(|u| u.table_sent) else {
-                continue;
-            };
-            match group_key(&p.cfg, up) {
-                Some(k) => groups.entry(k).or_default().push(p.id),
-                None => alone.push(p.id),
-            }
-        }
-        for members in groups.into_values() {
-            if members.len() < 2 {
-                alone.extend(members);
-            } else {
-                self.send_to_group(changes, members, &mut alone);
-            }
+        let (groups, mut alone) =
+            self.update_groups(self.peers.keys().copied(), |_, up| up.table_sent, |_| true);
+        for members in groups {
+            self.send_to_group(changes, members, &mut alone);
         }
         for id in alone {
-            let Some((p, up)) = self.peers.get(&id).and_then(|p| Some((p, p.up.as_ref()?))) else {
+            let Some((p, up)) = established(&self.peers, id) else {
                 continue;
             };
             let (wants, delta) = wants(&self.rib, &mut self.cache, p, up, changes);
@@ -100,11 +87,7 @@ impl Core {
         let (shared, own): (Vec<PeerId>, Vec<PeerId>) =
             members.into_iter().partition(|m| !sources.contains(m));
         alone.extend(own);
-        let Some((rep, up)) = shared
-            .first()
-            .and_then(|id| self.peers.get(id))
-            .and_then(|p| Some((p, p.up.as_ref()?)))
-        else {
+        let Some((rep, up)) = shared.first().and_then(|id| established(&self.peers, *id)) else {
             return;
         };
         let (wants, delta) = wants(&self.rib, &mut self.cache, rep, up, changes);
@@ -112,7 +95,7 @@ impl Core {
             return;
         }
         let mut buf = BytesMut::new();
-        pack(&adverts(wants).collect::<Vec<_>>(), &up.ctx, &mut buf);
+        pack_wants(wants, &up.ctx, &mut buf);
         let bytes = buf.freeze();
         for up in shared
             .iter()
@@ -122,40 +105,24 @@ impl Core {
             let _ = up.writer.send(Out::Raw(bytes.clone()));
         }
     }
-}
 
-impl Core {
     /// The table, to each of `peers` that is up and has not had it. Members of one update
     /// group that have no routes of their own in the Loc-RIB (nothing to leave out for them)
     /// share one encoding of it: a reflector's clients that come up together.
     pub(super) fn send_tables(&mut self, peers: Vec<PeerId>) {
-        let mut groups: HashMap<GroupKey, Vec<PeerId>> = HashMap::new();
-        let mut alone = vec![];
-        for p in peers.iter().filter_map(|id| self.peers.get(id)) {
-            let Some(up) = p.up.as_ref().filter(|u| !u.table_sent) else {
-                continue;
-            };
-            match group_key(&p.cfg, up).filter(|_| self.rib.path_count(p.id) == 0) {
-                Some(k) => groups.entry(k).or_default().push(p.id),
-                None => alone.push(p.id),
-            }
-        }
-        for members in groups.into_values() {
-            if members.len() < 2 {
-                alone.extend(members);
-                continue;
-            }
-            let Some((rep, up)) = self
-                .peers
-                .get(&members[0])
-                .and_then(|p| Some((p, p.up.as_ref()?)))
-            else {
+        let (groups, alone) = self.update_groups(
+            peers.into_iter(),
+            |_, up| !up.table_sent,
+            |p| self.rib.path_count(p.id) == 0,
+        );
+        for members in groups {
+            let Some((rep, up)) = established(&self.peers, members[0]) else {
                 continue;
             };
             let wants = export_all(&self.rib, &mut self.cache, &rep.cfg, up, self.rib.iter());
             let n = wants.len();
             let mut buf = BytesMut::new();
-            pack(&adverts(wants).collect::<Vec<_>>(), &up.ctx, &mut buf);
+            pack_wants(wants, &up.ctx, &mut buf);
             for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
                 if on {
                     end_of_rib(afi, &up.ctx, &mut buf);
@@ -177,6 +144,36 @@ impl Core {
             self.send_table(id);
         }
     }
+
+    /// `peers` that are established and `wanted`, split into update groups of two or more
+    /// and the rest (no group, alone in theirs, or not `groupable`).
+    fn update_groups(
+        &self,
+        peers: impl Iterator<Item = PeerId>,
+        wanted: impl Fn(&Peer, &Up) -> bool,
+        groupable: impl Fn(&Peer) -> bool,
+    ) -> (Vec<Vec<PeerId>>, Vec<PeerId>) {
+        let mut groups: HashMap<GroupKey, Vec<PeerId>> = HashMap::new();
+        let mut alone = vec![];
+        for (p, up) in peers.filter_map(|id| established(&self.peers, id)) {
+            if !wanted(p, up) {
+                continue;
+            }
+            match group_key(&p.cfg, up).filter(|_| groupable(p)) {
+                Some(k) => groups.entry(k).or_default().push(p.id),
+                None => alone.push(p.id),
+            }
+        }
+        let (groups, single): (Vec<_>, Vec<_>) = groups.into_values().partition(|m| m.len() >= 2);
+        alone.extend(single.into_iter().flatten());
+        (groups, alone)
+    }
+}
+
+/// The peer and its session, if it is established.
+fn established(peers: &HashMap<PeerId, Peer>, id: PeerId) -> Option<(&Peer, &Up)> {
+    let p = peers.get(&id)?;
+    Some((p, p.up.as_ref()?))
 }
 
 /// What `changes` mean for one peer, and by how much its count of advertised routes moves
