@@ -13,7 +13,8 @@
 //! anything, so etcd, the plugin and the pods' veths all live there and nothing touches the
 //! machine's own network.
 //!
-//! Run: `cargo bench -p brindle-cni --bench cni`. Writes bench-results/cni.json.
+//! Run: `cargo bench -p brindle-cni --bench cni` (`BRINDLE_BENCH_CNI=<path>` runs another build
+//! of the plugin). Writes bench-results/cni.json.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use brindle_cni::agent::Server;
 use brindle_datastore::backend::etcd::EtcdBackend;
 use brindle_datastore::Store;
 use brindle_ipam::Ipam;
-use brindle_testsupport::bench::{write_results, Sample};
+use brindle_testsupport::bench::{cpu_secs, write_results, Sample};
 use brindle_testsupport::{CniCall, EtcdServer, Netns};
 use serde_json::json;
 
@@ -50,6 +51,16 @@ fn run_plugin(plugin: &str, command: &str, conf: &str, container: &str, netns: &
     took
 }
 
+/// CPU milliseconds per operation: the plugin processes (with any plugin they run, e.g.
+/// host-local), this process (the agent's server and the harness), etcd.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    plugin: f64,
+    here: f64,
+    etcd: f64,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn timed(
     plugin: &str,
     parallel: usize,
@@ -57,7 +68,10 @@ fn timed(
     conf: &str,
     command: &str,
     tag: &str,
-) -> Sample {
+    etcd: &str,
+) -> (Sample, Cpu) {
+    let (here0, children0) = cpu_secs("self");
+    let (etcd0, _) = cpu_secs(etcd);
     let start = Instant::now();
     let mut lat = vec![];
     for chunk in pods.chunks(parallel).enumerate() {
@@ -81,32 +95,45 @@ fn timed(
         conflicts: 0,
     };
     s.lat.sort();
-    s
+    let (here1, children1) = cpu_secs("self");
+    let (etcd1, _) = cpu_secs(etcd);
+    let per_op = |d: f64| d * 1e3 / pods.len() as f64;
+    let cpu = Cpu {
+        plugin: per_op(children1 - children0),
+        here: per_op(here1 - here0),
+        etcd: per_op(etcd1 - etcd0),
+    };
+    (s, cpu)
 }
 
-/// Medians of the phase timings brindle-cni logs for containers `<tag>-*`: ADD's ipam_ms and
-/// wire_ms, DEL's ipam_ms and unwire_ms.
-fn phases(log: &std::path::Path, tag: &str) -> [f64; 4] {
+/// The phase timings brindle-cni logs, milliseconds since the plugin started its work: ADD's
+/// IPAM answer and veth pair (side by side), the wiring after both, and its whole; DEL's
+/// IPAM and unwiring (one after the other).
+const PHASES: [(&str, &str); 6] = [
+    ("ADD", "ipam_ms"),
+    ("ADD", "pair_ms"),
+    ("ADD", "wire_ms"),
+    ("ADD", "total_ms"),
+    ("DEL", "ipam_ms"),
+    ("DEL", "unwire_ms"),
+];
+
+/// Medians of [`PHASES`] for containers `<tag>-*`.
+fn phases(log: &std::path::Path, tag: &str) -> [f64; 6] {
     let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut v: [Vec<f64>; 4] = Default::default();
+    let mut v: [Vec<f64>; 6] = Default::default();
     let field = |line: &str, name: &str| -> Option<f64> {
         let rest = &line[line.find(&format!(" {name}="))? + name.len() + 2..];
         rest.split_whitespace().next()?.parse().ok()
     };
-    for line in text.lines() {
-        if !line.contains(&format!("container={tag}-")) {
-            continue;
-        }
-        let (a, b, i) = if line.contains("op=\"ADD\"") {
-            ("ipam_ms", "wire_ms", 0)
-        } else if line.contains("op=\"DEL\"") {
-            ("ipam_ms", "unwire_ms", 2)
-        } else {
-            continue;
-        };
-        if let (Some(x), Some(y)) = (field(line, a), field(line, b)) {
-            v[i].push(x);
-            v[i + 1].push(y);
+    for line in text
+        .lines()
+        .filter(|l| l.contains(&format!("container={tag}-")))
+    {
+        for (i, (op, name)) in PHASES.iter().enumerate() {
+            if line.contains(&format!("op=\"{op}\"")) {
+                v[i].extend(field(line, name));
+            }
         }
     }
     v.map(|mut xs| {
@@ -192,7 +219,11 @@ fn main() {
     })
     .to_string();
     let ptp_bin = "/usr/lib/cni/ptp";
-    let brindle_bin = env!("CARGO_BIN_EXE_brindle-cni");
+    // BRINDLE_BENCH_CNI compares another build of the plugin (or a wrapper around it).
+    let brindle_bin_var = std::env::var("BRINDLE_BENCH_CNI").ok();
+    let brindle_bin = brindle_bin_var
+        .as_deref()
+        .unwrap_or(env!("CARGO_BIN_EXE_brindle-cni"));
     let mut runs: Vec<(&str, &str, String)> = vec![
         (
             "brindle-cni through the agent",
@@ -229,6 +260,8 @@ fn main() {
         }
     };
 
+    let etcd_pid = etcd.pid().map(|p| p.to_string()).unwrap_or_default();
+    let mut cpu = vec![];
     let mut breakdown = vec![];
     let mut rows = vec![(
         "exec /bin/true (floor)".to_string(),
@@ -240,9 +273,10 @@ fn main() {
         for (i, (label, bin, conf)) in runs.iter().enumerate() {
             let pods: Vec<Netns> = (0..PODS).map(|_| Netns::new("brl-bench-pod")).collect();
             let tag = format!("r{i}p{parallel}");
-            let add = timed(bin, parallel, &pods, conf, "ADD", &tag);
-            let del = timed(bin, parallel, &pods, conf, "DEL", &tag);
+            let (add, add_cpu) = timed(bin, parallel, &pods, conf, "ADD", &tag, &etcd_pid);
+            let (del, del_cpu) = timed(bin, parallel, &pods, conf, "DEL", &tag, &etcd_pid);
             rows.push((label.to_string(), parallel, add, del));
+            cpu.push((label.to_string(), parallel, add_cpu, del_cpu));
             if *bin == brindle_bin {
                 breakdown.push((
                     label.to_string(),
@@ -268,16 +302,21 @@ fn main() {
         out.push(json!({"run": label, "concurrency": par, "add_p50_ms": add.ms(0.5), "add_p99_ms": add.ms(0.99),
             "del_p50_ms": del.ms(0.5), "del_p99_ms": del.ms(0.99)}));
     }
-    println!(
-        "\nwhere brindle-cni's time goes, medians from its log (ms): IPAM (agent or own), wiring\n"
-    );
-    println!("| plugin | concurrency | ADD ipam | ADD wire | DEL ipam | DEL unwire |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    for (label, par, p) in &breakdown {
+    println!("\nCPU time per operation (ms): the plugin processes (with the plugins they run), this process (the agent's server and the harness), etcd\n");
+    println!("| plugin | concurrency | ADD plugin | ADD here | ADD etcd | DEL plugin | DEL here | DEL etcd |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, par, a, d) in &cpu {
         println!(
-            "| {label} | {par} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            p[0], p[1], p[2], p[3]
+            "| {label} | {par} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            a.plugin, a.here, a.etcd, d.plugin, d.here, d.etcd
         );
+    }
+    println!("\nwhere brindle-cni's time goes, medians from its log, ms since it started its work: ADD's IPAM (agent or own) and veth pair side by side, the wiring after both, the whole; DEL's IPAM, then unwiring\n");
+    println!("| plugin | concurrency | ADD ipam | ADD pair | ADD wire | ADD total | DEL ipam | DEL unwire |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (label, par, p) in &breakdown {
+        let cells: Vec<String> = p.iter().map(|x| format!("{x:.2}")).collect();
+        println!("| {label} | {par} | {} |", cells.join(" | "));
     }
     let agent_phases = |tag: &str| -> [f64; 3] {
         let text = std::fs::read_to_string(&agent_log).unwrap_or_default();

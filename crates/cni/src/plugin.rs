@@ -183,20 +183,35 @@ impl Ctx {
     /// Asks the agent; does it here when the agent does not answer. Returns the addresses
     /// and who did the work, for the log.
     async fn ipam_op(&self, req: Request) -> CniResult<(Vec<IpAddr>, &'static str)> {
+        match self.ask_agent(&req).await {
+            Some(got) => got,
+            None => self.ipam_here(&req).await,
+        }
+    }
+
+    /// The agent's answer, or `None` when there is no agent to ask or it does not answer.
+    async fn ask_agent(&self, req: &Request) -> Option<CniResult<(Vec<IpAddr>, &'static str)>> {
         let socket = &self.conf.ipam_socket;
-        if !socket.as_os_str().is_empty() {
-            match agent::call(socket, &req, AGENT_TIMEOUT).await {
-                Answer::Done(ips) => return Ok((ips, "agent")),
-                Answer::Failed(e) => return Err(e),
-                Answer::Unreachable(why) => {
-                    debug!(socket = %socket.display(), why, "brindle-node does not answer; doing IPAM here")
-                }
+        if socket.as_os_str().is_empty() {
+            return None;
+        }
+        match agent::call(socket, req, AGENT_TIMEOUT).await {
+            Answer::Done(ips) => Some(Ok((ips, "agent"))),
+            Answer::Failed(e) => Some(Err(e)),
+            Answer::Unreachable(why) => {
+                debug!(socket = %socket.display(), why, "brindle-node does not answer; doing IPAM here");
+                None
             }
         }
+    }
+
+    /// IPAM in this process, under the host lock. Nothing else of the plugin's work runs
+    /// while it does, so the lock is held for the datastore's round trips only.
+    async fn ipam_here(&self, req: &Request) -> CniResult<(Vec<IpAddr>, &'static str)> {
         let _lock = HostLock::acquire(&self.conf.ipam_lock_file)?;
         let store = self.store().await?;
         let ipam = self.ipam().await?;
-        let ips = match &req {
+        let ips = match req {
             Request::Add(r) => crate::podipam::add(store, ipam, &Alone, r).await?,
             Request::Del(r) => crate::podipam::del(store, ipam, &Alone, r).await?,
         };
@@ -206,19 +221,49 @@ impl Ctx {
     pub async fn add(&self, ipam_only: bool) -> CniResult<AddResult> {
         self.env.require(!ipam_only)?;
         let t = Instant::now();
-        let (ips, by) = self
-            .ipam_op(Request::Add(self.add_request(ipam_only)))
-            .await?;
-        let ipam_ms = t.elapsed().as_secs_f64() * 1e3;
+        let req = Request::Add(self.add_request(ipam_only));
         if ipam_only {
+            let (ips, by) = self.ipam_op(req).await?;
+            let ipam_ms = t.elapsed().as_secs_f64() * 1e3;
             info!(op = "ADD", network = %self.conf.name, container = %self.env.container_id, ips = ?ips, ipam = by, ipam_ms, "done");
             return Ok(ipam_result(&ips, None));
         }
-        let t = Instant::now();
-        match self.wire(&ips).await {
+        // The veth pair does not depend on the addresses: it is made while the agent works.
+        // Without an agent, IPAM waits for the pair, so that the host lock is not held while
+        // this thread waits on the kernel.
+        let asked = async { (self.ask_agent(&req).await, t.elapsed()) };
+        let pair = async { (self.make_pair().await, t.elapsed()) };
+        let ((answer, mut ipam_t), (pair, pair_t)) = tokio::join!(asked, pair);
+        let got = match answer {
+            Some(got) => got,
+            None => {
+                let got = self.ipam_here(&req).await;
+                ipam_t = t.elapsed();
+                got
+            }
+        };
+        let (ips, by) = match got {
+            Ok(got) => got,
+            Err(e) => {
+                if let Ok(p) = pair {
+                    let _ = wire::delete_link(&p.host, &self.host_veth()).await;
+                }
+                return Err(e);
+            }
+        };
+        let (ipam_ms, pair_ms) = (ipam_t.as_secs_f64() * 1e3, pair_t.as_secs_f64() * 1e3);
+        let both = t.elapsed();
+        let wired = match pair {
+            Ok(p) => self.wire(&p, &ips).await,
+            Err(e) => Err(e),
+        };
+        match wired {
             Ok(r) => {
-                let wire_ms = t.elapsed().as_secs_f64() * 1e3;
-                info!(op = "ADD", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), ips = ?ips, veth = %self.host_veth(), ipam = by, ipam_ms, wire_ms, "done");
+                // Milliseconds from the start: IPAM and the veth pair run side by side; the
+                // wiring that needs the addresses follows both.
+                let total_ms = t.elapsed().as_secs_f64() * 1e3;
+                let wire_ms = total_ms - both.as_secs_f64() * 1e3;
+                info!(op = "ADD", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), ips = ?ips, veth = %self.host_veth(), ipam = by, ipam_ms, pair_ms, wire_ms, total_ms, "done");
                 Ok(r)
             }
             Err(e) => {
@@ -238,7 +283,10 @@ impl Ctx {
         }
     }
 
-    async fn wire(&self, ips: &[IpAddr]) -> CniResult<AddResult> {
+    /// The veth pair, up (nothing can flow before the pod has an address and routes), with
+    /// its host side's sysctls for the families the configuration
+    /// asks for: everything of the wiring that does not need the addresses.
+    async fn make_pair(&self) -> CniResult<Pair> {
         let netns_path = self.env.netns.clone().unwrap_or_default();
         let netns = File::open(&netns_path).map_err(|e| {
             CniError::new(
@@ -247,50 +295,63 @@ impl Ctx {
                 e.to_string(),
             )
         })?;
-        let h = wire::host_handle()?;
+        let host = wire::host_handle()?;
+        let pod = wire::pod_handle(&netns, &netns_path)?;
         let veth = self.host_veth();
-        let ifname = self.env.ifname.clone();
-        // A leftover from an earlier sandbox of the same pod, or a repeated ADD: start clean.
-        // (Deleting the host side takes the pod side with it.)
-        wire::delete_link(&h, &veth).await?;
-        if let Err(e) = wire::create_veth(&h, &veth, &ifname, self.conf.mtu, &netns).await {
-            // The pod namespace may still hold an interface of that name (not one of ours
-            // with a host side): remove it and try once more.
-            let removed = wire::in_netns(&netns_path, |ph| {
-                let ifname = ifname.clone();
-                async move { wire::delete_link(&ph, &ifname).await }
-            })?;
-            if !removed {
+        let ifname = &self.env.ifname;
+        if let Err(e) = wire::create_veth(&host, &veth, ifname, self.conf.mtu, &netns).await {
+            // A leftover from an earlier sandbox of the same pod or a repeated ADD (deleting
+            // the host side takes the pod side with it), or an interface of that name in the
+            // pod that is not one of ours: remove them and try once more.
+            let a = wire::delete_link(&host, &veth).await?;
+            let b = wire::delete_link(&pod, ifname).await?;
+            if !a && !b {
                 return Err(e);
             }
-            wire::create_veth(&h, &veth, &ifname, self.conf.mtu, &netns).await?;
+            wire::create_veth(&host, &veth, ifname, self.conf.mtu, &netns).await?;
         }
-        let host = wire::link_by_name(&h, &veth).await?.ok_or_else(|| {
+        let ipam = &self.conf.ipam;
+        sysctls(&veth, ipam.assign_ipv4, ipam.assign_ipv6)?;
+        let host_link = wire::link_by_name(&host, &veth).await?.ok_or_else(|| {
             CniError::new(code::NETLINK, format!("{veth} vanished after creation"), "")
         })?;
-        if ips.iter().any(IpAddr::is_ipv4) {
-            wire::sysctl(&format!("net/ipv4/conf/{veth}/proxy_arp"), "1")?;
-            wire::sysctl(&format!("net/ipv4/neigh/{veth}/proxy_delay"), "0")?;
-            wire::sysctl(&format!("net/ipv4/conf/{veth}/forwarding"), "1")?;
-        }
-        if ips.iter().any(IpAddr::is_ipv6) {
-            // The pod's IPv6 gateway is this veth's link-local address: usable at once.
-            wire::sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"), "0")?;
-            wire::sysctl(&format!("net/ipv6/conf/{veth}/accept_dad"), "0")?;
-            wire::sysctl(&format!("net/ipv6/conf/{veth}/proxy_ndp"), "1")?;
-            wire::sysctl(&format!("net/ipv6/conf/{veth}/forwarding"), "1")?;
-        }
-        wire::set_up(&h, &host).await?;
-        let pod_ips = ips.to_vec();
-        let primary = self.primary();
-        let pod_mac = wire::in_netns(&netns_path, |ph| {
-            let ifname = ifname.clone();
-            async move { wire::configure_pod_side(&ph, &ifname, &pod_ips, primary).await }
+        let pod_link = wire::link_by_name(&pod, ifname).await?.ok_or_else(|| {
+            CniError::new(
+                code::NETLINK,
+                format!("{ifname} did not appear in the pod namespace {netns_path}"),
+                "",
+            )
         })?;
+        wire::set_up(&host, &host_link).await?;
+        wire::set_up(&pod, &pod_link).await?;
+        Ok(Pair {
+            host,
+            pod,
+            host_link,
+            pod_link,
+            sysctls: (ipam.assign_ipv4, ipam.assign_ipv6),
+        })
+    }
+
+    /// The rest of the wiring, given the addresses: the pod's addresses and routes, the host
+    /// routes to them.
+    async fn wire(&self, p: &Pair, ips: &[IpAddr]) -> CniResult<AddResult> {
+        let veth = self.host_veth();
+        let ifname = self.env.ifname.clone();
+        let (v4, v6) = (
+            ips.iter().any(IpAddr::is_ipv4),
+            ips.iter().any(IpAddr::is_ipv6),
+        );
+        // Addresses the pod's annotations asked for may be of a family the configuration
+        // does not assign.
+        sysctls(&veth, v4 && !p.sysctls.0, v6 && !p.sysctls.1)?;
+        let primary = self.primary();
+        let pod_index = p.pod_link.header.index;
+        wire::configure_pod_side(&p.pod, &ifname, pod_index, ips, primary).await?;
         for ip in ips {
             wire::add_route(
-                &h,
-                wire::host_route(*ip, host.header.index),
+                &p.host,
+                wire::host_route(*ip, p.host_link.header.index),
                 &format!("adding the host route to {ip}"),
             )
             .await?;
@@ -298,13 +359,13 @@ impl Ctx {
         let interfaces = vec![
             Interface {
                 name: veth,
-                mac: wire::mac_of(&host),
+                mac: wire::mac_of(&p.host_link),
                 sandbox: None,
             },
             Interface {
                 name: ifname,
-                mac: pod_mac,
-                sandbox: Some(netns_path),
+                mac: wire::mac_of(&p.pod_link),
+                sandbox: self.env.netns.clone(),
             },
         ];
         let mut r = ipam_result(ips, Some(1));
@@ -326,25 +387,29 @@ impl Ctx {
         let ipam_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         if !ipam_only {
-            let h = wire::host_handle()?;
-            let deleted = wire::delete_link(&h, &self.host_veth()).await?;
-            // The pod side goes with the host side; without one, look in the pod (a
-            // namespace that is gone is fine).
-            let netns = self
-                .env
-                .netns
-                .as_deref()
-                .filter(|p| !deleted && Path::new(p).exists());
-            if let Some(ns) = netns {
-                let ifname = self.env.ifname.clone();
-                let _ = wire::in_netns(
-                    ns,
-                    |ph| async move { wire::delete_link(&ph, &ifname).await },
-                );
-            }
+            self.unwire().await?;
         }
         let unwire_ms = t.elapsed().as_secs_f64() * 1e3;
         info!(op = "DEL", network = %self.conf.name, container = %self.env.container_id, ifname = %self.env.ifname, pod = ?self.env.pod(), released = ?freed, ipam = by, ipam_ms, unwire_ms, "done");
+        Ok(())
+    }
+
+    /// Deletes the veth pair. The pod side goes with the host side; without one, it is looked
+    /// for in the pod (a namespace that is gone is fine).
+    async fn unwire(&self) -> CniResult<()> {
+        let h = wire::host_handle()?;
+        if wire::delete_link(&h, &self.host_veth()).await? {
+            return Ok(());
+        }
+        let Some(path) = self.env.netns.as_deref() else {
+            return Ok(());
+        };
+        let Ok(netns) = File::open(path) else {
+            return Ok(());
+        };
+        if let Ok(ph) = wire::pod_handle(&netns, path) {
+            let _ = wire::delete_link(&ph, &self.env.ifname).await;
+        }
         Ok(())
     }
 
@@ -418,39 +483,47 @@ impl Ctx {
                 }
             }
         }
-        let netns = self.env.netns.clone().unwrap_or_default();
-        let ifname = self.env.ifname.clone();
-        let want = ips.to_vec();
-        let inside = wire::in_netns(&netns, |ph| async move {
-            let mut p = vec![];
-            let Some(l) = wire::link_by_name(&ph, &ifname).await? else {
-                return Ok(vec![format!("{ifname} is missing in the pod")]);
-            };
-            if !wire::is_up(&l) {
-                p.push(format!("{ifname} is down in the pod"));
-            }
-            let have = wire::addresses(&ph, l.header.index).await?;
-            for ip in &want {
-                if !have.contains(ip) {
-                    p.push(format!("{ip} is not on {ifname}"));
-                }
-            }
-            if want.iter().any(IpAddr::is_ipv4) {
-                let routes = wire::routes(&ph, false).await?;
-                if !routes
-                    .iter()
-                    .any(|r| r.1 == 0 && r.2 == Some(IpAddr::V4(wire::GATEWAY_V4)))
-                {
-                    p.push("the pod has no default route via 169.254.1.1".into());
-                }
-            }
-            Ok(p)
-        });
-        match inside {
+        match self.check_pod_side(ips).await {
             Ok(p) => problems.extend(p),
             Err(e) => problems.push(format!("cannot look inside the pod: {e}")),
         }
         Ok(problems)
+    }
+
+    async fn check_pod_side(&self, want: &[IpAddr]) -> CniResult<Vec<String>> {
+        let path = self.env.netns.clone().unwrap_or_default();
+        let netns = File::open(&path).map_err(|e| {
+            CniError::new(
+                code::IO,
+                format!("cannot open network namespace {path}"),
+                e.to_string(),
+            )
+        })?;
+        let ph = wire::pod_handle(&netns, &path)?;
+        let ifname = &self.env.ifname;
+        let mut p = vec![];
+        let Some(l) = wire::link_by_name(&ph, ifname).await? else {
+            return Ok(vec![format!("{ifname} is missing in the pod")]);
+        };
+        if !wire::is_up(&l) {
+            p.push(format!("{ifname} is down in the pod"));
+        }
+        let have = wire::addresses(&ph, l.header.index).await?;
+        for ip in want {
+            if !have.contains(ip) {
+                p.push(format!("{ip} is not on {ifname}"));
+            }
+        }
+        if want.iter().any(IpAddr::is_ipv4) {
+            let routes = wire::routes(&ph, false).await?;
+            if !routes
+                .iter()
+                .any(|r| r.1 == 0 && r.2 == Some(IpAddr::V4(wire::GATEWAY_V4)))
+            {
+                p.push("the pod has no default route via 169.254.1.1".into());
+            }
+        }
+        Ok(p)
     }
 
     /// CNI 1.1 GC: releases this node's addresses on this network whose attachment
@@ -542,6 +615,34 @@ impl Ctx {
         }
         Ok(())
     }
+}
+
+/// A pod's veth pair, made before its addresses are known.
+struct Pair {
+    host: wire::Handle,
+    pod: wire::Handle,
+    host_link: wire::LinkMessage,
+    pod_link: wire::LinkMessage,
+    /// Whether the host side's IPv4 and IPv6 sysctls are set.
+    sysctls: (bool, bool),
+}
+
+/// The host side's sysctls for each family asked for: it answers ARP (proxy ARP, at once)
+/// and neighbour solicitations for the pod's gateway, and forwards.
+fn sysctls(veth: &str, v4: bool, v6: bool) -> CniResult<()> {
+    if v4 {
+        wire::sysctl(&format!("net/ipv4/conf/{veth}/proxy_arp"), "1")?;
+        wire::sysctl(&format!("net/ipv4/neigh/{veth}/proxy_delay"), "0")?;
+        wire::sysctl(&format!("net/ipv4/conf/{veth}/forwarding"), "1")?;
+    }
+    if v6 {
+        // The pod's IPv6 gateway is this veth's link-local address: usable at once.
+        wire::sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"), "0")?;
+        wire::sysctl(&format!("net/ipv6/conf/{veth}/accept_dad"), "0")?;
+        wire::sysctl(&format!("net/ipv6/conf/{veth}/proxy_ndp"), "1")?;
+        wire::sysctl(&format!("net/ipv6/conf/{veth}/forwarding"), "1")?;
+    }
+    Ok(())
 }
 
 fn ipam_result(ips: &[IpAddr], interface: Option<usize>) -> AddResult {

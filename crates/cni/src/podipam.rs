@@ -136,6 +136,19 @@ pub async fn add(
     r: &AddRequest,
 ) -> CniResult<Vec<IpAddr>> {
     let t = std::time::Instant::now();
+    // A pod with no record yet has no annotations (in etcd mode they are the record's), so
+    // its addresses are taken in the transaction that creates the record, before anything
+    // is read: the creation's condition (no record) is the proof. A pod that has a record (a
+    // new sandbox, a repeated ADD) is read and served as below.
+    if r.record {
+        let pools = [r.ipv4_pools.clone(), r.ipv6_pools.clone()].concat();
+        let record = record_writer(store, r, None);
+        if let Some(ips) = batch.assign(assign_request(r, pools), record).await {
+            let total_ms = t.elapsed().as_secs_f64() * 1e3;
+            debug!(handle = %r.handle, ips = ?ips, recorded = true, read_ms = 0.0, alloc_ms = total_ms, total_ms, "ADD's IPAM done");
+            return Ok(ips);
+        }
+    }
     let pod = pod(store, &r.pod).await?;
     let read_ms = t.elapsed().as_secs_f64() * 1e3;
     let (ips, recorded) = allocate(store, ipam, batch, r, pod.as_ref()).await?;
@@ -178,32 +191,10 @@ async fn allocate(
     let fixed = list(ANNOTATION_IP_ADDRS)?;
     let mut pools = list(ANNOTATION_IPV4_POOLS)?.unwrap_or_else(|| r.ipv4_pools.clone());
     pools.extend(list(ANNOTATION_IPV6_POOLS)?.unwrap_or_else(|| r.ipv6_pools.clone()));
-    let req = AssignRequest {
-        handle: r.handle.clone(),
-        node: r.node.clone(),
-        ipv4: r.ipv4,
-        ipv6: r.ipv6,
-        attrs: r.attrs.clone(),
-        use_: AllowedUse::Workload,
-        pools,
-    };
+    let req = assign_request(r, pools);
     // The batch creates the handle only if it does not exist: a repeated ADD falls through.
     if fixed.is_none() {
-        let record = match (&r.pod, r.record) {
-            (Some((ns, _)), true) => {
-                let api = store.namespaced::<Pod>(ns);
-                let (r, pod) = (r.clone(), pod.cloned());
-                Some(Box::new(move |ips: &[IpAddr], t: &mut Txn| {
-                    let p = record_object(&r, pod.clone(), ips);
-                    if p.metadata.resource_version.is_some() {
-                        t.update(&api, &p).map(|_| ())
-                    } else {
-                        t.create(&api, &p).map(|_| ())
-                    }
-                }) as Record)
-            }
-            _ => None,
-        };
+        let record = record_writer(store, r, pod.cloned());
         let with_record = record.is_some();
         if let Some(ips) = batch.assign(req.clone(), record).await {
             return Ok((ips, with_record));
@@ -240,6 +231,37 @@ async fn allocate(
         return Ok((ips, false));
     }
     Ok((ipam.assign(&req).await.map_err(ipam_err)?, false))
+}
+
+fn assign_request(r: &AddRequest, pools: Vec<String>) -> AssignRequest {
+    AssignRequest {
+        handle: r.handle.clone(),
+        node: r.node.clone(),
+        ipv4: r.ipv4,
+        ipv6: r.ipv6,
+        attrs: r.attrs.clone(),
+        use_: AllowedUse::Workload,
+        pools,
+    }
+}
+
+/// The record's write for a batch transaction (etcd mode): created where `pod` is `None`
+/// (on the condition that there is none), else updated on the condition that it has not
+/// changed since it was read.
+fn record_writer(store: &Store, r: &AddRequest, pod: Option<Pod>) -> Option<Record> {
+    let (Some((ns, _)), true) = (&r.pod, r.record) else {
+        return None;
+    };
+    let api = store.namespaced::<Pod>(ns);
+    let r = r.clone();
+    Some(Box::new(move |ips: &[IpAddr], t: &mut Txn| {
+        let p = record_object(&r, pod.clone(), ips);
+        if p.metadata.resource_version.is_some() {
+            t.update(&api, &p).map(|_| ())
+        } else {
+            t.create(&api, &p).map(|_| ())
+        }
+    }))
 }
 
 /// etcd mode: the record that tells the controller this workload is alive: the pod as read

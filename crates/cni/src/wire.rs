@@ -2,18 +2,19 @@
 //! (and /128) and `default via 169.254.1.1`, the host side answering ARP for it (proxy ARP)
 //! with a `/32 dev <veth> scope link` route pointing at the pod.
 //!
-//! Netlink sockets belong to the network namespace they were opened in. Work inside the pod's
-//! namespace runs on a dedicated thread that enters it (setns) and opens its own socket there,
-//! so the process's own threads never change namespace.
+//! Netlink sockets belong to the network namespace they were opened in. The socket for the
+//! pod's namespace is opened there ([`pod_handle`]); everything else runs in the host's.
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 
 use futures::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+pub use rtnetlink::packet_route::link::LinkMessage;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
-use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
+pub use rtnetlink::Handle;
+use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use crate::spec::{code, CniError, CniResult};
 
@@ -29,39 +30,33 @@ fn nl(what: impl std::fmt::Display, e: impl std::fmt::Display) -> CniError {
 
 pub use brindle_felix_lite::workloads::attachment_veth_name;
 
-/// Runs `f` with a netlink handle opened inside the namespace at `netns` (a path such as
-/// `/var/run/netns/x` or `/proc/<pid>/ns/net`), on a thread of its own.
-pub fn in_netns<T, F, Fut>(netns: &str, f: F) -> CniResult<T>
-where
-    T: Send,
-    F: FnOnce(Handle) -> Fut + Send,
-    Fut: std::future::Future<Output = CniResult<T>>,
-{
-    let file = File::open(netns).map_err(|e| {
+/// A netlink handle inside the network namespace `netns` (opened from a path such as
+/// `/var/run/netns/x` or `/proc/<pid>/ns/net`), served by the caller's runtime like the host
+/// handle. A netlink socket belongs for good to the namespace it was opened in, so this
+/// thread enters the pod's namespace only for the one `socket()` call and returns at once:
+/// no thread of its own, no second runtime, and nothing else runs in between.
+pub fn pod_handle(netns: &File, path: &str) -> CniResult<Handle> {
+    use nix::sched::{setns, CloneFlags};
+    let here = File::open("/proc/thread-self/ns/net").map_err(|e| {
         CniError::new(
             code::IO,
-            format!("cannot open network namespace {netns}"),
+            "cannot open this thread's network namespace",
             e.to_string(),
         )
     })?;
-    std::thread::scope(|s| {
-        s.spawn(move || {
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(|e| nl(format!("entering network namespace {netns}"), e))?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| CniError::new(code::IO, "starting a runtime", e.to_string()))?;
-            rt.block_on(async {
-                let (conn, handle, _) = rtnetlink::new_connection()
-                    .map_err(|e| nl("opening a netlink socket in the pod namespace", e))?;
-                tokio::spawn(conn);
-                f(handle).await
-            })
-        })
-        .join()
-        .map_err(|_| CniError::new(code::IO, "the namespace worker thread panicked", ""))?
-    })
+    setns(netns, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| nl(format!("entering network namespace {path}"), e))?;
+    let opened = rtnetlink::new_connection();
+    setns(&here, CloneFlags::CLONE_NEWNET).map_err(|e| {
+        nl(
+            format!("returning from network namespace {path} to the host's"),
+            e,
+        )
+    })?;
+    let (conn, handle, _) =
+        opened.map_err(|e| nl(format!("opening a netlink socket in {path}"), e))?;
+    tokio::spawn(conn);
+    Ok(handle)
 }
 
 /// A netlink handle in the process's own (host) namespace.
@@ -113,7 +108,8 @@ pub async fn delete_link(h: &Handle, name: &str) -> CniResult<bool> {
     }
 }
 
-/// Creates the veth pair: `host` here, `pod_if` directly inside the pod's namespace.
+/// Creates the veth pair: `host` here, `pod_if` directly inside the pod's namespace. (It
+/// cannot be created up: the kernel opens the peer before the pair is joined, ENOTCONN.)
 pub async fn create_veth(
     h: &Handle,
     host: &str,
@@ -177,20 +173,17 @@ pub async fn add_route(h: &Handle, r: RouteMessage, what: &str) -> CniResult<()>
 /// interface's (metric 0) and takes over only if that one is gone.
 pub const SECONDARY_DEFAULT_METRIC: u32 = 1000;
 
-/// Inside the pod: address, gateway route, default route. The primary interface gets
-/// `169.254.1.1 dev <if> scope link` and `default via 169.254.1.1`; a secondary one gets only
-/// `default via 169.254.1.1 dev <if> onlink metric 1000`, leaving the primary's routes alone.
+/// Inside the pod, on interface `idx` (`ifname`): address, gateway route, default route.
+/// The primary interface gets `169.254.1.1 dev <if> scope link` and `default via
+/// 169.254.1.1`; a secondary one gets only `default via 169.254.1.1 dev <if> onlink metric
+/// 1000`, leaving the primary's routes alone.
 pub async fn configure_pod_side(
     h: &Handle,
     ifname: &str,
+    idx: u32,
     ips: &[IpAddr],
     primary: bool,
-) -> CniResult<String> {
-    let l = link_by_name(h, ifname)
-        .await?
-        .ok_or_else(|| nl(format!("{ifname} did not appear in the pod namespace"), ""))?;
-    let idx = l.header.index;
-    set_up(h, &l).await?;
+) -> CniResult<()> {
     for ip in ips {
         let plen = if ip.is_ipv4() { 32 } else { 128 };
         let mut req = h.address().add(idx, *ip, plen).replace();
@@ -222,7 +215,7 @@ pub async fn configure_pod_side(
                 .build();
             add_route(h, def, "adding the secondary IPv6 default route in the pod").await?;
         }
-        return Ok(mac_of(&l));
+        return Ok(());
     }
     if ips.iter().any(IpAddr::is_ipv4) {
         let gw = RouteMessageBuilder::<Ipv4Addr>::new()
@@ -244,7 +237,7 @@ pub async fn configure_pod_side(
             .build();
         add_route(h, def, "adding the IPv6 default route in the pod").await?;
     }
-    Ok(mac_of(&l))
+    Ok(())
 }
 
 /// Writes one sysctl under /proc/sys (this process's network namespace).

@@ -43,6 +43,23 @@ impl Sample {
     }
 }
 
+/// CPU time (user + system, seconds) of process `pid` ("self" for this one) from
+/// `/proc/<pid>/stat`: its own, and that of the children it has waited for. Clock ticks
+/// (usually 10 ms), so measure many operations at once.
+pub fn cpu_secs(pid: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14-17 of stat, in USER_HZ (100 on Linux);
+    // `rest` starts at field 3.
+    let tick = |i: usize| f.get(i - 3).copied().unwrap_or(0.0) / 100.0;
+    (tick(14) + tick(15), tick(16) + tick(17))
+}
+
 /// `bench-results/<name>` at the workspace root (created), for machine-readable results.
 pub fn results_path(name: &str) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
