@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use brindle_datastore::{DatastoreArgs, DatastoreKind, Store};
 use brindle_ipam::block::attr;
 use brindle_ipam::{attachment_handle, Ipam, ReleaseIp, PRIMARY_INTERFACE};
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use std::collections::BTreeMap;
 use tokio::sync::OnceCell;
 use tracing::{debug, info, warn};
@@ -42,7 +42,7 @@ pub struct Ctx {
     pub conf: NetConf,
     pub env: Env,
     pub node: String,
-    datastore: DatastoreArgs,
+    kind: DatastoreKind,
     /// Connected on first use: an ADD or DEL the agent serves never needs it.
     store: OnceCell<Store>,
     ipam: OnceCell<Ipam>,
@@ -50,11 +50,41 @@ pub struct Ctx {
 
 impl Ctx {
     pub async fn new(conf: NetConf, env: Env) -> CniResult<Ctx> {
+        let node = conf.node_name()?;
+        // Which datastore decides whether ADD keeps a workload record; the rest of the
+        // settings are read when this process connects to it (not when the agent serves it).
+        let kind = match conf
+            .datastore_type
+            .clone()
+            .or_else(|| std::env::var("BRINDLE_DATASTORE").ok())
+        {
+            None => DatastoreKind::Kubernetes,
+            Some(k) => DatastoreKind::from_str(&k, true).map_err(|_| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    format!("datastore_type {k:?} is not one of kubernetes, etcd"),
+                    "",
+                )
+            })?,
+        };
+        Ok(Ctx {
+            conf,
+            env,
+            node,
+            kind,
+            store: OnceCell::new(),
+            ipam: OnceCell::new(),
+        })
+    }
+
+    /// The datastore settings: the network configuration's, else `BRINDLE_*` and `KUBECONFIG`
+    /// from the environment, as `brindle-node` reads them.
+    fn datastore(&self) -> CniResult<DatastoreArgs> {
         let mut argv = vec!["brindle-cni".to_string()];
         for (flag, v) in [
-            ("--datastore", &conf.datastore_type),
-            ("--etcd-endpoints", &conf.etcd_endpoints),
-            ("--kubeconfig", &conf.kubeconfig),
+            ("--datastore", &self.conf.datastore_type),
+            ("--etcd-endpoints", &self.conf.etcd_endpoints),
+            ("--kubeconfig", &self.conf.kubeconfig),
         ] {
             if let Some(v) = v {
                 argv.extend([flag.to_string(), v.clone()]);
@@ -63,21 +93,13 @@ impl Ctx {
         let cli = DatastoreCli::try_parse_from(argv).map_err(|e| {
             CniError::new(code::INVALID_CONFIG, "datastore settings", e.to_string())
         })?;
-        let node = conf.node_name()?;
-        Ok(Ctx {
-            conf,
-            env,
-            node,
-            datastore: cli.ds,
-            store: OnceCell::new(),
-            ipam: OnceCell::new(),
-        })
+        Ok(cli.ds)
     }
 
     async fn store(&self) -> CniResult<&Store> {
         self.store
             .get_or_try_init(|| async {
-                self.datastore.connect().await.map_err(|e| {
+                self.datastore()?.connect().await.map_err(|e| {
                     CniError::new(
                         code::TRY_AGAIN_LATER,
                         "cannot reach the datastore",
@@ -150,10 +172,7 @@ impl Ctx {
     /// Whether this attachment keeps a workload record (etcd mode, primary interface, full
     /// plugin): on the Kubernetes datastore the API server's Pod is the record.
     fn record(&self, ipam_only: bool) -> bool {
-        !ipam_only
-            && self.primary()
-            && self.datastore.datastore == DatastoreKind::Etcd
-            && self.env.pod().is_some()
+        !ipam_only && self.primary() && self.kind == DatastoreKind::Etcd && self.env.pod().is_some()
     }
 
     fn add_request(&self, ipam_only: bool) -> AddRequest {
@@ -322,7 +341,6 @@ impl Ctx {
                 "",
             )
         })?;
-        wire::set_up(&host, &host_link).await?;
         wire::set_up(&pod, &pod_link).await?;
         Ok(Pair {
             host,

@@ -108,8 +108,9 @@ pub async fn delete_link(h: &Handle, name: &str) -> CniResult<bool> {
     }
 }
 
-/// Creates the veth pair: `host` here, `pod_if` directly inside the pod's namespace. (It
-/// cannot be created up: the kernel opens the peer before the pair is joined, ENOTCONN.)
+/// Creates the veth pair: `host` here and up, `pod_if` directly inside the pod's namespace,
+/// down (the kernel would open the peer before the pair is joined: ENOTCONN), brought up
+/// by the caller. Nothing can flow before the pod has an address and routes.
 pub async fn create_veth(
     h: &Handle,
     host: &str,
@@ -127,6 +128,7 @@ pub async fn create_veth(
         .name(host.to_owned())
         .mtu(mtu)
         .address(HOST_MAC.to_vec())
+        .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
     h.link()
@@ -240,8 +242,14 @@ pub async fn configure_pod_side(
     Ok(())
 }
 
-/// Writes one sysctl under /proc/sys (this process's network namespace).
+/// Sets one sysctl under /proc/sys (this process's network namespace), unless it already
+/// has the value: a new interface inherits most from `conf/default`, and a write of some
+/// (`forwarding`) takes the kernel's RTNL lock, which every pod being wired at the same
+/// moment waits on (the kernel retries the write while another holds it).
 pub fn sysctl(path: &str, value: &str) -> CniResult<()> {
+    if read_sysctl(path).as_deref() == Some(value) {
+        return Ok(());
+    }
     let full = format!("/proc/sys/{path}");
     std::fs::write(&full, value).map_err(|e| {
         CniError::new(
