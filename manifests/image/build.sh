@@ -38,8 +38,10 @@ if ! podman image exists "$base"; then
 fi
 
 echo "building the binaries (release)"
-cargo build --release --locked -p brindle-node -p brindle-cni -p brindle-controller \
-  -p brindle-ctl -p brindle-bgp --bins
+cargo build --release --locked -p brindle-node -p brindle-controller -p brindle-ctl \
+  -p brindle-bgp --bins
+echo "building brindle-cni and brindle-cni-install, statically linked"
+crates/cni/static.sh --locked >/dev/null
 
 echo "building $tag"
 # chroot isolation: RUN steps need no OCI runtime or cgroups (these machines mix cgroup v1
@@ -61,6 +63,6 @@ in_image() {
 }
 in_image brindle-node --version
 in_image brindlectl version --client
-in_image sh -c 'iptables --version && ip -V && brindle-cni-install --version'
+in_image sh -c 'iptables --version && ip -V && brindle-cni-install --version && echo {} | CNI_COMMAND=VERSION brindle-cni'
 rm -f "$conf"
 podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$tag"

@@ -3,6 +3,8 @@
 //! - through the agent: the plugin asks the node agent's IPAM socket; the server is
 //!   `brindle_cni::agent::Server`, the code `brindle-node` runs, here inside the benchmark
 //!   process on a runtime of its own;
+//! - the same, with the plugin statically linked as the image ships it (built by
+//!   crates/cni/static.sh);
 //! - direct: no agent, the plugin does IPAM itself under the host lock (the fallback path);
 //! - the reference plugins `ptp` + `host-local` (containernetworking-plugins, a file on
 //!   local disk and no datastore at all), run by the same harness on the same pods;
@@ -142,7 +144,35 @@ fn phases(log: &std::path::Path, tag: &str) -> [f64; 6] {
     })
 }
 
+/// The plugin as the image ships it, statically linked (crates/cni/static.sh), unless
+/// BRINDLE_BENCH_CNI names the build to measure.
+fn static_build() -> Option<String> {
+    if std::env::var_os("BRINDLE_BENCH_CNI").is_some() {
+        return None;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/static.sh");
+    eprintln!("building the static plugin ({script})");
+    match Command::new("bash").arg(script).output() {
+        Ok(o) if o.status.success() => {
+            let dir = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            Some(format!("{dir}/brindle-cni"))
+        }
+        Ok(o) => {
+            eprintln!(
+                "no static row: {script} failed:\n{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("no static row: {script}: {e}");
+            None
+        }
+    }
+}
+
 fn main() {
+    let static_bin = static_build();
     let node = Netns::new("brl-bench-node");
     let f = std::fs::File::open(node.path()).expect("netns");
     nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
@@ -151,6 +181,9 @@ fn main() {
         .args(["link", "set", "lo", "up"])
         .status()
         .expect("ip");
+    // A node forwards (ptp would switch it on at its first ADD; brindle-node's host needs it
+    // for any pod traffic to leave), so every run starts alike.
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward in the namespace");
     let dir = std::env::temp_dir().join(format!("brindle-cni-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
 
@@ -224,18 +257,23 @@ fn main() {
     let brindle_bin = brindle_bin_var
         .as_deref()
         .unwrap_or(env!("CARGO_BIN_EXE_brindle-cni"));
-    let mut runs: Vec<(&str, &str, String)> = vec![
-        (
-            "brindle-cni through the agent",
-            brindle_bin,
+    let mut runs: Vec<(&str, &str, String)> = vec![(
+        "brindle-cni through the agent",
+        brindle_bin,
+        brindle(&socket),
+    )];
+    if let Some(bin) = &static_bin {
+        runs.push((
+            "brindle-cni static (as the image ships it), through the agent",
+            bin,
             brindle(&socket),
-        ),
-        (
-            "brindle-cni direct (no agent)",
-            brindle_bin,
-            brindle(std::path::Path::new("")),
-        ),
-    ];
+        ));
+    }
+    runs.extend([(
+        "brindle-cni direct (no agent)",
+        brindle_bin,
+        brindle(std::path::Path::new("")),
+    )]);
     if std::path::Path::new(ptp_bin).exists() {
         runs.push(("ptp + host-local (reference)", ptp_bin, ptp));
     } else {
@@ -277,7 +315,7 @@ fn main() {
             let (del, del_cpu) = timed(bin, parallel, &pods, conf, "DEL", &tag, &etcd_pid);
             rows.push((label.to_string(), parallel, add, del));
             cpu.push((label.to_string(), parallel, add_cpu, del_cpu));
-            if *bin == brindle_bin {
+            if label.starts_with("brindle-cni") {
                 breakdown.push((
                     label.to_string(),
                     parallel,
