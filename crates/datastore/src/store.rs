@@ -131,6 +131,17 @@ impl<K: StoreResource> Api<K> {
         })
     }
 
+    fn decode_ref(&self, value: &Value) -> Result<K> {
+        K::deserialize(value).map_err(|source| StoreError::Decode {
+            backend: self.backend().name(),
+            key: self.ty.key(
+                meta::namespace(value).or(self.ns.as_deref()),
+                meta::name(value),
+            ),
+            source,
+        })
+    }
+
     /// Serializes with apiVersion and kind set, and the Api's namespace filled in.
     fn encode(&self, obj: &K) -> Result<Value> {
         let mut v = serde_json::to_value(obj).map_err(|source| StoreError::Decode {
@@ -327,8 +338,10 @@ pub struct Committed(Vec<Option<Value>>);
 impl Committed {
     /// The object written at index `i` (None for a delete or an index out of range).
     pub fn get<K: StoreResource>(&self, api: &Api<K>, i: usize) -> Result<Option<K>> {
-        match self.0.get(i).cloned().flatten() {
-            Some(v) => api.decode(v).map(Some),
+        match self.0.get(i).and_then(Option::as_ref) {
+            // Decoded from the reference: a block's value is a tree of maps, and cloning it
+            // first cost more than the decoding.
+            Some(v) => api.decode_ref(v).map(Some),
             None => Ok(None),
         }
     }
