@@ -264,8 +264,13 @@ impl Ctx {
         let (ips, by) = match got {
             Ok(got) => got,
             Err(e) => {
-                if let Ok(p) = pair {
-                    let _ = wire::delete_link(&p.host, &self.host_veth()).await;
+                // The pair, or whatever of it was made before it failed, goes too.
+                let host = match pair {
+                    Ok(p) => Ok(p.host),
+                    Err(_) => wire::host_handle(),
+                };
+                if let Ok(h) = host {
+                    let _ = wire::delete_link(&h, &self.host_veth()).await;
                 }
                 return Err(e);
             }
@@ -303,8 +308,8 @@ impl Ctx {
     }
 
     /// The veth pair, up (nothing can flow before the pod has an address and routes), with
-    /// its host side's sysctls for the families the configuration
-    /// asks for: everything of the wiring that does not need the addresses.
+    /// its host side's sysctls for the families the configuration asks for: everything of
+    /// the wiring that does not need the addresses.
     async fn make_pair(&self) -> CniResult<Pair> {
         let netns_path = self.env.netns.clone().unwrap_or_default();
         let netns = File::open(&netns_path).map_err(|e| {
