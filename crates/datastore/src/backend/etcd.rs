@@ -112,6 +112,17 @@ impl EtcdBackend {
         serde_json::to_vec(obj).expect("a serde_json::Value always serializes")
     }
 
+    /// [`Self::encode`] of an object that keeps its resourceVersion (a transaction's write,
+    /// whose version the failure report needs), without copying it.
+    fn encode_keeping_version(obj: &mut Value) -> Vec<u8> {
+        let version = meta::remove(obj, "resourceVersion");
+        let bytes = serde_json::to_vec(obj).expect("a serde_json::Value always serializes");
+        if let Some(v) = version {
+            meta::set(obj, "resourceVersion", v);
+        }
+        bytes
+    }
+
     /// Why a guarded write failed: the key's current state from the transaction's else-branch.
     fn current(resp: &etcd_client::TxnResponse) -> Option<KeyValue> {
         resp.op_responses().into_iter().find_map(|r| match r {
@@ -343,8 +354,7 @@ impl Backend for EtcdBackend {
                     let (ns, name) = name_of(obj);
                     let k = self.etcd_key(ty, ns.as_deref(), &name);
                     meta::stamp_created(obj, uuid::Uuid::new_v4().to_string());
-                    let mut stored = obj.clone();
-                    let op = TxnOp::put(k.clone(), Self::encode(&mut stored), None);
+                    let op = TxnOp::put(k.clone(), Self::encode_keeping_version(obj), None);
                     (
                         k.clone(),
                         Compare::create_revision(k, CompareOp::Equal, 0),
@@ -355,8 +365,7 @@ impl Backend for EtcdBackend {
                     let (ns, name) = name_of(obj);
                     let k = self.etcd_key(ty, ns.as_deref(), &name);
                     let guard = exists_at(&k, ty, ns.as_deref(), meta::resource_version(obj))?;
-                    let mut stored = obj.clone();
-                    let op = TxnOp::put(k.clone(), Self::encode(&mut stored), None);
+                    let op = TxnOp::put(k.clone(), Self::encode_keeping_version(obj), None);
                     (k, guard, op)
                 }
                 TxnWrite::Delete {
