@@ -85,11 +85,11 @@ impl Ipam {
                 return Ok(vec![]);
             }
             self.load_handle(&req.handle, st).await?;
-            let mut next = block.clone();
-            let ips = block::allocate(&mut next.spec, k, &req.handle, &req.attrs);
+            // Allocated in place (no copy of the block): a failed commit reads it again.
+            let ips = block::allocate(&mut block.spec, k, &req.handle, &req.attrs);
             let h = with_addresses(st, &req.handle, &block.spec.cidr, k);
             let mut t = self.store.txn();
-            t.update(&blocks, &next)?;
+            t.update(&blocks, &block)?;
             if st.latest.is_some() {
                 t.update(&handles, &h)?;
             } else {
@@ -110,7 +110,6 @@ impl Ipam {
                     {
                         st.latest = None;
                         st.created = true;
-                        continue;
                     }
                     match blocks.get(&name).await? {
                         Some(b) => block = b,
