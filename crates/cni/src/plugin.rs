@@ -307,18 +307,24 @@ impl Ctx {
         }
     }
 
+    /// The container's network namespace (CNI_NETNS), its path and an open file.
+    fn open_netns(&self) -> CniResult<(String, File)> {
+        let path = self.env.netns.clone().unwrap_or_default();
+        let file = File::open(&path).map_err(|e| {
+            CniError::new(
+                code::IO,
+                format!("cannot open network namespace {path}"),
+                e.to_string(),
+            )
+        })?;
+        Ok((path, file))
+    }
+
     /// The veth pair, up (nothing can flow before the pod has an address and routes), with
     /// its host side's sysctls for the families the configuration asks for: everything of
     /// the wiring that does not need the addresses.
     async fn make_pair(&self) -> CniResult<Pair> {
-        let netns_path = self.env.netns.clone().unwrap_or_default();
-        let netns = File::open(&netns_path).map_err(|e| {
-            CniError::new(
-                code::IO,
-                format!("cannot open network namespace {netns_path}"),
-                e.to_string(),
-            )
-        })?;
+        let (netns_path, netns) = self.open_netns()?;
         let host = wire::host_handle()?;
         let pod = wire::pod_handle(&netns, &netns_path)?;
         let veth = self.host_veth();
@@ -514,14 +520,7 @@ impl Ctx {
     }
 
     async fn check_pod_side(&self, want: &[IpAddr]) -> CniResult<Vec<String>> {
-        let path = self.env.netns.clone().unwrap_or_default();
-        let netns = File::open(&path).map_err(|e| {
-            CniError::new(
-                code::IO,
-                format!("cannot open network namespace {path}"),
-                e.to_string(),
-            )
-        })?;
+        let (path, netns) = self.open_netns()?;
         let ph = wire::pod_handle(&netns, &path)?;
         let ifname = &self.env.ifname;
         let mut p = vec![];
