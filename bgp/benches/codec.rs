@@ -91,6 +91,7 @@ fn rib(c: &mut Criterion) {
                 router_id: Ipv4Addr::new(198, 18, 1, 1),
                 addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 1)),
                 rr_client: false,
+                member: false,
             });
             for p in &prefixes {
                 black_box(r.insert(

@@ -33,6 +33,7 @@ use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 use crate::policy::{Action, Match, Policy, PrefixEntry, Term, Verdict};
+use crate::rails::Rails;
 use crate::speaker::{
     Encap, GracefulRestart, KernelConfig, Origination, PeerConfig, SpeakerConfig,
 };
@@ -72,6 +73,9 @@ struct File {
     peer: Vec<PeerFile>,
     #[serde(default)]
     originate: Vec<OriginFile>,
+    /// Prefixes no learned route may equal, fall inside or cover (a default route aside).
+    #[serde(default)]
+    protect: Vec<String>,
 }
 
 fn default_listen() -> String {
@@ -160,6 +164,10 @@ struct PeerFile {
     export: Option<PolicyFile>,
     /// Shown as the peer's type by `brindlectl node status` (default `global`).
     peer_type: Option<String>,
+    /// The BGP identifier the peer must present.
+    router_id: Option<Ipv4Addr>,
+    /// Cease 6/1 past this many prefixes received.
+    max_prefixes: Option<u32>,
 }
 
 fn default_port() -> u16 {
@@ -495,6 +503,9 @@ fn peer(c: &Ctx, i: usize, p: PeerFile, local_as: u32) -> Result<PeerConfig, Con
         import: policy(c, &k("import"), p.import)?,
         export: policy(c, &k("export"), p.export)?,
         peer_type: p.peer_type,
+        member: false,
+        router_id: p.router_id,
+        max_prefixes: p.max_prefixes,
     })
 }
 
@@ -588,6 +599,15 @@ pub fn parse(file: &str, text: &str) -> Result<DaemonConfig, ConfigError> {
             blackhole: o.blackhole,
         });
     }
+    let protected = f
+        .protect
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            p.parse::<IpNetwork>()
+                .map_err(|e| c.err(format!("protect[{i}]"), format!("{p:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(DaemonConfig {
         speaker: SpeakerConfig {
             local_as: f.local_as,
@@ -604,6 +624,11 @@ pub fn parse(file: &str, text: &str) -> Result<DaemonConfig, ConfigError> {
             next_hop_v4: f.next_hop_v4,
             next_hop_v6: f.next_hop_v6,
             kernel,
+            no_transit: false,
+            rails: Rails {
+                protected,
+                ..Rails::default()
+            },
         },
         peers,
         originate,

@@ -42,6 +42,9 @@ pub struct Config {
     pub passive: bool,
     /// Capabilities we advertise (4-octet AS is always added).
     pub capabilities: Vec<Capability>,
+    /// The BGP identifier the peer must present (a cluster node's router ID): any other is
+    /// refused with NOTIFICATION 2/3. None: any valid identifier.
+    pub expect_id: Option<Ipv4Addr>,
 }
 
 /// RFC 4271 §8.2.2's "large value" for the hold timer before OPEN is received.
@@ -66,6 +69,9 @@ pub enum Input {
     DecodeError(DecodeError),
     /// Event 23: this connection lost a collision.
     OpenCollisionDump,
+    /// Close the session with this Cease subcode and data (RFC 4486), as the owner decided:
+    /// 1 when the peer sent more prefixes than it may.
+    Cease { subcode: u8, data: Vec<u8> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +197,20 @@ impl Session {
                     out.push(notify(6, 2)); // Cease / administrative shutdown
                 }
                 self.drop_to_idle(&mut out, "stopped by the operator".into());
+            }
+            (_, Input::Cease { subcode, data }) => {
+                if matches!(self.state, OpenSent | OpenConfirm | Established) {
+                    out.push(Output::Send(Message::Notification(Notification {
+                        code: 6,
+                        subcode,
+                        data,
+                    })));
+                }
+                let why = match subcode {
+                    1 => "closed: the peer sent more prefixes than its limit (Cease 6/1)".into(),
+                    s => format!("closed with Cease 6/{s}"),
+                };
+                self.drop_to_idle(&mut out, why);
             }
             (Connect | Active, Input::TcpConnected) => {
                 out.push(Output::StopTimer(Timer::ConnectRetry));
@@ -338,6 +358,11 @@ impl Session {
         if o.bgp_id.is_unspecified()
             || (peer_as == self.cfg.local_as && o.bgp_id == self.cfg.router_id)
         {
+            return Err(DecodeError::BadBgpIdentifier(o.bgp_id));
+        }
+        // A cluster node is the router ID its node record carries, or not that node (a pod
+        // masqueraded to a node's address, say).
+        if self.cfg.expect_id.is_some_and(|id| id != o.bgp_id) {
             return Err(DecodeError::BadBgpIdentifier(o.bgp_id));
         }
         if o.hold_time == 1 || o.hold_time == 2 {

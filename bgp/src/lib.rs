@@ -19,5 +19,6 @@ pub mod fsm;
 pub mod kernel;
 pub mod nexthop;
 pub mod policy;
+pub mod rails;
 pub mod rib;
 pub mod speaker;

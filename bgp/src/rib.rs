@@ -36,6 +36,8 @@ pub struct PeerInfo {
     pub addr: IpAddr,
     /// A route-reflection client of ours (RFC 4456).
     pub rr_client: bool,
+    /// A node of this cluster (see [`Rib::no_transit`]).
+    pub member: bool,
 }
 
 pub const LOCAL: PeerId = 0;
@@ -74,6 +76,9 @@ pub struct Rib {
     pub router_id: Ipv4Addr,
     /// Set when this speaker reflects routes (RFC 4456); defaults to the router ID.
     pub cluster_id: Option<Ipv4Addr>,
+    /// Never transit: a learned path goes only from a member to a member by reflection
+    /// (iBGP on both sides, RFC 4456's rules); everything else exported is our own.
+    pub no_transit: bool,
     peers: HashMap<PeerId, PeerInfo>,
     /// Prefix → every path (from any peer), best first.
     table: Table<Entry>,
@@ -253,6 +258,7 @@ impl Rib {
             local_as,
             router_id,
             cluster_id: None,
+            no_transit: false,
             peers: HashMap::new(),
             table: Table::default(),
             counts: HashMap::new(),
@@ -479,6 +485,12 @@ impl Rib {
         }
         let from_ibgp = path.peer != LOCAL && self.ibgp(path.peer);
         let to_ibgp = to.asn == self.local_as;
+        if self.no_transit && path.peer != LOCAL {
+            let from_member = self.peers.get(&path.peer).is_some_and(|p| p.member);
+            if !(from_member && to.member && from_ibgp && to_ibgp) {
+                return None;
+            }
+        }
         let mut a = (*path.attrs).clone();
         if from_ibgp && to_ibgp {
             let from_client = self.peers.get(&path.peer).is_some_and(|p| p.rr_client);

@@ -24,6 +24,7 @@ fn cfg(passive: bool) -> Config {
             Capability::RouteRefresh,
             Capability::AddPath(vec![(Afi::Ipv4, 1, AddPathMode::Receive)]),
         ],
+        expect_id: None,
     }
 }
 
@@ -267,4 +268,48 @@ fn stop_collision_and_peer_notification() {
         .iter()
         .any(|o| matches!(o, Output::Down(w) if w.contains("6/2") && w.contains("drain"))));
     assert!(sent(&out).is_empty(), "no NOTIFICATION in answer to one");
+}
+
+/// A cluster node must present the router ID its node record carries: another identifier
+/// (a pod masqueraded to the node's address) is refused with 2/3, and the right one is taken.
+#[test]
+fn expected_identifier_is_enforced() {
+    let mut c = cfg(false);
+    c.expect_id = Some(Ipv4Addr::new(198, 18, 0, 99));
+    let mut s = Session::new(c.clone());
+    s.process(Input::ManualStart);
+    s.process(Input::TcpConnected);
+    let out = s.process(Input::Message(peer_open(90)));
+    assert_eq!(notification(&out), Some((2, 3)));
+    assert_eq!(s.state(), State::Idle);
+
+    c.expect_id = Some(PEER);
+    let mut s = Session::new(c);
+    s.process(Input::ManualStart);
+    s.process(Input::TcpConnected);
+    let out = s.process(Input::Message(peer_open(90)));
+    assert_eq!(notification(&out), None);
+    assert_eq!(s.state(), State::OpenConfirm);
+}
+
+/// The owner closes a session over its prefix limit: Cease 6/1 with the RFC 4486 data, then
+/// Idle (the driver retries after a back-off).
+#[test]
+fn cease_closes_with_the_given_subcode() {
+    let mut s = open_sent(false);
+    s.process(Input::Message(peer_open(90)));
+    s.process(Input::Message(Message::Keepalive));
+    assert_eq!(s.state(), State::Established);
+    let data = vec![0, 1, 1, 0, 0, 0, 10];
+    let out = s.process(Input::Cease {
+        subcode: 1,
+        data: data.clone(),
+    });
+    assert!(sent(&out).contains(&&Message::Notification(Notification {
+        code: 6,
+        subcode: 1,
+        data
+    })));
+    assert!(out.contains(&Output::Disconnect));
+    assert_eq!(s.state(), State::Idle);
 }

@@ -27,6 +27,7 @@ use crate::codec::{
 use crate::fsm::{self, Negotiated, State};
 use crate::nexthop;
 use crate::policy::Verdict;
+use crate::rails::Rails;
 use crate::rib::{Change, Path, PeerId, PeerInfo, Rib, LOCAL};
 
 mod export;
@@ -57,6 +58,8 @@ struct Up {
     ebgp: bool,
     /// The peer's graceful-restart time, from its OPEN.
     restart_time: Option<u16>,
+    /// The peer takes ROUTE-REFRESH (we may ask for its routes again).
+    route_refresh: bool,
     /// While we restart, we wait for this peer's End-of-RIB: it has graceful restart (RFC
     /// 4724 §4.1 leaves out the others).
     eor_expected: bool,
@@ -83,6 +86,12 @@ struct Peer {
     epoch: u64,
     /// End-of-RIB seen since the session came up.
     eor: bool,
+    /// Paths the rails refused (all time) and whether this session logged one already.
+    refused_by_rails: u64,
+    rails_logged: bool,
+    /// Over its prefix limit: the session is being closed; what it still sends is dropped.
+    over_limit: bool,
+    limit_hits: u64,
 }
 
 pub struct Core {
@@ -112,6 +121,7 @@ pub struct Core {
     cache: ExportCache,
     /// Peers whose session came up in the batch being handled: they get the table after it.
     tables_due: Vec<PeerId>,
+    rails: Rails,
 }
 
 fn unmap(a: IpAddr) -> IpAddr {
@@ -130,6 +140,8 @@ impl Core {
         let (internal_tx, internal) = mpsc::unbounded_channel();
         let mut rib = Rib::new(cfg.local_as, cfg.router_id);
         rib.cluster_id = cfg.cluster_id;
+        rib.no_transit = cfg.no_transit;
+        let rails = cfg.rails.clone();
         let (listener, accept_task) = match cfg.listen {
             Some(addr) => {
                 let l = Arc::new(
@@ -190,6 +202,7 @@ impl Core {
             peers_configured: false,
             cache: ExportCache::default(),
             tables_due: vec![],
+            rails,
         })
     }
 
@@ -238,6 +251,7 @@ impl Core {
                 let all: Vec<Change> = self.rib.iter().collect();
                 self.kernel_changes(&all);
             }
+            Command::SetRails(r) => self.set_rails(*r),
             Command::Peers(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -310,6 +324,7 @@ impl Core {
             router_id: Ipv4Addr::UNSPECIFIED,
             addr,
             rr_client: p.rr_client,
+            member: p.member,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let inflight = Arc::new(Inflight::default());
@@ -325,6 +340,7 @@ impl Core {
                 connect_retry_secs: p.connect_retry.as_secs().max(1) as u32,
                 passive: p.passive,
                 capabilities: self.capabilities(&p),
+                expect_id: p.router_id,
             },
             cfg: p.clone(),
             local_as: self.cfg.local_as,
@@ -351,6 +367,10 @@ impl Core {
                 stale: [false; 2],
                 epoch: 0,
                 eor: false,
+                refused_by_rails: 0,
+                rails_logged: false,
+                over_limit: false,
+                limit_hits: 0,
             },
         );
         Ok(())
@@ -475,6 +495,7 @@ impl Core {
             router_id: neg.peer_id,
             addr,
             rr_client: p.cfg.rr_client,
+            member: p.cfg.member,
         };
         self.rib.add_peer(info.clone());
         let local_ip = unmap(local.ip());
@@ -507,6 +528,8 @@ impl Core {
         p.router_id = Some(neg.peer_id);
         p.last_error = None;
         p.eor = false;
+        p.rails_logged = false;
+        p.over_limit = false;
         let up = Up {
             settings: ExportSettings {
                 peer: info,
@@ -523,6 +546,7 @@ impl Core {
             nh6,
             ebgp,
             restart_time: gr.as_ref().map(|g| g.0),
+            route_refresh: neg.route_refresh,
             eor_expected: gr.is_some(),
             table_sent: false,
         };
@@ -757,6 +781,9 @@ impl Core {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
+        if p.over_limit {
+            return; // closing: its routes go when the session does
+        }
         if let Some(afi) = is_end_of_rib(&u) {
             // What came before the End-of-RIB goes out (and into the kernel) first.
             self.propagate(changes);
@@ -852,6 +879,17 @@ impl Core {
         // decide once per attribute set.
         let mut checked: Option<(usize, bool)> = None;
         for (n, a) in announced {
+            // The rails first: no policy can let through what they refuse.
+            if let Err(why) = self.rails.check(&n.prefix, p.cfg.member) {
+                p.refused_by_rails += 1;
+                if !p.rails_logged {
+                    p.rails_logged = true;
+                    warn!(peer = %p.cfg.addr, prefix = %n.prefix, "route refused by the import rails: {why} (more from this session are counted in the peer's status, not logged)");
+                }
+                changes.extend(self.rib.withdraw(n.prefix, id, n.path_id));
+                p.rejected.insert((n.prefix, n.path_id));
+                continue;
+            }
             let attrs = if policy_empty {
                 let ptr = Arc::as_ptr(&a) as usize;
                 let ok = match checked {
@@ -885,6 +923,68 @@ impl Core {
                 None => {
                     changes.extend(self.rib.withdraw(n.prefix, id, n.path_id));
                     p.rejected.insert((n.prefix, n.path_id));
+                }
+            }
+        }
+        let received = self.rib.path_count(id) + p.rejected.len();
+        if let Some(max) = p.cfg.max_prefixes.filter(|m| received > *m as usize) {
+            p.over_limit = true;
+            p.limit_hits += 1;
+            warn!(peer = %p.cfg.addr, received, limit = max, "the peer sent more prefixes than its limit: closing the session (Cease 6/1) and dropping its routes; it is tried again after a back-off");
+            // RFC 4486 §4: AFI, SAFI and the upper bound.
+            let mut data = vec![0, 1, SAFI_UNICAST];
+            data.extend_from_slice(&max.to_be_bytes());
+            let _ = p.cmd.send(SessionCmd::Cease { subcode: 1, data });
+        }
+    }
+
+    /// New rails: paths they refuse now leave the Loc-RIB at once; if they let more through,
+    /// peers that had paths refused are asked for their routes again.
+    fn set_rails(&mut self, rails: Rails) {
+        if rails == self.rails {
+            return;
+        }
+        let loosened = !rails.only_tightens(&self.rails);
+        self.rails = rails;
+        let mut refused = vec![];
+        for c in self.rib.iter() {
+            for path in self.rib.paths(&c.prefix) {
+                let Some(p) = self.peers.get(&path.peer) else {
+                    continue;
+                };
+                if self.rails.check(&c.prefix, p.cfg.member).is_err() {
+                    refused.push((c.prefix, path.peer, path.path_id));
+                }
+            }
+        }
+        let mut changes = vec![];
+        for (prefix, peer, path_id) in refused {
+            changes.extend(self.rib.withdraw(prefix, peer, path_id));
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.refused_by_rails += 1;
+                p.rejected.insert((prefix, path_id));
+            }
+        }
+        if !changes.is_empty() {
+            info!(
+                withdrawn = changes.len(),
+                "import rails changed: routes they now refuse withdrawn"
+            );
+        }
+        self.propagate(&changes);
+        if loosened {
+            for p in self.peers.values() {
+                let Some(up) = p.up.as_ref().filter(|u| u.route_refresh) else {
+                    continue;
+                };
+                if p.rejected.is_empty() {
+                    continue;
+                }
+                info!(peer = %p.cfg.addr, "import rails loosened: asking the peer for its routes again");
+                for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
+                    if on {
+                        let _ = p.cmd.send(SessionCmd::Refresh(afi));
+                    }
                 }
             }
         }
@@ -990,6 +1090,8 @@ impl Core {
                 } else {
                     0
                 },
+                refused_by_rails: p.refused_by_rails,
+                prefix_limit_hits: p.limit_hits,
             })
             .collect();
         v.sort_by_key(|s| s.addr);

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::policy::Policy;
+use crate::rails::Rails;
 
 pub use control::{serve as serve_control, Request as ControlRequest};
 pub use sockopt::MAX_KEY_LEN as MD5_MAX_KEY_LEN;
@@ -53,6 +54,12 @@ pub struct SpeakerConfig {
     pub next_hop_v4: Option<Ipv4Addr>,
     pub next_hop_v6: Option<std::net::Ipv6Addr>,
     pub kernel: Option<KernelConfig>,
+    /// Never transit: a route learned from a peer is passed on only by a route reflector, to
+    /// cluster members ([`PeerConfig::member`]), from a member; everything else exported is
+    /// our own. The node agent sets it; a plain router (brindle-bgpd) does not.
+    pub no_transit: bool,
+    /// What no learned route may be, whatever the import policy ([`Rails`]).
+    pub rails: Rails,
 }
 
 #[derive(Debug, Clone)]
@@ -136,6 +143,17 @@ pub struct PeerConfig {
     /// What kind of peer this is to whoever configured it (`node-to-node mesh`, `global`,
     /// `node specific`, `route reflector`); shown by the control API, not used by BGP.
     pub peer_type: Option<String>,
+    /// A node of this cluster (mesh, reflector, client), as opposed to an external router:
+    /// decides the [`Rails`] that apply and, with [`SpeakerConfig::no_transit`], whether
+    /// learned routes may be reflected to it.
+    pub member: bool,
+    /// The BGP identifier the peer must present in its OPEN (a node's router ID); another is
+    /// refused with NOTIFICATION 2/3.
+    pub router_id: Option<Ipv4Addr>,
+    /// At most this many prefixes received (accepted or not) from the peer: one more closes
+    /// the session with Cease 6/1 (RFC 4486), retried after a back-off. BIRD's `receive
+    /// limit`, FRR's `maximum-prefix`.
+    pub max_prefixes: Option<u32>,
 }
 
 impl PeerConfig {
@@ -159,6 +177,9 @@ impl PeerConfig {
             import: Policy::accept_all(),
             export: Policy::accept_all(),
             peer_type: None,
+            member: false,
+            router_id: None,
+            max_prefixes: None,
         }
     }
 }
@@ -193,6 +214,12 @@ pub struct PeerStatus {
     /// [`PeerConfig::peer_type`], when the configuration gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_type: Option<String>,
+    /// Paths refused by the [`Rails`] since the session came up.
+    #[serde(default)]
+    pub refused_by_rails: u64,
+    /// Times the session was closed for going over its prefix limit.
+    #[serde(default)]
+    pub prefix_limit_hits: u64,
 }
 
 /// One Loc-RIB entry as the control API shows it.
@@ -252,6 +279,7 @@ enum Command {
     Withdraw(IpNetwork),
     SetEncap(Vec<(IpNetwork, Encap)>),
     SetDirectSubnets(Vec<IpNetwork>),
+    SetRails(Box<Rails>),
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     /// Every peer known at start has been added (see [`Speaker::peers_configured`]).
     PeersConfigured,
@@ -328,6 +356,13 @@ impl Speaker {
     /// installed routes are redone.
     pub fn set_direct_subnets(&self, subnets: Vec<IpNetwork>) -> Result<(), SpeakerError> {
         self.send(Command::SetDirectSubnets(subnets))
+    }
+
+    /// Replaces the import rails: paths they now refuse are withdrawn at once; if they let
+    /// more through, peers that had paths refused are asked for their routes again (route
+    /// refresh, where negotiated).
+    pub fn set_rails(&self, rails: Rails) -> Result<(), SpeakerError> {
+        self.send(Command::SetRails(Box::new(rails)))
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerStatus>, SpeakerError> {

@@ -108,6 +108,11 @@ pub enum SessionCmd {
         notify: bool,
         done: oneshot::Sender<()>,
     },
+    /// Close the session with Cease and this subcode (1: over the prefix limit), and try
+    /// again after the back-off.
+    Cease { subcode: u8, data: Vec<u8> },
+    /// Ask the peer for its routes of a family again (ROUTE-REFRESH, RFC 2918).
+    Refresh(Afi),
 }
 
 /// An incoming connection whose first message (the peer's OPEN) has been read and decoded;
@@ -250,6 +255,7 @@ impl SessionTask {
             peer_gr: false,
             failures: 0,
             refused: false,
+            ceased: false,
             closing: None,
         };
         let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
@@ -274,6 +280,19 @@ impl SessionTask {
                         self.stop(&mut run, notify).await;
                         let _ = done.send(());
                         return;
+                    }
+                    Some(SessionCmd::Cease { subcode, data }) => {
+                        // Counted as a failure: a peer that keeps going over its limit is
+                        // retried less and less often.
+                        run.failures = run.failures.saturating_add(1);
+                        run.ceased = true;
+                        self.process(&mut run, Input::Cease { subcode, data });
+                    }
+                    Some(SessionCmd::Refresh(afi)) => {
+                        if let (Some(c), true) = (&run.conn, run.established) {
+                            let m = Message::RouteRefresh(RouteRefresh { afi, subtype: 0, safi: SAFI_UNICAST });
+                            let _ = c.writer.send(Out::Raw(encode(&m, &run.tx_ctx)));
+                        }
                     }
                     None => {
                         self.stop(&mut run, true).await;
@@ -369,6 +388,27 @@ impl SessionTask {
                 let _ = s.shutdown().await;
             });
         };
+        // Not the node this address belongs to (a pod whose connection was masqueraded to
+        // the node's address, say): refused on its own connection, and the session it
+        // claims is left alone, so it can neither take it over nor reset it.
+        if let Some(want) = self.fsm_cfg.expect_id.filter(|id| *id != p.open.bgp_id) {
+            warn!(peer = %self.cfg.addr, expected = %want, presented = %p.open.bgp_id,
+                "refused a connection: its BGP identifier is not the router ID of the node at this address");
+            let note = encode(
+                &Message::Notification(Notification {
+                    code: 2,
+                    subcode: 3,
+                    data: vec![],
+                }),
+                &Ctx::default(),
+            );
+            tokio::spawn(async move {
+                let mut s = p.stream;
+                let _ = s.write_all(&note).await;
+                let _ = s.shutdown().await;
+            });
+            return;
+        }
         match state {
             State::Established => return refuse(p, "a session is already established"),
             State::OpenSent | State::OpenConfirm => {
@@ -416,6 +456,10 @@ impl SessionTask {
             run.notified = true;
         }
         if let Input::Message(Message::Open(o)) = &input {
+            if let Some(want) = self.fsm_cfg.expect_id.filter(|id| *id != o.bgp_id) {
+                warn!(peer = %self.cfg.addr, expected = %want, presented = %o.bgp_id,
+                    "refusing the session: the peer's BGP identifier is not the router ID of the node at this address (NOTIFICATION 2/3)");
+            }
             run.peer_gr = o
                 .capabilities
                 .iter()
@@ -496,7 +540,10 @@ impl SessionTask {
                 } else {
                     debug!(peer = %self.cfg.addr, "attempt failed: {reason}");
                 }
-                let wait = if run.refused {
+                let wait = if run.ceased {
+                    run.ceased = false;
+                    self.backoff(run.failures)
+                } else if run.refused {
                     self.backoff(1)
                 } else {
                     run.failures = run.failures.saturating_add(u32::from(!run.established));
@@ -575,6 +622,8 @@ struct Run {
     /// the plain connect-retry time, as BIRD does, not the doubling error backoff — a peer
     /// that is simply not listening yet (a node starting) is reached as soon as it is.
     refused: bool,
+    /// We closed the last session ourselves (Cease): back off by `failures`.
+    ceased: bool,
     /// The writer of the last closed connection, still flushing.
     closing: Option<tokio::task::JoinHandle<()>>,
 }

@@ -28,6 +28,8 @@ pub fn config(ip: &str, port: u16, asn: u32) -> SpeakerConfig {
         next_hop_v4: None,
         next_hop_v6: None,
         kernel: None,
+        no_transit: false,
+        rails: Default::default(),
     }
 }
 

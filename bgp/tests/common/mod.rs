@@ -14,6 +14,7 @@ pub fn peer(id: u32, asn: u32, rr_client: bool) -> PeerInfo {
         router_id: Ipv4Addr::new(198, 18, 1, id as u8),
         addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, id as u8)),
         rr_client,
+        member: false,
     }
 }
 

@@ -209,6 +209,11 @@ pub struct BGPPeerSpec {
     /// The selected nodes reflect this peer's routes to it (it is their RR client).
     #[serde(default)]
     pub route_reflector_client: bool,
+    /// Brindle's own: at most this many prefixes from the peer (accepted or not). One more
+    /// closes the session with Cease 6/1 (RFC 4486) and it is tried again after a back-off,
+    /// like BIRD's `receive limit` and FRR's `maximum-prefix`. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prefixes: Option<u32>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -283,6 +288,12 @@ impl Validate for BGPPeer {
             if p.secret_key_ref.key.is_empty() {
                 errors.push(FieldError::new("spec.password.secretKeyRef.key", "empty"));
             }
+        }
+        if s.max_prefixes == Some(0) {
+            errors.push(FieldError::new(
+                "spec.maxPrefixes",
+                "0 would refuse every route; leave it out for no limit",
+            ));
         }
         let mut secs = |field: &str, v: &Option<String>| -> Option<u64> {
             let v = v.as_ref()?;
@@ -421,6 +432,10 @@ mod tests {
             (
                 serde_json::json!({"peerIP": "198.18.0.1", "asNumber": 1, "peerSelector": "all()"}),
                 "spec.peerSelector",
+            ),
+            (
+                serde_json::json!({"peerIP": "198.18.0.1", "asNumber": 1, "maxPrefixes": 0}),
+                "spec.maxPrefixes",
             ),
             (
                 serde_json::json!({"peerIP": "198.18.0.1", "asNumber": 1, "password": {"secretKeyRef": {"name": "", "key": "k"}}}),

@@ -165,6 +165,8 @@ mod tests {
             advertised: 1,
             stale: 0,
             peer_type: kind.map(Into::into),
+            refused_by_rails: 0,
+            prefix_limit_hits: 0,
         }
     }
 

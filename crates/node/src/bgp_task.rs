@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use brindle_bgp::rails::Rails;
 use brindle_bgp::speaker::{
     self, Encap, GracefulRestart, KernelConfig, Origination, PeerConfig, Speaker, SpeakerConfig,
 };
@@ -38,6 +39,8 @@ pub struct BgpTask {
     pub control_socket: PathBuf,
     pub view: watch::Sender<SpeakerView>,
     pub stop: oneshot::Receiver<()>,
+    /// Reads the host's addresses (protected by the import rails).
+    pub handle: rtnetlink::Handle,
 }
 
 struct Running {
@@ -46,6 +49,7 @@ struct Running {
     peers: BTreeMap<IpAddr, DesiredPeer>,
     origins: BTreeMap<IpNetwork, bool>,
     encap: Vec<(IpNetwork, Encap)>,
+    rails: Rails,
     control: tokio::task::JoinHandle<()>,
 }
 
@@ -65,6 +69,9 @@ fn peer_config(d: &DesiredPeer) -> PeerConfig {
     p.ipv4 = d.addr.is_ipv4();
     p.ipv6 = d.addr.is_ipv6();
     p.peer_type = Some(d.kind.as_str().to_string());
+    p.member = d.member;
+    p.router_id = d.router_id;
+    p.max_prefixes = d.max_prefixes;
     p
 }
 
@@ -92,12 +99,21 @@ impl BgpTask {
             let started = Instant::now();
             let snap = self.snap.borrow_and_update().clone();
             let tunnel_ok = *self.tunnel_ok.borrow_and_update();
+            let host = match crate::register::interfaces(&self.handle).await {
+                Ok(ifaces) => ifaces.into_iter().flat_map(|i| i.addrs).collect(),
+                Err(e) => {
+                    // Our own address and subnet are protected all the same.
+                    warn!("listing the host's addresses for the import rails: {e}");
+                    vec![]
+                }
+            };
             let mut warnings = vec![];
             let want = Want {
                 globals: desired::globals(&snap, &self.me),
                 peers: desired::peers(&snap, &self.me, &mut warnings),
                 origins: desired::exports(&snap, &self.me),
                 encap: desired::encap(&snap, tunnel_ok),
+                rails: desired::rails(&snap, &self.me, &host),
             };
             for w in warnings {
                 if warned.insert(w.clone()) {
@@ -129,6 +145,8 @@ impl BgpTask {
                 r = self.snap.changed() => if r.is_err() { break },
                 r = self.tunnel_ok.changed() => if r.is_err() { break },
                 _ = tokio::time::sleep(Duration::from_secs(5)), if retry => {}
+                // The host's addresses change without a snapshot (an interface added).
+                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
                 _ = &mut self.stop => break,
             }
         }
@@ -152,6 +170,9 @@ impl BgpTask {
             graceful_restart: GracefulRestart::default(),
             next_hop_v4: Some(self.me.ip),
             next_hop_v6: None,
+            // A node passes on nothing it learned, but as a reflector among nodes.
+            no_transit: true,
+            rails: want.rails.clone(),
             kernel: Some(KernelConfig {
                 metric: 0,
                 encap: want.encap.clone(),
@@ -179,6 +200,7 @@ impl BgpTask {
             peers: BTreeMap::new(),
             origins: BTreeMap::new(),
             encap: want.encap.clone(),
+            rails: want.rails.clone(),
             control,
         };
         // Originations first, peers after: a peer's first table dump (and End-of-RIB) then
@@ -205,6 +227,16 @@ impl BgpTask {
             }
         }
         r.origins = want.origins.clone();
+        if r.rails != want.rails {
+            info!(
+                protected = want.rails.protected.len(),
+                pools = want.rails.pools.len(),
+                local_blocks = want.rails.local_blocks.len(),
+                "import rails changed"
+            );
+            let _ = r.speaker.set_rails(want.rails.clone());
+            r.rails = want.rails.clone();
+        }
         if r.encap != want.encap {
             info!(rules = ?want.encap, "route encapsulation changed; re-installing routes in place");
             let _ = r.speaker.set_encap(want.encap.clone());
@@ -238,6 +270,7 @@ impl BgpTask {
 }
 
 struct Want {
+    rails: Rails,
     globals: Globals,
     peers: BTreeMap<IpAddr, DesiredPeer>,
     origins: BTreeMap<IpNetwork, bool>,

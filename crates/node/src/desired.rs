@@ -9,6 +9,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_api::validation::parse_duration_secs;
 use brindle_api::{AffinityState, BGPConfigurationSpec, IpipMode};
+use brindle_bgp::rails::{self, Rails};
 use brindle_bgp::speaker::Encap;
 use brindle_ipam::block::{self, attr};
 use brindle_ipam::selector::Selector;
@@ -89,6 +90,13 @@ pub struct DesiredPeer {
     pub source: Option<IpAddr>,
     /// GTSM hops (Calico's `ttlSecurity`; never for mesh peers, as in Calico).
     pub ttl_security: Option<u8>,
+    /// Another node of this cluster: only pool routes are taken from it, and (on a route
+    /// reflector) it may be reflected to. Everything else is an external router.
+    pub member: bool,
+    /// The BGP identifier the peer must present: a node's router ID, its IPv4 address.
+    pub router_id: Option<Ipv4Addr>,
+    /// `BGPPeer.maxPrefixes`.
+    pub max_prefixes: Option<u32>,
 }
 
 /// The BGPConfiguration in force for a node: `node.<name>` if there is one, else `default`,
@@ -181,6 +189,9 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             restart_time: None,
             source: Some(IpAddr::V4(me.ip)),
             ttl_security: None,
+            member: true,
+            router_id: Some(ip),
+            max_prefixes: None,
         }
     };
     let cfg = config_for(snap, &me.name);
@@ -251,12 +262,19 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             d.restart_time = secs(&p.max_restart_time);
             d.ttl_security = p.ttl_security.filter(|h| *h > 0);
             d.kind = kind;
+            d.max_prefixes = p.max_prefixes;
             d
         };
         let me_applies = applies(&my_labels, &me.name);
         if let Some(sa) = p.peer_addr() {
             if me_applies && sa.ip() != IpAddr::V4(me.ip) {
                 let Some(asn) = p.as_number else { continue };
+                // A BGPPeer may name a node by address (a reflector, say): it is then that
+                // node, held to its router ID like a mesh peer.
+                let node = snap.nodes.iter().find_map(|(name, n)| {
+                    let ip = node_ip(name, n, &mut vec![])?;
+                    (IpAddr::V4(ip) == sa.ip()).then_some(ip)
+                });
                 let d = DesiredPeer {
                     addr: sa.ip(),
                     port: sa.port(),
@@ -270,6 +288,9 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
                     restart_time: None,
                     source: None,
                     ttl_security: None,
+                    member: node.is_some(),
+                    router_id: node,
+                    max_prefixes: None,
                 };
                 out.insert(sa.ip(), tune(d));
             }
@@ -362,6 +383,55 @@ pub fn exports(snap: &Snapshot, me: &Me) -> BTreeMap<IpNetwork, bool> {
         }
     }
     out
+}
+
+/// The import rails ([`brindle_bgp::rails`]): the host's own addresses and connected
+/// subnets (`host`, as the kernel lists them) and special-purpose space are protected; routes
+/// are judged against the pools and this node's own blocks.
+pub fn rails(snap: &Snapshot, me: &Me, host: &[IpNetwork]) -> Rails {
+    let pools: Vec<(IpNetwork, u8)> = snap
+        .pools
+        .values()
+        .filter_map(|p| Some((p.network()?, p.effective_block_size())))
+        .collect();
+    let mut protected = rails::special_purpose();
+    // tunl0's address is inside a pool, perhaps borrowed from another node's block: that
+    // block's route must not be refused for covering it (the local table keeps the address
+    // ours whatever the main table says).
+    for a in host
+        .iter()
+        .filter(|a| !pools.iter().any(|(p, _)| p.contains(a.ip())))
+    {
+        let len = if a.is_ipv4() { 32 } else { 128 };
+        for n in [
+            IpNetwork::new(a.ip(), len).ok(),
+            IpNetwork::new(a.network(), a.prefix()).ok(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            // Loopback and link-local are covered already.
+            if !protected.iter().any(|p| rails::within(&n, p)) {
+                protected.push(n);
+            }
+        }
+    }
+    if let Ok(n) = IpNetwork::new(IpAddr::V4(me.subnet.network()), me.subnet.prefix()) {
+        protected.push(n);
+    }
+    protected.push(IpNetwork::V4(me.ip.into()));
+    protected.sort_by_key(|n| (n.is_ipv6(), n.network(), n.prefix()));
+    protected.dedup();
+    let local_blocks = exports(snap, me)
+        .into_iter()
+        .filter(|(_, blackhole)| *blackhole)
+        .map(|(n, _)| n)
+        .collect();
+    Rails {
+        protected,
+        pools,
+        local_blocks,
+    }
 }
 
 /// Encapsulation of routes into each IPv4 pool (first match wins in the speaker). Without a

@@ -439,6 +439,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             control_socket: a.control_socket.clone(),
             view: view_tx,
             stop: stop_rx,
+            handle: netlink()?,
         }
         .run(),
     );

@@ -244,6 +244,8 @@ struct Alike {
     /// The export policy's default (the memo and the groups are for policies without
     /// terms, where the default is all there is).
     export_accepts: bool,
+    /// A cluster member (a no-transit speaker reflects only to members).
+    member: bool,
 }
 
 impl Alike {
@@ -257,6 +259,7 @@ impl Alike {
             v4: up.v4,
             v6: up.v6,
             export_accepts: pc.export.default == Verdict::Accept,
+            member: pc.member,
         }
     }
 }

@@ -236,3 +236,83 @@ fn a_password_peer_waits_for_its_secret() {
         Some("s3cret")
     );
 }
+
+#[test]
+fn nodes_are_members_held_to_their_router_id_and_routers_are_not() {
+    let mut s = three();
+    s.peers.insert(
+        "tor".into(),
+        BGPPeerSpec {
+            peer_ip: Some("198.18.0.1".into()),
+            as_number: Some(65001),
+            max_prefixes: Some(100),
+            ..Default::default()
+        },
+    );
+    // A BGPPeer that names a node by address (an RR node, say) is that node.
+    s.peers.insert(
+        "rr".into(),
+        BGPPeerSpec {
+            peer_ip: Some("198.18.0.12".into()),
+            as_number: Some(64512),
+            ..Default::default()
+        },
+    );
+    let p = peers(&s, &me("n1", "198.18.0.11"), &mut vec![]);
+    let at = |a: &str| &p[&a.parse::<IpAddr>().unwrap()];
+    let mesh = at("198.18.0.9");
+    assert!(mesh.member);
+    assert_eq!(mesh.router_id, Some("198.18.0.9".parse().unwrap()));
+    let tor = at("198.18.0.1");
+    assert!(!tor.member && tor.router_id.is_none());
+    assert_eq!(tor.max_prefixes, Some(100));
+    let rr = at("198.18.0.12");
+    assert!(rr.member);
+    assert_eq!(rr.router_id, Some("198.18.0.12".parse().unwrap()));
+}
+
+#[test]
+fn rails_protect_the_host_and_know_the_pools_and_our_blocks() {
+    let mut s = three();
+    s.blocks.insert(
+        "a".into(),
+        new_block(&"10.244.1.0/26".parse().unwrap(), Some("host:n1".into())),
+    );
+    s.affinities.insert(
+        "a".into(),
+        BlockAffinitySpec {
+            node: "n1".into(),
+            cidr: "10.244.1.0/26".into(),
+            state: AffinityState::Confirmed,
+            deleted: false,
+        },
+    );
+    let host: Vec<IpNetwork> = [
+        "198.18.0.11/24",
+        "127.0.0.1/8",
+        "172.17.0.1/16",
+        "10.244.9.1/32",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    let r = rails(&s, &me("n1", "198.18.0.11"), &host);
+    let n = |s: &str| s.parse::<IpNetwork>().unwrap();
+    for p in [
+        "198.18.0.0/24",
+        "198.18.0.11/32",
+        "172.17.0.0/16",
+        "127.0.0.0/8",
+    ] {
+        assert!(r.protected.contains(&n(p)), "{p} in {:?}", r.protected);
+    }
+    // tunl0's address (borrowed from another node's block) is not protected: that block's
+    // route must still be taken.
+    assert!(!r
+        .protected
+        .iter()
+        .any(|p| p.contains("10.244.9.1".parse().unwrap())));
+    assert!(r.check(&n("10.244.9.0/26"), true).is_ok());
+    assert_eq!(r.pools, vec![(n("10.244.0.0/16"), 26)]);
+    assert_eq!(r.local_blocks, vec![n("10.244.1.0/26")]);
+}
