@@ -120,12 +120,18 @@ struct KernelFile {
     enabled: bool,
     #[serde(default = "default_metric")]
     metric: u32,
+    /// Seconds between re-reads of the table (our routes repaired).
+    #[serde(default = "default_rescan")]
+    rescan: u64,
     #[serde(default)]
     encap: Vec<EncapFile>,
 }
 
 fn default_metric() -> u32 {
     32
+}
+fn default_rescan() -> u64 {
+    10
 }
 
 #[derive(Deserialize)]
@@ -557,6 +563,7 @@ pub fn parse(file: &str, text: &str) -> Result<DaemonConfig, ConfigError> {
                 encap,
                 // bgpd knows no subnets of its own: CrossSubnet is IPIP everywhere there.
                 direct_subnets: vec![],
+                rescan: Duration::from_secs(k.rescan.max(1)),
             })
         }
         _ => None,

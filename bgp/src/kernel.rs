@@ -2,10 +2,14 @@
 //! (`proto bird`), so operators' `ip route show proto bird` works as with Calico.
 //!
 //! The caller decides each prefix's form (IPIP: `via <node> dev tunl0 onlink`; direct:
-//! `via <next hop>`; ECMP; `blackhole` for the node's own blocks). Changes are route
-//! *replaces*, never delete + add, so traffic never sees a gap; requests are pipelined on
-//! the one netlink socket this owns; deleting what is already gone is fine. On start,
-//! [`KernelSync::reconcile`] adopts the protocol-12 routes it wants and purges the others.
+//! `via <next hop>`; ECMP; `blackhole` for the node's own blocks). A route of ours is
+//! changed by *replace*, never delete + add, so traffic never sees a gap; a new route is
+//! added *create-exclusive* ([`Write::Create`]), so it can never overwrite a route someone
+//! else made (the kernel keys routes by prefix, TOS and metric, not protocol: a blind replace
+//! would take over the host's default or connected route, and our later delete remove it).
+//! Deletes name our protocol, so the kernel never removes another's route for us. Requests
+//! are pipelined on the one netlink socket this owns; deleting what is already gone is fine.
+//! [`KernelSync::scan`] reads the main table: our routes, and the prefixes others hold.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -59,6 +63,35 @@ impl Target {
     }
 }
 
+/// One write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// A new route, create-exclusive: fails with EEXIST if a route to the prefix with our
+    /// metric exists, whoever made it.
+    Create(IpNetwork, Target),
+    /// Change a route we made.
+    Replace(IpNetwork, Target),
+    /// Remove our route (the request names our protocol).
+    Remove(IpNetwork),
+}
+
+impl Write {
+    pub fn prefix(&self) -> IpNetwork {
+        match self {
+            Write::Create(p, _) | Write::Replace(p, _) | Write::Remove(p) => *p,
+        }
+    }
+}
+
+/// The main table as [`KernelSync::scan`] reads it.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Our (protocol 12) routes, with their forms as in [`KernelSync::routes`].
+    pub ours: Vec<(IpNetwork, Option<Target>)>,
+    /// Prefixes that a route of another protocol holds, at any metric.
+    pub foreign: HashSet<IpNetwork>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("kernel route {prefix}: {op} failed: {source}")]
@@ -72,11 +105,29 @@ pub enum KernelError {
     List(#[source] rtnetlink::Error),
 }
 
+impl KernelError {
+    /// The prefix a failed write was for.
+    pub fn prefix(&self) -> Option<IpNetwork> {
+        match self {
+            KernelError::Route { prefix, .. } => Some(*prefix),
+            KernelError::List(_) => None,
+        }
+    }
+
+    /// A create-exclusive add found a route there already (EEXIST).
+    pub fn exists(&self) -> bool {
+        matches!(self, KernelError::Route { source, .. } if is_errno(source, 17))
+    }
+}
+
 /// The netlink writer. Owned by one task; everything else sends it plain data.
 pub struct KernelSync {
     handle: Handle,
     metric: u32,
 }
+
+/// The kernel's main routing table (`RT_TABLE_MAIN`).
+const RT_TABLE_MAIN: u32 = 254;
 
 /// How many requests are in flight on the socket at once.
 const PIPELINE: usize = 256;
@@ -140,18 +191,41 @@ impl KernelSync {
 
     /// Installs or replaces one route.
     pub async fn install(&self, prefix: IpNetwork, target: &Target) -> Result<(), KernelError> {
+        self.add(prefix, target, true).await
+    }
+
+    async fn add(
+        &self,
+        prefix: IpNetwork,
+        target: &Target,
+        replace: bool,
+    ) -> Result<(), KernelError> {
         let m = self.message(prefix, Some(target));
-        self.handle
-            .route()
-            .add(m)
-            .replace()
-            .execute()
+        let req = self.handle.route().add(m);
+        let (req, op) = if replace {
+            (req.replace(), "replace")
+        } else {
+            (req, "create")
+        };
+        req.execute()
             .await
-            .map_err(|source| KernelError::Route {
-                prefix,
-                op: "replace",
-                source,
+            .map_err(|source| KernelError::Route { prefix, op, source })
+    }
+
+    /// Applies writes, pipelined on the socket. Returns the failures; the rest are done.
+    pub async fn write(&self, writes: Vec<Write>) -> Vec<KernelError> {
+        futures::stream::iter(writes)
+            .map(|w| async move {
+                match w {
+                    Write::Create(p, t) => self.add(p, &t, false).await,
+                    Write::Replace(p, t) => self.add(p, &t, true).await,
+                    Write::Remove(p) => self.remove(p).await,
+                }
             })
+            .buffer_unordered(PIPELINE)
+            .filter_map(|r| async move { r.err() })
+            .collect()
+            .await
     }
 
     /// Removes our route to `prefix`; one that is already gone is not an error.
@@ -192,14 +266,27 @@ impl KernelSync {
     /// for a route with another metric or a form Brindle does not make (it will be rewritten
     /// or purged, never kept by mistake).
     pub async fn routes(&self) -> Result<Vec<(IpNetwork, Option<Target>)>, rtnetlink::Error> {
-        let mut out = vec![];
+        Ok(self.scan().await?.ours)
+    }
+
+    /// The main table, both families: our routes and the prefixes others hold.
+    pub async fn scan(&self) -> Result<Scan, rtnetlink::Error> {
+        let mut out = Scan::default();
         for filter in [
             RouteMessageBuilder::<Ipv4Addr>::new().build(),
             RouteMessageBuilder::<Ipv6Addr>::new().build(),
         ] {
             let mut s = self.handle.route().get(filter).execute();
             while let Some(r) = s.try_next().await? {
-                if r.header.protocol != RouteProtocol::Bird {
+                let table = r
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or(u32::from(r.header.table));
+                if table != RT_TABLE_MAIN {
                     continue;
                 }
                 let dst = r.attributes.iter().find_map(|a| match a {
@@ -214,8 +301,13 @@ impl KernelSync {
                         IpAddr::V4(Ipv4Addr::UNSPECIFIED)
                     },
                 );
-                if let Ok(n) = IpNetwork::new(ip, plen) {
-                    out.push((n, self.target_of(&r)));
+                let Ok(n) = IpNetwork::new(ip, plen) else {
+                    continue;
+                };
+                if r.header.protocol == RouteProtocol::Bird {
+                    out.ours.push((n, self.target_of(&r)));
+                } else {
+                    out.foreign.insert(n);
                 }
             }
         }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::kernel_task::{self, Op, Route};
+use super::kernel_task::{self, Control, KernelStats, Ops, Route};
 use super::pack::is_end_of_rib;
 use super::session::{Event, Inflight, Out, SessionCmd, SessionTask, Writer};
 use super::{
@@ -109,7 +109,8 @@ pub struct Core {
     listener: Option<Arc<tokio::net::TcpListener>>,
     /// Holds the listener too: aborted on shutdown so the port is free for a new speaker.
     accept_task: Option<tokio::task::JoinHandle<()>>,
-    kernel: Option<mpsc::UnboundedSender<Op>>,
+    kernel: Option<Arc<Ops>>,
+    pub(super) kernel_stats: Option<Arc<KernelStats>>,
     encap: Vec<(IpNetwork, Encap)>,
     direct_subnets: Vec<IpNetwork>,
     /// We found our kernel routes from before a restart; cleared once converged (sessions
@@ -153,12 +154,12 @@ impl Core {
             }
             None => (None, None),
         };
-        let (kernel, restarting) = match &cfg.kernel {
+        let (kernel, kernel_stats, restarting) = match &cfg.kernel {
             Some(k) => {
                 let s = kernel_task::start(k, cfg.graceful_restart.enabled).await?;
-                (Some(s.ops), s.restarting)
+                (Some(s.ops), Some(s.stats), s.restarting)
             }
-            None => (None, false),
+            None => (None, None, false),
         };
         let (encap, direct_subnets) = cfg
             .kernel
@@ -196,6 +197,7 @@ impl Core {
             listener,
             accept_task,
             kernel,
+            kernel_stats,
             encap,
             direct_subnets,
             restarting: Arc::new(std::sync::atomic::AtomicBool::new(restarting)),
@@ -728,7 +730,7 @@ impl Core {
         let all: Vec<Change> = self.rib.iter().collect();
         self.kernel_changes(&all);
         if let Some(k) = &self.kernel {
-            let _ = k.send(Op::Converged);
+            k.control(Control::Converged);
         }
         let up: Vec<PeerId> = self
             .peers
@@ -1047,7 +1049,7 @@ impl Core {
                     (!hops.is_empty()).then_some(Route::Via(hops))
                 }
             };
-            let _ = k.send(Op::Set(c.prefix, want));
+            k.set(c.prefix, want);
         }
     }
 
@@ -1152,7 +1154,7 @@ impl Core {
         }
         if let Some(k) = self.kernel.take() {
             let (done, rx) = oneshot::channel();
-            let _ = k.send(Op::Stop {
+            k.control(Control::Stop {
                 remove: !graceful,
                 done,
             });

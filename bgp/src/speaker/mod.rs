@@ -26,6 +26,7 @@ mod sockopt;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnetwork::IpNetwork;
@@ -36,6 +37,7 @@ use crate::policy::Policy;
 use crate::rails::Rails;
 
 pub use control::{serve as serve_control, Request as ControlRequest};
+pub use kernel_task::KernelStats;
 pub use sockopt::MAX_KEY_LEN as MD5_MAX_KEY_LEN;
 
 /// The speaker as a whole.
@@ -98,6 +100,9 @@ pub struct KernelConfig {
     /// The subnets this node is directly on: [`Encap::CrossSubnet`] next hops inside them
     /// are reached directly, all others through tunl0.
     pub direct_subnets: Vec<IpNetwork>,
+    /// How often the main table is re-read and our routes repaired (also soon after a
+    /// failed write).
+    pub rescan: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -296,6 +301,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Speaker {
     tx: mpsc::UnboundedSender<Command>,
+    kernel: Option<Arc<KernelStats>>,
 }
 
 impl Speaker {
@@ -303,8 +309,14 @@ impl Speaker {
     pub async fn start(cfg: SpeakerConfig) -> Result<Speaker, SpeakerError> {
         let (tx, rx) = mpsc::unbounded_channel();
         let core = core::Core::start(cfg, rx).await?;
+        let kernel = core.kernel_stats.clone();
         tokio::spawn(core.run());
-        Ok(Speaker { tx })
+        Ok(Speaker { tx, kernel })
+    }
+
+    /// The kernel writer's counters (None without kernel sync).
+    pub fn kernel_stats(&self) -> Option<Arc<KernelStats>> {
+        self.kernel.clone()
     }
 
     fn send(&self, c: Command) -> Result<(), SpeakerError> {

@@ -41,6 +41,8 @@ pub struct BgpTask {
     pub stop: oneshot::Receiver<()>,
     /// Reads the host's addresses (protected by the import rails).
     pub handle: rtnetlink::Handle,
+    /// How often the kernel writer re-reads the table and repairs our routes.
+    pub route_refresh: Duration,
 }
 
 struct Running {
@@ -177,6 +179,7 @@ impl BgpTask {
                 metric: 0,
                 encap: want.encap.clone(),
                 direct_subnets: vec![IpNetwork::V4(self.me.subnet)],
+                rescan: self.route_refresh,
             }),
         };
         let speaker = match Speaker::start(cfg).await {

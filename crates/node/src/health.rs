@@ -77,6 +77,23 @@ impl Health {
         self.metrics.sessions.clear();
         self.metrics.received.clear();
         self.metrics.advertised.clear();
+        self.metrics.refused_by_rails.clear();
+        self.metrics.prefix_limit_hits.clear();
+        if let Some(k) = sp.kernel_stats() {
+            use std::sync::atomic::Ordering::Relaxed;
+            let m = &self.metrics;
+            m.kernel_repairs.inc_by(
+                k.repairs
+                    .load(Relaxed)
+                    .saturating_sub(m.kernel_repairs.get()),
+            );
+            m.kernel_failures.inc_by(
+                k.failures
+                    .load(Relaxed)
+                    .saturating_sub(m.kernel_failures.get()),
+            );
+            m.kernel_held.set(k.held.load(Relaxed) as i64);
+        }
         for p in &peers {
             self.metrics
                 .sessions
@@ -95,6 +112,14 @@ impl Health {
                 .advertised
                 .get_or_create(&l)
                 .set(p.advertised as i64);
+            self.metrics
+                .refused_by_rails
+                .get_or_create(&l)
+                .set(p.refused_by_rails as i64);
+            self.metrics
+                .prefix_limit_hits
+                .get_or_create(&l)
+                .set(p.prefix_limit_hits as i64);
         }
     }
 }

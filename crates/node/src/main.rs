@@ -124,6 +124,10 @@ struct Args {
     /// How often the tables are read back and drift (our chains changed by hand) repaired.
     #[arg(long, env = "BRINDLE_IPTABLES_REFRESH_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     iptables_refresh_interval: Duration,
+    /// How often the kernel's routes are read back and ours repaired (a flush of `proto
+    /// bird`, a failed write); held prefixes are retried then too.
+    #[arg(long, env = "BRINDLE_ROUTE_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    route_refresh_interval: Duration,
     /// The masquerade mark bit (kube-proxy's default, 14).
     #[arg(long, env = "BRINDLE_MASQUERADE_BIT", default_value_t = 14, value_parser = clap::value_parser!(u8).range(0..=31))]
     masquerade_bit: u8,
@@ -440,6 +444,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             view: view_tx,
             stop: stop_rx,
             handle: netlink()?,
+            route_refresh: a.route_refresh_interval,
         }
         .run(),
     );

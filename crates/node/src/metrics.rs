@@ -62,6 +62,16 @@ pub struct Metrics {
     pub proxy_restore_failures: Counter,
     /// Services with parts that could not be programmed (problems per Service).
     pub proxy_skipped: Family<ObjectLabel, Gauge>,
+    /// Paths from each peer the import rails refused (since its peer entry was made).
+    pub refused_by_rails: Family<PeerLabel, Gauge>,
+    /// Times each peer's session was closed over its prefix limit.
+    pub prefix_limit_hits: Family<PeerLabel, Gauge>,
+    /// The kernel writer's repairs (routes of ours found missing, different or stray).
+    pub kernel_repairs: Counter,
+    /// Kernel route writes that failed.
+    pub kernel_failures: Counter,
+    /// Prefixes we want but a route of another protocol holds.
+    pub kernel_held: Gauge,
 }
 
 impl Metrics {
@@ -80,6 +90,11 @@ impl Metrics {
             proxy_rules: Gauge::default(),
             proxy_restore_failures: Counter::default(),
             proxy_skipped: Family::default(),
+            refused_by_rails: Family::default(),
+            prefix_limit_hits: Family::default(),
+            kernel_repairs: Counter::default(),
+            kernel_failures: Counter::default(),
+            kernel_held: Gauge::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register("bgp_sessions", "BGP sessions by state", m.sessions.clone());
@@ -132,6 +147,31 @@ impl Metrics {
                 "proxy_restore_failures",
                 "iptables-restore runs that failed",
                 m.proxy_restore_failures.clone(),
+            );
+            r.register(
+                "bgp_prefixes_refused_by_rails",
+                "Paths from each peer refused by the import rails (own, connected, special-purpose space; pool shapes)",
+                m.refused_by_rails.clone(),
+            );
+            r.register(
+                "bgp_prefix_limit_hits",
+                "Times each peer's session was closed for going over its maxPrefixes",
+                m.prefix_limit_hits.clone(),
+            );
+            r.register(
+                "kernel_route_repairs",
+                "Routes of ours the kernel writer found missing, different or stray on a re-read, and rewrote",
+                m.kernel_repairs.clone(),
+            );
+            r.register(
+                "kernel_route_write_failures",
+                "Kernel route writes that failed (retried after the next re-read)",
+                m.kernel_failures.clone(),
+            );
+            r.register(
+                "kernel_routes_held",
+                "Prefixes we would install but a route of another protocol holds",
+                m.kernel_held.clone(),
             );
             r.register(
                 "proxy_skipped",
