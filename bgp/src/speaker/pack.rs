@@ -1,10 +1,16 @@
 //! From one peer's adverts to as few UPDATE messages as fit: consecutive announcements with
 //! the same attributes share a message (attributes encoded once), IPv4 goes in the UPDATE
 //! body, IPv6 in MP_REACH / MP_UNREACH (RFC 4760), each message within the negotiated size.
+//!
+//! A route whose attributes leave no room for its prefix (a reflected route that was near
+//! the limit before ORIGINATOR_ID and CLUSTER_LIST were added, say) is never sent oversized:
+//! the peer gets a withdraw for it instead, and it is logged, as BIRD does. An oversized
+//! UPDATE would reset the session, and with an update group every member's.
 
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
+use tracing::warn;
 
 use crate::adj_out::{Advert, Want};
 use crate::codec::{
@@ -49,15 +55,32 @@ fn chunks(nlri: &[Nlri], add_path: bool, room: usize) -> Vec<&[Nlri]> {
     out
 }
 
+/// Splits off the prefixes that cannot fit beside attributes that leave `room` octets, and
+/// logs them.
+fn too_big(nlri: &[Nlri], add_path: bool, room: usize, attrs_len: usize) -> (Vec<Nlri>, Vec<Nlri>) {
+    let (fit, not): (Vec<Nlri>, Vec<Nlri>) =
+        nlri.iter().partition(|n| nlri_len(n, add_path) <= room);
+    if let Some(first) = not.first() {
+        warn!(
+            prefix = %first.prefix,
+            prefixes = not.len(),
+            attributes = attrs_len,
+            "a route's attributes leave no room for it in an UPDATE of the negotiated size: withdrawn toward this peer instead"
+        );
+    }
+    (fit, not)
+}
+
 fn v4_announce(attrs: &Attributes, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) {
     let ap = ctx.add_path(Afi::Ipv4, SAFI_UNICAST);
     let mut a = BytesMut::new();
     attrs.encode(ctx, &mut a);
-    let room = ctx
-        .max_len()
-        .saturating_sub(HEADER_LEN + 4 + a.len())
-        .max(24);
-    for c in chunks(nlri, ap, room) {
+    let room = ctx.max_len().saturating_sub(HEADER_LEN + 4 + a.len());
+    let (fit, not) = too_big(nlri, ap, room, a.len());
+    if !not.is_empty() {
+        v4_withdraw(&not, ctx, out);
+    }
+    for c in chunks(&fit, ap, room) {
         let start = header(out);
         out.put_u16(0);
         out.put_u16(a.len() as u16);
@@ -87,9 +110,30 @@ fn message(u: Update, ctx: &Ctx, out: &mut BytesMut) {
 
 fn v6(attrs: Option<&Attributes>, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) {
     let ap = ctx.add_path(Afi::Ipv6, SAFI_UNICAST);
-    // Attributes other than MP_REACH stay well under 1 KiB for Brindle's routes.
-    let room = ctx.max_len() - HEADER_LEN - 4 - 1024;
-    for c in chunks(nlri, ap, room) {
+    let mut nlri = nlri.to_vec();
+    // The message without prefixes, and one octet more: MP_REACH's length may need two.
+    let fixed = |a: Option<&Attributes>| {
+        let mut probe = BytesMut::new();
+        message(update_v6(a, &[]), ctx, &mut probe);
+        probe.len() + 1
+    };
+    if attrs.is_some() {
+        let base = fixed(attrs);
+        let room = ctx.max_len().saturating_sub(base);
+        let (fit, not) = too_big(&nlri, ap, room, base);
+        if !not.is_empty() {
+            v6(None, &not, ctx, out);
+        }
+        nlri = fit;
+    }
+    let room = ctx.max_len().saturating_sub(fixed(attrs));
+    for c in chunks(&nlri, ap, room) {
+        message(update_v6(attrs, c), ctx, out);
+    }
+}
+
+fn update_v6(attrs: Option<&Attributes>, c: &[Nlri]) -> Update {
+    {
         let mut u = Update::default();
         match attrs {
             Some(a) => {
@@ -110,7 +154,7 @@ fn v6(attrs: Option<&Attributes>, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) 
                 });
             }
         }
-        message(u, ctx, out);
+        u
     }
 }
 
@@ -272,5 +316,78 @@ mod tests {
         let mut u = Update::default();
         u.attributes.med = Some(1);
         assert_eq!(is_end_of_rib(&u), None, "attributes make it an UPDATE");
+    }
+
+    /// Attributes near the limit: every message stays within it; prefixes that cannot fit
+    /// beside them are withdrawn instead, never sent oversized. Both families.
+    #[test]
+    fn attributes_near_the_limit_never_make_an_oversized_message() {
+        let ctx = Ctx {
+            four_octet_as: true,
+            ..Ctx::default()
+        };
+        for communities in [1000usize, 1010, 1017, 1030] {
+            let a = Arc::new(Attributes {
+                origin: Some(Origin::Igp),
+                as_path: Some(vec![AsSegment::Sequence(vec![64512])]),
+                next_hop: Some(Ipv4Addr::new(198, 18, 0, 1)),
+                communities: (0..communities as u32).collect(),
+                ..Attributes::default()
+            });
+            let mut a6 = (*a).clone();
+            a6.next_hop = None;
+            a6.mp_reach = Some(MpReach {
+                afi: Afi::Ipv6,
+                safi: SAFI_UNICAST,
+                next_hops: vec!["fd00::1".parse().unwrap()],
+                nlri: vec![],
+            });
+            let a6 = Arc::new(a6);
+            let ads: Vec<Advert> = (0..40u32)
+                .map(|i| Advert {
+                    prefix: IpNetwork::new(
+                        IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + (i << 8))),
+                        24 + (i % 9) as u8,
+                    )
+                    .unwrap(),
+                    path_id: None,
+                    attrs: Some(a.clone()),
+                })
+                .chain((0..40u32).map(|i| Advert {
+                    prefix: format!("fd00:{i:x}::/{}", 48 + i).parse().unwrap(),
+                    path_id: None,
+                    attrs: Some(a6.clone()),
+                }))
+                .collect();
+            let mut buf = BytesMut::new();
+            pack(&ads, &ctx, &mut buf);
+            // `messages` asserts each is within the size and decodes.
+            let ups = messages(&buf, &ctx);
+            let announced = ups
+                .iter()
+                .map(|u| u.nlri.len() + u.attributes.mp_reach.as_ref().map_or(0, |r| r.nlri.len()))
+                .sum::<usize>();
+            let withdrawn = ups
+                .iter()
+                .map(|u| {
+                    u.withdrawn.len()
+                        + u.attributes
+                            .mp_unreach
+                            .as_ref()
+                            .map_or(0, |r| r.withdrawn.len())
+                })
+                .sum::<usize>();
+            assert_eq!(
+                announced + withdrawn,
+                80,
+                "{communities}: every prefix accounted for"
+            );
+            if communities >= 1030 {
+                assert_eq!(announced, 0, "{communities}: nothing fits");
+            }
+            if communities <= 1000 {
+                assert_eq!(withdrawn, 0, "{communities}: everything fits");
+            }
+        }
     }
 }
