@@ -60,13 +60,14 @@ async fn established(n: &Node, other: &Node) {
     .await;
 }
 
-fn originate(n: &Node, prefixes: &[&str]) {
+async fn originate(n: &Node, prefixes: &[&str]) {
     for p in prefixes {
         n.speaker
             .originate(Origination {
                 prefix: Some(net(p)),
                 ..Origination::default()
             })
+            .await
             .expect("originate");
     }
 }
@@ -118,11 +119,12 @@ async fn rails_refuse_whatever_the_policy_says() {
         "169.254.0.0/16", // link-local
         "127.0.0.0/8",
     ];
-    originate(&tor, &hostile);
+    originate(&tor, &hostile).await;
     originate(
         &member,
         &["10.244.3.0/26", "10.244.1.9/32", "203.0.113.0/24"],
-    );
+    )
+    .await;
     established(&n, &tor).await;
     established(&n, &member).await;
     let want = [
@@ -152,13 +154,13 @@ async fn rails_refuse_whatever_the_policy_says() {
     // Tighter rails (a block of ours that the ToR's route is inside) withdraw at once.
     let mut r = node_rails();
     r.local_blocks.push(net("10.244.2.0/26"));
-    n.speaker.set_rails(r).expect("set rails");
+    n.speaker.set_rails(r).await.expect("set rails");
     until("the route now refused is gone", async || {
         (!has_route(&n.speaker, "10.244.2.0/26").await).then_some(())
     })
     .await;
     // Looser again: the ToR is asked for its routes and the block comes back.
-    n.speaker.set_rails(node_rails()).expect("set rails");
+    n.speaker.set_rails(node_rails()).await.expect("set rails");
     until("the route allowed again is back", async || {
         has_route(&n.speaker, "10.244.2.0/26").await.then_some(())
     })
@@ -178,7 +180,7 @@ async fn a_peer_over_its_prefix_limit_is_closed_with_cease_6_1() {
     link(&n, &p, |c| c.max_prefixes = Some(10)).await;
     let many: Vec<String> = (0..11).map(|i| format!("192.0.2.{}/32", i * 8)).collect();
     let refs: Vec<&str> = many.iter().map(String::as_str).collect();
-    originate(&p, &refs);
+    originate(&p, &refs).await;
     let st = until("the limit is hit", async || {
         let s = peer(&n.speaker, p.ip).await;
         (s.prefix_limit_hits >= 1 && s.state != "Established").then_some(s)
@@ -193,7 +195,10 @@ async fn a_peer_over_its_prefix_limit_is_closed_with_cease_6_1() {
     .await;
     assert!(theirs.contains("NOTIFICATION 6/1"), "{theirs}");
     // Under the limit, the session stays up and the routes stay.
-    p.speaker.withdraw(net("192.0.2.0/32")).expect("withdraw");
+    p.speaker
+        .withdraw(net("192.0.2.0/32"))
+        .await
+        .expect("withdraw");
     established(&n, &p).await;
     until("ten routes, kept", async || {
         (prefixes(&n).await.len() == 10).then_some(())
@@ -227,7 +232,7 @@ async fn a_peer_with_the_wrong_identifier_is_refused() {
             .add_peer(peer_of(&x, &n, impostor_dials))
             .await
             .expect("add");
-        originate(&x, &["10.244.7.0/26"]);
+        originate(&x, &["10.244.7.0/26"]).await;
         let err = until("the impostor is refused", async || {
             let s = peer(&x.speaker, n.ip).await;
             s.last_error.filter(|e| e.contains("2/3"))
@@ -275,9 +280,9 @@ async fn a_no_transit_speaker_passes_on_only_its_own_routes() {
         })
         .await;
     }
-    originate(&tor_a, &["0.0.0.0/0", "192.0.2.0/24"]);
-    originate(&client_1, &["10.244.5.0/26"]);
-    originate(&n, &["10.244.1.0/26"]);
+    originate(&tor_a, &["0.0.0.0/0", "192.0.2.0/24"]).await;
+    originate(&client_1, &["10.244.5.0/26"]).await;
+    originate(&n, &["10.244.1.0/26"]).await;
     for x in [&tor_a, &tor_b, &client_1, &client_2] {
         established(&n, x).await;
     }
@@ -310,4 +315,84 @@ async fn a_no_transit_speaker_passes_on_only_its_own_routes() {
     for x in [n, tor_a, tor_b, client_1, client_2] {
         x.speaker.shutdown(false).await.expect("shutdown");
     }
+}
+
+/// A peer that completes the handshake, keeps its session alive with KEEPALIVEs, and never
+/// reads: once our writes to it have made no progress for its hold time the connection is
+/// dropped, instead of its queue growing with every route we have.
+#[tokio::test]
+async fn a_peer_that_stops_reading_is_dropped_after_its_hold_time() {
+    use brindle_bgp::codec::{self, Capability, Ctx, Message, Open};
+    use std::io::Write;
+    let n = node("127.0.0.81", 64512, |_| {}).await;
+    let mut p = PeerConfig::new("127.0.0.82".parse().expect("ip"), 65001);
+    p.passive = true;
+    p.hold_time = 3;
+    n.speaker.add_peer(p).await.expect("add");
+    let port = n.port;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_c = stop.clone();
+    let client = std::thread::spawn(move || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.set_recv_buffer_size(4096).expect("rcvbuf");
+        sock.bind(&std::net::SocketAddr::from(([127, 0, 0, 82], 0)).into())
+            .expect("bind");
+        sock.connect(&std::net::SocketAddr::from(([127, 0, 0, 81], port)).into())
+            .expect("connect");
+        let mut s: std::net::TcpStream = sock.into();
+        let mut buf = bytes::BytesMut::new();
+        let open = Open::new(
+            65001,
+            3,
+            Ipv4Addr::new(127, 0, 0, 82),
+            vec![Capability::FourOctetAs(65001)],
+        );
+        codec::encode(&Message::Open(open), &Ctx::default(), &mut buf);
+        codec::encode(&Message::Keepalive, &Ctx::default(), &mut buf);
+        s.write_all(&buf).expect("open");
+        let mut ka = bytes::BytesMut::new();
+        codec::encode(&Message::Keepalive, &Ctx::default(), &mut ka);
+        // Never reads; keeps the session alive until the speaker drops it.
+        while !stop_c.load(std::sync::atomic::Ordering::Relaxed) {
+            if s.write_all(&ka).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    });
+    until("the silent peer established", async || {
+        (peer(&n.speaker, "127.0.0.82").await.state == "Established").then_some(())
+    })
+    .await;
+    // ~200k routes with attributes of their own: far more than the socket buffers hold.
+    for i in 0..200_000u32 {
+        n.speaker
+            .originate(Origination {
+                prefix: ipnetwork::IpNetwork::new(
+                    std::net::IpAddr::V4(Ipv4Addr::from(0x0a40_0000 + i)),
+                    32,
+                )
+                .ok(),
+                med: Some(i),
+                ..Origination::default()
+            })
+            .await
+            .expect("originate");
+    }
+    let st = until("the stalled peer dropped", async || {
+        let s = peer(&n.speaker, "127.0.0.82").await;
+        (s.state != "Established").then_some(s)
+    })
+    .await;
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("TCP connection failed"),
+        "{st:?}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = client.join();
+    n.speaker.shutdown(false).await.expect("shutdown");
 }

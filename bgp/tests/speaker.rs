@@ -39,6 +39,7 @@ async fn two_speakers_dialing_each_other_settle_on_one_session() {
         communities: vec![(64512 << 16) | 7],
         ..Origination::default()
     })
+    .await
     .expect("originate");
     until("b learns a's block", async || {
         has_route(&b, "10.244.1.0/26").await.then_some(())
@@ -48,7 +49,7 @@ async fn two_speakers_dialing_each_other_settle_on_one_session() {
     assert_eq!(r[0].as_path, vec![64512]);
     assert_eq!(r[0].next_hop, Some("127.0.0.11".parse().unwrap()));
     assert_eq!(r[0].communities, vec!["64512:7".to_string()]);
-    a.withdraw(net("10.244.1.0/26")).expect("withdraw");
+    a.withdraw(net("10.244.1.0/26")).await.expect("withdraw");
     until("b forgets it", async || {
         (!has_route(&b, "10.244.1.0/26").await).then_some(())
     })
@@ -113,6 +114,7 @@ async fn a_peer_that_exports_nothing_is_not_grouped_with_peers_that_export_all()
         prefix: Some(net("10.246.0.0/26")),
         ..Origination::default()
     })
+    .await
     .expect("originate");
     for (ip, s) in &others[1..] {
         until(&format!("{ip} learns the route"), async || {

@@ -65,7 +65,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Originations first: each peer's first table dump (and End-of-RIB) then holds them, so
     // a peer that kept our routes through our restart never sees them withdrawn.
     for o in cfg.originate {
-        speaker.originate(o)?;
+        speaker.originate(o).await?;
     }
     for p in cfg.peers {
         let addr = p.addr;
@@ -74,7 +74,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("adding peer {addr}"))?;
     }
-    speaker.peers_configured()?;
+    speaker.peers_configured().await?;
     let sock = cfg.control_socket.unwrap_or_else(default_control_socket);
     let ctl = speaker.clone();
     tokio::spawn(async move {

@@ -101,7 +101,7 @@ pub struct Core {
     by_addr: HashMap<IpAddr, PeerId>,
     next_id: PeerId,
     origins: HashMap<IpNetwork, Origination>,
-    cmds: mpsc::UnboundedReceiver<Command>,
+    cmds: mpsc::Receiver<Command>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -135,7 +135,7 @@ fn unmap(a: IpAddr) -> IpAddr {
 impl Core {
     pub async fn start(
         cfg: SpeakerConfig,
-        cmds: mpsc::UnboundedReceiver<Command>,
+        cmds: mpsc::Receiver<Command>,
     ) -> Result<Core, SpeakerError> {
         let (events_tx, events) = mpsc::unbounded_channel();
         let (internal_tx, internal) = mpsc::unbounded_channel();

@@ -300,14 +300,15 @@ enum Command {
 /// A handle to a running speaker (cheap to clone).
 #[derive(Clone)]
 pub struct Speaker {
-    tx: mpsc::UnboundedSender<Command>,
+    /// Bounded: an owner sending faster than the core takes commands waits.
+    tx: mpsc::Sender<Command>,
     kernel: Option<Arc<KernelStats>>,
 }
 
 impl Speaker {
     /// Starts the core, the listener and (if configured) the kernel writer.
     pub async fn start(cfg: SpeakerConfig) -> Result<Speaker, SpeakerError> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let core = core::Core::start(cfg, rx).await?;
         let kernel = core.kernel_stats.clone();
         tokio::spawn(core.run());
@@ -319,8 +320,8 @@ impl Speaker {
         self.kernel.clone()
     }
 
-    fn send(&self, c: Command) -> Result<(), SpeakerError> {
-        self.tx.send(c).map_err(|_| SpeakerError::Stopped)
+    async fn send(&self, c: Command) -> Result<(), SpeakerError> {
+        self.tx.send(c).await.map_err(|_| SpeakerError::Stopped)
     }
 
     async fn ask<T>(
@@ -328,7 +329,7 @@ impl Speaker {
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, SpeakerError> {
         let (tx, rx) = oneshot::channel();
-        self.send(make(tx))?;
+        self.send(make(tx)).await?;
         rx.await.map_err(|_| SpeakerError::Stopped)
     }
 
@@ -341,8 +342,8 @@ impl Speaker {
     /// converged: otherwise End-of-RIB from the first peer added, arriving before the second
     /// is added, would purge the routes only the second peer will send again. Until it is
     /// called, only the restart-time deadline ends the restart.
-    pub fn peers_configured(&self) -> Result<(), SpeakerError> {
-        self.send(Command::PeersConfigured)
+    pub async fn peers_configured(&self) -> Result<(), SpeakerError> {
+        self.send(Command::PeersConfigured).await
     }
 
     /// Stops the session (Cease/administrative shutdown) and withdraws the peer's routes.
@@ -351,30 +352,30 @@ impl Speaker {
     }
 
     /// Originates (or changes) a prefix.
-    pub fn originate(&self, o: Origination) -> Result<(), SpeakerError> {
-        self.send(Command::Originate(o))
+    pub async fn originate(&self, o: Origination) -> Result<(), SpeakerError> {
+        self.send(Command::Originate(o)).await
     }
 
-    pub fn withdraw(&self, prefix: IpNetwork) -> Result<(), SpeakerError> {
-        self.send(Command::Withdraw(prefix))
+    pub async fn withdraw(&self, prefix: IpNetwork) -> Result<(), SpeakerError> {
+        self.send(Command::Withdraw(prefix)).await
     }
 
     /// Replaces the per-prefix encapsulation rules; installed routes are redone.
-    pub fn set_encap(&self, rules: Vec<(IpNetwork, Encap)>) -> Result<(), SpeakerError> {
-        self.send(Command::SetEncap(rules))
+    pub async fn set_encap(&self, rules: Vec<(IpNetwork, Encap)>) -> Result<(), SpeakerError> {
+        self.send(Command::SetEncap(rules)).await
     }
 
     /// Replaces the subnets reached without encapsulation under [`Encap::CrossSubnet`];
     /// installed routes are redone.
-    pub fn set_direct_subnets(&self, subnets: Vec<IpNetwork>) -> Result<(), SpeakerError> {
-        self.send(Command::SetDirectSubnets(subnets))
+    pub async fn set_direct_subnets(&self, subnets: Vec<IpNetwork>) -> Result<(), SpeakerError> {
+        self.send(Command::SetDirectSubnets(subnets)).await
     }
 
     /// Replaces the import rails: paths they now refuse are withdrawn at once; if they let
     /// more through, peers that had paths refused are asked for their routes again (route
     /// refresh, where negotiated).
-    pub fn set_rails(&self, rails: Rails) -> Result<(), SpeakerError> {
-        self.send(Command::SetRails(Box::new(rails)))
+    pub async fn set_rails(&self, rails: Rails) -> Result<(), SpeakerError> {
+        self.send(Command::SetRails(Box::new(rails))).await
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerStatus>, SpeakerError> {
@@ -389,6 +390,9 @@ impl Speaker {
         self.ask(|done| Command::Shutdown { graceful, done }).await
     }
 }
+
+/// Commands waiting for the core, at most.
+const COMMAND_QUEUE: usize = 1024;
 
 /// Where a control socket is by default.
 pub fn default_control_socket() -> PathBuf {

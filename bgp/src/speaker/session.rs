@@ -45,7 +45,59 @@ pub enum Out {
     Forget(Afi),
 }
 
-pub type Writer = mpsc::UnboundedSender<Out>;
+impl Out {
+    /// Roughly what the message holds in memory, for the queue's bound.
+    fn weight(&self) -> usize {
+        match self {
+            Out::Raw(b) => b.len(),
+            Out::Routes(w) => 64 * w.len(),
+            _ => 64,
+        }
+    }
+}
+
+/// What one connection's queue may hold before the peer is dropped: a peer that stops
+/// reading is not buffered without end. (A whole table of a million routes is ~30 MiB.)
+const MAX_QUEUED: usize = 256 << 20;
+
+/// A connection's write queue, fed by the session and the core, drained by its writer task.
+/// Bounded by what it holds: past [`MAX_QUEUED`] nothing more is taken and the connection is
+/// dropped; a peer that reads nothing for its hold time is dropped too.
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Out>,
+    q: Queue,
+}
+
+/// What the senders and the writer task share (not the sender itself: the queue closes, and
+/// the writer ends, when the last sender is gone).
+#[derive(Clone, Default)]
+struct Queue {
+    queued: Arc<AtomicUsize>,
+    overflow: Arc<tokio::sync::Notify>,
+    dead: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The connection is gone or is being dropped; the message was not queued.
+#[derive(Debug)]
+pub struct Closed;
+
+impl Writer {
+    pub fn send(&self, m: Out) -> Result<(), Closed> {
+        let q = &self.q;
+        if q.dead.load(Ordering::Relaxed) {
+            return Err(Closed);
+        }
+        let n = m.weight();
+        if q.queued.fetch_add(n, Ordering::AcqRel) + n > MAX_QUEUED {
+            // Nothing after this may be queued either: the stream would have a hole.
+            q.dead.store(true, Ordering::Relaxed);
+            q.overflow.notify_one();
+            return Err(Closed);
+        }
+        self.tx.send(m).map_err(|_| Closed)
+    }
+}
 
 /// Backpressure from the core: a session stops reading while this many of its UPDATEs wait
 /// to be processed, so a fast peer fills TCP's window, not our memory.
@@ -130,6 +182,8 @@ struct Conn {
     local: SocketAddr,
     advertised: Arc<AtomicUsize>,
     written: tokio::task::JoinHandle<()>,
+    /// Notified when the writer task ends.
+    gone: Arc<tokio::sync::Notify>,
     /// How much to reserve for the next read (grows while reads fill the buffer).
     read_size: usize,
 }
@@ -148,6 +202,10 @@ pub struct SessionTask {
     pub events: mpsc::UnboundedSender<Event>,
     pub cmds: mpsc::UnboundedReceiver<SessionCmd>,
 }
+
+/// How many connections from one peer address may wait for their OPEN at once (each for at
+/// most 30 s): an address cannot hold more open.
+const MAX_OPENING: usize = 4;
 
 /// Reads the first message of an incoming connection (the peer's OPEN).
 async fn read_open(mut stream: TcpStream) -> Option<Pending> {
@@ -175,11 +233,16 @@ async fn read_open(mut stream: TcpStream) -> Option<Pending> {
 /// buffer, not copied: an update group's table, held once for all its members.
 const SHARED_MIN: usize = 4096;
 
-/// The writer task: owns the connection's write half and its Adj-RIB-Out.
+/// The writer task: owns the connection's write half and its Adj-RIB-Out. It ends (and the
+/// session sees the connection fail) when a write fails, when the peer has read nothing for
+/// `stall`, or when the queue overflows.
 async fn write_loop(
     mut w: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Out>,
     advertised: Arc<AtomicUsize>,
+    q: Queue,
+    peer: std::net::IpAddr,
+    stall: Duration,
 ) {
     let mut sent = Sent::default();
     let mut ctx = Ctx::default();
@@ -209,23 +272,51 @@ async fn write_loop(
         Out::EndOfRib(afi) => end_of_rib(afi, &ctx, batch),
         Out::Forget(afi) => sent.forget(afi == Afi::Ipv4),
     };
-    while let Some(m) = rx.recv().await {
+    loop {
+        let m = tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => m,
+                None => break,
+            },
+            _ = q.overflow.notified() => {
+                warn!(%peer, limit_mib = MAX_QUEUED >> 20, "the peer is not reading fast enough: its write queue is full; dropping the connection");
+                return;
+            }
+        };
+        let mut taken = m.weight();
         handle(m, &mut batch, &mut chunks);
         // Coalesce what is already queued (up to a bound) into as few writes as it takes.
         let mut size = batch.len() + chunks.iter().map(Bytes::len).sum::<usize>();
         while size < 256 * 1024 {
             let Ok(more) = rx.try_recv() else { break };
+            taken += more.weight();
             handle(more, &mut batch, &mut chunks);
             size = batch.len() + chunks.iter().map(Bytes::len).sum::<usize>();
         }
         if !batch.is_empty() {
             chunks.push(batch.split().freeze());
         }
-        for c in chunks.drain(..) {
-            if w.write_all(&c).await.is_err() {
+        let write = async {
+            for c in chunks.drain(..) {
+                w.write_all(&c).await?;
+            }
+            Ok::<(), std::io::Error>(())
+        };
+        tokio::select! {
+            r = tokio::time::timeout(stall, write) => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    warn!(%peer, secs = stall.as_secs(), "the peer has read nothing for its hold time: dropping the connection");
+                    return;
+                }
+            },
+            _ = q.overflow.notified() => {
+                warn!(%peer, limit_mib = MAX_QUEUED >> 20, "the peer is not reading fast enough: its write queue is full; dropping the connection");
                 return;
             }
         }
+        q.queued.fetch_sub(taken, Ordering::AcqRel);
         // A table dump can grow the buffer; a thousand idle sessions should not keep it.
         if batch.capacity() > 64 * 1024 {
             batch = BytesMut::new();
@@ -258,7 +349,9 @@ impl SessionTask {
             ceased: false,
             closing: None,
         };
-        let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Pending>();
+        let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Option<Pending>>();
+        // Connections from this address still waiting for their OPEN.
+        let mut opening = 0usize;
         self.restart(&mut run, self.fsm_cfg.clone());
         loop {
             let next_timer = run
@@ -269,11 +362,14 @@ impl SessionTask {
             tokio::select! {
                 cmd = self.cmds.recv() => match cmd {
                     Some(SessionCmd::Incoming(s)) => {
+                        if opening >= MAX_OPENING {
+                            debug!(peer = %self.cfg.addr, "refused a connection: {MAX_OPENING} from this address are already waiting for their OPEN");
+                            continue;
+                        }
+                        opening += 1;
                         let tx = pending_tx.clone();
                         tokio::spawn(async move {
-                            if let Some(p) = read_open(s).await {
-                                let _ = tx.send(p);
-                            }
+                            let _ = tx.send(read_open(s).await);
                         });
                     }
                     Some(SessionCmd::Stop { notify, done }) => {
@@ -299,8 +395,14 @@ impl SessionTask {
                         return;
                     }
                 },
-                Some(p) = pending_rx.recv() => self.incoming(&mut run, p),
+                Some(p) = pending_rx.recv() => {
+                    opening -= 1;
+                    if let Some(p) = p {
+                        self.incoming(&mut run, p);
+                    }
+                }
                 _ = self.inflight.wake.notified(), if run.conn.is_some() && self.inflight.full() => {}
+
                 r = read(run.conn.as_mut()), if run.conn.is_some() && !self.inflight.full() => match r {
                     Ok(0) | Err(_) => self.process(&mut run, Input::TcpFails),
                     Ok(_) => self.drain(&mut run),
@@ -356,8 +458,24 @@ impl SessionTask {
         let _ = s.set_nodelay(true);
         let (r, w) = s.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
+        let tx = Writer {
+            tx,
+            q: Queue::default(),
+        };
         let advertised = Arc::new(AtomicUsize::new(0));
-        let written = tokio::spawn(write_loop(w, rx, advertised.clone()));
+        let advertised_w = advertised.clone();
+        // A peer that reads nothing for as long as it may stay silent is gone.
+        let stall = match self.cfg.hold_time {
+            0 => Duration::from_secs(240),
+            h => Duration::from_secs(u64::from(h)),
+        };
+        let gone = Arc::new(tokio::sync::Notify::new());
+        let done = gone.clone();
+        let (q, peer) = (tx.q.clone(), self.cfg.addr);
+        let written = tokio::spawn(async move {
+            write_loop(w, rx, advertised_w, q, peer, stall).await;
+            done.notify_one();
+        });
         run.conn = Some(Conn {
             reader: r,
             buf,
@@ -365,6 +483,7 @@ impl SessionTask {
             local,
             advertised,
             written,
+            gone,
             read_size: 4096,
         });
     }
@@ -638,7 +757,14 @@ async fn read(conn: Option<&mut Conn>) -> std::io::Result<usize> {
                 c.buf.reserve(c.read_size);
             }
             let free = c.buf.capacity() - c.buf.len();
-            let n = c.reader.read_buf(&mut c.buf).await?;
+            // The writer giving up on the connection (write error, stalled peer, full queue)
+            // fails it as a failed read does.
+            let n = tokio::select! {
+                n = c.reader.read_buf(&mut c.buf) => n?,
+                _ = c.gone.notified() => {
+                    return Err(std::io::Error::other("the writer closed the connection"))
+                }
+            };
             if n == free && c.read_size < 64 * 1024 {
                 c.read_size *= 2;
             }

@@ -212,7 +212,7 @@ impl BgpTask {
         let r = self.update(r, want).await;
         // Every peer of the snapshot is added: only now may End-of-RIB from all of them end
         // our own restart (and purge the routes nobody sent again).
-        let _ = r.speaker.peers_configured();
+        let _ = r.speaker.peers_configured().await;
         Some(r)
     }
 
@@ -220,13 +220,13 @@ impl BgpTask {
         for (p, bh) in &want.origins {
             if r.origins.get(p) != Some(bh) {
                 info!(prefix = %p, blackhole = bh, "originating");
-                let _ = r.speaker.originate(origination(*p, *bh));
+                let _ = r.speaker.originate(origination(*p, *bh)).await;
             }
         }
         for p in r.origins.keys() {
             if !want.origins.contains_key(p) {
                 info!(prefix = %p, "withdrawing");
-                let _ = r.speaker.withdraw(*p);
+                let _ = r.speaker.withdraw(*p).await;
             }
         }
         r.origins = want.origins.clone();
@@ -237,12 +237,12 @@ impl BgpTask {
                 local_blocks = want.rails.local_blocks.len(),
                 "import rails changed"
             );
-            let _ = r.speaker.set_rails(want.rails.clone());
+            let _ = r.speaker.set_rails(want.rails.clone()).await;
             r.rails = want.rails.clone();
         }
         if r.encap != want.encap {
             info!(rules = ?want.encap, "route encapsulation changed; re-installing routes in place");
-            let _ = r.speaker.set_encap(want.encap.clone());
+            let _ = r.speaker.set_encap(want.encap.clone()).await;
             r.encap = want.encap.clone();
         }
         for (addr, old) in &r.peers {
