@@ -56,6 +56,12 @@ pub enum Match {
     AsPathLenAtLeast(usize),
     /// The route came through this neighbouring AS (the first AS of the path).
     NeighborAs(u32),
+    /// The AS path starts with these AS numbers, in order.
+    AsPathPrefix(Vec<u32>),
+    /// LOCAL_PREF is this.
+    LocalPref(u32),
+    /// The route was learned from a BGP peer (not originated here).
+    Learned,
     Not(Box<Match>),
     Any(Vec<Match>),
 }
@@ -103,7 +109,13 @@ fn path_len(a: &Attributes) -> usize {
 }
 
 impl Match {
+    /// Whether the match holds for a learned route.
     pub fn holds(&self, prefix: &IpNetwork, a: &Attributes) -> bool {
+        self.holds_for(prefix, a, true)
+    }
+
+    /// Whether the match holds (`learned`: the route came from a peer).
+    pub fn holds_for(&self, prefix: &IpNetwork, a: &Attributes, learned: bool) -> bool {
         match self {
             Match::Prefix(list) => list.iter().any(|e| e.matches(prefix)),
             Match::Community(c) => a.communities.contains(c),
@@ -115,8 +127,21 @@ impl Match {
                 .as_ref()
                 .and_then(|p| p.first())
                 .is_some_and(|s| matches!(s, AsSegment::Sequence(v) if v.first() == Some(asn))),
-            Match::Not(m) => !m.holds(prefix, a),
-            Match::Any(ms) => ms.iter().any(|m| m.holds(prefix, a)),
+            Match::AsPathPrefix(want) => {
+                let path: Vec<u32> = a
+                    .as_path
+                    .iter()
+                    .flatten()
+                    .take_while(|s| matches!(s, AsSegment::Sequence(_)))
+                    .flat_map(|s| s.asns().to_vec())
+                    .take(want.len())
+                    .collect();
+                path == *want
+            }
+            Match::LocalPref(v) => a.local_pref == Some(*v),
+            Match::Learned => learned,
+            Match::Not(m) => !m.holds_for(prefix, a, learned),
+            Match::Any(ms) => ms.iter().any(|m| m.holds_for(prefix, a, learned)),
         }
     }
 }
@@ -166,10 +191,15 @@ impl Policy {
         }
     }
 
-    /// Runs the terms over a route, changing its attributes as they say.
+    /// Runs the terms over a learned route, changing its attributes as they say.
     pub fn apply(&self, prefix: &IpNetwork, a: &mut Attributes) -> Verdict {
+        self.apply_route(prefix, a, true)
+    }
+
+    /// Runs the terms over a route (`learned`: from a peer, not originated here).
+    pub fn apply_route(&self, prefix: &IpNetwork, a: &mut Attributes, learned: bool) -> Verdict {
         for t in &self.terms {
-            if t.matches.iter().all(|m| m.holds(prefix, a)) {
+            if t.matches.iter().all(|m| m.holds_for(prefix, a, learned)) {
                 t.actions.iter().for_each(|x| x.apply(a));
                 if let Some(v) = t.verdict {
                     return v;

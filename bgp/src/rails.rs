@@ -22,8 +22,11 @@ pub struct Rails {
     pub protected: Vec<IpNetwork>,
     /// The pools, each with its block size. Empty: the pool rails are off (a plain router).
     pub pools: Vec<(IpNetwork, u8)>,
-    /// This node's own blocks: an external peer may announce nothing inside them.
+    /// This node's own blocks: an external peer may announce nothing inside them ...
     pub local_blocks: Vec<IpNetwork>,
+    /// ... but the host routes of their addresses that pods on other nodes borrowed (those
+    /// nodes announce them, and a top-of-rack router passes them on).
+    pub lent: Vec<IpNetwork>,
 }
 
 /// Why a path was refused.
@@ -110,7 +113,9 @@ impl Rails {
             };
         }
         if let Some(b) = self.local_blocks.iter().find(|b| within(prefix, b)) {
-            return Err(Refusal::LocalBlock(*b));
+            if !self.lent.contains(prefix) {
+                return Err(Refusal::LocalBlock(*b));
+            }
         }
         match pool {
             Some((p, block)) if prefix.prefix() != *block && prefix.prefix() != host_len(p) => {
@@ -125,6 +130,7 @@ impl Rails {
     pub fn only_tightens(&self, before: &Rails) -> bool {
         before.protected.iter().all(|n| self.protected.contains(n))
             && before.local_blocks.iter().all(|b| self.local_blocks.contains(b))
+            && self.lent.iter().all(|l| before.lent.contains(l))
             // Pools are loose for members and strict for external peers: any change loosens
             // something, unless the pool rails were off before.
             && (self.pools == before.pools || before.pools.is_empty())
@@ -146,6 +152,7 @@ mod tests {
             protected,
             pools: vec![(n("10.244.0.0/16"), 26)],
             local_blocks: vec![n("10.244.1.0/26")],
+            lent: vec![n("10.244.1.33/32")],
         }
     }
 
@@ -207,6 +214,8 @@ mod tests {
             r.check(&n("10.244.1.0/26"), false),
             Err(Refusal::LocalBlock(n("10.244.1.0/26")))
         );
+        // An address of our block that a pod on another node borrowed.
+        assert_eq!(r.check(&n("10.244.1.33/32"), false), Ok(()));
     }
 
     #[test]

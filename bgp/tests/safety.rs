@@ -93,6 +93,7 @@ fn node_rails() -> Rails {
         protected,
         pools: vec![(net("10.244.0.0/16"), 26)],
         local_blocks: vec![net("10.244.1.0/26")],
+        lent: vec![],
     }
 }
 

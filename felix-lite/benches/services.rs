@@ -131,7 +131,7 @@ fn one_run(n: usize, backend: Backend) -> Run {
     let t = Instant::now();
     let mut rendered: Vec<ServiceRules> = svcs.iter().map(|s| rules::render(s, &c)).collect();
     let render = t.elapsed();
-    let ruleset = rules::assemble(&c, rendered.iter());
+    let ruleset = rules::assemble(&c, &Default::default(), rendered.iter());
     let sets_want = std::collections::BTreeMap::from([
         (rules::ALL_POOLS_SET.to_string(), vec![]),
         (rules::MASQ_POOLS_SET.to_string(), vec![]),
@@ -146,7 +146,7 @@ fn one_run(n: usize, backend: Backend) -> Run {
     let mut changed = service(k, 0);
     changed.endpoints[0] = service(k, 1).endpoints[0].clone();
     rendered[k] = rules::render(&changed, &c);
-    let ruleset = rules::assemble(&c, rendered.iter());
+    let ruleset = rules::assemble(&c, &Default::default(), rendered.iter());
     let rep2 = w.sync(&ruleset).expect("one change");
     let change = t.elapsed();
     assert!(rep2.chains_written <= 3, "{rep2:?}");

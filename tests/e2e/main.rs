@@ -16,4 +16,5 @@ mod podman;
 mod racks;
 mod rbac;
 mod reflectors;
+mod routing_safety;
 mod services;

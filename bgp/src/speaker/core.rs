@@ -254,6 +254,14 @@ impl Core {
                 self.kernel_changes(&all);
             }
             Command::SetRails(r) => self.set_rails(*r),
+            Command::SetPolicies {
+                addr,
+                import,
+                export,
+                reply,
+            } => {
+                let _ = reply.send(self.set_policies(addr, *import, *export));
+            }
             Command::Peers(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -938,6 +946,98 @@ impl Core {
             data.extend_from_slice(&max.to_be_bytes());
             let _ = p.cmd.send(SessionCmd::Cease { subcode: 1, data });
         }
+    }
+
+    fn set_policies(
+        &mut self,
+        addr: IpAddr,
+        import: crate::policy::Policy,
+        export: crate::policy::Policy,
+    ) -> Result<(), SpeakerError> {
+        let addr = unmap(addr);
+        let id = *self.by_addr.get(&addr).ok_or(SpeakerError::NoPeer(addr))?;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return Err(SpeakerError::NoPeer(addr));
+        };
+        let import_changed = p.cfg.import != import;
+        let export_changed = p.cfg.export != export;
+        let old = std::mem::replace(&mut p.cfg.export, export);
+        p.cfg.import = import;
+        if let Some(up) = p.up.as_mut() {
+            up.settings.policy = p.cfg.export.clone();
+        }
+        if export_changed {
+            self.reexport(id, &old);
+        }
+        if import_changed {
+            let Some(p) = self.peers.get(&id) else {
+                return Ok(());
+            };
+            match p.up.as_ref() {
+                Some(up) if up.route_refresh => {
+                    info!(peer = %addr, "import policy changed: asking the peer for its routes again");
+                    for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
+                        if on {
+                            let _ = p.cmd.send(SessionCmd::Refresh(afi));
+                        }
+                    }
+                }
+                Some(_) => {
+                    info!(peer = %addr, "import policy changed and the peer cannot resend its routes (no route refresh): resetting the session");
+                    let _ = p.cmd.send(SessionCmd::Cease {
+                        subcode: 6,
+                        data: vec![],
+                    });
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// After an export policy change: what the peer should now have, compared with what
+    /// `old` exported, sent as announcements and withdraws.
+    fn reexport(&mut self, id: PeerId, old: &crate::policy::Policy) {
+        let Some(p) = self.peers.get(&id) else { return };
+        let Some(up) = p.up.as_ref().filter(|u| u.table_sent) else {
+            return;
+        };
+        let mut before = p.cfg.clone();
+        before.export = old.clone();
+        let mut wants = vec![];
+        for c in self.rib.iter() {
+            let now = export::export_all(
+                &self.rib,
+                &mut self.cache,
+                &p.cfg,
+                up,
+                std::iter::once(c.clone()),
+            );
+            if let Some(w) = now.into_iter().next() {
+                wants.push(w);
+                continue;
+            }
+            let was = export::export_all(
+                &self.rib,
+                &mut self.cache,
+                &before,
+                up,
+                std::iter::once(c.clone()),
+            );
+            if !was.is_empty() {
+                wants.push(crate::adj_out::Want {
+                    prefix: c.prefix,
+                    paths: Default::default(),
+                });
+            }
+        }
+        info!(peer = %p.cfg.addr, routes = wants.len(), "export policy changed: the peer's routes sent again");
+        if !up.settings.add_path {
+            let n = wants.iter().filter(|w| !w.paths.is_empty()).count();
+            up.advertised.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        // (With add-path the writer compares with what it sent and withdraws the rest.)
+        let _ = up.writer.send(Out::Routes(wants));
     }
 
     /// New rails: paths they refuse now leave the Loc-RIB at once; if they let more through,

@@ -285,6 +285,12 @@ enum Command {
     SetEncap(Vec<(IpNetwork, Encap)>),
     SetDirectSubnets(Vec<IpNetwork>),
     SetRails(Box<Rails>),
+    SetPolicies {
+        addr: IpAddr,
+        import: Box<Policy>,
+        export: Box<Policy>,
+        reply: oneshot::Sender<Result<(), SpeakerError>>,
+    },
     Peers(oneshot::Sender<Vec<PeerStatus>>),
     /// Every peer known at start has been added (see [`Speaker::peers_configured`]).
     PeersConfigured,
@@ -376,6 +382,25 @@ impl Speaker {
     /// refresh, where negotiated).
     pub async fn set_rails(&self, rails: Rails) -> Result<(), SpeakerError> {
         self.send(Command::SetRails(Box::new(rails))).await
+    }
+
+    /// Replaces a peer's import and export policies in place, without resetting its
+    /// session where the peer allows: the export difference is sent at once; for a new
+    /// import policy the peer is asked for its routes again (ROUTE-REFRESH), or, if it
+    /// cannot be, the session is reset (Cease 6/6, configuration change).
+    pub async fn set_policies(
+        &self,
+        addr: IpAddr,
+        import: Policy,
+        export: Policy,
+    ) -> Result<(), SpeakerError> {
+        self.ask(|reply| Command::SetPolicies {
+            addr,
+            import: Box::new(import),
+            export: Box::new(export),
+            reply,
+        })
+        .await?
     }
 
     pub async fn peers(&self) -> Result<Vec<PeerStatus>, SpeakerError> {

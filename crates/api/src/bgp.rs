@@ -214,6 +214,10 @@ pub struct BGPPeerSpec {
     /// like BIRD's `receive limit` and FRR's `maximum-prefix`. Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_prefixes: Option<u32>,
+    /// The BGPFilters applied to this peer's routes, in order (the first rule that matches,
+    /// across them, decides). A filter that does not exist is skipped, with a warning.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
@@ -287,6 +291,11 @@ impl Validate for BGPPeer {
             }
             if p.secret_key_ref.key.is_empty() {
                 errors.push(FieldError::new("spec.password.secretKeyRef.key", "empty"));
+            }
+        }
+        for (i, f) in s.filters.iter().enumerate() {
+            if let Err(why) = crate::validation::check_name(f) {
+                errors.push(FieldError::new(format!("spec.filters[{i}]"), why));
             }
         }
         if s.max_prefixes == Some(0) {

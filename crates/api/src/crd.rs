@@ -3,7 +3,9 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{BGPConfiguration, BGPPeer, BlockAffinity, IPAMBlock, IPAMConfig, IPAMHandle, IPPool};
+use crate::{
+    BGPConfiguration, BGPFilter, BGPPeer, BlockAffinity, IPAMBlock, IPAMConfig, IPAMHandle, IPPool,
+};
 
 /// Every CRD Brindle installs, in the order [`MANIFEST`] holds them. The per-node record is
 /// not here: in a Kubernetes cluster those facts are annotations on the Node.
@@ -16,6 +18,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         IPAMConfig::crd(),
         BGPConfiguration::crd(),
         BGPPeer::crd(),
+        BGPFilter::crd(),
     ]
 }
 

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bgp;
+pub mod bgpfilter;
 pub mod crd;
 pub mod ipam;
 pub mod node;
@@ -16,6 +17,7 @@ pub mod pool;
 pub mod validation;
 
 pub use bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec};
+pub use bgpfilter::{BGPFilter, BGPFilterRule, BGPFilterSpec};
 pub use ipam::{
     AffinityState, AllocationAttribute, BlockAffinity, BlockAffinitySpec, IPAMBlock, IPAMBlockSpec,
     IPAMConfig, IPAMConfigSpec, IPAMHandle, IPAMHandleSpec,

@@ -186,6 +186,25 @@ pub fn parse_duration_secs(value: &str) -> Result<u64, String> {
     Ok(total)
 }
 
+/// A Kubernetes object name (RFC 1123 subdomain): lower-case alphanumerics, `-` and `.`,
+/// starting and ending alphanumeric, at most 253 characters.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not a resource name (lower-case letters, digits, '-' and '.')"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

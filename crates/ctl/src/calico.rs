@@ -1,4 +1,4 @@
-//! Calico `projectcalico.org/v3` documents (IPPool, BGPPeer, BGPConfiguration,
+//! Calico `projectcalico.org/v3` documents (IPPool, BGPPeer, BGPFilter, BGPConfiguration,
 //! IPAMConfiguration) converted to Brindle's, with one note for each field Brindle does not
 //! honour, so nothing is dropped silently. Field meanings are Calico's documented ones.
 
@@ -66,10 +66,19 @@ fn bgppeer_field(name: &str, v: &Value) -> Option<Field> {
         "birdGatewayMode" => Field::Dropped("Brindle has no BIRD; next hops are installed as learned"),
         "numAllowedLocalASNumbers" => Field::Dropped("Brindle does not relax AS-path loop detection"),
         "reachableBy" => Field::Dropped("Brindle installs no route to the peer"),
-        "filters" => Field::Dropped("Brindle has no BGPFilter resource"),
+        "filters" | "maxPrefixes" => Field::Same,
         "localWorkloadSelector" => Field::Dropped("Brindle does not peer with workloads"),
         "localASNumber" => Field::Dropped("Brindle uses the node's AS on every session"),
         "reversePeering" => Field::Dropped("Brindle peers both ways when a peerSelector matches"),
+        _ => return None,
+    })
+}
+
+/// Every BGPFilter field carries over; how Brindle applies them is in the README ("What a
+/// node accepts and announces").
+fn bgpfilter_field(name: &str, _v: &Value) -> Option<Field> {
+    Some(match name {
+        "exportV4" | "importV4" | "exportV6" | "importV6" => Field::Same,
         _ => return None,
     })
 }
@@ -120,11 +129,12 @@ pub fn convert(doc: &Value) -> Result<Converted, String> {
     let (kind, rule): (Kind, FieldRule) = match calico_kind {
         "IPPool" => (Kind::IPPool, ippool_field),
         "BGPPeer" => (Kind::BGPPeer, bgppeer_field),
+        "BGPFilter" => (Kind::BGPFilter, bgpfilter_field),
         "BGPConfiguration" => (Kind::BGPConfiguration, bgpconfig_field),
         "IPAMConfiguration" | "IPAMConfig" => (Kind::IPAMConfig, ipamconfig_field),
         other => {
             return Err(format!(
-                "{API_VERSION} kind {other:?} has no Brindle counterpart (converted kinds: IPPool, BGPPeer, BGPConfiguration, IPAMConfiguration)"
+                "{API_VERSION} kind {other:?} has no Brindle counterpart (converted kinds: IPPool, BGPPeer, BGPFilter, BGPConfiguration, IPAMConfiguration)"
             ))
         }
     };

@@ -9,6 +9,7 @@ use serde_json::Value;
 pub enum Kind {
     IPPool,
     BGPPeer,
+    BGPFilter,
     BGPConfiguration,
     IPAMBlock,
     BlockAffinity,
@@ -27,6 +28,10 @@ macro_rules! with_kind {
             }
             $crate::kind::Kind::BGPPeer => {
                 type $t = brindle_api::BGPPeer;
+                $body
+            }
+            $crate::kind::Kind::BGPFilter => {
+                type $t = brindle_api::BGPFilter;
                 $body
             }
             $crate::kind::Kind::BGPConfiguration => {
@@ -59,9 +64,10 @@ macro_rules! with_kind {
 pub(crate) use with_kind;
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::IPPool,
         Kind::BGPPeer,
+        Kind::BGPFilter,
         Kind::BGPConfiguration,
         Kind::IPAMBlock,
         Kind::BlockAffinity,
@@ -75,6 +81,7 @@ impl Kind {
         match self {
             Kind::IPPool => "IPPool",
             Kind::BGPPeer => "BGPPeer",
+            Kind::BGPFilter => "BGPFilter",
             Kind::BGPConfiguration => "BGPConfiguration",
             Kind::IPAMBlock => "IPAMBlock",
             Kind::BlockAffinity => "BlockAffinity",
@@ -89,6 +96,7 @@ impl Kind {
         match self {
             Kind::IPPool => &["ippools", "ippool", "ipp", "pool", "pools"],
             Kind::BGPPeer => &["bgppeers", "bgppeer", "bgpp", "bp", "bps"],
+            Kind::BGPFilter => &["bgpfilters", "bgpfilter", "bgpf", "bf"],
             Kind::BGPConfiguration => &[
                 "bgpconfigurations",
                 "bgpconfiguration",

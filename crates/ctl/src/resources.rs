@@ -471,6 +471,18 @@ fn columns_of(kind: Kind, wide: bool) -> Vec<Column> {
                 cols.push(("RRCLIENT", |v| s(v, "/spec/routeReflectorClient")));
             }
         }
+        Kind::BGPFilter => {
+            fn rules(v: &Value, list: &str) -> String {
+                v.pointer(&format!("/spec/{list}"))
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+                    .to_string()
+            }
+            cols.push(("IMPORTV4", |v| rules(v, "importV4")));
+            cols.push(("EXPORTV4", |v| rules(v, "exportV4")));
+            cols.push(("IMPORTV6", |v| rules(v, "importV6")));
+            cols.push(("EXPORTV6", |v| rules(v, "exportV6")));
+        }
         Kind::BGPConfiguration => {
             cols.push(("LOGSEVERITY", |v| s(v, "/spec/logSeverityScreen")));
             cols.push(("MESHENABLED", |v| s(v, "/spec/nodeToNodeMeshEnabled")));

@@ -1,8 +1,8 @@
 use std::fmt::Debug;
 
 use brindle_api::{
-    BGPConfiguration, BGPPeer, BlockAffinity, BrindleNode, IPAMBlock, IPAMConfig, IPAMHandle,
-    IPPool, Invalid, Validate,
+    BGPConfiguration, BGPFilter, BGPPeer, BlockAffinity, BrindleNode, IPAMBlock, IPAMConfig,
+    IPAMHandle, IPPool, Invalid, Validate,
 };
 use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -99,6 +99,7 @@ validated_cluster_kind!(
     IPAMConfig,
     BGPConfiguration,
     BGPPeer,
+    BGPFilter,
     BrindleNode
 );
 

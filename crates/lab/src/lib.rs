@@ -519,6 +519,9 @@ impl Lab {
             // Short, so a test sees drift repaired quickly (the default is 30 s).
             "--iptables-refresh-interval".into(),
             "3s".into(),
+            // And a flushed route table is repaired as quickly.
+            "--route-refresh-interval".into(),
+            "2s".into(),
         ];
         args.extend(self.datastore_args(&n.forward, &n.dir));
         let log = std::fs::OpenOptions::new()

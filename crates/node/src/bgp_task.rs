@@ -74,6 +74,8 @@ fn peer_config(d: &DesiredPeer) -> PeerConfig {
     p.member = d.member;
     p.router_id = d.router_id;
     p.max_prefixes = d.max_prefixes;
+    p.import = d.import.clone();
+    p.export = d.export.clone();
     p
 }
 
@@ -244,6 +246,24 @@ impl BgpTask {
             info!(rules = ?want.encap, "route encapsulation changed; re-installing routes in place");
             let _ = r.speaker.set_encap(want.encap.clone()).await;
             r.encap = want.encap.clone();
+        }
+        for (addr, old) in r.peers.iter_mut() {
+            // Only the filters changed: applied in place, the session stays.
+            if let Some(new) = want
+                .peers
+                .get(addr)
+                .filter(|n| *n != old && n.same_session(old))
+            {
+                info!(peer = %addr, "BGPFilters changed; applying them in place");
+                match r
+                    .speaker
+                    .set_policies(*addr, new.import.clone(), new.export.clone())
+                    .await
+                {
+                    Ok(()) => *old = new.clone(),
+                    Err(e) => warn!(peer = %addr, "applying its filters: {e}"),
+                }
+            }
         }
         for (addr, old) in &r.peers {
             let keep = want.peers.get(addr) == Some(old);

@@ -9,12 +9,14 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_api::validation::parse_duration_secs;
 use brindle_api::{AffinityState, BGPConfigurationSpec, IpipMode};
+use brindle_bgp::policy::Policy;
 use brindle_bgp::rails::{self, Rails};
 use brindle_bgp::speaker::Encap;
 use brindle_ipam::block::{self, attr};
 use brindle_ipam::selector::Selector;
 use ipnetwork::{IpNetwork, Ipv4Network};
 
+use crate::filters::{self, Direction};
 use crate::snapshot::{NodeInfo, Snapshot};
 
 /// This node, as registration found it.
@@ -97,6 +99,22 @@ pub struct DesiredPeer {
     pub router_id: Option<Ipv4Addr>,
     /// `BGPPeer.maxPrefixes`.
     pub max_prefixes: Option<u32>,
+    /// The peer's BGPFilters, compiled (accept-all without filters; never for the mesh, as
+    /// in Calico).
+    pub import: Policy,
+    pub export: Policy,
+}
+
+impl DesiredPeer {
+    /// The same session, whatever the policies: a policy change is applied in place.
+    pub fn same_session(&self, other: &DesiredPeer) -> bool {
+        let strip = |d: &DesiredPeer| DesiredPeer {
+            import: Policy::accept_all(),
+            export: Policy::accept_all(),
+            ..d.clone()
+        };
+        strip(self) == strip(other)
+    }
 }
 
 /// The BGPConfiguration in force for a node: `node.<name>` if there is one, else `default`,
@@ -192,6 +210,8 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             member: true,
             router_id: Some(ip),
             max_prefixes: None,
+            import: Policy::accept_all(),
+            export: Policy::accept_all(),
         }
     };
     let cfg = config_for(snap, &me.name);
@@ -252,6 +272,22 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
                 }
             }
         };
+        // Filters: a peer that names them waits until they are listed, so it never runs
+        // unfiltered for a moment; one that does not exist is skipped with a warning.
+        if !p.filters.is_empty() && !snap.filters_listed {
+            continue;
+        }
+        let mut filters = vec![];
+        for f in &p.filters {
+            match snap.filters.get(f) {
+                Some(spec) => filters.push((f.as_str(), spec)),
+                None => warn(
+                    w,
+                    &resource,
+                    format!("spec.filters: BGPFilter {f:?} does not exist; skipped"),
+                ),
+            }
+        }
         let secs = |v: &Option<String>| v.as_deref().and_then(|s| parse_duration_secs(s).ok());
         let hold = secs(&p.hold_time)
             .or_else(|| secs(&p.keepalive_time).map(|k| k * 3))
@@ -263,6 +299,9 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             d.ttl_security = p.ttl_security.filter(|h| *h > 0);
             d.kind = kind;
             d.max_prefixes = p.max_prefixes;
+            let ebgp = d.asn != my_asn;
+            d.import = filters::policy(&filters, Direction::Import, ebgp);
+            d.export = filters::policy(&filters, Direction::Export, ebgp);
             d
         };
         let me_applies = applies(&my_labels, &me.name);
@@ -291,6 +330,8 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
                     member: node.is_some(),
                     router_id: node,
                     max_prefixes: None,
+                    import: Policy::accept_all(),
+                    export: Policy::accept_all(),
                 };
                 out.insert(sa.ip(), tune(d));
             }
@@ -427,10 +468,25 @@ pub fn rails(snap: &Snapshot, me: &Me, host: &[IpNetwork]) -> Rails {
         .filter(|(_, blackhole)| *blackhole)
         .map(|(n, _)| n)
         .collect();
+    // Addresses of our blocks that pods on other nodes hold (borrowed).
+    let host = format!("host:{}", me.name);
+    let lent = snap
+        .blocks
+        .values()
+        .filter(|b| b.affinity.as_deref() == Some(host.as_str()) && !b.deleted)
+        .flat_map(block::allocations)
+        .filter(|a| {
+            a.attrs
+                .get(attr::NODE)
+                .is_some_and(|n| n.as_str() != me.name.as_str())
+        })
+        .filter_map(|a| IpNetwork::new(a.ip, if a.ip.is_ipv4() { 32 } else { 128 }).ok())
+        .collect();
     Rails {
         protected,
         pools,
         local_blocks,
+        lent,
     }
 }
 

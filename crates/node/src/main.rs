@@ -19,6 +19,7 @@
 mod autodetect;
 mod bgp_task;
 mod desired;
+mod filters;
 mod health;
 mod leak_task;
 mod metrics;
@@ -128,6 +129,10 @@ struct Args {
     /// bird`, a failed write); held prefixes are retried then too.
     #[arg(long, env = "BRINDLE_ROUTE_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     route_refresh_interval: Duration,
+    /// Calico's natOutgoingExclusions: IPPoolsAndHostIPs (Brindle's default: a pod reaches
+    /// another node as itself, never as its node) or IPPoolsOnly (Calico's default).
+    #[arg(long, env = "BRINDLE_NAT_OUTGOING_EXCLUSIONS", default_value = "IPPoolsAndHostIPs", value_parser = parse_exclusions)]
+    nat_outgoing_exclusions: brindle_felix_lite::proxy::NatOutgoingExclusions,
     /// The masquerade mark bit (kube-proxy's default, 14).
     #[arg(long, env = "BRINDLE_MASQUERADE_BIT", default_value_t = 14, value_parser = clap::value_parser!(u8).range(0..=31))]
     masquerade_bit: u8,
@@ -144,6 +149,11 @@ struct Args {
 }
 
 /// `1s`, `200ms`, `2m`; a bare number is seconds.
+fn parse_exclusions(v: &str) -> Result<brindle_felix_lite::proxy::NatOutgoingExclusions, String> {
+    brindle_felix_lite::proxy::NatOutgoingExclusions::parse(v)
+        .ok_or_else(|| format!("{v:?}: expected IPPoolsAndHostIPs or IPPoolsOnly"))
+}
+
 fn parse_duration(v: &str) -> Result<Duration, String> {
     if let Some(ms) = v.strip_suffix("ms") {
         return ms
@@ -430,6 +440,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 refresh: a.iptables_refresh_interval,
                 snapshot: snap.clone(),
                 metrics: metrics.clone(),
+                nat_outgoing_exclusions: a.nat_outgoing_exclusions,
             }
             .run(),
         );

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use brindle_datastore::Store;
 use brindle_felix_lite::iptables::{Backend, Runner, Writer};
-use brindle_felix_lite::proxy::rules::{self, ServiceRules, ALL_POOLS_SET, MASQ_POOLS_SET};
-use brindle_felix_lite::proxy::NodeContext;
+use brindle_felix_lite::proxy::rules::{
+    self, ServiceRules, ALL_HOSTS_SET, ALL_POOLS_SET, MASQ_POOLS_SET,
+};
+use brindle_felix_lite::proxy::{NatOutgoingExclusions, NodeContext, NodeGuard};
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -34,6 +36,7 @@ pub struct ServiceTask {
     pub refresh: Duration,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub metrics: Metrics,
+    pub nat_outgoing_exclusions: NatOutgoingExclusions,
 }
 
 enum Ev {
@@ -171,8 +174,33 @@ impl State {
     }
 }
 
-/// The pools as the ipsets hold them.
+/// What guards the nodes from pods: every node's BGP listen port (a `node.<name>`
+/// BGPConfiguration may move it) is out of their reach.
+fn node_guard(snap: &Snapshot, exclusions: NatOutgoingExclusions) -> NodeGuard {
+    let mut ports: Vec<u16> = snap.configs.values().map(|c| c.listen_port).collect();
+    ports.push(brindle_api::bgp::DEFAULT_BGP_PORT);
+    ports.sort();
+    ports.dedup();
+    NodeGuard {
+        pod_blocked_ports: ports,
+        nat_outgoing_exclusions: exclusions,
+    }
+}
+
+/// The pools and the nodes' addresses as the ipsets hold them.
 fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
+    let mut hosts: Vec<Ipv4Network> = snap
+        .nodes
+        .values()
+        .flat_map(|n| [&n.bgp.ipv4_address, &n.bgp.ipv4_ipip_tunnel_addr])
+        .flatten()
+        .filter_map(|a| {
+            let ip = a.split('/').next()?.parse::<std::net::Ipv4Addr>().ok()?;
+            Some(Ipv4Network::from(ip))
+        })
+        .collect();
+    hosts.sort();
+    hosts.dedup();
     let mut all = vec![];
     let mut masq = vec![];
     for p in snap.pools.values() {
@@ -188,6 +216,7 @@ fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
     BTreeMap::from([
         (ALL_POOLS_SET.to_string(), all),
         (MASQ_POOLS_SET.to_string(), masq),
+        (ALL_HOSTS_SET.to_string(), hosts),
     ])
 }
 
@@ -215,6 +244,7 @@ impl ServiceTask {
         let mut st = State::default();
         let mut ctx: Option<NodeContext> = None;
         let mut sets = BTreeMap::new();
+        let mut guard = NodeGuard::default();
         let mut last_sync = Instant::now() - self.min_sync;
         let mut last_refresh = Instant::now();
         let mut pending = false;
@@ -247,6 +277,11 @@ impl ServiceTask {
                     let zone = snap.nodes.get(&self.node).and_then(|n| n.labels.get(ZONE_LABEL).cloned());
                     let c = NodeContext { node: self.node.clone(), zone, masquerade_bit: self.masquerade_bit };
                     let new_sets = pool_sets(&snap);
+                    let new_guard = node_guard(&snap, self.nat_outgoing_exclusions);
+                    if new_guard != guard {
+                        guard = new_guard;
+                        pending = true;
+                    }
                     if ctx.as_ref() != Some(&c) || new_sets != sets {
                         // A label or pool change can touch every Service: render them all.
                         if ctx.as_ref() != Some(&c) {
@@ -267,7 +302,7 @@ impl ServiceTask {
                     }
                     let Some(c) = ctx.clone() else { continue };
                     st.render(&c, false);
-                    let ruleset = rules::assemble(&c, st.rendered.values().flatten());
+                    let ruleset = rules::assemble(&c, &guard, st.rendered.values().flatten());
                     let Some(mut w) = writer.take() else { return };
                     let sets2 = sets.clone();
                     let started = Instant::now();

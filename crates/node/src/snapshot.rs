@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_api::{
-    BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec, BlockAffinity, BlockAffinitySpec,
-    BrindleNode, IPAMBlock, IPAMBlockSpec, IPPool, IPPoolSpec, NodeBgp,
+    BGPConfiguration, BGPConfigurationSpec, BGPFilter, BGPFilterSpec, BGPPeer, BGPPeerSpec,
+    BlockAffinity, BlockAffinitySpec, BrindleNode, IPAMBlock, IPAMBlockSpec, IPPool, IPPoolSpec,
+    NodeBgp,
 };
 use brindle_datastore::{Store, StoreError, StoreResource, WatchEvent};
 use futures::StreamExt;
@@ -54,6 +55,10 @@ pub struct Snapshot {
     pub synced: bool,
     /// The Secrets have been listed (until then a missing one is not yet a problem).
     pub secrets_listed: bool,
+    /// The BGPFilters have been listed: until then a peer that names filters waits (it is
+    /// never set up without them), and a node whose agent may not read them still routes.
+    pub filters_listed: bool,
+    pub filters: BTreeMap<String, BGPFilterSpec>,
     pub configs: BTreeMap<String, BGPConfigurationSpec>,
     pub peers: BTreeMap<String, BGPPeerSpec>,
     pub pools: BTreeMap<String, IPPoolSpec>,
@@ -70,6 +75,7 @@ pub struct Snapshot {
 enum Item {
     Config(BGPConfigurationSpec),
     Peer(BGPPeerSpec),
+    Filter(BGPFilterSpec),
     Pool(IPPoolSpec),
     Block(IPAMBlockSpec),
     Affinity(BlockAffinitySpec),
@@ -82,6 +88,7 @@ enum Item {
 enum Kind {
     Config,
     Peer,
+    Filter,
     Pool,
     Block,
     Affinity,
@@ -90,7 +97,7 @@ enum Kind {
     Pod,
 }
 
-const KINDS: usize = 8;
+const KINDS: usize = 9;
 
 /// What a mirror reports about its kind.
 pub enum Event<T> {
@@ -119,6 +126,7 @@ impl Snapshot {
         match kind {
             Kind::Config => put!(self.configs, Config),
             Kind::Peer => put!(self.peers, Peer),
+            Kind::Filter => put!(self.filters, Filter),
             Kind::Pool => put!(self.pools, Pool),
             Kind::Block => put!(self.blocks, Block),
             Kind::Affinity => put!(self.affinities, Affinity),
@@ -132,6 +140,7 @@ impl Snapshot {
         match kind {
             Kind::Config => self.configs.clear(),
             Kind::Peer => self.peers.clear(),
+            Kind::Filter => self.filters.clear(),
             Kind::Pool => self.pools.clear(),
             Kind::Block => self.blocks.clear(),
             Kind::Affinity => self.affinities.clear(),
@@ -164,6 +173,9 @@ pub fn start(store: &Store, secrets_ns: &str, metrics: Metrics) -> watch::Receiv
     );
     mirror!(store.all::<BGPPeer>(), Kind::Peer, |o: BGPPeer| Some(
         Item::Peer(o.spec)
+    ));
+    mirror!(store.all::<BGPFilter>(), Kind::Filter, |o: BGPFilter| Some(
+        Item::Filter(o.spec)
     ));
     mirror!(store.all::<IPPool>(), Kind::Pool, |o: IPPool| Some(
         Item::Pool(o.spec)
@@ -360,10 +372,12 @@ async fn fold(mut rx: mpsc::Receiver<Update>, out: watch::Sender<Arc<Snapshot>>)
                 .flatten();
         }
         snap.secrets_listed = listed[Kind::Secret as usize];
-        snap.synced = listed
-            .iter()
-            .enumerate()
-            .all(|(k, l)| *l || k == Kind::Secret as usize || k == Kind::Pod as usize);
+        snap.filters_listed = listed[Kind::Filter as usize];
+        snap.synced = listed.iter().enumerate().all(|(k, l)| {
+            *l || k == Kind::Secret as usize
+                || k == Kind::Pod as usize
+                || k == Kind::Filter as usize
+        });
         if **out.borrow() != snap {
             out.send_replace(Arc::new(snap.clone()));
         }

@@ -121,6 +121,37 @@ pub struct NodeContext {
     pub masquerade_bit: u8,
 }
 
+/// Calico's `natOutgoingExclusions`: which destinations NAT outgoing leaves alone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum NatOutgoingExclusions {
+    /// Only the pools: a pod's connection to another node leaves as its node (Calico's
+    /// default).
+    IPPoolsOnly,
+    /// The pools and every node's addresses: a pod reaches another node as itself, never as
+    /// its node (Brindle's default).
+    #[default]
+    IPPoolsAndHostIPs,
+}
+
+impl NatOutgoingExclusions {
+    pub fn parse(s: &str) -> Option<NatOutgoingExclusions> {
+        match s {
+            "IPPoolsOnly" => Some(NatOutgoingExclusions::IPPoolsOnly),
+            "IPPoolsAndHostIPs" => Some(NatOutgoingExclusions::IPPoolsAndHostIPs),
+            _ => None,
+        }
+    }
+}
+
+/// What protects the nodes from their pods, beside the Services.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeGuard {
+    /// TCP ports no pod may reach on any node (the BGP listen ports): dropped before NAT
+    /// outgoing could make the pod look like its node.
+    pub pod_blocked_ports: Vec<u16>,
+    pub nat_outgoing_exclusions: NatOutgoingExclusions,
+}
+
 impl NodeContext {
     /// `1<<bit` as kube-proxy formats it (`%#08x`: `0x004000`).
     pub fn mark(&self) -> String {

@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use sha1::Digest;
 
 use super::topology::categorize;
-use super::{Endpoint, NodeContext, ServicePort};
+use super::{Endpoint, NatOutgoingExclusions, NodeContext, NodeGuard, ServicePort};
 
 pub const SERVICES: &str = "BRL-SERVICES";
 pub const NODEPORTS: &str = "BRL-NODEPORTS";
@@ -24,6 +24,10 @@ pub const CHAIN_PREFIX: &str = "BRL-";
 /// `cali40all-ipam-pools` / `cali40masq-ipam-pools`).
 pub const ALL_POOLS_SET: &str = "brl40all-ipam-pools";
 pub const MASQ_POOLS_SET: &str = "brl40masq-ipam-pools";
+/// Every node's addresses (underlay and tunnel), Calico's `cali40all-hosts-net`.
+pub const ALL_HOSTS_SET: &str = "brl40all-hosts-net";
+/// filter: pod traffic to the nodes' own services that no pod may reach.
+pub const HOST_GUARD: &str = "BRL-HOST-GUARD";
 /// The comment tag of our rules.
 pub const TAG: &str = "brl:";
 
@@ -438,6 +442,7 @@ fn jump(chain: &'static str, comment: &str, body: &str) -> Jump {
 /// given (callers sort, so a restart renders the same text).
 pub fn assemble<'a>(
     ctx: &NodeContext,
+    guard: &NodeGuard,
     services: impl IntoIterator<Item = &'a ServiceRules>,
 ) -> Ruleset {
     let mark = ctx.mark();
@@ -480,7 +485,12 @@ pub fn assemble<'a>(
                 NAT_OUTGOING,
                 "brindle nat outgoing",
                 &format!(
-                    "-m set --match-set {MASQ_POOLS_SET} src -m set ! --match-set {ALL_POOLS_SET} dst -j MASQUERADE --random-fully"
+                    "-m set --match-set {MASQ_POOLS_SET} src -m set ! --match-set {ALL_POOLS_SET} dst{hosts} -j MASQUERADE --random-fully",
+                    hosts = match guard.nat_outgoing_exclusions {
+                        NatOutgoingExclusions::IPPoolsOnly => String::new(),
+                        NatOutgoingExclusions::IPPoolsAndHostIPs =>
+                            format!(" -m set ! --match-set {ALL_HOSTS_SET} dst"),
+                    }
                 ),
             )],
         },
@@ -499,7 +509,28 @@ pub fn assemble<'a>(
         },
     ];
     nat_chains.extend(chains);
+    let mut ports = guard.pod_blocked_ports.clone();
+    ports.sort();
+    ports.dedup();
+    ports.truncate(15); // multiport's limit (one port per BGPConfiguration in practice)
+    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let guard_rules = if ports.is_empty() {
+        vec![]
+    } else {
+        vec![Rule::new(
+            HOST_GUARD,
+            "brindle: no pod reaches a node's BGP port",
+            &format!(
+                "-p tcp -m set --match-set {ALL_POOLS_SET} src -m multiport --dports {} -j DROP",
+                ports.join(",")
+            ),
+        )]
+    };
     let filter_chains = vec![
+        Chain {
+            name: HOST_GUARD.into(),
+            rules: guard_rules,
+        },
         Chain {
             name: SERVICES.into(),
             rules: f_services,
@@ -545,6 +576,14 @@ pub fn assemble<'a>(
         filter: TableRules {
             chains: filter_chains,
             jumps: vec![
+                // First in both chains: before any ACCEPT, and (FORWARD) before NAT outgoing
+                // could give a pod its node's address.
+                jump("INPUT", "brindle host guard", &format!("-j {HOST_GUARD}")),
+                jump(
+                    "FORWARD",
+                    "brindle host guard",
+                    &format!("-m set --match-set {ALL_HOSTS_SET} dst -j {HOST_GUARD}"),
+                ),
                 jump(
                     "INPUT",
                     "brindle load balancer firewall",
@@ -713,5 +752,50 @@ mod tests {
         assert_ne!(a.hash, Rule::new("A", "", "-j ACCEPT").hash);
         assert_eq!(a, Rule::new("A", "", "-j RETURN"));
         assert_eq!(base32(b"foobar"), "MZXW6YTBOI");
+    }
+
+    #[test]
+    fn the_host_guard_comes_first_and_nat_outgoing_spares_host_ips() {
+        let guard = NodeGuard {
+            pod_blocked_ports: vec![179, 1790, 179],
+            nat_outgoing_exclusions: NatOutgoingExclusions::IPPoolsAndHostIPs,
+        };
+        let r = assemble(&ctx(), &guard, []);
+        let g = r
+            .filter
+            .chains
+            .iter()
+            .find(|c| c.name == HOST_GUARD)
+            .unwrap();
+        assert!(g.rules[0].text.ends_with(
+            "-p tcp -m set --match-set brl40all-ipam-pools src -m multiport --dports 179,1790 -j DROP"
+        ));
+        let first = |chain: &str| r.filter.jumps.iter().find(|j| j.chain == chain).unwrap();
+        assert!(first("INPUT").rule.text.ends_with("-j BRL-HOST-GUARD"));
+        assert!(first("FORWARD")
+            .rule
+            .text
+            .ends_with("-m set --match-set brl40all-hosts-net dst -j BRL-HOST-GUARD"));
+        let nat = r
+            .nat
+            .chains
+            .iter()
+            .find(|c| c.name == NAT_OUTGOING)
+            .unwrap();
+        assert!(nat.rules[0].text.contains(
+            "! --match-set brl40all-ipam-pools dst -m set ! --match-set brl40all-hosts-net dst"
+        ));
+        let calico = NodeGuard {
+            nat_outgoing_exclusions: NatOutgoingExclusions::IPPoolsOnly,
+            ..guard
+        };
+        let r = assemble(&ctx(), &calico, []);
+        let nat = r
+            .nat
+            .chains
+            .iter()
+            .find(|c| c.name == NAT_OUTGOING)
+            .unwrap();
+        assert!(!nat.rules[0].text.contains(ALL_HOSTS_SET));
     }
 }

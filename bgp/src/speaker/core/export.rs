@@ -396,11 +396,11 @@ fn export_attrs(
     if a.as_path.is_none() {
         a.as_path = Some(Vec::<AsSegment>::new());
     }
-    (pc.export.apply(prefix, &mut a) == Verdict::Accept).then_some(a)
+    (pc.export.apply_route(prefix, &mut a, path.peer != LOCAL) == Verdict::Accept).then_some(a)
 }
 
 /// The whole table (or a family of it) as one peer should have it.
-pub(super) fn export_all(
+pub(crate) fn export_all(
     rib: &Rib,
     cache: &mut ExportCache,
     pc: &PeerConfig,

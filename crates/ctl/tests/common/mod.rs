@@ -289,6 +289,10 @@ pub fn calico_scenario(ctl: &Ctl) {
         out.contains("kind: BGPConfiguration") && out.contains("asNumber: 63400"),
         "{out}"
     );
+    assert!(
+        out.contains("kind: BGPFilter") && out.contains("cidr: 77.0.0.0/16"),
+        "{out}"
+    );
     assert!(!out.contains("projectcalico"), "{out}");
     let notes: Vec<&str> = o
         .stderr
@@ -320,6 +324,7 @@ pub fn calico_scenario(ctl: &Ctl) {
         "IPPool \"my.ippool-1\" created",
         "BGPPeer \"some.name\" created",
         "BGPPeer \"peer-with-route-reflectors\" created",
+        "BGPFilter \"my-filter\" created",
         "IPAMConfig \"default\" created",
     ] {
         assert!(o.stderr.contains(m), "{m}: {o:?}");
@@ -337,10 +342,28 @@ pub fn calico_scenario(ctl: &Ctl) {
         .to_string();
     let v: serde_json::Value = serde_json::from_str(&cfg).expect("json");
     assert_eq!(v["spec"]["maxBlocksPerHost"], 4);
+    // Calico's documented BGPFilter, every rule kept as written.
+    let f = ctl
+        .run(&["get", "bgpfilter", "my-filter", "-o", "json"])
+        .ok()
+        .to_string();
+    let v: serde_json::Value = serde_json::from_str(&f).expect("json");
+    assert_eq!(v["spec"]["importV4"][0]["prefixLength"]["min"], 30);
+    assert_eq!(v["spec"]["exportV4"][1]["interface"], "*.calico");
+    assert_eq!(
+        v["spec"]["importV6"][1],
+        serde_json::json!({"action": "Reject"})
+    );
+    let t = ctl.run(&["get", "bgpfilters"]).ok().to_string();
+    assert!(t.contains("IMPORTV4") && t.contains("my-filter"), "{t}");
+    // A filter Calico would refuse too names the field.
+    let bad = "apiVersion: projectcalico.org/v3\nkind: BGPFilter\nmetadata: {name: bad}\nspec:\n  importV4:\n  - {action: Accept, cidr: 'ffee::/64', matchOperator: In}\n";
+    ctl.run_with(&["apply", "-f", "-"], Some(bad))
+        .fails(1, "spec.importV4[0].cidr");
     // Applying the same Calico documents again changes nothing.
     let o = ctl.run(&["apply", "-f", &data("calico")]);
     o.ok();
-    assert_eq!(o.stderr.matches("unchanged").count(), 5, "{o:?}");
+    assert_eq!(o.stderr.matches("unchanged").count(), 6, "{o:?}");
     // A Calico kind with no counterpart is refused, naming it.
     let felix = "apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata: {name: default}\nspec: {}\n";
     ctl.run_with(&["apply", "-f", "-"], Some(felix))
