@@ -404,3 +404,114 @@ fn a_bgpfilter_decides_and_changes_in_place() {
         assert!(proto.contains("Established"), "{proto}");
     });
 }
+
+fn secret(lab: &Lab, name: &str, value: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    let s = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("brindle-system".into()),
+            ..Default::default()
+        },
+        data: Some(
+            [("pw".to_string(), ByteString(value.as_bytes().to_vec()))]
+                .into_iter()
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    lab.block_on(lab.store.namespaced::<Secret>("brindle-system").create(&s))
+        .expect("secret");
+}
+
+/// The mesh with `nodeMeshPassword` (TCP MD5) and `nodeMeshTTLSecurity` (GTSM, one subnet)
+/// comes up and routes; a node given another password (a `node.<name>` BGPConfiguration)
+/// never gets a session, until it has the right one.
+#[test]
+fn mesh_sessions_with_a_password_and_gtsm() {
+    use brindle_api::bgp::{PeerPassword, SecretKeyRef};
+    use brindle_api::BGPConfiguration;
+    with_lab(two_nodes(), |lab| {
+        secret(lab, "mesh", "right-one");
+        secret(lab, "wrong", "wrong-one");
+        let api = lab.store.all::<BGPConfiguration>();
+        let mut cfg = lab
+            .block_on(api.get("default"))
+            .expect("get")
+            .expect("default");
+        let pw = |name: &str| PeerPassword {
+            secret_key_ref: SecretKeyRef {
+                name: name.into(),
+                key: "pw".into(),
+            },
+        };
+        cfg.spec.node_mesh_password = Some(pw("mesh"));
+        cfg.spec.node_mesh_ttl_security = true;
+        lab.block_on(api.update(&cfg)).expect("update");
+        let pods = settled_mesh(lab);
+        for n in ["node-0", "node-1"] {
+            wait_for(
+                &format!("{n}'s mesh session"),
+                Duration::from_secs(40),
+                || {
+                    lab.peers(n)
+                        .iter()
+                        .all(|p| p["state"] == "Established")
+                        .then_some(())
+                },
+            );
+        }
+        // The sessions really carry MD5 and TTL 255, as seen on the wire: the KEEPALIVEs
+        // (every 30 s) of a session that is up, so a new connection is made to be sure.
+        lab.kill_agent(1);
+        lab.start_agent(1);
+        let dump = lab.nodes[0].ns.run(&[
+            "timeout",
+            "30",
+            "tcpdump",
+            "-c",
+            "6",
+            "-nvvi",
+            "eth0",
+            "tcp port 179",
+        ]);
+        let dump = String::from_utf8_lossy(&dump.stdout).to_string();
+        assert!(dump.contains("md5"), "no TCP MD5 option: {dump}");
+        assert!(dump.contains("ttl 255"), "not TTL 255: {dump}");
+        // node-1 with another password: its session with node-0 goes and stays down.
+        let mut own = BGPConfiguration::new("node.node-1", cfg.spec.clone());
+        own.spec.node_mesh_password = Some(pw("wrong"));
+        lab.block_on(api.create(&own)).expect("node.node-1");
+        wait_for("the session down", Duration::from_secs(60), || {
+            lab.peers("node-0")
+                .iter()
+                .all(|p| p["state"] != "Established")
+                .then_some(())
+        });
+        std::thread::sleep(Duration::from_secs(5));
+        assert!(
+            lab.peers("node-0")
+                .iter()
+                .all(|p| p["state"] != "Established"),
+            "{:?}",
+            lab.peers("node-0")
+        );
+        // The right password again: back up, and the pods talk.
+        lab.block_on(api.delete("node.node-1", None))
+            .expect("delete");
+        for n in ["node-0", "node-1"] {
+            wait_for(
+                &format!("{n}'s session back"),
+                Duration::from_secs(60),
+                || {
+                    lab.peers(n)
+                        .iter()
+                        .all(|p| p["state"] == "Established")
+                        .then_some(())
+                },
+            );
+        }
+        all_reach(lab, &pods);
+    });
+}

@@ -18,6 +18,10 @@ pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     };
     s.set_reuseaddr(true)?;
     s.bind(addr)?;
+    // The SYN-ACK leaves with the listener's TTL, before the accepted connection gets its
+    // peer's: a GTSM peer dialling us drops anything under 255 (the connection's own TTL is
+    // set per peer right after accept, so others see their usual TTL from then on).
+    set_ttl(&SockRef::from(&s), addr.is_ipv6(), 255)?;
     // GTSM peers' connections are checked by the TTL of their SYN (see `check_syn_ttl`).
     sockopt::save_syn(&s)?;
     s.listen(1024)

@@ -62,6 +62,16 @@ pub struct BGPConfigurationSpec {
     /// Info, Debug, Warning, Error or Fatal.
     #[serde(default = "default_severity")]
     pub log_severity_screen: String,
+    /// TCP MD5 (RFC 2385) on every node-to-node mesh session, read from a Secret in the
+    /// agent's secrets namespace (Calico's field). A missing Secret stops the mesh sessions
+    /// (logged) rather than running them without the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_mesh_password: Option<PeerPassword>,
+    /// Brindle's own: GTSM (RFC 5082) on mesh sessions between nodes on the same subnet:
+    /// packets leave with TTL 255 and must arrive with 255, so nothing routed (a pod, a
+    /// host elsewhere) can reach those sessions. Sessions across subnets are unchanged.
+    #[serde(default, rename = "nodeMeshTTLSecurity")]
+    pub node_mesh_ttl_security: bool,
 }
 
 fn default_as() -> u32 {

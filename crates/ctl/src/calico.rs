@@ -96,7 +96,7 @@ fn bgpconfig_field(name: &str, _v: &Value) -> Option<Field> {
         "prefixAdvertisements" => {
             Field::Dropped("Brindle does not attach communities per prefix yet")
         }
-        "nodeMeshPassword" => Field::Dropped("Brindle's mesh sessions have no password yet"),
+        "nodeMeshPassword" => Field::Same,
         "nodeMeshMaxRestartTime" => {
             Field::Dropped("Brindle uses one graceful-restart time for every peer")
         }

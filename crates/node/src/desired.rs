@@ -117,6 +117,26 @@ impl DesiredPeer {
     }
 }
 
+enum Lookup {
+    Found(String),
+    NotListed,
+    Missing,
+}
+
+/// A password from a Secret of the agent's namespace.
+fn secret(snap: &Snapshot, r: &brindle_api::bgp::SecretKeyRef) -> Lookup {
+    let v = snap
+        .secrets
+        .iter()
+        .find(|(k, _)| k.rsplit('/').next() == Some(r.name.as_str()))
+        .and_then(|(_, data)| data.get(&r.key));
+    match v.map(|b| String::from_utf8(b.clone())) {
+        Some(Ok(s)) => Lookup::Found(s),
+        None if !snap.secrets_listed => Lookup::NotListed,
+        _ => Lookup::Missing,
+    }
+}
+
 /// The BGPConfiguration in force for a node: `node.<name>` if there is one, else `default`,
 /// else the built-in defaults.
 pub fn config_for(snap: &Snapshot, node: &str) -> BGPConfigurationSpec {
@@ -215,7 +235,27 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
         }
     };
     let cfg = config_for(snap, &me.name);
-    if cfg.node_to_node_mesh_enabled && my_rr.is_none() {
+    // The mesh's password: a missing Secret stops the mesh (fails closed), with a warning.
+    let mesh_password = match &cfg.node_mesh_password {
+        None => Some(None),
+        Some(pw) => match secret(snap, &pw.secret_key_ref) {
+            Lookup::Found(s) => Some(Some(s)),
+            Lookup::NotListed => None,
+            Lookup::Missing => {
+                let r = &pw.secret_key_ref;
+                warn(
+                    w,
+                    "BGPConfiguration",
+                    format!(
+                        "spec.nodeMeshPassword: secret {:?} key {:?} not found (or not UTF-8); no mesh sessions until it is",
+                        r.name, r.key
+                    ),
+                );
+                None
+            }
+        },
+    };
+    if let (true, None, Some(password)) = (cfg.node_to_node_mesh_enabled, my_rr, mesh_password) {
         for (name, n) in &snap.nodes {
             if name == &me.name || rr_id(Some(n)).is_some() {
                 continue; // ourselves, or a route reflector (it peers by BGPPeer)
@@ -224,7 +264,13 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
                 continue;
             };
             if ip != me.ip {
-                out.insert(IpAddr::V4(ip), node_peer(name, n, ip, PeerKind::Mesh));
+                let mut d = node_peer(name, n, ip, PeerKind::Mesh);
+                d.password = password.clone();
+                // GTSM only where the peer is directly connected.
+                if cfg.node_mesh_ttl_security && me.subnet.contains(ip) {
+                    d.ttl_security = Some(1);
+                }
+                out.insert(IpAddr::V4(ip), d);
             }
         }
     }
@@ -249,16 +295,11 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             None => None,
             Some(pw) => {
                 let r = &pw.secret_key_ref;
-                let v = snap
-                    .secrets
-                    .iter()
-                    .find(|(k, _)| k.rsplit('/').next() == Some(r.name.as_str()))
-                    .and_then(|(_, data)| data.get(&r.key));
-                match v.map(|b| String::from_utf8(b.clone())) {
-                    Some(Ok(s)) => Some(s),
+                match secret(snap, r) {
+                    Lookup::Found(s) => Some(s),
                     // Not listed yet: the peer waits for its Secret without a warning.
-                    None if !snap.secrets_listed => continue,
-                    _ => {
+                    Lookup::NotListed => continue,
+                    Lookup::Missing => {
                         warn(
                             w,
                             &resource,

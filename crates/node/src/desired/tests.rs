@@ -316,3 +316,44 @@ fn rails_protect_the_host_and_know_the_pools_and_our_blocks() {
     assert_eq!(r.pools, vec![(n("10.244.0.0/16"), 26)]);
     assert_eq!(r.local_blocks, vec![n("10.244.1.0/26")]);
 }
+
+#[test]
+fn the_mesh_takes_its_password_and_gtsm_from_the_bgp_configuration() {
+    use brindle_api::bgp::{PeerPassword, SecretKeyRef};
+    let mut s = three();
+    s.nodes
+        .insert("far".into(), node("198.19.7.7/24", &[], None));
+    s.configs.insert(
+        "default".into(),
+        BGPConfigurationSpec {
+            node_mesh_password: Some(PeerPassword {
+                secret_key_ref: SecretKeyRef {
+                    name: "mesh".into(),
+                    key: "pw".into(),
+                },
+            }),
+            node_mesh_ttl_security: true,
+            ..Default::default()
+        },
+    );
+    let n1 = me("n1", "198.18.0.11");
+    let mut w = vec![];
+    // Secrets not listed yet: no mesh session at all (never one without its password).
+    assert!(peers(&s, &n1, &mut w).is_empty());
+    s.secrets_listed = true;
+    assert!(peers(&s, &n1, &mut w).is_empty());
+    assert!(
+        w.iter().any(|x| x.reason.contains("nodeMeshPassword")),
+        "{w:?}"
+    );
+    s.secrets.insert(
+        "brindle-system/mesh".into(),
+        BTreeMap::from([("pw".to_string(), b"m3sh".to_vec())]),
+    );
+    let p = peers(&s, &n1, &mut vec![]);
+    assert_eq!(p.len(), 3);
+    assert!(p.values().all(|d| d.password.as_deref() == Some("m3sh")));
+    let at = |a: &str| &p[&a.parse::<IpAddr>().unwrap()];
+    assert_eq!(at("198.18.0.12").ttl_security, Some(1), "same subnet: GTSM");
+    assert_eq!(at("198.19.7.7").ttl_security, None, "another subnet: none");
+}
