@@ -296,20 +296,27 @@ async fn write_loop(
         if !batch.is_empty() {
             chunks.push(batch.split().freeze());
         }
+        // Progress is judged per 64 KiB: a slow peer that reads is fine, one that has read
+        // nothing for its hold time is gone.
         let write = async {
             for c in chunks.drain(..) {
-                w.write_all(&c).await?;
+                for piece in c.chunks(64 * 1024) {
+                    match tokio::time::timeout(stall, w.write_all(piece)).await {
+                        Ok(r) => r?,
+                        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+                    }
+                }
             }
             Ok::<(), std::io::Error>(())
         };
         tokio::select! {
-            r = tokio::time::timeout(stall, write) => match r {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return,
-                Err(_) => {
+            r = write => match r {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     warn!(%peer, secs = stall.as_secs(), "the peer has read nothing for its hold time: dropping the connection");
                     return;
                 }
+                Err(_) => return,
             },
             _ = q.overflow.notified() => {
                 warn!(%peer, limit_mib = MAX_QUEUED >> 20, "the peer is not reading fast enough: its write queue is full; dropping the connection");
@@ -347,6 +354,9 @@ impl SessionTask {
             failures: 0,
             refused: false,
             ceased: false,
+            ceases: 0,
+            up_at: None,
+            hold_off: None,
             closing: None,
         };
         let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Option<Pending>>();
@@ -378,9 +388,12 @@ impl SessionTask {
                         return;
                     }
                     Some(SessionCmd::Cease { subcode, data }) => {
-                        // Counted as a failure: a peer that keeps going over its limit is
-                        // retried less and less often.
-                        run.failures = run.failures.saturating_add(1);
+                        // A peer that keeps going over its limit is retried less and less
+                        // often (forgotten after 5 minutes up, like BIRD's error forget).
+                        if run.up_at.is_some_and(|t| t.elapsed() > Duration::from_secs(300)) {
+                            run.ceases = 0;
+                        }
+                        run.ceases = run.ceases.saturating_add(1);
                         run.ceased = true;
                         self.process(&mut run, Input::Cease { subcode, data });
                     }
@@ -491,12 +504,13 @@ impl SessionTask {
     /// RFC 4271 §6.8 with the peer's OPEN in hand.
     fn incoming(&self, run: &mut Run, p: Pending) {
         let state = run.fsm.state();
-        let refuse = |p: Pending, why: &str| {
+        // Cease 6/7 (collision) or 6/5 (connection rejected), RFC 4486.
+        let refuse = |p: Pending, why: &str, subcode: u8| {
             info!(peer = %self.cfg.addr, "refused an incoming connection: {why}");
             let note = encode(
                 &Message::Notification(Notification {
                     code: 6,
-                    subcode: 7,
+                    subcode,
                     data: vec![],
                 }),
                 &Ctx::default(),
@@ -507,6 +521,13 @@ impl SessionTask {
                 let _ = s.shutdown().await;
             });
         };
+        if run.hold_off.is_some_and(|t| Instant::now() < t) {
+            return refuse(
+                p,
+                "we closed the session and are waiting out the back-off",
+                5,
+            );
+        }
         // Not the node this address belongs to (a pod whose connection was masqueraded to
         // the node's address, say): refused on its own connection, and the session it
         // claims is left alone, so it can neither take it over nor reset it.
@@ -529,10 +550,10 @@ impl SessionTask {
             return;
         }
         match state {
-            State::Established => return refuse(p, "a session is already established"),
+            State::Established => return refuse(p, "a session is already established", 7),
             State::OpenSent | State::OpenConfirm => {
                 if !collision_keeps_incoming(self.router_id, p.open.bgp_id) {
-                    return refuse(p, "connection collision: our connection wins");
+                    return refuse(p, "connection collision: our connection wins", 7);
                 }
                 self.process(run, Input::OpenCollisionDump);
             }
@@ -640,6 +661,7 @@ impl SessionTask {
                 run.rx_ctx = neg.rx.clone();
                 run.established = true;
                 run.failures = 0;
+                run.up_at = Some(Instant::now());
                 let Some(c) = &run.conn else { return };
                 let _ = c.writer.send(Out::Ctx(neg.tx.clone()));
                 info!(peer = %self.cfg.addr, peer_as = neg.peer_as, router_id = %neg.peer_id,
@@ -661,7 +683,11 @@ impl SessionTask {
                 }
                 let wait = if run.ceased {
                     run.ceased = false;
-                    self.backoff(run.failures)
+                    let wait = self.backoff(run.ceases);
+                    // Not even the peer dialling us shortens it.
+                    run.hold_off = Some(Instant::now() + wait);
+                    info!(peer = %self.cfg.addr, secs = wait.as_secs_f32(), "closed by us: trying again after a back-off");
+                    wait
                 } else if run.refused {
                     self.backoff(1)
                 } else {
@@ -741,8 +767,14 @@ struct Run {
     /// the plain connect-retry time, as BIRD does, not the doubling error backoff — a peer
     /// that is simply not listening yet (a node starting) is reached as soon as it is.
     refused: bool,
-    /// We closed the last session ourselves (Cease): back off by `failures`.
+    /// We closed the last session ourselves (Cease): back off by `ceases`.
     ceased: bool,
+    /// How often we closed it lately.
+    ceases: u32,
+    /// When the session last came up.
+    up_at: Option<Instant>,
+    /// Until then connections from the peer are refused too (after our Cease).
+    hold_off: Option<Instant>,
     /// The writer of the last closed connection, still flushing.
     closing: Option<tokio::task::JoinHandle<()>>,
 }

@@ -71,6 +71,11 @@ impl Bgpd {
         b
     }
 
+    /// The daemon's process ID.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.0.id())
+    }
+
     pub fn log(&self) -> String {
         tail(&self.dir.path().join("bgpd.log"), 60)
     }

@@ -14,6 +14,7 @@ mod bird;
 mod frr;
 mod gobgp;
 mod gtsm;
+mod limits;
 mod ownership;
 mod reflector;
 mod restart;
