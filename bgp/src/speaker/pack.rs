@@ -71,16 +71,29 @@ fn too_big(nlri: &[Nlri], add_path: bool, room: usize, attrs_len: usize) -> (Vec
     (fit, not)
 }
 
+/// The longest NLRI of a family on the wire (a host route, with a path ID).
+fn longest(v6: bool, add_path: bool) -> usize {
+    1 + if v6 { 16 } else { 4 } + if add_path { 4 } else { 0 }
+}
+
 fn v4_announce(attrs: &Attributes, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) {
     let ap = ctx.add_path(Afi::Ipv4, SAFI_UNICAST);
     let mut a = BytesMut::new();
     attrs.encode(ctx, &mut a);
     let room = ctx.max_len().saturating_sub(HEADER_LEN + 4 + a.len());
-    let (fit, not) = too_big(nlri, ap, room, a.len());
-    if !not.is_empty() {
-        v4_withdraw(&not, ctx, out);
-    }
-    for c in chunks(&fit, ap, room) {
+    // The common case, room for any prefix, takes no copy of the list.
+    let split;
+    let nlri = if room >= longest(false, ap) {
+        nlri
+    } else {
+        let (fit, not) = too_big(nlri, ap, room, a.len());
+        if !not.is_empty() {
+            v4_withdraw(&not, ctx, out);
+        }
+        split = fit;
+        &split[..]
+    };
+    for c in chunks(nlri, ap, room) {
         let start = header(out);
         out.put_u16(0);
         out.put_u16(a.len() as u16);
@@ -110,24 +123,23 @@ fn message(u: Update, ctx: &Ctx, out: &mut BytesMut) {
 
 fn v6(attrs: Option<&Attributes>, nlri: &[Nlri], ctx: &Ctx, out: &mut BytesMut) {
     let ap = ctx.add_path(Afi::Ipv6, SAFI_UNICAST);
-    let mut nlri = nlri.to_vec();
     // The message without prefixes, and one octet more: MP_REACH's length may need two.
-    let fixed = |a: Option<&Attributes>| {
-        let mut probe = BytesMut::new();
-        message(update_v6(a, &[]), ctx, &mut probe);
-        probe.len() + 1
-    };
-    if attrs.is_some() {
-        let base = fixed(attrs);
-        let room = ctx.max_len().saturating_sub(base);
-        let (fit, not) = too_big(&nlri, ap, room, base);
+    let mut probe = BytesMut::new();
+    message(update_v6(attrs, &[]), ctx, &mut probe);
+    let base = probe.len() + 1;
+    let room = ctx.max_len().saturating_sub(base);
+    let split;
+    let nlri = if attrs.is_none() || room >= longest(true, ap) {
+        nlri
+    } else {
+        let (fit, not) = too_big(nlri, ap, room, base);
         if !not.is_empty() {
             v6(None, &not, ctx, out);
         }
-        nlri = fit;
-    }
-    let room = ctx.max_len().saturating_sub(fixed(attrs));
-    for c in chunks(&nlri, ap, room) {
+        split = fit;
+        &split[..]
+    };
+    for c in chunks(nlri, ap, room) {
         message(update_v6(attrs, c), ctx, out);
     }
 }
