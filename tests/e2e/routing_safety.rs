@@ -338,11 +338,17 @@ fn a_flushed_node_repairs_its_routes() {
 fn a_bgpfilter_decides_and_changes_in_place() {
     with_lab(two_nodes(), |lab| {
         settled_mesh(lab);
+        // No default route of the host's: a default route from the router is then installed
+        // exactly when the filter lets it through.
+        lab.nodes[0].ns.ok(&["ip", "route", "del", "default"]);
         let spec =
             |v: serde_json::Value| -> BGPFilterSpec { serde_json::from_value(v).expect("spec") };
         let api = lab.store.all::<BGPFilter>();
         let first = spec(serde_json::json!({
-            "importV4": [{"action": "Reject", "matchOperator": "Equal", "cidr": "192.0.2.0/24"}],
+            "importV4": [
+                {"action": "Reject", "matchOperator": "Equal", "cidr": "0.0.0.0/0"},
+                {"action": "Reject", "matchOperator": "Equal", "cidr": "192.0.2.0/24"}
+            ],
             "exportV4": [{"action": "Reject", "matchOperator": "In", "cidr": "10.244.0.0/16"}]
         }));
         lab.block_on(api.create(&BGPFilter::new("tor", first)))
@@ -352,7 +358,7 @@ fn a_bgpfilter_decides_and_changes_in_place() {
             "198.18.0.203",
             65103,
             "node-0",
-            &["192.0.2.0/24", "198.51.100.0/24"],
+            &["0.0.0.0/0", "192.0.2.0/24", "198.51.100.0/24"],
             vec!["tor".into()],
         );
         let has = |p: &str| routes(lab, "node-0").iter().any(|r| r.starts_with(p));
@@ -361,6 +367,7 @@ fn a_bgpfilter_decides_and_changes_in_place() {
         });
         std::thread::sleep(Duration::from_secs(2));
         assert!(!has("192.0.2.0/24"), "{:?}", routes(lab, "node-0"));
+        assert!(!has("default"), "{:?}", routes(lab, "node-0"));
         let told = r.bird.birdc(&["show", "route", "protocol", "n"]);
         assert!(
             !told.contains("10.244."),
@@ -385,7 +392,12 @@ fn a_bgpfilter_decides_and_changes_in_place() {
         wait_for(
             "the filter applied in place",
             Duration::from_secs(40),
-            || (has("192.0.2.0/24 via 198.18.0.203") && !has("198.51.100.0/24")).then_some(()),
+            || {
+                (has("192.0.2.0/24 via 198.18.0.203")
+                    && has("default via 198.18.0.203")
+                    && !has("198.51.100.0/24"))
+                .then_some(())
+            },
         );
         let blocks = lab.blocks();
         wait_for(
