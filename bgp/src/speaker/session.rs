@@ -229,6 +229,23 @@ async fn read_open(mut stream: TcpStream) -> Option<Pending> {
     Some(Pending { stream, buf, open })
 }
 
+/// Sends a NOTIFICATION on a connection that will not carry the session, and closes it.
+fn notify_and_close(p: Pending, code: u8, subcode: u8) {
+    let note = encode(
+        &Message::Notification(Notification {
+            code,
+            subcode,
+            data: vec![],
+        }),
+        &Ctx::default(),
+    );
+    tokio::spawn(async move {
+        let mut s = p.stream;
+        let _ = s.write_all(&note).await;
+        let _ = s.shutdown().await;
+    });
+}
+
 /// Messages already encoded elsewhere at least this long are written from the shared
 /// buffer, not copied: an update group's table, held once for all its members.
 const SHARED_MIN: usize = 4096;
@@ -507,19 +524,7 @@ impl SessionTask {
         // Cease 6/7 (collision) or 6/5 (connection rejected), RFC 4486.
         let refuse = |p: Pending, why: &str, subcode: u8| {
             info!(peer = %self.cfg.addr, "refused an incoming connection: {why}");
-            let note = encode(
-                &Message::Notification(Notification {
-                    code: 6,
-                    subcode,
-                    data: vec![],
-                }),
-                &Ctx::default(),
-            );
-            tokio::spawn(async move {
-                let mut s = p.stream;
-                let _ = s.write_all(&note).await;
-                let _ = s.shutdown().await;
-            });
+            notify_and_close(p, 6, subcode);
         };
         if run.hold_off.is_some_and(|t| Instant::now() < t) {
             return refuse(
@@ -534,20 +539,7 @@ impl SessionTask {
         if let Some(want) = self.fsm_cfg.expect_id.filter(|id| *id != p.open.bgp_id) {
             warn!(peer = %self.cfg.addr, expected = %want, presented = %p.open.bgp_id,
                 "refused a connection: its BGP identifier is not the router ID of the node at this address");
-            let note = encode(
-                &Message::Notification(Notification {
-                    code: 2,
-                    subcode: 3,
-                    data: vec![],
-                }),
-                &Ctx::default(),
-            );
-            tokio::spawn(async move {
-                let mut s = p.stream;
-                let _ = s.write_all(&note).await;
-                let _ = s.shutdown().await;
-            });
-            return;
+            return notify_and_close(p, 2, 3); // Bad BGP Identifier
         }
         match state {
             State::Established => return refuse(p, "a session is already established", 7),
