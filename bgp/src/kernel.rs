@@ -18,7 +18,7 @@ use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use rtnetlink::packet_route::route::{
     RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHop, RouteNextHopFlags,
-    RouteProtocol, RouteType, RouteVia,
+    RouteProtocol, RouteScope, RouteType, RouteVia,
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -158,7 +158,12 @@ impl KernelSync {
         // (one left by a run with another metric included); the kernel still matches the
         // protocol, so other routes to the prefix are never touched.
         match target {
-            None => {}
+            // Any type and scope: the kernel matches a delete's type when it names one, so a
+            // unicast delete would never remove a blackhole (it answers ESRCH, "gone").
+            None => {
+                m.header.kind = RouteType::Unspec;
+                m.header.scope = RouteScope::NoWhere;
+            }
             Some(Target::Blackhole) => m.header.kind = RouteType::BlackHole,
             Some(Target::Via(hops)) if hops.len() == 1 => {
                 let h = &hops[0];

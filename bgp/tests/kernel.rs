@@ -228,4 +228,31 @@ fn install_replace_remove_and_purge() {
     );
     // A graceful-restart shutdown leaves routes in place: dropping the sync removes nothing.
     assert_eq!(bird_routes(&ns).len(), 3);
+    // A blackhole goes too (a delete that named the unicast type never matched it), and a
+    // blackhole of another protocol for the same prefix is left alone.
+    let errs = in_ns(&ns, |k| {
+        Box::pin(async move { k.apply(vec![(net("10.244.0.0/26"), None)]).await.len() })
+    });
+    assert_eq!(errs, 0);
+    assert!(!bird_routes(&ns).iter().any(|r| r.0 == "10.244.0.0/26"));
+    ns.ok(&[
+        "ip",
+        "route",
+        "add",
+        "blackhole",
+        "10.244.0.0/26",
+        "proto",
+        "static",
+    ]);
+    let errs = in_ns(&ns, |k| {
+        Box::pin(async move { k.apply(vec![(net("10.244.0.0/26"), None)]).await.len() })
+    });
+    assert_eq!(errs, 0);
+    assert!(
+        !ns.ip_json(&["route", "show", "10.244.0.0/26"])
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the static blackhole is not ours to delete"
+    );
 }

@@ -56,6 +56,14 @@ fn whoami_server(ns: &Netns, port: u16) -> ChildGuard {
 #[test]
 fn pods_never_reach_a_nodes_bgp_port() {
     with_lab(two_nodes(), |lab| {
+        // NAT outgoing on, as the default pool of a cluster has it: the case where a pod
+        // would leave as its node.
+        let api = lab.store.all::<brindle_api::IPPool>();
+        let mut pools = lab.block_on(api.list()).expect("pools");
+        for p in &mut pools.items {
+            p.spec.nat_outgoing = true;
+            lab.block_on(api.update(p)).expect("pool");
+        }
         let pods = settled_mesh(lab);
         let (n0, n1) = (lab.nodes[0].ip.to_string(), lab.nodes[1].ip.to_string());
         let p1 = pods[1].clone(); // on node-1
@@ -164,7 +172,7 @@ prefix = "10.244.200.0/26"
 
 /// A router of its own on the lab's L2 segment, peered with one node through a BGPPeer.
 struct Router {
-    _ns: Netns,
+    ns: Netns,
     bird: Bird,
 }
 
@@ -198,6 +206,7 @@ fn router_with(
             r#"router id {ip};
 protocol device {{}}
 protocol static s4 {{ ipv4; {statics} }}
+protocol kernel {{ ipv4 {{ import none; export where source = RTS_BGP; }}; }}
 protocol bgp n {{
   local {ip} as {asn}; neighbor {node_ip} as 64512;
   connect retry time 1; error wait time 1, 4;
@@ -218,7 +227,7 @@ protocol bgp n {{
         },
     )))
     .expect("BGPPeer");
-    Router { _ns: ns, bird }
+    Router { ns, bird }
 }
 
 /// An external router of node-0 announces a default route, a foreign prefix, and what no
@@ -246,6 +255,20 @@ fn an_external_router_changes_nothing_it_must_not() {
         ];
         let a = router(lab, "198.18.0.201", 65101, "node-0", &hostile);
         let b = router(lab, "198.18.0.202", 65102, "node-1", &[]);
+        // No pod reaches a router's BGP port either (masqueraded, it would be its node),
+        // though it reaches the router otherwise.
+        wait_for("the peer guard", Duration::from_secs(30), || {
+            let legacy = lab.nodes[0]
+                .ns
+                .ok(&["iptables-legacy-save", "-t", "filter"]);
+            let nft = lab.nodes[0].ns.ok(&["iptables-nft-save", "-t", "filter"]);
+            (legacy.contains("brl40bgp-peers") || nft.contains("brl40bgp-peers")).then_some(())
+        });
+        let _srv = whoami_server(&a.ns, 7070);
+        let pod_ns = &lab.pods[&pods[0]].ns;
+        assert!(tcp(pod_ns, "198.18.0.201", 7070).is_ok());
+        let r = tcp(pod_ns, "198.18.0.201", 179);
+        assert!(r.is_err(), "a pod reached a router's BGP port: {r:?}");
         wait_for(
             "node-0 takes the foreign prefix",
             Duration::from_secs(40),

@@ -117,7 +117,7 @@ impl BgpTask {
                 peers: desired::peers(&snap, &self.me, &mut warnings),
                 origins: desired::exports(&snap, &self.me),
                 encap: desired::encap(&snap, tunnel_ok),
-                rails: desired::rails(&snap, &self.me, &host),
+                rails: desired::rails(&snap, &self.me, &host, &mut warnings),
             };
             for w in warnings {
                 if warned.insert(w.clone()) {

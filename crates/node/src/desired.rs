@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use brindle_api::validation::parse_duration_secs;
-use brindle_api::{AffinityState, BGPConfigurationSpec, IpipMode};
+use brindle_api::{AffinityState, BGPConfigurationSpec, BGPFilter, IpipMode, Validate};
 use brindle_bgp::policy::Policy;
 use brindle_bgp::rails::{self, Rails};
 use brindle_bgp::speaker::Encap;
@@ -318,16 +318,26 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
         if !p.filters.is_empty() && !snap.filters_listed {
             continue;
         }
+        // A filter that is missing or invalid keeps the peer down (fails closed), as a
+        // missing password Secret does: never a session with less filtering than asked.
         let mut filters = vec![];
+        let mut unusable = None;
         for f in &p.filters {
             match snap.filters.get(f) {
-                Some(spec) => filters.push((f.as_str(), spec)),
-                None => warn(
-                    w,
-                    &resource,
-                    format!("spec.filters: BGPFilter {f:?} does not exist; skipped"),
-                ),
+                Some(spec) => match BGPFilter::new(f, spec.clone()).validate() {
+                    Ok(()) => filters.push((f.as_str(), spec)),
+                    Err(e) => unusable = Some(format!("BGPFilter {f:?} is invalid: {e}")),
+                },
+                None => unusable = Some(format!("BGPFilter {f:?} does not exist")),
             }
+        }
+        if let Some(why) = unusable {
+            warn(
+                w,
+                &resource,
+                format!("spec.filters: {why}; not peering until it is fixed"),
+            );
+            continue;
         }
         let secs = |v: &Option<String>| v.as_deref().and_then(|s| parse_duration_secs(s).ok());
         let hold = secs(&p.hold_time)
@@ -341,8 +351,15 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             d.kind = kind;
             d.max_prefixes = p.max_prefixes;
             let ebgp = d.asn != my_asn;
-            d.import = filters::policy(&filters, Direction::Import, ebgp);
-            d.export = filters::policy(&filters, Direction::Export, ebgp);
+            // Validated above, so the policies compile; if one did not, nothing would pass.
+            let compiled = |dir| {
+                filters::policy(&filters, dir, ebgp).unwrap_or_else(|_| Policy {
+                    terms: vec![],
+                    default: brindle_bgp::policy::Verdict::Reject,
+                })
+            };
+            d.import = compiled(Direction::Import);
+            d.export = compiled(Direction::Export);
             d
         };
         let me_applies = applies(&my_labels, &me.name);
@@ -470,47 +487,70 @@ pub fn exports(snap: &Snapshot, me: &Me) -> BTreeMap<IpNetwork, bool> {
 /// The import rails ([`brindle_bgp::rails`]): the host's own addresses and connected
 /// subnets (`host`, as the kernel lists them) and special-purpose space are protected; routes
 /// are judged against the pools and this node's own blocks.
-pub fn rails(snap: &Snapshot, me: &Me, host: &[IpNetwork]) -> Rails {
+pub fn rails(snap: &Snapshot, me: &Me, host: &[IpNetwork], w: &mut Vec<Warning>) -> Rails {
     let pools: Vec<(IpNetwork, u8)> = snap
         .pools
         .values()
         .filter_map(|p| Some((p.network()?, p.effective_block_size())))
         .collect();
+    let in_pool = |n: &IpNetwork| {
+        pools
+            .iter()
+            .find(|(p, _)| rails::within(n, p) || rails::within(p, n))
+            .map(|(p, _)| *p)
+    };
     let mut protected = rails::special_purpose();
+    let add = |n: IpNetwork, protected: &mut Vec<IpNetwork>| {
+        // Loopback and link-local are covered already.
+        if !protected.iter().any(|p| rails::within(&n, p)) {
+            protected.push(n);
+        }
+    };
+    let mut subnets: Vec<IpNetwork> = host
+        .iter()
+        .filter_map(|a| IpNetwork::new(a.network(), a.prefix()).ok())
+        .collect();
+    subnets.extend(IpNetwork::new(IpAddr::V4(me.subnet.network()), me.subnet.prefix()).ok());
+    let mut addrs: Vec<IpNetwork> = host
+        .iter()
+        .filter_map(|a| IpNetwork::new(a.ip(), if a.is_ipv4() { 32 } else { 128 }).ok())
+        .collect();
+    addrs.push(IpNetwork::V4(me.ip.into()));
     // tunl0's address is inside a pool, perhaps borrowed from another node's block: that
     // block's route must not be refused for covering it (the local table keeps the address
     // ours whatever the main table says).
-    for a in host
-        .iter()
-        .filter(|a| !pools.iter().any(|(p, _)| p.contains(a.ip())))
-    {
-        let len = if a.is_ipv4() { 32 } else { 128 };
-        for n in [
-            IpNetwork::new(a.ip(), len).ok(),
-            IpNetwork::new(a.network(), a.prefix()).ok(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            // Loopback and link-local are covered already.
-            if !protected.iter().any(|p| rails::within(&n, p)) {
-                protected.push(n);
-            }
+    for a in addrs.into_iter().filter(|a| in_pool(a).is_none()) {
+        add(a, &mut protected);
+    }
+    for n in subnets {
+        match in_pool(&n) {
+            // A connected subnet that covers a pool would refuse every pool route: only the
+            // host's own addresses are protected then.
+            Some(p) if !rails::within(&n, &p) => warn(
+                w,
+                format!("interface subnet {n}"),
+                format!("it covers pool {p}; only this host's own addresses in it are protected"),
+            ),
+            Some(_) => {} // a /32 on tunl0, say
+            None => add(n, &mut protected),
         }
     }
-    if let Ok(n) = IpNetwork::new(IpAddr::V4(me.subnet.network()), me.subnet.prefix()) {
-        protected.push(n);
-    }
-    protected.push(IpNetwork::V4(me.ip.into()));
     protected.sort_by_key(|n| (n.is_ipv6(), n.network(), n.prefix()));
     protected.dedup();
-    let local_blocks = exports(snap, me)
-        .into_iter()
-        .filter(|(_, blackhole)| *blackhole)
-        .map(|(n, _)| n)
+    // Every block affine to us, exported or not (a pool with disableBGPExport included).
+    let host = format!("host:{}", me.name);
+    let local_blocks = snap
+        .blocks
+        .values()
+        .filter(|b| b.affinity.as_deref() == Some(host.as_str()) && !b.deleted)
+        .filter(|b| {
+            snap.affinities.values().any(|a| {
+                a.node == me.name && a.cidr == b.cidr && a.state == AffinityState::Confirmed
+            })
+        })
+        .filter_map(block::network)
         .collect();
     // Addresses of our blocks that pods on other nodes hold (borrowed).
-    let host = format!("host:{}", me.name);
     let lent = snap
         .blocks
         .values()

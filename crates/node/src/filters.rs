@@ -21,8 +21,13 @@ pub enum Direction {
 const PRIORITY_BASE: u32 = 2_147_483_647;
 
 /// The policy of the filters (in the order given) for one direction, toward a peer that is
-/// eBGP or not (rules with another `peerType` are left out).
-pub fn policy(filters: &[(&str, &BGPFilterSpec)], dir: Direction, ebgp: bool) -> Policy {
+/// eBGP or not (rules with another `peerType` are left out). A rule that cannot be read is
+/// an error, never a rule left out or half applied: the caller does not peer then.
+pub fn policy(
+    filters: &[(&str, &BGPFilterSpec)],
+    dir: Direction,
+    ebgp: bool,
+) -> Result<Policy, String> {
     let mut terms = vec![];
     for (name, f) in filters {
         let (v4, v6) = match dir {
@@ -31,16 +36,24 @@ pub fn policy(filters: &[(&str, &BGPFilterSpec)], dir: Direction, ebgp: bool) ->
         };
         for (rules, is_v6) in [(v4, false), (v6, true)] {
             for (i, r) in rules.iter().enumerate() {
-                if let Some(t) = term(name, i, r, is_v6, ebgp) {
-                    terms.push(t);
+                let peer_type_fits = match r.peer_type.as_deref() {
+                    Some("eBGP") => ebgp,
+                    Some("iBGP") => !ebgp,
+                    _ => true,
+                };
+                if !peer_type_fits {
+                    continue;
                 }
+                let t = term(name, i, r, is_v6)
+                    .ok_or_else(|| format!("BGPFilter {name:?}: rule {i} cannot be read"))?;
+                terms.push(t);
             }
         }
     }
-    Policy {
+    Ok(Policy {
         terms,
         default: Verdict::Accept,
-    }
+    })
 }
 
 /// Every prefix of one family.
@@ -57,17 +70,24 @@ fn family(v6: bool) -> Match {
     }])
 }
 
-/// One rule as a term; None when it does not apply to this peer (its `peerType`) or cannot
-/// be read (validation refuses such rules; a stored one is skipped, never half-applied).
-fn term(name: &str, i: usize, r: &BGPFilterRule, v6: bool, ebgp: bool) -> Option<Term> {
-    match r.peer_type.as_deref() {
-        Some("eBGP") if !ebgp => return None,
-        Some("iBGP") if ebgp => return None,
-        _ => {}
+/// One rule as a term; None when it cannot be read (validation refuses such rules, but a
+/// resource written past it, by kubectl say, must not turn into another rule).
+fn term(name: &str, i: usize, r: &BGPFilterRule, v6: bool) -> Option<Term> {
+    if !matches!(r.peer_type.as_deref(), None | Some("eBGP" | "iBGP")) {
+        return None;
     }
     let mut matches = vec![family(v6)];
+    if r.cidr.is_some() != r.match_operator.is_some() {
+        return None;
+    }
     if let (Some(cidr), Some(op)) = (&r.cidr, &r.match_operator) {
-        let net: IpNetwork = cidr.parse().ok()?;
+        if !matches!(op.as_str(), "Equal" | "NotEqual" | "In" | "NotIn") {
+            return None;
+        }
+        let net: IpNetwork = cidr
+            .parse()
+            .ok()
+            .filter(|n: &IpNetwork| n.is_ipv6() == v6)?;
         let max = if v6 { 128 } else { 32 };
         let entry = match (&r.prefix_length, op.as_str()) {
             (_, "Equal" | "NotEqual") => PrefixEntry::exact(net),
@@ -91,8 +111,10 @@ fn term(name: &str, i: usize, r: &BGPFilterRule, v6: bool, ebgp: bool) -> Option
             _ => Match::Not(Box::new(m)),
         });
     }
-    if r.source.is_some() {
-        matches.push(Match::Learned);
+    match r.source.as_deref() {
+        None => {}
+        Some("RemotePeers") => matches.push(Match::Learned),
+        Some(_) => return None,
     }
     if r.interface.is_some() {
         // No route Brindle imports or exports has an interface: nothing matches.
@@ -167,7 +189,7 @@ mod tests {
             ],
             "importV6": [{"action": "Reject"}]
         }));
-        let p = policy(&[("f", &f)], Direction::Import, true);
+        let p = policy(&[("f", &f)], Direction::Import, true).unwrap();
         assert_eq!(verdict(&p, "0.0.0.0/0"), Verdict::Reject);
         assert_eq!(verdict(&p, "55.0.1.4/30"), Verdict::Accept);
         assert_eq!(verdict(&p, "55.0.1.0/24"), Verdict::Reject);
@@ -183,7 +205,7 @@ mod tests {
             "the v6 catch-all"
         );
         // Export rules are not import rules.
-        let e = policy(&[("f", &f)], Direction::Export, true);
+        let e = policy(&[("f", &f)], Direction::Export, true).unwrap();
         assert!(e.terms.is_empty());
     }
 
@@ -197,7 +219,7 @@ mod tests {
             ]
         }));
         let b = spec(serde_json::json!({"exportV4": [{"action": "Reject"}]}));
-        let p = policy(&[("a", &a), ("b", &b)], Direction::Export, true);
+        let p = policy(&[("a", &a), ("b", &b)], Direction::Export, true).unwrap();
         assert_eq!(p.terms.len(), 2, "the iBGP rule is not for an eBGP peer");
         let mut attrs = Attributes {
             as_path: Some(vec![AsSegment::Sequence(vec![64512])]),
@@ -229,7 +251,7 @@ mod tests {
                 {"action": "Reject", "priority": 10}
             ]
         }));
-        let p = policy(&[("f", &f)], Direction::Export, false);
+        let p = policy(&[("f", &f)], Direction::Export, false).unwrap();
         let own = |a: &mut Attributes| p.apply_route(&n("10.244.1.0/26"), a, false);
         assert_eq!(own(&mut Attributes::default()), Verdict::Accept);
         let mut learned = Attributes::default();
@@ -247,5 +269,25 @@ mod tests {
             ..Attributes::default()
         };
         assert_eq!(own(&mut lp), Verdict::Reject);
+    }
+
+    /// Rules written past validation (kubectl, no webhook) never become other rules.
+    #[test]
+    fn unreadable_rules_are_errors_not_other_rules() {
+        for bad in [
+            serde_json::json!({"action": "Reject", "matchOperator": "in", "cidr": "10.0.0.0/8"}),
+            serde_json::json!({"action": "Accept", "cidr": "10.0.0.0/8"}),
+            serde_json::json!({"action": "Accept", "matchOperator": "In"}),
+            serde_json::json!({"action": "Drop"}),
+            serde_json::json!({"action": "Reject", "communities": {"values": ["70000:1"]}}),
+            serde_json::json!({"action": "Reject", "source": "Somewhere"}),
+            serde_json::json!({"action": "Reject", "matchOperator": "In", "cidr": "fd00::/8"}),
+        ] {
+            let f = spec(serde_json::json!({"importV4": [bad.clone()]}));
+            assert!(
+                policy(&[("f", &f)], Direction::Import, true).is_err(),
+                "{bad}"
+            );
+        }
     }
 }

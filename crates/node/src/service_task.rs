@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use brindle_datastore::Store;
 use brindle_felix_lite::iptables::{Backend, Runner, Writer};
 use brindle_felix_lite::proxy::rules::{
-    self, ServiceRules, ALL_HOSTS_SET, ALL_POOLS_SET, MASQ_POOLS_SET,
+    self, ServiceRules, ALL_HOSTS_SET, ALL_POOLS_SET, BGP_PEERS_SET, MASQ_POOLS_SET,
 };
 use brindle_felix_lite::proxy::{NatOutgoingExclusions, NodeContext, NodeGuard};
 use ipnetwork::Ipv4Network;
@@ -179,6 +179,11 @@ impl State {
 fn node_guard(snap: &Snapshot, exclusions: NatOutgoingExclusions) -> NodeGuard {
     let mut ports: Vec<u16> = snap.configs.values().map(|c| c.listen_port).collect();
     ports.push(brindle_api::bgp::DEFAULT_BGP_PORT);
+    ports.extend(
+        snap.peers
+            .values()
+            .filter_map(|p| Some(p.peer_addr()?.port())),
+    );
     ports.sort();
     ports.dedup();
     NodeGuard {
@@ -213,10 +218,21 @@ fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
     }
     all.sort();
     masq.sort();
+    let mut routers: Vec<Ipv4Network> = snap
+        .peers
+        .values()
+        .filter_map(|p| match p.peer_addr()?.ip() {
+            std::net::IpAddr::V4(ip) => Some(Ipv4Network::from(ip)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect();
+    routers.sort();
+    routers.dedup();
     BTreeMap::from([
         (ALL_POOLS_SET.to_string(), all),
         (MASQ_POOLS_SET.to_string(), masq),
         (ALL_HOSTS_SET.to_string(), hosts),
+        (BGP_PEERS_SET.to_string(), routers),
     ])
 }
 

@@ -26,6 +26,8 @@ pub const ALL_POOLS_SET: &str = "brl40all-ipam-pools";
 pub const MASQ_POOLS_SET: &str = "brl40masq-ipam-pools";
 /// Every node's addresses (underlay and tunnel), Calico's `cali40all-hosts-net`.
 pub const ALL_HOSTS_SET: &str = "brl40all-hosts-net";
+/// Every BGPPeer's address (the routers nodes peer with).
+pub const BGP_PEERS_SET: &str = "brl40bgp-peers";
 /// filter: pod traffic to the nodes' own services that no pod may reach.
 pub const HOST_GUARD: &str = "BRL-HOST-GUARD";
 /// The comment tag of our rules.
@@ -512,20 +514,21 @@ pub fn assemble<'a>(
     let mut ports = guard.pod_blocked_ports.clone();
     ports.sort();
     ports.dedup();
-    ports.truncate(15); // multiport's limit (one port per BGPConfiguration in practice)
-    let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
-    let guard_rules = if ports.is_empty() {
-        vec![]
-    } else {
-        vec![Rule::new(
-            HOST_GUARD,
-            "brindle: no pod reaches a node's BGP port",
-            &format!(
-                "-p tcp -m set --match-set {ALL_POOLS_SET} src -m multiport --dports {} -j DROP",
-                ports.join(",")
-            ),
-        )]
-    };
+    // multiport takes 15 ports a rule.
+    let guard_rules = ports
+        .chunks(15)
+        .map(|c| {
+            let list: Vec<String> = c.iter().map(ToString::to_string).collect();
+            Rule::new(
+                HOST_GUARD,
+                "brindle: no pod reaches a BGP port of a node or a node's peer",
+                &format!(
+                    "-p tcp -m set --match-set {ALL_POOLS_SET} src -m multiport --dports {} -j DROP",
+                    list.join(",")
+                ),
+            )
+        })
+        .collect();
     let filter_chains = vec![
         Chain {
             name: HOST_GUARD.into(),
@@ -583,6 +586,12 @@ pub fn assemble<'a>(
                     "FORWARD",
                     "brindle host guard",
                     &format!("-m set --match-set {ALL_HOSTS_SET} dst -j {HOST_GUARD}"),
+                ),
+                // The routers too: masqueraded, a pod would reach them as its node.
+                jump(
+                    "FORWARD",
+                    "brindle bgp peer guard",
+                    &format!("-m set --match-set {BGP_PEERS_SET} dst -j {HOST_GUARD}"),
                 ),
                 jump(
                     "INPUT",

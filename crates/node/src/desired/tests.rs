@@ -296,7 +296,7 @@ fn rails_protect_the_host_and_know_the_pools_and_our_blocks() {
     .iter()
     .map(|a| a.parse().unwrap())
     .collect();
-    let r = rails(&s, &me("n1", "198.18.0.11"), &host);
+    let r = rails(&s, &me("n1", "198.18.0.11"), &host, &mut vec![]);
     let n = |s: &str| s.parse::<IpNetwork>().unwrap();
     for p in [
         "198.18.0.0/24",
@@ -356,4 +356,42 @@ fn the_mesh_takes_its_password_and_gtsm_from_the_bgp_configuration() {
     let at = |a: &str| &p[&a.parse::<IpAddr>().unwrap()];
     assert_eq!(at("198.18.0.12").ttl_security, Some(1), "same subnet: GTSM");
     assert_eq!(at("198.19.7.7").ttl_security, None, "another subnet: none");
+}
+
+/// A connected subnet that covers a pool would refuse every pool route: it is left out (with
+/// a warning) and only the host's addresses are protected. A block of a pool that is not
+/// exported is still ours.
+#[test]
+fn a_subnet_covering_a_pool_does_not_refuse_the_pool() {
+    let mut s = three();
+    s.pools.get_mut("default").unwrap().disable_bgp_export = true;
+    s.blocks.insert(
+        "a".into(),
+        new_block(&"10.244.1.0/26".parse().unwrap(), Some("host:n1".into())),
+    );
+    s.affinities.insert(
+        "a".into(),
+        BlockAffinitySpec {
+            node: "n1".into(),
+            cidr: "10.244.1.0/26".into(),
+            state: AffinityState::Confirmed,
+            deleted: false,
+        },
+    );
+    let host: Vec<IpNetwork> = vec!["10.0.0.5/8".parse().unwrap()];
+    let mut w = vec![];
+    let r = rails(&s, &me("n1", "198.18.0.11"), &host, &mut w);
+    let n = |s: &str| s.parse::<IpNetwork>().unwrap();
+    assert!(
+        r.check(&n("10.244.2.0/26"), true).is_ok(),
+        "{:?}",
+        r.protected
+    );
+    assert!(r.check(&n("10.0.0.5/32"), true).is_err());
+    assert!(
+        w.iter()
+            .any(|x| x.reason.contains("covers pool 10.244.0.0/16")),
+        "{w:?}"
+    );
+    assert_eq!(r.local_blocks, vec![n("10.244.1.0/26")]);
 }
