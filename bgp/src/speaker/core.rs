@@ -941,8 +941,12 @@ impl Core {
             p.over_limit = true;
             p.limit_hits += 1;
             warn!(peer = %p.cfg.addr, received, limit = max, "the peer sent more prefixes than its limit: closing the session (Cease 6/1) and dropping its routes; it is tried again after a back-off");
-            // RFC 4486 §4: AFI, SAFI and the upper bound.
-            let mut data = vec![0, 1, SAFI_UNICAST];
+            // RFC 4486 §4: AFI, SAFI and the upper bound (IPv6 for an IPv6-only session).
+            let afi = match p.up.as_ref() {
+                Some(u) if u.v6 && !u.v4 => 2u8,
+                _ => 1,
+            };
+            let mut data = vec![0, afi, SAFI_UNICAST];
             data.extend_from_slice(&max.to_be_bytes());
             let _ = p.cmd.send(SessionCmd::Cease { subcode: 1, data });
         }
@@ -1076,17 +1080,28 @@ impl Core {
         self.propagate(&changes);
         if loosened {
             for p in self.peers.values() {
-                let Some(up) = p.up.as_ref().filter(|u| u.route_refresh) else {
-                    continue;
-                };
-                if p.rejected.is_empty() {
+                let Some(up) = p.up.as_ref() else { continue };
+                // Only peers that sent something the rails refused and would now take.
+                let allowed = p
+                    .rejected
+                    .iter()
+                    .any(|(prefix, _)| self.rails.check(prefix, p.cfg.member).is_ok());
+                if !allowed {
                     continue;
                 }
-                info!(peer = %p.cfg.addr, "import rails loosened: asking the peer for its routes again");
-                for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
-                    if on {
-                        let _ = p.cmd.send(SessionCmd::Refresh(afi));
+                if up.route_refresh {
+                    info!(peer = %p.cfg.addr, "import rails loosened: asking the peer for its routes again");
+                    for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
+                        if on {
+                            let _ = p.cmd.send(SessionCmd::Refresh(afi));
+                        }
                     }
+                } else {
+                    info!(peer = %p.cfg.addr, "import rails loosened and the peer cannot resend its routes (no route refresh): resetting the session");
+                    let _ = p.cmd.send(SessionCmd::Cease {
+                        subcode: 6,
+                        data: vec![],
+                    });
                 }
             }
         }

@@ -370,7 +370,15 @@ impl Writer {
             }
         };
         self.foreign = scan.foreign;
-        let theirs: HashMap<IpNetwork, Option<Target>> = scan.ours.into_iter().collect();
+        // Two routes of ours for one prefix (another metric, from a run configured so): the
+        // one at our metric counts, so the other never makes ours look changed.
+        let mut theirs: HashMap<IpNetwork, Option<Target>> = HashMap::new();
+        for (p, t) in scan.ours {
+            let e = theirs.entry(p).or_insert(None);
+            if e.is_none() {
+                *e = t;
+            }
+        }
         let (mut missing, mut changed, mut stray) = (0, 0, 0);
         let mut writes = vec![];
         for (p, r) in &self.want {
@@ -378,6 +386,7 @@ impl Writer {
             match theirs.get(p) {
                 Some(Some(have)) if t.is_met_by(have) => {
                     self.ours.insert(*p, digest(r));
+                    self.held.remove(p);
                 }
                 Some(_) => {
                     changed += 1;

@@ -219,7 +219,7 @@ pub struct PeerStatus {
     /// [`PeerConfig::peer_type`], when the configuration gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_type: Option<String>,
-    /// Paths refused by the [`Rails`] since the session came up.
+    /// Paths refused by the [`Rails`] since the peer was added.
     #[serde(default)]
     pub refused_by_rails: u64,
     /// Times the session was closed for going over its prefix limit.

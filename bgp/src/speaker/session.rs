@@ -405,13 +405,17 @@ impl SessionTask {
                         return;
                     }
                     Some(SessionCmd::Cease { subcode, data }) => {
-                        // A peer that keeps going over its limit is retried less and less
-                        // often (forgotten after 5 minutes up, like BIRD's error forget).
-                        if run.up_at.is_some_and(|t| t.elapsed() > Duration::from_secs(300)) {
-                            run.ceases = 0;
+                        // Only a session that is there to close (one already down ignores
+                        // it). Over its prefix limit (1), a peer is retried less and less
+                        // often, forgotten after 5 minutes up like BIRD's error forget; a
+                        // configuration change (6) comes straight back.
+                        if run.fsm.state() != State::Idle && subcode == 1 {
+                            if run.up_at.is_some_and(|t| t.elapsed() > Duration::from_secs(300)) {
+                                run.ceases = 0;
+                            }
+                            run.ceases = run.ceases.saturating_add(1);
+                            run.ceased = true;
                         }
-                        run.ceases = run.ceases.saturating_add(1);
-                        run.ceased = true;
                         self.process(&mut run, Input::Cease { subcode, data });
                     }
                     Some(SessionCmd::Refresh(afi)) => {
