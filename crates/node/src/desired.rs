@@ -314,7 +314,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             }
         };
         // Filters: a peer that names them waits until they are listed, so it never runs
-        // unfiltered for a moment; one that does not exist is skipped with a warning.
+        // unfiltered for a moment.
         if !p.filters.is_empty() && !snap.filters_listed {
             continue;
         }
