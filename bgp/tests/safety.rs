@@ -397,3 +397,37 @@ async fn a_peer_that_stops_reading_is_dropped_after_its_hold_time() {
     let _ = client.join();
     n.speaker.shutdown(false).await.expect("shutdown");
 }
+
+/// A peer address may hold at most 4 connections waiting for their OPEN: more are closed at
+/// once, so no address can tie up the speaker with silent connections.
+#[tokio::test]
+async fn silent_connections_from_one_address_are_capped() {
+    use tokio::io::AsyncReadExt;
+    let n = node("127.0.0.91", 64512, |_| {}).await;
+    let mut p = PeerConfig::new("127.0.0.92".parse().expect("ip"), 65001);
+    p.passive = true;
+    n.speaker.add_peer(p).await.expect("add");
+    let mut conns = vec![];
+    for _ in 0..7 {
+        let s = tokio::net::TcpSocket::new_v4().expect("socket");
+        s.bind("127.0.0.92:0".parse().expect("addr")).expect("bind");
+        let c = s
+            .connect(format!("127.0.0.91:{}", n.port).parse().expect("addr"))
+            .await
+            .expect("connect");
+        conns.push(c);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut closed = 0;
+    for c in &mut conns {
+        let mut b = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(300), c.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            Ok(Ok(_)) => panic!("the speaker sent something before our OPEN"),
+            Err(_) => {} // still waiting for our OPEN
+        }
+    }
+    assert_eq!(closed, 3, "7 silent connections, 4 may wait");
+    n.speaker.shutdown(false).await.expect("shutdown");
+}
