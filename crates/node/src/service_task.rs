@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
-use crate::services::{self, Skipped};
+use crate::services::{self, Reserved, Skipped};
 use crate::snapshot::{mirror, Event, Snapshot};
 
 pub struct ServiceTask {
@@ -132,7 +132,7 @@ impl State {
     }
 
     /// Renders the dirty Services again (all of them when `all`).
-    fn render(&mut self, ctx: &NodeContext, all: bool) {
+    fn render(&mut self, ctx: &NodeContext, reserved: &Reserved, all: bool) {
         let keys: Vec<String> = if all {
             self.services.keys().cloned().collect()
         } else {
@@ -157,7 +157,7 @@ impl State {
                 .filter_map(|s| self.slices.get(s))
                 .collect();
             let mut skipped = vec![];
-            let ports = services::service_ports(svc, &slices, &mut skipped);
+            let ports = services::service_ports(svc, &slices, reserved, &mut skipped);
             for s in &skipped {
                 if self.skipped.get(&k).is_none_or(|old| !old.contains(s)) {
                     warn!(object = %s.object, "Service not fully programmed: {}", s.reason);
@@ -171,6 +171,48 @@ impl State {
             let r = ports.iter().map(|p| rules::render(p, ctx)).collect();
             self.rendered.insert(k, r);
         }
+    }
+}
+
+/// The addresses no Service may take: every node's (underlay and tunnel), the nodes'
+/// underlay subnets, and the pools.
+fn reserved(snap: &Snapshot, bgp_ports: &[u16]) -> Reserved {
+    let mut nets = vec![];
+    for (name, n) in &snap.nodes {
+        if let Some(a) = n.bgp.ipv4_address.as_deref() {
+            if let Ok(net) = a.parse::<Ipv4Network>() {
+                nets.push((
+                    Ipv4Network::from(net.ip()),
+                    format!("node {name}'s address"),
+                ));
+                if let Ok(sub) = Ipv4Network::new(net.network(), net.prefix()) {
+                    nets.push((sub, format!("inside node {name}'s subnet {sub}")));
+                }
+            }
+        }
+        if let Some(t) = n.bgp.ipv4_ipip_tunnel_addr.as_deref() {
+            if let Some(ip) = t
+                .split('/')
+                .next()
+                .and_then(|t| t.parse::<std::net::Ipv4Addr>().ok())
+            {
+                nets.push((
+                    Ipv4Network::from(ip),
+                    format!("node {name}'s tunnel address"),
+                ));
+            }
+        }
+    }
+    for (name, p) in &snap.pools {
+        if let Ok(n) = p.cidr.parse::<Ipv4Network>() {
+            nets.push((n, format!("inside IPPool {name}")));
+        }
+    }
+    // Most specific first, so the reason names the node's address before its subnet.
+    nets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix()));
+    Reserved {
+        nets,
+        ports: bgp_ports.to_vec(),
     }
 }
 
@@ -261,6 +303,7 @@ impl ServiceTask {
         let mut ctx: Option<NodeContext> = None;
         let mut sets = BTreeMap::new();
         let mut guard = NodeGuard::default();
+        let mut reserved_now = Reserved::default();
         let mut last_sync = Instant::now() - self.min_sync;
         let mut last_refresh = Instant::now();
         let mut pending = false;
@@ -294,6 +337,13 @@ impl ServiceTask {
                     let c = NodeContext { node: self.node.clone(), zone, masquerade_bit: self.masquerade_bit };
                     let new_sets = pool_sets(&snap);
                     let new_guard = node_guard(&snap, self.nat_outgoing_exclusions);
+                    let new_reserved = reserved(&snap, &new_guard.pod_blocked_ports);
+                    if new_reserved != reserved_now {
+                        // A node or pool added: every Service is judged again.
+                        reserved_now = new_reserved;
+                        st.dirty.extend(st.services.keys().cloned());
+                        pending = true;
+                    }
                     if new_guard != guard {
                         guard = new_guard;
                         pending = true;
@@ -317,7 +367,7 @@ impl ServiceTask {
                         continue;
                     }
                     let Some(c) = ctx.clone() else { continue };
-                    st.render(&c, false);
+                    st.render(&c, &reserved_now, false);
                     let ruleset = rules::assemble(&c, &guard, st.rendered.values().flatten());
                     let Some(mut w) = writer.take() else { return };
                     let sets2 = sets.clone();

@@ -33,9 +33,32 @@ fn port_ok(p: i32) -> Option<u16> {
 }
 
 /// The ports of one Service with their endpoints; `skipped` gets a line per problem.
+/// Addresses no Service may take as an externalIP or LoadBalancer address: the nodes' own
+/// (underlay and tunnel), their underlay subnets, and the pools. Any namespace user can set
+/// externalIPs; on one of these, the Service would capture a node's traffic (its BGP
+/// sessions) or a pod's (kube-proxy has the same class of hole, CVE-2020-8554).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// Each network with what it is, for the log line.
+    pub nets: Vec<(ipnetwork::Ipv4Network, String)>,
+    /// Ports no nodePort may take (the BGP listen ports): a nodePort is DNATed on every
+    /// node address, so it would capture the nodes' BGP sessions.
+    pub ports: Vec<u16>,
+}
+
+impl Reserved {
+    pub fn why(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.nets
+            .iter()
+            .find(|(n, _)| n.contains(ip))
+            .map(|(_, why)| why.as_str())
+    }
+}
+
 pub fn service_ports(
     svc: &Service,
     slices: &[&EndpointSlice],
+    reserved: &Reserved,
     skipped: &mut Vec<Skipped>,
 ) -> Vec<ServicePort> {
     let ns = svc.metadata.namespace.clone().unwrap_or_default();
@@ -75,7 +98,15 @@ pub fn service_ports(
     let mut external_ips = vec![];
     for e in spec.external_ips.iter().flatten() {
         match e.parse::<Ipv4Addr>() {
-            Ok(ip) => external_ips.push(ip),
+            Ok(ip) => match reserved.why(ip) {
+                Some(why) => skip(
+                    &key,
+                    format!(
+                        "externalIPs: {ip} is {why}: refused (a Service may not take that traffic)"
+                    ),
+                ),
+                None => external_ips.push(ip),
+            },
             Err(_) => skip(&key, format!("externalIPs: {e:?} is not an IPv4 address")),
         }
     }
@@ -88,7 +119,13 @@ pub fn service_ports(
     for i in ingress.into_iter().flatten() {
         if let Some(ip) = &i.ip {
             match ip.parse::<Ipv4Addr>() {
-                Ok(a) => lb_ips.push(a),
+                Ok(a) => match reserved.why(a) {
+                    Some(why) => skip(
+                        &key,
+                        format!("loadBalancer ingress {a} is {why}: refused (a Service may not take that traffic)"),
+                    ),
+                    None => lb_ips.push(a),
+                },
                 Err(_) => skip(&key, format!("loadBalancer ingress {ip:?} is not IPv4")),
             }
         }
@@ -134,6 +171,13 @@ pub fn service_ports(
         let node_port = match p.node_port.filter(|_| with_node_port) {
             None => None,
             Some(n) => match port_ok(n) {
+                Some(n) if reserved.ports.contains(&n) => {
+                    skip(
+                        &key,
+                        format!("port {pname:?}: nodePort {n} is a BGP port of the nodes: refused"),
+                    );
+                    continue;
+                }
                 Some(n) => Some(n),
                 None => {
                     skip(&key, format!("port {pname:?}: nodePort {n} is not 1-65535"));
@@ -259,7 +303,7 @@ mod tests {
         }));
         assert_eq!(slice_service(&sl).as_deref(), Some("default/web"));
         let mut skipped = vec![];
-        let p = service_ports(&s, &[&sl], &mut skipped);
+        let p = service_ports(&s, &[&sl], &Reserved::default(), &mut skipped);
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].port_name_string(), "default/web:http");
@@ -285,7 +329,7 @@ mod tests {
                      "externalIPs": ["fd00::1", "198.19.0.9"]}
         }));
         let mut skipped = vec![];
-        let p = service_ports(&s, &[], &mut skipped);
+        let p = service_ports(&s, &[], &Reserved::default(), &mut skipped);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].external_ips.len(), 1);
         let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
@@ -296,10 +340,70 @@ mod tests {
             .any(|r| r.contains("unknown protocol \"QUIC\"")));
         let v6 = svc(json!({"metadata": {"namespace": "d", "name": "v6"},
             "spec": {"clusterIP": "fd00::10", "ports": [{"port": 80}]}}));
-        assert!(service_ports(&v6, &[], &mut skipped).is_empty());
+        assert!(service_ports(&v6, &[], &Reserved::default(), &mut skipped).is_empty());
         assert!(skipped.last().unwrap().reason.contains("IPv4 only"));
         let headless = svc(json!({"metadata": {"namespace": "d", "name": "h"},
             "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
-        assert!(service_ports(&headless, &[], &mut skipped).is_empty());
+        assert!(service_ports(&headless, &[], &Reserved::default(), &mut skipped).is_empty());
+    }
+
+    /// A Service may not take a node's address, subnet or a pool as externalIP or
+    /// LoadBalancer address, nor a BGP port as nodePort; the rest of it is kept.
+    #[test]
+    fn reserved_addresses_and_ports_are_refused() {
+        let reserved = Reserved {
+            nets: vec![
+                (
+                    "198.18.0.11/32".parse().unwrap(),
+                    "node n1's address".into(),
+                ),
+                (
+                    "198.18.0.0/24".parse().unwrap(),
+                    "inside node n1's subnet".into(),
+                ),
+                (
+                    "10.244.0.0/16".parse().unwrap(),
+                    "inside IPPool default".into(),
+                ),
+            ],
+            ports: vec![179],
+        };
+        let s = svc(json!({
+            "metadata": {"namespace": "evil", "name": "capture"},
+            "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.12",
+                     "ports": [{"name": "bgp", "port": 179, "nodePort": 179},
+                               {"name": "web", "port": 80, "nodePort": 30080}],
+                     "externalIPs": ["198.18.0.11", "198.18.0.77", "10.244.3.3", "198.19.0.9"]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.18.0.12"}, {"ip": "198.19.0.10"}]}}
+        }));
+        let mut skipped = vec![];
+        let p = service_ports(&s, &[], &reserved, &mut skipped);
+        let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(
+            p.len(),
+            1,
+            "the BGP nodePort's port is left out: {reasons:?}"
+        );
+        assert_eq!(
+            p[0].external_ips,
+            vec!["198.19.0.9".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert_eq!(
+            p[0].load_balancer_ips,
+            vec!["198.19.0.10".parse::<Ipv4Addr>().unwrap()]
+        );
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("198.18.0.11 is node n1's address")));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("198.18.0.77 is inside node n1's subnet")));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("10.244.3.3 is inside IPPool default")));
+        assert!(reasons.iter().any(|r| r.contains("ingress 198.18.0.12")));
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("nodePort 179 is a BGP port")));
     }
 }
