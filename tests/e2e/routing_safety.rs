@@ -77,6 +77,19 @@ fn pods_never_reach_a_nodes_bgp_port() {
             let nft = lab.nodes[1].ns.ok(&["iptables-nft-save", "-t", "filter"]);
             (legacy.contains("BRL-HOST-GUARD") || nft.contains("BRL-HOST-GUARD")).then_some(())
         });
+        // NAT outgoing programmed on node-1 (the pool in the masquerade set), and node-0 in
+        // its hosts set: only then does the check below judge the exclusion.
+        wait_for(
+            "NAT outgoing and the hosts set",
+            Duration::from_secs(30),
+            || {
+                let masq = lab.nodes[1]
+                    .ns
+                    .ok(&["ipset", "list", "brl40masq-ipam-pools"]);
+                let hosts = lab.nodes[1].ns.ok(&["ipset", "list", "brl40all-hosts-net"]);
+                (masq.contains("10.244.0.0/16") && hosts.contains(&n0)).then_some(())
+            },
+        );
         // Other ports of the nodes are reachable, and the pod arrives as itself.
         let _srv = whoami_server(&lab.nodes[0].ns, 7070);
         assert_eq!(
