@@ -275,7 +275,11 @@ fn an_external_router_changes_nothing_it_must_not() {
                 .ns
                 .ok(&["iptables-legacy-save", "-t", "filter"]);
             let nft = lab.nodes[0].ns.ok(&["iptables-nft-save", "-t", "filter"]);
-            (legacy.contains("brl40bgp-peers") || nft.contains("brl40bgp-peers")).then_some(())
+            // The router's address reaches the guard's set within a sync of its BGPPeer.
+            let set = lab.nodes[0].ns.ok(&["ipset", "list", "brl40bgp-peers"]);
+            ((legacy.contains("brl40bgp-peers") || nft.contains("brl40bgp-peers"))
+                && set.contains("198.18.0.201"))
+            .then_some(())
         });
         let _srv = whoami_server(&a.ns, 7070);
         let pod_ns = &lab.pods[&pods[0]].ns;
