@@ -249,17 +249,14 @@ impl KernelSync {
     /// Applies many changes (Some: install, None: remove), pipelined on the socket.
     /// Returns the failures; the rest are in place.
     pub async fn apply(&self, changes: Vec<(IpNetwork, Option<Target>)>) -> Vec<KernelError> {
-        futures::stream::iter(changes)
-            .map(|(p, t)| async move {
-                match t {
-                    Some(t) => self.install(p, &t).await,
-                    None => self.remove(p).await,
-                }
+        let writes = changes
+            .into_iter()
+            .map(|(p, t)| match t {
+                Some(t) => Write::Replace(p, t),
+                None => Write::Remove(p),
             })
-            .buffer_unordered(PIPELINE)
-            .filter_map(|r| async move { r.err() })
-            .collect()
-            .await
+            .collect();
+        self.write(writes).await
     }
 
     /// The prefixes of our (protocol 12) routes in the main table, both families.

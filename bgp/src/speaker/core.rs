@@ -977,24 +977,7 @@ impl Core {
             let Some(p) = self.peers.get(&id) else {
                 return Ok(());
             };
-            match p.up.as_ref() {
-                Some(up) if up.route_refresh => {
-                    info!(peer = %addr, "import policy changed: asking the peer for its routes again");
-                    for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
-                        if on {
-                            let _ = p.cmd.send(SessionCmd::Refresh(afi));
-                        }
-                    }
-                }
-                Some(_) => {
-                    info!(peer = %addr, "import policy changed and the peer cannot resend its routes (no route refresh): resetting the session");
-                    let _ = p.cmd.send(SessionCmd::Cease {
-                        subcode: 6,
-                        data: vec![],
-                    });
-                }
-                None => {}
-            }
+            resend(p, "import policy changed");
         }
         Ok(())
     }
@@ -1080,28 +1063,13 @@ impl Core {
         self.propagate(&changes);
         if loosened {
             for p in self.peers.values() {
-                let Some(up) = p.up.as_ref() else { continue };
                 // Only peers that sent something the rails refused and would now take.
                 let allowed = p
                     .rejected
                     .iter()
                     .any(|(prefix, _)| self.rails.check(prefix, p.cfg.member).is_ok());
-                if !allowed {
-                    continue;
-                }
-                if up.route_refresh {
-                    info!(peer = %p.cfg.addr, "import rails loosened: asking the peer for its routes again");
-                    for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
-                        if on {
-                            let _ = p.cmd.send(SessionCmd::Refresh(afi));
-                        }
-                    }
-                } else {
-                    info!(peer = %p.cfg.addr, "import rails loosened and the peer cannot resend its routes (no route refresh): resetting the session");
-                    let _ = p.cmd.send(SessionCmd::Cease {
-                        subcode: 6,
-                        data: vec![],
-                    });
+                if allowed {
+                    resend(p, "import rails loosened");
                 }
             }
         }
@@ -1275,6 +1243,27 @@ impl Core {
             });
             let _ = rx.await;
         }
+    }
+}
+
+/// Has an established peer send its routes again, after what we take from it changed
+/// (`why`): a route refresh where it takes one, else a session reset (Cease 6/6,
+/// configuration change). Nothing for a peer that is not up.
+fn resend(p: &Peer, why: &str) {
+    let Some(up) = p.up.as_ref() else { return };
+    if up.route_refresh {
+        info!(peer = %p.cfg.addr, "{why}: asking the peer for its routes again");
+        for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
+            if on {
+                let _ = p.cmd.send(SessionCmd::Refresh(afi));
+            }
+        }
+    } else {
+        info!(peer = %p.cfg.addr, "{why} and the peer cannot resend its routes (no route refresh): resetting the session");
+        let _ = p.cmd.send(SessionCmd::Cease {
+            subcode: 6,
+            data: vec![],
+        });
     }
 }
 

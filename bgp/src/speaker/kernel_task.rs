@@ -247,10 +247,8 @@ impl Writer {
         target(r, self.tunl0)
     }
 
-    async fn ensure_tunl0(&mut self, routes: &[&Route]) {
-        let ipip = routes
-            .iter()
-            .any(|w| matches!(w, Route::Via(v) if v.iter().any(|h| h.1 == Encap::Ipip)));
+    /// Looks tunl0 up when a route needs it and its index is not known.
+    async fn ensure_tunl0(&mut self, ipip: bool) {
         if ipip && self.tunl0.is_none() {
             self.tunl0 = tunl0(&self.handle).await;
         }
@@ -258,8 +256,7 @@ impl Writer {
 
     /// The core's changes. Returns whether a write failed.
     async fn apply(&mut self, set: HashMap<IpNetwork, Option<Route>>) -> bool {
-        let routes: Vec<&Route> = set.values().flatten().collect();
-        self.ensure_tunl0(&routes).await;
+        self.ensure_tunl0(set.values().flatten().any(is_ipip)).await;
         let mut writes = vec![];
         let mut same = 0;
         for (p, w) in set {
@@ -358,9 +355,9 @@ impl Writer {
         if !self.kept.is_empty() {
             return false; // restarting: the core's whole table comes first
         }
+        // Looked up again: a tunl0 made anew has another index.
         self.tunl0 = None;
-        let routes: Vec<Route> = self.want.values().cloned().collect();
-        self.ensure_tunl0(&routes.iter().collect::<Vec<_>>()).await;
+        self.ensure_tunl0(self.want.values().any(is_ipip)).await;
         let scan = match self.sync.scan().await {
             Ok(s) => s,
             Err(e) => {
@@ -454,6 +451,10 @@ impl Writer {
             warn!("{e}");
         }
     }
+}
+
+fn is_ipip(r: &Route) -> bool {
+    matches!(r, Route::Via(v) if v.iter().any(|h| h.1 == Encap::Ipip))
 }
 
 /// A route's form, hashed with fixed keys (SipHash): equal forms, equal digests.

@@ -250,6 +250,10 @@ fn notify_and_close(p: Pending, code: u8, subcode: u8) {
 /// buffer, not copied: an update group's table, held once for all its members.
 const SHARED_MIN: usize = 4096;
 
+fn overflowed(peer: std::net::IpAddr) {
+    warn!(%peer, limit_mib = MAX_QUEUED >> 20, "the peer is not reading fast enough: its write queue is full; dropping the connection");
+}
+
 /// The writer task: owns the connection's write half and its Adj-RIB-Out. It ends (and the
 /// session sees the connection fail) when a write fails, when the peer has read nothing for
 /// `stall`, or when the queue overflows.
@@ -296,8 +300,7 @@ async fn write_loop(
                 None => break,
             },
             _ = q.overflow.notified() => {
-                warn!(%peer, limit_mib = MAX_QUEUED >> 20, "the peer is not reading fast enough: its write queue is full; dropping the connection");
-                return;
+                return overflowed(peer);
             }
         };
         let mut taken = m.weight();
@@ -336,8 +339,7 @@ async fn write_loop(
                 Err(_) => return,
             },
             _ = q.overflow.notified() => {
-                warn!(%peer, limit_mib = MAX_QUEUED >> 20, "the peer is not reading fast enough: its write queue is full; dropping the connection");
-                return;
+                return overflowed(peer);
             }
         }
         q.queued.fetch_sub(taken, Ordering::AcqRel);
