@@ -429,6 +429,17 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
     out
 }
 
+/// A block affine to this node (`host` is `host:<node>`) whose affinity is confirmed: ours
+/// to announce and to defend.
+fn confirmed_ours(snap: &Snapshot, me: &Me, host: &str, b: &brindle_api::IPAMBlockSpec) -> bool {
+    !b.deleted
+        && b.affinity.as_deref() == Some(host)
+        && snap
+            .affinities
+            .values()
+            .any(|a| a.node == me.name && a.cidr == b.cidr && a.state == AffinityState::Confirmed)
+}
+
 /// The prefixes this node originates, with whether the kernel gets a blackhole for each:
 /// its confirmed affine blocks (aggregated: nothing beneath them), the /32s it borrowed from
 /// other nodes' blocks, and the Service ranges BGPConfiguration asks for.
@@ -453,10 +464,7 @@ pub fn exports(snap: &Snapshot, me: &Me) -> BTreeMap<IpNetwork, bool> {
             continue;
         }
         if b.affinity.as_deref() == Some(host.as_str()) {
-            let confirmed = snap.affinities.values().any(|a| {
-                a.node == me.name && a.cidr == b.cidr && a.state == AffinityState::Confirmed
-            });
-            if confirmed {
+            if confirmed_ours(snap, me, &host, b) {
                 out.insert(net, true);
             }
             continue;
@@ -537,25 +545,18 @@ pub fn rails(snap: &Snapshot, me: &Me, host: &[IpNetwork], w: &mut Vec<Warning>)
     }
     protected.sort_by_key(|n| (n.is_ipv6(), n.network(), n.prefix()));
     protected.dedup();
-    // Every block affine to us, exported or not (a pool with disableBGPExport included).
-    let host = format!("host:{}", me.name);
-    let local_blocks = snap
+    // Every block confirmed ours, exported or not (a pool with disableBGPExport included),
+    // and the addresses in them that pods on other nodes hold (borrowed).
+    let affinity = format!("host:{}", me.name);
+    let mine: Vec<_> = snap
         .blocks
         .values()
-        .filter(|b| b.affinity.as_deref() == Some(host.as_str()) && !b.deleted)
-        .filter(|b| {
-            snap.affinities.values().any(|a| {
-                a.node == me.name && a.cidr == b.cidr && a.state == AffinityState::Confirmed
-            })
-        })
-        .filter_map(block::network)
+        .filter(|b| confirmed_ours(snap, me, &affinity, b))
         .collect();
-    // Addresses of our blocks that pods on other nodes hold (borrowed).
-    let lent = snap
-        .blocks
-        .values()
-        .filter(|b| b.affinity.as_deref() == Some(host.as_str()) && !b.deleted)
-        .flat_map(block::allocations)
+    let local_blocks = mine.iter().filter_map(|b| block::network(b)).collect();
+    let lent = mine
+        .iter()
+        .flat_map(|b| block::allocations(b))
         .filter(|a| {
             a.attrs
                 .get(attr::NODE)

@@ -174,33 +174,57 @@ impl State {
     }
 }
 
+/// One IPv4 address of a node, as its record gives it.
+struct NodeAddress<'a> {
+    node: &'a str,
+    ip: std::net::Ipv4Addr,
+    /// The underlay subnet (the underlay address's prefix; none for the tunnel's).
+    subnet: Option<Ipv4Network>,
+    tunnel: bool,
+}
+
+/// Every node's underlay and tunnel addresses (`a.b.c.d/len` or a bare address).
+fn node_addresses(snap: &Snapshot) -> impl Iterator<Item = NodeAddress<'_>> {
+    snap.nodes.iter().flat_map(|(name, n)| {
+        let underlay = n
+            .bgp
+            .ipv4_address
+            .as_deref()
+            .and_then(|a| a.parse::<Ipv4Network>().ok())
+            .map(|net| NodeAddress {
+                node: name,
+                ip: net.ip(),
+                subnet: Ipv4Network::new(net.network(), net.prefix()).ok(),
+                tunnel: false,
+            });
+        let tunnel = n
+            .bgp
+            .ipv4_ipip_tunnel_addr
+            .as_deref()
+            .and_then(|t| t.split('/').next()?.parse().ok())
+            .map(|ip| NodeAddress {
+                node: name,
+                ip,
+                subnet: None,
+                tunnel: true,
+            });
+        underlay.into_iter().chain(tunnel)
+    })
+}
+
 /// The addresses no Service may take: every node's (underlay and tunnel), the nodes'
 /// underlay subnets, and the pools.
 fn reserved(snap: &Snapshot, bgp_ports: &[u16]) -> Reserved {
     let mut nets = vec![];
-    for (name, n) in &snap.nodes {
-        if let Some(a) = n.bgp.ipv4_address.as_deref() {
-            if let Ok(net) = a.parse::<Ipv4Network>() {
-                nets.push((
-                    Ipv4Network::from(net.ip()),
-                    format!("node {name}'s address"),
-                ));
-                if let Ok(sub) = Ipv4Network::new(net.network(), net.prefix()) {
-                    nets.push((sub, format!("inside node {name}'s subnet {sub}")));
-                }
-            }
-        }
-        if let Some(t) = n.bgp.ipv4_ipip_tunnel_addr.as_deref() {
-            if let Some(ip) = t
-                .split('/')
-                .next()
-                .and_then(|t| t.parse::<std::net::Ipv4Addr>().ok())
-            {
-                nets.push((
-                    Ipv4Network::from(ip),
-                    format!("node {name}'s tunnel address"),
-                ));
-            }
+    for a in node_addresses(snap) {
+        let what = if a.tunnel {
+            "tunnel address"
+        } else {
+            "address"
+        };
+        nets.push((Ipv4Network::from(a.ip), format!("node {}'s {what}", a.node)));
+        if let Some(sub) = a.subnet {
+            nets.push((sub, format!("inside node {}'s subnet {sub}", a.node)));
         }
     }
     for (name, p) in &snap.pools {
@@ -236,15 +260,8 @@ fn node_guard(snap: &Snapshot, exclusions: NatOutgoingExclusions) -> NodeGuard {
 
 /// The pools and the nodes' addresses as the ipsets hold them.
 fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
-    let mut hosts: Vec<Ipv4Network> = snap
-        .nodes
-        .values()
-        .flat_map(|n| [&n.bgp.ipv4_address, &n.bgp.ipv4_ipip_tunnel_addr])
-        .flatten()
-        .filter_map(|a| {
-            let ip = a.split('/').next()?.parse::<std::net::Ipv4Addr>().ok()?;
-            Some(Ipv4Network::from(ip))
-        })
+    let mut hosts: Vec<Ipv4Network> = node_addresses(snap)
+        .map(|a| Ipv4Network::from(a.ip))
         .collect();
     hosts.sort();
     hosts.dedup();

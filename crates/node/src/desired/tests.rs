@@ -25,6 +25,28 @@ fn me(name: &str, ip: &str) -> Me {
     }
 }
 
+/// A confirmed affinity of `node` for the block `cidr`, under the key `key`.
+fn confirm(s: &mut Snapshot, key: &str, cidr: &str, node: &str) {
+    s.affinities.insert(
+        key.into(),
+        BlockAffinitySpec {
+            node: node.into(),
+            cidr: cidr.into(),
+            state: AffinityState::Confirmed,
+            deleted: false,
+        },
+    );
+}
+
+/// A block of `node`'s, affinity confirmed.
+fn confirmed_block(s: &mut Snapshot, key: &str, cidr: &str, node: &str) {
+    s.blocks.insert(
+        key.into(),
+        new_block(&cidr.parse().unwrap(), Some(format!("host:{node}"))),
+    );
+    confirm(s, key, cidr, node);
+}
+
 fn three() -> Snapshot {
     let mut s = Snapshot {
         synced: true,
@@ -168,15 +190,7 @@ fn exports_confirmed_blocks_and_borrowed_addresses_only() {
     for (n, b) in [("a", mine), ("b", pending), ("c", theirs)] {
         s.blocks.insert(n.into(), b);
     }
-    s.affinities.insert(
-        "a".into(),
-        BlockAffinitySpec {
-            node: "n1".into(),
-            cidr: "10.244.1.0/26".into(),
-            state: AffinityState::Confirmed,
-            deleted: false,
-        },
-    );
+    confirm(&mut s, "a", "10.244.1.0/26", "n1");
     let e = exports(&s, &me("n1", "198.18.0.11"));
     let got: Vec<(String, bool)> = e.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     assert_eq!(
@@ -274,19 +288,7 @@ fn nodes_are_members_held_to_their_router_id_and_routers_are_not() {
 #[test]
 fn rails_protect_the_host_and_know_the_pools_and_our_blocks() {
     let mut s = three();
-    s.blocks.insert(
-        "a".into(),
-        new_block(&"10.244.1.0/26".parse().unwrap(), Some("host:n1".into())),
-    );
-    s.affinities.insert(
-        "a".into(),
-        BlockAffinitySpec {
-            node: "n1".into(),
-            cidr: "10.244.1.0/26".into(),
-            state: AffinityState::Confirmed,
-            deleted: false,
-        },
-    );
+    confirmed_block(&mut s, "a", "10.244.1.0/26", "n1");
     let host: Vec<IpNetwork> = [
         "198.18.0.11/24",
         "127.0.0.1/8",
@@ -365,19 +367,7 @@ fn the_mesh_takes_its_password_and_gtsm_from_the_bgp_configuration() {
 fn a_subnet_covering_a_pool_does_not_refuse_the_pool() {
     let mut s = three();
     s.pools.get_mut("default").unwrap().disable_bgp_export = true;
-    s.blocks.insert(
-        "a".into(),
-        new_block(&"10.244.1.0/26".parse().unwrap(), Some("host:n1".into())),
-    );
-    s.affinities.insert(
-        "a".into(),
-        BlockAffinitySpec {
-            node: "n1".into(),
-            cidr: "10.244.1.0/26".into(),
-            state: AffinityState::Confirmed,
-            deleted: false,
-        },
-    );
+    confirmed_block(&mut s, "a", "10.244.1.0/26", "n1");
     let host: Vec<IpNetwork> = vec!["10.0.0.5/8".parse().unwrap()];
     let mut w = vec![];
     let r = rails(&s, &me("n1", "198.18.0.11"), &host, &mut w);
