@@ -264,22 +264,18 @@ impl Ctx {
         let (ips, by) = match got {
             Ok(got) => got,
             Err(e) => {
-                // The pair, or whatever of it was made before it failed, goes too.
-                let host = match pair {
-                    Ok(p) => Ok(p.host),
-                    Err(_) => wire::host_handle(),
-                };
-                if let Ok(h) = host {
-                    let _ = wire::delete_link(&h, &self.host_veth()).await;
+                // The pair goes too (a pair that failed half-made removed itself).
+                if let Ok(p) = pair {
+                    p.remove().await;
                 }
                 return Err(e);
             }
         };
         let (ipam_ms, pair_ms) = (ipam_t.as_secs_f64() * 1e3, pair_t.as_secs_f64() * 1e3);
         let both = t.elapsed();
-        let wired = match pair {
-            Ok(p) => self.wire(&p, &ips).await,
-            Err(e) => Err(e),
+        let wired = match &pair {
+            Ok(p) => self.wire(p, &ips).await,
+            Err(e) => Err(e.clone()),
         };
         match wired {
             Ok(r) => {
@@ -291,19 +287,20 @@ impl Ctx {
                 Ok(r)
             }
             Err(e) => {
-                self.undo_add().await;
+                self.undo_add(pair.ok()).await;
                 Err(e)
             }
         }
     }
 
-    /// Takes back what a failed ADD made: the addresses, the record and the veth pair.
-    async fn undo_add(&self) {
+    /// Takes back what a failed ADD made: the addresses, the record and the veth pair (only
+    /// the one this ADD made: another sandbox's of the same name is not this call's).
+    async fn undo_add(&self, pair: Option<Pair>) {
         if let Err(e) = self.ipam_op(Request::Del(self.del_request(false))).await {
             warn!(container = %self.env.container_id, error = %e, "releasing after a failed ADD");
         }
-        if let Ok(h) = wire::host_handle() {
-            let _ = wire::delete_link(&h, &self.host_veth()).await;
+        if let Some(p) = pair {
+            p.remove().await;
         }
     }
 
@@ -340,26 +337,37 @@ impl Ctx {
             }
             wire::create_veth(&host, &veth, ifname, self.conf.mtu, &netns).await?;
         }
-        let ipam = &self.conf.ipam;
-        sysctls(&veth, ipam.assign_ipv4, ipam.assign_ipv6)?;
         let host_link = wire::link_by_name(&host, &veth).await?.ok_or_else(|| {
             CniError::new(code::NETLINK, format!("{veth} vanished after creation"), "")
         })?;
-        let pod_link = wire::link_by_name(&pod, ifname).await?.ok_or_else(|| {
-            CniError::new(
-                code::NETLINK,
-                format!("{ifname} did not appear in the pod namespace {netns_path}"),
-                "",
-            )
-        })?;
-        wire::set_up(&pod, &pod_link).await?;
-        Ok(Pair {
-            host,
-            pod,
-            host_link,
-            pod_link,
-            sysctls: (ipam.assign_ipv4, ipam.assign_ipv6),
-        })
+        let finish = async {
+            // Whose veth this is: a DEL deletes a host veth only if it is its own.
+            wire::set_owner(&host, &host_link, &self.handle()).await?;
+            let ipam = &self.conf.ipam;
+            sysctls(&veth, ipam.assign_ipv4, ipam.assign_ipv6)?;
+            let pod_link = wire::link_by_name(&pod, ifname).await?.ok_or_else(|| {
+                CniError::new(
+                    code::NETLINK,
+                    format!("{ifname} did not appear in the pod namespace {netns_path}"),
+                    "",
+                )
+            })?;
+            wire::set_up(&pod, &pod_link).await?;
+            Ok::<_, CniError>((pod_link, (ipam.assign_ipv4, ipam.assign_ipv6)))
+        };
+        match finish.await {
+            Ok((pod_link, sysctls)) => Ok(Pair {
+                host,
+                pod,
+                host_link,
+                pod_link,
+                sysctls,
+            }),
+            Err(e) => {
+                let _ = wire::delete_index(&host, host_link.header.index, &veth).await;
+                Err(e)
+            }
+        }
     }
 
     /// The rest of the wiring, given the addresses: the pod's addresses and routes, the host
@@ -423,21 +431,31 @@ impl Ctx {
         Ok(())
     }
 
-    /// Deletes the veth pair. The pod side goes with the host side; without one, it is looked
-    /// for in the pod (a namespace that is gone is fine).
+    /// Deletes this sandbox's veth pair, and with it the host routes through it: the
+    /// interface inside its own CNI_NETNS (the host side goes with it), else a host veth
+    /// marked as this attachment's. The host veth's name is the pod's, not the sandbox's: a
+    /// late DEL for an older sandbox of the pod must not take the newer one's. A namespace
+    /// that is gone is fine (its veth went with it).
     async fn unwire(&self) -> CniResult<()> {
-        let h = wire::host_handle()?;
-        if wire::delete_link(&h, &self.host_veth()).await? {
-            return Ok(());
+        if let Some(path) = self.env.netns.as_deref() {
+            if let Ok(netns) = File::open(path) {
+                if let Ok(ph) = wire::pod_handle(&netns, path) {
+                    if wire::delete_link(&ph, &self.env.ifname).await? {
+                        return Ok(());
+                    }
+                }
+            }
         }
-        let Some(path) = self.env.netns.as_deref() else {
+        let h = wire::host_handle()?;
+        let veth = self.host_veth();
+        let Some(l) = wire::link_by_name(&h, &veth).await? else {
             return Ok(());
         };
-        let Ok(netns) = File::open(path) else {
-            return Ok(());
-        };
-        if let Ok(ph) = wire::pod_handle(&netns, path) {
-            let _ = wire::delete_link(&ph, &self.env.ifname).await;
+        let (mine, owner) = (self.handle(), wire::owner_of(&l));
+        if owner == Some(mine.as_str()) {
+            wire::delete_index(&h, l.header.index, &veth).await?;
+        } else {
+            info!(container = %self.env.container_id, veth = %veth, owner = ?owner, "DEL: the host interface belongs to another sandbox of the pod; left alone");
         }
         Ok(())
     }
@@ -647,6 +665,13 @@ struct Pair {
     pod_link: wire::LinkMessage,
     /// Whether the host side's IPv4 and IPv6 sysctls are set.
     sysctls: (bool, bool),
+}
+
+impl Pair {
+    /// Deletes the pair this ADD made (by index: a newer one of the same name is not it).
+    async fn remove(&self) {
+        let _ = wire::delete_index(&self.host, self.host_link.header.index, "the new veth").await;
+    }
 }
 
 /// The host side's sysctls for each family asked for: it answers ARP (proxy ARP, at once)

@@ -101,11 +101,7 @@ pub async fn delete_link(h: &Handle, name: &str) -> CniResult<bool> {
     let Some(l) = link_by_name(h, name).await? else {
         return Ok(false);
     };
-    match h.link().del(l.header.index).execute().await {
-        Ok(()) => Ok(true),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(false),
-        Err(e) => Err(nl(format!("deleting link {name}"), e)),
-    }
+    delete_index(h, l.header.index, name).await
 }
 
 /// Creates the veth pair: `host` here and up, `pod_if` directly inside the pod's namespace,
@@ -136,6 +132,37 @@ pub async fn create_veth(
         .execute()
         .await
         .map_err(|e| nl(format!("creating veth {host} <-> {pod_if}"), e))
+}
+
+/// Marks a pod's host veth with its attachment, so that a DEL can tell its own veth from
+/// a newer sandbox's of the same name.
+pub async fn set_owner(h: &Handle, l: &LinkMessage, owner: &str) -> CniResult<()> {
+    h.link()
+        .set(
+            LinkUnspec::new_with_index(l.header.index)
+                .alias(owner.to_owned())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| nl(format!("marking link {} as {owner}", l.header.index), e))
+}
+
+/// The attachment a host veth was made for ([`set_owner`]), if it is marked.
+pub fn owner_of(l: &LinkMessage) -> Option<&str> {
+    l.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(s) => Some(s.as_str()),
+        _ => None,
+    })
+}
+
+/// Deletes a link by index (its veth peer goes with it); one already gone is fine.
+pub async fn delete_index(h: &Handle, index: u32, what: &str) -> CniResult<bool> {
+    match h.link().del(index).execute().await {
+        Ok(()) => Ok(true),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(false),
+        Err(e) => Err(nl(format!("deleting link {what}"), e)),
+    }
 }
 
 pub async fn set_up(h: &Handle, l: &LinkMessage) -> CniResult<()> {

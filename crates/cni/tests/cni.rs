@@ -553,3 +553,74 @@ async fn two_attachments_of_one_container_are_independent() {
     assert!(f.allocated().await.is_empty());
     assert!(f.host_veths().is_empty());
 }
+
+/// A sandbox restart: ADD for the pod's old sandbox, ADD for its new one, then the runtime's
+/// late DEL for the old one (with its namespace still there, without CNI_NETNS, and with a
+/// namespace that is gone). The host veth has the pod's name in both sandboxes: the DEL
+/// must leave the new sandbox's interface, route and address alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_del_of_an_old_sandbox_leaves_the_new_one() {
+    let f = Fixture::new("10.72.0.0/16").await;
+    let conf = f.conf("1.0.0");
+    let pod = Some(("default", "web"));
+    let old_ns = Netns::new("brl-pod");
+    let new_ns = Netns::new("brl-pod");
+    let old = f.cni("ADD", "old", pod, Some(&old_ns.path()), &conf);
+    assert!(old.ok, "{}", old.json);
+    let new = f.cni("ADD", "new", pod, Some(&new_ns.path()), &conf);
+    assert!(new.ok, "{}", new.json);
+    let ip_new = ip_of(&new.json);
+    let veth = new.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(veth, old.json["interfaces"][0]["name"], "one name per pod");
+    let intact = |when: &str| {
+        let links = new_ns.ip_json(&["link", "show", "eth0"]);
+        assert_eq!(
+            links.as_array().map(Vec::len),
+            Some(1),
+            "{when}: eth0 in the new sandbox"
+        );
+        assert!(f.host_veths().contains(&veth), "{when}: host veth {veth}");
+        let r = f.node.ip_json(&["route", "show", &format!("{ip_new}/32")]);
+        assert_eq!(r[0]["dev"], veth.as_str(), "{when}: host route {r}");
+        let _srv = tcp_server(&new_ns, &ip_new, 8080);
+        assert_eq!(
+            tcp_client(&f.node, &ip_new, 8080),
+            "hello",
+            "{when}: reachable"
+        );
+    };
+    intact("before the late DEL");
+    let late: [(&str, Option<String>); 3] = [
+        ("with its namespace", Some(old_ns.path())),
+        ("without CNI_NETNS", None),
+        (
+            "with its namespace gone",
+            Some("/var/run/netns/brl-gone".into()),
+        ),
+    ];
+    for (how, netns) in late {
+        let d = f.cni("DEL", "old", pod, netns.as_deref(), &conf);
+        assert!(d.ok, "{how}: {}", d.json);
+        intact(&format!("after the late DEL {how}"));
+        let held: Vec<String> = f.allocated().await.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            held,
+            vec![ip_new.clone()],
+            "{how}: only the new sandbox's address"
+        );
+        assert!(f.has_handle("k8s-pod-network.new").await, "{how}");
+    }
+    // The new sandbox's own DEL, without CNI_NETNS (the spec allows it): all gone.
+    let d = f.cni("DEL", "new", pod, None, &conf);
+    assert!(d.ok, "{}", d.json);
+    assert!(!f.host_veths().contains(&veth));
+    assert!(f.allocated().await.is_empty());
+    let log = std::fs::read_to_string(f.dir.0.join("cni.log")).unwrap();
+    assert!(
+        log.contains("belongs to another sandbox of the pod"),
+        "the skipped DEL says why: {log}"
+    );
+}
