@@ -35,6 +35,14 @@ pub enum IpamError {
     #[error("{ip} is not in any IPPool")]
     NotInPool { ip: std::net::IpAddr },
 
+    /// A requested address whose pool may not give it to this node for this use.
+    #[error("{ip} is in IPPool {pool}, which {reason}")]
+    PoolRefuses {
+        ip: std::net::IpAddr,
+        pool: String,
+        reason: String,
+    },
+
     #[error("IPPool {pool}: spec.nodeSelector: {source}")]
     Selector {
         pool: String,

@@ -832,6 +832,49 @@ impl Ipam {
     }
 
     /// Assigns one given address (a pod that asks for it).
+    /// [`Self::assign_ip`] for an address a workload asked for (a pod's annotation): only
+    /// from a pool that is enabled, allows `use_` and selects `node`, as the pools' own
+    /// assignment would choose, read fresh from the datastore.
+    pub async fn assign_requested_ip(
+        &self,
+        ip: IpAddr,
+        handle_id: &str,
+        node: &str,
+        attrs: &BTreeMap<String, String>,
+        use_: AllowedUse,
+    ) -> Result<()> {
+        let pools = self.store.all::<IPPool>().list().await?.items;
+        let pool = pools
+            .iter()
+            .find(|p| p.spec.network().is_some_and(|n| n.contains(ip)))
+            .ok_or(IpamError::NotInPool { ip })?;
+        let refuses = |reason: String| IpamError::PoolRefuses {
+            ip,
+            pool: pool.metadata.name.clone().unwrap_or_default(),
+            reason,
+        };
+        if pool.spec.disabled {
+            return Err(refuses("is disabled".into()));
+        }
+        if !pool.spec.allowed_uses.contains(&use_) {
+            return Err(refuses(format!(
+                "does not allow {use_:?} (allowedUses: {:?})",
+                pool.spec.allowed_uses
+            )));
+        }
+        self.cache().labels.remove(node);
+        let labels = self.labels(node).await?;
+        if !pools::selects(pool, &labels)? {
+            return Err(refuses(format!(
+                "does not select node {node} (nodeSelector: {:?})",
+                pool.spec.node_selector
+            )));
+        }
+        self.assign_ip(ip, handle_id, node, attrs).await
+    }
+
+    /// Assigns exactly `ip` to `handle_id` on `node`, whatever its pool says (the
+    /// operator's tools); workloads go through [`Self::assign_requested_ip`].
     pub async fn assign_ip(
         &self,
         ip: IpAddr,

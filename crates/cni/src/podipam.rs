@@ -66,6 +66,7 @@ pub fn ipam_err(e: IpamError) -> CniError {
         IpamError::NoPools { .. }
         | IpamError::UnknownPool(_)
         | IpamError::NotInPool { .. }
+        | IpamError::PoolRefuses { .. }
         | IpamError::Selector { .. } => CniError::new(code::NO_POOL, e.to_string(), ""),
         IpamError::Store(s) => store_err(s),
         IpamError::NoNode { .. } => CniError::new(
@@ -222,7 +223,10 @@ async fn allocate(
                     "",
                 )
             })?;
-            if let Err(e) = ipam.assign_ip(ip, &r.handle, &r.node, &r.attrs).await {
+            if let Err(e) = ipam
+                .assign_requested_ip(ip, &r.handle, &r.node, &r.attrs, AllowedUse::Workload)
+                .await
+            {
                 let _ = ipam.release_handle(&r.handle).await;
                 return Err(ipam_err(e));
             }

@@ -624,3 +624,83 @@ async fn a_late_del_of_an_old_sandbox_leaves_the_new_one() {
         "the skipped DEL says why: {log}"
     );
 }
+
+/// An address a pod's annotation asks for comes only from a pool that would give this node
+/// a workload address: enabled, allowing Workload, selecting the node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_annotated_address_must_come_from_a_pool_the_pod_may_use() {
+    use brindle_api::{AllowedUse, IPPool, IPPoolSpec};
+    use k8s_openapi::api::core::v1::Pod;
+    let f = Fixture::new("10.73.0.0/16").await;
+    let pool = |name: &str, cidr: &str, edit: &dyn Fn(&mut IPPoolSpec)| {
+        let mut spec = IPPoolSpec::new(cidr);
+        spec.block_size = Some(26);
+        edit(&mut spec);
+        IPPool::new(name, spec)
+    };
+    for p in [
+        pool("off", "10.74.0.0/16", &|s| s.disabled = true),
+        pool("zone-b", "10.75.0.0/16", &|s| {
+            s.node_selector = "zone == 'b'".into()
+        }),
+        pool("tunnels", "10.76.0.0/16", &|s| {
+            s.allowed_uses = vec![AllowedUse::Tunnel]
+        }),
+    ] {
+        f.store.all::<IPPool>().create(&p).await.unwrap();
+    }
+    let conf = f.conf("1.0.0");
+    let cases = [
+        ("10.74.0.5", "off", "is disabled"),
+        ("10.75.0.5", "zone-b", "does not select node node-1"),
+        ("10.76.0.5", "tunnels", "does not allow Workload"),
+        ("10.73.0.5", "", ""),
+    ];
+    for (i, (ip, pool, reason)) in cases.iter().enumerate() {
+        let name = format!("fixed-{i}");
+        let mut p = Pod::default();
+        p.metadata.name = Some(name.clone());
+        p.metadata.namespace = Some("default".into());
+        p.metadata.annotations = Some(
+            [(
+                "brindle.dev/ipAddrs".to_string(),
+                serde_json::to_string(&[ip]).unwrap(),
+            )]
+            .into(),
+        );
+        f.store
+            .namespaced::<Pod>("default")
+            .create(&p)
+            .await
+            .unwrap();
+        let ns = Netns::new("brl-pod");
+        let cid = format!("c{i}");
+        let out = f.cni(
+            "ADD",
+            &cid,
+            Some(("default", &name)),
+            Some(&ns.path()),
+            &conf,
+        );
+        if pool.is_empty() {
+            assert!(out.ok, "{ip}: {}", out.json);
+            assert_eq!(ip_of(&out.json), *ip);
+            continue;
+        }
+        assert!(!out.ok, "{ip} from pool {pool} must be refused");
+        let msg = out.json["msg"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&format!("IPPool {pool}")) && msg.contains(reason),
+            "{ip}: the reason, with the pool: {}",
+            out.json
+        );
+        assert!(
+            !f.allocated().await.iter().any(|a| a.to_string() == *ip),
+            "{ip}"
+        );
+        assert!(
+            !f.has_handle(&format!("k8s-pod-network.{cid}")).await,
+            "{ip}"
+        );
+    }
+}
