@@ -440,8 +440,13 @@ impl Ctx {
         if let Some(path) = self.env.netns.as_deref() {
             if let Ok(netns) = File::open(path) {
                 if let Ok(ph) = wire::pod_handle(&netns, path) {
-                    if wire::delete_link(&ph, &self.env.ifname).await? {
-                        return Ok(());
+                    if let Some(l) = wire::link_by_name(&ph, &self.env.ifname).await? {
+                        if !self.primary() {
+                            wire::remove_secondary_rules(&ph, l.header.index).await?;
+                        }
+                        if wire::delete_index(&ph, l.header.index, &self.env.ifname).await? {
+                            return Ok(());
+                        }
                     }
                 }
             }

@@ -13,6 +13,7 @@ use futures::TryStreamExt;
 pub use rtnetlink::packet_route::link::LinkMessage;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope};
+use rtnetlink::packet_route::rule::{RuleAttribute, RuleMessage};
 pub use rtnetlink::Handle;
 use rtnetlink::{LinkUnspec, LinkVeth, RouteMessageBuilder};
 
@@ -227,22 +228,44 @@ pub async fn configure_pod_side(
             .map_err(|e| nl(format!("adding {ip}/{plen} to {ifname}"), e))?;
     }
     if !primary {
+        let table = secondary_table(idx);
         if ips.iter().any(IpAddr::is_ipv4) {
-            let def = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(GATEWAY_V4)
-                .output_interface(idx)
-                .onlink()
-                .priority(SECONDARY_DEFAULT_METRIC)
-                .build();
-            add_route(h, def, "adding the secondary default route in the pod").await?;
+            for t in [None, Some(table)] {
+                let mut def = RouteMessageBuilder::<Ipv4Addr>::new()
+                    .gateway(GATEWAY_V4)
+                    .output_interface(idx)
+                    .onlink()
+                    .priority(SECONDARY_DEFAULT_METRIC);
+                if let Some(t) = t {
+                    def = def.table_id(t);
+                }
+                add_route(
+                    h,
+                    def.build(),
+                    "adding the secondary default route in the pod",
+                )
+                .await?;
+            }
         }
         if ips.iter().any(IpAddr::is_ipv6) {
-            let def = RouteMessageBuilder::<Ipv6Addr>::new()
-                .gateway(GATEWAY_V6)
-                .output_interface(idx)
-                .priority(SECONDARY_DEFAULT_METRIC)
-                .build();
-            add_route(h, def, "adding the secondary IPv6 default route in the pod").await?;
+            for t in [None, Some(table)] {
+                let mut def = RouteMessageBuilder::<Ipv6Addr>::new()
+                    .gateway(GATEWAY_V6)
+                    .output_interface(idx)
+                    .priority(SECONDARY_DEFAULT_METRIC);
+                if let Some(t) = t {
+                    def = def.table_id(t);
+                }
+                add_route(
+                    h,
+                    def.build(),
+                    "adding the secondary IPv6 default route in the pod",
+                )
+                .await?;
+            }
+        }
+        for ip in ips {
+            add_source_rule(h, *ip, table).await?;
         }
         return Ok(());
     }
@@ -267,6 +290,95 @@ pub async fn configure_pod_side(
         add_route(h, def, "adding the IPv6 default route in the pod").await?;
     }
     Ok(())
+}
+
+/// Inside a pod, a secondary attachment's addresses are routed by source: `from <ip> lookup
+/// <table>` with that interface's own default route in the table. A reply from eth1's
+/// address then leaves by eth1, the interface its address is routed to on the host, and the
+/// host's reverse-path check (anti-spoofing) accepts it; by the main table it would leave
+/// by eth0 and be dropped as spoofed.
+pub const SOURCE_RULE_PRIORITY: u32 = 100;
+
+/// The routing table of the secondary interface with index `pod_index` in its pod.
+pub fn secondary_table(pod_index: u32) -> u32 {
+    1000 + pod_index
+}
+
+/// `from <ip> lookup <table>`, replacing such rules of ours for `ip` (a repeated ADD made the
+/// interface anew, with another index).
+async fn add_source_rule(h: &Handle, ip: IpAddr, table: u32) -> CniResult<()> {
+    remove_source_rules(h, |r| rule_source(r) == Some(ip)).await?;
+    let add = h
+        .rule()
+        .add()
+        .table_id(table)
+        .priority(SOURCE_RULE_PRIORITY)
+        .action(rtnetlink::packet_route::rule::RuleAction::ToTable);
+    let done = match ip {
+        IpAddr::V4(a) => add.v4().source_prefix(a, 32).execute().await,
+        IpAddr::V6(a) => add.v6().source_prefix(a, 128).execute().await,
+    };
+    done.map_err(|e| {
+        nl(
+            format!("adding the rule from {ip} lookup {table} in the pod"),
+            e,
+        )
+    })
+}
+
+fn rule_source(r: &RuleMessage) -> Option<IpAddr> {
+    r.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Source(ip) => Some(*ip),
+        _ => None,
+    })
+}
+
+fn rule_table(r: &RuleMessage) -> u32 {
+    r.attributes
+        .iter()
+        .find_map(|a| match a {
+            RuleAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table))
+}
+
+/// Deletes the pod's source rules of ours (our priority) that `which` picks, both families.
+pub async fn remove_source_rules(
+    h: &Handle,
+    which: impl Fn(&RuleMessage) -> bool,
+) -> CniResult<()> {
+    for v in [rtnetlink::IpVersion::V4, rtnetlink::IpVersion::V6] {
+        let rules: Vec<RuleMessage> = h
+            .rule()
+            .get(v)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl("listing the pod's routing rules", e))?;
+        for r in rules {
+            let ours = r
+                .attributes
+                .iter()
+                .any(|a| *a == RuleAttribute::Priority(SOURCE_RULE_PRIORITY));
+            if ours && which(&r) {
+                match h.rule().del(r).execute().await {
+                    Ok(()) => {}
+                    // ENOENT: gone already.
+                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -2 => {}
+                    Err(e) => return Err(nl("deleting a routing rule in the pod", e)),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a secondary interface's source rules in the pod (its table's); its routes go
+/// with the interface.
+pub async fn remove_secondary_rules(h: &Handle, pod_index: u32) -> CniResult<()> {
+    let table = secondary_table(pod_index);
+    remove_source_rules(h, |r| rule_table(r) == table).await
 }
 
 /// Sets one sysctl under /proc/sys (this process's network namespace), unless it already

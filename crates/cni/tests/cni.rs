@@ -505,6 +505,30 @@ async fn two_attachments_of_one_container_are_independent() {
         "and is not a new allocation"
     );
 
+    // eth1's address is routed out of eth1 (by source), eth0's out of eth0; one rule for
+    // eth1's address after the repeated ADD made eth1 anew.
+    let dev_from = |ip: &str| {
+        p.ip_json(&["route", "get", "198.18.0.254", "from", ip])[0]["dev"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(dev_from(&ip_b), "eth1");
+    assert_eq!(dev_from(&ip_a), "eth0");
+    let rules_from = |ip: &str| {
+        p.ip_json(&["rule", "show"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["src"] == ip)
+            .count()
+    };
+    assert_eq!(rules_from(&ip_b), 1);
+    // The node checks every source strictly (as brindle-node's anti-spoofing rule does):
+    // replies from eth1's address must leave by eth1 to pass.
+    f.node
+        .ok(&["sysctl", "-q", "-w", "net.ipv4.conf.all.rp_filter=1"]);
+
     // Traffic to both addresses, from another pod.
     let qa = f.cni(
         "ADD",
@@ -524,6 +548,7 @@ async fn two_attachments_of_one_container_are_independent() {
     assert!(del.ok, "{}", del.json);
     assert!(!f.has_handle("net-b.cp.eth1").await);
     assert!(f.has_handle("k8s-pod-network.cp").await);
+    assert_eq!(rules_from(&ip_b), 0, "eth1's source rule goes with it");
     assert_eq!(f.host_veths().len(), 2, "eth0's veth and q's remain");
     assert!(has_addr("eth0", &ip_a));
     let mut check = conf_a.clone();
