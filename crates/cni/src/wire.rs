@@ -359,8 +359,7 @@ pub async fn remove_source_rules(
         for r in rules {
             let ours = r
                 .attributes
-                .iter()
-                .any(|a| *a == RuleAttribute::Priority(SOURCE_RULE_PRIORITY));
+                .contains(&RuleAttribute::Priority(SOURCE_RULE_PRIORITY));
             if ours && which(&r) {
                 match h.rule().del(r).execute().await {
                     Ok(()) => {}
