@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use brindle_felix_lite::iptables::{Backend, Runner, Writer};
 use brindle_felix_lite::proxy::rules::{self, ServiceRules};
-use brindle_felix_lite::proxy::{Endpoint, NodeContext, Protocol, ServicePort};
+use brindle_felix_lite::proxy::{Endpoint, NodeContext, NodeGuard, Protocol, ServicePort};
 use brindle_testsupport::bench::write_results;
 use brindle_testsupport::Netns;
 use serde_json::json;
@@ -131,10 +131,18 @@ fn one_run(n: usize, backend: Backend) -> Run {
     let t = Instant::now();
     let mut rendered: Vec<ServiceRules> = svcs.iter().map(|s| rules::render(s, &c)).collect();
     let render = t.elapsed();
-    let ruleset = rules::assemble(&c, &Default::default(), rendered.iter());
+    // The node guard as on a node: the BGP port out of pods' reach, anti-spoofing.
+    let guard = NodeGuard {
+        pod_blocked_ports: vec![179],
+        nat_outgoing_exclusions: Default::default(),
+        workload_prefix: "brl".into(),
+    };
+    let ruleset = rules::assemble(&c, &guard, rendered.iter());
     let sets_want = std::collections::BTreeMap::from([
         (rules::ALL_POOLS_SET.to_string(), vec![]),
         (rules::MASQ_POOLS_SET.to_string(), vec![]),
+        (rules::ALL_HOSTS_SET.to_string(), vec![]),
+        (rules::BGP_PEERS_SET.to_string(), vec![]),
     ]);
     w.sync_sets(&sets_want).expect("ipsets");
     let rep = w.sync(&ruleset).expect("full sync");
@@ -146,7 +154,7 @@ fn one_run(n: usize, backend: Backend) -> Run {
     let mut changed = service(k, 0);
     changed.endpoints[0] = service(k, 1).endpoints[0].clone();
     rendered[k] = rules::render(&changed, &c);
-    let ruleset = rules::assemble(&c, &Default::default(), rendered.iter());
+    let ruleset = rules::assemble(&c, &guard, rendered.iter());
     let rep2 = w.sync(&ruleset).expect("one change");
     let change = t.elapsed();
     assert!(rep2.chains_written <= 3, "{rep2:?}");

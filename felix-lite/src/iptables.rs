@@ -211,7 +211,7 @@ impl Writer {
     fn read(&self) -> Result<HashMap<String, TableState>, IptablesError> {
         let save = self.backend.tool("save");
         let mut all = HashMap::new();
-        for t in ["nat", "filter"] {
+        for t in ["raw", "nat", "filter"] {
             let text = self.runner.run(&[&save, "-t", t], None)?;
             all.extend(parse_save(&text));
         }
@@ -261,7 +261,11 @@ impl Writer {
         let known = self.known.as_mut().expect("read above");
         let mut input = String::new();
         let mut applied = vec![];
-        for (table, rules) in [("nat", &want.nat), ("filter", &want.filter)] {
+        for (table, rules) in [
+            ("raw", &want.raw),
+            ("nat", &want.nat),
+            ("filter", &want.filter),
+        ] {
             let state = known.entry(table.to_string()).or_default();
             report.rules_total += rules.rule_count();
             if let Some(d) = diff(table, rules, state, &mut report) {

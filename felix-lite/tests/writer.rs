@@ -8,6 +8,7 @@ use brindle_testsupport::Netns;
 
 fn ruleset(jump_comment: &str, target: &str) -> Ruleset {
     Ruleset {
+        raw: TableRules::default(),
         nat: TableRules {
             chains: vec![
                 Chain {
@@ -123,6 +124,7 @@ fn writes_only_what_changed_and_never_touches_others() {
     // And an empty ruleset takes every chain of ours away, still nothing else.
     let r = w
         .sync(&Ruleset {
+            raw: TableRules::default(),
             nat: TableRules::default(),
             filter: TableRules::default(),
         })

@@ -96,8 +96,9 @@ struct Args {
     /// tunl0's MTU; 0 = the uplink's MTU less 20.
     #[arg(long, env = "BRINDLE_IPIP_MTU", default_value_t = 0)]
     ipip_mtu: u32,
-    /// Host-side veth prefix of pods (the CNI plugin's).
-    #[arg(long, env = "BRINDLE_VETH_PREFIX", default_value = "brl")]
+    /// Host-side veth prefix of pods (the CNI plugin's `veth_prefix`): 1 to 4 letters or
+    /// digits. Traffic from interfaces with this prefix is checked for spoofed sources.
+    #[arg(long, env = "BRINDLE_VETH_PREFIX", default_value = "brl", value_parser = veth_prefix)]
     veth_prefix: String,
     /// Namespace of the Secrets that BGPPeer passwords name.
     #[arg(
@@ -441,6 +442,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 snapshot: snap.clone(),
                 metrics: metrics.clone(),
                 nat_outgoing_exclusions: a.nat_outgoing_exclusions,
+                workload_prefix: a.veth_prefix.clone(),
             }
             .run(),
         );
@@ -493,4 +495,13 @@ async fn run(a: Args) -> anyhow::Result<()> {
 
 fn me_net(me: &Me) -> ipnetwork::Ipv4Network {
     ipnetwork::Ipv4Network::new(me.ip, me.subnet.prefix()).unwrap_or_else(|_| me.ip.into())
+}
+
+/// The CNI plugin's rule for `veth_prefix`; an empty one would make `-i +`, every interface.
+fn veth_prefix(s: &str) -> Result<String, String> {
+    if (1..=4).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("{s:?} must be 1 to 4 letters or digits"))
+    }
 }

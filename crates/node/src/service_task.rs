@@ -37,6 +37,8 @@ pub struct ServiceTask {
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub metrics: Metrics,
     pub nat_outgoing_exclusions: NatOutgoingExclusions,
+    /// The pods' host interfaces' prefix (anti-spoofing).
+    pub workload_prefix: String,
 }
 
 enum Ev {
@@ -242,7 +244,11 @@ fn reserved(snap: &Snapshot, bgp_ports: &[u16]) -> Reserved {
 
 /// What guards the nodes from pods: every node's BGP listen port (a `node.<name>`
 /// BGPConfiguration may move it) is out of their reach.
-fn node_guard(snap: &Snapshot, exclusions: NatOutgoingExclusions) -> NodeGuard {
+fn node_guard(
+    snap: &Snapshot,
+    exclusions: NatOutgoingExclusions,
+    workload_prefix: &str,
+) -> NodeGuard {
     let mut ports: Vec<u16> = snap.configs.values().map(|c| c.listen_port).collect();
     ports.push(brindle_api::bgp::DEFAULT_BGP_PORT);
     ports.extend(
@@ -255,6 +261,7 @@ fn node_guard(snap: &Snapshot, exclusions: NatOutgoingExclusions) -> NodeGuard {
     NodeGuard {
         pod_blocked_ports: ports,
         nat_outgoing_exclusions: exclusions,
+        workload_prefix: workload_prefix.to_owned(),
     }
 }
 
@@ -319,7 +326,8 @@ impl ServiceTask {
         let mut st = State::default();
         let mut ctx: Option<NodeContext> = None;
         let mut sets = BTreeMap::new();
-        let mut guard = NodeGuard::default();
+        // Known with the first synced snapshot, as the context is.
+        let mut guard: Option<NodeGuard> = None;
         let mut reserved_now = Reserved::default();
         let mut last_sync = Instant::now() - self.min_sync;
         let mut last_refresh = Instant::now();
@@ -353,7 +361,7 @@ impl ServiceTask {
                     let zone = snap.nodes.get(&self.node).and_then(|n| n.labels.get(ZONE_LABEL).cloned());
                     let c = NodeContext { node: self.node.clone(), zone, masquerade_bit: self.masquerade_bit };
                     let new_sets = pool_sets(&snap);
-                    let new_guard = node_guard(&snap, self.nat_outgoing_exclusions);
+                    let new_guard = node_guard(&snap, self.nat_outgoing_exclusions, &self.workload_prefix);
                     let new_reserved = reserved(&snap, &new_guard.pod_blocked_ports);
                     if new_reserved != reserved_now {
                         // A node or pool added: every Service is judged again.
@@ -361,8 +369,8 @@ impl ServiceTask {
                         st.dirty.extend(st.services.keys().cloned());
                         pending = true;
                     }
-                    if new_guard != guard {
-                        guard = new_guard;
+                    if guard.as_ref() != Some(&new_guard) {
+                        guard = Some(new_guard);
                         pending = true;
                     }
                     if ctx.as_ref() != Some(&c) || new_sets != sets {
@@ -383,9 +391,9 @@ impl ServiceTask {
                         pending = true;
                         continue;
                     }
-                    let Some(c) = ctx.clone() else { continue };
+                    let (Some(c), Some(g)) = (ctx.clone(), guard.as_ref()) else { continue };
                     st.render(&c, &reserved_now, false);
-                    let ruleset = rules::assemble(&c, &guard, st.rendered.values().flatten());
+                    let ruleset = rules::assemble(&c, g, st.rendered.values().flatten());
                     let Some(mut w) = writer.take() else { return };
                     let sets2 = sets.clone();
                     let started = Instant::now();

@@ -144,12 +144,15 @@ impl NatOutgoingExclusions {
 }
 
 /// What protects the nodes from their pods, beside the Services.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeGuard {
     /// TCP ports no pod may reach on any node (the BGP listen ports): dropped before NAT
     /// outgoing could make the pod look like its node.
     pub pod_blocked_ports: Vec<u16>,
     pub nat_outgoing_exclusions: NatOutgoingExclusions,
+    /// The pods' host interfaces' name prefix (`brl`): traffic from them is checked for
+    /// spoofed sources.
+    pub workload_prefix: String,
 }
 
 impl NodeContext {

@@ -30,6 +30,8 @@ pub const ALL_HOSTS_SET: &str = "brl40all-hosts-net";
 pub const BGP_PEERS_SET: &str = "brl40bgp-peers";
 /// filter: pod traffic to the nodes' own services that no pod may reach.
 pub const HOST_GUARD: &str = "BRL-HOST-GUARD";
+/// raw: what arrives from a pod must come from the pod's own addresses.
+pub const ANTI_SPOOF: &str = "BRL-ANTI-SPOOF";
 /// The comment tag of our rules.
 pub const TAG: &str = "brl:";
 
@@ -429,6 +431,7 @@ impl TableRules {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ruleset {
+    pub raw: TableRules,
     pub nat: TableRules,
     pub filter: TableRules,
 }
@@ -529,6 +532,16 @@ pub fn assemble<'a>(
             )
         })
         .collect();
+    let mut guard_rules: Vec<Rule> = guard_rules;
+    // Calico's rule: IPIP to this node only from the nodes (a stranger's packets would be
+    // decapsulated and forwarded to the pods as if from inside the cluster).
+    guard_rules.push(Rule::new(
+        HOST_GUARD,
+        "brindle: IPIP only from the nodes",
+        &format!(
+            "-p 4 -m addrtype --dst-type LOCAL -m set ! --match-set {ALL_HOSTS_SET} src -j DROP"
+        ),
+    ));
     let filter_chains = vec![
         Chain {
             name: HOST_GUARD.into(),
@@ -563,7 +576,27 @@ pub fn assemble<'a>(
         },
     ];
     let portals = "brindle service portals";
+    // Strict reverse path for every pod interface, whatever the sysctls say (the kernel
+    // takes the larger of `all` and the interface's rp_filter, and distributions set `all`
+    // to 2, loose, which lets any routable source through): a packet from a pod whose
+    // source is not routed back to that interface is dropped before conntrack sees it.
+    let raw = TableRules {
+        chains: vec![Chain {
+            name: ANTI_SPOOF.into(),
+            rules: vec![Rule::new(
+                ANTI_SPOOF,
+                "brindle: a pod sends only from its own addresses",
+                &format!("-i {}+ -m rpfilter --invert -j DROP", guard.workload_prefix),
+            )],
+        }],
+        jumps: vec![jump(
+            "PREROUTING",
+            "brindle anti-spoofing",
+            &format!("-j {ANTI_SPOOF}"),
+        )],
+    };
     Ruleset {
+        raw,
         nat: TableRules {
             chains: nat_chains,
             jumps: vec![
@@ -768,6 +801,7 @@ mod tests {
         let guard = NodeGuard {
             pod_blocked_ports: vec![179, 1790, 179],
             nat_outgoing_exclusions: NatOutgoingExclusions::IPPoolsAndHostIPs,
+            workload_prefix: "brl".into(),
         };
         let r = assemble(&ctx(), &guard, []);
         let g = r
@@ -781,6 +815,13 @@ mod tests {
         ));
         let first = |chain: &str| r.filter.jumps.iter().find(|j| j.chain == chain).unwrap();
         assert!(first("INPUT").rule.text.ends_with("-j BRL-HOST-GUARD"));
+        assert!(g.rules.last().unwrap().text.ends_with(
+            "-p 4 -m addrtype --dst-type LOCAL -m set ! --match-set brl40all-hosts-net src -j DROP"
+        ));
+        assert_eq!(r.raw.jumps[0].chain, "PREROUTING");
+        assert!(r.raw.chains[0].rules[0]
+            .text
+            .ends_with("-i brl+ -m rpfilter --invert -j DROP"));
         assert!(first("FORWARD")
             .rule
             .text
