@@ -174,3 +174,73 @@ impl RouteMonitor {
             .collect()
     }
 }
+
+/// Datagrams a pod sends with a source that is not its own: `src dst port tag`, five each,
+/// through a raw socket (the kernel fills in the IP header's length and checksum).
+pub const SPOOF: &str = r#"
+import socket, struct, sys
+src, dst, port, tag = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+udp = struct.pack("!HHHH", 40000, port, 8 + len(tag), 0) + tag
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+for _ in range(5):
+    s.sendto(ip + udp, (dst, 0))
+"#;
+
+/// Prints each datagram that arrives on UDP 9999 as `<payload> <source>`.
+pub const LISTEN: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9999))
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(256)
+    print(data.decode(errors="replace"), addr[0], flush=True)
+"#;
+
+/// A UDP listener on port 9999 in `ns` ([`LISTEN`]), ready; its lines arrive on the receiver.
+pub fn udp_listener(
+    ns: &brindle_testsupport::Netns,
+) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
+    let child = ns
+        .command(&["python3", "-c", LISTEN])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("listener");
+    let mut g = ChildGuard(child);
+    let out = g.0.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10));
+    assert_eq!(
+        first.as_deref(),
+        Ok("ready"),
+        "the listener in {}",
+        ns.name()
+    );
+    (g, rx)
+}
+
+/// What a listener heard until a datagram tagged `genuine` (sent after the forged ones, the
+/// same way) arrived, and a moment more: anything forged that was going to arrive has.
+pub fn heard_until_genuine(heard: &std::sync::mpsc::Receiver<String>, who: &str) -> Vec<String> {
+    let mut lines: Vec<String> = vec![];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !lines.iter().any(|l| l.starts_with("genuine")) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match heard.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => panic!("{who} heard nothing genuine: {lines:?}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    lines.extend(heard.try_iter());
+    lines
+}

@@ -64,30 +64,6 @@ fn a_service_cannot_take_a_nodes_bgp_traffic() {
     );
 }
 
-/// Datagrams a pod sends with a source that is not its own: `src dst port tag`, five each,
-/// through a raw socket (the kernel fills in the IP header's length and checksum).
-const SPOOF: &str = r#"
-import socket, struct, sys
-src, dst, port, tag = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-udp = struct.pack("!HHHH", 40000, port, 8 + len(tag), 0) + tag
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
-                 socket.inet_aton(src), socket.inet_aton(dst))
-for _ in range(5):
-    s.sendto(ip + udp, (dst, 0))
-"#;
-
-/// Prints each datagram that arrives on UDP 9999 as `<payload> <source>`.
-const LISTEN: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 9999))
-print("ready", flush=True)
-while True:
-    data, addr = s.recvfrom(256)
-    print(data.decode(errors="replace"), addr[0], flush=True)
-"#;
-
 /// A pod sends as another pod (on its node and on another) and as an address outside the
 /// cluster: nothing arrives, while the same datagrams with its own address do.
 #[test]
@@ -121,29 +97,8 @@ fn a_pod_cannot_send_as_another() {
                     },
                 );
             }
-            let listen = |pod: &str| {
-                let child = lab.pods[pod]
-                    .ns
-                    .command(&["python3", "-c", LISTEN])
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::null())
-                    .spawn()
-                    .expect("listener");
-                let mut g = brindle_testsupport::ChildGuard(child);
-                let out = g.0.stdout.take().expect("stdout");
-                let (tx, rx) = std::sync::mpsc::channel::<String>();
-                std::thread::spawn(move || {
-                    use std::io::BufRead;
-                    for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-                        let _ = tx.send(line);
-                    }
-                });
-                let first = rx.recv_timeout(Duration::from_secs(10));
-                assert_eq!(first.as_deref(), Ok("ready"), "{pod}'s listener");
-                (g, rx)
-            };
-            let (_lb, heard_b) = listen("b");
-            let (_lc, heard_c) = listen("c");
+            let (_lb, heard_b) = udp_listener(&lab.pods["b"].ns);
+            let (_lc, heard_c) = udp_listener(&lab.pods["c"].ns);
             let outside = "198.19.77.7";
             let send = |src: &str, dst: std::net::Ipv4Addr, tag: &str| {
                 let out = lab
@@ -167,26 +122,10 @@ fn a_pod_cannot_send_as_another() {
             send(&a.to_string(), b, "genuine");
             send(&a.to_string(), c, "genuine");
             for (pod, heard) in [("b", &heard_b), ("c", &heard_c)] {
-                let mut lines = vec![];
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while !lines.iter().any(|l: &String| l.starts_with("genuine")) {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    match heard.recv_timeout(left) {
-                        Ok(l) => lines.push(l),
-                        Err(_) => panic!("{pod} heard nothing genuine from a: {lines:?}"),
-                    }
-                }
-                std::thread::sleep(Duration::from_millis(300));
-                lines.extend(heard.try_iter());
-                let forged: Vec<&String> =
-                    lines.iter().filter(|l| !l.starts_with("genuine")).collect();
-                assert!(
-                    forged.is_empty(),
-                    "{pod} heard forged datagrams: {forged:?}"
-                );
+                let lines = heard_until_genuine(heard, pod);
                 assert!(
                     lines.iter().all(|l| l == &format!("genuine {a}")),
-                    "{lines:?}"
+                    "{pod} heard forged datagrams: {lines:?}"
                 );
             }
         },
