@@ -244,3 +244,19 @@ pub fn heard_until_genuine(heard: &std::sync::mpsc::Receiver<String>, who: &str)
     lines.extend(heard.try_iter());
     lines
 }
+
+/// The operator's ranges for externalIPs and LoadBalancer addresses (the default
+/// BGPConfiguration's serviceExternalIPs and serviceLoadBalancerIPs): none is programmed
+/// outside them.
+pub fn allow_service_addresses(lab: &Lab, cidr: &str) {
+    use brindle_api::bgp::ServiceRange;
+    let api = lab.store.all::<brindle_api::BGPConfiguration>();
+    let mut c = lab
+        .block_on(api.get("default"))
+        .expect("get")
+        .expect("the lab's default BGPConfiguration");
+    let r = vec![ServiceRange { cidr: cidr.into() }];
+    c.spec.service_external_ips = r.clone();
+    c.spec.service_load_balancer_ips = r;
+    lab.block_on(api.update(&c)).expect("update");
+}

@@ -19,6 +19,9 @@ fn a_service_cannot_take_a_nodes_bgp_traffic() {
         },
         |lab| {
             let pods = settled_mesh(lab);
+            // Even an operator's range that covers the nodes does not let a Service take a
+            // node's address.
+            allow_service_addresses(lab, "198.18.0.0/15");
             lab.pod_add_labeled("evil", "node-0", &[("app", "evil")])
                 .expect("the attacker's pod");
             let n1 = lab.nodes[1].ip;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use brindle_lab::{Lab, LabService, LabSpec};
 use brindle_testsupport::daemons::wait_for;
 
-use crate::common::with_lab;
+use crate::common::{allow_service_addresses, with_lab};
 
 fn svc(name: &str, app: &str) -> LabService {
     LabService {
@@ -115,6 +115,7 @@ fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
             let foreign_before = foreign(lab);
             assert_eq!(foreign_before.len(), 1, "{foreign_before:?}");
 
+            allow_service_addresses(lab, "198.19.100.0/24");
             let mut web = svc("web", "web");
             web.type_ = "LoadBalancer".into();
             web.ports = vec!["80:8080".into(), "53:8080/udp".into()];
@@ -174,6 +175,32 @@ fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
                 );
                 assert!(r.0.starts_with("web-"), "{r:?}");
             }
+
+            // An externalIP and a LoadBalancer address outside the operator's range: refused,
+            // said once in the log and counted; nothing of them in any table.
+            let mut out = svc("outside", "web");
+            out.type_ = "LoadBalancer".into();
+            out.external_ips = vec!["198.19.200.10".parse().unwrap()];
+            out.load_balancer_ips = vec!["198.19.200.20".parse().unwrap()];
+            lab.service_add(&out).unwrap();
+            let log = lab.node("node-0").log();
+            wait_for("node-0 refusing them", Duration::from_secs(30), || {
+                let l = std::fs::read_to_string(&log).unwrap_or_default();
+                (l.contains("198.19.200.10 is outside the BGPConfiguration default's serviceExternalIPs (198.19.100.0/24)")
+                    && l.contains("ingress 198.19.200.20 is outside"))
+                .then_some(())
+            });
+            let metrics = lab.node("node-0").ns.ok(&[
+                "python3",
+                "-c",
+                "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9091/metrics', timeout=3).read().decode())",
+            ]);
+            assert!(
+                metrics.contains("brindle_proxy_skipped{object=\"default/outside\"} 2"),
+                "{metrics}"
+            );
+            let tables = save(lab, "node-0", "nat") + &save(lab, "node-0", "filter");
+            assert!(!tables.contains("198.19.200."), "{tables}");
 
             // loadBalancerSourceRanges: the fabric (198.18.0.1) is outside one range, inside
             // the other.

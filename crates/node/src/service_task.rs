@@ -214,10 +214,13 @@ fn node_addresses(snap: &Snapshot) -> impl Iterator<Item = NodeAddress<'_>> {
     })
 }
 
-/// The addresses no Service may take: every node's (underlay and tunnel), the nodes'
-/// underlay subnets, and the pools.
+/// The addresses a Service may and may not take ([`Reserved`]): every node's (underlay and
+/// tunnel) and every BGP peer's address and the pools never; the nodes' underlay subnets
+/// only through a range inside them; the rest inside the `default` BGPConfiguration's
+/// serviceExternalIPs / serviceLoadBalancerIPs.
 fn reserved(snap: &Snapshot, bgp_ports: &[u16]) -> Reserved {
     let mut nets = vec![];
+    let mut subnets = vec![];
     for a in node_addresses(snap) {
         let what = if a.tunnel {
             "tunnel address"
@@ -226,7 +229,12 @@ fn reserved(snap: &Snapshot, bgp_ports: &[u16]) -> Reserved {
         };
         nets.push((Ipv4Network::from(a.ip), format!("node {}'s {what}", a.node)));
         if let Some(sub) = a.subnet {
-            nets.push((sub, format!("inside node {}'s subnet {sub}", a.node)));
+            subnets.push((sub, format!("inside node {}'s subnet {sub}", a.node)));
+        }
+    }
+    for (name, p) in &snap.peers {
+        if let Some(std::net::IpAddr::V4(ip)) = p.peer_addr().map(|a| a.ip()) {
+            nets.push((Ipv4Network::from(ip), format!("BGPPeer {name}'s address")));
         }
     }
     for (name, p) in &snap.pools {
@@ -234,10 +242,21 @@ fn reserved(snap: &Snapshot, bgp_ports: &[u16]) -> Reserved {
             nets.push((n, format!("inside IPPool {name}")));
         }
     }
-    // Most specific first, so the reason names the node's address before its subnet.
+    // Most specific first, so the reason names the node's address before a pool.
     nets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix()));
+    subnets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix()));
+    let cfg = snap.configs.get("default");
+    let ranges = |r: Option<&Vec<brindle_api::bgp::ServiceRange>>| -> Vec<Ipv4Network> {
+        r.into_iter()
+            .flatten()
+            .filter_map(|r| r.cidr.parse().ok())
+            .collect()
+    };
     Reserved {
         nets,
+        subnets,
+        external_ips: ranges(cfg.map(|c| &c.service_external_ips)),
+        lb_ips: ranges(cfg.map(|c| &c.service_load_balancer_ips)),
         ports: bgp_ports.to_vec(),
     }
 }

@@ -32,29 +32,72 @@ fn port_ok(p: i32) -> Option<u16> {
     u16::try_from(p).ok().filter(|p| *p != 0)
 }
 
-/// The ports of one Service with their endpoints; `skipped` gets a line per problem.
-/// Addresses no Service may take as an externalIP or LoadBalancer address: the nodes' own
-/// (underlay and tunnel), their underlay subnets, and the pools. Any namespace user can set
-/// externalIPs; on one of these, the Service would capture a node's traffic (its BGP
-/// sessions) or a pod's (kube-proxy has the same class of hole, CVE-2020-8554).
+/// Which addresses a Service may take as an externalIP or LoadBalancer address. Any
+/// namespace user can set externalIPs (kube-proxy's CVE-2020-8554): on a node's address the
+/// Service would capture the node's traffic (its BGP sessions), on a pod's a pod's. So an
+/// address is programmed only inside the ranges the operator allows (the `default`
+/// BGPConfiguration's serviceExternalIPs / serviceLoadBalancerIPs, which are also what is
+/// advertised), never on a node's, a BGP peer's or a pool's address, and inside a node's
+/// underlay subnet only through an allowed range no wider than that subnet.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reserved {
-    /// Each network with what it is, for the log line.
-    pub nets: Vec<(ipnetwork::Ipv4Network, String)>,
+    /// Never a Service's: each network with what it is, for the log line.
+    pub nets: Vec<(Ipv4Network, String)>,
+    /// The nodes' underlay subnets, with what they are.
+    pub subnets: Vec<(Ipv4Network, String)>,
+    /// serviceExternalIPs.
+    pub external_ips: Vec<Ipv4Network>,
+    /// serviceLoadBalancerIPs.
+    pub lb_ips: Vec<Ipv4Network>,
     /// Ports no nodePort may take (the BGP listen ports): a nodePort is DNATed on every
     /// node address, so it would capture the nodes' BGP sessions.
     pub ports: Vec<u16>,
 }
 
+/// Which of a Service's addresses is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressKind {
+    ExternalIp,
+    LoadBalancer,
+}
+
 impl Reserved {
-    pub fn why(&self, ip: Ipv4Addr) -> Option<&str> {
-        self.nets
-            .iter()
-            .find(|(n, _)| n.contains(ip))
-            .map(|(_, why)| why.as_str())
+    /// Why `ip` may not be a Service's address of this kind; `None`: it may.
+    pub fn refuse(&self, ip: Ipv4Addr, kind: AddressKind) -> Option<String> {
+        if let Some((_, why)) = self.nets.iter().find(|(n, _)| n.contains(ip)) {
+            return Some(format!("{ip} is {why}"));
+        }
+        let (ranges, field) = match kind {
+            AddressKind::ExternalIp => (&self.external_ips, "serviceExternalIPs"),
+            AddressKind::LoadBalancer => (&self.lb_ips, "serviceLoadBalancerIPs"),
+        };
+        let allowed: Vec<&Ipv4Network> = ranges.iter().filter(|r| r.contains(ip)).collect();
+        if allowed.is_empty() {
+            let set = if ranges.is_empty() {
+                "none set".to_string()
+            } else {
+                ranges
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Some(format!(
+                "{ip} is outside the BGPConfiguration default's {field} ({set})"
+            ));
+        }
+        if let Some((sub, why)) = self.subnets.iter().find(|(n, _)| n.contains(ip)) {
+            if !allowed.iter().any(|r| r.prefix() >= sub.prefix()) {
+                return Some(format!(
+                    "{ip} is {why}, and no {field} range inside that subnet allows it"
+                ));
+            }
+        }
+        None
     }
 }
 
+/// The ports of one Service with their endpoints; `skipped` gets a line per problem.
 pub fn service_ports(
     svc: &Service,
     slices: &[&EndpointSlice],
@@ -98,13 +141,8 @@ pub fn service_ports(
     let mut external_ips = vec![];
     for e in spec.external_ips.iter().flatten() {
         match e.parse::<Ipv4Addr>() {
-            Ok(ip) => match reserved.why(ip) {
-                Some(why) => skip(
-                    &key,
-                    format!(
-                        "externalIPs: {ip} is {why}: refused (a Service may not take that traffic)"
-                    ),
-                ),
+            Ok(ip) => match reserved.refuse(ip, AddressKind::ExternalIp) {
+                Some(why) => skip(&key, format!("externalIPs: {why}: refused")),
                 None => external_ips.push(ip),
             },
             Err(_) => skip(&key, format!("externalIPs: {e:?} is not an IPv4 address")),
@@ -119,11 +157,8 @@ pub fn service_ports(
     for i in ingress.into_iter().flatten() {
         if let Some(ip) = &i.ip {
             match ip.parse::<Ipv4Addr>() {
-                Ok(a) => match reserved.why(a) {
-                    Some(why) => skip(
-                        &key,
-                        format!("loadBalancer ingress {a} is {why}: refused (a Service may not take that traffic)"),
-                    ),
+                Ok(a) => match reserved.refuse(a, AddressKind::LoadBalancer) {
+                    Some(why) => skip(&key, format!("loadBalancer ingress {why}: refused")),
                     None => lb_ips.push(a),
                 },
                 Err(_) => skip(&key, format!("loadBalancer ingress {ip:?} is not IPv4")),
@@ -329,7 +364,11 @@ mod tests {
                      "externalIPs": ["fd00::1", "198.19.0.9"]}
         }));
         let mut skipped = vec![];
-        let p = service_ports(&s, &[], &Reserved::default(), &mut skipped);
+        let anywhere = Reserved {
+            external_ips: vec!["0.0.0.0/0".parse().unwrap()],
+            ..Default::default()
+        };
+        let p = service_ports(&s, &[], &anywhere, &mut skipped);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].external_ips.len(), 1);
         let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
@@ -347,25 +386,21 @@ mod tests {
         assert!(service_ports(&headless, &[], &Reserved::default(), &mut skipped).is_empty());
     }
 
-    /// A Service may not take a node's address, subnet or a pool as externalIP or
-    /// LoadBalancer address, nor a BGP port as nodePort; the rest of it is kept.
+    /// A Service may take an externalIP or LoadBalancer address only inside the allowed
+    /// ranges, never a node's, a peer's or a pool's, inside a node subnet only through a
+    /// range inside it; and no BGP port as nodePort. The rest of it is kept.
     #[test]
     fn reserved_addresses_and_ports_are_refused() {
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
         let reserved = Reserved {
             nets: vec![
-                (
-                    "198.18.0.11/32".parse().unwrap(),
-                    "node n1's address".into(),
-                ),
-                (
-                    "198.18.0.0/24".parse().unwrap(),
-                    "inside node n1's subnet".into(),
-                ),
-                (
-                    "10.244.0.0/16".parse().unwrap(),
-                    "inside IPPool default".into(),
-                ),
+                (net("198.18.0.11/32"), "node n1's address".into()),
+                (net("198.18.0.1/32"), "BGP peer tor's address".into()),
+                (net("10.244.0.0/16"), "inside IPPool default".into()),
             ],
+            subnets: vec![(net("198.18.0.0/24"), "inside node n1's subnet".into())],
+            external_ips: vec![net("0.0.0.0/0"), net("198.18.0.240/28")],
+            lb_ips: vec![net("198.19.0.0/24")],
             ports: vec![179],
         };
         let s = svc(json!({
@@ -373,8 +408,10 @@ mod tests {
             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.12",
                      "ports": [{"name": "bgp", "port": 179, "nodePort": 179},
                                {"name": "web", "port": 80, "nodePort": 30080}],
-                     "externalIPs": ["198.18.0.11", "198.18.0.77", "10.244.3.3", "198.19.0.9"]},
-            "status": {"loadBalancer": {"ingress": [{"ip": "198.18.0.12"}, {"ip": "198.19.0.10"}]}}
+                     "externalIPs": ["198.18.0.11", "198.18.0.1", "198.18.0.77", "10.244.3.3",
+                                     "198.19.0.9", "198.18.0.241"]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.18.0.12"}, {"ip": "198.19.0.10"},
+                                                    {"ip": "203.0.113.1"}]}}
         }));
         let mut skipped = vec![];
         let p = service_ports(&s, &[], &reserved, &mut skipped);
@@ -384,26 +421,30 @@ mod tests {
             1,
             "the BGP nodePort's port is left out: {reasons:?}"
         );
-        assert_eq!(
-            p[0].external_ips,
-            vec!["198.19.0.9".parse::<Ipv4Addr>().unwrap()]
-        );
-        assert_eq!(
-            p[0].load_balancer_ips,
-            vec!["198.19.0.10".parse::<Ipv4Addr>().unwrap()]
-        );
-        assert!(reasons
-            .iter()
-            .any(|r| r.contains("198.18.0.11 is node n1's address")));
-        assert!(reasons
-            .iter()
-            .any(|r| r.contains("198.18.0.77 is inside node n1's subnet")));
-        assert!(reasons
-            .iter()
-            .any(|r| r.contains("10.244.3.3 is inside IPPool default")));
-        assert!(reasons.iter().any(|r| r.contains("ingress 198.18.0.12")));
-        assert!(reasons
-            .iter()
-            .any(|r| r.contains("nodePort 179 is a BGP port")));
+        let ips = |v: &[&str]| -> Vec<Ipv4Addr> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        assert_eq!(p[0].external_ips, ips(&["198.19.0.9", "198.18.0.241"]));
+        assert_eq!(p[0].load_balancer_ips, ips(&["198.19.0.10"]));
+        for want in [
+            "198.18.0.11 is node n1's address",
+            "198.18.0.1 is BGP peer tor's address",
+            "198.18.0.77 is inside node n1's subnet, and no serviceExternalIPs range inside",
+            "10.244.3.3 is inside IPPool default",
+            "ingress 198.18.0.12 is outside the BGPConfiguration default's serviceLoadBalancerIPs (198.19.0.0/24)",
+            "ingress 203.0.113.1 is outside",
+            "nodePort 179 is a BGP port",
+        ] {
+            assert!(reasons.iter().any(|r| r.contains(want)), "{want}: {reasons:?}");
+        }
+        // Nothing allowed: no externalIP at all.
+        let none = Reserved {
+            external_ips: vec![],
+            ..reserved
+        };
+        let mut skipped = vec![];
+        let p = service_ports(&s, &[], &none, &mut skipped);
+        assert!(p[0].external_ips.is_empty());
+        assert!(skipped.iter().any(|s| s.reason.contains(
+            "198.19.0.9 is outside the BGPConfiguration default's serviceExternalIPs (none set)"
+        )));
     }
 }
