@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use brindle_datastore::{DatastoreArgs, DatastoreKind, Store};
+use brindle_datastore::{DatastoreArgs, Store};
 use brindle_ipam::block::attr;
 use brindle_ipam::{AssignRequest, Ipam};
 use common::*;
@@ -21,15 +21,10 @@ fn pod(ns: &str, name: &str) -> Pod {
 }
 
 async fn store(endpoint: &str) -> Store {
-    DatastoreArgs {
-        datastore: DatastoreKind::Etcd,
-        etcd_endpoints: vec![endpoint.into()],
-        kubeconfig: None,
-        context: None,
-    }
-    .connect()
-    .await
-    .expect("etcd")
+    DatastoreArgs::etcd(vec![endpoint.into()])
+        .connect()
+        .await
+        .expect("etcd")
 }
 
 fn report(path: &std::path::Path) -> serde_json::Value {

@@ -5,11 +5,22 @@
 //! --etcd-endpoints URL[,URL...]    BRINDLE_ETCD_ENDPOINTS  (default http://127.0.0.1:2379)
 //! --kubeconfig PATH                KUBECONFIG              (else ~/.kube/config, else in-cluster)
 //! --context NAME                   BRINDLE_KUBE_CONTEXT    (else the kubeconfig's current context)
+//! --etcd-ca-cert-file PATH         BRINDLE_ETCD_CA_CERT_FILE  or Calico's ETCD_CA_CERT_FILE
+//! --etcd-cert-file PATH            BRINDLE_ETCD_CERT_FILE     or ETCD_CERT_FILE
+//! --etcd-key-file PATH             BRINDLE_ETCD_KEY_FILE      or ETCD_KEY_FILE
+//! --etcd-username NAME             BRINDLE_ETCD_USERNAME      or ETCD_USERNAME
+//! --etcd-password-file PATH        BRINDLE_ETCD_PASSWORD_FILE (or the password itself in
+//!                                  BRINDLE_ETCD_PASSWORD / ETCD_PASSWORD)
 //! ```
+//!
+//! TLS needs https:// endpoints and the CA; a client certificate and its key go together;
+//! a user and password are refused over plain http:// (they would cross the network in the
+//! clear), as are TLS files with http:// endpoints (they would be silently unused).
 
 use std::path::PathBuf;
 
-use crate::backend::{etcd::EtcdBackend, kubernetes::KubernetesBackend};
+use crate::backend::etcd::{EtcdBackend, EtcdSecurity};
+use crate::backend::kubernetes::KubernetesBackend;
 use crate::Store;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +58,26 @@ pub struct DatastoreArgs {
     /// kubeconfig context to use instead of the current one (with --datastore kubernetes).
     #[arg(long, global = true, env = "BRINDLE_KUBE_CONTEXT")]
     pub context: Option<String>,
+
+    /// CA certificate (PEM) that signed etcd's server certificate (https:// endpoints).
+    #[arg(long, global = true, env = "BRINDLE_ETCD_CA_CERT_FILE")]
+    pub etcd_ca_cert_file: Option<PathBuf>,
+
+    /// Client certificate (PEM), for an etcd that requires one (--client-cert-auth).
+    #[arg(long, global = true, env = "BRINDLE_ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    #[arg(long, global = true, env = "BRINDLE_ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+
+    /// etcd user (etcd's own authentication), with --etcd-password-file.
+    #[arg(long, global = true, env = "BRINDLE_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+
+    /// File holding the etcd user's password (BRINDLE_ETCD_PASSWORD holds it directly).
+    #[arg(long, global = true, env = "BRINDLE_ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,16 +98,124 @@ pub enum ConnectError {
     Etcd(#[source] crate::StoreError),
     #[error("--datastore etcd: --etcd-endpoints is empty")]
     NoEtcdEndpoints,
+    #[error("--datastore etcd: {0}")]
+    EtcdSettings(String),
+}
+
+/// A setting from our flag or environment variable, else from Calico's variable.
+fn or_env<T: Clone + From<String>>(ours: &Option<T>, calico: &str) -> Option<T> {
+    ours.clone().or_else(|| {
+        std::env::var(calico)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(T::from)
+    })
+}
+
+fn read(what: &str, path: &std::path::Path) -> Result<Vec<u8>, ConnectError> {
+    std::fs::read(path).map_err(|e| {
+        ConnectError::EtcdSettings(format!("cannot read the {what} {}: {e}", path.display()))
+    })
 }
 
 impl DatastoreArgs {
+    /// Plain etcd at `endpoints`, nothing else set (tests, tools).
+    pub fn etcd(endpoints: Vec<String>) -> Self {
+        DatastoreArgs {
+            datastore: DatastoreKind::Etcd,
+            etcd_endpoints: endpoints,
+            kubeconfig: None,
+            context: None,
+            etcd_ca_cert_file: None,
+            etcd_cert_file: None,
+            etcd_key_file: None,
+            etcd_username: None,
+            etcd_password_file: None,
+        }
+    }
+
+    /// The TLS and user settings for etcd, checked against the endpoints.
+    pub fn etcd_security(&self) -> Result<EtcdSecurity, ConnectError> {
+        let bad = |m: String| Err(ConnectError::EtcdSettings(m));
+        let ca = or_env(&self.etcd_ca_cert_file, "ETCD_CA_CERT_FILE");
+        let cert = or_env(&self.etcd_cert_file, "ETCD_CERT_FILE");
+        let key = or_env(&self.etcd_key_file, "ETCD_KEY_FILE");
+        let user = or_env(&self.etcd_username, "ETCD_USERNAME");
+        let password = match &self.etcd_password_file {
+            Some(p) => Some(
+                String::from_utf8_lossy(&read("etcd password file", p)?)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string(),
+            ),
+            None => or_env(
+                &std::env::var("BRINDLE_ETCD_PASSWORD").ok(),
+                "ETCD_PASSWORD",
+            ),
+        };
+        let plain: Vec<&String> = self
+            .etcd_endpoints
+            .iter()
+            .filter(|e| !e.trim_start().starts_with("https://"))
+            .collect();
+        let secure = self.etcd_endpoints.len() > plain.len();
+        if secure && !plain.is_empty() {
+            return bad(format!(
+                "--etcd-endpoints mixes https:// and plain endpoints ({}): use https:// for all",
+                plain
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if cert.is_some() != key.is_some() {
+            return bad("--etcd-cert-file and --etcd-key-file go together (a client certificate and its key)".into());
+        }
+        if user.is_some() != password.is_some() {
+            return bad("--etcd-username needs a password (--etcd-password-file or BRINDLE_ETCD_PASSWORD), and a password a username".into());
+        }
+        let tls_files = ca.is_some() || cert.is_some();
+        if !secure {
+            if user.is_some() {
+                return bad(format!(
+                    "refusing to send the etcd user's password over plain http:// ({}): give https:// endpoints and --etcd-ca-cert-file",
+                    self.etcd_endpoints.join(",")
+                ));
+            }
+            if tls_files {
+                return bad(format!(
+                    "TLS files are given but the endpoints are plain http:// ({}): give https:// endpoints",
+                    self.etcd_endpoints.join(",")
+                ));
+            }
+            return Ok(EtcdSecurity::default());
+        }
+        let Some(ca) = ca else {
+            return bad("https:// endpoints need the CA that signed etcd's certificate: --etcd-ca-cert-file (ETCD_CA_CERT_FILE)".into());
+        };
+        let mut tls = etcd_client::TlsOptions::new().ca_certificate(
+            etcd_client::Certificate::from_pem(read("etcd CA certificate", &ca)?),
+        );
+        if let (Some(cert), Some(key)) = (cert, key) {
+            tls = tls.identity(etcd_client::Identity::from_pem(
+                read("etcd client certificate", &cert)?,
+                read("etcd client key", &key)?,
+            ));
+        }
+        Ok(EtcdSecurity {
+            tls: Some(tls),
+            user: user.zip(password),
+        })
+    }
+
     pub async fn connect(&self) -> Result<Store, ConnectError> {
         match self.datastore {
             DatastoreKind::Etcd => {
                 if self.etcd_endpoints.iter().all(|e| e.trim().is_empty()) {
                     return Err(ConnectError::NoEtcdEndpoints);
                 }
-                let b = EtcdBackend::connect(&self.etcd_endpoints)
+                let security = self.etcd_security()?;
+                let b = EtcdBackend::connect_with(&self.etcd_endpoints, security)
                     .await
                     .map_err(ConnectError::Etcd)?;
                 Ok(Store::new(b))

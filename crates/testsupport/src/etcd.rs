@@ -15,6 +15,111 @@ pub struct EtcdServer {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: the certificates, and a plain port for /health.
+    tls: Option<EtcdTls>,
+    metrics_port: u16,
+}
+
+/// The PEM files of an etcd that requires client certificates: the CA, etcd's own pair
+/// (for 127.0.0.1 and localhost) and a client pair signed by the same CA. `stranger_*` is a
+/// client pair from another CA, which etcd must refuse.
+#[derive(Debug, Clone)]
+pub struct EtcdTls {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    pub stranger_cert: PathBuf,
+    pub stranger_key: PathBuf,
+}
+
+impl EtcdTls {
+    /// Makes the certificates in `dir` with the `openssl` tool (P-256 keys, valid 2 days).
+    pub fn generate(dir: &Path) -> Result<EtcdTls, String> {
+        let p = |n: &str| dir.join(n);
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .map_err(|e| format!("cannot run openssl (Debian's openssl package): {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "openssl {args:?}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "stranger-ca"] {
+            let mut a = vec!["req", "-x509"];
+            a.extend(ec);
+            let (key, crt, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.crt"),
+                format!("/CN=brindle-test-{ca}"),
+            );
+            a.extend(["-keyout", &key, "-out", &crt, "-days", "2", "-subj", &subj]);
+            run(&a)?;
+        }
+        let leaf = |name: &str, ca: &str, ext: &str| -> Result<(), String> {
+            let (key, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            let mut a = vec!["req"];
+            a.extend(ec);
+            let subj = format!("/CN={name}");
+            a.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
+            run(&a)?;
+            let extfile = format!("{name}.ext");
+            std::fs::write(dir.join(&extfile), ext).map_err(|e| e.to_string())?;
+            let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_crt,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ])
+        };
+        leaf(
+            "server",
+            "ca",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        )?;
+        leaf("client", "ca", "extendedKeyUsage=clientAuth\n")?;
+        leaf("stranger", "stranger-ca", "extendedKeyUsage=clientAuth\n")?;
+        Ok(EtcdTls {
+            ca: p("ca.crt"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            client_cert: p("client.crt"),
+            client_key: p("client.key"),
+            stranger_cert: p("stranger.crt"),
+            stranger_key: p("stranger.key"),
+        })
+    }
 }
 
 /// The etcd binary: `$BRINDLE_ETCD_BIN`, else `etcd` on PATH.
@@ -35,7 +140,23 @@ impl EtcdServer {
         } else {
             tempfile::Builder::new().prefix("brindle-etcd-").tempdir()
         };
-        Self::start_in(dir.expect("temporary directory for etcd"))
+        Self::start_in(dir.expect("temporary directory for etcd"), false)
+    }
+
+    /// Starts etcd that serves https only and requires a client certificate signed by its
+    /// CA (`--client-cert-auth`), as a production etcd for Calico is set up. The files are
+    /// in [`Self::tls`].
+    pub fn start_tls() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("brindle-etcd-tls-")
+            .tempdir()
+            .expect("temporary directory for etcd");
+        Self::start_in(dir, true)
+    }
+
+    /// The certificates of an etcd started with [`Self::start_tls`].
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
     }
 
     /// Starts etcd with its data on the disk under the system temp dir: for benchmarks,
@@ -45,20 +166,26 @@ impl EtcdServer {
             .prefix("brindle-etcd-")
             .tempdir()
             .expect("temporary directory for etcd");
-        Self::start_in(dir)
+        Self::start_in(dir, false)
     }
 
-    fn start_in(dir: tempfile::TempDir) -> Self {
+    fn start_in(dir: tempfile::TempDir, tls: bool) -> Self {
+        let tls = tls.then(|| {
+            EtcdTls::generate(dir.path()).unwrap_or_else(|e| panic!("etcd certificates: {e}"))
+        });
         let mut s = EtcdServer {
             child: None,
             dir,
             client_port: 0,
             peer_port: 0,
+            tls,
+            metrics_port: 0,
         };
         let mut last_err = String::new();
         for _ in 0..5 {
             s.client_port = free_port().expect("free loopback port");
             s.peer_port = free_port().expect("free loopback port");
+            s.metrics_port = free_port().expect("free loopback port");
             match s.spawn() {
                 Ok(()) => return s,
                 Err(e) => {
@@ -77,7 +204,21 @@ impl EtcdServer {
         let log = std::fs::File::create(self.log_path()).map_err(|e| e.to_string())?;
         let client = self.endpoint();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        if let Some(t) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&t.server_cert)
+                .arg("--key-file")
+                .arg(&t.server_key)
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&t.ca)
+                // /health in plain HTTP for the readiness check (the client port wants a
+                // certificate).
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", self.metrics_port));
+        }
+        let child = cmd
             .arg("--name")
             .arg("brindle-test")
             .arg("--data-dir")
@@ -128,7 +269,12 @@ impl EtcdServer {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        let port = if self.tls.is_some() {
+            self.metrics_port
+        } else {
+            self.client_port
+        };
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
@@ -153,9 +299,10 @@ impl EtcdServer {
         lines.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
 
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>` (`https://` with TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
     }
 
     pub fn pid(&self) -> Option<u32> {

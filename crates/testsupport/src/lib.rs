@@ -15,5 +15,5 @@ pub mod vm;
 
 pub use apiserver::{ApiCall, ApiServer};
 pub use cni::CniCall;
-pub use etcd::EtcdServer;
+pub use etcd::{EtcdServer, EtcdTls};
 pub use netns::{ChildGuard, Netns, PortForward};
