@@ -30,6 +30,18 @@ pub struct NetConf {
     /// Comma-separated; else `$BRINDLE_ETCD_ENDPOINTS`.
     #[serde(default)]
     pub etcd_endpoints: Option<String>,
+    /// etcd over TLS (Calico's names): the CA, and the client certificate and key.
+    #[serde(default)]
+    pub etcd_ca_cert_file: Option<String>,
+    #[serde(default)]
+    pub etcd_cert_file: Option<String>,
+    #[serde(default)]
+    pub etcd_key_file: Option<String>,
+    /// etcd's own user, with the file that holds the password.
+    #[serde(default)]
+    pub etcd_username: Option<String>,
+    #[serde(default)]
+    pub etcd_password_file: Option<String>,
     #[serde(default)]
     pub kubeconfig: Option<String>,
     #[serde(default = "default_log_level")]

@@ -77,14 +77,21 @@ impl Ctx {
         })
     }
 
-    /// The datastore settings: the network configuration's, else `BRINDLE_*` and `KUBECONFIG`
-    /// from the environment, as `brindle-node` reads them.
+    /// The datastore settings: the network configuration's, else `BRINDLE_*` (Calico's
+    /// `ETCD_*` for etcd's TLS files) and `KUBECONFIG` from the environment, as `brindle-node`
+    /// reads them.
     fn datastore(&self) -> CniResult<DatastoreArgs> {
         let mut argv = vec!["brindle-cni".to_string()];
+        let c = &self.conf;
         for (flag, v) in [
-            ("--datastore", &self.conf.datastore_type),
-            ("--etcd-endpoints", &self.conf.etcd_endpoints),
-            ("--kubeconfig", &self.conf.kubeconfig),
+            ("--datastore", &c.datastore_type),
+            ("--etcd-endpoints", &c.etcd_endpoints),
+            ("--etcd-ca-cert-file", &c.etcd_ca_cert_file),
+            ("--etcd-cert-file", &c.etcd_cert_file),
+            ("--etcd-key-file", &c.etcd_key_file),
+            ("--etcd-username", &c.etcd_username),
+            ("--etcd-password-file", &c.etcd_password_file),
+            ("--kubeconfig", &c.kubeconfig),
         ] {
             if let Some(v) = v {
                 argv.extend([flag.to_string(), v.clone()]);

@@ -202,3 +202,65 @@ fn in_a_pod_it_writes_a_kubeconfig_with_a_token_file_the_agent_refreshes() {
     assert!(!ok);
     assert!(text.contains("give --kubeconfig"), "{text}");
 }
+
+/// etcd's TLS files and password are copied where the plugin on the host reads them
+/// (root-only), and the configuration names them by their host paths, with Calico's keys.
+#[test]
+fn etcd_tls_files_are_copied_for_the_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("secrets");
+    std::fs::create_dir_all(&src).unwrap();
+    for (f, text) in [
+        ("ca.pem", "CA"),
+        ("cert.pem", "CERT"),
+        ("key.pem", "KEY"),
+        ("pw", "s3cret\n"),
+    ] {
+        std::fs::write(src.join(f), text).unwrap();
+    }
+    let path = |f: &str| src.join(f).display().to_string();
+    let (ok, text) = install(
+        d,
+        &[
+            "--datastore",
+            "etcd",
+            "--etcd-endpoints",
+            "https://198.18.0.10:2379",
+            "--etcd-username",
+            "brindle",
+            "--etcd-password-file",
+            &path("pw"),
+        ],
+        // Calico's variable names for the files.
+        &[
+            ("ETCD_CA_CERT_FILE", &path("ca.pem")),
+            ("ETCD_CERT_FILE", &path("cert.pem")),
+            ("ETCD_KEY_FILE", &path("key.pem")),
+        ],
+    );
+    assert!(ok, "{text}");
+    let list: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("net.d/10-brindle.conflist")).unwrap(),
+    )
+    .unwrap();
+    let conf = &list["plugins"][0];
+    use std::os::unix::fs::PermissionsExt;
+    for (key, file, want) in [
+        ("etcd_ca_cert_file", "etcd-ca", "CA"),
+        ("etcd_cert_file", "etcd-cert", "CERT"),
+        ("etcd_key_file", "etcd-key", "KEY"),
+        ("etcd_password_file", "etcd-password", "s3cret"),
+    ] {
+        assert_eq!(
+            conf[key],
+            format!("/etc/cni/net.d/brindle-etcd/{file}"),
+            "{conf}"
+        );
+        let copy = d.join("net.d/brindle-etcd").join(file);
+        assert_eq!(std::fs::read_to_string(&copy).unwrap(), want);
+        let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    assert_eq!(conf["etcd_username"], "brindle");
+}

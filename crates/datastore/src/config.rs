@@ -102,6 +102,16 @@ pub enum ConnectError {
     EtcdSettings(String),
 }
 
+/// etcd's TLS files and user, resolved ([`DatastoreArgs::etcd_files`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdFiles {
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
 /// A setting from our flag or environment variable, else from Calico's variable.
 fn or_env<T: Clone + From<String>>(ours: &Option<T>, calico: &str) -> Option<T> {
     ours.clone().or_else(|| {
@@ -134,14 +144,17 @@ impl DatastoreArgs {
         }
     }
 
-    /// The TLS and user settings for etcd, checked against the endpoints.
-    pub fn etcd_security(&self) -> Result<EtcdSecurity, ConnectError> {
-        let bad = |m: String| Err(ConnectError::EtcdSettings(m));
-        let ca = or_env(&self.etcd_ca_cert_file, "ETCD_CA_CERT_FILE");
-        let cert = or_env(&self.etcd_cert_file, "ETCD_CERT_FILE");
-        let key = or_env(&self.etcd_key_file, "ETCD_KEY_FILE");
-        let user = or_env(&self.etcd_username, "ETCD_USERNAME");
-        let password = match &self.etcd_password_file {
+    /// The etcd TLS files and user as given (flags, `BRINDLE_*`, else Calico's `ETCD_*`;
+    /// an empty value is none), the password read from its file.
+    pub fn etcd_files(&self) -> Result<EtcdFiles, ConnectError> {
+        let path = |ours: &Option<PathBuf>, calico: &str| {
+            or_env(ours, calico).filter(|p: &PathBuf| !p.as_os_str().is_empty())
+        };
+        let password = match self
+            .etcd_password_file
+            .as_ref()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             Some(p) => Some(
                 String::from_utf8_lossy(&read("etcd password file", p)?)
                     .trim_end_matches(['\r', '\n'])
@@ -150,8 +163,29 @@ impl DatastoreArgs {
             None => or_env(
                 &std::env::var("BRINDLE_ETCD_PASSWORD").ok(),
                 "ETCD_PASSWORD",
-            ),
+            )
+            .filter(|p: &String| !p.is_empty()),
         };
+        Ok(EtcdFiles {
+            ca: path(&self.etcd_ca_cert_file, "ETCD_CA_CERT_FILE"),
+            cert: path(&self.etcd_cert_file, "ETCD_CERT_FILE"),
+            key: path(&self.etcd_key_file, "ETCD_KEY_FILE"),
+            username: or_env(&self.etcd_username, "ETCD_USERNAME")
+                .filter(|u: &String| !u.is_empty()),
+            password,
+        })
+    }
+
+    /// The TLS and user settings for etcd, checked against the endpoints.
+    pub fn etcd_security(&self) -> Result<EtcdSecurity, ConnectError> {
+        let bad = |m: String| Err(ConnectError::EtcdSettings(m));
+        let EtcdFiles {
+            ca,
+            cert,
+            key,
+            username: user,
+            password,
+        } = self.etcd_files()?;
         let plain: Vec<&String> = self
             .etcd_endpoints
             .iter()

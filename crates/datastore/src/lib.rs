@@ -29,7 +29,7 @@ mod resource;
 mod store;
 
 pub use backend::{Backend, RawEvent, RawList, TxnWrite};
-pub use config::{ConnectError, DatastoreArgs, DatastoreKind};
+pub use config::{ConnectError, DatastoreArgs, DatastoreKind, EtcdFiles};
 pub use error::{Key, StoreError};
 pub use resource::{ResourceType, StoreResource};
 pub use store::{Api, Committed, ObjectList, Store, Txn, WatchEvent, WatchStream};

@@ -152,6 +152,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
         DatastoreKind::Etcd => {
             plugin_conf["datastore_type"] = "etcd".into();
             plugin_conf["etcd_endpoints"] = a.datastore.etcd_endpoints.join(",").into();
+            for (k, v) in etcd_files(a)? {
+                plugin_conf[k] = v.into();
+            }
         }
         DatastoreKind::Kubernetes => {
             plugin_conf["datastore_type"] = "kubernetes".into();
@@ -177,6 +180,52 @@ fn run(a: &Args) -> anyhow::Result<()> {
     println!("wrote {}", conf.display());
     warn_if_shadowed(&a.conf_dir, &a.conf_name);
     Ok(())
+}
+
+/// etcd's TLS files and password, copied where the plugin on the host can read them
+/// (`<conf dir>/brindle-etcd/`, readable by root only), as Calico's install copies its
+/// etcd Secret: the network configuration's keys and the host paths they name.
+fn etcd_files(a: &Args) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let f = a
+        .datastore
+        .etcd_files()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = a.conf_dir.join("brindle-etcd");
+    let host_dir = Path::new("/etc/cni/net.d/brindle-etcd");
+    let mut out = vec![];
+    let mut copy = |key: &'static str, name: &str, bytes: Vec<u8>| -> anyhow::Result<()> {
+        std::fs::create_dir_all(&dir).with_context(|| format!("making {}", dir.display()))?;
+        write_atomic(&dir.join(name), &bytes, 0o600)?;
+        out.push((key, host_dir.join(name).display().to_string()));
+        Ok(())
+    };
+    for (key, name, path) in [
+        ("etcd_ca_cert_file", "etcd-ca", &f.ca),
+        ("etcd_cert_file", "etcd-cert", &f.cert),
+        ("etcd_key_file", "etcd-key", &f.key),
+    ] {
+        if let Some(p) = path {
+            let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            copy(key, name, bytes)?;
+        }
+    }
+    if let Some(pw) = &f.password {
+        copy(
+            "etcd_password_file",
+            "etcd-password",
+            pw.clone().into_bytes(),
+        )?;
+    }
+    if let Some(u) = &f.username {
+        out.push(("etcd_username", u.clone()));
+    }
+    if !out.is_empty() {
+        println!(
+            "copied etcd's TLS files and credentials to {}",
+            dir.display()
+        );
+    }
+    Ok(out)
 }
 
 /// Writes the plugin's kubeconfig into the configuration directory and returns its host
