@@ -3,7 +3,7 @@
 //! with an error that says why, and settings that would send secrets in the clear or be
 //! silently unused are refused before connecting.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use brindle_api::{IPPool, IPPoolSpec};
 use brindle_datastore::{ConnectError, DatastoreArgs, Store};
@@ -13,12 +13,12 @@ fn args(endpoint: &str) -> DatastoreArgs {
     DatastoreArgs::etcd(vec![endpoint.to_string()])
 }
 
-fn with_tls(endpoint: &str, ca: &PathBuf, cert: Option<(&PathBuf, &PathBuf)>) -> DatastoreArgs {
+fn with_tls(endpoint: &str, ca: &Path, cert: Option<(&Path, &Path)>) -> DatastoreArgs {
     let mut a = args(endpoint);
-    a.etcd_ca_cert_file = Some(ca.clone());
+    a.etcd_ca_cert_file = Some(ca.to_path_buf());
     if let Some((c, k)) = cert {
-        a.etcd_cert_file = Some(c.clone());
-        a.etcd_key_file = Some(k.clone());
+        a.etcd_cert_file = Some(c.to_path_buf());
+        a.etcd_key_file = Some(k.to_path_buf());
     }
     a
 }
@@ -85,8 +85,7 @@ async fn etcd_with_client_certificates_and_users() {
         Some((&t.client_cert, &t.client_key)),
     ))
     .await
-    .err()
-    .expect("a CA that did not sign etcd's certificate");
+    .expect_err("a CA that did not sign etcd's certificate");
     assert!(e.contains("etcd"), "{e}");
 
     // Settings refused before any connection, with the reason.
@@ -148,7 +147,7 @@ async fn etcd_with_client_certificates_and_users() {
     assert_eq!(s.all::<IPPool>().list().await.unwrap().items.len(), 1);
     let wrong = tempfile_with("guess");
     a.etcd_password_file = Some(wrong.clone());
-    let e = try_list(&a).await.err().expect("a wrong password");
+    let e = try_list(&a).await.expect_err("a wrong password");
     eprintln!("a wrong password: {e}");
     assert!(e.contains("etcd"), "{e}");
     // The certificate alone is user "client" (its CN), who has no rights now.
