@@ -88,6 +88,11 @@ pub struct LabSpec {
     #[arg(long, default_value = "auto")]
     #[serde(default = "auto")]
     pub iptables_backend: String,
+    /// etcd serves https only and requires client certificates (the lab makes a CA and a
+    /// client certificate that every part of it uses).
+    #[arg(long)]
+    #[serde(default)]
+    pub etcd_tls: bool,
 }
 
 fn one() -> usize {
@@ -115,6 +120,7 @@ impl Default for LabSpec {
             workload_gc_grace_seconds: default_workload_gc_grace(),
             zones: 1,
             iptables_backend: auto(),
+            etcd_tls: false,
         }
     }
 }
@@ -270,6 +276,10 @@ impl Lab {
             !(spec.tor && spec.reflectors > 0),
             "--tor and --reflectors do not mix in the lab"
         );
+        anyhow::ensure!(
+            !spec.etcd_tls || spec.datastore == Datastore::Etcd,
+            "--etcd-tls is for --datastore etcd"
+        );
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -277,14 +287,26 @@ impl Lab {
         let dir = tempfile::Builder::new().prefix("brindle-lab-").tempdir()?;
         let (etcd, api, store, target) = match spec.datastore {
             Datastore::Etcd => {
-                progress("starting etcd on loopback");
-                let etcd = EtcdServer::start();
+                let etcd = if spec.etcd_tls {
+                    progress("starting etcd on loopback (https, client certificates required)");
+                    EtcdServer::start_tls()
+                } else {
+                    progress("starting etcd on loopback");
+                    EtcdServer::start()
+                };
                 let ep = etcd.endpoint();
-                let store = rt.block_on(brindle_datastore::backend::etcd::EtcdBackend::connect(
-                    std::slice::from_ref(&ep),
-                ))?;
-                let target = ep.trim_start_matches("http://").parse()?;
-                (Some(etcd), None, Store::new(store), target)
+                let mut args = brindle_datastore::DatastoreArgs::etcd(vec![ep.clone()]);
+                if let Some(t) = etcd.tls() {
+                    args.etcd_ca_cert_file = Some(t.ca.clone());
+                    args.etcd_cert_file = Some(t.client_cert.clone());
+                    args.etcd_key_file = Some(t.client_key.clone());
+                }
+                let store = rt.block_on(args.connect())?;
+                let target = ep
+                    .trim_start_matches("http://")
+                    .trim_start_matches("https://")
+                    .parse()?;
+                (Some(etcd), None, store, target)
             }
             Datastore::Kubernetes => {
                 progress("starting the test Kubernetes API server on loopback (no real kube-apiserver here)");
@@ -465,14 +487,42 @@ impl Lab {
         })
     }
 
+    /// `https` when etcd wants TLS, else `http`.
+    pub fn etcd_scheme(&self) -> &'static str {
+        if self.etcd.as_ref().and_then(EtcdServer::tls).is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The TLS flags of every part of the lab (empty without `--etcd-tls`).
+    pub fn etcd_tls_flags(&self) -> Vec<String> {
+        let Some(t) = self.etcd.as_ref().and_then(EtcdServer::tls) else {
+            return vec![];
+        };
+        vec![
+            "--etcd-ca-cert-file".into(),
+            t.ca.display().to_string(),
+            "--etcd-cert-file".into(),
+            t.client_cert.display().to_string(),
+            "--etcd-key-file".into(),
+            t.client_key.display().to_string(),
+        ]
+    }
+
     fn datastore_args(&self, forward: &PortForward, dir: &Path) -> Vec<String> {
         match self.spec.datastore {
-            Datastore::Etcd => vec![
-                "--datastore".into(),
-                "etcd".into(),
-                "--etcd-endpoints".into(),
-                format!("http://{}", forward.addr),
-            ],
+            Datastore::Etcd => {
+                let mut a = vec![
+                    "--datastore".into(),
+                    "etcd".into(),
+                    "--etcd-endpoints".into(),
+                    format!("{}://{}", self.etcd_scheme(), forward.addr),
+                ];
+                a.extend(self.etcd_tls_flags());
+                a
+            }
             Datastore::Kubernetes => {
                 let kc = dir.join("kubeconfig");
                 let _ = std::fs::write(
@@ -583,6 +633,7 @@ impl Lab {
                     "--etcd-endpoints".into(),
                     ep,
                 ]);
+                args.extend(self.etcd_tls_flags());
             }
             Datastore::Kubernetes => {
                 let kc = d.join("kubeconfig");
@@ -610,12 +661,16 @@ impl Lab {
     /// The datastore flags that reach this lab's datastore from the host (for brindlectl).
     pub fn datastore_flags(&self) -> Vec<String> {
         match (&self.etcd, &self.api) {
-            (Some(e), _) => vec![
-                "--datastore".into(),
-                "etcd".into(),
-                "--etcd-endpoints".into(),
-                e.endpoint(),
-            ],
+            (Some(e), _) => {
+                let mut a = vec![
+                    "--datastore".into(),
+                    "etcd".into(),
+                    "--etcd-endpoints".into(),
+                    e.endpoint(),
+                ];
+                a.extend(self.etcd_tls_flags());
+                a
+            }
             (None, Some(_)) => vec![
                 "--datastore".into(),
                 "kubernetes".into(),

@@ -111,7 +111,16 @@ impl Lab {
         match self.spec.datastore {
             Datastore::Etcd => {
                 c["datastore_type"] = "etcd".into();
-                c["etcd_endpoints"] = format!("http://{}", n.forward.addr).into();
+                c["etcd_endpoints"] = format!("{}://{}", self.etcd_scheme(), n.forward.addr).into();
+                if let Some(t) = self
+                    .etcd
+                    .as_ref()
+                    .and_then(brindle_testsupport::EtcdServer::tls)
+                {
+                    c["etcd_ca_cert_file"] = t.ca.display().to_string().into();
+                    c["etcd_cert_file"] = t.client_cert.display().to_string().into();
+                    c["etcd_key_file"] = t.client_key.display().to_string().into();
+                }
             }
             Datastore::Kubernetes => {
                 c["datastore_type"] = "kubernetes".into();

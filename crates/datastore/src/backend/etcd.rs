@@ -44,6 +44,29 @@ pub struct EtcdBackend {
     client: Client,
     endpoints: String,
     root: String,
+    /// Over TLS: a failure to connect may be a certificate refused either way, and says so.
+    tls: bool,
+}
+
+/// A connection failure over TLS, with what to check: tonic reports a certificate etcd
+/// refused as anything from `BadCertificate` to a closed connection.
+#[derive(Debug)]
+struct OverTls(etcd_client::Error);
+
+impl std::fmt::Display for OverTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (over TLS: if etcd logs \"rejected connection\" or \"bad certificate\", check --etcd-ca-cert-file, --etcd-cert-file and --etcd-key-file)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for OverTls {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
 }
 
 impl EtcdBackend {
@@ -59,8 +82,9 @@ impl EtcdBackend {
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(10))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
-        if let Some(tls) = security.tls {
-            opts = opts.with_tls(tls);
+        let tls = security.tls.is_some();
+        if let Some(t) = security.tls {
+            opts = opts.with_tls(t);
         }
         if let Some((user, password)) = security.user {
             opts = opts.with_user(user, password);
@@ -79,6 +103,7 @@ impl EtcdBackend {
             client,
             endpoints: joined,
             root: "/brindle/".into(),
+            tls,
         })
     }
 
@@ -104,7 +129,11 @@ impl EtcdBackend {
                 backend: NAME,
                 endpoint: self.endpoints.clone(),
                 key,
-                source: Box::new(e),
+                source: if self.tls {
+                    Box::new(OverTls(e))
+                } else {
+                    Box::new(e)
+                },
             }
         } else {
             StoreError::Backend {
