@@ -124,6 +124,7 @@ fn one_run(n: usize, backend: Backend) -> Run {
                 "exec".into(),
                 ours.name().into(),
             ],
+            ..Default::default()
         },
     );
     let svcs: Vec<ServicePort> = (0..n).map(|i| service(i, 0)).collect();

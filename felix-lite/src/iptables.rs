@@ -47,12 +47,29 @@ pub enum IptablesError {
     Failed { cmd: String, stderr: String },
     #[error("no usable iptables backend: {0}")]
     NoBackend(String),
+    #[error("{cmd} did not finish within {} s: killed", .deadline.as_secs())]
+    Timeout { cmd: String, deadline: Duration },
 }
 
-/// Runs the iptables tools, optionally behind a prefix (`ip netns exec NS` in tests).
-#[derive(Debug, Clone, Default)]
+/// How long one iptables or ipset tool may run: a hung one (a kernel lock held by another
+/// program, a stuck module load) is killed and the sync retried, not waited on forever.
+pub const TOOL_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs the iptables tools, optionally behind a prefix (`ip netns exec NS` in tests), each
+/// with a deadline.
+#[derive(Debug, Clone)]
 pub struct Runner {
     pub prefix: Vec<String>,
+    pub deadline: Duration,
+}
+
+impl Default for Runner {
+    fn default() -> Self {
+        Runner {
+            prefix: vec![],
+            deadline: TOOL_DEADLINE,
+        }
+    }
 }
 
 impl Runner {
@@ -77,23 +94,62 @@ impl Runner {
             cmd: cmd.clone(),
             source,
         })?;
-        if let (Some(text), Some(mut w)) = (stdin, child.stdin.take()) {
-            // A failed write shows up as the tool's error below.
-            let _ = w.write_all(text.as_bytes());
+        // The pipes are fed and drained by threads of their own, so that a tool that stops
+        // reading or writing cannot hold this one past the deadline.
+        let feed = match (stdin, child.stdin.take()) {
+            (Some(text), Some(mut w)) => {
+                let text = text.to_owned();
+                // A failed write shows up as the tool's error below.
+                Some(std::thread::spawn(move || {
+                    let _ = w.write_all(text.as_bytes());
+                }))
+            }
+            _ => None,
+        };
+        let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out = drain(child.stdout.take().map(|o| Box::new(o) as _));
+        let err = drain(child.stderr.take().map(|e| Box::new(e) as _));
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(1);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if started.elapsed() >= self.deadline => {
+                    // Killed by its PID; the pipes close and the threads end.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(IptablesError::Timeout {
+                        cmd,
+                        deadline: self.deadline,
+                    });
+                }
+                Ok(None) => {
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err(source) => return Err(IptablesError::Spawn { cmd, source }),
+            }
+        };
+        if let Some(f) = feed {
+            let _ = f.join();
         }
-        let out = child
-            .wait_with_output()
-            .map_err(|source| IptablesError::Spawn {
-                cmd: cmd.clone(),
-                source,
-            })?;
-        if !out.status.success() {
+        let stdout = out.join().unwrap_or_default();
+        let stderr = err.join().unwrap_or_default();
+        if !status.success() {
             return Err(IptablesError::Failed {
                 cmd,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+                stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
             });
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 
     /// `auto`: the legacy backend where the kernel has it (its tools run and can read the
@@ -420,6 +476,25 @@ fn diff(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tools_run_with_their_input_and_a_hung_one_is_killed_at_the_deadline() {
+        let r = Runner::default();
+        let big = "x".repeat(1 << 20);
+        assert_eq!(r.run(&["cat"], Some(&big)).unwrap().len(), 1 << 20);
+        let e = r.run(&["false"], None).unwrap_err();
+        assert!(matches!(e, IptablesError::Failed { .. }), "{e}");
+        let r = Runner {
+            deadline: Duration::from_millis(300),
+            ..Default::default()
+        };
+        let e = r.run(&["sleep", "30"], None).unwrap_err();
+        assert!(matches!(e, IptablesError::Timeout { .. }), "{e}");
+        assert!(e.to_string().contains("sleep 30 did not finish"), "{e}");
+        // A tool that never reads its input is killed too.
+        let e = r.run(&["sleep", "30"], Some(&big)).unwrap_err();
+        assert!(matches!(e, IptablesError::Timeout { .. }), "{e}");
+    }
+
     use super::*;
 
     #[test]

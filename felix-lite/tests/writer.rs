@@ -42,6 +42,7 @@ fn writer(ns: &Netns) -> Writer {
         Backend::Legacy,
         Runner {
             prefix: vec!["ip".into(), "netns".into(), "exec".into(), ns.name().into()],
+            ..Default::default()
         },
     )
 }

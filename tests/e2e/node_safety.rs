@@ -204,3 +204,108 @@ fn everything_works_against_etcd_requiring_client_certificates() {
         },
     );
 }
+
+/// GET `path` on node `n`'s health or metrics port from inside its namespace: (status, body).
+fn http_get(lab: &brindle_lab::Lab, n: &str, url: &str) -> (u16, String) {
+    let code = format!(
+        "import urllib.request as u, urllib.error as e\ntry:\n r = u.urlopen('{url}', timeout=5); print(r.status); print(r.read().decode())\nexcept e.HTTPError as x:\n print(x.code); print(x.read().decode())\nexcept Exception as x:\n print(0); print(x)"
+    );
+    let out = lab.node(n).ns.ok(&["python3", "-c", &code]);
+    let (status, body) = out.split_once('\n').unwrap_or((&out, ""));
+    (status.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The agent is alive or it restarts: a task that panics ends the process (exit 70, a line
+/// naming it); a task that stops making progress turns `/livez` red, naming it; health
+/// answers on loopback only; 200 concurrent scrapers of `/metrics` cost the speaker at most
+/// one status request a second, and routes are still programmed meanwhile.
+#[test]
+fn the_agent_is_alive_or_restarts() {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ..Default::default()
+        },
+        |lab| {
+            settled_mesh(lab);
+            let (status, body) = http_get(lab, "node-0", "http://127.0.0.1:9099/livez");
+            assert_eq!((status, body.trim()), (200, "ok"), "alive at first");
+            let n0 = lab.node("node-0").ip;
+            let (status, _) = http_get(lab, "node-0", &format!("http://{n0}:9099/livez"));
+            assert_eq!(status, 0, "health answers on loopback only");
+
+            // 200 scrapers, 5 scrapes each, while a new pod's block is programmed.
+            let before = speaker_requests(lab);
+            let started = std::time::Instant::now();
+            let storm = lab
+                .node("node-0")
+                .ns
+                .command(&[
+                    "python3",
+                    "-c",
+                    "import threading, urllib.request as u\n\
+                     done=[]\n\
+                     def go():\n  for _ in range(5):\n    u.urlopen('http://127.0.0.1:9091/metrics', timeout=60).read(); done.append(1)\n\
+                     ts=[threading.Thread(target=go) for _ in range(200)]\n\
+                     [t.start() for t in ts]; [t.join() for t in ts]\n\
+                     print('scraped', len(done))",
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("scrapers");
+            let mut storm = brindle_testsupport::ChildGuard(storm);
+            lab.pod_add("during-storm", "node-0").expect("pod");
+            all_reach(lab, &["p-node-1".to_string(), "during-storm".to_string()]);
+            wait_for("the scrapers", Duration::from_secs(120), || {
+                storm.0.try_wait().ok().flatten()
+            });
+            let mut text = String::new();
+            if let Some(mut o) = storm.0.stdout.take() {
+                use std::io::Read;
+                let _ = o.read_to_string(&mut text);
+            }
+            assert_eq!(text.trim(), "scraped 1000", "every scrape answered");
+            let spent = started.elapsed().as_secs() + 1;
+            let asked = speaker_requests(lab) - before;
+            eprintln!("1,000 scrapes in about {spent} s asked the speaker {asked} times");
+            assert!(
+                asked <= spent + 2,
+                "{asked} status requests to the speaker in about {spent} s of scraping"
+            );
+
+            // A stalled task: /livez names it.
+            lab.stop_agent(1);
+            lab.start_agent_with(1, &["--test-fault", "stall:services"]);
+            wait_for("node-1's /livez to fail", Duration::from_secs(40), || {
+                let (status, body) = http_get(lab, "node-1", "http://127.0.0.1:9099/livez");
+                (status == 503 && body.contains("task services has not made progress"))
+                    .then_some(())
+            });
+
+            // A panicking task ends the agent, with the line that says so.
+            lab.stop_agent(1);
+            lab.start_agent_with(1, &["--test-fault", "panic:services"]);
+            let status = wait_for("node-1's agent to exit", Duration::from_secs(40), || {
+                lab.agent_exit(1)
+            });
+            assert_eq!(status.code(), Some(70), "{status:?}");
+            let log = std::fs::read_to_string(lab.node("node-1").log()).unwrap_or_default();
+            assert!(
+                log.contains("test fault: services panics")
+                    && log.contains("exiting so that brindle-node is restarted"),
+                "{log}"
+            );
+            lab.start_agent(1);
+        },
+    );
+}
+
+/// node-0's `brindle_speaker_status_requests_total`.
+fn speaker_requests(lab: &brindle_lab::Lab) -> u64 {
+    let (_, m) = http_get(lab, "node-0", "http://127.0.0.1:9091/metrics");
+    m.lines()
+        .find_map(|l| l.strip_prefix("brindle_speaker_status_requests_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no speaker_status_requests in {m}"))
+}

@@ -35,9 +35,17 @@ pub async fn serve(speaker: Speaker, path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)?;
-    info!(socket = %path.display(), "control API listening");
+    // Made under a temporary name, set to 0600 (root only: it shows every peer and route),
+    // then renamed into place: never reachable with looser permissions.
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let l = UnixListener::bind(&tmp)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path)?;
+    info!(socket = %path.display(), "control API listening (mode 0600)");
     loop {
         let (conn, _) = l.accept().await?;
         let s = speaker.clone();

@@ -123,6 +123,9 @@ pub struct Core {
     /// Peers whose session came up in the batch being handled: they get the table after it.
     tables_due: Vec<PeerId>,
     rails: Rails,
+    /// Lines the network can trigger: connections refused at accept, UPDATEs with errors.
+    refused_log: super::loglimit::LogLimit,
+    update_errors_log: super::loglimit::LogLimit,
 }
 
 fn unmap(a: IpAddr) -> IpAddr {
@@ -205,6 +208,8 @@ impl Core {
             cache: ExportCache::default(),
             tables_due: vec![],
             rails,
+            refused_log: super::loglimit::per_minute(),
+            update_errors_log: super::loglimit::per_minute(),
         })
     }
 
@@ -322,9 +327,8 @@ impl Core {
             return Err(SpeakerError::DuplicatePeer(addr));
         }
         if let (Some(l), Some(key)) = (&self.listener, &p.password) {
-            if let Err(e) = socket::listener_key(l, addr, Some(key)) {
-                warn!(peer = %addr, "could not set the TCP MD5 key on the listener: {e}");
-            }
+            socket::listener_key(l, addr, Some(key))
+                .map_err(|source| SpeakerError::Md5 { peer: addr, source })?;
         }
         let id = self.next_id;
         self.next_id += 1;
@@ -684,11 +688,17 @@ impl Core {
                             }
                             // Without its GTSM check the connection must not carry the session.
                             Err(e) => {
-                                warn!(peer = %addr, "refused a connection: {e}")
+                                if let Some(suppressed) = self.refused_log.allow() {
+                                    warn!(peer = %addr, suppressed, "refused a connection: {e}")
+                                }
                             }
                         }
                     }
-                    None => info!(%from, "refused a connection from an address that is not a peer"),
+                    None => {
+                        if let Some(suppressed) = self.refused_log.allow() {
+                            info!(%from, suppressed, "refused a connection from an address that is not a peer");
+                        }
+                    }
                 }
             }
             Internal::SweepStale { peer, epoch } => {
@@ -817,7 +827,9 @@ impl Core {
             .iter()
             .any(|e| e.treatment == Treatment::TreatAsWithdraw);
         if !u.errors.is_empty() {
-            warn!(peer = %p.cfg.addr, errors = ?u.errors, withdraw_all, "UPDATE with attribute errors (RFC 7606)");
+            if let Some(suppressed) = self.update_errors_log.allow() {
+                warn!(peer = %p.cfg.addr, errors = ?u.errors, withdraw_all, suppressed, "UPDATE with attribute errors (RFC 7606)");
+            }
         }
         let ebgp = p.up.as_ref().is_some_and(|u| u.ebgp);
         let mut base = u.attributes;

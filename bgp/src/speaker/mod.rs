@@ -19,6 +19,7 @@
 mod control;
 mod core;
 mod kernel_task;
+mod loglimit;
 mod pack;
 mod session;
 mod socket;
@@ -275,6 +276,14 @@ pub enum SpeakerError {
     Stopped,
     #[error("the kernel route sync could not start: {0}")]
     Kernel(String),
+    /// The peer has a password but the listener cannot check it: the peer is refused rather
+    /// than run without its protection (a connection in would be accepted unsigned).
+    #[error("peer {peer}: cannot set its TCP MD5 key on the listener ({source}); the peer is not configured")]
+    Md5 {
+        peer: IpAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 enum Command {

@@ -377,6 +377,7 @@ impl SessionTask {
             up_at: None,
             hold_off: None,
             closing: None,
+            log: super::loglimit::per_minute(),
         };
         let (pending_tx, mut pending_rx) = mpsc::unbounded_channel::<Option<Pending>>();
         // Connections from this address still waiting for their OPEN.
@@ -528,12 +529,16 @@ impl SessionTask {
     fn incoming(&self, run: &mut Run, p: Pending) {
         let state = run.fsm.state();
         // Cease 6/7 (collision) or 6/5 (connection rejected), RFC 4486.
-        let refuse = |p: Pending, why: &str, subcode: u8| {
-            info!(peer = %self.cfg.addr, "refused an incoming connection: {why}");
+        // Anyone who can reach us from the peer's address triggers these lines: limited.
+        let refuse = |run: &mut Run, p: Pending, why: &str, subcode: u8| {
+            if let Some(suppressed) = run.log.allow() {
+                info!(peer = %self.cfg.addr, suppressed, "refused an incoming connection: {why}");
+            }
             notify_and_close(p, 6, subcode);
         };
         if run.hold_off.is_some_and(|t| Instant::now() < t) {
             return refuse(
+                run,
                 p,
                 "we closed the session and are waiting out the back-off",
                 5,
@@ -543,15 +548,17 @@ impl SessionTask {
         // the node's address, say): refused on its own connection, and the session it
         // claims is left alone, so it can neither take it over nor reset it.
         if let Some(want) = self.fsm_cfg.expect_id.filter(|id| *id != p.open.bgp_id) {
-            warn!(peer = %self.cfg.addr, expected = %want, presented = %p.open.bgp_id,
-                "refused a connection: its BGP identifier is not the router ID of the node at this address");
+            if let Some(suppressed) = run.log.allow() {
+                warn!(peer = %self.cfg.addr, expected = %want, presented = %p.open.bgp_id, suppressed,
+                    "refused a connection: its BGP identifier is not the router ID of the node at this address");
+            }
             return notify_and_close(p, 2, 3); // Bad BGP Identifier
         }
         match state {
-            State::Established => return refuse(p, "a session is already established", 7),
+            State::Established => return refuse(run, p, "a session is already established", 7),
             State::OpenSent | State::OpenConfirm => {
                 if !collision_keeps_incoming(self.router_id, p.open.bgp_id) {
-                    return refuse(p, "connection collision: our connection wins", 7);
+                    return refuse(run, p, "connection collision: our connection wins", 7);
                 }
                 self.process(run, Input::OpenCollisionDump);
             }
@@ -775,6 +782,8 @@ struct Run {
     hold_off: Option<Instant>,
     /// The writer of the last closed connection, still flushing.
     closing: Option<tokio::task::JoinHandle<()>>,
+    /// Lines about connections refused from this address (anyone there can cause them).
+    log: super::loglimit::LogLimit,
 }
 
 async fn read(conn: Option<&mut Conn>) -> std::io::Result<usize> {

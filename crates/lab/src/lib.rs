@@ -541,6 +541,11 @@ impl Lab {
 
     /// Starts (or starts again) node i's agent.
     pub fn start_agent(&mut self, i: usize) {
+        self.start_agent_with(i, &[]);
+    }
+
+    /// [`Lab::start_agent`] with more flags (a test's `--test-fault`).
+    pub fn start_agent_with(&mut self, i: usize, extra: &[&str]) {
         let n = &self.nodes[i];
         let mut args: Vec<String> = vec![
             binary("brindle-node").display().to_string(),
@@ -574,6 +579,7 @@ impl Lab {
             "2s".into(),
         ];
         args.extend(self.datastore_args(&n.forward, &n.dir));
+        args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -588,6 +594,11 @@ impl Lab {
                 .spawn()
                 .expect("start brindle-node");
         self.nodes[i].agent = Some(ChildGuard(child));
+    }
+
+    /// How node i's agent exited, if it has (None while it runs or was never started).
+    pub fn agent_exit(&mut self, i: usize) -> Option<std::process::ExitStatus> {
+        self.nodes[i].agent.as_mut()?.0.try_wait().ok().flatten()
     }
 
     /// SIGKILL to node i's agent (a crash), waiting for it to be gone.

@@ -43,6 +43,7 @@ pub struct BgpTask {
     pub handle: rtnetlink::Handle,
     /// How often the kernel writer re-reads the table and repairs our routes.
     pub route_refresh: Duration,
+    pub pulse: crate::supervise::Pulse,
 }
 
 struct Running {
@@ -94,12 +95,15 @@ impl BgpTask {
         // Nothing is configured before the first full list: a speaker started on a partial
         // view would withdraw what it has not seen yet.
         while !self.snap.borrow().synced {
+            self.pulse.beat();
             tokio::select! {
                 r = self.snap.changed() => if r.is_err() { return },
                 _ = &mut self.stop => return,
+                _ = self.pulse.due() => {}
             }
         }
         loop {
+            self.pulse.beat();
             let started = Instant::now();
             let snap = self.snap.borrow_and_update().clone();
             let tunnel_ok = *self.tunnel_ok.borrow_and_update();

@@ -13,10 +13,16 @@ use crate::bgp_task::SpeakerView;
 use crate::desired::PeerKind;
 use crate::metrics::{Metrics, PeerLabel, StateLabel};
 use crate::snapshot::Snapshot;
+use brindle_bgp::speaker::PeerStatus;
 
 /// Within this long of start every mesh peer must be Established to be ready; after it, one
 /// Established peer is enough (calico-node's `-threshold-time`, 30 s).
 pub const STARTUP_THRESHOLD: Duration = Duration::from_secs(30);
+
+/// How long a peer list read from the speaker is served to probes and scrapes.
+const PEERS_FRESH: Duration = Duration::from_secs(1);
+/// How long a probe or scrape waits for the speaker.
+const SPEAKER_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Health {
@@ -24,9 +30,58 @@ pub struct Health {
     pub snap: watch::Receiver<Arc<Snapshot>>,
     pub view: watch::Receiver<SpeakerView>,
     pub metrics: Metrics,
+    pub heart: crate::supervise::Heart,
+    pub peers: PeerCache,
+}
+
+/// The speaker's peer list, read at most once a second however many probes and scrapes ask
+/// (they wait for the one read in flight), and given up on after two seconds: `/metrics`
+/// under a scrape storm costs the speaker one request a second, and a busy speaker makes a
+/// probe fail instead of hang.
+#[derive(Clone, Default)]
+pub struct PeerCache(Arc<tokio::sync::Mutex<Option<Fetched>>>);
+
+/// A peer list and when it was read.
+type Fetched = (Instant, Vec<PeerStatus>);
+
+impl PeerCache {
+    async fn get(
+        &self,
+        sp: &brindle_bgp::speaker::Speaker,
+        m: &Metrics,
+    ) -> Result<Vec<PeerStatus>, String> {
+        let mut cached = self.0.lock().await;
+        if let Some((at, v)) = &*cached {
+            if at.elapsed() < PEERS_FRESH {
+                return Ok(v.clone());
+            }
+        }
+        m.speaker_status_requests.inc();
+        match tokio::time::timeout(SPEAKER_TIMEOUT, sp.peers()).await {
+            Ok(Ok(v)) => {
+                *cached = Some((Instant::now(), v.clone()));
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "the BGP speaker did not answer within {} s",
+                SPEAKER_TIMEOUT.as_secs()
+            )),
+        }
+    }
 }
 
 impl Health {
+    /// Ok when every task has beaten within its limit, else which have not.
+    pub fn live(&self) -> Result<String, String> {
+        let stale = self.heart.stale();
+        if stale.is_empty() {
+            Ok("ok".into())
+        } else {
+            Err(stale.join("\n"))
+        }
+    }
+
     /// Ok(()) when ready, else why not.
     pub async fn ready(&self) -> Result<String, String> {
         if !self.snap.borrow().synced {
@@ -36,11 +91,11 @@ impl Health {
         let Some(sp) = view.speaker else {
             return Err("BGP speaker not running".into());
         };
-        let peers = sp.peers().await.map_err(|e| e.to_string())?;
+        let peers = self.peers.get(&sp, &self.metrics).await?;
         if peers.is_empty() {
             return Ok("ready (no BGP peers)".into());
         }
-        let up = |p: &&brindle_bgp::speaker::PeerStatus| p.state == "Established";
+        let up = |p: &&PeerStatus| p.state == "Established";
         let established = peers.iter().filter(up).count();
         if self.started.elapsed() < STARTUP_THRESHOLD {
             let down: Vec<String> = peers
@@ -73,7 +128,9 @@ impl Health {
         let Some(sp) = self.view.borrow().speaker.clone() else {
             return;
         };
-        let Ok(peers) = sp.peers().await else { return };
+        let Ok(peers) = self.peers.get(&sp, &self.metrics).await else {
+            return;
+        };
         self.metrics.sessions.clear();
         self.metrics.received.clear();
         self.metrics.advertised.clear();
@@ -126,7 +183,15 @@ impl Health {
 
 pub fn router(h: Health) -> Router {
     Router::new()
-        .route("/livez", get(|| async { "ok\n" }))
+        .route(
+            "/livez",
+            get(|State(h): State<Health>| async move {
+                match h.live() {
+                    Ok(s) => (StatusCode::OK, s + "\n"),
+                    Err(s) => (StatusCode::SERVICE_UNAVAILABLE, s + "\n"),
+                }
+            }),
+        )
         .route(
             "/readyz",
             get(|State(h): State<Health>| async move {

@@ -213,6 +213,7 @@ pub struct LeakTask {
     pub grace: Duration,
     pub cni_cache_dir: PathBuf,
     pub metrics: Metrics,
+    pub pulse: crate::supervise::Pulse,
 }
 
 impl LeakTask {
@@ -220,6 +221,7 @@ impl LeakTask {
         let every = (self.grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(30));
         let mut suspects: HashMap<Candidate, Instant> = HashMap::new();
         loop {
+            self.pulse.beat();
             tokio::time::sleep(every).await;
             if let Err(e) = self.pass(&mut suspects).await {
                 warn!("departed-container sweep: {e}");

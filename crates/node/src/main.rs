@@ -27,6 +27,7 @@ mod register;
 mod service_task;
 mod services;
 mod snapshot;
+mod supervise;
 mod token_task;
 mod tunnel_task;
 mod workload_task;
@@ -130,6 +131,9 @@ struct Args {
     /// bird`, a failed write); held prefixes are retried then too.
     #[arg(long, env = "BRINDLE_ROUTE_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     route_refresh_interval: Duration,
+    /// Tests only: `panic:<task>` or `stall:<task>` a few seconds after start.
+    #[arg(long, hide = true)]
+    test_fault: Option<supervise::Fault>,
     /// Calico's natOutgoingExclusions: IPPoolsAndHostIPs (Brindle's default: a pod reaches
     /// another node as itself, never as its node) or IPPoolsOnly (Calico's default).
     #[arg(long, env = "BRINDLE_NAT_OUTGOING_EXCLUSIONS", default_value = "IPPoolsAndHostIPs", value_parser = parse_exclusions)]
@@ -307,6 +311,7 @@ async fn identify(
     ))
 }
 
+/// Serves until the server fails; returns only then (the supervisor ends the agent).
 async fn serve(addr: SocketAddr, app: axum::Router, what: &'static str) {
     match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => {
@@ -323,6 +328,14 @@ async fn serve(addr: SocketAddr, app: axum::Router, what: &'static str) {
 async fn main() -> std::process::ExitCode {
     let a = Args::parse();
     init_logging(&a);
+    // A panic anywhere (a task, a task it spawned, a blocking call) ends the agent with a
+    // line saying where, rather than leaving a node that answers probes but has lost a part.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        error!("panic: {info}; exiting so that brindle-node is restarted");
+        default_hook(info);
+        std::process::exit(70);
+    }));
     match run(a).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -349,8 +362,11 @@ async fn run(a: Args) -> anyhow::Result<()> {
         warn!(file = %a.nodename_file.display(), "cannot write the node name for the CNI plugin: {e}");
     }
 
+    let heart = supervise::Heart::default();
+    let mut tasks = supervise::Tasks::default();
     if let Some(copy) = &a.cni_token_file {
-        tokio::spawn(
+        tasks.spawn(
+            "cni-token",
             token_task::TokenTask {
                 source: "/var/run/secrets/kubernetes.io/serviceaccount/token".into(),
                 copy: copy.clone(),
@@ -366,10 +382,12 @@ async fn run(a: Args) -> anyhow::Result<()> {
             node: me.name.clone(),
             path,
         };
-        tokio::spawn(async move {
+        tasks.spawn("ipam-socket", async move {
             let path = server.path.clone();
             if let Err(e) = server.run().await {
+                // Not worth a restart: the plugin does the same work itself.
                 error!(socket = %path.display(), "IPAM socket failed; the CNI plugin does IPAM itself: {e}");
+                std::future::pending::<()>().await;
             }
         });
     }
@@ -379,7 +397,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let (view_tx, view_rx) = watch::channel(bgp_task::SpeakerView::default());
     let (stop_tx, stop_rx) = oneshot::channel();
 
-    tokio::spawn(
+    tasks.spawn(
+        "tunnel",
         tunnel_task::TunnelTask {
             me: me.clone(),
             ipam: brindle_ipam::Ipam::new(store.clone()),
@@ -392,20 +411,24 @@ async fn run(a: Args) -> anyhow::Result<()> {
             },
             ok: tunnel_tx,
             metrics: metrics.clone(),
+            pulse: heart.pulse("tunnel", Duration::from_secs(120)),
         }
         .run(),
     );
-    tokio::spawn(
+    tasks.spawn(
+        "workload-routes",
         workload_task::WorkloadTask {
             node: me.name.clone(),
             veth_prefix: a.veth_prefix.clone(),
             snap: snap.clone(),
             handle: netlink()?,
+            pulse: heart.pulse("workload-routes", Duration::from_secs(60)),
         }
         .run(),
     );
     if a.workload_gc_grace_seconds > 0 {
-        tokio::spawn(
+        tasks.spawn(
+            "departed-containers",
             leak_task::LeakTask {
                 node: me.name.clone(),
                 ipam: brindle_ipam::Ipam::new(store.clone()),
@@ -414,6 +437,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 grace: Duration::from_secs(a.workload_gc_grace_seconds),
                 cni_cache_dir: a.cni_cache_dir.clone(),
                 metrics: metrics.clone(),
+                pulse: heart.pulse("departed-containers", Duration::from_secs(180)),
             }
             .run(),
         );
@@ -431,7 +455,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
             backend = backend.name(),
             "Services and NAT outgoing in iptables"
         );
-        tokio::spawn(
+        tasks.spawn(
+            "services",
             service_task::ServiceTask {
                 store: store.clone(),
                 node: me.name.clone(),
@@ -443,11 +468,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 nat_outgoing_exclusions: a.nat_outgoing_exclusions,
                 workload_prefix: a.veth_prefix.clone(),
+                pulse: heart.pulse(
+                    "services",
+                    (a.iptables_refresh_interval * 3).max(Duration::from_secs(90)),
+                ),
             }
             .run(),
         );
     }
-    let bgp = tokio::spawn(
+    let mut bgp = tokio::spawn(
         bgp_task::BgpTask {
             me: me.clone(),
             snap: snap.clone(),
@@ -458,23 +487,37 @@ async fn run(a: Args) -> anyhow::Result<()> {
             stop: stop_rx,
             handle: netlink()?,
             route_refresh: a.route_refresh_interval,
+            pulse: heart.pulse("bgp", Duration::from_secs(120)),
         }
         .run(),
     );
-    tokio::spawn(health::watch_peers(view_rx.clone()));
+    tasks.spawn("peer-watch", health::watch_peers(view_rx.clone()));
     let h = health::Health {
         started,
         snap: snap.clone(),
         view: view_rx,
         metrics,
+        heart: heart.clone(),
+        peers: Default::default(),
     };
-    tokio::spawn(serve(a.health_listen, health::router(h.clone()), "health"));
+    tasks.spawn(
+        "health",
+        serve(a.health_listen, health::router(h.clone()), "health"),
+    );
     if a.metrics_listen != "none" {
         let addr: SocketAddr = a
             .metrics_listen
             .parse()
             .context("--metrics-listen: not address:port or none")?;
-        tokio::spawn(serve(addr, health::router(h), "metrics"));
+        tasks.spawn("metrics", async move {
+            serve(addr, health::router(h), "metrics").await;
+            // Metrics are not worth a restart loop (the port may be taken): said once.
+            std::future::pending::<()>().await
+        });
+    }
+    if let Some(f) = a.test_fault.clone() {
+        warn!(fault = ?f, "test fault armed (--test-fault)");
+        supervise::inject(&mut tasks, &heart, f);
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -482,13 +525,24 @@ async fn run(a: Args) -> anyhow::Result<()> {
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: shutting down gracefully"),
         _ = tokio::signal::ctrl_c() => info!("interrupted: shutting down gracefully"),
+        why = tasks.ended() => {
+            anyhow::bail!("{why}; exiting so that the kubelet restarts brindle-node");
+        }
+        r = &mut bgp => {
+            let why = match r {
+                Ok(()) => "task bgp ended unexpectedly".to_string(),
+                Err(e) if e.is_panic() => "task bgp panicked".to_string(),
+                Err(e) => format!("task bgp failed: {e}"),
+            };
+            anyhow::bail!("{why}; exiting so that the kubelet restarts brindle-node");
+        }
     }
     if let Some(path) = &ipam_socket {
         // The plugin does IPAM itself from now on, instead of finding a dead socket.
         let _ = std::fs::remove_file(path);
     }
     let _ = stop_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), bgp).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), &mut bgp).await;
     info!("stopped");
     Ok(())
 }

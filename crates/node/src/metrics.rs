@@ -72,6 +72,8 @@ pub struct Metrics {
     pub kernel_failures: Counter,
     /// Prefixes we want but a route of another protocol holds.
     pub kernel_held: Gauge,
+    /// Peer-status requests sent to the speaker (probes and scrapes share one a second).
+    pub speaker_status_requests: Counter,
 }
 
 impl Metrics {
@@ -95,6 +97,7 @@ impl Metrics {
             kernel_repairs: Counter::default(),
             kernel_failures: Counter::default(),
             kernel_held: Gauge::default(),
+            speaker_status_requests: Counter::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register("bgp_sessions", "BGP sessions by state", m.sessions.clone());
@@ -172,6 +175,11 @@ impl Metrics {
                 "kernel_routes_held",
                 "Prefixes we would install but a route of another protocol holds",
                 m.kernel_held.clone(),
+            );
+            r.register(
+                "speaker_status_requests",
+                "Peer-status requests the health and metrics endpoints sent to the BGP speaker (at most one a second, shared by every caller)",
+                m.speaker_status_requests.clone(),
             );
             r.register(
                 "proxy_skipped",

@@ -21,7 +21,7 @@ use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::services::{self, Reserved, Skipped};
@@ -39,6 +39,7 @@ pub struct ServiceTask {
     pub nat_outgoing_exclusions: NatOutgoingExclusions,
     /// The pods' host interfaces' prefix (anti-spoofing).
     pub workload_prefix: String,
+    pub pulse: crate::supervise::Pulse,
 }
 
 enum Ev {
@@ -322,6 +323,8 @@ fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
 }
 
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The longest wait between two failed syncs.
+const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(60);
 
 impl ServiceTask {
     pub async fn run(mut self) {
@@ -351,20 +354,27 @@ impl ServiceTask {
         let mut last_sync = Instant::now() - self.min_sync;
         let mut last_refresh = Instant::now();
         let mut pending = false;
-        let mut failing = false;
+        // After a failed sync: the wait before the next, doubling to a minute, and the last
+        // error logged (a repeat of it is not logged again).
+        let mut backoff = Duration::ZERO;
+        let mut failures = 0u64;
+        let mut last_error = String::new();
         let mut first = true;
         info!(
             backend = self.backend.name(),
             "services: waiting for Services, EndpointSlices and pools"
         );
         loop {
+            self.pulse.beat();
             let ready = ctx.is_some() && st.listed_services && st.listed_slices;
             let deadline = if pending {
-                last_sync + self.min_sync
+                last_sync + self.min_sync.max(backoff)
             } else {
                 last_refresh + self.refresh
             };
             tokio::select! {
+                // Waiting for the first lists, or idle: wake to say this loop is alive.
+                _ = self.pulse.due() => {}
                 ev = rx.recv() => {
                     let Some(ev) = ev else { return };
                     st.apply(ev);
@@ -432,7 +442,12 @@ impl ServiceTask {
                     match r {
                         Ok(rep) => {
                             self.metrics.proxy_rules.set(rep.rules_total as i64);
-                            if failing { info!("iptables writes work again"); failing = false; }
+                            if failures > 0 {
+                                info!(failures, "iptables writes work again");
+                                failures = 0;
+                                backoff = Duration::ZERO;
+                                last_error.clear();
+                            }
                             let wrote = rep.chains_written + rep.chains_deleted + rep.jumps_inserted + rep.jumps_removed;
                             if first && wrote == 0 {
                                 info!(services = st.services.len(), rules_total = rep.rules_total, "services: the tables already hold every rule (nothing written)");
@@ -455,9 +470,16 @@ impl ServiceTask {
                         }
                         Err(e) => {
                             self.metrics.proxy_restore_failures.inc();
-                            warn!("iptables sync failed (reading the tables again next time): {e}");
-                            failing = true;
-                            // Everything is rendered from scratch; retried after min_sync.
+                            failures += 1;
+                            backoff = (backoff * 2).clamp(Duration::from_secs(1), SYNC_BACKOFF_MAX);
+                            let text = e.to_string();
+                            if text != last_error {
+                                warn!(failures, retry_in_s = backoff.as_secs(), "iptables sync failed (reading the tables again, retrying with back-off): {text}");
+                                last_error = text;
+                            } else {
+                                debug!(failures, retry_in_s = backoff.as_secs(), "iptables sync failed again: {text}");
+                            }
+                            // Everything is rendered from scratch at the next try.
                             st.dirty.extend(st.services.keys().cloned());
                             pending = true;
                         }

@@ -24,7 +24,11 @@ pub struct TunnelTask {
     pub mtu: u32,
     pub ok: watch::Sender<bool>,
     pub metrics: Metrics,
+    pub pulse: crate::supervise::Pulse,
 }
+
+/// tunl0's drift repair (an address removed by hand, tunl0 deleted).
+const REPAIR_EVERY: Duration = Duration::from_secs(30);
 
 /// What a pass depends on: the pools and this node's record. Other changes (pods, other
 /// nodes' blocks) cost no datastore round trip.
@@ -40,7 +44,13 @@ impl TunnelTask {
         // failed pass after the address was released leaves it false, so the retry still
         // takes the address off tunl0.
         let mut tunl0_clean = true;
+        // A fixed interval, not re-armed by every snapshot change: under pod churn a timer
+        // that restarted on each change would never fire.
+        let mut repair =
+            tokio::time::interval_at(tokio::time::Instant::now() + REPAIR_EVERY, REPAIR_EVERY);
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.pulse.beat();
             let snap = self.snap.borrow_and_update().clone();
             let inputs: Inputs = (
                 snap.pools.values().cloned().collect(),
@@ -51,11 +61,12 @@ impl TunnelTask {
                     .pass(&snap, &mut address, &mut no_ipip_logged, &mut tunl0_clean)
                     .await;
                 settled = done.then_some(inputs);
+                timer_fired = false;
             }
             tokio::select! {
-                r = self.snap.changed() => { timer_fired = false; if r.is_err() { return } }
+                r = self.snap.changed() => if r.is_err() { return },
                 // A periodic pass repairs drift (an address removed by hand, tunl0 deleted).
-                _ = tokio::time::sleep(Duration::from_secs(30)) => timer_fired = true,
+                _ = repair.tick() => timer_fired = true,
             }
         }
     }

@@ -16,6 +16,7 @@ pub struct WorkloadTask {
     pub veth_prefix: String,
     pub snap: watch::Receiver<Arc<Snapshot>>,
     pub handle: rtnetlink::Handle,
+    pub pulse: crate::supervise::Pulse,
 }
 
 /// The routes this node's pods should have (pure).
@@ -42,6 +43,7 @@ pub fn wanted(snap: &Snapshot, node: &str, prefix: &str) -> Vec<WorkloadRoute> {
 impl WorkloadTask {
     pub async fn run(mut self) {
         loop {
+            self.pulse.beat();
             let want = wanted(
                 &self.snap.borrow_and_update(),
                 &self.node,
