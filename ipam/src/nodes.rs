@@ -122,15 +122,14 @@ impl Owners {
     pub async fn set_tunnel_addr(&self, node: &str, addr: Option<String>) -> Result<()> {
         for _ in 0..NODE_RETRIES {
             let r = if self.kube() {
-                let api = self.store.all::<Node>();
-                let mut n = api.get(node).await?.ok_or_else(|| self.no_node(node))?;
-                let ann = n.metadata.annotations.get_or_insert_with(BTreeMap::new);
-                let key = brindle_api::node::annotations::IPIP_TUNNEL_ADDR.to_string();
-                match &addr {
-                    Some(a) => ann.insert(key, a.clone()),
-                    None => ann.remove(&key),
-                };
-                api.update(&n).await.map(|_| ())
+                // A merge patch of the one annotation (null removes it): the role grants
+                // `patch` on Nodes, not `update`.
+                let key = brindle_api::node::annotations::IPIP_TUNNEL_ADDR;
+                let patch = serde_json::json!({"metadata": {"annotations": {key: addr}}});
+                match self.store.all::<Node>().merge_patch(node, patch).await {
+                    Err(StoreError::NotFound { .. }) => return Err(self.no_node(node)),
+                    r => r.map(|_| ()),
+                }
             } else {
                 let api = self.store.all::<BrindleNode>();
                 let mut n = api.get(node).await?.ok_or_else(|| self.no_node(node))?;

@@ -225,6 +225,18 @@ impl<K: StoreResource> Api<K> {
         self.decode(stored)
     }
 
+    /// An RFC 7386 merge patch (see [`crate::Backend::merge_patch`]): sets what `patch`
+    /// names, removes what it sets to `null`, leaves the rest. Not validated: for fields a
+    /// writer owns alone (a node's annotations), where sending back a whole object read a
+    /// moment ago would need more rights and could undo another writer's change.
+    pub async fn merge_patch(&self, name: &str, patch: serde_json::Value) -> Result<K> {
+        let stored = self
+            .backend()
+            .merge_patch(&self.ty, self.ns.as_deref(), name, patch)
+            .await?;
+        self.decode(stored)
+    }
+
     /// Deletes; with `precondition`, only if it is still the current resourceVersion.
     pub async fn delete(&self, name: &str, precondition: Option<&str>) -> Result<()> {
         self.backend()

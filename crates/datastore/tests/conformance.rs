@@ -248,6 +248,58 @@ async fn native_kinds(h: &mut impl Harness) {
     assert_eq!(got.spec.unwrap().cluster_ip.as_deref(), Some("10.96.0.10"));
 }
 
+/// A merge patch sets what it names, removes what it sets to null, leaves the rest (a
+/// label, another writer's annotation), and is seen by a watcher; a missing object is
+/// NotFound.
+async fn merge_patch(h: &mut impl Harness) {
+    use k8s_openapi::api::core::v1::Node;
+    let store = h.store().await;
+    let nodes = store.all::<Node>();
+    let mut node = Node::default();
+    node.metadata.name = Some("n1".into());
+    node.metadata.labels = Some([("zone".to_string(), "a".to_string())].into());
+    node.metadata.annotations = Some(
+        [
+            ("kubelet/owned".to_string(), "x".to_string()),
+            ("brindle.dev/old".to_string(), "y".to_string()),
+        ]
+        .into(),
+    );
+    nodes.create(&node).await.unwrap();
+    let rev = nodes.list().await.unwrap().revision;
+    let mut w = nodes.watch(&rev).await.unwrap();
+    let got = nodes
+        .merge_patch(
+            "n1",
+            serde_json::json!({"metadata": {"annotations": {
+                "brindle.dev/new": "z", "brindle.dev/old": null}}}),
+        )
+        .await
+        .unwrap();
+    let ann = got.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(ann.get("brindle.dev/new").map(String::as_str), Some("z"));
+    assert_eq!(ann.get("kubelet/owned").map(String::as_str), Some("x"));
+    assert!(!ann.contains_key("brindle.dev/old"), "{ann:?}");
+    assert_eq!(got.metadata.labels.unwrap()["zone"], "a");
+    let ev = next_event(&mut w).await.unwrap();
+    assert!(
+        ev.object()
+            .metadata
+            .annotations
+            .as_ref()
+            .is_some_and(|a| a.contains_key("brindle.dev/new")),
+        "the watcher sees the patch"
+    );
+    let e = nodes
+        .merge_patch(
+            "nope",
+            serde_json::json!({"metadata": {"annotations": {"a": "b"}}}),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_not_found(), "{e}");
+}
+
 /// 8 writers increment one counter by compare-and-swap; no increment may be lost.
 async fn cas_under_contention(h: &mut impl Harness) {
     const WRITERS: usize = 8;
@@ -561,7 +613,7 @@ macro_rules! suite {
     ($backend:ident, $harness:expr) => {
         mod $backend {
             use super::*;
-            suite!(@tests $harness; crud, namespaces, native_kinds, validation, cas_under_contention,
+            suite!(@tests $harness; crud, namespaces, native_kinds, merge_patch, validation, cas_under_contention,
                 watch_order_and_resume, watch_survives_interruption, watch_expired, unreachable,
                 transactions);
         }

@@ -103,20 +103,29 @@ pub async fn write(
     for _ in 0..RETRIES {
         let r = if store.backend_name() == "kubernetes" {
             let api = store.all::<Node>();
-            let Some(mut n) = api.get(node).await? else {
+            let Some(n) = api.get(node).await? else {
                 anyhow::bail!("Kubernetes Node {node:?} does not exist (is --nodename right? the kubelet registers it)");
             };
-            let ann = n.metadata.annotations.get_or_insert_with(BTreeMap::new);
-            let before = ann.clone();
-            ann.insert(annotations::IPV4_ADDRESS.into(), ip.to_string());
-            ann.insert(annotations::AGENT_VERSION.into(), AGENT_VERSION.into());
+            let have = n.metadata.annotations.unwrap_or_default();
+            let mut want = BTreeMap::from([
+                (annotations::IPV4_ADDRESS.to_string(), ip.to_string()),
+                (
+                    annotations::AGENT_VERSION.to_string(),
+                    AGENT_VERSION.to_string(),
+                ),
+            ]);
             if let Some(a) = asn {
-                ann.insert(annotations::AS_NUMBER.into(), a.to_string());
+                want.insert(annotations::AS_NUMBER.into(), a.to_string());
             }
-            if *ann == before {
+            want.retain(|k, v| have.get(k) != Some(v));
+            if want.is_empty() {
                 return Ok(());
             }
-            api.update(&n).await.map(|_| ())
+            // A merge patch of our annotations only: the kubelet owns the rest of the Node,
+            // and the role grants `patch`, not `update`.
+            api.merge_patch(node, serde_json::json!({"metadata": {"annotations": want}}))
+                .await
+                .map(|_| ())
         } else {
             let api = store.all::<BrindleNode>();
             match api.get(node).await? {

@@ -17,8 +17,8 @@
 //!
 //! What it does not cover: authentication and RBAC, admission and OpenAPI schema validation
 //! (CRDs need not be installed and nothing is validated or defaulted), label and field
-//! selectors, pagination (`limit`/`continue` are ignored: one page), PATCH and server-side
-//! apply, subresources (`/status`, `/scale`), finalizers and graceful deletion, generation
+//! selectors, pagination (`limit`/`continue` are ignored: one page), PATCH other than merge
+//! patches, server-side apply, subresources (`/status`, `/scale`), finalizers and graceful deletion, generation
 //! and managedFields, watch bookmarks, `resourceVersionMatch`, protobuf, discovery
 //! (`/api`, `/apis`), and HTTP/2 or TLS.
 
@@ -284,6 +284,20 @@ async fn handle(
         (Method::GET, None) => list(&state, &t),
         (Method::POST, None) => create(&state, &t, body),
         (Method::PUT, Some(name)) => replace(&state, &t, name, body),
+        (Method::PATCH, Some(name)) => {
+            let ct = headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if ct != "application/merge-patch+json" {
+                return status(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "UnsupportedMediaType",
+                    format!("PATCH {ct:?}: the test API server takes merge patches only"),
+                );
+            }
+            patch(&state, &t, name, body)
+        }
         (Method::DELETE, Some(name)) => delete(&state, &t, name, body),
         (m, _) => status(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -445,6 +459,85 @@ fn replace(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Re
     }
     for f in ["uid", "creationTimestamp", "namespace"] {
         if let Some(v) = current.get("metadata").and_then(|m| m.get(f)).cloned() {
+            set_meta(&mut obj, f, v);
+        }
+    }
+    db.revision += 1;
+    set_meta(&mut obj, "resourceVersion", db.revision.to_string().into());
+    db.objects.insert(k, obj.clone());
+    db.commit(t, "MODIFIED", obj.clone());
+    ok(StatusCode::OK, &obj)
+}
+
+/// A JSON merge patch (RFC 7386) of a stored object, as the API server applies
+/// `application/merge-patch+json`: no resourceVersion check unless the patch names one.
+fn patch(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Response {
+    let Some(p) = body.filter(Value::is_object) else {
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "a merge patch is an object".into(),
+        );
+    };
+    let mut db = lock(state);
+    let k = key(t, name);
+    let Some(current) = db.objects.get(&k).cloned() else {
+        return status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            format!("{} {name:?} not found", t.collection),
+        );
+    };
+    if let Some(rv) = meta_str(&p, "resourceVersion") {
+        if Some(rv) != meta_str(&current, "resourceVersion") {
+            return status(
+                StatusCode::CONFLICT,
+                "Conflict",
+                format!("{} {name:?}: the object has been modified", t.collection),
+            );
+        }
+    }
+    // Depth-first over (place in the object, piece of the patch).
+    let mut obj = current;
+    let mut work: Vec<(Vec<String>, Value)> = vec![(vec![], p)];
+    while let Some((path, piece)) = work.pop() {
+        let mut at = &mut obj;
+        for seg in &path {
+            if !at.is_object() {
+                *at = Value::Object(Default::default());
+            }
+            at = at
+                .as_object_mut()
+                .expect("made an object above")
+                .entry(seg.clone())
+                .or_insert(Value::Null);
+        }
+        match piece {
+            Value::Object(fields) => {
+                if !at.is_object() {
+                    *at = Value::Object(Default::default());
+                }
+                for (f, v) in fields {
+                    if v.is_null() {
+                        at.as_object_mut().expect("an object").remove(&f);
+                    } else {
+                        let mut p = path.clone();
+                        p.push(f);
+                        work.push((p, v));
+                    }
+                }
+            }
+            other => *at = other,
+        }
+    }
+    for f in ["name", "uid", "creationTimestamp", "namespace"] {
+        if let Some(v) = db
+            .objects
+            .get(&k)
+            .and_then(|c| c.get("metadata"))
+            .and_then(|m| m.get(f))
+            .cloned()
+        {
             set_meta(&mut obj, f, v);
         }
     }

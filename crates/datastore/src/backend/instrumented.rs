@@ -106,6 +106,17 @@ impl<B: Backend + Clone> Backend for Instrumented<B> {
         self.inner.update(ty, obj).await
     }
 
+    async fn merge_patch(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value> {
+        self.write(|| ty.key(ns, Some(name)))?;
+        self.inner.merge_patch(ty, ns, name, patch).await
+    }
+
     async fn delete(
         &self,
         ty: &ResourceType,

@@ -180,6 +180,28 @@ impl Backend for KubernetesBackend {
         }
     }
 
+    async fn merge_patch(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value> {
+        let key = || ty.key(ns, Some(name));
+        match self
+            .api(ty, ns)
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(o) => to_value(key, o),
+            Err(e) => Err(self.err(key(), None, e)),
+        }
+    }
+
     async fn delete(
         &self,
         ty: &ResourceType,

@@ -95,6 +95,37 @@ pub trait Backend: Send + Sync + 'static {
         precondition: Option<&str>,
     ) -> Result<()>;
 
+    /// An RFC 7386 JSON merge patch of one object: what `patch` names is set (`null`
+    /// removes), the rest is untouched. On Kubernetes a `merge-patch+json` PATCH, so the
+    /// writer needs the `patch` verb, not `update`, and never sends back fields it read;
+    /// elsewhere a read and a compare-and-swap, retried on conflict.
+    async fn merge_patch(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        patch: Value,
+    ) -> Result<Value> {
+        for _ in 0..16 {
+            let Some(mut obj) = self.get(ty, ns, name).await? else {
+                return Err(crate::StoreError::NotFound {
+                    backend: self.name(),
+                    key: ty.key(ns, Some(name)),
+                });
+            };
+            merge(&mut obj, &patch);
+            match self.update(ty, obj).await {
+                Err(crate::StoreError::Conflict { .. }) => continue,
+                r => return r,
+            }
+        }
+        Err(crate::StoreError::Backend {
+            backend: self.name(),
+            key: ty.key(ns, Some(name)),
+            message: "a merge patch kept conflicting with other writers".into(),
+        })
+    }
+
     /// Changes after `revision`, in order; see the crate docs for reconnects and expiry.
     async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch>;
 
@@ -118,6 +149,26 @@ pub trait Backend: Send + Sync + 'static {
             key,
             message: "multi-object transactions are not supported by this datastore".into(),
         })
+    }
+}
+
+/// RFC 7386: applies `patch` to `target`.
+pub fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
     }
 }
 
