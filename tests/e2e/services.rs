@@ -201,6 +201,25 @@ fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
             );
             let tables = save(lab, "node-0", "nat") + &save(lab, "node-0", "filter");
             assert!(!tables.contains("198.19.200."), "{tables}");
+            // And the operator sees it with brindlectl, judged by the agents' rule.
+            let out = std::process::Command::new(brindle_lab::binary("brindlectl"))
+                .args(["services", "--refused"])
+                .args(lab.datastore_flags())
+                .output()
+                .expect("brindlectl");
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{text}");
+            let row = text
+                .lines()
+                .find(|l| l.contains("default/outside") && l.contains("198.19.200.10"))
+                .unwrap_or_else(|| panic!("{text}"));
+            assert!(
+                row.contains("externalIP")
+                    && row.contains("refused")
+                    && row.contains("outside the BGPConfiguration default's serviceExternalIPs"),
+                "{row}"
+            );
+            assert!(!text.contains("default/web "), "web is programmed: {text}");
 
             // loadBalancerSourceRanges: the fabric (198.18.0.1) is outside one range, inside
             // the other.

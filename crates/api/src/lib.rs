@@ -14,6 +14,7 @@ pub mod crd;
 pub mod ipam;
 pub mod node;
 pub mod pool;
+pub mod service_addresses;
 pub mod validation;
 
 pub use bgp::{BGPConfiguration, BGPConfigurationSpec, BGPPeer, BGPPeerSpec};

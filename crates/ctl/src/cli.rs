@@ -40,6 +40,14 @@ pub enum Command {
     Validate(FileArgs),
     /// Print Calico v3 documents as Brindle documents, without applying them.
     Convert(ConvertArgs),
+    /// Every Service's externalIPs, LoadBalancer addresses and nodePorts: programmed, or
+    /// refused by the agents and why (the operator's allowed ranges, node, peer and pool
+    /// addresses, BGP ports).
+    Services {
+        /// Only what the agents refuse.
+        #[arg(long)]
+        refused: bool,
+    },
     /// The node agent: BGP session status.
     #[command(subcommand)]
     Node(NodeCommand),

@@ -16,6 +16,7 @@ mod ipam_cmd;
 mod kind;
 pub mod output;
 mod resources;
+mod services_cmd;
 mod status;
 
 use std::time::Duration;
@@ -134,6 +135,7 @@ async fn run(cli: Cli, name: &'static str) -> Result<(), Failure> {
         Command::Replace(a) => resources::write(&c, a, Verb::Replace).await,
         Command::Delete(a) => resources::delete(&c, a).await,
         Command::Label(a) => resources::label(&c, a).await,
+        Command::Services { refused } => services_cmd::run(&c, &store, *refused).await,
         Command::Ipam(IpamCommand::Show(a)) => ipam_cmd::show(&store, a).await,
         Command::Ipam(IpamCommand::Check { output }) => {
             ipam_cmd::check(&store, output.as_deref()).await

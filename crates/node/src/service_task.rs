@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::services::{self, Reserved, Skipped};
+use brindle_api::service_addresses::NodeAddress;
 use crate::snapshot::{mirror, Event, Snapshot};
 
 pub struct ServiceTask {
@@ -177,89 +178,22 @@ impl State {
     }
 }
 
-/// One IPv4 address of a node, as its record gives it.
-struct NodeAddress<'a> {
-    node: &'a str,
-    ip: std::net::Ipv4Addr,
-    /// The underlay subnet (the underlay address's prefix; none for the tunnel's).
-    subnet: Option<Ipv4Network>,
-    tunnel: bool,
+/// Every node's underlay and tunnel addresses.
+fn node_addresses(snap: &Snapshot) -> impl Iterator<Item = NodeAddress> + '_ {
+    snap.nodes
+        .iter()
+        .flat_map(|(name, n)| brindle_api::service_addresses::node_addresses(name, &n.bgp))
 }
 
-/// Every node's underlay and tunnel addresses (`a.b.c.d/len` or a bare address).
-fn node_addresses(snap: &Snapshot) -> impl Iterator<Item = NodeAddress<'_>> {
-    snap.nodes.iter().flat_map(|(name, n)| {
-        let underlay = n
-            .bgp
-            .ipv4_address
-            .as_deref()
-            .and_then(|a| a.parse::<Ipv4Network>().ok())
-            .map(|net| NodeAddress {
-                node: name,
-                ip: net.ip(),
-                subnet: Ipv4Network::new(net.network(), net.prefix()).ok(),
-                tunnel: false,
-            });
-        let tunnel = n
-            .bgp
-            .ipv4_ipip_tunnel_addr
-            .as_deref()
-            .and_then(|t| t.split('/').next()?.parse().ok())
-            .map(|ip| NodeAddress {
-                node: name,
-                ip,
-                subnet: None,
-                tunnel: true,
-            });
-        underlay.into_iter().chain(tunnel)
-    })
-}
-
-/// The addresses a Service may and may not take ([`Reserved`]): every node's (underlay and
-/// tunnel) and every BGP peer's address and the pools never; the nodes' underlay subnets
-/// only through a range inside them; the rest inside the `default` BGPConfiguration's
-/// serviceExternalIPs / serviceLoadBalancerIPs.
+/// The addresses a Service may and may not take ([`Reserved`]), from the snapshot.
 fn reserved(snap: &Snapshot, bgp_ports: &[u16]) -> Reserved {
-    let mut nets = vec![];
-    let mut subnets = vec![];
-    for a in node_addresses(snap) {
-        let what = if a.tunnel {
-            "tunnel address"
-        } else {
-            "address"
-        };
-        nets.push((Ipv4Network::from(a.ip), format!("node {}'s {what}", a.node)));
-        if let Some(sub) = a.subnet {
-            subnets.push((sub, format!("inside node {}'s subnet {sub}", a.node)));
-        }
-    }
-    for (name, p) in &snap.peers {
-        if let Some(std::net::IpAddr::V4(ip)) = p.peer_addr().map(|a| a.ip()) {
-            nets.push((Ipv4Network::from(ip), format!("BGPPeer {name}'s address")));
-        }
-    }
-    for (name, p) in &snap.pools {
-        if let Ok(n) = p.cidr.parse::<Ipv4Network>() {
-            nets.push((n, format!("inside IPPool {name}")));
-        }
-    }
-    // Most specific first, so the reason names the node's address before a pool.
-    nets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix()));
-    subnets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix()));
-    let cfg = snap.configs.get("default");
-    let ranges = |r: Option<&Vec<brindle_api::bgp::ServiceRange>>| -> Vec<Ipv4Network> {
-        r.into_iter()
-            .flatten()
-            .filter_map(|r| r.cidr.parse().ok())
-            .collect()
-    };
-    Reserved {
-        nets,
-        subnets,
-        external_ips: ranges(cfg.map(|c| &c.service_external_ips)),
-        lb_ips: ranges(cfg.map(|c| &c.service_load_balancer_ips)),
-        ports: bgp_ports.to_vec(),
-    }
+    Reserved::new(
+        node_addresses(snap),
+        snap.peers.iter().map(|(n, p)| (n.as_str(), p)),
+        snap.pools.iter().map(|(n, p)| (n.as_str(), p)),
+        snap.configs.get("default"),
+        bgp_ports,
+    )
 }
 
 /// What guards the nodes from pods: every node's BGP listen port (a `node.<name>`
@@ -269,15 +203,7 @@ fn node_guard(
     exclusions: NatOutgoingExclusions,
     workload_prefix: &str,
 ) -> NodeGuard {
-    let mut ports: Vec<u16> = snap.configs.values().map(|c| c.listen_port).collect();
-    ports.push(brindle_api::bgp::DEFAULT_BGP_PORT);
-    ports.extend(
-        snap.peers
-            .values()
-            .filter_map(|p| Some(p.peer_addr()?.port())),
-    );
-    ports.sort();
-    ports.dedup();
+    let ports = brindle_api::service_addresses::bgp_ports(snap.configs.values(), snap.peers.values());
     NodeGuard {
         pod_blocked_ports: ports,
         nat_outgoing_exclusions: exclusions,

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+pub use brindle_api::service_addresses::{AddressKind, Reserved};
 use brindle_felix_lite::proxy::{Endpoint, Protocol, ServicePort};
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Service;
@@ -30,71 +31,6 @@ pub fn slice_service(s: &EndpointSlice) -> Option<String> {
 
 fn port_ok(p: i32) -> Option<u16> {
     u16::try_from(p).ok().filter(|p| *p != 0)
-}
-
-/// Which addresses a Service may take as an externalIP or LoadBalancer address. Any
-/// namespace user can set externalIPs (kube-proxy's CVE-2020-8554): on a node's address the
-/// Service would capture the node's traffic (its BGP sessions), on a pod's a pod's. So an
-/// address is programmed only inside the ranges the operator allows (the `default`
-/// BGPConfiguration's serviceExternalIPs / serviceLoadBalancerIPs, which are also what is
-/// advertised), never on a node's, a BGP peer's or a pool's address, and inside a node's
-/// underlay subnet only through an allowed range no wider than that subnet.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reserved {
-    /// Never a Service's: each network with what it is, for the log line.
-    pub nets: Vec<(Ipv4Network, String)>,
-    /// The nodes' underlay subnets, with what they are.
-    pub subnets: Vec<(Ipv4Network, String)>,
-    /// serviceExternalIPs.
-    pub external_ips: Vec<Ipv4Network>,
-    /// serviceLoadBalancerIPs.
-    pub lb_ips: Vec<Ipv4Network>,
-    /// Ports no nodePort may take (the BGP listen ports): a nodePort is DNATed on every
-    /// node address, so it would capture the nodes' BGP sessions.
-    pub ports: Vec<u16>,
-}
-
-/// Which of a Service's addresses is judged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressKind {
-    ExternalIp,
-    LoadBalancer,
-}
-
-impl Reserved {
-    /// Why `ip` may not be a Service's address of this kind; `None`: it may.
-    pub fn refuse(&self, ip: Ipv4Addr, kind: AddressKind) -> Option<String> {
-        if let Some((_, why)) = self.nets.iter().find(|(n, _)| n.contains(ip)) {
-            return Some(format!("{ip} is {why}"));
-        }
-        let (ranges, field) = match kind {
-            AddressKind::ExternalIp => (&self.external_ips, "serviceExternalIPs"),
-            AddressKind::LoadBalancer => (&self.lb_ips, "serviceLoadBalancerIPs"),
-        };
-        let allowed: Vec<&Ipv4Network> = ranges.iter().filter(|r| r.contains(ip)).collect();
-        if allowed.is_empty() {
-            let set = if ranges.is_empty() {
-                "none set".to_string()
-            } else {
-                ranges
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            return Some(format!(
-                "{ip} is outside the BGPConfiguration default's {field} ({set})"
-            ));
-        }
-        if let Some((sub, why)) = self.subnets.iter().find(|(n, _)| n.contains(ip)) {
-            if !allowed.iter().any(|r| r.prefix() >= sub.prefix()) {
-                return Some(format!(
-                    "{ip} is {why}, and no {field} range inside that subnet allows it"
-                ));
-            }
-        }
-        None
-    }
 }
 
 /// The ports of one Service with their endpoints; `skipped` gets a line per problem.
@@ -206,11 +142,9 @@ pub fn service_ports(
         let node_port = match p.node_port.filter(|_| with_node_port) {
             None => None,
             Some(n) => match port_ok(n) {
-                Some(n) if reserved.ports.contains(&n) => {
-                    skip(
-                        &key,
-                        format!("port {pname:?}: nodePort {n} is a BGP port of the nodes: refused"),
-                    );
+                Some(n) if reserved.refuse_node_port(n).is_some() => {
+                    let why = reserved.refuse_node_port(n).unwrap_or_default();
+                    skip(&key, format!("port {pname:?}: {why}: refused"));
                     continue;
                 }
                 Some(n) => Some(n),
