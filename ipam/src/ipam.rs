@@ -844,10 +844,7 @@ impl Ipam {
         use_: AllowedUse,
     ) -> Result<()> {
         let pools = self.store.all::<IPPool>().list().await?.items;
-        let pool = pools
-            .iter()
-            .find(|p| p.spec.network().is_some_and(|n| n.contains(ip)))
-            .ok_or(IpamError::NotInPool { ip })?;
+        let pool = pool_of(&pools, ip)?;
         let refuses = |reason: String| IpamError::PoolRefuses {
             ip,
             pool: pool.metadata.name.clone().unwrap_or_default(),
@@ -883,10 +880,7 @@ impl Ipam {
         attrs: &BTreeMap<String, String>,
     ) -> Result<()> {
         let pools = self.store.all::<IPPool>().list().await?.items;
-        let pool = pools
-            .iter()
-            .find(|p| p.spec.network().is_some_and(|n| n.contains(ip)))
-            .ok_or(IpamError::NotInPool { ip })?;
+        let pool = pool_of(&pools, ip)?;
         let cidr = block::block_of(ip, pool.spec.effective_block_size())
             .ok_or(IpamError::NotInPool { ip })?;
         let name = block_name(&cidr);
@@ -928,4 +922,12 @@ impl Ipam {
             retries: MAX_RETRIES,
         })
     }
+}
+
+/// The pool `ip` is in.
+fn pool_of(pools: &[IPPool], ip: IpAddr) -> Result<&IPPool> {
+    pools
+        .iter()
+        .find(|p| p.spec.network().is_some_and(|n| n.contains(ip)))
+        .ok_or(IpamError::NotInPool { ip })
 }

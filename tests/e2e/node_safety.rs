@@ -193,6 +193,49 @@ fn everything_works_against_etcd_requiring_client_certificates() {
                 out.contains("etcd datastore unreachable") && out.contains("--etcd-cert-file"),
                 "says it is etcd refusing the connection: {out}"
             );
+            // An agent given only the CA keeps retrying, saying why.
+            let log = lab.dir.path().join("agent-without-cert.log");
+            let f = std::fs::File::create(&log).expect("log");
+            let n1 = lab.node("node-1");
+            let endpoint = format!("https://{}", n1.forward.addr);
+            let agent = n1
+                .ns
+                .command(&[
+                    brindle_lab::binary("brindle-node").to_str().expect("path"),
+                    "--nodename",
+                    "node-1",
+                    "--datastore",
+                    "etcd",
+                    "--etcd-endpoints",
+                    &endpoint,
+                    "--etcd-ca-cert-file",
+                    &ca_only[5],
+                    "--control-socket",
+                    lab.dir.path().join("x.sock").to_str().expect("path"),
+                    "--ipam-socket",
+                    "none",
+                    "--metrics-listen",
+                    "none",
+                    "--health-listen",
+                    "127.0.0.1:19099",
+                    "--nodename-file",
+                    lab.dir.path().join("x-nodename").to_str().expect("path"),
+                ])
+                .stdout(f.try_clone().expect("log"))
+                .stderr(f)
+                .spawn()
+                .expect("brindle-node");
+            let _agent = brindle_testsupport::ChildGuard(agent);
+            let line = wait_for("the agent's complaint", Duration::from_secs(30), || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                text.lines()
+                    .find(|l| {
+                        l.contains("etcd datastore unreachable") && l.contains("--etcd-cert-file")
+                    })
+                    .map(str::to_owned)
+            });
+            eprintln!("the agent without a client certificate: {line}");
+
             // The controller ran its passes against the TLS etcd without an error.
             let clog = std::fs::read_to_string(lab.dir.path().join("controller/controller.log"))
                 .unwrap_or_default();

@@ -7,12 +7,27 @@ use std::net::Ipv4Addr;
 
 use brindle_api::service_addresses::{bgp_ports, node_addresses, AddressKind, Reserved};
 use brindle_api::{BGPConfiguration, BGPPeer, IPPool};
-use brindle_datastore::Store;
+use brindle_datastore::{Store, StoreResource};
 use k8s_openapi::api::core::v1::Service;
 
 use crate::client::{node_view, Client};
 use crate::output::columns;
 use crate::Failure;
+
+/// Every object of a kind by name, with `spec` of each.
+async fn specs<K: StoreResource, S>(
+    store: &Store,
+    spec: impl Fn(K) -> S,
+) -> Result<BTreeMap<String, S>, brindle_datastore::StoreError> {
+    Ok(store
+        .all::<K>()
+        .list()
+        .await?
+        .items
+        .into_iter()
+        .map(|o| (o.meta().name.clone().unwrap_or_default(), spec(o)))
+        .collect())
+}
 
 /// One address or nodePort of a Service, and the verdict.
 struct Row {
@@ -25,33 +40,11 @@ struct Row {
 pub async fn run(c: &Client, store: &Store, refused_only: bool) -> Result<(), Failure> {
     let e = |e: brindle_datastore::StoreError| Failure::Error(e.into());
     let named = |m: &Option<String>| m.clone().unwrap_or_default();
-    let peers: BTreeMap<String, _> = store
-        .all::<BGPPeer>()
-        .list()
+    let peers = specs(store, |p: BGPPeer| p.spec).await.map_err(e)?;
+    let pools = specs(store, |p: IPPool| p.spec).await.map_err(e)?;
+    let configs = specs(store, |p: BGPConfiguration| p.spec)
         .await
-        .map_err(e)?
-        .items
-        .into_iter()
-        .map(|p| (named(&p.metadata.name), p.spec))
-        .collect();
-    let pools: BTreeMap<String, _> = store
-        .all::<IPPool>()
-        .list()
-        .await
-        .map_err(e)?
-        .items
-        .into_iter()
-        .map(|p| (named(&p.metadata.name), p.spec))
-        .collect();
-    let configs: BTreeMap<String, _> = store
-        .all::<BGPConfiguration>()
-        .list()
-        .await
-        .map_err(e)?
-        .items
-        .into_iter()
-        .map(|p| (named(&p.metadata.name), p.spec))
-        .collect();
+        .map_err(e)?;
     let nodes = if c.kube() {
         store
             .all::<k8s_openapi::api::core::v1::Node>()

@@ -25,8 +25,8 @@ use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::services::{self, Reserved, Skipped};
-use brindle_api::service_addresses::NodeAddress;
 use crate::snapshot::{mirror, Event, Snapshot};
+use brindle_api::service_addresses::NodeAddress;
 
 pub struct ServiceTask {
     pub store: Store,
@@ -203,7 +203,8 @@ fn node_guard(
     exclusions: NatOutgoingExclusions,
     workload_prefix: &str,
 ) -> NodeGuard {
-    let ports = brindle_api::service_addresses::bgp_ports(snap.configs.values(), snap.peers.values());
+    let ports =
+        brindle_api::service_addresses::bgp_ports(snap.configs.values(), snap.peers.values());
     NodeGuard {
         pod_blocked_ports: ports,
         nat_outgoing_exclusions: exclusions,

@@ -440,11 +440,7 @@ fn replace(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Re
     let mut db = lock(state);
     let k = key(t, name);
     let Some(current) = db.objects.get(&k) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{} {name:?} not found", t.collection),
-        );
+        return not_found(t, name);
     };
     let given = meta_str(&obj, "resourceVersion").unwrap_or_default();
     if !given.is_empty() && Some(given) != meta_str(current, "resourceVersion") {
@@ -469,6 +465,14 @@ fn replace(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Re
     ok(StatusCode::OK, &obj)
 }
 
+fn not_found(t: &Target, name: &str) -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{} {name:?} not found", t.collection),
+    )
+}
+
 /// A JSON merge patch (RFC 7386) of a stored object, as the API server applies
 /// `application/merge-patch+json`: no resourceVersion check unless the patch names one.
 fn patch(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Response {
@@ -482,11 +486,7 @@ fn patch(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Resp
     let mut db = lock(state);
     let k = key(t, name);
     let Some(current) = db.objects.get(&k).cloned() else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{} {name:?} not found", t.collection),
-        );
+        return not_found(t, name);
     };
     if let Some(rv) = meta_str(&p, "resourceVersion") {
         if Some(rv) != meta_str(&current, "resourceVersion") {
@@ -557,11 +557,7 @@ fn delete(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Res
     let mut db = lock(state);
     let k = key(t, name);
     let Some(current) = db.objects.get(&k) else {
-        return status(
-            StatusCode::NOT_FOUND,
-            "NotFound",
-            format!("{} {name:?} not found", t.collection),
-        );
+        return not_found(t, name);
     };
     let mismatch = want_rv.is_some_and(|rv| Some(rv) != meta_str(current, "resourceVersion"))
         || want_uid.is_some_and(|u| Some(u) != meta_str(current, "uid"));
