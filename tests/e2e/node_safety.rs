@@ -78,6 +78,17 @@ fn a_pod_cannot_send_as_another() {
         },
         |lab| {
             settled_mesh(lab);
+            // The kernel's own reverse-path check off (new namespaces may inherit the host's
+            // rp_filter): what stops the forgeries must be the agent's rule.
+            for n in ["node-0", "node-1"] {
+                lab.node(n).ns.ok(&[
+                    "sysctl",
+                    "-q",
+                    "-w",
+                    "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0",
+                ]);
+            }
             let a = lab.pod_add("a", "node-0").expect("pod a");
             let b = lab.pod_add("b", "node-0").expect("pod b");
             let c = lab.pod_add("c", "node-1").expect("pod c");
@@ -131,6 +142,20 @@ fn a_pod_cannot_send_as_another() {
                     "{pod} heard forged datagrams: {lines:?}"
                 );
             }
+            // And the rule is what dropped them: 4 forged sends of 5 datagrams from a.
+            let ns = &lab.node("node-0").ns;
+            let drops: u64 = ["iptables-legacy", "iptables-nft"]
+                .iter()
+                .map(|t| {
+                    let out = ns.run(&[t, "-t", "raw", "-L", "BRL-ANTI-SPOOF", "-v", "-x", "-n"]);
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .filter(|l| l.contains("rpfilter"))
+                        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+                        .sum::<u64>()
+                })
+                .sum();
+            assert!(drops >= 20, "BRL-ANTI-SPOOF dropped {drops} packets");
         },
     );
 }

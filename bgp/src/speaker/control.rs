@@ -37,7 +37,9 @@ pub async fn serve(speaker: Speaker, path: &Path) -> std::io::Result<()> {
     }
     // Made under a temporary name, set to 0600 (root only: it shows every peer and route),
     // then renamed into place: never reachable with looser permissions.
-    let tmp = path.with_extension("tmp");
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".tmp-{}", std::process::id()));
+    let tmp = std::path::PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
     let l = UnixListener::bind(&tmp)?;
     {

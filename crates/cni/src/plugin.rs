@@ -359,6 +359,9 @@ impl Ctx {
                     "",
                 )
             })?;
+            // The pod side too: a namespace path can outlive its sandbox (a /proc/<pid> path
+            // whose PID was reused), and a late DEL must know the interface is not its own.
+            wire::set_owner(&pod, &pod_link, &self.handle()).await?;
             wire::set_up(&pod, &pod_link).await?;
             Ok::<_, CniError>((pod_link, (ipam.assign_ipv4, ipam.assign_ipv6)))
         };
@@ -448,11 +451,22 @@ impl Ctx {
             if let Ok(netns) = File::open(path) {
                 if let Ok(ph) = wire::pod_handle(&netns, path) {
                     if let Some(l) = wire::link_by_name(&ph, &self.env.ifname).await? {
-                        if !self.primary() {
-                            wire::remove_secondary_rules(&ph, l.header.index).await?;
-                        }
-                        if wire::delete_index(&ph, l.header.index, &self.env.ifname).await? {
-                            return Ok(());
+                        let mine = self.handle();
+                        match wire::owner_of(&l) {
+                            // Unmarked: made before interfaces were marked; it is in this
+                            // sandbox's namespace, so it is this sandbox's.
+                            Some(owner) if owner != mine => {
+                                info!(container = %self.env.container_id, netns = path, owner, "DEL: the interface in CNI_NETNS belongs to another attachment; left alone");
+                            }
+                            _ => {
+                                if !self.primary() {
+                                    wire::remove_secondary_rules(&ph, l.header.index).await?;
+                                }
+                                if wire::delete_index(&ph, l.header.index, &self.env.ifname).await?
+                                {
+                                    return Ok(());
+                                }
+                            }
                         }
                     }
                 }

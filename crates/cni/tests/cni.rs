@@ -618,8 +618,14 @@ async fn a_late_del_of_an_old_sandbox_leaves_the_new_one() {
         );
     };
     intact("before the late DEL");
-    let late: [(&str, Option<String>); 3] = [
+    let late: [(&str, Option<String>); 4] = [
         ("with its namespace", Some(old_ns.path())),
+        // A namespace path that now names another sandbox's namespace (a /proc/<pid> path
+        // whose PID was reused): its eth0 is not this attachment's.
+        (
+            "with a path that now names the new sandbox",
+            Some(new_ns.path()),
+        ),
         ("without CNI_NETNS", None),
         (
             "with its namespace gone",

@@ -102,14 +102,27 @@ pub enum ConnectError {
     EtcdSettings(String),
 }
 
-/// etcd's TLS files and user, resolved ([`DatastoreArgs::etcd_files`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// etcd's TLS files and user, resolved ([`DatastoreArgs::etcd_files`]). Its `Debug` leaves
+/// the password out.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct EtcdFiles {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
     pub username: Option<String>,
     pub password: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdFiles")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// A setting from our flag or environment variable, else from Calico's variable.

@@ -145,6 +145,37 @@ async fn etcd_with_client_certificates_and_users() {
     a.etcd_password_file = Some(pw.clone());
     let s = try_list(&a).await.expect("as root");
     assert_eq!(s.all::<IPPool>().list().await.unwrap().items.len(), 1);
+    // The token expires (2 s idle here), then etcd restarts (its simple tokens are gone):
+    // the client must log in again by itself each time (an agent runs for months).
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(
+        s.all::<IPPool>()
+            .list()
+            .await
+            .expect("after the token expired")
+            .items
+            .len(),
+        1
+    );
+    let mut etcd = etcd;
+    tokio::task::block_in_place(|| etcd.restart());
+    let mut last = String::new();
+    let mut relisted = false;
+    for _ in 0..40 {
+        match s.all::<IPPool>().list().await {
+            Ok(l) => {
+                assert_eq!(l.items.len(), 1);
+                relisted = true;
+                break;
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    assert!(
+        relisted,
+        "after etcd's restart the client never got in again: {last}"
+    );
     let wrong = tempfile_with("guess");
     a.etcd_password_file = Some(wrong.clone());
     let e = try_list(&a).await.expect_err("a wrong password");

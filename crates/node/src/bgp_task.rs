@@ -47,6 +47,8 @@ pub struct BgpTask {
 }
 
 struct Running {
+    /// Peers the speaker refused, with the error last logged (said once, not per pass).
+    refused: BTreeMap<IpAddr, String>,
     speaker: Speaker,
     globals: Globals,
     peers: BTreeMap<IpAddr, DesiredPeer>,
@@ -204,6 +206,7 @@ impl BgpTask {
             }
         });
         let r = Running {
+            refused: BTreeMap::new(),
             speaker,
             globals: g.clone(),
             peers: BTreeMap::new(),
@@ -284,12 +287,21 @@ impl BgpTask {
                 r.peers.insert(*addr, d.clone());
                 continue;
             }
-            info!(peer = %addr, asn = d.asn, kind = ?d.kind, node = ?d.node, passive = d.passive, rr_client = d.rr_client, "adding peer");
+            if !r.refused.contains_key(addr) {
+                info!(peer = %addr, asn = d.asn, kind = ?d.kind, node = ?d.node, passive = d.passive, rr_client = d.rr_client, "adding peer");
+            }
             match r.speaker.add_peer(peer_config(d)).await {
                 Ok(()) => {
                     r.peers.insert(*addr, d.clone());
+                    r.refused.remove(addr);
                 }
-                Err(e) => warn!(peer = %addr, "adding peer: {e}"),
+                Err(e) => {
+                    let e = e.to_string();
+                    if r.refused.get(addr) != Some(&e) {
+                        warn!(peer = %addr, "adding peer: {e} (retried on every change, said again only if the error changes)");
+                        r.refused.insert(*addr, e);
+                    }
+                }
             }
         }
         r

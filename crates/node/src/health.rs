@@ -41,8 +41,8 @@ pub struct Health {
 #[derive(Clone, Default)]
 pub struct PeerCache(Arc<tokio::sync::Mutex<Option<Fetched>>>);
 
-/// A peer list and when it was read.
-type Fetched = (Instant, Vec<PeerStatus>);
+/// A peer list (or why there is none) and when it was asked for.
+type Fetched = (Instant, Result<Vec<PeerStatus>, String>);
 
 impl PeerCache {
     async fn get(
@@ -50,24 +50,33 @@ impl PeerCache {
         sp: &brindle_bgp::speaker::Speaker,
         m: &Metrics,
     ) -> Result<Vec<PeerStatus>, String> {
-        let mut cached = self.0.lock().await;
+        // Waiting for the one request in flight counts against the same timeout, and a
+        // failure is shared like an answer: a slow speaker costs each caller at most
+        // SPEAKER_TIMEOUT, and itself one request a second.
+        let slow = || {
+            format!(
+                "the BGP speaker did not answer within {} s",
+                SPEAKER_TIMEOUT.as_secs()
+            )
+        };
+        let started = Instant::now();
+        let Ok(mut cached) = tokio::time::timeout(SPEAKER_TIMEOUT, self.0.lock()).await else {
+            return Err(slow());
+        };
         if let Some((at, v)) = &*cached {
             if at.elapsed() < PEERS_FRESH {
-                return Ok(v.clone());
+                return v.clone();
             }
         }
         m.speaker_status_requests.inc();
-        match tokio::time::timeout(SPEAKER_TIMEOUT, sp.peers()).await {
-            Ok(Ok(v)) => {
-                *cached = Some((Instant::now(), v.clone()));
-                Ok(v)
-            }
+        let left = SPEAKER_TIMEOUT.saturating_sub(started.elapsed());
+        let got = match tokio::time::timeout(left, sp.peers()).await {
+            Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!(
-                "the BGP speaker did not answer within {} s",
-                SPEAKER_TIMEOUT.as_secs()
-            )),
-        }
+            Err(_) => Err(slow()),
+        };
+        *cached = Some((Instant::now(), got.clone()));
+        got
     }
 }
 

@@ -223,8 +223,14 @@ impl LeakTask {
         loop {
             self.pulse.beat();
             tokio::time::sleep(every).await;
-            if let Err(e) = self.pass(&mut suspects).await {
-                warn!("departed-container sweep: {e}");
+            // Bounded, as the tunnel task's pass: a hung datastore call must not stop the
+            // heartbeat (an outage is not fixed by a restart).
+            match tokio::time::timeout(Duration::from_secs(60), self.pass(&mut suspects)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("departed-container sweep: {e}"),
+                Err(_) => warn!(
+                    "departed-container sweep: did not finish within 60 s (the datastore slow?)"
+                ),
             }
         }
     }

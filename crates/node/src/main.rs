@@ -131,6 +131,10 @@ struct Args {
     /// bird`, a failed write); held prefixes are retried then too.
     #[arg(long, env = "BRINDLE_ROUTE_REFRESH_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     route_refresh_interval: Duration,
+    /// The longest one iptables or ipset tool may run before it is killed and the sync
+    /// retried (a huge legacy ruleset may need more).
+    #[arg(long, env = "BRINDLE_IPTABLES_TOOL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    iptables_tool_timeout: Duration,
     /// Tests only: `panic:<task>` or `stall:<task>` a few seconds after start.
     #[arg(long, hide = true)]
     test_fault: Option<supervise::Fault>,
@@ -468,6 +472,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 nat_outgoing_exclusions: a.nat_outgoing_exclusions,
                 workload_prefix: a.veth_prefix.clone(),
+                tool_timeout: a.iptables_tool_timeout,
                 pulse: heart.pulse(
                     "services",
                     (a.iptables_refresh_interval * 3).max(Duration::from_secs(90)),

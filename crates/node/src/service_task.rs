@@ -41,6 +41,8 @@ pub struct ServiceTask {
     /// The pods' host interfaces' prefix (anti-spoofing).
     pub workload_prefix: String,
     pub pulse: crate::supervise::Pulse,
+    /// The deadline of each iptables or ipset tool run.
+    pub tool_timeout: Duration,
 }
 
 enum Ev {
@@ -270,7 +272,10 @@ impl ServiceTask {
             tx,
             self.metrics.clone(),
         ));
-        let runner = Runner::default();
+        let runner = Runner {
+            deadline: self.tool_timeout,
+            ..Default::default()
+        };
         let mut writer = Some(Writer::new(self.backend, runner));
         let mut st = State::default();
         let mut ctx: Option<NodeContext> = None;
@@ -353,10 +358,18 @@ impl ServiceTask {
                     let Some(mut w) = writer.take() else { return };
                     let sets2 = sets.clone();
                     let started = Instant::now();
-                    let res = tokio::task::spawn_blocking(move || {
+                    let mut job = tokio::task::spawn_blocking(move || {
                         let r = w.sync_sets(&sets2).and_then(|_| w.sync(&ruleset));
                         (w, r)
-                    }).await;
+                    });
+                    // Every tool has a deadline, so the sync is bounded: waiting for it is
+                    // progress, and the loop beats meanwhile.
+                    let res = loop {
+                        tokio::select! {
+                            r = &mut job => break r,
+                            _ = self.pulse.due() => self.pulse.beat(),
+                        }
+                    };
                     let Ok((w, r)) = res else { return };
                     writer = Some(w);
                     last_sync = Instant::now();

@@ -29,6 +29,8 @@ pub struct TunnelTask {
 
 /// tunl0's drift repair (an address removed by hand, tunl0 deleted).
 const REPAIR_EVERY: Duration = Duration::from_secs(30);
+/// The longest one pass may take (datastore calls included).
+const PASS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What a pass depends on: the pools and this node's record. Other changes (pods, other
 /// nodes' blocks) cost no datastore round trip.
@@ -57,9 +59,16 @@ impl TunnelTask {
                 snap.nodes.get(&self.me.name).cloned(),
             );
             if snap.synced && (timer_fired || settled.as_ref() != Some(&inputs)) {
-                let done = self
-                    .pass(&snap, &mut address, &mut no_ipip_logged, &mut tunl0_clean)
-                    .await;
+                // Bounded: a hung datastore call must not hold the loop (its heartbeat is
+                // the agent's liveness, and a datastore outage is not fixed by a restart).
+                let pass = self.pass(&snap, &mut address, &mut no_ipip_logged, &mut tunl0_clean);
+                let done = match tokio::time::timeout(PASS_TIMEOUT, pass).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        warn!("tunnel: a pass did not finish within {} s (the datastore slow?); retrying", PASS_TIMEOUT.as_secs());
+                        false
+                    }
+                };
                 settled = done.then_some(inputs);
                 timer_fired = false;
             }

@@ -213,6 +213,9 @@ impl EtcdServer {
                 .arg("--client-cert-auth")
                 .arg("--trusted-ca-file")
                 .arg(&t.ca)
+                // Users' tokens expire after 2 s idle, so a test sees a client log in again.
+                .arg("--auth-token-ttl")
+                .arg("2")
                 // /health in plain HTTP for the readiness check (the client port wants a
                 // certificate).
                 .arg("--listen-metrics-urls")

@@ -87,7 +87,9 @@ impl EtcdBackend {
             opts = opts.with_tls(t);
         }
         if let Some((user, password)) = security.user {
-            opts = opts.with_user(user, password);
+            // etcd's tokens expire (and simple tokens die with an etcd restart): the client
+            // authenticates again when one is refused, or every request after it would fail.
+            opts = opts.with_user(user, password).with_auto_token_refresh(true);
         }
         let joined = endpoints.join(",");
         let client =
