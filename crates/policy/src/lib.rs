@@ -1,0 +1,14 @@
+//! Kubernetes NetworkPolicy for Brindle (issue 29): [`model`] holds policies, pods and
+//! namespaces as plain data, [`convert`] reads them from networking.k8s.io/v1 objects
+//! (failing closed on what it cannot read), and [`eval`] says what they mean for one
+//! connection, naming the policy and rule that decide. The agent's rendering and
+//! `brindlectl policy explain` are built on these; neither the dataplane nor the datastore
+//! is known here.
+
+pub mod convert;
+pub mod eval;
+pub mod model;
+
+pub use convert::{closed, policy, Invalid};
+pub use eval::{Conn, Decision, End, Verdict, World};
+pub use model::{NamedPort, Namespace, Peer, Pod, Policy, Port, Protocol, Rule, Selector};

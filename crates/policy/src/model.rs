@@ -1,0 +1,181 @@
+//! Kubernetes NetworkPolicy (networking.k8s.io/v1) as plain data: what a policy selects,
+//! what its rules allow. Built from the API objects by [`crate::convert`]; judged by
+//! [`crate::eval`]. Nothing here knows iptables or nftables.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+/// The label Kubernetes puts on every namespace (the upstream tests select on it).
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            "SCTP" => Some(Protocol::Sctp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+            Protocol::Sctp => "SCTP",
+        }
+    }
+}
+
+/// One `matchExpressions` term.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expr {
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+/// A Kubernetes label selector: every `matchLabels` pair and every expression must hold; an
+/// empty selector selects everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    pub labels: BTreeMap<String, String>,
+    pub exprs: Vec<Expr>,
+}
+
+impl Selector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            && self.exprs.iter().all(|e| match e {
+                Expr::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+                Expr::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+                Expr::Exists(k) => labels.contains_key(k),
+                Expr::DoesNotExist(k) => !labels.contains_key(k),
+            })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.exprs.is_empty()
+    }
+}
+
+/// Which namespaces a pod peer's pods may be in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Namespaces {
+    /// The policy's own (a peer with only a `podSelector`).
+    Own,
+    /// Those whose labels match (a peer with a `namespaceSelector`, with or without a
+    /// `podSelector`: both given = both must hold).
+    Matching(Selector),
+}
+
+/// One `from` / `to` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    Pods {
+        namespaces: Namespaces,
+        pods: Selector,
+    },
+    /// `ipBlock`: any address in `cidr` and in none of `except`.
+    Block {
+        cidr: IpNetwork,
+        except: Vec<IpNetwork>,
+    },
+}
+
+/// One `ports` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Port {
+    /// No `port`: every port of the protocol.
+    Any(Protocol),
+    /// `port` (and `endPort`): `from..=to`.
+    Range {
+        protocol: Protocol,
+        from: u16,
+        to: u16,
+    },
+    /// A named port, resolved per destination pod from its container ports.
+    Named { protocol: Protocol, name: String },
+}
+
+/// One ingress or egress rule. An empty `peers` list allows every peer, an empty `ports`
+/// list every port (the API's absent or empty `from`/`to`/`ports`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<Port>,
+}
+
+/// A NetworkPolicy. `ingress` is `Some` when the policy isolates its pods for ingress (its
+/// policyTypes include Ingress), with the rules that allow (none: deny all); `egress` alike.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pods: Selector,
+    pub ingress: Option<Vec<Rule>>,
+    pub egress: Option<Vec<Rule>>,
+}
+
+impl Policy {
+    /// `namespace/name`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether the policy applies to this pod.
+    pub fn selects(&self, pod: &Pod) -> bool {
+        !pod.host_network && pod.namespace == self.namespace && self.pods.matches(&pod.labels)
+    }
+}
+
+/// A container port a named port can resolve to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ips: Vec<IpAddr>,
+    pub ports: Vec<NamedPort>,
+    /// On the node's network: not a workload, no policy applies to it.
+    pub host_network: bool,
+    pub node: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// With `kubernetes.io/metadata.name` (the API server always sets it).
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Namespace {
+    pub fn new(name: &str, labels: &[(&str, &str)]) -> Namespace {
+        let mut l: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        l.insert(NAMESPACE_NAME_LABEL.into(), name.into());
+        Namespace {
+            name: name.into(),
+            labels: l,
+        }
+    }
+}
