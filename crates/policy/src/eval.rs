@@ -159,7 +159,8 @@ impl World {
 }
 
 /// Whether a `ports` entry admits `protocol`/`port` to `dest` (a named port resolves only
-/// against a pod's own container ports, protocol included).
+/// against a pod's own container ports, protocol included; a hostNetwork pod is not a
+/// workload and its ports resolve no name, as in Calico).
 pub fn port_matches(x: &Port, dest: Option<&Pod>, protocol: Protocol, port: u16) -> bool {
     match x {
         Port::Any(p) => *p == protocol,
@@ -170,7 +171,7 @@ pub fn port_matches(x: &Port, dest: Option<&Pod>, protocol: Protocol, port: u16)
         } => *p == protocol && (*from..=*to).contains(&port),
         Port::Named { protocol: p, name } => {
             *p == protocol
-                && dest.is_some_and(|d| {
+                && dest.filter(|d| !d.host_network).is_some_and(|d| {
                     d.ports
                         .iter()
                         .any(|n| n.name == *name && n.protocol == protocol && n.port == port)
