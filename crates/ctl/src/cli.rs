@@ -48,6 +48,9 @@ pub enum Command {
         #[arg(long)]
         refused: bool,
     },
+    /// Kubernetes NetworkPolicy: why a connection is allowed or denied.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// The node agent: BGP session status.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -133,6 +136,14 @@ pub struct LabelArgs {
     /// Change a label that already has another value.
     #[arg(long)]
     pub overwrite: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// The verdict for a new connection FROM → TO, each direction with the policy and
+    /// rule that decide it, from the datastore by the agents' own rules. FROM and TO are
+    /// namespace/pod or an address; TO may end in :PORT[/PROTO] (default 80/TCP).
+    Explain { from: String, to: String },
 }
 
 #[derive(Subcommand, Debug)]

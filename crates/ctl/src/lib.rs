@@ -15,6 +15,7 @@ mod input;
 mod ipam_cmd;
 mod kind;
 pub mod output;
+mod policy_cmd;
 mod resources;
 mod services_cmd;
 mod status;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use brindle_datastore::Store;
 use clap::CommandFactory;
 
-use cli::{Cli, Command, IpamCommand, NodeCommand};
+use cli::{Cli, Command, IpamCommand, NodeCommand, PolicyCommand};
 use client::Client;
 use resources::Verb;
 
@@ -136,6 +137,9 @@ async fn run(cli: Cli, name: &'static str) -> Result<(), Failure> {
         Command::Delete(a) => resources::delete(&c, a).await,
         Command::Label(a) => resources::label(&c, a).await,
         Command::Services { refused } => services_cmd::run(&c, &store, *refused).await,
+        Command::Policy(PolicyCommand::Explain { from, to }) => {
+            policy_cmd::explain(&store, from, to).await
+        }
         Command::Ipam(IpamCommand::Show(a)) => ipam_cmd::show(&store, a).await,
         Command::Ipam(IpamCommand::Check { output }) => {
             ipam_cmd::check(&store, output.as_deref()).await

@@ -385,6 +385,12 @@ fn check_label_key(k: &str) -> Result<(), String> {
 }
 
 pub async fn get(c: &Client, args: &GetArgs) -> Result<(), Failure> {
+    // Kubernetes' own kind, read where the agents read it.
+    if ["networkpolicies", "networkpolicy", "netpol"]
+        .contains(&args.kind.to_ascii_lowercase().as_str())
+    {
+        return crate::policy_cmd::list(&c.store).await;
+    }
     let kind = Kind::parse(&args.kind).map_err(Failure::Usage)?;
     let items = match &args.name {
         Some(n) => match c.get(kind, n).await.map_err(|e| Failure::Error(e.into()))? {

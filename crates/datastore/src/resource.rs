@@ -131,3 +131,10 @@ impl StoreResource for Service {
 impl StoreResource for EndpointSlice {
     const NAMESPACED: bool = true;
 }
+/// Namespaces' labels (NetworkPolicy namespaceSelectors).
+impl StoreResource for k8s_openapi::api::core::v1::Namespace {
+    const NAMESPACED: bool = false;
+}
+impl StoreResource for k8s_openapi::api::networking::v1::NetworkPolicy {
+    const NAMESPACED: bool = true;
+}
