@@ -243,6 +243,7 @@ pub struct Writer {
     runner: Runner,
     known: Option<HashMap<String, TableState>>,
     known_sets: Option<BTreeMap<String, Vec<Ipv4Network>>>,
+    known_policy_sets: Option<Vec<crate::policy::SetSpec>>,
     /// The `iptables-restore` input of the last sync that wrote something.
     pub last_input: String,
 }
@@ -254,6 +255,7 @@ impl Writer {
             runner,
             known: None,
             known_sets: None,
+            known_policy_sets: None,
             last_input: String::new(),
         }
     }
@@ -262,6 +264,7 @@ impl Writer {
     pub fn invalidate(&mut self) {
         self.known = None;
         self.known_sets = None;
+        self.known_policy_sets = None;
     }
 
     fn read(&self) -> Result<HashMap<String, TableState>, IptablesError> {
@@ -302,6 +305,45 @@ impl Writer {
             return Err(e);
         }
         self.known_sets = Some(sets.clone());
+        Ok(true)
+    }
+
+    /// Brings NetworkPolicy's ipsets ([`crate::policy::SetSpec`]: `hash:net`, with
+    /// `nomatch` members for ipBlock excepts, and `hash:ip,port`) to `sets`, each filled
+    /// under a temporary name and swapped in, in one `ipset restore`, when anything differs
+    /// from what was last written. Sets no longer wanted are left for the caller to destroy
+    /// once no rule names them.
+    pub fn sync_policy_sets(
+        &mut self,
+        sets: &[crate::policy::SetSpec],
+    ) -> Result<bool, IptablesError> {
+        if self.known_policy_sets.as_deref() == Some(sets) {
+            return Ok(false);
+        }
+        let mut text = String::new();
+        for s in sets {
+            let kind = match s.kind {
+                crate::policy::SetKind::Net => "hash:net",
+                crate::policy::SetKind::IpPort => "hash:ip,port",
+            };
+            let name = &s.name;
+            let tmp = format!("{}-tmp", &name[..name.len().min(27)]);
+            text.push_str(&format!(
+                "create {name} {kind} family inet -exist\ncreate {tmp} {kind} family inet -exist\nflush {tmp}\n"
+            ));
+            for m in &s.members {
+                text.push_str(&format!("add {tmp} {m}\n"));
+            }
+            text.push_str(&format!("swap {tmp} {name}\ndestroy {tmp}\n"));
+        }
+        if let Err(e) = self
+            .runner
+            .run(&["ipset", "restore", "-exist"], Some(&text))
+        {
+            self.known_policy_sets = None;
+            return Err(e);
+        }
+        self.known_policy_sets = Some(sets.to_vec());
         Ok(true)
     }
 

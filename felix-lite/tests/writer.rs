@@ -138,3 +138,47 @@ fn writes_only_what_changed_and_never_touches_others() {
         "{text}"
     );
 }
+
+/// NetworkPolicy's sets against the real ipset: an ipBlock's except is a `nomatch` member
+/// (the block matches around it), a named port is an address, protocol and port.
+#[test]
+fn policy_sets_hold_excepts_and_named_ports() {
+    use brindle_felix_lite::policy::{SetKind, SetSpec};
+    let ns = Netns::new("brl-ps");
+    let mut w = writer(&ns);
+    let sets = vec![
+        SetSpec {
+            name: "brl40b-test".into(),
+            kind: SetKind::Net,
+            members: vec!["198.51.100.0/24".into(), "198.51.100.7/32 nomatch".into()],
+        },
+        SetSpec {
+            name: "brl40n-test".into(),
+            kind: SetKind::IpPort,
+            members: vec!["10.0.0.1,tcp:8080".into(), "10.0.0.2,udp:53".into()],
+        },
+    ];
+    assert!(w.sync_policy_sets(&sets).unwrap());
+    assert!(
+        !w.sync_policy_sets(&sets).unwrap(),
+        "nothing to write the second time"
+    );
+    let test = |set: &str, member: &str| ns.run(&["ipset", "test", set, member]).status.success();
+    assert!(test("brl40b-test", "198.51.100.8"));
+    assert!(!test("brl40b-test", "198.51.100.7"), "the except");
+    assert!(!test("brl40b-test", "198.51.101.1"));
+    assert!(test("brl40n-test", "10.0.0.1,tcp:8080"));
+    assert!(
+        !test("brl40n-test", "10.0.0.1,udp:8080"),
+        "the protocol counts"
+    );
+    assert!(test("brl40n-test", "10.0.0.2,udp:53"));
+    // A member gone is gone after the next sync (the set is swapped whole).
+    let mut fewer = sets.clone();
+    fewer[1].members.pop();
+    assert!(w.sync_policy_sets(&fewer).unwrap());
+    assert!(!test("brl40n-test", "10.0.0.2,udp:53"));
+    for s in ["brl40b-test", "brl40n-test"] {
+        ns.run(&["ipset", "destroy", s]);
+    }
+}
