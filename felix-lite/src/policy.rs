@@ -20,7 +20,7 @@ use std::net::IpAddr;
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
 use brindle_policy::model::Protocol;
 
-use crate::proxy::rules::{hash16, Chain, Rule, TableRules};
+use crate::proxy::rules::{hash16, Chain, Jump, Rule, TableRules};
 
 pub const FROM_WL: &str = "BRL-FROM-WL-DISPATCH";
 pub const TO_WL: &str = "BRL-TO-WL-DISPATCH";
@@ -139,6 +139,21 @@ pub fn render(prog: &Program, local: &[LocalEndpoint]) -> PolicyRules {
         });
     }
     out.filter.chains = chains;
+    // Forwarded traffic from a pod is judged by its egress chain, to a pod by its ingress
+    // chain (which clears the mark the egress chain set and sets its own), and what both
+    // allowed is accepted. (Traffic between a pod and its own node: not yet.)
+    let jump = |comment: &str, body: String| Jump {
+        chain: "FORWARD",
+        rule: Rule::new("FORWARD", comment, &body),
+    };
+    out.filter.jumps = vec![
+        jump("brindle policy: from pods", format!("-i brl+ -j {FROM_WL}")),
+        jump("brindle policy: to pods", format!("-o brl+ -j {TO_WL}")),
+        jump(
+            "brindle policy: allowed",
+            format!("-m mark --mark {} -j ACCEPT", mark()),
+        ),
+    ];
     out
 }
 
