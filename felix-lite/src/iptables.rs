@@ -288,14 +288,12 @@ impl Writer {
         }
         let mut text = String::new();
         for (name, nets) in sets {
-            let tmp = format!("{}-tmp", &name[..name.len().min(27)]);
-            text.push_str(&format!(
-                "create {name} hash:net family inet -exist\ncreate {tmp} hash:net family inet -exist\nflush {tmp}\n"
-            ));
-            for n in nets {
-                text.push_str(&format!("add {tmp} {n}\n"));
-            }
-            text.push_str(&format!("swap {tmp} {name}\ndestroy {tmp}\n"));
+            swap_in(
+                &mut text,
+                name,
+                "hash:net",
+                nets.iter().map(ToString::to_string),
+            );
         }
         if let Err(e) = self
             .runner
@@ -326,15 +324,7 @@ impl Writer {
                 crate::policy::SetKind::Net => "hash:net",
                 crate::policy::SetKind::IpPort => "hash:ip,port",
             };
-            let name = &s.name;
-            let tmp = format!("{}-tmp", &name[..name.len().min(27)]);
-            text.push_str(&format!(
-                "create {name} {kind} family inet -exist\ncreate {tmp} {kind} family inet -exist\nflush {tmp}\n"
-            ));
-            for m in &s.members {
-                text.push_str(&format!("add {tmp} {m}\n"));
-            }
-            text.push_str(&format!("swap {tmp} {name}\ndestroy {tmp}\n"));
+            swap_in(&mut text, &s.name, kind, s.members.iter().cloned());
         }
         if let Err(e) = self
             .runner
@@ -392,6 +382,18 @@ impl Writer {
         self.last_input = input;
         Ok(report)
     }
+}
+
+/// `ipset restore` lines that fill `name` under a temporary name and swap it in whole.
+fn swap_in(text: &mut String, name: &str, kind: &str, members: impl Iterator<Item = String>) {
+    let tmp = format!("{}-tmp", &name[..name.len().min(27)]);
+    text.push_str(&format!(
+        "create {name} {kind} family inet -exist\ncreate {tmp} {kind} family inet -exist\nflush {tmp}\n"
+    ));
+    for m in members {
+        text.push_str(&format!("add {tmp} {m}\n"));
+    }
+    text.push_str(&format!("swap {tmp} {name}\ndestroy {tmp}\n"));
 }
 
 struct Diff {
