@@ -18,7 +18,6 @@
 use std::net::IpAddr;
 
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
-use brindle_policy::model::Protocol;
 
 use crate::proxy::rules::{hash16, Chain, Jump, Rule, TableRules};
 
@@ -53,14 +52,6 @@ pub struct SetSpec {
 pub struct PolicyRules {
     pub filter: TableRules,
     pub sets: Vec<SetSpec>,
-}
-
-fn proto(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Tcp => "tcp",
-        Protocol::Udp => "udp",
-        Protocol::Sctp => "sctp",
-    }
 }
 
 fn mark() -> String {
@@ -104,7 +95,7 @@ pub fn render(prog: &Program, local: &[LocalEndpoint]) -> PolicyRules {
             members: members
                 .iter()
                 .filter(|(ip, _)| ip.is_ipv4())
-                .map(|(ip, port)| format!("{ip},{}:{port}", proto(key.protocol)))
+                .map(|(ip, port)| format!("{ip},{}:{port}", key.protocol.lower()))
                 .collect(),
         });
     }
@@ -205,16 +196,16 @@ fn rule_lines(
         r.ports
             .iter()
             .map(|p| match p {
-                PortMatch::Protocol(pr) => format!("-p {}", proto(*pr)),
+                PortMatch::Protocol(pr) => format!("-p {}", pr.lower()),
                 PortMatch::Range { protocol, from, to } if from == to => {
-                    format!("-p {0} -m {0} --dport {from}", proto(*protocol))
+                    format!("-p {0} -m {0} --dport {from}", protocol.lower())
                 }
                 PortMatch::Range { protocol, from, to } => {
-                    format!("-p {0} -m {0} --dport {from}:{to}", proto(*protocol))
+                    format!("-p {0} -m {0} --dport {from}:{to}", protocol.lower())
                 }
                 PortMatch::Named(k) => format!(
                     "-p {} -m set --match-set {} dst,dst",
-                    proto(k.protocol),
+                    k.protocol.lower(),
                     named_set(k)
                 ),
             })
@@ -296,7 +287,8 @@ fn endpoint_chain(name: &str, ingress: bool, policies: &[String]) -> Chain {
 mod tests {
     use super::*;
     use brindle_policy::model::{
-        NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Rule as PRule, Selector,
+        NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule as PRule,
+        Selector,
     };
     use brindle_policy::World;
 

@@ -142,12 +142,13 @@ pub fn service_ports(
         let node_port = match p.node_port.filter(|_| with_node_port) {
             None => None,
             Some(n) => match port_ok(n) {
-                Some(n) if reserved.refuse_node_port(n).is_some() => {
-                    let why = reserved.refuse_node_port(n).unwrap_or_default();
-                    skip(&key, format!("port {pname:?}: {why}: refused"));
-                    continue;
+                Some(n) => {
+                    if let Some(why) = reserved.refuse_node_port(n) {
+                        skip(&key, format!("port {pname:?}: {why}: refused"));
+                        continue;
+                    }
+                    Some(n)
                 }
-                Some(n) => Some(n),
                 None => {
                     skip(&key, format!("port {pname:?}: nodePort {n} is not 1-65535"));
                     continue;

@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 /// The label Kubernetes puts on every namespace (the upstream tests select on it).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
+/// A Kubernetes protocol: Services (felix-lite's proxy) and NetworkPolicy use this one type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
@@ -18,6 +19,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Kubernetes' spelling (`TCP`, `UDP`, `SCTP`); anything else is refused.
     pub fn parse(s: &str) -> Option<Protocol> {
         match s {
             "TCP" => Some(Protocol::Tcp),
@@ -32,6 +34,15 @@ impl Protocol {
             Protocol::Tcp => "TCP",
             Protocol::Udp => "UDP",
             Protocol::Sctp => "SCTP",
+        }
+    }
+
+    /// iptables' and ipset's spelling (and kube-proxy's hash input).
+    pub fn lower(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
         }
     }
 }

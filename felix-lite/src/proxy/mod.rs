@@ -13,32 +13,8 @@ use std::net::Ipv4Addr;
 
 use ipnetwork::Ipv4Network;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-impl Protocol {
-    /// Kubernetes' spelling (`TCP`, `UDP`, `SCTP`); anything else is refused.
-    pub fn parse(s: &str) -> Option<Protocol> {
-        match s {
-            "TCP" => Some(Protocol::Tcp),
-            "UDP" => Some(Protocol::Udp),
-            "SCTP" => Some(Protocol::Sctp),
-            _ => None,
-        }
-    }
-    /// iptables' and kube-proxy's hash input spelling.
-    pub fn lower(self) -> &'static str {
-        match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-            Protocol::Sctp => "sctp",
-        }
-    }
-}
+/// The Kubernetes protocol, shared with NetworkPolicy.
+pub use brindle_policy::model::Protocol;
 
 /// One endpoint of a service port, from an EndpointSlice (port already resolved).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
