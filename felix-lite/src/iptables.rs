@@ -5,7 +5,7 @@
 //! written since; [`Writer::invalidate`] (the periodic refresh, or a failure) makes the next
 //! sync read it again, which is how drift is repaired.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -243,7 +243,9 @@ pub struct Writer {
     runner: Runner,
     known: Option<HashMap<String, TableState>>,
     known_sets: Option<BTreeMap<String, Vec<Ipv4Network>>>,
-    known_policy_sets: Option<Vec<crate::policy::SetSpec>>,
+    known_policy_sets: Option<HashMap<String, crate::policy::SetSpec>>,
+    /// The policy set names after the last clean-up of stale ones.
+    policy_set_names: Option<BTreeSet<String>>,
     /// The `iptables-restore` input of the last sync that wrote something.
     pub last_input: String,
 }
@@ -256,6 +258,7 @@ impl Writer {
             known: None,
             known_sets: None,
             known_policy_sets: None,
+            policy_set_names: None,
             last_input: String::new(),
         }
     }
@@ -265,6 +268,7 @@ impl Writer {
         self.known = None;
         self.known_sets = None;
         self.known_policy_sets = None;
+        self.policy_set_names = None;
     }
 
     fn read(&self) -> Result<HashMap<String, TableState>, IptablesError> {
@@ -307,34 +311,73 @@ impl Writer {
     }
 
     /// Brings NetworkPolicy's ipsets ([`crate::policy::SetSpec`]: `hash:net`, with
-    /// `nomatch` members for ipBlock excepts, and `hash:ip,port`) to `sets`, each filled
-    /// under a temporary name and swapped in, in one `ipset restore`, when anything differs
-    /// from what was last written. Sets no longer wanted are left for the caller to destroy
-    /// once no rule names them.
+    /// `nomatch` members for ipBlock excepts, and `hash:ip,port`) to `sets`: each one that
+    /// differs from what was last written is filled under a temporary name and swapped in,
+    /// all in one `ipset restore`. Returns how many were written. Sets no longer wanted are
+    /// left for [`Writer::destroy_stale_policy_sets`], once no rule names them.
     pub fn sync_policy_sets(
         &mut self,
         sets: &[crate::policy::SetSpec],
-    ) -> Result<bool, IptablesError> {
-        if self.known_policy_sets.as_deref() == Some(sets) {
-            return Ok(false);
-        }
+    ) -> Result<usize, IptablesError> {
+        let known = self.known_policy_sets.take().unwrap_or_default();
         let mut text = String::new();
+        let mut written = 0;
         for s in sets {
+            if known.get(&s.name) == Some(s) {
+                continue;
+            }
             let kind = match s.kind {
                 crate::policy::SetKind::Net => "hash:net",
                 crate::policy::SetKind::IpPort => "hash:ip,port",
             };
             swap_in(&mut text, &s.name, kind, s.members.iter().cloned());
+            written += 1;
         }
-        if let Err(e) = self
-            .runner
-            .run(&["ipset", "restore", "-exist"], Some(&text))
-        {
-            self.known_policy_sets = None;
+        if written > 0 {
+            self.runner
+                .run(&["ipset", "restore", "-exist"], Some(&text))?;
+        }
+        let mut now: HashMap<String, crate::policy::SetSpec> = known;
+        now.retain(|name, _| sets.iter().any(|s| &s.name == name));
+        for s in sets {
+            now.insert(s.name.clone(), s.clone());
+        }
+        self.known_policy_sets = Some(now);
+        Ok(written)
+    }
+
+    /// Destroys NetworkPolicy's ipsets that `sets` no longer has (run after the rules that
+    /// named them are gone). A set still in use (a rule of someone else's names it) stays and
+    /// is tried again next time. Returns the names destroyed.
+    pub fn destroy_stale_policy_sets(
+        &mut self,
+        sets: &[crate::policy::SetSpec],
+    ) -> Result<Vec<String>, IptablesError> {
+        let names: BTreeSet<&str> = sets.iter().map(|s| s.name.as_str()).collect();
+        if self.policy_set_names.as_ref() == Some(&names.iter().map(|n| n.to_string()).collect()) {
+            return Ok(vec![]);
+        }
+        let listed = self.runner.run(&["ipset", "list", "-n"], None)?;
+        let mut destroyed = vec![];
+        let mut failed = None;
+        for name in listed.lines().map(str::trim) {
+            let ours = crate::policy::SET_PREFIXES
+                .iter()
+                .any(|p| name.starts_with(p));
+            if !ours || names.contains(name) {
+                continue;
+            }
+            match self.runner.run(&["ipset", "destroy", name], None) {
+                Ok(_) => destroyed.push(name.to_string()),
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            self.policy_set_names = None;
             return Err(e);
         }
-        self.known_policy_sets = Some(sets.to_vec());
-        Ok(true)
+        self.policy_set_names = Some(names.iter().map(|n| n.to_string()).collect());
+        Ok(destroyed)
     }
 
     /// Brings our chains and jumps to `want`, writing only what differs.
@@ -414,6 +457,16 @@ impl Diff {
         }
         state.jump_texts.extend(self.jump_texts);
     }
+}
+
+/// The text of one of our jumps, as read or as we wrote it.
+fn jump_text(have: &TableState, d: &Diff, h: u64) -> Option<String> {
+    have.jump_texts.get(&h).cloned().or_else(|| {
+        d.jump_texts
+            .iter()
+            .find(|(x, _)| *x == h)
+            .map(|(_, t)| t.clone())
+    })
 }
 
 /// The kernel's chain holds exactly these rules of ours, in this order, and nothing else.
@@ -499,10 +552,34 @@ fn diff(
                 report.jumps_removed += 1;
             }
         }
-        for j in want.jumps.iter().filter(|j| j.chain == b).rev() {
-            if !rules.contains(&Some(j.rule.hash)) {
-                edits.push_str(&format!("-I {b} 1 {}\n", j.rule.text));
-                rules.insert(0, Some(j.rule.hash));
+        // Ours must stand in the order given (the guard before the policy's accept, the
+        // policy before the Services' accepts): when one is missing or they are out of
+        // order, all of ours go and are inserted again together, in one restore.
+        let present: Vec<u64> = rules
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|h| ours.contains(h))
+            .collect();
+        if present != ours {
+            // Where the first of ours stood (the top when none is there): a foreign rule
+            // above them stays above.
+            let at = rules
+                .iter()
+                .position(|r| r.is_some_and(|h| ours.contains(&h)))
+                .unwrap_or(0);
+            for h in present {
+                if let Some(text) = jump_text(have, &d, h) {
+                    edits.push_str(&format!("-D {b} {text}\n"));
+                    if let Some(i) = rules.iter().position(|r| *r == Some(h)) {
+                        rules.remove(i);
+                    }
+                    report.jumps_removed += 1;
+                }
+            }
+            for j in want.jumps.iter().filter(|j| j.chain == b).rev() {
+                edits.push_str(&format!("-I {b} {} {}\n", at + 1, j.rule.text));
+                rules.insert(at, Some(j.rule.hash));
                 d.jump_texts.push((j.rule.hash, j.rule.text.to_string()));
                 report.jumps_inserted += 1;
             }

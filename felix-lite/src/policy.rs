@@ -1,10 +1,14 @@
 //! NetworkPolicy in iptables (issue 29): the compiled policies
 //! ([`brindle_policy::compile::Program`]) as filter chains and ipsets, Calico's shape with
-//! our names. Not wired into the agent yet: this is the rendering, checked on its own.
+//! our names.
 //!
 //! - `BRL-FROM-WL-DISPATCH` / `BRL-TO-WL-DISPATCH`: `-i`/`-o <veth> -g BRL-FW-/BRL-TW-<veth>`
 //!   per local pod, and DROP for any other pod interface, so a pod whose chains do not exist
 //!   yet sends and receives nothing (the first-instant rule).
+//! - Where they are reached ([`merge`]): FORWARD (from a pod: its egress; to a pod: its
+//!   ingress; what both allow is accepted after the Services' own FORWARD rules) and INPUT
+//!   (a pod to its own node: its egress, and then the host's own INPUT rules still apply).
+//!   Nothing in OUTPUT: a node always reaches its own pods (kubelet probes).
 //! - `BRL-FW-<veth>` (from the pod: egress) / `BRL-TW-<veth>` (to it: ingress): replies of
 //!   allowed connections pass, INVALID drops, then each policy isolating the pod in that
 //!   direction, in order, until one sets the accept mark; isolated and not allowed: DROP;
@@ -19,12 +23,44 @@ use std::net::IpAddr;
 
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
 
-use crate::proxy::rules::{hash16, Chain, Jump, Rule, TableRules};
+use crate::proxy::rules::{
+    hash16, Chain, Jump, Rule, Ruleset, TableRules, FORWARD as FORWARD_CHAIN,
+};
 
 pub const FROM_WL: &str = "BRL-FROM-WL-DISPATCH";
 pub const TO_WL: &str = "BRL-TO-WL-DISPATCH";
-/// The accept mark (Calico's 0x10000), apart from kube-proxy's masquerade bit (0x4000).
-pub const ACCEPT_MARK: u32 = 0x10000;
+/// The accept mark's default bit (Calico's 0x10000), apart from kube-proxy's masquerade bit
+/// (14, 0x4000).
+pub const DEFAULT_ACCEPT_BIT: u8 = 16;
+
+/// What the rendering needs from the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyContext {
+    /// The pods' host interfaces' prefix (`brl`).
+    pub workload_prefix: String,
+    /// The mark bit that says "policy allowed this packet"; never the masquerade bit.
+    pub accept_bit: u8,
+}
+
+impl Default for PolicyContext {
+    fn default() -> Self {
+        PolicyContext {
+            workload_prefix: "brl".into(),
+            accept_bit: DEFAULT_ACCEPT_BIT,
+        }
+    }
+}
+
+impl PolicyContext {
+    fn mark(&self) -> String {
+        let m = 1u32 << self.accept_bit;
+        format!("{m:#x}/{m:#x}")
+    }
+
+    fn clear(&self) -> String {
+        format!("0x0/{:#x}", 1u32 << self.accept_bit)
+    }
+}
 
 /// A pod on this node: its host interface and its IPv4 address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,16 +90,14 @@ pub struct PolicyRules {
     pub sets: Vec<SetSpec>,
 }
 
-fn mark() -> String {
-    format!("{ACCEPT_MARK:#x}/{ACCEPT_MARK:#x}")
-}
-
 /// `BRL-PI-…` (ingress) or `BRL-PO-…` (egress) for a policy id.
 pub fn policy_chain(ingress: bool, id: &str) -> String {
     format!("BRL-P{}-{}", if ingress { "I" } else { "O" }, hash16(id))
 }
 
-pub fn render(prog: &Program, local: &[LocalEndpoint]) -> PolicyRules {
+/// The chains, jumps and sets for `local` (this node's pod interfaces) under `prog`. An
+/// interface not in `local` passes nothing.
+pub fn render(prog: &Program, local: &[LocalEndpoint], ctx: &PolicyContext) -> PolicyRules {
     let mut out = PolicyRules::default();
     let mut chains = vec![];
     for (ingress, policies) in [(true, &prog.ingress), (false, &prog.egress)] {
@@ -71,15 +105,14 @@ pub fn render(prog: &Program, local: &[LocalEndpoint]) -> PolicyRules {
             let name = policy_chain(ingress, id);
             let mut lines = vec![];
             for (i, r) in rules.iter().enumerate() {
-                rule_lines(&name, id, i, r, ingress, &mut lines, &mut out.sets);
+                rule_lines(&name, id, i, r, ingress, ctx, &mut lines, &mut out.sets);
             }
             chains.push(Chain { name, rules: lines });
         }
     }
     for (key, members) in &prog.selector_sets {
-        let name = format!("brl40s-{}", hash16(&format!("{key:?}")));
         out.sets.push(SetSpec {
-            name,
+            name: selector_set(key),
             kind: SetKind::Net,
             members: members
                 .iter()
@@ -103,7 +136,12 @@ pub fn render(prog: &Program, local: &[LocalEndpoint]) -> PolicyRules {
     out.sets.dedup_by(|a, b| a.name == b.name);
     let mut from = vec![];
     let mut to = vec![];
+    let mut seen = std::collections::BTreeSet::new();
     for e in local.iter().filter(|e| e.ip.is_ipv4()) {
+        // One interface, one pair of chains (a pod's second IPv4 address changes nothing).
+        if !seen.insert(&e.veth) {
+            continue;
+        }
         let ep = prog.endpoints.get(&e.ip).cloned().unwrap_or_default();
         for (ingress, ids, dispatch, prefix, dir) in [
             (false, &ep.egress, &mut from, "BRL-FW-", "-i"),
@@ -115,14 +153,15 @@ pub fn render(prog: &Program, local: &[LocalEndpoint]) -> PolicyRules {
                 "",
                 &format!("{dir} {} -g {name}", e.veth),
             ));
-            chains.push(endpoint_chain(&name, ingress, ids));
+            chains.push(endpoint_chain(&name, ingress, ids, ctx));
         }
     }
+    let any = format!("{}+", ctx.workload_prefix);
     for (name, list, dir) in [(FROM_WL, &mut from, "-i"), (TO_WL, &mut to, "-o")] {
         list.push(Rule::new(
             name,
             "brindle: a pod interface with no chains yet (or unknown) passes nothing",
-            &format!("{dir} brl+ -j DROP"),
+            &format!("{dir} {any} -j DROP"),
         ));
         chains.push(Chain {
             name: name.into(),
@@ -130,35 +169,90 @@ pub fn render(prog: &Program, local: &[LocalEndpoint]) -> PolicyRules {
         });
     }
     out.filter.chains = chains;
-    // Forwarded traffic from a pod is judged by its egress chain, to a pod by its ingress
-    // chain (which clears the mark the egress chain set and sets its own), and what both
-    // allowed is accepted. (Traffic between a pod and its own node: not yet.)
-    let jump = |comment: &str, body: String| Jump {
-        chain: "FORWARD",
-        rule: Rule::new("FORWARD", comment, &body),
+    let jump = |chain: &'static str, comment: &str, body: String| Jump {
+        chain,
+        rule: Rule::new(chain, comment, &body),
     };
     out.filter.jumps = vec![
-        jump("brindle policy: from pods", format!("-i brl+ -j {FROM_WL}")),
-        jump("brindle policy: to pods", format!("-o brl+ -j {TO_WL}")),
         jump(
-            "brindle policy: allowed",
-            format!("-m mark --mark {} -j ACCEPT", mark()),
+            "FORWARD",
+            "brindle policy: from pods",
+            format!("-i {any} -j {FROM_WL}"),
+        ),
+        jump(
+            "FORWARD",
+            "brindle policy: to pods",
+            format!("-o {any} -j {TO_WL}"),
+        ),
+        jump(
+            "FORWARD",
+            ALLOWED,
+            format!("-m mark --mark {} -j ACCEPT", ctx.mark()),
+        ),
+        jump(
+            "INPUT",
+            "brindle policy: from pods to this node",
+            format!("-i {any} -j {FROM_WL}"),
         ),
     ];
     out
+}
+
+const ALLOWED: &str = "brindle policy: allowed";
+
+/// `ruleset` (the Services' and the node guard's rules) with the policy's chains and jumps
+/// in their places. FORWARD: the node guard and the load balancer firewall first (they only
+/// drop), then the policy's dispatch, then the Services' own FORWARD rules (which accept
+/// replies and marked traffic: after policy, never before it), then the policy's accept.
+/// INPUT: after ours (which only drop), a pod's egress; what it allows goes on to the host's
+/// own INPUT rules (replies of allowed connections are accepted there).
+pub fn merge(ruleset: &mut Ruleset, policy: &PolicyRules) {
+    let f = &mut ruleset.filter;
+    f.chains.extend(policy.filter.chains.iter().cloned());
+    let (accept, dispatch): (Vec<&Jump>, Vec<&Jump>) = policy
+        .filter
+        .jumps
+        .iter()
+        .partition(|j| j.rule.text.contains(ALLOWED));
+    let forward_rules = format!("-j {FORWARD_CHAIN}");
+    for j in dispatch {
+        let at = if j.chain == "FORWARD" {
+            f.jumps
+                .iter()
+                .position(|x| x.chain == "FORWARD" && x.rule.text.ends_with(&forward_rules))
+        } else {
+            f.jumps
+                .iter()
+                .rposition(|x| x.chain == j.chain)
+                .map(|i| i + 1)
+        };
+        f.jumps.insert(at.unwrap_or(f.jumps.len()), j.clone());
+    }
+    f.jumps.extend(accept.into_iter().cloned());
+}
+
+fn selector_set(key: &brindle_policy::compile::SelectorKey) -> String {
+    format!("brl40s-{}", hash16(&format!("{key:?}")))
 }
 
 fn named_set(key: &brindle_policy::compile::NamedKey) -> String {
     format!("brl40n-{}", hash16(&format!("{key:?}")))
 }
 
+/// The ipsets of NetworkPolicy: every name starts with one of these.
+pub const SET_PREFIXES: [&str; 3] = ["brl40s-", "brl40b-", "brl40n-"];
+
 /// A rule's lines: every peer × port combination sets the accept mark; then return if set.
+/// A rule whose every peer is of the other family matches nothing here (it is skipped, never
+/// read as "any peer").
+#[allow(clippy::too_many_arguments)]
 fn rule_lines(
     chain: &str,
     id: &str,
     i: usize,
     r: &CompiledRule,
     ingress: bool,
+    ctx: &PolicyContext,
     lines: &mut Vec<Rule>,
     sets: &mut Vec<SetSpec>,
 ) {
@@ -171,11 +265,12 @@ fn rule_lines(
     } else {
         r.peers
             .iter()
-            .map(|p| match p {
-                PeerMatch::Set(key) => format!(
-                    "-m set --match-set brl40s-{} {peer_dir}",
-                    hash16(&format!("{key:?}"))
-                ),
+            .filter_map(|p| match p {
+                PeerMatch::Set(key) => Some(format!(
+                    "-m set --match-set {} {peer_dir}",
+                    selector_set(key)
+                )),
+                PeerMatch::Block { cidr, .. } if !cidr.is_ipv4() => None,
                 PeerMatch::Block { cidr, except } => {
                     let name = format!("brl40b-{}", hash16(&format!("{cidr} {except:?}")));
                     let mut members = vec![cidr.to_string()];
@@ -185,11 +280,14 @@ fn rule_lines(
                         kind: SetKind::Net,
                         members,
                     });
-                    format!("-m set --match-set {name} {peer_dir}")
+                    Some(format!("-m set --match-set {name} {peer_dir}"))
                 }
             })
             .collect()
     };
+    if peers.is_empty() {
+        return;
+    }
     let ports: Vec<String> = if r.ports.is_empty() {
         vec![String::new()]
     } else {
@@ -211,6 +309,7 @@ fn rule_lines(
             })
             .collect()
     };
+    let mark = ctx.mark();
     for peer in &peers {
         for port in &ports {
             let m = [peer.as_str(), port.as_str()]
@@ -220,9 +319,9 @@ fn rule_lines(
                 .collect::<Vec<_>>()
                 .join(" ");
             let body = if m.is_empty() {
-                format!("-j MARK --set-xmark {}", mark())
+                format!("-j MARK --set-xmark {mark}")
             } else {
-                format!("{m} -j MARK --set-xmark {}", mark())
+                format!("{m} -j MARK --set-xmark {mark}")
             };
             lines.push(Rule::new(chain, &comment, &body));
         }
@@ -230,12 +329,13 @@ fn rule_lines(
     lines.push(Rule::new(
         chain,
         &comment,
-        &format!("-m mark --mark {} -j RETURN", mark()),
+        &format!("-m mark --mark {mark} -j RETURN"),
     ));
 }
 
-fn endpoint_chain(name: &str, ingress: bool, policies: &[String]) -> Chain {
-    let m = mark();
+fn endpoint_chain(name: &str, ingress: bool, policies: &[String], ctx: &PolicyContext) -> Chain {
+    let m = ctx.mark();
+    let clear = ctx.clear();
     let mut rules = vec![
         Rule::new(
             name,
@@ -243,20 +343,13 @@ fn endpoint_chain(name: &str, ingress: bool, policies: &[String]) -> Chain {
             "-m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
         ),
         Rule::new(name, "", "-m conntrack --ctstate INVALID -j DROP"),
-        Rule::new(
-            name,
-            "",
-            &format!("-j MARK --set-xmark 0x0/{ACCEPT_MARK:#x}"),
-        ),
+        Rule::new(name, "", &format!("-j MARK --set-xmark {clear}")),
     ];
     for id in policies {
         rules.push(Rule::new(
             name,
             id,
-            &format!(
-                "-m mark --mark 0x0/{ACCEPT_MARK:#x} -j {}",
-                policy_chain(ingress, id)
-            ),
+            &format!("-m mark --mark {clear} -j {}", policy_chain(ingress, id)),
         ));
         rules.push(Rule::new(
             name,
@@ -357,7 +450,7 @@ mod tests {
                 ip: "10.0.0.2".parse().unwrap(),
             },
         ];
-        let r = render(&prog, &local);
+        let r = render(&prog, &local, &PolicyContext::default());
         let chain = |n: &str| {
             r.filter
                 .chains
@@ -428,5 +521,56 @@ mod tests {
             set("brl40n-").members,
             vec!["10.0.0.1,tcp:8080", "10.0.0.2,tcp:8080"]
         );
+    }
+
+    #[test]
+    fn merged_policy_sits_after_the_guard_and_before_the_services_accepts() {
+        use crate::proxy::rules::{assemble, FORWARD, HOST_GUARD, SERVICES};
+        use crate::proxy::{NatOutgoingExclusions, NodeContext, NodeGuard};
+        let ctx = NodeContext {
+            node: "n1".into(),
+            zone: None,
+            masquerade_bit: 14,
+        };
+        let guard = NodeGuard {
+            pod_blocked_ports: vec![179],
+            nat_outgoing_exclusions: NatOutgoingExclusions::IPPoolsAndHostIPs,
+            workload_prefix: "brl".into(),
+        };
+        let mut r = assemble(&ctx, &guard, []);
+        let p = render(&Program::default(), &[], &PolicyContext::default());
+        merge(&mut r, &p);
+        let order = |chain: &str| -> Vec<String> {
+            r.filter
+                .jumps
+                .iter()
+                .filter(|j| j.chain == chain)
+                .map(|j| j.rule.text.to_string())
+                .collect()
+        };
+        let fwd = order("FORWARD");
+        let at = |what: &str| {
+            fwd.iter()
+                .position(|t| t.ends_with(what))
+                .unwrap_or_else(|| panic!("{what} in {fwd:?}"))
+        };
+        assert!(fwd[0].ends_with(&format!("-j {HOST_GUARD}")), "{fwd:?}");
+        assert!(at(&format!("-j {FROM_WL}")) < at(&format!("-j {TO_WL}")));
+        assert!(at(&format!("-j {TO_WL}")) < at(&format!("-j {FORWARD}")));
+        assert!(at(&format!("-j {FORWARD}")) < at(&format!("-j {SERVICES}")));
+        assert!(fwd
+            .last()
+            .unwrap()
+            .ends_with("-m mark --mark 0x10000/0x10000 -j ACCEPT"));
+        let input = order("INPUT");
+        assert!(input[0].ends_with(&format!("-j {HOST_GUARD}")), "{input:?}");
+        assert!(
+            input
+                .last()
+                .unwrap()
+                .ends_with(&format!("-i brl+ -j {FROM_WL}")),
+            "{input:?}"
+        );
+        assert!(order("OUTPUT").iter().all(|t| !t.contains("WL-DISPATCH")));
     }
 }

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use brindle_felix_lite::iptables::{Backend, Runner, Writer};
-use brindle_felix_lite::policy::{render, LocalEndpoint};
+use brindle_felix_lite::policy::{render, LocalEndpoint, PolicyContext};
 use brindle_felix_lite::proxy::rules::{Ruleset, TableRules};
 use brindle_policy::compile::Program;
 use brindle_policy::model::{
@@ -174,7 +174,7 @@ fn only_what_the_policy_allows_reaches_an_isolated_pod() {
             ip: ip.parse().unwrap(),
         })
         .collect();
-    let rendered = render(&prog, &local);
+    let rendered = render(&prog, &local, &PolicyContext::default());
     let mut w = Writer::new(
         Backend::Legacy,
         Runner {

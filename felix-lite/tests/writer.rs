@@ -158,9 +158,10 @@ fn policy_sets_hold_excepts_and_named_ports() {
             members: vec!["10.0.0.1,tcp:8080".into(), "10.0.0.2,udp:53".into()],
         },
     ];
-    assert!(w.sync_policy_sets(&sets).unwrap());
-    assert!(
-        !w.sync_policy_sets(&sets).unwrap(),
+    assert_eq!(w.sync_policy_sets(&sets).unwrap(), 2);
+    assert_eq!(
+        w.sync_policy_sets(&sets).unwrap(),
+        0,
         "nothing to write the second time"
     );
     let test = |set: &str, member: &str| ns.run(&["ipset", "test", set, member]).status.success();
@@ -173,12 +174,80 @@ fn policy_sets_hold_excepts_and_named_ports() {
         "the protocol counts"
     );
     assert!(test("brl40n-test", "10.0.0.2,udp:53"));
-    // A member gone is gone after the next sync (the set is swapped whole).
+    // A member gone is gone after the next sync (the set is swapped whole), and only the
+    // set that changed is written.
     let mut fewer = sets.clone();
     fewer[1].members.pop();
-    assert!(w.sync_policy_sets(&fewer).unwrap());
+    assert_eq!(w.sync_policy_sets(&fewer).unwrap(), 1);
     assert!(!test("brl40n-test", "10.0.0.2,udp:53"));
-    for s in ["brl40b-test", "brl40n-test"] {
+    // A set no longer wanted is destroyed; the wanted one and anyone else's set stay.
+    ns.ok(&["ipset", "create", "someone-else", "hash:ip"]);
+    let kept = vec![fewer[0].clone()];
+    assert_eq!(w.sync_policy_sets(&kept).unwrap(), 0);
+    assert_eq!(
+        w.destroy_stale_policy_sets(&kept).unwrap(),
+        vec!["brl40n-test".to_string()]
+    );
+    let listed = String::from_utf8_lossy(&ns.run(&["ipset", "list", "-n"]).stdout).to_string();
+    assert!(listed.contains("brl40b-test"), "{listed}");
+    assert!(listed.contains("someone-else"), "{listed}");
+    assert!(!listed.contains("brl40n-test"), "{listed}");
+    assert!(
+        w.destroy_stale_policy_sets(&kept).unwrap().is_empty(),
+        "nothing listed again when nothing changed"
+    );
+    for s in ["brl40b-test", "someone-else"] {
         ns.run(&["ipset", "destroy", s]);
     }
+}
+
+/// Our jumps stand in the order given: one added between two that exist (the policy's
+/// dispatch between the node guard and the Services' accepts) puts all of ours back in
+/// order, in one restore; a foreign rule above them stays where it is.
+#[test]
+fn a_jump_added_between_ours_keeps_their_order() {
+    let ns = Netns::new("brl-jo");
+    let mut w = writer(&ns);
+    let jump = |comment: &str| Jump {
+        chain: "FORWARD",
+        rule: Rule::new("FORWARD", comment, "-j ACCEPT"),
+    };
+    let with = |jumps: Vec<Jump>| Ruleset {
+        filter: TableRules {
+            chains: vec![],
+            jumps,
+        },
+        ..Default::default()
+    };
+    w.sync(&with(vec![jump("first"), jump("last")])).unwrap();
+    ns.ok(&[
+        "iptables-legacy",
+        "-I",
+        "FORWARD",
+        "1",
+        "-s",
+        "192.0.2.1/32",
+        "-j",
+        "DROP",
+    ]);
+    w.invalidate();
+    let r = w
+        .sync(&with(vec![jump("first"), jump("middle"), jump("last")]))
+        .unwrap();
+    assert_eq!(r.jumps_inserted, 3, "{r:?}");
+    let text = ns.ok(&["iptables-legacy-save", "-t", "filter"]);
+    let order: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("-A FORWARD"))
+        .collect();
+    assert_eq!(order.len(), 4, "{text}");
+    assert!(order[0].contains("192.0.2.1"), "{text}");
+    assert!(order[1].contains("first"), "{text}");
+    assert!(order[2].contains("middle"), "{text}");
+    assert!(order[3].contains("last"), "{text}");
+    // Once in order, nothing moves.
+    let r = w
+        .sync(&with(vec![jump("first"), jump("middle"), jump("last")]))
+        .unwrap();
+    assert_eq!(r.jumps_inserted + r.jumps_removed, 0, "{r:?}");
 }

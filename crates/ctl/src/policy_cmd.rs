@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use brindle_datastore::Store;
-use brindle_policy::model::{NamedPort, Namespace, Pod, Protocol};
+use brindle_policy::model::{Namespace, Pod, Protocol};
 use brindle_policy::{Conn, Decision, End, World};
 use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod as KubePod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -108,10 +108,8 @@ async fn world(store: &Store) -> Result<(World, Vec<Pod>, Vec<String>), Failure>
         .map_err(err)?
         .items
     {
-        let name = n.metadata.name.clone().unwrap_or_default();
-        let mut ns = Namespace::new(&name, &[]);
-        ns.labels.extend(n.metadata.labels.unwrap_or_default());
-        w.namespaces.insert(name, ns);
+        let ns = brindle_policy::namespace(&n);
+        w.namespaces.insert(ns.name.clone(), ns);
     }
     let mut refused = vec![];
     for np in store
@@ -131,49 +129,12 @@ async fn world(store: &Store) -> Result<(World, Vec<Pod>, Vec<String>), Failure>
     }
     let mut pods = vec![];
     for p in store.all::<KubePod>().list().await.map_err(err)?.items {
-        let namespace = p.metadata.namespace.clone().unwrap_or_default();
+        let pod = brindle_policy::pod(&p);
         // A namespace the datastore has no object for (etcd mode) still has its name label.
         w.namespaces
-            .entry(namespace.clone())
-            .or_insert_with(|| Namespace::new(&namespace, &[]));
-        let spec = p.spec.clone().unwrap_or_default();
-        let status = p.status.clone().unwrap_or_default();
-        let mut ips: Vec<IpAddr> = status
-            .pod_ips
-            .iter()
-            .flatten()
-            .filter_map(|i| i.ip.parse().ok())
-            .collect();
-        if ips.is_empty() {
-            ips.extend(
-                status
-                    .pod_ip
-                    .as_deref()
-                    .and_then(|i| i.parse::<IpAddr>().ok()),
-            );
-        }
-        let ports = spec
-            .containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .flat_map(|c| c.ports.iter().flatten())
-            .filter_map(|cp| {
-                Some(NamedPort {
-                    name: cp.name.clone()?,
-                    protocol: Protocol::parse(cp.protocol.as_deref().unwrap_or("TCP"))?,
-                    port: u16::try_from(cp.container_port).ok()?,
-                })
-            })
-            .collect();
-        pods.push(Pod {
-            namespace,
-            name: p.metadata.name.clone().unwrap_or_default(),
-            labels: p.metadata.labels.clone().unwrap_or_default(),
-            ips,
-            ports,
-            host_network: spec.host_network.unwrap_or(false),
-            node: spec.node_name.clone().unwrap_or_default(),
-        });
+            .entry(pod.namespace.clone())
+            .or_insert_with(|| Namespace::new(&pod.namespace, &[]));
+        pods.push(pod);
     }
     Ok((w, pods, refused))
 }

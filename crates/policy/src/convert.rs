@@ -6,11 +6,16 @@
 use std::collections::BTreeMap;
 
 use ipnetwork::IpNetwork;
+use std::net::IpAddr;
+
+use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod as KubePod};
 use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::model::{Expr, Namespaces, Peer, Policy, Port, Protocol, Rule, Selector};
+use crate::model::{
+    Expr, NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule, Selector,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("NetworkPolicy {policy}: {field}: {reason}")]
@@ -35,6 +40,63 @@ pub fn policy(np: &NetworkPolicy) -> Result<Policy, Invalid> {
         field,
         reason,
     })
+}
+
+/// A pod as policy sees it: its namespace, name, labels, node, whether it is on the host's
+/// network, its named container ports, and its addresses (`status.podIPs`, else `podIP`;
+/// none once it has finished: a Succeeded or Failed pod's address may already be another's).
+pub fn pod(p: &KubePod) -> Pod {
+    let spec = p.spec.clone().unwrap_or_default();
+    let status = p.status.clone().unwrap_or_default();
+    let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    let mut ips: Vec<IpAddr> = status
+        .pod_ips
+        .iter()
+        .flatten()
+        .filter_map(|i| i.ip.parse().ok())
+        .collect();
+    if ips.is_empty() {
+        ips.extend(
+            status
+                .pod_ip
+                .as_deref()
+                .and_then(|i| i.parse::<IpAddr>().ok()),
+        );
+    }
+    if finished {
+        ips.clear();
+    }
+    let ports = spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|cp| {
+            Some(NamedPort {
+                name: cp.name.clone()?,
+                protocol: Protocol::parse(cp.protocol.as_deref().unwrap_or("TCP"))?,
+                port: u16::try_from(cp.container_port).ok()?,
+            })
+        })
+        .collect();
+    Pod {
+        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        name: p.metadata.name.clone().unwrap_or_default(),
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        ips,
+        ports,
+        host_network: spec.host_network.unwrap_or(false),
+        node: spec.node_name.unwrap_or_default(),
+    }
+}
+
+/// A namespace with its labels (and always its name label, which the API server sets).
+pub fn namespace(n: &KubeNamespace) -> Namespace {
+    let name = n.metadata.name.clone().unwrap_or_default();
+    let mut ns = Namespace::new(&name, &[]);
+    ns.labels
+        .extend(n.metadata.labels.clone().unwrap_or_default());
+    ns
 }
 
 /// What an unreadable policy still does: isolate the pods it would select, for the

@@ -10,6 +10,6 @@ pub mod convert;
 pub mod eval;
 pub mod model;
 
-pub use convert::{closed, policy, Invalid};
+pub use convert::{closed, namespace, pod, policy, Invalid};
 pub use eval::{Conn, Decision, End, Verdict, World};
 pub use model::{NamedPort, Namespace, Peer, Pod, Policy, Port, Protocol, Rule, Selector};
