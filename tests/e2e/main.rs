@@ -12,6 +12,7 @@ mod ipam_agent;
 mod ipip;
 mod lifecycle;
 mod mesh;
+mod netpol;
 mod node_safety;
 mod podman;
 mod racks;

@@ -185,12 +185,32 @@ impl Batch for Batcher {
     }
 }
 
+/// A pod attachment the agent has just given addresses to (its allocation's attributes:
+/// pod, namespace, interface, host veth), for whoever must prepare the node for it before
+/// the plugin wires it: NetworkPolicy's chains for the veth. `ready` is answered when that
+/// is done.
+#[derive(Debug)]
+pub struct NewAttachment {
+    pub attrs: std::collections::BTreeMap<String, String>,
+    pub ips: Vec<IpAddr>,
+    pub ready: oneshot::Sender<()>,
+}
+
+/// Where new attachments are announced, and how long an ADD waits for `ready` (after that
+/// the plugin goes on: the pod's interface passes nothing until its chains exist).
+#[derive(Debug, Clone)]
+pub struct AttachmentHook {
+    pub tx: mpsc::Sender<NewAttachment>,
+    pub wait: Duration,
+}
+
 /// The agent's side: serves `path` until the listener fails.
 pub struct Server {
     pub store: Store,
     pub ipam: Arc<Ipam>,
     pub node: String,
     pub path: PathBuf,
+    pub attachments: Option<AttachmentHook>,
 }
 
 impl Server {
@@ -245,7 +265,12 @@ impl Server {
             Request::Del(r) => podipam::del(&self.store, &self.ipam, batcher, r).await,
         };
         match out {
-            Ok(ips) => Response::Ok { ips },
+            Ok(ips) => {
+                if let (Request::Add(r), Some(hook)) = (&req, &self.attachments) {
+                    announce(hook, r, &ips).await;
+                }
+                Response::Ok { ips }
+            }
             Err(e) => {
                 warn!(request = ?req, error = %e, "IPAM request failed");
                 Response::Error {
@@ -255,6 +280,32 @@ impl Server {
                 }
             }
         }
+    }
+}
+
+/// Tells the hook about an attachment with a host veth and waits (bounded) until it is ready.
+async fn announce(hook: &AttachmentHook, r: &AddRequest, ips: &[IpAddr]) {
+    if !r.attrs.contains_key(brindle_ipam::block::attr::HOST_INTERFACE) {
+        return; // IPAM only: no interface of ours to prepare
+    }
+    let (ready, done) = oneshot::channel();
+    let a = NewAttachment {
+        attrs: r.attrs.clone(),
+        ips: ips.to_vec(),
+        ready,
+    };
+    let t = std::time::Instant::now();
+    let ok = tokio::time::timeout(hook.wait, async {
+        hook.tx.send(a).await.is_ok() && done.await.is_ok()
+    })
+    .await;
+    match ok {
+        Ok(true) => debug!(handle = %r.handle, wait_ms = t.elapsed().as_secs_f64() * 1e3, "attachment prepared"),
+        _ => warn!(
+            handle = %r.handle,
+            wait_ms = t.elapsed().as_millis() as u64,
+            "the pod's policy chains were not ready in time; it passes nothing until they are"
+        ),
     }
 }
 

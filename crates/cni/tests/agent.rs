@@ -67,6 +67,7 @@ async fn ipam_through_the_agent_and_without_it() {
             ipam: Arc::new(Ipam::new(f.store.clone())),
             node: NODE.into(),
             path: socket.clone(),
+            attachments: None,
         }
         .run(),
     );

@@ -13,9 +13,19 @@ use crate::{binary, Datastore, Encap, Lab};
 
 pub const NAMESPACE: &str = "default";
 pub const PORT: u16 = 8080;
+/// The upstream NetworkPolicy model's ports: each pod serves TCP and UDP on both, with
+/// container ports named `serve-80-tcp`, `serve-80-udp`, `serve-81-tcp`, `serve-81-udp`.
+pub const MODEL_PORTS: [u16; 2] = [80, 81];
+
+/// A lab pod's key: `NAME` (in `default`) or `NAMESPACE/NAME`.
+pub fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('/').unwrap_or((NAMESPACE, key))
+}
 
 pub struct Pod {
+    /// The lab's key (`NAME` or `NAMESPACE/NAME`).
     pub name: String,
+    pub namespace: String,
     pub node: String,
     pub ip: Ipv4Addr,
     pub container_id: String,
@@ -30,16 +40,9 @@ const ECHO: &str = r#"
 import socket, sys, threading, time
 mode = sys.argv[1]
 if mode == "serve":
-    # Greets with "<pod name> <client address>", then echoes; UDP on the same port answers
-    # each datagram with the same greeting.
+    # On each port: greets with "<pod name> <client address>", then echoes; UDP on the
+    # same port answers each datagram with the same greeting.
     name = sys.argv[2].encode()
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("0.0.0.0", int(sys.argv[3]))); s.listen(128)
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", int(sys.argv[3])))
-    def udp():
-        while True:
-            d, a = u.recvfrom(2048); u.sendto(name + b" " + a[0].encode() + b"\n", a)
-    threading.Thread(target=udp, daemon=True).start()
     def h(c):
         with c:
             c.sendall(name + b" " + c.getpeername()[0].encode() + b"\n")
@@ -47,8 +50,19 @@ if mode == "serve":
                 d = c.recv(4096)
                 if not d: return
                 c.sendall(d)
-    while True:
-        c, _ = s.accept(); threading.Thread(target=h, args=(c,), daemon=True).start()
+    def tcp(s):
+        while True:
+            c, _ = s.accept(); threading.Thread(target=h, args=(c,), daemon=True).start()
+    def udp(u):
+        while True:
+            d, a = u.recvfrom(2048); u.sendto(name + b" " + a[0].encode() + b"\n", a)
+    for port in sys.argv[3:]:
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", int(port))); s.listen(128)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", int(port)))
+        threading.Thread(target=tcp, args=(s,), daemon=True).start()
+        threading.Thread(target=udp, args=(u,), daemon=True).start()
+    threading.Event().wait()
 elif mode == "hello":
     c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
     f = c.makefile("rb"); print(f.readline().decode().strip())
@@ -60,6 +74,24 @@ elif mode == "many":
             print(c.makefile("rb").readline().decode().strip(), flush=True); c.close()
         except Exception as e:
             print("error %s" % e, flush=True)
+elif mode == "probe":
+    # probe PROTO PORT IP...: all at once, 1 s each; one line per IP: "IP NAME" or "IP -".
+    proto, port, ips = sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+    out = {}
+    def one(ip):
+        try:
+            if proto == "udp":
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+                u.sendto(b"hi", (ip, port)); d = u.recvfrom(2048)[0]
+            else:
+                c = socket.create_connection((ip, port), timeout=1); c.settimeout(1)
+                d = c.makefile("rb").readline(); c.close()
+            out[ip] = d.decode().split()[0]
+        except Exception:
+            out[ip] = "-"
+    ts = [threading.Thread(target=one, args=(ip,)) for ip in ips]
+    [t.start() for t in ts]; [t.join() for t in ts]
+    for ip in ips: print(ip, out[ip], flush=True)
 elif mode == "udp":
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
     u.sendto(b"hi", (sys.argv[2], int(sys.argv[3]))); print(u.recvfrom(2048)[0].decode().strip())
@@ -85,7 +117,8 @@ impl Pod {
 }
 
 impl Lab {
-    fn echo_script(&self) -> String {
+    /// The path of the pods' echo server and clients (`python3 <it> hello IP PORT`, …).
+    pub fn echo_script(&self) -> String {
         let p = self.dir.path().join("echo.py");
         if !p.exists() {
             let _ = std::fs::write(&p, ECHO);
@@ -145,7 +178,7 @@ impl Lab {
             command,
             container: cid,
             netns: Some(netns),
-            pod: Some((NAMESPACE, pod)),
+            pod: Some(split_key(pod)),
             env: &[],
         }
         .run(
@@ -215,10 +248,11 @@ impl Lab {
             return Err(format!("pod {name} exists"));
         }
         let ann = pool.map(|p| ("brindle.dev/ipv4pools".to_string(), json!([p]).to_string()));
-        // The kubelet's Pod exists before the runtime calls CNI; in etcd mode a Pod record
-        // carries the annotation the same way.
-        if self.spec.datastore == Datastore::Kubernetes || ann.is_some() {
-            self.write_pod(name, node, None, ann)?;
+        // The kubelet's Pod (labels, named ports) exists before the runtime calls CNI; in
+        // etcd mode a Pod record carries them (and the annotation) the same way; a pod with
+        // neither labels nor annotation gets its record from brindle-cni (etcd's fast path).
+        if self.spec.datastore == Datastore::Kubernetes || ann.is_some() || !labels.is_empty() {
+            self.write_pod(name, node, None, ann, Some(labels))?;
         }
         let ns = Netns::new("brl-pod");
         let cid = format!(
@@ -233,14 +267,21 @@ impl Lab {
             .ok_or_else(|| format!("CNI result without an IPv4 address: {res}"))?;
         wired(ip);
         if self.spec.datastore == Datastore::Kubernetes {
-            self.write_pod(name, node, Some(ip), None)?; // the kubelet reports the pod's IP
+            self.write_pod(name, node, Some(ip), None, None)?; // the kubelet reports the IP
         }
         let script = self.echo_script();
-        let server = ns.spawn(&["python3", &script, "serve", name, &PORT.to_string()]);
+        let ports: Vec<String> = std::iter::once(PORT)
+            .chain(MODEL_PORTS)
+            .map(|p| p.to_string())
+            .collect();
+        let mut argv = vec!["python3", &script, "serve", name];
+        argv.extend(ports.iter().map(String::as_str));
+        let server = ns.spawn(&argv);
         self.pods.insert(
             name.to_string(),
             Pod {
                 name: name.to_string(),
+                namespace: split_key(name).0.to_string(),
                 node: node.to_string(),
                 ip,
                 container_id: cid,
@@ -270,15 +311,38 @@ impl Lab {
         Ok(ip)
     }
 
+    /// Writes the pod's object: `labels` (when given) and its named ports before ADD, the
+    /// status with `ip` after.
     fn write_pod(
         &self,
-        name: &str,
+        key: &str,
         node: &str,
         ip: Option<Ipv4Addr>,
         ann: Option<(String, String)>,
+        labels: Option<&[(&str, &str)]>,
     ) -> Result<(), String> {
-        use k8s_openapi::api::core::v1::{Pod as KPod, PodIP, PodSpec, PodStatus};
-        let api = self.store.namespaced::<KPod>(NAMESPACE);
+        use k8s_openapi::api::core::v1::{
+            Container, ContainerPort, Pod as KPod, PodIP, PodSpec, PodStatus,
+        };
+        let (namespace, name) = split_key(key);
+        let api = self.store.namespaced::<KPod>(namespace);
+        let ports: Vec<ContainerPort> = MODEL_PORTS
+            .iter()
+            .flat_map(|p| {
+                ["TCP", "UDP"].map(|proto| ContainerPort {
+                    name: Some(format!("serve-{p}-{}", proto.to_ascii_lowercase())),
+                    container_port: i32::from(*p),
+                    protocol: Some(proto.into()),
+                    ..Default::default()
+                })
+            })
+            .chain(std::iter::once(ContainerPort {
+                name: Some("echo".into()),
+                container_port: i32::from(PORT),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }))
+            .collect();
         self.block_on(async {
             let mut p = api
                 .get(name)
@@ -286,7 +350,14 @@ impl Lab {
                 .map_err(|e| e.to_string())?
                 .unwrap_or_default();
             p.metadata.name = Some(name.into());
-            p.metadata.namespace = Some(NAMESPACE.into());
+            p.metadata.namespace = Some(namespace.into());
+            if let Some(l) = labels {
+                p.metadata.labels = Some(
+                    l.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                );
+            }
             if let Some((k, v)) = ann {
                 p.metadata
                     .annotations
@@ -295,6 +366,11 @@ impl Lab {
             }
             p.spec = Some(PodSpec {
                 node_name: Some(node.into()),
+                containers: vec![Container {
+                    name: "echo".into(),
+                    ports: Some(ports),
+                    ..Default::default()
+                }],
                 ..Default::default()
             });
             if let Some(ip) = ip {
@@ -324,10 +400,11 @@ impl Lab {
             self.sync_endpoints()?;
         }
         if self.spec.datastore == Datastore::Kubernetes {
+            let (ns, pod) = split_key(name);
             let api = self
                 .store
-                .namespaced::<k8s_openapi::api::core::v1::Pod>(NAMESPACE);
-            let _ = self.block_on(api.delete(name, None));
+                .namespaced::<k8s_openapi::api::core::v1::Pod>(ns);
+            let _ = self.block_on(api.delete(pod, None));
         }
         Ok(())
     }
@@ -434,5 +511,122 @@ impl Stream {
         }
         let _ = child.wait();
         out.trim().to_string()
+    }
+}
+
+impl Lab {
+    /// A namespace with labels (created, or its labels replaced).
+    pub fn namespace_set(&self, name: &str, labels: &[(&str, &str)]) -> Result<(), String> {
+        use k8s_openapi::api::core::v1::Namespace;
+        let api = self.store.all::<Namespace>();
+        self.block_on(async {
+            let mut n = api
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            n.metadata.name = Some(name.into());
+            let mut l: std::collections::BTreeMap<String, String> = labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            l.insert("kubernetes.io/metadata.name".into(), name.into());
+            n.metadata.labels = Some(l);
+            let r = if n.metadata.resource_version.is_some() {
+                api.update(&n).await
+            } else {
+                api.create(&n).await
+            };
+            r.map(|_| ()).map_err(|e| e.to_string())
+        })
+    }
+
+    /// Replaces a pod's labels (in its object and in the lab's view).
+    pub fn pod_label(&mut self, key: &str, labels: &[(&str, &str)]) -> Result<(), String> {
+        use k8s_openapi::api::core::v1::Pod as KPod;
+        let (ns, name) = split_key(key);
+        let api = self.store.namespaced::<KPod>(ns);
+        let map: std::collections::BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.block_on(async {
+            let mut p = api
+                .get(name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("no pod {key} in the datastore"))?;
+            p.metadata.labels = Some(map.clone());
+            api.update(&p).await.map(|_| ()).map_err(|e| e.to_string())
+        })?;
+        if let Some(p) = self.pods.get_mut(key) {
+            p.labels = map;
+        }
+        Ok(())
+    }
+
+    /// One connection from a pod to another pod's `port` (`tcp` or `udp`): true when the
+    /// other pod answered.
+    pub fn probe(&self, from: &str, to: &str, port: u16, protocol: &str) -> Result<bool, String> {
+        let ip = self
+            .pods
+            .get(to)
+            .ok_or_else(|| format!("no pod {to}"))?
+            .ip;
+        let p = self.pods.get(from).ok_or_else(|| format!("no pod {from}"))?;
+        let mode = if protocol == "udp" { "udp" } else { "hello" };
+        let r = self.client(&p.ns, mode, ip, port, 1);
+        Ok(matches!(r.first(), Some(Ok((who, _))) if who == to))
+    }
+}
+
+impl Lab {
+    /// Every pod in `from` to every pod in `to` on `port`/`protocol` (`tcp`, `udp`), all at
+    /// once (1 s per try): the set of (from, to) that got an answer from the pod it meant.
+    pub fn probe_matrix(
+        &self,
+        from: &[&str],
+        to: &[&str],
+        port: u16,
+        protocol: &str,
+    ) -> std::collections::BTreeSet<(String, String)> {
+        let script = self.echo_script();
+        let ips: Vec<String> = to.iter().map(|t| self.pods[*t].ip.to_string()).collect();
+        let port_s = port.to_string();
+        let children: Vec<_> = from
+            .iter()
+            .map(|f| {
+                let mut argv = vec!["python3", script.as_str(), "probe", protocol, &port_s];
+                argv.extend(ips.iter().map(String::as_str));
+                let child = self.pods[*f]
+                    .ns
+                    .command(&argv)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start a probe");
+                (f.to_string(), ChildGuard(child))
+            })
+            .collect();
+        let mut ok = std::collections::BTreeSet::new();
+        for (f, mut c) in children {
+            let mut text = String::new();
+            if let Some(mut out) = c.0.stdout.take() {
+                use std::io::Read;
+                let _ = out.read_to_string(&mut text);
+            }
+            let _ = c.0.wait();
+            for line in text.lines() {
+                let Some((ip, who)) = line.split_once(' ') else { continue };
+                if let Some(t) = to
+                    .iter()
+                    .find(|t| self.pods[**t].ip.to_string() == ip && **t == who)
+                {
+                    ok.insert((f.clone(), t.to_string()));
+                }
+            }
+        }
+        ok
     }
 }

@@ -219,7 +219,8 @@ impl Lab {
             .pods
             .values()
             .filter(|p| {
-                !a.spec.selector.is_empty()
+                p.namespace == NAMESPACE
+                    && !a.spec.selector.is_empty()
                     && a.spec
                         .selector
                         .iter()

@@ -23,6 +23,7 @@ mod filters;
 mod health;
 mod leak_task;
 mod metrics;
+mod policy_state;
 mod register;
 mod service_task;
 mod services;
@@ -118,6 +119,17 @@ struct Args {
     /// Program Services (kube-proxy's job) and NAT outgoing in iptables.
     #[arg(long, env = "BRINDLE_SERVICES", default_value_t = true, action = clap::ArgAction::Set)]
     services: bool,
+    /// Enforce Kubernetes NetworkPolicy in iptables (Felix's job).
+    #[arg(long, env = "BRINDLE_POLICY", default_value_t = true, action = clap::ArgAction::Set)]
+    policy: bool,
+    /// The mark bit that says "policy allowed this packet" (Calico's 0x10000: bit 16); never
+    /// the masquerade bit.
+    #[arg(long, env = "BRINDLE_POLICY_MARK_BIT", default_value_t = brindle_felix_lite::policy::DEFAULT_ACCEPT_BIT, value_parser = clap::value_parser!(u8).range(0..=31))]
+    policy_mark_bit: u8,
+    /// How long a CNI ADD waits for the new pod's policy chains before it returns (the pod's
+    /// interface passes nothing until they exist either way).
+    #[arg(long, env = "BRINDLE_POLICY_SETUP_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    policy_setup_timeout: Duration,
     /// iptables backend: auto (legacy where the kernel has it, else nft), legacy, nft.
     #[arg(long, env = "BRINDLE_IPTABLES_BACKEND", default_value = "auto", value_parser = ["auto", "legacy", "nft"])]
     iptables_backend: String,
@@ -332,6 +344,13 @@ async fn serve(addr: SocketAddr, app: axum::Router, what: &'static str) {
 async fn main() -> std::process::ExitCode {
     let a = Args::parse();
     init_logging(&a);
+    if a.policy && a.policy_mark_bit == a.masquerade_bit {
+        eprintln!(
+            "brindle-node: --policy-mark-bit {} is the masquerade bit: give them different bits",
+            a.policy_mark_bit
+        );
+        return std::process::ExitCode::from(2);
+    }
     // A panic anywhere (a task, a task it spawned, a blocking call) ends the agent with a
     // line saying where, rather than leaving a node that answers probes but has lost a part.
     let default_hook = std::panic::take_hook();
@@ -379,12 +398,29 @@ async fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let ipam_socket = (a.ipam_socket.as_os_str() != "none").then(|| a.ipam_socket.clone());
+    // The dataplane (Services and NetworkPolicy in iptables) on this node, if any.
+    let backend = match a.services || a.policy {
+        false => None,
+        // A node whose iptables cannot be used still routes pods; it says so loudly.
+        true => Runner::default()
+            .backend(&a.iptables_backend)
+            .inspect_err(|e| {
+                error!("Services, NAT outgoing and NetworkPolicy are OFF on this node: {e}")
+            })
+            .ok(),
+    };
+    let (attach_tx, attach_rx) = tokio::sync::mpsc::channel(1024);
+    let policy_on = a.policy && backend.is_some();
     if let Some(path) = ipam_socket.clone() {
         let server = brindle_cni::agent::Server {
             store: store.clone(),
             ipam: std::sync::Arc::new(brindle_ipam::Ipam::new(store.clone())),
             node: me.name.clone(),
             path,
+            attachments: policy_on.then(|| brindle_cni::agent::AttachmentHook {
+                tx: attach_tx,
+                wait: a.policy_setup_timeout,
+            }),
         };
         tasks.spawn("ipam-socket", async move {
             let path = server.path.clone();
@@ -446,18 +482,12 @@ async fn run(a: Args) -> anyhow::Result<()> {
             .run(),
         );
     }
-    let backend = match a.services {
-        false => None,
-        // A node whose iptables cannot be used still routes pods; it says so loudly.
-        true => Runner::default()
-            .backend(&a.iptables_backend)
-            .inspect_err(|e| error!("Services and NAT outgoing are OFF on this node: {e}"))
-            .ok(),
-    };
     if let Some(backend) = backend {
         info!(
             backend = backend.name(),
-            "Services and NAT outgoing in iptables"
+            services = a.services,
+            policy = a.policy,
+            "Services and NAT outgoing, NetworkPolicy in iptables"
         );
         tasks.spawn(
             "services",
@@ -473,6 +503,14 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 nat_outgoing_exclusions: a.nat_outgoing_exclusions,
                 workload_prefix: a.veth_prefix.clone(),
                 tool_timeout: a.iptables_tool_timeout,
+                services: a.services,
+                policy: policy_on.then(|| service_task::PolicyConfig {
+                    ctx: brindle_felix_lite::policy::PolicyContext {
+                        workload_prefix: a.veth_prefix.clone(),
+                        accept_bit: a.policy_mark_bit,
+                    },
+                    attachments: attach_rx,
+                }),
                 pulse: heart.pulse(
                     "services",
                     (a.iptables_refresh_interval * 3).max(Duration::from_secs(90)),

@@ -4,8 +4,14 @@
 //! kernel. Syncs are at least `min_sync` apart (a burst of changes is one restore); every
 //! `refresh` the tables are read back and whatever drifted is rewritten.
 //!
-//! Nothing is written before Services, EndpointSlices and the pools have all been listed, so
-//! a restarting agent finds its chains as it left them and writes nothing.
+//! NetworkPolicy ([`crate::policy_state`]) is rendered into the same tables by the same
+//! writer (one owner of our chains, our jumps in one order), without the Services' least
+//! interval: a policy, pod or namespace change is written within [`POLICY_BATCH`], a new
+//! pod's chains at once (its ADD waits for them).
+//!
+//! Nothing is written before Services, EndpointSlices, the pools (and with policy on,
+//! NetworkPolicies, Namespaces and Pods) have all been listed, so a restarting agent finds
+//! its chains as it left them and writes nothing, and opens nothing in between.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -18,14 +24,18 @@ use brindle_felix_lite::proxy::rules::{
 };
 use brindle_felix_lite::proxy::{NatOutgoingExclusions, NodeContext, NodeGuard};
 use ipnetwork::Ipv4Network;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod as KubePod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
 use crate::services::{self, Reserved, Skipped};
+use crate::policy_state::{self, PolicyEv, PolicyState};
 use crate::snapshot::{mirror, Event, Snapshot};
+use brindle_cni::agent::NewAttachment;
+use brindle_felix_lite::policy::{self as fpolicy, PolicyContext, PolicyRules};
 use brindle_api::service_addresses::NodeAddress;
 
 pub struct ServiceTask {
@@ -43,11 +53,25 @@ pub struct ServiceTask {
     pub pulse: crate::supervise::Pulse,
     /// The deadline of each iptables or ipset tool run.
     pub tool_timeout: Duration,
+    /// Program Services (off: only NetworkPolicy, kube-proxy does Services).
+    pub services: bool,
+    /// Enforce NetworkPolicy.
+    pub policy: Option<PolicyConfig>,
 }
+
+pub struct PolicyConfig {
+    pub ctx: PolicyContext,
+    /// Attachments announced by the IPAM socket as their addresses are given.
+    pub attachments: mpsc::Receiver<NewAttachment>,
+}
+
+/// The least time between two syncs for a policy, pod or namespace change (a burst is one).
+const POLICY_BATCH: Duration = Duration::from_millis(20);
 
 enum Ev {
     Svc(Event<Service>),
     Slice(Event<EndpointSlice>),
+    Policy(PolicyEv),
 }
 
 #[derive(Default)]
@@ -134,6 +158,7 @@ impl State {
                 }
             }
             Ev::Slice(Event::Delete(k)) => self.drop_slice(&k),
+            Ev::Policy(_) => {}
         }
     }
 
@@ -258,26 +283,63 @@ const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(60);
 impl ServiceTask {
     pub async fn run(mut self) {
         let (tx, mut rx) = mpsc::channel(4096);
-        tokio::spawn(mirror(
-            self.store.all::<Service>(),
-            Some,
-            Ev::Svc,
-            tx.clone(),
-            self.metrics.clone(),
-        ));
-        tokio::spawn(mirror(
-            self.store.all::<EndpointSlice>(),
-            Some,
-            Ev::Slice,
-            tx,
-            self.metrics.clone(),
-        ));
+        if self.services {
+            tokio::spawn(mirror(
+                self.store.all::<Service>(),
+                Some,
+                Ev::Svc,
+                tx.clone(),
+                self.metrics.clone(),
+            ));
+            tokio::spawn(mirror(
+                self.store.all::<EndpointSlice>(),
+                Some,
+                Ev::Slice,
+                tx.clone(),
+                self.metrics.clone(),
+            ));
+        }
+        let (mut attach_rx, policy_ctx) = match self.policy.take() {
+            Some(p) => {
+                tokio::spawn(mirror(
+                    self.store.all::<NetworkPolicy>(),
+                    policy_state::network_policy,
+                    |e| Ev::Policy(PolicyEv::Policy(e)),
+                    tx.clone(),
+                    self.metrics.clone(),
+                ));
+                tokio::spawn(mirror(
+                    self.store.all::<KubeNamespace>(),
+                    policy_state::kube_namespace,
+                    |e| Ev::Policy(PolicyEv::Namespace(e)),
+                    tx.clone(),
+                    self.metrics.clone(),
+                ));
+                tokio::spawn(mirror(
+                    self.store.all::<KubePod>(),
+                    policy_state::kube_pod,
+                    |e| Ev::Policy(PolicyEv::Pod(e)),
+                    tx.clone(),
+                    self.metrics.clone(),
+                ));
+                (Some(p.attachments), Some(p.ctx))
+            }
+            None => (None, None),
+        };
+        drop(tx);
+        let mut pst = PolicyState::default();
+        let mut policy_rules = PolicyRules::default();
+        let mut policy_pending = false;
         let runner = Runner {
             deadline: self.tool_timeout,
             ..Default::default()
         };
         let mut writer = Some(Writer::new(self.backend, runner));
-        let mut st = State::default();
+        let mut st = State {
+            listed_services: !self.services,
+            listed_slices: !self.services,
+            ..Default::default()
+        };
         let mut ctx: Option<NodeContext> = None;
         let mut sets = BTreeMap::new();
         // Known with the first synced snapshot, as the context is.
@@ -298,8 +360,16 @@ impl ServiceTask {
         );
         loop {
             self.pulse.beat();
-            let ready = ctx.is_some() && st.listed_services && st.listed_slices;
-            let deadline = if pending {
+            let ready = ctx.is_some()
+                && st.listed_services
+                && st.listed_slices
+                && (policy_ctx.is_none() || pst.listed());
+            policy_pending |= pst.dirty;
+            let deadline = if pst.urgent() {
+                last_sync + backoff
+            } else if policy_pending {
+                last_sync + POLICY_BATCH.max(backoff)
+            } else if pending {
                 last_sync + self.min_sync.max(backoff)
             } else {
                 last_refresh + self.refresh
@@ -309,16 +379,26 @@ impl ServiceTask {
                 _ = self.pulse.due() => {}
                 ev = rx.recv() => {
                     let Some(ev) = ev else { return };
-                    st.apply(ev);
+                    let mut apply = |ev| match ev {
+                        Ev::Policy(p) => pst.apply(p),
+                        ev => st.apply(ev),
+                    };
+                    apply(ev);
                     while let Ok(ev) = rx.try_recv() {
-                        st.apply(ev);
+                        apply(ev);
                     }
                     pending |= !st.dirty.is_empty();
+                }
+                Some(a) = async { attach_rx.as_mut()?.recv().await } => {
+                    pst.announce(a);
                 }
                 r = self.snapshot.changed() => {
                     if r.is_err() { return }
                     let snap = self.snapshot.borrow_and_update().clone();
                     if !snap.synced { continue }
+                    if policy_ctx.is_some() {
+                        pst.set_known(policy_state::attachments(&snap, &self.node));
+                    }
                     let zone = snap.nodes.get(&self.node).and_then(|n| n.labels.get(ZONE_LABEL).cloned());
                     let c = NodeContext { node: self.node.clone(), zone, masquerade_bit: self.masquerade_bit };
                     let new_sets = pool_sets(&snap);
@@ -345,7 +425,7 @@ impl ServiceTask {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()), if ready => {
-                    if !pending {
+                    if !pending && !policy_pending && !pst.urgent() {
                         // The periodic re-read: repairs whatever was changed by hand.
                         if let Some(w) = writer.as_mut() { w.invalidate(); }
                         last_refresh = Instant::now();
@@ -354,12 +434,35 @@ impl ServiceTask {
                     }
                     let (Some(c), Some(g)) = (ctx.clone(), guard.as_ref()) else { continue };
                     st.render(&c, &reserved_now, false);
-                    let ruleset = rules::assemble(&c, g, st.rendered.values().flatten());
+                    let mut ruleset = if self.services {
+                        rules::assemble(&c, g, st.rendered.values().flatten())
+                    } else {
+                        Default::default()
+                    };
+                    let mut with_chains = vec![];
+                    if let Some(pctx) = &policy_ctx {
+                        if policy_pending || pst.urgent() {
+                            (policy_rules, with_chains) = pst.render(pctx);
+                        }
+                        fpolicy::merge(&mut ruleset, &policy_rules);
+                    }
                     let Some(mut w) = writer.take() else { return };
-                    let sets2 = sets.clone();
+                    let sets2 = if self.services { sets.clone() } else { BTreeMap::new() };
+                    let psets = policy_rules.sets.clone();
+                    let policy_on = policy_ctx.is_some();
                     let started = Instant::now();
                     let mut job = tokio::task::spawn_blocking(move || {
-                        let r = w.sync_sets(&sets2).and_then(|_| w.sync(&ruleset));
+                        let r = w
+                            .sync_sets(&sets2)
+                            .and_then(|_| w.sync_policy_sets(&psets))
+                            .and_then(|_| w.sync(&ruleset));
+                        // Sets no rule names any more: a failure here harms nothing (tried
+                        // again at the next change or re-read).
+                        if r.is_ok() && policy_on {
+                            if let Err(e) = w.destroy_stale_policy_sets(&psets) {
+                                debug!("stale policy sets stay for now: {e}");
+                            }
+                        }
                         (w, r)
                     });
                     // Every tool has a deadline, so the sync is bounded: waiting for it is
@@ -374,6 +477,7 @@ impl ServiceTask {
                     writer = Some(w);
                     last_sync = Instant::now();
                     pending = false;
+                    policy_pending = false;
                     self.metrics.proxy_sync.observe(started.elapsed().as_secs_f64());
                     self.metrics.proxy_skipped.clear();
                     for (k, v) in &st.skipped {
@@ -382,6 +486,7 @@ impl ServiceTask {
                     match r {
                         Ok(rep) => {
                             self.metrics.proxy_rules.set(rep.rules_total as i64);
+                            pst.programmed(&with_chains);
                             if failures > 0 {
                                 info!(failures, "iptables writes work again");
                                 failures = 0;
@@ -394,8 +499,12 @@ impl ServiceTask {
                             }
                             first = false;
                             if wrote > 0 {
+                                let (policies, pods, attachments) = pst.counts();
                                 info!(
                                     services = st.services.len(),
+                                    policies,
+                                    pods,
+                                    attachments,
                                     chains_written = rep.chains_written,
                                     chains_deleted = rep.chains_deleted,
                                     rules_written = rep.rules_written,

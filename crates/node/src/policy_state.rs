@@ -1,0 +1,362 @@
+//! NetworkPolicy's inputs on this node and their rendering (issue 29): the policies,
+//! namespaces and pods of the cluster (as `brindle_policy`'s model: only what policy needs),
+//! and this node's pod attachments — from the IPAM blocks (every allocation of this node
+//! that records its host veth) and, before the blocks' watch shows them, from the IPAM
+//! socket the moment an address is given. The Services task owns the writer and calls
+//! [`PolicyState::render`] when [`PolicyState::dirty`].
+//!
+//! Which interfaces get chains:
+//! - a pod's primary attachment (`eth0`), once its Pod is known (labels decide which
+//!   policies isolate it): until then it has no chains, so it passes nothing;
+//! - an attachment that is no Kubernetes pod's (podman, a runtime without a Pod object) or a
+//!   pod's secondary attachment: chains that isolate nothing (NetworkPolicy is about a pod's
+//!   primary network, as everywhere);
+//! - a hostNetwork pod has no interface of ours.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use brindle_cni::agent::NewAttachment;
+use brindle_felix_lite::policy::{render, LocalEndpoint, PolicyContext, PolicyRules};
+use brindle_ipam::block::{self, attr};
+use brindle_policy::compile::Program;
+use brindle_policy::model::{Namespace, Pod, Policy};
+use brindle_policy::World;
+use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod as KubePod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::snapshot::{Event, Snapshot};
+
+/// How long an attachment announced by the IPAM socket is kept without the blocks showing it.
+const FRESH_FOR: Duration = Duration::from_secs(60);
+
+/// One of this node's pod attachments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub veth: String,
+    pub ips: Vec<IpAddr>,
+    /// (namespace, name) of its Kubernetes pod, if it is one's.
+    pub pod: Option<(String, String)>,
+    /// The pod's primary interface (`eth0`).
+    pub primary: bool,
+}
+
+fn from_attrs(attrs: &BTreeMap<String, String>, ip: IpAddr) -> Option<Attachment> {
+    let veth = attrs.get(attr::HOST_INTERFACE).filter(|v| !v.is_empty())?;
+    let pod = match (attrs.get(attr::NAMESPACE), attrs.get(attr::POD)) {
+        (Some(ns), Some(p)) if !ns.is_empty() && !p.is_empty() => Some((ns.clone(), p.clone())),
+        _ => None,
+    };
+    Some(Attachment {
+        veth: veth.clone(),
+        ips: vec![ip],
+        pod,
+        primary: attrs.get(attr::INTERFACE).is_none_or(|i| i == "eth0"),
+    })
+}
+
+/// This node's attachments that record their host veth, by veth (pure).
+pub fn attachments(snap: &Snapshot, node: &str) -> BTreeMap<String, Attachment> {
+    let mut out: BTreeMap<String, Attachment> = BTreeMap::new();
+    for b in snap.blocks.values() {
+        for a in block::allocations(b) {
+            let ours = a.attrs.get(attr::NODE).map(String::as_str) == Some(node)
+                && a.attrs.get(attr::TYPE).map(String::as_str) == Some(attr::TYPE_POD);
+            let Some(at) = from_attrs(&a.attrs, a.ip).filter(|_| ours) else {
+                continue;
+            };
+            match out.get_mut(&at.veth) {
+                Some(have) => have.ips.extend(at.ips),
+                None => {
+                    out.insert(at.veth.clone(), at);
+                }
+            }
+        }
+    }
+    for a in out.values_mut() {
+        a.ips.sort();
+        a.ips.dedup();
+    }
+    out
+}
+
+pub enum PolicyEv {
+    Policy(Event<NetworkPolicy>),
+    Namespace(Event<Namespace>),
+    Pod(Event<Pod>),
+}
+
+#[derive(Default)]
+pub struct PolicyState {
+    /// `ns/name` → the policy (a refused one in its closed form).
+    policies: BTreeMap<String, Policy>,
+    /// `ns/name` → why the policy was refused (logged once per reason).
+    refused: BTreeMap<String, String>,
+    namespaces: BTreeMap<String, Namespace>,
+    pods: BTreeMap<String, Pod>,
+    listed: [bool; 3],
+    /// From the IPAM blocks.
+    known: BTreeMap<String, Attachment>,
+    /// From the IPAM socket, not yet in the blocks.
+    fresh: BTreeMap<String, (Attachment, Instant)>,
+    /// ADDs waiting for their veth's chains.
+    waiting: Vec<(String, oneshot::Sender<()>)>,
+    /// Something changed since the last render.
+    pub dirty: bool,
+}
+
+impl PolicyState {
+    /// Policies, namespaces and pods have all been listed.
+    pub fn listed(&self) -> bool {
+        self.listed.iter().all(|l| *l)
+    }
+
+    /// Someone waits for chains: sync now.
+    pub fn urgent(&self) -> bool {
+        !self.waiting.is_empty()
+    }
+
+    pub fn apply(&mut self, ev: PolicyEv) {
+        self.dirty = true;
+        match ev {
+            PolicyEv::Policy(Event::Reset(items)) => {
+                self.listed[0] = true;
+                self.policies.clear();
+                self.refused.clear();
+                for (k, np) in items {
+                    self.put_policy(k, &np);
+                }
+            }
+            PolicyEv::Policy(Event::Upsert(k, np)) => self.put_policy(k, &np),
+            PolicyEv::Policy(Event::Delete(k)) => {
+                self.policies.remove(&k);
+                self.refused.remove(&k);
+            }
+            PolicyEv::Namespace(Event::Reset(items)) => {
+                self.listed[1] = true;
+                self.namespaces = items.into_iter().collect();
+            }
+            PolicyEv::Namespace(Event::Upsert(k, n)) => {
+                self.namespaces.insert(k, *n);
+            }
+            PolicyEv::Namespace(Event::Delete(k)) => {
+                self.namespaces.remove(&k);
+            }
+            PolicyEv::Pod(Event::Reset(items)) => {
+                self.listed[2] = true;
+                self.pods = items.into_iter().collect();
+            }
+            PolicyEv::Pod(Event::Upsert(k, p)) => {
+                if self.pods.get(&k) == Some(&*p) {
+                    return;
+                }
+                self.pods.insert(k, *p);
+            }
+            PolicyEv::Pod(Event::Delete(k)) => {
+                self.pods.remove(&k);
+            }
+        }
+    }
+
+    fn put_policy(&mut self, key: String, np: &NetworkPolicy) {
+        let p = match brindle_policy::policy(np) {
+            Ok(p) => {
+                self.refused.remove(&key);
+                p
+            }
+            Err(e) => {
+                let why = e.to_string();
+                if self.refused.get(&key) != Some(&why) {
+                    warn!(policy = %key, "NetworkPolicy refused, its pods isolated without its allows: {why}");
+                    self.refused.insert(key.clone(), why);
+                }
+                brindle_policy::closed(np)
+            }
+        };
+        self.policies.insert(key, p);
+    }
+
+    /// The attachments in the blocks changed (a snapshot came).
+    pub fn set_known(&mut self, known: BTreeMap<String, Attachment>) {
+        if known != self.known {
+            self.fresh
+                .retain(|veth, (a, _)| known.get(veth).is_none_or(|k| k.ips != a.ips));
+            self.known = known;
+            self.dirty = true;
+        }
+    }
+
+    /// An attachment just given its addresses by the IPAM socket.
+    pub fn announce(&mut self, n: NewAttachment) {
+        let mut at: Option<Attachment> = None;
+        for ip in &n.ips {
+            if let Some(a) = from_attrs(&n.attrs, *ip) {
+                match at.as_mut() {
+                    Some(have) => have.ips.push(*ip),
+                    None => at = Some(a),
+                }
+            }
+        }
+        let Some(at) = at else {
+            let _ = n.ready.send(());
+            return;
+        };
+        self.waiting.push((at.veth.clone(), n.ready));
+        self.fresh.insert(at.veth.clone(), (at, Instant::now()));
+        self.dirty = true;
+    }
+
+    /// The chains and sets for now, and the veths that got chains.
+    pub fn render(&mut self, ctx: &PolicyContext) -> (PolicyRules, Vec<String>) {
+        self.dirty = false;
+        let now = Instant::now();
+        if self.fresh.values().any(|(_, t)| now - *t > FRESH_FOR) {
+            self.fresh.retain(|_, (_, t)| now - *t <= FRESH_FOR);
+            self.dirty = true; // rendered without them now; nothing else to do
+        }
+        let mut local = self.known.clone();
+        for (veth, (a, _)) in &self.fresh {
+            local.insert(veth.clone(), a.clone());
+        }
+        let mut pods = self.pods.clone();
+        let mut endpoints = vec![];
+        let mut with_chains = vec![];
+        for a in local.values() {
+            let key = a.pod.as_ref().map(|(ns, n)| format!("{ns}/{n}"));
+            match key.as_ref().filter(|_| a.primary) {
+                // A pod's own network: its addresses are the pod's as soon as IPAM gave them
+                // (the kubelet reports them later), and it waits for its Pod.
+                Some(k) => match pods.get_mut(k) {
+                    Some(p) if !p.host_network => {
+                        for ip in &a.ips {
+                            if !p.ips.contains(ip) {
+                                p.ips.push(*ip);
+                            }
+                        }
+                    }
+                    _ => continue,
+                },
+                None => {}
+            }
+            with_chains.push(a.veth.clone());
+            endpoints.extend(a.ips.iter().map(|ip| LocalEndpoint {
+                veth: a.veth.clone(),
+                ip: *ip,
+            }));
+        }
+        let mut world = World::default();
+        world.namespaces = self.namespaces.clone();
+        for p in pods.values() {
+            // A namespace the datastore has no object for (etcd mode) still has its name.
+            world
+                .namespaces
+                .entry(p.namespace.clone())
+                .or_insert_with(|| Namespace::new(&p.namespace, &[]));
+        }
+        world.policies = self.policies.values().cloned().collect();
+        let pods: Vec<Pod> = pods.into_values().collect();
+        let prog = Program::compile(&world, &pods);
+        (render(&prog, &endpoints, ctx), with_chains)
+    }
+
+    /// After a sync that wrote `with_chains`: the ADDs waiting for those are told.
+    pub fn programmed(&mut self, with_chains: &[String]) {
+        let before = self.waiting.len();
+        let mut still = vec![];
+        for (veth, tx) in self.waiting.drain(..) {
+            if with_chains.contains(&veth) {
+                let _ = tx.send(());
+            } else if !tx.is_closed() {
+                still.push((veth, tx));
+            }
+        }
+        if before > 0 && !still.is_empty() {
+            info!(
+                waiting = still.len(),
+                "pod attachments wait for their Pod before they get policy chains"
+            );
+        }
+        self.waiting = still;
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.policies.len(), self.pods.len(), self.known.len())
+    }
+}
+
+pub fn kube_pod(p: KubePod) -> Option<Pod> {
+    Some(brindle_policy::pod(&p))
+}
+
+pub fn kube_namespace(n: KubeNamespace) -> Option<Namespace> {
+    Some(brindle_policy::namespace(&n))
+}
+
+pub fn network_policy(np: NetworkPolicy) -> Option<NetworkPolicy> {
+    Some(np)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attrs(node: &str, ns: &str, pod: &str, ifname: &str, veth: &str) -> BTreeMap<String, String> {
+        [
+            (attr::NODE, node),
+            (attr::TYPE, attr::TYPE_POD),
+            (attr::NAMESPACE, ns),
+            (attr::POD, pod),
+            (attr::INTERFACE, ifname),
+            (attr::HOST_INTERFACE, veth),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn pod(ns: &str, name: &str) -> Pod {
+        Pod {
+            namespace: ns.into(),
+            name: name.into(),
+            node: "n1".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_pod_gets_chains_once_known_others_at_once_and_waiters_are_told() {
+        let mut st = PolicyState::default();
+        st.apply(PolicyEv::Pod(Event::Reset(vec![])));
+        let (tx, mut rx) = oneshot::channel();
+        st.announce(NewAttachment {
+            attrs: attrs("n1", "x", "a", "eth0", "brla"),
+            ips: vec!["10.0.0.1".parse().unwrap()],
+            ready: tx,
+        });
+        let (tx2, mut rx2) = oneshot::channel();
+        let mut podman = attrs("n1", "", "", "eth0", "brlp");
+        podman.remove(attr::POD);
+        st.announce(NewAttachment {
+            attrs: podman,
+            ips: vec!["10.0.0.2".parse().unwrap()],
+            ready: tx2,
+        });
+        assert!(st.urgent());
+        let (rules, with) = st.render(&PolicyContext::default());
+        assert_eq!(with, vec!["brlp".to_string()], "x/a's Pod is not known yet");
+        assert!(rules.filter.chains.iter().all(|c| !c.name.ends_with("brla")));
+        st.programmed(&with);
+        assert!(rx2.try_recv().is_ok());
+        assert!(rx.try_recv().is_err());
+        st.apply(PolicyEv::Pod(Event::Upsert("x/a".into(), Box::new(pod("x", "a")))));
+        let (rules, with) = st.render(&PolicyContext::default());
+        assert!(with.contains(&"brla".to_string()));
+        assert!(rules.filter.chains.iter().any(|c| c.name == "BRL-TW-brla"));
+        st.programmed(&with);
+        assert!(rx.try_recv().is_ok());
+        assert!(!st.urgent());
+    }
+}
