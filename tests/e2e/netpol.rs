@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use brindle_lab::{Lab, LabSpec};
+use brindle_testsupport::daemons::wait_for;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::common::with_lab;
@@ -237,6 +238,118 @@ fn the_upstream_model_through_the_agents() {
                 delete(lab, ns, name);
             }
             assert_matrix(lab, 80, "tcp", &expect(|_, _| true));
+        },
+    );
+}
+
+/// Sends a UDP datagram to port 80 of every address in `ips` every 5 ms for `secs`, and
+/// prints each distinct greeting it gets back ("<pod> <address it saw>").
+const SWEEP: &str = r#"
+import socket, sys, time
+ips = sys.argv[2:]; end = time.time() + float(sys.argv[1])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.setblocking(False)
+seen = set()
+while time.time() < end:
+    for ip in ips:
+        try: u.sendto(b"hi", (ip, 80))
+        except OSError: pass
+    t = time.time() + 0.005
+    while time.time() < t:
+        try:
+            d, a = u.recvfrom(2048); seen.add(d.decode().split()[0])
+        except BlockingIOError:
+            time.sleep(0.001)
+for s in sorted(seen): print(s, flush=True)
+"#;
+
+/// What answered a sweep of `node`'s blocks from `from` while `during` ran.
+fn sweep_while(lab: &mut Lab, from: &str, node: &str, during: impl FnOnce(&mut Lab)) -> BTreeSet<String> {
+    let mut ips = vec![];
+    for b in lab.blocks().get(node).cloned().unwrap_or_default() {
+        let net: ipnetwork::Ipv4Network = b.parse().expect("block");
+        ips.extend(net.iter().map(|ip| ip.to_string()));
+    }
+    let mut argv = vec!["python3".to_string(), "-c".into(), SWEEP.into(), "6".into()];
+    argv.extend(ips);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let child = lab.pods[from]
+        .ns
+        .command(&argv)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("sweep");
+    let mut guard = brindle_testsupport::ChildGuard(child);
+    std::thread::sleep(Duration::from_millis(500));
+    during(lab);
+    let mut text = String::new();
+    if let Some(mut out) = guard.0.stdout.take() {
+        use std::io::Read;
+        let _ = out.read_to_string(&mut text);
+    }
+    let _ = guard.0.wait();
+    text.lines().map(str::to_string).collect()
+}
+
+/// A pod created under a default-deny policy, its server listening before its interface
+/// exists, never answers a sweep that was already running: not in the first instant either.
+/// The same sweep sees a pod of an open namespace made the same way (it has teeth).
+#[test]
+fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ..Default::default()
+        },
+        |lab| {
+            model(lab);
+            assert_matrix(lab, 80, "udp", &expect(|_, _| true));
+            apply(
+                lab,
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {name: deny-ingress, namespace: x}\n\
+                 spec: {podSelector: {}, policyTypes: [Ingress]}\n",
+            );
+            assert_matrix(lab, 80, "udp", &expect(|f, t| ns_of(t) != "x" || f == t));
+            let node = lab.nodes[1].name.clone();
+            let seen = sweep_while(lab, "y/a", &node, |lab| {
+                lab.pod_add_serving_first("x/new", &node, &[("pod", "new")])
+                    .expect("x/new");
+            });
+            assert!(!seen.contains("x/new"), "x/new answered: {seen:?}");
+            assert!(seen.contains("y/c"), "the sweep reaches open pods: {seen:?}");
+            let seen = sweep_while(lab, "y/a", &node, |lab| {
+                lab.pod_add_serving_first("y/new", &node, &[("pod", "new")])
+                    .expect("y/new");
+            });
+            assert!(seen.contains("y/new"), "an open new pod answers: {seen:?}");
+            // The ADD waited for the chains.
+            let log = std::fs::read_to_string(lab.node(&node).log()).unwrap_or_default();
+            assert!(
+                !log.contains("policy chains were not ready in time"),
+                "an ADD went on without its chains"
+            );
+
+            // With the agent down (brindle-cni does IPAM itself), a new pod's interface has
+            // no chains: it passes nothing, whatever its namespace, until the agent is back;
+            // then the open one answers and the isolated one still does not.
+            lab.kill_agent(1);
+            let seen = sweep_while(lab, "y/a", &node, |lab| {
+                lab.pod_add_serving_first("x/late", &node, &[("pod", "late")])
+                    .expect("x/late");
+                lab.pod_add_serving_first("y/late", &node, &[("pod", "late")])
+                    .expect("y/late");
+            });
+            assert!(seen.contains("y/c"), "the sweep reaches open pods: {seen:?}");
+            assert!(
+                !seen.contains("x/late") && !seen.contains("y/late"),
+                "a pod without chains answered: {seen:?}"
+            );
+            lab.start_agent(1);
+            let open = wait_for("y/late to answer", Duration::from_secs(30), || {
+                lab.probe("y/a", "y/late", 80, "tcp").ok().filter(|ok| *ok)
+            });
+            assert!(open);
+            assert!(!lab.probe("y/a", "x/late", 80, "tcp").unwrap());
         },
     );
 }

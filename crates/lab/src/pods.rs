@@ -223,7 +223,7 @@ impl Lab {
         pool: Option<&str>,
         wired: &mut dyn FnMut(Ipv4Addr),
     ) -> Result<Ipv4Addr, String> {
-        self.pod_add_full(name, node, pool, &[], wired)
+        self.pod_add_full(name, node, pool, &[], false, wired)
     }
 
     /// A pod with labels (Services select on them); its Services' endpoints follow.
@@ -233,7 +233,18 @@ impl Lab {
         node: &str,
         labels: &[(&str, &str)],
     ) -> Result<Ipv4Addr, String> {
-        self.pod_add_full(name, node, None, labels, &mut |_| {})
+        self.pod_add_full(name, node, None, labels, false, &mut |_| {})
+    }
+
+    /// A pod whose servers listen before its CNI ADD (a container that is up before its
+    /// network is: whatever reaches its address in the first instant gets an answer).
+    pub fn pod_add_serving_first(
+        &mut self,
+        name: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+    ) -> Result<Ipv4Addr, String> {
+        self.pod_add_full(name, node, None, labels, true, &mut |_| {})
     }
 
     fn pod_add_full(
@@ -242,6 +253,7 @@ impl Lab {
         node: &str,
         pool: Option<&str>,
         labels: &[(&str, &str)],
+        serve_first: bool,
         wired: &mut dyn FnMut(Ipv4Addr),
     ) -> Result<Ipv4Addr, String> {
         if self.pods.contains_key(name) {
@@ -255,6 +267,17 @@ impl Lab {
             self.write_pod(name, node, None, ann, Some(labels))?;
         }
         let ns = Netns::new("brl-pod");
+        let script = self.echo_script();
+        let ports: Vec<String> = std::iter::once(PORT)
+            .chain(MODEL_PORTS)
+            .map(|p| p.to_string())
+            .collect();
+        let mut argv = vec!["python3", &script, "serve", name];
+        argv.extend(ports.iter().map(String::as_str));
+        let early = serve_first.then(|| {
+            ns.ok(&["ip", "link", "set", "lo", "up"]);
+            ns.spawn(&argv)
+        });
         let cid = format!(
             "{:016x}",
             brindle_ipam::block::stable_hash(&format!("{name}-{}", ns.name()))
@@ -269,14 +292,10 @@ impl Lab {
         if self.spec.datastore == Datastore::Kubernetes {
             self.write_pod(name, node, Some(ip), None, None)?; // the kubelet reports the IP
         }
-        let script = self.echo_script();
-        let ports: Vec<String> = std::iter::once(PORT)
-            .chain(MODEL_PORTS)
-            .map(|p| p.to_string())
-            .collect();
-        let mut argv = vec!["python3", &script, "serve", name];
-        argv.extend(ports.iter().map(String::as_str));
-        let server = ns.spawn(&argv);
+        let server = match early {
+            Some(s) => s,
+            None => ns.spawn(&argv),
+        };
         self.pods.insert(
             name.to_string(),
             Pod {
