@@ -122,10 +122,38 @@ fn ns_of(p: &str) -> &str {
 }
 
 #[test]
-fn the_upstream_model_through_the_agents() {
+fn the_upstream_model_through_the_agents_legacy() {
+    upstream_model("legacy");
+}
+
+#[test]
+fn the_upstream_model_through_the_agents_nft() {
+    upstream_model("nft");
+}
+
+/// Restarts node i's agent; its log from the restart to its first sync.
+fn restart(lab: &mut Lab, i: usize) -> String {
+    let log = lab.nodes[i].log();
+    let offset = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
+    lab.stop_agent(i);
+    lab.start_agent(i);
+    wait_for(
+        "the restarted agent's first sync",
+        Duration::from_secs(30),
+        || {
+            let b = std::fs::read(&log).ok()?;
+            let since = String::from_utf8_lossy(b.get(offset..)?).to_string();
+            let synced = since.contains("nothing written") || since.contains("services programmed");
+            synced.then_some(since)
+        },
+    )
+}
+
+fn upstream_model(backend: &str) {
     with_lab(
         LabSpec {
             nodes: 2,
+            iptables_backend: backend.into(),
             ..Default::default()
         },
         |lab| {
@@ -166,7 +194,9 @@ fn the_upstream_model_through_the_agents() {
                  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    \
                  ports: [{port: 80, protocol: TCP}, {port: serve-81-udp, protocol: UDP}]\n",
             );
-            let from_y = |f: &str, t: &str| deny_x.contains(&(f.into(), t.into())) || (t == "x/a" && ns_of(f) == "y");
+            let from_y = |f: &str, t: &str| {
+                deny_x.contains(&(f.into(), t.into())) || (t == "x/a" && ns_of(f) == "y")
+            };
             assert_matrix(lab, 80, "tcp", &expect(from_y));
             assert_matrix(lab, 81, "udp", &expect(from_y));
             // 81/TCP is not in the policy: only the deny applies.
@@ -180,7 +210,8 @@ fn the_upstream_model_through_the_agents() {
                 "tcp",
                 &expect(|f, t| from_y(f, t) || (t == "x/a" && ns_of(f) == "z")),
             );
-            lab.namespace_set("z", &[("ns", "z")]).expect("relabel z back");
+            lab.namespace_set("z", &[("ns", "z")])
+                .expect("relabel z back");
             assert_matrix(lab, 80, "tcp", &expect(from_y));
 
             // A pod relabelled out of the policy's selector loses its allow.
@@ -198,19 +229,13 @@ fn the_upstream_model_through_the_agents() {
                  spec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  \
                  - to: [{namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}]\n",
             );
-            let egress = |f: &str, t: &str| {
-                from_y(f, t) && (f != "y/b" || t == "x/a" || t == "y/b")
-            };
+            let egress =
+                |f: &str, t: &str| from_y(f, t) && (f != "y/b" || t == "x/a" || t == "y/b");
             assert_matrix(lab, 80, "tcp", &expect(egress));
 
             // ipBlock with except: y/c admits x's pods by address, but not x/b's.
             let xb = lab.pods["x/b"].ip;
-            let cidr = lab
-                .blocks()
-                .values()
-                .flatten()
-                .cloned()
-                .collect::<Vec<_>>();
+            let cidr = lab.blocks().values().flatten().cloned().collect::<Vec<_>>();
             let mut ingress_from = String::new();
             for c in &cidr {
                 ingress_from.push_str(&format!("{{ipBlock: {{cidr: {c}, except: [{xb}/32]}}}},"));
@@ -227,6 +252,13 @@ fn the_upstream_model_through_the_agents() {
             );
             let blocks = |f: &str, t: &str| egress(f, t) && (t != "y/c" || f != "x/b");
             assert_matrix(lab, 80, "tcp", &expect(blocks));
+
+            // An agent restart writes nothing (the rules stay in the kernel meanwhile), and
+            // the matrix is the same after it.
+            let want = expect(blocks);
+            let log = restart(lab, 0);
+            assert!(log.contains("nothing written"), "{log}");
+            assert_matrix(lab, 80, "tcp", &want);
 
             // Deleting the policies opens everything again.
             for (ns, name) in [
@@ -263,7 +295,12 @@ for s in sorted(seen): print(s, flush=True)
 "#;
 
 /// What answered a sweep of `node`'s blocks from `from` while `during` ran.
-fn sweep_while(lab: &mut Lab, from: &str, node: &str, during: impl FnOnce(&mut Lab)) -> BTreeSet<String> {
+fn sweep_while(
+    lab: &mut Lab,
+    from: &str,
+    node: &str,
+    during: impl FnOnce(&mut Lab),
+) -> BTreeSet<String> {
     let mut ips = vec![];
     for b in lab.blocks().get(node).cloned().unwrap_or_default() {
         let net: ipnetwork::Ipv4Network = b.parse().expect("block");
@@ -316,7 +353,10 @@ fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
                     .expect("x/new");
             });
             assert!(!seen.contains("x/new"), "x/new answered: {seen:?}");
-            assert!(seen.contains("y/c"), "the sweep reaches open pods: {seen:?}");
+            assert!(
+                seen.contains("y/c"),
+                "the sweep reaches open pods: {seen:?}"
+            );
             let seen = sweep_while(lab, "y/a", &node, |lab| {
                 lab.pod_add_serving_first("y/new", &node, &[("pod", "new")])
                     .expect("y/new");
@@ -339,7 +379,10 @@ fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
                 lab.pod_add_serving_first("y/late", &node, &[("pod", "late")])
                     .expect("y/late");
             });
-            assert!(seen.contains("y/c"), "the sweep reaches open pods: {seen:?}");
+            assert!(
+                seen.contains("y/c"),
+                "the sweep reaches open pods: {seen:?}"
+            );
             assert!(
                 !seen.contains("x/late") && !seen.contains("y/late"),
                 "a pod without chains answered: {seen:?}"
@@ -350,6 +393,51 @@ fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
             });
             assert!(open);
             assert!(!lab.probe("y/a", "x/late", 80, "tcp").unwrap());
+        },
+    );
+}
+
+/// Service traffic is judged against the backend pod and its target port, after DNAT: a
+/// ClusterIP whose backend admits only x/a (on the target port 8080) answers x/a and no one
+/// else, though the port dialled (80) is in no policy.
+#[test]
+fn service_traffic_is_policed_at_the_backend() {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ..Default::default()
+        },
+        |lab| {
+            model(lab);
+            let node = lab.nodes[1].name.clone();
+            lab.pod_add_labeled("web", &node, &[("app", "web")])
+                .expect("web");
+            let svc = lab
+                .service_add(&brindle_lab::LabService {
+                    name: "web".into(),
+                    selector: vec![("app".into(), "web".into())],
+                    ..Default::default()
+                })
+                .expect("service");
+            apply(
+                lab,
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {name: web, namespace: default}\n\
+                 spec:\n  podSelector: {matchLabels: {app: web}}\n  ingress:\n  \
+                 - from: [{namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}]\n    \
+                 ports: [{port: 8080}]\n",
+            );
+            let answered = |lab: &Lab, from: &str| {
+                let ns = &lab.pods[from].ns;
+                matches!(lab.client(ns, "hello", svc.cluster_ip, 80, 1).first(), Some(Ok((who, _))) if who == "web")
+            };
+            wait_for("x/a through the Service", Duration::from_secs(30), || {
+                answered(lab, "x/a").then_some(())
+            });
+            for from in ["x/b", "y/a", "z/c"] {
+                assert!(!answered(lab, from), "{from} reached the isolated backend");
+            }
+            assert!(answered(lab, "x/a"));
         },
     );
 }

@@ -285,7 +285,10 @@ impl Server {
 
 /// Tells the hook about an attachment with a host veth and waits (bounded) until it is ready.
 async fn announce(hook: &AttachmentHook, r: &AddRequest, ips: &[IpAddr]) {
-    if !r.attrs.contains_key(brindle_ipam::block::attr::HOST_INTERFACE) {
+    if !r
+        .attrs
+        .contains_key(brindle_ipam::block::attr::HOST_INTERFACE)
+    {
         return; // IPAM only: no interface of ours to prepare
     }
     let (ready, done) = oneshot::channel();
@@ -300,7 +303,9 @@ async fn announce(hook: &AttachmentHook, r: &AddRequest, ips: &[IpAddr]) {
     })
     .await;
     match ok {
-        Ok(true) => debug!(handle = %r.handle, wait_ms = t.elapsed().as_secs_f64() * 1e3, "attachment prepared"),
+        Ok(true) => {
+            debug!(handle = %r.handle, wait_ms = t.elapsed().as_secs_f64() * 1e3, "attachment prepared")
+        }
         _ => warn!(
             handle = %r.handle,
             wait_ms = t.elapsed().as_millis() as u64,

@@ -420,9 +420,7 @@ impl Lab {
         }
         if self.spec.datastore == Datastore::Kubernetes {
             let (ns, pod) = split_key(name);
-            let api = self
-                .store
-                .namespaced::<k8s_openapi::api::core::v1::Pod>(ns);
+            let api = self.store.namespaced::<k8s_openapi::api::core::v1::Pod>(ns);
             let _ = self.block_on(api.delete(pod, None));
         }
         Ok(())
@@ -587,12 +585,11 @@ impl Lab {
     /// One connection from a pod to another pod's `port` (`tcp` or `udp`): true when the
     /// other pod answered.
     pub fn probe(&self, from: &str, to: &str, port: u16, protocol: &str) -> Result<bool, String> {
-        let ip = self
+        let ip = self.pods.get(to).ok_or_else(|| format!("no pod {to}"))?.ip;
+        let p = self
             .pods
-            .get(to)
-            .ok_or_else(|| format!("no pod {to}"))?
-            .ip;
-        let p = self.pods.get(from).ok_or_else(|| format!("no pod {from}"))?;
+            .get(from)
+            .ok_or_else(|| format!("no pod {from}"))?;
         let mode = if protocol == "udp" { "udp" } else { "hello" };
         let r = self.client(&p.ns, mode, ip, port, 1);
         Ok(matches!(r.first(), Some(Ok((who, _))) if who == to))
@@ -637,7 +634,9 @@ impl Lab {
             }
             let _ = c.0.wait();
             for line in text.lines() {
-                let Some((ip, who)) = line.split_once(' ') else { continue };
+                let Some((ip, who)) = line.split_once(' ') else {
+                    continue;
+                };
                 if let Some(t) = to
                     .iter()
                     .find(|t| self.pods[**t].ip.to_string() == ip && **t == who)

@@ -226,10 +226,10 @@ impl PolicyState {
         let mut with_chains = vec![];
         for a in local.values() {
             let key = a.pod.as_ref().map(|(ns, n)| format!("{ns}/{n}"));
-            match key.as_ref().filter(|_| a.primary) {
-                // A pod's own network: its addresses are the pod's as soon as IPAM gave them
-                // (the kubelet reports them later), and it waits for its Pod.
-                Some(k) => match pods.get_mut(k) {
+            // A pod's own network: its addresses are the pod's as soon as IPAM gave them (the
+            // kubelet reports them later), and it waits for its Pod.
+            if let Some(k) = key.as_ref().filter(|_| a.primary) {
+                match pods.get_mut(k) {
                     Some(p) if !p.host_network => {
                         for ip in &a.ips {
                             if !p.ips.contains(ip) {
@@ -238,8 +238,7 @@ impl PolicyState {
                         }
                     }
                     _ => continue,
-                },
-                None => {}
+                }
             }
             with_chains.push(a.veth.clone());
             endpoints.extend(a.ips.iter().map(|ip| LocalEndpoint {
@@ -247,8 +246,10 @@ impl PolicyState {
                 ip: *ip,
             }));
         }
-        let mut world = World::default();
-        world.namespaces = self.namespaces.clone();
+        let mut world = World {
+            namespaces: self.namespaces.clone(),
+            ..Default::default()
+        };
         for p in pods.values() {
             // A namespace the datastore has no object for (etcd mode) still has its name.
             world
@@ -303,7 +304,13 @@ pub fn network_policy(np: NetworkPolicy) -> Option<NetworkPolicy> {
 mod tests {
     use super::*;
 
-    fn attrs(node: &str, ns: &str, pod: &str, ifname: &str, veth: &str) -> BTreeMap<String, String> {
+    fn attrs(
+        node: &str,
+        ns: &str,
+        pod: &str,
+        ifname: &str,
+        veth: &str,
+    ) -> BTreeMap<String, String> {
         [
             (attr::NODE, node),
             (attr::TYPE, attr::TYPE_POD),
@@ -347,11 +354,18 @@ mod tests {
         assert!(st.urgent());
         let (rules, with) = st.render(&PolicyContext::default());
         assert_eq!(with, vec!["brlp".to_string()], "x/a's Pod is not known yet");
-        assert!(rules.filter.chains.iter().all(|c| !c.name.ends_with("brla")));
+        assert!(rules
+            .filter
+            .chains
+            .iter()
+            .all(|c| !c.name.ends_with("brla")));
         st.programmed(&with);
         assert!(rx2.try_recv().is_ok());
         assert!(rx.try_recv().is_err());
-        st.apply(PolicyEv::Pod(Event::Upsert("x/a".into(), Box::new(pod("x", "a")))));
+        st.apply(PolicyEv::Pod(Event::Upsert(
+            "x/a".into(),
+            Box::new(pod("x", "a")),
+        )));
         let (rules, with) = st.render(&PolicyContext::default());
         assert!(with.contains(&"brla".to_string()));
         assert!(rules.filter.chains.iter().any(|c| c.name == "BRL-TW-brla"));

@@ -25,18 +25,18 @@ use brindle_felix_lite::proxy::rules::{
 use brindle_felix_lite::proxy::{NatOutgoingExclusions, NodeContext, NodeGuard};
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod as KubePod, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::metrics::Metrics;
-use crate::services::{self, Reserved, Skipped};
 use crate::policy_state::{self, PolicyEv, PolicyState};
+use crate::services::{self, Reserved, Skipped};
 use crate::snapshot::{mirror, Event, Snapshot};
+use brindle_api::service_addresses::NodeAddress;
 use brindle_cni::agent::NewAttachment;
 use brindle_felix_lite::policy::{self as fpolicy, PolicyContext, PolicyRules};
-use brindle_api::service_addresses::NodeAddress;
 
 pub struct ServiceTask {
     pub store: Store,
