@@ -104,6 +104,8 @@ pub struct PolicyState {
     fresh: BTreeMap<String, (Attachment, Instant)>,
     /// ADDs waiting for their veth's chains.
     waiting: Vec<(String, oneshot::Sender<()>)>,
+    /// An attachment was announced since the last render.
+    announced: bool,
     /// Something changed since the last render.
     pub dirty: bool,
 }
@@ -114,9 +116,10 @@ impl PolicyState {
         self.listed.iter().all(|l| *l)
     }
 
-    /// Someone waits for chains: sync now.
+    /// A new attachment waits for its chains: sync now. (One still waiting after that, for
+    /// its Pod, is served by the render the Pod's arrival causes.)
     pub fn urgent(&self) -> bool {
-        !self.waiting.is_empty()
+        self.announced
     }
 
     pub fn apply(&mut self, ev: PolicyEv) {
@@ -205,6 +208,7 @@ impl PolicyState {
             return;
         };
         self.waiting.push((at.veth.clone(), n.ready));
+        self.announced = true;
         self.fresh.insert(at.veth.clone(), (at, Instant::now()));
         self.dirty = true;
     }
@@ -212,6 +216,7 @@ impl PolicyState {
     /// The chains and sets for now, and the veths that got chains.
     pub fn render(&mut self, ctx: &PolicyContext) -> (PolicyRules, Vec<String>) {
         self.dirty = false;
+        self.announced = false;
         let now = Instant::now();
         if self.fresh.values().any(|(_, t)| now - *t > FRESH_FOR) {
             self.fresh.retain(|_, (_, t)| now - *t <= FRESH_FOR);
@@ -362,6 +367,7 @@ mod tests {
         st.programmed(&with);
         assert!(rx2.try_recv().is_ok());
         assert!(rx.try_recv().is_err());
+        assert!(!st.urgent(), "x/a waits for its Pod, not in a loop");
         st.apply(PolicyEv::Pod(Event::Upsert(
             "x/a".into(),
             Box::new(pod("x", "a")),

@@ -528,8 +528,10 @@ impl ServiceTask {
                             } else {
                                 debug!(failures, retry_in_s = backoff.as_secs(), "iptables sync failed again: {text}");
                             }
-                            // Everything is rendered from scratch at the next try.
+                            // Everything is rendered from scratch at the next try (the
+                            // policy too, so that ADDs waiting on it are told).
                             st.dirty.extend(st.services.keys().cloned());
+                            pst.dirty = true;
                             pending = true;
                         }
                     }
