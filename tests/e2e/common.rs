@@ -260,3 +260,22 @@ pub fn allow_service_addresses(lab: &Lab, cidr: &str) {
     c.spec.service_load_balancer_ips = r;
     lab.block_on(api.update(&c)).expect("update");
 }
+
+/// Restarts node i's agent and returns its log from the restart to its first sync (Services and
+/// NetworkPolicy are written together).
+pub fn restart_and_first_sync(lab: &mut Lab, i: usize) -> String {
+    let log = lab.nodes[i].log();
+    let offset = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
+    lab.stop_agent(i);
+    lab.start_agent(i);
+    wait_for(
+        "the restarted agent's first Services sync",
+        Duration::from_secs(30),
+        || {
+            let b = std::fs::read(&log).ok()?;
+            let since = String::from_utf8_lossy(b.get(offset..)?).to_string();
+            let synced = since.contains("nothing written") || since.contains("services programmed");
+            (since.contains("services: waiting") && synced).then_some(since)
+        },
+    )
+}

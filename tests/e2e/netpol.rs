@@ -12,9 +12,13 @@ use brindle_lab::{Lab, LabSpec};
 use brindle_testsupport::daemons::wait_for;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
-use crate::common::with_lab;
+use crate::common::{restart_and_first_sync, with_lab};
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+/// Default deny ingress for every pod of x.
+const DENY_X_INGRESS: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+    metadata: {name: deny-ingress, namespace: x}\n\
+    spec: {podSelector: {}, policyTypes: [Ingress]}\n";
 const PODS: [&str; 3] = ["a", "b", "c"];
 
 fn all_pods() -> Vec<String> {
@@ -131,24 +135,6 @@ fn the_upstream_model_through_the_agents_nft() {
     upstream_model("nft");
 }
 
-/// Restarts node i's agent; its log from the restart to its first sync.
-fn restart(lab: &mut Lab, i: usize) -> String {
-    let log = lab.nodes[i].log();
-    let offset = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
-    lab.stop_agent(i);
-    lab.start_agent(i);
-    wait_for(
-        "the restarted agent's first sync",
-        Duration::from_secs(30),
-        || {
-            let b = std::fs::read(&log).ok()?;
-            let since = String::from_utf8_lossy(b.get(offset..)?).to_string();
-            let synced = since.contains("nothing written") || since.contains("services programmed");
-            synced.then_some(since)
-        },
-    )
-}
-
 fn upstream_model(backend: &str) {
     with_lab(
         LabSpec {
@@ -163,12 +149,7 @@ fn upstream_model(backend: &str) {
             assert_matrix(lab, 81, "udp", &expect(|_, _| true));
 
             // Default deny ingress in x: nothing reaches x's pods, x's pods reach out.
-            apply(
-                lab,
-                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
-                 metadata: {name: deny-ingress, namespace: x}\n\
-                 spec: {podSelector: {}, policyTypes: [Ingress]}\n",
-            );
+            apply(lab, DENY_X_INGRESS);
             let deny_x = expect(|f, t| ns_of(t) != "x" || f == t);
             assert_matrix(lab, 80, "tcp", &deny_x);
             // A node still reaches its own pods (kubelet probes).
@@ -256,7 +237,7 @@ fn upstream_model(backend: &str) {
             // An agent restart writes nothing (the rules stay in the kernel meanwhile), and
             // the matrix is the same after it.
             let want = expect(blocks);
-            let log = restart(lab, 0);
+            let log = restart_and_first_sync(lab, 0);
             assert!(log.contains("nothing written"), "{log}");
             assert_matrix(lab, 80, "tcp", &want);
 
@@ -340,12 +321,7 @@ fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
         |lab| {
             model(lab);
             assert_matrix(lab, 80, "udp", &expect(|_, _| true));
-            apply(
-                lab,
-                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
-                 metadata: {name: deny-ingress, namespace: x}\n\
-                 spec: {podSelector: {}, policyTypes: [Ingress]}\n",
-            );
+            apply(lab, DENY_X_INGRESS);
             assert_matrix(lab, 80, "udp", &expect(|f, t| ns_of(t) != "x" || f == t));
             let node = lab.nodes[1].name.clone();
             let seen = sweep_while(lab, "y/a", &node, |lab| {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use brindle_lab::{Lab, LabService, LabSpec};
 use brindle_testsupport::daemons::wait_for;
 
-use crate::common::{allow_service_addresses, with_lab};
+use crate::common::{allow_service_addresses, restart_and_first_sync, with_lab};
 
 fn svc(name: &str, app: &str) -> LabService {
     LabService {
@@ -51,24 +51,6 @@ fn wait_only(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, want: &[&str]) {
         std::thread::sleep(Duration::from_millis(500));
     }
     panic!("{pod} → {ip}:{port}: want answers from {want:?} only, last saw {last:?}");
-}
-
-/// Restarts node i's agent and returns its log from the restart to its first Services sync.
-fn restart_and_first_sync(lab: &mut Lab, i: usize) -> String {
-    let log = lab.nodes[i].log();
-    let offset = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
-    lab.stop_agent(i);
-    lab.start_agent(i);
-    wait_for(
-        "the restarted agent's first Services sync",
-        Duration::from_secs(30),
-        || {
-            let b = std::fs::read(&log).ok()?;
-            let since = String::from_utf8_lossy(b.get(offset..)?).to_string();
-            let synced = since.contains("nothing written") || since.contains("services programmed");
-            (since.contains("services: waiting") && synced).then_some(since)
-        },
-    )
 }
 
 #[test]

@@ -61,7 +61,14 @@ fn from_attrs(attrs: &BTreeMap<String, String>, ip: IpAddr) -> Option<Attachment
 /// This node's attachments that record their host veth, by veth (pure).
 pub fn attachments(snap: &Snapshot, node: &str) -> BTreeMap<String, Attachment> {
     let mut out: BTreeMap<String, Attachment> = BTreeMap::new();
-    for b in snap.blocks.values() {
+    // Only blocks holding something of this node's are read allocation by allocation (the
+    // others cost a look at their attributes, no copies).
+    let mine = |b: &&brindle_api::IPAMBlockSpec| {
+        b.attributes
+            .iter()
+            .any(|a| a.secondary.get(attr::NODE).map(String::as_str) == Some(node))
+    };
+    for b in snap.blocks.values().filter(mine) {
         for a in block::allocations(b) {
             let ours = a.attrs.get(attr::NODE).map(String::as_str) == Some(node)
                 && a.attrs.get(attr::TYPE).map(String::as_str) == Some(attr::TYPE_POD);
@@ -299,10 +306,6 @@ pub fn kube_pod(p: KubePod) -> Option<Pod> {
 
 pub fn kube_namespace(n: KubeNamespace) -> Option<Namespace> {
     Some(brindle_policy::namespace(&n))
-}
-
-pub fn network_policy(np: NetworkPolicy) -> Option<NetworkPolicy> {
-    Some(np)
 }
 
 #[cfg(test)]

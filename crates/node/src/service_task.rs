@@ -303,7 +303,7 @@ impl ServiceTask {
             Some(p) => {
                 tokio::spawn(mirror(
                     self.store.all::<NetworkPolicy>(),
-                    policy_state::network_policy,
+                    Some,
                     |e| Ev::Policy(PolicyEv::Policy(e)),
                     tx.clone(),
                     self.metrics.clone(),
@@ -329,7 +329,6 @@ impl ServiceTask {
         drop(tx);
         let mut pst = PolicyState::default();
         let mut policy_rules = PolicyRules::default();
-        let mut policy_pending = false;
         let runner = Runner {
             deadline: self.tool_timeout,
             ..Default::default()
@@ -364,10 +363,9 @@ impl ServiceTask {
                 && st.listed_services
                 && st.listed_slices
                 && (policy_ctx.is_none() || pst.listed());
-            policy_pending |= pst.dirty;
             let deadline = if pst.urgent() {
                 last_sync + backoff
-            } else if policy_pending {
+            } else if pst.dirty {
                 last_sync + POLICY_BATCH.max(backoff)
             } else if pending {
                 last_sync + self.min_sync.max(backoff)
@@ -425,7 +423,7 @@ impl ServiceTask {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()), if ready => {
-                    if !pending && !policy_pending && !pst.urgent() {
+                    if !pending && !pst.dirty && !pst.urgent() {
                         // The periodic re-read: repairs whatever was changed by hand.
                         if let Some(w) = writer.as_mut() { w.invalidate(); }
                         last_refresh = Instant::now();
@@ -441,7 +439,7 @@ impl ServiceTask {
                     };
                     let mut with_chains = vec![];
                     if let Some(pctx) = &policy_ctx {
-                        if policy_pending || pst.urgent() {
+                        if pst.dirty || pst.urgent() {
                             (policy_rules, with_chains) = pst.render(pctx);
                         }
                         fpolicy::merge(&mut ruleset, &policy_rules);
@@ -477,7 +475,6 @@ impl ServiceTask {
                     writer = Some(w);
                     last_sync = Instant::now();
                     pending = false;
-                    policy_pending = false;
                     self.metrics.proxy_sync.observe(started.elapsed().as_secs_f64());
                     self.metrics.proxy_skipped.clear();
                     for (k, v) in &st.skipped {
