@@ -303,9 +303,11 @@ async fn announce(hook: &AttachmentHook, r: &AddRequest, ips: &[IpAddr]) {
     })
     .await;
     match ok {
-        Ok(true) => {
-            debug!(handle = %r.handle, wait_ms = t.elapsed().as_secs_f64() * 1e3, "attachment prepared")
-        }
+        Ok(true) => info!(
+            handle = %r.handle,
+            wait_ms = t.elapsed().as_secs_f64() * 1e3,
+            "the pod's policy chains ready"
+        ),
         _ => warn!(
             handle = %r.handle,
             wait_ms = t.elapsed().as_millis() as u64,

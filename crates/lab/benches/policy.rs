@@ -2,10 +2,12 @@
 //!
 //! A two-node lab (release binaries, etcd); 30 pods added one after another on one node with
 //! no policy, then 30 more under 100 policies that isolate every pod of the namespace (each
-//! new pod's ingress chain jumps to all 100, and its interface has no chains until the agent
-//! has written them: the ADD waits for that). Times each CNI ADD as the runtime sees it (the
-//! plugin's process, start to result), p50 and p99, and prints them side by side with the
-//! difference. Writes `bench-results/lab-policy.json`.
+//! new pod's ingress chain goes through the group of all 100, and its interface has no chains
+//! until the agent has written them: the ADD waits for that). Times each CNI ADD as the
+//! runtime sees it (the plugin's process, start to result), p50 and p99, with the part the
+//! agent held it for the chains and the agent's own account of its syncs (its log). Writes
+//! `bench-results/lab-policy.json`. `BRINDLE_BENCH_PERF=<file>` records the agent with
+//! `perf record -g` during the second phase.
 
 use std::time::Instant;
 
@@ -42,7 +44,60 @@ fn adds(lab: &mut Lab, node: &str, prefix: &str) -> Vec<f64> {
     v
 }
 
+/// What the agent's log says about one phase (from `offset`): its syncs (count, median
+/// `render_ms`, `restore_ms`, `total_ms`, `rules_total`) and each ADD's wait for its chains.
+struct Agent {
+    syncs: usize,
+    render: f64,
+    restore: f64,
+    total: f64,
+    rules: f64,
+    waits: Vec<f64>,
+}
+
+fn agent(log: &std::path::Path, offset: usize) -> Agent {
+    let text = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(text.get(offset..).unwrap_or_default()).to_string();
+    let field = |l: &str, k: &str| -> Option<f64> {
+        l.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+    };
+    let synced: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("services programmed"))
+        .collect();
+    let med = |k: &str| {
+        let mut v: Vec<f64> = synced.iter().filter_map(|l| field(l, k)).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let mut waits: Vec<f64> = text
+        .lines()
+        .filter(|l| l.contains("policy chains ready"))
+        .filter_map(|l| field(l, "wait_ms"))
+        .collect();
+    waits.sort_by(|a, b| a.total_cmp(b));
+    Agent {
+        syncs: synced.len(),
+        render: med("render_ms"),
+        restore: med("restore_ms"),
+        total: med("total_ms"),
+        rules: med("rules_total"),
+        waits,
+    }
+}
+
+fn log_len(log: &std::path::Path) -> usize {
+    std::fs::metadata(log)
+        .map(|m| m.len() as usize)
+        .unwrap_or(0)
+}
+
 fn pct(v: &[f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
@@ -56,7 +111,10 @@ fn main() {
     let node = lab.nodes[0].name.clone();
     // Warm up (the first ADD pays for the agent's first connection to etcd).
     lab.pod_add("warm", &node).expect("warm up");
+    let log = lab.nodes[0].log();
+    let at = log_len(&log);
     let none = adds(&mut lab, &node, "open-");
+    let none_agent = agent(&log, at);
     let api = lab.store.namespaced::<NetworkPolicy>("default");
     lab.block_on(async {
         for i in 0..POLICIES {
@@ -69,30 +127,68 @@ fn main() {
         assert!(Instant::now() < deadline, "the policies never arrived");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    let at = log_len(&log);
+    let perf = std::env::var("BRINDLE_BENCH_PERF").ok().map(|out| {
+        let pid = lab.nodes[0].agent_pid().expect("agent pid").to_string();
+        std::process::Command::new("perf")
+            .args(["record", "-g", "-o", &out, "-p", &pid])
+            .spawn()
+            .expect("perf")
+    });
     let under = adds(&mut lab, &node, "isolated-");
-    println!("\npod ADD (the plugin's process, start to result), {PODS} pods one at a time, ms\n");
-    println!("{:<28} {:>8} {:>8}", "", "p50", "p99");
+    if let Some(mut p) = perf {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &p.id().to_string()])
+            .status();
+        let _ = p.wait();
+    }
+    let under_agent = agent(&log, at);
     println!(
-        "{:<28} {:>8.2} {:>8.2}",
-        "no policy",
-        pct(&none, 0.5),
-        pct(&none, 0.99)
+        "\npod ADD, {PODS} pods one at a time (ms): the plugin's process start to result, and the"
     );
+    println!("part of it the agent held the ADD until the pod's policy chains were written\n");
     println!(
-        "{:<28} {:>8.2} {:>8.2}",
-        format!("{POLICIES} policies isolating it"),
-        pct(&under, 0.5),
-        pct(&under, 0.99)
+        "{:<28} {:>8} {:>8} {:>10} {:>10}",
+        "", "ADD p50", "ADD p99", "wait p50", "wait p99"
     );
+    for (what, v, a) in [
+        ("no policy".to_string(), &none, &none_agent),
+        (
+            format!("{POLICIES} policies isolating it"),
+            &under,
+            &under_agent,
+        ),
+    ] {
+        println!(
+            "{what:<28} {:>8.2} {:>8.2} {:>10.2} {:>10.2}",
+            pct(v, 0.5),
+            pct(v, 0.99),
+            pct(&a.waits, 0.5),
+            pct(&a.waits, 0.99)
+        );
+    }
     println!(
-        "{:<28} {:>8.2}",
-        "added to p50",
-        pct(&under, 0.5) - pct(&none, 0.5)
+        "\nthe agent's syncs meanwhile (its log): count; medians of rendering, iptables-restore,"
     );
+    println!("the writes (ms); rules of ours\n");
+    for (what, a) in [
+        ("no policy", &none_agent),
+        ("under the policies", &under_agent),
+    ] {
+        println!(
+            "{what:<28} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.0}",
+            a.syncs, a.render, a.restore, a.total, a.rules
+        );
+    }
+    let phase = |v: &[f64], a: &Agent| {
+        json!({"add_p50_ms": pct(v, 0.5), "add_p99_ms": pct(v, 0.99),
+               "wait_p50_ms": pct(&a.waits, 0.5), "wait_p99_ms": pct(&a.waits, 0.99),
+               "syncs": a.syncs, "render_ms": a.render, "restore_ms": a.restore, "rules": a.rules})
+    };
     let out = json!({
         "pods": PODS, "policies": POLICIES,
-        "none_ms": {"p50": pct(&none, 0.5), "p99": pct(&none, 0.99)},
-        "under_ms": {"p50": pct(&under, 0.5), "p99": pct(&under, 0.99)},
+        "none": phase(&none, &none_agent),
+        "under": phase(&under, &under_agent),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
     let _ = std::fs::create_dir_all(&dir);

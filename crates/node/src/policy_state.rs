@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use brindle_cni::agent::NewAttachment;
-use brindle_felix_lite::policy::{render, LocalEndpoint, PolicyContext, PolicyRules};
+use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext, PolicyRules, Renderer};
 use brindle_ipam::block::{self, attr};
 use brindle_policy::compile::Program;
 use brindle_policy::model::{Namespace, Pod, Policy};
@@ -115,6 +115,8 @@ pub struct PolicyState {
     announced: bool,
     /// Something changed since the last render.
     pub dirty: bool,
+    /// Keeps the policies' chains between renders.
+    renderer: Renderer,
 }
 
 impl PolicyState {
@@ -192,11 +194,22 @@ impl PolicyState {
     /// The attachments in the blocks changed (a snapshot came).
     pub fn set_known(&mut self, known: BTreeMap<String, Attachment>) {
         if known != self.known {
+            let before = self.local();
             self.fresh
                 .retain(|veth, (a, _)| known.get(veth).is_none_or(|k| k.ips != a.ips));
             self.known = known;
-            self.dirty = true;
+            // The blocks showing what the IPAM socket announced changes nothing to render.
+            self.dirty |= self.local() != before;
         }
+    }
+
+    /// This node's attachments: the blocks', with the ones just announced over them.
+    fn local(&self) -> BTreeMap<String, Attachment> {
+        let mut local = self.known.clone();
+        for (veth, (a, _)) in &self.fresh {
+            local.insert(veth.clone(), a.clone());
+        }
+        local
     }
 
     /// An attachment just given its addresses by the IPAM socket.
@@ -229,10 +242,7 @@ impl PolicyState {
             self.fresh.retain(|_, (_, t)| now - *t <= FRESH_FOR);
             self.dirty = true; // rendered without them now; nothing else to do
         }
-        let mut local = self.known.clone();
-        for (veth, (a, _)) in &self.fresh {
-            local.insert(veth.clone(), a.clone());
-        }
+        let local = self.local();
         let mut pods = self.pods.clone();
         let mut endpoints = vec![];
         let mut with_chains = vec![];
@@ -272,7 +282,7 @@ impl PolicyState {
         world.policies = self.policies.values().cloned().collect();
         let pods: Vec<Pod> = pods.into_values().collect();
         let prog = Program::compile(&world, &pods);
-        (render(&prog, &endpoints, ctx), with_chains)
+        (self.renderer.render(&prog, &endpoints, ctx), with_chains)
     }
 
     /// After a sync that wrote `with_chains`: the ADDs waiting for those are told.

@@ -431,6 +431,7 @@ impl ServiceTask {
                         continue;
                     }
                     let (Some(c), Some(g)) = (ctx.clone(), guard.as_ref()) else { continue };
+                    let render_started = Instant::now();
                     st.render(&c, &reserved_now, false);
                     let mut ruleset = if self.services {
                         rules::assemble(&c, g, st.rendered.values().flatten())
@@ -449,6 +450,7 @@ impl ServiceTask {
                     let psets = policy_rules.sets.clone();
                     let policy_on = policy_ctx.is_some();
                     let started = Instant::now();
+                    let render_time = started - render_started;
                     let mut job = tokio::task::spawn_blocking(move || {
                         let r = w
                             .sync_sets(&sets2)
@@ -508,6 +510,7 @@ impl ServiceTask {
                                     jumps = rep.jumps_inserted,
                                     rules_total = rep.rules_total,
                                     read_back = rep.read,
+                                    render_ms = render_time.as_millis() as u64,
                                     restore_ms = rep.restore_time.as_millis() as u64,
                                     total_ms = started.elapsed().as_millis() as u64,
                                     "services programmed"

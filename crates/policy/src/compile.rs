@@ -156,19 +156,32 @@ impl Program {
                 out.insert(p.id(), compiled);
             }
         }
+        // The workloads by namespace: a selector looks only at the namespaces it can pick,
+        // a policy only at its own (cost follows what matches, not policies × pods).
+        let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, pod) in pods.iter().enumerate().filter(|(_, p)| !p.host_network) {
+            by_ns.entry(pod.namespace.as_str()).or_default().push(i);
+        }
+        let in_ns = |ns: &str| by_ns.get(ns).into_iter().flatten().map(|i| &pods[*i]);
         for (key, (namespaces, sel, own)) in &selectors {
-            let members = pods
-                .iter()
-                .filter(|pod| !pod.host_network && sel.matches(&pod.labels))
-                .filter(|pod| match namespaces {
-                    Namespaces::Own => pod.namespace == *own,
-                    Namespaces::Matching(ns) => world
-                        .namespaces
-                        .get(&pod.namespace)
-                        .is_some_and(|n| ns.matches(&n.labels)),
-                })
-                .flat_map(|pod| pod.ips.iter().copied())
-                .collect();
+            let members = match namespaces {
+                Namespaces::Own => in_ns(own)
+                    .filter(|pod| sel.matches(&pod.labels))
+                    .flat_map(|pod| pod.ips.iter().copied())
+                    .collect(),
+                Namespaces::Matching(nsel) => by_ns
+                    .keys()
+                    .filter(|ns| {
+                        world
+                            .namespaces
+                            .get(**ns)
+                            .is_some_and(|n| nsel.matches(&n.labels))
+                    })
+                    .flat_map(|ns| in_ns(ns))
+                    .filter(|pod| sel.matches(&pod.labels))
+                    .flat_map(|pod| pod.ips.iter().copied())
+                    .collect(),
+            };
             prog.selector_sets.insert(key.clone(), members);
         }
         for k in named {
@@ -184,15 +197,25 @@ impl Program {
                 .collect();
             prog.named_sets.insert(k, members);
         }
-        for pod in pods.iter().filter(|p| !p.host_network) {
-            let mut e = Endpoint::default();
-            for p in policies.iter().filter(|p| p.selects(pod)) {
+        // Per pod (by index), the policies isolating it, in the policies' order.
+        let mut eps: Vec<Endpoint> = vec![Endpoint::default(); pods.len()];
+        for p in &policies {
+            let id = p.id();
+            for i in by_ns.get(p.namespace.as_str()).into_iter().flatten() {
+                if !p.selects(&pods[*i]) {
+                    continue;
+                }
                 if p.ingress.is_some() {
-                    e.ingress.push(p.id());
+                    eps[*i].ingress.push(id.clone());
                 }
                 if p.egress.is_some() {
-                    e.egress.push(p.id());
+                    eps[*i].egress.push(id.clone());
                 }
+            }
+        }
+        for (pod, e) in pods.iter().zip(eps) {
+            if pod.host_network {
+                continue;
             }
             for ip in &pod.ips {
                 prog.endpoints.insert(*ip, e.clone());
