@@ -17,6 +17,7 @@
 //! for the underlay, 10.244.0.0/16 for pods, never routed from the host namespace.
 
 mod net;
+pub mod netpol;
 mod pods;
 mod services;
 pub mod status;

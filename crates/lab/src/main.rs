@@ -49,7 +49,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: ServiceCmd,
     },
-    /// Run a command in a pod's network namespace.
+    /// Namespaces and their labels (NetworkPolicy's namespaceSelector).
+    Namespace {
+        #[command(subcommand)]
+        cmd: NamespaceCmd,
+    },
+    /// Create or replace the NetworkPolicies and Namespaces of a YAML file (`-`: stdin).
+    Apply {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Delete the NetworkPolicies and Namespaces of a YAML file (`-`: stdin).
+    Delete {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// Every pod to every pod: the upstream truth table (`.` reached, `X` not).
+    Probe {
+        #[arg(long, default_value_t = 80)]
+        port: u16,
+        #[arg(long, default_value = "tcp", value_parser = ["tcp", "udp"])]
+        protocol: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command in a pod's network namespace (`NAME` or `NAMESPACE/NAME`).
     Exec {
         pod: String,
         #[arg(last = true, required = true)]
@@ -71,17 +95,64 @@ enum ServiceCmd {
 
 #[derive(Subcommand)]
 enum PodCmd {
+    /// Each pod serves TCP and UDP on 8080, 80 and 81 (container ports `serve-80-tcp`,
+    /// `serve-80-udp`, `serve-81-tcp`, `serve-81-udp`: the upstream NetworkPolicy model's).
     Add {
         name: String,
         #[arg(long)]
         node: String,
-        /// Labels `k=v` (repeatable); Services select on them.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Labels `k=v` (repeatable); Services and NetworkPolicies select on them.
         #[arg(long = "label")]
         labels: Vec<String>,
     },
+    /// Set (`k=v`) and remove (`k-`) a pod's labels.
+    Label {
+        /// `NAME` (namespace default) or `NAMESPACE/NAME`.
+        pod: String,
+        #[arg(required = true)]
+        edits: Vec<String>,
+    },
     Del {
+        /// `NAME` (namespace default) or `NAMESPACE/NAME`.
         name: String,
     },
+}
+
+#[derive(Subcommand)]
+enum NamespaceCmd {
+    Add {
+        name: String,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Set (`k=v`) and remove (`k-`) a namespace's labels.
+    Label {
+        name: String,
+        #[arg(required = true)]
+        edits: Vec<String>,
+    },
+}
+
+/// The lab's key of a pod: `NAME` in default, `NAMESPACE/NAME` elsewhere.
+fn pod_key(namespace: &str, name: &str) -> String {
+    if namespace == "default" || name.contains('/') {
+        name.to_string()
+    } else {
+        format!("{namespace}/{name}")
+    }
+}
+
+fn read_yaml(file: &Path) -> anyhow::Result<Vec<Value>> {
+    let text = if file.as_os_str() == "-" {
+        let mut t = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut t)?;
+        t
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    brindle_lab::netpol::documents(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 fn socket(dir: &Path) -> PathBuf {
@@ -275,6 +346,39 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
                 Ok(()) => json!({"ok": "deleted"}),
                 Err(e) => json!({"error": e}),
             }
+        } else if let Some(r) = req.get("pod_label") {
+            let edits: Vec<String> = serde_json::from_value(r["edits"].clone()).unwrap_or_default();
+            match brindle_lab::netpol::parse_edits(&edits)
+                .and_then(|e| lab.pod_relabel(r["pod"].as_str().unwrap_or_default(), &e))
+            {
+                Ok(()) => json!({"ok": "labelled"}),
+                Err(e) => json!({"error": e}),
+            }
+        } else if let Some(r) = req.get("namespace_label") {
+            let edits: Vec<String> = serde_json::from_value(r["edits"].clone()).unwrap_or_default();
+            match brindle_lab::netpol::parse_edits(&edits)
+                .and_then(|e| lab.namespace_label(r["name"].as_str().unwrap_or_default(), &e))
+            {
+                Ok(()) => json!({"ok": "labelled"}),
+                Err(e) => json!({"error": e}),
+            }
+        } else if let Some(objs) = req.get("apply").and_then(Value::as_array) {
+            match lab.apply(objs) {
+                Ok(lines) => json!({"ok": lines}),
+                Err(e) => json!({"error": e}),
+            }
+        } else if let Some(objs) = req.get("delete").and_then(Value::as_array) {
+            match lab.delete_objects(objs) {
+                Ok(lines) => json!({"ok": lines}),
+                Err(e) => json!({"error": e}),
+            }
+        } else if let Some(p) = req.get("probe") {
+            let port = p["port"]
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .unwrap_or(80);
+            let (pods, m) = lab.probe_all(port, p["protocol"].as_str().unwrap_or("tcp"));
+            json!({"ok": {"pods": pods, "reached": m.into_iter().collect::<Vec<_>>()}})
         } else if let Some(n) = req.get("pod_ns").and_then(Value::as_str) {
             match lab.pods.get(n) {
                 Some(p) => json!({"ok": p.ns.name()}),
@@ -380,13 +484,86 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Pod {
-            cmd: PodCmd::Add { name, node, labels },
+            cmd:
+                PodCmd::Add {
+                    name,
+                    node,
+                    namespace,
+                    labels,
+                },
         } => {
+            let key = pod_key(&namespace, &name);
             let ip = ask(
                 dir,
-                json!({"pod_add": {"name": name, "node": node, "labels": labels}}),
+                json!({"pod_add": {"name": key, "node": node, "labels": labels}}),
             )?;
-            println!("pod {name} on {node}: {}", ip.as_str().unwrap_or_default());
+            println!("pod {key} on {node}: {}", ip.as_str().unwrap_or_default());
+            Ok(())
+        }
+        Cmd::Pod {
+            cmd: PodCmd::Label { pod, edits },
+        } => {
+            ask(dir, json!({"pod_label": {"pod": pod, "edits": edits}}))?;
+            println!("pod {pod} labelled");
+            Ok(())
+        }
+        Cmd::Namespace {
+            cmd: NamespaceCmd::Add { name, labels },
+        } => {
+            ask(
+                dir,
+                json!({"namespace_label": {"name": name, "edits": labels}}),
+            )?;
+            println!("namespace {name} added");
+            Ok(())
+        }
+        Cmd::Namespace {
+            cmd: NamespaceCmd::Label { name, edits },
+        } => {
+            ask(
+                dir,
+                json!({"namespace_label": {"name": name, "edits": edits}}),
+            )?;
+            println!("namespace {name} labelled");
+            Ok(())
+        }
+        Cmd::Apply { file } => {
+            let objs = read_yaml(&file)?;
+            for l in ask(dir, json!({ "apply": objs }))?
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!("{}", l.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Cmd::Delete { file } => {
+            let objs = read_yaml(&file)?;
+            for l in ask(dir, json!({ "delete": objs }))?
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                println!("{}", l.as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Cmd::Probe {
+            port,
+            protocol,
+            json,
+        } => {
+            let v = ask(dir, json!({"probe": {"port": port, "protocol": protocol}}))?;
+            if json {
+                println!("{v}");
+                return Ok(());
+            }
+            let pods: Vec<String> = serde_json::from_value(v["pods"].clone())?;
+            let reached: std::collections::BTreeSet<(String, String)> =
+                serde_json::from_value(v["reached"].clone())?;
+            println!("{port}/{protocol}: rows reach columns (. yes, X no)\n");
+            print!("{}", brindle_lab::netpol::truth_table(&pods, &reached));
             Ok(())
         }
         Cmd::Pod {

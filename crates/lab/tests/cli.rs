@@ -144,3 +144,113 @@ fn up_pods_exec_status_and_down_after_a_crash() {
         );
     }
 }
+
+/// Who reached whom: (from, to).
+type Matrix = std::collections::BTreeSet<(String, String)>;
+
+/// NetworkPolicy from the command line, as the Kubernetes docs would have an operator try
+/// it: namespaces and pods with labels, `apply -f` of a policy, the truth table from `probe`
+/// (also as JSON), a pod relabelled out of the allow, `delete -f`.
+#[test]
+fn network_policy_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let _down = Down(dir.clone());
+    let (ok, out) = lab(&dir, &["up", "--nodes", "2"]);
+    assert!(ok, "{out}");
+    let (ok, out) = lab(&dir, &["namespace", "add", "x", "--label", "team=a"]);
+    assert!(ok, "{out}");
+    for (name, ns, node) in [
+        ("a", "x", "node-0"),
+        ("c", "x", "node-1"),
+        ("b", "default", "node-1"),
+    ] {
+        let label = format!("pod={name}");
+        let (ok, out) = lab(
+            &dir,
+            &[
+                "pod",
+                "add",
+                name,
+                "--namespace",
+                ns,
+                "--node",
+                node,
+                "--label",
+                &label,
+            ],
+        );
+        assert!(ok, "{out}");
+    }
+    // Row `from` reaches column `to`?
+    let reached = |dir: &Path| -> Matrix {
+        let (ok, out) = lab(dir, &["probe", "--json"]);
+        assert!(ok, "{out}");
+        let v: serde_json::Value = serde_json::from_str(out.trim()).expect("probe --json");
+        serde_json::from_value(v["reached"].clone()).expect("pairs")
+    };
+    let wait = |dir: &Path, want: &dyn Fn(&Matrix) -> bool| {
+        for _ in 0..30 {
+            let m = reached(dir);
+            if want(&m) {
+                return m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        panic!(
+            "the matrix never became what was wanted: {:?}",
+            reached(dir)
+        );
+    };
+    let pair = |f: &str, t: &str| (f.to_string(), t.to_string());
+    let m = wait(&dir, &|m| m.len() == 9);
+    assert!(m.contains(&pair("b", "x/a")));
+
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {name: a-from-c, namespace: x}\n\
+         spec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  \
+         - from: [{podSelector: {matchLabels: {pod: c}}}]\n",
+    )
+    .unwrap();
+    let (ok, out) = lab(&dir, &["apply", "-f", policy.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("networkpolicy/x/a-from-c applied"),
+        "{out}"
+    );
+    let m = wait(&dir, &|m| !m.contains(&pair("b", "x/a")));
+    assert!(m.contains(&pair("x/c", "x/a")), "{m:?}");
+    assert!(
+        m.contains(&pair("x/a", "b")),
+        "egress is not isolated: {m:?}"
+    );
+    // The table as a person reads it.
+    let (ok, table) = lab(&dir, &["probe"]);
+    assert!(ok, "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("b "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(
+        row.split_whitespace().collect::<Vec<_>>(),
+        ["b", ".", "X", "."],
+        "columns b, x/a, x/c:\n{table}"
+    );
+
+    let (ok, out) = lab(&dir, &["pod", "label", "x/c", "pod-"]);
+    assert!(ok, "{out}");
+    wait(&dir, &|m| !m.contains(&pair("x/c", "x/a")));
+    let (ok, out) = lab(&dir, &["pod", "label", "x/c", "nonsense"]);
+    assert!(!ok && out.contains("key=value"), "{out}");
+
+    let (ok, out) = lab(&dir, &["delete", "-f", policy.to_str().unwrap()]);
+    assert!(ok && out.contains("deleted"), "{out}");
+    wait(&dir, &|m| m.len() == 9);
+
+    let svc = tmp.path().join("svc.yaml");
+    std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
+    let (ok, out) = lab(&dir, &["apply", "-f", svc.to_str().unwrap()]);
+    assert!(!ok && out.contains("service add"), "{out}");
+}
