@@ -209,6 +209,25 @@ pub fn parse_save(text: &str) -> HashMap<String, TableState> {
     tables
 }
 
+/// Packet counts of our rules in `iptables-save -c` output, by rule hash (summed when one
+/// rule stands in several places).
+pub fn parse_counters(text: &str) -> HashMap<u64, u64> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix('[') else {
+            continue;
+        };
+        let Some((counts, rule)) = rest.split_once("] -A ") else {
+            continue;
+        };
+        let packets = counts.split(':').next().and_then(|p| p.parse::<u64>().ok());
+        if let (Some(p), Some(h)) = (packets, rule_hash(rule)) {
+            *out.entry(h).or_insert(0) += p;
+        }
+    }
+    out
+}
+
 /// Our hash in a rule's comment (`--comment brl:H` or `--comment "brl:H …"`).
 fn rule_hash(body: &str) -> Option<u64> {
     let i = body.find("--comment ")? + "--comment ".len();
@@ -279,6 +298,14 @@ impl Writer {
             all.extend(parse_save(&text));
         }
         Ok(all)
+    }
+
+    /// The packet counts of our rules in `table`, by rule hash (the kernel's counters since
+    /// each chain was last written).
+    pub fn counters(&self, table: &str) -> Result<HashMap<u64, u64>, IptablesError> {
+        let save = self.backend.tool("save");
+        let text = self.runner.run(&[&save, "-c", "-t", table], None)?;
+        Ok(parse_counters(&text))
     }
 
     /// Brings the ipsets to `sets` (name → members), each replaced atomically (a temporary
@@ -617,6 +644,17 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn counts_our_rules_by_hash() {
+        let save = "*filter\n:BRL-PI-X - [0:0]\n\
+            [7:420] -A BRL-PI-X -m comment --comment \"brl:0123456789abcdef x/p rule 0\" -j MARK --set-xmark 0x10000/0x10000\n\
+            [3:180] -A BRL-PI-X -m comment --comment \"brl:0123456789abcdef x/p rule 0\" -j MARK --set-xmark 0x10000/0x10000\n\
+            [5:300] -A FORWARD -j ACCEPT\nCOMMIT\n";
+        let c = parse_counters(save);
+        assert_eq!(c.get(&0x0123456789abcdef), Some(&10));
+        assert_eq!(c.len(), 1, "foreign rules are not ours: {c:?}");
+    }
 
     #[test]
     fn reads_our_hashes_quoted_or_not_and_marks_foreign_rules() {

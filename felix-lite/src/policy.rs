@@ -20,6 +20,7 @@
 //!   `except`s as `nomatch` entries) per ipBlock, `brl40n-<hash>` (hash:ip,port) per named
 //!   port. IPv4 only, as the rest of felix-lite.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
@@ -89,6 +90,28 @@ pub struct SetSpec {
 pub struct PolicyRules {
     pub filter: TableRules,
     pub sets: Vec<SetSpec>,
+    /// Which rules count what, for the packet counters: by rule hash.
+    pub accounting: Vec<(u64, Account)>,
+}
+
+/// What a rule's packet counter means.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Account {
+    /// New connections this policy allowed in this direction.
+    Allowed { policy: String, ingress: bool },
+    /// New connections to (ingress) or from this pod interface that it was isolated from.
+    Denied { veth: String, ingress: bool },
+}
+
+impl PolicyRules {
+    /// Packet counts (from [`crate::iptables::Writer::counters`]) summed per account.
+    pub fn count(&self, counters: &HashMap<u64, u64>) -> BTreeMap<Account, u64> {
+        let mut out = BTreeMap::new();
+        for (h, a) in &self.accounting {
+            *out.entry(a.clone()).or_insert(0) += counters.get(h).copied().unwrap_or(0);
+        }
+        out
+    }
 }
 
 /// `BRL-PI-…` (ingress) or `BRL-PO-…` (egress) for a policy id.
@@ -141,6 +164,16 @@ impl Renderer {
                     Some(r) if &r.0 == rules => r,
                     _ => policy_lines(ingress, id, rules, ctx),
                 };
+                // Its mark rules count what it allowed (the rest are its returns).
+                out.accounting.extend(
+                    r.1.rules
+                        .iter()
+                        .filter(|x| !x.text.ends_with("-j RETURN"))
+                        .map(|x| {
+                            let policy = id.clone();
+                            (x.hash, Account::Allowed { policy, ingress })
+                        }),
+                );
                 chains.push(r.1.clone());
                 out.sets.extend(r.2.iter().cloned());
                 kept.insert(key, r);
@@ -225,7 +258,13 @@ fn endpoints_and_sets(
                 used.insert(key, g.clone());
                 g
             });
-            chains.push(endpoint_chain(&name, group.as_ref(), ctx));
+            let chain = endpoint_chain(&name, group.as_ref(), ctx);
+            if let (Some(_), Some(drop)) = (&group, chain.rules.last()) {
+                let veth = e.veth.clone();
+                out.accounting
+                    .push((drop.hash, Account::Denied { veth, ingress }));
+            }
+            chains.push(chain);
             if let Some(g) = group {
                 groups.insert(g.name.clone(), g);
             }
@@ -614,6 +653,34 @@ mod tests {
                 .any(|t| t.contains("-p udp -m udp --dport 5000:5010")),
             "{p:?}"
         );
+        // Counters: the policy's mark rules count its allows, a's drop its denials.
+        assert!(r.accounting.iter().any(|(_, a)| *a
+            == Account::Allowed {
+                policy: "x/web".into(),
+                ingress: true
+            }));
+        let denied: Vec<&Account> = r
+            .accounting
+            .iter()
+            .filter(|(_, a)| matches!(a, Account::Denied { .. }))
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(
+            denied,
+            vec![&Account::Denied {
+                veth: "brl0000000000a".into(),
+                ingress: true
+            }],
+            "only the isolated pod's direction drops"
+        );
+        let drop_hash = r
+            .accounting
+            .iter()
+            .find(|(_, a)| matches!(a, Account::Denied { .. }))
+            .map(|(h, _)| *h)
+            .unwrap();
+        let counts = r.count(&HashMap::from([(drop_hash, 3)]));
+        assert_eq!(counts[denied[0]], 3);
         // Sets: b's address for the selector, the block with its except as nomatch, the
         // named port as ip,proto:port.
         let set = |prefix: &str| r.sets.iter().find(|s| s.name.starts_with(prefix)).unwrap();

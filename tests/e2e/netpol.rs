@@ -182,6 +182,27 @@ fn upstream_model(backend: &str) {
             assert_matrix(lab, 81, "udp", &expect(from_y));
             // 81/TCP is not in the policy: only the deny applies.
             assert_matrix(lab, 81, "tcp", &deny_x);
+            // The counters say so, per policy and per pod (read every refresh, 3 s here).
+            let node = lab.pods["x/a"].node.clone();
+            wait_for(
+                "policy counters on x/a's node",
+                Duration::from_secs(20),
+                || {
+                    let m = metrics(lab, &node);
+                    let value = |name: &str| -> u64 {
+                        m.lines()
+                            .find(|l| l.starts_with(name))
+                            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                            .unwrap_or(0)
+                    };
+                    let allowed = value(
+                    "brindle_policy_allowed_packets{policy=\"x/a-from-y\",direction=\"ingress\"}",
+                );
+                    let denied =
+                        value("brindle_policy_denied_packets{pod=\"x/a\",direction=\"ingress\"}");
+                    (allowed > 0 && denied > 0).then_some(())
+                },
+            );
 
             // The namespace selector follows labels: z labelled ns=y is let in too.
             lab.namespace_set("z", &[("ns", "y")]).expect("relabel z");
@@ -416,4 +437,14 @@ fn service_traffic_is_policed_at_the_backend() {
             assert!(answered(lab, "x/a"));
         },
     );
+}
+
+/// A node agent's /metrics, read inside the node.
+fn metrics(lab: &Lab, node: &str) -> String {
+    let out = lab.node(node).ns.run(&[
+        "python3",
+        "-c",
+        "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9091/metrics', timeout=3).read().decode())",
+    ]);
+    String::from_utf8_lossy(&out.stdout).to_string()
 }

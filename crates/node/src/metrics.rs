@@ -42,6 +42,21 @@ pub struct ObjectLabel {
     pub object: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// `namespace/name` of the NetworkPolicy.
+    pub policy: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PodLabel {
+    /// `namespace/name` of the pod (or its host interface, for one that is no pod's).
+    pub pod: String,
+    pub direction: String,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     pub registry: Arc<Mutex<Registry>>,
@@ -62,6 +77,11 @@ pub struct Metrics {
     pub proxy_restore_failures: Counter,
     /// Services with parts that could not be programmed (problems per Service).
     pub proxy_skipped: Family<ObjectLabel, Gauge>,
+    /// New connections each policy allowed (the kernel's counters, since its chain was
+    /// last written; read every refresh interval).
+    pub policy_allowed: Family<PolicyLabel, Gauge>,
+    /// New connections an isolated pod was denied, per direction (the same way).
+    pub policy_denied: Family<PodLabel, Gauge>,
     /// Paths from each peer the import rails refused (since its peer entry was made).
     pub refused_by_rails: Family<PeerLabel, Gauge>,
     /// Times each peer's session was closed over its prefix limit.
@@ -92,6 +112,8 @@ impl Metrics {
             proxy_rules: Gauge::default(),
             proxy_restore_failures: Counter::default(),
             proxy_skipped: Family::default(),
+            policy_allowed: Family::default(),
+            policy_denied: Family::default(),
             refused_by_rails: Family::default(),
             prefix_limit_hits: Family::default(),
             kernel_repairs: Counter::default(),
@@ -185,6 +207,16 @@ impl Metrics {
                 "proxy_skipped",
                 "Problems that kept part of a Service or EndpointSlice from being programmed",
                 m.proxy_skipped.clone(),
+            );
+            r.register(
+                "policy_allowed_packets",
+                "Packets that opened a connection a NetworkPolicy allowed, per policy and direction, since its chain was last written (read every --iptables-refresh-interval)",
+                m.policy_allowed.clone(),
+            );
+            r.register(
+                "policy_denied_packets",
+                "Packets of new connections an isolated pod of this node was denied, per pod and direction, since its chain was last written (read every --iptables-refresh-interval)",
+                m.policy_denied.clone(),
             );
         }
         m

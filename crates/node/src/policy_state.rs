@@ -203,6 +203,16 @@ impl PolicyState {
         }
     }
 
+    /// `namespace/name` of the pod whose interface `veth` is.
+    pub fn pod_of(&self, veth: &str) -> Option<String> {
+        let a = self
+            .fresh
+            .get(veth)
+            .map(|(a, _)| a)
+            .or_else(|| self.known.get(veth))?;
+        a.pod.as_ref().map(|(ns, n)| format!("{ns}/{n}"))
+    }
+
     /// This node's attachments: the blocks', with the ones just announced over them.
     fn local(&self) -> BTreeMap<String, Attachment> {
         let mut local = self.known.clone();

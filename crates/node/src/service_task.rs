@@ -276,6 +276,34 @@ fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
     ])
 }
 
+/// The policy counters read from the kernel, as metrics (replacing the last reading).
+fn publish_counters(m: &Metrics, counts: &BTreeMap<fpolicy::Account, u64>, pst: &PolicyState) {
+    use crate::metrics::{PodLabel, PolicyLabel};
+    let dir = |ingress: bool| if ingress { "ingress" } else { "egress" }.to_string();
+    m.policy_allowed.clear();
+    m.policy_denied.clear();
+    for (a, n) in counts {
+        let n = i64::try_from(*n).unwrap_or(i64::MAX);
+        match a {
+            fpolicy::Account::Allowed { policy, ingress } => {
+                let l = PolicyLabel {
+                    policy: policy.clone(),
+                    direction: dir(*ingress),
+                };
+                m.policy_allowed.get_or_create(&l).set(n);
+            }
+            fpolicy::Account::Denied { veth, ingress } => {
+                let pod = pst.pod_of(veth).unwrap_or_else(|| veth.clone());
+                let l = PodLabel {
+                    pod,
+                    direction: dir(*ingress),
+                };
+                m.policy_denied.get_or_create(&l).set(n);
+            }
+        }
+    }
+}
+
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The longest wait between two failed syncs.
 const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -328,6 +356,7 @@ impl ServiceTask {
         };
         drop(tx);
         let mut pst = PolicyState::default();
+        let mut read_counters = false;
         let mut policy_rules = PolicyRules::default();
         let runner = Runner {
             deadline: self.tool_timeout,
@@ -424,8 +453,10 @@ impl ServiceTask {
                 }
                 _ = tokio::time::sleep_until(deadline.into()), if ready => {
                     if !pending && !pst.dirty && !pst.urgent() {
-                        // The periodic re-read: repairs whatever was changed by hand.
+                        // The periodic re-read: repairs whatever was changed by hand, and
+                        // reads the policy counters.
                         if let Some(w) = writer.as_mut() { w.invalidate(); }
+                        read_counters = policy_ctx.is_some();
                         last_refresh = Instant::now();
                         pending = true;
                         continue;
@@ -449,6 +480,7 @@ impl ServiceTask {
                     let sets2 = if self.services { sets.clone() } else { BTreeMap::new() };
                     let psets = policy_rules.sets.clone();
                     let policy_on = policy_ctx.is_some();
+                    let counters_wanted = std::mem::take(&mut read_counters);
                     let started = Instant::now();
                     let render_time = started - render_started;
                     let mut job = tokio::task::spawn_blocking(move || {
@@ -463,7 +495,10 @@ impl ServiceTask {
                                 debug!("stale policy sets stay for now: {e}");
                             }
                         }
-                        (w, r)
+                        let counters = (r.is_ok() && counters_wanted)
+                            .then(|| w.counters("filter"))
+                            .and_then(|c| c.inspect_err(|e| debug!("policy counters not read: {e}")).ok());
+                        (w, r, counters)
                     });
                     // Every tool has a deadline, so the sync is bounded: waiting for it is
                     // progress, and the loop beats meanwhile.
@@ -473,7 +508,10 @@ impl ServiceTask {
                             _ = self.pulse.due() => self.pulse.beat(),
                         }
                     };
-                    let Ok((w, r)) = res else { return };
+                    let Ok((w, r, counters)) = res else { return };
+                    if let Some(c) = counters {
+                        publish_counters(&self.metrics, &policy_rules.count(&c), &pst);
+                    }
                     writer = Some(w);
                     last_sync = Instant::now();
                     pending = false;
