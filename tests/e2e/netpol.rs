@@ -448,3 +448,30 @@ fn metrics(lab: &Lab, node: &str) -> String {
     ]);
     String::from_utf8_lossy(&out.stdout).to_string()
 }
+
+/// `endPort`: a range admits both its ends and only its protocol.
+#[test]
+fn an_end_port_range_admits_its_ends_and_only_its_protocol() {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ..Default::default()
+        },
+        |lab| {
+            model(lab);
+            apply(
+                lab,
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+                 metadata: {name: range, namespace: x}\n\
+                 spec:\n  podSelector: {}\n  ingress:\n  \
+                 - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    \
+                 ports: [{port: 80, endPort: 81, protocol: TCP}]\n",
+            );
+            let from_y = expect(|f, t| ns_of(t) != "x" || f == t || ns_of(f) == "y");
+            let closed = expect(|f, t| ns_of(t) != "x" || f == t);
+            assert_matrix(lab, 80, "tcp", &from_y);
+            assert_matrix(lab, 81, "tcp", &from_y);
+            assert_matrix(lab, 80, "udp", &closed);
+        },
+    );
+}
