@@ -475,3 +475,237 @@ fn an_end_port_range_admits_its_ends_and_only_its_protocol() {
         },
     );
 }
+
+/// One upstream data-path case: the policies (built from the lab: ipBlocks name pod
+/// addresses), then each (port, protocol) with the pairs that must connect. A pod always
+/// reaches itself (loopback, as upstream ignores it).
+struct Case {
+    policies: fn(&Lab) -> Vec<String>,
+    checks: &'static [Check],
+}
+
+/// A port, a protocol, and whether `from` must reach `to` there.
+type Check = (u16, &'static str, fn(&str, &str) -> bool);
+
+fn np(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+         metadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+    )
+}
+
+fn run_case(case: Case) {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ..Default::default()
+        },
+        |lab| {
+            model(lab);
+            let logs: Vec<(std::path::PathBuf, usize)> = lab
+                .nodes
+                .iter()
+                .map(|n| {
+                    let log = n.log();
+                    let len = std::fs::metadata(&log)
+                        .map(|m| m.len() as usize)
+                        .unwrap_or(0);
+                    (log, len)
+                })
+                .collect();
+            let policies = (case.policies)(lab);
+            for p in &policies {
+                apply(lab, p);
+            }
+            // Every agent has written them (else a matrix that is also today's would pass
+            // before any policy arrived).
+            let want = format!("policies={} ", policies.len());
+            for (log, offset) in &logs {
+                wait_for(
+                    "the agents to program the policies",
+                    Duration::from_secs(30),
+                    || {
+                        let b = std::fs::read(log).ok()?;
+                        let since = String::from_utf8_lossy(b.get(*offset..)?).to_string();
+                        since
+                            .lines()
+                            .any(|l| l.contains("services programmed") && l.contains(&want))
+                            .then_some(())
+                    },
+                );
+            }
+            for (port, proto, allowed) in case.checks {
+                assert_matrix(lab, *port, proto, &expect(|f, t| f == t || allowed(f, t)));
+            }
+        },
+    );
+}
+
+fn ip(lab: &Lab, pod: &str) -> String {
+    lab.pods[pod].ip.to_string()
+}
+
+macro_rules! upstream {
+    ($($name:ident: $case:expr;)*) => {
+        /// The upstream model's data-path cases (test/e2e/network/netpol), each with its
+        /// own lab; the server is x/a unless the case says otherwise.
+        mod upstream {
+            use super::*;
+            $(#[test] fn $name() { run_case($case) })*
+        }
+    };
+}
+
+const TO_A: &str = "  podSelector: {matchLabels: {pod: a}}\n";
+
+upstream! {
+    default_deny_ingress: Case {
+        policies: |_| vec![np("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress]\n")],
+        checks: &[(80, "tcp", |_, t| ns_of(t) != "x"), (80, "udp", |_, t| ns_of(t) != "x")],
+    };
+    default_deny_all: Case {
+        policies: |_| vec![np("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n")],
+        checks: &[(80, "tcp", |f, t| ns_of(t) != "x" && ns_of(f) != "x")],
+    };
+    allow_from_pods_within_server_namespace: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{podSelector: {{}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || ns_of(f) == "x")],
+    };
+    allow_ingress_for_a_target: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || f == "x/b")],
+    };
+    allow_ingress_from_all_namespaces: Case {
+        policies: |_| vec![
+            np("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress]\n"),
+            np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{}}}}]\n")),
+        ],
+        checks: &[(80, "tcp", |_, t| ns_of(t) != "x" || t == "x/a")],
+    };
+    allow_only_from_a_different_namespace: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || ns_of(f) == "y")],
+    };
+    pod_selector_with_match_expressions: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{podSelector: {{matchExpressions: [{{key: pod, operator: In, values: [b]}}]}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || f == "x/b")],
+    };
+    namespace_selector_with_match_expressions: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchExpressions: [{{key: ns, operator: NotIn, values: [x, z]}}]}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || ns_of(f) == "y")],
+    };
+    pod_selector_or_namespace_selector: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}, {{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || f == "x/b" || ns_of(f) == "y")],
+    };
+    pod_selector_and_namespace_selector: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}, podSelector: {{matchLabels: {{pod: b}}}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || f == "y/b")],
+    };
+    namespace_selector_with_the_default_name_label: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: y}}}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || ns_of(f) == "y")],
+    };
+    based_on_ports: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - ports: [{{port: 81}}]\n"))],
+        checks: &[(80, "tcp", |_, t| t != "x/a"), (81, "tcp", |_, _| true)],
+    };
+    stacked_policies_with_overlapping_selectors_add_up: Case {
+        policies: |_| vec![
+            np("p80", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]\n    ports: [{{port: 80}}]\n")),
+            np("p81", "x", "  podSelector: {}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    ports: [{port: 81}]\n"),
+        ],
+        checks: &[
+            (80, "tcp", |f, t| ns_of(t) != "x" || (t == "x/a" && ns_of(f) == "y")),
+            (81, "tcp", |f, t| ns_of(t) != "x" || ns_of(f) == "y"),
+        ],
+    };
+    // Beside a default deny, so that the allow must do the opening.
+    allow_all: Case {
+        policies: |_| vec![
+            np("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress]\n"),
+            np("all", "x", "  podSelector: {}\n  ingress:\n  - {}\n"),
+        ],
+        checks: &[(80, "tcp", |_, _| true)],
+    };
+    ingress_on_one_named_port: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - ports: [{{port: serve-80-tcp}}]\n"))],
+        checks: &[(80, "tcp", |_, _| true), (81, "tcp", |_, t| t != "x/a")],
+    };
+    egress_on_one_named_port: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - ports: [{{port: serve-80-tcp}}]\n"))],
+        checks: &[(80, "tcp", |_, _| true), (81, "tcp", |f, _| f != "x/a")],
+    };
+    deny_egress_by_pod_selector: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress]\n"))],
+        checks: &[(80, "tcp", |f, _| f != "x/a")],
+    };
+    deny_egress_from_all_pods_in_a_namespace: Case {
+        policies: |_| vec![np("p", "x", "  podSelector: {}\n  policyTypes: [Egress]\n")],
+        checks: &[(80, "tcp", |f, _| ns_of(f) != "x")],
+    };
+    deny_egress_on_the_client_side_even_if_the_server_allows: Case {
+        policies: |_| vec![
+            np("out", "x", &format!("{TO_A}  policyTypes: [Egress]\n")),
+            np("in", "y", "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}]\n"),
+        ],
+        // y/b admits only x/a, which may not send: nobody reaches y/b, x/a reaches nobody.
+        checks: &[(80, "tcp", |f, t| f != "x/a" && t != "y/b")],
+    };
+    egress_to_a_server_in_another_namespace: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}, podSelector: {{matchLabels: {{pod: b}}}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| f != "x/a" || t == "y/b")],
+    };
+    ingress_any_port_on_one_protocol: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - ports: [{{protocol: TCP}}]\n"))],
+        checks: &[(81, "tcp", |_, _| true), (80, "udp", |_, t| t != "x/a")],
+    };
+    allow_all_takes_precedence_over_a_narrower_ingress: Case {
+        policies: |_| vec![
+            np("narrow", "x", &format!("{TO_A}  ingress:\n  - ports: [{{port: 81}}]\n")),
+            np("all", "x", &format!("{TO_A}  ingress:\n  - {{}}\n")),
+        ],
+        checks: &[(80, "tcp", |_, _| true)],
+    };
+    allow_all_takes_precedence_over_a_narrower_egress: Case {
+        policies: |_| vec![
+            np("narrow", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - ports: [{{port: 81}}]\n")),
+            np("all", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - {{}}\n")),
+        ],
+        checks: &[(80, "tcp", |_, _| true)],
+    };
+    egress_to_a_server_in_a_cidr_block: Case {
+        policies: |lab| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: {}/32}}}}]\n", ip(lab, "y/b")))],
+        checks: &[(80, "tcp", |f, t| f != "x/a" || t == "y/b")],
+    };
+    except_clause_in_a_cidr_block: Case {
+        policies: |lab| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.244.0.0/16, except: [{}/32]}}}}]\n", ip(lab, "y/b")))],
+        checks: &[(80, "tcp", |f, t| f != "x/a" || t != "y/b")],
+    };
+    an_address_in_an_except_and_in_another_block_is_allowed: Case {
+        policies: |lab| vec![np("p", "x", &format!(
+            "{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.244.0.0/16, except: [{0}/32]}}}}]\n  - to: [{{ipBlock: {{cidr: {0}/32}}}}]\n",
+            ip(lab, "y/b")
+        ))],
+        checks: &[(80, "tcp", |_, _| true)],
+    };
+    ingress_and_egress_are_judged_independently: Case {
+        policies: |_| vec![
+            np("in", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}}}]\n")),
+            np("out", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{namespaceSelector: {{matchLabels: {{ns: z}}}}}}]\n")),
+        ],
+        checks: &[(80, "tcp", |f, t| (t != "x/a" || ns_of(f) == "y") && (f != "x/a" || ns_of(t) == "z"))],
+    };
+    no_tcp_when_a_policy_names_only_udp: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - ports: [{{port: 81, protocol: UDP}}]\n"))],
+        checks: &[(81, "tcp", |_, t| t != "x/a"), (81, "udp", |_, _| true)],
+    };
+    udp_based_on_ports: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - ports: [{{port: 81, protocol: UDP}}]\n"))],
+        checks: &[(80, "udp", |_, t| t != "x/a"), (81, "udp", |_, _| true)],
+    };
+    udp_pod_selector_and_namespace_selector: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}, podSelector: {{matchLabels: {{pod: b}}}}}}]\n    ports: [{{port: 80, protocol: UDP}}]\n"))],
+        checks: &[(80, "udp", |f, t| t != "x/a" || f == "y/b")],
+    };
+}
