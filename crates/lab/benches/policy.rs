@@ -1,15 +1,17 @@
 //! Pod ADD under NetworkPolicy: `cargo bench -p brindle-lab --bench policy`.
 //!
-//! A two-node lab (release binaries, etcd); 30 pods added one after another on one node with
+//! A three-node lab (release binaries, etcd); 30 pods added one after another on one node with
 //! no policy, then 30 more under 100 policies that isolate every pod of the namespace (each
 //! new pod's ingress chain goes through the group of all 100, and its interface has no chains
 //! until the agent has written them: the ADD waits for that). Times each CNI ADD as the
 //! runtime sees it (the plugin's process, start to result), p50 and p99, with the part the
 //! agent held it for the chains and the agent's own account of its syncs (its log). Writes
-//! `bench-results/lab-policy.json`. `BRINDLE_BENCH_PERF=<file>` records the agent with
+//! `bench-results/lab-policy.json`. Then enforcement latency (the anchor: Kubernetes
+//! perf-tests' ~0.7 s): 20 policies created one at a time, each from the store write to
+//! the last node's log line that follows its restore. `BRINDLE_BENCH_PERF=<file>` records the agent with
 //! `perf record -g` during the second phase.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use brindle_lab::{Lab, LabSpec};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -17,6 +19,7 @@ use serde_json::json;
 
 const PODS: usize = 30;
 const POLICIES: usize = 100;
+const ENFORCE_SAMPLES: usize = 20;
 
 fn policy(i: usize) -> NetworkPolicy {
     serde_json::from_value(json!({
@@ -88,6 +91,48 @@ fn agent(log: &std::path::Path, offset: usize) -> Agent {
     }
 }
 
+/// Policy created → every node's agent has written it (its log line after the restore,
+/// counting the policies it holds), ms; one new policy at a time.
+fn enforcement(lab: &Lab) -> Vec<f64> {
+    let api = lab.store.namespaced::<NetworkPolicy>("default");
+    let mut out = vec![];
+    for i in POLICIES..POLICIES + ENFORCE_SAMPLES {
+        let offsets: Vec<usize> = lab.nodes.iter().map(|n| log_len(&n.log())).collect();
+        let t0 = SystemTime::now();
+        lab.block_on(api.create(&policy(i))).expect("create policy");
+        let want = format!("policies={} ", i + 1);
+        let mut worst = Duration::ZERO;
+        for (n, offset) in lab.nodes.iter().zip(offsets) {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let at = loop {
+                let text = std::fs::read(n.log()).unwrap_or_default();
+                let text =
+                    String::from_utf8_lossy(text.get(offset..).unwrap_or_default()).to_string();
+                let line = text
+                    .lines()
+                    .find(|l| l.contains("services programmed") && l.contains(&want));
+                if let Some(ts) = line
+                    .and_then(|l| l.split_whitespace().next())
+                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                {
+                    break SystemTime::from(ts);
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} never programmed policy {i}",
+                    n.name
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            worst = worst.max(at.duration_since(t0).unwrap_or_default());
+        }
+        out.push(worst.as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    out.sort_by(|a, b| a.total_cmp(b));
+    out
+}
+
 fn log_len(log: &std::path::Path) -> usize {
     std::fs::metadata(log)
         .map(|m| m.len() as usize)
@@ -104,7 +149,7 @@ fn pct(v: &[f64], p: f64) -> f64 {
 fn main() {
     brindle_lab::use_release_binaries();
     let spec = LabSpec {
-        nodes: 2,
+        nodes: 3,
         ..Default::default()
     };
     let mut lab = Lab::up(spec, &mut |_| {}).expect("lab");
@@ -143,6 +188,7 @@ fn main() {
         let _ = p.wait();
     }
     let under_agent = agent(&log, at);
+    let enforce = enforcement(&lab);
     println!(
         "\npod ADD, {PODS} pods one at a time (ms): the plugin's process start to result, and the"
     );
@@ -180,6 +226,13 @@ fn main() {
             a.syncs, a.render, a.restore, a.total, a.rules
         );
     }
+    println!(
+        "\na policy created -> in the kernel of every node ({} nodes, {} samples, {POLICIES}+ policies): p50 {:.1} ms, p99 {:.1} ms",
+        lab.nodes.len(),
+        enforce.len(),
+        pct(&enforce, 0.5),
+        pct(&enforce, 0.99)
+    );
     let phase = |v: &[f64], a: &Agent| {
         json!({"add_p50_ms": pct(v, 0.5), "add_p99_ms": pct(v, 0.99),
                "wait_p50_ms": pct(&a.waits, 0.5), "wait_p99_ms": pct(&a.waits, 0.99),
@@ -189,6 +242,7 @@ fn main() {
         "pods": PODS, "policies": POLICIES,
         "none": phase(&none, &none_agent),
         "under": phase(&under, &under_agent),
+        "enforced_ms": {"p50": pct(&enforce, 0.5), "p99": pct(&enforce, 0.99), "samples": enforce.len()},
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");
     let _ = std::fs::create_dir_all(&dir);
