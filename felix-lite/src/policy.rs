@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
+use brindle_policy::model::Protocol;
 
 use crate::proxy::rules::{
     hash16, Chain, Jump, Rule, Ruleset, TableRules, FORWARD as FORWARD_CHAIN,
@@ -411,6 +412,18 @@ fn rule_lines(
             .iter()
             .map(|p| match p {
                 PortMatch::Protocol(pr) => format!("-p {}", pr.lower()),
+                // SCTP through multiport (which the node guard needs anyway): a kernel
+                // without the sctp match would otherwise fail the whole restore.
+                PortMatch::Range {
+                    protocol: Protocol::Sctp,
+                    from,
+                    to,
+                } if from == to => format!("-p sctp -m multiport --dports {from}"),
+                PortMatch::Range {
+                    protocol: Protocol::Sctp,
+                    from,
+                    to,
+                } => format!("-p sctp -m multiport --dports {from}:{to}"),
                 PortMatch::Range { protocol, from, to } if from == to => {
                     format!("-p {0} -m {0} --dport {from}", protocol.lower())
                 }
@@ -745,5 +758,38 @@ mod tests {
             "{input:?}"
         );
         assert!(order("OUTPUT").iter().all(|t| !t.contains("WL-DISPATCH")));
+    }
+
+    #[test]
+    fn sctp_ports_need_no_sctp_match_module() {
+        let mut w = World::default();
+        w.policies.push(Policy {
+            namespace: "x".into(),
+            name: "s".into(),
+            pods: Selector::default(),
+            ingress: Some(vec![PRule {
+                peers: vec![],
+                ports: vec![Port::Range {
+                    protocol: Protocol::Sctp,
+                    from: 80,
+                    to: 80,
+                }],
+            }]),
+            egress: None,
+        });
+        let r = render(&Program::compile(&w, &[]), &[], &PolicyContext::default());
+        let texts: Vec<String> = r
+            .filter
+            .chains
+            .iter()
+            .flat_map(|c| c.rules.iter().map(|r| r.text.to_string()))
+            .collect();
+        assert!(
+            texts
+                .iter()
+                .any(|t| t.contains("-p sctp -m multiport --dports 80 -j MARK")),
+            "{texts:?}"
+        );
+        assert!(texts.iter().all(|t| !t.contains("-m sctp")), "{texts:?}");
     }
 }
