@@ -4,13 +4,15 @@
 //! - [`workloads`]: the `/32 dev <veth> scope link` routes to local pods, repaired when missing;
 //! - [`proxy`]: Services (kube-proxy's iptables structure, `BRL-` chains) and NAT outgoing;
 //! - [`iptables`]: the writer that puts [`proxy`]'s rules in the kernel, changed chains only;
-//! - [`policy`]: NetworkPolicy's chains and ipsets (rendered, not yet programmed).
+//! - [`policy`]: NetworkPolicy's chains and ipsets;
+//! - [`nflog`]: the packets policy denied, read back from the kernel (`--log-denied`).
 //!
 //! This crate must not talk BGP, read the datastore or allocate addresses: callers hand it
 //! the desired state as plain data.
 #![forbid(unsafe_code)]
 
 pub mod iptables;
+pub mod nflog;
 pub mod policy;
 pub mod proxy;
 pub mod tunnel;

@@ -11,7 +11,8 @@
 //!   Nothing in OUTPUT: a node always reaches its own pods (kubelet probes).
 //! - `BRL-FW-<veth>` (from the pod: egress) / `BRL-TW-<veth>` (to it: ingress): replies of
 //!   allowed connections pass, INVALID drops, then the pod's group chain; isolated and not
-//!   allowed: DROP; not isolated: the accept mark.
+//!   allowed: DROP (first, with `--log-denied`, NFLOG, rate-limited: [`crate::nflog`]); not
+//!   isolated: the accept mark.
 //! - `BRL-GI-<hash>` / `BRL-GO-<hash>` per list of policies isolating some pod in that
 //!   direction (shared by every such pod): each policy in order until one sets the mark.
 //! - `BRL-PI-<hash>` / `BRL-PO-<hash>` per policy: each rule's peer × port combinations set
@@ -43,13 +44,21 @@ pub struct PolicyContext {
     pub workload_prefix: String,
     /// The mark bit that says "policy allowed this packet"; never the masquerade bit.
     pub accept_bit: u8,
+    /// Send what an isolated pod's chain drops to this NFLOG group first (`--log-denied`),
+    /// at most [`LOG_DENIED_LIMIT`] per pod and direction.
+    pub log_denied: Option<u16>,
 }
+
+/// The most denied packets an isolated pod's chain sends to NFLOG (the rest only drop): a
+/// pod flooding what it may not send costs the agent a bounded amount of work.
+pub const LOG_DENIED_LIMIT: &str = "-m limit --limit 10/sec --limit-burst 20";
 
 impl Default for PolicyContext {
     fn default() -> Self {
         PolicyContext {
             workload_prefix: "brl".into(),
             accept_bit: DEFAULT_ACCEPT_BIT,
+            log_denied: None,
         }
     }
 }
@@ -489,6 +498,13 @@ fn group_chain(ingress: bool, policies: &[String], ctx: &PolicyContext) -> Chain
     Chain { name, rules }
 }
 
+/// The interface a `BRL-FW-`/`BRL-TW-` chain is for.
+fn endpoint_veth(chain: &str) -> Option<&str> {
+    chain
+        .strip_prefix("BRL-FW-")
+        .or_else(|| chain.strip_prefix("BRL-TW-"))
+}
+
 /// A pod's chain for one direction: replies pass, INVALID drops; isolated (`group`): what
 /// its group allows returns, the rest drops; not isolated: the accept mark.
 fn endpoint_chain(name: &str, group: Option<&Chain>, ctx: &PolicyContext) -> Chain {
@@ -515,6 +531,17 @@ fn endpoint_chain(name: &str, group: Option<&Chain>, ctx: &PolicyContext) -> Cha
                 "",
                 &format!("-m mark --mark {m} -j RETURN"),
             ));
+            if let (Some(group), Some(veth)) = (ctx.log_denied, endpoint_veth(name)) {
+                let ingress = name.starts_with("BRL-TW-");
+                rules.push(Rule::new(
+                    name,
+                    "",
+                    &format!(
+                        "{LOG_DENIED_LIMIT} -j NFLOG --nflog-group {group} --nflog-prefix {}",
+                        crate::nflog::prefix(ingress, veth)
+                    ),
+                ));
+            }
             rules.push(Rule::new(
                 name,
                 "brindle: isolated, and no policy allowed it",
@@ -706,6 +733,33 @@ mod tests {
         assert_eq!(
             set("brl40n-").members,
             vec!["10.0.0.1,tcp:8080", "10.0.0.2,tcp:8080"]
+        );
+        // --log-denied: the isolated direction logs (limited) just before its drop; the
+        // open one does not log, and the drop still counts the denials.
+        let ctx = PolicyContext {
+            log_denied: Some(30),
+            ..Default::default()
+        };
+        let r = render(&prog, &local, &ctx);
+        let chain = |n: &str| texts(r.filter.chains.iter().find(|c| c.name == n).unwrap());
+        let tw = chain("BRL-TW-brl0000000000a");
+        let n = tw.len();
+        assert!(
+            tw[n - 2].ends_with(&format!(
+            "{LOG_DENIED_LIMIT} -j NFLOG --nflog-group 30 --nflog-prefix brl:D:I:brl0000000000a"
+        )),
+            "{tw:?}"
+        );
+        assert!(tw[n - 1].ends_with("-j DROP"));
+        for c in ["BRL-FW-brl0000000000a", "BRL-TW-brl0000000000b"] {
+            assert!(chain(c).iter().all(|t| !t.contains("NFLOG")), "{c}");
+        }
+        assert_eq!(
+            r.accounting
+                .iter()
+                .filter(|(_, a)| matches!(a, Account::Denied { .. }))
+                .count(),
+            1
         );
     }
 

@@ -484,6 +484,108 @@ fn an_end_port_range_admits_its_ends_and_only_its_protocol() {
     );
 }
 
+/// The agent log of the node `pod` runs on, from `offset` bytes.
+fn pod_node_log(lab: &Lab, pod: &str) -> std::path::PathBuf {
+    let node = &lab.pods[pod].node;
+    lab.nodes
+        .iter()
+        .find(|n| &n.name == node)
+        .expect("the pod's node")
+        .log()
+}
+
+fn log_since(log: &std::path::Path, offset: usize) -> String {
+    let b = std::fs::read(log).unwrap_or_default();
+    String::from_utf8_lossy(b.get(offset..).unwrap_or_default()).to_string()
+}
+
+/// `key=value` in a log line, quoted or not.
+fn has_field(line: &str, key: &str, value: &str) -> bool {
+    line.contains(&format!(" {key}={value} ")) || line.contains(&format!(" {key}=\"{value}\""))
+}
+
+/// The `--log-denied` lines (the lab's agents run with it): each denied packet's line names
+/// the pod, the direction, the packet and the policies that isolate the pod; a pod flooding
+/// what it may not send gets a bounded number of lines.
+#[test]
+fn denied_packets_are_logged_naming_the_pod_and_the_policy_and_a_flood_stays_bounded() {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ..Default::default()
+        },
+        |lab| {
+            model(lab);
+            apply(lab, DENY_X_INGRESS);
+            apply(
+                lab,
+                &np(
+                    "no-egress",
+                    "x",
+                    "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n",
+                ),
+            );
+            let denied_line = |pod: &str, direction: &str, from: &str, to: &str, by: &str| {
+                let log = pod_node_log(lab, pod);
+                let (src, dst) = (ip(lab, from), ip(lab, to));
+                wait_for(
+                    &format!("a denied line for {from} -> {to}"),
+                    Duration::from_secs(30),
+                    || {
+                        // Probed until the policy is in and the line is there.
+                        let _ = lab.probe(from, to, 80, "tcp");
+                        log_since(&log, 0)
+                            .lines()
+                            .find(|l| {
+                                l.contains("NetworkPolicy denied a packet")
+                                    && has_field(l, "pod", pod)
+                                    && has_field(l, "direction", direction)
+                                    && has_field(l, "src", &src)
+                                    && has_field(l, "dst", &dst)
+                                    && has_field(l, "protocol", "tcp")
+                                    && has_field(l, "dport", "80")
+                                    && has_field(l, "isolated_by", by)
+                            })
+                            .map(str::to_string)
+                    },
+                )
+            };
+            let line = denied_line("x/a", "ingress", "y/b", "x/a", "x/deny-ingress");
+            eprintln!("{line}");
+            denied_line("x/b", "egress", "x/b", "z/c", "x/no-egress");
+
+            // A flood of denied UDP from y/b to x/a: the kernel passes at most 10 a second
+            // (20 at once) to the agent, and the agent logs at most 100 a minute.
+            let log = pod_node_log(lab, "x/a");
+            let offset = std::fs::metadata(&log)
+                .map(|m| m.len() as usize)
+                .unwrap_or(0);
+            let flood = format!(
+                "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+                 for i in range(20000):\n    s.sendto(b'x',('{}',80))\n",
+                ip(lab, "x/a")
+            );
+            let started = std::time::Instant::now();
+            let out = lab.pods["y/b"].ns.run(&["python3", "-c", &flood]);
+            assert!(out.status.success(), "{out:?}");
+            std::thread::sleep(Duration::from_secs(2));
+            let secs = started.elapsed().as_secs() + 1;
+            let lines = log_since(&log, offset)
+                .lines()
+                .filter(|l| {
+                    l.contains("NetworkPolicy denied a packet") && has_field(l, "protocol", "udp")
+                })
+                .count() as u64;
+            eprintln!("{lines} lines for the flood in {secs} s");
+            assert!(lines > 0, "the flood was not logged at all");
+            assert!(
+                lines <= 20 + 10 * secs,
+                "{lines} lines for 20,000 denied packets in {secs} s: the kernel's limit is not applied"
+            );
+        },
+    );
+}
+
 /// One upstream data-path case: the policies (built from the lab: ipBlocks name pod
 /// addresses), then each (port, protocol) with the pairs that must connect. A pod always
 /// reaches itself (loopback, as upstream ignores it).

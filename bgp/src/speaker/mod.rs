@@ -39,6 +39,7 @@ use crate::rails::Rails;
 
 pub use control::{serve as serve_control, Request as ControlRequest};
 pub use kernel_task::KernelStats;
+pub use loglimit::LogLimit;
 pub use sockopt::MAX_KEY_LEN as MD5_MAX_KEY_LEN;
 
 /// The speaker as a whole.

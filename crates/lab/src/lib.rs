@@ -578,6 +578,8 @@ impl Lab {
             // And a flushed route table is repaired as quickly.
             "--route-refresh-interval".into(),
             "2s".into(),
+            // Denied packets are logged, so an operator sees why a probe failed.
+            "--log-denied".into(),
         ];
         args.extend(self.datastore_args(&n.forward, &n.dir));
         args.extend(extra.iter().map(|s| s.to_string()));

@@ -18,6 +18,7 @@
 
 mod autodetect;
 mod bgp_task;
+mod denied_log;
 mod desired;
 mod filters;
 mod health;
@@ -130,6 +131,14 @@ struct Args {
     /// interface passes nothing until they exist either way).
     #[arg(long, env = "BRINDLE_POLICY_SETUP_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     policy_setup_timeout: Duration,
+    /// Log each packet NetworkPolicy drops (rate-limited: 10/s per pod and direction in the
+    /// kernel, 100 lines a minute here) with the pod and the policies that isolate it.
+    #[arg(long, env = "BRINDLE_LOG_DENIED", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    log_denied: bool,
+    /// The NFLOG group denied packets are sent to (one reader a group per node: not one that
+    /// ulogd or another agent uses).
+    #[arg(long, env = "BRINDLE_LOG_DENIED_GROUP", default_value_t = brindle_felix_lite::nflog::DEFAULT_GROUP)]
+    log_denied_group: u16,
     /// iptables backend: auto (legacy where the kernel has it, else nft), legacy, nft.
     #[arg(long, env = "BRINDLE_IPTABLES_BACKEND", default_value = "auto", value_parser = ["auto", "legacy", "nft"])]
     iptables_backend: String,
@@ -482,6 +491,24 @@ async fn run(a: Args) -> anyhow::Result<()> {
             .run(),
         );
     }
+    // --log-denied: the group is bound before any rule names it; a node where it cannot be
+    // still enforces policy, without the lines (said once, loudly).
+    let denied = match (policy_on && a.log_denied, a.log_denied_group) {
+        (false, _) => None,
+        (true, group) => match denied_log::listen(group) {
+            Ok(packets) => {
+                let (tx, rx) = watch::channel(denied_log::Isolations::default());
+                let pulse = heart.pulse("denied-log", Duration::from_secs(60));
+                tasks.spawn("denied-log", denied_log::run(packets, rx, pulse));
+                info!(group, "denied packets are logged (NFLOG)");
+                Some(tx)
+            }
+            Err(e) => {
+                error!("--log-denied is OFF on this node (policy is still enforced): {e}");
+                None
+            }
+        },
+    };
     if let Some(backend) = backend {
         info!(
             backend = backend.name(),
@@ -508,8 +535,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
                     ctx: brindle_felix_lite::policy::PolicyContext {
                         workload_prefix: a.veth_prefix.clone(),
                         accept_bit: a.policy_mark_bit,
+                        log_denied: denied.is_some().then_some(a.log_denied_group),
                     },
                     attachments: attach_rx,
+                    isolations: denied,
                 }),
                 pulse: heart.pulse(
                     "services",

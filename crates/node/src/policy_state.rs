@@ -28,6 +28,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::denied_log::Isolation;
 use crate::snapshot::{Event, Snapshot};
 
 /// How long an attachment announced by the IPAM socket is kept without the blocks showing it.
@@ -117,6 +118,8 @@ pub struct PolicyState {
     pub dirty: bool,
     /// Keeps the policies' chains between renders.
     renderer: Renderer,
+    /// What isolates each pod with chains, by interface, as last rendered (`--log-denied`).
+    pub isolation: BTreeMap<String, Isolation>,
 }
 
 impl PolicyState {
@@ -165,12 +168,30 @@ impl PolicyState {
                 if self.pods.get(&k) == Some(&*p) {
                     return;
                 }
+                // An ADD waiting for this Pod gets its chains at once, not after a batch.
+                self.announced |= self.waits_for(&k);
                 self.pods.insert(k, *p);
             }
             PolicyEv::Pod(Event::Delete(k)) => {
                 self.pods.remove(&k);
             }
         }
+    }
+
+    /// An ADD is waiting for the chains of pod `key` (`namespace/name`).
+    fn waits_for(&self, key: &str) -> bool {
+        self.waiting.iter().any(|(veth, _)| {
+            let a = self
+                .fresh
+                .get(veth)
+                .map(|(a, _)| a)
+                .or(self.known.get(veth));
+            a.and_then(|a| a.pod.as_ref()).is_some_and(|(ns, n)| {
+                key.strip_prefix(ns.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+                    == Some(n)
+            })
+        })
     }
 
     fn put_policy(&mut self, key: String, np: &NetworkPolicy) {
@@ -290,8 +311,29 @@ impl PolicyState {
                 .or_insert_with(|| Namespace::new(&p.namespace, &[]));
         }
         world.policies = self.policies.values().cloned().collect();
+        let isolated_pods: Vec<(String, String, IpAddr)> = local
+            .values()
+            .filter(|a| with_chains.contains(&a.veth))
+            .filter_map(|a| {
+                let (ns, n) = a.pod.as_ref().filter(|_| a.primary)?;
+                let ip = a.ips.iter().copied().find(IpAddr::is_ipv4)?;
+                Some((a.veth.clone(), format!("{ns}/{n}"), ip))
+            })
+            .collect();
         let pods: Vec<Pod> = pods.into_values().collect();
         let prog = Program::compile(&world, &pods);
+        self.isolation = isolated_pods
+            .into_iter()
+            .map(|(veth, pod, ip)| {
+                let ep = prog.endpoints.get(&ip).cloned().unwrap_or_default();
+                let iso = Isolation {
+                    pod,
+                    ingress: ep.ingress,
+                    egress: ep.egress,
+                };
+                (veth, iso)
+            })
+            .collect();
         (self.renderer.render(&prog, &endpoints, ctx), with_chains)
     }
 
@@ -395,6 +437,7 @@ mod tests {
             "x/a".into(),
             Box::new(pod("x", "a")),
         )));
+        assert!(st.urgent(), "the Pod an ADD waits for: no batching");
         let (rules, with) = st.render(&PolicyContext::default());
         assert!(with.contains(&"brla".to_string()));
         assert!(rules.filter.chains.iter().any(|c| c.name == "BRL-TW-brla"));

@@ -63,6 +63,8 @@ pub struct PolicyConfig {
     pub ctx: PolicyContext,
     /// Attachments announced by the IPAM socket as their addresses are given.
     pub attachments: mpsc::Receiver<NewAttachment>,
+    /// Told what isolates each pod after each sync (`--log-denied`).
+    pub isolations: Option<watch::Sender<crate::denied_log::Isolations>>,
 }
 
 /// The least time between two syncs for a policy, pod or namespace change (a burst is one).
@@ -327,6 +329,7 @@ impl ServiceTask {
                 self.metrics.clone(),
             ));
         }
+        let mut isolations = None;
         let (mut attach_rx, policy_ctx) = match self.policy.take() {
             Some(p) => {
                 tokio::spawn(mirror(
@@ -350,6 +353,7 @@ impl ServiceTask {
                     tx.clone(),
                     self.metrics.clone(),
                 ));
+                isolations = p.isolations;
                 (Some(p.attachments), Some(p.ctx))
             }
             None => (None, None),
@@ -524,6 +528,15 @@ impl ServiceTask {
                         Ok(rep) => {
                             self.metrics.proxy_rules.set(rep.rules_total as i64);
                             pst.programmed(&with_chains);
+                            if let Some(tx) = &isolations {
+                                tx.send_if_modified(|now| {
+                                    let changed = **now != pst.isolation;
+                                    if changed {
+                                        *now = Arc::new(pst.isolation.clone());
+                                    }
+                                    changed
+                                });
+                            }
                             if failures > 0 {
                                 info!(failures, "iptables writes work again");
                                 failures = 0;
