@@ -597,6 +597,10 @@ struct Case {
 /// A port, a protocol, and whether `from` must reach `to` there.
 type Check = (u16, &'static str, fn(&str, &str) -> bool);
 
+/// A change after the first checks (a label, a policy updated or deleted), then the checks
+/// that must hold after it.
+type Step = (fn(&mut Lab), &'static [Check]);
+
 fn np(name: &str, ns: &str, spec: &str) -> String {
     format!(
         "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
@@ -604,7 +608,7 @@ fn np(name: &str, ns: &str, spec: &str) -> String {
     )
 }
 
-fn run_case(case: Case) {
+fn run_case(case: Case, steps: &[Step]) {
     with_lab(
         LabSpec {
             nodes: 2,
@@ -647,6 +651,12 @@ fn run_case(case: Case) {
             for (port, proto, allowed) in case.checks {
                 assert_matrix(lab, *port, proto, &expect(|f, t| f == t || allowed(f, t)));
             }
+            for (act, checks) in steps {
+                act(lab);
+                for (port, proto, allowed) in *checks {
+                    assert_matrix(lab, *port, proto, &expect(|f, t| f == t || allowed(f, t)));
+                }
+            }
         },
     );
 }
@@ -656,14 +666,23 @@ fn ip(lab: &Lab, pod: &str) -> String {
 }
 
 macro_rules! upstream {
-    ($($name:ident: $case:expr;)*) => {
+    ($($name:ident: $case:expr $(, then $steps:expr)?;)*) => {
         /// The upstream model's data-path cases (test/e2e/network/netpol), each with its
-        /// own lab; the server is x/a unless the case says otherwise.
+        /// own lab; the server is x/a unless the case says otherwise. A case with `then`
+        /// changes something after its checks and checks again.
         mod upstream {
             use super::*;
-            $(#[test] fn $name() { run_case($case) })*
+            $(#[test] fn $name() {
+                let steps: &[&[Step]] = &[$($steps)?];
+                run_case($case, steps.first().copied().unwrap_or_default())
+            })*
         }
     };
+}
+
+fn relabel(lab: &mut Lab, pod: &str, key: &str, value: &str) {
+    lab.pod_relabel(pod, &[(key.to_string(), Some(value.to_string()))])
+        .expect("relabel");
 }
 
 const TO_A: &str = "  podSelector: {matchLabels: {pod: a}}\n";
@@ -819,6 +838,76 @@ upstream! {
     udp_based_on_ports: Case {
         policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - ports: [{{port: 81, protocol: UDP}}]\n"))],
         checks: &[(80, "udp", |_, t| t != "x/a"), (81, "udp", |_, _| true)],
+    };
+    udp_default_deny_ingress: Case {
+        policies: |_| vec![np("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: []\n")],
+        checks: &[(80, "udp", |_, t| ns_of(t) != "x")],
+    };
+    multiple_pod_selectors_and_namespace_selectors: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchExpressions: [{{key: kubernetes.io/metadata.name, operator: NotIn, values: [x]}}]}}, podSelector: {{matchExpressions: [{{key: pod, operator: In, values: [b, c]}}]}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || (ns_of(f) != "x" && !f.ends_with("/a")))],
+    };
+    any_pod_selectors: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}, {{podSelector: {{matchLabels: {{pod: c}}}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || f == "x/b" || f == "x/c")],
+    };
+    only_from_one_pod_in_another_namespace: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: y}}}}, podSelector: {{matchLabels: {{pod: a}}}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || f == "y/a")],
+    };
+    ingress_from_a_namespace_on_one_named_port: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: y}}}}}}]\n    ports: [{{port: serve-80-tcp, protocol: TCP}}]\n"))],
+        checks: &[(80, "tcp", |f, t| t != "x/a" || ns_of(f) == "y"), (81, "tcp", |_, t| t != "x/a")],
+    };
+    updated_policy: Case {
+        policies: |_| vec![np("mutate", "x", "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress:\n  - {}\n")],
+        checks: &[(81, "tcp", |_, _| true)],
+    }, then &[(
+        |lab| { apply(lab, &np("mutate", "x", "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: []\n")); },
+        &[(81, "tcp", |_, t| ns_of(t) != "x")],
+    )];
+    ingress_from_an_updated_namespace: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns2: updated}}}}}}]\n"))],
+        checks: &[(80, "tcp", |_, t| t != "x/a")],
+    }, then &[(
+        |lab| lab.namespace_label("y", &[("ns2".into(), Some("updated".into()))]).expect("label"),
+        &[(80, "tcp", |f, t| t != "x/a" || ns_of(f) == "y")],
+    )];
+    ingress_from_an_updated_pod: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: b, pod2: updated}}}}}}]\n"))],
+        checks: &[(80, "tcp", |_, t| t != "x/a")],
+    }, then &[(
+        |lab| relabel(lab, "x/b", "pod2", "updated"),
+        &[(80, "tcp", |f, t| t != "x/a" || f == "x/b")],
+    )];
+    deny_ingress_from_other_namespaces: Case {
+        policies: |_| vec![np("p", "x", "  podSelector: {}\n  ingress:\n  - from: [{podSelector: {}}]\n")],
+        checks: &[(80, "tcp", |f, t| ns_of(t) != "x" || ns_of(f) == "x")],
+    };
+    deny_ingress_to_an_updated_pod: Case {
+        policies: |_| vec![np("p", "x", "  podSelector: {matchLabels: {target: isolated}}\n  policyTypes: [Ingress]\n  ingress: []\n")],
+        checks: &[(80, "tcp", |_, _| true)],
+    }, then &[(
+        |lab| relabel(lab, "x/a", "target", "isolated"),
+        &[(80, "tcp", |_, t| t != "x/a")],
+    )];
+    ingress_and_egress_together: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress, Ingress]\n  ingress:\n  - from: [{{podSelector: {{matchLabels: {{pod: b}}}}}}]\n  egress:\n  - ports: [{{port: 80}}]\n"))],
+        checks: &[
+            (80, "tcp", |f, t| t != "x/a" || f == "x/b"),
+            (81, "tcp", |f, t| (t != "x/a" || f == "x/b") && f != "x/a"),
+        ],
+    };
+    policies_stop_applying_once_deleted: Case {
+        policies: |_| vec![np("deny-all", "x", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n  ingress: []\n  egress: []\n")],
+        checks: &[(80, "tcp", |f, t| ns_of(f) != "x" && ns_of(t) != "x")],
+    }, then &[(
+        |lab| delete(lab, "x", "deny-all"),
+        &[(80, "tcp", |_, _| true)],
+    )];
+    namespace_selector_with_match_expressions_on_the_default_label: Case {
+        policies: |_| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{namespaceSelector: {{matchExpressions: [{{key: kubernetes.io/metadata.name, operator: NotIn, values: [y]}}]}}}}]\n"))],
+        checks: &[(80, "tcp", |f, t| f != "x/a" || ns_of(t) != "y")],
     };
     udp_pod_selector_and_namespace_selector: Case {
         policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}, podSelector: {{matchLabels: {{pod: b}}}}}}]\n    ports: [{{port: 80, protocol: UDP}}]\n"))],
