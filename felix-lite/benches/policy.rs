@@ -51,6 +51,7 @@ fn pod(i: usize, size: &Size, app: usize) -> Pod {
             port: 8080,
         }],
         host_network: false,
+        finished: false,
         node: if i < size.local {
             "me".into()
         } else {
@@ -111,7 +112,7 @@ fn local(pods: &[Pod]) -> Vec<LocalEndpoint> {
         .enumerate()
         .map(|(i, p)| LocalEndpoint {
             veth: format!("brl{i:011}"),
-            ip: p.ips[0],
+            pod: Some(format!("{}/{}", p.namespace, p.name)),
         })
         .collect()
 }

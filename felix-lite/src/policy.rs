@@ -22,7 +22,6 @@
 //!   port. IPv4 only, as the rest of felix-lite.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::IpAddr;
 
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
 use brindle_policy::model::Protocol;
@@ -74,11 +73,15 @@ impl PolicyContext {
     }
 }
 
-/// A pod on this node: its host interface and its IPv4 address.
+/// An interface of a pod on this node that gets chains.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalEndpoint {
+    /// The host side of its veth.
     pub veth: String,
-    pub ip: IpAddr,
+    /// `namespace/name` of the pod whose primary interface it is (the policies selecting
+    /// that pod isolate it); None: an attachment nothing isolates (podman, a pod's second
+    /// network).
+    pub pod: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,9 +151,12 @@ pub struct Renderer {
     policies: std::collections::HashMap<(bool, String), Rendered>,
     /// (ingress, the policies in order) → their group chain.
     groups: Groups,
+    /// (endpoint chain, its group chain) → the endpoint chain.
+    endpoints: Endpoints,
 }
 
 type Groups = std::collections::HashMap<(bool, Vec<String>), Chain>;
+type Endpoints = std::collections::HashMap<(String, Option<String>), Chain>;
 
 impl Renderer {
     pub fn render(
@@ -162,6 +168,7 @@ impl Renderer {
         if self.ctx.as_ref() != Some(ctx) {
             self.policies.clear();
             self.groups.clear();
+            self.endpoints.clear();
             self.ctx = Some(ctx.clone());
         }
         let mut out = PolicyRules::default();
@@ -190,7 +197,15 @@ impl Renderer {
             }
         }
         self.policies = kept;
-        endpoints_and_sets(prog, local, ctx, chains, out, &mut self.groups)
+        endpoints_and_sets(
+            prog,
+            local,
+            ctx,
+            chains,
+            out,
+            &mut self.groups,
+            &mut self.endpoints,
+        )
     }
 }
 
@@ -213,6 +228,7 @@ fn endpoints_and_sets(
     mut chains: Vec<Chain>,
     mut out: PolicyRules,
     cache: &mut Groups,
+    endpoint_cache: &mut Endpoints,
 ) -> PolicyRules {
     for (key, members) in &prog.selector_sets {
         out.sets.push(SetSpec {
@@ -241,14 +257,20 @@ fn endpoints_and_sets(
     let mut from = vec![];
     let mut to = vec![];
     let mut seen = std::collections::BTreeSet::new();
-    let mut groups = std::collections::BTreeMap::new();
-    let mut used = Groups::new();
-    for e in local.iter().filter(|e| e.ip.is_ipv4()) {
-        // One interface, one pair of chains (a pod's second IPv4 address changes nothing).
+    // The groups in use (by the policy lists in `prog`, not copies), and their names.
+    let mut used: std::collections::BTreeMap<(bool, &[String]), String> = Default::default();
+    let mut endpoints = Endpoints::new();
+    let none = brindle_policy::compile::Endpoint::default();
+    for e in local {
+        // One interface, one pair of chains.
         if !seen.insert(&e.veth) {
             continue;
         }
-        let ep = prog.endpoints.get(&e.ip).cloned().unwrap_or_default();
+        let ep = e
+            .pod
+            .as_ref()
+            .and_then(|k| prog.by_pod.get(k))
+            .unwrap_or(&none);
         for (ingress, ids, dispatch, prefix, dir) in [
             (false, &ep.egress, &mut from, "BRL-FW-", "-i"),
             (true, &ep.ingress, &mut to, "BRL-TW-", "-o"),
@@ -260,26 +282,36 @@ fn endpoints_and_sets(
                 &format!("{dir} {} -g {name}", e.veth),
             ));
             let group = (!ids.is_empty()).then(|| {
-                let key = (ingress, ids.clone());
-                let g = match used.get(&key).or_else(|| cache.get(&key)) {
-                    Some(g) => g.clone(),
-                    None => group_chain(ingress, ids, ctx),
-                };
-                used.insert(key, g.clone());
-                g
+                used.entry((ingress, ids.as_slice()))
+                    .or_insert_with(|| group_name(ingress, ids))
+                    .clone()
             });
-            let chain = endpoint_chain(&name, group.as_ref(), ctx);
-            if let (Some(_), Some(drop)) = (&group, chain.rules.last()) {
+            let key = (name, group);
+            let chain = match endpoint_cache.remove(&key) {
+                Some(c) => c,
+                None => endpoint_chain(&key.0, key.1.as_deref(), ctx),
+            };
+            if let (Some(_), Some(drop)) = (&key.1, chain.rules.last()) {
                 let veth = e.veth.clone();
                 out.accounting
                     .push((drop.hash, Account::Denied { veth, ingress }));
             }
-            chains.push(chain);
-            if let Some(g) = group {
-                groups.insert(g.name.clone(), g);
-            }
+            chains.push(chain.clone());
+            endpoints.insert(key, chain);
         }
     }
+    *endpoint_cache = endpoints;
+    let mut groups = Groups::new();
+    for ((ingress, ids), _) in used {
+        let key = (ingress, ids.to_vec());
+        let g = match cache.remove(&key) {
+            Some(g) => g,
+            None => group_chain(ingress, ids, ctx),
+        };
+        chains.push(g.clone());
+        groups.insert(key, g);
+    }
+    *cache = groups;
     let any = format!("{}+", ctx.workload_prefix);
     for (name, list, dir) in [(FROM_WL, &mut from, "-i"), (TO_WL, &mut to, "-o")] {
         list.push(Rule::new(
@@ -292,8 +324,6 @@ fn endpoints_and_sets(
             rules: std::mem::take(list),
         });
     }
-    chains.extend(groups.into_values());
-    *cache = used;
     out.filter.chains = chains;
     let jump = |chain: &'static str, comment: &str, body: String| Jump {
         chain,
@@ -475,12 +505,17 @@ fn rule_lines(
 /// until one sets the accept mark. Shared by every pod the same policies isolate (Calico's
 /// policy groups), so a pod costs a few rules, not two per policy: with 100 policies over
 /// 60 pods that is 600 rules instead of 12,000, and a legacy restore rewrites them all.
-fn group_chain(ingress: bool, policies: &[String], ctx: &PolicyContext) -> Chain {
-    let name = format!(
+/// The group chain's name of a list of policies.
+fn group_name(ingress: bool, policies: &[String]) -> String {
+    format!(
         "BRL-G{}-{}",
         if ingress { "I" } else { "O" },
         hash16(&policies.join("\n"))
-    );
+    )
+}
+
+fn group_chain(ingress: bool, policies: &[String], ctx: &PolicyContext) -> Chain {
+    let name = group_name(ingress, policies);
     let (m, clear) = (ctx.mark(), ctx.clear());
     let mut rules = vec![];
     for id in policies {
@@ -507,7 +542,7 @@ fn endpoint_veth(chain: &str) -> Option<&str> {
 
 /// A pod's chain for one direction: replies pass, INVALID drops; isolated (`group`): what
 /// its group allows returns, the rest drops; not isolated: the accept mark.
-fn endpoint_chain(name: &str, group: Option<&Chain>, ctx: &PolicyContext) -> Chain {
+fn endpoint_chain(name: &str, group: Option<&str>, ctx: &PolicyContext) -> Chain {
     let m = ctx.mark();
     let mut rules = vec![
         Rule::new(
@@ -525,7 +560,7 @@ fn endpoint_chain(name: &str, group: Option<&Chain>, ctx: &PolicyContext) -> Cha
             &format!("-j MARK --set-xmark {m}"),
         )),
         Some(g) => {
-            rules.push(Rule::new(name, "", &format!("-j {}", g.name)));
+            rules.push(Rule::new(name, "", &format!("-j {g}")));
             rules.push(Rule::new(
                 name,
                 "",
@@ -576,6 +611,7 @@ mod tests {
                 port: 8080,
             }],
             host_network: false,
+            finished: false,
             node: "n1".into(),
         }
     }
@@ -622,11 +658,11 @@ mod tests {
         let local = vec![
             LocalEndpoint {
                 veth: "brl0000000000a".into(),
-                ip: "10.0.0.1".parse().unwrap(),
+                pod: Some("x/a".into()),
             },
             LocalEndpoint {
                 veth: "brl0000000000b".into(),
-                ip: "10.0.0.2".parse().unwrap(),
+                pod: Some("x/b".into()),
             },
         ];
         let r = render(&prog, &local, &PolicyContext::default());

@@ -90,6 +90,7 @@ fn pod(name: &str, ip: &str) -> Pod {
             port: 8080,
         }],
         host_network: false,
+        finished: false,
         node: "n1".into(),
     }
 }
@@ -169,9 +170,9 @@ fn only_what_the_policy_allows_reaches_an_isolated_pod() {
     let prog = Program::compile(&world, &model);
     let local: Vec<LocalEndpoint> = pods
         .iter()
-        .map(|(_, _, veth, ip)| LocalEndpoint {
+        .map(|(_, n, veth, _)| LocalEndpoint {
             veth: veth.to_string(),
-            ip: ip.parse().unwrap(),
+            pod: Some(format!("x/{n}")),
         })
         .collect();
     let rendered = render(&prog, &local, &PolicyContext::default());

@@ -1,15 +1,19 @@
 //! Pod ADD under NetworkPolicy: `cargo bench -p brindle-lab --bench policy`.
 //!
-//! A three-node lab (release binaries, etcd); 30 pods added one after another on one node with
-//! no policy, then 30 more under 100 policies that isolate every pod of the namespace (each
-//! new pod's ingress chain goes through the group of all 100, and its interface has no chains
-//! until the agent has written them: the ADD waits for that). Times each CNI ADD as the
-//! runtime sees it (the plugin's process, start to result), p50 and p99, with the part the
-//! agent held it for the chains and the agent's own account of its syncs (its log). Writes
-//! `bench-results/lab-policy.json`. Then enforcement latency (the anchor: Kubernetes
-//! perf-tests' ~0.7 s): 20 policies created one at a time, each from the store write to
-//! the last node's log line that follows its restore. `BRINDLE_BENCH_PERF=<file>` records the agent with
-//! `perf record -g` during the second phase.
+//! A three-node lab (release binaries, etcd); labelled pods added one after another on one
+//! node with no policy, then under 100 policies that isolate every pod of the namespace
+//! (each new pod's ingress chain goes through the group of all 100, and its interface passes
+//! nothing until the agent has written its chains: the ADD waits for them and for its
+//! address in the sets). Each phase twice: the ADD at once after the Pod is written (the
+//! agent learns of the pod from the ADD's race with its watch), and 100 ms after (a
+//! kubelet's sandbox start: the agent sees the Pod when the kubelet does and writes the
+//! pod's chains before its interface exists). Times each CNI ADD as the runtime sees it (the
+//! plugin's process, start to result), p50 and p99, with the part the agent held it and
+//! the agent's own account of its syncs (its log). Writes `bench-results/lab-policy.json`.
+//! Then enforcement latency (the anchor: Kubernetes perf-tests' ~0.7 s): 20 policies
+//! created one at a time, each from the store write to the last node's log line that
+//! follows its restore. `BRINDLE_BENCH_PERF=<file>` records the agent with `perf record` (DWARF
+//! call graphs) during the fourth phase; `BRINDLE_BENCH_LOG=<file>` keeps the first node's agent log.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +24,9 @@ use serde_json::json;
 const PODS: usize = 30;
 const POLICIES: usize = 100;
 const ENFORCE_SAMPLES: usize = 20;
+/// A kubelet's time from seeing a Pod to calling CNI (sandbox and pause container): the
+/// agent sees the Pod at the same moment, so its chains can be written in between.
+const KUBELET_GAP_MS: u64 = 100;
 
 fn policy(i: usize) -> NetworkPolicy {
     serde_json::from_value(json!({
@@ -31,20 +38,26 @@ fn policy(i: usize) -> NetworkPolicy {
     .expect("policy")
 }
 
-fn adds(lab: &mut Lab, node: &str, prefix: &str) -> Vec<f64> {
+/// `PODS` labelled pods added one after another, each ADD `gap` after its Pod is written;
+/// the CNI ADDs' times (the plugin's process, start to result), sorted.
+fn adds(lab: &mut Lab, node: &str, prefix: &str, gap: Duration) -> Vec<f64> {
     let mut v = vec![];
     for i in 0..PODS {
         let name = format!("{prefix}{i}");
-        let t = Instant::now();
-        let mut took = 0.0;
-        lab.pod_add_with(&name, node, None, &mut |_| {
-            took = t.elapsed().as_secs_f64() * 1e3
-        })
-        .expect("pod add");
-        v.push(took);
+        lab.pod_add_after(&name, node, &[("app", "bench")], gap)
+            .expect("pod add");
+        v.push(lab.last_add.expect("timed").as_secs_f64() * 1e3);
     }
     v.sort_by(|a, b| a.total_cmp(b));
     v
+}
+
+/// One phase: its ADDs' times and what the agent's log says about them.
+fn phase(lab: &mut Lab, node: &str, prefix: &str, gap: Duration) -> (Vec<f64>, Agent) {
+    let log = lab.nodes[0].log();
+    let at = log_len(&log);
+    let v = adds(lab, node, prefix, gap);
+    (v, agent(&log, at))
 }
 
 /// What the agent's log says about one phase (from `offset`): its syncs (count, median
@@ -53,7 +66,6 @@ struct Agent {
     syncs: usize,
     render: f64,
     restore: f64,
-    total: f64,
     rules: f64,
     waits: Vec<f64>,
 }
@@ -85,7 +97,6 @@ fn agent(log: &std::path::Path, offset: usize) -> Agent {
         syncs: synced.len(),
         render: med("render_ms"),
         restore: med("restore_ms"),
-        total: med("total_ms"),
         rules: med("rules_total"),
         waits,
     }
@@ -156,10 +167,9 @@ fn main() {
     let node = lab.nodes[0].name.clone();
     // Warm up (the first ADD pays for the agent's first connection to etcd).
     lab.pod_add("warm", &node).expect("warm up");
-    let log = lab.nodes[0].log();
-    let at = log_len(&log);
-    let none = adds(&mut lab, &node, "open-");
-    let none_agent = agent(&log, at);
+    let gap = Duration::from_millis(KUBELET_GAP_MS);
+    let none = phase(&mut lab, &node, "open-", Duration::ZERO);
+    let none_gap = phase(&mut lab, &node, "opengap-", gap);
     let api = lab.store.namespaced::<NetworkPolicy>("default");
     lab.block_on(async {
         for i in 0..POLICIES {
@@ -172,58 +182,65 @@ fn main() {
         assert!(Instant::now() < deadline, "the policies never arrived");
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    let at = log_len(&log);
+    let under = phase(&mut lab, &node, "isolated-", Duration::ZERO);
     let perf = std::env::var("BRINDLE_BENCH_PERF").ok().map(|out| {
         let pid = lab.nodes[0].agent_pid().expect("agent pid").to_string();
         std::process::Command::new("perf")
-            .args(["record", "-g", "-o", &out, "-p", &pid])
+            .args([
+                "record",
+                "--call-graph",
+                "dwarf,16384",
+                "-F",
+                "2000",
+                "-o",
+                &out,
+                "-p",
+                &pid,
+            ])
             .spawn()
             .expect("perf")
     });
-    let under = adds(&mut lab, &node, "isolated-");
+    let under_gap = phase(&mut lab, &node, "isolatedgap-", gap);
     if let Some(mut p) = perf {
         let _ = std::process::Command::new("kill")
             .args(["-INT", &p.id().to_string()])
             .status();
         let _ = p.wait();
     }
-    let under_agent = agent(&log, at);
+    if let Ok(keep) = std::env::var("BRINDLE_BENCH_LOG") {
+        let _ = std::fs::copy(lab.nodes[0].log(), keep);
+    }
     let enforce = enforcement(&lab);
     println!(
-        "\npod ADD, {PODS} pods one at a time (ms): the plugin's process start to result, and the"
+        "\npod ADD, {PODS} labelled pods one at a time (ms): the CNI plugin's process, start to result,"
     );
-    println!("part of it the agent held the ADD until the pod's policy chains were written\n");
     println!(
-        "{:<28} {:>8} {:>8} {:>10} {:>10}",
-        "", "ADD p50", "ADD p99", "wait p50", "wait p99"
+        "and the part of it the agent held the ADD until the pod's policy chains and sets were written;"
     );
-    for (what, v, a) in [
-        ("no policy".to_string(), &none, &none_agent),
-        (
-            format!("{POLICIES} policies isolating it"),
-            &under,
-            &under_agent,
-        ),
-    ] {
+    println!(
+        "each ADD at once after its Pod is written, or {KUBELET_GAP_MS} ms after (a kubelet's sandbox start)\n"
+    );
+    println!(
+        "{:<34} {:>8} {:>8} {:>10} {:>10} {:>6} {:>8} {:>8} {:>6}",
+        "", "ADD p50", "ADD p99", "wait p50", "wait p99", "syncs", "render", "restore", "rules"
+    );
+    let rows = [
+        ("no policy, at once", &none),
+        ("no policy, after the gap", &none_gap),
+        ("100 policies isolating it, at once", &under),
+        ("100 policies, after the gap", &under_gap),
+    ];
+    for (what, (v, a)) in rows {
         println!(
-            "{what:<28} {:>8.2} {:>8.2} {:>10.2} {:>10.2}",
+            "{what:<34} {:>8.2} {:>8.2} {:>10.2} {:>10.2} {:>6} {:>8.1} {:>8.1} {:>6.0}",
             pct(v, 0.5),
             pct(v, 0.99),
             pct(&a.waits, 0.5),
-            pct(&a.waits, 0.99)
-        );
-    }
-    println!(
-        "\nthe agent's syncs meanwhile (its log): count; medians of rendering, iptables-restore,"
-    );
-    println!("the writes (ms); rules of ours\n");
-    for (what, a) in [
-        ("no policy", &none_agent),
-        ("under the policies", &under_agent),
-    ] {
-        println!(
-            "{what:<28} {:>5} {:>8.1} {:>8.1} {:>8.1} {:>8.0}",
-            a.syncs, a.render, a.restore, a.total, a.rules
+            pct(&a.waits, 0.99),
+            a.syncs,
+            a.render,
+            a.restore,
+            a.rules
         );
     }
     println!(
@@ -233,15 +250,15 @@ fn main() {
         pct(&enforce, 0.5),
         pct(&enforce, 0.99)
     );
-    let phase = |v: &[f64], a: &Agent| {
+    let json_of = |(v, a): &(Vec<f64>, Agent)| {
         json!({"add_p50_ms": pct(v, 0.5), "add_p99_ms": pct(v, 0.99),
                "wait_p50_ms": pct(&a.waits, 0.5), "wait_p99_ms": pct(&a.waits, 0.99),
                "syncs": a.syncs, "render_ms": a.render, "restore_ms": a.restore, "rules": a.rules})
     };
     let out = json!({
-        "pods": PODS, "policies": POLICIES,
-        "none": phase(&none, &none_agent),
-        "under": phase(&under, &under_agent),
+        "pods": PODS, "policies": POLICIES, "kubelet_gap_ms": KUBELET_GAP_MS,
+        "none": json_of(&none), "none_after_gap": json_of(&none_gap),
+        "under": json_of(&under), "under_after_gap": json_of(&under_gap),
         "enforced_ms": {"p50": pct(&enforce, 0.5), "p99": pct(&enforce, 0.99), "samples": enforce.len()},
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../bench-results");

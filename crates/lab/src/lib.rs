@@ -224,6 +224,8 @@ pub struct Lab {
     pub pods: BTreeMap<String, Pod>,
     /// Services the lab made (`service_add`), by name.
     pub services: BTreeMap<String, Assigned>,
+    /// How long the last pod's CNI ADD took (the plugin's process, start to result).
+    pub last_add: Option<Duration>,
     controller: Option<ChildGuard>,
 }
 
@@ -343,6 +345,7 @@ impl Lab {
             tors: vec![],
             pods: BTreeMap::new(),
             services: BTreeMap::new(),
+            last_add: None,
             controller: None,
         };
         lab.seed()?;

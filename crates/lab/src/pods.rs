@@ -223,7 +223,7 @@ impl Lab {
         pool: Option<&str>,
         wired: &mut dyn FnMut(Ipv4Addr),
     ) -> Result<Ipv4Addr, String> {
-        self.pod_add_full(name, node, pool, &[], false, wired)
+        self.pod_add_full(name, node, pool, &[], false, Duration::ZERO, wired)
     }
 
     /// A pod with labels (Services select on them); its Services' endpoints follow.
@@ -233,7 +233,7 @@ impl Lab {
         node: &str,
         labels: &[(&str, &str)],
     ) -> Result<Ipv4Addr, String> {
-        self.pod_add_full(name, node, None, labels, false, &mut |_| {})
+        self.pod_add_full(name, node, None, labels, false, Duration::ZERO, &mut |_| {})
     }
 
     /// A pod whose servers listen before its CNI ADD (a container that is up before its
@@ -244,9 +244,22 @@ impl Lab {
         node: &str,
         labels: &[(&str, &str)],
     ) -> Result<Ipv4Addr, String> {
-        self.pod_add_full(name, node, None, labels, true, &mut |_| {})
+        self.pod_add_full(name, node, None, labels, true, Duration::ZERO, &mut |_| {})
     }
 
+    /// A labelled pod whose CNI ADD comes `gap` after its Pod is written (the time a
+    /// kubelet takes to start a sandbox); [`Lab::last_add`] says how long the ADD took.
+    pub fn pod_add_after(
+        &mut self,
+        name: &str,
+        node: &str,
+        labels: &[(&str, &str)],
+        gap: Duration,
+    ) -> Result<Ipv4Addr, String> {
+        self.pod_add_full(name, node, None, labels, false, gap, &mut |_| {})
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn pod_add_full(
         &mut self,
         name: &str,
@@ -254,6 +267,7 @@ impl Lab {
         pool: Option<&str>,
         labels: &[(&str, &str)],
         serve_first: bool,
+        gap: Duration,
         wired: &mut dyn FnMut(Ipv4Addr),
     ) -> Result<Ipv4Addr, String> {
         if self.pods.contains_key(name) {
@@ -282,7 +296,10 @@ impl Lab {
             "{:016x}",
             brindle_ipam::block::stable_hash(&format!("{name}-{}", ns.name()))
         );
+        std::thread::sleep(gap);
+        let started = std::time::Instant::now();
         let res = self.cni("ADD", node, name, &cid, &ns.path())?;
+        self.last_add = Some(started.elapsed());
         let ip: Ipv4Addr = res["ips"][0]["address"]
             .as_str()
             .and_then(|a| a.split('/').next())

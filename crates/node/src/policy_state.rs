@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use brindle_cni::agent::NewAttachment;
 use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext, PolicyRules, Renderer};
+use brindle_felix_lite::workloads::host_veth_name;
 use brindle_ipam::block::{self, attr};
 use brindle_policy::compile::Program;
 use brindle_policy::model::{Namespace, Pod, Policy};
@@ -116,6 +117,16 @@ pub struct PolicyState {
     announced: bool,
     /// Something changed since the last render.
     pub dirty: bool,
+    /// The blocks changed this node's attachments since the last render, first at this time:
+    /// rendered within a batch of it, not at once (a new pod's own announcement is what
+    /// is urgent, and the blocks show its allocation just before it).
+    pub stale_since: Option<Instant>,
+    /// This node's name: its pods get chains before their interfaces exist.
+    node: String,
+    /// The interfaces with chains in the last render, and whose pod's they are.
+    rendered: BTreeMap<String, Option<String>>,
+    /// The same, as the last successful sync wrote them.
+    written: BTreeMap<String, Option<String>>,
     /// Keeps the policies' chains between renders.
     renderer: Renderer,
     /// What isolates each pod with chains, by interface, as last rendered (`--log-denied`).
@@ -123,6 +134,13 @@ pub struct PolicyState {
 }
 
 impl PolicyState {
+    pub fn new(node: &str) -> PolicyState {
+        PolicyState {
+            node: node.to_string(),
+            ..Default::default()
+        }
+    }
+
     /// Policies, namespaces and pods have all been listed.
     pub fn listed(&self) -> bool {
         self.listed.iter().all(|l| *l)
@@ -220,7 +238,9 @@ impl PolicyState {
                 .retain(|veth, (a, _)| known.get(veth).is_none_or(|k| k.ips != a.ips));
             self.known = known;
             // The blocks showing what the IPAM socket announced changes nothing to render.
-            self.dirty |= self.local() != before;
+            if self.local() != before && self.stale_since.is_none() {
+                self.stale_since = Some(Instant::now());
+            }
         }
     }
 
@@ -258,15 +278,37 @@ impl PolicyState {
             let _ = n.ready.send(());
             return;
         };
-        self.waiting.push((at.veth.clone(), n.ready));
-        self.announced = true;
+        // A pod whose chains were written before its interface existed (its Pod came first,
+        // as from a kubelet): nothing to wait for. Its address enters the sets within a batch
+        // (as it does on the other nodes), not while the plugin is still wiring the pod.
+        let key = at
+            .pod
+            .as_ref()
+            .filter(|_| at.primary)
+            .map(|(ns, p)| format!("{ns}/{p}"));
+        match self.written.get(&at.veth) {
+            Some(pod) if key.is_some() && *pod == key => {
+                let _ = n.ready.send(());
+                self.stale_since.get_or_insert_with(Instant::now);
+            }
+            _ => {
+                self.waiting.push((at.veth.clone(), n.ready));
+                self.announced = true;
+                self.dirty = true;
+            }
+        }
         self.fresh.insert(at.veth.clone(), (at, Instant::now()));
-        self.dirty = true;
+    }
+
+    /// Anything to render.
+    pub fn needs_render(&self) -> bool {
+        self.dirty || self.announced || self.stale_since.is_some()
     }
 
     /// The chains and sets for now, and the veths that got chains.
     pub fn render(&mut self, ctx: &PolicyContext) -> (PolicyRules, Vec<String>) {
         self.dirty = false;
+        self.stale_since = None;
         self.announced = false;
         let now = Instant::now();
         if self.fresh.values().any(|(_, t)| now - *t > FRESH_FOR) {
@@ -275,13 +317,17 @@ impl PolicyState {
         }
         let local = self.local();
         let mut pods = self.pods.clone();
-        let mut endpoints = vec![];
+        let mut endpoints: BTreeMap<String, LocalEndpoint> = BTreeMap::new();
         let mut with_chains = vec![];
         for a in local.values() {
-            let key = a.pod.as_ref().map(|(ns, n)| format!("{ns}/{n}"));
+            let key = a
+                .pod
+                .as_ref()
+                .filter(|_| a.primary)
+                .map(|(ns, n)| format!("{ns}/{n}"));
             // A pod's own network: its addresses are the pod's as soon as IPAM gave them (the
             // kubelet reports them later), and it waits for its Pod.
-            if let Some(k) = key.as_ref().filter(|_| a.primary) {
+            if let Some(k) = &key {
                 match pods.get_mut(k) {
                     Some(p) if !p.host_network => {
                         for ip in &a.ips {
@@ -294,11 +340,27 @@ impl PolicyState {
                 }
             }
             with_chains.push(a.veth.clone());
-            endpoints.extend(a.ips.iter().map(|ip| LocalEndpoint {
-                veth: a.veth.clone(),
-                ip: *ip,
-            }));
+            let veth = a.veth.clone();
+            endpoints.insert(veth.clone(), LocalEndpoint { veth, pod: key });
         }
+        // This node's pods whose interface is not there yet: their chains now, under the
+        // name the CNI plugin gives a pod's eth0 veth, so that its ADD finds them written
+        // and waits only for its address to enter the sets.
+        for (k, p) in &pods {
+            if p.node != self.node || p.host_network || p.finished {
+                continue;
+            }
+            let veth = host_veth_name(&ctx.workload_prefix, &p.namespace, &p.name);
+            endpoints.entry(veth.clone()).or_insert(LocalEndpoint {
+                veth,
+                pod: Some(k.clone()),
+            });
+        }
+        self.rendered = endpoints
+            .iter()
+            .map(|(veth, e)| (veth.clone(), e.pod.clone()))
+            .collect();
+        let endpoints: Vec<LocalEndpoint> = endpoints.into_values().collect();
         let mut world = World {
             namespaces: self.namespaces.clone(),
             ..Default::default()
@@ -311,8 +373,10 @@ impl PolicyState {
                 .or_insert_with(|| Namespace::new(&p.namespace, &[]));
         }
         world.policies = self.policies.values().cloned().collect();
+        // Only what --log-denied names.
         let isolated_pods: Vec<(String, String, IpAddr)> = local
             .values()
+            .filter(|_| ctx.log_denied.is_some())
             .filter(|a| with_chains.contains(&a.veth))
             .filter_map(|a| {
                 let (ns, n) = a.pod.as_ref().filter(|_| a.primary)?;
@@ -339,6 +403,7 @@ impl PolicyState {
 
     /// After a sync that wrote `with_chains`: the ADDs waiting for those are told.
     pub fn programmed(&mut self, with_chains: &[String]) {
+        self.written = self.rendered.clone();
         let before = self.waiting.len();
         let mut still = vec![];
         for (veth, tx) in self.waiting.drain(..) {
@@ -444,5 +509,80 @@ mod tests {
         st.programmed(&with);
         assert!(rx.try_recv().is_ok());
         assert!(!st.urgent());
+    }
+
+    #[test]
+    fn this_nodes_pods_get_chains_before_their_interface_and_the_add_changes_no_chain() {
+        let mut st = PolicyState::new("n1");
+        let mut elsewhere = pod("x", "r");
+        elsewhere.node = "n2".into();
+        let mut done = pod("x", "d");
+        done.finished = true;
+        let mut host = pod("x", "h");
+        host.host_network = true;
+        st.apply(PolicyEv::Pod(Event::Reset(
+            [
+                ("x/a", pod("x", "a")),
+                ("x/r", elsewhere),
+                ("x/d", done),
+                ("x/h", host),
+            ]
+            .into_iter()
+            .map(|(k, p)| (k.to_string(), p))
+            .collect(),
+        )));
+        let ctx = PolicyContext::default();
+        let (before, _) = st.render(&ctx);
+        let names: Vec<&str> = before
+            .filter
+            .chains
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        let veth = host_veth_name("brl", "x", "a");
+        assert!(
+            names.contains(&format!("BRL-TW-{veth}").as_str()),
+            "{names:?}"
+        );
+        for other in ["r", "d", "h"] {
+            let v = host_veth_name("brl", "x", other);
+            assert!(
+                !names.iter().any(|n| n.ends_with(&v)),
+                "x/{other}: {names:?}"
+            );
+        }
+        // Its ADD, before those chains are written: it waits for them.
+        let (tx, mut rx) = oneshot::channel();
+        st.announce(NewAttachment {
+            attrs: attrs("n1", "x", "a", "eth0", &veth),
+            ips: vec!["10.0.0.1".parse().unwrap()],
+            ready: tx,
+        });
+        assert!(rx.try_recv().is_err());
+        let (after, with) = st.render(&ctx);
+        assert_eq!(
+            after.filter, before.filter,
+            "the same interface: no chain changes"
+        );
+        st.programmed(&with);
+        assert!(rx.try_recv().is_ok());
+        // A second sandbox of the pod, its chains written: told at once, and its address
+        // still goes into the sets at once.
+        let (tx, mut rx) = oneshot::channel();
+        st.announce(NewAttachment {
+            attrs: attrs("n1", "x", "a", "eth0", &veth),
+            ips: vec!["10.0.0.2".parse().unwrap()],
+            ready: tx,
+        });
+        assert!(rx.try_recv().is_ok());
+        assert!(!st.urgent() && st.needs_render(), "its address: within a batch");
+        // Another pod's ADD on an interface named like x/a's is not told by x/a's chains.
+        let (tx, mut rx) = oneshot::channel();
+        st.announce(NewAttachment {
+            attrs: attrs("n1", "x", "zz", "eth0", &veth),
+            ips: vec!["10.0.0.3".parse().unwrap()],
+            ready: tx,
+        });
+        assert!(rx.try_recv().is_err());
     }
 }

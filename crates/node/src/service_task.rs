@@ -359,7 +359,7 @@ impl ServiceTask {
             None => (None, None),
         };
         drop(tx);
-        let mut pst = PolicyState::default();
+        let mut pst = PolicyState::new(&self.node);
         let mut read_counters = false;
         let mut policy_rules = PolicyRules::default();
         let runner = Runner {
@@ -400,6 +400,8 @@ impl ServiceTask {
                 last_sync + backoff
             } else if pst.dirty {
                 last_sync + POLICY_BATCH.max(backoff)
+            } else if let Some(since) = pst.stale_since {
+                (since + POLICY_BATCH).max(last_sync + backoff)
             } else if pending {
                 last_sync + self.min_sync.max(backoff)
             } else {
@@ -456,7 +458,7 @@ impl ServiceTask {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()), if ready => {
-                    if !pending && !pst.dirty && !pst.urgent() {
+                    if !pending && !pst.needs_render() {
                         // The periodic re-read: repairs whatever was changed by hand, and
                         // reads the policy counters.
                         if let Some(w) = writer.as_mut() { w.invalidate(); }
@@ -475,7 +477,7 @@ impl ServiceTask {
                     };
                     let mut with_chains = vec![];
                     if let Some(pctx) = &policy_ctx {
-                        if pst.dirty || pst.urgent() {
+                        if pst.needs_render() {
                             (policy_rules, with_chains) = pst.render(pctx);
                         }
                         fpolicy::merge(&mut ruleset, &policy_rules);
@@ -505,11 +507,14 @@ impl ServiceTask {
                         (w, r, counters)
                     });
                     // Every tool has a deadline, so the sync is bounded: waiting for it is
-                    // progress, and the loop beats meanwhile.
+                    // progress, and the loop beats meanwhile. A new attachment is heard
+                    // meanwhile too: one whose chains are already in the kernel (its Pod came
+                    // first) is told at once instead of after this sync.
                     let res = loop {
                         tokio::select! {
                             r = &mut job => break r,
                             _ = self.pulse.due() => self.pulse.beat(),
+                            Some(a) = async { attach_rx.as_mut()?.recv().await } => pst.announce(a),
                         }
                     };
                     let Ok((w, r, counters)) = res else { return };

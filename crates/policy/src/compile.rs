@@ -75,6 +75,8 @@ pub struct Program {
     pub egress: BTreeMap<String, Vec<CompiledRule>>,
     /// By pod address.
     pub endpoints: BTreeMap<IpAddr, Endpoint>,
+    /// By pod (`namespace/name`), addresses or not yet (hostNetwork pods are not here).
+    pub by_pod: BTreeMap<String, Endpoint>,
     pub selector_sets: BTreeMap<SelectorKey, BTreeSet<IpAddr>>,
     pub named_sets: BTreeMap<NamedKey, BTreeSet<(IpAddr, u16)>>,
 }
@@ -220,6 +222,8 @@ impl Program {
             for ip in &pod.ips {
                 prog.endpoints.insert(*ip, e.clone());
             }
+            prog.by_pod
+                .insert(format!("{}/{}", pod.namespace, pod.name), e);
         }
         prog
     }

@@ -87,6 +87,7 @@ pub fn pod(p: &KubePod) -> Pod {
         ports,
         host_network: spec.host_network.unwrap_or(false),
         node: spec.node_name.unwrap_or_default(),
+        finished,
     }
 }
 

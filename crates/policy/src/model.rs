@@ -168,6 +168,8 @@ pub struct Pod {
     /// On the node's network: not a workload, no policy applies to it.
     pub host_network: bool,
     pub node: String,
+    /// Succeeded or Failed: its containers are gone (no addresses, no interface).
+    pub finished: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

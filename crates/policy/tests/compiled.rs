@@ -166,6 +166,7 @@ fn cluster(bytes: &[u8]) -> (World, Vec<Pod>) {
             ips: vec![IpAddr::from([10, 0, 0, i])],
             ports,
             host_network: g.n(8) == 0,
+            finished: false,
             node: "n1".into(),
         });
     }

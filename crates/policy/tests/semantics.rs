@@ -39,6 +39,7 @@ fn pod(ns: &str, name: &str) -> Pod {
         ips: vec![IpAddr::from([10, 0, n, p + 1])],
         ports,
         host_network: false,
+        finished: false,
         node: "n1".into(),
     }
 }
