@@ -506,12 +506,23 @@ fn has_field(line: &str, key: &str, value: &str) -> bool {
 
 /// The `--log-denied` lines (the lab's agents run with it): each denied packet's line names
 /// the pod, the direction, the packet and the policies that isolate the pod; a pod flooding
-/// what it may not send gets a bounded number of lines.
+/// what it may not send gets a bounded number of lines. Both backends (iptables-nft turns
+/// NFLOG into nftables' `log group`).
 #[test]
-fn denied_packets_are_logged_naming_the_pod_and_the_policy_and_a_flood_stays_bounded() {
+fn denied_packets_are_logged_naming_the_pod_and_the_policy_and_a_flood_stays_bounded_legacy() {
+    denied_packets_logged("legacy");
+}
+
+#[test]
+fn denied_packets_are_logged_naming_the_pod_and_the_policy_and_a_flood_stays_bounded_nft() {
+    denied_packets_logged("nft");
+}
+
+fn denied_packets_logged(backend: &str) {
     with_lab(
         LabSpec {
             nodes: 2,
+            iptables_backend: backend.into(),
             ..Default::default()
         },
         |lab| {
@@ -913,4 +924,118 @@ upstream! {
         policies: |_| vec![np("p", "x", &format!("{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{ns: y}}}}, podSelector: {{matchLabels: {{pod: b}}}}}}]\n    ports: [{{port: 80, protocol: UDP}}]\n"))],
         checks: &[(80, "udp", |f, t| t != "x/a" || f == "y/b")],
     };
+}
+
+// SCTP: this host's kernel has no SCTP sockets, so the upstream model's three SCTP cases run
+// inside a VM booted on Debian's kernel (as the IPIP tests do), each on its own lab there.
+
+const IN_VM: &str = "BRINDLE_IN_VM";
+const SCTP_VM_TESTS: &[&str] = &[
+    "netpol::vm_sctp_default_deny_ingress",
+    "netpol::vm_sctp_based_on_ports",
+    "netpol::vm_sctp_pod_selector_and_namespace_selector",
+];
+
+#[test]
+fn sctp_cases_in_a_vm() {
+    use brindle_testsupport::vm::{eprint_block, run_in_vm, VmSpec};
+    let exe = std::env::current_exe().expect("test binary");
+    let script = format!(
+        "export {IN_VM}=1 BRINDLE_TIMEOUT_SCALE=5 RUST_BACKTRACE=1\n\
+         cd {dir}\n\
+         {exe} --ignored --exact --test-threads 1 --nocapture {tests} 2>&1 || exit 1\n",
+        dir = std::env::current_dir().expect("cwd").display(),
+        exe = exe.display(),
+        tests = SCTP_VM_TESTS.join(" "),
+    );
+    let r = run_in_vm(&VmSpec {
+        script: &script,
+        modules: &["sctp"],
+        timeout: Duration::from_secs(1500),
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    eprint_block("inside the VM", &r.output);
+    assert_eq!(
+        r.status, 0,
+        "the SCTP cases inside the VM failed (output above)"
+    );
+    let all = format!("test result: ok. {} passed; 0 failed", SCTP_VM_TESTS.len());
+    assert!(
+        r.output.contains(&all),
+        "not every one of {SCTP_VM_TESTS:?} passed inside the VM"
+    );
+}
+
+fn in_vm() {
+    assert!(
+        std::env::var_os(IN_VM).is_some(),
+        "this test needs a kernel with SCTP: sctp_cases_in_a_vm runs it inside a VM"
+    );
+}
+
+#[test]
+#[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
+fn vm_sctp_default_deny_ingress() {
+    in_vm();
+    run_case(
+        Case {
+            policies: |_| {
+                vec![np(
+                    "deny-all",
+                    "x",
+                    "  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: []\n",
+                )]
+            },
+            checks: &[(80, "sctp", |_, t| ns_of(t) != "x")],
+        },
+        &[],
+    );
+}
+
+#[test]
+#[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
+fn vm_sctp_based_on_ports() {
+    in_vm();
+    run_case(
+        Case {
+            policies: |_| {
+                vec![np(
+                    "p",
+                    "x",
+                    &format!(
+                        "{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: y}}}}}}]\n    ports: [{{port: 81, protocol: SCTP}}]\n"
+                    ),
+                )]
+            },
+            // SCTP 81 from y only; SCTP 80 (and TCP 81) not at all.
+            checks: &[
+                (81, "sctp", |f, t| t != "x/a" || ns_of(f) == "y"),
+                (80, "sctp", |_, t| t != "x/a"),
+                (81, "tcp", |_, t| t != "x/a"),
+            ],
+        },
+        &[],
+    );
+}
+
+#[test]
+#[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
+fn vm_sctp_pod_selector_and_namespace_selector() {
+    in_vm();
+    run_case(
+        Case {
+            policies: |_| {
+                vec![np(
+                    "p",
+                    "x",
+                    &format!(
+                        "{TO_A}  ingress:\n  - from: [{{namespaceSelector: {{matchLabels: {{kubernetes.io/metadata.name: y}}}}, podSelector: {{matchLabels: {{pod: a}}}}}}]\n"
+                    ),
+                )]
+            },
+            checks: &[(80, "sctp", |f, t| t != "x/a" || f == "y/a")],
+        },
+        &[],
+    );
 }

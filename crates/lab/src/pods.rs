@@ -62,6 +62,14 @@ if mode == "serve":
         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", int(port)))
         threading.Thread(target=tcp, args=(s,), daemon=True).start()
         threading.Thread(target=udp, args=(u,), daemon=True).start()
+        # SCTP (one-to-one, as TCP) where the kernel has it.
+        try:
+            x = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)
+            x.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            x.bind(("0.0.0.0", int(port))); x.listen(128)
+            threading.Thread(target=tcp, args=(x,), daemon=True).start()
+        except OSError:
+            pass
     threading.Event().wait()
 elif mode == "hello":
     c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
@@ -83,6 +91,9 @@ elif mode == "probe":
             if proto == "udp":
                 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
                 u.sendto(b"hi", (ip, port)); d = u.recvfrom(2048)[0]
+            elif proto == "sctp":
+                c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132); c.settimeout(1)
+                c.connect((ip, port)); d = c.makefile("rb").readline(); c.close()
             else:
                 c = socket.create_connection((ip, port), timeout=1); c.settimeout(1)
                 d = c.makefile("rb").readline(); c.close()

@@ -575,7 +575,10 @@ mod tests {
             ready: tx,
         });
         assert!(rx.try_recv().is_ok());
-        assert!(!st.urgent() && st.needs_render(), "its address: within a batch");
+        assert!(
+            !st.urgent() && st.needs_render(),
+            "its address: within a batch"
+        );
         // Another pod's ADD on an interface named like x/a's is not told by x/a's chains.
         let (tx, mut rx) = oneshot::channel();
         st.announce(NewAttachment {
