@@ -457,6 +457,67 @@ fn metrics(lab: &Lab, node: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
+/// A policy the agents cannot read (etcd mode has no API server to refuse it): its pods are
+/// isolated without its allows, never opened; one warning names it, a gauge counts it, and
+/// the other policies keep working.
+#[test]
+fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working() {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ..Default::default()
+        },
+        |lab| {
+            model(lab);
+            apply(
+                lab,
+                &np(
+                    "bad",
+                    "x",
+                    &format!(
+                        "{TO_A}  ingress:\n  - from: [{{ipBlock: {{cidr: 10.0.0.0/33}}}}, {{namespaceSelector: {{}}}}]\n"
+                    ),
+                ),
+            );
+            apply(
+                lab,
+                &np(
+                    "good",
+                    "x",
+                    "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n",
+                ),
+            );
+            assert_matrix(
+                lab,
+                80,
+                "tcp",
+                &expect(|f, t| f == t || (t != "x/a" && (t != "x/b" || ns_of(f) == "y"))),
+            );
+            for n in &lab.nodes {
+                let log = std::fs::read_to_string(n.log()).unwrap_or_default();
+                let warnings = log
+                    .lines()
+                    .filter(|l| l.contains("NetworkPolicy refused") && l.contains("x/bad"))
+                    .count();
+                assert_eq!(warnings, 1, "{}: one warning for x/bad", n.name);
+                assert!(
+                    log.contains("10.0.0.0/33"),
+                    "{}: the warning says why",
+                    n.name
+                );
+                let m = metrics(lab, &n.name);
+                assert!(
+                    m.lines()
+                        .any(|l| l.starts_with("brindle_policy_refused{object=\"x/bad\"} 1")),
+                    "{}: the gauge\n{m}",
+                    n.name
+                );
+                assert!(!m.contains("object=\"x/good\""), "{}", n.name);
+            }
+        },
+    );
+}
+
 /// `endPort`: a range admits both its ends and only its protocol.
 #[test]
 fn an_end_port_range_admits_its_ends_and_only_its_protocol() {

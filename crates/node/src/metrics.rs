@@ -82,6 +82,8 @@ pub struct Metrics {
     pub policy_allowed: Family<PolicyLabel, Gauge>,
     /// New connections an isolated pod was denied, per direction (the same way).
     pub policy_denied: Family<PodLabel, Gauge>,
+    /// NetworkPolicies the agent cannot read, enforced closed (1 each).
+    pub policy_refused: Family<ObjectLabel, Gauge>,
     /// Paths from each peer the import rails refused (since its peer entry was made).
     pub refused_by_rails: Family<PeerLabel, Gauge>,
     /// Times each peer's session was closed over its prefix limit.
@@ -114,6 +116,7 @@ impl Metrics {
             proxy_skipped: Family::default(),
             policy_allowed: Family::default(),
             policy_denied: Family::default(),
+            policy_refused: Family::default(),
             refused_by_rails: Family::default(),
             prefix_limit_hits: Family::default(),
             kernel_repairs: Counter::default(),
@@ -217,6 +220,11 @@ impl Metrics {
                 "policy_denied_packets",
                 "Packets of new connections an isolated pod of this node was denied, per pod and direction, since its chain was last written (read every --iptables-refresh-interval)",
                 m.policy_denied.clone(),
+            );
+            r.register(
+                "policy_refused",
+                "NetworkPolicies this agent cannot read (a field that does not parse): their pods are isolated without their allows; the log says why",
+                m.policy_refused.clone(),
             );
         }
         m

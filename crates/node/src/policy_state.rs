@@ -422,6 +422,11 @@ impl PolicyState {
         self.waiting = still;
     }
 
+    /// The policies refused, by `namespace/name`.
+    pub fn refused(&self) -> impl Iterator<Item = &String> {
+        self.refused.keys()
+    }
+
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.policies.len(), self.pods.len(), self.known.len())
     }

@@ -479,6 +479,11 @@ impl ServiceTask {
                     if let Some(pctx) = &policy_ctx {
                         if pst.needs_render() {
                             (policy_rules, with_chains) = pst.render(pctx);
+                            self.metrics.policy_refused.clear();
+                            for k in pst.refused() {
+                                let l = crate::metrics::ObjectLabel { object: k.clone() };
+                                self.metrics.policy_refused.get_or_create(&l).set(1);
+                            }
                         }
                         fpolicy::merge(&mut ruleset, &policy_rules);
                     }
