@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::Value;
 
@@ -47,12 +47,12 @@ pub fn documents(text: &str) -> Result<Vec<Value>, String> {
             continue;
         }
         match v["kind"].as_str() {
-            Some("NetworkPolicy" | "Namespace") => out.push(v),
+            Some("NetworkPolicy" | "Namespace" | "Service") => out.push(v),
             Some("List") => out.extend(v["items"].as_array().cloned().unwrap_or_default()),
             Some(other) => {
                 return Err(format!(
                     "document {}: kind {other} is not applied by the lab (NetworkPolicy, \
-                     Namespace; Services: `brindle-lab service add`)",
+                     Namespace, Service)",
                     i + 1
                 ))
             }
@@ -106,7 +106,7 @@ impl Lab {
 
     /// Creates or replaces each object (as `kubectl apply` would, without its merge); says
     /// what it did, one line each.
-    pub fn apply(&self, objects: &[Value]) -> Result<Vec<String>, String> {
+    pub fn apply(&mut self, objects: &[Value]) -> Result<Vec<String>, String> {
         let mut done = vec![];
         for o in objects {
             let name = o["metadata"]["name"]
@@ -114,6 +114,18 @@ impl Lab {
                 .unwrap_or_default()
                 .to_string();
             let line = match o["kind"].as_str() {
+                Some("Service") => {
+                    let svc: Service = serde_json::from_value(o.clone())
+                        .map_err(|e| format!("Service {name}: {e}"))?;
+                    let spec = crate::LabService::from_service(&svc)?;
+                    if self.services.contains_key(&name) {
+                        return Err(format!(
+                            "Service {name} exists: delete it first (the lab does not merge)"
+                        ));
+                    }
+                    let a = self.service_add(&spec)?;
+                    format!("service/{name} applied (clusterIP {})", a.cluster_ip)
+                }
                 Some("Namespace") => {
                     let n: Namespace = serde_json::from_value(o.clone())
                         .map_err(|e| format!("Namespace {name}: {e}"))?;
@@ -151,14 +163,19 @@ impl Lab {
     }
 
     /// Deletes each object (a NetworkPolicy, or a Namespace's record); one line each.
-    pub fn delete_objects(&self, objects: &[Value]) -> Result<Vec<String>, String> {
+    pub fn delete_objects(&mut self, objects: &[Value]) -> Result<Vec<String>, String> {
         let mut done = vec![];
         for o in objects {
             let name = o["metadata"]["name"].as_str().unwrap_or_default();
             let r = match o["kind"].as_str() {
+                Some("Service") => self
+                    .service_del(name)
+                    .map(|_| format!("service/{name} deleted"))
+                    .map_err(|e| e.to_string()),
                 Some("Namespace") => self
                     .block_on(self.store.all::<Namespace>().delete(name, None))
-                    .map(|_| format!("namespace/{name} deleted")),
+                    .map(|_| format!("namespace/{name} deleted"))
+                    .map_err(|e| e.to_string()),
                 _ => {
                     let ns = o["metadata"]["namespace"].as_str().unwrap_or("default");
                     self.block_on(
@@ -167,6 +184,7 @@ impl Lab {
                             .delete(name, None),
                     )
                     .map(|_| format!("networkpolicy/{ns}/{name} deleted"))
+                    .map_err(|e| e.to_string())
                 }
             };
             done.push(r.map_err(|e| format!("{name}: {e}"))?);
@@ -224,8 +242,35 @@ mod tests {
         )
         .unwrap();
         assert_eq!(docs.len(), 2);
-        let e = documents("apiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap_err();
-        assert!(e.contains("service add"), "{e}");
+        let e = documents("apiVersion: v1\nkind: Pod\nmetadata: {name: s}\n").unwrap_err();
+        assert!(e.contains("kind Pod is not applied"), "{e}");
+        // A Service as the lab makes it, and what it refuses.
+        let svc = |spec: &str| -> Result<crate::LabService, String> {
+            let d = documents(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n{spec}"
+            ))?;
+            let s: Service = serde_json::from_value(d[0].clone()).map_err(|e| e.to_string())?;
+            crate::LabService::from_service(&s)
+        };
+        let s = svc("  type: NodePort\n  selector: {app: web}\n  ports: [{port: 80, targetPort: 8080}, {port: 53, protocol: UDP}]\n  sessionAffinity: ClientIP\n").unwrap();
+        assert_eq!(s.ports, vec!["80:8080/tcp", "53:53/udp"]);
+        assert_eq!(s.selector, vec![("app".to_string(), "web".to_string())]);
+        assert_eq!(
+            (s.type_.as_str(), s.session_affinity_seconds),
+            ("NodePort", Some(10800))
+        );
+        for (spec, field) in [
+            (
+                "  ports: [{port: 80, targetPort: http}]\n",
+                "spec.ports[0].targetPort",
+            ),
+            ("  clusterIP: 10.96.0.99\n", "spec.clusterIP"),
+            ("  type: ExternalName\n", "spec.type"),
+            ("  externalIPs: [nope]\n", "spec.externalIPs"),
+        ] {
+            let e = svc(spec).unwrap_err();
+            assert!(e.contains(field), "{spec}: {e}");
+        }
     }
 
     #[test]

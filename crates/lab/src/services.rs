@@ -86,6 +86,91 @@ fn parse_port(s: &str) -> Result<(u16, u16, String), String> {
     ))
 }
 
+impl LabService {
+    /// A Kubernetes Service as the lab makes it (`brindle-lab apply -f`): in the lab's
+    /// namespace, numbered target ports; the lab assigns the cluster IP and node ports (it is
+    /// the API server), and is the cloud controller (`status.loadBalancer` is kept).
+    pub fn from_service(svc: &Service) -> Result<LabService, String> {
+        let name = svc.metadata.name.clone().unwrap_or_default();
+        let what = |field: &str, why: &str| format!("Service {name}: {field}: {why}");
+        if let Some(ns) = svc
+            .metadata
+            .namespace
+            .as_deref()
+            .filter(|n| *n != NAMESPACE)
+        {
+            return Err(what(
+                "metadata.namespace",
+                &format!("the lab's Services live in {NAMESPACE:?}, not {ns:?}"),
+            ));
+        }
+        let spec = svc.spec.clone().unwrap_or_default();
+        if spec.cluster_ip.is_some() || spec.cluster_ips.is_some() {
+            return Err(what("spec.clusterIP", "assigned by the lab: leave it out"));
+        }
+        let type_ = spec.type_.unwrap_or_else(|| "ClusterIP".into());
+        if !["ClusterIP", "NodePort", "LoadBalancer"].contains(&type_.as_str()) {
+            return Err(what(
+                "spec.type",
+                &format!("{type_} is not one the lab makes"),
+            ));
+        }
+        let mut ports = vec![];
+        for (i, p) in spec.ports.iter().flatten().enumerate() {
+            let target = match &p.target_port {
+                None => p.port,
+                Some(IntOrString::Int(t)) => *t,
+                Some(IntOrString::String(s)) => {
+                    return Err(what(
+                        &format!("spec.ports[{i}].targetPort"),
+                        &format!("{s:?}: the lab takes numbered target ports"),
+                    ))
+                }
+            };
+            let proto = p.protocol.clone().unwrap_or_else(|| "TCP".into());
+            ports.push(format!("{}:{target}/{}", p.port, proto.to_lowercase()));
+        }
+        let ips = |v: Option<Vec<String>>, field: &str| -> Result<Vec<Ipv4Addr>, String> {
+            v.unwrap_or_default()
+                .iter()
+                .map(|s| {
+                    s.parse()
+                        .map_err(|_| what(field, &format!("{s:?} is not an IPv4 address")))
+                })
+                .collect()
+        };
+        let lb = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect();
+        Ok(LabService {
+            name: name.clone(),
+            selector: spec.selector.unwrap_or_default().into_iter().collect(),
+            ports,
+            type_,
+            external_ips: ips(spec.external_ips, "spec.externalIPs")?,
+            load_balancer_ips: ips(Some(lb), "status.loadBalancer.ingress")?,
+            load_balancer_source_ranges: spec.load_balancer_source_ranges.unwrap_or_default(),
+            traffic_distribution: spec.traffic_distribution,
+            internal_traffic_policy: spec.internal_traffic_policy,
+            external_traffic_policy: spec.external_traffic_policy,
+            session_affinity_seconds: (spec.session_affinity.as_deref() == Some("ClientIP")).then(
+                || {
+                    spec.session_affinity_config
+                        .and_then(|c| c.client_ip)
+                        .and_then(|c| c.timeout_seconds)
+                        .unwrap_or(10800)
+                },
+            ),
+        })
+    }
+}
+
 fn port_name(port: u16, proto: &str) -> String {
     format!("{}{port}", proto.to_lowercase())
 }
@@ -96,8 +181,16 @@ impl Lab {
         if self.services.contains_key(&spec.name) {
             return Err(format!("service {} exists", spec.name));
         }
-        let n = self.services.len() as u32;
-        let cluster_ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + n);
+        // The first slot no Service holds (a deleted one's slot is taken again).
+        let first = u32::from(Ipv4Addr::new(10, 96, 0, 10));
+        let n = (0u32..)
+            .find(|n| {
+                self.services
+                    .values()
+                    .all(|a| u32::from(a.cluster_ip) != first + n)
+            })
+            .unwrap_or_default();
+        let cluster_ip = Ipv4Addr::from(first + n);
         let ports_in = if spec.ports.is_empty() {
             vec!["80:8080".to_string()]
         } else {

@@ -249,8 +249,46 @@ fn network_policy_from_the_command_line() {
     assert!(ok && out.contains("deleted"), "{out}");
     wait(&dir, &|m| m.len() == 9);
 
+    // A Service from YAML: its ClusterIP reaches b's server; a named targetPort is refused
+    // with the field; delete -f removes it.
     let svc = tmp.path().join("svc.yaml");
-    std::fs::write(&svc, "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n").unwrap();
+    std::fs::write(
+        &svc,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n\
+         spec:\n  selector: {pod: b}\n  ports: [{port: 80, targetPort: 8080}]\n",
+    )
+    .unwrap();
     let (ok, out) = lab(&dir, &["apply", "-f", svc.to_str().unwrap()]);
-    assert!(!ok && out.contains("service add"), "{out}");
+    assert!(ok && out.contains("service/s applied (clusterIP "), "{out}");
+    let ip = out
+        .split("clusterIP ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_string();
+    let connect = format!(
+        "import socket; c=socket.create_connection(('{ip}',80),timeout=5); print(c.makefile().readline().strip())"
+    );
+    let mut greeted = String::new();
+    for _ in 0..30 {
+        let (ok, out) = lab(&dir, &["exec", "x/a", "--", "python3", "-c", &connect]);
+        if ok && out.starts_with("b ") {
+            greeted = out;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(greeted.starts_with("b "), "the ClusterIP never reached b");
+    let (ok, out) = lab(&dir, &["apply", "-f", svc.to_str().unwrap()]);
+    assert!(!ok && out.contains("exists"), "{out}");
+    let (ok, out) = lab(&dir, &["delete", "-f", svc.to_str().unwrap()]);
+    assert!(ok && out.contains("service/s deleted"), "{out}");
+    std::fs::write(
+        &svc,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: t}\n\
+         spec:\n  ports: [{port: 80, targetPort: http}]\n",
+    )
+    .unwrap();
+    let (ok, out) = lab(&dir, &["apply", "-f", svc.to_str().unwrap()]);
+    assert!(!ok && out.contains("spec.ports[0].targetPort"), "{out}");
 }
