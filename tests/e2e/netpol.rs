@@ -43,6 +43,21 @@ fn model(lab: &mut Lab) {
     }
 }
 
+/// A 2-node lab on `backend` (`auto`, `legacy`, `nft`) holding the model, for `test`.
+fn with_model(backend: &str, test: impl FnOnce(&mut Lab)) {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            iptables_backend: backend.into(),
+            ..Default::default()
+        },
+        |lab| {
+            model(lab);
+            test(lab)
+        },
+    );
+}
+
 fn apply(lab: &Lab, yaml: &str) -> NetworkPolicy {
     let np: NetworkPolicy = serde_yaml_ng::from_str(yaml).expect("policy YAML");
     let ns = np.metadata.namespace.clone().expect("namespace");
@@ -144,144 +159,135 @@ fn the_upstream_model_through_the_agents_nft() {
 }
 
 fn upstream_model(backend: &str) {
-    with_lab(
-        LabSpec {
-            nodes: 2,
-            iptables_backend: backend.into(),
-            ..Default::default()
-        },
-        |lab| {
-            model(lab);
-            // No policy: every pod reaches every pod, on both model ports and protocols.
-            assert_matrix(lab, 80, "tcp", &expect(|_, _| true));
-            assert_matrix(lab, 81, "udp", &expect(|_, _| true));
+    with_model(backend, |lab| {
+        // No policy: every pod reaches every pod, on both model ports and protocols.
+        assert_matrix(lab, 80, "tcp", &expect(|_, _| true));
+        assert_matrix(lab, 81, "udp", &expect(|_, _| true));
 
-            // Default deny ingress in x: nothing reaches x's pods, x's pods reach out.
-            apply(lab, DENY_X_INGRESS);
-            let deny_x = expect(|f, t| ns_of(t) != "x" || f == t);
-            assert_matrix(lab, 80, "tcp", &deny_x);
-            // A node still reaches its own pods (kubelet probes).
-            let (node, ip) = (lab.pods["x/a"].node.clone(), lab.pods["x/a"].ip);
-            let out = lab.node(&node).ns.run(&[
-                "python3",
-                &lab.echo_script(),
-                "hello",
-                &ip.to_string(),
-                "80",
-            ]);
-            assert!(
-                String::from_utf8_lossy(&out.stdout).starts_with("x/a "),
-                "node → its own isolated pod: {out:?}"
-            );
+        // Default deny ingress in x: nothing reaches x's pods, x's pods reach out.
+        apply(lab, DENY_X_INGRESS);
+        let deny_x = expect(|f, t| ns_of(t) != "x" || f == t);
+        assert_matrix(lab, 80, "tcp", &deny_x);
+        // A node still reaches its own pods (kubelet probes).
+        let (node, ip) = (lab.pods["x/a"].node.clone(), lab.pods["x/a"].ip);
+        let out = lab.node(&node).ns.run(&[
+            "python3",
+            &lab.echo_script(),
+            "hello",
+            &ip.to_string(),
+            "80",
+        ]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with("x/a "),
+            "node → its own isolated pod: {out:?}"
+        );
 
-            // Allow x/a from namespace y on 80/TCP by number and 81/UDP by name.
-            apply(
-                lab,
-                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+        // Allow x/a from namespace y on 80/TCP by number and 81/UDP by name.
+        apply(
+            lab,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
                  metadata: {name: a-from-y, namespace: x}\n\
                  spec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  \
                  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    \
                  ports: [{port: 80, protocol: TCP}, {port: serve-81-udp, protocol: UDP}]\n",
-            );
-            let from_y = |f: &str, t: &str| {
-                deny_x.contains(&(f.into(), t.into())) || (t == "x/a" && ns_of(f) == "y")
-            };
-            assert_matrix(lab, 80, "tcp", &expect(from_y));
-            assert_matrix(lab, 81, "udp", &expect(from_y));
-            // 81/TCP is not in the policy: only the deny applies.
-            assert_matrix(lab, 81, "tcp", &deny_x);
-            // The counters say so, per policy and per pod (read every refresh, 3 s here).
-            let node = lab.pods["x/a"].node.clone();
-            wait_for(
-                "policy counters on x/a's node",
-                Duration::from_secs(20),
-                || {
-                    let m = metrics(lab, &node);
-                    let value = |name: &str| -> u64 {
-                        m.lines()
-                            .find(|l| l.starts_with(name))
-                            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-                            .unwrap_or(0)
-                    };
-                    let allowed = value(
+        );
+        let from_y = |f: &str, t: &str| {
+            deny_x.contains(&(f.into(), t.into())) || (t == "x/a" && ns_of(f) == "y")
+        };
+        assert_matrix(lab, 80, "tcp", &expect(from_y));
+        assert_matrix(lab, 81, "udp", &expect(from_y));
+        // 81/TCP is not in the policy: only the deny applies.
+        assert_matrix(lab, 81, "tcp", &deny_x);
+        // The counters say so, per policy and per pod (read every refresh, 3 s here).
+        let node = lab.pods["x/a"].node.clone();
+        wait_for(
+            "policy counters on x/a's node",
+            Duration::from_secs(20),
+            || {
+                let m = metrics(lab, &node);
+                let value = |name: &str| -> u64 {
+                    m.lines()
+                        .find(|l| l.starts_with(name))
+                        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                        .unwrap_or(0)
+                };
+                let allowed = value(
                     "brindle_policy_allowed_packets{policy=\"x/a-from-y\",direction=\"ingress\"}",
                 );
-                    let denied =
-                        value("brindle_policy_denied_packets{pod=\"x/a\",direction=\"ingress\"}");
-                    (allowed > 0 && denied > 0).then_some(())
-                },
-            );
+                let denied =
+                    value("brindle_policy_denied_packets{pod=\"x/a\",direction=\"ingress\"}");
+                (allowed > 0 && denied > 0).then_some(())
+            },
+        );
 
-            // The namespace selector follows labels: z labelled ns=y is let in too.
-            lab.namespace_set("z", &[("ns", "y")]).expect("relabel z");
-            assert_matrix(
-                lab,
-                80,
-                "tcp",
-                &expect(|f, t| from_y(f, t) || (t == "x/a" && ns_of(f) == "z")),
-            );
-            lab.namespace_set("z", &[("ns", "z")])
-                .expect("relabel z back");
-            assert_matrix(lab, 80, "tcp", &expect(from_y));
+        // The namespace selector follows labels: z labelled ns=y is let in too.
+        lab.namespace_set("z", &[("ns", "y")]).expect("relabel z");
+        assert_matrix(
+            lab,
+            80,
+            "tcp",
+            &expect(|f, t| from_y(f, t) || (t == "x/a" && ns_of(f) == "z")),
+        );
+        lab.namespace_set("z", &[("ns", "z")])
+            .expect("relabel z back");
+        assert_matrix(lab, 80, "tcp", &expect(from_y));
 
-            // A pod relabelled out of the policy's selector loses its allow.
-            lab.pod_label("x/a", &[("pod", "other")]).expect("relabel");
-            assert_matrix(lab, 80, "tcp", &deny_x);
-            lab.pod_label("x/a", &[("pod", "a")]).expect("relabel back");
-            assert_matrix(lab, 80, "tcp", &expect(from_y));
+        // A pod relabelled out of the policy's selector loses its allow.
+        lab.pod_label("x/a", &[("pod", "other")]).expect("relabel");
+        assert_matrix(lab, 80, "tcp", &deny_x);
+        lab.pod_label("x/a", &[("pod", "a")]).expect("relabel back");
+        assert_matrix(lab, 80, "tcp", &expect(from_y));
 
-            // Egress: y/b may only reach x/a (the ingress above admits it there) and
-            // nothing else; replies still come back.
-            apply(
+        // Egress: y/b may only reach x/a (the ingress above admits it there) and
+        // nothing else; replies still come back.
+        apply(
                 lab,
                 "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
                  metadata: {name: b-egress, namespace: y}\n\
                  spec:\n  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n  egress:\n  \
                  - to: [{namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}]\n",
             );
-            let egress =
-                |f: &str, t: &str| from_y(f, t) && (f != "y/b" || t == "x/a" || t == "y/b");
-            assert_matrix(lab, 80, "tcp", &expect(egress));
+        let egress = |f: &str, t: &str| from_y(f, t) && (f != "y/b" || t == "x/a" || t == "y/b");
+        assert_matrix(lab, 80, "tcp", &expect(egress));
 
-            // ipBlock with except: y/c admits x's pods by address, but not x/b's.
-            let xb = lab.pods["x/b"].ip;
-            let cidr = lab.blocks().values().flatten().cloned().collect::<Vec<_>>();
-            let mut ingress_from = String::new();
-            for c in &cidr {
-                ingress_from.push_str(&format!("{{ipBlock: {{cidr: {c}, except: [{xb}/32]}}}},"));
-            }
-            apply(
-                lab,
-                &format!(
-                    "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+        // ipBlock with except: y/c admits x's pods by address, but not x/b's.
+        let xb = lab.pods["x/b"].ip;
+        let cidr = lab.blocks().values().flatten().cloned().collect::<Vec<_>>();
+        let mut ingress_from = String::new();
+        for c in &cidr {
+            ingress_from.push_str(&format!("{{ipBlock: {{cidr: {c}, except: [{xb}/32]}}}},"));
+        }
+        apply(
+            lab,
+            &format!(
+                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
                      metadata: {{name: c-blocks, namespace: y}}\n\
                      spec:\n  podSelector: {{matchLabels: {{pod: c}}}}\n  ingress:\n  \
                      - from: [{}]\n",
-                    ingress_from.trim_end_matches(',')
-                ),
-            );
-            let blocks = |f: &str, t: &str| egress(f, t) && (t != "y/c" || f != "x/b");
-            assert_matrix(lab, 80, "tcp", &expect(blocks));
+                ingress_from.trim_end_matches(',')
+            ),
+        );
+        let blocks = |f: &str, t: &str| egress(f, t) && (t != "y/c" || f != "x/b");
+        assert_matrix(lab, 80, "tcp", &expect(blocks));
 
-            // An agent restart writes nothing (the rules stay in the kernel meanwhile), and
-            // the matrix is the same after it.
-            let want = expect(blocks);
-            let log = restart_and_first_sync(lab, 0);
-            assert!(log.contains("nothing written"), "{log}");
-            assert_matrix(lab, 80, "tcp", &want);
+        // An agent restart writes nothing (the rules stay in the kernel meanwhile), and
+        // the matrix is the same after it.
+        let want = expect(blocks);
+        let log = restart_and_first_sync(lab, 0);
+        assert!(log.contains("nothing written"), "{log}");
+        assert_matrix(lab, 80, "tcp", &want);
 
-            // Deleting the policies opens everything again.
-            for (ns, name) in [
-                ("x", "deny-ingress"),
-                ("x", "a-from-y"),
-                ("y", "b-egress"),
-                ("y", "c-blocks"),
-            ] {
-                delete(lab, ns, name);
-            }
-            assert_matrix(lab, 80, "tcp", &expect(|_, _| true));
-        },
-    );
+        // Deleting the policies opens everything again.
+        for (ns, name) in [
+            ("x", "deny-ingress"),
+            ("x", "a-from-y"),
+            ("y", "b-egress"),
+            ("y", "c-blocks"),
+        ] {
+            delete(lab, ns, name);
+        }
+        assert_matrix(lab, 80, "tcp", &expect(|_, _| true));
+    });
 }
 
 /// Sends a UDP datagram to port 80 of every address in `ips` every 5 ms for `secs`, and
@@ -342,64 +348,57 @@ fn sweep_while(
 /// The same sweep sees a pod of an open namespace made the same way (it has teeth).
 #[test]
 fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
-    with_lab(
-        LabSpec {
-            nodes: 2,
-            ..Default::default()
-        },
-        |lab| {
-            model(lab);
-            assert_matrix(lab, 80, "udp", &expect(|_, _| true));
-            apply(lab, DENY_X_INGRESS);
-            assert_matrix(lab, 80, "udp", &expect(|f, t| ns_of(t) != "x" || f == t));
-            let node = lab.nodes[1].name.clone();
-            let seen = sweep_while(lab, "y/a", &node, |lab| {
-                lab.pod_add_serving_first("x/new", &node, &[("pod", "new")])
-                    .expect("x/new");
-            });
-            assert!(!seen.contains("x/new"), "x/new answered: {seen:?}");
-            assert!(
-                seen.contains("y/c"),
-                "the sweep reaches open pods: {seen:?}"
-            );
-            let seen = sweep_while(lab, "y/a", &node, |lab| {
-                lab.pod_add_serving_first("y/new", &node, &[("pod", "new")])
-                    .expect("y/new");
-            });
-            assert!(seen.contains("y/new"), "an open new pod answers: {seen:?}");
-            // The ADD waited for the chains.
-            let log = std::fs::read_to_string(lab.node(&node).log()).unwrap_or_default();
-            assert!(
-                !log.contains("policy chains were not ready in time"),
-                "an ADD went on without its chains"
-            );
+    with_model("auto", |lab| {
+        assert_matrix(lab, 80, "udp", &expect(|_, _| true));
+        apply(lab, DENY_X_INGRESS);
+        assert_matrix(lab, 80, "udp", &expect(|f, t| ns_of(t) != "x" || f == t));
+        let node = lab.nodes[1].name.clone();
+        let seen = sweep_while(lab, "y/a", &node, |lab| {
+            lab.pod_add_serving_first("x/new", &node, &[("pod", "new")])
+                .expect("x/new");
+        });
+        assert!(!seen.contains("x/new"), "x/new answered: {seen:?}");
+        assert!(
+            seen.contains("y/c"),
+            "the sweep reaches open pods: {seen:?}"
+        );
+        let seen = sweep_while(lab, "y/a", &node, |lab| {
+            lab.pod_add_serving_first("y/new", &node, &[("pod", "new")])
+                .expect("y/new");
+        });
+        assert!(seen.contains("y/new"), "an open new pod answers: {seen:?}");
+        // The ADD waited for the chains.
+        let log = std::fs::read_to_string(lab.node(&node).log()).unwrap_or_default();
+        assert!(
+            !log.contains("policy chains were not ready in time"),
+            "an ADD went on without its chains"
+        );
 
-            // With the agent down (brindle-cni does IPAM itself), a new pod's interface has
-            // no chains: it passes nothing, whatever its namespace, until the agent is back;
-            // then the open one answers and the isolated one still does not.
-            lab.kill_agent(1);
-            let seen = sweep_while(lab, "y/a", &node, |lab| {
-                lab.pod_add_serving_first("x/late", &node, &[("pod", "late")])
-                    .expect("x/late");
-                lab.pod_add_serving_first("y/late", &node, &[("pod", "late")])
-                    .expect("y/late");
-            });
-            assert!(
-                seen.contains("y/c"),
-                "the sweep reaches open pods: {seen:?}"
-            );
-            assert!(
-                !seen.contains("x/late") && !seen.contains("y/late"),
-                "a pod without chains answered: {seen:?}"
-            );
-            lab.start_agent(1);
-            let open = wait_for("y/late to answer", Duration::from_secs(30), || {
-                lab.probe("y/a", "y/late", 80, "tcp").ok().filter(|ok| *ok)
-            });
-            assert!(open);
-            assert!(!lab.probe("y/a", "x/late", 80, "tcp").unwrap());
-        },
-    );
+        // With the agent down (brindle-cni does IPAM itself), a new pod's interface has
+        // no chains: it passes nothing, whatever its namespace, until the agent is back;
+        // then the open one answers and the isolated one still does not.
+        lab.kill_agent(1);
+        let seen = sweep_while(lab, "y/a", &node, |lab| {
+            lab.pod_add_serving_first("x/late", &node, &[("pod", "late")])
+                .expect("x/late");
+            lab.pod_add_serving_first("y/late", &node, &[("pod", "late")])
+                .expect("y/late");
+        });
+        assert!(
+            seen.contains("y/c"),
+            "the sweep reaches open pods: {seen:?}"
+        );
+        assert!(
+            !seen.contains("x/late") && !seen.contains("y/late"),
+            "a pod without chains answered: {seen:?}"
+        );
+        lab.start_agent(1);
+        let open = wait_for("y/late to answer", Duration::from_secs(30), || {
+            lab.probe("y/a", "y/late", 80, "tcp").ok().filter(|ok| *ok)
+        });
+        assert!(open);
+        assert!(!lab.probe("y/a", "x/late", 80, "tcp").unwrap());
+    });
 }
 
 /// Service traffic is judged against the backend pod and its target port, after DNAT: a
@@ -407,24 +406,18 @@ fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
 /// else, though the port dialled (80) is in no policy.
 #[test]
 fn service_traffic_is_policed_at_the_backend() {
-    with_lab(
-        LabSpec {
-            nodes: 2,
-            ..Default::default()
-        },
-        |lab| {
-            model(lab);
-            let node = lab.nodes[1].name.clone();
-            lab.pod_add_labeled("web", &node, &[("app", "web")])
-                .expect("web");
-            let svc = lab
-                .service_add(&brindle_lab::LabService {
-                    name: "web".into(),
-                    selector: vec![("app".into(), "web".into())],
-                    ..Default::default()
-                })
-                .expect("service");
-            apply(
+    with_model("auto", |lab| {
+        let node = lab.nodes[1].name.clone();
+        lab.pod_add_labeled("web", &node, &[("app", "web")])
+            .expect("web");
+        let svc = lab
+            .service_add(&brindle_lab::LabService {
+                name: "web".into(),
+                selector: vec![("app".into(), "web".into())],
+                ..Default::default()
+            })
+            .expect("service");
+        apply(
                 lab,
                 "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
                  metadata: {name: web, namespace: default}\n\
@@ -432,19 +425,18 @@ fn service_traffic_is_policed_at_the_backend() {
                  - from: [{namespaceSelector: {matchLabels: {ns: x}}, podSelector: {matchLabels: {pod: a}}}]\n    \
                  ports: [{port: 8080}]\n",
             );
-            let answered = |lab: &Lab, from: &str| {
-                let ns = &lab.pods[from].ns;
-                matches!(lab.client(ns, "hello", svc.cluster_ip, 80, 1).first(), Some(Ok((who, _))) if who == "web")
-            };
-            wait_for("x/a through the Service", Duration::from_secs(30), || {
-                answered(lab, "x/a").then_some(())
-            });
-            for from in ["x/b", "y/a", "z/c"] {
-                assert!(!answered(lab, from), "{from} reached the isolated backend");
-            }
-            assert!(answered(lab, "x/a"));
-        },
-    );
+        let answered = |lab: &Lab, from: &str| {
+            let ns = &lab.pods[from].ns;
+            matches!(lab.client(ns, "hello", svc.cluster_ip, 80, 1).first(), Some(Ok((who, _))) if who == "web")
+        };
+        wait_for("x/a through the Service", Duration::from_secs(30), || {
+            answered(lab, "x/a").then_some(())
+        });
+        for from in ["x/b", "y/a", "z/c"] {
+            assert!(!answered(lab, from), "{from} reached the isolated backend");
+        }
+        assert!(answered(lab, "x/a"));
+    });
 }
 
 /// A node agent's /metrics, read inside the node.
@@ -462,14 +454,8 @@ fn metrics(lab: &Lab, node: &str) -> String {
 /// the other policies keep working.
 #[test]
 fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working() {
-    with_lab(
-        LabSpec {
-            nodes: 2,
-            ..Default::default()
-        },
-        |lab| {
-            model(lab);
-            apply(
+    with_model("auto", |lab| {
+        apply(
                 lab,
                 &np(
                     "bad",
@@ -479,7 +465,7 @@ fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working() {
                     ),
                 ),
             );
-            apply(
+        apply(
                 lab,
                 &np(
                     "good",
@@ -487,62 +473,54 @@ fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working() {
                     "  podSelector: {matchLabels: {pod: b}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n",
                 ),
             );
-            assert_matrix(
-                lab,
-                80,
-                "tcp",
-                &expect(|f, t| f == t || (t != "x/a" && (t != "x/b" || ns_of(f) == "y"))),
+        assert_matrix(
+            lab,
+            80,
+            "tcp",
+            &expect(|f, t| f == t || (t != "x/a" && (t != "x/b" || ns_of(f) == "y"))),
+        );
+        for n in &lab.nodes {
+            let log = std::fs::read_to_string(n.log()).unwrap_or_default();
+            let warnings = log
+                .lines()
+                .filter(|l| l.contains("NetworkPolicy refused") && l.contains("x/bad"))
+                .count();
+            assert_eq!(warnings, 1, "{}: one warning for x/bad", n.name);
+            assert!(
+                log.contains("10.0.0.0/33"),
+                "{}: the warning says why",
+                n.name
             );
-            for n in &lab.nodes {
-                let log = std::fs::read_to_string(n.log()).unwrap_or_default();
-                let warnings = log
-                    .lines()
-                    .filter(|l| l.contains("NetworkPolicy refused") && l.contains("x/bad"))
-                    .count();
-                assert_eq!(warnings, 1, "{}: one warning for x/bad", n.name);
-                assert!(
-                    log.contains("10.0.0.0/33"),
-                    "{}: the warning says why",
-                    n.name
-                );
-                let m = metrics(lab, &n.name);
-                assert!(
-                    m.lines()
-                        .any(|l| l.starts_with("brindle_policy_refused{object=\"x/bad\"} 1")),
-                    "{}: the gauge\n{m}",
-                    n.name
-                );
-                assert!(!m.contains("object=\"x/good\""), "{}", n.name);
-            }
-        },
-    );
+            let m = metrics(lab, &n.name);
+            assert!(
+                m.lines()
+                    .any(|l| l.starts_with("brindle_policy_refused{object=\"x/bad\"} 1")),
+                "{}: the gauge\n{m}",
+                n.name
+            );
+            assert!(!m.contains("object=\"x/good\""), "{}", n.name);
+        }
+    });
 }
 
 /// `endPort`: a range admits both its ends and only its protocol.
 #[test]
 fn an_end_port_range_admits_its_ends_and_only_its_protocol() {
-    with_lab(
-        LabSpec {
-            nodes: 2,
-            ..Default::default()
-        },
-        |lab| {
-            model(lab);
-            apply(
-                lab,
-                "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+    with_model("auto", |lab| {
+        apply(
+            lab,
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
                  metadata: {name: range, namespace: x}\n\
                  spec:\n  podSelector: {}\n  ingress:\n  \
                  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]\n    \
                  ports: [{port: 80, endPort: 81, protocol: TCP}]\n",
-            );
-            let from_y = expect(|f, t| ns_of(t) != "x" || f == t || ns_of(f) == "y");
-            let closed = expect(|f, t| ns_of(t) != "x" || f == t);
-            assert_matrix(lab, 80, "tcp", &from_y);
-            assert_matrix(lab, 81, "tcp", &from_y);
-            assert_matrix(lab, 80, "udp", &closed);
-        },
-    );
+        );
+        let from_y = expect(|f, t| ns_of(t) != "x" || f == t || ns_of(f) == "y");
+        let closed = expect(|f, t| ns_of(t) != "x" || f == t);
+        assert_matrix(lab, 80, "tcp", &from_y);
+        assert_matrix(lab, 81, "tcp", &from_y);
+        assert_matrix(lab, 80, "udp", &closed);
+    });
 }
 
 /// The agent log of the node `pod` runs on, from `offset` bytes.
@@ -580,82 +558,74 @@ fn denied_packets_are_logged_naming_the_pod_and_the_policy_and_a_flood_stays_bou
 }
 
 fn denied_packets_logged(backend: &str) {
-    with_lab(
-        LabSpec {
-            nodes: 2,
-            iptables_backend: backend.into(),
-            ..Default::default()
-        },
-        |lab| {
-            model(lab);
-            apply(lab, DENY_X_INGRESS);
-            apply(
-                lab,
-                &np(
-                    "no-egress",
-                    "x",
-                    "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n",
-                ),
-            );
-            let denied_line = |pod: &str, direction: &str, from: &str, to: &str, by: &str| {
-                let log = pod_node_log(lab, pod);
-                let (src, dst) = (ip(lab, from), ip(lab, to));
-                wait_for(
-                    &format!("a denied line for {from} -> {to}"),
-                    Duration::from_secs(30),
-                    || {
-                        // Probed until the policy is in and the line is there.
-                        let _ = lab.probe(from, to, 80, "tcp");
-                        log_since(&log, 0)
-                            .lines()
-                            .find(|l| {
-                                l.contains("NetworkPolicy denied a packet")
-                                    && has_field(l, "pod", pod)
-                                    && has_field(l, "direction", direction)
-                                    && has_field(l, "src", &src)
-                                    && has_field(l, "dst", &dst)
-                                    && has_field(l, "protocol", "tcp")
-                                    && has_field(l, "dport", "80")
-                                    && has_field(l, "isolated_by", by)
-                            })
-                            .map(str::to_string)
-                    },
-                )
-            };
-            let line = denied_line("x/a", "ingress", "y/b", "x/a", "x/deny-ingress");
-            eprintln!("{line}");
-            denied_line("x/b", "egress", "x/b", "z/c", "x/no-egress");
+    with_model(backend, |lab| {
+        apply(lab, DENY_X_INGRESS);
+        apply(
+            lab,
+            &np(
+                "no-egress",
+                "x",
+                "  podSelector: {matchLabels: {pod: b}}\n  policyTypes: [Egress]\n",
+            ),
+        );
+        let denied_line = |pod: &str, direction: &str, from: &str, to: &str, by: &str| {
+            let log = pod_node_log(lab, pod);
+            let (src, dst) = (ip(lab, from), ip(lab, to));
+            wait_for(
+                &format!("a denied line for {from} -> {to}"),
+                Duration::from_secs(30),
+                || {
+                    // Probed until the policy is in and the line is there.
+                    let _ = lab.probe(from, to, 80, "tcp");
+                    log_since(&log, 0)
+                        .lines()
+                        .find(|l| {
+                            l.contains("NetworkPolicy denied a packet")
+                                && has_field(l, "pod", pod)
+                                && has_field(l, "direction", direction)
+                                && has_field(l, "src", &src)
+                                && has_field(l, "dst", &dst)
+                                && has_field(l, "protocol", "tcp")
+                                && has_field(l, "dport", "80")
+                                && has_field(l, "isolated_by", by)
+                        })
+                        .map(str::to_string)
+                },
+            )
+        };
+        let line = denied_line("x/a", "ingress", "y/b", "x/a", "x/deny-ingress");
+        eprintln!("{line}");
+        denied_line("x/b", "egress", "x/b", "z/c", "x/no-egress");
 
-            // A flood of denied UDP from y/b to x/a: the kernel passes at most 10 a second
-            // (20 at once) to the agent, and the agent logs at most 100 a minute.
-            let log = pod_node_log(lab, "x/a");
-            let offset = std::fs::metadata(&log)
-                .map(|m| m.len() as usize)
-                .unwrap_or(0);
-            let flood = format!(
-                "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
+        // A flood of denied UDP from y/b to x/a: the kernel passes at most 10 a second
+        // (20 at once) to the agent, and the agent logs at most 100 a minute.
+        let log = pod_node_log(lab, "x/a");
+        let offset = std::fs::metadata(&log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
+        let flood = format!(
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n\
                  for i in range(20000):\n    s.sendto(b'x',('{}',80))\n",
-                ip(lab, "x/a")
-            );
-            let started = std::time::Instant::now();
-            let out = lab.pods["y/b"].ns.run(&["python3", "-c", &flood]);
-            assert!(out.status.success(), "{out:?}");
-            std::thread::sleep(Duration::from_secs(2));
-            let secs = started.elapsed().as_secs() + 1;
-            let lines = log_since(&log, offset)
-                .lines()
-                .filter(|l| {
-                    l.contains("NetworkPolicy denied a packet") && has_field(l, "protocol", "udp")
-                })
-                .count() as u64;
-            eprintln!("{lines} lines for the flood in {secs} s");
-            assert!(lines > 0, "the flood was not logged at all");
-            assert!(
+            ip(lab, "x/a")
+        );
+        let started = std::time::Instant::now();
+        let out = lab.pods["y/b"].ns.run(&["python3", "-c", &flood]);
+        assert!(out.status.success(), "{out:?}");
+        std::thread::sleep(Duration::from_secs(2));
+        let secs = started.elapsed().as_secs() + 1;
+        let lines = log_since(&log, offset)
+            .lines()
+            .filter(|l| {
+                l.contains("NetworkPolicy denied a packet") && has_field(l, "protocol", "udp")
+            })
+            .count() as u64;
+        eprintln!("{lines} lines for the flood in {secs} s");
+        assert!(lines > 0, "the flood was not logged at all");
+        assert!(
                 lines <= 20 + 10 * secs,
                 "{lines} lines for 20,000 denied packets in {secs} s: the kernel's limit is not applied"
             );
-        },
-    );
+    });
 }
 
 /// One upstream data-path case: the policies (built from the lab: ipBlocks name pod
@@ -681,56 +651,49 @@ fn np(name: &str, ns: &str, spec: &str) -> String {
 }
 
 fn run_case(case: Case, steps: &[Step]) {
-    with_lab(
-        LabSpec {
-            nodes: 2,
-            ..Default::default()
-        },
-        |lab| {
-            model(lab);
-            let logs: Vec<(std::path::PathBuf, usize)> = lab
-                .nodes
-                .iter()
-                .map(|n| {
-                    let log = n.log();
-                    let len = std::fs::metadata(&log)
-                        .map(|m| m.len() as usize)
-                        .unwrap_or(0);
-                    (log, len)
-                })
-                .collect();
-            let policies = (case.policies)(lab);
-            for p in &policies {
-                apply(lab, p);
-            }
-            // Every agent has written them (else a matrix that is also today's would pass
-            // before any policy arrived).
-            let want = format!("policies={} ", policies.len());
-            for (log, offset) in &logs {
-                wait_for(
-                    "the agents to program the policies",
-                    Duration::from_secs(30),
-                    || {
-                        let b = std::fs::read(log).ok()?;
-                        let since = String::from_utf8_lossy(b.get(*offset..)?).to_string();
-                        since
-                            .lines()
-                            .any(|l| l.contains("services programmed") && l.contains(&want))
-                            .then_some(())
-                    },
-                );
-            }
-            for (port, proto, allowed) in case.checks {
+    with_model("auto", |lab| {
+        let logs: Vec<(std::path::PathBuf, usize)> = lab
+            .nodes
+            .iter()
+            .map(|n| {
+                let log = n.log();
+                let len = std::fs::metadata(&log)
+                    .map(|m| m.len() as usize)
+                    .unwrap_or(0);
+                (log, len)
+            })
+            .collect();
+        let policies = (case.policies)(lab);
+        for p in &policies {
+            apply(lab, p);
+        }
+        // Every agent has written them (else a matrix that is also today's would pass
+        // before any policy arrived).
+        let want = format!("policies={} ", policies.len());
+        for (log, offset) in &logs {
+            wait_for(
+                "the agents to program the policies",
+                Duration::from_secs(30),
+                || {
+                    let b = std::fs::read(log).ok()?;
+                    let since = String::from_utf8_lossy(b.get(*offset..)?).to_string();
+                    since
+                        .lines()
+                        .any(|l| l.contains("services programmed") && l.contains(&want))
+                        .then_some(())
+                },
+            );
+        }
+        for (port, proto, allowed) in case.checks {
+            assert_matrix(lab, *port, proto, &expect(|f, t| f == t || allowed(f, t)));
+        }
+        for (act, checks) in steps {
+            act(lab);
+            for (port, proto, allowed) in *checks {
                 assert_matrix(lab, *port, proto, &expect(|f, t| f == t || allowed(f, t)));
             }
-            for (act, checks) in steps {
-                act(lab);
-                for (port, proto, allowed) in *checks {
-                    assert_matrix(lab, *port, proto, &expect(|f, t| f == t || allowed(f, t)));
-                }
-            }
-        },
-    );
+        }
+    });
 }
 
 fn ip(lab: &Lab, pod: &str) -> String {
