@@ -59,7 +59,7 @@ const NFULA_PAYLOAD: u16 = 9;
 const NFULA_PREFIX: u16 = 10;
 const NFULA_CFG_CMD: u16 = 1;
 const NFULA_CFG_MODE: u16 = 2;
-const NFULA_CFG_QTHRESH: u16 = 4;
+const NFULA_CFG_QTHRESH: u16 = 5;
 const NFULNL_CFG_CMD_BIND: u8 = 1;
 const NFULNL_COPY_PACKET: u8 = 2;
 const NLMSG_ERROR: u16 = 2;
@@ -348,8 +348,9 @@ mod tests {
         assert_eq!(u16_at(&m, 4), Some(0x0401));
         assert_eq!(&m[16..20], &[0, 0, 0, 30]);
         let attrs = attributes(&m[16..]);
+        // linux/netfilter/nfnetlink_log.h: CMD 1, MODE 2, QTHRESH 5.
         assert_eq!(attrs[0], (NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND][..]));
         assert_eq!(attrs[1], (NFULA_CFG_MODE, &[0, 0, 0, 64, 2, 0][..]));
-        assert_eq!(attrs[2], (NFULA_CFG_QTHRESH, &[0, 0, 0, 1][..]));
+        assert_eq!(attrs[2], (5, &[0, 0, 0, 1][..]));
     }
 }

@@ -266,11 +266,15 @@ fn endpoints_and_sets(
         if !seen.insert(&e.veth) {
             continue;
         }
-        let ep = e
-            .pod
-            .as_ref()
-            .and_then(|k| prog.by_pod.get(k))
-            .unwrap_or(&none);
+        let ep = match &e.pod {
+            // A pod the program does not know (hostNetwork, or not listed): no chains, so
+            // its interface passes nothing, rather than chains that isolate nothing.
+            Some(k) => match prog.by_pod.get(k) {
+                Some(ep) => ep,
+                None => continue,
+            },
+            None => &none,
+        };
         for (ingress, ids, dispatch, prefix, dir) in [
             (false, &ep.egress, &mut from, "BRL-FW-", "-i"),
             (true, &ep.ingress, &mut to, "BRL-TW-", "-o"),

@@ -272,16 +272,19 @@ impl Lab {
     }
 
     pub fn service_del(&mut self, name: &str) -> Result<(), String> {
-        self.services
-            .remove(name)
-            .ok_or_else(|| format!("no service {name}"))?;
+        if !self.services.contains_key(name) {
+            return Err(format!("no service {name}"));
+        }
         let svcs = self.store.namespaced::<Service>(NAMESPACE);
         let slices = self.store.namespaced::<EndpointSlice>(NAMESPACE);
         self.block_on(async {
             svcs.delete(name, None).await?;
             slices.delete(&format!("{name}-lab"), None).await
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        // Only now: a Service still in the store keeps its ClusterIP slot.
+        self.services.remove(name);
+        Ok(())
     }
 
     /// A node's zone (`topology.kubernetes.io/zone`).

@@ -47,6 +47,7 @@ pub fn listen(group: u16) -> std::io::Result<mpsc::Receiver<Vec<Denied>>> {
                         Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
                         Err(mpsc::error::TrySendError::Closed(_)) => return,
                     },
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                     // The kernel dropped some (a burst larger than the socket's buffer).
                     Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ENOBUFS as i32) => {
                         if let Some(suppressed) = overruns.allow() {
@@ -79,9 +80,12 @@ pub async fn run(
             _ = pulse.due() => {}
             batch = packets.recv() => {
                 let Some(batch) = batch else {
-                    // The reading thread ended (logged there); the rules still drop.
-                    std::future::pending::<()>().await;
-                    return;
+                    // The reading thread ended (logged there); the rules still drop, and
+                    // this task stays alive without lines.
+                    loop {
+                        pulse.beat();
+                        pulse.due().await;
+                    }
                 };
                 let known = isolations.borrow().clone();
                 for d in batch {

@@ -127,6 +127,8 @@ pub struct PolicyState {
     rendered: BTreeMap<String, Option<String>>,
     /// The same, as the last successful sync wrote them.
     written: BTreeMap<String, Option<String>>,
+    /// The kernel holds the last render (no render since the last successful sync).
+    in_kernel: bool,
     /// Keeps the policies' chains between renders.
     renderer: Renderer,
     /// What isolates each pod with chains, by interface, as last rendered (`--log-denied`).
@@ -153,6 +155,7 @@ impl PolicyState {
     }
 
     pub fn apply(&mut self, ev: PolicyEv) {
+        let was = self.dirty;
         self.dirty = true;
         match ev {
             PolicyEv::Policy(Event::Reset(items)) => {
@@ -181,9 +184,11 @@ impl PolicyState {
             PolicyEv::Pod(Event::Reset(items)) => {
                 self.listed[2] = true;
                 self.pods = items.into_iter().collect();
+                self.announced |= !self.waiting.is_empty();
             }
             PolicyEv::Pod(Event::Upsert(k, p)) => {
                 if self.pods.get(&k) == Some(&*p) {
+                    self.dirty = was; // the same pod again (its status changed): nothing
                     return;
                 }
                 // An ADD waiting for this Pod gets its chains at once, not after a batch.
@@ -246,6 +251,9 @@ impl PolicyState {
 
     /// `namespace/name` of the pod whose interface `veth` is.
     pub fn pod_of(&self, veth: &str) -> Option<String> {
+        if let Some(Some(pod)) = self.rendered.get(veth) {
+            return Some(pod.clone());
+        }
         let a = self
             .fresh
             .get(veth)
@@ -279,15 +287,18 @@ impl PolicyState {
             return;
         };
         // A pod whose chains were written before its interface existed (its Pod came first,
-        // as from a kubelet): nothing to wait for. Its address enters the sets within a batch
-        // (as it does on the other nodes), not while the plugin is still wiring the pod.
+        // as from a kubelet): nothing to wait for, as long as the kernel holds everything the
+        // agent knows (no change since the last render, and that render written). Its
+        // address enters the sets within a batch (as it does on the other nodes), not while
+        // the plugin is still wiring the pod.
         let key = at
             .pod
             .as_ref()
             .filter(|_| at.primary)
             .map(|(ns, p)| format!("{ns}/{p}"));
+        let current = self.in_kernel && !self.dirty && !self.announced;
         match self.written.get(&at.veth) {
-            Some(pod) if key.is_some() && *pod == key => {
+            Some(pod) if current && key.is_some() && *pod == key => {
                 let _ = n.ready.send(());
                 self.stale_since.get_or_insert_with(Instant::now);
             }
@@ -307,6 +318,7 @@ impl PolicyState {
 
     /// The chains and sets for now, and the veths that got chains.
     pub fn render(&mut self, ctx: &PolicyContext) -> (PolicyRules, Vec<String>) {
+        self.in_kernel = false;
         self.dirty = false;
         self.stale_since = None;
         self.announced = false;
@@ -373,29 +385,21 @@ impl PolicyState {
                 .or_insert_with(|| Namespace::new(&p.namespace, &[]));
         }
         world.policies = self.policies.values().cloned().collect();
-        // Only what --log-denied names.
-        let isolated_pods: Vec<(String, String, IpAddr)> = local
-            .values()
-            .filter(|_| ctx.log_denied.is_some())
-            .filter(|a| with_chains.contains(&a.veth))
-            .filter_map(|a| {
-                let (ns, n) = a.pod.as_ref().filter(|_| a.primary)?;
-                let ip = a.ips.iter().copied().find(IpAddr::is_ipv4)?;
-                Some((a.veth.clone(), format!("{ns}/{n}"), ip))
-            })
-            .collect();
         let pods: Vec<Pod> = pods.into_values().collect();
         let prog = Program::compile(&world, &pods);
-        self.isolation = isolated_pods
-            .into_iter()
-            .map(|(veth, pod, ip)| {
-                let ep = prog.endpoints.get(&ip).cloned().unwrap_or_default();
+        // What --log-denied names: each pod interface with chains (pre-written ones too).
+        self.isolation = endpoints
+            .iter()
+            .filter(|_| ctx.log_denied.is_some())
+            .filter_map(|e| {
+                let pod = e.pod.clone()?;
+                let ep = prog.by_pod.get(&pod)?;
                 let iso = Isolation {
                     pod,
-                    ingress: ep.ingress,
-                    egress: ep.egress,
+                    ingress: ep.ingress.clone(),
+                    egress: ep.egress.clone(),
                 };
-                (veth, iso)
+                Some((e.veth.clone(), iso))
             })
             .collect();
         (self.renderer.render(&prog, &endpoints, ctx), with_chains)
@@ -404,6 +408,7 @@ impl PolicyState {
     /// After a sync that wrote `with_chains`: the ADDs waiting for those are told.
     pub fn programmed(&mut self, with_chains: &[String]) {
         self.written = self.rendered.clone();
+        self.in_kernel = true;
         let before = self.waiting.len();
         let mut still = vec![];
         for (veth, tx) in self.waiting.drain(..) {
@@ -584,6 +589,22 @@ mod tests {
             !st.urgent() && st.needs_render(),
             "its address: within a batch"
         );
+        // A change the kernel does not hold yet (a namespace relabelled): even a pod whose
+        // chains are written waits for the render that has it.
+        st.apply(PolicyEv::Namespace(Event::Upsert(
+            "x".into(),
+            Box::new(Namespace::new("x", &[("team", "a")])),
+        )));
+        let (tx, mut rx) = oneshot::channel();
+        st.announce(NewAttachment {
+            attrs: attrs("n1", "x", "a", "eth0", &veth),
+            ips: vec!["10.0.0.4".parse().unwrap()],
+            ready: tx,
+        });
+        assert!(rx.try_recv().is_err());
+        let (_, with) = st.render(&ctx);
+        st.programmed(&with);
+        assert!(rx.try_recv().is_ok());
         // Another pod's ADD on an interface named like x/a's is not told by x/a's chains.
         let (tx, mut rx) = oneshot::channel();
         st.announce(NewAttachment {
