@@ -513,8 +513,9 @@ impl ServiceTask {
                     });
                     // Every tool has a deadline, so the sync is bounded: waiting for it is
                     // progress, and the loop beats meanwhile. A new attachment is heard
-                    // meanwhile too: one whose chains are already in the kernel (its Pod came
-                    // first) is told at once instead of after this sync.
+                    // meanwhile too: if this sync carries no new policy render and its chains
+                    // are already in the kernel (its Pod came first), it is told at once;
+                    // otherwise after this sync, if this sync wrote them.
                     let res = loop {
                         tokio::select! {
                             r = &mut job => break r,
