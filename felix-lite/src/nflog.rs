@@ -10,7 +10,8 @@
 
 use std::net::Ipv4Addr;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use rtnetlink::packet_core::{NetlinkBuffer, NlasIterator};
+use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
 
 /// Every prefix of ours starts so; another rule's NFLOG to the same group is ignored.
 pub const PREFIX: &str = "brl:D:";
@@ -65,7 +66,6 @@ const NFULNL_COPY_PACKET: u8 = 2;
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
 const NLM_F_ACK: u16 = 4;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 fn align4(n: usize) -> usize {
     (n + 3) & !3
@@ -99,46 +99,28 @@ fn bind_message(group: u16, seq: u32) -> Vec<u8> {
     msg
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
-}
-
 /// The netlink messages of one datagram: (type, payload after the header). Stops at the
 /// first malformed length.
 fn messages(datagram: &[u8]) -> Vec<(u16, &[u8])> {
     let mut out = vec![];
     let mut at = 0;
-    while let (Some(len), Some(kind)) = (u32_at(datagram, at), u16_at(datagram, at + 4)) {
-        let len = len as usize;
-        let Some(payload) = (len >= 16)
-            .then(|| datagram.get(at + 16..at + len))
-            .flatten()
-        else {
-            break;
-        };
-        out.push((kind, payload));
-        at += align4(len);
+    while let Some(m) = datagram
+        .get(at..)
+        .and_then(|b| NetlinkBuffer::new_checked(b).ok())
+    {
+        out.push((m.message_type(), m.payload()));
+        at += align4(m.length() as usize);
     }
     out
 }
 
-/// The attributes after a message's 4-byte nfgenmsg header: (type, value).
-fn attributes(payload: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = vec![];
-    let mut at = 4;
-    while let (Some(len), Some(kind)) = (u16_at(payload, at), u16_at(payload, at + 2)) {
-        let len = len as usize;
-        let Some(value) = (len >= 4).then(|| payload.get(at + 4..at + len)).flatten() else {
-            break;
-        };
-        out.push((kind & NLA_TYPE_MASK, value));
-        at += align4(len);
-    }
-    out
+/// The attributes after a message's 4-byte nfgenmsg header: (type, value), up to the first
+/// malformed one.
+fn attributes(payload: &[u8]) -> Vec<(u16, Vec<u8>)> {
+    NlasIterator::new(payload.get(4..).unwrap_or_default())
+        .map_while(Result::ok)
+        .map(|nla| (nla.kind(), nla.value().to_vec()))
+        .collect()
 }
 
 /// A denied IPv4 packet, from its first bytes.
@@ -179,7 +161,12 @@ pub fn parse(datagram: &[u8]) -> Vec<Denied> {
     let mut out = vec![];
     for (_, payload) in messages(datagram).into_iter().filter(|(k, _)| *k == packet) {
         let attrs = attributes(payload);
-        let find = |k: u16| attrs.iter().find(|(t, _)| *t == k).map(|(_, v)| *v);
+        let find = |k: u16| {
+            attrs
+                .iter()
+                .find(|(t, _)| *t == k)
+                .map(|(_, v)| v.as_slice())
+        };
         let Some(prefix) = find(NFULA_PREFIX)
             .map(|v| v.split(|b| *b == 0).next().unwrap_or_default())
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -344,13 +331,14 @@ mod tests {
     #[test]
     fn the_bind_message_is_well_formed() {
         let m = bind_message(30, 7);
-        assert_eq!(u32_at(&m, 0), Some(m.len() as u32));
-        assert_eq!(u16_at(&m, 4), Some(0x0401));
+        let b = NetlinkBuffer::new_checked(&m[..]).unwrap();
+        assert_eq!(b.length() as usize, m.len());
+        assert_eq!(b.message_type(), 0x0401);
         assert_eq!(&m[16..20], &[0, 0, 0, 30]);
         let attrs = attributes(&m[16..]);
         // linux/netfilter/nfnetlink_log.h: CMD 1, MODE 2, QTHRESH 5.
-        assert_eq!(attrs[0], (NFULA_CFG_CMD, &[NFULNL_CFG_CMD_BIND][..]));
-        assert_eq!(attrs[1], (NFULA_CFG_MODE, &[0, 0, 0, 64, 2, 0][..]));
-        assert_eq!(attrs[2], (5, &[0, 0, 0, 1][..]));
+        assert_eq!(attrs[0], (NFULA_CFG_CMD, vec![NFULNL_CFG_CMD_BIND]));
+        assert_eq!(attrs[1], (NFULA_CFG_MODE, vec![0, 0, 0, 64, 2, 0]));
+        assert_eq!(attrs[2], (5, vec![0, 0, 0, 1]));
     }
 }
