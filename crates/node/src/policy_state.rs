@@ -478,24 +478,29 @@ mod tests {
         }
     }
 
+    /// Announces an attachment as the IPAM socket does; the receiver says when it is told.
+    fn announce(
+        st: &mut PolicyState,
+        attrs: BTreeMap<String, String>,
+        ip: &str,
+    ) -> oneshot::Receiver<()> {
+        let (ready, rx) = oneshot::channel();
+        st.announce(NewAttachment {
+            attrs,
+            ips: vec![ip.parse().unwrap()],
+            ready,
+        });
+        rx
+    }
+
     #[test]
     fn a_pod_gets_chains_once_known_others_at_once_and_waiters_are_told() {
         let mut st = PolicyState::default();
         st.apply(PolicyEv::Pod(Event::Reset(vec![])));
-        let (tx, mut rx) = oneshot::channel();
-        st.announce(NewAttachment {
-            attrs: attrs("n1", "x", "a", "eth0", "brla"),
-            ips: vec!["10.0.0.1".parse().unwrap()],
-            ready: tx,
-        });
-        let (tx2, mut rx2) = oneshot::channel();
+        let mut rx = announce(&mut st, attrs("n1", "x", "a", "eth0", "brla"), "10.0.0.1");
         let mut podman = attrs("n1", "", "", "eth0", "brlp");
         podman.remove(attr::POD);
-        st.announce(NewAttachment {
-            attrs: podman,
-            ips: vec!["10.0.0.2".parse().unwrap()],
-            ready: tx2,
-        });
+        let mut rx2 = announce(&mut st, podman, "10.0.0.2");
         assert!(st.urgent());
         let (rules, with) = st.render(&PolicyContext::default());
         assert_eq!(with, vec!["brlp".to_string()], "x/a's Pod is not known yet");
@@ -562,12 +567,7 @@ mod tests {
             );
         }
         // Its ADD, before those chains are written: it waits for them.
-        let (tx, mut rx) = oneshot::channel();
-        st.announce(NewAttachment {
-            attrs: attrs("n1", "x", "a", "eth0", &veth),
-            ips: vec!["10.0.0.1".parse().unwrap()],
-            ready: tx,
-        });
+        let mut rx = announce(&mut st, attrs("n1", "x", "a", "eth0", &veth), "10.0.0.1");
         assert!(rx.try_recv().is_err());
         let (after, with) = st.render(&ctx);
         assert_eq!(
@@ -578,12 +578,7 @@ mod tests {
         assert!(rx.try_recv().is_ok());
         // A second sandbox of the pod, its chains written: told at once, and its address
         // still goes into the sets at once.
-        let (tx, mut rx) = oneshot::channel();
-        st.announce(NewAttachment {
-            attrs: attrs("n1", "x", "a", "eth0", &veth),
-            ips: vec!["10.0.0.2".parse().unwrap()],
-            ready: tx,
-        });
+        let mut rx = announce(&mut st, attrs("n1", "x", "a", "eth0", &veth), "10.0.0.2");
         assert!(rx.try_recv().is_ok());
         assert!(
             !st.urgent() && st.needs_render(),
@@ -595,23 +590,13 @@ mod tests {
             "x".into(),
             Box::new(Namespace::new("x", &[("team", "a")])),
         )));
-        let (tx, mut rx) = oneshot::channel();
-        st.announce(NewAttachment {
-            attrs: attrs("n1", "x", "a", "eth0", &veth),
-            ips: vec!["10.0.0.4".parse().unwrap()],
-            ready: tx,
-        });
+        let mut rx = announce(&mut st, attrs("n1", "x", "a", "eth0", &veth), "10.0.0.4");
         assert!(rx.try_recv().is_err());
         let (_, with) = st.render(&ctx);
         st.programmed(&with);
         assert!(rx.try_recv().is_ok());
         // Another pod's ADD on an interface named like x/a's is not told by x/a's chains.
-        let (tx, mut rx) = oneshot::channel();
-        st.announce(NewAttachment {
-            attrs: attrs("n1", "x", "zz", "eth0", &veth),
-            ips: vec!["10.0.0.3".parse().unwrap()],
-            ready: tx,
-        });
+        let mut rx = announce(&mut st, attrs("n1", "x", "zz", "eth0", &veth), "10.0.0.3");
         assert!(rx.try_recv().is_err());
     }
 }
