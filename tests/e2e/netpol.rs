@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use brindle_lab::netpol::truth_table;
 use brindle_lab::{Lab, LabSpec};
 use brindle_testsupport::daemons::wait_for;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -121,27 +122,9 @@ fn assert_matrix(lab: &Lab, port: u16, protocol: &str, want: &Matrix) {
     }
     panic!(
         "{port}/{protocol}: want\n{}\ngot\n{}",
-        table(&pods, want),
-        table(&pods, &last)
+        truth_table(&pods, want),
+        truth_table(&pods, &last)
     );
-}
-
-/// The upstream truth table: `.` reaches, `X` does not.
-fn table(pods: &[String], m: &Matrix) -> String {
-    let mut s = format!("{:5}", "");
-    for t in pods {
-        s.push_str(&format!("{t:5}"));
-    }
-    s.push('\n');
-    for f in pods {
-        s.push_str(&format!("{f:5}"));
-        for t in pods {
-            let ok = m.contains(&(f.clone(), t.clone()));
-            s.push_str(&format!("{:5}", if ok { "." } else { "X" }));
-        }
-        s.push('\n');
-    }
-    s
 }
 
 fn ns_of(p: &str) -> &str {
