@@ -6,6 +6,7 @@
 //! `CategorizeEndpoints` does; [`rules`] turns one service port into its chains and rules
 //! (pure, cached per service by the caller); [`crate::iptables`] writes only what changed.
 
+pub mod plan;
 pub mod rules;
 pub mod topology;
 

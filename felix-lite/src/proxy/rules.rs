@@ -7,7 +7,7 @@ use std::net::Ipv4Addr;
 
 use sha1::Digest;
 
-use super::topology::categorize;
+use super::plan::{ChainKind, ExternalStep, NoEndpoint, Plan};
 use super::{Endpoint, NatOutgoingExclusions, NodeContext, NodeGuard, ServicePort};
 
 pub const SERVICES: &str = "BRL-SERVICES";
@@ -155,75 +155,63 @@ fn dst(ip: Ipv4Addr) -> String {
     format!("-d {ip}/32")
 }
 
-/// The rules of one service port on the node described by `ctx`.
+/// The rules of one service port on the node described by `ctx` (its [`Plan`], in iptables).
 pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
     let mut out = ServiceRules::default();
     let spn = svc.port_name_string();
-    let cat = categorize(svc, ctx);
-    let svc_chain = service_chain("SVC", svc);
-    let svl_chain = service_chain("SVL", svc);
-    let ext_chain = service_chain("EXT", svc);
-    let fw_chain = service_chain("FW", svc);
+    let plan = Plan::new(svc, ctx);
+    let chain_of = |k: ChainKind| {
+        service_chain(
+            match k {
+                ChainKind::Cluster => "SVC",
+                ChainKind::Local => "SVL",
+                ChainKind::External => "EXT",
+                ChainKind::Firewall => "FW",
+            },
+            svc,
+        )
+    };
+    let svc_chain = chain_of(ChainKind::Cluster);
+    let ext_chain = chain_of(ChainKind::External);
+    let fw_chain = chain_of(ChainKind::Firewall);
     let port = dport(svc, svc.port);
-    let external = svc.externally_accessible();
-
-    let uses_cluster = !cat.cluster.is_empty() && svc.uses_cluster_endpoints();
-    let uses_local = !cat.local.is_empty() && svc.uses_local_endpoints();
-    let (internal_chain, has_internal) = if svc.internal_local {
-        (&svl_chain, uses_local)
-    } else {
-        (&svc_chain, uses_cluster)
+    let has_any = plan.cat.has_any;
+    let filter_target = match plan.no_endpoint {
+        NoEndpoint::Drop => "DROP",
+        NoEndpoint::Reject => "REJECT --reject-with icmp-port-unreachable",
     };
-    let (external_policy_chain, has_external) = if svc.external_policy_local() {
-        (&svl_chain, uses_local)
-    } else {
-        (&svc_chain, uses_cluster)
-    };
-    let filter_target = if cat.has_any {
-        "DROP"
-    } else {
-        "REJECT --reject-with icmp-port-unreachable"
-    };
-    let why = if cat.has_any {
-        "has no local endpoints"
-    } else {
-        "has no endpoints"
-    };
-    let uses_fw = cat.has_any
-        && !svc.load_balancer_source_ranges.is_empty()
-        && !svc.load_balancer_ips.is_empty();
-    let lb_chain = if uses_fw { &fw_chain } else { &ext_chain };
+    let why = plan.no_endpoint.why();
+    let lb_chain = chain_of(plan.load_balancer_chain());
 
     // Cluster IP.
     if let Some(cip) = svc.cluster_ip {
-        if has_internal {
-            out.nat_services.push(Rule::new(
+        match plan.internal {
+            Some(k) => out.nat_services.push(Rule::new(
                 SERVICES,
                 &format!("{spn} cluster IP"),
-                &format!("{} {port} -j {internal_chain}", dst(cip)),
-            ));
-        } else {
-            out.filter_services.push(Rule::new(
+                &format!("{} {port} -j {}", dst(cip), chain_of(k)),
+            )),
+            None => out.filter_services.push(Rule::new(
                 SERVICES,
                 &format!("{spn} {why}"),
                 &format!("{} {port} -j {filter_target}", dst(cip)),
-            ));
+            )),
         }
     }
     // External IPs and load balancer IPs.
     for (ips, what, chain) in [
         (&svc.external_ips, "external IP", &ext_chain),
-        (&svc.load_balancer_ips, "loadbalancer IP", lb_chain),
+        (&svc.load_balancer_ips, "loadbalancer IP", &lb_chain),
     ] {
         for ip in ips {
-            if cat.has_any {
+            if has_any {
                 out.nat_services.push(Rule::new(
                     SERVICES,
                     &format!("{spn} {what}"),
                     &format!("{} {port} -j {chain}", dst(*ip)),
                 ));
             }
-            if !has_external {
+            if !plan.has_external {
                 out.filter_external.push(Rule::new(
                     EXTERNAL_SERVICES,
                     &format!("{spn} {why}"),
@@ -232,7 +220,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
             }
         }
     }
-    if uses_fw {
+    if plan.uses_firewall {
         for ip in &svc.load_balancer_ips {
             out.filter_firewall.push(Rule::new(
                 FIREWALL,
@@ -244,14 +232,14 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
     // NodePort.
     if let Some(np) = svc.node_port {
         let np_match = dport(svc, np);
-        if cat.has_any {
+        if has_any {
             out.nat_nodeports.push(Rule::new(
                 NODEPORTS,
                 &spn,
                 &format!("{np_match} -j {ext_chain}"),
             ));
         }
-        if !has_external {
+        if !plan.has_external {
             out.filter_external.push(Rule::new(
                 EXTERNAL_SERVICES,
                 &format!("{spn} {why}"),
@@ -259,12 +247,12 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
             ));
         }
     }
-    if !cat.has_any {
+    if !has_any {
         return out;
     }
 
     // The per-service nat chains.
-    if uses_cluster {
+    if plan.uses_cluster {
         let mut rules = vec![];
         if let Some(cip) = svc.cluster_ip {
             // Off-cluster sources reaching the cluster IP are masqueraded.
@@ -277,59 +265,56 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
                 ),
             ));
         }
-        endpoint_rules(&mut rules, &svc_chain, svc, &cat.cluster);
+        endpoint_rules(&mut rules, &svc_chain, svc, &plan.cat.cluster);
         out.chains.push(Chain {
             name: svc_chain.clone(),
             rules,
         });
     }
-    if uses_local {
+    if plan.uses_local {
+        let svl_chain = chain_of(ChainKind::Local);
         let mut rules = vec![];
-        endpoint_rules(&mut rules, &svl_chain, svc, &cat.local);
+        endpoint_rules(&mut rules, &svl_chain, svc, &plan.cat.local);
         out.chains.push(Chain {
-            name: svl_chain.clone(),
+            name: svl_chain,
             rules,
         });
     }
-    if external {
-        let mut rules = vec![];
-        if !svc.external_policy_local() {
-            rules.push(Rule::new(
-                &ext_chain,
-                &format!("masquerade traffic for {spn} external destinations"),
-                &format!("-j {MARK_MASQ}"),
-            ));
-        } else if uses_cluster {
-            // Pods and the node itself may use every endpoint (no client IP to keep).
-            rules.push(Rule::new(
-                &ext_chain,
-                &format!("pod traffic for {spn} external destinations"),
-                &format!("-m set --match-set {ALL_POOLS_SET} src -j {svc_chain}"),
-            ));
-            rules.push(Rule::new(
-                &ext_chain,
-                &format!("masquerade LOCAL traffic for {spn} external destinations"),
-                &format!("-m addrtype --src-type LOCAL -j {MARK_MASQ}"),
-            ));
-            rules.push(Rule::new(
-                &ext_chain,
-                &format!("route LOCAL traffic for {spn} external destinations"),
-                &format!("-m addrtype --src-type LOCAL -j {svc_chain}"),
-            ));
-        }
-        if has_external {
-            rules.push(Rule::new(
-                &ext_chain,
-                "",
-                &format!("-j {external_policy_chain}"),
-            ));
-        }
+    if svc.externally_accessible() {
+        let rules = plan
+            .external
+            .iter()
+            .map(|step| match step {
+                ExternalStep::MasqueradeAll => Rule::new(
+                    &ext_chain,
+                    &format!("masquerade traffic for {spn} external destinations"),
+                    &format!("-j {MARK_MASQ}"),
+                ),
+                // Pods and the node itself may use every endpoint (no client IP to keep).
+                ExternalStep::PodsToCluster => Rule::new(
+                    &ext_chain,
+                    &format!("pod traffic for {spn} external destinations"),
+                    &format!("-m set --match-set {ALL_POOLS_SET} src -j {svc_chain}"),
+                ),
+                ExternalStep::MasqueradeLocalSource => Rule::new(
+                    &ext_chain,
+                    &format!("masquerade LOCAL traffic for {spn} external destinations"),
+                    &format!("-m addrtype --src-type LOCAL -j {MARK_MASQ}"),
+                ),
+                ExternalStep::LocalSourceToCluster => Rule::new(
+                    &ext_chain,
+                    &format!("route LOCAL traffic for {spn} external destinations"),
+                    &format!("-m addrtype --src-type LOCAL -j {svc_chain}"),
+                ),
+                ExternalStep::To(k) => Rule::new(&ext_chain, "", &format!("-j {}", chain_of(*k))),
+            })
+            .collect();
         out.chains.push(Chain {
             name: ext_chain.clone(),
             rules,
         });
     }
-    if uses_fw {
+    if plan.uses_firewall {
         let mut rules = vec![];
         for r in &svc.load_balancer_source_ranges {
             rules.push(Rule::new(
@@ -353,7 +338,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
     }
     // SEP chains: every endpoint either policy chain uses, once.
     let mut seen = std::collections::BTreeSet::new();
-    for ep in cat.cluster.iter().chain(cat.local.iter()) {
+    for ep in plan.cat.cluster.iter().chain(plan.cat.local.iter()) {
         let name = endpoint_chain(svc, ep);
         if !seen.insert(name.clone()) {
             continue;
