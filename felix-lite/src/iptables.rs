@@ -73,7 +73,7 @@ impl Default for Runner {
 }
 
 impl Runner {
-    fn run(&self, argv: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
+    pub(crate) fn run(&self, argv: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
         let all: Vec<&str> = self
             .prefix
             .iter()

@@ -5,6 +5,7 @@
 //! - [`proxy`]: Services (kube-proxy's iptables structure, `BRL-` chains) and NAT outgoing;
 //! - [`iptables`]: the writer that puts [`proxy`]'s rules in the kernel, changed chains only;
 //! - [`policy`]: NetworkPolicy's chains and ipsets;
+//! - [`nft`]: the same in native nftables, one table of our own;
 //! - [`nflog`]: the packets policy denied, read back from the kernel (`--log-denied`).
 //!
 //! This crate must not talk BGP, read the datastore or allocate addresses: callers hand it
@@ -13,6 +14,7 @@
 
 pub mod iptables;
 pub mod nflog;
+pub mod nft;
 pub mod policy;
 pub mod proxy;
 pub mod tunnel;

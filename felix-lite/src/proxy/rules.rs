@@ -46,16 +46,7 @@ pub struct Rule {
 impl Rule {
     /// `body` is iptables syntax; `comment` is shown to people after the hash.
     pub fn new(chain: &str, comment: &str, body: &str) -> Rule {
-        let mut h = sha1::Sha1::new();
-        h.update(chain.as_bytes());
-        h.update([0]);
-        h.update(comment.as_bytes());
-        h.update([0]);
-        h.update(body.as_bytes());
-        let d = h.finalize();
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&d[..8]);
-        let hash = u64::from_be_bytes(first);
+        let hash = rule_hash(chain, comment, body);
         let text = if comment.is_empty() {
             format!("-m comment --comment {TAG}{hash:016x} {body}")
         } else {
@@ -66,6 +57,20 @@ impl Rule {
             text: text.into(),
         }
     }
+}
+
+/// A rule's identity: the first 8 bytes of sha1(chain, comment, body).
+pub fn rule_hash(chain: &str, comment: &str, body: &str) -> u64 {
+    let mut h = sha1::Sha1::new();
+    h.update(chain.as_bytes());
+    h.update([0]);
+    h.update(comment.as_bytes());
+    h.update([0]);
+    h.update(body.as_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(first)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

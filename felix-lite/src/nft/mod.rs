@@ -1,0 +1,207 @@
+//! The native nftables dataplane (issue 30): everything felix-lite programs, in one table of
+//! our own, `ip brindle`. Nothing of ours is outside it and nothing outside it is touched;
+//! removing Brindle's rules is `delete table ip brindle`.
+//!
+//! - [`Table`] is the table as wanted: sets and verdict maps with their elements, chains
+//!   with their rules. Every rule carries `comment "brl:<hash> …"`, as in iptables, so the
+//!   writer compares chains by hashes, never by nft's reformatted text.
+//! - [`services`] renders Services (kube-proxy's nftables structure, REFERENCE §B5, from the
+//!   same [`crate::proxy::plan::Plan`] as iptables), NAT outgoing and the node guard.
+//! - [`writer`] puts a [`Table`] in the kernel: one `nft -f` transaction per sync, holding
+//!   only the elements and chains that differ.
+
+pub mod services;
+pub mod writer;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::proxy::rules::{rule_hash, Rule, TAG};
+
+/// Our table (family `ip`).
+pub const TABLE: &str = "brindle";
+pub const FAMILY: &str = "ip";
+
+/// A set's or map's declaration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetType {
+    /// The key type, nft's words joined by " . " (`ipv4_addr . inet_proto . inet_service`).
+    pub key: &'static str,
+    /// A verdict map (elements `key : verdict`).
+    pub verdict_map: bool,
+    /// `flags interval` (prefixes and ranges).
+    pub interval: bool,
+    /// `flags timeout` with this default timeout in seconds: the kernel adds and expires
+    /// the elements itself (session affinity); the writer never lists or writes them.
+    pub timeout: Option<u32>,
+}
+
+impl SetType {
+    pub const fn addresses() -> SetType {
+        SetType {
+            key: "ipv4_addr",
+            verdict_map: false,
+            interval: true,
+            timeout: None,
+        }
+    }
+    pub const fn verdicts(key: &'static str) -> SetType {
+        SetType {
+            key,
+            verdict_map: true,
+            interval: false,
+            timeout: None,
+        }
+    }
+    /// What goes between `{ }` in `add set`/`add map`.
+    pub fn decl(&self) -> String {
+        decl_text(self.key, self.verdict_map, self.interval, self.timeout)
+    }
+}
+
+/// A declaration's text (also made from what the kernel lists, to compare the two).
+pub(crate) fn decl_text(
+    key: &str,
+    verdict_map: bool,
+    interval: bool,
+    timeout: Option<u32>,
+) -> String {
+    let mut s = if verdict_map {
+        format!("type {key} : verdict;")
+    } else {
+        format!("type {key};")
+    };
+    match (interval, timeout) {
+        (true, _) => s.push_str(" flags interval;"),
+        (false, Some(t)) => s.push_str(&format!(" flags dynamic,timeout; timeout {t}s;")),
+        (false, None) => {}
+    }
+    s
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Set {
+    pub ty: SetType,
+    /// Elements in the writer's canonical text ([`writer`] reads the kernel's back into the
+    /// same form): `10.0.0.1 . tcp . 80 : goto service-…`, `10.244.0.0/16`.
+    pub elements: BTreeSet<String>,
+}
+
+/// A base chain's hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    /// `filter` or `nat`.
+    pub kind: &'static str,
+    pub hook: &'static str,
+    pub priority: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Chain {
+    pub hook: Option<Hook>,
+    pub rules: Vec<Rule>,
+}
+
+/// The whole table as wanted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Table {
+    pub sets: BTreeMap<String, Set>,
+    pub chains: BTreeMap<String, Chain>,
+}
+
+impl Table {
+    pub fn rule_count(&self) -> usize {
+        self.chains.values().map(|c| c.rules.len()).sum()
+    }
+    pub fn element_count(&self) -> usize {
+        self.sets.values().map(|s| s.elements.len()).sum()
+    }
+    /// The chain `name`, made empty (regular) when missing.
+    pub fn chain(&mut self, name: &str) -> &mut Chain {
+        self.chains.entry(name.to_string()).or_default()
+    }
+    pub fn set(&mut self, name: &str, ty: SetType) -> &mut Set {
+        self.sets.entry(name.to_string()).or_insert_with(|| Set {
+            ty,
+            elements: BTreeSet::new(),
+        })
+    }
+    pub fn push(&mut self, chain: &str, comment: &str, body: &str) {
+        let r = rule(chain, comment, body);
+        self.chain(chain).rules.push(r);
+    }
+}
+
+/// A rule of `chain` in nft syntax, tagged `comment "brl:<hash> <comment>"`.
+pub fn rule(chain: &str, comment: &str, body: &str) -> Rule {
+    let hash = rule_hash(chain, comment, body);
+    // Kubernetes names and our words hold no quotes; a stray one would end the comment.
+    let comment = comment.replace('"', "'");
+    let text = if comment.is_empty() {
+        format!("{body} comment \"{TAG}{hash:016x}\"")
+    } else {
+        format!("{body} comment \"{TAG}{hash:016x} {comment}\"")
+    };
+    Rule {
+        hash,
+        text: text.into(),
+    }
+}
+
+/// Our hash in a rule's comment, if it is one of ours.
+pub fn comment_hash(comment: &str) -> Option<u64> {
+    let h = comment.strip_prefix(TAG)?;
+    let hex = h.get(..16)?;
+    if h.len() > 16 && !h[16..].starts_with(' ') {
+        return None;
+    }
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// kube-proxy's nftables name hash: base32(sha256(s))[:8].
+pub fn hash8(s: &str) -> String {
+    crate::proxy::rules::hash16(s)[..8].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_carry_their_hash_and_it_reads_back() {
+        let r = rule(
+            "services",
+            "ns/a:http cluster IP",
+            "ip daddr 10.0.0.1 accept",
+        );
+        assert!(r
+            .text
+            .starts_with("ip daddr 10.0.0.1 accept comment \"brl:"));
+        let c = r.text.split('"').nth(1).unwrap();
+        assert_eq!(comment_hash(c), Some(r.hash));
+        assert_eq!(
+            comment_hash("brl:0123456789abcdef"),
+            Some(0x0123456789abcdef)
+        );
+        assert_eq!(comment_hash("brl:0123456789abcdefx"), None);
+        assert_eq!(comment_hash("someone else's"), None);
+    }
+
+    #[test]
+    fn declarations() {
+        assert_eq!(
+            SetType::addresses().decl(),
+            "type ipv4_addr; flags interval;"
+        );
+        let mut a = SetType::addresses();
+        a.interval = false;
+        a.timeout = Some(10800);
+        assert_eq!(
+            a.decl(),
+            "type ipv4_addr; flags dynamic,timeout; timeout 10800s;"
+        );
+        assert_eq!(
+            SetType::verdicts("inet_proto . inet_service").decl(),
+            "type inet_proto . inet_service : verdict;"
+        );
+    }
+}

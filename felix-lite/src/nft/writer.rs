@@ -1,0 +1,535 @@
+//! Puts a [`Table`] in the kernel. Each sync is one `nft -f -` transaction (atomic: all of
+//! it or none of it) holding only what differs from what the kernel has: sets, maps and
+//! chains added, map and set elements added and deleted one by one, changed chains flushed
+//! and written again. What the kernel has is known from the last read (`nft -j list table`)
+//! plus what was written since; [`Writer::invalidate`] makes the next sync read it again,
+//! which repairs drift. A chain no longer wanted is flushed at once and deleted in a later
+//! transaction, at least [`STALE_DELETE_AFTER`] on (kube-proxy's workaround: kernels before
+//! 6.2 refuse to delete a chain in the transaction that removed the last jump to it), and a
+//! failure to delete it harms nothing. Set and map declarations or base chain hooks that
+//! differ (a new version of ours) are fixed by deleting and writing the whole table, in the
+//! same one transaction.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{comment_hash, Hook, SetType, Table, FAMILY, TABLE};
+use crate::iptables::{IptablesError, Runner};
+
+/// How long a flushed chain waits before it is deleted.
+pub const STALE_DELETE_AFTER: Duration = Duration::from_secs(1);
+/// Elements per `add element` / `delete element` statement.
+const ELEMENTS_PER_LINE: usize = 1000;
+
+/// A set or map as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownSet {
+    pub decl: String,
+    /// None: an element we cannot read back (someone else's kind): rewritten whole.
+    pub elements: Option<BTreeSet<String>>,
+}
+
+/// A chain as the kernel has it: its hook and each rule's hash (None: not ours).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KnownChain {
+    pub hook: Option<(String, String, i32)>,
+    pub rules: Vec<Option<u64>>,
+}
+
+/// Our table as the kernel has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Known {
+    pub exists: bool,
+    pub sets: HashMap<String, KnownSet>,
+    pub chains: HashMap<String, KnownChain>,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub read: bool,
+    /// The whole table was deleted and written again (a declaration or hook differed).
+    pub rebuilt: bool,
+    pub chains_written: usize,
+    pub chains_flushed: usize,
+    pub chains_deleted: usize,
+    pub rules_written: usize,
+    pub elements_added: usize,
+    pub elements_deleted: usize,
+    pub rules_total: usize,
+    pub bytes: usize,
+    pub restore_time: Duration,
+    pub read_time: Duration,
+}
+
+impl SyncReport {
+    /// Whether anything was written.
+    pub fn wrote(&self) -> bool {
+        self.bytes > 0 || self.chains_deleted > 0
+    }
+}
+
+pub struct Writer {
+    runner: Runner,
+    known: Option<Known>,
+    /// Chains and sets flushed because no longer wanted, and since when.
+    stale: HashMap<String, Instant>,
+    /// The transaction of the last sync that wrote something.
+    pub last_input: String,
+}
+
+fn decl_of(ty: &SetType) -> String {
+    ty.decl()
+}
+
+fn hook_of(h: &Hook) -> (String, String, i32) {
+    (h.kind.to_string(), h.hook.to_string(), h.priority)
+}
+
+impl Writer {
+    pub fn new(runner: Runner) -> Writer {
+        Writer {
+            runner,
+            known: None,
+            stale: HashMap::new(),
+            last_input: String::new(),
+        }
+    }
+
+    /// Forget what the kernel has: the next sync reads it again (drift repair).
+    pub fn invalidate(&mut self) {
+        self.known = None;
+    }
+
+    /// Runs `nft` with `args`.
+    fn nft(&self, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
+        let mut argv = vec!["nft"];
+        argv.extend_from_slice(args);
+        self.runner.run(&argv, stdin)
+    }
+
+    /// Our table as the kernel has it now.
+    pub fn read(&self) -> Result<Known, IptablesError> {
+        match self.nft(&["-j", "list", "table", FAMILY, TABLE], None) {
+            Ok(text) => parse_list(&text).map_err(|e| IptablesError::Failed {
+                cmd: format!("nft -j list table {FAMILY} {TABLE}"),
+                stderr: format!("unreadable output: {e}"),
+            }),
+            Err(IptablesError::Failed { stderr, .. })
+                if stderr.contains("No such file or directory") =>
+            {
+                Ok(Known::default())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes our table, if it exists (another dataplane takes over, or uninstall).
+    pub fn remove(&mut self) -> Result<bool, IptablesError> {
+        self.known = None;
+        self.stale.clear();
+        let k = self.read()?;
+        if !k.exists {
+            return Ok(false);
+        }
+        self.nft(
+            &["-f", "-"],
+            Some(&format!("delete table {FAMILY} {TABLE}\n")),
+        )?;
+        Ok(true)
+    }
+
+    /// Brings our table to `want`, writing only what differs.
+    pub fn sync(&mut self, want: &Table) -> Result<SyncReport, IptablesError> {
+        let mut report = SyncReport {
+            rules_total: want.rule_count(),
+            ..Default::default()
+        };
+        if self.known.is_none() {
+            let t = Instant::now();
+            self.known = Some(self.read()?);
+            report.read = true;
+            report.read_time = t.elapsed();
+        }
+        let mut known = self.known.take().expect("read above");
+        let mut tx = String::new();
+        if known.exists && needs_rebuild(want, &known) {
+            tx.push_str(&format!("delete table {FAMILY} {TABLE}\n"));
+            known = Known::default();
+            self.stale.clear();
+            report.rebuilt = true;
+        }
+        let now = Instant::now();
+        let stale_before = self.stale.clone();
+        transaction(want, &known, &mut self.stale, now, &mut tx, &mut report);
+        if tx.is_empty() {
+            self.known = Some(known);
+        } else {
+            report.bytes = tx.len();
+            let t = Instant::now();
+            let r = self.nft(&["-f", "-"], Some(&tx));
+            report.restore_time = t.elapsed();
+            if let Err(e) = r {
+                // The transaction is all or nothing: the kernel has what it had. Read it
+                // again next time rather than guess.
+                self.stale = stale_before;
+                return Err(e);
+            }
+            self.known = Some(applied(want, known, &self.stale));
+            self.last_input = tx;
+        }
+        self.delete_stale(want, now, &mut report);
+        Ok(report)
+    }
+
+    /// Deletes chains and sets flushed at least [`STALE_DELETE_AFTER`] ago, in a
+    /// transaction of their own: if one cannot go (someone else's rule jumps to it), it stays
+    /// for the next try and nothing else is held up.
+    fn delete_stale(&mut self, want: &Table, now: Instant, report: &mut SyncReport) {
+        let Some(mut known) = self.known.take() else {
+            return;
+        };
+        let due: Vec<String> = self
+            .stale
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= STALE_DELETE_AFTER)
+            .map(|(n, _)| n.clone())
+            .collect();
+        if due.is_empty() {
+            self.known = Some(known);
+            return;
+        }
+        let mut tx = String::new();
+        for name in &due {
+            if want.chains.contains_key(name) || want.sets.contains_key(name) {
+                continue;
+            }
+            if known.chains.contains_key(name) {
+                let _ = writeln!(tx, "delete chain {FAMILY} {TABLE} {}", quoted(name));
+            } else if let Some(s) = known.sets.get(name) {
+                let kind = if s.decl.contains(": verdict") {
+                    "map"
+                } else {
+                    "set"
+                };
+                let _ = writeln!(tx, "delete {kind} {FAMILY} {TABLE} {}", quoted(name));
+            }
+        }
+        if !tx.is_empty() {
+            if let Err(e) = self.nft(&["-f", "-"], Some(&tx)) {
+                tracing::debug!("stale nftables chains stay for now: {e}");
+                self.known = Some(known);
+                return;
+            }
+        }
+        for name in due {
+            self.stale.remove(&name);
+            if !want.chains.contains_key(&name) && !want.sets.contains_key(&name) {
+                known.chains.remove(&name);
+                known.sets.remove(&name);
+                report.chains_deleted += 1;
+            }
+        }
+        self.known = Some(known);
+    }
+}
+
+/// A declaration or hook we want differs from the kernel's.
+fn needs_rebuild(want: &Table, known: &Known) -> bool {
+    want.sets
+        .iter()
+        .any(|(n, s)| known.sets.get(n).is_some_and(|k| k.decl != decl_of(&s.ty)))
+        || want.chains.iter().any(|(n, c)| {
+            known
+                .chains
+                .get(n)
+                .is_some_and(|k| k.hook != c.hook.as_ref().map(hook_of))
+        })
+        || known.sets.keys().any(|n| want.chains.contains_key(n))
+        || known.chains.keys().any(|n| want.sets.contains_key(n))
+}
+
+/// A name in nft input. Ours are nft identifiers as they are (letters, digits, `-`, `_`,
+/// `.` and `/`: Kubernetes names and addresses), and nft 1.0 refuses quoted set names.
+fn quoted(name: &str) -> &str {
+    name
+}
+
+/// The statements that bring `known` to `want`, in an order the kernel accepts: sets and
+/// chains exist before anything names them; changed chains are rewritten before map
+/// elements lead to them; elements leading to a stale chain go before it is flushed.
+fn transaction(
+    want: &Table,
+    known: &Known,
+    stale: &mut HashMap<String, Instant>,
+    now: Instant,
+    tx: &mut String,
+    report: &mut SyncReport,
+) {
+    if !known.exists {
+        let _ = writeln!(tx, "add table {FAMILY} {TABLE}");
+    }
+    for (name, s) in &want.sets {
+        if !known.sets.contains_key(name) {
+            let kind = if s.ty.verdict_map { "map" } else { "set" };
+            let _ = writeln!(
+                tx,
+                "add {kind} {FAMILY} {TABLE} {} {{ {} }}",
+                quoted(name),
+                s.ty.decl()
+            );
+        }
+    }
+    for (name, c) in &want.chains {
+        if known.chains.contains_key(name) {
+            continue;
+        }
+        match &c.hook {
+            Some(h) => {
+                let _ = writeln!(
+                    tx,
+                    "add chain {FAMILY} {TABLE} {} {{ type {} hook {} priority {}; policy accept; }}",
+                    quoted(name),
+                    h.kind,
+                    h.hook,
+                    h.priority
+                );
+            }
+            None => {
+                let _ = writeln!(tx, "add chain {FAMILY} {TABLE} {}", quoted(name));
+            }
+        }
+    }
+    for (name, c) in &want.chains {
+        let same = known.chains.get(name).is_some_and(|k| {
+            k.rules.len() == c.rules.len()
+                && k.rules
+                    .iter()
+                    .zip(&c.rules)
+                    .all(|(h, r)| *h == Some(r.hash))
+        });
+        if same {
+            continue;
+        }
+        if known.chains.contains_key(name) {
+            let _ = writeln!(tx, "flush chain {FAMILY} {TABLE} {}", quoted(name));
+        }
+        for r in &c.rules {
+            let _ = writeln!(tx, "add rule {FAMILY} {TABLE} {} {}", quoted(name), r.text);
+        }
+        report.chains_written += 1;
+        report.rules_written += c.rules.len();
+    }
+    for (name, s) in &want.sets {
+        if s.ty.timeout.is_some() {
+            continue; // the kernel's own elements
+        }
+        let have = known.sets.get(name).and_then(|k| k.elements.as_ref());
+        let (add, del): (Vec<&String>, Vec<&String>) = match have {
+            Some(have) => (
+                s.elements.difference(have).collect(),
+                have.difference(&s.elements).collect(),
+            ),
+            None => {
+                if known.sets.contains_key(name) {
+                    let _ = writeln!(tx, "flush set {FAMILY} {TABLE} {}", quoted(name));
+                }
+                (s.elements.iter().collect(), vec![])
+            }
+        };
+        elements(tx, "delete", name, &del);
+        elements(tx, "add", name, &add);
+        report.elements_added += add.len();
+        report.elements_deleted += del.len();
+    }
+    for (name, k) in &known.chains {
+        if want.chains.contains_key(name) {
+            continue;
+        }
+        if !k.rules.is_empty() {
+            let _ = writeln!(tx, "flush chain {FAMILY} {TABLE} {}", quoted(name));
+            report.chains_flushed += 1;
+        }
+        stale.entry(name.clone()).or_insert(now);
+    }
+    for (name, k) in &known.sets {
+        if want.sets.contains_key(name) {
+            continue;
+        }
+        if k.elements.as_ref().is_none_or(|e| !e.is_empty()) {
+            let _ = writeln!(tx, "flush set {FAMILY} {TABLE} {}", quoted(name));
+        }
+        stale.entry(name.clone()).or_insert(now);
+    }
+}
+
+fn elements(tx: &mut String, verb: &str, set: &str, items: &[&String]) {
+    for chunk in items.chunks(ELEMENTS_PER_LINE) {
+        let list: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
+        let _ = writeln!(
+            tx,
+            "{verb} element {FAMILY} {TABLE} {} {{ {} }}",
+            quoted(set),
+            list.join(", ")
+        );
+    }
+}
+
+/// What the kernel has after a transaction made from `known` and `want` succeeded.
+fn applied(want: &Table, mut known: Known, stale: &HashMap<String, Instant>) -> Known {
+    known.exists = true;
+    for (name, c) in &want.chains {
+        known.chains.insert(
+            name.clone(),
+            KnownChain {
+                hook: c.hook.as_ref().map(hook_of),
+                rules: c.rules.iter().map(|r| Some(r.hash)).collect(),
+            },
+        );
+    }
+    for (name, s) in &want.sets {
+        let elements = (s.ty.timeout.is_none()).then(|| s.elements.clone());
+        known.sets.insert(
+            name.clone(),
+            KnownSet {
+                decl: s.ty.decl(),
+                elements,
+            },
+        );
+    }
+    for name in stale.keys() {
+        if let Some(c) = known.chains.get_mut(name) {
+            c.rules.clear();
+        }
+        if let Some(s) = known.sets.get_mut(name) {
+            s.elements = Some(BTreeSet::new());
+        }
+    }
+    known
+}
+
+#[derive(Deserialize)]
+struct ListDoc {
+    nftables: Vec<ListItem>,
+}
+
+/// One object of `nft -j list table`; the rest (metainfo, table) is ignored.
+#[derive(Deserialize)]
+struct ListItem {
+    set: Option<JSet>,
+    map: Option<JSet>,
+    chain: Option<JChain>,
+    rule: Option<JRule>,
+    table: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct JSet {
+    name: String,
+    #[serde(rename = "type")]
+    ty: Value,
+    map: Option<String>,
+    #[serde(default)]
+    flags: Vec<String>,
+    timeout: Option<u64>,
+    elem: Option<Vec<Value>>,
+}
+
+#[derive(Deserialize)]
+struct JChain {
+    name: String,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    hook: Option<String>,
+    prio: Option<i32>,
+}
+
+#[derive(Deserialize)]
+struct JRule {
+    chain: String,
+    comment: Option<String>,
+}
+
+/// `nft -j list table` output → [`Known`].
+pub fn parse_list(text: &str) -> Result<Known, serde_json::Error> {
+    let doc: ListDoc = serde_json::from_str(text)?;
+    let mut k = Known::default();
+    for item in doc.nftables {
+        if item.table.is_some() {
+            k.exists = true;
+        }
+        if let Some(s) = item.set.or(item.map) {
+            let key = match &s.ty {
+                Value::String(t) => t.clone(),
+                Value::Array(a) => a
+                    .iter()
+                    .map(|v| v.as_str().unwrap_or("?"))
+                    .collect::<Vec<_>>()
+                    .join(" . "),
+                _ => "?".into(),
+            };
+            let interval = s.flags.iter().any(|f| f == "interval");
+            let timeout = s.timeout.and_then(|t| u32::try_from(t).ok());
+            let decl =
+                super::decl_text(&key, s.map.as_deref() == Some("verdict"), interval, timeout);
+            let elements = match s.elem {
+                None => Some(BTreeSet::new()),
+                Some(list) => list.iter().map(element_text).collect(),
+            };
+            k.sets.insert(s.name, KnownSet { decl, elements });
+        }
+        if let Some(c) = item.chain {
+            let hook = match (c.ty, c.hook, c.prio) {
+                (Some(t), Some(h), Some(p)) => Some((t, h, p)),
+                _ => None,
+            };
+            k.chains.entry(c.name).or_default().hook = hook;
+        }
+        if let Some(r) = item.rule {
+            let h = r.comment.as_deref().and_then(comment_hash);
+            k.chains.entry(r.chain).or_default().rules.push(h);
+        }
+    }
+    Ok(k)
+}
+
+/// One element of `nft -j` output in the canonical text of [`super::Set::elements`]; None
+/// for a form we never write.
+pub fn element_text(v: &Value) -> Option<String> {
+    Some(match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Array(kv) if kv.len() == 2 => {
+            format!("{} : {}", element_text(&kv[0])?, element_text(&kv[1])?)
+        }
+        Value::Object(o) if o.len() == 1 => {
+            let (k, v) = o.iter().next()?;
+            match (k.as_str(), v) {
+                ("concat", Value::Array(parts)) => parts
+                    .iter()
+                    .map(element_text)
+                    .collect::<Option<Vec<_>>>()?
+                    .join(" . "),
+                ("prefix", p) => {
+                    let addr = p.get("addr")?.as_str()?;
+                    match p.get("len")?.as_u64()? {
+                        32 => addr.to_string(),
+                        len => format!("{addr}/{len}"),
+                    }
+                }
+                ("range", Value::Array(ab)) if ab.len() == 2 => {
+                    format!("{}-{}", element_text(&ab[0])?, element_text(&ab[1])?)
+                }
+                ("elem", e) => element_text(e.get("val")?)?,
+                ("goto" | "jump", t) => format!("{k} {}", t.get("target")?.as_str()?),
+                ("drop" | "accept" | "return" | "continue", Value::Null) => k.clone(),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}

@@ -1,0 +1,226 @@
+//! The nftables writer against the real `nft`, in a namespace of the test's own: what it
+//! writes reads back as written (so a restart writes nothing), a change writes only its own
+//! elements and chains, drift is repaired, a failed transaction changes nothing, stale
+//! chains go, and nothing outside our table is touched.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use brindle_felix_lite::iptables::Runner;
+use brindle_felix_lite::nft::services::{assemble, render, ServiceNft};
+use brindle_felix_lite::nft::writer::Writer;
+use brindle_felix_lite::nft::{rule, Table};
+use brindle_felix_lite::proxy::rules::{ALL_HOSTS_SET, ALL_POOLS_SET, MASQ_POOLS_SET};
+use brindle_felix_lite::proxy::{
+    Endpoint, NatOutgoingExclusions, NodeContext, NodeGuard, Protocol, ServicePort,
+};
+use brindle_testsupport::Netns;
+
+fn writer(ns: &Netns) -> Writer {
+    Writer::new(Runner {
+        prefix: vec!["ip".into(), "netns".into(), "exec".into(), ns.name().into()],
+        ..Default::default()
+    })
+}
+
+fn ctx() -> NodeContext {
+    NodeContext {
+        node: "n1".into(),
+        zone: None,
+        masquerade_bit: 14,
+    }
+}
+
+fn guard() -> NodeGuard {
+    NodeGuard {
+        pod_blocked_ports: vec![179],
+        nat_outgoing_exclusions: NatOutgoingExclusions::IPPoolsAndHostIPs,
+        workload_prefix: "brl".into(),
+    }
+}
+
+fn svc(i: u8, eps: u8) -> ServicePort {
+    ServicePort {
+        namespace: "ns".into(),
+        name: format!("s{i}"),
+        port_name: "http".into(),
+        protocol: if i.is_multiple_of(2) {
+            Protocol::Tcp
+        } else {
+            Protocol::Udp
+        },
+        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, i)),
+        port: 80,
+        node_port: i.is_multiple_of(3).then_some(30000 + u16::from(i)),
+        external_ips: vec![],
+        load_balancer_ips: if i.is_multiple_of(4) {
+            vec![Ipv4Addr::new(198, 19, 0, i)]
+        } else {
+            vec![]
+        },
+        load_balancer_source_ranges: if i.is_multiple_of(8) {
+            vec!["198.18.0.0/16".parse().unwrap()]
+        } else {
+            vec![]
+        },
+        external_local: false,
+        internal_local: false,
+        affinity_seconds: i.is_multiple_of(5).then_some(600),
+        endpoints: (1..=eps)
+            .map(|e| Endpoint {
+                ip: Ipv4Addr::new(10, 244, i, e),
+                port: 8080,
+                node: Some(if e % 2 == 0 { "n1" } else { "n2" }.into()),
+                zone: None,
+                ready: true,
+                serving: true,
+                terminating: false,
+                for_nodes: None,
+                for_zones: None,
+            })
+            .collect(),
+    }
+}
+
+fn sets() -> BTreeMap<String, Vec<ipnetwork::Ipv4Network>> {
+    let mut s = BTreeMap::new();
+    s.insert(
+        ALL_POOLS_SET.to_string(),
+        vec!["10.244.0.0/16".parse().unwrap()],
+    );
+    s.insert(
+        MASQ_POOLS_SET.to_string(),
+        vec!["10.244.0.0/16".parse().unwrap()],
+    );
+    s.insert(
+        ALL_HOSTS_SET.to_string(),
+        vec![
+            "198.18.0.1/32".parse().unwrap(),
+            "198.18.0.2/32".parse().unwrap(),
+        ],
+    );
+    s
+}
+
+fn table(services: &[ServicePort]) -> Table {
+    let r: Vec<ServiceNft> = services.iter().map(|s| render(s, &ctx())).collect();
+    assemble(&ctx(), &guard(), &sets(), &r)
+}
+
+fn list(ns: &Netns) -> String {
+    ns.ok(&["nft", "list", "ruleset"])
+}
+
+#[test]
+fn what_is_written_reads_back_and_a_change_writes_only_itself() {
+    let ns = Netns::new("brl-nw");
+    ns.ok(&["nft", "add", "table", "ip", "foreign"]);
+    ns.ok(&[
+        "nft",
+        "add chain ip foreign c { type filter hook forward priority 0; }",
+    ]);
+    ns.ok(&["nft", "add rule ip foreign c ip daddr 10.9.9.9 drop"]);
+    let mut services: Vec<ServicePort> = (0..20).map(|i| svc(i, 1 + i % 4)).collect();
+    let mut w = writer(&ns);
+    let r = w.sync(&table(&services)).expect("first sync");
+    assert!(
+        r.read && r.chains_written > 20 && r.elements_added > 20,
+        "{r:?}"
+    );
+    // Read back: the kernel holds exactly what was wanted, so nothing is written again.
+    w.invalidate();
+    let r = w.sync(&table(&services)).expect("re-read");
+    assert!(
+        r.read && !r.wrote(),
+        "a restart would write: {r:?}\n{}",
+        w.last_input
+    );
+    // A new writer (a restarted agent) writes nothing either.
+    let r = writer(&ns).sync(&table(&services)).expect("restart");
+    assert!(!r.wrote(), "{r:?}");
+
+    // One endpoint more for one service: its service chain, one endpoint chain; no element
+    // (the map still leads to the same chain).
+    services[6] = svc(6, 4);
+    let r = w.sync(&table(&services)).expect("change");
+    assert!(!r.read);
+    assert_eq!(r.elements_added + r.elements_deleted, 0, "{}", w.last_input);
+    assert_eq!(r.chains_written, 2, "{}", w.last_input);
+    assert!(
+        w.last_input.lines().all(|l| l.contains("ns/s6/")),
+        "{}",
+        w.last_input
+    );
+    // A service removed: its elements deleted, its chains flushed (deleted later).
+    services.remove(3);
+    let r = w.sync(&table(&services)).expect("delete");
+    assert!(r.elements_deleted >= 2 && r.chains_flushed >= 2, "{r:?}");
+    assert!(list(&ns).contains("ns/s3/"), "flushed, not yet deleted");
+    std::thread::sleep(brindle_felix_lite::nft::writer::STALE_DELETE_AFTER);
+    let r = w.sync(&table(&services)).expect("later");
+    assert!(r.chains_deleted >= 2, "{r:?}");
+    assert!(!list(&ns).contains("ns/s3/"), "{}", list(&ns));
+    w.invalidate();
+    assert!(!w.sync(&table(&services)).unwrap().wrote());
+    // The foreign table is as it was.
+    assert!(ns
+        .ok(&["nft", "list", "table", "ip", "foreign"])
+        .contains("ip daddr 10.9.9.9 drop"));
+    // Removal: our table goes, theirs stays.
+    assert!(w.remove().unwrap());
+    let all = list(&ns);
+    assert!(!all.contains("table ip brindle") && all.contains("table ip foreign"));
+}
+
+#[test]
+fn drift_is_repaired_and_a_failed_transaction_changes_nothing() {
+    let ns = Netns::new("brl-nd");
+    let services: Vec<ServicePort> = (0..6).map(|i| svc(i, 2)).collect();
+    let want = table(&services);
+    let mut w = writer(&ns);
+    w.sync(&want).expect("first sync");
+    let good = list(&ns);
+    // By hand: an element deleted, a rule of someone else's in one of our chains, a chain
+    // of ours emptied, a foreign chain added to our table.
+    let el = want.sets["service-ips"]
+        .elements
+        .iter()
+        .next()
+        .unwrap()
+        .clone();
+    ns.ok(&[
+        "nft",
+        &format!("delete element ip brindle service-ips {{ {el} }}"),
+    ]);
+    ns.ok(&["nft", "add rule ip brindle services ip daddr 10.1.2.3 drop"]);
+    ns.ok(&["nft", "flush chain ip brindle masquerading"]);
+    ns.ok(&["nft", "add chain ip brindle intruder"]);
+    w.invalidate();
+    let r = w.sync(&want).expect("repair");
+    assert!(
+        r.read && r.elements_added == 1 && r.chains_written == 2,
+        "{r:?}"
+    );
+    std::thread::sleep(brindle_felix_lite::nft::writer::STALE_DELETE_AFTER);
+    w.sync(&want).unwrap();
+    assert_eq!(list(&ns), good, "repaired to exactly what was written");
+
+    // A transaction that the kernel refuses (a jump to a chain that does not exist) changes
+    // nothing at all, though it also held good changes.
+    let mut bad = table(&(0..8).map(|i| svc(i, 3)).collect::<Vec<_>>());
+    bad.chain("services")
+        .rules
+        .push(rule("services", "", "jump no-such-chain"));
+    let e = w.sync(&bad).expect_err("refused");
+    assert!(
+        e.to_string().contains("no-such-chain") || e.to_string().contains("No such file"),
+        "{e}"
+    );
+    assert_eq!(
+        list(&ns),
+        good,
+        "the failed transaction left the table as it was"
+    );
+    w.invalidate();
+    assert!(!w.sync(&want).unwrap().wrote());
+}
