@@ -407,6 +407,22 @@ impl Writer {
         Ok(destroyed)
     }
 
+    /// Removes every chain, jump and ipset of ours (another dataplane has taken over).
+    /// Returns what was removed from the tables.
+    pub fn remove_all(&mut self) -> Result<SyncReport, IptablesError> {
+        self.invalidate();
+        let report = self.sync(&Ruleset::default())?;
+        self.invalidate();
+        // ipsets are the kernel's, not a backend's: ours are the `brl40…` ones.
+        let listed = self.runner.run(&["ipset", "list", "-n"], None)?;
+        for name in listed.lines().map(str::trim) {
+            if name.starts_with("brl40") {
+                self.runner.run(&["ipset", "destroy", name], None)?;
+            }
+        }
+        Ok(report)
+    }
+
     /// Brings our chains and jumps to `want`, writing only what differs.
     pub fn sync(&mut self, want: &Ruleset) -> Result<SyncReport, IptablesError> {
         let mut report = SyncReport::default();

@@ -224,3 +224,10 @@ fn drift_is_repaired_and_a_failed_transaction_changes_nothing() {
     w.invalidate();
     assert!(!w.sync(&want).unwrap().wrote());
 }
+
+#[test]
+fn this_kernel_takes_everything_we_write_and_the_check_commits_nothing() {
+    let ns = Netns::new("brl-nc");
+    writer(&ns).check_support().expect("nft support");
+    assert!(!list(&ns).contains("table"), "{}", list(&ns));
+}

@@ -1,6 +1,8 @@
-//! Services through real iptables: real TCP and UDP from pods, from the node and from the
-//! fabric (outside every node) to cluster IPs, node ports, external and load balancer IPs;
-//! traffic policies and topology; NAT outgoing; restarts, drift and foreign rules.
+//! Services through real iptables and real nftables (each test runs on both dataplanes):
+//! real TCP and UDP from pods, from the node and from the fabric (outside every node) to
+//! cluster IPs, node ports, external and load balancer IPs; traffic policies and topology;
+//! NAT outgoing; restarts, drift and foreign rules; a node switched from one dataplane to
+//! the other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -33,6 +35,84 @@ fn spread(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, n: usize) -> BTreeMap<S
     m
 }
 
+/// The dataplane a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dp {
+    Iptables,
+    Nftables,
+}
+
+impl Dp {
+    fn spec(self, s: LabSpec) -> LabSpec {
+        LabSpec {
+            dataplane: match self {
+                Dp::Iptables => "iptables",
+                Dp::Nftables => "nftables",
+            }
+            .into(),
+            ..s
+        }
+    }
+
+    /// Every rule of ours on `node`, as text.
+    fn ours(self, lab: &Lab, node: &str) -> String {
+        match self {
+            Dp::Iptables => save(lab, node, "nat") + &save(lab, node, "filter"),
+            Dp::Nftables => lab
+                .node(node)
+                .ns
+                .ok(&["nft", "list", "table", "ip", "brindle"]),
+        }
+    }
+
+    /// Empties the chain that leads Service addresses to their chains.
+    fn flush_dispatch(self, lab: &Lab, node: &str) {
+        let ns = &lab.node(node).ns;
+        match self {
+            Dp::Iptables => ns.ok(&["iptables-legacy", "-t", "nat", "-F", "BRL-SERVICES"]),
+            Dp::Nftables => ns.ok(&["nft", "flush", "chain", "ip", "brindle", "services"]),
+        };
+    }
+
+    fn dispatch_present(self, lab: &Lab, node: &str) -> bool {
+        let ns = &lab.node(node).ns;
+        match self {
+            Dp::Iptables => ns
+                .ok(&["iptables-legacy", "-t", "nat", "-S", "BRL-SERVICES"])
+                .contains("-A BRL-SERVICES"),
+            Dp::Nftables => ns
+                .ok(&["nft", "list", "chain", "ip", "brindle", "services"])
+                .contains("vmap @service-ips"),
+        }
+    }
+
+    /// What a rewrite of our rules would change: iptables, each service rule's packet
+    /// counter (reset when its chain is written); nftables, each rule's handle (new when
+    /// written).
+    fn fingerprint(self, lab: &Lab, node: &str) -> BTreeMap<String, u64> {
+        match self {
+            Dp::Iptables => save(lab, node, "nat")
+                .lines()
+                .filter(|l| l.contains("-A BRL-SVC-"))
+                .filter_map(|l| {
+                    let (c, rule) = l.strip_prefix('[')?.split_once("] ")?;
+                    Some((rule.to_string(), c.split(':').next()?.parse().ok()?))
+                })
+                .collect(),
+            Dp::Nftables => lab
+                .node(node)
+                .ns
+                .ok(&["nft", "-a", "list", "table", "ip", "brindle"])
+                .lines()
+                .filter_map(|l| {
+                    let (rule, h) = l.trim().rsplit_once(" # handle ")?;
+                    Some((rule.to_string(), h.parse().ok()?))
+                })
+                .collect(),
+        }
+    }
+}
+
 fn save(lab: &Lab, node: &str, table: &str) -> String {
     lab.node(node)
         .ns
@@ -54,12 +134,21 @@ fn wait_only(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, want: &[&str]) {
 }
 
 #[test]
-fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
+fn services_reach_every_endpoint_from_pods_nodes_and_outside_iptables() {
+    services_reach_every_endpoint(Dp::Iptables);
+}
+
+#[test]
+fn services_reach_every_endpoint_from_pods_nodes_and_outside_nftables() {
+    services_reach_every_endpoint(Dp::Nftables);
+}
+
+fn services_reach_every_endpoint(dp: Dp) {
     with_lab(
-        LabSpec {
+        dp.spec(LabSpec {
             nodes: 3,
             ..Default::default()
-        },
+        }),
         |lab| {
             for (p, n) in [
                 ("web-0", "node-0"),
@@ -96,6 +185,17 @@ fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
             };
             let foreign_before = foreign(lab);
             assert_eq!(foreign_before.len(), 1, "{foreign_before:?}");
+            // And a foreign nftables table (kube-proxy's, an operator's).
+            lab.node("node-0").ns.ok(&[
+                "nft",
+                "add table ip foreign; add chain ip foreign c { type nat hook prerouting priority -100; }; add rule ip foreign c ip daddr 198.19.100.51 tcp dport 9 dnat to 10.244.255.1:8080",
+            ]);
+            let foreign_nft = |lab: &Lab| {
+                lab.node("node-0")
+                    .ns
+                    .ok(&["nft", "list", "table", "ip", "foreign"])
+            };
+            let foreign_nft_before = foreign_nft(lab);
 
             allow_service_addresses(lab, "198.19.100.0/24");
             let mut web = svc("web", "web");
@@ -181,8 +281,9 @@ fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
                 metrics.contains("brindle_proxy_skipped{object=\"default/outside\"} 2"),
                 "{metrics}"
             );
-            let tables = save(lab, "node-0", "nat") + &save(lab, "node-0", "filter");
+            let tables = dp.ours(lab, "node-0");
             assert!(!tables.contains("198.19.200."), "{tables}");
+            assert!(tables.contains("198.19.100.10"), "{tables}");
             // And the operator sees it with brindlectl, judged by the agents' rule.
             let out = std::process::Command::new(brindle_lab::binary("brindlectl"))
                 .args(["services", "--refused"])
@@ -300,78 +401,74 @@ fn services_reach_every_endpoint_from_pods_nodes_and_outside() {
             // The foreign DNAT is still there, as it was.
             assert_eq!(foreign(lab), foreign_before);
 
-            // Our chains flushed by hand come back (the lab's refresh is 3 s).
-            lab.node("node-0")
-                .ns
-                .ok(&["iptables-legacy", "-t", "nat", "-F", "BRL-SERVICES"]);
+            // Our dispatch flushed by hand comes back (the lab's refresh is 3 s).
+            dp.flush_dispatch(lab, "node-0");
             // (Not judged by a connection failing now: a SYN retransmitted after the 3 s
             // refresh would get through, so that check raced the repair it tests.)
-            let left =
-                lab.node("node-0")
-                    .ns
-                    .ok(&["iptables-legacy", "-t", "nat", "-S", "BRL-SERVICES"]);
-            assert!(!left.contains("-A BRL-SERVICES"), "not flushed: {left}");
-            wait_for("BRL-SERVICES repaired", Duration::from_secs(30), || {
-                let back = lab.node("node-0").ns.ok(&[
-                    "iptables-legacy",
-                    "-t",
-                    "nat",
-                    "-S",
-                    "BRL-SERVICES",
-                ]);
-                back.contains("-A BRL-SERVICES").then_some(())?;
+            assert!(!dp.dispatch_present(lab, "node-0"), "not flushed");
+            wait_for("the dispatch repaired", Duration::from_secs(30), || {
+                dp.dispatch_present(lab, "node-0").then_some(())?;
                 lab.client(&lab.pods["client"].ns, "hello", cip, 80, 1)
                     .remove(0)
                     .ok()
             });
             assert_eq!(foreign(lab), foreign_before);
+            assert_eq!(foreign_nft(lab), foreign_nft_before);
 
-            // A restart keeps every rule: nothing written, counters not reset.
-            let counters = |lab: &Lab| -> BTreeMap<String, u64> {
-                save(lab, "node-0", "nat")
-                    .lines()
-                    .filter(|l| l.contains("-A BRL-SVC-"))
-                    .filter_map(|l| {
-                        let (c, rule) = l.strip_prefix('[')?.split_once("] ")?;
-                        Some((rule.to_string(), c.split(':').next()?.parse().ok()?))
-                    })
-                    .collect()
-            };
-            let before = counters(lab);
-            assert!(
-                before.values().any(|c| *c > 0),
-                "no packets counted: {before:?}"
-            );
+            // A restart keeps every rule: nothing written (iptables: no counter reset;
+            // nftables: every rule keeps its handle).
+            let before = dp.fingerprint(lab, "node-0");
+            if dp == Dp::Iptables {
+                assert!(
+                    before.values().any(|c| *c > 0),
+                    "no packets counted: {before:?}"
+                );
+            }
+            assert!(before.len() > 5, "{before:?}");
             let since = restart_and_first_sync(lab, 0);
             assert!(
                 since.contains("nothing written"),
                 "the restart rewrote rules:\n{since}"
             );
-            let after = counters(lab);
+            let after = dp.fingerprint(lab, "node-0");
             assert_eq!(
                 before.keys().collect::<Vec<_>>(),
                 after.keys().collect::<Vec<_>>()
             );
             for (rule, c) in &before {
-                assert!(
-                    after[rule] >= *c,
-                    "counter reset on {rule}: {c} → {}",
-                    after[rule]
-                );
+                match dp {
+                    Dp::Iptables => assert!(
+                        after[rule] >= *c,
+                        "counter reset on {rule}: {c} → {}",
+                        after[rule]
+                    ),
+                    Dp::Nftables => assert_eq!(after[rule], *c, "{rule} written again"),
+                }
             }
+            assert_eq!(foreign(lab), foreign_before);
+            assert_eq!(foreign_nft(lab), foreign_nft_before);
         },
     );
 }
 
 #[test]
-fn traffic_policies_topology_affinity_and_nat_outgoing() {
+fn traffic_policies_topology_affinity_and_nat_outgoing_iptables() {
+    traffic_policies_topology_affinity_and_nat_outgoing(Dp::Iptables);
+}
+
+#[test]
+fn traffic_policies_topology_affinity_and_nat_outgoing_nftables() {
+    traffic_policies_topology_affinity_and_nat_outgoing(Dp::Nftables);
+}
+
+fn traffic_policies_topology_affinity_and_nat_outgoing(dp: Dp) {
     // node-0 and node-2 in zone-0, node-1 in zone-1.
     with_lab(
-        LabSpec {
+        dp.spec(LabSpec {
             nodes: 3,
             zones: 2,
             ..Default::default()
-        },
+        }),
         |lab| {
             lab.pod_add("c0", "node-0").unwrap();
             lab.pod_add("c1", "node-1").unwrap();
@@ -539,6 +636,75 @@ fn nft_backend_programs_the_same_services() {
             assert!(!legacy.contains("BRL-"), "rules in the legacy tables too");
             let since = restart_and_first_sync(lab, 0);
             assert!(since.contains("nothing written"), "{since}");
+        },
+    );
+}
+
+/// A node restarted with the other `--dataplane` ends with that one's rules only: none of
+/// ours left in iptables (chains, jumps, ipsets) after a switch to nftables, no `ip brindle`
+/// table after the switch back; Services work throughout.
+#[test]
+fn switching_dataplane_by_restart_leaves_nothing_of_the_old_one() {
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ..Default::default()
+        },
+        |lab| {
+            lab.pod_add_labeled("w0", "node-0", &[("app", "w")])
+                .unwrap();
+            lab.pod_add_labeled("w1", "node-1", &[("app", "w")])
+                .unwrap();
+            lab.pod_add("c", "node-0").unwrap();
+            let w = lab.service_add(&svc("w", "w")).unwrap();
+            wait_only(lab, "c", w.cluster_ip, 80, &["w0", "w1"]);
+            // By the namespace's name: the lab is borrowed mutably to restart the agent.
+            let ns = lab.node("node-0").ns.name().to_string();
+            let run = |args: &[&str]| -> String {
+                let o = std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns])
+                    .args(args)
+                    .output()
+                    .expect("ip netns exec");
+                assert!(
+                    o.status.success(),
+                    "{args:?}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+                String::from_utf8_lossy(&o.stdout).into_owned()
+            };
+            let iptables_ours = || {
+                let t = run(&["iptables-legacy-save"]) + &run(&["ipset", "list", "-n"]);
+                t.lines()
+                    .filter(|l| l.contains("BRL-") || l.contains("brl40"))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            };
+            assert!(!iptables_ours().is_empty());
+
+            let log = lab.nodes[0].log();
+            let offset = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
+            lab.stop_agent(0);
+            lab.start_agent_with(0, &["--dataplane", "nftables", "--policy=false"]);
+            wait_for("iptables emptied of ours", Duration::from_secs(30), || {
+                iptables_ours().is_empty().then_some(())
+            });
+            let since =
+                String::from_utf8_lossy(&std::fs::read(&log).unwrap()[offset..]).to_string();
+            assert!(
+                since.contains("removed the iptables dataplane's rules"),
+                "{since}"
+            );
+            assert!(run(&["nft", "list", "table", "ip", "brindle"]).contains("service-ips"));
+            wait_only(lab, "c", w.cluster_ip, 80, &["w0", "w1"]);
+
+            lab.stop_agent(0);
+            lab.start_agent(0);
+            wait_for("table ip brindle gone", Duration::from_secs(30), || {
+                (!run(&["nft", "list", "tables"]).contains("brindle")).then_some(())
+            });
+            assert!(!iptables_ours().is_empty());
+            wait_only(lab, "c", w.cluster_ip, 80, &["w0", "w1"]);
         },
     );
 }

@@ -89,6 +89,11 @@ pub struct LabSpec {
     #[arg(long, default_value = "auto")]
     #[serde(default = "auto")]
     pub iptables_backend: String,
+    /// The agents' `--dataplane` (iptables, nftables, auto). With nftables the agents run
+    /// with `--policy=false`: NetworkPolicy is enforced in iptables only for now.
+    #[arg(long, default_value = "iptables", value_parser = ["iptables", "nftables", "auto"])]
+    #[serde(default = "iptables")]
+    pub dataplane: String,
     /// etcd serves https only and requires client certificates (the lab makes a CA and a
     /// client certificate that every part of it uses).
     #[arg(long)]
@@ -102,6 +107,10 @@ fn one() -> usize {
 
 fn auto() -> String {
     "auto".into()
+}
+
+fn iptables() -> String {
+    "iptables".into()
 }
 
 fn default_workload_gc_grace() -> u64 {
@@ -121,6 +130,7 @@ impl Default for LabSpec {
             workload_gc_grace_seconds: default_workload_gc_grace(),
             zones: 1,
             iptables_backend: auto(),
+            dataplane: iptables(),
             etcd_tls: false,
         }
     }
@@ -575,6 +585,8 @@ impl Lab {
             n.cni_cache_dir().display().to_string(),
             "--iptables-backend".into(),
             self.spec.iptables_backend.clone(),
+            "--dataplane".into(),
+            self.spec.dataplane.clone(),
             // Short, so a test sees drift repaired quickly (the default is 30 s).
             "--iptables-refresh-interval".into(),
             "3s".into(),
@@ -584,6 +596,9 @@ impl Lab {
             // Denied packets are logged, so an operator sees why a probe failed.
             "--log-denied".into(),
         ];
+        if self.spec.dataplane == "nftables" {
+            args.push("--policy=false".into());
+        }
         args.extend(self.datastore_args(&n.forward, &n.dir));
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::fs::OpenOptions::new()

@@ -181,6 +181,7 @@ fn spec_args(s: &LabSpec) -> Vec<String> {
         format!("--gc-grace={}", s.gc_grace),
         format!("--zones={}", s.zones),
         format!("--iptables-backend={}", s.iptables_backend),
+        format!("--dataplane={}", s.dataplane),
         format!(
             "--workload-gc-grace-seconds={}",
             s.workload_gc_grace_seconds

@@ -18,6 +18,7 @@
 
 mod autodetect;
 mod bgp_task;
+mod dataplane;
 mod denied_log;
 mod desired;
 mod filters;
@@ -53,6 +54,8 @@ use crate::desired::Me;
 #[command(
     name = "brindle-node",
     version,
+    // A flag given twice (the lab's defaults, then a test's) takes the last value.
+    args_override_self = true,
     about = "Brindle's node agent: BGP, tunl0, workload routes, Services"
 )]
 struct Args {
@@ -139,6 +142,12 @@ struct Args {
     /// ulogd or another agent uses).
     #[arg(long, env = "BRINDLE_LOG_DENIED_GROUP", default_value_t = brindle_felix_lite::nflog::DEFAULT_GROUP)]
     log_denied_group: u16,
+    /// Which dataplane programs Services and NAT outgoing: iptables, nftables (one table
+    /// of our own, `ip brindle`; NetworkPolicy not yet: needs --policy=false) or auto
+    /// (nftables when the kernel and `nft` take everything used and policy is off, else
+    /// iptables; the choice is logged with its reason). The other one's rules are removed.
+    #[arg(long, env = "BRINDLE_DATAPLANE", default_value = "iptables", value_parser = ["iptables", "nftables", "auto"])]
+    dataplane: String,
     /// iptables backend: auto (legacy where the kernel has it, else nft), legacy, nft.
     #[arg(long, env = "BRINDLE_IPTABLES_BACKEND", default_value = "auto", value_parser = ["auto", "legacy", "nft"])]
     iptables_backend: String,
@@ -360,6 +369,13 @@ async fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
+    if a.policy && a.dataplane == "nftables" {
+        eprintln!(
+            "brindle-node: --dataplane nftables does not enforce NetworkPolicy yet: run with \
+             --dataplane iptables (or auto), or with --policy=false"
+        );
+        return std::process::ExitCode::from(2);
+    }
     // A panic anywhere (a task, a task it spawned, a blocking call) ends the agent with a
     // line saying where, rather than leaving a node that answers probes but has lost a part.
     let default_hook = std::panic::take_hook();
@@ -407,19 +423,29 @@ async fn run(a: Args) -> anyhow::Result<()> {
         );
     }
     let ipam_socket = (a.ipam_socket.as_os_str() != "none").then(|| a.ipam_socket.clone());
-    // The dataplane (Services and NetworkPolicy in iptables) on this node, if any.
-    let backend = match a.services || a.policy {
+    // The dataplane (Services and NetworkPolicy) on this node, if any.
+    let dataplane = match a.services || a.policy {
         false => None,
-        // A node whose iptables cannot be used still routes pods; it says so loudly.
-        true => Runner::default()
-            .backend(&a.iptables_backend)
-            .inspect_err(|e| {
-                error!("Services, NAT outgoing and NetworkPolicy are OFF on this node: {e}")
-            })
-            .ok(),
+        true => match dataplane::choose(
+            &a.dataplane,
+            &a.iptables_backend,
+            a.policy,
+            &Runner::default(),
+        ) {
+            Ok((dp, why)) => {
+                info!(dataplane = dp.name(), "dataplane chosen: {why}");
+                Some(dp)
+            }
+            Err(dataplane::ChooseError::Fatal(e)) => anyhow::bail!(e),
+            // A node whose dataplane cannot be used still routes pods; it says so loudly.
+            Err(e) => {
+                error!("Services, NAT outgoing and NetworkPolicy are OFF on this node: {e}");
+                None
+            }
+        },
     };
     let (attach_tx, attach_rx) = tokio::sync::mpsc::channel(1024);
-    let policy_on = a.policy && backend.is_some();
+    let policy_on = a.policy && dataplane.is_some();
     if let Some(path) = ipam_socket.clone() {
         let server = brindle_cni::agent::Server {
             store: store.clone(),
@@ -509,19 +535,19 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
         },
     };
-    if let Some(backend) = backend {
+    if let Some(dp) = dataplane {
         info!(
-            backend = backend.name(),
+            dataplane = dp.name(),
             services = a.services,
             policy = a.policy,
-            "Services and NAT outgoing, NetworkPolicy in iptables"
+            "Services and NAT outgoing, NetworkPolicy"
         );
         tasks.spawn(
             "services",
             service_task::ServiceTask {
                 store: store.clone(),
                 node: me.name.clone(),
-                backend,
+                dataplane: dp,
                 masquerade_bit: a.masquerade_bit,
                 min_sync: a.min_sync_interval,
                 refresh: a.iptables_refresh_interval,

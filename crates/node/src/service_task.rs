@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brindle_datastore::Store;
-use brindle_felix_lite::iptables::{Backend, Runner, Writer};
+use brindle_felix_lite::iptables::Runner;
 use brindle_felix_lite::proxy::rules::{
-    self, ServiceRules, ALL_HOSTS_SET, ALL_POOLS_SET, BGP_PEERS_SET, MASQ_POOLS_SET,
+    ALL_HOSTS_SET, ALL_POOLS_SET, BGP_PEERS_SET, MASQ_POOLS_SET,
 };
 use brindle_felix_lite::proxy::{NatOutgoingExclusions, NodeContext, NodeGuard};
 use ipnetwork::Ipv4Network;
@@ -30,6 +30,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::dataplane::{Dataplane, DpWriter, PortRules, Want};
 use crate::metrics::Metrics;
 use crate::policy_state::{self, PolicyEv, PolicyState};
 use crate::services::{self, Reserved, Skipped};
@@ -41,7 +42,7 @@ use brindle_felix_lite::policy::{self as fpolicy, PolicyContext, PolicyRules};
 pub struct ServiceTask {
     pub store: Store,
     pub node: String,
-    pub backend: Backend,
+    pub dataplane: Dataplane,
     pub masquerade_bit: u8,
     pub min_sync: Duration,
     pub refresh: Duration,
@@ -85,7 +86,7 @@ struct State {
     listed_services: bool,
     listed_slices: bool,
     /// Rendered rules per Service key (sorted: the ruleset is the same after a restart).
-    rendered: BTreeMap<String, Vec<ServiceRules>>,
+    rendered: BTreeMap<String, Vec<PortRules>>,
     skipped: BTreeMap<String, Vec<Skipped>>,
     dirty: BTreeSet<String>,
 }
@@ -165,7 +166,7 @@ impl State {
     }
 
     /// Renders the dirty Services again (all of them when `all`).
-    fn render(&mut self, ctx: &NodeContext, reserved: &Reserved, all: bool) {
+    fn render(&mut self, dp: Dataplane, ctx: &NodeContext, reserved: &Reserved, all: bool) {
         let keys: Vec<String> = if all {
             self.services.keys().cloned().collect()
         } else {
@@ -201,7 +202,7 @@ impl State {
             } else {
                 self.skipped.insert(k.clone(), skipped);
             }
-            let r = ports.iter().map(|p| rules::render(p, ctx)).collect();
+            let r = ports.iter().map(|p| dp.render(p, ctx)).collect();
             self.rendered.insert(k, r);
         }
     }
@@ -366,7 +367,9 @@ impl ServiceTask {
             deadline: self.tool_timeout,
             ..Default::default()
         };
-        let mut writer = Some(Writer::new(self.backend, runner));
+        let mut writer = Some(DpWriter::new(self.dataplane, runner.clone()));
+        // The other dataplane's rules go after this one's first sync.
+        let mut others_removed = false;
         let mut st = State {
             listed_services: !self.services,
             listed_slices: !self.services,
@@ -380,6 +383,8 @@ impl ServiceTask {
         let mut last_sync = Instant::now() - self.min_sync;
         let mut last_refresh = Instant::now();
         let mut pending = false;
+        // The pending sync is only the periodic re-read.
+        let mut refresh_only = false;
         // After a failed sync: the wait before the next, doubling to a minute, and the last
         // error logged (a repeat of it is not logged again).
         let mut backoff = Duration::ZERO;
@@ -387,7 +392,7 @@ impl ServiceTask {
         let mut last_error = String::new();
         let mut first = true;
         info!(
-            backend = self.backend.name(),
+            dataplane = self.dataplane.name(),
             "services: waiting for Services, EndpointSlices and pools"
         );
         loop {
@@ -420,7 +425,10 @@ impl ServiceTask {
                     while let Ok(ev) = rx.try_recv() {
                         apply(ev);
                     }
-                    pending |= !st.dirty.is_empty();
+                    if !st.dirty.is_empty() {
+                        pending = true;
+                        refresh_only = false;
+                    }
                 }
                 Some(a) = async { attach_rx.as_mut()?.recv().await } => {
                     pst.announce(a);
@@ -442,10 +450,12 @@ impl ServiceTask {
                         reserved_now = new_reserved;
                         st.dirty.extend(st.services.keys().cloned());
                         pending = true;
+                        refresh_only = false;
                     }
                     if guard.as_ref() != Some(&new_guard) {
                         guard = Some(new_guard);
                         pending = true;
+                        refresh_only = false;
                     }
                     if ctx.as_ref() != Some(&c) || new_sets != sets {
                         // A label or pool change can touch every Service: render them all.
@@ -455,6 +465,7 @@ impl ServiceTask {
                         ctx = Some(c);
                         sets = new_sets;
                         pending = true;
+                        refresh_only = false;
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.into()), if ready => {
@@ -465,16 +476,22 @@ impl ServiceTask {
                         read_counters = policy_ctx.is_some();
                         last_refresh = Instant::now();
                         pending = true;
+                        refresh_only = true;
                         continue;
                     }
                     let (Some(c), Some(g)) = (ctx.clone(), guard.as_ref()) else { continue };
+                    // A policy render due makes this sync a change, not just the re-read.
+                    refresh_only &= !pst.needs_render();
                     let render_started = Instant::now();
-                    st.render(&c, &reserved_now, false);
-                    let mut ruleset = if self.services {
-                        rules::assemble(&c, g, st.rendered.values().flatten())
-                    } else {
-                        Default::default()
-                    };
+                    st.render(self.dataplane, &c, &reserved_now, false);
+                    let mut want = Want::assemble(
+                        self.dataplane,
+                        &c,
+                        g,
+                        &sets,
+                        self.services,
+                        st.rendered.values().flatten(),
+                    );
                     let mut with_chains = vec![];
                     if let Some(pctx) = &policy_ctx {
                         if pst.needs_render() {
@@ -485,30 +502,19 @@ impl ServiceTask {
                                 self.metrics.policy_refused.get_or_create(&l).set(1);
                             }
                         }
-                        fpolicy::merge(&mut ruleset, &policy_rules);
+                        // NetworkPolicy is in iptables only (the agent refuses it on nftables).
+                        if let Want::Iptables { ruleset, policy_sets, .. } = &mut want {
+                            fpolicy::merge(ruleset, &policy_rules);
+                            *policy_sets = Some(policy_rules.sets.clone());
+                        }
                     }
                     let Some(mut w) = writer.take() else { return };
-                    let sets2 = if self.services { sets.clone() } else { BTreeMap::new() };
-                    let psets = policy_rules.sets.clone();
-                    let policy_on = policy_ctx.is_some();
                     let counters_wanted = std::mem::take(&mut read_counters);
+                    let was_refresh = std::mem::take(&mut refresh_only);
                     let started = Instant::now();
                     let render_time = started - render_started;
                     let mut job = tokio::task::spawn_blocking(move || {
-                        let r = w
-                            .sync_sets(&sets2)
-                            .and_then(|_| w.sync_policy_sets(&psets))
-                            .and_then(|_| w.sync(&ruleset));
-                        // Sets no rule names any more: a failure here harms nothing (tried
-                        // again at the next change or re-read).
-                        if r.is_ok() && policy_on {
-                            if let Err(e) = w.destroy_stale_policy_sets(&psets) {
-                                debug!("stale policy sets stay for now: {e}");
-                            }
-                        }
-                        let counters = (r.is_ok() && counters_wanted)
-                            .then(|| w.counters("filter"))
-                            .and_then(|c| c.inspect_err(|e| debug!("policy counters not read: {e}")).ok());
+                        let (r, counters) = w.sync(&want, counters_wanted);
                         (w, r, counters)
                     });
                     // Every tool has a deadline, so the sync is bounded: waiting for it is
@@ -528,7 +534,11 @@ impl ServiceTask {
                         publish_counters(&self.metrics, &policy_rules.count(&c), &pst);
                     }
                     writer = Some(w);
-                    last_sync = Instant::now();
+                    // The periodic re-read is not a change: the next change is not held back
+                    // by it (only by the last write's least interval).
+                    if !was_refresh {
+                        last_sync = Instant::now();
+                    }
                     pending = false;
                     self.metrics.proxy_sync.observe(started.elapsed().as_secs_f64());
                     self.metrics.proxy_skipped.clear();
@@ -538,6 +548,11 @@ impl ServiceTask {
                     match r {
                         Ok(rep) => {
                             self.metrics.proxy_rules.set(rep.rules_total as i64);
+                            if !others_removed {
+                                others_removed = true;
+                                let (dp, runner) = (self.dataplane, runner.clone());
+                                tokio::task::spawn_blocking(move || DpWriter::remove_others(dp, &runner));
+                            }
                             pst.programmed(&with_chains);
                             if let Some(tx) = &isolations {
                                 tx.send_if_modified(|now| {
@@ -549,17 +564,16 @@ impl ServiceTask {
                                 });
                             }
                             if failures > 0 {
-                                info!(failures, "iptables writes work again");
+                                info!(failures, "dataplane writes work again");
                                 failures = 0;
                                 backoff = Duration::ZERO;
                                 last_error.clear();
                             }
-                            let wrote = rep.chains_written + rep.chains_deleted + rep.jumps_inserted + rep.jumps_removed;
-                            if first && wrote == 0 {
+                            if first && !rep.wrote {
                                 info!(services = st.services.len(), rules_total = rep.rules_total, "services: the tables already hold every rule (nothing written)");
                             }
                             first = false;
-                            if wrote > 0 {
+                            if rep.wrote {
                                 let (policies, pods, attachments) = pst.counts();
                                 info!(
                                     services = st.services.len(),
@@ -569,11 +583,11 @@ impl ServiceTask {
                                     chains_written = rep.chains_written,
                                     chains_deleted = rep.chains_deleted,
                                     rules_written = rep.rules_written,
-                                    jumps = rep.jumps_inserted,
+                                    elements = rep.elements,
                                     rules_total = rep.rules_total,
                                     read_back = rep.read,
                                     render_ms = render_time.as_millis() as u64,
-                                    restore_ms = rep.restore_time.as_millis() as u64,
+                                    write_ms = rep.write_time.as_millis() as u64,
                                     total_ms = started.elapsed().as_millis() as u64,
                                     "services programmed"
                                 );
@@ -585,10 +599,10 @@ impl ServiceTask {
                             backoff = (backoff * 2).clamp(Duration::from_secs(1), SYNC_BACKOFF_MAX);
                             let text = e.to_string();
                             if text != last_error {
-                                warn!(failures, retry_in_s = backoff.as_secs(), "iptables sync failed (reading the tables again, retrying with back-off): {text}");
+                                warn!(failures, retry_in_s = backoff.as_secs(), dataplane = self.dataplane.name(), "dataplane sync failed (reading the tables again, retrying with back-off): {text}");
                                 last_error = text;
                             } else {
-                                debug!(failures, retry_in_s = backoff.as_secs(), "iptables sync failed again: {text}");
+                                debug!(failures, retry_in_s = backoff.as_secs(), "dataplane sync failed again: {text}");
                             }
                             // Everything is rendered from scratch at the next try (the
                             // policy too, so that ADDs waiting on it are told).

@@ -128,6 +128,30 @@ impl Writer {
         }
     }
 
+    /// Whether this kernel and `nft` take everything the dataplane writes: a table using
+    /// each feature (concatenated verdict maps, numgen, fib, timeout sets, masquerade,
+    /// reject) checked by the kernel in a transaction that is not committed (`nft -c`).
+    pub fn check_support(&self) -> Result<(), IptablesError> {
+        let probe = format!(
+            "table {FAMILY} {TABLE}-probe {{
+  map m {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
+  set a {{ type ipv4_addr; flags dynamic,timeout; timeout 60s; }}
+  set p {{ type ipv4_addr; flags interval; }}
+  chain e {{ update @a {{ ip saddr }} meta l4proto tcp dnat to 10.0.0.1:80; }}
+  chain s {{ numgen random mod 2 vmap {{ 0 : goto e, 1 : goto e }}; }}
+  chain r {{ reject; }}
+  chain nat {{ type nat hook prerouting priority -100; policy accept;
+    ip daddr . meta l4proto . th dport vmap @m; }}
+  chain raw {{ type filter hook prerouting priority -300; policy accept;
+    iifname \"x*\" fib saddr . iif oif missing drop; }}
+  chain post {{ type nat hook postrouting priority 100; policy accept;
+    ip saddr @p meta mark & 0x4000 == 0x4000 masquerade fully-random comment \"x\"; }}
+}}
+"
+        );
+        self.nft(&["-c", "-f", "-"], Some(&probe)).map(|_| ())
+    }
+
     /// Deletes our table, if it exists (another dataplane takes over, or uninstall).
     pub fn remove(&mut self) -> Result<bool, IptablesError> {
         self.known = None;

@@ -1,0 +1,299 @@
+//! Which dataplane programs this node's Services (and NetworkPolicy), chosen once at start
+//! (`--dataplane`), and the one writer the Services task drives, whichever it is. The
+//! other dataplane's rules are removed after the chosen one's first sync, so a node
+//! switched by a restart with the other flag keeps forwarding throughout and ends with
+//! one set of rules.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use brindle_felix_lite::iptables::{Backend, IptablesError, Runner, Writer};
+use brindle_felix_lite::nft;
+use brindle_felix_lite::policy::SetSpec;
+use brindle_felix_lite::proxy::rules::{self, Ruleset, ServiceRules};
+use brindle_felix_lite::proxy::{NodeContext, NodeGuard, ServicePort};
+use ipnetwork::Ipv4Network;
+use tracing::{debug, info};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dataplane {
+    Iptables(Backend),
+    Nftables,
+}
+
+impl Dataplane {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dataplane::Iptables(Backend::Legacy) => "iptables (legacy)",
+            Dataplane::Iptables(Backend::Nft) => "iptables (nft)",
+            Dataplane::Nftables => "nftables",
+        }
+    }
+}
+
+/// `--dataplane` (`iptables`, `nftables`, `auto`) → the dataplane, and why, or why none.
+/// NetworkPolicy is enforced in iptables only for now: `nftables` with policy on is refused
+/// (the caller stops), and `auto` picks iptables then.
+pub fn choose(
+    choice: &str,
+    iptables_backend: &str,
+    policy: bool,
+    runner: &Runner,
+) -> Result<(Dataplane, String), ChooseError> {
+    let ipt = || -> Result<Dataplane, ChooseError> {
+        runner
+            .backend(iptables_backend)
+            .map(Dataplane::Iptables)
+            .map_err(|e| ChooseError::Unusable(e.to_string()))
+    };
+    let nft_ok = || nft::writer::Writer::new(runner.clone()).check_support();
+    match choice {
+        "iptables" => Ok((ipt()?, "--dataplane iptables".into())),
+        "nftables" if policy => Err(ChooseError::Fatal(
+            "--dataplane nftables does not enforce NetworkPolicy yet: run with \
+             --dataplane iptables (or auto), or with --policy=false"
+                .into(),
+        )),
+        "nftables" => nft_ok()
+            .map(|_| (Dataplane::Nftables, "--dataplane nftables".into()))
+            .map_err(|e| ChooseError::Unusable(format!("nftables: {e}"))),
+        "auto" if policy => Ok((
+            ipt()?,
+            "auto: NetworkPolicy is enforced in iptables only for now".into(),
+        )),
+        "auto" => match nft_ok() {
+            Ok(()) => Ok((
+                Dataplane::Nftables,
+                "auto: the kernel and nft take every feature used".into(),
+            )),
+            Err(e) => Ok((ipt()?, format!("auto: nftables not usable here ({e})"))),
+        },
+        other => Err(ChooseError::Fatal(format!(
+            "unknown --dataplane {other:?} (iptables, nftables, auto)"
+        ))),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChooseError {
+    /// A wrong combination of flags: the agent must not start.
+    #[error("{0}")]
+    Fatal(String),
+    /// No usable dataplane on this host: the node routes pods without Services.
+    #[error("{0}")]
+    Unusable(String),
+}
+
+/// One service port's rules in the chosen dataplane's form (rendered once per change).
+#[derive(Debug, Clone)]
+pub enum PortRules {
+    Iptables(ServiceRules),
+    Nftables(nft::services::ServiceNft),
+}
+
+impl Dataplane {
+    pub fn render(self, p: &ServicePort, ctx: &NodeContext) -> PortRules {
+        match self {
+            Dataplane::Iptables(_) => PortRules::Iptables(rules::render(p, ctx)),
+            Dataplane::Nftables => PortRules::Nftables(nft::services::render(p, ctx)),
+        }
+    }
+}
+
+/// What one sync hands the writer.
+pub enum Want {
+    Iptables {
+        ruleset: Ruleset,
+        sets: BTreeMap<String, Vec<Ipv4Network>>,
+        policy_sets: Option<Vec<SetSpec>>,
+    },
+    Nftables(nft::Table),
+}
+
+impl Want {
+    /// The Services' part of the wanted state (policy is merged in by the caller).
+    pub fn assemble<'a>(
+        dp: Dataplane,
+        ctx: &NodeContext,
+        guard: &NodeGuard,
+        sets: &BTreeMap<String, Vec<Ipv4Network>>,
+        services: bool,
+        rendered: impl Iterator<Item = &'a PortRules>,
+    ) -> Want {
+        match dp {
+            Dataplane::Iptables(_) => {
+                let ruleset = if services {
+                    let r: Vec<&ServiceRules> = rendered
+                        .filter_map(|r| match r {
+                            PortRules::Iptables(x) => Some(x),
+                            PortRules::Nftables(_) => None,
+                        })
+                        .collect();
+                    rules::assemble(ctx, guard, r)
+                } else {
+                    Ruleset::default()
+                };
+                Want::Iptables {
+                    ruleset,
+                    sets: if services {
+                        sets.clone()
+                    } else {
+                        BTreeMap::new()
+                    },
+                    policy_sets: None,
+                }
+            }
+            Dataplane::Nftables => {
+                let r: Vec<&nft::services::ServiceNft> = rendered
+                    .filter_map(|r| match r {
+                        PortRules::Nftables(x) => Some(x),
+                        PortRules::Iptables(_) => None,
+                    })
+                    .collect();
+                Want::Nftables(nft::services::assemble(ctx, guard, sets, r))
+            }
+        }
+    }
+}
+
+/// What a sync did, whichever the dataplane.
+#[derive(Debug, Clone, Default)]
+pub struct Done {
+    pub read: bool,
+    pub wrote: bool,
+    pub rules_total: usize,
+    pub chains_written: usize,
+    pub chains_deleted: usize,
+    pub rules_written: usize,
+    pub elements: usize,
+    pub write_time: Duration,
+}
+
+pub enum DpWriter {
+    Iptables(Writer),
+    Nftables(nft::writer::Writer),
+}
+
+impl DpWriter {
+    pub fn new(dp: Dataplane, runner: Runner) -> DpWriter {
+        match dp {
+            Dataplane::Iptables(b) => DpWriter::Iptables(Writer::new(b, runner)),
+            Dataplane::Nftables => DpWriter::Nftables(nft::writer::Writer::new(runner)),
+        }
+    }
+
+    pub fn invalidate(&mut self) {
+        match self {
+            DpWriter::Iptables(w) => w.invalidate(),
+            DpWriter::Nftables(w) => w.invalidate(),
+        }
+    }
+
+    /// Brings the kernel to `want`; with `counters`, reads the policy counters after.
+    pub fn sync(
+        &mut self,
+        want: &Want,
+        counters: bool,
+    ) -> (Result<Done, IptablesError>, Option<HashMap<u64, u64>>) {
+        match (self, want) {
+            (
+                DpWriter::Iptables(w),
+                Want::Iptables {
+                    ruleset,
+                    sets,
+                    policy_sets,
+                },
+            ) => {
+                let psets = policy_sets.as_deref().unwrap_or_default();
+                let r = w
+                    .sync_sets(sets)
+                    .and_then(|_| w.sync_policy_sets(psets))
+                    .and_then(|_| w.sync(ruleset));
+                // Sets no rule names any more: a failure here harms nothing (tried again at
+                // the next change or re-read).
+                if r.is_ok() && policy_sets.is_some() {
+                    if let Err(e) = w.destroy_stale_policy_sets(psets) {
+                        debug!("stale policy sets stay for now: {e}");
+                    }
+                }
+                let c = (r.is_ok() && counters)
+                    .then(|| w.counters("filter"))
+                    .and_then(|c| {
+                        c.inspect_err(|e| debug!("policy counters not read: {e}"))
+                            .ok()
+                    });
+                let done = r.map(|rep| Done {
+                    read: rep.read,
+                    wrote: rep.chains_written
+                        + rep.chains_deleted
+                        + rep.jumps_inserted
+                        + rep.jumps_removed
+                        > 0,
+                    rules_total: rep.rules_total,
+                    chains_written: rep.chains_written,
+                    chains_deleted: rep.chains_deleted,
+                    rules_written: rep.rules_written,
+                    elements: 0,
+                    write_time: rep.restore_time,
+                });
+                (done, c)
+            }
+            (DpWriter::Nftables(w), Want::Nftables(t)) => {
+                let done = w.sync(t).map(|rep| Done {
+                    read: rep.read,
+                    wrote: rep.wrote(),
+                    rules_total: rep.rules_total,
+                    chains_written: rep.chains_written,
+                    chains_deleted: rep.chains_deleted + rep.chains_flushed,
+                    rules_written: rep.rules_written,
+                    elements: rep.elements_added + rep.elements_deleted,
+                    write_time: rep.restore_time,
+                });
+                (done, None)
+            }
+            _ => (
+                Err(IptablesError::NoBackend(
+                    "internal: rules rendered for the other dataplane".into(),
+                )),
+                None,
+            ),
+        }
+    }
+
+    /// Removes the rules of the dataplane not chosen (left by a run with the other flag).
+    /// Blocking; errors are logged, never fatal (the chosen dataplane works regardless).
+    pub fn remove_others(dp: Dataplane, runner: &Runner) {
+        match dp {
+            Dataplane::Nftables => {
+                for b in [Backend::Legacy, Backend::Nft] {
+                    // A backend whose tools do not run here holds nothing of ours.
+                    if runner.backend(b.name()).is_err() {
+                        continue;
+                    }
+                    match Writer::new(b, runner.clone()).remove_all() {
+                        Ok(r) if r.chains_deleted + r.jumps_removed > 0 => info!(
+                            backend = b.name(),
+                            chains = r.chains_deleted,
+                            jumps = r.jumps_removed,
+                            "removed the iptables dataplane's rules (nftables took over)"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => info!(
+                            backend = b.name(),
+                            "iptables rules of ours not removed: {e}"
+                        ),
+                    }
+                }
+            }
+            Dataplane::Iptables(_) => match nft::writer::Writer::new(runner.clone()).remove() {
+                Ok(true) => {
+                    info!("removed the nftables dataplane's table ip brindle (iptables took over)")
+                }
+                Ok(false) => {}
+                // No nft here: there is no table of ours either.
+                Err(IptablesError::Spawn { .. }) => {}
+                Err(e) => info!("table ip brindle not removed: {e}"),
+            },
+        }
+    }
+}
