@@ -6,6 +6,8 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use brindle_lab::{Lab, LabSpec};
 use brindle_testsupport::daemons::{tail, wait_for};
 use brindle_testsupport::ChildGuard;
@@ -278,4 +280,161 @@ pub fn restart_and_first_sync(lab: &mut Lab, i: usize) -> String {
             (since.contains("services: waiting") && synced).then_some(since)
         },
     )
+}
+
+/// `iptables-legacy-save -c -t table` on `node`.
+pub fn save(lab: &Lab, node: &str, table: &str) -> String {
+    lab.node(node)
+        .ns
+        .ok(&["iptables-legacy-save", "-c", "-t", table])
+}
+
+/// The dataplane a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dp {
+    Iptables,
+    Nftables,
+}
+
+impl Dp {
+    pub fn spec(self, s: LabSpec) -> LabSpec {
+        LabSpec {
+            dataplane: match self {
+                Dp::Iptables => "iptables",
+                Dp::Nftables => "nftables",
+            }
+            .into(),
+            ..s
+        }
+    }
+
+    /// Every rule of ours on `node`, as text.
+    pub fn ours(self, lab: &Lab, node: &str) -> String {
+        match self {
+            Dp::Iptables => save(lab, node, "nat") + &save(lab, node, "filter"),
+            Dp::Nftables => lab
+                .node(node)
+                .ns
+                .ok(&["nft", "list", "table", "ip", "brindle"]),
+        }
+    }
+
+    /// Empties the chain that leads Service addresses to their chains.
+    pub fn flush_dispatch(self, lab: &Lab, node: &str) {
+        let ns = &lab.node(node).ns;
+        match self {
+            Dp::Iptables => ns.ok(&["iptables-legacy", "-t", "nat", "-F", "BRL-SERVICES"]),
+            Dp::Nftables => ns.ok(&["nft", "flush", "chain", "ip", "brindle", "services"]),
+        };
+    }
+
+    pub fn dispatch_present(self, lab: &Lab, node: &str) -> bool {
+        let ns = &lab.node(node).ns;
+        match self {
+            Dp::Iptables => ns
+                .ok(&["iptables-legacy", "-t", "nat", "-S", "BRL-SERVICES"])
+                .contains("-A BRL-SERVICES"),
+            Dp::Nftables => ns
+                .ok(&["nft", "list", "chain", "ip", "brindle", "services"])
+                .contains("vmap @service-ips"),
+        }
+    }
+
+    /// What a rewrite of our rules would change: iptables, each service rule's packet
+    /// counter (reset when its chain is written); nftables, each rule's handle (new when
+    /// written).
+    pub fn fingerprint(self, lab: &Lab, node: &str) -> BTreeMap<String, u64> {
+        match self {
+            Dp::Iptables => save(lab, node, "nat")
+                .lines()
+                .filter(|l| l.contains("-A BRL-SVC-"))
+                .filter_map(|l| {
+                    let (c, rule) = l.strip_prefix('[')?.split_once("] ")?;
+                    Some((rule.to_string(), c.split(':').next()?.parse().ok()?))
+                })
+                .collect(),
+            Dp::Nftables => lab
+                .node(node)
+                .ns
+                .ok(&["nft", "-a", "list", "table", "ip", "brindle"])
+                .lines()
+                .filter_map(|l| {
+                    let (rule, h) = l.trim().rsplit_once(" # handle ")?;
+                    Some((rule.to_string(), h.parse().ok()?))
+                })
+                .collect(),
+        }
+    }
+    /// The node guard (pods kept from BGP ports) is programmed on `node`.
+    pub fn guard_ready(self, lab: &Lab, node: &str) -> bool {
+        let ns = &lab.node(node).ns;
+        match self {
+            Dp::Iptables => {
+                let t = ns.ok(&["iptables-legacy-save", "-t", "filter"])
+                    + &ns.ok(&["iptables-nft-save", "-t", "filter"]);
+                t.contains("BRL-HOST-GUARD")
+            }
+            Dp::Nftables => ns
+                .run(&["nft", "list", "chain", "ip", "brindle", "host-guard"])
+                .status
+                .success(),
+        }
+    }
+
+    /// The members of one of our address sets (by its ipset name) on `node`, as text.
+    pub fn set(self, lab: &Lab, node: &str, ipset: &str) -> String {
+        let ns = &lab.node(node).ns;
+        match self {
+            Dp::Iptables => ns.ok(&["ipset", "list", ipset]),
+            Dp::Nftables => {
+                let name = ipset.strip_prefix("brl40").unwrap_or(ipset);
+                ns.ok(&["nft", "list", "set", "ip", "brindle", name])
+            }
+        }
+    }
+
+    /// Where Service addresses lead on `node`: iptables, the nat table; nftables, the
+    /// `service-ips` and `service-nodeports` maps.
+    pub fn dispatch(self, lab: &Lab, node: &str) -> String {
+        let ns = &lab.node(node).ns;
+        match self {
+            Dp::Iptables => {
+                ns.ok(&["iptables-legacy-save", "-t", "nat"])
+                    + &ns.ok(&["iptables-nft-save", "-t", "nat"])
+            }
+            Dp::Nftables => {
+                ns.ok(&["nft", "list", "map", "ip", "brindle", "service-ips"])
+                    + &ns.ok(&["nft", "list", "map", "ip", "brindle", "service-nodeports"])
+            }
+        }
+    }
+
+    /// The anti-spoofing rule is programmed on `node`, and the packets it dropped.
+    pub fn anti_spoof(self, lab: &Lab, node: &str) -> Option<u64> {
+        let ns = &lab.node(node).ns;
+        match self {
+            Dp::Iptables => {
+                let mut found = None;
+                for t in ["iptables-legacy", "iptables-nft"] {
+                    let out = ns.run(&[t, "-t", "raw", "-L", "BRL-ANTI-SPOOF", "-v", "-x", "-n"]);
+                    for l in String::from_utf8_lossy(&out.stdout).lines() {
+                        if l.contains("rpfilter") && l.contains("brl+") {
+                            let n = l.split_whitespace().next()?.parse::<u64>().ok()?;
+                            found = Some(found.unwrap_or(0) + n);
+                        }
+                    }
+                }
+                found
+            }
+            Dp::Nftables => {
+                let out = ns.run(&["nft", "list", "chain", "ip", "brindle", "raw-prerouting"]);
+                let text = String::from_utf8_lossy(&out.stdout).to_string();
+                let l = text
+                    .lines()
+                    .find(|l| l.contains("iifname \"brl*\" fib saddr . iif oif missing"))?;
+                let (_, rest) = l.split_once("counter packets ")?;
+                rest.split_whitespace().next()?.parse().ok()
+            }
+        }
+    }
 }

@@ -11,12 +11,21 @@ use crate::common::*;
 /// programmed (no DNAT, no REJECT), the mesh stays up through a restart of the victim's
 /// agent, and the refusal is logged. (A nodePort on a BGP port: services.rs's unit test.)
 #[test]
-fn a_service_cannot_take_a_nodes_bgp_traffic() {
+fn a_service_cannot_take_a_nodes_bgp_traffic_iptables() {
+    a_service_cannot_take_a_nodes_bgp_traffic(Dp::Iptables);
+}
+
+#[test]
+fn a_service_cannot_take_a_nodes_bgp_traffic_nftables() {
+    a_service_cannot_take_a_nodes_bgp_traffic(Dp::Nftables);
+}
+
+fn a_service_cannot_take_a_nodes_bgp_traffic(dp: Dp) {
     with_lab(
-        LabSpec {
+        dp.spec(LabSpec {
             nodes: 2,
             ..Default::default()
-        },
+        }),
         |lab| {
             let pods = settled_mesh(lab);
             // Even an operator's range that covers the nodes does not let a Service take a
@@ -42,9 +51,8 @@ fn a_service_cannot_take_a_nodes_bgp_traffic() {
                     ))
                     .then_some(())
                 });
-                let nat = lab.node(n).ns.ok(&["iptables-legacy-save", "-t", "nat"])
-                    + &lab.node(n).ns.ok(&["iptables-nft-save", "-t", "nat"]);
-                assert!(!nat.contains(&format!("-d {n1}/32")), "{n}: {nat}");
+                let d = dp.dispatch(lab, n);
+                assert!(!d.contains(&format!("{n1}")), "{n}: {d}");
             }
             // The victim's agent restarts: its sessions come back, to the real speakers.
             lab.kill_agent(1);
@@ -70,12 +78,21 @@ fn a_service_cannot_take_a_nodes_bgp_traffic() {
 /// A pod sends as another pod (on its node and on another) and as an address outside the
 /// cluster: nothing arrives, while the same datagrams with its own address do.
 #[test]
-fn a_pod_cannot_send_as_another() {
+fn a_pod_cannot_send_as_another_iptables() {
+    a_pod_cannot_send_as_another(Dp::Iptables);
+}
+
+#[test]
+fn a_pod_cannot_send_as_another_nftables() {
+    a_pod_cannot_send_as_another(Dp::Nftables);
+}
+
+fn a_pod_cannot_send_as_another(dp: Dp) {
     with_lab(
-        LabSpec {
+        dp.spec(LabSpec {
             nodes: 2,
             ..Default::default()
-        },
+        }),
         |lab| {
             settled_mesh(lab);
             // The kernel's own reverse-path check off (new namespaces may inherit the host's
@@ -96,19 +113,7 @@ fn a_pod_cannot_send_as_another() {
                 wait_for(
                     &format!("{n}'s anti-spoofing rule"),
                     Duration::from_secs(30),
-                    || {
-                        let ns = &lab.node(n).ns;
-                        let raw = ns.run(&["iptables-legacy-save", "-t", "raw"]).stdout;
-                        let nft = ns.run(&["iptables-nft-save", "-t", "raw"]).stdout;
-                        let text = String::from_utf8_lossy(&[raw, nft].concat()).to_string();
-                        text.lines()
-                            .any(|l| {
-                                l.starts_with("-A BRL-ANTI-SPOOF")
-                                    && l.contains("-i brl+")
-                                    && l.contains("-m rpfilter --invert -j DROP")
-                            })
-                            .then_some(())
-                    },
+                    || dp.anti_spoof(lab, n).map(|_| ()),
                 );
             }
             let (_lb, heard_b) = udp_listener(&lab.pods["b"].ns);
@@ -143,19 +148,11 @@ fn a_pod_cannot_send_as_another() {
                 );
             }
             // And the rule is what dropped them: 4 forged sends of 5 datagrams from a.
-            let ns = &lab.node("node-0").ns;
-            let drops: u64 = ["iptables-legacy", "iptables-nft"]
-                .iter()
-                .map(|t| {
-                    let out = ns.run(&[t, "-t", "raw", "-L", "BRL-ANTI-SPOOF", "-v", "-x", "-n"]);
-                    String::from_utf8_lossy(&out.stdout)
-                        .lines()
-                        .filter(|l| l.contains("rpfilter"))
-                        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-                        .sum::<u64>()
-                })
-                .sum();
-            assert!(drops >= 20, "BRL-ANTI-SPOOF dropped {drops} packets");
+            let drops = dp.anti_spoof(lab, "node-0").unwrap_or(0);
+            assert!(
+                drops >= 20,
+                "the anti-spoofing rule dropped {drops} packets"
+            );
         },
     );
 }

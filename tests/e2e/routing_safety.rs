@@ -54,8 +54,17 @@ fn whoami_server(ns: &Netns, port: u16) -> ChildGuard {
 /// node's agent restarts; it reaches other host ports, and as itself (NAT outgoing leaves
 /// host addresses alone by default), never as its node.
 #[test]
-fn pods_never_reach_a_nodes_bgp_port() {
-    with_lab(two_nodes(), |lab| {
+fn pods_never_reach_a_nodes_bgp_port_iptables() {
+    pods_never_reach_a_nodes_bgp_port(Dp::Iptables);
+}
+
+#[test]
+fn pods_never_reach_a_nodes_bgp_port_nftables() {
+    pods_never_reach_a_nodes_bgp_port(Dp::Nftables);
+}
+
+fn pods_never_reach_a_nodes_bgp_port(dp: Dp) {
+    with_lab(dp.spec(two_nodes()), |lab| {
         // NAT outgoing on, as the default pool of a cluster has it: the case where a pod
         // would leave as its node.
         let api = lab.store.all::<brindle_api::IPPool>();
@@ -70,12 +79,7 @@ fn pods_never_reach_a_nodes_bgp_port() {
         let pod_ip = lab.pods[&p1].ip.to_string();
         // The guard is in place once the agent has programmed it.
         wait_for("the host guard", Duration::from_secs(30), || {
-            // Whichever backend the agent chose ("auto").
-            let legacy = lab.nodes[1]
-                .ns
-                .ok(&["iptables-legacy-save", "-t", "filter"]);
-            let nft = lab.nodes[1].ns.ok(&["iptables-nft-save", "-t", "filter"]);
-            (legacy.contains("BRL-HOST-GUARD") || nft.contains("BRL-HOST-GUARD")).then_some(())
+            dp.guard_ready(lab, "node-1").then_some(())
         });
         // NAT outgoing programmed on node-1 (the pool in the masquerade set), and node-0 in
         // its hosts set: only then does the check below judge the exclusion.
@@ -83,10 +87,8 @@ fn pods_never_reach_a_nodes_bgp_port() {
             "NAT outgoing and the hosts set",
             Duration::from_secs(30),
             || {
-                let masq = lab.nodes[1]
-                    .ns
-                    .ok(&["ipset", "list", "brl40masq-ipam-pools"]);
-                let hosts = lab.nodes[1].ns.ok(&["ipset", "list", "brl40all-hosts-net"]);
+                let masq = dp.set(lab, "node-1", "brl40masq-ipam-pools");
+                let hosts = dp.set(lab, "node-1", "brl40all-hosts-net");
                 (masq.contains("10.244.0.0/16") && hosts.contains(&n0)).then_some(())
             },
         );

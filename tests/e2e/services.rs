@@ -11,7 +11,7 @@ use std::time::Duration;
 use brindle_lab::{Lab, LabService, LabSpec};
 use brindle_testsupport::daemons::wait_for;
 
-use crate::common::{allow_service_addresses, restart_and_first_sync, with_lab};
+use crate::common::{allow_service_addresses, restart_and_first_sync, save, with_lab, Dp};
 
 fn svc(name: &str, app: &str) -> LabService {
     LabService {
@@ -33,90 +33,6 @@ fn spread(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, n: usize) -> BTreeMap<S
         *m.entry(k).or_insert(0) += 1;
     }
     m
-}
-
-/// The dataplane a test runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Dp {
-    Iptables,
-    Nftables,
-}
-
-impl Dp {
-    fn spec(self, s: LabSpec) -> LabSpec {
-        LabSpec {
-            dataplane: match self {
-                Dp::Iptables => "iptables",
-                Dp::Nftables => "nftables",
-            }
-            .into(),
-            ..s
-        }
-    }
-
-    /// Every rule of ours on `node`, as text.
-    fn ours(self, lab: &Lab, node: &str) -> String {
-        match self {
-            Dp::Iptables => save(lab, node, "nat") + &save(lab, node, "filter"),
-            Dp::Nftables => lab
-                .node(node)
-                .ns
-                .ok(&["nft", "list", "table", "ip", "brindle"]),
-        }
-    }
-
-    /// Empties the chain that leads Service addresses to their chains.
-    fn flush_dispatch(self, lab: &Lab, node: &str) {
-        let ns = &lab.node(node).ns;
-        match self {
-            Dp::Iptables => ns.ok(&["iptables-legacy", "-t", "nat", "-F", "BRL-SERVICES"]),
-            Dp::Nftables => ns.ok(&["nft", "flush", "chain", "ip", "brindle", "services"]),
-        };
-    }
-
-    fn dispatch_present(self, lab: &Lab, node: &str) -> bool {
-        let ns = &lab.node(node).ns;
-        match self {
-            Dp::Iptables => ns
-                .ok(&["iptables-legacy", "-t", "nat", "-S", "BRL-SERVICES"])
-                .contains("-A BRL-SERVICES"),
-            Dp::Nftables => ns
-                .ok(&["nft", "list", "chain", "ip", "brindle", "services"])
-                .contains("vmap @service-ips"),
-        }
-    }
-
-    /// What a rewrite of our rules would change: iptables, each service rule's packet
-    /// counter (reset when its chain is written); nftables, each rule's handle (new when
-    /// written).
-    fn fingerprint(self, lab: &Lab, node: &str) -> BTreeMap<String, u64> {
-        match self {
-            Dp::Iptables => save(lab, node, "nat")
-                .lines()
-                .filter(|l| l.contains("-A BRL-SVC-"))
-                .filter_map(|l| {
-                    let (c, rule) = l.strip_prefix('[')?.split_once("] ")?;
-                    Some((rule.to_string(), c.split(':').next()?.parse().ok()?))
-                })
-                .collect(),
-            Dp::Nftables => lab
-                .node(node)
-                .ns
-                .ok(&["nft", "-a", "list", "table", "ip", "brindle"])
-                .lines()
-                .filter_map(|l| {
-                    let (rule, h) = l.trim().rsplit_once(" # handle ")?;
-                    Some((rule.to_string(), h.parse().ok()?))
-                })
-                .collect(),
-        }
-    }
-}
-
-fn save(lab: &Lab, node: &str, table: &str) -> String {
-    lab.node(node)
-        .ns
-        .ok(&["iptables-legacy-save", "-c", "-t", table])
 }
 
 /// Waits until `pod` reaches the service and only the given endpoints answer.

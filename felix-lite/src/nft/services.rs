@@ -381,7 +381,7 @@ pub fn assemble<'a>(
         "raw-prerouting",
         "brindle: a pod sends only from its own addresses",
         &format!(
-            "iifname \"{}*\" fib saddr . iif oif missing drop",
+            "iifname \"{}*\" fib saddr . iif oif missing counter drop",
             guard.workload_prefix
         ),
     );
@@ -438,7 +438,7 @@ pub fn assemble<'a>(
             "host-guard",
             "brindle: no pod reaches a BGP port of a node or a node's peer",
             &format!(
-                "ip saddr @all-ipam-pools tcp dport {{ {} }} drop",
+                "ip saddr @all-ipam-pools tcp dport {{ {} }} counter drop",
                 list.join(", ")
             ),
         );
@@ -446,7 +446,7 @@ pub fn assemble<'a>(
     t.push(
         "host-guard",
         "brindle: IPIP only from the nodes",
-        "meta l4proto 4 fib daddr type local ip saddr != @all-hosts-net drop",
+        "meta l4proto 4 fib daddr type local ip saddr != @all-hosts-net counter drop",
     );
     for chain in ["nat-prerouting", "nat-output"] {
         t.push(chain, "brindle service portals", "jump services");
