@@ -3,7 +3,7 @@
 //!
 //! A packet to a Service is one map lookup, whatever the number of Services:
 //! `ip daddr . meta l4proto . th dport vmap @service-ips` leads to the service's chain, which
-//! picks an endpoint with `numgen random mod N vmap`. A changed Service changes its map
+//! picks an endpoint with `numgen` (see [`endpoint_rules`] for why not kube-proxy's vmap). A changed Service changes its map
 //! elements and its own chains; nothing else is written.
 //!
 //! | iptables (ours)                         | nftables                                    |
@@ -286,7 +286,11 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceNft {
 }
 
 /// Affinity first (a client seen within the timeout goes to the same endpoint), then one
-/// random pick among `eps`.
+/// random pick among `eps`: rule i of n jumps with probability 1/(n−i)
+/// (`numgen random mod (n−i) == 0`), the last always, as iptables' `statistic` rules do.
+/// Not kube-proxy's one `numgen random mod n vmap { … }`: each such rule is an anonymous map,
+/// and loading them is quadratic in their number (measured with nft 1.0.6: 8,000 services'
+/// maps took 6.5 s, the same choice as rules 0.64 s for 40,000 rules).
 fn endpoint_rules(rules: &mut Vec<Rule>, chain: &str, svc: &ServicePort, eps: &[&Endpoint]) {
     let spn = svc.port_name_string();
     if svc.affinity_seconds.is_some() {
@@ -302,22 +306,16 @@ fn endpoint_rules(rules: &mut Vec<Rule>, chain: &str, svc: &ServicePort, eps: &[
             ));
         }
     }
-    let body = match eps {
-        [one] => format!("goto {}", endpoint_chain(svc, one)),
-        _ => {
-            let arms: Vec<String> = eps
-                .iter()
-                .enumerate()
-                .map(|(i, ep)| format!("{i} : goto {}", endpoint_chain(svc, ep)))
-                .collect();
-            format!(
-                "numgen random mod {} vmap {{ {} }}",
-                eps.len(),
-                arms.join(", ")
-            )
-        }
-    };
-    rules.push(rule(chain, &format!("{spn} endpoints"), &body));
+    let n = eps.len();
+    for (i, ep) in eps.iter().enumerate() {
+        let to = endpoint_chain(svc, ep);
+        let body = if i + 1 < n {
+            format!("numgen random mod {} == 0 goto {to}", n - i)
+        } else {
+            format!("goto {to}")
+        };
+        rules.push(rule(chain, &format!("{spn} -> {}", ep.addr()), &body));
+    }
 }
 
 /// A prefix in the kernel's canonical form (a /32 is a bare address).
@@ -577,7 +575,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cluster_ip_is_one_map_element_and_endpoints_one_numgen_rule() {
+    fn a_cluster_ip_is_one_map_element_and_endpoints_are_picked_by_numgen() {
         let s = svc(&[(1, "n1"), (2, "n2"), (3, "n2")]);
         let r = render(&s, &ctx());
         let chain = service_chain(ChainKind::Cluster, &s);
@@ -595,7 +593,9 @@ mod tests {
             t[0],
             "ip daddr 10.20.30.41 tcp dport 80 ip saddr != @all-ipam-pools jump mark-for-masquerade"
         );
-        assert!(t[1].starts_with("numgen random mod 3 vmap { 0 : goto endpoint-"));
+        assert!(t[1].starts_with("numgen random mod 3 == 0 goto endpoint-"));
+        assert!(t[2].starts_with("numgen random mod 2 == 0 goto endpoint-"));
+        assert!(t[3].starts_with("goto endpoint-"));
         assert_eq!(r.chains.len(), 4);
         assert_eq!(
             texts(&r.chains[1].1)[1],
@@ -655,7 +655,7 @@ mod tests {
         let r = render(&s, &ctx());
         let t = texts(&r.chains[0].1);
         assert!(t[1].starts_with("ip saddr @affinity-") && t[1].contains(" goto endpoint-"));
-        assert!(t[3].starts_with("numgen random mod 2"));
+        assert!(t[3].starts_with("numgen random mod 2 == 0 goto"));
         assert_eq!(r.affinity.len(), 2);
         assert_eq!(r.affinity[0].1, 10800);
         assert!(texts(&r.chains[1].1)[1].starts_with("update @affinity-"));

@@ -138,7 +138,7 @@ impl Writer {
   set a {{ type ipv4_addr; flags dynamic,timeout; timeout 60s; }}
   set p {{ type ipv4_addr; flags interval; }}
   chain e {{ update @a {{ ip saddr }} meta l4proto tcp dnat to 10.0.0.1:80; }}
-  chain s {{ numgen random mod 2 vmap {{ 0 : goto e, 1 : goto e }}; }}
+  chain s {{ numgen random mod 2 == 0 goto e; goto e; }}
   chain r {{ reject; }}
   chain nat {{ type nat hook prerouting priority -100; policy accept;
     ip daddr . meta l4proto . th dport vmap @m; }}
