@@ -27,8 +27,8 @@ fi
 if ! podman image exists "$base"; then
   root=$(mktemp -d /var/tmp/brindle-base.XXXXXX)
   trap 'rm -rf "$root"' EXIT
-  echo "debootstrap: Debian bookworm (minbase + iptables, iproute2, ipset) from $mirror"
-  debootstrap --variant=minbase --include=iptables,iproute2,ipset,ca-certificates \
+  echo "debootstrap: Debian bookworm (minbase + iptables, nftables, iproute2, ipset) from $mirror"
+  debootstrap --variant=minbase --include=iptables,nftables,iproute2,ipset,ca-certificates \
     bookworm "$root" "$mirror" >/dev/null
   # Smaller: no apt lists, docs or caches in the image.
   rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/* "$root"/usr/share/doc/* \
@@ -63,6 +63,6 @@ in_image() {
 }
 in_image brindle-node --version
 in_image brindlectl version --client
-in_image sh -c 'iptables --version && ip -V && brindle-cni-install --version && echo {} | CNI_COMMAND=VERSION brindle-cni'
+in_image sh -c 'iptables --version && nft --version && ip -V && brindle-cni-install --version && echo {} | CNI_COMMAND=VERSION brindle-cni'
 rm -f "$conf"
 podman image ls --format '{{.Repository}}:{{.Tag}} {{.Size}}' "$tag"
