@@ -61,7 +61,7 @@ fn phase(lab: &mut Lab, node: &str, prefix: &str, gap: Duration) -> (Vec<f64>, A
 }
 
 /// What the agent's log says about one phase (from `offset`): its syncs (count, median
-/// `render_ms`, `restore_ms`, `total_ms`, `rules_total`) and each ADD's wait for its chains.
+/// `render_ms`, `write_ms`, `total_ms`, `rules_total`) and each ADD's wait for its chains.
 struct Agent {
     syncs: usize,
     render: f64,
@@ -96,7 +96,7 @@ fn agent(log: &std::path::Path, offset: usize) -> Agent {
     Agent {
         syncs: synced.len(),
         render: med("render_ms"),
-        restore: med("restore_ms"),
+        restore: med("write_ms"),
         rules: med("rules_total"),
         waits,
     }

@@ -604,6 +604,8 @@ impl ServiceTask {
                             } else {
                                 debug!(failures, retry_in_s = backoff.as_secs(), "dataplane sync failed again: {text}");
                             }
+                            // The back-off counts from this failure, a re-read's too.
+                            last_sync = Instant::now();
                             // Everything is rendered from scratch at the next try (the
                             // policy too, so that ADDs waiting on it are told).
                             st.dirty.extend(st.services.keys().cloned());
