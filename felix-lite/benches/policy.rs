@@ -4,15 +4,17 @@
 //! Two sizes: 100 policies × 1 rule over 60 pods all local (the lab's ADD benchmark), and
 //! the 1,000 policies × 10 rules over 10,000 cluster pods (100 namespaces) with 100
 //! local pods. For each: the pure work (compile the model, render chains and sets), a full
-//! sync into an empty namespace (legacy), one policy changed, one pod relabelled (selector
-//! sets only); beside the floor: raw `ipset restore` + `iptables-legacy-restore` of the same
-//! full content in a fresh namespace. Median of 3. Writes bench-results/policy.json.
+//! sync into an empty namespace, one policy changed, one pod relabelled (selector sets
+//! only), on iptables-legacy and on native nftables; beside the floor: raw `ipset restore` +
+//! `iptables-legacy-restore`, or `nft -f`, of the same full content in a fresh namespace.
+//! Median of 3. Writes bench-results/policy.json.
 
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use brindle_felix_lite::iptables::{Backend, Runner, Writer};
+use brindle_felix_lite::nft;
 use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext, Renderer, SetKind};
 use brindle_felix_lite::proxy::rules::Ruleset;
 use brindle_policy::compile::Program;
@@ -252,6 +254,60 @@ fn one(size: &Size) -> Sample {
     s
 }
 
+/// The same steps in native nftables.
+fn one_nft(size: &Size) -> Sample {
+    let ctx = PolicyContext::default();
+    let (mut w, mut pods) = world(size);
+    let mut s = Sample::default();
+    let t = Instant::now();
+    let prog = Program::compile(&w, &pods);
+    s.compile = ms(t.elapsed());
+    let eps = local(&pods);
+    let t = Instant::now();
+    let out = nft::policy::Renderer::default().render(&prog, &eps, &ctx);
+    s.render = ms(t.elapsed());
+    s.rules = out.chains.iter().map(|c| c.1.len()).sum();
+    s.sets = out.sets.len();
+    s.members = out.sets.iter().map(|x| x.2.len()).sum();
+    let ours = Netns::new("brl-bpn");
+    let mut wr = nft::writer::Writer::new(Runner {
+        prefix: vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            ours.name().into(),
+        ],
+        ..Default::default()
+    });
+    let mut renderer = nft::policy::Renderer::default();
+    let mut sync = |wr: &mut nft::writer::Writer, w: &World, pods: &[Pod]| {
+        let t = Instant::now();
+        let prog = Program::compile(w, pods);
+        let out = renderer.render(&prog, &eps, &ctx);
+        let mut table = nft::policy::base_table();
+        nft::policy::merge(&mut table, &out);
+        wr.sync(&table).expect("nft sync");
+        ms(t.elapsed())
+    };
+    s.full = sync(&mut wr, &w, &pods);
+    let full_input = wr.last_input.clone();
+    if let Some(Port::Range { from, to, .. }) = w.policies[0]
+        .ingress
+        .as_mut()
+        .and_then(|r| r[0].ports.first_mut())
+    {
+        *from += 1000;
+        *to += 1000;
+    }
+    s.policy_changed = sync(&mut wr, &w, &pods);
+    let last = pods.len() - 1;
+    pods[last].labels.insert("app".into(), "app-moved".into());
+    s.pod_relabelled = sync(&mut wr, &w, &pods);
+    let floor = Netns::new("brl-bpg");
+    s.floor = ms(run(&floor, &["nft", "-f", "-"], &full_input));
+    s
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -277,8 +333,8 @@ fn main() {
         },
     ];
     println!(
-        "\n{:<38} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>8}",
-        "size (ms; legacy)",
+        "\n{:<48} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>6} {:>8}",
+        "size (ms)",
         "compile",
         "render",
         "full",
@@ -290,8 +346,16 @@ fn main() {
         "members"
     );
     let mut results = BTreeMap::new();
-    for size in &sizes {
-        let runs: Vec<Sample> = (0..3).map(|_| one(size)).collect();
+    for (plane, size) in sizes
+        .iter()
+        .flat_map(|s| [("iptables-legacy", s), ("nftables", s)])
+    {
+        let runs: Vec<Sample> = (0..3)
+            .map(|_| match plane {
+                "nftables" => one_nft(size),
+                _ => one(size),
+            })
+            .collect();
         let m = |f: fn(&Sample) -> f64| median(runs.iter().map(f).collect());
         let (c, r, full, pc, pr, fl) = (
             m(|s| s.compile),
@@ -302,17 +366,18 @@ fn main() {
             m(|s| s.floor),
         );
         let s0 = &runs[0];
+        let name = format!("{}, {plane}", size.name);
         println!(
-            "{:<38} {c:>8.1} {r:>8.1} {full:>9.1} {pc:>9.1} {pr:>9.1} {fl:>9.1} {:>7} {:>6} {:>8}",
-            size.name, s0.rules, s0.sets, s0.members
+            "{name:<48} {c:>8.1} {r:>8.1} {full:>9.1} {pc:>9.1} {pr:>9.1} {fl:>9.1} {:>7} {:>6} {:>8}",
+            s0.rules, s0.sets, s0.members
         );
         results.insert(
-            size.name,
+            name,
             json!({"compile_ms": c, "render_ms": r, "full_ms": full, "policy_changed_ms": pc,
                    "pod_relabelled_ms": pr, "floor_ms": fl, "rules": s0.rules, "sets": s0.sets,
                    "members": s0.members}),
         );
     }
-    println!("\n(full, 1 policy, 1 relabel: compile + render + diff + ipset/iptables writes; floor: raw ipset restore + iptables-legacy-restore of the full content)");
+    println!("\n(full, 1 policy, 1 relabel: compile + render + diff + writes; floor: raw ipset restore + iptables-legacy-restore, or nft -f, of the full content)");
     write_results("policy", &json!(results));
 }

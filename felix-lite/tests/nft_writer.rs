@@ -231,3 +231,111 @@ fn this_kernel_takes_everything_we_write_and_the_check_commits_nothing() {
     writer(&ns).check_support().expect("nft support");
     assert!(!list(&ns).contains("table"), "{}", list(&ns));
 }
+
+/// NetworkPolicy in the same table (dispatch maps keyed by interface, selector and named-port
+/// sets, log and counter statements) reads back as written, and a pod's set membership
+/// changes one element.
+#[test]
+fn policy_reads_back_and_a_pod_is_one_element() {
+    use brindle_felix_lite::nft::policy::{merge, Renderer};
+    use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext};
+    use brindle_policy::compile::Program;
+    use brindle_policy::model::{
+        NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Rule, Selector,
+    };
+    use brindle_policy::World;
+    let ns = Netns::new("brl-np");
+    let sel = |v: &str| {
+        let mut s = Selector::default();
+        s.labels.insert("app".into(), v.into());
+        s
+    };
+    let pod = |name: &str, app: &str, ip: &str| Pod {
+        namespace: "x".into(),
+        name: name.into(),
+        labels: [("app".to_string(), app.to_string())].into(),
+        ips: vec![ip.parse().unwrap()],
+        ports: vec![NamedPort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 8080,
+        }],
+        host_network: false,
+        finished: false,
+        node: "n1".into(),
+    };
+    let mut w = World::default();
+    w.namespaces.insert("x".into(), Namespace::new("x", &[]));
+    w.policies.push(Policy {
+        namespace: "x".into(),
+        name: "web".into(),
+        pods: sel("web"),
+        ingress: Some(vec![Rule {
+            peers: vec![
+                Peer::Pods {
+                    namespaces: Namespaces::Own,
+                    pods: sel("client"),
+                },
+                Peer::Block {
+                    cidr: "198.51.100.0/24".parse().unwrap(),
+                    except: vec!["198.51.100.7/32".parse().unwrap()],
+                },
+            ],
+            ports: vec![
+                Port::Named {
+                    protocol: Protocol::Tcp,
+                    name: "http".into(),
+                },
+                Port::Range {
+                    protocol: Protocol::Sctp,
+                    from: 5000,
+                    to: 5010,
+                },
+            ],
+        }]),
+        egress: Some(vec![]),
+    });
+    let mut pods = vec![
+        pod("web", "web", "10.244.0.1"),
+        pod("c1", "client", "10.244.0.2"),
+        pod("c2", "other", "10.244.0.3"),
+    ];
+    let local: Vec<LocalEndpoint> = pods
+        .iter()
+        .map(|p| LocalEndpoint {
+            veth: format!("brl0000000{}", p.name),
+            pod: Some(format!("x/{}", p.name)),
+        })
+        .collect();
+    let ctx = PolicyContext {
+        log_denied: Some(30),
+        ..Default::default()
+    };
+    let mut r = Renderer::default();
+    let services: Vec<ServicePort> = (0..3).map(|i| svc(i, 2)).collect();
+    let mut want = |pods: &[Pod]| {
+        let mut t = table(&services);
+        merge(&mut t, &r.render(&Program::compile(&w, pods), &local, &ctx));
+        t
+    };
+    let mut wr = writer(&ns);
+    wr.sync(&want(&pods)).expect("policy sync");
+    wr.invalidate();
+    let rep = wr.sync(&want(&pods)).expect("re-read");
+    assert!(!rep.wrote(), "{rep:?}\n{}", wr.last_input);
+    // c2 becomes a client: one element into the selector set, no chain.
+    pods[2].labels.insert("app".into(), "client".into());
+    let rep = wr.sync(&want(&pods)).expect("relabel");
+    assert_eq!(
+        (rep.elements_added, rep.elements_deleted, rep.chains_written),
+        (1, 0, 0),
+        "{}",
+        wr.last_input
+    );
+    assert!(wr.last_input.contains("10.244.0.3"), "{}", wr.last_input);
+    let listed = list(&ns);
+    assert!(
+        listed.contains("\"brl0000000web\" : goto tw-brl0000000web"),
+        "{listed}"
+    );
+}

@@ -44,19 +44,23 @@ fn model(lab: &mut Lab) {
     }
 }
 
-/// A 2-node lab on `backend` (`auto`, `legacy`, `nft`) holding the model, for `test`.
-fn with_model(backend: &str, test: impl FnOnce(&mut Lab)) {
-    with_lab(
-        LabSpec {
-            nodes: 2,
+/// A 2-node lab holding the model, for `test`, on `variant`: the iptables dataplane with
+/// that backend (`auto`, `legacy`, `nft`), or `nftables` (the native dataplane).
+fn with_model(variant: &str, test: impl FnOnce(&mut Lab)) {
+    let spec = match variant {
+        "nftables" => LabSpec {
+            dataplane: "nftables".into(),
+            ..Default::default()
+        },
+        backend => LabSpec {
             iptables_backend: backend.into(),
             ..Default::default()
         },
-        |lab| {
-            model(lab);
-            test(lab)
-        },
-    );
+    };
+    with_lab(LabSpec { nodes: 2, ..spec }, |lab| {
+        model(lab);
+        test(lab)
+    });
 }
 
 fn apply(lab: &Lab, yaml: &str) -> NetworkPolicy {
@@ -139,6 +143,11 @@ fn the_upstream_model_through_the_agents_legacy() {
 #[test]
 fn the_upstream_model_through_the_agents_nft() {
     upstream_model("nft");
+}
+
+#[test]
+fn the_upstream_model_through_the_agents_nftables() {
+    upstream_model("nftables");
 }
 
 fn upstream_model(backend: &str) {
@@ -330,8 +339,17 @@ fn sweep_while(
 /// exists, never answers a sweep that was already running: not in the first instant either.
 /// The same sweep sees a pod of an open namespace made the same way (it has teeth).
 #[test]
-fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
-    with_model("auto", |lab| {
+fn a_new_pod_under_default_deny_never_answers_not_even_at_first_iptables() {
+    a_new_pod_under_default_deny_never_answers_not_even_at_first("auto");
+}
+
+#[test]
+fn a_new_pod_under_default_deny_never_answers_not_even_at_first_nftables() {
+    a_new_pod_under_default_deny_never_answers_not_even_at_first("nftables");
+}
+
+fn a_new_pod_under_default_deny_never_answers_not_even_at_first(variant: &str) {
+    with_model(variant, |lab| {
         assert_matrix(lab, 80, "udp", &expect(|_, _| true));
         apply(lab, DENY_X_INGRESS);
         assert_matrix(lab, 80, "udp", &expect(|f, t| ns_of(t) != "x" || f == t));
@@ -388,8 +406,17 @@ fn a_new_pod_under_default_deny_never_answers_not_even_at_first() {
 /// ClusterIP whose backend admits only x/a (on the target port 8080) answers x/a and no one
 /// else, though the port dialled (80) is in no policy.
 #[test]
-fn service_traffic_is_policed_at_the_backend() {
-    with_model("auto", |lab| {
+fn service_traffic_is_policed_at_the_backend_iptables() {
+    service_traffic_is_policed_at_the_backend("auto");
+}
+
+#[test]
+fn service_traffic_is_policed_at_the_backend_nftables() {
+    service_traffic_is_policed_at_the_backend("nftables");
+}
+
+fn service_traffic_is_policed_at_the_backend(variant: &str) {
+    with_model(variant, |lab| {
         let node = lab.nodes[1].name.clone();
         lab.pod_add_labeled("web", &node, &[("app", "web")])
             .expect("web");
@@ -436,8 +463,17 @@ fn metrics(lab: &Lab, node: &str) -> String {
 /// isolated without its allows, never opened; one warning names it, a gauge counts it, and
 /// the other policies keep working.
 #[test]
-fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working() {
-    with_model("auto", |lab| {
+fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working_iptables() {
+    an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working("auto");
+}
+
+#[test]
+fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working_nftables() {
+    an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working("nftables");
+}
+
+fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working(variant: &str) {
+    with_model(variant, |lab| {
         apply(
                 lab,
                 &np(
@@ -488,8 +524,17 @@ fn an_unreadable_policy_isolates_its_pods_closed_and_the_others_keep_working() {
 
 /// `endPort`: a range admits both its ends and only its protocol.
 #[test]
-fn an_end_port_range_admits_its_ends_and_only_its_protocol() {
-    with_model("auto", |lab| {
+fn an_end_port_range_admits_its_ends_and_only_its_protocol_iptables() {
+    an_end_port_range_admits_its_ends_and_only_its_protocol("auto");
+}
+
+#[test]
+fn an_end_port_range_admits_its_ends_and_only_its_protocol_nftables() {
+    an_end_port_range_admits_its_ends_and_only_its_protocol("nftables");
+}
+
+fn an_end_port_range_admits_its_ends_and_only_its_protocol(variant: &str) {
+    with_model(variant, |lab| {
         apply(
             lab,
             "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
@@ -533,6 +578,11 @@ fn has_field(line: &str, key: &str, value: &str) -> bool {
 #[test]
 fn denied_packets_are_logged_naming_the_pod_and_the_policy_and_a_flood_stays_bounded_legacy() {
     denied_packets_logged("legacy");
+}
+
+#[test]
+fn denied_packets_are_logged_naming_the_pod_and_the_policy_and_a_flood_stays_bounded_nftables() {
+    denied_packets_logged("nftables");
 }
 
 #[test]
@@ -633,8 +683,8 @@ fn np(name: &str, ns: &str, spec: &str) -> String {
     )
 }
 
-fn run_case(case: Case, steps: &[Step]) {
-    with_model("auto", |lab| {
+fn run_case(variant: &str, case: Case, steps: &[Step]) {
+    with_model(variant, |lab| {
         let logs: Vec<(std::path::PathBuf, usize)> = lab
             .nodes
             .iter()
@@ -690,9 +740,16 @@ macro_rules! upstream {
         /// changes something after its checks and checks again.
         mod upstream {
             use super::*;
-            $(#[test] fn $name() {
-                let steps: &[&[Step]] = &[$($steps)?];
-                run_case($case, steps.first().copied().unwrap_or_default())
+            $(mod $name {
+                use super::*;
+                #[test] fn iptables() {
+                    let steps: &[&[Step]] = &[$($steps)?];
+                    run_case("auto", $case, steps.first().copied().unwrap_or_default())
+                }
+                #[test] fn nftables() {
+                    let steps: &[&[Step]] = &[$($steps)?];
+                    run_case("nftables", $case, steps.first().copied().unwrap_or_default())
+                }
             })*
         }
     };
@@ -941,6 +998,9 @@ const SCTP_VM_TESTS: &[&str] = &[
     "netpol::vm_sctp_default_deny_ingress",
     "netpol::vm_sctp_based_on_ports",
     "netpol::vm_sctp_pod_selector_and_namespace_selector",
+    "netpol::vm_sctp_default_deny_ingress_nftables",
+    "netpol::vm_sctp_based_on_ports_nftables",
+    "netpol::vm_sctp_pod_selector_and_namespace_selector_nftables",
 ];
 
 #[test]
@@ -984,8 +1044,19 @@ fn in_vm() {
 #[test]
 #[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
 fn vm_sctp_default_deny_ingress() {
+    sctp_default_deny_ingress("auto");
+}
+
+#[test]
+#[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
+fn vm_sctp_default_deny_ingress_nftables() {
+    sctp_default_deny_ingress("nftables");
+}
+
+fn sctp_default_deny_ingress(variant: &str) {
     in_vm();
     run_case(
+        variant,
         Case {
             policies: |_| {
                 vec![np(
@@ -1003,8 +1074,19 @@ fn vm_sctp_default_deny_ingress() {
 #[test]
 #[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
 fn vm_sctp_based_on_ports() {
+    sctp_based_on_ports("auto");
+}
+
+#[test]
+#[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
+fn vm_sctp_based_on_ports_nftables() {
+    sctp_based_on_ports("nftables");
+}
+
+fn sctp_based_on_ports(variant: &str) {
     in_vm();
     run_case(
+        variant,
         Case {
             policies: |_| {
                 vec![np(
@@ -1029,8 +1111,19 @@ fn vm_sctp_based_on_ports() {
 #[test]
 #[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
 fn vm_sctp_pod_selector_and_namespace_selector() {
+    sctp_pod_selector_and_namespace_selector("auto");
+}
+
+#[test]
+#[ignore = "needs SCTP: sctp_cases_in_a_vm runs it inside a VM"]
+fn vm_sctp_pod_selector_and_namespace_selector_nftables() {
+    sctp_pod_selector_and_namespace_selector("nftables");
+}
+
+fn sctp_pod_selector_and_namespace_selector(variant: &str) {
     in_vm();
     run_case(
+        variant,
         Case {
             policies: |_| {
                 vec![np(

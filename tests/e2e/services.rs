@@ -601,7 +601,7 @@ fn switching_dataplane_by_restart_leaves_nothing_of_the_old_one() {
             let log = lab.nodes[0].log();
             let offset = std::fs::read(&log).map(|b| b.len()).unwrap_or(0);
             lab.stop_agent(0);
-            lab.start_agent_with(0, &["--dataplane", "nftables", "--policy=false"]);
+            lab.start_agent_with(0, &["--dataplane", "nftables"]);
             wait_for("iptables emptied of ours", Duration::from_secs(30), || {
                 iptables_ours().is_empty().then_some(())
             });

@@ -89,8 +89,7 @@ pub struct LabSpec {
     #[arg(long, default_value = "auto")]
     #[serde(default = "auto")]
     pub iptables_backend: String,
-    /// The agents' `--dataplane` (iptables, nftables, auto). With nftables the agents run
-    /// with `--policy=false`: NetworkPolicy is enforced in iptables only for now.
+    /// The agents' `--dataplane` (iptables, nftables, auto).
     #[arg(long, default_value = "iptables", value_parser = ["iptables", "nftables", "auto"])]
     #[serde(default = "iptables")]
     pub dataplane: String,
@@ -596,9 +595,6 @@ impl Lab {
             // Denied packets are logged, so an operator sees why a probe failed.
             "--log-denied".into(),
         ];
-        if self.spec.dataplane == "nftables" {
-            args.push("--policy=false".into());
-        }
         args.extend(self.datastore_args(&n.forward, &n.dir));
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = std::fs::OpenOptions::new()

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use brindle_felix_lite::iptables::{Backend, IptablesError, Runner, Writer};
 use brindle_felix_lite::nft;
-use brindle_felix_lite::policy::SetSpec;
+use brindle_felix_lite::policy::{Account, PolicyRules, SetSpec};
 use brindle_felix_lite::proxy::rules::{self, Ruleset, ServiceRules};
 use brindle_felix_lite::proxy::{NodeContext, NodeGuard, ServicePort};
 use ipnetwork::Ipv4Network;
@@ -32,12 +32,9 @@ impl Dataplane {
 }
 
 /// `--dataplane` (`iptables`, `nftables`, `auto`) → the dataplane, and why, or why none.
-/// NetworkPolicy is enforced in iptables only for now: `nftables` with policy on is refused
-/// (the caller stops), and `auto` picks iptables then.
 pub fn choose(
     choice: &str,
     iptables_backend: &str,
-    policy: bool,
     runner: &Runner,
 ) -> Result<(Dataplane, String), ChooseError> {
     let ipt = || -> Result<Dataplane, ChooseError> {
@@ -49,18 +46,9 @@ pub fn choose(
     let nft_ok = || nft::writer::Writer::new(runner.clone()).check_support();
     match choice {
         "iptables" => Ok((ipt()?, "--dataplane iptables".into())),
-        "nftables" if policy => Err(ChooseError::Fatal(
-            "--dataplane nftables does not enforce NetworkPolicy yet: run with \
-             --dataplane iptables (or auto), or with --policy=false"
-                .into(),
-        )),
         "nftables" => nft_ok()
             .map(|_| (Dataplane::Nftables, "--dataplane nftables".into()))
             .map_err(|e| ChooseError::Unusable(format!("nftables: {e}"))),
-        "auto" if policy => Ok((
-            ipt()?,
-            "auto: NetworkPolicy is enforced in iptables only for now".into(),
-        )),
         "auto" => match nft_ok() {
             Ok(()) => Ok((
                 Dataplane::Nftables,
@@ -96,6 +84,29 @@ impl Dataplane {
         match self {
             Dataplane::Iptables(_) => PortRules::Iptables(rules::render(p, ctx)),
             Dataplane::Nftables => PortRules::Nftables(nft::services::render(p, ctx)),
+        }
+    }
+}
+
+/// NetworkPolicy as rendered for the chosen dataplane.
+#[derive(Debug, Clone)]
+pub enum PolicyOut {
+    Iptables(PolicyRules),
+    Nftables(nft::policy::PolicyNft),
+}
+
+impl Default for PolicyOut {
+    fn default() -> Self {
+        PolicyOut::Iptables(PolicyRules::default())
+    }
+}
+
+impl PolicyOut {
+    /// Packet counts by rule hash summed per account.
+    pub fn count(&self, counters: &HashMap<u64, u64>) -> BTreeMap<Account, u64> {
+        match self {
+            PolicyOut::Iptables(p) => p.count(counters),
+            PolicyOut::Nftables(p) => p.count(counters),
         }
     }
 }
@@ -143,6 +154,7 @@ impl Want {
                     policy_sets: None,
                 }
             }
+            Dataplane::Nftables if !services => Want::Nftables(nft::policy::base_table()),
             Dataplane::Nftables => {
                 let r: Vec<&nft::services::ServiceNft> = rendered
                     .filter_map(|r| match r {
@@ -152,6 +164,26 @@ impl Want {
                     .collect();
                 Want::Nftables(nft::services::assemble(ctx, guard, sets, r))
             }
+        }
+    }
+
+    /// NetworkPolicy in its place.
+    pub fn merge_policy(&mut self, p: &PolicyOut) {
+        match (self, p) {
+            (
+                Want::Iptables {
+                    ruleset,
+                    policy_sets,
+                    ..
+                },
+                PolicyOut::Iptables(p),
+            ) => {
+                brindle_felix_lite::policy::merge(ruleset, p);
+                *policy_sets = Some(p.sets.clone());
+            }
+            (Want::Nftables(t), PolicyOut::Nftables(p)) => nft::policy::merge(t, p),
+            // Rendered before the dataplane was known: rendered again at the next sync.
+            _ => {}
         }
     }
 }
@@ -239,7 +271,9 @@ impl DpWriter {
                 (done, c)
             }
             (DpWriter::Nftables(w), Want::Nftables(t)) => {
-                let done = w.sync(t).map(|rep| Done {
+                let r = w.sync(t);
+                let c = (r.is_ok() && counters).then(|| w.counters());
+                let done = r.map(|rep| Done {
                     read: rep.read,
                     wrote: rep.wrote(),
                     rules_total: rep.rules_total,
@@ -249,7 +283,7 @@ impl DpWriter {
                     elements: rep.elements_added + rep.elements_deleted,
                     write_time: rep.restore_time,
                 });
-                (done, None)
+                (done, c)
             }
             _ => (
                 Err(IptablesError::NoBackend(

@@ -142,10 +142,10 @@ struct Args {
     /// ulogd or another agent uses).
     #[arg(long, env = "BRINDLE_LOG_DENIED_GROUP", default_value_t = brindle_felix_lite::nflog::DEFAULT_GROUP)]
     log_denied_group: u16,
-    /// Which dataplane programs Services and NAT outgoing: iptables, nftables (one table
-    /// of our own, `ip brindle`; NetworkPolicy not yet: needs --policy=false) or auto
-    /// (nftables when the kernel and `nft` take everything used and policy is off, else
-    /// iptables; the choice is logged with its reason). The other one's rules are removed.
+    /// Which dataplane programs Services, NAT outgoing and NetworkPolicy: iptables, nftables
+    /// (one table of our own, `ip brindle`) or auto (nftables when the kernel and `nft` take
+    /// everything used, else iptables; the choice is logged with its reason). The other
+    /// one's rules are removed after the first sync.
     #[arg(long, env = "BRINDLE_DATAPLANE", default_value = "iptables", value_parser = ["iptables", "nftables", "auto"])]
     dataplane: String,
     /// iptables backend: auto (legacy where the kernel has it, else nft), legacy, nft.
@@ -369,13 +369,6 @@ async fn main() -> std::process::ExitCode {
         );
         return std::process::ExitCode::from(2);
     }
-    if a.policy && a.dataplane == "nftables" {
-        eprintln!(
-            "brindle-node: --dataplane nftables does not enforce NetworkPolicy yet: run with \
-             --dataplane iptables (or auto), or with --policy=false"
-        );
-        return std::process::ExitCode::from(2);
-    }
     // A panic anywhere (a task, a task it spawned, a blocking call) ends the agent with a
     // line saying where, rather than leaving a node that answers probes but has lost a part.
     let default_hook = std::panic::take_hook();
@@ -426,12 +419,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     // The dataplane (Services and NetworkPolicy) on this node, if any.
     let dataplane = match a.services || a.policy {
         false => None,
-        true => match dataplane::choose(
-            &a.dataplane,
-            &a.iptables_backend,
-            a.policy,
-            &Runner::default(),
-        ) {
+        true => match dataplane::choose(&a.dataplane, &a.iptables_backend, &Runner::default()) {
             Ok((dp, why)) => {
                 info!(dataplane = dp.name(), "dataplane chosen: {why}");
                 Some(dp)

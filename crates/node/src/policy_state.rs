@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use brindle_cni::agent::NewAttachment;
-use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext, PolicyRules, Renderer};
+use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext, Renderer};
 use brindle_felix_lite::workloads::host_veth_name;
 use brindle_ipam::block::{self, attr};
 use brindle_policy::compile::Program;
@@ -29,6 +29,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
+use crate::dataplane::{Dataplane, PolicyOut};
 use crate::denied_log::Isolation;
 use crate::snapshot::{Event, Snapshot};
 
@@ -131,6 +132,7 @@ pub struct PolicyState {
     in_kernel: bool,
     /// Keeps the policies' chains between renders.
     renderer: Renderer,
+    nft_renderer: brindle_felix_lite::nft::policy::Renderer,
     /// What isolates each pod with chains, by interface, as last rendered (`--log-denied`).
     pub isolation: BTreeMap<String, Isolation>,
 }
@@ -316,8 +318,8 @@ impl PolicyState {
         self.dirty || self.announced || self.stale_since.is_some()
     }
 
-    /// The chains and sets for now, and the veths that got chains.
-    pub fn render(&mut self, ctx: &PolicyContext) -> (PolicyRules, Vec<String>) {
+    /// The chains and sets for now in `dp`'s form, and the veths that got chains.
+    pub fn render(&mut self, ctx: &PolicyContext, dp: Dataplane) -> (PolicyOut, Vec<String>) {
         self.in_kernel = false;
         self.dirty = false;
         self.stale_since = None;
@@ -402,7 +404,15 @@ impl PolicyState {
                 Some((e.veth.clone(), iso))
             })
             .collect();
-        (self.renderer.render(&prog, &endpoints, ctx), with_chains)
+        let out = match dp {
+            Dataplane::Iptables(_) => {
+                PolicyOut::Iptables(self.renderer.render(&prog, &endpoints, ctx))
+            }
+            Dataplane::Nftables => {
+                PolicyOut::Nftables(self.nft_renderer.render(&prog, &endpoints, ctx))
+            }
+        };
+        (out, with_chains)
     }
 
     /// After a sync that wrote `with_chains`: the ADDs waiting for those are told.
@@ -448,6 +458,16 @@ pub fn kube_namespace(n: KubeNamespace) -> Option<Namespace> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use brindle_felix_lite::policy::PolicyRules;
+
+    /// The iptables render (the tests look at its chains).
+    fn render_ipt(st: &mut PolicyState, ctx: &PolicyContext) -> (PolicyRules, Vec<String>) {
+        let dp = Dataplane::Iptables(brindle_felix_lite::iptables::Backend::Legacy);
+        match st.render(ctx, dp) {
+            (PolicyOut::Iptables(r), with) => (r, with),
+            _ => unreachable!("rendered for iptables"),
+        }
+    }
 
     fn attrs(
         node: &str,
@@ -502,7 +522,7 @@ mod tests {
         podman.remove(attr::POD);
         let mut rx2 = announce(&mut st, podman, "10.0.0.2");
         assert!(st.urgent());
-        let (rules, with) = st.render(&PolicyContext::default());
+        let (rules, with) = render_ipt(&mut st, &PolicyContext::default());
         assert_eq!(with, vec!["brlp".to_string()], "x/a's Pod is not known yet");
         assert!(rules
             .filter
@@ -518,7 +538,7 @@ mod tests {
             Box::new(pod("x", "a")),
         )));
         assert!(st.urgent(), "the Pod an ADD waits for: no batching");
-        let (rules, with) = st.render(&PolicyContext::default());
+        let (rules, with) = render_ipt(&mut st, &PolicyContext::default());
         assert!(with.contains(&"brla".to_string()));
         assert!(rules.filter.chains.iter().any(|c| c.name == "BRL-TW-brla"));
         st.programmed(&with);
@@ -547,7 +567,7 @@ mod tests {
             .collect(),
         )));
         let ctx = PolicyContext::default();
-        let (before, _) = st.render(&ctx);
+        let (before, _) = render_ipt(&mut st, &ctx);
         let names: Vec<&str> = before
             .filter
             .chains
@@ -569,7 +589,7 @@ mod tests {
         // Its ADD, before those chains are written: it waits for them.
         let mut rx = announce(&mut st, attrs("n1", "x", "a", "eth0", &veth), "10.0.0.1");
         assert!(rx.try_recv().is_err());
-        let (after, with) = st.render(&ctx);
+        let (after, with) = render_ipt(&mut st, &ctx);
         assert_eq!(
             after.filter, before.filter,
             "the same interface: no chain changes"
@@ -592,7 +612,7 @@ mod tests {
         )));
         let mut rx = announce(&mut st, attrs("n1", "x", "a", "eth0", &veth), "10.0.0.4");
         assert!(rx.try_recv().is_err());
-        let (_, with) = st.render(&ctx);
+        let (_, with) = render_ipt(&mut st, &ctx);
         st.programmed(&with);
         assert!(rx.try_recv().is_ok());
         // Another pod's ADD on an interface named like x/a's is not told by x/a's chains.

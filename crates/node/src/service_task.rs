@@ -37,7 +37,7 @@ use crate::services::{self, Reserved, Skipped};
 use crate::snapshot::{mirror, Event, Snapshot};
 use brindle_api::service_addresses::NodeAddress;
 use brindle_cni::agent::NewAttachment;
-use brindle_felix_lite::policy::{self as fpolicy, PolicyContext, PolicyRules};
+use brindle_felix_lite::policy::{self as fpolicy, PolicyContext};
 
 pub struct ServiceTask {
     pub store: Store,
@@ -362,7 +362,7 @@ impl ServiceTask {
         drop(tx);
         let mut pst = PolicyState::new(&self.node);
         let mut read_counters = false;
-        let mut policy_rules = PolicyRules::default();
+        let mut policy_rules = crate::dataplane::PolicyOut::default();
         let runner = Runner {
             deadline: self.tool_timeout,
             ..Default::default()
@@ -495,18 +495,14 @@ impl ServiceTask {
                     let mut with_chains = vec![];
                     if let Some(pctx) = &policy_ctx {
                         if pst.needs_render() {
-                            (policy_rules, with_chains) = pst.render(pctx);
+                            (policy_rules, with_chains) = pst.render(pctx, self.dataplane);
                             self.metrics.policy_refused.clear();
                             for k in pst.refused() {
                                 let l = crate::metrics::ObjectLabel { object: k.clone() };
                                 self.metrics.policy_refused.get_or_create(&l).set(1);
                             }
                         }
-                        // NetworkPolicy is in iptables only (the agent refuses it on nftables).
-                        if let Want::Iptables { ruleset, policy_sets, .. } = &mut want {
-                            fpolicy::merge(ruleset, &policy_rules);
-                            *policy_sets = Some(policy_rules.sets.clone());
-                        }
+                        want.merge_policy(&policy_rules);
                     }
                     let Some(mut w) = writer.take() else { return };
                     let counters_wanted = std::mem::take(&mut read_counters);

@@ -6,10 +6,13 @@
 //!   with their rules. Every rule carries `comment "brl:<hash> …"`, as in iptables, so the
 //!   writer compares chains by hashes, never by nft's reformatted text.
 //! - [`services`] renders Services (kube-proxy's nftables structure, REFERENCE §B5, from the
-//!   same [`crate::proxy::plan::Plan`] as iptables), NAT outgoing and the node guard.
+//!   same [`crate::proxy::plan::Plan`] as iptables), NAT outgoing and the node guard;
+//! - [`policy`] renders NetworkPolicy (Calico's nftables shape, the iptables renderer's
+//!   semantics) into the same table.
 //! - [`writer`] puts a [`Table`] in the kernel: one `nft -f` transaction per sync, holding
 //!   only the elements and chains that differ.
 
+pub mod policy;
 pub mod services;
 pub mod writer;
 

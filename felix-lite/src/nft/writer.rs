@@ -46,6 +46,8 @@ pub struct Known {
     pub exists: bool,
     pub sets: HashMap<String, KnownSet>,
     pub chains: HashMap<String, KnownChain>,
+    /// Packets counted by each rule of ours with a `counter`, by rule hash, as read.
+    pub counters: HashMap<u64, u64>,
 }
 
 /// What one sync did.
@@ -105,6 +107,15 @@ impl Writer {
         self.known = None;
     }
 
+    /// The packet counters of our rules as of the last read of the table (the last sync
+    /// after [`Writer::invalidate`]), by rule hash.
+    pub fn counters(&self) -> HashMap<u64, u64> {
+        self.known
+            .as_ref()
+            .map(|k| k.counters.clone())
+            .unwrap_or_default()
+    }
+
     /// Runs `nft` with `args`.
     fn nft(&self, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
         let mut argv = vec!["nft"];
@@ -146,6 +157,14 @@ impl Writer {
     iifname \"x*\" fib saddr . iif oif missing drop; }}
   chain post {{ type nat hook postrouting priority 100; policy accept;
     ip saddr @p meta mark & 0x4000 == 0x4000 masquerade fully-random comment \"x\"; }}
+  map w {{ type ifname : verdict; }}
+  set n {{ type ipv4_addr . inet_proto . inet_service; }}
+  chain d {{ iifname vmap @w; counter drop; }}
+  chain f {{ type filter hook forward priority -110; policy accept;
+    iifname \"x*\" jump d; ct state established,related accept; ct state invalid drop;
+    ip daddr . meta l4proto . th dport @n counter meta mark set meta mark | 0x10000;
+    sctp dport 80 meta mark & 0x10000 == 0x10000 return;
+    limit rate 10/second burst 20 packets log prefix \"x\" group 30; }}
 }}
 "
         );
@@ -476,6 +495,19 @@ struct JChain {
 struct JRule {
     chain: String,
     comment: Option<String>,
+    #[serde(default)]
+    expr: Vec<JExpr>,
+}
+
+/// One statement of a rule: only a counter's packets are read, the rest skipped.
+#[derive(Deserialize)]
+struct JExpr {
+    counter: Option<JCounter>,
+}
+
+#[derive(Deserialize)]
+struct JCounter {
+    packets: u64,
 }
 
 /// `nft -j list table` output → [`Known`].
@@ -515,6 +547,17 @@ pub fn parse_list(text: &str) -> Result<Known, serde_json::Error> {
         }
         if let Some(r) = item.rule {
             let h = r.comment.as_deref().and_then(comment_hash);
+            if let Some(h) = h {
+                let packets: u64 = r
+                    .expr
+                    .iter()
+                    .filter_map(|e| e.counter.as_ref())
+                    .map(|c| c.packets)
+                    .sum();
+                if r.expr.iter().any(|e| e.counter.is_some()) {
+                    *k.counters.entry(h).or_insert(0) += packets;
+                }
+            }
             k.chains.entry(r.chain).or_default().rules.push(h);
         }
     }
