@@ -267,6 +267,8 @@ pub struct Writer {
     policy_set_names: Option<BTreeSet<String>>,
     /// The `iptables-restore` input of the last sync that wrote something.
     pub last_input: String,
+    /// Successful writes so far: a read begun before one is stale ([`Writer::adopt`]).
+    generation: u64,
 }
 
 impl Writer {
@@ -279,7 +281,30 @@ impl Writer {
             known_policy_sets: None,
             policy_set_names: None,
             last_input: String::new(),
+            generation: 0,
         }
+    }
+
+    /// How many writes this writer has made; a read taken at one generation may be adopted
+    /// only while it is still the current one.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    /// Takes `tables` (read by [`read_tables`] while this writer was idle, at `generation`)
+    /// as what the kernel has, unless something was written since; the ipsets are written
+    /// again at the next sync, as after [`Writer::invalidate`]. Returns whether it was taken.
+    pub fn adopt(&mut self, tables: HashMap<String, TableState>, generation: u64) -> bool {
+        if generation != self.generation {
+            return false;
+        }
+        self.invalidate();
+        self.known = Some(tables);
+        true
     }
 
     /// Forget what the kernel has: the next sync reads it again (drift repair).
@@ -291,13 +316,7 @@ impl Writer {
     }
 
     fn read(&self) -> Result<HashMap<String, TableState>, IptablesError> {
-        let save = self.backend.tool("save");
-        let mut all = HashMap::new();
-        for t in ["raw", "nat", "filter"] {
-            let text = self.runner.run(&[&save, "-t", t], None)?;
-            all.extend(parse_save(&text));
-        }
-        Ok(all)
+        read_tables(self.backend, &self.runner)
     }
 
     /// The packet counts of our rules in `table`, by rule hash (the kernel's counters since
@@ -334,6 +353,7 @@ impl Writer {
             return Err(e);
         }
         self.known_sets = Some(sets.clone());
+        self.generation += 1;
         Ok(true)
     }
 
@@ -363,6 +383,7 @@ impl Writer {
         if written > 0 {
             self.runner
                 .run(&["ipset", "restore", "-exist"], Some(&text))?;
+            self.generation += 1;
         }
         let mut now: HashMap<String, crate::policy::SetSpec> = known;
         now.retain(|name, _| sets.iter().any(|s| &s.name == name));
@@ -465,9 +486,35 @@ impl Writer {
             let state = known.entry(table.to_string()).or_default();
             d.apply(state);
         }
+        self.generation += 1;
         self.last_input = input;
         Ok(report)
     }
+}
+
+/// The raw, nat and filter tables as `backend` has them (what [`Writer::sync`] reads first
+/// after [`Writer::invalidate`]; callable without the writer, for a read off the sync path).
+pub fn read_tables(
+    backend: Backend,
+    runner: &Runner,
+) -> Result<HashMap<String, TableState>, IptablesError> {
+    let save = backend.tool("save");
+    let mut all = HashMap::new();
+    for t in ["raw", "nat", "filter"] {
+        let text = runner.run(&[&save, "-t", t], None)?;
+        all.extend(parse_save(&text));
+    }
+    Ok(all)
+}
+
+/// The packet counts of our rules in `table` (by rule hash), as [`Writer::counters`].
+pub fn read_counters(
+    backend: Backend,
+    runner: &Runner,
+    table: &str,
+) -> Result<HashMap<u64, u64>, IptablesError> {
+    let text = runner.run(&[&backend.tool("save"), "-c", "-t", table], None)?;
+    Ok(parse_counters(&text))
 }
 
 /// `ipset restore` lines that fill `name` under a temporary name and swap it in whole.

@@ -214,19 +214,37 @@ impl DpWriter {
         }
     }
 
-    pub fn invalidate(&mut self) {
+    /// A read of the kernel's rules that runs beside this writer (off the sync path), with
+    /// the policy counters when `counters`.
+    pub fn reader(&self, counters: bool) -> Reader {
         match self {
-            DpWriter::Iptables(w) => w.invalidate(),
-            DpWriter::Nftables(w) => w.invalidate(),
+            DpWriter::Iptables(w) => Reader {
+                dp: Dataplane::Iptables(w.backend),
+                runner: w.runner().clone(),
+                generation: w.generation(),
+                counters,
+            },
+            DpWriter::Nftables(w) => Reader {
+                dp: Dataplane::Nftables,
+                runner: w.runner().clone(),
+                generation: w.generation(),
+                counters,
+            },
         }
     }
 
-    /// Brings the kernel to `want`; with `counters`, reads the policy counters after.
-    pub fn sync(
-        &mut self,
-        want: &Want,
-        counters: bool,
-    ) -> (Result<Done, IptablesError>, Option<HashMap<u64, u64>>) {
+    /// Takes a read as what the kernel has, unless this writer wrote since it began: the
+    /// next sync then writes only what drifted. Returns whether it was taken.
+    pub fn adopt(&mut self, read: Read) -> bool {
+        match (self, read.state) {
+            (DpWriter::Iptables(w), ReadState::Iptables(t)) => w.adopt(t, read.generation),
+            (DpWriter::Nftables(w), ReadState::Nftables(k)) => w.adopt(k, read.generation),
+            _ => false,
+        }
+    }
+
+    /// Brings the kernel to `want`.
+    pub fn sync(&mut self, want: &Want) -> Result<Done, IptablesError> {
         match (self, want) {
             (
                 DpWriter::Iptables(w),
@@ -248,13 +266,7 @@ impl DpWriter {
                         debug!("stale policy sets stay for now: {e}");
                     }
                 }
-                let c = (r.is_ok() && counters)
-                    .then(|| w.counters("filter"))
-                    .and_then(|c| {
-                        c.inspect_err(|e| debug!("policy counters not read: {e}"))
-                            .ok()
-                    });
-                let done = r.map(|rep| Done {
+                r.map(|rep| Done {
                     read: rep.read,
                     wrote: rep.chains_written
                         + rep.chains_deleted
@@ -267,30 +279,21 @@ impl DpWriter {
                     rules_written: rep.rules_written,
                     elements: 0,
                     write_time: rep.restore_time,
-                });
-                (done, c)
+                })
             }
-            (DpWriter::Nftables(w), Want::Nftables(t)) => {
-                let r = w.sync(t);
-                let c = (r.is_ok() && counters).then(|| w.counters());
-                let done = r.map(|rep| Done {
-                    read: rep.read,
-                    wrote: rep.wrote(),
-                    rules_total: rep.rules_total,
-                    chains_written: rep.chains_written,
-                    chains_deleted: rep.chains_deleted + rep.chains_flushed,
-                    rules_written: rep.rules_written,
-                    elements: rep.elements_added + rep.elements_deleted,
-                    write_time: rep.restore_time,
-                });
-                (done, c)
-            }
-            _ => (
-                Err(IptablesError::NoBackend(
-                    "internal: rules rendered for the other dataplane".into(),
-                )),
-                None,
-            ),
+            (DpWriter::Nftables(w), Want::Nftables(t)) => w.sync(t).map(|rep| Done {
+                read: rep.read,
+                wrote: rep.wrote(),
+                rules_total: rep.rules_total,
+                chains_written: rep.chains_written,
+                chains_deleted: rep.chains_deleted + rep.chains_flushed,
+                rules_written: rep.rules_written,
+                elements: rep.elements_added + rep.elements_deleted,
+                write_time: rep.restore_time,
+            }),
+            _ => Err(IptablesError::NoBackend(
+                "internal: rules rendered for the other dataplane".into(),
+            )),
         }
     }
 
@@ -329,5 +332,54 @@ impl DpWriter {
                 Err(e) => info!("table ip brindle not removed: {e}"),
             },
         }
+    }
+}
+
+/// What a [`Reader`] needs, taken from the writer (it runs on another thread meanwhile).
+pub struct Reader {
+    dp: Dataplane,
+    runner: Runner,
+    generation: u64,
+    counters: bool,
+}
+
+pub enum ReadState {
+    Iptables(HashMap<String, brindle_felix_lite::iptables::TableState>),
+    Nftables(nft::writer::Known),
+}
+
+/// The kernel's rules as read, and the policy counters.
+pub struct Read {
+    generation: u64,
+    state: ReadState,
+    pub counters: Option<HashMap<u64, u64>>,
+}
+
+impl Reader {
+    /// Reads the rules (blocking: `iptables-save` or `nft -j list`).
+    pub fn read(self) -> Result<Read, IptablesError> {
+        let (state, counters) = match self.dp {
+            Dataplane::Iptables(b) => {
+                let t = brindle_felix_lite::iptables::read_tables(b, &self.runner)?;
+                let c = self
+                    .counters
+                    .then(|| brindle_felix_lite::iptables::read_counters(b, &self.runner, "filter"))
+                    .and_then(|c| {
+                        c.inspect_err(|e| debug!("policy counters not read: {e}"))
+                            .ok()
+                    });
+                (ReadState::Iptables(t), c)
+            }
+            Dataplane::Nftables => {
+                let k = nft::writer::read_table(&self.runner)?;
+                let c = self.counters.then(|| k.counters.clone());
+                (ReadState::Nftables(k), c)
+            }
+        };
+        Ok(Read {
+            generation: self.generation,
+            state,
+            counters,
+        })
     }
 }

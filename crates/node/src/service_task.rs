@@ -317,14 +317,14 @@ impl ServiceTask {
         if self.services {
             tokio::spawn(mirror(
                 self.store.all::<Service>(),
-                Some,
+                services::slim_service,
                 Ev::Svc,
                 tx.clone(),
                 self.metrics.clone(),
             ));
             tokio::spawn(mirror(
                 self.store.all::<EndpointSlice>(),
-                Some,
+                services::slim_slice,
                 Ev::Slice,
                 tx.clone(),
                 self.metrics.clone(),
@@ -361,7 +361,12 @@ impl ServiceTask {
         };
         drop(tx);
         let mut pst = PolicyState::new(&self.node);
-        let mut read_counters = false;
+        // The periodic read of the kernel's rules, when one is running.
+        let mut read_job: Option<
+            tokio::task::JoinHandle<
+                Result<crate::dataplane::Read, brindle_felix_lite::iptables::IptablesError>,
+            >,
+        > = None;
         let mut policy_rules = crate::dataplane::PolicyOut::default();
         let runner = Runner {
             deadline: self.tool_timeout,
@@ -433,6 +438,26 @@ impl ServiceTask {
                 Some(a) = async { attach_rx.as_mut()?.recv().await } => {
                     pst.announce(a);
                 }
+                Some(res) = async { Some(read_job.as_mut()?.await) } => {
+                    read_job = None;
+                    let Ok(res) = res else { return };
+                    match res {
+                        Ok(read) => {
+                            if let Some(c) = &read.counters {
+                                publish_counters(&self.metrics, &policy_rules.count(c), &pst);
+                            }
+                            if writer.as_mut().is_some_and(|w| w.adopt(read)) {
+                                // A sync against what was read: writes only what drifted
+                                // (and is no change itself, unless one is already waiting).
+                                refresh_only = !pending;
+                                pending = true;
+                            } else {
+                                debug!("the tables were written while being read: read again at the next refresh");
+                            }
+                        }
+                        Err(e) => debug!("reading the tables back failed (tried again at the next refresh): {e}"),
+                    }
+                }
                 r = self.snapshot.changed() => {
                     if r.is_err() { return }
                     let snap = self.snapshot.borrow_and_update().clone();
@@ -470,13 +495,14 @@ impl ServiceTask {
                 }
                 _ = tokio::time::sleep_until(deadline.into()), if ready => {
                     if !pending && !pst.needs_render() {
-                        // The periodic re-read: repairs whatever was changed by hand, and
-                        // reads the policy counters.
-                        if let Some(w) = writer.as_mut() { w.invalidate(); }
-                        read_counters = policy_ctx.is_some();
+                        // The periodic re-read, beside the writer: what it finds is adopted
+                        // (and what drifted repaired) only if nothing was written meanwhile,
+                        // and no change waits for it. It reads the policy counters too.
                         last_refresh = Instant::now();
-                        pending = true;
-                        refresh_only = true;
+                        if let (None, Some(w)) = (&read_job, writer.as_ref()) {
+                            let r = w.reader(policy_ctx.is_some());
+                            read_job = Some(tokio::task::spawn_blocking(move || r.read()));
+                        }
                         continue;
                     }
                     let (Some(c), Some(g)) = (ctx.clone(), guard.as_ref()) else { continue };
@@ -505,13 +531,12 @@ impl ServiceTask {
                         want.merge_policy(&policy_rules);
                     }
                     let Some(mut w) = writer.take() else { return };
-                    let counters_wanted = std::mem::take(&mut read_counters);
                     let was_refresh = std::mem::take(&mut refresh_only);
                     let started = Instant::now();
                     let render_time = started - render_started;
                     let mut job = tokio::task::spawn_blocking(move || {
-                        let (r, counters) = w.sync(&want, counters_wanted);
-                        (w, r, counters)
+                        let r = w.sync(&want);
+                        (w, r)
                     });
                     // Every tool has a deadline, so the sync is bounded: waiting for it is
                     // progress, and the loop beats meanwhile. A new attachment is heard
@@ -525,10 +550,7 @@ impl ServiceTask {
                             Some(a) = async { attach_rx.as_mut()?.recv().await } => pst.announce(a),
                         }
                     };
-                    let Ok((w, r, counters)) = res else { return };
-                    if let Some(c) = counters {
-                        publish_counters(&self.metrics, &policy_rules.count(&c), &pst);
-                    }
+                    let Ok((w, r)) = res else { return };
                     writer = Some(w);
                     // The periodic re-read is not a change: the next change is not held back
                     // by it (only by the last write's least interval).

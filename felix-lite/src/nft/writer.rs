@@ -82,6 +82,8 @@ pub struct Writer {
     stale: HashMap<String, Instant>,
     /// The transaction of the last sync that wrote something.
     pub last_input: String,
+    /// Successful transactions so far ([`Writer::adopt`]).
+    generation: u64,
 }
 
 fn decl_of(ty: &SetType) -> String {
@@ -99,7 +101,26 @@ impl Writer {
             known: None,
             stale: HashMap::new(),
             last_input: String::new(),
+            generation: 0,
         }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn runner(&self) -> &Runner {
+        &self.runner
+    }
+
+    /// Takes `known` (read by [`read_table`] while this writer was idle, at `generation`)
+    /// as what the kernel has, unless something was written since. Returns whether it was.
+    pub fn adopt(&mut self, known: Known, generation: u64) -> bool {
+        if generation != self.generation {
+            return false;
+        }
+        self.known = Some(known);
+        true
     }
 
     /// Forget what the kernel has: the next sync reads it again (drift repair).
@@ -125,23 +146,13 @@ impl Writer {
 
     /// Our table as the kernel has it now.
     pub fn read(&self) -> Result<Known, IptablesError> {
-        match self.nft(&["-j", "list", "table", FAMILY, TABLE], None) {
-            Ok(text) => parse_list(&text).map_err(|e| IptablesError::Failed {
-                cmd: format!("nft -j list table {FAMILY} {TABLE}"),
-                stderr: format!("unreadable output: {e}"),
-            }),
-            Err(IptablesError::Failed { stderr, .. })
-                if stderr.contains("No such file or directory") =>
-            {
-                Ok(Known::default())
-            }
-            Err(e) => Err(e),
-        }
+        read_table(&self.runner)
     }
 
     /// Whether this kernel and `nft` take everything the dataplane writes: a table using
     /// each feature (concatenated verdict maps, numgen, fib, timeout sets, masquerade,
-    /// reject) checked by the kernel in a transaction that is not committed (`nft -c`).
+    /// reject, interface maps, marks) checked by the kernel in a transaction that is not
+    /// committed (`nft -c`). Not `log group`: `--log-denied` is off where NFLOG is missing.
     pub fn check_support(&self) -> Result<(), IptablesError> {
         let probe = format!(
             "table {FAMILY} {TABLE}-probe {{
@@ -163,8 +174,7 @@ impl Writer {
   chain f {{ type filter hook forward priority -110; policy accept;
     iifname \"x*\" jump d; ct state established,related accept; ct state invalid drop;
     ip daddr . meta l4proto . th dport @n counter meta mark set meta mark | 0x10000;
-    sctp dport 80 meta mark & 0x10000 == 0x10000 return;
-    limit rate 10/second burst 20 packets log prefix \"x\" group 30; }}
+    sctp dport 80 meta mark & 0x10000 == 0x10000 return; }}
 }}
 "
         );
@@ -183,6 +193,7 @@ impl Writer {
             &["-f", "-"],
             Some(&format!("delete table {FAMILY} {TABLE}\n")),
         )?;
+        self.generation += 1;
         Ok(true)
     }
 
@@ -208,7 +219,7 @@ impl Writer {
         }
         let now = Instant::now();
         let stale_before = self.stale.clone();
-        transaction(want, &known, &mut self.stale, now, &mut tx, &mut report);
+        let touched = transaction(want, &known, &mut self.stale, now, &mut tx, &mut report);
         if tx.is_empty() {
             self.known = Some(known);
         } else {
@@ -222,7 +233,8 @@ impl Writer {
                 self.stale = stale_before;
                 return Err(e);
             }
-            self.known = Some(applied(want, known, &self.stale));
+            self.known = Some(applied(want, known, &self.stale, touched));
+            self.generation += 1;
             self.last_input = tx;
         }
         self.delete_stale(want, now, &mut report);
@@ -268,6 +280,7 @@ impl Writer {
                 self.known = Some(known);
                 return;
             }
+            self.generation += 1;
         }
         for name in due {
             self.stale.remove(&name);
@@ -278,6 +291,23 @@ impl Writer {
             }
         }
         self.known = Some(known);
+    }
+}
+
+/// Our table as the kernel has it now (callable without the writer, for a read off the
+/// sync path).
+pub fn read_table(runner: &Runner) -> Result<Known, IptablesError> {
+    match runner.run(&["nft", "-j", "list", "table", FAMILY, TABLE], None) {
+        Ok(text) => parse_list(&text).map_err(|e| IptablesError::Failed {
+            cmd: format!("nft -j list table {FAMILY} {TABLE}"),
+            stderr: format!("unreadable output: {e}"),
+        }),
+        Err(IptablesError::Failed { stderr, .. })
+            if stderr.contains("No such file or directory") =>
+        {
+            Ok(Known::default())
+        }
+        Err(e) => Err(e),
     }
 }
 
@@ -305,6 +335,13 @@ fn quoted(name: &str) -> &str {
 /// The statements that bring `known` to `want`, in an order the kernel accepts: sets and
 /// chains exist before anything names them; changed chains are rewritten before map
 /// elements lead to them; elements leading to a stale chain go before it is flushed.
+/// The chains and sets a transaction writes (the rest of the kernel's table stays as known).
+#[derive(Default)]
+struct Touched {
+    chains: Vec<String>,
+    sets: Vec<String>,
+}
+
 fn transaction(
     want: &Table,
     known: &Known,
@@ -312,7 +349,8 @@ fn transaction(
     now: Instant,
     tx: &mut String,
     report: &mut SyncReport,
-) {
+) -> Touched {
+    let mut touched = Touched::default();
     if !known.exists {
         let _ = writeln!(tx, "add table {FAMILY} {TABLE}");
     }
@@ -364,10 +402,14 @@ fn transaction(
         for r in &c.rules {
             let _ = writeln!(tx, "add rule {FAMILY} {TABLE} {} {}", quoted(name), r.text);
         }
+        touched.chains.push(name.clone());
         report.chains_written += 1;
         report.rules_written += c.rules.len();
     }
     for (name, s) in &want.sets {
+        if !known.sets.contains_key(name) {
+            touched.sets.push(name.clone());
+        }
         if s.ty.timeout.is_some() {
             continue; // the kernel's own elements
         }
@@ -384,6 +426,9 @@ fn transaction(
                 (s.elements.iter().collect(), vec![])
             }
         };
+        if (have.is_none() || !add.is_empty() || !del.is_empty()) && known.sets.contains_key(name) {
+            touched.sets.push(name.clone());
+        }
         elements(tx, "delete", name, &del);
         elements(tx, "add", name, &add);
         report.elements_added += add.len();
@@ -408,6 +453,7 @@ fn transaction(
         }
         stale.entry(name.clone()).or_insert(now);
     }
+    touched
 }
 
 fn elements(tx: &mut String, verb: &str, set: &str, items: &[&String]) {
@@ -423,9 +469,18 @@ fn elements(tx: &mut String, verb: &str, set: &str, items: &[&String]) {
 }
 
 /// What the kernel has after a transaction made from `known` and `want` succeeded.
-fn applied(want: &Table, mut known: Known, stale: &HashMap<String, Instant>) -> Known {
+fn applied(
+    want: &Table,
+    mut known: Known,
+    stale: &HashMap<String, Instant>,
+    touched: Touched,
+) -> Known {
     known.exists = true;
-    for (name, c) in &want.chains {
+    for (name, c) in touched
+        .chains
+        .iter()
+        .filter_map(|n| Some((n, want.chains.get(n)?)))
+    {
         known.chains.insert(
             name.clone(),
             KnownChain {
@@ -434,7 +489,11 @@ fn applied(want: &Table, mut known: Known, stale: &HashMap<String, Instant>) -> 
             },
         );
     }
-    for (name, s) in &want.sets {
+    for (name, s) in touched
+        .sets
+        .iter()
+        .filter_map(|n| Some((n, want.sets.get(n)?)))
+    {
         let elements = (s.ty.timeout.is_none()).then(|| s.elements.clone());
         known.sets.insert(
             name.clone(),
