@@ -37,7 +37,7 @@ fn service(i: usize, generation: u32) -> ServicePort {
         // One in ten is a NodePort, as in a typical cluster.
         node_port: i
             .is_multiple_of(10)
-            .then_some(30000 + (i / 10) as u16 % 2000),
+            .then_some(30000 + (i / 10) as u16),
         external_ips: vec![],
         load_balancer_ips: vec![],
         load_balancer_source_ranges: vec![],

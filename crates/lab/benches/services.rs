@@ -1,12 +1,14 @@
 //! Services end to end in the lab: `cargo bench -p brindle-lab --bench services`.
 //!
-//! One node (release `brindle-node`, legacy or nft backend), N Services × 5 endpoints written
+//! One node (release `brindle-node`: iptables with the legacy or nft backend, or the native
+//! nftables dataplane), N Services × 5 endpoints written
 //! to etcd as the API server and the EndpointSlice controller would; we time until the agent
 //! has programmed them all, then five single changes (one endpoint of one EndpointSlice
 //! replaced), each from the moment before the store write to the agent's log line that
-//! follows its `iptables-restore` (rules in the kernel). Agent peak RSS from /proc.
+//! follows its write (rules in the kernel). Agent peak RSS from /proc.
 //! Prints a table and writes `bench-results/lab-services.json`. `BRINDLE_BENCH_SIZES`
-//! (legacy, default 1000,10000) and `BRINDLE_BENCH_NFT_SIZES` (default 1000) pick the runs.
+//! (legacy, default 1000,10000), `BRINDLE_BENCH_NFT_SIZES` (iptables-nft, default 1000) and
+//! `BRINDLE_BENCH_NFTABLES_SIZES` (native, default 1000,10000) pick the runs.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -62,10 +64,17 @@ fn programmed_after(
 }
 
 fn run(n: usize, backend: &str) -> serde_json::Value {
-    let spec = LabSpec {
-        nodes: 1,
-        iptables_backend: backend.into(),
-        ..Default::default()
+    let spec = match backend {
+        "nftables" => LabSpec {
+            nodes: 1,
+            dataplane: "nftables".into(),
+            ..Default::default()
+        },
+        _ => LabSpec {
+            nodes: 1,
+            iptables_backend: backend.into(),
+            ..Default::default()
+        },
     };
     let lab = Lab::up(spec, &mut |_| {}).expect("lab");
     let log = lab.nodes[0].log();
@@ -86,10 +95,20 @@ fn run(n: usize, backend: &str) -> serde_json::Value {
         // Every Service with its endpoints (SVC chain + 5 SEP chains each) is in the kernel.
         if let Some((_, o)) = programmed_after(&log, offset, &want) {
             offset = o;
-            let nat = lab.nodes[0]
-                .ns
-                .ok(&[&format!("iptables-{backend}-save"), "-t", "nat"]);
-            if nat.matches(":BRL-SEP-").count() >= n * 5 {
+            let endpoints = if backend == "nftables" {
+                lab.nodes[0]
+                    .ns
+                    .ok(&["nft", "list", "chains", "ip"])
+                    .matches("chain endpoint-")
+                    .count()
+            } else {
+                lab.nodes[0]
+                    .ns
+                    .ok(&[&format!("iptables-{backend}-save"), "-t", "nat"])
+                    .matches(":BRL-SEP-")
+                    .count()
+            };
+            if endpoints >= n * 5 {
                 break start.elapsed();
             }
         }
@@ -146,19 +165,20 @@ fn main() {
     };
     let mut rows = vec![];
     println!(
-        "{:<7} {:>6} | {:>10} {:>12} {:>9} | {:>10} (median of 5; all)",
+        "{:<9} {:>6} | {:>10} {:>12} {:>9} | {:>10} (median of 5; all)",
         "backend", "svcs", "writes s", "programmed s", "RSS MiB", "change ms"
     );
     // nft stops at 1,000 unless asked: see the felix-lite bench (its restore is superlinear).
     for (backend, sizes) in [
         ("legacy", list("BRINDLE_BENCH_SIZES", "1000,10000")),
         ("nft", list("BRINDLE_BENCH_NFT_SIZES", "1000")),
+        ("nftables", list("BRINDLE_BENCH_NFTABLES_SIZES", "1000,10000")),
     ] {
         for n in sizes {
             let n: usize = n.parse().expect("size");
             let r = run(n, backend);
             println!(
-                "{:<7} {:>6} | {:>10.1} {:>12.1} {:>9.0} | {:>10.1} {:?}",
+                "{:<9} {:>6} | {:>10.1} {:>12.1} {:>9.0} | {:>10.1} {:?}",
                 backend,
                 n,
                 r["store_writes_s"].as_f64().unwrap_or(0.0),

@@ -361,6 +361,8 @@ impl ServiceTask {
         };
         drop(tx);
         let mut pst = PolicyState::new(&self.node);
+        // Map elements left out of the nftables table (duplicate keys), as last logged.
+        let mut conflicts: Vec<String> = vec![];
         // The periodic read of the kernel's rules, when one is running.
         let mut read_job: Option<
             tokio::task::JoinHandle<
@@ -518,6 +520,14 @@ impl ServiceTask {
                         self.services,
                         st.rendered.values().flatten(),
                     );
+                    if let Want::Nftables(t) = &want {
+                        if t.conflicts != conflicts {
+                            for c in t.conflicts.iter().filter(|c| !conflicts.contains(c)) {
+                                warn!("two Services want the same address and port (or node port): the first by name is programmed, not {c}");
+                            }
+                            conflicts = t.conflicts.clone();
+                        }
+                    }
                     let mut with_chains = vec![];
                     if let Some(pctx) = &policy_ctx {
                         if pst.needs_render() {

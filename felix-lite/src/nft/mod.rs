@@ -109,6 +109,11 @@ pub struct Chain {
 pub struct Table {
     pub sets: BTreeMap<String, Set>,
     pub chains: BTreeMap<String, Chain>,
+    /// Map elements left out because an earlier one has the same key (two Services on one
+    /// address and port, or one node port): `map: element`. The kernel refuses a duplicate
+    /// key, and with it the whole transaction; the first (by Service name) wins, as the
+    /// first matching rule does in iptables.
+    pub conflicts: Vec<String>,
 }
 
 impl Table {
@@ -128,6 +133,25 @@ impl Table {
             elements: BTreeSet::new(),
         })
     }
+    /// Adds `element` (`key : verdict`) to verdict map `map` unless another element has its
+    /// key ([`Table::conflicts`]).
+    pub fn map_element(&mut self, map: &str, element: &str) {
+        let Some(set) = self.sets.get_mut(map) else {
+            return;
+        };
+        let key = element.split(" : ").next().unwrap_or(element);
+        let taken = set
+            .elements
+            .range(format!("{key} : ")..)
+            .next()
+            .is_some_and(|e| e.starts_with(&format!("{key} : ")));
+        if taken && !set.elements.contains(element) {
+            self.conflicts.push(format!("{map}: {element}"));
+        } else {
+            set.elements.insert(element.to_string());
+        }
+    }
+
     pub fn push(&mut self, chain: &str, comment: &str, body: &str) {
         let r = rule(chain, comment, body);
         self.chain(chain).rules.push(r);

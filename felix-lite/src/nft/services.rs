@@ -492,9 +492,7 @@ pub fn assemble<'a>(
     );
     for s in services {
         for (map, e) in &s.elements {
-            if let Some(set) = t.sets.get_mut(*map) {
-                set.elements.insert(e.clone());
-            }
+            t.map_element(map, e);
         }
         for (name, secs) in &s.affinity {
             let ty = SetType {
@@ -681,6 +679,27 @@ mod tests {
             texts(&fw.1)[0],
             "ip saddr != { 198.18.0.0/16, 198.19.1.1 } drop"
         );
+    }
+
+    #[test]
+    fn a_second_service_on_the_same_address_and_port_is_left_out_not_the_whole_table() {
+        let mut a = svc(&[(1, "n1")]);
+        a.node_port = Some(30080);
+        let mut b = a.clone();
+        b.name = "svc2".into();
+        let guard = NodeGuard {
+            pod_blocked_ports: vec![],
+            nat_outgoing_exclusions: Default::default(),
+            workload_prefix: "brl".into(),
+        };
+        let r = [render(&a, &ctx()), render(&b, &ctx())];
+        let t = assemble(&ctx(), &guard, &Default::default(), &r);
+        let ips = &t.sets[SERVICE_IPS].elements;
+        assert_eq!(ips.len(), 1);
+        assert!(ips.iter().next().unwrap().contains("ns1/svc1/"));
+        assert_eq!(t.sets[SERVICE_NODEPORTS].elements.len(), 1);
+        assert_eq!(t.conflicts.len(), 2, "{:?}", t.conflicts);
+        assert!(t.conflicts[0].starts_with("service-ips: 10.20.30.41 . tcp . 80 : goto service-"));
     }
 
     #[test]

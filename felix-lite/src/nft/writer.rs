@@ -5,8 +5,9 @@
 //! plus what was written since; [`Writer::invalidate`] makes the next sync read it again,
 //! which repairs drift. A chain no longer wanted is flushed at once and deleted in a later
 //! transaction, at least [`STALE_DELETE_AFTER`] on (kube-proxy's workaround: kernels before
-//! 6.2 refuse to delete a chain in the transaction that removed the last jump to it), and a
-//! failure to delete it harms nothing. Set and map declarations or base chain hooks that
+//! 6.2 refuse to delete a chain in the transaction that removed the last jump to it), with
+//! the next sync's changes; if the kernel refuses a deletion, the changes go alone and the
+//! deletion is tried again later. Set and map declarations or base chain hooks that
 //! differ (a new version of ours) are fixed by deleting and writing the whole table, in the
 //! same one transaction.
 
@@ -22,6 +23,8 @@ use crate::iptables::{IptablesError, Runner};
 
 /// How long a flushed chain waits before it is deleted.
 pub const STALE_DELETE_AFTER: Duration = Duration::from_secs(1);
+/// How long a chain whose deletion was refused waits before it is tried again.
+const STALE_RETRY: Duration = Duration::from_secs(60);
 /// Elements per `add element` / `delete element` statement.
 const ELEMENTS_PER_LINE: usize = 1000;
 
@@ -220,47 +223,64 @@ impl Writer {
         let now = Instant::now();
         let stale_before = self.stale.clone();
         let touched = transaction(want, &known, &mut self.stale, now, &mut tx, &mut report);
-        if tx.is_empty() {
+        // Chains (and sets) flushed long enough ago go in the same transaction (one `nft`
+        // run, which at scale costs mostly its read of the table), after everything else.
+        let (deletions, due) = self.deletions(want, &known, now);
+        if tx.is_empty() && deletions.is_empty() {
             self.known = Some(known);
-        } else {
-            report.bytes = tx.len();
-            let t = Instant::now();
-            let r = self.nft(&["-f", "-"], Some(&tx));
-            report.restore_time = t.elapsed();
-            if let Err(e) = r {
-                // The transaction is all or nothing: the kernel has what it had. Read it
-                // again next time rather than guess.
-                self.stale = stale_before;
-                return Err(e);
-            }
-            self.known = Some(applied(want, known, &self.stale, touched));
-            self.generation += 1;
-            self.last_input = tx;
+            return Ok(report);
         }
-        self.delete_stale(want, now, &mut report);
+        let t = Instant::now();
+        let mut r = self.nft(&["-f", "-"], Some(&format!("{tx}{deletions}")));
+        let mut deleted = r.is_ok();
+        if r.is_err() && !deletions.is_empty() {
+            // Maybe only a deletion was refused (someone else's rule names a chain of
+            // ours): the changes alone, and the deletions tried again later.
+            deleted = false;
+            r = if tx.is_empty() {
+                Ok(String::new())
+            } else {
+                self.nft(&["-f", "-"], Some(&tx))
+            };
+            for name in &due {
+                if let Some(t) = self.stale.get_mut(name) {
+                    *t = now + STALE_RETRY;
+                }
+            }
+        }
+        report.restore_time = t.elapsed();
+        report.bytes = tx.len() + if deleted { deletions.len() } else { 0 };
+        if let Err(e) = r {
+            // The transaction is all or nothing: the kernel has what it had. Read it
+            // again next time rather than guess.
+            self.stale = stale_before;
+            return Err(e);
+        }
+        let mut known = applied(want, known, &self.stale, touched);
+        if deleted {
+            for name in due {
+                self.stale.remove(&name);
+                known.chains.remove(&name);
+                known.sets.remove(&name);
+                report.chains_deleted += 1;
+            }
+        }
+        self.known = Some(known);
+        self.generation += 1;
+        self.last_input = format!("{tx}{}", if deleted { deletions.as_str() } else { "" });
         Ok(report)
     }
 
-    /// Deletes chains and sets flushed at least [`STALE_DELETE_AFTER`] ago, in a
-    /// transaction of their own: if one cannot go (someone else's rule jumps to it), it stays
-    /// for the next try and nothing else is held up.
-    fn delete_stale(&mut self, want: &Table, now: Instant, report: &mut SyncReport) {
-        let Some(mut known) = self.known.take() else {
-            return;
-        };
-        let due: Vec<String> = self
-            .stale
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) >= STALE_DELETE_AFTER)
-            .map(|(n, _)| n.clone())
-            .collect();
-        if due.is_empty() {
-            self.known = Some(known);
-            return;
-        }
+    /// The statements deleting what was flushed at least [`STALE_DELETE_AFTER`] ago and is
+    /// still not wanted, and their names.
+    fn deletions(&self, want: &Table, known: &Known, now: Instant) -> (String, Vec<String>) {
         let mut tx = String::new();
-        for name in &due {
-            if want.chains.contains_key(name) || want.sets.contains_key(name) {
+        let mut due = vec![];
+        for (name, t) in &self.stale {
+            if now < *t + STALE_DELETE_AFTER
+                || want.chains.contains_key(name)
+                || want.sets.contains_key(name)
+            {
                 continue;
             }
             if known.chains.contains_key(name) {
@@ -272,25 +292,12 @@ impl Writer {
                     "set"
                 };
                 let _ = writeln!(tx, "delete {kind} {FAMILY} {TABLE} {}", quoted(name));
+            } else {
+                continue;
             }
+            due.push(name.clone());
         }
-        if !tx.is_empty() {
-            if let Err(e) = self.nft(&["-f", "-"], Some(&tx)) {
-                tracing::debug!("stale nftables chains stay for now: {e}");
-                self.known = Some(known);
-                return;
-            }
-            self.generation += 1;
-        }
-        for name in due {
-            self.stale.remove(&name);
-            if !want.chains.contains_key(&name) && !want.sets.contains_key(&name) {
-                known.chains.remove(&name);
-                known.sets.remove(&name);
-                report.chains_deleted += 1;
-            }
-        }
-        self.known = Some(known);
+        (tx, due)
     }
 }
 
