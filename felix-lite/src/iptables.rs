@@ -74,6 +74,15 @@ impl Default for Runner {
 
 impl Runner {
     pub(crate) fn run(&self, argv: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
+        self.run_shared(argv, stdin.map(|s| std::sync::Arc::new(s.to_owned())))
+    }
+
+    /// [`Runner::run`] with input the caller keeps too (a large transaction is not copied).
+    pub(crate) fn run_shared(
+        &self,
+        argv: &[&str],
+        stdin: Option<std::sync::Arc<String>>,
+    ) -> Result<String, IptablesError> {
         let all: Vec<&str> = self
             .prefix
             .iter()
@@ -98,7 +107,6 @@ impl Runner {
         // reading or writing cannot hold this one past the deadline.
         let feed = match (stdin, child.stdin.take()) {
             (Some(text), Some(mut w)) => {
-                let text = text.to_owned();
                 // A failed write shows up as the tool's error below.
                 Some(std::thread::spawn(move || {
                     let _ = w.write_all(text.as_bytes());
@@ -149,7 +157,9 @@ impl Runner {
                 stderr: String::from_utf8_lossy(&stderr).trim().to_string(),
             });
         }
-        Ok(String::from_utf8_lossy(&stdout).into_owned())
+        // Not copied when it is UTF-8 (a table listing can be a hundred megabytes).
+        Ok(String::from_utf8(stdout)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
     }
 
     /// `auto`: the legacy backend where the kernel has it (its tools run and can read the

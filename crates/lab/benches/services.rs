@@ -160,6 +160,7 @@ fn main() {
         std::env::var(var)
             .unwrap_or_else(|_| default.into())
             .split(',')
+            .filter(|s| !s.trim().is_empty())
             .map(str::to_string)
             .collect()
     };

@@ -84,7 +84,7 @@ pub struct Writer {
     /// Chains and sets flushed because no longer wanted, and since when.
     stale: HashMap<String, Instant>,
     /// The transaction of the last sync that wrote something.
-    pub last_input: String,
+    pub last_input: std::sync::Arc<String>,
     /// Successful transactions so far ([`Writer::adopt`]).
     generation: u64,
 }
@@ -103,7 +103,7 @@ impl Writer {
             runner,
             known: None,
             stale: HashMap::new(),
-            last_input: String::new(),
+            last_input: Default::default(),
             generation: 0,
         }
     }
@@ -231,16 +231,19 @@ impl Writer {
             return Ok(report);
         }
         let t = Instant::now();
-        let mut r = self.nft(&["-f", "-"], Some(&format!("{tx}{deletions}")));
+        let changes_len = tx.len();
+        tx.push_str(&deletions);
+        let tx = std::sync::Arc::new(tx);
+        let mut r = self.runner.run_shared(&["nft", "-f", "-"], Some(tx.clone()));
         let mut deleted = r.is_ok();
         if r.is_err() && !deletions.is_empty() {
             // Maybe only a deletion was refused (someone else's rule names a chain of
             // ours): the changes alone, and the deletions tried again later.
             deleted = false;
-            r = if tx.is_empty() {
+            r = if changes_len == 0 {
                 Ok(String::new())
             } else {
-                self.nft(&["-f", "-"], Some(&tx))
+                self.nft(&["-f", "-"], Some(&tx[..changes_len]))
             };
             for name in &due {
                 if let Some(t) = self.stale.get_mut(name) {
@@ -249,7 +252,7 @@ impl Writer {
             }
         }
         report.restore_time = t.elapsed();
-        report.bytes = tx.len() + if deleted { deletions.len() } else { 0 };
+        report.bytes = if deleted { tx.len() } else { changes_len };
         if let Err(e) = r {
             // The transaction is all or nothing: the kernel has what it had. Read it
             // again next time rather than guess.
@@ -267,7 +270,11 @@ impl Writer {
         }
         self.known = Some(known);
         self.generation += 1;
-        self.last_input = format!("{tx}{}", if deleted { deletions.as_str() } else { "" });
+        self.last_input = if deleted {
+            tx
+        } else {
+            std::sync::Arc::new(tx[..changes_len].to_string())
+        };
         Ok(report)
     }
 
