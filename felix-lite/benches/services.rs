@@ -35,9 +35,7 @@ fn service(i: usize, generation: u32) -> ServicePort {
         cluster_ip: Some(ip(u32::from(Ipv4Addr::new(10, 96, 0, 0)), i as u32)),
         port: 80,
         // One in ten is a NodePort, as in a typical cluster.
-        node_port: i
-            .is_multiple_of(10)
-            .then_some(30000 + (i / 10) as u16),
+        node_port: i.is_multiple_of(10).then_some(30000 + (i / 10) as u16),
         external_ips: vec![],
         load_balancer_ips: vec![],
         load_balancer_source_ranges: vec![],

@@ -173,7 +173,10 @@ fn main() {
     for (backend, sizes) in [
         ("legacy", list("BRINDLE_BENCH_SIZES", "1000,10000")),
         ("nft", list("BRINDLE_BENCH_NFT_SIZES", "1000")),
-        ("nftables", list("BRINDLE_BENCH_NFTABLES_SIZES", "1000,10000")),
+        (
+            "nftables",
+            list("BRINDLE_BENCH_NFTABLES_SIZES", "1000,10000"),
+        ),
     ] {
         for n in sizes {
             let n: usize = n.parse().expect("size");

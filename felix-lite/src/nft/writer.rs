@@ -234,7 +234,9 @@ impl Writer {
         let changes_len = tx.len();
         tx.push_str(&deletions);
         let tx = std::sync::Arc::new(tx);
-        let mut r = self.runner.run_shared(&["nft", "-f", "-"], Some(tx.clone()));
+        let mut r = self
+            .runner
+            .run_shared(&["nft", "-f", "-"], Some(tx.clone()));
         let mut deleted = r.is_ok();
         if r.is_err() && !deletions.is_empty() {
             // Maybe only a deletion was refused (someone else's rule names a chain of
