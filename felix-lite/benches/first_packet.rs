@@ -27,42 +27,28 @@ fn cluster_ip(i: usize) -> Ipv4Addr {
 }
 
 fn service(i: usize, target: usize) -> ServicePort {
-    ServicePort {
-        namespace: format!("ns{}", i % 50),
-        name: format!("svc-{i}"),
-        port_name: "http".into(),
-        protocol: Protocol::Tcp,
-        cluster_ip: Some(cluster_ip(i)),
-        port: 80,
-        node_port: None,
-        external_ips: vec![],
-        load_balancer_ips: vec![],
-        load_balancer_source_ranges: vec![],
-        external_local: false,
-        internal_local: false,
-        affinity_seconds: None,
-        endpoints: (0..5)
-            .map(|e| Endpoint {
-                ip: if i == target {
-                    SERVER
-                } else {
-                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 5 + e) as u32)
-                },
-                port: 8080,
-                node: Some("node-1".into()),
-                zone: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-                for_nodes: None,
-                for_zones: None,
+    // The target's endpoints are the one server; the others' addresses lead nowhere.
+    let endpoints = if i == target {
+        vec![Endpoint::ready(SERVER, 8080, "node-1")]
+    } else {
+        (0..5)
+            .map(|e| {
+                let ip =
+                    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + (i * 5 + e) as u32);
+                Endpoint::ready(ip, 8080, "node-1")
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            // The target's five endpoints are one server: keep one.
-            .take(if i == target { 1 } else { 5 })
-            .collect(),
-    }
+            .collect()
+    };
+    let (ns, name) = (format!("ns{}", i % 50), format!("svc-{i}"));
+    ServicePort::cluster_ip(
+        &ns,
+        &name,
+        "http",
+        Protocol::Tcp,
+        cluster_ip(i),
+        80,
+        endpoints,
+    )
 }
 
 /// node routes between client (10.244.0.0/24) and server (10.244.1.0/24).

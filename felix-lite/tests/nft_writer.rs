@@ -40,46 +40,29 @@ fn guard() -> NodeGuard {
 }
 
 fn svc(i: u8, eps: u8) -> ServicePort {
-    ServicePort {
-        namespace: "ns".into(),
-        name: format!("s{i}"),
-        port_name: "http".into(),
-        protocol: if i.is_multiple_of(2) {
-            Protocol::Tcp
-        } else {
-            Protocol::Udp
-        },
-        cluster_ip: Some(Ipv4Addr::new(10, 96, 0, i)),
-        port: 80,
-        node_port: i.is_multiple_of(3).then_some(30000 + u16::from(i)),
-        external_ips: vec![],
-        load_balancer_ips: if i.is_multiple_of(4) {
-            vec![Ipv4Addr::new(198, 19, 0, i)]
-        } else {
-            vec![]
-        },
-        load_balancer_source_ranges: if i.is_multiple_of(8) {
-            vec!["198.18.0.0/16".parse().unwrap()]
-        } else {
-            vec![]
-        },
-        external_local: false,
-        internal_local: false,
-        affinity_seconds: i.is_multiple_of(5).then_some(600),
-        endpoints: (1..=eps)
-            .map(|e| Endpoint {
-                ip: Ipv4Addr::new(10, 244, i, e),
-                port: 8080,
-                node: Some(if e % 2 == 0 { "n1" } else { "n2" }.into()),
-                zone: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-                for_nodes: None,
-                for_zones: None,
-            })
-            .collect(),
+    let protocol = if i.is_multiple_of(2) {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    let endpoints = (1..=eps)
+        .map(|e| {
+            let node = if e % 2 == 0 { "n1" } else { "n2" };
+            Endpoint::ready(Ipv4Addr::new(10, 244, i, e), 8080, node)
+        })
+        .collect();
+    let ip = Ipv4Addr::new(10, 96, 0, i);
+    let mut s =
+        ServicePort::cluster_ip("ns", &format!("s{i}"), "http", protocol, ip, 80, endpoints);
+    s.node_port = i.is_multiple_of(3).then_some(30000 + u16::from(i));
+    if i.is_multiple_of(4) {
+        s.load_balancer_ips = vec![Ipv4Addr::new(198, 19, 0, i)];
     }
+    if i.is_multiple_of(8) {
+        s.load_balancer_source_ranges = vec!["198.18.0.0/16".parse().unwrap()];
+    }
+    s.affinity_seconds = i.is_multiple_of(5).then_some(600);
+    s
 }
 
 fn sets() -> BTreeMap<String, Vec<ipnetwork::Ipv4Network>> {

@@ -516,35 +516,12 @@ mod tests {
     use crate::proxy::Protocol;
 
     fn svc(eps: &[(u8, &str)]) -> ServicePort {
-        ServicePort {
-            namespace: "ns1".into(),
-            name: "svc1".into(),
-            port_name: "p80".into(),
-            protocol: Protocol::Tcp,
-            cluster_ip: Some("10.20.30.41".parse().unwrap()),
-            port: 80,
-            node_port: None,
-            external_ips: vec![],
-            load_balancer_ips: vec![],
-            load_balancer_source_ranges: vec![],
-            external_local: false,
-            internal_local: false,
-            affinity_seconds: None,
-            endpoints: eps
-                .iter()
-                .map(|(last, node)| Endpoint {
-                    ip: Ipv4Addr::new(10, 180, 0, *last),
-                    port: 8080,
-                    node: Some(node.to_string()),
-                    zone: None,
-                    ready: true,
-                    serving: true,
-                    terminating: false,
-                    for_nodes: None,
-                    for_zones: None,
-                })
-                .collect(),
-        }
+        let eps = eps
+            .iter()
+            .map(|(last, node)| Endpoint::ready(Ipv4Addr::new(10, 180, 0, *last), 8080, node))
+            .collect();
+        let ip = "10.20.30.41".parse().unwrap();
+        ServicePort::cluster_ip("ns1", "svc1", "p80", Protocol::Tcp, ip, 80, eps)
     }
     fn ctx() -> NodeContext {
         NodeContext {

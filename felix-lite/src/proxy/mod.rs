@@ -34,6 +34,21 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// A ready endpoint on `node`, with no hints.
+    pub fn ready(ip: Ipv4Addr, port: u16, node: &str) -> Endpoint {
+        Endpoint {
+            ip,
+            port,
+            node: Some(node.to_string()),
+            zone: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            for_nodes: None,
+            for_zones: None,
+        }
+    }
+
     /// `ip:port`, kube-proxy's endpoint string (hash input of the SEP chain name).
     pub fn addr(&self) -> String {
         format!("{}:{}", self.ip, self.port)
@@ -64,6 +79,34 @@ pub struct ServicePort {
 }
 
 impl ServicePort {
+    /// A ClusterIP service port with default policies and these endpoints.
+    pub fn cluster_ip(
+        namespace: &str,
+        name: &str,
+        port_name: &str,
+        protocol: Protocol,
+        ip: Ipv4Addr,
+        port: u16,
+        endpoints: Vec<Endpoint>,
+    ) -> ServicePort {
+        ServicePort {
+            namespace: namespace.into(),
+            name: name.into(),
+            port_name: port_name.into(),
+            protocol,
+            cluster_ip: Some(ip),
+            port,
+            node_port: None,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            external_local: false,
+            internal_local: false,
+            affinity_seconds: None,
+            endpoints,
+        }
+    }
+
     /// kube-proxy's `ServicePortName.String()`: `ns/name` or `ns/name:port`.
     pub fn port_name_string(&self) -> String {
         if self.port_name.is_empty() {
