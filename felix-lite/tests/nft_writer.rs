@@ -322,3 +322,54 @@ fn policy_reads_back_and_a_pod_is_one_element() {
         "{listed}"
     );
 }
+
+/// A map that is no longer wanted is flushed as a map (`flush set` refuses one, and the
+/// refused transaction would have held every later change back), then deleted; a set
+/// dropped and wanted again keeps its elements exact afterwards.
+#[test]
+fn maps_and_sets_that_go_and_come_back() {
+    use brindle_felix_lite::nft::{SetType, Table};
+    let ns = Netns::new("brl-ng");
+    let mut w = writer(&ns);
+    let base = || {
+        let mut t = table(&[svc(2, 1)]);
+        t.set("extra", SetType::verdicts("ifname"));
+        t
+    };
+    let mut with = base();
+    with.map_element("extra", "brlx : goto masquerading");
+    with.set("s-x", SetType::addresses())
+        .elements
+        .insert("10.244.9.1".into());
+    w.sync(&with).expect("with the map and the set");
+    // Both go: flushed (the map as a map), deleted a second later.
+    let without = table(&[svc(2, 1)]);
+    w.sync(&without).expect("the map flushed");
+    std::thread::sleep(brindle_felix_lite::nft::writer::STALE_DELETE_AFTER);
+    let r = w.sync(&without).expect("then deleted");
+    assert!(r.chains_deleted >= 2, "{r:?}");
+    let l = list(&ns);
+    assert!(!l.contains("map extra") && !l.contains("set s-x"), "{l}");
+    // The set comes back with two elements, then loses one: the kernel has exactly one.
+    let mut back = table(&[svc(2, 1)]);
+    {
+        let s = back.set("s-x", SetType::addresses());
+        s.elements.insert("10.244.9.1".into());
+        s.elements.insert("10.244.9.2".into());
+    }
+    w.sync(&back).expect("back");
+    back.sets
+        .get_mut("s-x")
+        .expect("s-x")
+        .elements
+        .remove("10.244.9.1");
+    let r = w.sync(&back).expect("one element less");
+    assert_eq!(r.elements_deleted, 1, "{}", w.last_input);
+    w.invalidate();
+    let r = w.sync(&back).expect("re-read");
+    assert!(
+        !r.wrote(),
+        "the kernel differs from what was written: {r:?}"
+    );
+    let _: Table = back;
+}

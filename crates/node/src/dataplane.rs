@@ -214,6 +214,14 @@ impl DpWriter {
         }
     }
 
+    /// Forget what the kernel has: the next sync reads it first.
+    pub fn invalidate(&mut self) {
+        match self {
+            DpWriter::Iptables(w) => w.invalidate(),
+            DpWriter::Nftables(w) => w.invalidate(),
+        }
+    }
+
     /// A read of the kernel's rules that runs beside this writer (off the sync path), with
     /// the policy counters when `counters`.
     pub fn reader(&self, counters: bool) -> Reader {

@@ -68,6 +68,9 @@ pub struct PolicyConfig {
     pub isolations: Option<watch::Sender<crate::denied_log::Isolations>>,
 }
 
+/// Periodic reads dropped in a row (changes came while each ran) before a sync reads itself.
+const READS_DROPPED_MAX: u32 = 3;
+
 /// The least time between two syncs for a policy, pod or namespace change (a burst is one).
 const POLICY_BATCH: Duration = Duration::from_millis(20);
 
@@ -361,6 +364,8 @@ impl ServiceTask {
         };
         drop(tx);
         let mut pst = PolicyState::new(&self.node);
+        // Periodic reads in a row dropped because a sync wrote meanwhile.
+        let mut reads_dropped = 0u32;
         // Map elements left out of the nftables table (duplicate keys), as last logged.
         let mut conflicts: Vec<String> = vec![];
         // The periodic read of the kernel's rules, when one is running.
@@ -453,7 +458,15 @@ impl ServiceTask {
                                 // (and is no change itself, unless one is already waiting).
                                 refresh_only = !pending;
                                 pending = true;
+                                reads_dropped = 0;
+                            } else if reads_dropped >= READS_DROPPED_MAX {
+                                // Changes come faster than a read: the next sync reads the
+                                // tables itself (drift is repaired, a change waits once).
+                                if let Some(w) = writer.as_mut() { w.invalidate(); }
+                                pending = true;
+                                reads_dropped = 0;
                             } else {
+                                reads_dropped += 1;
                                 debug!("the tables were written while being read: read again at the next refresh");
                             }
                         }

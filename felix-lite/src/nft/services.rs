@@ -114,9 +114,12 @@ pub fn endpoint_chain(svc: &ServicePort, ep: &Endpoint) -> String {
     format!("endpoint-{}-{base}", hash8(&base))
 }
 
+/// The timeout is in the hash: a new timeout is a new set (a set's declaration cannot
+/// change in place, and a differing one would rewrite the whole table).
 fn affinity_set(svc: &ServicePort, ep: &Endpoint) -> String {
     let base = endpoint_base(svc, ep);
-    format!("affinity-{}-{base}", hash8(&base))
+    let secs = svc.affinity_seconds.unwrap_or_default();
+    format!("affinity-{}-{base}", hash8(&format!("{base}/{secs}")))
 }
 
 fn key(ip: Ipv4Addr, svc: &ServicePort, port: u16) -> String {

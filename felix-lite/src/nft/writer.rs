@@ -36,6 +36,17 @@ pub struct KnownSet {
     pub elements: Option<BTreeSet<String>>,
 }
 
+impl KnownSet {
+    /// `map` or `set`, as nft's statements name it (`flush set` refuses a map).
+    pub fn kind(&self) -> &'static str {
+        if self.decl.contains(": verdict") {
+            "map"
+        } else {
+            "set"
+        }
+    }
+}
+
 /// A chain as the kernel has it: its hook and each rule's hash (None: not ours).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KnownChain {
@@ -295,12 +306,7 @@ impl Writer {
             if known.chains.contains_key(name) {
                 let _ = writeln!(tx, "delete chain {FAMILY} {TABLE} {}", quoted(name));
             } else if let Some(s) = known.sets.get(name) {
-                let kind = if s.decl.contains(": verdict") {
-                    "map"
-                } else {
-                    "set"
-                };
-                let _ = writeln!(tx, "delete {kind} {FAMILY} {TABLE} {}", quoted(name));
+                let _ = writeln!(tx, "delete {} {FAMILY} {TABLE} {}", s.kind(), quoted(name));
             } else {
                 continue;
             }
@@ -367,6 +373,14 @@ fn transaction(
     report: &mut SyncReport,
 ) -> Touched {
     let mut touched = Touched::default();
+    // A name wanted again is not stale any more (else it would be taken for empty after
+    // every write and never flushed when it goes again); one the kernel no longer has,
+    // neither.
+    stale.retain(|n, _| {
+        !want.chains.contains_key(n)
+            && !want.sets.contains_key(n)
+            && (known.chains.contains_key(n) || known.sets.contains_key(n))
+    });
     if !known.exists {
         let _ = writeln!(tx, "add table {FAMILY} {TABLE}");
     }
@@ -436,8 +450,8 @@ fn transaction(
                 have.difference(&s.elements).collect(),
             ),
             None => {
-                if known.sets.contains_key(name) {
-                    let _ = writeln!(tx, "flush set {FAMILY} {TABLE} {}", quoted(name));
+                if let Some(k) = known.sets.get(name) {
+                    let _ = writeln!(tx, "flush {} {FAMILY} {TABLE} {}", k.kind(), quoted(name));
                 }
                 (s.elements.iter().collect(), vec![])
             }
@@ -465,7 +479,7 @@ fn transaction(
             continue;
         }
         if k.elements.as_ref().is_none_or(|e| !e.is_empty()) {
-            let _ = writeln!(tx, "flush set {FAMILY} {TABLE} {}", quoted(name));
+            let _ = writeln!(tx, "flush {} {FAMILY} {TABLE} {}", k.kind(), quoted(name));
         }
         stale.entry(name.clone()).or_insert(now);
     }
