@@ -371,5 +371,30 @@ fn maps_and_sets_that_go_and_come_back() {
         !r.wrote(),
         "the kernel differs from what was written: {r:?}"
     );
+    // Dropped and wanted again before it could be deleted (a policy deleted and applied
+    // again): what is later removed from it is removed from the kernel too.
+    w.sync(&without).expect("s-x flushed");
+    let mut again = table(&[svc(2, 1)]);
+    {
+        let s = again.set("s-x", SetType::addresses());
+        s.elements.insert("10.244.9.3".into());
+        s.elements.insert("10.244.9.4".into());
+    }
+    w.sync(&again).expect("s-x again, at once");
+    again
+        .sets
+        .get_mut("s-x")
+        .expect("s-x")
+        .elements
+        .remove("10.244.9.3");
+    let r = w.sync(&again).expect("one element less");
+    assert_eq!(r.elements_deleted, 1, "{}", w.last_input);
+    w.invalidate();
+    let r = w.sync(&again).expect("re-read");
+    assert!(
+        !r.wrote(),
+        "the kernel kept what was removed: {}",
+        w.last_input
+    );
     let _: Table = back;
 }
