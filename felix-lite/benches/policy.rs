@@ -167,6 +167,25 @@ struct Sample {
     members: usize,
 }
 
+/// The one policy change measured on both dataplanes: a port of its first rule.
+fn change_a_policy(w: &mut World) {
+    if let Some(Port::Range { from, to, .. }) = w.policies[0]
+        .ingress
+        .as_mut()
+        .and_then(|r| r[0].ports.first_mut())
+    {
+        *from += 1000;
+        *to += 1000;
+    }
+}
+
+/// The one pod change measured on both: a remote pod relabelled into another app (set
+/// members move, no chain changes).
+fn relabel_a_pod(pods: &mut [Pod]) {
+    let last = pods.len() - 1;
+    pods[last].labels.insert("app".into(), "app-moved".into());
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -206,19 +225,9 @@ fn one(size: &Size) -> Sample {
     };
     s.full = sync(&mut wr, &w, &pods);
     let full_input = wr.last_input.clone();
-    // One policy changed: a port of its first rule.
-    if let Some(Port::Range { from, to, .. }) = w.policies[0]
-        .ingress
-        .as_mut()
-        .and_then(|r| r[0].ports.first_mut())
-    {
-        *from += 1000;
-        *to += 1000;
-    }
+    change_a_policy(&mut w);
     s.policy_changed = sync(&mut wr, &w, &pods);
-    // One remote pod relabelled into another app: set members move, no chain changes.
-    let last = pods.len() - 1;
-    pods[last].labels.insert("app".into(), "app-moved".into());
+    relabel_a_pod(&mut pods);
     s.pod_relabelled = sync(&mut wr, &w, &pods);
 
     // The floor: the same sets and rules by the raw tools into a fresh namespace.
@@ -291,17 +300,9 @@ fn one_nft(size: &Size) -> Sample {
     };
     s.full = sync(&mut wr, &w, &pods);
     let full_input = wr.last_input.clone();
-    if let Some(Port::Range { from, to, .. }) = w.policies[0]
-        .ingress
-        .as_mut()
-        .and_then(|r| r[0].ports.first_mut())
-    {
-        *from += 1000;
-        *to += 1000;
-    }
+    change_a_policy(&mut w);
     s.policy_changed = sync(&mut wr, &w, &pods);
-    let last = pods.len() - 1;
-    pods[last].labels.insert("app".into(), "app-moved".into());
+    relabel_a_pod(&mut pods);
     s.pod_relabelled = sync(&mut wr, &w, &pods);
     let floor = Netns::new("brl-bpg");
     s.floor = ms(run(&floor, &["nft", "-f", "-"], &full_input));

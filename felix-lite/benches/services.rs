@@ -61,6 +61,13 @@ fn service(i: usize, generation: u32) -> ServicePort {
     }
 }
 
+/// Service `k` with its first endpoint replaced: the one change measured everywhere.
+fn one_endpoint_changed(k: usize) -> ServicePort {
+    let mut changed = service(k, 0);
+    changed.endpoints[0] = service(k, 1).endpoints[0].clone();
+    changed
+}
+
 fn ctx() -> NodeContext {
     NodeContext {
         node: "node-0".into(),
@@ -193,8 +200,7 @@ fn one_run_nft(n: usize) -> Run {
     let full_floor = raw_restore(&floor, Plane::Nftables, &w.last_input);
     let k = n / 2;
     let t = Instant::now();
-    let mut changed = service(k, 0);
-    changed.endpoints[0] = service(k, 1).endpoints[0].clone();
+    let changed = one_endpoint_changed(k);
     rendered[k] = nft::services::render(&changed, &c);
     let table = nft::services::assemble(&c, &guard(), &sets_want(), rendered.iter());
     let rep2 = w.sync(&table).expect("one change");
@@ -256,8 +262,7 @@ fn one_run_iptables(n: usize, backend: Backend) -> Run {
     // One endpoint of one Service changes.
     let k = n / 2;
     let t = Instant::now();
-    let mut changed = service(k, 0);
-    changed.endpoints[0] = service(k, 1).endpoints[0].clone();
+    let changed = one_endpoint_changed(k);
     rendered[k] = rules::render(&changed, &c);
     let ruleset = rules::assemble(&c, &guard, rendered.iter());
     let rep2 = w.sync(&ruleset).expect("one change");

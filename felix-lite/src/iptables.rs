@@ -329,14 +329,6 @@ impl Writer {
         read_tables(self.backend, &self.runner)
     }
 
-    /// The packet counts of our rules in `table`, by rule hash (the kernel's counters since
-    /// each chain was last written).
-    pub fn counters(&self, table: &str) -> Result<HashMap<u64, u64>, IptablesError> {
-        let save = self.backend.tool("save");
-        let text = self.runner.run(&[&save, "-c", "-t", table], None)?;
-        Ok(parse_counters(&text))
-    }
-
     /// Brings the ipsets to `sets` (name → members), each replaced atomically (a temporary
     /// set filled, then swapped in) when it differs from what was last written.
     pub fn sync_sets(
@@ -517,7 +509,8 @@ pub fn read_tables(
     Ok(all)
 }
 
-/// The packet counts of our rules in `table` (by rule hash), as [`Writer::counters`].
+/// The packet counts of our rules in `table`, by rule hash (the kernel's counters since each
+/// chain was last written).
 pub fn read_counters(
     backend: Backend,
     runner: &Runner,

@@ -117,7 +117,7 @@ pub enum Account {
 }
 
 impl PolicyRules {
-    /// Packet counts (from [`crate::iptables::Writer::counters`]) summed per account.
+    /// Packet counts (from [`crate::iptables::read_counters`]) summed per account.
     pub fn count(&self, counters: &HashMap<u64, u64>) -> BTreeMap<Account, u64> {
         let mut out = BTreeMap::new();
         for (h, a) in &self.accounting {
@@ -595,7 +595,7 @@ fn endpoint_chain(name: &str, group: Option<&str>, ctx: &PolicyContext) -> Chain
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use brindle_policy::model::{
         NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule as PRule,
@@ -603,7 +603,9 @@ mod tests {
     };
     use brindle_policy::World;
 
-    fn pod(name: &str, ip: &str) -> Pod {
+    /// x/<name>, labelled `pod=<name>`, on n1, serving `http` on TCP 8080 (also the nftables
+    /// renderer's tests' pod).
+    pub(crate) fn pod(name: &str, ip: &str) -> Pod {
         Pod {
             namespace: "x".into(),
             name: name.into(),

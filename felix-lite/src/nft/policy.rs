@@ -49,7 +49,8 @@ pub struct PolicyNft {
 }
 
 impl PolicyNft {
-    /// Packet counts (by rule hash, [`super::writer::Writer::counters`]) summed per account.
+    /// Packet counts (by rule hash, as read: [`super::writer::Known::counters`]) summed per
+    /// account.
     pub fn count(&self, counters: &HashMap<u64, u64>) -> BTreeMap<Account, u64> {
         let mut out = BTreeMap::new();
         for (h, a) in &self.accounting {
@@ -410,28 +411,11 @@ pub fn base_table() -> Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::tests::pod;
     use brindle_policy::model::{
-        NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule as PRule,
-        Selector,
+        Namespace, Namespaces, Peer, Policy, Port, Protocol, Rule as PRule, Selector,
     };
     use brindle_policy::World;
-
-    fn pod(name: &str, ip: &str) -> Pod {
-        Pod {
-            namespace: "x".into(),
-            name: name.into(),
-            labels: [("pod".to_string(), name.to_string())].into(),
-            ips: vec![ip.parse().unwrap()],
-            ports: vec![NamedPort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 8080,
-            }],
-            host_network: false,
-            finished: false,
-            node: "n1".into(),
-        }
-    }
 
     fn texts(rules: &[Rule]) -> Vec<String> {
         rules

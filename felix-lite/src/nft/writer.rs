@@ -142,15 +142,6 @@ impl Writer {
         self.known = None;
     }
 
-    /// The packet counters of our rules as of the last read of the table (the last sync
-    /// after [`Writer::invalidate`]), by rule hash.
-    pub fn counters(&self) -> HashMap<u64, u64> {
-        self.known
-            .as_ref()
-            .map(|k| k.counters.clone())
-            .unwrap_or_default()
-    }
-
     /// Runs `nft` with `args`.
     fn nft(&self, args: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
         let mut argv = vec!["nft"];
