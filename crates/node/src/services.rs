@@ -99,6 +99,14 @@ pub fn service_ports(
     let Some(spec) = &svc.spec else {
         return vec![];
     };
+    // Names become parts of chain and set names and rule comments: what the API server
+    // would refuse (etcd mode has none to ask) is refused here, never written.
+    for (what, v) in [("namespace", &ns), ("name", &name)] {
+        if let Err(e) = brindle_api::validation::check_name(v) {
+            skip(&key, format!("metadata.{what}: {e}"));
+            return vec![];
+        }
+    }
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
     if ty == "ExternalName" {
         return vec![];
@@ -171,6 +179,15 @@ pub fn service_ports(
     let mut out = vec![];
     for p in spec.ports.iter().flatten() {
         let pname = p.name.clone().unwrap_or_default();
+        let checked = if pname.is_empty() {
+            Ok(())
+        } else {
+            brindle_api::validation::check_name(&pname)
+        };
+        if let Err(e) = checked {
+            skip(&key, format!("port name: {e}"));
+            continue;
+        }
         let proto_s = p.protocol.as_deref().unwrap_or("TCP");
         let Some(protocol) = Protocol::parse(proto_s) else {
             skip(
@@ -342,6 +359,32 @@ mod tests {
         // The UDP port has no slice port of its own: no endpoints (it will REJECT).
         assert_eq!(p[1].protocol, Protocol::Udp);
         assert!(p[1].endpoints.is_empty());
+    }
+
+    /// Names end up in chain names and comments (nft identifiers are not quoted): one the
+    /// API server would refuse is never written, whatever wrote it into the datastore.
+    #[test]
+    fn names_the_api_server_would_refuse_are_never_programmed() {
+        let mut skipped = vec![];
+        let bad_port = svc(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10",
+                     "ports": [{"name": "a; flush ruleset", "port": 80},
+                               {"name": "ok", "port": 81}]}
+        }));
+        let p = service_ports(&bad_port, &[], &Reserved::default(), &mut skipped);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].port_name, "ok");
+        assert!(skipped[0].reason.starts_with("port name: "), "{skipped:?}");
+        let bad_ns = svc(json!({
+            "metadata": {"namespace": "x\"\ny", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}
+        }));
+        assert!(service_ports(&bad_ns, &[], &Reserved::default(), &mut skipped).is_empty());
+        assert!(
+            skipped[1].reason.starts_with("metadata.namespace: "),
+            "{skipped:?}"
+        );
     }
 
     #[test]

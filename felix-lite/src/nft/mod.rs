@@ -161,8 +161,7 @@ impl Table {
 /// A rule of `chain` in nft syntax, tagged `comment "brl:<hash> <comment>"`.
 pub fn rule(chain: &str, comment: &str, body: &str) -> Rule {
     let hash = rule_hash(chain, comment, body);
-    // Kubernetes names and our words hold no quotes; a stray one would end the comment.
-    let comment = comment.replace('"', "'");
+    let comment = crate::proxy::rules::safe_comment(comment);
     let text = if comment.is_empty() {
         format!("{body} comment \"{TAG}{hash:016x}\"")
     } else {
@@ -211,6 +210,20 @@ mod tests {
         );
         assert_eq!(comment_hash("brl:0123456789abcdefx"), None);
         assert_eq!(comment_hash("someone else's"), None);
+    }
+
+    #[test]
+    fn a_comment_cannot_end_its_quotes_or_its_line() {
+        let r = rule("c", "x\"; flush ruleset\n add \\", "accept");
+        assert_eq!(r.text.lines().count(), 1, "{}", r.text);
+        assert_eq!(r.text.matches('"').count(), 2, "{}", r.text);
+        assert_eq!(
+            r.hash,
+            rule_hash("c", "x\"; flush ruleset\n add \\", "accept")
+        );
+        let i = crate::proxy::rules::Rule::new("C", "a\"\n-A INPUT -j ACCEPT", "-j RETURN");
+        assert_eq!(i.text.lines().count(), 1, "{}", i.text);
+        assert_eq!(i.text.matches('"').count(), 2, "{}", i.text);
     }
 
     #[test]

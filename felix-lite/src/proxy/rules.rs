@@ -47,6 +47,7 @@ impl Rule {
     /// `body` is iptables syntax; `comment` is shown to people after the hash.
     pub fn new(chain: &str, comment: &str, body: &str) -> Rule {
         let hash = rule_hash(chain, comment, body);
+        let comment = safe_comment(comment);
         let text = if comment.is_empty() {
             format!("-m comment --comment {TAG}{hash:016x} {body}")
         } else {
@@ -56,6 +57,29 @@ impl Rule {
             hash,
             text: text.into(),
         }
+    }
+}
+
+/// A comment as written into a rule: a quote, a backslash or a control character (a
+/// newline would start a line of its own in the restore or `nft -f` input) becomes `_`.
+pub fn safe_comment(comment: &str) -> std::borrow::Cow<'_, str> {
+    if comment
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        comment
+            .chars()
+            .map(|c| {
+                if c == '"' || c == '\\' || c.is_control() {
+                    '_'
+                } else {
+                    c
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        comment.into()
     }
 }
 
