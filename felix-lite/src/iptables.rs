@@ -73,6 +73,20 @@ impl Default for Runner {
 }
 
 impl Runner {
+    /// The network namespace the prefix runs commands in: None for this process's own,
+    /// `ip netns exec NAME` → NAME; an error for any other prefix (it cannot be told).
+    pub fn netns(&self) -> std::io::Result<Option<&str>> {
+        match self.prefix.as_slice() {
+            [] => Ok(None),
+            [ip, netns, exec, name] if ip == "ip" && netns == "netns" && exec == "exec" => {
+                Ok(Some(name))
+            }
+            other => Err(std::io::Error::other(format!(
+                "no network namespace known for the command prefix {other:?}"
+            ))),
+        }
+    }
+
     pub(crate) fn run(&self, argv: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
         self.run_shared(argv, stdin.map(|s| std::sync::Arc::new(s.to_owned())))
     }

@@ -9,9 +9,13 @@
 //!   same [`crate::proxy::plan::Plan`] as iptables), NAT outgoing and the node guard;
 //! - [`policy`] renders NetworkPolicy (Calico's nftables shape, the iptables renderer's
 //!   semantics) into the same table.
-//! - [`writer`] puts a [`Table`] in the kernel: one `nft -f` transaction per sync, holding
-//!   only the elements and chains that differ.
+//! - [`writer`] puts a [`Table`] in the kernel: one transaction per sync, holding only the
+//!   elements and chains that differ; a partial sync goes by netlink ([`netlink`], rules
+//!   compiled by [`expr`]), the rest through `nft -f`.
 
+pub mod expr;
+pub mod netlink;
+mod ops;
 pub mod policy;
 pub mod services;
 pub mod writer;

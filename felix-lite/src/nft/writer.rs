@@ -12,12 +12,14 @@
 //! same one transaction.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
+use tracing::warn;
 
+use super::netlink::Netlink;
+use super::ops::Op;
 use super::{comment_hash, Hook, SetType, Table, FAMILY, TABLE};
 use crate::iptables::{IptablesError, Runner};
 
@@ -25,8 +27,6 @@ use crate::iptables::{IptablesError, Runner};
 pub const STALE_DELETE_AFTER: Duration = Duration::from_secs(1);
 /// How long a chain whose deletion was refused waits before it is tried again.
 const STALE_RETRY: Duration = Duration::from_secs(60);
-/// Elements per `add element` / `delete element` statement.
-const ELEMENTS_PER_LINE: usize = 1000;
 
 /// A set or map as the kernel has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +80,8 @@ pub struct SyncReport {
     pub bytes: usize,
     pub restore_time: Duration,
     pub read_time: Duration,
+    /// The transaction went by netlink, not through `nft`.
+    pub netlink: bool,
 }
 
 impl SyncReport {
@@ -98,6 +100,7 @@ pub struct Writer {
     pub last_input: std::sync::Arc<String>,
     /// Successful transactions so far ([`Writer::adopt`]).
     generation: u64,
+    nl: NetlinkState,
 }
 
 fn decl_of(ty: &SetType) -> String {
@@ -116,6 +119,7 @@ impl Writer {
             stale: HashMap::new(),
             last_input: Default::default(),
             generation: 0,
+            nl: NetlinkState::Untried,
         }
     }
 
@@ -215,39 +219,50 @@ impl Writer {
             report.read_time = t.elapsed();
         }
         let mut known = self.known.take().expect("read above");
-        let mut tx = String::new();
+        let mut rebuild = false;
         if known.exists && needs_rebuild(want, &known) {
-            tx.push_str(&format!("delete table {FAMILY} {TABLE}\n"));
             known = Known::default();
             self.stale.clear();
             report.rebuilt = true;
+            rebuild = true;
         }
         let now = Instant::now();
         let stale_before = self.stale.clone();
-        let touched = transaction(want, &known, &mut self.stale, now, &mut tx, &mut report);
-        // Chains (and sets) flushed long enough ago go in the same transaction (one `nft`
-        // run, which at scale costs mostly its read of the table), after everything else.
-        let (deletions, due) = self.deletions(want, &known, now);
-        if tx.is_empty() && deletions.is_empty() {
+        let mut ops = vec![];
+        if rebuild {
+            ops.push(Op::DeleteTable);
+        }
+        let touched = transaction(want, &known, &mut self.stale, now, &mut ops, &mut report);
+        // Chains (and sets) flushed long enough ago go in the same transaction, after
+        // everything else.
+        let due = self.due(want, &known, now);
+        let deletions: Vec<Op> = due
+            .iter()
+            .map(|name| match known.sets.get(name) {
+                Some(s) => Op::Delete {
+                    name,
+                    kind: s.kind(),
+                },
+                None => Op::DeleteChain(name),
+            })
+            .collect();
+        if ops.is_empty() && deletions.is_empty() {
             self.known = Some(known);
             return Ok(report);
         }
         let t = Instant::now();
-        let changes_len = tx.len();
-        tx.push_str(&deletions);
-        let tx = std::sync::Arc::new(tx);
-        let mut r = self
-            .runner
-            .run_shared(&["nft", "-f", "-"], Some(tx.clone()));
+        let changes = ops.len();
+        ops.extend(deletions);
+        let mut r = self.apply(&ops);
         let mut deleted = r.is_ok();
-        if r.is_err() && !deletions.is_empty() {
+        if r.is_err() && !due.is_empty() {
             // Maybe only a deletion was refused (someone else's rule names a chain of
             // ours): the changes alone, and the deletions tried again later.
             deleted = false;
-            r = if changes_len == 0 {
-                Ok(String::new())
+            r = if changes == 0 {
+                Ok(Applied::default())
             } else {
-                self.nft(&["-f", "-"], Some(&tx[..changes_len]))
+                self.apply(&ops[..changes])
             };
             for name in &due {
                 if let Some(t) = self.stale.get_mut(name) {
@@ -255,14 +270,19 @@ impl Writer {
                 }
             }
         }
+        drop(ops);
         report.restore_time = t.elapsed();
-        report.bytes = if deleted { tx.len() } else { changes_len };
-        if let Err(e) = r {
-            // The transaction is all or nothing: the kernel has what it had. Read it
-            // again next time rather than guess.
-            self.stale = stale_before;
-            return Err(e);
-        }
+        let applied_tx = match r {
+            Ok(a) => a,
+            Err(e) => {
+                // The transaction is all or nothing: the kernel has what it had. Read it
+                // again next time rather than guess.
+                self.stale = stale_before;
+                return Err(e);
+            }
+        };
+        report.bytes = applied_tx.text.len();
+        report.netlink = applied_tx.netlink;
         let mut known = applied(want, known, &self.stale, touched);
         if deleted {
             for name in due {
@@ -274,37 +294,112 @@ impl Writer {
         }
         self.known = Some(known);
         self.generation += 1;
-        self.last_input = if deleted {
-            tx
-        } else {
-            std::sync::Arc::new(tx[..changes_len].to_string())
-        };
+        self.last_input = std::sync::Arc::new(applied_tx.text);
         Ok(report)
     }
 
-    /// The statements deleting what was flushed at least [`STALE_DELETE_AFTER`] ago and is
-    /// still not wanted, and their names.
-    fn deletions(&self, want: &Table, known: &Known, now: Instant) -> (String, Vec<String>) {
-        let mut tx = String::new();
-        let mut due = vec![];
-        for (name, t) in &self.stale {
-            if now < *t + STALE_DELETE_AFTER
-                || want.chains.contains_key(name)
-                || want.sets.contains_key(name)
-            {
-                continue;
-            }
-            if known.chains.contains_key(name) {
-                let _ = writeln!(tx, "delete chain {FAMILY} {TABLE} {}", quoted(name));
-            } else if let Some(s) = known.sets.get(name) {
-                let _ = writeln!(tx, "delete {} {FAMILY} {TABLE} {}", s.kind(), quoted(name));
-            } else {
-                continue;
-            }
-            due.push(name.clone());
+    /// Writes `ops` as one transaction: by netlink when every statement has a message
+    /// (a partial sync), else with `nft -f`. A batch the kernel refuses is written again
+    /// with `nft` (which would tell a mistake of ours from a real refusal), with a warning.
+    fn apply(&mut self, ops: &[Op]) -> Result<Applied, IptablesError> {
+        let mut text = String::new();
+        for op in ops {
+            op.text(&mut text);
         }
-        (tx, due)
+        if let Some(nl) = self.netlink() {
+            let mut batch = nl.batch();
+            let mut whole = true;
+            for op in ops {
+                match op.message() {
+                    Some(m) => batch.push(TABLE, &m),
+                    None => {
+                        whole = false;
+                        break;
+                    }
+                }
+            }
+            if whole && !batch.is_empty() && batch.len() <= nl.max_batch() {
+                match nl.send(batch) {
+                    Ok(()) => {
+                        return Ok(Applied {
+                            text,
+                            netlink: true,
+                        })
+                    }
+                    Err(e) => warn!(
+                        error = %e,
+                        "nftables: the netlink batch was not applied; writing the same change with nft"
+                    ),
+                }
+            }
+        }
+        let text = std::sync::Arc::new(text);
+        self.runner
+            .run_shared(&["nft", "-f", "-"], Some(text.clone()))?;
+        Ok(Applied {
+            text: std::sync::Arc::try_unwrap(text).unwrap_or_else(|t| (*t).clone()),
+            netlink: false,
+        })
     }
+
+    /// The netlink socket, opened on first use in the runner's network namespace; None
+    /// when turned off or it cannot be opened (logged once).
+    fn netlink(&mut self) -> Option<&mut Netlink> {
+        if let NetlinkState::Untried = self.nl {
+            let opened = match self.runner.netns() {
+                Ok(None) => Netlink::open(),
+                Ok(Some(ns)) => Netlink::open_in(ns),
+                Err(e) => Err(e),
+            };
+            self.nl = match opened {
+                Ok(nl) => NetlinkState::Open(nl),
+                Err(e) => {
+                    warn!(error = %e, "nftables: no netlink socket; every change goes through nft");
+                    NetlinkState::Off
+                }
+            };
+        }
+        match &mut self.nl {
+            NetlinkState::Open(nl) => Some(nl),
+            _ => None,
+        }
+    }
+
+    /// Whether changes may go by netlink (on by default); off, every sync runs `nft`.
+    pub fn set_netlink(&mut self, on: bool) {
+        self.nl = if on {
+            NetlinkState::Untried
+        } else {
+            NetlinkState::Off
+        };
+    }
+
+    /// What was flushed at least [`STALE_DELETE_AFTER`] ago and is still not wanted.
+    fn due(&self, want: &Table, known: &Known, now: Instant) -> Vec<String> {
+        self.stale
+            .iter()
+            .filter(|(name, t)| {
+                now >= **t + STALE_DELETE_AFTER
+                    && !want.chains.contains_key(*name)
+                    && !want.sets.contains_key(*name)
+                    && (known.chains.contains_key(*name) || known.sets.contains_key(*name))
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// A transaction the kernel took: its text, and whether it went by netlink.
+#[derive(Default)]
+struct Applied {
+    text: String,
+    netlink: bool,
+}
+
+enum NetlinkState {
+    Untried,
+    Open(Netlink),
+    Off,
 }
 
 /// Our table as the kernel has it now (callable without the writer, for a read off the
@@ -339,15 +434,6 @@ fn needs_rebuild(want: &Table, known: &Known) -> bool {
         || known.chains.keys().any(|n| want.sets.contains_key(n))
 }
 
-/// A name in nft input. Ours are nft identifiers as they are (letters, digits, `-`, `_`,
-/// `.` and `/`: Kubernetes names and addresses), and nft 1.0 refuses quoted set names.
-fn quoted(name: &str) -> &str {
-    name
-}
-
-/// The statements that bring `known` to `want`, in an order the kernel accepts: sets and
-/// chains exist before anything names them; changed chains are rewritten before map
-/// elements lead to them; elements leading to a stale chain go before it is flushed.
 /// The chains and sets a transaction writes (the rest of the kernel's table stays as known).
 #[derive(Default)]
 struct Touched {
@@ -355,12 +441,15 @@ struct Touched {
     sets: Vec<String>,
 }
 
-fn transaction(
-    want: &Table,
-    known: &Known,
+/// The statements that bring `known` to `want`, in an order the kernel accepts: sets and
+/// chains exist before anything names them; changed chains are rewritten before map
+/// elements lead to them; elements leading to a stale chain go before it is flushed.
+fn transaction<'a>(
+    want: &'a Table,
+    known: &'a Known,
     stale: &mut HashMap<String, Instant>,
     now: Instant,
-    tx: &mut String,
+    ops: &mut Vec<Op<'a>>,
     report: &mut SyncReport,
 ) -> Touched {
     let mut touched = Touched::default();
@@ -373,37 +462,19 @@ fn transaction(
             && (known.chains.contains_key(n) || known.sets.contains_key(n))
     });
     if !known.exists {
-        let _ = writeln!(tx, "add table {FAMILY} {TABLE}");
+        ops.push(Op::AddTable);
     }
     for (name, s) in &want.sets {
         if !known.sets.contains_key(name) {
-            let kind = if s.ty.verdict_map { "map" } else { "set" };
-            let _ = writeln!(
-                tx,
-                "add {kind} {FAMILY} {TABLE} {} {{ {} }}",
-                quoted(name),
-                s.ty.decl()
-            );
+            ops.push(Op::AddSet { name, ty: &s.ty });
         }
     }
     for (name, c) in &want.chains {
-        if known.chains.contains_key(name) {
-            continue;
-        }
-        match &c.hook {
-            Some(h) => {
-                let _ = writeln!(
-                    tx,
-                    "add chain {FAMILY} {TABLE} {} {{ type {} hook {} priority {}; policy accept; }}",
-                    quoted(name),
-                    h.kind,
-                    h.hook,
-                    h.priority
-                );
-            }
-            None => {
-                let _ = writeln!(tx, "add chain {FAMILY} {TABLE} {}", quoted(name));
-            }
+        if !known.chains.contains_key(name) {
+            ops.push(Op::AddChain {
+                name,
+                hook: c.hook.as_ref(),
+            });
         }
     }
     for (name, c) in &want.chains {
@@ -418,10 +489,10 @@ fn transaction(
             continue;
         }
         if known.chains.contains_key(name) {
-            let _ = writeln!(tx, "flush chain {FAMILY} {TABLE} {}", quoted(name));
+            ops.push(Op::FlushChain(name));
         }
-        for r in &c.rules {
-            let _ = writeln!(tx, "add rule {FAMILY} {TABLE} {} {}", quoted(name), r.text);
+        for rule in &c.rules {
+            ops.push(Op::AddRule { chain: name, rule });
         }
         touched.chains.push(name.clone());
         report.chains_written += 1;
@@ -442,7 +513,10 @@ fn transaction(
             ),
             None => {
                 if let Some(k) = known.sets.get(name) {
-                    let _ = writeln!(tx, "flush {} {FAMILY} {TABLE} {}", k.kind(), quoted(name));
+                    ops.push(Op::Flush {
+                        name,
+                        kind: k.kind(),
+                    });
                 }
                 (s.elements.iter().collect(), vec![])
             }
@@ -450,17 +524,32 @@ fn transaction(
         if (have.is_none() || !add.is_empty() || !del.is_empty()) && known.sets.contains_key(name) {
             touched.sets.push(name.clone());
         }
-        elements(tx, "delete", name, &del);
-        elements(tx, "add", name, &add);
         report.elements_added += add.len();
         report.elements_deleted += del.len();
+        let ty = &s.ty;
+        if !del.is_empty() {
+            ops.push(Op::Elements {
+                add: false,
+                set: name,
+                ty,
+                items: del,
+            });
+        }
+        if !add.is_empty() {
+            ops.push(Op::Elements {
+                add: true,
+                set: name,
+                ty,
+                items: add,
+            });
+        }
     }
     for (name, k) in &known.chains {
         if want.chains.contains_key(name) {
             continue;
         }
         if !k.rules.is_empty() {
-            let _ = writeln!(tx, "flush chain {FAMILY} {TABLE} {}", quoted(name));
+            ops.push(Op::FlushChain(name));
             report.chains_flushed += 1;
         }
         stale.entry(name.clone()).or_insert(now);
@@ -470,23 +559,14 @@ fn transaction(
             continue;
         }
         if k.elements.as_ref().is_none_or(|e| !e.is_empty()) {
-            let _ = writeln!(tx, "flush {} {FAMILY} {TABLE} {}", k.kind(), quoted(name));
+            ops.push(Op::Flush {
+                name,
+                kind: k.kind(),
+            });
         }
         stale.entry(name.clone()).or_insert(now);
     }
     touched
-}
-
-fn elements(tx: &mut String, verb: &str, set: &str, items: &[&String]) {
-    for chunk in items.chunks(ELEMENTS_PER_LINE) {
-        let list: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
-        let _ = writeln!(
-            tx,
-            "{verb} element {FAMILY} {TABLE} {} {{ {} }}",
-            quoted(set),
-            list.join(", ")
-        );
-    }
 }
 
 /// What the kernel has after a transaction made from `known` and `want` succeeded.

@@ -60,9 +60,20 @@ impl Rule {
     }
 }
 
+/// The longest comment text written after the tag and hash: `nft` refuses a comment over 128
+/// bytes (the whole transaction with it) and iptables one over 255; a Service's or policy's
+/// namespace and name alone can be 316. The rule's hash is of the whole comment.
+pub const MAX_COMMENT: usize = 100;
+
 /// A comment as written into a rule: a quote, a backslash or a control character (a
-/// newline would start a line of its own in the restore or `nft -f` input) becomes `_`.
+/// newline would start a line of its own in the restore or `nft -f` input) becomes `_`, and
+/// the text is cut at [`MAX_COMMENT`] bytes (on a character boundary).
 pub fn safe_comment(comment: &str) -> std::borrow::Cow<'_, str> {
+    let mut end = comment.len().min(MAX_COMMENT);
+    while !comment.is_char_boundary(end) {
+        end -= 1;
+    }
+    let comment = &comment[..end];
     if comment
         .chars()
         .any(|c| c == '"' || c == '\\' || c.is_control())
