@@ -331,6 +331,24 @@ fn services_reach_every_endpoint(dp: Dp) {
             assert_eq!(foreign(lab), foreign_before);
             assert_eq!(foreign_nft(lab), foreign_nft_before);
 
+            // In nftables the changes after the first sync went by netlink, and the kernel
+            // refused none of them (a refused batch is logged, then sent through nft).
+            if dp == Dp::Nftables {
+                let log = std::fs::read_to_string(lab.node("node-0").log()).unwrap();
+                let by = |how: &str| {
+                    log.lines()
+                        .filter(|l| l.contains("services programmed"))
+                        .filter(|l| {
+                            l.contains(&format!("written_by=\"{how}\""))
+                                || l.contains(&format!("written_by={how}"))
+                        })
+                        .count()
+                };
+                assert!(by("netlink") >= 3, "changes by netlink: {}", by("netlink"));
+                assert!(by("nft") >= 1, "the first sync goes through nft");
+                assert!(!log.contains("netlink batch was not applied"), "{log}");
+            }
+
             // A restart keeps every rule: nothing written (iptables: no counter reset;
             // nftables: every rule keeps its handle).
             let before = dp.fingerprint(lab, "node-0");

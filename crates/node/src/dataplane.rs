@@ -199,6 +199,8 @@ pub struct Done {
     pub rules_written: usize,
     pub elements: usize,
     pub write_time: Duration,
+    /// How the change went to the kernel: `iptables-restore`, `nft` or `netlink`.
+    pub written_by: &'static str,
 }
 
 pub enum DpWriter {
@@ -287,6 +289,7 @@ impl DpWriter {
                     rules_written: rep.rules_written,
                     elements: 0,
                     write_time: rep.restore_time,
+                    written_by: "iptables-restore",
                 })
             }
             (DpWriter::Nftables(w), Want::Nftables(t)) => w.sync(t).map(|rep| Done {
@@ -298,6 +301,7 @@ impl DpWriter {
                 rules_written: rep.rules_written,
                 elements: rep.elements_added + rep.elements_deleted,
                 write_time: rep.restore_time,
+                written_by: if rep.netlink { "netlink" } else { "nft" },
             }),
             _ => Err(IptablesError::NoBackend(
                 "internal: rules rendered for the other dataplane".into(),

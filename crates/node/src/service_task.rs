@@ -629,6 +629,7 @@ impl ServiceTask {
                                     read_back = rep.read,
                                     render_ms = render_time.as_millis() as u64,
                                     write_ms = rep.write_time.as_millis() as u64,
+                                    written_by = rep.written_by,
                                     total_ms = started.elapsed().as_millis() as u64,
                                     "services programmed"
                                 );
