@@ -11,7 +11,7 @@
 //! differ (a new version of ours) are fixed by deleting and writing the whole table, in the
 //! same one transaction.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -59,7 +59,8 @@ pub struct KnownChain {
 pub struct Known {
     pub exists: bool,
     pub sets: HashMap<String, KnownSet>,
-    pub chains: HashMap<String, KnownChain>,
+    /// Sorted, as [`Table::chains`]: a sync walks the two side by side.
+    pub chains: BTreeMap<String, KnownChain>,
     /// Packets counted by each rule of ours with a `counter`, by rule hash, as read.
     pub counters: HashMap<u64, u64>,
 }
@@ -419,19 +420,49 @@ pub fn read_table(runner: &Runner) -> Result<Known, IptablesError> {
     }
 }
 
-/// A declaration or hook we want differs from the kernel's.
+/// A declaration or hook we want differs from the kernel's. (Compared chain by chain only
+/// where either side has a hook: a regular chain has none on both.)
 fn needs_rebuild(want: &Table, known: &Known) -> bool {
+    let hook_differs = |name: &String, h: Option<&Hook>| {
+        known
+            .chains
+            .get(name)
+            .is_some_and(|k| k.hook != h.map(hook_of))
+    };
     want.sets
         .iter()
         .any(|(n, s)| known.sets.get(n).is_some_and(|k| k.decl != decl_of(&s.ty)))
-        || want.chains.iter().any(|(n, c)| {
-            known
-                .chains
-                .get(n)
-                .is_some_and(|k| k.hook != c.hook.as_ref().map(hook_of))
+        || want
+            .chains
+            .iter()
+            .any(|(n, c)| c.hook.is_some() && hook_differs(n, c.hook.as_ref()))
+        || known.chains.iter().any(|(n, k)| {
+            k.hook.is_some() && want.chains.get(n).is_some_and(|c| c.hook.is_none())
         })
         || known.sets.keys().any(|n| want.chains.contains_key(n))
-        || known.chains.keys().any(|n| want.sets.contains_key(n))
+        || want.sets.keys().any(|n| known.chains.contains_key(n))
+}
+
+/// The chains of `want` and `known` side by side, by name (both are sorted).
+fn joined<'a>(
+    want: &'a BTreeMap<String, super::Chain>,
+    known: &'a BTreeMap<String, KnownChain>,
+) -> impl Iterator<Item = (&'a String, Option<&'a super::Chain>, Option<&'a KnownChain>)> {
+    let mut w = want.iter().peekable();
+    let mut k = known.iter().peekable();
+    std::iter::from_fn(move || match (w.peek(), k.peek()) {
+        (Some((wn, _)), Some((kn, _))) => match wn.cmp(kn) {
+            std::cmp::Ordering::Less => w.next().map(|(n, c)| (n, Some(c), None)),
+            std::cmp::Ordering::Greater => k.next().map(|(n, c)| (n, None, Some(c))),
+            std::cmp::Ordering::Equal => {
+                let (n, c) = w.next()?;
+                k.next().map(|(_, kc)| (n, Some(c), Some(kc)))
+            }
+        },
+        (Some(_), None) => w.next().map(|(n, c)| (n, Some(c), None)),
+        (None, Some(_)) => k.next().map(|(n, c)| (n, None, Some(c))),
+        (None, None) => None,
+    })
 }
 
 /// The chains and sets a transaction writes (the rest of the kernel's table stays as known).
@@ -469,26 +500,41 @@ fn transaction<'a>(
             ops.push(Op::AddSet { name, ty: &s.ty });
         }
     }
-    for (name, c) in &want.chains {
-        if !known.chains.contains_key(name) {
-            ops.push(Op::AddChain {
-                name,
-                hook: c.hook.as_ref(),
-            });
+    // One pass over the chains of both sides: new ones are added before any rule is
+    // written (a rule may jump to one), changed ones rewritten, stale ones flushed after the
+    // elements that lead to them are gone.
+    let mut rewrites = vec![];
+    let mut flushes = vec![];
+    for (name, c, k) in joined(&want.chains, &known.chains) {
+        match (c, k) {
+            (Some(c), None) => {
+                ops.push(Op::AddChain {
+                    name,
+                    hook: c.hook.as_ref(),
+                });
+                rewrites.push((name, c, false));
+            }
+            (Some(c), Some(k)) => {
+                let same = k.rules.len() == c.rules.len()
+                    && k.rules
+                        .iter()
+                        .zip(&c.rules)
+                        .all(|(h, r)| *h == Some(r.hash));
+                if !same {
+                    rewrites.push((name, c, true));
+                }
+            }
+            (None, Some(k)) => {
+                if !k.rules.is_empty() {
+                    flushes.push(name);
+                }
+                stale.entry(name.clone()).or_insert(now);
+            }
+            (None, None) => {}
         }
     }
-    for (name, c) in &want.chains {
-        let same = known.chains.get(name).is_some_and(|k| {
-            k.rules.len() == c.rules.len()
-                && k.rules
-                    .iter()
-                    .zip(&c.rules)
-                    .all(|(h, r)| *h == Some(r.hash))
-        });
-        if same {
-            continue;
-        }
-        if known.chains.contains_key(name) {
+    for (name, c, flush) in rewrites {
+        if flush {
             ops.push(Op::FlushChain(name));
         }
         for rule in &c.rules {
@@ -544,15 +590,9 @@ fn transaction<'a>(
             });
         }
     }
-    for (name, k) in &known.chains {
-        if want.chains.contains_key(name) {
-            continue;
-        }
-        if !k.rules.is_empty() {
-            ops.push(Op::FlushChain(name));
-            report.chains_flushed += 1;
-        }
-        stale.entry(name.clone()).or_insert(now);
+    for name in flushes {
+        ops.push(Op::FlushChain(name));
+        report.chains_flushed += 1;
     }
     for (name, k) in &known.sets {
         if want.sets.contains_key(name) {
