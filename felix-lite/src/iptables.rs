@@ -178,6 +178,29 @@ impl Runner {
 
     /// `auto`: the legacy backend where the kernel has it (its tools run and can read the
     /// nat table), else nft. `legacy` / `nft`: that one, checked.
+    /// Whether the iptables FORWARD chain drops by default (Docker sets `-P FORWARD DROP`),
+    /// in either backend, and where: forwarded pod traffic would then be dropped there
+    /// whatever another table accepts. Only the iptables dataplane, whose accept of allowed
+    /// pod traffic is in that same chain, gets it through.
+    pub fn forward_policy_drops(&self) -> Option<String> {
+        // iptables-nft's chain is nftables' `ip filter FORWARD`; listing it creates nothing.
+        if let Ok(text) = self.run(&["nft", "list", "chain", "ip", "filter", "FORWARD"], None) {
+            if text.contains("policy drop;") {
+                return Some("iptables-nft's FORWARD chain has policy DROP".into());
+            }
+        }
+        // The legacy filter table, only where it exists already (listing would load it).
+        let names = self.run(&["cat", "/proc/net/ip_tables_names"], None);
+        if !names.is_ok_and(|n| n.lines().any(|l| l.trim() == "filter")) {
+            return None;
+        }
+        let legacy = self.run(&[&Backend::Legacy.tool("save"), "-t", "filter"], None);
+        if legacy.is_ok_and(|t| t.lines().any(|l| l.starts_with(":FORWARD DROP"))) {
+            return Some("iptables-legacy's FORWARD chain has policy DROP".into());
+        }
+        None
+    }
+
     pub fn backend(&self, choice: &str) -> Result<Backend, IptablesError> {
         let try_one = |b: Backend| self.run(&[&b.tool("save"), "-t", "nat"], None).map(|_| b);
         match choice {

@@ -251,3 +251,31 @@ fn a_jump_added_between_ours_keeps_their_order() {
         .unwrap();
     assert_eq!(r.jumps_inserted + r.jumps_removed, 0, "{r:?}");
 }
+
+/// `--dataplane auto` keeps iptables where the iptables FORWARD chain drops by default
+/// (Docker's `-P FORWARD DROP`): seen in either backend, and nothing is seen (or created)
+/// on a host without it.
+#[test]
+fn a_forward_chain_that_drops_by_default_is_seen_in_either_backend() {
+    for (tool, says) in [
+        ("iptables-legacy", "iptables-legacy's FORWARD"),
+        ("iptables-nft", "iptables-nft's FORWARD"),
+    ] {
+        let ns = Netns::new("brl-fwd");
+        let r = Runner {
+            prefix: vec!["ip".into(), "netns".into(), "exec".into(), ns.name().into()],
+            ..Default::default()
+        };
+        assert_eq!(r.forward_policy_drops(), None);
+        // Looking created no legacy table and no nftables table.
+        assert!(!ns
+            .ok(&["cat", "/proc/net/ip_tables_names"])
+            .contains("filter"));
+        assert_eq!(ns.ok(&["nft", "list", "tables"]).trim(), "");
+        ns.ok(&[tool, "-P", "FORWARD", "ACCEPT"]);
+        assert_eq!(r.forward_policy_drops(), None, "{tool}: ACCEPT");
+        ns.ok(&[tool, "-P", "FORWARD", "DROP"]);
+        let got = r.forward_policy_drops().unwrap_or_default();
+        assert!(got.contains(says), "{tool}: {got:?}");
+    }
+}

@@ -49,12 +49,19 @@ pub fn choose(
         "nftables" => nft_ok()
             .map(|_| (Dataplane::Nftables, "--dataplane nftables".into()))
             .map_err(|e| ChooseError::Unusable(format!("nftables: {e}"))),
-        "auto" => match nft_ok() {
-            Ok(()) => Ok((
+        "auto" => match (nft_ok(), runner.forward_policy_drops()) {
+            (Ok(()), None) => Ok((
                 Dataplane::Nftables,
                 "auto: the kernel and nft take every feature used".into(),
             )),
-            Err(e) => Ok((ipt()?, format!("auto: nftables not usable here ({e})"))),
+            (Ok(()), Some(drops)) => Ok((
+                ipt()?,
+                format!(
+                    "auto: {drops} (Docker?): pod traffic accepted in a table of our own would \
+                     still be dropped there, so the rules go into that chain instead"
+                ),
+            )),
+            (Err(e), _) => Ok((ipt()?, format!("auto: nftables not usable here ({e})"))),
         },
         other => Err(ChooseError::Fatal(format!(
             "unknown --dataplane {other:?} (iptables, nftables, auto)"

@@ -144,9 +144,10 @@ struct Args {
     log_denied_group: u16,
     /// Which dataplane programs Services, NAT outgoing and NetworkPolicy: iptables, nftables
     /// (one table of our own, `ip brindle`) or auto (nftables when the kernel and `nft` take
-    /// everything used, else iptables; the choice is logged with its reason). The other
-    /// one's rules are removed after the first sync.
-    #[arg(long, env = "BRINDLE_DATAPLANE", default_value = "iptables", value_parser = ["iptables", "nftables", "auto"])]
+    /// everything used and the iptables FORWARD chain does not drop by default, as Docker
+    /// makes it; else iptables; the choice is logged with its reason). The other one's
+    /// rules are removed after the first sync.
+    #[arg(long, env = "BRINDLE_DATAPLANE", default_value = "auto", value_parser = ["iptables", "nftables", "auto"])]
     dataplane: String,
     /// iptables backend: auto (legacy where the kernel has it, else nft), legacy, nft.
     #[arg(long, env = "BRINDLE_IPTABLES_BACKEND", default_value = "auto", value_parser = ["auto", "legacy", "nft"])]

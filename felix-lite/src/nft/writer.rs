@@ -436,9 +436,10 @@ fn needs_rebuild(want: &Table, known: &Known) -> bool {
             .chains
             .iter()
             .any(|(n, c)| c.hook.is_some() && hook_differs(n, c.hook.as_ref()))
-        || known.chains.iter().any(|(n, k)| {
-            k.hook.is_some() && want.chains.get(n).is_some_and(|c| c.hook.is_none())
-        })
+        || known
+            .chains
+            .iter()
+            .any(|(n, k)| k.hook.is_some() && want.chains.get(n).is_some_and(|c| c.hook.is_none()))
         || known.sets.keys().any(|n| want.chains.contains_key(n))
         || want.sets.keys().any(|n| known.chains.contains_key(n))
 }
