@@ -693,6 +693,26 @@ mod tests {
     use super::*;
     use crate::proxy::Protocol;
 
+    #[test]
+    fn comments_are_cut_on_a_character_boundary_and_lose_quotes() {
+        let long = format!("{}/{}", "ü".repeat(63), "s".repeat(63));
+        let c = safe_comment(&long);
+        assert!(
+            c.len() <= MAX_COMMENT && c.len() >= MAX_COMMENT - 1,
+            "{}",
+            c.len()
+        );
+        assert!(long.starts_with(&*c));
+        assert_eq!(safe_comment("a \"b\"\n"), "a _b__");
+        // The hash is of the whole comment: two names alike in their first 100 bytes
+        // still differ.
+        let a = Rule::new("C", &format!("{long}a"), "-j ACCEPT");
+        let b = Rule::new("C", &format!("{long}b"), "-j ACCEPT");
+        assert_ne!(a.hash, b.hash);
+        assert_ne!(a.text, b.text, "the hash is in the text");
+        assert!(a.text.contains(&*c) && !a.text.contains(&long[..120]));
+    }
+
     fn svc(eps: &[(u8, &str)]) -> ServicePort {
         ServicePort {
             namespace: "ns1".into(),
