@@ -185,7 +185,12 @@ impl Runner {
     pub fn forward_policy_drops(&self) -> Option<String> {
         // iptables-nft's chain is nftables' `ip filter FORWARD`; listing it creates nothing.
         if let Ok(text) = self.run(&["nft", "list", "chain", "ip", "filter", "FORWARD"], None) {
-            if text.contains("policy drop;") {
+            // The chain's own line, not a rule's comment.
+            let header = text
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("type filter hook"));
+            if header.is_some_and(|l| l.ends_with("policy drop;")) {
                 return Some("iptables-nft's FORWARD chain has policy DROP".into());
             }
         }

@@ -46,8 +46,8 @@ fn ctx() -> NodeContext {
 /// Services with every feature the renderer has: node ports, load balancers with and
 /// without source ranges, external IPs, affinity, local traffic policies, no endpoints,
 /// and names as long as the API allows (a comment nft would refuse, cut).
-fn services() -> Vec<ServicePort> {
-    (0u8..24)
+fn services(n: u8) -> Vec<ServicePort> {
+    (0u8..n)
         .map(|i| {
             let protocol = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp][usize::from(i % 3)];
             let endpoints = (0..i % 5)
@@ -169,6 +169,11 @@ fn policy_world() -> (World, Vec<Pod>) {
 
 /// Everything: Services, NAT outgoing, the node guard, and NetworkPolicy.
 fn table() -> Table {
+    table_of(24, 3)
+}
+
+/// The first `n` Services and the first `pods` pods.
+fn table_of(n: u8, pods: usize) -> Table {
     let guard = NodeGuard {
         pod_blocked_ports: vec![179],
         nat_outgoing_exclusions: NatOutgoingExclusions::IPPoolsAndHostIPs,
@@ -182,9 +187,11 @@ fn table() -> Table {
         ALL_HOSTS_SET.to_string(),
         vec!["198.18.0.1/32".parse().unwrap()],
     );
-    let r: Vec<ServiceNft> = services().iter().map(|s| render(s, &ctx())).collect();
+    let r: Vec<ServiceNft> = services(n).iter().map(|s| render(s, &ctx())).collect();
     let mut t = assemble(&ctx(), &guard, &sets, &r);
-    let (world, pods) = policy_world();
+    let (world, mut all) = policy_world();
+    all.truncate(pods);
+    let pods = all;
     let local: Vec<LocalEndpoint> = pods
         .iter()
         .map(|p| LocalEndpoint {
@@ -325,6 +332,26 @@ fn what_netlink_writes_is_what_nft_writes() {
     w.invalidate();
     let r = w.sync(&want).expect("re-read");
     assert!(!r.wrote(), "{r:?}\n{}", w.last_input);
+
+    // Half the Services and a pod go: elements deleted from maps and sets, chains flushed,
+    // and a second later chains and affinity sets deleted — by netlink on one side.
+    let smaller = table_of(12, 2);
+    let mut wa = writer(&a, false);
+    for _ in 0..2 {
+        wa.sync(&smaller).expect("nft: smaller");
+        let r = w.sync(&smaller).expect("netlink: smaller");
+        assert!(r.netlink && r.wrote(), "{r:?}");
+        std::thread::sleep(brindle_felix_lite::nft::writer::STALE_DELETE_AFTER);
+    }
+    let r = w.sync(&smaller).expect("netlink: deletions");
+    wa.sync(&smaller).expect("nft: deletions");
+    assert!(!r.wrote(), "deleted at the second sync already: {r:?}");
+    let (la, lb) = (listing(&a), listing(&b));
+    assert!(
+        !lb.contains("ns/s13/") && !lb.contains("brl0000000c2"),
+        "{lb}"
+    );
+    assert_eq!(lb, la);
 }
 
 /// A batch the kernel refuses changes nothing (the batch is one transaction) and the

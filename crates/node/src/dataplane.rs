@@ -372,6 +372,9 @@ pub struct Read {
     generation: u64,
     state: ReadState,
     pub counters: Option<HashMap<u64, u64>>,
+    /// nftables: the iptables FORWARD chain drops by default now (Docker started after
+    /// the choice?), and where.
+    pub forward_drops: Option<String>,
 }
 
 impl Reader {
@@ -395,9 +398,14 @@ impl Reader {
                 (ReadState::Nftables(k), c)
             }
         };
+        let forward_drops = match self.dp {
+            Dataplane::Nftables => self.runner.forward_policy_drops(),
+            Dataplane::Iptables(_) => None,
+        };
         Ok(Read {
             generation: self.generation,
             state,
+            forward_drops,
             counters,
         })
     }

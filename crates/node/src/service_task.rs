@@ -369,6 +369,8 @@ impl ServiceTask {
         // Map elements left out of the nftables table (duplicate keys), as last logged.
         let mut conflicts: Vec<String> = vec![];
         // The periodic read of the kernel's rules, when one is running.
+        // The FORWARD-policy warning was given (said once per change of state).
+        let mut forward_warned = false;
         let mut read_job: Option<
             tokio::task::JoinHandle<
                 Result<crate::dataplane::Read, brindle_felix_lite::iptables::IptablesError>,
@@ -450,6 +452,17 @@ impl ServiceTask {
                     let Ok(res) = res else { return };
                     match res {
                         Ok(read) => {
+                            match (&read.forward_drops, forward_warned) {
+                                (Some(d), false) => {
+                                    warn!("{d}: pod traffic the nftables dataplane accepts is dropped there (Docker started after the agent?); a restart with --dataplane auto chooses iptables, or set that policy to ACCEPT");
+                                    forward_warned = true;
+                                }
+                                (None, true) => {
+                                    info!("the iptables FORWARD chain no longer drops by default");
+                                    forward_warned = false;
+                                }
+                                _ => {}
+                            }
                             if let Some(c) = &read.counters {
                                 publish_counters(&self.metrics, &policy_rules.count(c), &pst);
                             }

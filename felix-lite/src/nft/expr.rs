@@ -374,6 +374,9 @@ pub fn compile(body: &str) -> Option<Vec<Expr>> {
                     None => out.push(cmp(CMP_EQ, v.parse::<u16>().ok()?.to_be_bytes().to_vec())),
                     Some((a, b)) => {
                         let (a, b) = (a.parse::<u16>().ok()?, b.parse::<u16>().ok()?);
+                        if a > b {
+                            return None; // nft refuses it; so do we
+                        }
                         out.push(cmp(CMP_GTE, a.to_be_bytes().to_vec()));
                         out.push(cmp(CMP_LTE, b.to_be_bytes().to_vec()));
                     }
@@ -631,6 +634,7 @@ mod tests {
             "log prefix \"a b\" group 3",
             "update @a { ip daddr } accept",
             "fib daddr type unicast accept",
+            "tcp dport 90-80 accept",
         ] {
             assert_eq!(compile(body), None, "{body}");
         }

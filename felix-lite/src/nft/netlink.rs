@@ -341,19 +341,29 @@ pub struct Netlink {
     buf: Vec<u8>,
 }
 
-/// Why a batch was not applied.
+/// Why a batch was not applied, or why its fate is not known.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("netlink socket: {0}")]
-    Io(#[from] io::Error),
+    /// The send failed: the kernel has nothing of it.
+    #[error("the batch was not sent: {0}")]
+    NotSent(io::Error),
+    /// The kernel refused it, and applied none of it.
     #[error("the kernel refused the batch at \"{what}\": {err}{}", detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default())]
     Refused {
         what: String,
         err: io::Error,
         detail: Option<String>,
     },
-    #[error("no answer from the kernel for the batch within {0:?}")]
-    NoAnswer(Duration),
+    /// Sent, but its answer was lost or did not come: it may or may not be committed.
+    #[error("the kernel's answer to the batch was lost: {0}")]
+    Unknown(String),
+}
+
+impl NetlinkError {
+    /// The kernel holds nothing of the batch (writing it again another way is safe).
+    pub fn nothing_applied(&self) -> bool {
+        !matches!(self, NetlinkError::Unknown(_))
+    }
 }
 
 impl Netlink {
@@ -373,6 +383,8 @@ impl Netlink {
         use nix::sys::socket::{setsockopt, sockopt};
         let fd = std::os::fd::AsFd::as_fd(&socket);
         let _ = setsockopt(&fd, sockopt::SndBufForce, &(8 << 20));
+        // Room for the answers of a large batch (every refused message has one).
+        let _ = setsockopt(&fd, sockopt::RcvBufForce, &(4 << 20));
         let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as i64, 0);
         setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(io::Error::from)?;
         Ok(Netlink {
@@ -415,15 +427,25 @@ impl Netlink {
     pub fn send(&mut self, batch: Batch) -> Result<(), NetlinkError> {
         let (buf, first, last, what) = batch.finish();
         self.seq = last.wrapping_add(2);
-        self.socket.send(&buf, 0)?;
+        self.drain();
+        self.socket.send(&buf, 0).map_err(NetlinkError::NotSent)?;
         let mut refused: Option<NetlinkError> = None;
+        // Answers dropped for want of room (ENOBUFS): an error of this batch may be among
+        // them, so its fate is unknown whatever comes after.
+        let mut lost = false;
         loop {
             let n = match self.socket.recv(&mut &mut self.buf[..], 0) {
                 Ok(n) => n.min(self.buf.len()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(NetlinkError::NoAnswer(ANSWER_TIMEOUT))
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    lost = true;
+                    continue;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Err(NetlinkError::Unknown(format!(
+                        "no answer within {ANSWER_TIMEOUT:?}"
+                    )))
+                }
+                Err(e) => return Err(NetlinkError::Unknown(e.to_string())),
             };
             let mut at = 0;
             while at < n {
@@ -461,11 +483,26 @@ impl Netlink {
                 // The batch's begin refused (nothing processed), or the last message's
                 // answer (every error before it has come already): done.
                 if seq == first || seq == last {
-                    return match refused {
-                        Some(e) => Err(e),
-                        None => Ok(()),
+                    return match (refused, lost) {
+                        (Some(e), _) => Err(e),
+                        (None, true) => Err(NetlinkError::Unknown(
+                            "answers were dropped (ENOBUFS)".into(),
+                        )),
+                        (None, false) => Ok(()),
                     };
                 }
+            }
+        }
+    }
+
+    /// Reads and drops whatever is waiting (answers left from an earlier batch, a pending
+    /// ENOBUFS): a congested socket would drop this batch's answer.
+    fn drain(&mut self) {
+        for _ in 0..10_000 {
+            match self.socket.recv(&mut &mut self.buf[..], libc::MSG_DONTWAIT) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {}
+                Err(_) => return,
             }
         }
     }

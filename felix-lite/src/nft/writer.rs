@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::warn;
+use tracing::{debug, error, warn};
 
 use super::netlink::Netlink;
 use super::ops::Op;
@@ -301,12 +301,16 @@ impl Writer {
 
     /// Writes `ops` as one transaction: by netlink when every statement has a message
     /// (a partial sync), else with `nft -f`. A batch the kernel refuses is written again
-    /// with `nft` (which would tell a mistake of ours from a real refusal), with a warning.
+    /// with `nft`: if `nft` fails too the refusal was real; if `nft` succeeds, our
+    /// encoding is wrong somewhere, said once, and every later change goes through `nft`.
+    /// A batch whose answer was lost is not written again (it may be committed): the sync
+    /// fails and the next one reads the table first.
     fn apply(&mut self, ops: &[Op]) -> Result<Applied, IptablesError> {
         let mut text = String::new();
         for op in ops {
             op.text(&mut text);
         }
+        let mut refused = None;
         if let Some(nl) = self.netlink() {
             let mut batch = nl.batch();
             let mut whole = true;
@@ -327,16 +331,34 @@ impl Writer {
                             netlink: true,
                         })
                     }
-                    Err(e) => warn!(
-                        error = %e,
-                        "nftables: the netlink batch was not applied; writing the same change with nft"
-                    ),
+                    Err(e) if e.nothing_applied() => refused = Some(e),
+                    Err(e) => {
+                        return Err(IptablesError::Failed {
+                            cmd: "nf_tables netlink batch".into(),
+                            stderr: e.to_string(),
+                        })
+                    }
                 }
             }
         }
         let text = std::sync::Arc::new(text);
-        self.runner
-            .run_shared(&["nft", "-f", "-"], Some(text.clone()))?;
+        let r = self
+            .runner
+            .run_shared(&["nft", "-f", "-"], Some(text.clone()));
+        if let Some(e) = refused {
+            match &r {
+                Ok(_) => {
+                    error!(
+                        error = %e,
+                        "nftables: the kernel refused a netlink batch that nft wrote as text: \
+                         our encoding differs from nft's; every change goes through nft from now on"
+                    );
+                    self.nl = NetlinkState::Off;
+                }
+                Err(_) => debug!(error = %e, "nftables: the kernel refused the change (nft too)"),
+            }
+        }
+        r?;
         Ok(Applied {
             text: std::sync::Arc::try_unwrap(text).unwrap_or_else(|t| (*t).clone()),
             netlink: false,
