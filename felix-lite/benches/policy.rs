@@ -19,7 +19,7 @@ use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext, Renderer, SetKind
 use brindle_felix_lite::proxy::rules::Ruleset;
 use brindle_policy::compile::Program;
 use brindle_policy::model::{
-    NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule, Selector,
+    Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule, Selector,
 };
 use brindle_policy::World;
 use brindle_testsupport::bench::write_results;
@@ -42,24 +42,16 @@ fn sel(k: &str, v: String) -> Selector {
 }
 
 fn pod(i: usize, size: &Size, app: usize) -> Pod {
-    Pod {
-        namespace: format!("ns{}", i % size.namespaces),
-        name: format!("p{i}"),
-        labels: [("app".to_string(), format!("app{app}"))].into(),
-        ips: vec![std::net::Ipv4Addr::from(0x0a00_0000u32 + i as u32).into()],
-        ports: vec![NamedPort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
-        host_network: false,
-        finished: false,
-        node: if i < size.local {
-            "me".into()
-        } else {
-            "other".into()
-        },
-    }
+    let node = if i < size.local { "me" } else { "other" };
+    let ip = std::net::Ipv4Addr::from(0x0a00_0000u32 + i as u32);
+    Pod::running(
+        &format!("ns{}", i % size.namespaces),
+        &format!("p{i}"),
+        node,
+        ip.into(),
+    )
+    .label("app", &format!("app{app}"))
+    .port("http", Protocol::Tcp, 8080)
 }
 
 /// Policy i selects `app(i mod 10)` in its namespace; rule j admits `app((i+j) mod 10)`

@@ -598,28 +598,16 @@ fn endpoint_chain(name: &str, group: Option<&str>, ctx: &PolicyContext) -> Chain
 pub(crate) mod tests {
     use super::*;
     use brindle_policy::model::{
-        NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule as PRule,
-        Selector,
+        Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule as PRule, Selector,
     };
     use brindle_policy::World;
 
     /// x/<name>, labelled `pod=<name>`, on n1, serving `http` on TCP 8080 (also the nftables
     /// renderer's tests' pod).
     pub(crate) fn pod(name: &str, ip: &str) -> Pod {
-        Pod {
-            namespace: "x".into(),
-            name: name.into(),
-            labels: [("pod".to_string(), name.to_string())].into(),
-            ips: vec![ip.parse().unwrap()],
-            ports: vec![NamedPort {
-                name: "http".into(),
-                protocol: Protocol::Tcp,
-                port: 8080,
-            }],
-            host_network: false,
-            finished: false,
-            node: "n1".into(),
-        }
+        Pod::running("x", name, "n1", ip.parse().unwrap())
+            .label("pod", name)
+            .port("http", Protocol::Tcp, 8080)
     }
 
     #[test]

@@ -5,42 +5,27 @@
 //! The renderers' output covers every form they write: Services with every feature and
 //! NetworkPolicy with every kind of peer and port, `--log-denied` on.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use brindle_felix_lite::iptables::Runner;
 use brindle_felix_lite::nft::expr::{compile, split_comment};
 use brindle_felix_lite::nft::policy::{merge, Renderer};
 use brindle_felix_lite::nft::services::{assemble, render, ServiceNft};
 use brindle_felix_lite::nft::writer::Writer;
 use brindle_felix_lite::nft::{rule, Table};
-use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext};
-use brindle_felix_lite::proxy::rules::{ALL_HOSTS_SET, ALL_POOLS_SET, MASQ_POOLS_SET};
-use brindle_felix_lite::proxy::{
-    Endpoint, NatOutgoingExclusions, NodeContext, NodeGuard, Protocol, ServicePort,
-};
+use brindle_felix_lite::policy::PolicyContext;
+use brindle_felix_lite::proxy::{Endpoint, Protocol, ServicePort};
 use brindle_policy::compile::Program;
-use brindle_policy::model::{
-    NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Rule, Selector,
-};
+use brindle_policy::model::{Namespace, Namespaces, Peer, Pod, Policy, Port, Rule, Selector};
 use brindle_policy::World;
 use brindle_testsupport::Netns;
 
+mod common;
+use common::{ctx, guard, local_endpoints, sets};
+
 fn writer(ns: &Netns, netlink: bool) -> Writer {
-    let mut w = Writer::new(Runner {
-        prefix: vec!["ip".into(), "netns".into(), "exec".into(), ns.name().into()],
-        ..Default::default()
-    });
+    let mut w = common::writer(ns);
     w.set_netlink(netlink);
     w
-}
-
-fn ctx() -> NodeContext {
-    NodeContext {
-        node: "n1".into(),
-        zone: None,
-        masquerade_bit: 14,
-    }
 }
 
 /// Services with every feature the renderer has: node ports, load balancers with and
@@ -82,24 +67,11 @@ fn services(n: u8) -> Vec<ServicePort> {
 }
 
 fn policy_world() -> (World, Vec<Pod>) {
-    let sel = |v: &str| {
-        let mut s = Selector::default();
-        s.labels.insert("app".into(), v.into());
-        s
-    };
-    let pod = |name: &str, app: &str, ip: &str| Pod {
-        namespace: "x".into(),
-        name: name.into(),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![ip.parse().unwrap()],
-        ports: vec![NamedPort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
-        host_network: false,
-        finished: false,
-        node: "n1".into(),
+    let sel = |v: &str| Selector::label("app", v);
+    let pod = |name: &str, app: &str, ip: &str| {
+        Pod::running("x", name, "n1", ip.parse().unwrap())
+            .label("app", app)
+            .port("http", Protocol::Tcp, 8080)
     };
     let mut w = World::default();
     w.namespaces.insert("x".into(), Namespace::new("x", &[]));
@@ -174,31 +146,12 @@ fn table() -> Table {
 
 /// The first `n` Services and the first `pods` pods.
 fn table_of(n: u8, pods: usize) -> Table {
-    let guard = NodeGuard {
-        pod_blocked_ports: vec![179],
-        nat_outgoing_exclusions: NatOutgoingExclusions::IPPoolsAndHostIPs,
-        workload_prefix: "brl".into(),
-    };
-    let mut sets = BTreeMap::new();
-    let pools = vec!["10.244.0.0/16".parse().unwrap()];
-    sets.insert(ALL_POOLS_SET.to_string(), pools.clone());
-    sets.insert(MASQ_POOLS_SET.to_string(), pools);
-    sets.insert(
-        ALL_HOSTS_SET.to_string(),
-        vec!["198.18.0.1/32".parse().unwrap()],
-    );
     let r: Vec<ServiceNft> = services(n).iter().map(|s| render(s, &ctx())).collect();
-    let mut t = assemble(&ctx(), &guard, &sets, &r);
+    let mut t = assemble(&ctx(), &guard(), &sets(), &r);
     let (world, mut all) = policy_world();
     all.truncate(pods);
     let pods = all;
-    let local: Vec<LocalEndpoint> = pods
-        .iter()
-        .map(|p| LocalEndpoint {
-            veth: format!("brl0000000{}", p.name),
-            pod: Some(format!("x/{}", p.name)),
-        })
-        .collect();
+    let local = local_endpoints(&pods);
     let pctx = PolicyContext {
         log_denied: Some(30),
         ..Default::default()

@@ -3,41 +3,15 @@
 //! elements and chains, drift is repaired, a failed transaction changes nothing, stale
 //! chains go, and nothing outside our table is touched.
 
-use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use brindle_felix_lite::iptables::Runner;
 use brindle_felix_lite::nft::services::{assemble, render, ServiceNft};
-use brindle_felix_lite::nft::writer::Writer;
 use brindle_felix_lite::nft::{rule, Table};
-use brindle_felix_lite::proxy::rules::{ALL_HOSTS_SET, ALL_POOLS_SET, MASQ_POOLS_SET};
-use brindle_felix_lite::proxy::{
-    Endpoint, NatOutgoingExclusions, NodeContext, NodeGuard, Protocol, ServicePort,
-};
+use brindle_felix_lite::proxy::{Endpoint, Protocol, ServicePort};
 use brindle_testsupport::Netns;
 
-fn writer(ns: &Netns) -> Writer {
-    Writer::new(Runner {
-        prefix: vec!["ip".into(), "netns".into(), "exec".into(), ns.name().into()],
-        ..Default::default()
-    })
-}
-
-fn ctx() -> NodeContext {
-    NodeContext {
-        node: "n1".into(),
-        zone: None,
-        masquerade_bit: 14,
-    }
-}
-
-fn guard() -> NodeGuard {
-    NodeGuard {
-        pod_blocked_ports: vec![179],
-        nat_outgoing_exclusions: NatOutgoingExclusions::IPPoolsAndHostIPs,
-        workload_prefix: "brl".into(),
-    }
-}
+mod common;
+use common::{ctx, guard, local_endpoints, sets, writer};
 
 fn svc(i: u8, eps: u8) -> ServicePort {
     let protocol = if i.is_multiple_of(2) {
@@ -62,26 +36,6 @@ fn svc(i: u8, eps: u8) -> ServicePort {
         s.load_balancer_source_ranges = vec!["198.18.0.0/16".parse().unwrap()];
     }
     s.affinity_seconds = i.is_multiple_of(5).then_some(600);
-    s
-}
-
-fn sets() -> BTreeMap<String, Vec<ipnetwork::Ipv4Network>> {
-    let mut s = BTreeMap::new();
-    s.insert(
-        ALL_POOLS_SET.to_string(),
-        vec!["10.244.0.0/16".parse().unwrap()],
-    );
-    s.insert(
-        MASQ_POOLS_SET.to_string(),
-        vec!["10.244.0.0/16".parse().unwrap()],
-    );
-    s.insert(
-        ALL_HOSTS_SET.to_string(),
-        vec![
-            "198.18.0.1/32".parse().unwrap(),
-            "198.18.0.2/32".parse().unwrap(),
-        ],
-    );
     s
 }
 
@@ -221,31 +175,16 @@ fn this_kernel_takes_everything_we_write_and_the_check_commits_nothing() {
 #[test]
 fn policy_reads_back_and_a_pod_is_one_element() {
     use brindle_felix_lite::nft::policy::{merge, Renderer};
-    use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext};
+    use brindle_felix_lite::policy::PolicyContext;
     use brindle_policy::compile::Program;
-    use brindle_policy::model::{
-        NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Rule, Selector,
-    };
+    use brindle_policy::model::{Namespace, Namespaces, Peer, Pod, Policy, Port, Rule, Selector};
     use brindle_policy::World;
     let ns = Netns::new("brl-np");
-    let sel = |v: &str| {
-        let mut s = Selector::default();
-        s.labels.insert("app".into(), v.into());
-        s
-    };
-    let pod = |name: &str, app: &str, ip: &str| Pod {
-        namespace: "x".into(),
-        name: name.into(),
-        labels: [("app".to_string(), app.to_string())].into(),
-        ips: vec![ip.parse().unwrap()],
-        ports: vec![NamedPort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
-        host_network: false,
-        finished: false,
-        node: "n1".into(),
+    let sel = |v: &str| Selector::label("app", v);
+    let pod = |name: &str, app: &str, ip: &str| {
+        Pod::running("x", name, "n1", ip.parse().unwrap())
+            .label("app", app)
+            .port("http", Protocol::Tcp, 8080)
     };
     let mut w = World::default();
     w.namespaces.insert("x".into(), Namespace::new("x", &[]));
@@ -283,13 +222,7 @@ fn policy_reads_back_and_a_pod_is_one_element() {
         pod("c1", "client", "10.244.0.2"),
         pod("c2", "other", "10.244.0.3"),
     ];
-    let local: Vec<LocalEndpoint> = pods
-        .iter()
-        .map(|p| LocalEndpoint {
-            veth: format!("brl0000000{}", p.name),
-            pod: Some(format!("x/{}", p.name)),
-        })
-        .collect();
+    let local = local_endpoints(&pods);
     let ctx = PolicyContext {
         log_denied: Some(30),
         ..Default::default()

@@ -10,7 +10,7 @@ use brindle_felix_lite::policy::{render, LocalEndpoint, PolicyContext};
 use brindle_felix_lite::proxy::rules::{Ruleset, TableRules};
 use brindle_policy::compile::Program;
 use brindle_policy::model::{
-    NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule, Selector,
+    Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule, Selector,
 };
 use brindle_policy::World;
 use brindle_testsupport::{ChildGuard, Netns};
@@ -79,20 +79,9 @@ fn wire(node: &Netns, pod: &Netns, veth: &str, ip: &str) {
 }
 
 fn pod(name: &str, ip: &str) -> Pod {
-    Pod {
-        namespace: "x".into(),
-        name: name.into(),
-        labels: [("pod".to_string(), name.to_string())].into(),
-        ips: vec![ip.parse().unwrap()],
-        ports: vec![NamedPort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 8080,
-        }],
-        host_network: false,
-        finished: false,
-        node: "n1".into(),
-    }
+    Pod::running("x", name, "n1", ip.parse().unwrap())
+        .label("pod", name)
+        .port("http", Protocol::Tcp, 8080)
 }
 
 #[test]

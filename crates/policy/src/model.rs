@@ -65,6 +65,13 @@ pub struct Selector {
 }
 
 impl Selector {
+    /// `matchLabels: {key: value}`.
+    pub fn label(key: &str, value: &str) -> Selector {
+        let mut s = Selector::default();
+        s.labels.insert(key.into(), value.into());
+        s
+    }
+
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
             && self.exprs.iter().all(|e| match e {
@@ -170,6 +177,38 @@ pub struct Pod {
     pub node: String,
     /// Succeeded or Failed: its containers are gone (no addresses, no interface).
     pub finished: bool,
+}
+
+impl Pod {
+    /// A running workload pod with one address, no labels and no ports (add them with
+    /// [`Pod::label`] and [`Pod::port`]).
+    pub fn running(namespace: &str, name: &str, node: &str, ip: IpAddr) -> Pod {
+        Pod {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: BTreeMap::new(),
+            ips: vec![ip],
+            ports: vec![],
+            host_network: false,
+            node: node.into(),
+            finished: false,
+        }
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Pod {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// A named container port.
+    pub fn port(mut self, name: &str, protocol: Protocol, port: u16) -> Pod {
+        self.ports.push(NamedPort {
+            name: name.into(),
+            protocol,
+            port,
+        });
+        self
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
