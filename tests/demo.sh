@@ -11,6 +11,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "tests/demo.sh: run as root (it makes network namespaces)" >&2; exit 1; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+# Runs a command, shows its output and passes it on. (Not `tee /dev/stderr`: that reopens
+# the file behind stderr, and with `demo.sh > demo.log 2>&1` the reopen truncated the log.)
+shown() { local out; out=$("$@"); printf '%s\n' "$out" >&2; printf '%s\n' "$out"; }
 
 say "installing packages"
 export DEBIAN_FRONTEND=noninteractive
@@ -42,9 +45,9 @@ say "brindle-lab up --nodes 3 --tor"
 
 say "pods and a Service"
 "$lab" pod add web-0 --node node-0 --label app=web
-web1=$("$lab" pod add web-1 --node node-1 --label app=web | tee /dev/stderr | sed -n 's/.*: //p')
+web1=$(shown "$lab" pod add web-1 --node node-1 --label app=web | sed -n 's/.*: //p')
 "$lab" pod add client --node node-2
-vip=$("$lab" service add web --selector app=web --port 80:8080 | tee /dev/stderr | sed -n 's/.*cluster IP //p')
+vip=$(shown "$lab" service add web --selector app=web --port 80:8080 | sed -n 's/.*cluster IP //p')
 
 status=$("$lab" status)
 read -r -a flags <<<"$(sed -n 's/^brindlectl //p' <<<"$status")"
