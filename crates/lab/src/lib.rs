@@ -841,6 +841,45 @@ impl Lab {
         }
     }
 
+    /// Until every running node's BGP sessions (mesh, reflectors, top-of-rack routers) are
+    /// Established and their number stays the same across two looks, or `timeout`. (A fresh
+    /// lab has no blocks, so [`Lab::wait_converged`] says nothing of its sessions.)
+    pub fn wait_sessions(&self, timeout: Duration) -> Result<Duration, String> {
+        let start = Instant::now();
+        let mut last: Option<usize> = None;
+        loop {
+            match self.sessions_up() {
+                Ok(n) if last == Some(n) => return Ok(start.elapsed()),
+                Ok(n) => last = Some(n),
+                Err(e) if start.elapsed() > timeout => {
+                    return Err(format!("BGP sessions not up after {timeout:?}: {e}"))
+                }
+                Err(_) => last = None,
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// How many sessions the running nodes have, all Established; or which is not.
+    fn sessions_up(&self) -> Result<usize, String> {
+        let lonely = self.nodes.len() < 2 && self.tors.is_empty();
+        let mut total = 0;
+        for n in self.nodes.iter().filter(|n| n.agent_pid().is_some()) {
+            let peers = self.peers(&n.name);
+            if peers.is_empty() && !lonely {
+                return Err(format!("{} has no BGP peers yet", n.name));
+            }
+            if let Some(p) = peers.iter().find(|p| p["state"] != "Established") {
+                return Err(format!(
+                    "{}'s session with {} is {}",
+                    n.name, p["addr"], p["state"]
+                ));
+            }
+            total += peers.len();
+        }
+        Ok(total)
+    }
+
     fn converged(&self) -> Result<(), String> {
         let mut blocks = self.blocks();
         blocks.retain(|owner, _| self.nodes.iter().any(|n| &n.name == owner));

@@ -286,6 +286,14 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
         Ok(t) => progress(&format!("converged in {:.1} s", t.as_secs_f64())),
         Err(e) => progress(&format!("warning: {e}")),
     }
+    progress("waiting for every BGP session, top-of-rack routers included");
+    match lab.wait_sessions(Duration::from_secs(120)) {
+        Ok(t) => progress(&format!(
+            "every BGP session Established ({:.1} s)",
+            t.as_secs_f64()
+        )),
+        Err(e) => progress(&format!("warning: {e}")),
+    }
     let _ = std::fs::remove_file(socket(dir));
     let l = UnixListener::bind(socket(dir))?;
     std::fs::write(dir.join("ready"), "")?;

@@ -40,11 +40,25 @@ fn up_pods_exec_status_and_down_after_a_crash() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
     let _down = Down(dir.clone());
-    let (ok, out) = lab(&dir, &["up", "--nodes", "2"]);
+    let (ok, out) = lab(&dir, &["up", "--nodes", "2", "--tor"]);
     assert!(ok, "{out}");
     assert!(
         out.contains("starting brindle-node on node-1") && out.contains("lab is up"),
         "{out}"
+    );
+    // Up means the BGP sessions are: status right away shows each node's as Established.
+    assert!(out.contains("every BGP session Established"), "{out}");
+    let (ok, st) = lab(&dir, &["status"]);
+    assert!(ok, "{st}");
+    let sessions: Vec<&str> = st
+        .lines()
+        .skip_while(|l| *l != "SESSIONS")
+        .skip(2) // the title and the table's header
+        .take_while(|l| *l != "PODS" && !l.trim().is_empty())
+        .collect();
+    assert!(
+        !sessions.is_empty() && sessions.iter().all(|l| l.contains("Established")),
+        "{st}"
     );
     let (ok, again) = lab(&dir, &["up"]);
     assert!(!ok && again.contains("already running"), "{again}");
