@@ -13,11 +13,47 @@ pub struct Doc {
     pub file: String,
     pub line: usize,
     pub value: Value,
+    /// The document's text and the file's line it begins on, to find a field's line.
+    pub text: std::sync::Arc<str>,
+    pub text_line: usize,
 }
 
 impl Doc {
     pub fn origin(&self) -> String {
         format!("{}:{}", self.file, self.line)
+    }
+
+    /// Where the field at `path` (`spec.peers[0].asNumber`, as serde paths print) is
+    /// written: each key looked for in turn below the one before, as block YAML or JSON
+    /// writes it; the document's first line when a key is not found.
+    pub fn field_origin(&self, path: &str) -> String {
+        let lines: Vec<&str> = self.text.lines().collect();
+        let mut at = None::<usize>;
+        for seg in path.split('.') {
+            let key = seg.split('[').next().unwrap_or(seg);
+            if key.is_empty() || key.parse::<usize>().is_ok() {
+                continue;
+            }
+            let (yaml, json) = (format!("{key}:"), format!("\"{key}\""));
+            let from = at.map_or(0, |a| a + 1);
+            let found = lines.get(from..).and_then(|rest| {
+                rest.iter().position(|l| {
+                    let t = l
+                        .trim_start()
+                        .trim_start_matches("- ")
+                        .trim_start_matches(['{', ',', ' ']);
+                    t.starts_with(&yaml) || t.starts_with(&json)
+                })
+            });
+            match found {
+                Some(i) => at = Some(from + i),
+                None => return self.origin(),
+            }
+        }
+        match at {
+            Some(a) => format!("{}:{}", self.file, self.text_line + a),
+            None => self.origin(),
+        }
     }
 }
 
@@ -103,6 +139,8 @@ fn expand_list(d: Doc, out: &mut Vec<Doc>) {
                         file: d.file.clone(),
                         line: d.line,
                         value,
+                        text: d.text.clone(),
+                        text_line: d.text_line,
                     },
                     out,
                 );
@@ -126,6 +164,8 @@ fn parse_json(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
                 file: file.into(),
                 line,
                 value,
+                text: text[offset + skipped..stream.byte_offset()].into(),
+                text_line: line,
             }),
             Some(Err(e)) => anyhow::bail!("{file}:{}:{}: invalid JSON: {e}", e.line(), e.column()),
         }
@@ -178,6 +218,8 @@ fn parse_yaml(file: &str, text: &str) -> anyhow::Result<Vec<Doc>> {
             file: file.into(),
             line: start + first,
             value,
+            text: body.as_str().into(),
+            text_line: start,
         });
     }
     Ok(out)
@@ -241,6 +283,21 @@ mod tests {
             "x, while y at line 13 column 9"
         );
         assert_eq!(fix_positions("x at line 5 column 1", 1), "x");
+    }
+
+    #[test]
+    fn a_field_is_found_on_its_own_line() {
+        let text = "kind: IPPool\nmetadata:\n  name: p\n---\n# the rack\nkind: BGPPeer\n\
+                    metadata:\n  name: tor\nspec:\n  peerIP: 198.18.0.1\n  asNumber: 4294967296\n";
+        let d = parse("peers.yaml", text).unwrap();
+        assert_eq!(d[1].origin(), "peers.yaml:6");
+        assert_eq!(d[1].field_origin("spec.asNumber"), "peers.yaml:11");
+        assert_eq!(d[1].field_origin("metadata.name"), "peers.yaml:8");
+        // Not found (a key written another way): the document's first line.
+        assert_eq!(d[1].field_origin("spec.password"), "peers.yaml:6");
+        let json = "{\"kind\": \"A\"}\n{\"kind\": \"BGPPeer\",\n \"spec\": {\n  \"asNumber\": -1}}";
+        let d = parse("p.json", json).unwrap();
+        assert_eq!(d[1].field_origin("spec.asNumber"), "p.json:4");
     }
 
     #[test]

@@ -153,8 +153,9 @@ impl Kind {
 pub enum DecodeError {
     #[error("unknown field{} {}", if .0.len() > 1 { "s" } else { "" }, .0.join(", "))]
     Unknown(Vec<String>),
-    #[error("{0}")]
-    Shape(String),
+    /// A value of the wrong type or range (`path` empty: the document as a whole).
+    #[error("{}{msg}", if path.is_empty() { String::new() } else { format!("{path}: ") })]
+    Shape { path: String, msg: String },
     #[error("{0}")]
     Invalid(Invalid),
 }
@@ -163,14 +164,26 @@ pub enum DecodeError {
 /// applies the kind's own rules.
 pub fn decode<K: StoreResource>(value: &Value) -> Result<K, DecodeError> {
     let mut unknown = vec![];
-    let obj: K = serde_ignored::deserialize(value, |path| {
+    let mut note = |path: serde_ignored::Path| {
         let p = path.to_string();
         // apiVersion and kind are checked by the reader; status is output only.
         if p != "apiVersion" && p != "kind" && p != "status" {
             unknown.push(p);
         }
-    })
-    .map_err(|e| DecodeError::Shape(e.to_string()))?;
+    };
+    let de = serde_ignored::Deserializer::new(value, &mut note);
+    // A value of the wrong type or range names its field (`spec.asNumber: invalid value:
+    // integer `4294967296`, expected u32`), not only what was wrong.
+    let obj: K = serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = match e.path().to_string() {
+            p if p == "." => String::new(),
+            p => p,
+        };
+        DecodeError::Shape {
+            path,
+            msg: e.into_inner().to_string(),
+        }
+    })?;
     if !unknown.is_empty() {
         return Err(DecodeError::Unknown(unknown));
     }
@@ -217,6 +230,26 @@ mod tests {
             "metadata": {"name": "p"}, "spec": {"cidr": "10.0.0.0/16"}
         });
         assert!(decode::<IPPool>(&ok).is_ok());
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_field() {
+        let v = serde_json::json!({
+            "apiVersion": "brindle.dev/v1", "kind": "BGPPeer",
+            "metadata": {"name": "tor"},
+            "spec": {"peerIP": "198.18.0.1", "asNumber": 4294967296u64}
+        });
+        let e = check(Kind::BGPPeer, &v).unwrap_err().to_string();
+        assert!(
+            e.starts_with("spec.asNumber: ") && e.contains("expected u32"),
+            "{e}"
+        );
+        let v = serde_json::json!({
+            "apiVersion": "brindle.dev/v1", "kind": "IPPool",
+            "metadata": {"name": "p", "labels": {"a": 1}}, "spec": {"cidr": "10.0.0.0/16"}
+        });
+        let e = check(Kind::IPPool, &v).unwrap_err().to_string();
+        assert!(e.starts_with("metadata.labels.a: "), "{e}");
     }
 
     #[test]

@@ -48,8 +48,9 @@ pub fn prepare(files: &[String]) -> Result<Vec<Prepared>, Failure> {
                 }
                 out.push(p);
             }
-            Err(e) => {
-                eprintln!("error: {}: {e}", d.origin());
+            Err((e, path)) => {
+                let at = path.map_or_else(|| d.origin(), |p| d.field_origin(&p));
+                eprintln!("error: {at}: {e}");
                 problems += 1;
             }
         }
@@ -63,7 +64,31 @@ pub fn prepare(files: &[String]) -> Result<Vec<Prepared>, Failure> {
     Ok(out)
 }
 
-fn prepare_one(d: &Doc) -> Result<(Prepared, Vec<String>), String> {
+/// The document ready to write, and notes; or why not, and the path of the field at fault
+/// when one is.
+fn prepare_one(d: &Doc) -> Result<(Prepared, Vec<String>), (String, Option<String>)> {
+    prepare_doc(d)
+        .map_err(|e| (e, None))
+        .and_then(|(p, notes)| {
+            kind::check(p.kind, &p.value)
+                .map_err(|e| {
+                    let path = match &e {
+                        kind::DecodeError::Shape { path, .. } if !path.is_empty() => {
+                            Some(path.clone())
+                        }
+                        _ => None,
+                    };
+                    let msg = match e {
+                        kind::DecodeError::Invalid(i) => i.to_string(),
+                        other => format!("{} {:?}: {other}", p.kind.name(), p.name),
+                    };
+                    (msg, path)
+                })
+                .map(|()| (p, notes))
+        })
+}
+
+fn prepare_doc(d: &Doc) -> Result<(Prepared, Vec<String>), String> {
     let v = &d.value;
     if !v.is_object() {
         return Err("a document must be a mapping with apiVersion, kind, metadata and spec".into());
@@ -101,10 +126,6 @@ fn prepare_one(d: &Doc) -> Result<(Prepared, Vec<String>), String> {
     if name.is_empty() {
         return Err(format!("{}: metadata.name: required", kind.name()));
     }
-    kind::check(kind, &value).map_err(|e| match e {
-        kind::DecodeError::Invalid(i) => i.to_string(),
-        other => format!("{} {name:?}: {other}", kind.name()),
-    })?;
     Ok((
         Prepared {
             kind,
