@@ -19,6 +19,7 @@
 mod net;
 pub mod netpol;
 mod pods;
+pub mod rehearse;
 mod services;
 pub mod status;
 

@@ -12,6 +12,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use brindle_lab::rehearse::Fault;
 use brindle_lab::{Lab, LabSpec, Ledger};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
@@ -79,12 +80,56 @@ enum Cmd {
         #[arg(last = true, required = true)]
         cmd: Vec<String>,
     },
+    /// Failure rehearsal: a node's agent stopped (SIGTERM: graceful restart), killed
+    /// (SIGKILL: a crash), started or restarted.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Failure rehearsal: the lab's etcd stopped (data kept) or started again.
+    Etcd {
+        #[arg(value_parser = ["stop", "start"])]
+        action: String,
+    },
+    /// Failure rehearsal: a node's uplink (eth0 in its namespace) down or up.
+    Link {
+        node: String,
+        #[arg(value_parser = ["down", "up"])]
+        state: String,
+    },
+    /// Failure rehearsal: delay and loss on a node's uplink (tc netem), or --clear.
+    Netem {
+        node: String,
+        /// e.g. 20ms
+        #[arg(long)]
+        delay: Option<String>,
+        /// e.g. 5%
+        #[arg(long)]
+        loss: Option<String>,
+        /// Remove the delay and loss.
+        #[arg(long, conflicts_with_all = ["delay", "loss"])]
+        clear: bool,
+    },
+    /// Failure rehearsal: a rack's router out of service (every BGP session shut) or back.
+    Tor {
+        #[arg(value_parser = ["stop", "start"])]
+        action: String,
+        rack: usize,
+    },
     /// Nodes, BGP sessions, blocks and pods.
     Status,
     /// Remove everything the lab made.
     Down,
     #[command(hide = true)]
     Supervise(LabSpec),
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    Stop { name: String },
+    Kill { name: String },
+    Start { name: String },
+    Restart { name: String },
 }
 
 #[derive(Subcommand)]
@@ -310,6 +355,14 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
             break;
         } else if req.get("status").is_some() {
             json!({"ok": lab.status()})
+        } else if let Some(f) = req.get("fault") {
+            match serde_json::from_value::<Fault>(f.clone()) {
+                Ok(f) => match lab.rehearse(&f) {
+                    Ok(said) => json!({ "ok": said }),
+                    Err(e) => json!({ "error": e }),
+                },
+                Err(e) => json!({ "error": format!("unreadable request: {e}") }),
+            }
         } else if let Some(p) = req.get("pod_add") {
             let (name, node) = (
                 p["name"].as_str().unwrap_or(""),
@@ -590,6 +643,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Cmd::Node { cmd } => {
+            let f = match cmd {
+                NodeCmd::Stop { name } => Fault::NodeStop(name),
+                NodeCmd::Kill { name } => Fault::NodeKill(name),
+                NodeCmd::Start { name } => Fault::NodeStart(name),
+                NodeCmd::Restart { name } => Fault::NodeRestart(name),
+            };
+            fault(dir, f)
+        }
+        Cmd::Etcd { action } => fault(
+            dir,
+            Fault::Etcd {
+                up: action == "start",
+            },
+        ),
+        Cmd::Link { node, state } => fault(
+            dir,
+            Fault::Link {
+                node,
+                up: state == "up",
+            },
+        ),
+        Cmd::Netem {
+            node,
+            delay,
+            loss,
+            clear,
+        } => {
+            if !clear && delay.is_none() && loss.is_none() {
+                bail!("say --delay, --loss or --clear");
+            }
+            fault(dir, Fault::Netem { node, delay, loss })
+        }
+        Cmd::Tor { action, rack } => fault(
+            dir,
+            Fault::Tor {
+                rack,
+                up: action == "start",
+            },
+        ),
         Cmd::Down => match ask(dir, json!({"down": {}})) {
             Ok(_) => {
                 // Wait for the supervisor to finish tearing down.
@@ -603,6 +696,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Err(_) => sweep(dir),
         },
     }
+}
+
+/// Asks the lab to cause `f` and prints what it did.
+fn fault(dir: &Path, f: Fault) -> anyhow::Result<()> {
+    let said = ask(dir, json!({ "fault": f }))?;
+    println!("{}", said.as_str().unwrap_or_default());
+    Ok(())
 }
 
 fn main() -> ExitCode {

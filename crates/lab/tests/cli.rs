@@ -306,3 +306,155 @@ fn network_policy_from_the_command_line() {
     let (ok, out) = lab(&dir, &["apply", "-f", svc.to_str().unwrap()]);
     assert!(!ok && out.contains("spec.ports[0].targetPort"), "{out}");
 }
+
+/// The rows of one table of `status` (after its title and header).
+fn rows(status: &str, title: &str) -> Vec<String> {
+    status
+        .lines()
+        .skip_while(|l| *l != title)
+        .skip(2)
+        .take_while(|l| {
+            !l.trim().is_empty() && l.chars().next().is_some_and(|c| !c.is_ascii_uppercase())
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether this kernel has the netem qdisc: tried on a veth in a namespace of our own.
+fn netem_here() -> bool {
+    let ns = brindle_testsupport::Netns::new("brl-netem");
+    ns.ok(&[
+        "ip", "link", "add", "a0", "type", "veth", "peer", "name", "a1",
+    ]);
+    ns.run(&[
+        "tc", "qdisc", "add", "dev", "a0", "root", "netem", "delay", "1ms",
+    ])
+    .status
+    .success()
+}
+
+/// Until `pred` holds for `status` (30 s).
+fn wait_status(dir: &Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let mut st = String::new();
+    for _ in 0..150 {
+        st = lab(dir, &["status"]).1;
+        if pred(&st) {
+            return st;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    panic!("{what}: not after 30 s:\n{st}");
+}
+
+/// Failure rehearsal from the command line: each command does what it says, and the lab
+/// shows it (a stopped agent, sessions shut and back, delay and loss on a link, a link down).
+#[test]
+fn failures_rehearsed_from_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    let _down = Down(dir.clone());
+    let (ok, out) = lab(&dir, &["up", "--nodes", "2", "--tor"]);
+    assert!(ok, "{out}");
+    let node_row = |st: &str, n: &str| {
+        rows(st, "NODES")
+            .into_iter()
+            .find(|r| r.starts_with(&format!("{n} ")))
+            .unwrap_or_default()
+    };
+    let all_up = |st: &str| {
+        let s = rows(st, "SESSIONS");
+        !s.is_empty() && s.iter().all(|r| r.contains("Established"))
+    };
+
+    // A graceful stop, a start, a crash, a restart.
+    let (ok, said) = lab(&dir, &["node", "stop", "node-1"]);
+    assert!(
+        ok && said.contains("SIGTERM") && said.contains("watch:"),
+        "{said}"
+    );
+    let (_, st) = lab(&dir, &["status"]);
+    assert!(node_row(&st, "node-1").contains("stopped"), "{st}");
+    let (ok, said) = lab(&dir, &["node", "start", "node-1"]);
+    assert!(ok && said.contains("agent started"), "{said}");
+    wait_status(&dir, "node-1 back", |st| {
+        node_row(st, "node-1").contains("running") && all_up(st)
+    });
+    let (ok, said) = lab(&dir, &["node", "kill", "node-1"]);
+    assert!(ok && said.contains("SIGKILL"), "{said}");
+    assert!(node_row(&lab(&dir, &["status"]).1, "node-1").contains("stopped"));
+    let (ok, said) = lab(&dir, &["node", "restart", "node-1"]);
+    assert!(ok, "{said}");
+    wait_status(&dir, "node-1 restarted", all_up);
+    let (ok, said) = lab(&dir, &["node", "stop", "node-9"]);
+    assert!(!ok && said.contains("no node \"node-9\""), "{said}");
+
+    // The rack's router out of service: the nodes' sessions with it end, then come back.
+    let (ok, said) = lab(&dir, &["tor", "stop", "0"]);
+    assert!(ok && said.contains("shut"), "{said}");
+    // (The router of rack 0 is 198.18.0.1, the nodes' gateway.)
+    wait_status(&dir, "sessions with the router shut", |st| {
+        let with_tor: Vec<String> = rows(st, "SESSIONS")
+            .into_iter()
+            .filter(|r| r.split_whitespace().nth(1) == Some("198.18.0.1"))
+            .collect();
+        with_tor.len() == 2 && with_tor.iter().all(|r| !r.contains("Established"))
+    });
+    let (ok, said) = lab(&dir, &["tor", "start", "0"]);
+    assert!(ok, "{said}");
+    wait_status(&dir, "sessions back", all_up);
+
+    // Delay and loss on node-0's uplink, then none; node-1's link down and up.
+    let st = lab(&dir, &["status"]).1;
+    let ns_of = |n: &str| {
+        st.lines()
+            .skip_while(|l| *l != "ACCESS")
+            .find(|l| l.starts_with(&format!("{n} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no namespace for {n}:\n{st}"))
+            .to_string()
+    };
+    let in_ns = |n: &str, cmd: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns_of(n)])
+            .args(cmd)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let (ok, said) = lab(
+        &dir,
+        &["netem", "node-0", "--delay", "20ms", "--loss", "5%"],
+    );
+    if netem_here() {
+        assert!(ok, "{said}");
+        let q = in_ns("node-0", &["tc", "qdisc", "show", "dev", "eth0"]);
+        assert!(
+            q.contains("netem") && q.contains("delay 20ms") && q.contains("loss 5%"),
+            "{q}"
+        );
+    } else {
+        // This machine's kernel (the CI's) has no sch_netem: said plainly, nothing changed.
+        assert!(
+            !ok && said.contains("no netem qdisc (module sch_netem)"),
+            "{said}"
+        );
+    }
+    let (ok, said) = lab(&dir, &["netem", "node-0", "--clear"]);
+    assert!(ok, "{said}");
+    assert!(!in_ns("node-0", &["tc", "qdisc", "show", "dev", "eth0"]).contains("netem"));
+    let (ok, said) = lab(&dir, &["netem", "node-0"]);
+    assert!(!ok && said.contains("--clear"), "{said}");
+    let (ok, said) = lab(&dir, &["link", "node-1", "down"]);
+    assert!(ok && said.contains("eth0 down"), "{said}");
+    assert!(in_ns("node-1", &["ip", "link", "show", "eth0"]).contains("state DOWN"));
+    let (ok, said) = lab(&dir, &["link", "node-1", "up"]);
+    assert!(ok, "{said}");
+    assert!(!in_ns("node-1", &["ip", "link", "show", "eth0"]).contains("state DOWN"));
+
+    // etcd away and back: the agents keep their sessions meanwhile.
+    let (ok, said) = lab(&dir, &["etcd", "stop"]);
+    assert!(ok && said.contains("keeps forwarding"), "{said}");
+    let (ok, said) = lab(&dir, &["etcd", "start"]);
+    assert!(ok, "{said}");
+    wait_status(&dir, "sessions after etcd", all_up);
+}
