@@ -16,6 +16,7 @@
 //! Only the namespaces it creates and the host's loopback are touched. Addresses: 198.18.0.0/15
 //! for the underlay, 10.244.0.0/16 for pods, never routed from the host namespace.
 
+pub mod graph;
 mod net;
 pub mod netpol;
 mod pods;

@@ -116,6 +116,12 @@ enum Cmd {
         action: String,
         rack: usize,
     },
+    /// The fabric as Graphviz DOT: nodes by rack, routers, reflectors, each BGP session an
+    /// edge coloured by state. `--out F.svg` or `.png` draws it with `dot` (graphviz).
+    Graph {
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Nodes, BGP sessions, blocks and pods.
     Status,
     /// Remove everything the lab made.
@@ -355,6 +361,8 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
             break;
         } else if req.get("status").is_some() {
             json!({"ok": lab.status()})
+        } else if req.get("graph").is_some() {
+            json!({"ok": lab.graph()})
         } else if let Some(f) = req.get("fault") {
             match serde_json::from_value::<Fault>(f.clone()) {
                 Ok(f) => match lab.rehearse(&f) {
@@ -651,6 +659,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 NodeCmd::Restart { name } => Fault::NodeRestart(name),
             };
             fault(dir, f)
+        }
+        Cmd::Graph { out } => {
+            let dot = ask(dir, json!({"graph": {}}))?;
+            let dot = dot.as_str().unwrap_or_default();
+            let Some(out) = out else {
+                print!("{dot}");
+                return Ok(());
+            };
+            match out.extension().and_then(|e| e.to_str()) {
+                Some(fmt @ ("svg" | "png")) => {
+                    let mut child = Command::new("dot")
+                        .arg(format!("-T{fmt}"))
+                        .arg("-o")
+                        .arg(&out)
+                        .stdin(Stdio::piped())
+                        .spawn()
+                        .context("dot (install graphviz), or --out F.dot for the text")?;
+                    child
+                        .stdin
+                        .take()
+                        .context("dot's input")?
+                        .write_all(dot.as_bytes())?;
+                    if !child.wait()?.success() {
+                        bail!("dot failed to draw {}", out.display());
+                    }
+                }
+                _ => std::fs::write(&out, dot)?,
+            }
+            println!("wrote {}", out.display());
+            Ok(())
         }
         Cmd::Etcd { action } => fault(
             dir,

@@ -347,7 +347,8 @@ fn wait_status(dir: &Path, what: &str, pred: impl Fn(&str) -> bool) -> String {
 }
 
 /// Failure rehearsal from the command line: each command does what it says, and the lab
-/// shows it (a stopped agent, sessions shut and back, delay and loss on a link, a link down).
+/// shows it (a stopped agent, sessions shut and back, delay and loss on a link, a link down),
+/// in its status and in its graph (drawn with graphviz's dot).
 #[test]
 fn failures_rehearsed_from_the_command_line() {
     let tmp = tempfile::tempdir().unwrap();
@@ -361,9 +362,13 @@ fn failures_rehearsed_from_the_command_line() {
             .find(|r| r.starts_with(&format!("{n} ")))
             .unwrap_or_default()
     };
+    // Every node has sessions, all Established (a node whose agent is starting has none).
     let all_up = |st: &str| {
         let s = rows(st, "SESSIONS");
-        !s.is_empty() && s.iter().all(|r| r.contains("Established"))
+        ["node-0 ", "node-1 "]
+            .iter()
+            .all(|n| s.iter().any(|r| r.starts_with(n)))
+            && s.iter().all(|r| r.contains("Established"))
     };
 
     // A graceful stop, a start, a crash, a restart.
@@ -388,6 +393,28 @@ fn failures_rehearsed_from_the_command_line() {
     let (ok, said) = lab(&dir, &["node", "stop", "node-9"]);
     assert!(!ok && said.contains("no node \"node-9\""), "{said}");
 
+    // The fabric drawn: the rack with its router and nodes, each session an edge.
+    let (ok, dot) = lab(&dir, &["graph"]);
+    assert!(ok, "{dot}");
+    for want in [
+        "subgraph cluster_rack0",
+        "\"tor-0\" [shape=diamond",
+        "\"node-0\" -- \"tor-0\" [color=darkgreen",
+        "\"node-1\" -- \"tor-0\" [color=darkgreen",
+    ] {
+        assert!(dot.contains(want), "{want}:\n{dot}");
+    }
+    let svg = tmp.path().join("fabric.svg");
+    let (ok, said) = lab(&dir, &["graph", "--out", svg.to_str().unwrap()]);
+    assert!(ok, "{said} (is graphviz installed?)");
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    // (Graphviz writes a hyphen in SVG text as &#45;.)
+    let drawn = drawn.replace("&#45;", "-");
+    assert!(
+        drawn.contains("<svg") && drawn.contains(">node-1") && drawn.contains(">tor-0"),
+        "{drawn}"
+    );
+
     // The rack's router out of service: the nodes' sessions with it end, then come back.
     let (ok, said) = lab(&dir, &["tor", "stop", "0"]);
     assert!(ok && said.contains("shut"), "{said}");
@@ -399,6 +426,8 @@ fn failures_rehearsed_from_the_command_line() {
             .collect();
         with_tor.len() == 2 && with_tor.iter().all(|r| !r.contains("Established"))
     });
+    let (_, dot) = lab(&dir, &["graph"]);
+    assert!(dot.contains("\"node-0\" -- \"tor-0\" [color=red"), "{dot}");
     let (ok, said) = lab(&dir, &["tor", "start", "0"]);
     assert!(ok, "{said}");
     wait_status(&dir, "sessions back", all_up);

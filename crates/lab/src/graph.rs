@@ -1,0 +1,120 @@
+//! `brindle-lab graph`: the fabric as Graphviz DOT — nodes grouped by rack with their
+//! routers, reflectors marked, and each BGP session an edge coloured by its state and
+//! labelled with the prefixes each side received.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use crate::{rack_as, Lab};
+
+/// One session as seen from one end.
+struct Side {
+    established: bool,
+    state: String,
+    received: u64,
+}
+
+/// A DOT string: quoted, quotes escaped (`\n` in a label is Graphviz's line break).
+fn q(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\\\""))
+}
+
+impl Lab {
+    /// The lab's fabric in Graphviz DOT (`dot -Tsvg` draws it).
+    pub fn graph(&self) -> String {
+        let mut by_ip: BTreeMap<String, String> = BTreeMap::new();
+        for n in &self.nodes {
+            by_ip.insert(n.ip.to_string(), n.name.clone());
+        }
+        for t in &self.tors {
+            by_ip.insert(format!("198.18.{}.1", t.rack), format!("tor-{}", t.rack));
+        }
+        // Each session once, by its two ends (sorted); a side per end that reports it.
+        let mut sessions: BTreeMap<(String, String), Vec<Side>> = BTreeMap::new();
+        for n in &self.nodes {
+            for p in self.peers(&n.name) {
+                let addr = p["addr"].as_str().unwrap_or_default().to_string();
+                let other = by_ip.get(&addr).cloned().unwrap_or(addr);
+                let key = if n.name <= other {
+                    (n.name.clone(), other)
+                } else {
+                    (other, n.name.clone())
+                };
+                let state = p["state"].as_str().unwrap_or("?").to_string();
+                sessions.entry(key).or_default().push(Side {
+                    established: state == "Established",
+                    state,
+                    received: p["received"].as_u64().unwrap_or(0),
+                });
+            }
+        }
+        let mut out = String::from(
+            "graph brindle {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n  \
+             edge [fontname=\"Helvetica\", fontsize=9];\n",
+        );
+        let blocks = self.blocks();
+        let racks: std::collections::BTreeSet<usize> = self.nodes.iter().map(|n| n.rack).collect();
+        for rack in racks {
+            let _ = writeln!(
+                out,
+                "  subgraph cluster_rack{rack} {{\n    label={};",
+                q(&format!("rack {rack} (AS {})", rack_as(&self.spec, rack)))
+            );
+            if self.tors.iter().any(|t| t.rack == rack) {
+                let _ = writeln!(
+                    out,
+                    "    {} [shape=diamond, label={}];",
+                    q(&format!("tor-{rack}")),
+                    q(&format!("tor-{rack}\\n198.18.{rack}.1 (BIRD)"))
+                );
+            }
+            for (i, n) in self
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| n.rack == rack)
+            {
+                let reflector = i < self.spec.reflectors;
+                let agent = if n.agent_pid().is_some() {
+                    ""
+                } else {
+                    "\\nagent stopped"
+                };
+                let b = blocks.get(&n.name).map_or(0, Vec::len);
+                let _ = writeln!(
+                    out,
+                    "    {} [shape=box{}, label={}];",
+                    q(&n.name),
+                    if reflector { ", peripheries=2" } else { "" },
+                    q(&format!(
+                        "{}{}\\n{}\\nAS {}, {b} block(s){agent}",
+                        n.name,
+                        if reflector { " (reflector)" } else { "" },
+                        n.ip,
+                        n.asn
+                    ))
+                );
+            }
+            out.push_str("  }\n");
+        }
+        for ((a, b), sides) in &sessions {
+            let up = sides.iter().all(|s| s.established);
+            let states: Vec<&str> = sides.iter().map(|s| s.state.as_str()).collect();
+            let received: Vec<String> = sides.iter().map(|s| s.received.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "  {} -- {} [color={}, label={}];",
+                q(a),
+                q(b),
+                if up { "darkgreen" } else { "red" },
+                q(&format!(
+                    "{}\\nreceived {}",
+                    states.join(" / "),
+                    received.join(" / ")
+                ))
+            );
+        }
+        out.push_str("}\n");
+        out
+    }
+}
