@@ -166,3 +166,87 @@ fn brindlectl_on_a_lab_with_a_bird_router() {
         assert_eq!(code, 0, "{out}{err}");
     });
 }
+
+/// `node diags` run on a node (in its namespace, as an operator on the machine): the tarball
+/// holds the agent's flags, routes, our rules, the speaker's peers and RIB, the agent's
+/// metrics, this node's IPAM blocks and its log; nothing of another node's blocks; a summary
+/// of what was collected. Secrets in flags are redacted (unit-tested in diags.rs).
+#[test]
+fn node_diags_collects_a_bug_report_from_the_node() {
+    let spec = LabSpec {
+        nodes: 2,
+        ..Default::default()
+    };
+    with_lab(spec, |lab| {
+        lab.pod_add("d0", "node-0").expect("pod on node-0");
+        lab.pod_add("d1", "node-1").expect("pod on node-1");
+        lab.wait_converged(Duration::from_secs(60))
+            .expect("converged");
+        let n = lab.node("node-0");
+        let out = tempfile::tempdir().unwrap();
+        let tarball = out.path().join("diags.tar.gz");
+        let endpoint = format!("http://{}", n.forward.addr);
+        let o =
+            n.ns.command(&[
+                binary("brindlectl").to_str().unwrap(),
+                "node",
+                "diags",
+                "--control-socket",
+                n.control_socket().to_str().unwrap(),
+                "--log-file",
+                n.log().to_str().unwrap(),
+                "-o",
+                tarball.to_str().unwrap(),
+                "--datastore",
+                "etcd",
+                "--etcd-endpoints",
+                &endpoint,
+            ])
+            .output()
+            .expect("brindlectl");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{stderr}");
+        assert!(stderr.contains("for node node-0"), "{stderr}");
+        // Read it back.
+        let x = out.path().join("x");
+        std::fs::create_dir(&x).unwrap();
+        let ok = Command::new("tar")
+            .args(["-xzf", tarball.to_str().unwrap(), "-C", x.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let dir = std::fs::read_dir(&x)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let read =
+            |f: &str| std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+        let summary = read("summary.txt");
+        let agent = read("agent.txt");
+        assert!(
+            agent.contains("--nodename\n  node-0") && agent.contains("--control-socket"),
+            "{agent}"
+        );
+        let routes = read("ip-route.txt");
+        let theirs = lab.blocks()["node-1"][0].clone();
+        assert!(
+            routes.contains(&theirs) && routes.contains("proto bird"),
+            "{routes}"
+        );
+        assert!(
+            read("iptables-legacy-save.txt").contains("BRL-"),
+            "{summary}"
+        );
+        let peers = read("bgp-peers.json");
+        assert!(peers.contains("Established"), "{peers}");
+        assert!(read("bgp-rib.json").contains(&theirs));
+        assert!(read("metrics.txt").contains("brindle_"), "{summary}");
+        let ipam = read("ipam-blocks.yaml");
+        let mine = lab.blocks()["node-0"][0].clone();
+        assert!(ipam.contains(&mine) && !ipam.contains(&theirs), "{ipam}");
+        assert!(read("log-0-agent.log").contains("brindle"), "{summary}");
+        assert!(summary.contains("ok      ip-route.txt"), "{summary}");
+    });
+}

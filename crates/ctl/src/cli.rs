@@ -161,6 +161,35 @@ pub enum NodeCommand {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Output,
     },
+    /// What a bug report needs from this node, in one tarball (secrets redacted): the
+    /// agent's version, flags and logs, routes, rules, links, our iptables/nftables/ipset
+    /// state, the speaker's peers and RIB, metrics, and this node's IPAM blocks.
+    Diags(DiagsArgs),
+}
+
+/// `node diags`.
+#[derive(Args, Debug)]
+pub struct DiagsArgs {
+    /// The agent's control socket (brindle-node --control-socket).
+    #[arg(
+        long,
+        env = "BRINDLE_CONTROL_SOCKET",
+        default_value = "/run/brindle/bgpd.sock"
+    )]
+    pub control_socket: PathBuf,
+    /// The agent's metrics (brindle-node --metrics-listen).
+    #[arg(long, default_value = "http://127.0.0.1:9091/metrics")]
+    pub metrics_url: String,
+    /// The node's name (default: the agent's --nodename, else the hostname).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// A log to include (the last 5,000 lines); the kubelet's pod logs of brindle-node
+    /// under /var/log/pods are found without it.
+    #[arg(long = "log-file")]
+    pub log_files: Vec<PathBuf>,
+    /// Where to write the tarball (default ./brindle-diags-<node>-<time>.tar.gz).
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

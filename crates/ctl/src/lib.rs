@@ -3,7 +3,8 @@
 //!
 //! This crate owns the command line and its output. It reads and writes resources only through
 //! the Store (so the datastore's validation applies), IPAM only through `brindle-ipam`, and the
-//! agent only through its control socket; it never touches the network or the kernel.
+//! agent only through its control socket; it never changes the network or the kernel (`node
+//! diags` reads them, through the standard tools).
 //!
 //! Exit codes: 0 success, 1 error, 2 usage. Data goes to stdout, messages to stderr.
 #![forbid(unsafe_code)]
@@ -11,6 +12,7 @@
 mod calico;
 pub mod cli;
 mod client;
+mod diags;
 mod input;
 mod ipam_cmd;
 mod kind;
@@ -118,6 +120,7 @@ async fn run(cli: Cli, name: &'static str) -> Result<(), Failure> {
             control_socket,
             output,
         }) => return status::run(control_socket, *output).await,
+        Command::Node(NodeCommand::Diags(a)) => return diags::run(&cli, a).await,
         Command::Version { client } => {
             if *client {
                 println!("Client Version:  {}", env!("CARGO_PKG_VERSION"));

@@ -15,6 +15,16 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Asks the agent for its peers.
 pub async fn peers(socket: &Path) -> Result<Vec<PeerStatus>, Failure> {
+    let v = request(socket, "{\"peers\":{}}").await?;
+    serde_json::from_value(v).map_err(|e| {
+        Failure::Error(anyhow::anyhow!(
+            "the agent's peer list does not decode: {e} (a different version?)"
+        ))
+    })
+}
+
+/// One request line on the agent's control socket; its `ok` value.
+pub async fn request(socket: &Path, req: &str) -> Result<serde_json::Value, Failure> {
     let path = socket.display();
     let conn = tokio::time::timeout(TIMEOUT, UnixStream::connect(socket))
         .await
@@ -40,7 +50,8 @@ pub async fn peers(socket: &Path) -> Result<Vec<PeerStatus>, Failure> {
         })
     })?;
     let talk = async {
-        conn.write_all(b"{\"peers\":{}}\n").await?;
+        conn.write_all(req.as_bytes()).await?;
+        conn.write_all(b"\n").await?;
         let mut line = String::new();
         BufReader::new(&mut conn).read_line(&mut line).await?;
         Ok::<_, std::io::Error>(line)
@@ -61,11 +72,7 @@ pub async fn peers(socket: &Path) -> Result<Vec<PeerStatus>, Failure> {
     if let Some(err) = v.get("error") {
         return Err(Failure::Error(anyhow::anyhow!("the agent says: {err}")));
     }
-    serde_json::from_value(v.get("ok").cloned().unwrap_or_default()).map_err(|e| {
-        Failure::Error(anyhow::anyhow!(
-            "the agent's peer list does not decode: {e} (a different version?)"
-        ))
-    })
+    Ok(v.get("ok").cloned().unwrap_or_default())
 }
 
 pub async fn run(socket: &Path, out: Output) -> Result<(), Failure> {
