@@ -201,6 +201,36 @@ fn in_a_pod_it_writes_a_kubeconfig_with_a_token_file_the_agent_refreshes() {
     let (ok, text) = install(&d.0, &[], &[]);
     assert!(!ok);
     assert!(text.contains("give --kubeconfig"), "{text}");
+
+    // --uninstall removes what it wrote and nothing else: the other network's list and a
+    // plugin of someone else's stay.
+    std::fs::write(d.0.join("bin/portmap"), b"theirs").unwrap();
+    let (ok, text) = install(&d.0, &["--uninstall"], &[]);
+    assert!(ok, "{text}");
+    for gone in [
+        "net.d/10-brindle.conflist",
+        "net.d/brindle-kubeconfig",
+        "bin/brindle-cni",
+        "bin/brindle-ipam",
+        "host/var/lib/brindle/cni-token",
+    ] {
+        assert!(!d.0.join(gone).exists(), "{gone} left: {text}");
+    }
+    assert!(d.0.join("net.d/05-old.conflist").exists() && d.0.join("bin/portmap").exists());
+    let (ok, text) = install(&d.0, &["--uninstall"], &[]);
+    assert!(
+        ok && text.contains("nothing of brindle-cni's here"),
+        "{text}"
+    );
+    // A list of that name that is not ours stays.
+    std::fs::write(
+        d.0.join("net.d/10-brindle.conflist"),
+        r#"{"plugins":[{"type":"bridge"}]}"#,
+    )
+    .unwrap();
+    let (ok, text) = install(&d.0, &["--uninstall"], &[]);
+    assert!(ok && text.contains("not brindle-cni's"), "{text}");
+    assert!(d.0.join("net.d/10-brindle.conflist").exists());
 }
 
 /// etcd's TLS files and password are copied where the plugin on the host reads them
@@ -263,4 +293,8 @@ fn etcd_tls_files_are_copied_for_the_plugin() {
         assert_eq!(mode, 0o600, "{file}");
     }
     assert_eq!(conf["etcd_username"], "brindle");
+    // Uninstalled, the copies of etcd's credentials go with the rest.
+    let (ok, text) = install(d, &["--uninstall"], &[]);
+    assert!(ok, "{text}");
+    assert!(!d.join("net.d/brindle-etcd").exists(), "{text}");
 }

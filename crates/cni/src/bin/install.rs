@@ -99,6 +99,10 @@ struct Args {
         default_value = "/var/run/secrets/kubernetes.io/serviceaccount"
     )]
     service_account_dir: PathBuf,
+    /// Remove what an install wrote (the two binaries, the configuration list when it is
+    /// ours, the kubeconfig, etcd's copied files, the token copy) and nothing else.
+    #[arg(long)]
+    uninstall: bool,
     #[command(flatten)]
     datastore: DatastoreArgs,
 }
@@ -115,6 +119,9 @@ fn main() -> ExitCode {
 }
 
 fn run(a: &Args) -> anyhow::Result<()> {
+    if a.uninstall {
+        return uninstall(a);
+    }
     let source = match &a.source_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()
@@ -272,6 +279,48 @@ fn kubeconfig(a: &Args) -> anyhow::Result<PathBuf> {
     println!("wrote {}", path.display());
     // The conflist names the file as the host sees it.
     Ok(Path::new("/etc/cni/net.d").join("brindle-kubeconfig"))
+}
+
+/// Removes what [`run`] writes. The configuration list only when its first plugin is
+/// brindle-cni (a file of that name written by someone else stays).
+fn uninstall(a: &Args) -> anyhow::Result<()> {
+    let mut removed = 0;
+    let mut remove = |p: &Path| -> anyhow::Result<()> {
+        let r = if p.is_dir() {
+            std::fs::remove_dir_all(p)
+        } else {
+            std::fs::remove_file(p)
+        };
+        match r {
+            Ok(()) => {
+                println!("removed {}", p.display());
+                removed += 1;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow::anyhow!("removing {}: {e}", p.display())),
+        }
+    };
+    let conf = a.conf_dir.join(&a.conf_name);
+    if let Ok(text) = std::fs::read_to_string(&conf) {
+        let ours = serde_json::from_str::<serde_json::Value>(&text)
+            .is_ok_and(|v| v["plugins"][0]["type"] == "brindle-cni");
+        if ours {
+            remove(&conf)?;
+        } else {
+            println!("left {}: not brindle-cni's", conf.display());
+        }
+    }
+    remove(&a.conf_dir.join("brindle-kubeconfig"))?;
+    remove(&a.conf_dir.join("brindle-etcd"))?;
+    for name in ["brindle-cni", "brindle-ipam"] {
+        remove(&a.bin_dir.join(name))?;
+    }
+    remove(&host_path(&a.host_root, &a.cni_token_file))?;
+    if removed == 0 {
+        println!("nothing of brindle-cni's here");
+    }
+    Ok(())
 }
 
 /// `host_root` + an absolute host path.
