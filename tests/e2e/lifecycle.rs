@@ -134,3 +134,87 @@ fn a_datastore_outage_keeps_forwarding_and_the_agents_resync() {
         assert_no_withdrawals(&monitors);
     });
 }
+
+/// `brindle-node --cleanup` on a node whose agent is gone (its DaemonSet deleted, its pods
+/// drained) takes off everything of Brindle's — iptables chains and jumps, `brl40…` ipsets,
+/// the nftables table, every proto-bird route — and leaves someone else's rules alone.
+#[test]
+fn cleanup_leaves_the_node_as_it_found_it() {
+    with_lab(three(), |lab| {
+        lab.pod_add("c0", "node-0").unwrap();
+        lab.pod_add("c1", "node-1").unwrap();
+        lab.service_add(&brindle_lab::LabService {
+            name: "web".into(),
+            selector: vec![("app".into(), "web".into())],
+            ..Default::default()
+        })
+        .unwrap();
+        lab.wait_converged(Duration::from_secs(60)).unwrap();
+        let ok = |lab: &brindle_lab::Lab, cmd: &[&str]| lab.node("node-0").ns.ok(cmd);
+        wait_for("node-0's Service rules", Duration::from_secs(30), || {
+            ok(lab, &["iptables-legacy-save", "-t", "nat"])
+                .contains("BRL-SERVICES")
+                .then_some(())
+        });
+        // Someone else's: an iptables rule, an nftables table. And a table of ours left
+        // by a run with --dataplane nftables.
+        ok(
+            lab,
+            &[
+                "iptables-legacy",
+                "-A",
+                "FORWARD",
+                "-s",
+                "10.99.0.0/16",
+                "-j",
+                "ACCEPT",
+            ],
+        );
+        ok(lab, &["nft", "add", "table", "ip", "theirs"]);
+        ok(lab, &["nft", "add", "table", "ip", "brindle"]);
+        // The DaemonSet gone: pods drained, the agent stopped.
+        lab.pod_del("c0").unwrap();
+        lab.stop_agent(0);
+        assert!(!ok(lab, &["ip", "route", "show", "proto", "bird"]).is_empty());
+        let o = lab
+            .node("node-0")
+            .ns
+            .command(&[
+                brindle_lab::binary("brindle-node").to_str().unwrap(),
+                "--cleanup",
+            ])
+            .output()
+            .unwrap();
+        let said =
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
+        assert!(o.status.success(), "{said}");
+        assert!(said.contains("nothing of Brindle's is left"), "{said}");
+        let ipt = ok(lab, &["iptables-legacy-save"]);
+        assert!(!ipt.contains("BRL-") && !ipt.contains("brl:"), "{ipt}");
+        assert!(
+            ipt.contains("-A FORWARD -s 10.99.0.0/16 -j ACCEPT"),
+            "{ipt}"
+        );
+        assert!(!ok(lab, &["ipset", "list", "-n"]).contains("brl40"));
+        let tables = ok(lab, &["nft", "list", "tables"]);
+        assert!(
+            !tables.contains("ip brindle") && tables.contains("ip theirs"),
+            "{tables}"
+        );
+        assert_eq!(
+            ok(lab, &["ip", "route", "show", "proto", "bird"]).trim(),
+            ""
+        );
+        // Run again: nothing to do, and it says so without failing.
+        let o = lab
+            .node("node-0")
+            .ns
+            .command(&[
+                brindle_lab::binary("brindle-node").to_str().unwrap(),
+                "--cleanup",
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    });
+}

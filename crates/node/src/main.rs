@@ -18,6 +18,7 @@
 
 mod autodetect;
 mod bgp_task;
+mod cleanup;
 mod dataplane;
 mod denied_log;
 mod desired;
@@ -149,6 +150,11 @@ struct Args {
     /// rules are removed after the first sync.
     #[arg(long, env = "BRINDLE_DATAPLANE", default_value = "auto", value_parser = ["iptables", "nftables", "auto"])]
     dataplane: String,
+    /// Remove what agents left on this host (our iptables and nftables rules, ipsets, proto
+    /// bird routes, tunl0's address), then exit; nothing else is done and the datastore is
+    /// not needed (kube-proxy's --cleanup).
+    #[arg(long)]
+    cleanup: bool,
     /// iptables backend: auto (legacy where the kernel has it, else nft), legacy, nft.
     #[arg(long, env = "BRINDLE_IPTABLES_BACKEND", default_value = "auto", value_parser = ["auto", "legacy", "nft"])]
     iptables_backend: String,
@@ -363,6 +369,15 @@ async fn serve(addr: SocketAddr, app: axum::Router, what: &'static str) {
 async fn main() -> std::process::ExitCode {
     let a = Args::parse();
     init_logging(&a);
+    if a.cleanup {
+        return match cleanup::run(&Runner::default()) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("brindle-node --cleanup: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if a.policy && a.policy_mark_bit == a.masquerade_bit {
         eprintln!(
             "brindle-node: --policy-mark-bit {} is the masquerade bit: give them different bits",
