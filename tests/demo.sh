@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 # Runs a command, shows its output and passes it on. (Not `tee /dev/stderr`: that reopens
 # the file behind stderr, and with `demo.sh > demo.log 2>&1` the reopen truncated the log.)
-shown() { local out; out=$("$@"); printf '%s\n' "$out" >&2; printf '%s\n' "$out"; }
+shown() { local out; out=$("$@") || return; printf '%s\n' "$out" >&2; printf '%s\n' "$out"; }
 
 say "installing packages"
 export DEBIAN_FRONTEND=noninteractive

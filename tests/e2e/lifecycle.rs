@@ -172,22 +172,34 @@ fn cleanup_leaves_the_node_as_it_found_it() {
         );
         ok(lab, &["nft", "add", "table", "ip", "theirs"]);
         ok(lab, &["nft", "add", "table", "ip", "brindle"]);
-        // The DaemonSet gone: pods drained, the agent stopped.
+        let sock = lab.node("node-0").control_socket().display().to_string();
+        let cleanup = |lab: &brindle_lab::Lab| {
+            let o = lab
+                .node("node-0")
+                .ns
+                .command(&[
+                    brindle_lab::binary("brindle-node").to_str().unwrap(),
+                    "--cleanup",
+                    "--control-socket",
+                    &sock,
+                ])
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&o.stdout).to_string()
+                + &String::from_utf8_lossy(&o.stderr);
+            (o.status.success(), said)
+        };
+        // While the agent runs, cleanup refuses (it would only cause an outage).
+        let (done, said) = cleanup(lab);
+        assert!(!done && said.contains("still running"), "{said}");
+        assert!(ok(lab, &["iptables-legacy-save", "-t", "nat"]).contains("BRL-SERVICES"));
+        // The DaemonSet gone: pods drained, the agent stopped; its rules and routes stay.
         lab.pod_del("c0").unwrap();
         lab.stop_agent(0);
+        assert!(ok(lab, &["iptables-legacy-save", "-t", "nat"]).contains("BRL-SERVICES"));
         assert!(!ok(lab, &["ip", "route", "show", "proto", "bird"]).is_empty());
-        let o = lab
-            .node("node-0")
-            .ns
-            .command(&[
-                brindle_lab::binary("brindle-node").to_str().unwrap(),
-                "--cleanup",
-            ])
-            .output()
-            .unwrap();
-        let said =
-            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr);
-        assert!(o.status.success(), "{said}");
+        let (done, said) = cleanup(lab);
+        assert!(done, "{said}");
         assert!(said.contains("nothing of Brindle's is left"), "{said}");
         let ipt = ok(lab, &["iptables-legacy-save"]);
         assert!(!ipt.contains("BRL-") && !ipt.contains("brl:"), "{ipt}");
@@ -206,15 +218,7 @@ fn cleanup_leaves_the_node_as_it_found_it() {
             ""
         );
         // Run again: nothing to do, and it says so without failing.
-        let o = lab
-            .node("node-0")
-            .ns
-            .command(&[
-                brindle_lab::binary("brindle-node").to_str().unwrap(),
-                "--cleanup",
-            ])
-            .output()
-            .unwrap();
-        assert!(o.status.success());
+        let (done, said) = cleanup(lab);
+        assert!(done, "{said}");
     });
 }

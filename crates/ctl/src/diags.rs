@@ -149,9 +149,12 @@ async fn http_get(url: &str) -> Result<String, String> {
         .await
         .map_err(|_| format!("no answer within {STEP_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map_or(text.clone(), |(_, b)| b.to_string()))
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("the agent answered {status:?}"));
+    }
+    Ok(body.to_string())
 }
 
 /// Runs `argv`, with a deadline; stdout, then stderr if any.
@@ -212,7 +215,10 @@ fn pod_logs() -> Vec<PathBuf> {
         }
         for c in std::fs::read_dir(p.path()).into_iter().flatten().flatten() {
             for f in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
-                out.push(f.path());
+                // The kubelet's rotated logs are compressed: the current one is enough.
+                if f.path().extension().is_some_and(|x| x == "log") {
+                    out.push(f.path());
+                }
             }
         }
     }
@@ -229,6 +235,18 @@ pub async fn run(cli: &Cli, a: &DiagsArgs) -> Result<(), Failure> {
             agent
                 .as_ref()
                 .and_then(|(_, args, _)| flag(args, "nodename"))
+        })
+        .or_else(|| {
+            agent.as_ref().and_then(|(_, _, env)| {
+                env.iter()
+                    .find_map(|e| e.strip_prefix("NODENAME=").map(str::to_string))
+            })
+        })
+        .or_else(|| {
+            std::fs::read_to_string("/var/lib/brindle/nodename")
+                .ok()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
         })
         .or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -346,6 +364,11 @@ pub async fn run(cli: &Cli, a: &DiagsArgs) -> Result<(), Failure> {
             "tar could not write {}",
             out.display()
         )));
+    }
+    // Routes, rules and flags of a node: for root's eyes, as the agent's socket is.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     }
     eprint!("{summary}");
     println!("wrote {}", out.display());

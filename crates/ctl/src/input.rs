@@ -49,6 +49,10 @@ impl Doc {
                 Some(i) => at = Some(from + i),
                 None => return self.origin(),
             }
+            // Inside a list the next key could be any item's: the list's own line it is.
+            if seg.contains('[') {
+                break;
+            }
         }
         match at {
             Some(a) => format!("{}:{}", self.file, self.text_line + a),
@@ -295,6 +299,10 @@ mod tests {
         assert_eq!(d[1].field_origin("metadata.name"), "peers.yaml:8");
         // Not found (a key written another way): the document's first line.
         assert_eq!(d[1].field_origin("spec.password"), "peers.yaml:6");
+        // In a list: the list's line, not the first item's key of that name.
+        let text = "kind: X\nspec:\n  rules:\n  - action: a\n  - action: 5\n";
+        let d = parse("l.yaml", text).unwrap();
+        assert_eq!(d[0].field_origin("spec.rules[1].action"), "l.yaml:3");
         let json = "{\"kind\": \"A\"}\n{\"kind\": \"BGPPeer\",\n \"spec\": {\n  \"asNumber\": -1}}";
         let d = parse("p.json", json).unwrap();
         assert_eq!(d[1].field_origin("spec.asNumber"), "p.json:4");

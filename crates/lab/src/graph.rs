@@ -9,6 +9,8 @@ use crate::{rack_as, Lab};
 
 /// One session as seen from one end.
 struct Side {
+    /// The end that reports it.
+    from: String,
     established: bool,
     state: String,
     received: u64,
@@ -42,6 +44,7 @@ impl Lab {
                 };
                 let state = p["state"].as_str().unwrap_or("?").to_string();
                 sessions.entry(key).or_default().push(Side {
+                    from: n.name.clone(),
                     established: state == "Established",
                     state,
                     received: p["received"].as_u64().unwrap_or(0),
@@ -99,19 +102,18 @@ impl Lab {
         }
         for ((a, b), sides) in &sessions {
             let up = sides.iter().all(|s| s.established);
-            let states: Vec<&str> = sides.iter().map(|s| s.state.as_str()).collect();
-            let received: Vec<String> = sides.iter().map(|s| s.received.to_string()).collect();
+            // Each end's view, named: "node-0: Established, received 2".
+            let views: Vec<String> = sides
+                .iter()
+                .map(|s| format!("{}: {}, received {}", s.from, s.state, s.received))
+                .collect();
             let _ = writeln!(
                 out,
                 "  {} -- {} [color={}, label={}];",
                 q(a),
                 q(b),
                 if up { "darkgreen" } else { "red" },
-                q(&format!(
-                    "{}\\nreceived {}",
-                    states.join(" / "),
-                    received.join(" / ")
-                ))
+                q(&views.join("\\n"))
             );
         }
         out.push_str("}\n");

@@ -852,10 +852,14 @@ impl Lab {
         loop {
             match self.sessions_up() {
                 Ok(n) if last == Some(n) => return Ok(start.elapsed()),
-                Ok(n) => last = Some(n),
-                Err(e) if start.elapsed() > timeout => {
-                    return Err(format!("BGP sessions not up after {timeout:?}: {e}"))
+                Ok(_) | Err(_) if start.elapsed() > timeout => {
+                    return Err(format!(
+                        "BGP sessions not settled after {timeout:?}: {}",
+                        self.sessions_up()
+                            .map_or_else(|e| e, |n| format!("{n} up, still changing"))
+                    ))
                 }
+                Ok(n) => last = Some(n),
                 Err(_) => last = None,
             }
             std::thread::sleep(Duration::from_millis(300));

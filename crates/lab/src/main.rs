@@ -365,9 +365,14 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
             json!({"ok": lab.graph()})
         } else if let Some(f) = req.get("fault") {
             match serde_json::from_value::<Fault>(f.clone()) {
-                Ok(f) => match lab.rehearse(&f) {
-                    Ok(said) => json!({ "ok": said }),
-                    Err(e) => json!({ "error": e }),
+                // A step that panics (etcd not coming back, a tool missing) is an error
+                // for the asker, not the end of the lab.
+                Ok(f) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    lab.rehearse(&f)
+                })) {
+                    Ok(Ok(said)) => json!({ "ok": said }),
+                    Ok(Err(e)) => json!({ "error": e }),
+                    Err(p) => json!({ "error": format!("{f:?} failed: {}", panic_text(&p)) }),
                 },
                 Err(e) => json!({ "error": format!("unreadable request: {e}") }),
             }
@@ -734,6 +739,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Err(_) => sweep(dir),
         },
     }
+}
+
+/// A panic's message.
+fn panic_text(p: &Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "a panic".into())
 }
 
 /// Asks the lab to cause `f` and prints what it did.

@@ -483,6 +483,9 @@ fn failures_rehearsed_from_the_command_line() {
     // etcd away and back: the agents keep their sessions meanwhile.
     let (ok, said) = lab(&dir, &["etcd", "stop"]);
     assert!(ok && said.contains("keeps forwarding"), "{said}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let st = lab(&dir, &["status"]).1;
+    assert!(all_up(&st), "sessions lost with etcd away:\n{st}");
     let (ok, said) = lab(&dir, &["etcd", "start"]);
     assert!(ok, "{said}");
     wait_status(&dir, "sessions after etcd", all_up);

@@ -2,15 +2,51 @@
 //! so that a node whose DaemonSet was deleted is as it was — our iptables chains, jumps and
 //! `brl40…` ipsets in both backends, the nftables table `ip brindle`, every route of ours
 //! (`proto bird`, both families: other nodes' blocks and the blackholes for our own), and
-//! tunl0's address (the device itself is the kernel's while the ipip module is loaded).
-//! It touches nothing else and leaves the datastore alone: the node's record, blocks and
-//! tunnel address are freed by the controller's garbage collection, as for any node gone.
+//! tunl0's IPv4 address (the device itself is the kernel's while the ipip module is loaded).
+//! It leaves the datastore alone: the node's record, blocks and tunnel address are freed by
+//! the controller's garbage collection, as for any node gone. It refuses to run while an
+//! agent answers on its control socket, or while BIRD or calico-node runs in the same
+//! network namespace (their routes are `proto bird` too).
+
+use std::path::Path;
 
 use brindle_felix_lite::iptables::{Backend, Runner, Writer};
 use brindle_felix_lite::nft;
 
+/// Why cleaning up here would harm something running: an agent (it would put everything
+/// back, after an outage), or another BGP daemon in this network namespace (BIRD, Calico's:
+/// its routes carry the same protocol number and tunl0 its address).
+fn refuse(control_socket: &Path) -> Option<String> {
+    if std::os::unix::net::UnixStream::connect(control_socket).is_ok() {
+        return Some(format!(
+            "brindle-node is still running here (its control socket {} answers): delete the \
+             DaemonSet (or stop the agent) first",
+            control_socket.display()
+        ));
+    }
+    let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        if !matches!(comm, "bird" | "bird6" | "calico-node") {
+            continue;
+        }
+        if std::fs::read_link(e.path().join("ns/net")).ok().as_ref() == Some(&ours) {
+            return Some(format!(
+                "{comm} (pid {}) runs in this network namespace: its routes are proto bird too \
+                 and tunl0 may hold its address, so cleanup would take them",
+                e.file_name().to_string_lossy()
+            ));
+        }
+    }
+    None
+}
+
 /// Runs every step, says what each removed, and fails at the end if any step failed.
-pub fn run(runner: &Runner) -> anyhow::Result<()> {
+pub fn run(runner: &Runner, control_socket: &Path) -> anyhow::Result<()> {
+    if let Some(why) = refuse(control_socket) {
+        anyhow::bail!("not cleaning up: {why}");
+    }
     let mut failed = vec![];
     for b in [Backend::Legacy, Backend::Nft] {
         if runner.backend(b.name()).is_err() {
@@ -52,7 +88,7 @@ pub fn run(runner: &Runner) -> anyhow::Result<()> {
     }
     if std::path::Path::new("/sys/class/net/tunl0").exists() {
         let flushed = std::process::Command::new("ip")
-            .args(["addr", "flush", "dev", "tunl0"])
+            .args(["-4", "addr", "flush", "dev", "tunl0"])
             .status()
             .is_ok_and(|s| s.success());
         if flushed {

@@ -152,7 +152,7 @@ struct Args {
     dataplane: String,
     /// Remove what agents left on this host (our iptables and nftables rules, ipsets, proto
     /// bird routes, tunl0's address), then exit; nothing else is done and the datastore is
-    /// not needed (kube-proxy's --cleanup).
+    /// not needed. As kube-proxy's cleanup flag; refused while an agent or BIRD runs here.
     #[arg(long)]
     cleanup: bool,
     /// iptables backend: auto (legacy where the kernel has it, else nft), legacy, nft.
@@ -370,7 +370,7 @@ async fn main() -> std::process::ExitCode {
     let a = Args::parse();
     init_logging(&a);
     if a.cleanup {
-        return match cleanup::run(&Runner::default()) {
+        return match cleanup::run(&Runner::default(), &a.control_socket) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("brindle-node --cleanup: {e:#}");

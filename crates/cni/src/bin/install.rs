@@ -285,8 +285,10 @@ fn kubeconfig(a: &Args) -> anyhow::Result<PathBuf> {
 /// brindle-cni (a file of that name written by someone else stays).
 fn uninstall(a: &Args) -> anyhow::Result<()> {
     let mut removed = 0;
+    // Only brindle-etcd is a directory of ours; anything else is removed as a file (a
+    // directory at one of those paths is someone else's and stays).
     let mut remove = |p: &Path| -> anyhow::Result<()> {
-        let r = if p.is_dir() {
+        let r = if p.file_name().is_some_and(|n| n == "brindle-etcd") {
             std::fs::remove_dir_all(p)
         } else {
             std::fs::remove_file(p)
