@@ -76,11 +76,30 @@ pub fn expected_mesh_routes(lab: &Lab, node: &str) -> BTreeSet<String> {
         if lab.nodes.iter().all(|n| n.name != owner) {
             continue; // a removed node's blocks, until the controller frees them
         }
-        for b in blocks {
+        for b in blocks.iter().filter(|b| !b.contains(':')) {
             if owner == node {
                 want.insert(format!("blackhole {b}"));
             } else {
                 let ip = lab.node(&owner).ip;
+                want.insert(format!("{b} via {ip} dev eth0"));
+            }
+        }
+    }
+    want
+}
+
+/// The same for IPv6 blocks: via the other node's IPv6 address.
+pub fn expected_mesh_routes6(lab: &Lab, node: &str) -> BTreeSet<String> {
+    let mut want = BTreeSet::new();
+    for (owner, blocks) in lab.blocks() {
+        let Some(n) = lab.nodes.iter().find(|n| n.name == owner) else {
+            continue;
+        };
+        for b in blocks.iter().filter(|b| b.contains(':')) {
+            if owner == node {
+                want.insert(format!("blackhole {b}"));
+            } else {
+                let ip = n.ip6.expect("a dual-stack node has an IPv6 address");
                 want.insert(format!("{b} via {ip} dev eth0"));
             }
         }
@@ -93,6 +112,60 @@ pub fn routes(lab: &Lab, node: &str) -> BTreeSet<String> {
         .into_iter()
         .map(|r| r.split_whitespace().collect::<Vec<_>>().join(" "))
         .collect()
+}
+
+/// `ip -6 route show proto bird`, without what IPv6 listings add (`metric 1024 pref medium`,
+/// a blackhole's `dev lo`).
+pub fn routes6(lab: &Lab, node: &str) -> BTreeSet<String> {
+    lab.bird_routes6(node)
+        .into_iter()
+        .map(|r| {
+            let w: Vec<&str> = r.split_whitespace().collect();
+            let mut out = vec![];
+            let mut i = 0;
+            while i < w.len() {
+                match w[i] {
+                    "metric" | "pref" => i += 2,
+                    "dev" if w[0] == "blackhole" => i += 2,
+                    x => {
+                        out.push(x);
+                        i += 1;
+                    }
+                }
+            }
+            out.join(" ")
+        })
+        .collect()
+}
+
+/// Waits until each node's IPv6 proto-bird routes are exactly the mesh's.
+pub fn wait_mesh_routes6(lab: &Lab) {
+    for n in &lab.nodes {
+        wait_for(
+            &format!("{}'s IPv6 routes to be exactly the mesh's", n.name),
+            Duration::from_secs(40),
+            || {
+                let want = expected_mesh_routes6(lab, &n.name);
+                (routes6(lab, &n.name) == want).then_some(())
+            },
+        );
+    }
+}
+
+/// Every pod reaches every other pod over TCP to its IPv6 address.
+pub fn all_reach6(lab: &Lab, pods: &[String]) {
+    for a in pods {
+        for b in pods {
+            if a == b {
+                continue;
+            }
+            wait_for(
+                &format!("{a} to reach {b} over IPv6"),
+                Duration::from_secs(40),
+                || lab.reach6(a, b).ok().filter(|name| name == b),
+            );
+        }
+    }
 }
 
 /// Waits until each node's proto-bird routes are exactly the mesh's.
@@ -142,12 +215,17 @@ impl RouteMonitor {
     }
 
     pub fn start(lab: &Lab, node: &str) -> RouteMonitor {
-        let file = lab.dir.path().join(format!("monitor-{node}.log"));
+        Self::start_family(lab, node, "-4")
+    }
+
+    /// `family` is `-4` or `-6`.
+    pub fn start_family(lab: &Lab, node: &str, family: &str) -> RouteMonitor {
+        let file = lab.dir.path().join(format!("monitor{family}-{node}.log"));
         let out = std::fs::File::create(&file).expect("monitor file");
         let child = lab
             .node(node)
             .ns
-            .command(&["ip", "-4", "monitor", "route"])
+            .command(&["ip", family, "monitor", "route"])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(Stdio::null())

@@ -8,6 +8,7 @@ mod common;
 
 mod bad_input;
 mod ctl;
+mod dual_stack;
 mod ipam_agent;
 mod ipip;
 mod lifecycle;

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! Only the namespaces it creates and the host's loopback are touched. Addresses: 198.18.0.0/15
-//! for the underlay, 10.244.0.0/16 for pods, never routed from the host namespace.
+//! for the underlay, 10.244.0.0/16 for pods, never routed from the host namespace. With
+//! `--ip-family dual` every node, router and pod also has an IPv6 address: the underlay in
+//! 2001:db8::/32 (documentation), the pods in fd00:10:244::/64 (unique-local).
 
 pub mod graph;
 mod net;
@@ -25,7 +27,7 @@ mod services;
 pub mod status;
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -40,6 +42,26 @@ use brindle_testsupport::{ApiServer, ChildGuard, EtcdServer, Netns, PortForward}
 
 pub use pods::{Pod, Stream};
 pub use services::{Assigned, LabService};
+
+/// The lab's address families.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    #[default]
+    Ipv4,
+    /// IPv4 and IPv6: nodes peer over both, pods get an address of each.
+    Dual,
+}
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
@@ -100,6 +122,16 @@ pub struct LabSpec {
     #[arg(long)]
     #[serde(default)]
     pub etcd_tls: bool,
+    /// ipv4, or dual: nodes, routers, pools and pods get IPv6 addresses too.
+    #[arg(long, value_enum, default_value = "ipv4")]
+    #[serde(default)]
+    pub ip_family: IpFamily,
+}
+
+impl LabSpec {
+    pub fn dual(&self) -> bool {
+        self.ip_family == IpFamily::Dual
+    }
 }
 
 fn one() -> usize {
@@ -133,11 +165,14 @@ impl Default for LabSpec {
             iptables_backend: auto(),
             dataplane: iptables(),
             etcd_tls: false,
+            ip_family: IpFamily::Ipv4,
         }
     }
 }
 
 pub const POOL: &str = "10.244.0.0/16";
+/// The IPv6 pool of a dual-stack lab (blocks of /122, Calico's default).
+pub const POOL6: &str = "fd00:10:244::/64";
 
 /// A binary of the workspace: `$BRINDLE_BIN_DIR/<name>`, else next to the running executable
 /// (or one level up from a test's `deps/`).
@@ -187,6 +222,8 @@ pub struct LabNode {
     pub name: String,
     pub rack: usize,
     pub ip: Ipv4Addr,
+    /// The node's IPv6 underlay address (dual-stack labs).
+    pub ip6: Option<Ipv6Addr>,
     pub asn: u32,
     pub ns: Netns,
     /// The datastore as this node sees it (loopback inside its namespace).
@@ -376,11 +413,13 @@ impl Lab {
             let zone = format!("zone-{}", i % spec.zones.max(1));
             let k = (0..i).filter(|j| rack_of(&spec, *j) == rack).count();
             let ip = Ipv4Addr::new(198, 18, rack as u8, 10 + k as u8);
+            let ip6 = spec.dual().then(|| net::node_ip6(rack, k));
             progress(&format!(
-                "node {name}: namespace, uplink {ip}/24 on rack {rack}"
+                "node {name}: namespace, uplink {ip}/24{} on rack {rack}",
+                ip6.map(|a| format!(" and {a}/64")).unwrap_or_default()
             ));
             let ns = Netns::new("brl-node");
-            net::node_uplink(&lab.fabric, &ns, rack, ip, i);
+            net::node_uplink(&lab.fabric, &ns, rack, ip, ip6, i);
             let forward = PortForward::new(&ns, target);
             let dir = lab.dir.path().join(&name);
             std::fs::create_dir_all(&dir)?;
@@ -388,6 +427,7 @@ impl Lab {
                 name: name.clone(),
                 rack,
                 ip,
+                ip6,
                 asn: rack_as(&spec, rack),
                 ns,
                 forward,
@@ -430,8 +470,24 @@ impl Lab {
                         ..Default::default()
                     },
                 ));
+                if s.dual() {
+                    peers.push((
+                        format!("rack-{r}-router-ipv6"),
+                        BGPPeerSpec {
+                            node_selector: Some(format!("rack == 'r{r}'")),
+                            peer_ip: Some(net::tor_ip6(r).to_string()),
+                            as_number: Some(rack_as(s, r)),
+                            ..Default::default()
+                        },
+                    ));
+                }
             }
         }
+        let pool6 = s.dual().then(|| {
+            let mut p = IPPoolSpec::new(POOL6);
+            p.block_size = Some(122);
+            p
+        });
         if s.reflectors > 0 {
             peers.push((
                 "peer-with-route-reflectors".into(),
@@ -447,6 +503,12 @@ impl Lab {
                 .all::<IPPool>()
                 .create(&IPPool::new("default", pool))
                 .await?;
+            if let Some(p6) = pool6 {
+                self.store
+                    .all::<IPPool>()
+                    .create(&IPPool::new("default-ipv6", p6))
+                    .await?;
+            }
             self.store
                 .all::<BGPConfiguration>()
                 .create(&BGPConfiguration::new("default", cfg))
@@ -567,6 +629,15 @@ impl Lab {
             "--nodename".into(),
             n.name.clone(),
             "--ip-autodetection-method".into(),
+            "interface=eth0".into(),
+            "--ip6".into(),
+            if n.ip6.is_some() {
+                "autodetect"
+            } else {
+                "none"
+            }
+            .into(),
+            "--ip6-autodetection-method".into(),
             "interface=eth0".into(),
             "--as".into(),
             n.asn.to_string(),
@@ -784,10 +855,19 @@ impl Lab {
 
     /// `ip route show proto bird` on a node, one line per route (`ip -o` form).
     pub fn bird_routes(&self, node: &str) -> Vec<String> {
+        self.routes_of(node, "-4")
+    }
+
+    /// `ip -6 route show proto bird` on a node.
+    pub fn bird_routes6(&self, node: &str) -> Vec<String> {
+        self.routes_of(node, "-6")
+    }
+
+    fn routes_of(&self, node: &str, family: &str) -> Vec<String> {
         let out = self
             .node(node)
             .ns
-            .ok(&["ip", "-4", "route", "show", "proto", "bird"]);
+            .ok(&["ip", family, "route", "show", "proto", "bird"]);
         out.lines()
             .map(|l| l.trim().to_string())
             .filter(|l| !l.is_empty())
@@ -891,8 +971,10 @@ impl Lab {
         blocks.retain(|owner, _| self.nodes.iter().any(|n| &n.name == owner));
         for n in &self.nodes {
             let routes = self.bird_routes(&n.name);
+            let routes6 = self.bird_routes6(&n.name);
             for (owner, bs) in &blocks {
                 for b in bs {
+                    let routes = if b.contains(':') { &routes6 } else { &routes };
                     let want = if owner == &n.name {
                         format!("blackhole {b}")
                     } else {

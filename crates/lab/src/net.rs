@@ -1,6 +1,6 @@
 //! The lab's wires: bridges in the fabric namespace, node uplinks, and a BIRD router per rack.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use brindle_testsupport::daemons::Bird;
 use brindle_testsupport::Netns;
@@ -9,6 +9,41 @@ use crate::{rack_as, LabSpec, Tor};
 
 /// What the routers take and give: the lab's pod ranges (pools are made inside it).
 const PODS: &str = "10.0.0.0/8";
+const PODS6: &str = "fd00::/8";
+
+/// `n` written in hexadecimal reads as the decimal number (`2001:db8:18::12` for node 12).
+fn dec(n: usize) -> u16 {
+    u16::from_str_radix(&n.to_string(), 16).unwrap_or(0xffff)
+}
+
+/// A node's IPv6 underlay address: `2001:db8:18:<rack>::<10+k>`, the IPv4 one's twin.
+pub fn node_ip6(rack: usize, k: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x18, dec(rack), 0, 0, 0, dec(10 + k))
+}
+
+/// A rack's IPv6 gateway (the router's, or the fabric's).
+pub fn tor_ip6(rack: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x18, dec(rack), 0, 0, 0, 1)
+}
+
+fn spine_ip6(rack: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0x19, 0xff, 0, 0, 0, dec(rack + 1))
+}
+
+/// `ip addr add` without duplicate address detection (an address is usable at once, as
+/// the lab's IPv4 ones are; nothing else is on these segments).
+fn add6(ns: &Netns, addr: Ipv6Addr, dev: &str) {
+    ns.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{addr}/64"),
+        "dev",
+        dev,
+        "nodad",
+    ]);
+}
 
 /// A rack's gateway: the router's address when there is one, else the fabric's own (the
 /// fabric then routes between racks like a plain L3 underlay).
@@ -26,6 +61,9 @@ pub fn fabric(f: &Netns, spec: &LabSpec) {
     if spec.tor {
         bridges.push("brspine".into());
     }
+    if spec.dual() {
+        f.ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    }
     for b in &bridges {
         f.ok(&["ip", "link", "add", b, "type", "bridge"]);
         f.ok(&["ip", "link", "set", b, "up"]);
@@ -40,12 +78,22 @@ pub fn fabric(f: &Netns, spec: &LabSpec) {
                 "dev",
                 &format!("br{r}"),
             ]);
+            if spec.dual() {
+                add6(f, tor_ip6(r), &format!("br{r}"));
+            }
         }
     }
 }
 
-/// The node's `eth0` on its rack's bridge, its address and default route.
-pub fn node_uplink(f: &Netns, ns: &Netns, rack: usize, ip: Ipv4Addr, i: usize) {
+/// The node's `eth0` on its rack's bridge, its addresses and default routes.
+pub fn node_uplink(
+    f: &Netns,
+    ns: &Netns,
+    rack: usize,
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    i: usize,
+) {
     let port = format!("nd{i}");
     ns.veth("eth0", f, &port);
     f.ok(&[
@@ -68,15 +116,26 @@ pub fn node_uplink(f: &Netns, ns: &Netns, rack: usize, ip: Ipv4Addr, i: usize) {
         &tor_ip(rack).to_string(),
     ]);
     ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    // IPv6 forwarding is the agent's to turn on (calico-node's Felix does it too).
+    if let Some(ip6) = ip6 {
+        add6(ns, ip6, "eth0");
+        let gw = tor_ip6(rack).to_string();
+        ns.ok(&["ip", "-6", "route", "add", "default", "via", &gw]);
+    }
 }
 
 /// Node addresses of a rack (the same rule as [`crate::Lab::up`]).
-fn rack_nodes(spec: &LabSpec, rack: usize) -> Vec<Ipv4Addr> {
+fn rack_nodes(spec: &LabSpec, rack: usize) -> Vec<(Ipv4Addr, Ipv6Addr)> {
     let per = spec.nodes.div_ceil(spec.racks.max(1)).max(1);
     (0..spec.nodes)
         .filter(|i| i / per == rack)
         .enumerate()
-        .map(|(k, _)| Ipv4Addr::new(198, 18, rack as u8, 10 + k as u8))
+        .map(|(k, _)| {
+            (
+                Ipv4Addr::new(198, 18, rack as u8, 10 + k as u8),
+                node_ip6(rack, k),
+            )
+        })
         .collect()
 }
 
@@ -99,7 +158,7 @@ template bgp rack_node {{
 }}
 "#
     );
-    for (k, ip) in rack_nodes(spec, rack).iter().enumerate() {
+    for (k, (ip, _)) in rack_nodes(spec, rack).iter().enumerate() {
         c += &format!("protocol bgp node_{k} from rack_node {{ neighbor {ip} as {asn}; }}\n");
     }
     for other in (0..spec.racks).filter(|r| *r != rack) {
@@ -108,6 +167,32 @@ template bgp rack_node {{
             spine_ip(other),
             rack_as(spec, other)
         );
+    }
+    if spec.dual() {
+        // The same design over IPv6: one session per family, as the nodes have.
+        let id6 = spine_ip6(rack);
+        c += &format!(
+            r#"filter pods6 {{ if net ~ [ {PODS6}+ ] then accept; reject; }}
+protocol kernel {{ ipv6 {{ import none; export filter pods6; }}; merge paths on; }}
+template bgp rack_node6 {{
+  local as {asn};
+  rr client; rr cluster id {id}; direct;
+  connect retry time 1; error wait time 1, 5;
+  ipv6 {{ import filter pods6; export filter pods6; next hop self ebgp; }};
+}}
+"#
+        );
+        for (k, (_, ip6)) in rack_nodes(spec, rack).iter().enumerate() {
+            c +=
+                &format!("protocol bgp node6_{k} from rack_node6 {{ neighbor {ip6} as {asn}; }}\n");
+        }
+        for other in (0..spec.racks).filter(|r| *r != rack) {
+            c += &format!(
+                "protocol bgp rack6_{other} {{ local {id6} as {asn}; neighbor {} as {}; connect retry time 1; error wait time 1, 5; ipv6 {{ import filter pods6; export filter pods6; }}; }}\n",
+                spine_ip6(other),
+                rack_as(spec, other)
+            );
+        }
     }
     c
 }
@@ -146,6 +231,11 @@ pub fn tor(f: &Netns, spec: &LabSpec, rack: usize) -> Tor {
     ns.ok(&["ip", "link", "set", "rack", "up"]);
     ns.ok(&["ip", "link", "set", "spine", "up"]);
     ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    if spec.dual() {
+        add6(&ns, tor_ip6(rack), "rack");
+        add6(&ns, spine_ip6(rack), "spine");
+        ns.ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
+    }
     let bird = Bird::start(&ns, &bird_conf(spec, rack));
     Tor { rack, ns, bird }
 }

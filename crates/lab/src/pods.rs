@@ -2,7 +2,7 @@
 //! (CNI_* environment, the network configuration on stdin, a pod netns path), with a small
 //! TCP echo server in it so reachability is tested with real TCP.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -28,6 +28,8 @@ pub struct Pod {
     pub namespace: String,
     pub node: String,
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 address (dual-stack labs).
+    pub ip6: Option<Ipv6Addr>,
     pub container_id: String,
     pub ns: Netns,
     /// The pod's labels (Services select on them).
@@ -56,20 +58,29 @@ if mode == "serve":
     def udp(u):
         while True:
             d, a = u.recvfrom(2048); u.sendto(name + b" " + a[0].encode() + b"\n", a)
+    def sock(fam, kind, proto=0):
+        x = socket.socket(fam, kind, proto)
+        x.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            # IPv6 only: IPv4 clients are served (and greeted as a.b.c.d) by the IPv4 socket.
+            x.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        return x
     for port in sys.argv[3:]:
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", int(port))); s.listen(128)
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", int(port)))
-        threading.Thread(target=tcp, args=(s,), daemon=True).start()
-        threading.Thread(target=udp, args=(u,), daemon=True).start()
-        # SCTP (one-to-one, as TCP) where the kernel has it.
-        try:
-            x = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132)
-            x.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            x.bind(("0.0.0.0", int(port))); x.listen(128)
-            threading.Thread(target=tcp, args=(x,), daemon=True).start()
-        except OSError:
-            pass
+        for fam, anyaddr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            try:
+                s = sock(fam, socket.SOCK_STREAM); s.bind((anyaddr, int(port))); s.listen(128)
+                u = sock(fam, socket.SOCK_DGRAM); u.bind((anyaddr, int(port)))
+            except OSError:
+                continue  # no IPv6 in this kernel or namespace
+            threading.Thread(target=tcp, args=(s,), daemon=True).start()
+            threading.Thread(target=udp, args=(u,), daemon=True).start()
+            # SCTP (one-to-one, as TCP) where the kernel has it.
+            try:
+                x = sock(fam, socket.SOCK_STREAM, 132)
+                x.bind((anyaddr, int(port))); x.listen(128)
+                threading.Thread(target=tcp, args=(x,), daemon=True).start()
+            except OSError:
+                pass
     threading.Event().wait()
 elif mode == "hello":
     c = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=3)
@@ -87,12 +98,13 @@ elif mode == "probe":
     proto, port, ips = sys.argv[2], int(sys.argv[3]), sys.argv[4:]
     out = {}
     def one(ip):
+        fam = socket.AF_INET6 if ":" in ip else socket.AF_INET
         try:
             if proto == "udp":
-                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+                u = socket.socket(fam, socket.SOCK_DGRAM); u.settimeout(1)
                 u.sendto(b"hi", (ip, port)); d = u.recvfrom(2048)[0]
             elif proto == "sctp":
-                c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 132); c.settimeout(1)
+                c = socket.socket(fam, socket.SOCK_STREAM, 132); c.settimeout(1)
                 c.connect((ip, port)); d = c.makefile("rb").readline(); c.close()
             else:
                 c = socket.create_connection((ip, port), timeout=1); c.settimeout(1)
@@ -104,7 +116,8 @@ elif mode == "probe":
     [t.start() for t in ts]; [t.join() for t in ts]
     for ip in ips: print(ip, out[ip], flush=True)
 elif mode == "udp":
-    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(3)
+    u = socket.socket(socket.AF_INET6 if ":" in sys.argv[2] else socket.AF_INET, socket.SOCK_DGRAM)
+    u.settimeout(3)
     u.sendto(b"hi", (sys.argv[2], int(sys.argv[3]))); print(u.recvfrom(2048)[0].decode().strip())
 elif mode == "stream":
     # One byte every 50 ms for the given seconds; each must come back within 2 s.
@@ -150,7 +163,7 @@ impl Lab {
             "log_file_path": n.dir.join("cni.log"),
             "ipam_lock_file": n.dir.join("ipam.lock"),
             "ipam_socket": n.ipam_socket(),
-            "ipam": {"type": "brindle-ipam"}
+            "ipam": {"type": "brindle-ipam", "assign_ipv6": self.spec.dual()}
         });
         match self.spec.datastore {
             Datastore::Etcd => {
@@ -311,14 +324,30 @@ impl Lab {
         let started = std::time::Instant::now();
         let res = self.cni("ADD", node, name, &cid, &ns.path())?;
         self.last_add = Some(started.elapsed());
-        let ip: Ipv4Addr = res["ips"][0]["address"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok())
+        let ips: Vec<IpAddr> = res["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
+            .collect();
+        let ip = ips
+            .iter()
+            .find_map(|a| match a {
+                IpAddr::V4(a) => Some(*a),
+                IpAddr::V6(_) => None,
+            })
             .ok_or_else(|| format!("CNI result without an IPv4 address: {res}"))?;
+        let ip6 = ips.iter().find_map(|a| match a {
+            IpAddr::V6(a) => Some(*a),
+            IpAddr::V4(_) => None,
+        });
+        if self.spec.dual() && ip6.is_none() {
+            return Err(format!("a dual-stack lab's pod got no IPv6 address: {res}"));
+        }
         wired(ip);
         if self.spec.datastore == Datastore::Kubernetes {
-            self.write_pod(name, node, Some(ip), None, None)?; // the kubelet reports the IP
+            // The kubelet reports the IPs.
+            self.write_pod(name, node, Some(&ips), None, None)?;
         }
         let server = match early {
             Some(s) => s,
@@ -331,6 +360,7 @@ impl Lab {
                 namespace: split_key(name).0.to_string(),
                 node: node.to_string(),
                 ip,
+                ip6,
                 container_id: cid,
                 ns,
                 labels: labels
@@ -364,7 +394,7 @@ impl Lab {
         &self,
         key: &str,
         node: &str,
-        ip: Option<Ipv4Addr>,
+        ips: Option<&[IpAddr]>,
         ann: Option<(String, String)>,
         labels: Option<&[(&str, &str)]>,
     ) -> Result<(), String> {
@@ -420,10 +450,10 @@ impl Lab {
                 }],
                 ..Default::default()
             });
-            if let Some(ip) = ip {
+            if let Some(ips) = ips.filter(|i| !i.is_empty()) {
                 p.status = Some(PodStatus {
-                    pod_ip: Some(ip.to_string()),
-                    pod_ips: Some(vec![PodIP { ip: ip.to_string() }]),
+                    pod_ip: Some(ips[0].to_string()),
+                    pod_ips: Some(ips.iter().map(|ip| PodIP { ip: ip.to_string() }).collect()),
                     ..Default::default()
                 });
             }
@@ -462,12 +492,24 @@ impl Lab {
     /// A TCP connection from one pod to another pod's echo server: Ok(the name it greets
     /// with) or Err(why not).
     pub fn reach(&self, from: &str, to: &str) -> Result<String, String> {
+        let ip = self.pods.get(to).ok_or_else(|| format!("no pod {to}"))?.ip;
+        self.reach_addr(from, IpAddr::V4(ip))
+    }
+
+    /// [`Lab::reach`] over IPv6 (the pod's IPv6 address; dual-stack labs).
+    pub fn reach6(&self, from: &str, to: &str) -> Result<String, String> {
         let ip = self
             .pods
             .get(to)
             .ok_or_else(|| format!("no pod {to}"))?
-            .ip
-            .to_string();
+            .ip6
+            .ok_or_else(|| format!("pod {to} has no IPv6 address"))?;
+        self.reach_addr(from, IpAddr::V6(ip))
+    }
+
+    /// A TCP connection from a pod to an address's echo port: Ok(the greeting's name).
+    pub fn reach_addr(&self, from: &str, ip: IpAddr) -> Result<String, String> {
+        let ip = ip.to_string();
         let script = self.echo_script();
         let out = self.exec(from, &["python3", &script, "hello", &ip, &PORT.to_string()])?;
         if out.status.success() {

@@ -1,15 +1,15 @@
-//! The node's IPv4 address, found with calico-node's autodetection methods (REFERENCE §A1,
-//! `node/pkg/lifecycle/startup/autodetection/`). Pure: it chooses from a list of interfaces
-//! the caller read from the kernel.
+//! The node's IPv4 and IPv6 addresses, found with calico-node's autodetection methods
+//! (REFERENCE §A1, `node/pkg/lifecycle/startup/autodetection/`), one family at a time. Pure:
+//! it chooses from a list of interfaces the caller read from the kernel.
 //!
 //! One deliberate difference: the regexes an operator gives (`interface=`, `skip-interface=`)
 //! must match the whole interface name (`^(?:re)$`). Calico's are unanchored, so its
 //! `interface=eth` also picks `veth0`. The default exclusions are Calico's list as written
 //! (each starts with `^`, so they match name prefixes there and here alike).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use regex::Regex;
 
 /// calico-node's `DEFAULT_INTERFACES_TO_EXCLUDE`, quoted exactly.
@@ -46,12 +46,36 @@ pub struct Iface {
     pub addrs: Vec<IpNetwork>,
 }
 
+/// Which of the node's addresses is being found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(ip: IpAddr) -> Family {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Method {
     FirstFound,
     Interface(Vec<Regex>),
     SkipInterface(Vec<Regex>),
-    Cidr(Vec<Ipv4Network>),
+    Cidr(Vec<IpNetwork>),
     /// `can-reach=<host>`: the address the kernel would send from toward it.
     CanReach(String),
     KubernetesInternalIp,
@@ -67,10 +91,14 @@ pub enum DetectError {
         value: String,
         why: String,
     },
-    #[error("cidr=: {0:?} is not an IPv4 CIDR")]
-    BadCidr(String),
-    #[error("{method}: no interface has a usable IPv4 address{detail}")]
-    NotFound { method: String, detail: String },
+    #[error("cidr=: {0:?} is not an {1} CIDR")]
+    BadCidr(String, &'static str),
+    #[error("{method}: no interface has a usable {family} address{detail}")]
+    NotFound {
+        method: String,
+        family: &'static str,
+        detail: String,
+    },
 }
 
 fn regexes(method: &'static str, list: &str) -> Result<Vec<Regex>, DetectError> {
@@ -88,8 +116,9 @@ fn regexes(method: &'static str, list: &str) -> Result<Vec<Regex>, DetectError> 
 }
 
 impl Method {
-    /// Parses `IP_AUTODETECTION_METHOD`; empty is `first-found`.
-    pub fn parse(s: &str) -> Result<Method, DetectError> {
+    /// Parses `IP_AUTODETECTION_METHOD` (or `IP6_…` for [`Family::V6`]); empty is
+    /// `first-found`.
+    pub fn parse(s: &str, family: Family) -> Result<Method, DetectError> {
         let s = s.trim();
         if s.is_empty() || s == "first-found" {
             return Ok(Method::FirstFound);
@@ -107,7 +136,10 @@ impl Method {
                 .split(',')
                 .map(str::trim)
                 .filter(|c| !c.is_empty())
-                .map(|c| c.parse().map_err(|_| DetectError::BadCidr(c.to_string())))
+                .map(|c| match c.parse::<IpNetwork>() {
+                    Ok(n) if Family::of(n.ip()) == family => Ok(n),
+                    _ => Err(DetectError::BadCidr(c.to_string(), family.name())),
+                })
                 .collect::<Result<_, _>>()
                 .map(Method::Cidr),
             "can-reach" if !v.trim().is_empty() => Ok(Method::CanReach(v.trim().to_string())),
@@ -127,40 +159,55 @@ impl Method {
     }
 }
 
-/// Go's `IP.IsGlobalUnicast` for IPv4: not unspecified, loopback, link-local, multicast or
-/// the broadcast address (private ranges count).
-pub fn is_global_unicast(ip: Ipv4Addr) -> bool {
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || ip.is_multicast()
-        || ip.is_broadcast())
+/// Go's `IP.IsGlobalUnicast`: not unspecified, loopback, link-local, multicast or (IPv4) the
+/// broadcast address. Private ranges and IPv6 unique-local addresses count.
+pub fn is_global_unicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            !(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_multicast()
+                || ip.is_broadcast())
+        }
+        IpAddr::V6(ip) => {
+            !(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || (ip.segments()[0] & 0xffc0) == 0xfe80)
+        }
+    }
 }
 
-fn v4s(i: &Iface) -> impl Iterator<Item = Ipv4Network> + '_ {
-    i.addrs.iter().filter_map(|a| match a {
-        IpNetwork::V4(n) if is_global_unicast(n.ip()) => Some(*n),
-        _ => None,
-    })
+/// An interface's usable addresses of one family.
+fn usable(i: &Iface, family: Family) -> impl Iterator<Item = IpNetwork> + '_ {
+    i.addrs
+        .iter()
+        .filter(move |a| Family::of(a.ip()) == family && is_global_unicast(a.ip()))
+        .copied()
 }
 
 /// The interface and address a method picks. `reach` answers can-reach (the local address the
 /// kernel would use toward the host) and `internal_ip` kubernetes-internal-ip (the Node's
-/// first InternalIP); both are I/O the caller does.
+/// first InternalIP of the family); both are I/O the caller does.
 pub fn detect(
     method: &Method,
+    family: Family,
     ifaces: &[Iface],
-    reach: impl FnOnce(&str) -> Result<Ipv4Addr, String>,
-    internal_ip: impl FnOnce() -> Result<Ipv4Addr, String>,
-) -> Result<(String, Ipv4Network), DetectError> {
+    reach: impl FnOnce(&str) -> Result<IpAddr, String>,
+    internal_ip: impl FnOnce() -> Result<IpAddr, String>,
+) -> Result<(String, IpNetwork), DetectError> {
     let not_found = |detail: String| DetectError::NotFound {
         method: method.name(),
+        family: family.name(),
         detail,
     };
-    let by_ip = |ip: Ipv4Addr| {
-        ifaces
-            .iter()
-            .find_map(|i| v4s(i).find(|n| n.ip() == ip).map(|n| (i.name.clone(), n)))
+    let by_ip = |ip: IpAddr| {
+        ifaces.iter().find_map(|i| {
+            usable(i, family)
+                .find(|n| n.ip() == ip)
+                .map(|n| (i.name.clone(), n))
+        })
     };
     let defaults: Vec<Regex> = DEFAULT_INTERFACES_TO_EXCLUDE
         .iter()
@@ -169,12 +216,12 @@ pub fn detect(
         .collect();
     let excluded_by_default = |name: &str| defaults.iter().any(|r| r.is_match(name));
     // calico-node walks net.Interfaces() in reverse "to maintain behavior with older versions".
-    let walk = |keep: &dyn Fn(&Iface) -> bool, net_ok: &dyn Fn(&Ipv4Network) -> bool| {
-        ifaces
-            .iter()
-            .rev()
-            .filter(|i| keep(i))
-            .find_map(|i| v4s(i).find(|n| net_ok(n)).map(|n| (i.name.clone(), n)))
+    let walk = |keep: &dyn Fn(&Iface) -> bool, net_ok: &dyn Fn(&IpNetwork) -> bool| {
+        ifaces.iter().rev().filter(|i| keep(i)).find_map(|i| {
+            usable(i, family)
+                .find(|n| net_ok(n))
+                .map(|n| (i.name.clone(), n))
+        })
     };
     let found = match method {
         Method::FirstFound => walk(&|i| !excluded_by_default(&i.name), &|_| true),
@@ -204,42 +251,60 @@ pub fn detect(
     found.ok_or_else(|| not_found(String::new()))
 }
 
-/// Parses `--ip` / `IP`: an address with or without a prefix (a bare address gets /32, as
-/// Calico does when no interface holds it).
-pub fn parse_explicit(s: &str, ifaces: &[Iface]) -> Result<(String, Ipv4Network), String> {
-    if let Ok(n) = s.parse::<Ipv4Network>() {
-        if s.contains('/') {
-            let name = ifaces
-                .iter()
-                .find(|i| v4s(i).any(|a| a.ip() == n.ip()))
-                .map(|i| i.name.clone())
-                .unwrap_or_default();
-            return Ok((name, n));
+/// Parses `--ip` / `IP` (or `--ip6` / `IP6`): an address with or without a prefix (a bare
+/// address takes the prefix of the interface that holds it, else a host prefix, as Calico).
+pub fn parse_explicit(
+    s: &str,
+    family: Family,
+    ifaces: &[Iface],
+) -> Result<(String, IpNetwork), String> {
+    let flag = match family {
+        Family::V4 => "--ip",
+        Family::V6 => "--ip6",
+    };
+    let bad = || {
+        format!(
+            "{flag} {s:?} is not an {} address or address/prefix",
+            family.name()
+        )
+    };
+    let holder = |ip: IpAddr| {
+        ifaces.iter().find_map(|i| {
+            usable(i, family)
+                .find(|n| n.ip() == ip)
+                .map(|n| (i.name.clone(), n))
+        })
+    };
+    if s.contains('/') {
+        let n: IpNetwork = s.parse().map_err(|_| bad())?;
+        if Family::of(n.ip()) != family {
+            return Err(bad());
         }
+        let name = holder(n.ip()).map(|h| h.0).unwrap_or_default();
+        return Ok((name, n));
     }
-    let ip: Ipv4Addr = s
-        .parse()
-        .map_err(|_| format!("--ip {s:?} is not an IPv4 address or address/prefix"))?;
-    Ok(ifaces
-        .iter()
-        .find_map(|i| v4s(i).find(|n| n.ip() == ip).map(|n| (i.name.clone(), n)))
-        .unwrap_or_else(|| (String::new(), Ipv4Network::from(ip))))
+    let ip: IpAddr = s.parse().map_err(|_| bad())?;
+    if Family::of(ip) != family {
+        return Err(bad());
+    }
+    Ok(holder(ip).unwrap_or_else(|| (String::new(), IpNetwork::from(ip))))
 }
 
 /// The local address the kernel would use toward `host` (a UDP connect sends nothing).
-pub fn local_toward(host: &str) -> Result<Ipv4Addr, String> {
+pub fn local_toward(host: &str, family: Family) -> Result<IpAddr, String> {
     use std::net::ToSocketAddrs;
     let target = (host, 80)
         .to_socket_addrs()
         .map_err(|e| e.to_string())?
-        .find(|a| a.is_ipv4())
-        .ok_or_else(|| format!("{host} has no IPv4 address"))?;
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+        .find(|a| Family::of(a.ip()) == family)
+        .ok_or_else(|| format!("{host} has no {} address", family.name()))?;
+    let any: IpAddr = match family {
+        Family::V4 => Ipv4Addr::UNSPECIFIED.into(),
+        Family::V6 => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let s = std::net::UdpSocket::bind((any, 0)).map_err(|e| e.to_string())?;
     s.connect(target).map_err(|e| e.to_string())?;
-    match s.local_addr().map_err(|e| e.to_string())?.ip() {
-        IpAddr::V4(v4) => Ok(v4),
-        IpAddr::V6(_) => Err("an IPv6 source".into()),
-    }
+    Ok(s.local_addr().map_err(|e| e.to_string())?.ip())
 }
 
 #[cfg(test)]
@@ -257,17 +322,21 @@ mod tests {
     fn lab() -> Vec<Iface> {
         vec![
             iface("lo", &["127.0.0.1/8"]),
-            iface("eth0", &["198.18.0.11/24", "fe80::1/64"]),
-            iface("eth1", &["198.19.0.11/16"]),
+            iface(
+                "eth0",
+                &["198.18.0.11/24", "fe80::1/64", "2001:db8:18::11/64"],
+            ),
+            iface("eth1", &["198.19.0.11/16", "fd00:19::11/64"]),
             iface("veth0", &["198.20.0.1/24"]),
             iface("docker0", &["172.17.0.1/16"]),
             iface("brl0123456789a", &["169.254.1.1/32"]),
         ]
     }
 
-    fn run(m: &str) -> Result<(String, Ipv4Network), DetectError> {
+    fn run(m: &str) -> Result<(String, IpNetwork), DetectError> {
         detect(
-            &Method::parse(m).unwrap(),
+            &Method::parse(m, Family::V4).unwrap(),
+            Family::V4,
             &lab(),
             |_| Ok("198.19.0.11".parse().unwrap()),
             || Ok("198.18.0.11".parse().unwrap()),
@@ -310,6 +379,7 @@ mod tests {
         assert_eq!(run("kubernetes-internal-ip").unwrap().0, "eth0");
         let e = detect(
             &Method::KubernetesInternalIp,
+            Family::V4,
             &lab(),
             |_| unreachable!(),
             || Ok("203.0.113.9".parse().unwrap()),
@@ -321,30 +391,75 @@ mod tests {
     #[test]
     fn bad_methods_are_named() {
         assert!(matches!(
-            Method::parse("nearest"),
+            Method::parse("nearest", Family::V4),
             Err(DetectError::UnknownMethod(_))
         ));
         assert!(matches!(
-            Method::parse("interface=("),
+            Method::parse("interface=(", Family::V4),
             Err(DetectError::BadRegex { .. })
         ));
         assert!(matches!(
-            Method::parse("cidr=10.0.0.0/33"),
-            Err(DetectError::BadCidr(_))
+            Method::parse("cidr=10.0.0.0/33", Family::V4),
+            Err(DetectError::BadCidr(..))
         ));
+        // A CIDR of the other family is named as such.
+        let e = Method::parse("cidr=10.0.0.0/8", Family::V6).unwrap_err();
+        assert_eq!(e.to_string(), "cidr=: \"10.0.0.0/8\" is not an IPv6 CIDR");
     }
 
     #[test]
     fn explicit_addresses() {
         let l = lab();
         assert_eq!(
-            parse_explicit("198.18.0.11", &l).unwrap(),
+            parse_explicit("198.18.0.11", Family::V4, &l).unwrap(),
             ("eth0".into(), "198.18.0.11/24".parse().unwrap())
         );
         assert_eq!(
-            parse_explicit("203.0.113.9", &l).unwrap().1.to_string(),
+            parse_explicit("203.0.113.9", Family::V4, &l)
+                .unwrap()
+                .1
+                .to_string(),
             "203.0.113.9/32"
         );
-        assert!(parse_explicit("nope", &l).is_err());
+        assert!(parse_explicit("nope", Family::V4, &l).is_err());
+        // The other family is refused with the flag's name.
+        let e = parse_explicit("2001:db8::1", Family::V4, &l).unwrap_err();
+        assert!(e.contains("--ip ") && e.contains("IPv4"), "{e}");
+        assert_eq!(
+            parse_explicit("2001:db8:18::11", Family::V6, &l).unwrap(),
+            ("eth0".into(), "2001:db8:18::11/64".parse().unwrap())
+        );
+        assert_eq!(
+            parse_explicit("2001:db8:99::1/64", Family::V6, &l).unwrap(),
+            (String::new(), "2001:db8:99::1/64".parse().unwrap())
+        );
+        assert!(parse_explicit("198.18.0.11", Family::V6, &l).is_err());
+    }
+
+    fn run6(m: &str) -> Result<(String, IpNetwork), DetectError> {
+        detect(
+            &Method::parse(m, Family::V6).unwrap(),
+            Family::V6,
+            &lab(),
+            |_| Ok("2001:db8:18::11".parse().unwrap()),
+            || Ok("fd00:19::11".parse().unwrap()),
+        )
+    }
+
+    #[test]
+    fn ipv6_methods_skip_link_local_and_the_other_family() {
+        // first-found in reverse: eth1's unique-local address (global unicast, as in Go).
+        assert_eq!(run6("").unwrap().1.to_string(), "fd00:19::11/64");
+        // eth0's link-local fe80::1 is never chosen, its global address is.
+        assert_eq!(
+            run6("interface=eth0").unwrap().1.to_string(),
+            "2001:db8:18::11/64"
+        );
+        assert_eq!(run6("cidr=2001:db8::/32").unwrap().0, "eth0");
+        assert_eq!(run6("can-reach=2001:db8:18::1").unwrap().0, "eth0");
+        assert_eq!(run6("kubernetes-internal-ip").unwrap().0, "eth1");
+        // docker0 has IPv4 only: interface=docker0 finds no IPv6 address, and says which.
+        let e = run6("interface=docker0").unwrap_err();
+        assert!(e.to_string().contains("usable IPv6 address"), "{e}");
     }
 }

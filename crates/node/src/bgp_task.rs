@@ -179,6 +179,8 @@ impl BgpTask {
             cluster_id: g.cluster_id,
             graceful_restart: GracefulRestart::default(),
             next_hop_v4: Some(self.me.ip),
+            // IPv6 routes go over IPv6 sessions only (as Calico's bird6), next hop the
+            // session's own address: never over an IPv4 session with an invented next hop.
             next_hop_v6: None,
             // A node passes on nothing it learned, but as a reflector among nodes.
             no_transit: true,
@@ -186,7 +188,9 @@ impl BgpTask {
             kernel: Some(KernelConfig {
                 metric: 0,
                 encap: want.encap.clone(),
-                direct_subnets: vec![IpNetwork::V4(self.me.subnet)],
+                direct_subnets: std::iter::once(IpNetwork::V4(self.me.subnet))
+                    .chain(self.me.subnet6().map(IpNetwork::V6))
+                    .collect(),
                 rescan: self.route_refresh,
             }),
         };

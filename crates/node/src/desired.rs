@@ -5,7 +5,7 @@
 //! to log once.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use brindle_api::validation::parse_duration_secs;
 use brindle_api::{AffinityState, BGPConfigurationSpec, BGPFilter, IpipMode, Validate};
@@ -14,7 +14,7 @@ use brindle_bgp::rails::{self, Rails};
 use brindle_bgp::speaker::Encap;
 use brindle_ipam::block::{self, attr};
 use brindle_ipam::selector::Selector;
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 
 use crate::filters::{self, Direction};
 use crate::snapshot::{NodeInfo, Snapshot};
@@ -25,6 +25,16 @@ pub struct Me {
     pub name: String,
     pub ip: Ipv4Addr,
     pub subnet: Ipv4Network,
+    /// The node's IPv6 address with its interface's prefix, when it has one (`--ip6`).
+    pub ip6: Option<Ipv6Network>,
+}
+
+impl Me {
+    /// The subnet of the node's IPv6 address.
+    pub fn subnet6(&self) -> Option<Ipv6Network> {
+        let n = self.ip6?;
+        Ipv6Network::new(n.network(), n.prefix()).ok()
+    }
 }
 
 /// A problem with one resource: logged once by the caller, the rest goes on.
@@ -178,6 +188,34 @@ fn node_ip(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<Ipv4Addr> {
     }
 }
 
+/// A node's IPv6 address, if it has a valid one (an invalid one is warned about).
+fn node_ip6(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<Ipv6Addr> {
+    let a = n.bgp.ipv6_address.as_deref()?;
+    match a.parse::<Ipv6Network>() {
+        Ok(net) => Some(net.ip()),
+        Err(_) => {
+            warn(
+                w,
+                format!("node {name}"),
+                format!("ipv6Address {a:?} is not an IPv6 address/prefix; not peering with it over IPv6"),
+            );
+            None
+        }
+    }
+}
+
+/// The addresses two nodes peer on: their IPv4 ones, and their IPv6 ones when both have one
+/// (one session per family, as Calico's bird and bird6).
+fn session_addrs(me: &Me, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Vec<IpAddr> {
+    let mut v = vec![IpAddr::V4(ip)];
+    if let (Some(mine), Some(theirs)) = (me.ip6, ip6) {
+        if mine.ip() != theirs {
+            v.push(IpAddr::V6(theirs));
+        }
+    }
+    v
+}
+
 fn rr_id(n: Option<&NodeInfo>) -> Option<Ipv4Addr> {
     n?.bgp.route_reflector_cluster_id.as_deref()?.parse().ok()
 }
@@ -211,29 +249,37 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
     let my_rr = rr_id(mine);
     let my_asn = globals(snap, me).asn;
     // Node-to-node peers (mesh and peerSelector) follow one rule for who dials and who reflects.
-    let node_peer = |name: &str, n: &NodeInfo, ip: Ipv4Addr, kind: PeerKind| {
-        let asn = node_asn(snap, n);
-        DesiredPeer {
-            addr: IpAddr::V4(ip),
-            port: config_for(snap, name).listen_port,
-            asn,
-            kind,
-            node: Some(name.to_string()),
-            // The lower address waits (numerically; Calico compares strings).
-            passive: me.ip < ip,
-            rr_client: asn == my_asn && my_rr.is_some() && rr_id(Some(n)) != my_rr,
-            password: None,
-            hold_time: 90,
-            restart_time: None,
-            source: Some(IpAddr::V4(me.ip)),
-            ttl_security: None,
-            member: true,
-            router_id: Some(ip),
-            max_prefixes: None,
-            import: Policy::accept_all(),
-            export: Policy::accept_all(),
-        }
-    };
+    // `addr` is the other node's IPv4 or IPv6 address; its router ID is its IPv4 one.
+    let node_peer =
+        |name: &str, n: &NodeInfo, addr: IpAddr, router_id: Ipv4Addr, kind: PeerKind| {
+            let asn = node_asn(snap, n);
+            let source = match addr {
+                IpAddr::V4(_) => IpAddr::V4(me.ip),
+                IpAddr::V6(_) => me
+                    .ip6
+                    .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |n| IpAddr::V6(n.ip())),
+            };
+            DesiredPeer {
+                addr,
+                port: config_for(snap, name).listen_port,
+                asn,
+                kind,
+                node: Some(name.to_string()),
+                // The lower address waits (numerically; Calico compares strings).
+                passive: source < addr,
+                rr_client: asn == my_asn && my_rr.is_some() && rr_id(Some(n)) != my_rr,
+                password: None,
+                hold_time: 90,
+                restart_time: None,
+                source: Some(source),
+                ttl_security: None,
+                member: true,
+                router_id: Some(router_id),
+                max_prefixes: None,
+                import: Policy::accept_all(),
+                export: Policy::accept_all(),
+            }
+        };
     let cfg = config_for(snap, &me.name);
     // The mesh's password: a missing Secret stops the mesh (fails closed), with a warning.
     let mesh_password = match &cfg.node_mesh_password {
@@ -263,14 +309,21 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             let Some(ip) = node_ip(name, n, w) else {
                 continue;
             };
-            if ip != me.ip {
-                let mut d = node_peer(name, n, ip, PeerKind::Mesh);
+            if ip == me.ip {
+                continue;
+            }
+            for addr in session_addrs(me, ip, node_ip6(name, n, w)) {
+                let mut d = node_peer(name, n, addr, ip, PeerKind::Mesh);
                 d.password = password.clone();
                 // GTSM only where the peer is directly connected.
-                if cfg.node_mesh_ttl_security && me.subnet.contains(ip) {
+                let connected = match addr {
+                    IpAddr::V4(a) => me.subnet.contains(a),
+                    IpAddr::V6(a) => me.subnet6().is_some_and(|s| s.contains(a)),
+                };
+                if cfg.node_mesh_ttl_security && connected {
                     d.ttl_security = Some(1);
                 }
-                out.insert(IpAddr::V4(ip), d);
+                out.insert(addr, d);
             }
         }
     }
@@ -364,13 +417,15 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
         };
         let me_applies = applies(&my_labels, &me.name);
         if let Some(sa) = p.peer_addr() {
-            if me_applies && sa.ip() != IpAddr::V4(me.ip) {
+            let own = sa.ip() == IpAddr::V4(me.ip) || me.ip6.is_some_and(|n| sa.ip() == n.ip());
+            if me_applies && !own {
                 let Some(asn) = p.as_number else { continue };
                 // A BGPPeer may name a node by address (a reflector, say): it is then that
                 // node, held to its router ID like a mesh peer.
                 let node = snap.nodes.iter().find_map(|(name, n)| {
                     let ip = node_ip(name, n, &mut vec![])?;
-                    (IpAddr::V4(ip) == sa.ip()).then_some(ip)
+                    let ip6 = node_ip6(name, n, &mut vec![]).map(IpAddr::V6);
+                    (IpAddr::V4(ip) == sa.ip() || ip6 == Some(sa.ip())).then_some(ip)
                 });
                 let d = DesiredPeer {
                     addr: sa.ip(),
@@ -417,12 +472,15 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             let Some(ip) = node_ip(name, n, w) else {
                 continue;
             };
-            if ip != me.ip {
-                let mut d = tune(node_peer(name, n, ip, kind));
+            if ip == me.ip {
+                continue;
+            }
+            for addr in session_addrs(me, ip, node_ip6(name, n, w)) {
+                let mut d = tune(node_peer(name, n, addr, ip, kind));
                 if rr_id(Some(n)).is_some() && rr_id(Some(n)) != my_rr {
                     d.kind = PeerKind::RouteReflector;
                 }
-                out.insert(IpAddr::V4(ip), d);
+                out.insert(addr, d);
             }
         }
     }
@@ -519,11 +577,13 @@ pub fn rails(snap: &Snapshot, me: &Me, host: &[IpNetwork], w: &mut Vec<Warning>)
         .filter_map(|a| IpNetwork::new(a.network(), a.prefix()).ok())
         .collect();
     subnets.extend(IpNetwork::new(IpAddr::V4(me.subnet.network()), me.subnet.prefix()).ok());
+    subnets.extend(me.subnet6().map(IpNetwork::V6));
     let mut addrs: Vec<IpNetwork> = host
         .iter()
         .filter_map(|a| IpNetwork::new(a.ip(), if a.is_ipv4() { 32 } else { 128 }).ok())
         .collect();
     addrs.push(IpNetwork::V4(me.ip.into()));
+    addrs.extend(me.ip6.map(|n| IpNetwork::V6(n.ip().into())));
     // tunl0's address is inside a pool, perhaps borrowed from another node's block: that
     // block's route must not be refused for covering it (the local table keeps the address
     // ours whatever the main table says).

@@ -48,7 +48,7 @@ use tracing::{error, info, warn};
 
 use brindle_felix_lite::iptables::Runner;
 
-use crate::autodetect::Method;
+use crate::autodetect::{Family, Method};
 use crate::desired::Me;
 
 #[derive(Parser, Debug)]
@@ -70,6 +70,14 @@ struct Args {
     /// can-reach=<host>, kubernetes-internal-ip. Regexes match whole interface names.
     #[arg(long, env = "IP_AUTODETECTION_METHOD", default_value = "first-found")]
     ip_autodetection_method: String,
+    /// The node's IPv6 address (`addr` or `addr/len`) or `autodetect`. Unset (or `none`)
+    /// keeps the address recorded for the node (none at first), as calico-node does: IPv6 is
+    /// found only when asked for. Nodes with IPv6 addresses peer over IPv6 for IPv6 pools.
+    #[arg(long, env = "IP6")]
+    ip6: Option<String>,
+    /// The IPv6 address's method, as --ip-autodetection-method (cidr= takes IPv6 CIDRs).
+    #[arg(long, env = "IP6_AUTODETECTION_METHOD", default_value = "first-found")]
+    ip6_autodetection_method: String,
     /// This node's AS number (the cluster's BGPConfiguration asNumber when not given).
     #[arg(long = "as", env = "AS")]
     asn: Option<u32>,
@@ -269,6 +277,94 @@ where
     }
 }
 
+/// One family's address: given, detected, or (detection failing) the one recorded.
+struct Found {
+    iface: String,
+    net: ipnetwork::IpNetwork,
+}
+
+fn find_address(
+    family: Family,
+    given: Option<&str>,
+    method: &str,
+    ifaces: &[autodetect::Iface],
+    previous: Option<&str>,
+    internal: &[String],
+) -> anyhow::Result<Option<Found>> {
+    use std::net::IpAddr;
+    let (flag, var) = match family {
+        Family::V4 => ("--ip-autodetection-method", "IP_AUTODETECTION_METHOD"),
+        Family::V6 => ("--ip6-autodetection-method", "IP6_AUTODETECTION_METHOD"),
+    };
+    let method = Method::parse(method, family).with_context(|| format!("{flag} / {var}"))?;
+    let previous = previous
+        .and_then(|s| s.parse::<ipnetwork::IpNetwork>().ok())
+        .filter(|n| Family::of(n.ip()) == family);
+    let holder = |ip: IpAddr| {
+        ifaces
+            .iter()
+            .find(|i| i.addrs.iter().any(|x| x.ip() == ip))
+            .map(|i| i.name.clone())
+            .unwrap_or_default()
+    };
+    let given = given.map(str::trim).filter(|s| !s.is_empty());
+    match (family, given) {
+        (Family::V4, Some("none")) => anyhow::bail!(
+            "--ip none (an IPv6-only node) is not supported yet: give the node an IPv4 address"
+        ),
+        // Unset or `none` keeps what is recorded (calico-node's rule: IPv6 is detected only
+        // when asked for, and `none` disables detection, not the address).
+        (Family::V6, None | Some("none")) => {
+            return Ok(previous.map(|net| Found {
+                iface: holder(net.ip()),
+                net,
+            }))
+        }
+        // An address the operator gave is used or refused, never replaced by an old one.
+        (_, Some(s)) if s != "autodetect" => {
+            let (iface, net) =
+                autodetect::parse_explicit(s, family, ifaces).map_err(anyhow::Error::msg)?;
+            return Ok(Some(Found { iface, net }));
+        }
+        _ => {}
+    }
+    let found = autodetect::detect(
+        &method,
+        family,
+        ifaces,
+        |h| autodetect::local_toward(h, family),
+        || {
+            let first = internal
+                .iter()
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+                .find(|a| Family::of(*a) == family);
+            first.ok_or_else(|| {
+                format!(
+                    "the Node has no {} InternalIP (kubernetes-internal-ip needs --datastore kubernetes)",
+                    family.name()
+                )
+            })
+        },
+    );
+    match (found, previous) {
+        (Ok((iface, net)), _) => Ok(Some(Found { iface, net })),
+        (Err(e), Some(p)) => {
+            warn!(
+                "{} autodetection failed ({e:#}); keeping the recorded address {p}",
+                family.name()
+            );
+            Ok(Some(Found {
+                iface: holder(p.ip()),
+                net: p,
+            }))
+        }
+        (Err(e), None) => anyhow::bail!(
+            "failed to autodetect an {} address and this node has none recorded: {e:#}",
+            family.name()
+        ),
+    }
+}
+
 async fn identify(
     a: &Args,
     store: &Store,
@@ -281,8 +377,6 @@ async fn identify(
             .to_string_lossy()
             .into_owned(),
     };
-    let method = Method::parse(&a.ip_autodetection_method)
-        .context("--ip-autodetection-method / IP_AUTODETECTION_METHOD")?;
     let (previous, internal) = retry("reading this node's record", || async {
         Ok(register::recorded(store, &name).await?)
     })
@@ -290,63 +384,53 @@ async fn identify(
     let ifaces = register::interfaces(handle)
         .await
         .context("listing interfaces")?;
-    let found = match a.ip.as_deref() {
-        // An address the operator gave is used or refused, never replaced by an old one.
-        Some(ip) if ip != "autodetect" && !ip.is_empty() => {
-            Ok(autodetect::parse_explicit(ip, &ifaces).map_err(anyhow::Error::msg)?)
-        }
-        _ => autodetect::detect(
-            &method,
-            &ifaces,
-            autodetect::local_toward,
-            || {
-                internal
-                    .as_deref()
-                    .ok_or_else(|| "the Node has no InternalIP (kubernetes-internal-ip needs --datastore kubernetes)".to_string())?
-                    .parse()
-                    .map_err(|_| "the Node's InternalIP is not IPv4".to_string())
-            },
-        )
-        .map_err(anyhow::Error::from),
+    let prev = |f: fn(&brindle_api::NodeBgp) -> &Option<String>| {
+        previous.as_ref().and_then(|b| f(b).clone())
     };
-    let (iface, net) = match found {
-        Ok(f) => f,
-        Err(e) => {
-            let prev = previous
-                .as_ref()
-                .and_then(|b| b.ipv4_address.as_deref())
-                .and_then(|s| s.parse::<ipnetwork::Ipv4Network>().ok());
-            match prev {
-                Some(p) => {
-                    warn!("IPv4 autodetection failed ({e:#}); keeping the recorded address {p}");
-                    let iface = ifaces
-                        .iter()
-                        .find(|i| {
-                            i.addrs
-                                .iter()
-                                .any(|x| x.ip() == std::net::IpAddr::V4(p.ip()))
-                        })
-                        .map(|i| i.name.clone())
-                        .unwrap_or_default();
-                    (iface, p)
-                }
-                None => anyhow::bail!(
-                    "failed to autodetect an IPv4 address and node {name} has none recorded: {e:#}"
-                ),
-            }
-        }
+    let v4 = find_address(
+        Family::V4,
+        a.ip.as_deref(),
+        &a.ip_autodetection_method,
+        &ifaces,
+        prev(|b| &b.ipv4_address).as_deref(),
+        &internal,
+    )
+    .with_context(|| format!("node {name}"))?
+    .context("no IPv4 address")?;
+    let v6 = find_address(
+        Family::V6,
+        a.ip6.as_deref(),
+        &a.ip6_autodetection_method,
+        &ifaces,
+        prev(|b| &b.ipv6_address).as_deref(),
+        &internal,
+    )
+    .with_context(|| format!("node {name}"))?;
+    let ipnetwork::IpNetwork::V4(net) = v4.net else {
+        anyhow::bail!("node {name}: {} is not IPv4", v4.net);
+    };
+    let ip6 = match v6.as_ref().map(|f| f.net) {
+        Some(ipnetwork::IpNetwork::V6(n)) => Some(n),
+        _ => None,
     };
     let uplink_mtu = ifaces
         .iter()
-        .find(|i| i.name == iface)
+        .find(|i| i.name == v4.iface)
         .map_or(1500, |i| i.mtu);
     let subnet = ipnetwork::Ipv4Network::new(net.network(), net.prefix()).unwrap_or(net);
-    info!(node = %name, address = %net, interface = %iface, mtu = uplink_mtu, "node address");
+    info!(node = %name, address = %net, interface = %v4.iface, mtu = uplink_mtu, "node address");
+    match &v6 {
+        Some(f) => info!(node = %name, address = %f.net, interface = %f.iface, "node IPv6 address"),
+        None => {
+            info!(node = %name, "no IPv6 address (--ip6 / IP6 not set): IPv6 pools are not routed to this node")
+        }
+    }
     Ok((
         Me {
             name,
             ip: net.ip(),
             subnet,
+            ip6,
         },
         uplink_mtu,
     ))
@@ -409,9 +493,18 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let handle = netlink()?;
     let (me, uplink_mtu) = identify(&a, &store, &handle).await?;
     retry("registering the node", || {
-        register::write(&store, &me.name, me_net(&me), a.asn)
+        register::write(&store, &me.name, me_net(&me), me.ip6, a.asn)
     })
     .await;
+    if me.ip6.is_some() {
+        // Felix's configureKernel: IPv6 pods are routed only with forwarding on.
+        match std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1") {
+            Ok(()) => info!("net.ipv6.conf.all.forwarding=1 (the node routes IPv6 pods)"),
+            Err(e) => warn!(
+                "setting net.ipv6.conf.all.forwarding=1: {e}; IPv6 pods will not be forwarded"
+            ),
+        }
+    }
     if let Some(dir) = a.nodename_file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }

@@ -1,4 +1,4 @@
-//! Registration: the node's name, its IPv4 address (autodetected or given) and AS, written
+//! Registration: the node's name, its IPv4 and IPv6 addresses (autodetected or given) and AS, written
 //! to its record — the `BrindleNode` object in etcd, `brindle.dev/*` annotations on the
 //! Kubernetes Node. A failed detection keeps the address already recorded; with none recorded
 //! the agent refuses to start.
@@ -9,7 +9,7 @@ use brindle_api::node::annotations;
 use brindle_api::{BrindleNode, NodeBgp};
 use brindle_datastore::{Store, StoreError};
 use futures::TryStreamExt;
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use k8s_openapi::api::core::v1::Node;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::LinkAttribute;
@@ -68,20 +68,25 @@ pub async fn interfaces(handle: &rtnetlink::Handle) -> anyhow::Result<Vec<Iface>
     Ok(out.into_values().collect())
 }
 
-/// The node's recorded BGP facts (None: no record yet), and its first InternalIP
+/// The node's recorded BGP facts (None: no record yet), and its InternalIPs in order
 /// (Kubernetes only).
 pub async fn recorded(
     store: &Store,
     node: &str,
-) -> Result<(Option<NodeBgp>, Option<String>), StoreError> {
+) -> Result<(Option<NodeBgp>, Vec<String>), StoreError> {
     if store.backend_name() == "kubernetes" {
         let n = store.all::<Node>().get(node).await?;
         let internal = n
             .as_ref()
             .and_then(|n| n.status.as_ref())
             .and_then(|s| s.addresses.as_ref())
-            .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
-            .map(|a| a.address.clone());
+            .map(|a| {
+                a.iter()
+                    .filter(|a| a.type_ == "InternalIP")
+                    .map(|a| a.address.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
         let bgp = n.map(|n| {
             NodeBgp::from_annotations(&n.metadata.annotations.unwrap_or_default())
                 .unwrap_or_default()
@@ -89,15 +94,17 @@ pub async fn recorded(
         Ok((bgp, internal))
     } else {
         let n = store.all::<BrindleNode>().get(node).await?;
-        Ok((n.map(|n| n.spec.bgp.unwrap_or_default()), None))
+        Ok((n.map(|n| n.spec.bgp.unwrap_or_default()), vec![]))
     }
 }
 
-/// Writes the address (and AS, when given) to the node's record, creating the etcd record.
+/// Writes the addresses (and AS, when given) to the node's record, creating the etcd record.
+/// `ip6` is the whole truth about IPv6: None takes a recorded IPv6 address off.
 pub async fn write(
     store: &Store,
     node: &str,
     ip: Ipv4Network,
+    ip6: Option<Ipv6Network>,
     asn: Option<u32>,
 ) -> anyhow::Result<()> {
     for _ in 0..RETRIES {
@@ -107,17 +114,22 @@ pub async fn write(
                 anyhow::bail!("Kubernetes Node {node:?} does not exist (is --nodename right? the kubelet registers it)");
             };
             let have = n.metadata.annotations.unwrap_or_default();
-            let mut want = BTreeMap::from([
-                (annotations::IPV4_ADDRESS.to_string(), ip.to_string()),
+            // A value of None (JSON null in the merge patch) removes the annotation.
+            let mut want: BTreeMap<String, Option<String>> = BTreeMap::from([
+                (annotations::IPV4_ADDRESS.to_string(), Some(ip.to_string())),
+                (
+                    annotations::IPV6_ADDRESS.to_string(),
+                    ip6.map(|n| n.to_string()),
+                ),
                 (
                     annotations::AGENT_VERSION.to_string(),
-                    AGENT_VERSION.to_string(),
+                    Some(AGENT_VERSION.to_string()),
                 ),
             ]);
             if let Some(a) = asn {
-                want.insert(annotations::AS_NUMBER.into(), a.to_string());
+                want.insert(annotations::AS_NUMBER.into(), Some(a.to_string()));
             }
-            want.retain(|k, v| have.get(k) != Some(v));
+            want.retain(|k, v| have.get(k) != v.as_ref());
             if want.is_empty() {
                 return Ok(());
             }
@@ -135,6 +147,7 @@ pub async fn write(
                     n.metadata.annotations = Some(version_annotation());
                     n.spec.bgp = Some(NodeBgp {
                         ipv4_address: Some(ip.to_string()),
+                        ipv6_address: ip6.map(|n| n.to_string()),
                         as_number: asn,
                         ..Default::default()
                     });
@@ -147,6 +160,7 @@ pub async fn write(
                     let before = (n.spec.clone(), n.metadata.annotations.clone());
                     let b = n.spec.bgp.get_or_insert_with(NodeBgp::default);
                     b.ipv4_address = Some(ip.to_string());
+                    b.ipv6_address = ip6.map(|n| n.to_string());
                     if asn.is_some() {
                         b.as_number = asn;
                     }

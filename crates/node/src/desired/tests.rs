@@ -22,6 +22,7 @@ fn me(name: &str, ip: &str) -> Me {
         name: name.into(),
         ip: ip.parse().unwrap(),
         subnet: "198.18.0.0/24".parse().unwrap(),
+        ip6: None,
     }
 }
 
@@ -77,6 +78,66 @@ fn mesh_peers_everyone_else_and_the_lower_address_waits() {
     assert!(p
         .values()
         .all(|d| d.kind == PeerKind::Mesh && d.asn == 64512));
+}
+
+#[test]
+fn dual_stack_nodes_peer_once_per_family_and_single_stack_ones_once() {
+    let mut s = three();
+    let v6 = |s: &mut Snapshot, n: &str, a: &str| {
+        s.nodes.get_mut(n).unwrap().bgp.ipv6_address = Some(a.into());
+    };
+    v6(&mut s, "n1", "2001:db8:18::11/64");
+    v6(&mut s, "n2", "2001:db8:18::12/64");
+    v6(&mut s, "n3", "2001:db8:18::9/64");
+    let mut m = me("n1", "198.18.0.11");
+    m.ip6 = Some("2001:db8:18::11/64".parse().unwrap());
+    let mut w = vec![];
+    let p = peers(&s, &m, &mut w);
+    assert!(w.is_empty(), "{w:?}");
+    let addrs: Vec<String> = p.keys().map(ToString::to_string).collect();
+    assert_eq!(
+        addrs,
+        [
+            "198.18.0.9",
+            "198.18.0.12",
+            "2001:db8:18::9",
+            "2001:db8:18::12"
+        ]
+    );
+    let v6peer = &p[&"2001:db8:18::12".parse::<IpAddr>().unwrap()];
+    // Held to the node's router ID (its IPv4 address), from our IPv6 address; the lower
+    // IPv6 address waits, as for IPv4.
+    assert_eq!(v6peer.router_id, Some("198.18.0.12".parse().unwrap()));
+    assert_eq!(v6peer.source, Some("2001:db8:18::11".parse().unwrap()));
+    assert!(v6peer.passive && v6peer.member && v6peer.kind == PeerKind::Mesh);
+    assert!(!p[&"2001:db8:18::9".parse::<IpAddr>().unwrap()].passive);
+
+    // A node without IPv6 (or we without it) peers over IPv4 only.
+    s.nodes.get_mut("n3").unwrap().bgp.ipv6_address = None;
+    assert_eq!(peers(&s, &m, &mut w).len(), 3);
+    m.ip6 = None;
+    assert_eq!(peers(&s, &m, &mut w).len(), 2);
+    // A malformed IPv6 address is named, and that node still peers over IPv4.
+    m.ip6 = Some("2001:db8:18::11/64".parse().unwrap());
+    s.nodes.get_mut("n2").unwrap().bgp.ipv6_address = Some("10.0.0.1/8".into());
+    let p = peers(&s, &m, &mut w);
+    assert_eq!(p.len(), 2, "{p:?}");
+    assert!(w
+        .iter()
+        .any(|w| w.resource == "node n2" && w.reason.contains("ipv6Address")));
+}
+
+#[test]
+fn rails_protect_the_nodes_ipv6_address_and_subnet() {
+    let s = three();
+    let mut m = me("n1", "198.18.0.11");
+    m.ip6 = Some("2001:db8:18::11/64".parse().unwrap());
+    let r = rails(&s, &m, &[], &mut vec![]);
+    assert!(
+        r.protected.contains(&"2001:db8:18::/64".parse().unwrap()),
+        "{:?}",
+        r.protected
+    );
 }
 
 #[test]
