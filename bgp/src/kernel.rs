@@ -129,6 +129,9 @@ pub struct KernelSync {
 /// The kernel's main routing table (`RT_TABLE_MAIN`).
 const RT_TABLE_MAIN: u32 = 254;
 
+/// The metric the kernel gives an IPv6 route added with none (or 0).
+const IP6_DEFAULT_METRIC: u32 = 1024;
+
 /// How many requests are in flight on the socket at once.
 const PIPELINE: usize = 256;
 
@@ -321,7 +324,13 @@ impl KernelSync {
             RouteAttribute::Priority(m) => Some(*m),
             _ => None,
         });
-        if metric.unwrap_or(0) != self.metric {
+        // IPv6 stores a route added at metric 0 at its default, 1024 (IP6_RT_PRIO_USER).
+        let v6 = r.header.address_family == rtnetlink::packet_route::AddressFamily::Inet6;
+        let ours = match self.metric {
+            0 if v6 => IP6_DEFAULT_METRIC,
+            m => m,
+        };
+        if metric.unwrap_or(0) != ours {
             return None;
         }
         if r.header.kind == RouteType::BlackHole {

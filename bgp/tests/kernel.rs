@@ -12,10 +12,18 @@ fn net(s: &str) -> IpNetwork {
     s.parse().unwrap()
 }
 
+type Job<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + 'a>>;
+
 /// Runs `f` with a KernelSync whose socket lives in `ns` (a thread of its own enters it).
-fn in_ns<T: Send>(
+fn in_ns<T: Send>(ns: &Netns, f: impl FnOnce(&KernelSync) -> Job<'_, T> + Send) -> T {
+    in_ns_metric(ns, 1024, f)
+}
+
+/// The same with routes at `metric`.
+fn in_ns_metric<T: Send>(
     ns: &Netns,
-    f: impl FnOnce(&KernelSync) -> std::pin::Pin<Box<dyn std::future::Future<Output = T> + '_>> + Send,
+    metric: u32,
+    f: impl FnOnce(&KernelSync) -> Job<'_, T> + Send,
 ) -> T {
     let path = ns.path();
     std::thread::scope(|s| {
@@ -29,7 +37,7 @@ fn in_ns<T: Send>(
             rt.block_on(async {
                 let (conn, handle, _) = rtnetlink::new_connection().unwrap();
                 tokio::spawn(conn);
-                let k = KernelSync::new(handle, 1024);
+                let k = KernelSync::new(handle, metric);
                 f(&k).await
             })
         })
@@ -66,6 +74,55 @@ fn via(gw: &str, onlink: bool) -> NextHop {
         gateway: gw.parse::<IpAddr>().unwrap(),
         ifindex: None,
         onlink,
+    }
+}
+
+/// The node agent installs at metric 0, which the kernel stores as 1024 for IPv6 (its
+/// default for user routes): read back, such routes are ours and unchanged, not rewritten at
+/// every re-read (as they were: "the kernel's routes differed from ours" every 2 s).
+#[test]
+fn ipv6_routes_at_metric_zero_read_back_as_installed() {
+    let ns = Netns::new("brl-kern6");
+    ns.ok(&[
+        "ip", "link", "add", "v0", "type", "veth", "peer", "name", "v1",
+    ]);
+    ns.ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        "2001:db8:20::1/64",
+        "dev",
+        "v0",
+        "nodad",
+    ]);
+    ns.ok(&["ip", "link", "set", "v0", "up"]);
+    ns.ok(&["ip", "link", "set", "v1", "up"]);
+    let wanted = vec![
+        (net("fd00:10:244::/122"), Target::Blackhole),
+        (
+            net("fd00:10:244::40/122"),
+            Target::Via(vec![via("2001:db8:20::2", false)]),
+        ),
+        (net("10.244.0.0/26"), Target::Blackhole),
+    ];
+    let want = wanted.clone();
+    let read = in_ns_metric(&ns, 0, |k| {
+        Box::pin(async move {
+            k.reconcile(&want).await.unwrap();
+            k.routes().await.unwrap()
+        })
+    });
+    assert_eq!(read.len(), 3, "{read:?}");
+    for (prefix, target) in &wanted {
+        let have = read
+            .iter()
+            .find(|r| r.0 == *prefix)
+            .and_then(|r| r.1.as_ref());
+        assert!(
+            have.is_some_and(|h| target.is_met_by(h)),
+            "{prefix}: want {target:?}, read {have:?}"
+        );
     }
 }
 

@@ -79,3 +79,59 @@ fn dual_stack_mesh_routes_both_families() {
         assert_no_withdrawals(&mons);
     });
 }
+
+/// Two racks, a BIRD router per rack with IPv4 and IPv6 sessions to its nodes and to the
+/// other rack's router: pods reach each other over IPv6 across racks, nodes route the other
+/// rack's IPv6 blocks via their router's IPv6 address, and each router holds every IPv6 block.
+#[test]
+fn dual_stack_racks_through_top_of_rack_routers() {
+    let spec = LabSpec {
+        nodes: 4,
+        racks: 2,
+        tor: true,
+        ..dual(4)
+    };
+    with_lab(spec, |lab| {
+        let pods = pod_per_node(lab);
+        all_reach(lab, &pods);
+        all_reach6(lab, &pods);
+        let blocks = lab.blocks();
+        for n in &lab.nodes {
+            let r = routes6(lab, &n.name);
+            for (owner, bs) in &blocks {
+                let o = lab.node(owner);
+                for b in bs.iter().filter(|b| b.contains(':')) {
+                    let want = if owner == &n.name {
+                        format!("blackhole {b}")
+                    } else if o.rack == n.rack {
+                        format!("{b} via {} dev eth0", o.ip6.expect("v6"))
+                    } else {
+                        let gw =
+                            std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x18, n.rack as u16, 0, 0, 0, 1);
+                        format!("{b} via {gw} dev eth0")
+                    };
+                    assert!(r.contains(&want), "{}: missing {want:?} in {r:?}", n.name);
+                }
+            }
+            // One session per family, both to its router.
+            let peers = lab.peers(&n.name);
+            assert_eq!(peers.len(), 2, "{}: {peers:?}", n.name);
+        }
+        let all6: Vec<&String> = blocks
+            .values()
+            .flatten()
+            .filter(|b| b.contains(':'))
+            .collect();
+        assert_eq!(all6.len(), 4, "{blocks:?}");
+        for t in &lab.tors {
+            let shown = t.bird.birdc(&["show", "route", "table", "master6"]);
+            for b in &all6 {
+                assert!(
+                    shown.contains(b.as_str()),
+                    "rack {} router lacks {b}: {shown}",
+                    t.rack
+                );
+            }
+        }
+    });
+}

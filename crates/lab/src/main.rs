@@ -246,8 +246,15 @@ fn spec_args(s: &LabSpec) -> Vec<String> {
             v["datastore"].as_str().unwrap_or("etcd").to_lowercase()
         ),
     ];
+    a.push(format!(
+        "--ip-family={}",
+        v["ip_family"].as_str().unwrap_or("ipv4")
+    ));
     if s.tor {
         a.push("--tor".into());
+    }
+    if s.etcd_tls {
+        a.push("--etcd-tls".into());
     }
     a
 }
@@ -763,5 +770,40 @@ fn main() -> ExitCode {
             eprintln!("brindle-lab: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The supervisor is started with the spec as flags: every field must survive the trip
+    /// (a flag once forgotten here made `up --ip-family dual` build an IPv4 lab).
+    #[test]
+    fn spec_args_carry_every_field() {
+        let spec = LabSpec {
+            nodes: 5,
+            racks: 2,
+            tor: true,
+            encap: brindle_lab::Encap::Crosssubnet,
+            reflectors: 0,
+            datastore: brindle_lab::Datastore::Kubernetes,
+            gc_grace: "9s".into(),
+            workload_gc_grace_seconds: 7,
+            zones: 3,
+            iptables_backend: "legacy".into(),
+            dataplane: "nftables".into(),
+            etcd_tls: true,
+            ip_family: brindle_lab::IpFamily::Dual,
+        };
+        let mut argv = vec!["brindle-lab".to_string(), "supervise".into()];
+        argv.extend(spec_args(&spec));
+        let Cmd::Supervise(back) = Cli::try_parse_from(argv).expect("parses").cmd else {
+            panic!("not supervise");
+        };
+        assert_eq!(
+            serde_json::to_value(&back).unwrap(),
+            serde_json::to_value(&spec).unwrap()
+        );
     }
 }
