@@ -160,7 +160,7 @@ fn guard() -> NodeGuard {
     }
 }
 
-fn sets_want() -> std::collections::BTreeMap<String, Vec<ipnetwork::Ipv4Network>> {
+fn sets_want() -> std::collections::BTreeMap<String, Vec<ipnetwork::IpNetwork>> {
     std::collections::BTreeMap::from([
         (rules::ALL_POOLS_SET.to_string(), vec![]),
         (rules::MASQ_POOLS_SET.to_string(), vec![]),

@@ -10,8 +10,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
+use crate::family::Family;
 use crate::proxy::rules::{Rule, Ruleset, TableRules, CHAIN_PREFIX, TAG};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,10 +22,12 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn tool(self, what: &str) -> String {
+    /// `iptables-legacy-save`, `ip6tables-nft-restore`, …
+    fn tool(self, family: Family, what: &str) -> String {
+        let stem = family.iptables();
         match self {
-            Backend::Legacy => format!("iptables-legacy-{what}"),
-            Backend::Nft => format!("iptables-nft-{what}"),
+            Backend::Legacy => format!("{stem}-legacy-{what}"),
+            Backend::Nft => format!("{stem}-nft-{what}"),
         }
     }
     pub fn name(self) -> &'static str {
@@ -199,7 +202,10 @@ impl Runner {
         if !names.is_ok_and(|n| n.lines().any(|l| l.trim() == "filter")) {
             return None;
         }
-        let legacy = self.run(&[&Backend::Legacy.tool("save"), "-t", "filter"], None);
+        let legacy = self.run(
+            &[&Backend::Legacy.tool(Family::V4, "save"), "-t", "filter"],
+            None,
+        );
         if legacy.is_ok_and(|t| t.lines().any(|l| l.starts_with(":FORWARD DROP"))) {
             return Some("iptables-legacy's FORWARD chain has policy DROP".into());
         }
@@ -207,7 +213,10 @@ impl Runner {
     }
 
     pub fn backend(&self, choice: &str) -> Result<Backend, IptablesError> {
-        let try_one = |b: Backend| self.run(&[&b.tool("save"), "-t", "nat"], None).map(|_| b);
+        let try_one = |b: Backend| {
+            self.run(&[&b.tool(Family::V4, "save"), "-t", "nat"], None)
+                .map(|_| b)
+        };
         match choice {
             "legacy" => try_one(Backend::Legacy),
             "nft" => try_one(Backend::Nft),
@@ -311,9 +320,11 @@ pub struct SyncReport {
 
 pub struct Writer {
     pub backend: Backend,
+    /// `iptables` or `ip6tables`, and the ipsets' family.
+    pub family: Family,
     runner: Runner,
     known: Option<HashMap<String, TableState>>,
-    known_sets: Option<BTreeMap<String, Vec<Ipv4Network>>>,
+    known_sets: Option<BTreeMap<String, Vec<IpNetwork>>>,
     known_policy_sets: Option<HashMap<String, crate::policy::SetSpec>>,
     /// The policy set names after the last clean-up of stale ones.
     policy_set_names: Option<BTreeSet<String>>,
@@ -324,9 +335,15 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// The IPv4 writer.
     pub fn new(backend: Backend, runner: Runner) -> Writer {
+        Writer::for_family(backend, Family::V4, runner)
+    }
+
+    pub fn for_family(backend: Backend, family: Family, runner: Runner) -> Writer {
         Writer {
             backend,
+            family,
             runner,
             known: None,
             known_sets: None,
@@ -368,14 +385,14 @@ impl Writer {
     }
 
     fn read(&self) -> Result<HashMap<String, TableState>, IptablesError> {
-        read_tables(self.backend, &self.runner)
+        read_tables(self.backend, self.family, &self.runner)
     }
 
     /// Brings the ipsets to `sets` (name → members), each replaced atomically (a temporary
     /// set filled, then swapped in) when it differs from what was last written.
     pub fn sync_sets(
         &mut self,
-        sets: &BTreeMap<String, Vec<Ipv4Network>>,
+        sets: &BTreeMap<String, Vec<IpNetwork>>,
     ) -> Result<bool, IptablesError> {
         if self.known_sets.as_ref() == Some(sets) {
             return Ok(false);
@@ -386,6 +403,7 @@ impl Writer {
                 &mut text,
                 name,
                 "hash:net",
+                self.family,
                 nets.iter().map(ToString::to_string),
             );
         }
@@ -421,7 +439,13 @@ impl Writer {
                 crate::policy::SetKind::Net => "hash:net",
                 crate::policy::SetKind::IpPort => "hash:ip,port",
             };
-            swap_in(&mut text, &s.name, kind, s.members.iter().cloned());
+            swap_in(
+                &mut text,
+                &s.name,
+                kind,
+                self.family,
+                s.members.iter().cloned(),
+            );
             written += 1;
         }
         if written > 0 {
@@ -455,7 +479,7 @@ impl Writer {
         for name in listed.lines().map(str::trim) {
             let ours = crate::policy::SET_PREFIXES
                 .iter()
-                .any(|p| name.starts_with(p));
+                .any(|p| name.starts_with(&self.family.set_name(p)));
             if !ours || names.contains(name) {
                 continue;
             }
@@ -478,10 +502,11 @@ impl Writer {
         self.invalidate();
         let report = self.sync(&Ruleset::default())?;
         self.invalidate();
-        // ipsets are the kernel's, not a backend's: ours are the `brl40…` ones.
+        // ipsets are the kernel's, not a backend's: ours are the `brl40…` (`brl60…`) ones.
         let listed = self.runner.run(&["ipset", "list", "-n"], None)?;
+        let prefix = self.family.set_name("brl40");
         for name in listed.lines().map(str::trim) {
-            if name.starts_with("brl40") {
+            if name.starts_with(&prefix) {
                 self.runner.run(&["ipset", "destroy", name], None)?;
             }
         }
@@ -517,7 +542,7 @@ impl Writer {
         }
         report.bytes = input.len();
         let t = Instant::now();
-        let restore = self.backend.tool("restore");
+        let restore = self.backend.tool(self.family, "restore");
         let r = self
             .runner
             .run(&[&restore, "-w", "5", "--noflush"], Some(&input));
@@ -540,9 +565,10 @@ impl Writer {
 /// after [`Writer::invalidate`]; callable without the writer, for a read off the sync path).
 pub fn read_tables(
     backend: Backend,
+    family: Family,
     runner: &Runner,
 ) -> Result<HashMap<String, TableState>, IptablesError> {
-    let save = backend.tool("save");
+    let save = backend.tool(family, "save");
     let mut all = HashMap::new();
     for t in ["raw", "nat", "filter"] {
         let text = runner.run(&[&save, "-t", t], None)?;
@@ -555,18 +581,26 @@ pub fn read_tables(
 /// chain was last written).
 pub fn read_counters(
     backend: Backend,
+    family: Family,
     runner: &Runner,
     table: &str,
 ) -> Result<HashMap<u64, u64>, IptablesError> {
-    let text = runner.run(&[&backend.tool("save"), "-c", "-t", table], None)?;
+    let text = runner.run(&[&backend.tool(family, "save"), "-c", "-t", table], None)?;
     Ok(parse_counters(&text))
 }
 
 /// `ipset restore` lines that fill `name` under a temporary name and swap it in whole.
-fn swap_in(text: &mut String, name: &str, kind: &str, members: impl Iterator<Item = String>) {
+fn swap_in(
+    text: &mut String,
+    name: &str,
+    kind: &str,
+    family: Family,
+    members: impl Iterator<Item = String>,
+) {
     let tmp = format!("{}-tmp", &name[..name.len().min(27)]);
+    let f = family.ipset_family();
     text.push_str(&format!(
-        "create {name} {kind} family inet -exist\ncreate {tmp} {kind} family inet -exist\nflush {tmp}\n"
+        "create {name} {kind} family {f} -exist\ncreate {tmp} {kind} family {f} -exist\nflush {tmp}\n"
     ));
     for m in members {
         text.push_str(&format!("add {tmp} {m}\n"));

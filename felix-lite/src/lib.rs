@@ -2,6 +2,7 @@
 //!
 //! - [`tunnel`]: the `tunl0` IPIP device, its MTU and its one /32 tunnel address;
 //! - [`workloads`]: the `/32 dev <veth> scope link` routes to local pods, repaired when missing;
+//! - [`family`]: what differs between the IPv4 and IPv6 rules (names, tools, keywords);
 //! - [`proxy`]: Services (kube-proxy's iptables structure, `BRL-` chains) and NAT outgoing;
 //! - [`iptables`]: the writer that puts [`proxy`]'s rules in the kernel, changed chains only;
 //! - [`policy`]: NetworkPolicy's chains and ipsets;
@@ -12,6 +13,7 @@
 //! the desired state as plain data.
 #![forbid(unsafe_code)]
 
+pub mod family;
 pub mod iptables;
 pub mod nflog;
 pub mod nft;

@@ -19,13 +19,18 @@
 //!   the accept mark, and the rule returns once it is set.
 //! - ipsets: `brl40s-<hash>` (hash:net) per selector set, `brl40b-<hash>` (hash:net, the
 //!   `except`s as `nomatch` entries) per ipBlock, `brl40n-<hash>` (hash:ip,port) per named
-//!   port. IPv4 only, as the rest of felix-lite.
+//!   port (`brl60…` in the IPv6 ruleset).
+//! - One renderer for both families ([`PolicyContext::family`]): the IPv6 ruleset (for
+//!   `ip6tables-restore`) has the same chains over the pods' IPv6 addresses, and lets
+//!   neighbour discovery from pods to their node through before any policy (as Felix: an
+//!   egress default-deny must not make a pod unreachable at layer 2).
 
 use std::collections::{BTreeMap, HashMap};
 
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
 use brindle_policy::model::Protocol;
 
+use crate::family::Family;
 use crate::proxy::rules::{
     hash16, Chain, Jump, Rule, Ruleset, TableRules, FORWARD as FORWARD_CHAIN,
 };
@@ -46,7 +51,15 @@ pub struct PolicyContext {
     /// Send what an isolated pod's chain drops to this NFLOG group first (`--log-denied`),
     /// at most [`LOG_DENIED_LIMIT`] per pod and direction.
     pub log_denied: Option<u16>,
+    /// The family rendered: only its addresses are in the sets and rules.
+    pub family: Family,
 }
+
+/// The ICMPv6 types a pod may always send to its node, whatever its policy: multicast
+/// listener query/report/done (130–132), router solicitation (133), neighbour solicitation
+/// and advertisement (135, 136). Felix's list; router advertisements and redirects (134,
+/// 137) are not a pod's to send.
+pub const ICMPV6_ALWAYS: [u8; 6] = [130, 131, 132, 133, 135, 136];
 
 /// The most denied packets an isolated pod's chain sends to NFLOG (the rest only drop): a
 /// pod flooding what it may not send costs the agent a bounded amount of work.
@@ -58,6 +71,7 @@ impl Default for PolicyContext {
             workload_prefix: "brl".into(),
             accept_bit: DEFAULT_ACCEPT_BIT,
             log_denied: None,
+            family: Family::V4,
         }
     }
 }
@@ -230,24 +244,25 @@ fn endpoints_and_sets(
     cache: &mut Groups,
     endpoint_cache: &mut Endpoints,
 ) -> PolicyRules {
+    let family = ctx.family;
     for (key, members) in &prog.selector_sets {
         out.sets.push(SetSpec {
-            name: selector_set(key),
+            name: selector_set(family, key),
             kind: SetKind::Net,
             members: members
                 .iter()
-                .filter(|ip| ip.is_ipv4())
-                .map(|ip| format!("{ip}/32"))
+                .filter(|ip| family.has(**ip))
+                .map(|ip| format!("{ip}/{}", family.host_len()))
                 .collect(),
         });
     }
     for (key, members) in &prog.named_sets {
         out.sets.push(SetSpec {
-            name: named_set(key),
+            name: named_set(family, key),
             kind: SetKind::IpPort,
             members: members
                 .iter()
-                .filter(|(ip, _)| ip.is_ipv4())
+                .filter(|(ip, _)| family.has(*ip))
                 .map(|(ip, port)| format!("{ip},{}:{port}", key.protocol.lower()))
                 .collect(),
         });
@@ -333,7 +348,7 @@ fn endpoints_and_sets(
         chain,
         rule: Rule::new(chain, comment, &body),
     };
-    out.filter.jumps = vec![
+    let mut jumps = vec![
         jump(
             "FORWARD",
             "brindle policy: from pods",
@@ -349,12 +364,22 @@ fn endpoints_and_sets(
             ALLOWED,
             format!("-m mark --mark {} -j ACCEPT", ctx.mark()),
         ),
-        jump(
-            "INPUT",
-            "brindle policy: from pods to this node",
-            format!("-i {any} -j {FROM_WL}"),
-        ),
     ];
+    if family == Family::V6 {
+        for t in ICMPV6_ALWAYS {
+            jumps.push(jump(
+                "INPUT",
+                "brindle policy: neighbour discovery from pods",
+                format!("-i {any} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j ACCEPT"),
+            ));
+        }
+    }
+    jumps.push(jump(
+        "INPUT",
+        "brindle policy: from pods to this node",
+        format!("-i {any} -j {FROM_WL}"),
+    ));
+    out.filter.jumps = jumps;
     out
 }
 
@@ -391,15 +416,16 @@ pub fn merge(ruleset: &mut Ruleset, policy: &PolicyRules) {
     f.jumps.extend(accept.into_iter().cloned());
 }
 
-fn selector_set(key: &brindle_policy::compile::SelectorKey) -> String {
-    format!("brl40s-{}", hash16(&format!("{key:?}")))
+fn selector_set(family: Family, key: &brindle_policy::compile::SelectorKey) -> String {
+    family.set_name(&format!("brl40s-{}", hash16(&format!("{key:?}"))))
 }
 
-fn named_set(key: &brindle_policy::compile::NamedKey) -> String {
-    format!("brl40n-{}", hash16(&format!("{key:?}")))
+fn named_set(family: Family, key: &brindle_policy::compile::NamedKey) -> String {
+    family.set_name(&format!("brl40n-{}", hash16(&format!("{key:?}"))))
 }
 
-/// The ipsets of NetworkPolicy: every name starts with one of these.
+/// The ipsets of NetworkPolicy: every name starts with one of these (`brl60…` for IPv6:
+/// [`Family::set_name`]).
 pub const SET_PREFIXES: [&str; 3] = ["brl40s-", "brl40b-", "brl40n-"];
 
 /// A rule's lines: every peer × port combination sets the accept mark; then return if set.
@@ -428,11 +454,13 @@ fn rule_lines(
             .filter_map(|p| match p {
                 PeerMatch::Set(key) => Some(format!(
                     "-m set --match-set {} {peer_dir}",
-                    selector_set(key)
+                    selector_set(ctx.family, key)
                 )),
-                PeerMatch::Block { cidr, .. } if !cidr.is_ipv4() => None,
+                PeerMatch::Block { cidr, .. } if !ctx.family.has_net(cidr) => None,
                 PeerMatch::Block { cidr, except } => {
-                    let name = format!("brl40b-{}", hash16(&format!("{cidr} {except:?}")));
+                    let name = ctx
+                        .family
+                        .set_name(&format!("brl40b-{}", hash16(&format!("{cidr} {except:?}"))));
                     let mut members = vec![cidr.to_string()];
                     members.extend(except.iter().map(|e| format!("{e} nomatch")));
                     sets.push(SetSpec {
@@ -476,7 +504,7 @@ fn rule_lines(
                 PortMatch::Named(k) => format!(
                     "-p {} -m set --match-set {} dst,dst",
                     k.protocol.lower(),
-                    named_set(k)
+                    named_set(ctx.family, k)
                 ),
             })
             .collect()

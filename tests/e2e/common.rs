@@ -283,8 +283,16 @@ while True:
 pub fn udp_listener(
     ns: &brindle_testsupport::Netns,
 ) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
+    udp_listener_with(ns, LISTEN)
+}
+
+/// [`udp_listener`] running `script` (which prints `ready`, then a line per datagram).
+pub fn udp_listener_with(
+    ns: &brindle_testsupport::Netns,
+    script: &str,
+) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
     let child = ns
-        .command(&["python3", "-c", LISTEN])
+        .command(&["python3", "-c", script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -489,12 +497,19 @@ impl Dp {
 
     /// The anti-spoofing rule is programmed on `node`, and the packets it dropped.
     pub fn anti_spoof(self, lab: &Lab, node: &str) -> Option<u64> {
+        self.anti_spoof_family(lab, node, false)
+    }
+
+    /// The IPv4 rule's drops, or (`v6`) the IPv6 rule's (ip6tables, table `ip6 brindle`).
+    pub fn anti_spoof_family(self, lab: &Lab, node: &str, v6: bool) -> Option<u64> {
         let ns = &lab.node(node).ns;
         match self {
             Dp::Iptables => {
                 let mut found = None;
-                for t in ["iptables-legacy", "iptables-nft"] {
-                    let out = ns.run(&[t, "-t", "raw", "-L", "BRL-ANTI-SPOOF", "-v", "-x", "-n"]);
+                let stem = if v6 { "ip6tables" } else { "iptables" };
+                for b in ["legacy", "nft"] {
+                    let t = format!("{stem}-{b}");
+                    let out = ns.run(&[&t, "-t", "raw", "-L", "BRL-ANTI-SPOOF", "-v", "-x", "-n"]);
                     for l in String::from_utf8_lossy(&out.stdout).lines() {
                         if l.contains("rpfilter") && l.contains("brl+") {
                             let n = l.split_whitespace().next()?.parse::<u64>().ok()?;
@@ -505,7 +520,8 @@ impl Dp {
                 found
             }
             Dp::Nftables => {
-                let out = ns.run(&["nft", "list", "chain", "ip", "brindle", "raw-prerouting"]);
+                let fam = if v6 { "ip6" } else { "ip" };
+                let out = ns.run(&["nft", "list", "chain", fam, "brindle", "raw-prerouting"]);
                 let text = String::from_utf8_lossy(&out.stdout).to_string();
                 let l = text
                     .lines()

@@ -135,3 +135,150 @@ fn dual_stack_racks_through_top_of_rack_routers() {
         }
     });
 }
+
+/// [`LISTEN`] over IPv6.
+const LISTEN6: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind(("::", 9999))
+print("ready", flush=True)
+while True:
+    data, addr = s.recvfrom(256)
+    print(data.decode(errors="replace"), addr[0], flush=True)
+"#;
+
+/// Five datagrams `tag` to `dst` port 9999 from `src`, an address the pod need not hold
+/// (IPV6_FREEBIND): a pod forging its IPv6 source.
+const SEND6_FROM: &str = r#"
+import socket, sys
+src, dst, tag = sys.argv[1], sys.argv[2], sys.argv[3].encode()
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, 78, 1)  # IPV6_FREEBIND
+s.bind((src, 0))
+for _ in range(5):
+    s.sendto(tag, (dst, 9999))
+"#;
+
+fn dual_dp(dp: Dp, nodes: usize) -> LabSpec {
+    dp.spec(dual(nodes))
+}
+
+#[test]
+fn a_pod_cannot_send_as_another_over_ipv6_iptables() {
+    a_pod_cannot_send_as_another_over_ipv6(Dp::Iptables);
+}
+
+#[test]
+fn a_pod_cannot_send_as_another_over_ipv6_nftables() {
+    a_pod_cannot_send_as_another_over_ipv6(Dp::Nftables);
+}
+
+/// The IPv6 anti-spoofing rule: a pod's datagrams with another pod's IPv6 address (on its
+/// node or another) or an address outside the cluster as source reach no one; its own do.
+fn a_pod_cannot_send_as_another_over_ipv6(dp: Dp) {
+    with_lab(dual_dp(dp, 2), |lab| {
+        settled_mesh(lab);
+        lab.pod_add("a", "node-0").expect("pod a");
+        lab.pod_add("b", "node-0").expect("pod b");
+        lab.pod_add("c", "node-1").expect("pod c");
+        for n in ["node-0", "node-1"] {
+            wait_for(
+                &format!("{n}'s IPv6 anti-spoofing rule"),
+                Duration::from_secs(30),
+                || dp.anti_spoof_family(lab, n, true).map(|_| ()),
+            );
+        }
+        let v6 = |p: &str| lab.pods[p].ip6.expect("a dual-stack pod").to_string();
+        let (a, b, c) = (v6("a"), v6("b"), v6("c"));
+        let (_lb, heard_b) = udp_listener_with(&lab.pods["b"].ns, LISTEN6);
+        let (_lc, heard_c) = udp_listener_with(&lab.pods["c"].ns, LISTEN6);
+        let outside = "2001:db8:77::7";
+        let send = |src: &str, dst: &str, tag: &str| {
+            let out = lab
+                .exec("a", &["python3", "-c", SEND6_FROM, src, dst, tag])
+                .expect("exec");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        send(&c, &b, "as-c");
+        send(&b, &c, "as-b");
+        send(outside, &b, "outside");
+        send(outside, &c, "outside");
+        send(&a, &b, "genuine");
+        send(&a, &c, "genuine");
+        for (pod, heard) in [("b", &heard_b), ("c", &heard_c)] {
+            let lines = heard_until_genuine(heard, pod);
+            assert!(
+                lines.iter().all(|l| l == &format!("genuine {a}")),
+                "{pod} heard forged datagrams: {lines:?}"
+            );
+        }
+        let drops = dp.anti_spoof_family(lab, "node-0", true).unwrap_or(0);
+        assert!(
+            drops >= 20,
+            "the IPv6 anti-spoofing rule dropped {drops} packets"
+        );
+    });
+}
+
+#[test]
+fn ipv6_guards_and_neighbour_discovery_iptables() {
+    ipv6_guards_and_neighbour_discovery(Dp::Iptables);
+}
+
+#[test]
+fn ipv6_guards_and_neighbour_discovery_nftables() {
+    ipv6_guards_and_neighbour_discovery(Dp::Nftables);
+}
+
+/// No pod reaches a node's BGP port over IPv6 (its own node's or another's), and a pod
+/// whose egress is denied outright is still reachable over IPv6: its node resolves it by
+/// neighbour discovery, whose answers the pod sends to the node (as Felix lets them).
+fn ipv6_guards_and_neighbour_discovery(dp: Dp) {
+    with_lab(dual_dp(dp, 2), |lab| {
+        let pods = settled_mesh(lab);
+        all_reach6(lab, &pods);
+        let script = lab.echo_script();
+        for n in ["node-0", "node-1"] {
+            let ip6 = lab.node(n).ip6.expect("v6").to_string();
+            // The speaker listens on [::]:179: without the guard the handshake completes.
+            let out = lab
+                .exec(&pods[0], &["python3", &script, "hello", &ip6, "179"])
+                .expect("exec");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("timed out"),
+                "a pod reached {n}'s BGP port over IPv6: {out:?}"
+            );
+        }
+        // Egress denied outright for a pod made after the policy (no neighbour entry of
+        // its node's is cached anywhere): reached over IPv6 all the same, replies included.
+        let np: k8s_openapi::api::networking::v1::NetworkPolicy = serde_yaml_ng::from_str(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
+             metadata: {name: no-egress, namespace: default}\n\
+             spec: {podSelector: {matchLabels: {role: quiet}}, policyTypes: [Egress]}\n",
+        )
+        .expect("yaml");
+        let api = lab
+            .store
+            .namespaced::<k8s_openapi::api::networking::v1::NetworkPolicy>("default");
+        lab.block_on(api.create(&np)).expect("create");
+        lab.pod_add_labeled("quiet", "node-1", &[("role", "quiet")])
+            .expect("pod quiet");
+        wait_for("quiet reached over IPv6", Duration::from_secs(30), || {
+            lab.reach6(&pods[0], "quiet").ok().filter(|n| n == "quiet")
+        });
+        // And its egress is denied over IPv6 as over IPv4.
+        assert!(
+            lab.reach6("quiet", &pods[0]).is_err(),
+            "quiet sent over IPv6"
+        );
+        assert!(
+            lab.reach("quiet", &pods[0]).is_err(),
+            "quiet sent over IPv4"
+        );
+    });
+}

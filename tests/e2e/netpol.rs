@@ -45,8 +45,13 @@ fn model(lab: &mut Lab) {
 }
 
 /// A 2-node lab holding the model, for `test`, on `variant`: the iptables dataplane with
-/// that backend (`auto`, `legacy`, `nft`), or `nftables` (the native dataplane).
+/// that backend (`auto`, `legacy`, `nft`), or `nftables` (the native dataplane); with
+/// `-ipv6` after it, a dual-stack lab probed over IPv6.
 fn with_model(variant: &str, test: impl FnOnce(&mut Lab)) {
+    let (variant, v6) = match variant.strip_suffix("-ipv6") {
+        Some(v) => (v, true),
+        None => (variant, false),
+    };
     let spec = match variant {
         "nftables" => LabSpec {
             dataplane: "nftables".into(),
@@ -57,10 +62,23 @@ fn with_model(variant: &str, test: impl FnOnce(&mut Lab)) {
             ..Default::default()
         },
     };
-    with_lab(LabSpec { nodes: 2, ..spec }, |lab| {
-        model(lab);
-        test(lab)
-    });
+    let ip_family = if v6 {
+        brindle_lab::IpFamily::Dual
+    } else {
+        brindle_lab::IpFamily::Ipv4
+    };
+    with_lab(
+        LabSpec {
+            nodes: 2,
+            ip_family,
+            ..spec
+        },
+        |lab| {
+            lab.probe_ipv6 = v6;
+            model(lab);
+            test(lab)
+        },
+    );
 }
 
 fn apply(lab: &Lab, yaml: &str) -> NetworkPolicy {
@@ -150,6 +168,18 @@ fn the_upstream_model_through_the_agents_nftables() {
     upstream_model("nftables");
 }
 
+/// The same model over IPv6 in a dual-stack lab: every probe goes to the pods' IPv6
+/// addresses, the ipBlocks are the IPv6 blocks (issue 31).
+#[test]
+fn the_upstream_model_over_ipv6_legacy() {
+    upstream_model("legacy-ipv6");
+}
+
+#[test]
+fn the_upstream_model_over_ipv6_nftables() {
+    upstream_model("nftables-ipv6");
+}
+
 fn upstream_model(backend: &str) {
     with_model(backend, |lab| {
         // No policy: every pod reaches every pod, on both model ports and protocols.
@@ -161,7 +191,10 @@ fn upstream_model(backend: &str) {
         let deny_x = expect(|f, t| ns_of(t) != "x" || f == t);
         assert_matrix(lab, 80, "tcp", &deny_x);
         // A node still reaches its own pods (kubelet probes).
-        let (node, ip) = (lab.pods["x/a"].node.clone(), lab.pods["x/a"].ip);
+        let (node, ip) = (
+            lab.pods["x/a"].node.clone(),
+            lab.probe_addr("x/a").expect("x/a"),
+        );
         let out = lab.node(&node).ns.run(&[
             "python3",
             &lab.echo_script(),
@@ -242,12 +275,22 @@ fn upstream_model(backend: &str) {
         let egress = |f: &str, t: &str| from_y(f, t) && (f != "y/b" || t == "x/a" || t == "y/b");
         assert_matrix(lab, 80, "tcp", &expect(egress));
 
-        // ipBlock with except: y/c admits x's pods by address, but not x/b's.
-        let xb = lab.pods["x/b"].ip;
-        let cidr = lab.blocks().values().flatten().cloned().collect::<Vec<_>>();
+        // ipBlock with except: y/c admits x's pods by address, but not x/b's (the blocks
+        // and address of the family probed).
+        let xb = lab.probe_addr("x/b").expect("x/b");
+        let host = if xb.is_ipv4() { 32 } else { 128 };
+        let cidr = lab
+            .blocks()
+            .values()
+            .flatten()
+            .filter(|c| c.contains(':') == xb.is_ipv6())
+            .cloned()
+            .collect::<Vec<_>>();
         let mut ingress_from = String::new();
         for c in &cidr {
-            ingress_from.push_str(&format!("{{ipBlock: {{cidr: {c}, except: [{xb}/32]}}}},"));
+            ingress_from.push_str(&format!(
+                "{{ipBlock: {{cidr: \"{c}\", except: [\"{xb}/{host}\"]}}}},"
+            ));
         }
         apply(
             lab,

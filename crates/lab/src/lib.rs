@@ -274,6 +274,9 @@ pub struct Lab {
     pub services: BTreeMap<String, Assigned>,
     /// How long the last pod's CNI ADD took (the plugin's process, start to result).
     pub last_add: Option<Duration>,
+    /// [`Lab::probe_matrix`] and [`Lab::probe`] go to the pods' IPv6 addresses (a
+    /// dual-stack lab's policy tests, over IPv6).
+    pub probe_ipv6: bool,
     controller: Option<ChildGuard>,
 }
 
@@ -394,6 +397,7 @@ impl Lab {
             pods: BTreeMap::new(),
             services: BTreeMap::new(),
             last_add: None,
+            probe_ipv6: false,
             controller: None,
         };
         lab.seed()?;

@@ -539,6 +539,18 @@ impl Lab {
         port: u16,
         count: usize,
     ) -> Vec<Result<(String, String), String>> {
+        self.client_addr(ns, mode, IpAddr::V4(ip), port, count)
+    }
+
+    /// [`Lab::client`] to an address of either family.
+    pub fn client_addr(
+        &self,
+        ns: &Netns,
+        mode: &str,
+        ip: IpAddr,
+        port: u16,
+        count: usize,
+    ) -> Vec<Result<(String, String), String>> {
         let script = self.echo_script();
         let out = ns.run(&[
             "python3",
@@ -655,14 +667,25 @@ impl Lab {
     /// One connection from a pod to another pod's `port` (`tcp` or `udp`): true when the
     /// other pod answered.
     pub fn probe(&self, from: &str, to: &str, port: u16, protocol: &str) -> Result<bool, String> {
-        let ip = self.pods.get(to).ok_or_else(|| format!("no pod {to}"))?.ip;
+        let ip = self.probe_addr(to)?;
         let p = self
             .pods
             .get(from)
             .ok_or_else(|| format!("no pod {from}"))?;
         let mode = if protocol == "udp" { "udp" } else { "hello" };
-        let r = self.client(&p.ns, mode, ip, port, 1);
+        let r = self.client_addr(&p.ns, mode, ip, port, 1);
         Ok(matches!(r.first(), Some(Ok((who, _))) if who == to))
+    }
+
+    /// The address probes go to: the pod's IPv4 one, or its IPv6 one with
+    /// [`Lab::probe_ipv6`].
+    pub fn probe_addr(&self, pod: &str) -> Result<IpAddr, String> {
+        let p = self.pods.get(pod).ok_or_else(|| format!("no pod {pod}"))?;
+        match (self.probe_ipv6, p.ip6) {
+            (false, _) => Ok(IpAddr::V4(p.ip)),
+            (true, Some(a)) => Ok(IpAddr::V6(a)),
+            (true, None) => Err(format!("pod {pod} has no IPv6 address")),
+        }
     }
 }
 
@@ -677,7 +700,13 @@ impl Lab {
         protocol: &str,
     ) -> std::collections::BTreeSet<(String, String)> {
         let script = self.echo_script();
-        let ips: Vec<String> = to.iter().map(|t| self.pods[*t].ip.to_string()).collect();
+        let ips: Vec<String> = to
+            .iter()
+            .map(|t| {
+                self.probe_addr(t)
+                    .map_or_else(|e| panic!("{e}"), |a| a.to_string())
+            })
+            .collect();
         let port_s = port.to_string();
         let children: Vec<_> = from
             .iter()
@@ -709,7 +738,7 @@ impl Lab {
                 };
                 if let Some(t) = to
                     .iter()
-                    .find(|t| self.pods[**t].ip.to_string() == ip && **t == who)
+                    .find(|t| self.probe_addr(t).is_ok_and(|a| a.to_string() == ip) && **t == who)
                 {
                     ok.insert((f.clone(), t.to_string()));
                 }

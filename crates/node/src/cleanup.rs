@@ -1,6 +1,7 @@
 //! `brindle-node --cleanup` (kube-proxy's `--cleanup`): takes off this host what agents left,
-//! so that a node whose DaemonSet was deleted is as it was — our iptables chains, jumps and
-//! `brl40…` ipsets in both backends, the nftables table `ip brindle`, every route of ours
+//! so that a node whose DaemonSet was deleted is as it was — our iptables and ip6tables
+//! chains, jumps and `brl40…`/`brl60…` ipsets in both backends, the nftables tables
+//! `ip brindle` and `ip6 brindle`, every route of ours
 //! (`proto bird`, both families: other nodes' blocks and the blackholes for our own), and
 //! tunl0's IPv4 address (the device itself is the kernel's while the ipip module is loaded).
 //! It leaves the datastore alone: the node's record, blocks and tunnel address are freed by
@@ -10,6 +11,7 @@
 
 use std::path::Path;
 
+use brindle_felix_lite::family::Family;
 use brindle_felix_lite::iptables::{Backend, Runner, Writer};
 use brindle_felix_lite::nft;
 
@@ -53,23 +55,27 @@ pub fn run(runner: &Runner, control_socket: &Path) -> anyhow::Result<()> {
             println!("iptables-{}: not usable here, nothing of ours", b.name());
             continue;
         }
-        match Writer::new(b, runner.clone()).remove_all() {
-            Ok(r) => println!(
-                "iptables-{}: removed {} chains and {} jumps of ours, and our ipsets",
-                b.name(),
-                r.chains_deleted,
-                r.jumps_removed
-            ),
-            Err(e) => failed.push(format!("iptables-{}: {e}", b.name())),
+        for f in Family::BOTH {
+            let tool = format!("{}-{}", f.iptables(), b.name());
+            match Writer::for_family(b, f, runner.clone()).remove_all() {
+                Ok(r) => println!(
+                    "{tool}: removed {} chains and {} jumps of ours, and our ipsets",
+                    r.chains_deleted, r.jumps_removed
+                ),
+                Err(e) => failed.push(format!("{tool}: {e}")),
+            }
         }
     }
-    match nft::writer::Writer::new(runner.clone()).remove() {
-        Ok(true) => println!("nftables: removed table ip brindle"),
-        Ok(false) => println!("nftables: no table ip brindle"),
-        Err(brindle_felix_lite::iptables::IptablesError::Spawn { .. }) => {
-            println!("nftables: no nft here, nothing of ours")
+    for f in Family::BOTH {
+        let table = format!("{} brindle", f.nft());
+        match nft::writer::Writer::for_family(f, runner.clone()).remove() {
+            Ok(true) => println!("nftables: removed table {table}"),
+            Ok(false) => println!("nftables: no table {table}"),
+            Err(brindle_felix_lite::iptables::IptablesError::Spawn { .. }) => {
+                println!("nftables: no nft here, nothing of ours")
+            }
+            Err(e) => failed.push(format!("nftables ({table}): {e}")),
         }
-        Err(e) => failed.push(format!("nftables: {e}")),
     }
     for family in ["-4", "-6"] {
         let r = std::process::Command::new("ip")

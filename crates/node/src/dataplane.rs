@@ -1,18 +1,19 @@
 //! Which dataplane programs this node's Services (and NetworkPolicy), chosen once at start
-//! (`--dataplane`), and the one writer the Services task drives, whichever it is. The
-//! other dataplane's rules are removed after the chosen one's first sync, so a node
-//! switched by a restart with the other flag keeps forwarding throughout and ends with
-//! one set of rules.
+//! (`--dataplane`), and the writers the Services task drives, whichever it is: one per
+//! address family (IPv6's once the cluster has an IPv6 pool). The other dataplane's rules
+//! are removed after the chosen one's first sync, so a node switched by a restart with the
+//! other flag keeps forwarding throughout and ends with one set of rules.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
+use brindle_felix_lite::family::Family;
 use brindle_felix_lite::iptables::{Backend, IptablesError, Runner, Writer};
 use brindle_felix_lite::nft;
 use brindle_felix_lite::policy::{Account, PolicyRules, SetSpec};
 use brindle_felix_lite::proxy::rules::{self, Ruleset, ServiceRules};
 use brindle_felix_lite::proxy::{NodeContext, NodeGuard, ServicePort};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use tracing::{debug, info};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,26 +119,38 @@ impl PolicyOut {
     }
 }
 
-/// What one sync hands the writer.
+/// One value per address family: IPv4's always, IPv6's when the cluster has an IPv6 pool
+/// (only then can a pod have an IPv6 address).
+#[derive(Debug, Clone, Default)]
+pub struct PerFamily<T> {
+    pub v4: T,
+    pub v6: Option<T>,
+}
+
+/// What one sync hands a family's writer.
 pub enum Want {
     Iptables {
         ruleset: Ruleset,
-        sets: BTreeMap<String, Vec<Ipv4Network>>,
+        sets: BTreeMap<String, Vec<IpNetwork>>,
         policy_sets: Option<Vec<SetSpec>>,
     },
     Nftables(nft::Table),
 }
 
 impl Want {
-    /// The Services' part of the wanted state (policy is merged in by the caller).
+    /// The Services' part of the wanted state of `family` (policy is merged in by the
+    /// caller). `sets` are that family's pool and host sets, by their ipset names.
+    /// IPv6 has the node guard and NAT outgoing; its Services are not programmed yet.
     pub fn assemble<'a>(
         dp: Dataplane,
+        family: Family,
         ctx: &NodeContext,
         guard: &NodeGuard,
-        sets: &BTreeMap<String, Vec<Ipv4Network>>,
+        sets: &BTreeMap<String, Vec<IpNetwork>>,
         services: bool,
         rendered: impl Iterator<Item = &'a PortRules>,
     ) -> Want {
+        let rendered = rendered.filter(|_| family == Family::V4);
         match dp {
             Dataplane::Iptables(_) => {
                 let ruleset = if services {
@@ -147,7 +160,7 @@ impl Want {
                             PortRules::Nftables(_) => None,
                         })
                         .collect();
-                    rules::assemble(ctx, guard, r)
+                    rules::assemble_family(family, ctx, guard, r)
                 } else {
                     Ruleset::default()
                 };
@@ -169,7 +182,7 @@ impl Want {
                         PortRules::Iptables(_) => None,
                     })
                     .collect();
-                Want::Nftables(nft::services::assemble(ctx, guard, sets, r))
+                Want::Nftables(nft::services::assemble_family(family, ctx, guard, sets, r))
             }
         }
     }
@@ -216,10 +229,20 @@ pub enum DpWriter {
 }
 
 impl DpWriter {
-    pub fn new(dp: Dataplane, runner: Runner) -> DpWriter {
+    pub fn new(dp: Dataplane, family: Family, runner: Runner) -> DpWriter {
         match dp {
-            Dataplane::Iptables(b) => DpWriter::Iptables(Writer::new(b, runner)),
-            Dataplane::Nftables => DpWriter::Nftables(nft::writer::Writer::new(runner)),
+            Dataplane::Iptables(b) => DpWriter::Iptables(Writer::for_family(b, family, runner)),
+            Dataplane::Nftables => {
+                DpWriter::Nftables(nft::writer::Writer::for_family(family, runner))
+            }
+        }
+    }
+
+    /// Removes everything of ours this writer's family has (IPv6 no longer in use).
+    pub fn remove(&mut self) -> Result<(), IptablesError> {
+        match self {
+            DpWriter::Iptables(w) => w.remove_all().map(|_| ()),
+            DpWriter::Nftables(w) => w.remove().map(|_| ()),
         }
     }
 
@@ -237,12 +260,14 @@ impl DpWriter {
         match self {
             DpWriter::Iptables(w) => Reader {
                 dp: Dataplane::Iptables(w.backend),
+                family: w.family,
                 runner: w.runner().clone(),
                 generation: w.generation(),
                 counters,
             },
             DpWriter::Nftables(w) => Reader {
                 dp: Dataplane::Nftables,
+                family: w.family,
                 runner: w.runner().clone(),
                 generation: w.generation(),
                 counters,
@@ -326,30 +351,40 @@ impl DpWriter {
                     if runner.backend(b.name()).is_err() {
                         continue;
                     }
-                    match Writer::new(b, runner.clone()).remove_all() {
-                        Ok(r) if r.chains_deleted + r.jumps_removed > 0 => info!(
-                            backend = b.name(),
-                            chains = r.chains_deleted,
-                            jumps = r.jumps_removed,
-                            "removed the iptables dataplane's rules (nftables took over)"
-                        ),
-                        Ok(_) => {}
-                        Err(e) => info!(
-                            backend = b.name(),
-                            "iptables rules of ours not removed: {e}"
-                        ),
+                    for f in Family::BOTH {
+                        match Writer::for_family(b, f, runner.clone()).remove_all() {
+                            Ok(r) if r.chains_deleted + r.jumps_removed > 0 => info!(
+                                backend = b.name(),
+                                family = f.name(),
+                                chains = r.chains_deleted,
+                                jumps = r.jumps_removed,
+                                "removed the iptables dataplane's rules (nftables took over)"
+                            ),
+                            Ok(_) => {}
+                            // ip6tables missing or IPv6 off: nothing of ours there either.
+                            Err(e) => info!(
+                                backend = b.name(),
+                                family = f.name(),
+                                "iptables rules of ours not removed: {e}"
+                            ),
+                        }
                     }
                 }
             }
-            Dataplane::Iptables(_) => match nft::writer::Writer::new(runner.clone()).remove() {
-                Ok(true) => {
-                    info!("removed the nftables dataplane's table ip brindle (iptables took over)")
+            Dataplane::Iptables(_) => {
+                for f in Family::BOTH {
+                    let table = format!("{} brindle", f.nft());
+                    match nft::writer::Writer::for_family(f, runner.clone()).remove() {
+                        Ok(true) => {
+                            info!("removed the nftables dataplane's table {table} (iptables took over)")
+                        }
+                        Ok(false) => {}
+                        // No nft here: there is no table of ours either.
+                        Err(IptablesError::Spawn { .. }) => {}
+                        Err(e) => info!("table {table} not removed: {e}"),
+                    }
                 }
-                Ok(false) => {}
-                // No nft here: there is no table of ours either.
-                Err(IptablesError::Spawn { .. }) => {}
-                Err(e) => info!("table ip brindle not removed: {e}"),
-            },
+            }
         }
     }
 }
@@ -357,6 +392,7 @@ impl DpWriter {
 /// What a [`Reader`] needs, taken from the writer (it runs on another thread meanwhile).
 pub struct Reader {
     dp: Dataplane,
+    family: Family,
     runner: Runner,
     generation: u64,
     counters: bool,
@@ -382,10 +418,13 @@ impl Reader {
     pub fn read(self) -> Result<Read, IptablesError> {
         let (state, counters) = match self.dp {
             Dataplane::Iptables(b) => {
-                let t = brindle_felix_lite::iptables::read_tables(b, &self.runner)?;
+                let f = self.family;
+                let t = brindle_felix_lite::iptables::read_tables(b, f, &self.runner)?;
                 let c = self
                     .counters
-                    .then(|| brindle_felix_lite::iptables::read_counters(b, &self.runner, "filter"))
+                    .then(|| {
+                        brindle_felix_lite::iptables::read_counters(b, f, &self.runner, "filter")
+                    })
                     .and_then(|c| {
                         c.inspect_err(|e| debug!("policy counters not read: {e}"))
                             .ok()
@@ -393,20 +432,121 @@ impl Reader {
                 (ReadState::Iptables(t), c)
             }
             Dataplane::Nftables => {
-                let k = nft::writer::read_table(&self.runner)?;
+                let k = nft::writer::read_table(&self.runner, self.family)?;
                 let c = self.counters.then(|| k.counters.clone());
                 (ReadState::Nftables(k), c)
             }
         };
-        let forward_drops = match self.dp {
-            Dataplane::Nftables => self.runner.forward_policy_drops(),
-            Dataplane::Iptables(_) => None,
+        let forward_drops = match (self.dp, self.family) {
+            (Dataplane::Nftables, Family::V4) => self.runner.forward_policy_drops(),
+            _ => None,
         };
         Ok(Read {
             generation: self.generation,
             state,
             forward_drops,
             counters,
+        })
+    }
+}
+
+/// The writers of both families: IPv4's always, IPv6's from the first sync that wants it
+/// (and its rules removed if IPv6 goes out of use).
+pub struct Writers {
+    dp: Dataplane,
+    runner: Runner,
+    pub v4: DpWriter,
+    pub v6: Option<DpWriter>,
+}
+
+impl Writers {
+    pub fn new(dp: Dataplane, runner: Runner) -> Writers {
+        Writers {
+            v4: DpWriter::new(dp, Family::V4, runner.clone()),
+            v6: None,
+            dp,
+            runner,
+        }
+    }
+
+    pub fn invalidate(&mut self) {
+        self.v4.invalidate();
+        if let Some(w) = &mut self.v6 {
+            w.invalidate();
+        }
+    }
+
+    /// Reads of every family's rules, beside the writers.
+    pub fn reader(&self, counters: bool) -> Readers {
+        Readers(PerFamily {
+            v4: self.v4.reader(counters),
+            v6: self.v6.as_ref().map(|w| w.reader(counters)),
+        })
+    }
+
+    /// [`DpWriter::adopt`] for each family; taken only if every writer takes its read.
+    pub fn adopt(&mut self, reads: PerFamily<Read>) -> bool {
+        let v4 = self.v4.adopt(reads.v4);
+        let v6 = match (&mut self.v6, reads.v6) {
+            (Some(w), Some(r)) => w.adopt(r),
+            (None, None) => true,
+            _ => false,
+        };
+        v4 && v6
+    }
+
+    /// Brings each family's rules to `want`: IPv4 first (an IPv6 failure never holds it
+    /// back), then IPv6, whose rules are removed when it is no longer wanted.
+    pub fn sync(&mut self, want: &PerFamily<Want>) -> Result<Done, IptablesError> {
+        let mut done = self.v4.sync(&want.v4)?;
+        match (&want.v6, &mut self.v6) {
+            (Some(w6), slot) => {
+                let w = slot.get_or_insert_with(|| {
+                    info!("IPv6 pools exist: programming the IPv6 rules too");
+                    DpWriter::new(self.dp, Family::V6, self.runner.clone())
+                });
+                let d6 = w.sync(w6).map_err(|e| match e {
+                    IptablesError::Failed { cmd, stderr } => IptablesError::Failed {
+                        cmd: format!("IPv6: {cmd}"),
+                        stderr,
+                    },
+                    e => e,
+                })?;
+                done.add(&d6);
+            }
+            (None, Some(w)) => {
+                w.remove()?;
+                info!("no IPv6 pool any more: our IPv6 rules removed");
+                self.v6 = None;
+            }
+            (None, None) => {}
+        }
+        Ok(done)
+    }
+}
+
+impl Done {
+    /// Another family's sync, counted in.
+    fn add(&mut self, o: &Done) {
+        self.read |= o.read;
+        self.wrote |= o.wrote;
+        self.rules_total += o.rules_total;
+        self.chains_written += o.chains_written;
+        self.chains_deleted += o.chains_deleted;
+        self.rules_written += o.rules_written;
+        self.elements += o.elements;
+        self.write_time += o.write_time;
+    }
+}
+
+/// Reads of each family's rules ([`Writers::reader`]).
+pub struct Readers(PerFamily<Reader>);
+
+impl Readers {
+    pub fn read(self) -> Result<PerFamily<Read>, IptablesError> {
+        Ok(PerFamily {
+            v4: self.0.v4.read()?,
+            v6: self.0.v6.map(Reader::read).transpose()?,
         })
     }
 }

@@ -284,6 +284,7 @@ struct Found {
 }
 
 fn find_address(
+    node: &str,
     family: Family,
     given: Option<&str>,
     method: &str,
@@ -359,7 +360,7 @@ fn find_address(
             }))
         }
         (Err(e), None) => anyhow::bail!(
-            "failed to autodetect an {} address and this node has none recorded: {e:#}",
+            "failed to autodetect an {} address and node {node} has none recorded: {e:#}",
             family.name()
         ),
     }
@@ -388,24 +389,24 @@ async fn identify(
         previous.as_ref().and_then(|b| f(b).clone())
     };
     let v4 = find_address(
+        &name,
         Family::V4,
         a.ip.as_deref(),
         &a.ip_autodetection_method,
         &ifaces,
         prev(|b| &b.ipv4_address).as_deref(),
         &internal,
-    )
-    .with_context(|| format!("node {name}"))?
+    )?
     .context("no IPv4 address")?;
     let v6 = find_address(
+        &name,
         Family::V6,
         a.ip6.as_deref(),
         &a.ip6_autodetection_method,
         &ifaces,
         prev(|b| &b.ipv6_address).as_deref(),
         &internal,
-    )
-    .with_context(|| format!("node {name}"))?;
+    )?;
     let ipnetwork::IpNetwork::V4(net) = v4.net else {
         anyhow::bail!("node {name}: {} is not IPv4", v4.net);
     };
@@ -659,6 +660,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
                         workload_prefix: a.veth_prefix.clone(),
                         accept_bit: a.policy_mark_bit,
                         log_denied: denied.is_some().then_some(a.log_denied_group),
+                        // Rendered for each family in use (PolicyState::render).
+                        family: brindle_felix_lite::family::Family::V4,
                     },
                     attachments: attach_rx,
                     isolations: denied,

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use brindle_cni::agent::NewAttachment;
+use brindle_felix_lite::family::Family;
 use brindle_felix_lite::policy::{LocalEndpoint, PolicyContext, Renderer};
 use brindle_felix_lite::workloads::host_veth_name;
 use brindle_ipam::block::{self, attr};
@@ -29,7 +30,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::dataplane::{Dataplane, PolicyOut};
+use crate::dataplane::{Dataplane, PerFamily, PolicyOut};
 use crate::denied_log::Isolation;
 use crate::snapshot::{Event, Snapshot};
 
@@ -130,9 +131,11 @@ pub struct PolicyState {
     written: BTreeMap<String, Option<String>>,
     /// The kernel holds the last render (no render since the last successful sync).
     in_kernel: bool,
-    /// Keeps the policies' chains between renders.
+    /// Keep the policies' chains between renders (IPv4's, IPv6's).
     renderer: Renderer,
     nft_renderer: brindle_felix_lite::nft::policy::Renderer,
+    renderer6: Renderer,
+    nft_renderer6: brindle_felix_lite::nft::policy::Renderer,
     /// What isolates each pod with chains, by interface, as last rendered (`--log-denied`).
     pub isolation: BTreeMap<String, Isolation>,
 }
@@ -318,8 +321,14 @@ impl PolicyState {
         self.dirty || self.announced || self.stale_since.is_some()
     }
 
-    /// The chains and sets for now in `dp`'s form, and the veths that got chains.
-    pub fn render(&mut self, ctx: &PolicyContext, dp: Dataplane) -> (PolicyOut, Vec<String>) {
+    /// The chains and sets for now in `dp`'s form (for IPv6 too when `v6`: the same program
+    /// over the pods' IPv6 addresses), and the veths that got chains.
+    pub fn render(
+        &mut self,
+        ctx: &PolicyContext,
+        dp: Dataplane,
+        v6: bool,
+    ) -> (PerFamily<PolicyOut>, Vec<String>) {
         self.in_kernel = false;
         self.dirty = false;
         self.stale_since = None;
@@ -404,15 +413,33 @@ impl PolicyState {
                 Some((e.veth.clone(), iso))
             })
             .collect();
-        let out = match dp {
+        let v4 = PolicyContext {
+            family: Family::V4,
+            ..ctx.clone()
+        };
+        let out4 = match dp {
             Dataplane::Iptables(_) => {
-                PolicyOut::Iptables(self.renderer.render(&prog, &endpoints, ctx))
+                PolicyOut::Iptables(self.renderer.render(&prog, &endpoints, &v4))
             }
             Dataplane::Nftables => {
-                PolicyOut::Nftables(self.nft_renderer.render(&prog, &endpoints, ctx))
+                PolicyOut::Nftables(self.nft_renderer.render(&prog, &endpoints, &v4))
             }
         };
-        (out, with_chains)
+        let out6 = v6.then(|| {
+            let c6 = PolicyContext {
+                family: Family::V6,
+                ..ctx.clone()
+            };
+            match dp {
+                Dataplane::Iptables(_) => {
+                    PolicyOut::Iptables(self.renderer6.render(&prog, &endpoints, &c6))
+                }
+                Dataplane::Nftables => {
+                    PolicyOut::Nftables(self.nft_renderer6.render(&prog, &endpoints, &c6))
+                }
+            }
+        });
+        (PerFamily { v4: out4, v6: out6 }, with_chains)
     }
 
     /// After a sync that wrote `with_chains`: the ADDs waiting for those are told.
@@ -463,8 +490,14 @@ mod tests {
     /// The iptables render (the tests look at its chains).
     fn render_ipt(st: &mut PolicyState, ctx: &PolicyContext) -> (PolicyRules, Vec<String>) {
         let dp = Dataplane::Iptables(brindle_felix_lite::iptables::Backend::Legacy);
-        match st.render(ctx, dp) {
-            (PolicyOut::Iptables(r), with) => (r, with),
+        match st.render(ctx, dp, false) {
+            (
+                PerFamily {
+                    v4: PolicyOut::Iptables(r),
+                    ..
+                },
+                with,
+            ) => (r, with),
             _ => unreachable!("rendered for iptables"),
         }
     }

@@ -18,19 +18,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use brindle_datastore::Store;
+use brindle_felix_lite::family::Family;
 use brindle_felix_lite::iptables::Runner;
 use brindle_felix_lite::proxy::rules::{
     ALL_HOSTS_SET, ALL_POOLS_SET, BGP_PEERS_SET, MASQ_POOLS_SET,
 };
 use brindle_felix_lite::proxy::{NatOutgoingExclusions, NodeContext, NodeGuard};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Namespace as KubeNamespace, Pod as KubePod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::dataplane::{Dataplane, DpWriter, PortRules, Want};
+use crate::dataplane::{Dataplane, PerFamily, PortRules, Want, Writers};
 use crate::metrics::Metrics;
 use crate::policy_state::{self, PolicyEv, PolicyState};
 use crate::services::{self, Reserved, Skipped};
@@ -245,17 +246,33 @@ fn node_guard(
     }
 }
 
-/// The pools and the nodes' addresses as the ipsets hold them.
-fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
-    let mut hosts: Vec<Ipv4Network> = node_addresses(snap)
-        .map(|a| Ipv4Network::from(a.ip))
-        .collect();
+/// The pools and the nodes' addresses of `family` as the ipsets hold them (`brl40…`,
+/// `brl60…`).
+fn pool_sets(snap: &Snapshot, family: Family) -> BTreeMap<String, Vec<IpNetwork>> {
+    let host = |ip: std::net::IpAddr| IpNetwork::new(ip, family.host_len()).ok();
+    let mut hosts: Vec<IpNetwork> = match family {
+        Family::V4 => node_addresses(snap)
+            .filter_map(|a| host(a.ip.into()))
+            .collect(),
+        Family::V6 => snap
+            .nodes
+            .values()
+            .filter_map(|n| n.bgp.ipv6_address.as_deref()?.parse::<IpNetwork>().ok())
+            .filter(|n| family.has(n.ip()))
+            .filter_map(|n| host(n.ip()))
+            .collect(),
+    };
     hosts.sort();
     hosts.dedup();
     let mut all = vec![];
     let mut masq = vec![];
     for p in snap.pools.values() {
-        if let Ok(n) = p.cidr.parse::<Ipv4Network>() {
+        if let Some(n) = p
+            .cidr
+            .parse::<IpNetwork>()
+            .ok()
+            .filter(|n| family.has(n.ip()))
+        {
             all.push(n);
             if p.nat_outgoing {
                 masq.push(n);
@@ -264,22 +281,29 @@ fn pool_sets(snap: &Snapshot) -> BTreeMap<String, Vec<Ipv4Network>> {
     }
     all.sort();
     masq.sort();
-    let mut routers: Vec<Ipv4Network> = snap
+    let mut routers: Vec<IpNetwork> = snap
         .peers
         .values()
-        .filter_map(|p| match p.peer_addr()?.ip() {
-            std::net::IpAddr::V4(ip) => Some(Ipv4Network::from(ip)),
-            std::net::IpAddr::V6(_) => None,
-        })
+        .filter_map(|p| p.peer_addr())
+        .filter(|a| family.has(a.ip()))
+        .filter_map(|a| host(a.ip()))
         .collect();
     routers.sort();
     routers.dedup();
     BTreeMap::from([
-        (ALL_POOLS_SET.to_string(), all),
-        (MASQ_POOLS_SET.to_string(), masq),
-        (ALL_HOSTS_SET.to_string(), hosts),
-        (BGP_PEERS_SET.to_string(), routers),
+        (family.set_name(ALL_POOLS_SET), all),
+        (family.set_name(MASQ_POOLS_SET), masq),
+        (family.set_name(ALL_HOSTS_SET), hosts),
+        (family.set_name(BGP_PEERS_SET), routers),
     ])
+}
+
+/// Whether the cluster has an IPv6 pool: only then can a pod have an IPv6 address, and
+/// only then are IPv6 rules written.
+fn wants_v6(snap: &Snapshot) -> bool {
+    snap.pools
+        .values()
+        .any(|p| p.cidr.parse::<IpNetwork>().is_ok_and(|n| n.is_ipv6()))
 }
 
 /// The policy counters read from the kernel, as metrics (replacing the last reading).
@@ -373,15 +397,18 @@ impl ServiceTask {
         let mut forward_warned = false;
         let mut read_job: Option<
             tokio::task::JoinHandle<
-                Result<crate::dataplane::Read, brindle_felix_lite::iptables::IptablesError>,
+                Result<
+                    PerFamily<crate::dataplane::Read>,
+                    brindle_felix_lite::iptables::IptablesError,
+                >,
             >,
         > = None;
-        let mut policy_rules = crate::dataplane::PolicyOut::default();
+        let mut policy_rules: PerFamily<crate::dataplane::PolicyOut> = PerFamily::default();
         let runner = Runner {
             deadline: self.tool_timeout,
             ..Default::default()
         };
-        let mut writer = Some(DpWriter::new(self.dataplane, runner.clone()));
+        let mut writer = Some(Writers::new(self.dataplane, runner.clone()));
         // The other dataplane's rules go after this one's first sync.
         let mut others_removed = false;
         let mut st = State {
@@ -390,7 +417,8 @@ impl ServiceTask {
             ..Default::default()
         };
         let mut ctx: Option<NodeContext> = None;
-        let mut sets = BTreeMap::new();
+        // The pool and host sets of each family (IPv6's when there is an IPv6 pool).
+        let mut sets: PerFamily<BTreeMap<String, Vec<IpNetwork>>> = PerFamily::default();
         // Known with the first synced snapshot, as the context is.
         let mut guard: Option<NodeGuard> = None;
         let mut reserved_now = Reserved::default();
@@ -452,7 +480,7 @@ impl ServiceTask {
                     let Ok(res) = res else { return };
                     match res {
                         Ok(read) => {
-                            match (&read.forward_drops, forward_warned) {
+                            match (&read.v4.forward_drops, forward_warned) {
                                 (Some(d), false) => {
                                     warn!("{d}: pod traffic the nftables dataplane accepts is dropped there (Docker started after the agent?); a restart with --dataplane auto chooses iptables, or set that policy to ACCEPT");
                                     forward_warned = true;
@@ -463,8 +491,15 @@ impl ServiceTask {
                                 }
                                 _ => {}
                             }
-                            if let Some(c) = &read.counters {
-                                publish_counters(&self.metrics, &policy_rules.count(c), &pst);
+                            if let Some(c) = &read.v4.counters {
+                                let mut counts = policy_rules.v4.count(c);
+                                let six = read.v6.as_ref().and_then(|r| Some((r.counters.as_ref()?, policy_rules.v6.as_ref()?)));
+                                if let Some((c6, p6)) = six {
+                                    for (k, n) in p6.count(c6) {
+                                        *counts.entry(k).or_insert(0) += n;
+                                    }
+                                }
+                                publish_counters(&self.metrics, &counts, &pst);
                             }
                             if writer.as_mut().is_some_and(|w| w.adopt(read)) {
                                 // A sync against what was read: writes only what drifted
@@ -495,7 +530,10 @@ impl ServiceTask {
                     }
                     let zone = snap.nodes.get(&self.node).and_then(|n| n.labels.get(ZONE_LABEL).cloned());
                     let c = NodeContext { node: self.node.clone(), zone, masquerade_bit: self.masquerade_bit };
-                    let new_sets = pool_sets(&snap);
+                    let new_sets = PerFamily {
+                        v4: pool_sets(&snap, Family::V4),
+                        v6: wants_v6(&snap).then(|| pool_sets(&snap, Family::V6)),
+                    };
                     let new_guard = node_guard(&snap, self.nat_outgoing_exclusions, &self.workload_prefix);
                     let new_reserved = reserved(&snap, &new_guard.pod_blocked_ports);
                     if new_reserved != reserved_now {
@@ -510,7 +548,7 @@ impl ServiceTask {
                         pending = true;
                         refresh_only = false;
                     }
-                    if ctx.as_ref() != Some(&c) || new_sets != sets {
+                    if ctx.as_ref() != Some(&c) || new_sets.v4 != sets.v4 || new_sets.v6 != sets.v6 {
                         // A label or pool change can touch every Service: render them all.
                         if ctx.as_ref() != Some(&c) {
                             st.dirty.extend(st.services.keys().cloned());
@@ -538,15 +576,20 @@ impl ServiceTask {
                     refresh_only &= !pst.needs_render();
                     let render_started = Instant::now();
                     st.render(self.dataplane, &c, &reserved_now, false);
-                    let mut want = Want::assemble(
+                    let assemble = |family, sets| Want::assemble(
                         self.dataplane,
+                        family,
                         &c,
                         g,
-                        &sets,
+                        sets,
                         self.services,
                         st.rendered.values().flatten(),
                     );
-                    if let Want::Nftables(t) = &want {
+                    let mut want = PerFamily {
+                        v4: assemble(Family::V4, &sets.v4),
+                        v6: sets.v6.as_ref().map(|s| assemble(Family::V6, s)),
+                    };
+                    if let Want::Nftables(t) = &want.v4 {
                         if t.conflicts != conflicts {
                             for c in t.conflicts.iter().filter(|c| !conflicts.contains(c)) {
                                 warn!("two Services want the same address and port (or node port): the first by name is programmed, not {c}");
@@ -556,15 +599,21 @@ impl ServiceTask {
                     }
                     let mut with_chains = vec![];
                     if let Some(pctx) = &policy_ctx {
-                        if pst.needs_render() {
-                            (policy_rules, with_chains) = pst.render(pctx, self.dataplane);
+                        // The IPv6 rules never go in without IPv6's policy (a pod would be
+                        // open over IPv6 meanwhile): rendered now if it is not yet.
+                        let v6_unrendered = want.v6.is_some() && policy_rules.v6.is_none();
+                        if pst.needs_render() || v6_unrendered {
+                            (policy_rules, with_chains) = pst.render(pctx, self.dataplane, want.v6.is_some());
                             self.metrics.policy_refused.clear();
                             for k in pst.refused() {
                                 let l = crate::metrics::ObjectLabel { object: k.clone() };
                                 self.metrics.policy_refused.get_or_create(&l).set(1);
                             }
                         }
-                        want.merge_policy(&policy_rules);
+                        want.v4.merge_policy(&policy_rules.v4);
+                        if let (Some(w), Some(p)) = (&mut want.v6, &policy_rules.v6) {
+                            w.merge_policy(p);
+                        }
                     }
                     let Some(mut w) = writer.take() else { return };
                     let was_refresh = std::mem::take(&mut refresh_only);
@@ -605,7 +654,7 @@ impl ServiceTask {
                             if !others_removed {
                                 others_removed = true;
                                 let (dp, runner) = (self.dataplane, runner.clone());
-                                tokio::task::spawn_blocking(move || DpWriter::remove_others(dp, &runner));
+                                tokio::task::spawn_blocking(move || crate::dataplane::DpWriter::remove_others(dp, &runner));
                             }
                             pst.programmed(&with_chains);
                             if let Some(tx) = &isolations {

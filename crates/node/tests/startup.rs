@@ -69,6 +69,33 @@ impl Node {
     }
 }
 
+/// IPv6 is found only when asked for; asked for and not found, the agent says so (as
+/// calico-node: "failed to autodetect an IPv6 address"), and a given address of the wrong
+/// family is refused naming the flag.
+#[test]
+fn ipv6_autodetection_failing_or_a_wrong_family_says_why() {
+    let n = node();
+    n.ns.ok(&["ip", "addr", "add", "198.18.0.5/24", "dev", "lo"]);
+    let out = n
+        .agent(&["--ip", "198.18.0.5", "--ip6", "autodetect"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed to autodetect an IPv6 address")
+            && err.contains("n1 has none recorded"),
+        "{err}"
+    );
+    let out = n
+        .agent(&["--ip", "198.18.0.5", "--ip6", "198.18.0.5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--ip6 \"198.18.0.5\" is not an IPv6"), "{err}");
+}
+
 #[test]
 fn refuses_to_start_without_an_address_and_says_why() {
     let n = node();

@@ -1,6 +1,7 @@
 //! The native nftables dataplane (issue 30): everything felix-lite programs, in one table of
-//! our own, `ip brindle`. Nothing of ours is outside it and nothing outside it is touched;
-//! removing Brindle's rules is `delete table ip brindle`.
+//! our own per family, `ip brindle` and `ip6 brindle` (kube-proxy's and Calico's layout).
+//! Nothing of ours is outside them and nothing outside them is touched; removing Brindle's
+//! rules is `delete table ip brindle` (and `ip6`).
 //!
 //! - [`Table`] is the table as wanted: sets and verdict maps with their elements, chains
 //!   with their rules. Every rule carries `comment "brl:<hash> …"`, as in iptables, so the
@@ -22,11 +23,11 @@ pub mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::family::Family;
 use crate::proxy::rules::{rule_hash, Rule, TAG};
 
-/// Our table (family `ip`).
+/// Our table's name (in family `ip`, and `ip6` for IPv6).
 pub const TABLE: &str = "brindle";
-pub const FAMILY: &str = "ip";
 
 /// A set's or map's declaration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +45,15 @@ pub struct SetType {
 
 impl SetType {
     pub const fn addresses() -> SetType {
+        SetType::addresses_of(Family::V4)
+    }
+    /// Prefixes of a family (`flags interval`).
+    pub const fn addresses_of(family: Family) -> SetType {
         SetType {
-            key: "ipv4_addr",
+            key: match family {
+                Family::V4 => "ipv4_addr",
+                Family::V6 => "ipv6_addr",
+            },
             verdict_map: false,
             interval: true,
             timeout: None,

@@ -5,7 +5,8 @@ use std::fmt::Write as _;
 
 use super::expr::{compile, element, split_comment};
 use super::netlink::Msg;
-use super::{Hook, SetType, FAMILY, TABLE};
+use super::{Hook, SetType, TABLE};
+use crate::family::Family;
 use crate::proxy::rules::Rule;
 
 /// Elements per `add element` / `delete element` statement.
@@ -46,27 +47,28 @@ pub enum Op<'a> {
 }
 
 impl Op<'_> {
-    /// The statement as `nft -f` input (one or more lines).
-    pub fn text(&self, tx: &mut String) {
+    /// The statement as `nft -f` input (one or more lines) for the table of `family`.
+    pub fn text(&self, tx: &mut String, family: Family) {
+        let fam = family.nft();
         let _ = match self {
-            Op::AddTable => writeln!(tx, "add table {FAMILY} {TABLE}"),
-            Op::DeleteTable => writeln!(tx, "delete table {FAMILY} {TABLE}"),
+            Op::AddTable => writeln!(tx, "add table {fam} {TABLE}"),
+            Op::DeleteTable => writeln!(tx, "delete table {fam} {TABLE}"),
             Op::AddSet { name, ty } => {
                 let kind = if ty.verdict_map { "map" } else { "set" };
-                writeln!(tx, "add {kind} {FAMILY} {TABLE} {name} {{ {} }}", ty.decl())
+                writeln!(tx, "add {kind} {fam} {TABLE} {name} {{ {} }}", ty.decl())
             }
             Op::AddChain {
                 name,
                 hook: Some(h),
             } => writeln!(
                 tx,
-                "add chain {FAMILY} {TABLE} {name} {{ type {} hook {} priority {}; policy accept; }}",
+                "add chain {fam} {TABLE} {name} {{ type {} hook {} priority {}; policy accept; }}",
                 h.kind, h.hook, h.priority
             ),
-            Op::AddChain { name, hook: None } => writeln!(tx, "add chain {FAMILY} {TABLE} {name}"),
-            Op::FlushChain(name) => writeln!(tx, "flush chain {FAMILY} {TABLE} {name}"),
+            Op::AddChain { name, hook: None } => writeln!(tx, "add chain {fam} {TABLE} {name}"),
+            Op::FlushChain(name) => writeln!(tx, "flush chain {fam} {TABLE} {name}"),
             Op::AddRule { chain, rule } => {
-                writeln!(tx, "add rule {FAMILY} {TABLE} {chain} {}", rule.text)
+                writeln!(tx, "add rule {fam} {TABLE} {chain} {}", rule.text)
             }
             Op::Elements {
                 add, set, items, ..
@@ -76,15 +78,15 @@ impl Op<'_> {
                     let list: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
                     let _ = writeln!(
                         tx,
-                        "{verb} element {FAMILY} {TABLE} {set} {{ {} }}",
+                        "{verb} element {fam} {TABLE} {set} {{ {} }}",
                         list.join(", ")
                     );
                 }
                 Ok(())
             }
-            Op::Flush { name, kind } => writeln!(tx, "flush {kind} {FAMILY} {TABLE} {name}"),
-            Op::DeleteChain(name) => writeln!(tx, "delete chain {FAMILY} {TABLE} {name}"),
-            Op::Delete { name, kind } => writeln!(tx, "delete {kind} {FAMILY} {TABLE} {name}"),
+            Op::Flush { name, kind } => writeln!(tx, "flush {kind} {fam} {TABLE} {name}"),
+            Op::DeleteChain(name) => writeln!(tx, "delete chain {fam} {TABLE} {name}"),
+            Op::Delete { name, kind } => writeln!(tx, "delete {kind} {fam} {TABLE} {name}"),
         };
     }
 

@@ -1,5 +1,6 @@
 //! NetworkPolicy in nftables: the compiled policies ([`brindle_policy::compile::Program`]) in
-//! Calico's nftables shape, in `table ip brindle`, with the iptables renderer's semantics
+//! Calico's nftables shape, in `table ip brindle` (and over the pods' IPv6 addresses in
+//! `table ip6 brindle`, [`PolicyContext::family`]), with the iptables renderer's semantics
 //! rule for rule ([`crate::policy`] explains them).
 //!
 //! - Dispatch by interface-keyed verdict maps: `from-wl-dispatch` looks the pod interface
@@ -24,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use brindle_policy::compile::{CompiledRule, NamedKey, PeerMatch, PortMatch, Program, SelectorKey};
 
 use super::{rule, SetType, Table};
+use crate::family::Family;
 use crate::policy::{Account, LocalEndpoint, PolicyContext};
 use crate::proxy::rules::{hash16, Rule};
 
@@ -129,21 +131,26 @@ impl Renderer {
             }
         }
         self.policies = kept;
+        let family = ctx.family;
         for (key, members) in &prog.selector_sets {
             let elements = members
                 .iter()
-                .filter(|ip| ip.is_ipv4())
+                .filter(|ip| family.has(**ip))
                 .map(ToString::to_string)
                 .collect();
-            out.sets.push((selector_set(key), address_set(), elements));
+            out.sets
+                .push((selector_set(key), address_set(family), elements));
         }
         for (key, members) in &prog.named_sets {
             let elements = members
                 .iter()
-                .filter(|(ip, _)| ip.is_ipv4())
+                .filter(|(ip, _)| family.has(*ip))
                 .map(|(ip, port)| format!("{ip} . {} . {port}", key.protocol.lower()))
                 .collect();
-            let ty = SetType::verdicts("ipv4_addr . inet_proto . inet_service");
+            let ty = SetType::verdicts(match family {
+                Family::V4 => "ipv4_addr . inet_proto . inet_service",
+                Family::V6 => "ipv6_addr . inet_proto . inet_service",
+            });
             let ty = SetType {
                 verdict_map: false,
                 ..ty
@@ -155,9 +162,12 @@ impl Renderer {
     }
 }
 
-fn address_set() -> SetType {
+fn address_set(family: Family) -> SetType {
     SetType {
-        key: "ipv4_addr",
+        key: match family {
+            Family::V4 => "ipv4_addr",
+            Family::V6 => "ipv6_addr",
+        },
         verdict_map: false,
         interval: false,
         timeout: None,
@@ -176,6 +186,7 @@ fn policy_rules(
 ) -> Vec<Rule> {
     let m = mark(ctx);
     let dir = if ingress { "saddr" } else { "daddr" };
+    let (family, f) = (ctx.family, ctx.family.nft());
     let mut out = vec![];
     for (i, r) in rules.iter().enumerate() {
         let comment = format!("{id} rule {i}");
@@ -185,12 +196,12 @@ fn policy_rules(
             r.peers
                 .iter()
                 .filter_map(|p| match p {
-                    PeerMatch::Set(key) => Some(format!("ip {dir} @{}", selector_set(key))),
-                    PeerMatch::Block { cidr, .. } if !cidr.is_ipv4() => None,
+                    PeerMatch::Set(key) => Some(format!("{f} {dir} @{}", selector_set(key))),
+                    PeerMatch::Block { cidr, .. } if !family.has_net(cidr) => None,
                     PeerMatch::Block { cidr, except } => {
-                        let mut m = format!("ip {dir} {cidr}");
-                        for e in except.iter().filter(|e| e.is_ipv4()) {
-                            m.push_str(&format!(" ip {dir} != {e}"));
+                        let mut m = format!("{f} {dir} {cidr}");
+                        for e in except.iter().filter(|e| family.has_net(e)) {
+                            m.push_str(&format!(" {f} {dir} != {e}"));
                         }
                         Some(m)
                     }
@@ -214,7 +225,7 @@ fn policy_rules(
                         format!("{} dport {from}-{to}", protocol.lower())
                     }
                     PortMatch::Named(k) => format!(
-                        "meta l4proto {} ip daddr . meta l4proto . th dport @{}",
+                        "meta l4proto {} {f} daddr . meta l4proto . th dport @{}",
                         k.protocol.lower(),
                         named_set(k)
                     ),
@@ -362,11 +373,27 @@ fn endpoints(prog: &Program, local: &[LocalEndpoint], ctx: &PolicyContext, out: 
             &format!("oifname {any} jump {TO_DISPATCH}"),
         ),
     ];
-    out.input = vec![rule(
+    out.input = vec![];
+    if ctx.family == Family::V6 {
+        // Neighbour discovery from pods to their node, before any policy (as Felix).
+        let types: Vec<String> = crate::policy::ICMPV6_ALWAYS
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        out.input.push(rule(
+            "filter-input",
+            "brindle policy: neighbour discovery from pods",
+            &format!(
+                "iifname {any} icmpv6 type {{ {} }} accept",
+                types.join(", ")
+            ),
+        ));
+    }
+    out.input.push(rule(
         "filter-input",
         "brindle policy: from pods to this node",
         &format!("iifname {any} jump {FROM_DISPATCH}"),
-    )];
+    ));
 }
 
 /// `table` (the Services' and the node guard's) with NetworkPolicy in it: its chains, sets

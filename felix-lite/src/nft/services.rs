@@ -19,9 +19,10 @@
 
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 
 use super::{hash8, rule, Hook, SetType, Table};
+use crate::family::Family;
 use crate::proxy::plan::{ChainKind, ExternalStep, NoEndpoint, Plan};
 use crate::proxy::rules::{Rule, ALL_HOSTS_SET, ALL_POOLS_SET, BGP_PEERS_SET, MASQ_POOLS_SET};
 use crate::proxy::{Endpoint, NatOutgoingExclusions, NodeContext, NodeGuard, ServicePort};
@@ -323,7 +324,13 @@ fn endpoint_rules(rules: &mut Vec<Rule>, chain: &str, svc: &ServicePort, eps: &[
 
 /// A prefix in the kernel's canonical form (a /32 is a bare address).
 pub fn net(n: Ipv4Network) -> String {
-    if n.prefix() == 32 {
+    net_any(IpNetwork::V4(n))
+}
+
+/// [`net`] for either family (an IPv6 /128 is a bare address too).
+pub fn net_any(n: IpNetwork) -> String {
+    let host = if n.is_ipv4() { 32 } else { 128 };
+    if n.prefix() == host {
         n.ip().to_string()
     } else {
         format!("{}/{}", n.network(), n.prefix())
@@ -331,13 +338,13 @@ pub fn net(n: Ipv4Network) -> String {
 }
 
 /// Prefixes without any inside another (an interval set refuses overlaps).
-fn outermost(nets: &[Ipv4Network]) -> Vec<Ipv4Network> {
-    let mut v: Vec<Ipv4Network> = nets
+fn outermost(nets: &[IpNetwork]) -> Vec<IpNetwork> {
+    let mut v: Vec<IpNetwork> = nets
         .iter()
-        .map(|n| Ipv4Network::new(n.network(), n.prefix()).unwrap_or(*n))
+        .map(|n| IpNetwork::new(n.network(), n.prefix()).unwrap_or(*n))
         .collect();
     v.sort_by_key(|n| (n.prefix(), n.network()));
-    let mut out: Vec<Ipv4Network> = vec![];
+    let mut out: Vec<IpNetwork> = vec![];
     for n in v {
         if !out.iter().any(|o| o.contains(n.network())) {
             out.push(n);
@@ -346,22 +353,43 @@ fn outermost(nets: &[Ipv4Network]) -> Vec<Ipv4Network> {
     out
 }
 
+/// The address . protocol . port key of a family's maps.
+const fn addr_proto_port(family: Family) -> &'static str {
+    match family {
+        Family::V4 => ADDR_PROTO_PORT,
+        Family::V6 => "ipv6_addr . inet_proto . inet_service",
+    }
+}
+
 /// The whole table: fixed chains, the pool and host sets (by their ipset names, as
 /// `sync_sets` takes them), and every service's elements and chains.
 pub fn assemble<'a>(
     ctx: &NodeContext,
     guard: &NodeGuard,
-    sets: &std::collections::BTreeMap<String, Vec<Ipv4Network>>,
+    sets: &std::collections::BTreeMap<String, Vec<IpNetwork>>,
     services: impl IntoIterator<Item = &'a ServiceNft>,
 ) -> Table {
+    assemble_family(Family::V4, ctx, guard, sets, services)
+}
+
+/// [`assemble`] for the table of `family` (`ip6 brindle`: the same chains over IPv6
+/// addresses, and no IPIP rule).
+pub fn assemble_family<'a>(
+    family: Family,
+    ctx: &NodeContext,
+    guard: &NodeGuard,
+    sets: &std::collections::BTreeMap<String, Vec<IpNetwork>>,
+    services: impl IntoIterator<Item = &'a ServiceNft>,
+) -> Table {
+    let f = family.nft();
     let mut t = Table::default();
     for (name, h) in HOOKS {
         t.chain(name).hook = Some(h);
     }
     for (ipset, name) in SETS {
-        let s = t.set(name, SetType::addresses());
-        if let Some(nets) = sets.get(ipset) {
-            s.elements = outermost(nets).into_iter().map(net).collect();
+        let s = t.set(name, SetType::addresses_of(family));
+        if let Some(nets) = sets.get(&family.set_name(ipset)) {
+            s.elements = outermost(nets).into_iter().map(net_any).collect();
         }
     }
     for m in [
@@ -370,7 +398,7 @@ pub fn assemble<'a>(
         NO_ENDPOINT_EXTERNAL,
         FIREWALL_IPS,
     ] {
-        t.set(m, SetType::verdicts(ADDR_PROTO_PORT));
+        t.set(m, SetType::verdicts(addr_proto_port(family)));
     }
     for m in [SERVICE_NODEPORTS, NO_ENDPOINT_NODEPORTS] {
         t.set(m, SetType::verdicts(PROTO_PORT));
@@ -395,18 +423,18 @@ pub fn assemble<'a>(
     t.push(
         "firewall-check",
         "",
-        &format!("ip daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}"),
+        &format!("{f} daddr . meta l4proto . th dport vmap @{FIREWALL_IPS}"),
     );
     t.push("filter-input", "brindle host guard", "jump host-guard");
     t.push(
         "filter-forward",
         "brindle host guard",
-        "ip daddr @all-hosts-net jump host-guard",
+        &format!("{f} daddr @all-hosts-net jump host-guard"),
     );
     t.push(
         "filter-forward",
         "brindle bgp peer guard",
-        "ip daddr @bgp-peers jump host-guard",
+        &format!("{f} daddr @bgp-peers jump host-guard"),
     );
     for chain in ["filter-forward", "filter-output"] {
         t.push(chain, "", &format!("{new} jump service-endpoints-check"));
@@ -417,12 +445,12 @@ pub fn assemble<'a>(
     t.push(
         "service-endpoints-check",
         "",
-        &format!("ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"),
+        &format!("{f} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_SERVICES}"),
     );
     t.push(
         "external-endpoints-check",
         "",
-        &format!("ip daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_EXTERNAL}"),
+        &format!("{f} daddr . meta l4proto . th dport vmap @{NO_ENDPOINT_EXTERNAL}"),
     );
     t.push(
         "external-endpoints-check",
@@ -439,29 +467,32 @@ pub fn assemble<'a>(
             "host-guard",
             "brindle: no pod reaches a BGP port of a node or a node's peer",
             &format!(
-                "ip saddr @all-ipam-pools tcp dport {{ {} }} counter drop",
+                "{f} saddr @all-ipam-pools tcp dport {{ {} }} counter drop",
                 list.join(", ")
             ),
         );
     }
-    t.push(
-        "host-guard",
-        "brindle: IPIP only from the nodes",
-        "meta l4proto 4 fib daddr type local ip saddr != @all-hosts-net counter drop",
-    );
+    if family == Family::V4 {
+        t.push(
+            "host-guard",
+            "brindle: IPIP only from the nodes",
+            "meta l4proto 4 fib daddr type local ip saddr != @all-hosts-net counter drop",
+        );
+    }
     for chain in ["nat-prerouting", "nat-output"] {
         t.push(chain, "brindle service portals", "jump services");
     }
     t.push(
         "services",
         "",
-        &format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
+        &format!("{f} daddr . meta l4proto . th dport vmap @{SERVICE_IPS}"),
     );
     t.push(
         "services",
         "brindle service nodeports",
         &format!(
-            "fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @{SERVICE_NODEPORTS}"
+            "fib daddr type local {f} daddr != {} meta l4proto . th dport vmap @{SERVICE_NODEPORTS}",
+            family.loopback()
         ),
     );
     t.push(MARK_MASQ, "", &format!("meta mark set meta mark | {m:#x}"));
@@ -469,13 +500,13 @@ pub fn assemble<'a>(
     t.push("nat-postrouting", "", "jump masquerading");
     let hosts = match guard.nat_outgoing_exclusions {
         NatOutgoingExclusions::IPPoolsOnly => "",
-        NatOutgoingExclusions::IPPoolsAndHostIPs => " ip daddr != @all-hosts-net",
+        NatOutgoingExclusions::IPPoolsAndHostIPs => &*format!(" {f} daddr != @all-hosts-net"),
     };
     t.push(
         "nat-outgoing",
         "brindle nat outgoing",
         &format!(
-            "ip saddr @masq-ipam-pools ip daddr != @all-ipam-pools{hosts} masquerade fully-random"
+            "{f} saddr @masq-ipam-pools {f} daddr != @all-ipam-pools{hosts} masquerade fully-random"
         ),
     );
     t.push(
@@ -684,7 +715,7 @@ mod tests {
 
     #[test]
     fn pool_sets_lose_nested_prefixes() {
-        let nets: Vec<Ipv4Network> = [
+        let nets: Vec<IpNetwork> = [
             "10.0.0.0/8",
             "10.1.0.0/16",
             "192.168.0.0/24",
@@ -693,7 +724,13 @@ mod tests {
         .iter()
         .map(|s| s.parse().unwrap())
         .collect();
-        let o: Vec<String> = outermost(&nets).into_iter().map(net).collect();
+        let o: Vec<String> = outermost(&nets).into_iter().map(net_any).collect();
         assert_eq!(o, vec!["10.0.0.0/8", "192.168.0.0/24", "198.18.0.1"]);
+        let v6: Vec<IpNetwork> = ["fd00::/64", "fd00::40/122", "2001:db8::1/128"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let o: Vec<String> = outermost(&v6).into_iter().map(net_any).collect();
+        assert_eq!(o, vec!["fd00::/64", "2001:db8::1"]);
     }
 }

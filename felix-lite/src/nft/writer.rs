@@ -20,7 +20,8 @@ use tracing::{debug, error, warn};
 
 use super::netlink::Netlink;
 use super::ops::Op;
-use super::{comment_hash, Hook, SetType, Table, FAMILY, TABLE};
+use super::{comment_hash, Hook, SetType, Table, TABLE};
+use crate::family::Family;
 use crate::iptables::{IptablesError, Runner};
 
 /// How long a flushed chain waits before it is deleted.
@@ -102,6 +103,8 @@ pub struct Writer {
     /// Successful transactions so far ([`Writer::adopt`]).
     generation: u64,
     nl: NetlinkState,
+    /// `ip brindle` or `ip6 brindle`.
+    pub family: Family,
 }
 
 fn decl_of(ty: &SetType) -> String {
@@ -113,14 +116,25 @@ fn hook_of(h: &Hook) -> (String, String, i32) {
 }
 
 impl Writer {
+    /// The writer of table `ip brindle`.
     pub fn new(runner: Runner) -> Writer {
+        Writer::for_family(Family::V4, runner)
+    }
+
+    /// The writer of our table of `family`. IPv6's changes all go through `nft` (the
+    /// netlink encoder knows IPv4's expressions only).
+    pub fn for_family(family: Family, runner: Runner) -> Writer {
         Writer {
             runner,
             known: None,
             stale: HashMap::new(),
             last_input: Default::default(),
             generation: 0,
-            nl: NetlinkState::Untried,
+            nl: match family {
+                Family::V4 => NetlinkState::Untried,
+                Family::V6 => NetlinkState::Off,
+            },
+            family,
         }
     }
 
@@ -156,7 +170,7 @@ impl Writer {
 
     /// Our table as the kernel has it now.
     pub fn read(&self) -> Result<Known, IptablesError> {
-        read_table(&self.runner)
+        read_table(&self.runner, self.family)
     }
 
     /// Whether this kernel and `nft` take everything the dataplane writes: a table using
@@ -165,7 +179,7 @@ impl Writer {
     /// committed (`nft -c`). Not `log group`: `--log-denied` is off where NFLOG is missing.
     pub fn check_support(&self) -> Result<(), IptablesError> {
         let probe = format!(
-            "table {FAMILY} {TABLE}-probe {{
+            "table ip {TABLE}-probe {{
   map m {{ type ipv4_addr . inet_proto . inet_service : verdict; }}
   set a {{ type ipv4_addr; flags dynamic,timeout; timeout 60s; }}
   set p {{ type ipv4_addr; flags interval; }}
@@ -201,7 +215,7 @@ impl Writer {
         }
         self.nft(
             &["-f", "-"],
-            Some(&format!("delete table {FAMILY} {TABLE}\n")),
+            Some(&format!("delete table {} {TABLE}\n", self.family.nft())),
         )?;
         self.generation += 1;
         Ok(true)
@@ -308,7 +322,7 @@ impl Writer {
     fn apply(&mut self, ops: &[Op]) -> Result<Applied, IptablesError> {
         let mut text = String::new();
         for op in ops {
-            op.text(&mut text);
+            op.text(&mut text, self.family);
         }
         let mut refused = None;
         if let Some(nl) = self.netlink() {
@@ -388,9 +402,10 @@ impl Writer {
         }
     }
 
-    /// Whether changes may go by netlink (on by default); off, every sync runs `nft`.
+    /// Whether changes may go by netlink (on by default for IPv4); off, every sync runs
+    /// `nft`.
     pub fn set_netlink(&mut self, on: bool) {
-        self.nl = if on {
+        self.nl = if on && self.family == Family::V4 {
             NetlinkState::Untried
         } else {
             NetlinkState::Off
@@ -427,10 +442,11 @@ enum NetlinkState {
 
 /// Our table as the kernel has it now (callable without the writer, for a read off the
 /// sync path).
-pub fn read_table(runner: &Runner) -> Result<Known, IptablesError> {
-    match runner.run(&["nft", "-j", "list", "table", FAMILY, TABLE], None) {
+pub fn read_table(runner: &Runner, family: Family) -> Result<Known, IptablesError> {
+    let fam = family.nft();
+    match runner.run(&["nft", "-j", "list", "table", fam, TABLE], None) {
         Ok(text) => parse_list(&text).map_err(|e| IptablesError::Failed {
-            cmd: format!("nft -j list table {FAMILY} {TABLE}"),
+            cmd: format!("nft -j list table {fam} {TABLE}"),
             stderr: format!("unreadable output: {e}"),
         }),
         Err(IptablesError::Failed { stderr, .. })
@@ -806,9 +822,10 @@ pub fn element_text(v: &Value) -> Option<String> {
                     .join(" . "),
                 ("prefix", p) => {
                     let addr = p.get("addr")?.as_str()?;
-                    match p.get("len")?.as_u64()? {
-                        32 => addr.to_string(),
-                        len => format!("{addr}/{len}"),
+                    // A host prefix is written as a bare address.
+                    match (p.get("len")?.as_u64()?, addr.contains(':')) {
+                        (32, false) | (128, true) => addr.to_string(),
+                        (len, _) => format!("{addr}/{len}"),
                     }
                 }
                 ("range", Value::Array(ab)) if ab.len() == 2 => {

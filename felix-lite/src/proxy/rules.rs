@@ -9,6 +9,7 @@ use sha1::Digest;
 
 use super::plan::{ChainKind, ExternalStep, NoEndpoint, Plan};
 use super::{Endpoint, NatOutgoingExclusions, NodeContext, NodeGuard, ServicePort};
+use crate::family::Family;
 
 pub const SERVICES: &str = "BRL-SERVICES";
 pub const NODEPORTS: &str = "BRL-NODEPORTS";
@@ -475,6 +476,23 @@ pub fn assemble<'a>(
     guard: &NodeGuard,
     services: impl IntoIterator<Item = &'a ServiceRules>,
 ) -> Ruleset {
+    assemble_family(Family::V4, ctx, guard, services)
+}
+
+/// [`assemble`] for a family: the IPv6 ruleset (for `ip6tables-restore`) has the same
+/// chains with the `brl60…` sets, and no IPIP rule (tunl0 is IPv4's).
+pub fn assemble_family<'a>(
+    family: Family,
+    ctx: &NodeContext,
+    guard: &NodeGuard,
+    services: impl IntoIterator<Item = &'a ServiceRules>,
+) -> Ruleset {
+    let (all_pools, masq_pools, all_hosts, bgp_peers) = (
+        family.set_name(ALL_POOLS_SET),
+        family.set_name(MASQ_POOLS_SET),
+        family.set_name(ALL_HOSTS_SET),
+        family.set_name(BGP_PEERS_SET),
+    );
     let mark = ctx.mark();
     let new = "-m conntrack --ctstate NEW";
     let mut nat_services = vec![];
@@ -494,7 +512,10 @@ pub fn assemble<'a>(
     nat_services.push(Rule::new(
         SERVICES,
         "brindle service nodeports; NOTE: this must be the last rule in this chain",
-        &format!("-m addrtype --dst-type LOCAL ! -d 127.0.0.0/8 -j {NODEPORTS}"),
+        &format!(
+            "-m addrtype --dst-type LOCAL ! -d {} -j {NODEPORTS}",
+            family.loopback()
+        ),
     ));
     let mut nat_chains = vec![
         Chain {
@@ -515,11 +536,11 @@ pub fn assemble<'a>(
                 NAT_OUTGOING,
                 "brindle nat outgoing",
                 &format!(
-                    "-m set --match-set {MASQ_POOLS_SET} src -m set ! --match-set {ALL_POOLS_SET} dst{hosts} -j MASQUERADE --random-fully",
+                    "-m set --match-set {masq_pools} src -m set ! --match-set {all_pools} dst{hosts} -j MASQUERADE --random-fully",
                     hosts = match guard.nat_outgoing_exclusions {
                         NatOutgoingExclusions::IPPoolsOnly => String::new(),
                         NatOutgoingExclusions::IPPoolsAndHostIPs =>
-                            format!(" -m set ! --match-set {ALL_HOSTS_SET} dst"),
+                            format!(" -m set ! --match-set {all_hosts} dst"),
                     }
                 ),
             )],
@@ -551,7 +572,7 @@ pub fn assemble<'a>(
                 HOST_GUARD,
                 "brindle: no pod reaches a BGP port of a node or a node's peer",
                 &format!(
-                    "-p tcp -m set --match-set {ALL_POOLS_SET} src -m multiport --dports {} -j DROP",
+                    "-p tcp -m set --match-set {all_pools} src -m multiport --dports {} -j DROP",
                     list.join(",")
                 ),
             )
@@ -560,13 +581,15 @@ pub fn assemble<'a>(
     let mut guard_rules: Vec<Rule> = guard_rules;
     // Calico's rule: IPIP to this node only from the nodes (a stranger's packets would be
     // decapsulated and forwarded to the pods as if from inside the cluster).
-    guard_rules.push(Rule::new(
-        HOST_GUARD,
-        "brindle: IPIP only from the nodes",
-        &format!(
-            "-p 4 -m addrtype --dst-type LOCAL -m set ! --match-set {ALL_HOSTS_SET} src -j DROP"
-        ),
-    ));
+    if family == Family::V4 {
+        guard_rules.push(Rule::new(
+            HOST_GUARD,
+            "brindle: IPIP only from the nodes",
+            &format!(
+                "-p 4 -m addrtype --dst-type LOCAL -m set ! --match-set {all_hosts} src -j DROP"
+            ),
+        ));
+    }
     let filter_chains = vec![
         Chain {
             name: HOST_GUARD.into(),
@@ -643,13 +666,13 @@ pub fn assemble<'a>(
                 jump(
                     "FORWARD",
                     "brindle host guard",
-                    &format!("-m set --match-set {ALL_HOSTS_SET} dst -j {HOST_GUARD}"),
+                    &format!("-m set --match-set {all_hosts} dst -j {HOST_GUARD}"),
                 ),
                 // The routers too: masqueraded, a pod would reach them as its node.
                 jump(
                     "FORWARD",
                     "brindle bgp peer guard",
-                    &format!("-m set --match-set {BGP_PEERS_SET} dst -j {HOST_GUARD}"),
+                    &format!("-m set --match-set {bgp_peers} dst -j {HOST_GUARD}"),
                 ),
                 jump(
                     "INPUT",

@@ -36,7 +36,7 @@ pub fn guard() -> NodeGuard {
 }
 
 /// One pool, 10.244.0.0/16 (masqueraded), and two hosts.
-pub fn sets() -> BTreeMap<String, Vec<ipnetwork::Ipv4Network>> {
+pub fn sets() -> BTreeMap<String, Vec<ipnetwork::IpNetwork>> {
     let pools = vec!["10.244.0.0/16".parse().unwrap()];
     let hosts = vec![
         "198.18.0.1/32".parse().unwrap(),
