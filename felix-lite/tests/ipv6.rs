@@ -116,7 +116,7 @@ fn the_ipv6_table_is_taken_by_nft_and_reads_back() {
     let (w, mut pods) = world();
     let local = local_endpoints(&pods);
     // The IPv4 table first: it stays as it is.
-    let mut v4 = NftWriter::for_family(Family::V4, runner(&ns));
+    let mut v4 = common::writer(&ns);
     let t4 = assemble_family(Family::V4, &ctx(), &guard(), &common::sets(), []);
     v4.sync(&t4).expect("the ip table");
     let before = ns.ok(&["nft", "list", "table", "ip", "brindle"]);
