@@ -26,12 +26,13 @@ use serde_json::json;
 const ENDPOINTS: usize = 5;
 
 fn service(i: usize, generation: u32) -> ServicePort {
-    let ip = |base: u32, n: u32| Ipv4Addr::from(base + n);
+    let ip = |base: u32, n: u32| std::net::IpAddr::V4(Ipv4Addr::from(base + n));
     ServicePort {
         namespace: format!("ns{}", i % 50),
         name: format!("svc-{i}"),
         port_name: "http".into(),
         protocol: Protocol::Tcp,
+        family: brindle_felix_lite::family::Family::V4,
         cluster_ip: Some(ip(u32::from(Ipv4Addr::new(10, 96, 0, 0)), i as u32)),
         port: 80,
         // One in ten is a NodePort, as in a typical cluster.

@@ -6,9 +6,9 @@
 //! that group on a netfilter netlink socket (the node's network namespace: one listener a
 //! group) and [`parse`] turns each message into a [`Denied`]: which interface, which
 //! direction, and the packet's addresses, protocol and ports (the first 64 bytes of it are
-//! copied, never more). Only IPv4, as the rest of felix-lite.
+//! copied, never more). IPv4 and IPv6 (the IPv6 rules log to the same group).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use rtnetlink::packet_core::{NetlinkBuffer, NlasIterator};
 use rtnetlink::sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
@@ -32,9 +32,9 @@ pub struct Denied {
     pub ingress: bool,
     /// The pod's host interface.
     pub veth: String,
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
-    /// The IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP…).
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// The IP protocol number (6 TCP, 17 UDP, 132 SCTP, 1 ICMP, 58 ICMPv6…).
     pub protocol: u8,
     /// Source and destination ports, for TCP, UDP and SCTP.
     pub ports: Option<(u16, u16)>,
@@ -147,15 +147,43 @@ fn ipv4(ingress: bool, veth: &str, p: &[u8]) -> Option<Denied> {
     Some(Denied {
         ingress,
         veth: veth.to_string(),
-        src,
-        dst,
+        src: src.into(),
+        dst: dst.into(),
+        protocol,
+        ports,
+    })
+}
+
+/// A denied IPv6 packet, from its first bytes. The ports are read only when the fixed
+/// header's next header is TCP, UDP or SCTP (behind extension headers there are none here).
+fn ipv6(ingress: bool, veth: &str, p: &[u8]) -> Option<Denied> {
+    if *p.first()? >> 4 != 6 {
+        return None;
+    }
+    let protocol = *p.get(6)?;
+    let src = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(8..24)?).ok()?);
+    let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
+    let ports = matches!(protocol, 6 | 17 | 132)
+        .then(|| {
+            let l4 = p.get(40..44)?;
+            Some((
+                u16::from_be_bytes([l4[0], l4[1]]),
+                u16::from_be_bytes([l4[2], l4[3]]),
+            ))
+        })
+        .flatten();
+    Some(Denied {
+        ingress,
+        veth: veth.to_string(),
+        src: src.into(),
+        dst: dst.into(),
         protocol,
         ports,
     })
 }
 
 /// The denied packets in one datagram from the group; anything else (another prefix, a
-/// packet that is not IPv4, a truncated message) is skipped.
+/// packet that is not IP, a truncated message) is skipped.
 pub fn parse(datagram: &[u8]) -> Vec<Denied> {
     let packet = (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET;
     let mut out = vec![];
@@ -179,7 +207,10 @@ pub fn parse(datagram: &[u8]) -> Vec<Denied> {
             Some(("E", v)) => (false, v),
             _ => continue,
         };
-        out.extend(find(NFULA_PAYLOAD).and_then(|p| ipv4(ingress, veth, p)));
+        out.extend(
+            find(NFULA_PAYLOAD)
+                .and_then(|p| ipv4(ingress, veth, p).or_else(|| ipv6(ingress, veth, p))),
+        );
     }
     out
 }
@@ -323,9 +354,40 @@ mod tests {
             parse(&packet_message(&prefix(true, "brla"), &icmp))[0].ports,
             None
         );
-        // Not IPv4, or an unknown direction: skipped.
-        assert!(parse(&packet_message(&prefix(true, "brla"), &[0x60; 40])).is_empty());
+        // Not IP, a truncated IPv6 header, or an unknown direction: skipped.
+        assert!(parse(&packet_message(&prefix(true, "brla"), &[0x50; 40])).is_empty());
+        assert!(parse(&packet_message(&prefix(true, "brla"), &[0x60; 39])).is_empty());
         assert!(parse(&packet_message("brl:D:X:brla", &icmp)).is_empty());
+    }
+
+    #[test]
+    fn reads_ipv6_packets() {
+        let mut p = vec![0x60, 0, 0, 0, 0, 20, 6, 64];
+        p.extend_from_slice(&"fd00::1".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&"fd00::2".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(&40000u16.to_be_bytes());
+        p.extend_from_slice(&80u16.to_be_bytes());
+        let got = parse(&packet_message(&prefix(true, "brl6"), &p));
+        assert_eq!(
+            got,
+            vec![Denied {
+                ingress: true,
+                veth: "brl6".into(),
+                src: "fd00::1".parse().unwrap(),
+                dst: "fd00::2".parse().unwrap(),
+                protocol: 6,
+                ports: Some((40000, 80)),
+            }]
+        );
+        // ICMPv6: no ports. Cut anywhere: never a panic.
+        p[6] = 58;
+        assert_eq!(
+            parse(&packet_message(&prefix(true, "brl6"), &p))[0].ports,
+            None
+        );
+        for n in 0..p.len() {
+            let _ = parse(&packet_message(&prefix(true, "brl6"), &p[..n]));
+        }
     }
 
     #[test]

@@ -101,6 +101,49 @@ fn world() -> (World, Vec<Pod>) {
     (w, pods)
 }
 
+/// IPv6 Services: a NodePort with affinity, a load balancer with source ranges, one with no
+/// endpoints (REJECT with ICMPv6), endpoints of both kinds of address.
+fn services6() -> Vec<brindle_felix_lite::proxy::ServicePort> {
+    use brindle_felix_lite::proxy::{Endpoint, ServicePort};
+    let ip = |s: &str| -> std::net::IpAddr { s.parse().unwrap() };
+    let mut web = ServicePort::cluster_ip(
+        "x",
+        "web",
+        "http",
+        Protocol::Tcp,
+        ip("fd00:10:96::a"),
+        80,
+        vec![
+            Endpoint::ready(ip("fd00:10:244::1"), 8080, "n1"),
+            Endpoint::ready(ip("fd00:10:244::2"), 8080, "n2"),
+        ],
+    );
+    web.node_port = Some(30080);
+    web.affinity_seconds = Some(600);
+    let mut lb = ServicePort::cluster_ip(
+        "x",
+        "lb",
+        "",
+        Protocol::Udp,
+        ip("fd00:10:96::b"),
+        53,
+        vec![Endpoint::ready(ip("fd00:10:244::3"), 5353, "n1")],
+    );
+    lb.load_balancer_ips = vec![ip("2001:db8:19::5")];
+    lb.load_balancer_source_ranges = vec!["2001:db8:18::/64".parse().unwrap()];
+    lb.external_ips = vec![ip("2001:db8:19::6")];
+    let empty = ServicePort::cluster_ip(
+        "x",
+        "none",
+        "",
+        Protocol::Tcp,
+        ip("fd00:10:96::c"),
+        80,
+        vec![],
+    );
+    vec![web, lb, empty]
+}
+
 fn ctx6() -> PolicyContext {
     PolicyContext {
         family: Family::V6,
@@ -122,8 +165,12 @@ fn the_ipv6_table_is_taken_by_nft_and_reads_back() {
     let before = ns.ok(&["nft", "list", "table", "ip", "brindle"]);
     let mut r = Renderer::default();
     let mut wr = NftWriter::for_family(Family::V6, runner(&ns));
+    let svcs: Vec<_> = services6()
+        .iter()
+        .map(|s| brindle_felix_lite::nft::services::render(s, &ctx()))
+        .collect();
     let mut want = |pods: &[Pod]| {
-        let mut t = assemble_family(Family::V6, &ctx(), &guard(), &sets6(), []);
+        let mut t = assemble_family(Family::V6, &ctx(), &guard(), &sets6(), &svcs);
         merge(
             &mut t,
             &r.render(&Program::compile(&w, pods), &local, &ctx6()),
@@ -155,6 +202,14 @@ fn the_ipv6_table_is_taken_by_nft_and_reads_back() {
         "2001:db8:18::10",
         "icmpv6 type",
         "fib saddr . iif oif missing",
+        // The Services: map keys of IPv6 addresses, DNAT to [address]:port, affinity sets
+        // of IPv6 addresses, the source-range firewall, nodeports.
+        "fd00:10:96::a . tcp . 80 : goto service-",
+        "dnat to [fd00:10:244::1]:8080",
+        "update @affinity-",
+        "ip6 saddr != { 2001:db8:18::/64, 2001:db8:19::5 } drop",
+        "tcp . 30080 : goto external-",
+        "fd00:10:96::c . tcp . 80 : goto reject-chain",
     ] {
         assert!(six.contains(want), "{want:?} not in\n{six}");
     }
@@ -173,7 +228,11 @@ fn the_ipv6_ruleset_is_taken_by_ip6tables_and_reads_back() {
     let local = local_endpoints(&pods);
     let mut r = Renderer::default();
     let rendered = r.render(&Program::compile(&w, &pods), &local, &ctx6());
-    let mut ruleset = rules::assemble_family(Family::V6, &ctx(), &guard(), []);
+    let svcs: Vec<_> = services6()
+        .iter()
+        .map(|s| rules::render(s, &ctx()))
+        .collect();
+    let mut ruleset = rules::assemble_family(Family::V6, &ctx(), &guard(), &svcs);
     merge(&mut ruleset, &rendered);
     let mut wr = IptWriter::for_family(Backend::Legacy, Family::V6, runner(&ns));
     wr.sync_sets(&sets6()).expect("pool sets");
@@ -193,6 +252,12 @@ fn the_ipv6_ruleset_is_taken_by_ip6tables_and_reads_back() {
         "--icmpv6-type 135 -j ACCEPT",
         "-m rpfilter --invert -j DROP",
         "--match-set brl60masq-ipam-pools src",
+        "-A BRL-SERVICES -d fd00:10:96::a/128 -p tcp",
+        "--to-destination [fd00:10:244::1]:8080",
+        "--mask ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "-s 2001:db8:18::/64 -m comment",
+        "--reject-with icmp6-port-unreachable",
+        "! -d ::1/128",
     ] {
         assert!(saved.contains(want), "{want:?} not in\n{saved}");
     }

@@ -50,13 +50,13 @@ fn services(n: u8) -> Vec<ServicePort> {
             let mut s = ServicePort::cluster_ip(&ns, &name, "http", protocol, ip, 80, endpoints);
             s.node_port = (i % 3 == 0).then_some(30000 + u16::from(i));
             if i % 4 == 0 {
-                s.load_balancer_ips = vec![Ipv4Addr::new(198, 19, 0, i)];
+                s.load_balancer_ips = vec![Ipv4Addr::new(198, 19, 0, i).into()];
             }
             if i % 8 == 0 {
                 s.load_balancer_source_ranges = vec!["198.18.0.0/16".parse().unwrap()];
             }
             if i % 6 == 1 {
-                s.external_ips = vec![Ipv4Addr::new(198, 19, 1, i)];
+                s.external_ips = vec![Ipv4Addr::new(198, 19, 1, i).into()];
             }
             s.affinity_seconds = (i % 5 == 0).then_some(600);
             s.external_local = i % 7 == 2;

@@ -30,7 +30,7 @@ fn svc(i: u8, eps: u8) -> ServicePort {
         ServicePort::cluster_ip("ns", &format!("s{i}"), "http", protocol, ip, 80, endpoints);
     s.node_port = i.is_multiple_of(3).then_some(30000 + u16::from(i));
     if i.is_multiple_of(4) {
-        s.load_balancer_ips = vec![Ipv4Addr::new(198, 19, 0, i)];
+        s.load_balancer_ips = vec![Ipv4Addr::new(198, 19, 0, i).into()];
     }
     if i.is_multiple_of(8) {
         s.load_balancer_source_ranges = vec!["198.18.0.0/16".parse().unwrap()];

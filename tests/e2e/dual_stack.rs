@@ -282,3 +282,128 @@ fn ipv6_guards_and_neighbour_discovery(dp: Dp) {
         );
     });
 }
+
+#[test]
+fn ipv6_nat_outgoing_iptables() {
+    ipv6_nat_outgoing(Dp::Iptables);
+}
+
+#[test]
+fn ipv6_nat_outgoing_nftables() {
+    ipv6_nat_outgoing(Dp::Nftables);
+}
+
+/// NAT outgoing for an IPv6 pool (Calico's semantics): a server outside the pools (on the
+/// fabric's IPv6 gateway) sees the pod's own IPv6 address until the pool says natOutgoing,
+/// then its node's; pod to pod over IPv6 is never NATed.
+fn ipv6_nat_outgoing(dp: Dp) {
+    with_lab(dual_dp(dp, 2), |lab| {
+        let pods = settled_mesh(lab);
+        let script = lab.echo_script();
+        let _server = lab
+            .fabric
+            .spawn(&["python3", &script, "serve", "outside", "8080"]);
+        let node0 = lab.node("node-0").ip6.expect("v6");
+        lab.fabric.ok(&[
+            "ip",
+            "-6",
+            "route",
+            "replace",
+            brindle_lab::POOL6,
+            "via",
+            &node0.to_string(),
+        ]);
+        let gw: std::net::IpAddr = "2001:db8:18::1".parse().unwrap();
+        let p0 = &lab.pods[&pods[0]];
+        assert_eq!(p0.node, "node-0");
+        let own = p0.ip6.expect("v6").to_string();
+        let seen = |lab: &brindle_lab::Lab| {
+            lab.client_addr(&lab.pods[&pods[0]].ns, "hello", gw, 8080, 1)
+                .remove(0)
+                .ok()
+        };
+        let first = wait_for("pod → outside over IPv6", Duration::from_secs(20), || {
+            seen(lab)
+        });
+        assert_eq!(first, ("outside".to_string(), own.clone()));
+        let pools = lab.store.all::<brindle_api::IPPool>();
+        let mut pool = lab.block_on(pools.get("default-ipv6")).unwrap().unwrap();
+        pool.spec.nat_outgoing = true;
+        lab.block_on(pools.update(&pool)).unwrap();
+        wait_for(
+            "pod → outside masqueraded",
+            Duration::from_secs(20),
+            || seen(lab).filter(|r| r.1 == node0.to_string()),
+        );
+        let other = lab.pods[&pods[1]].ip6.expect("v6");
+        let r = lab.client_addr(&lab.pods[&pods[0]].ns, "hello", other.into(), 8080, 1);
+        assert_eq!(
+            r[0].as_ref().map(|x| x.1.clone()),
+            Ok(own),
+            "pod to pod over IPv6 was NATed"
+        );
+    });
+}
+
+#[test]
+fn dual_stack_services_iptables() {
+    dual_stack_services(Dp::Iptables);
+}
+
+#[test]
+fn dual_stack_services_nftables() {
+    dual_stack_services(Dp::Nftables);
+}
+
+/// A dual-stack Service (PreferDualStack: an IPv4 and an IPv6 cluster IP, an EndpointSlice
+/// of each family) answers on both cluster IPs from every node, spreads over both endpoints
+/// on each, and its NodePort answers on a node's IPv6 address from outside the cluster.
+fn dual_stack_services(dp: Dp) {
+    with_lab(dual_dp(dp, 2), |lab| {
+        let pods = settled_mesh(lab);
+        lab.pod_add_labeled("web-0", "node-0", &[("app", "web")])
+            .expect("web-0");
+        lab.pod_add_labeled("web-1", "node-1", &[("app", "web")])
+            .expect("web-1");
+        let a = lab
+            .service_add(&brindle_lab::LabService {
+                name: "web".into(),
+                selector: vec![("app".into(), "web".into())],
+                type_: "NodePort".into(),
+                ..Default::default()
+            })
+            .expect("service");
+        let v6 = a.cluster_ip6.expect("a dual-stack Service");
+        let np = a.node_port(80).expect("node port");
+        for client in &pods {
+            for ip in [std::net::IpAddr::V4(a.cluster_ip), v6.into()] {
+                let seen = wait_for(
+                    &format!("{client} → {ip} reaching both endpoints"),
+                    Duration::from_secs(30),
+                    || {
+                        let r = lab.client_addr(&lab.pods[client].ns, "many", ip, 80, 20);
+                        let names: std::collections::BTreeSet<String> = r
+                            .iter()
+                            .filter_map(|x| x.as_ref().ok())
+                            .map(|x| x.0.clone())
+                            .collect();
+                        (names.len() == 2).then_some(names)
+                    },
+                );
+                assert_eq!(
+                    seen.into_iter().collect::<Vec<_>>(),
+                    ["web-0", "web-1"],
+                    "{client} → {ip}"
+                );
+            }
+        }
+        // The NodePort on a node's IPv6 address, from the fabric (outside the cluster).
+        let node1 = lab.node("node-1").ip6.expect("v6");
+        let r = wait_for("NodePort over IPv6", Duration::from_secs(30), || {
+            lab.client_addr(&lab.fabric, "hello", node1.into(), np, 1)
+                .remove(0)
+                .ok()
+        });
+        assert!(r.0.starts_with("web-"), "{r:?}");
+    });
+}

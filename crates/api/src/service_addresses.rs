@@ -9,46 +9,46 @@
 //! advertised), never on a node's, a BGP peer's or a pool's address, and inside a node's
 //! underlay subnet only through an allowed range no wider than that subnet.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 
 use crate::bgp::{ServiceRange, DEFAULT_BGP_PORT};
 use crate::{BGPConfigurationSpec, BGPPeerSpec, IPPoolSpec, NodeBgp};
 
-/// One of a node's IPv4 addresses as its record gives it.
+/// One of a node's addresses as its record gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeAddress {
     pub node: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// The underlay subnet (the underlay address's prefix; none for the tunnel's).
-    pub subnet: Option<Ipv4Network>,
+    pub subnet: Option<IpNetwork>,
     pub tunnel: bool,
 }
 
-/// A node's underlay (`a.b.c.d/len` or a bare address) and tunnel addresses.
+/// A node's underlay addresses (IPv4 and IPv6: `addr/len` or a bare address) and tunnel
+/// address.
 pub fn node_addresses(node: &str, bgp: &NodeBgp) -> Vec<NodeAddress> {
-    let underlay = bgp
-        .ipv4_address
-        .as_deref()
-        .and_then(|a| a.parse::<Ipv4Network>().ok())
+    let underlay = [&bgp.ipv4_address, &bgp.ipv6_address]
+        .into_iter()
+        .filter_map(|a| a.as_deref()?.parse::<IpNetwork>().ok())
         .map(|net| NodeAddress {
             node: node.to_owned(),
             ip: net.ip(),
-            subnet: Ipv4Network::new(net.network(), net.prefix()).ok(),
+            subnet: IpNetwork::new(net.network(), net.prefix()).ok(),
             tunnel: false,
         });
     let tunnel = bgp
         .ipv4_ipip_tunnel_addr
         .as_deref()
-        .and_then(|t| t.split('/').next()?.parse().ok())
+        .and_then(|t| t.split('/').next()?.parse::<IpAddr>().ok())
         .map(|ip| NodeAddress {
             node: node.to_owned(),
             ip,
             subnet: None,
             tunnel: true,
         });
-    underlay.into_iter().chain(tunnel).collect()
+    underlay.chain(tunnel).collect()
 }
 
 /// Every BGP listen port in use: 179, each BGPConfiguration's `listenPort`, and each
@@ -73,13 +73,13 @@ pub fn bgp_ports<'a>(
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reserved {
     /// Never a Service's: each network with what it is, for the log line.
-    pub nets: Vec<(Ipv4Network, String)>,
+    pub nets: Vec<(IpNetwork, String)>,
     /// The nodes' underlay subnets, with what they are.
-    pub subnets: Vec<(Ipv4Network, String)>,
+    pub subnets: Vec<(IpNetwork, String)>,
     /// serviceExternalIPs.
-    pub external_ips: Vec<Ipv4Network>,
+    pub external_ips: Vec<IpNetwork>,
     /// serviceLoadBalancerIPs.
-    pub lb_ips: Vec<Ipv4Network>,
+    pub lb_ips: Vec<IpNetwork>,
     /// Ports no nodePort may take (the BGP listen ports): a nodePort is DNATed on every
     /// node address, so it would capture the nodes' BGP sessions.
     pub ports: Vec<u16>,
@@ -110,25 +110,25 @@ impl Reserved {
             } else {
                 "address"
             };
-            nets.push((Ipv4Network::from(a.ip), format!("node {}'s {what}", a.node)));
+            nets.push((IpNetwork::from(a.ip), format!("node {}'s {what}", a.node)));
             if let Some(sub) = a.subnet {
                 subnets.push((sub, format!("inside node {}'s subnet {sub}", a.node)));
             }
         }
         for (name, p) in peers {
-            if let Some(IpAddr::V4(ip)) = p.peer_addr().map(|a| a.ip()) {
-                nets.push((Ipv4Network::from(ip), format!("BGPPeer {name}'s address")));
+            if let Some(ip) = p.peer_addr().map(|a| a.ip()) {
+                nets.push((IpNetwork::from(ip), format!("BGPPeer {name}'s address")));
             }
         }
         for (name, p) in pools {
-            if let Ok(n) = p.cidr.parse::<Ipv4Network>() {
+            if let Ok(n) = p.cidr.parse::<IpNetwork>() {
                 nets.push((n, format!("inside IPPool {name}")));
             }
         }
         // Most specific first, so the reason names the node's address before a pool.
         nets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix()));
         subnets.sort_by_key(|(n, _)| std::cmp::Reverse(n.prefix()));
-        let ranges = |r: Option<&Vec<ServiceRange>>| -> Vec<Ipv4Network> {
+        let ranges = |r: Option<&Vec<ServiceRange>>| -> Vec<IpNetwork> {
             r.into_iter()
                 .flatten()
                 .filter_map(|r| r.cidr.parse().ok())
@@ -144,7 +144,8 @@ impl Reserved {
     }
 
     /// Why `ip` may not be a Service's address of this kind; `None`: it may.
-    pub fn refuse(&self, ip: Ipv4Addr, kind: AddressKind) -> Option<String> {
+    pub fn refuse(&self, ip: impl Into<IpAddr>, kind: AddressKind) -> Option<String> {
+        let ip = ip.into();
         if let Some((_, why)) = self.nets.iter().find(|(n, _)| n.contains(ip)) {
             return Some(format!("{ip} is {why}"));
         }
@@ -152,7 +153,7 @@ impl Reserved {
             AddressKind::ExternalIp => (&self.external_ips, "serviceExternalIPs"),
             AddressKind::LoadBalancer => (&self.lb_ips, "serviceLoadBalancerIPs"),
         };
-        let allowed: Vec<&Ipv4Network> = ranges.iter().filter(|r| r.contains(ip)).collect();
+        let allowed: Vec<&IpNetwork> = ranges.iter().filter(|r| r.contains(ip)).collect();
         if allowed.is_empty() {
             let set = if ranges.is_empty() {
                 "none set".to_string()

@@ -238,6 +238,31 @@ async fn the_default_pool_is_made_only_when_there_is_none() {
         .filter_map(|p| p.metadata.name)
         .collect();
     assert_eq!(names, ["mine"]);
+    drop(_ctl);
+
+    // An IPv6 default pool when asked for: made beside the IPv4 pool that exists (the
+    // cluster has no IPv6 pool), Calico's defaults (/122 blocks, no NAT outgoing); an IPv4
+    // CIDR for it is refused naming the setting.
+    let bad = start(&["--default-ipv6-pool-cidr", "10.80.0.0/16"]);
+    let out = ended(bad);
+    assert!(
+        !out.0 && out.1.contains("BRINDLE_IPV6POOL_CIDR"),
+        "{}",
+        out.1
+    );
+    let _ctl = start(&["--default-ipv6-pool-cidr", "fd00:10:244::/64"]);
+    eventually("the default IPv6 pool", || async {
+        pools().await.len() == 2
+    })
+    .await;
+    let p6 = pools()
+        .await
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref() == Some("default-ipv6-ippool"))
+        .expect("default-ipv6-ippool");
+    assert_eq!(p6.spec.cidr, "fd00:10:244::/64");
+    assert_eq!(p6.spec.block_size, Some(122));
+    assert!(!p6.spec.nat_outgoing);
 }
 
 /// Waits for the child to end on its own (up to 30 s): (success, stderr).

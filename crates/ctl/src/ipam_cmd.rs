@@ -461,4 +461,36 @@ mod tests {
         let t = usage_table(&[pool], &[b], true);
         crate::output::assert_golden("ipam_show_blocks.txt", &t);
     }
+
+    /// A dual-stack cluster: each pool counts its own family's blocks only; an IPv6 pool's
+    /// size is printed as calicoctl prints it (%.5g).
+    #[test]
+    fn both_families_each_in_its_pool() {
+        let v4 = IPPool::new("default", brindle_api::IPPoolSpec::new("10.244.0.0/16"));
+        let v6 = IPPool::new("v6", brindle_api::IPPoolSpec::new("fd00:10:244::/64"));
+        let mut b4 = IPAMBlock::new(
+            "10-244-0-0-26",
+            block::new_block(&"10.244.0.0/26".parse().unwrap(), Some("host:n1".into())),
+        );
+        block::allocate(&mut b4.spec, 5, "h", &BTreeMap::new());
+        let mut b6 = IPAMBlock::new(
+            "fd00-10-244---40-122",
+            block::new_block(
+                &"fd00:10:244::40/122".parse().unwrap(),
+                Some("host:n1".into()),
+            ),
+        );
+        block::allocate(&mut b6.spec, 3, "h", &BTreeMap::new());
+        let t = usage_table(&[v4, v6], &[b4, b6], true);
+        let row = |cidr: &str| {
+            t.lines()
+                .find(|l| l.contains(&format!(" {cidr} ")))
+                .unwrap_or_else(|| panic!("{cidr} in\n{t}"))
+                .to_string()
+        };
+        assert!(row("10.244.0.0/16").contains("| 5 (0%)"), "{t}");
+        let p6 = row("fd00:10:244::/64");
+        assert!(p6.contains("1.8447e+19") && p6.contains("| 3 (0%)"), "{t}");
+        assert!(row("fd00:10:244::40/122").contains("| 3 (5%)"), "{t}");
+    }
 }

@@ -3,7 +3,7 @@
 //! with the agents' own rule (`brindle_api::service_addresses`).
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use brindle_api::service_addresses::{bgp_ports, node_addresses, AddressKind, Reserved};
 use brindle_api::{BGPConfiguration, BGPPeer, IPPool};
@@ -87,9 +87,9 @@ pub async fn run(c: &Client, store: &Store, refused_only: bool) -> Result<(), Fa
         );
         let spec = s.spec.clone().unwrap_or_default();
         let mut judge = |what: &str, ip: &str, kind: AddressKind| {
-            let refused = match ip.parse::<Ipv4Addr>() {
+            let refused = match ip.parse::<IpAddr>() {
                 Ok(a) => reserved.refuse(a, kind),
-                Err(_) => Some(format!("{ip:?} is not an IPv4 address")),
+                Err(_) => Some(format!("{ip:?} is not an IP address")),
             };
             rows.push(Row {
                 service: service.clone(),

@@ -1,10 +1,12 @@
 //! The lab plays Kubernetes' control plane for Services: it writes the Service (cluster IP,
 //! node ports and load balancer ingress assigned here, as the API server and a cloud
-//! controller would) and keeps one EndpointSlice per Service current from the pods it made,
-//! with topology hints as the EndpointSlice controller sets them (REFERENCE §B3).
+//! controller would) and keeps one EndpointSlice per Service and family current from the pods
+//! it made, with topology hints as the EndpointSlice controller sets them (REFERENCE §B3). In
+//! a dual-stack lab every Service is dual-stack (`PreferDualStack`): an IPv4 cluster IP from
+//! 10.96.0.0/16 and an IPv6 one from fd00:10:96::/112, and an IPv6 slice beside the IPv4 one.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
@@ -62,6 +64,8 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 pub struct Assigned {
     pub spec: LabService,
     pub cluster_ip: Ipv4Addr,
+    /// The IPv6 cluster IP (dual-stack labs).
+    pub cluster_ip6: Option<Ipv6Addr>,
     /// Service port → (target port, protocol, node port).
     pub ports: Vec<(u16, u16, String, Option<u16>)>,
 }
@@ -191,6 +195,17 @@ impl Lab {
             })
             .unwrap_or_default();
         let cluster_ip = Ipv4Addr::from(first + n);
+        let cluster_ip6 = self
+            .spec
+            .dual()
+            .then(|| Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10 + n as u16));
+        let mut cluster_ips = vec![cluster_ip.to_string()];
+        cluster_ips.extend(cluster_ip6.map(|a| a.to_string()));
+        let families: Vec<String> = if cluster_ip6.is_some() {
+            vec!["IPv4".into(), "IPv6".into()]
+        } else {
+            vec!["IPv4".into()]
+        };
         let ports_in = if spec.ports.is_empty() {
             vec!["80:8080".to_string()]
         } else {
@@ -212,7 +227,16 @@ impl Lab {
             spec: Some(ServiceSpec {
                 type_: Some(spec.type_.clone()),
                 cluster_ip: Some(cluster_ip.to_string()),
-                cluster_ips: Some(vec![cluster_ip.to_string()]),
+                cluster_ips: Some(cluster_ips),
+                ip_families: Some(families),
+                ip_family_policy: Some(
+                    if cluster_ip6.is_some() {
+                        "PreferDualStack"
+                    } else {
+                        "SingleStack"
+                    }
+                    .into(),
+                ),
                 selector: Some(spec.selector.iter().cloned().collect()),
                 ports: Some(
                     ports
@@ -264,6 +288,7 @@ impl Lab {
         let a = Assigned {
             spec: spec.clone(),
             cluster_ip,
+            cluster_ip6,
             ports,
         };
         self.services.insert(spec.name.clone(), a.clone());
@@ -277,9 +302,14 @@ impl Lab {
         }
         let svcs = self.store.namespaced::<Service>(NAMESPACE);
         let slices = self.store.namespaced::<EndpointSlice>(NAMESPACE);
+        let dual = self.spec.dual();
         self.block_on(async {
             svcs.delete(name, None).await?;
-            slices.delete(&format!("{name}-lab"), None).await
+            slices.delete(&format!("{name}-lab"), None).await?;
+            if dual {
+                slices.delete(&format!("{name}-lab6"), None).await?;
+            }
+            Ok::<_, brindle_datastore::StoreError>(())
         })
         .map_err(|e| e.to_string())?;
         // Only now: a Service still in the store keeps its ClusterIP slot.
@@ -293,8 +323,9 @@ impl Lab {
         format!("zone-{}", i % self.spec.zones.max(1))
     }
 
-    /// The pods a Service selects, as its EndpointSlice lists them.
-    fn slice_for(&self, a: &Assigned) -> EndpointSlice {
+    /// The pods a Service selects, as its EndpointSlice of one family lists them (`v6`: the
+    /// pods' IPv6 addresses, slice `<name>-lab6`).
+    fn slice_for(&self, a: &Assigned, v6: bool) -> EndpointSlice {
         let hints = |node: &str| -> Option<EndpointHints> {
             let zone = self.zone_of(node);
             match a.spec.traffic_distribution.as_deref() {
@@ -322,8 +353,12 @@ impl Lab {
                         .iter()
                         .all(|(k, v)| p.labels.get(k) == Some(v))
             })
+            .filter(|p| !v6 || p.ip6.is_some())
             .map(|p| Endpoint {
-                addresses: vec![p.ip.to_string()],
+                addresses: vec![match (v6, p.ip6) {
+                    (true, Some(a)) => a.to_string(),
+                    _ => p.ip.to_string(),
+                }],
                 conditions: Some(EndpointConditions {
                     ready: Some(true),
                     serving: Some(true),
@@ -346,12 +381,12 @@ impl Lab {
         );
         EndpointSlice {
             metadata: kube::api::ObjectMeta {
-                name: Some(format!("{}-lab", a.spec.name)),
+                name: Some(format!("{}-lab{}", a.spec.name, if v6 { "6" } else { "" })),
                 namespace: Some(NAMESPACE.into()),
                 labels: Some(labels),
                 ..Default::default()
             },
-            address_type: "IPv4".into(),
+            address_type: if v6 { "IPv6" } else { "IPv4" }.into(),
             endpoints: Some(endpoints),
             ports: Some(
                 a.ports
@@ -370,8 +405,17 @@ impl Lab {
     /// Brings every Service's EndpointSlice up to date with the lab's pods.
     pub fn sync_endpoints(&mut self) -> Result<(), String> {
         let api = self.store.namespaced::<EndpointSlice>(NAMESPACE);
-        for a in self.services.values() {
-            let mut want = self.slice_for(a);
+        let families: &[bool] = if self.spec.dual() {
+            &[false, true]
+        } else {
+            &[false]
+        };
+        for (a, v6) in self
+            .services
+            .values()
+            .flat_map(|a| families.iter().map(move |v6| (a, *v6)))
+        {
+            let mut want = self.slice_for(a, v6);
             let name = want.metadata.name.clone().unwrap_or_default();
             self.block_on(async {
                 match api.get(&name).await? {

@@ -80,18 +80,27 @@ pub enum ChooseError {
     Unusable(String),
 }
 
-/// One service port's rules in the chosen dataplane's form (rendered once per change).
+/// One service port's rules in the chosen dataplane's form (rendered once per change), and
+/// the family whose tables they go to.
 #[derive(Debug, Clone)]
 pub enum PortRules {
-    Iptables(ServiceRules),
-    Nftables(nft::services::ServiceNft),
+    Iptables(Family, ServiceRules),
+    Nftables(Family, nft::services::ServiceNft),
+}
+
+impl PortRules {
+    pub fn family(&self) -> Family {
+        match self {
+            PortRules::Iptables(f, _) | PortRules::Nftables(f, _) => *f,
+        }
+    }
 }
 
 impl Dataplane {
     pub fn render(self, p: &ServicePort, ctx: &NodeContext) -> PortRules {
         match self {
-            Dataplane::Iptables(_) => PortRules::Iptables(rules::render(p, ctx)),
-            Dataplane::Nftables => PortRules::Nftables(nft::services::render(p, ctx)),
+            Dataplane::Iptables(_) => PortRules::Iptables(p.family, rules::render(p, ctx)),
+            Dataplane::Nftables => PortRules::Nftables(p.family, nft::services::render(p, ctx)),
         }
     }
 }
@@ -139,8 +148,8 @@ pub enum Want {
 
 impl Want {
     /// The Services' part of the wanted state of `family` (policy is merged in by the
-    /// caller). `sets` are that family's pool and host sets, by their ipset names.
-    /// IPv6 has the node guard and NAT outgoing; its Services are not programmed yet.
+    /// caller): the fixed chains, the node guard and NAT outgoing, and the service ports of
+    /// that family. `sets` are that family's pool and host sets, by their ipset names.
     pub fn assemble<'a>(
         dp: Dataplane,
         family: Family,
@@ -150,14 +159,14 @@ impl Want {
         services: bool,
         rendered: impl Iterator<Item = &'a PortRules>,
     ) -> Want {
-        let rendered = rendered.filter(|_| family == Family::V4);
+        let rendered = rendered.filter(|r| r.family() == family);
         match dp {
             Dataplane::Iptables(_) => {
                 let ruleset = if services {
                     let r: Vec<&ServiceRules> = rendered
                         .filter_map(|r| match r {
-                            PortRules::Iptables(x) => Some(x),
-                            PortRules::Nftables(_) => None,
+                            PortRules::Iptables(_, x) => Some(x),
+                            PortRules::Nftables(..) => None,
                         })
                         .collect();
                     rules::assemble_family(family, ctx, guard, r)
@@ -178,8 +187,8 @@ impl Want {
             Dataplane::Nftables => {
                 let r: Vec<&nft::services::ServiceNft> = rendered
                     .filter_map(|r| match r {
-                        PortRules::Nftables(x) => Some(x),
-                        PortRules::Iptables(_) => None,
+                        PortRules::Nftables(_, x) => Some(x),
+                        PortRules::Iptables(..) => None,
                     })
                     .collect();
                 Want::Nftables(nft::services::assemble_family(family, ctx, guard, sets, r))

@@ -250,18 +250,10 @@ fn node_guard(
 /// `brl60…`).
 fn pool_sets(snap: &Snapshot, family: Family) -> BTreeMap<String, Vec<IpNetwork>> {
     let host = |ip: std::net::IpAddr| IpNetwork::new(ip, family.host_len()).ok();
-    let mut hosts: Vec<IpNetwork> = match family {
-        Family::V4 => node_addresses(snap)
-            .filter_map(|a| host(a.ip.into()))
-            .collect(),
-        Family::V6 => snap
-            .nodes
-            .values()
-            .filter_map(|n| n.bgp.ipv6_address.as_deref()?.parse::<IpNetwork>().ok())
-            .filter(|n| family.has(n.ip()))
-            .filter_map(|n| host(n.ip()))
-            .collect(),
-    };
+    let mut hosts: Vec<IpNetwork> = node_addresses(snap)
+        .filter(|a| family.has(a.ip))
+        .filter_map(|a| host(a.ip))
+        .collect();
     hosts.sort();
     hosts.dedup();
     let mut all = vec![];

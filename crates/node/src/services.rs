@@ -1,13 +1,15 @@
-//! Services and EndpointSlices (Kubernetes' types) → felix-lite's plain [`ServicePort`]s.
-//! Pure. What cannot be programmed (a bad port, an unknown protocol, an address of the wrong
-//! family, a slice port without a number) is skipped with a reason; the rest goes on.
+//! Services and EndpointSlices (Kubernetes' types) → felix-lite's plain [`ServicePort`]s, one
+//! per port and family (a dual-stack Service's IPv6 ports go to the IPv6 rules). Pure. What
+//! cannot be programmed (a bad port, an unknown protocol, an address of a family the Service
+//! does not have, a slice port without a number) is skipped with a reason; the rest goes on.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 pub use brindle_api::service_addresses::{AddressKind, Reserved};
+use brindle_felix_lite::family::Family;
 use brindle_felix_lite::proxy::{Endpoint, Protocol, ServicePort};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
@@ -118,25 +120,39 @@ pub fn service_ports(
     if ips.iter().any(|i| i.as_str() == "None") {
         return vec![]; // headless: DNS only, nothing to program
     }
-    let cluster_ip = ips.iter().find_map(|i| i.parse::<Ipv4Addr>().ok());
-    if cluster_ip.is_none() && !ips.is_empty() {
-        skip(
-            &key,
-            format!(
-                "no IPv4 cluster IP ({}); felix-lite programs IPv4 only",
-                ips.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
-            ),
-        );
+    // One ServicePort per family the Service has a cluster IP of (dual stack: both, in the
+    // order of clusterIPs; its first is the primary one).
+    let mut cluster_ips: Vec<IpAddr> = vec![];
+    for i in &ips {
+        match i.parse::<IpAddr>() {
+            Ok(ip) if !cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()) => {
+                cluster_ips.push(ip)
+            }
+            Ok(ip) => skip(&key, format!("clusterIPs: a second {ip:?} of one family")),
+            Err(_) => skip(&key, format!("clusterIPs: {i:?} is not an IP address")),
+        }
+    }
+    if cluster_ips.is_empty() && !ips.is_empty() {
         return vec![];
     }
+    let families: Vec<Family> = if cluster_ips.is_empty() {
+        vec![Family::V4] // no cluster IP at all: what externalIPs alone give, as before
+    } else {
+        cluster_ips.iter().map(|ip| Family::of(*ip)).collect()
+    };
+    let served = |ip: IpAddr| families.contains(&Family::of(ip));
     let mut external_ips = vec![];
     for e in spec.external_ips.iter().flatten() {
-        match e.parse::<Ipv4Addr>() {
+        match e.parse::<IpAddr>() {
+            Ok(ip) if !served(ip) => skip(
+                &key,
+                format!("externalIPs: {ip} is not of the Service's families"),
+            ),
             Ok(ip) => match reserved.refuse(ip, AddressKind::ExternalIp) {
                 Some(why) => skip(&key, format!("externalIPs: {why}: refused")),
                 None => external_ips.push(ip),
             },
-            Err(_) => skip(&key, format!("externalIPs: {e:?} is not an IPv4 address")),
+            Err(_) => skip(&key, format!("externalIPs: {e:?} is not an IP address")),
         }
     }
     let mut lb_ips = vec![];
@@ -147,22 +163,29 @@ pub fn service_ports(
         .and_then(|l| l.ingress.as_ref());
     for i in ingress.into_iter().flatten() {
         if let Some(ip) = &i.ip {
-            match ip.parse::<Ipv4Addr>() {
+            match ip.parse::<IpAddr>() {
+                Ok(a) if !served(a) => skip(
+                    &key,
+                    format!("loadBalancer ingress {a} is not of the Service's families"),
+                ),
                 Ok(a) => match reserved.refuse(a, AddressKind::LoadBalancer) {
                     Some(why) => skip(&key, format!("loadBalancer ingress {why}: refused")),
                     None => lb_ips.push(a),
                 },
-                Err(_) => skip(&key, format!("loadBalancer ingress {ip:?} is not IPv4")),
+                Err(_) => skip(
+                    &key,
+                    format!("loadBalancer ingress {ip:?} is not an IP address"),
+                ),
             }
         }
     }
     let mut ranges = vec![];
     for r in spec.load_balancer_source_ranges.iter().flatten() {
-        match r.trim().parse::<Ipv4Network>() {
+        match r.trim().parse::<IpNetwork>() {
             Ok(n) => ranges.push(n),
             Err(_) => skip(
                 &key,
-                format!("loadBalancerSourceRanges: {r:?} is not an IPv4 CIDR"),
+                format!("loadBalancerSourceRanges: {r:?} is not a CIDR"),
             ),
         }
     }
@@ -219,38 +242,54 @@ pub fn service_ports(
                 }
             },
         };
-        let endpoints = endpoints_for(&pname, proto_s, slices, &mut skip);
-        out.push(ServicePort {
-            namespace: ns.clone(),
-            name: name.clone(),
-            port_name: pname,
-            protocol,
-            cluster_ip,
-            port,
-            node_port,
-            external_ips: external_ips.clone(),
-            load_balancer_ips: lb_ips.clone(),
-            load_balancer_source_ranges: ranges.clone(),
-            external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-            internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-            affinity_seconds: affinity,
-            endpoints,
-        });
+        for &family in &families {
+            let of = |ips: &[IpAddr]| -> Vec<IpAddr> {
+                ips.iter().copied().filter(|ip| family.has(*ip)).collect()
+            };
+            let endpoints = endpoints_for(&pname, proto_s, family, slices, &mut skip);
+            out.push(ServicePort {
+                namespace: ns.clone(),
+                name: name.clone(),
+                port_name: pname.clone(),
+                protocol,
+                family,
+                cluster_ip: cluster_ips.iter().copied().find(|ip| family.has(*ip)),
+                port,
+                node_port,
+                external_ips: of(&external_ips),
+                load_balancer_ips: of(&lb_ips),
+                load_balancer_source_ranges: ranges
+                    .iter()
+                    .copied()
+                    .filter(|n| family.has_net(n))
+                    .collect(),
+                external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+                internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+                affinity_seconds: affinity,
+                endpoints,
+            });
+        }
     }
     out
 }
 
-/// The endpoints of the service port named `pname`, from every IPv4 slice, deduplicated and
-/// sorted (so the rules are the same whatever order the slices came in).
+/// The endpoints of the service port named `pname`, from every slice of `family`
+/// (`addressType` IPv4 or IPv6), deduplicated and sorted (so the rules are the same whatever
+/// order the slices came in).
 fn endpoints_for(
     pname: &str,
     proto: &str,
+    family: Family,
     slices: &[&EndpointSlice],
     skip: &mut impl FnMut(&str, String),
 ) -> Vec<Endpoint> {
-    let mut eps: BTreeMap<(Ipv4Addr, u16), Endpoint> = BTreeMap::new();
+    let want = match family {
+        Family::V4 => "IPv4",
+        Family::V6 => "IPv6",
+    };
+    let mut eps: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
     for s in slices {
-        if s.address_type != "IPv4" {
+        if s.address_type != want {
             continue;
         }
         let skey = format!(
@@ -275,9 +314,12 @@ fn endpoints_for(
             let Some(addr) = e.addresses.first() else {
                 continue;
             };
-            let Ok(ip) = addr.parse::<Ipv4Addr>() else {
-                skip(&skey, format!("endpoint {addr:?} is not an IPv4 address"));
-                continue;
+            let ip = match addr.parse::<IpAddr>() {
+                Ok(ip) if family.has(ip) => ip,
+                _ => {
+                    skip(&skey, format!("endpoint {addr:?} is not an {want} address"));
+                    continue;
+                }
             };
             let c = e.conditions.clone().unwrap_or_default();
             let ready = c.ready.unwrap_or(true);
@@ -361,6 +403,57 @@ mod tests {
         assert!(p[1].endpoints.is_empty());
     }
 
+    /// A dual-stack Service is one ServicePort per port and family: each with its own cluster
+    /// IP, the endpoints of the slices of its family, its external IPs and source ranges.
+    #[test]
+    fn dual_stack_services_are_a_port_per_family() {
+        let s = svc(json!({
+            "metadata": {"namespace": "default", "name": "web"},
+            "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10", "fd00:10:96::a"],
+                     "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack",
+                     "ports": [{"name": "http", "port": 80}],
+                     "externalIPs": ["198.19.0.9", "2001:db8:19::9"],
+                     "loadBalancerSourceRanges": ["198.18.0.0/16", "2001:db8::/32"]}
+        }));
+        let slice = |name: &str, ty: &str, addr: &str| {
+            super::tests::slice(json!({
+                "metadata": {"namespace": "default", "name": name,
+                             "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": ty,
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": [{"addresses": [addr], "nodeName": "n1"}]
+            }))
+        };
+        let (s4, s6) = (
+            slice("web-a", "IPv4", "10.244.0.1"),
+            slice("web-b", "IPv6", "fd00:10:244::1"),
+        );
+        let anywhere = Reserved {
+            external_ips: vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()],
+            ..Default::default()
+        };
+        let mut skipped = vec![];
+        let p = service_ports(&s, &[&s4, &s6], &anywhere, &mut skipped);
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[0].family, p[1].family), (Family::V4, Family::V6));
+        assert_eq!(p[1].cluster_ip, Some("fd00:10:96::a".parse().unwrap()));
+        assert_eq!(
+            p[1].external_ips,
+            vec!["2001:db8:19::9".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(p[1].load_balancer_source_ranges.len(), 1);
+        assert_eq!(p[1].endpoints.len(), 1);
+        assert_eq!(p[1].endpoints[0].addr(), "[fd00:10:244::1]:8080");
+        assert_eq!(p[0].endpoints[0].addr(), "10.244.0.1:8080");
+        // An IPv6-only Service: only the IPv6 port.
+        let six = svc(json!({"metadata": {"namespace": "d", "name": "v6"},
+            "spec": {"clusterIP": "fd00::10", "ports": [{"port": 80}]}}));
+        let p = service_ports(&six, &[], &Reserved::default(), &mut skipped);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].family, Family::V6);
+    }
+
     /// Names end up in chain names and comments (nft identifiers are not quoted): one the
     /// API server would refuse is never written, whatever wrote it into the datastore.
     #[test]
@@ -410,10 +503,18 @@ mod tests {
         assert!(reasons
             .iter()
             .any(|r| r.contains("unknown protocol \"QUIC\"")));
-        let v6 = svc(json!({"metadata": {"namespace": "d", "name": "v6"},
-            "spec": {"clusterIP": "fd00::10", "ports": [{"port": 80}]}}));
-        assert!(service_ports(&v6, &[], &Reserved::default(), &mut skipped).is_empty());
-        assert!(skipped.last().unwrap().reason.contains("IPv4 only"));
+        // fd00::1 is of a family the Service (IPv4 only) does not have.
+        assert!(reasons
+            .iter()
+            .any(|r| r.contains("fd00::1 is not of the Service's families")));
+        let junk = svc(json!({"metadata": {"namespace": "d", "name": "j"},
+            "spec": {"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}}));
+        assert!(service_ports(&junk, &[], &Reserved::default(), &mut skipped).is_empty());
+        assert!(skipped
+            .last()
+            .unwrap()
+            .reason
+            .contains("is not an IP address"));
         let headless = svc(json!({"metadata": {"namespace": "d", "name": "h"},
             "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
         assert!(service_ports(&headless, &[], &Reserved::default(), &mut skipped).is_empty());
@@ -424,7 +525,7 @@ mod tests {
     /// range inside it; and no BGP port as nodePort. The rest of it is kept.
     #[test]
     fn reserved_addresses_and_ports_are_refused() {
-        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let net = |s: &str| s.parse::<IpNetwork>().unwrap();
         let reserved = Reserved {
             nets: vec![
                 (net("198.18.0.11/32"), "node n1's address".into()),
@@ -454,7 +555,7 @@ mod tests {
             1,
             "the BGP nodePort's port is left out: {reasons:?}"
         );
-        let ips = |v: &[&str]| -> Vec<Ipv4Addr> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let ips = |v: &[&str]| -> Vec<IpAddr> { v.iter().map(|s| s.parse().unwrap()).collect() };
         assert_eq!(p[0].external_ips, ips(&["198.19.0.9", "198.18.0.241"]));
         assert_eq!(p[0].load_balancer_ips, ips(&["198.19.0.10"]));
         for want in [

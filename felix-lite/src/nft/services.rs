@@ -17,7 +17,7 @@
 //! | `-m recent` affinity                    | timeout sets `affinity-…`                   |
 //! | ipsets `brl40…`                         | sets `all-ipam-pools`, …                    |
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 
@@ -106,8 +106,11 @@ pub fn service_chain(kind: ChainKind, svc: &ServicePort) -> String {
     format!("{prefix}-{}-{base}", hash8(&base))
 }
 
+/// An IPv6 address's colons become dots: `:` is not a character of an nft identifier (the
+/// chain and set names are written unquoted).
 fn endpoint_base(svc: &ServicePort, ep: &Endpoint) -> String {
-    format!("{}__{}/{}", name_base(svc), ep.ip, ep.port)
+    let ip = ep.ip.to_string().replace(':', ".");
+    format!("{}__{ip}/{}", name_base(svc), ep.port)
 }
 
 pub fn endpoint_chain(svc: &ServicePort, ep: &Endpoint) -> String {
@@ -123,7 +126,7 @@ fn affinity_set(svc: &ServicePort, ep: &Endpoint) -> String {
     format!("affinity-{}-{base}", hash8(&format!("{base}/{secs}")))
 }
 
-fn key(ip: Ipv4Addr, svc: &ServicePort, port: u16) -> String {
+fn key(ip: IpAddr, svc: &ServicePort, port: u16) -> String {
     format!("{ip} . {} . {port}", svc.protocol.lower())
 }
 
@@ -145,6 +148,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceNft {
     let has_any = plan.cat.has_any;
     let refuse = verdict(plan.no_endpoint);
     let proto = svc.protocol.lower();
+    let f = svc.family.nft();
 
     if let Some(cip) = svc.cluster_ip {
         let k = key(cip, svc, svc.port);
@@ -181,17 +185,13 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceNft {
             .load_balancer_source_ranges
             .iter()
             .copied()
-            .chain(
-                svc.load_balancer_ips
-                    .iter()
-                    .map(|ip| Ipv4Network::from(*ip)),
-            )
-            .map(net)
+            .chain(svc.load_balancer_ips.iter().map(|ip| IpNetwork::from(*ip)))
+            .map(net_any)
             .collect();
         let r = rule(
             &fw,
             &format!("{spn} traffic not accepted by the source ranges"),
-            &format!("ip saddr != {{ {} }} drop", allowed.join(", ")),
+            &format!("{f} saddr != {{ {} }} drop", allowed.join(", ")),
         );
         out.chains.push((fw, vec![r]));
     }
@@ -217,7 +217,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceNft {
                 &svc_chain,
                 &format!("{spn} cluster IP"),
                 &format!(
-                    "ip daddr {cip} {proto} dport {} ip saddr != @all-ipam-pools jump {MARK_MASQ}",
+                    "{f} daddr {cip} {proto} dport {} {f} saddr != @all-ipam-pools jump {MARK_MASQ}",
                     svc.port
                 ),
             ));
@@ -244,7 +244,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceNft {
                 ExternalStep::PodsToCluster => rule(
                     &ext_chain,
                     &format!("pod traffic for {spn} external destinations"),
-                    &format!("ip saddr @all-ipam-pools goto {svc_chain}"),
+                    &format!("{f} saddr @all-ipam-pools goto {svc_chain}"),
                 ),
                 ExternalStep::MasqueradeLocalSource => rule(
                     &ext_chain,
@@ -270,18 +270,18 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceNft {
         let update = match svc.affinity_seconds {
             Some(secs) => {
                 let set = affinity_set(svc, ep);
-                let u = format!("update @{set} {{ ip saddr }} ");
+                let u = format!("update @{set} {{ {f} saddr }} ");
                 out.affinity.push((set, secs));
                 u
             }
             None => String::new(),
         };
         let rules = vec![
-            rule(&name, "", &format!("ip saddr {} jump {MARK_MASQ}", ep.ip)),
+            rule(&name, "", &format!("{f} saddr {} jump {MARK_MASQ}", ep.ip)),
             rule(
                 &name,
                 "",
-                &format!("{update}meta l4proto {proto} dnat to {}:{}", ep.ip, ep.port),
+                &format!("{update}meta l4proto {proto} dnat to {}", ep.addr()),
             ),
         ];
         out.chains.push((name, rules));
@@ -303,7 +303,8 @@ fn endpoint_rules(rules: &mut Vec<Rule>, chain: &str, svc: &ServicePort, eps: &[
                 chain,
                 &format!("{spn} -> {}", ep.addr()),
                 &format!(
-                    "ip saddr @{} goto {}",
+                    "{} saddr @{} goto {}",
+                    svc.family.nft(),
                     affinity_set(svc, ep),
                     endpoint_chain(svc, ep)
                 ),
@@ -530,7 +531,7 @@ pub fn assemble_family<'a>(
         }
         for (name, secs) in &s.affinity {
             let ty = SetType {
-                key: "ipv4_addr",
+                key: family.nft_addr(),
                 verdict_map: false,
                 interval: false,
                 timeout: Some(*secs),
@@ -552,9 +553,11 @@ mod tests {
     fn svc(eps: &[(u8, &str)]) -> ServicePort {
         let eps = eps
             .iter()
-            .map(|(last, node)| Endpoint::ready(Ipv4Addr::new(10, 180, 0, *last), 8080, node))
+            .map(|(last, node)| {
+                Endpoint::ready(std::net::Ipv4Addr::new(10, 180, 0, *last), 8080, node)
+            })
             .collect();
-        let ip = "10.20.30.41".parse().unwrap();
+        let ip: std::net::IpAddr = "10.20.30.41".parse().unwrap();
         ServicePort::cluster_ip("ns1", "svc1", "p80", Protocol::Tcp, ip, 80, eps)
     }
     fn ctx() -> NodeContext {

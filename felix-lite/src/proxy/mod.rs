@@ -10,9 +10,11 @@ pub mod plan;
 pub mod rules;
 pub mod topology;
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
+
+use crate::family::Family;
 
 /// The Kubernetes protocol, shared with NetworkPolicy.
 pub use brindle_policy::model::Protocol;
@@ -20,7 +22,7 @@ pub use brindle_policy::model::Protocol;
 /// One endpoint of a service port, from an EndpointSlice (port already resolved).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Endpoint {
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     pub port: u16,
     pub node: Option<String>,
     pub zone: Option<String>,
@@ -35,9 +37,9 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// A ready endpoint on `node`, with no hints.
-    pub fn ready(ip: Ipv4Addr, port: u16, node: &str) -> Endpoint {
+    pub fn ready(ip: impl Into<IpAddr>, port: u16, node: &str) -> Endpoint {
         Endpoint {
-            ip,
+            ip: ip.into(),
             port,
             node: Some(node.to_string()),
             zone: None,
@@ -49,9 +51,13 @@ impl Endpoint {
         }
     }
 
-    /// `ip:port`, kube-proxy's endpoint string (hash input of the SEP chain name).
+    /// `ip:port` (`[ip]:port` for IPv6, Go's `JoinHostPort`), kube-proxy's endpoint string
+    /// (hash input of the SEP chain name), and the DNAT target's form in both dataplanes.
     pub fn addr(&self) -> String {
-        format!("{}:{}", self.ip, self.port)
+        match self.ip {
+            IpAddr::V4(ip) => format!("{ip}:{}", self.port),
+            IpAddr::V6(ip) => format!("[{ip}]:{}", self.port),
+        }
     }
 }
 
@@ -63,12 +69,15 @@ pub struct ServicePort {
     /// The Service port's name ("" when it has none).
     pub port_name: String,
     pub protocol: Protocol,
-    pub cluster_ip: Option<Ipv4Addr>,
+    /// The family of every address below: a dual-stack Service is one [`ServicePort`] per
+    /// family, each rendered into its family's tables.
+    pub family: Family,
+    pub cluster_ip: Option<IpAddr>,
     pub port: u16,
     pub node_port: Option<u16>,
-    pub external_ips: Vec<Ipv4Addr>,
-    pub load_balancer_ips: Vec<Ipv4Addr>,
-    pub load_balancer_source_ranges: Vec<Ipv4Network>,
+    pub external_ips: Vec<IpAddr>,
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub load_balancer_source_ranges: Vec<IpNetwork>,
     /// externalTrafficPolicy: Local (only meaningful when externally accessible).
     pub external_local: bool,
     /// internalTrafficPolicy: Local.
@@ -85,15 +94,17 @@ impl ServicePort {
         name: &str,
         port_name: &str,
         protocol: Protocol,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         port: u16,
         endpoints: Vec<Endpoint>,
     ) -> ServicePort {
+        let ip = ip.into();
         ServicePort {
             namespace: namespace.into(),
             name: name.into(),
             port_name: port_name.into(),
             protocol,
+            family: Family::of(ip),
             cluster_ip: Some(ip),
             port,
             node_port: None,

@@ -3,7 +3,7 @@
 //! hash (of chain and rule text) is how the writer tells our rules from anyone else's and
 //! what it compares with the kernel, so the text never has to be read back.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use sha1::Digest;
 
@@ -192,8 +192,14 @@ fn dport(svc: &ServicePort, port: u16) -> String {
     format!("-p {p} -m {p} --dport {port}")
 }
 
-fn dst(ip: Ipv4Addr) -> String {
-    format!("-d {ip}/32")
+/// A host prefix of `ip` (`/32`, `/128`).
+fn host(ip: IpAddr) -> String {
+    let len = if ip.is_ipv4() { 32 } else { 128 };
+    format!("{ip}/{len}")
+}
+
+fn dst(ip: IpAddr) -> String {
+    format!("-d {}", host(ip))
 }
 
 /// The rules of one service port on the node described by `ctx` (its [`Plan`], in iptables).
@@ -217,10 +223,12 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
     let fw_chain = chain_of(ChainKind::Firewall);
     let port = dport(svc, svc.port);
     let has_any = plan.cat.has_any;
-    let filter_target = match plan.no_endpoint {
-        NoEndpoint::Drop => "DROP",
-        NoEndpoint::Reject => "REJECT --reject-with icmp-port-unreachable",
+    let filter_target = match (plan.no_endpoint, svc.family) {
+        (NoEndpoint::Drop, _) => "DROP",
+        (NoEndpoint::Reject, Family::V4) => "REJECT --reject-with icmp-port-unreachable",
+        (NoEndpoint::Reject, Family::V6) => "REJECT --reject-with icmp6-port-unreachable",
     };
+    let all_pools = svc.family.set_name(ALL_POOLS_SET);
     let why = plan.no_endpoint.why();
     let lb_chain = chain_of(plan.load_balancer_chain());
 
@@ -301,7 +309,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
                 &svc_chain,
                 &format!("{spn} cluster IP"),
                 &format!(
-                    "-m set ! --match-set {ALL_POOLS_SET} src {} {port} -j {MARK_MASQ}",
+                    "-m set ! --match-set {all_pools} src {} {port} -j {MARK_MASQ}",
                     dst(cip)
                 ),
             ));
@@ -335,7 +343,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
                 ExternalStep::PodsToCluster => Rule::new(
                     &ext_chain,
                     &format!("pod traffic for {spn} external destinations"),
-                    &format!("-m set --match-set {ALL_POOLS_SET} src -j {svc_chain}"),
+                    &format!("-m set --match-set {all_pools} src -j {svc_chain}"),
                 ),
                 ExternalStep::MasqueradeLocalSource => Rule::new(
                     &ext_chain,
@@ -369,7 +377,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
             rules.push(Rule::new(
                 &fw_chain,
                 &format!("{spn} loadbalancer IP"),
-                &format!("-s {ip}/32 -j {ext_chain}"),
+                &format!("-s {} -j {ext_chain}", host(*ip)),
             ));
         }
         out.chains.push(Chain {
@@ -385,12 +393,15 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
             continue;
         }
         let recent = match svc.affinity_seconds {
-            Some(_) => format!("-m recent --set --name {name} --mask 255.255.255.255 --rsource "),
+            Some(_) => format!(
+                "-m recent --set --name {name} --mask {} --rsource ",
+                full_mask(svc.family)
+            ),
             None => String::new(),
         };
         let p = svc.protocol.lower();
         let rules = vec![
-            Rule::new(&name, "", &format!("-s {}/32 -j {MARK_MASQ}", ep.ip)),
+            Rule::new(&name, "", &format!("-s {} -j {MARK_MASQ}", host(ep.ip))),
             Rule::new(
                 &name,
                 "",
@@ -405,6 +416,14 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
     out
 }
 
+/// `-m recent`'s whole-address mask (kube-proxy's, per family).
+fn full_mask(family: Family) -> &'static str {
+    match family {
+        Family::V4 => "255.255.255.255",
+        Family::V6 => "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    }
+}
+
 /// Affinity checks, then one rule per endpoint with `1/(n-i)` probabilities.
 fn endpoint_rules(rules: &mut Vec<Rule>, chain: &str, svc: &ServicePort, eps: &[&Endpoint]) {
     let spn = svc.port_name_string();
@@ -415,7 +434,8 @@ fn endpoint_rules(rules: &mut Vec<Rule>, chain: &str, svc: &ServicePort, eps: &[
                 chain,
                 &format!("{spn} -> {}", ep.addr()),
                 &format!(
-                    "-m recent --rcheck --seconds {secs} --reap --name {sep} --mask 255.255.255.255 --rsource -j {sep}"
+                    "-m recent --rcheck --seconds {secs} --reap --name {sep} --mask {} --rsource -j {sep}",
+                    full_mask(svc.family)
                 ),
             ));
         }
@@ -742,6 +762,7 @@ mod tests {
             name: "svc1".into(),
             port_name: "p80".into(),
             protocol: Protocol::Tcp,
+            family: Family::V4,
             cluster_ip: Some("10.20.30.41".parse().unwrap()),
             port: 80,
             node_port: None,
@@ -754,7 +775,7 @@ mod tests {
             endpoints: eps
                 .iter()
                 .map(|(last, node)| Endpoint {
-                    ip: Ipv4Addr::new(10, 180, 0, *last),
+                    ip: std::net::Ipv4Addr::new(10, 180, 0, *last).into(),
                     port: 80,
                     node: Some(node.to_string()),
                     zone: None,

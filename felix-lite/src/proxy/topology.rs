@@ -109,7 +109,7 @@ mod tests {
 
     fn ep(last: u8, node: &str, zone: &str) -> Endpoint {
         Endpoint {
-            ip: std::net::Ipv4Addr::new(10, 244, 0, last),
+            ip: std::net::Ipv4Addr::new(10, 244, 0, last).into(),
             port: 8080,
             node: Some(node.into()),
             zone: Some(zone.into()),
@@ -126,6 +126,7 @@ mod tests {
             name: "web".into(),
             port_name: String::new(),
             protocol: Protocol::Tcp,
+            family: crate::family::Family::V4,
             cluster_ip: Some("10.96.0.10".parse().unwrap()),
             port: 80,
             node_port: None,
@@ -146,7 +147,12 @@ mod tests {
         }
     }
     fn ips(v: &[&Endpoint]) -> Vec<u8> {
-        v.iter().map(|e| e.ip.octets()[3]).collect()
+        v.iter()
+            .map(|e| match e.ip {
+                std::net::IpAddr::V4(a) => a.octets()[3],
+                std::net::IpAddr::V6(a) => a.octets()[15],
+            })
+            .collect()
     }
 
     #[test]
