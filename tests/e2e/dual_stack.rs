@@ -407,3 +407,33 @@ fn dual_stack_services(dp: Dp) {
         assert!(r.0.starts_with("web-"), "{r:?}");
     });
 }
+
+/// A route reflector for both families: with one reflector and the mesh off, each client
+/// has an IPv4 and an IPv6 session to the reflector only, and the clients' IPv6 blocks reach
+/// each other through it (next hop unchanged: the other client's IPv6 address).
+#[test]
+fn dual_stack_through_a_route_reflector() {
+    let spec = LabSpec {
+        reflectors: 1,
+        ..dual(3)
+    };
+    with_lab(spec, |lab| {
+        let pods = pod_per_node(lab);
+        all_reach(lab, &pods);
+        all_reach6(lab, &pods);
+        for n in ["node-1", "node-2"] {
+            let peers = lab.peers(n);
+            let addrs: Vec<String> = peers
+                .iter()
+                .map(|p| p["addr"].as_str().unwrap_or_default().to_string())
+                .collect();
+            let rr = lab.node("node-0");
+            assert_eq!(
+                addrs,
+                [rr.ip.to_string(), rr.ip6.expect("v6").to_string()],
+                "{n}: {peers:?}"
+            );
+        }
+        wait_mesh_routes6(lab);
+    });
+}

@@ -193,6 +193,21 @@ impl Podman {
             .collect()
     }
 
+    /// The container's global IPv6 addresses by interface.
+    fn addrs6(&self, name: &str) -> BTreeMap<String, String> {
+        let out = self.ok(&[
+            "exec", name, "ip", "-6", "-o", "addr", "show", "scope", "global",
+        ]);
+        out.lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let ifname = f.get(1)?.to_string();
+                let ip = f.get(3)?.split('/').next()?.to_string();
+                Some((ifname, ip))
+            })
+            .collect()
+    }
+
     /// Fetches the page of the httpd container at `ip` from a new container on `network`.
     fn fetch(&self, network: &str, ip: &str) -> String {
         let url = format!("{ip}:8080");
@@ -314,6 +329,70 @@ fn podman_runs_containers_on_one_and_two_brindle_networks_and_leaks_nothing() {
         "{:?}",
         root_has_our_traces()
     );
+}
+
+/// podman on a dual-stack lab node: the container gets an address of each family from one
+/// brindle network (the CNI result lists both), its IPv6 default route is the host veth's
+/// link-local address, and another container fetches its page over IPv6.
+#[test]
+fn podman_runs_a_dual_stack_container() {
+    let spec = LabSpec {
+        nodes: 1,
+        ip_family: brindle_lab::IpFamily::Dual,
+        ..Default::default()
+    };
+    with_lab(spec, |lab| {
+        let node = "node-0";
+        let pm = Podman::new(lab, node, &["a"]);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            pm.ok(&[
+                "run",
+                "-d",
+                "--name",
+                "srv",
+                "--network",
+                "a",
+                IMAGE,
+                "httpd",
+                "-f",
+                "-p",
+                "8080",
+                "-h",
+                "/www",
+            ]);
+            let v4 = pm.addrs("srv");
+            let v6 = pm.addrs6("srv");
+            assert!(v4["eth0"].starts_with("10.244."), "{v4:?}");
+            assert!(v6["eth0"].starts_with("fd00:10:244:"), "{v6:?}");
+            let route = pm.ok(&["exec", "srv", "ip", "-6", "route", "show", "default"]);
+            assert!(route.contains("via fe80::ecee:eeff:feee:eeee"), "{route}");
+            assert_eq!(pm.fetch("a", &v4["eth0"]), "hi");
+            assert_eq!(pm.fetch("a", &v6["eth0"]), "hi");
+            // The agent knows both addresses as the container's (its IPAM attributes).
+            let srv = pm.id("srv");
+            let blocks = lab
+                .block_on(lab.store.all::<IPAMBlock>().list())
+                .expect("blocks")
+                .items;
+            let held: Vec<String> = blocks
+                .iter()
+                .flat_map(|b| brindle_ipam::block::allocations(&b.spec))
+                .filter(|a| a.attrs.get("containerID") == Some(&srv))
+                .map(|a| a.ip.to_string())
+                .collect();
+            assert!(
+                held.contains(&v4["eth0"]) && held.contains(&v6["eth0"]),
+                "{held:?}"
+            );
+        }));
+        if let Err(e) = r {
+            eprintln!(
+                "---- brindle-cni log (tail) ----\n{}",
+                tail(&lab.node(node).dir.join("cni.log"), 40)
+            );
+            std::panic::resume_unwind(e);
+        }
+    });
 }
 
 fn scenario(lab: &mut Lab, pm: &Podman, node: &str) {

@@ -8,6 +8,8 @@
 //! - direct: no agent, the plugin does IPAM itself under the host lock (the fallback path);
 //! - the reference plugins `ptp` + `host-local` (containernetworking-plugins, a file on
 //!   local disk and no datastore at all), run by the same harness on the same pods;
+//! - the same through the agent for dual-stack pods (an address of each family, the IPv6
+//!   routes and sysctls), beside IPv4 only;
 //! - the cost of starting a process at all (`/bin/true`), the floor for any exec-based
 //!   plugin.
 //!
@@ -184,6 +186,8 @@ fn main() {
     // A node forwards (ptp would switch it on at its first ADD; brindle-node's host needs it
     // for any pod traffic to leave), so every run starts alike.
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("ip_forward in the namespace");
+    std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+        .expect("IPv6 forwarding in the namespace");
     let dir = std::env::temp_dir().join(format!("brindle-cni-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
 
@@ -202,6 +206,14 @@ fn main() {
             .create(&IPPool::new("pods", pool))
             .await
             .expect("pool");
+        // For the dual-stack run (only it asks for IPv6 addresses).
+        let mut pool6 = IPPoolSpec::new("fd00:72::/64");
+        pool6.block_size = Some(122);
+        store
+            .all::<IPPool>()
+            .create(&IPPool::new("pods6", pool6))
+            .await
+            .expect("IPv6 pool");
         store
             .all::<BrindleNode>()
             .create(&brindle_ipam::nodes::brindle_node("bench-node", &[]))
@@ -259,11 +271,23 @@ fn main() {
     let brindle_bin = brindle_bin_var
         .as_deref()
         .unwrap_or(env!("CARGO_BIN_EXE_brindle-cni"));
-    let mut runs: Vec<(&str, &str, String)> = vec![(
-        "brindle-cni through the agent",
-        brindle_bin,
-        brindle(&socket),
-    )];
+    let dual = {
+        let mut c: serde_json::Value = serde_json::from_str(&brindle(&socket)).expect("conf");
+        c["ipam"] = json!({"type": "brindle-ipam", "assign_ipv6": true});
+        c.to_string()
+    };
+    let mut runs: Vec<(&str, &str, String)> = vec![
+        (
+            "brindle-cni through the agent",
+            brindle_bin,
+            brindle(&socket),
+        ),
+        (
+            "brindle-cni through the agent, dual stack (an IPv4 and an IPv6 address)",
+            brindle_bin,
+            dual,
+        ),
+    ];
     if let Some(bin) = &static_bin {
         runs.push((
             "brindle-cni static (as the image ships it), through the agent",

@@ -276,6 +276,15 @@ impl PolicyState {
         local
     }
 
+    /// Whether a pod interface of this node has an IPv6 address: its IPv6 rules must be in
+    /// the kernel before its ADD returns, whatever the snapshot says of the pools yet.
+    pub fn any_ipv6(&self) -> bool {
+        self.known
+            .values()
+            .chain(self.fresh.values().map(|(a, _)| a))
+            .any(|a| a.ips.iter().any(IpAddr::is_ipv6))
+    }
+
     /// An attachment just given its addresses by the IPAM socket.
     pub fn announce(&mut self, n: NewAttachment) {
         let mut at: Option<Attachment> = None;

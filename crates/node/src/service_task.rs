@@ -564,6 +564,12 @@ impl ServiceTask {
                         continue;
                     }
                     let (Some(c), Some(g)) = (ctx.clone(), guard.as_ref()) else { continue };
+                    // A pod with an IPv6 address before the snapshot shows its pool (IPAM
+                    // reads the store itself): the IPv6 rules go in with its chains, never
+                    // after its ADD has returned.
+                    if sets.v6.is_none() && policy_ctx.is_some() && pst.any_ipv6() {
+                        sets.v6 = Some(pool_sets(&self.snapshot.borrow(), Family::V6));
+                    }
                     // A policy render due makes this sync a change, not just the re-read.
                     refresh_only &= !pst.needs_render();
                     let render_started = Instant::now();
