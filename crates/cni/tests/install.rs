@@ -136,6 +136,20 @@ async fn the_installed_plugin_accepts_the_installed_configuration() {
     );
     assert!(ok, "{text}");
     assert!(text.contains("is up to date"), "{text}");
+    assert!(plugin_conf(&list, 0)["ipam"].get("assign_ipv6").is_none());
+
+    // Dual stack asked for: the plugin's IPAM gives an IPv6 address too.
+    let (ok, text) = install(
+        d,
+        &["--datastore", "etcd", "--etcd-endpoints", &endpoint],
+        &[("BRINDLE_CNI_ASSIGN_IPV6", "true")],
+    );
+    assert!(ok, "{text}");
+    let list: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("net.d/10-brindle.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(plugin_conf(&list, 0)["ipam"]["assign_ipv6"], true, "{list}");
 }
 
 #[test]

@@ -56,7 +56,10 @@ pub fn render(lab: &Lab) -> String {
         let up = peers.iter().filter(|p| p["state"] == "Established").count();
         nodes.push(vec![
             n.name.clone(),
-            n.ip.to_string(),
+            match n.ip6 {
+                Some(v6) => format!("{}, {v6}", n.ip),
+                None => n.ip.to_string(),
+            },
             format!("r{}", n.rack),
             n.asn.to_string(),
             n.agent_pid()
@@ -79,13 +82,24 @@ pub fn render(lab: &Lab) -> String {
     let pods: Vec<Vec<String>> = lab
         .pods
         .values()
-        .map(|p| vec![p.name.clone(), p.node.clone(), p.ip.to_string()])
+        .map(|p| {
+            let addr = match p.ip6 {
+                Some(v6) => format!("{}, {v6}", p.ip),
+                None => p.ip.to_string(),
+            };
+            vec![p.name.clone(), p.node.clone(), addr]
+        })
         .collect();
     let mut routes = String::new();
     for n in &lab.nodes {
         routes.push_str(&format!("{}:\n", n.name));
         for r in lab.bird_routes(&n.name) {
             routes.push_str(&format!("  {r}\n"));
+        }
+        if n.ip6.is_some() {
+            for r in lab.bird_routes6(&n.name) {
+                routes.push_str(&format!("  {r}\n"));
+            }
         }
     }
     let access: Vec<Vec<String>> = lab

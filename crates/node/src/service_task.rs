@@ -290,8 +290,9 @@ fn pool_sets(snap: &Snapshot, family: Family) -> BTreeMap<String, Vec<IpNetwork>
     ])
 }
 
-/// Whether the cluster has an IPv6 pool: only then can a pod have an IPv6 address, and
-/// only then are IPv6 rules written.
+/// Whether the cluster has an IPv6 pool: only then can a pod have an IPv6 address, so only
+/// then (or once a local pod has one before the snapshot shows its pool) are IPv6 rules
+/// written.
 fn wants_v6(snap: &Snapshot) -> bool {
     snap.pools
         .values()

@@ -89,6 +89,10 @@ struct Args {
     /// Where the host path `/` is mounted in this container (to write the token copy).
     #[arg(long, env = "BRINDLE_HOST_ROOT", default_value = "/host")]
     host_root: PathBuf,
+    /// Give pods an IPv6 address too (dual stack: the cluster needs an IPv6 pool, e.g. the
+    /// controller's `BRINDLE_IPV6POOL_CIDR`); the CNI configuration's `ipam.assign_ipv6`.
+    #[arg(long, env = "BRINDLE_CNI_ASSIGN_IPV6", default_value_t = false, action = clap::ArgAction::Set)]
+    assign_ipv6: bool,
     /// Chain `portmap` (hostPort) after brindle-cni: auto = when the bin directory has it.
     #[arg(long, env = "BRINDLE_CNI_PORTMAP", default_value = "auto", value_parser = ["auto", "true", "false"])]
     portmap: String,
@@ -155,6 +159,9 @@ fn run(a: &Args) -> anyhow::Result<()> {
         "ipam_lock_file": a.ipam_lock_file,
         "ipam": {"type": "brindle-ipam"},
     });
+    if a.assign_ipv6 {
+        plugin_conf["ipam"]["assign_ipv6"] = true.into();
+    }
     match a.datastore.datastore {
         DatastoreKind::Etcd => {
             plugin_conf["datastore_type"] = "etcd".into();
