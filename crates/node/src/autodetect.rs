@@ -46,29 +46,8 @@ pub struct Iface {
     pub addrs: Vec<IpNetwork>,
 }
 
-/// Which of the node's addresses is being found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    pub fn of(ip: IpAddr) -> Family {
-        if ip.is_ipv4() {
-            Family::V4
-        } else {
-            Family::V6
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Family::V4 => "IPv4",
-            Family::V6 => "IPv6",
-        }
-    }
-}
+/// Which of the node's addresses is being found (the dataplane's family type).
+pub use brindle_felix_lite::family::Family;
 
 #[derive(Debug, Clone)]
 pub enum Method {

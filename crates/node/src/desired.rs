@@ -169,39 +169,40 @@ fn node_asn(snap: &Snapshot, n: &NodeInfo) -> u32 {
     n.bgp.as_number.unwrap_or_else(|| cluster_as(snap))
 }
 
+/// A node record's address field parsed as `T`'s network (`Ipv4Network`, `Ipv6Network`);
+/// a malformed one is warned about (and that family not peered over).
+fn record_addr<T: std::str::FromStr>(
+    name: &str,
+    field: &str,
+    value: Option<&str>,
+    family: &str,
+    w: &mut Vec<Warning>,
+) -> Option<T> {
+    let a = value?;
+    let parsed = a.parse::<T>().ok();
+    if parsed.is_none() {
+        warn(
+            w,
+            format!("node {name}"),
+            format!("{field} {a:?} is not an {family} address/prefix; not peering with it over {family}"),
+        );
+    }
+    parsed
+}
+
 fn node_ip(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<Ipv4Addr> {
     if let Some(e) = &n.bgp_error {
         warn(w, format!("node {name}"), e.clone());
         return None;
     }
-    let a = n.bgp.ipv4_address.as_deref()?;
-    match a.parse::<Ipv4Network>() {
-        Ok(net) => Some(net.ip()),
-        Err(_) => {
-            warn(
-                w,
-                format!("node {name}"),
-                format!("ipv4Address {a:?} is not an IPv4 address/prefix; not peering with it"),
-            );
-            None
-        }
-    }
+    let v = n.bgp.ipv4_address.as_deref();
+    record_addr::<Ipv4Network>(name, "ipv4Address", v, "IPv4", w).map(|n| n.ip())
 }
 
-/// A node's IPv6 address, if it has a valid one (an invalid one is warned about).
+/// A node's IPv6 address, if it has a valid one.
 fn node_ip6(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<Ipv6Addr> {
-    let a = n.bgp.ipv6_address.as_deref()?;
-    match a.parse::<Ipv6Network>() {
-        Ok(net) => Some(net.ip()),
-        Err(_) => {
-            warn(
-                w,
-                format!("node {name}"),
-                format!("ipv6Address {a:?} is not an IPv6 address/prefix; not peering with it over IPv6"),
-            );
-            None
-        }
-    }
+    let v = n.bgp.ipv6_address.as_deref();
+    record_addr::<Ipv6Network>(name, "ipv6Address", v, "IPv6", w).map(|n| n.ip())
 }
 
 /// The addresses two nodes peer on: their IPv4 ones, and their IPv6 ones when both have one
