@@ -403,7 +403,10 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
                 json!({"error": format!("no node {node:?} (nodes: {})", lab.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>().join(", "))})
             } else {
                 match lab.pod_add_labeled(name, node, &labels) {
-                    Ok(ip) => json!({"ok": ip.to_string()}),
+                    Ok(ip) => {
+                        let ip6 = lab.pods.get(name).and_then(|p| p.ip6);
+                        json!({"ok": {"ip": ip.to_string(), "ipv6": ip6.map(|a| a.to_string())}})
+                    }
                     Err(e) => json!({"error": e}),
                 }
             }
@@ -414,6 +417,7 @@ fn supervise(dir: &Path, spec: LabSpec) -> anyhow::Result<()> {
             {
                 Ok(a) => json!({"ok": {
                     "clusterIP": a.cluster_ip.to_string(),
+                    "clusterIPv6": a.cluster_ip6.map(|v| v.to_string()),
                     "ports": a.ports.iter().map(|(p, t, proto, np)| json!({"port": p, "targetPort": t, "protocol": proto, "nodePort": np})).collect::<Vec<_>>(),
                 }}),
                 Err(e) => json!({"error": e}),
@@ -544,6 +548,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 spec.name,
                 a["clusterIP"].as_str().unwrap_or_default()
             );
+            if let Some(v6) = a["clusterIPv6"].as_str() {
+                println!("  IPv6: {v6}");
+            }
             for p in a["ports"].as_array().into_iter().flatten() {
                 println!(
                     "  port {} -> {} {}{}",
@@ -579,7 +586,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 json!({"pod_add": {"name": key, "node": node, "labels": labels}}),
             )?;
-            println!("pod {key} on {node}: {}", ip.as_str().unwrap_or_default());
+            println!(
+                "pod {key} on {node}: {}",
+                ip["ip"].as_str().unwrap_or_default()
+            );
+            if let Some(v6) = ip["ipv6"].as_str() {
+                println!("  IPv6: {v6}");
+            }
             Ok(())
         }
         Cmd::Pod {
