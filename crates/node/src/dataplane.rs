@@ -230,6 +230,8 @@ pub struct Done {
     pub write_time: Duration,
     /// How the change went to the kernel: `iptables-restore`, `nft` or `netlink`.
     pub written_by: &'static str,
+    /// The IPv6 part failed (the IPv4 part is in): why.
+    pub v6_error: Option<String>,
 }
 
 pub enum DpWriter {
@@ -244,14 +246,6 @@ impl DpWriter {
             Dataplane::Nftables => {
                 DpWriter::Nftables(nft::writer::Writer::for_family(family, runner))
             }
-        }
-    }
-
-    /// Removes everything of ours this writer's family has (IPv6 no longer in use).
-    pub fn remove(&mut self) -> Result<(), IptablesError> {
-        match self {
-            DpWriter::Iptables(w) => w.remove_all().map(|_| ()),
-            DpWriter::Nftables(w) => w.remove().map(|_| ()),
         }
     }
 
@@ -331,6 +325,7 @@ impl DpWriter {
                     elements: 0,
                     write_time: rep.restore_time,
                     written_by: "iptables-restore",
+                    v6_error: None,
                 })
             }
             (DpWriter::Nftables(w), Want::Nftables(t)) => w.sync(t).map(|rep| Done {
@@ -343,6 +338,7 @@ impl DpWriter {
                 elements: rep.elements_added + rep.elements_deleted,
                 write_time: rep.restore_time,
                 written_by: if rep.netlink { "netlink" } else { "nft" },
+                v6_error: None,
             }),
             _ => Err(IptablesError::NoBackend(
                 "internal: rules rendered for the other dataplane".into(),
@@ -504,33 +500,71 @@ impl Writers {
         v4 && v6
     }
 
-    /// Brings each family's rules to `want`: IPv4 first (an IPv6 failure never holds it
-    /// back), then IPv6, whose rules are removed when it is no longer wanted.
-    pub fn sync(&mut self, want: &PerFamily<Want>) -> Result<Done, IptablesError> {
+    /// Brings each family's rules to `want`: IPv4 first, then IPv6. An IPv6 failure does
+    /// not fail the sync (IPv4 is in): it is returned in [`Done::v6_error`], and the IPv6
+    /// tables are closed instead — every packet from or to a pod interface dropped — so no
+    /// IPv6 pod traffic passes unguarded and unpoliced until a sync succeeds. Once written,
+    /// the IPv6 rules stay managed for the agent's life (IPv6 pods may outlive their pool).
+    pub fn sync(
+        &mut self,
+        want: &PerFamily<Want>,
+        workload_prefix: &str,
+    ) -> Result<Done, IptablesError> {
         let mut done = self.v4.sync(&want.v4)?;
-        match (&want.v6, &mut self.v6) {
-            (Some(w6), slot) => {
-                let w = slot.get_or_insert_with(|| {
-                    info!("IPv6 pools exist: programming the IPv6 rules too");
-                    DpWriter::new(self.dp, Family::V6, self.runner.clone())
+        let Some(w6) = &want.v6 else {
+            return Ok(done);
+        };
+        let w = self.v6.get_or_insert_with(|| {
+            info!("IPv6 in use: programming the IPv6 rules too");
+            DpWriter::new(self.dp, Family::V6, self.runner.clone())
+        });
+        match w.sync(w6) {
+            Ok(d6) => done.add(&d6),
+            Err(e) => {
+                let closed = closed_want(self.dp, workload_prefix);
+                let fallback = w.sync(&closed);
+                done.v6_error = Some(match fallback {
+                    Ok(_) => format!("{e}; the IPv6 tables are closed to pods until it works"),
+                    Err(e2) => format!("{e}; closing the IPv6 tables to pods failed too: {e2}"),
                 });
-                let d6 = w.sync(w6).map_err(|e| match e {
-                    IptablesError::Failed { cmd, stderr } => IptablesError::Failed {
-                        cmd: format!("IPv6: {cmd}"),
-                        stderr,
-                    },
-                    e => e,
-                })?;
-                done.add(&d6);
+                w.invalidate();
             }
-            (None, Some(w)) => {
-                w.remove()?;
-                info!("no IPv6 pool any more: our IPv6 rules removed");
-                self.v6 = None;
-            }
-            (None, None) => {}
         }
         Ok(done)
+    }
+}
+
+/// A family's tables closed to pods: every packet from or to an interface of
+/// `workload_prefix` dropped, nothing else (what an IPv6 sync falls back to when it fails).
+fn closed_want(dp: Dataplane, workload_prefix: &str) -> Want {
+    let any = format!("{workload_prefix}+");
+    let why = "brindle: IPv6 rules could not be written; pods pass nothing over IPv6";
+    match dp {
+        Dataplane::Iptables(_) => {
+            let jump = |chain: &'static str, body: String| rules::Jump {
+                chain,
+                rule: rules::Rule::new(chain, why, &body),
+            };
+            let mut ruleset = Ruleset::default();
+            ruleset.filter.jumps = vec![
+                jump("INPUT", format!("-i {any} -j DROP")),
+                jump("FORWARD", format!("-i {any} -j DROP")),
+                jump("FORWARD", format!("-o {any} -j DROP")),
+            ];
+            Want::Iptables {
+                ruleset,
+                sets: BTreeMap::new(),
+                policy_sets: Some(vec![]),
+            }
+        }
+        Dataplane::Nftables => {
+            let mut t = nft::policy::base_table();
+            let any = format!("\"{workload_prefix}*\"");
+            t.push("filter-input", why, &format!("iifname {any} drop"));
+            t.push("filter-forward", why, &format!("iifname {any} drop"));
+            t.push("filter-forward", why, &format!("oifname {any} drop"));
+            Want::Nftables(t)
+        }
     }
 }
 
@@ -557,5 +591,85 @@ impl Readers {
             v4: self.0.v4.read()?,
             v6: self.0.v6.map(Reader::read).transpose()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use brindle_felix_lite::proxy::rules::{Chain, Rule};
+    use brindle_testsupport::Netns;
+
+    fn runner(ns: &Netns) -> Runner {
+        Runner {
+            prefix: vec!["ip".into(), "netns".into(), "exec".into(), ns.name().into()],
+            ..Default::default()
+        }
+    }
+
+    /// IPv4 wants one harmless rule; IPv6 a chain the tool refuses.
+    fn wants(dp: Dataplane) -> PerFamily<Want> {
+        match dp {
+            Dataplane::Iptables(_) => {
+                let ok = |body: &str| {
+                    let mut r = Ruleset::default();
+                    r.filter.chains = vec![Chain {
+                        name: "BRL-TEST".into(),
+                        rules: vec![Rule::new("BRL-TEST", "", body)],
+                    }];
+                    Want::Iptables {
+                        ruleset: r,
+                        sets: BTreeMap::new(),
+                        policy_sets: None,
+                    }
+                };
+                PerFamily {
+                    v4: ok("-j RETURN"),
+                    v6: Some(ok("-m no-such-match --nothing -j RETURN")),
+                }
+            }
+            Dataplane::Nftables => {
+                let t = |body: &str| {
+                    let mut t = nft::policy::base_table();
+                    t.push("filter-forward", "", body);
+                    Want::Nftables(t)
+                };
+                PerFamily {
+                    v4: t("meta mark 0x1 return"),
+                    v6: Some(t("no-such-keyword 1 return")),
+                }
+            }
+        }
+    }
+
+    /// An IPv6 sync the kernel or tool refuses does not fail the sync (IPv4 is written)
+    /// and leaves the IPv6 tables closed to pods, not open.
+    #[test]
+    fn a_refused_ipv6_sync_closes_the_ipv6_tables_to_pods() {
+        for (dp, list) in [
+            (
+                Dataplane::Iptables(Backend::Legacy),
+                ["ip6tables-legacy-save", "-t", "filter"].as_slice(),
+            ),
+            (
+                Dataplane::Nftables,
+                ["nft", "list", "table", "ip6", "brindle"].as_slice(),
+            ),
+        ] {
+            let ns = Netns::new("brl-dpw");
+            let mut w = Writers::new(dp, runner(&ns));
+            let done = w.sync(&wants(dp), "brl").expect("IPv4 is written");
+            let why = done.v6_error.expect("the IPv6 part failed");
+            assert!(why.contains("closed to pods"), "{why}");
+            let v6 = ns.ok(list);
+            let drops = v6
+                .lines()
+                .filter(|l| {
+                    (l.contains("-i brl+") || l.contains("-o brl+")) && l.ends_with("-j DROP")
+                        || l.contains("ifname \"brl*\" drop")
+                })
+                .count();
+            assert_eq!(drops, 3, "{dp:?}: the IPv6 tables are not closed:\n{v6}");
+        }
     }
 }

@@ -131,6 +131,9 @@ pub struct PolicyState {
     written: BTreeMap<String, Option<String>>,
     /// The kernel holds the last render (no render since the last successful sync).
     in_kernel: bool,
+    /// The IPv6 rules (with IPv6's policy) are in the kernel, as of the last sync: until then
+    /// a pod with an IPv6 address never takes the fast path below.
+    pub v6_in_kernel: bool,
     /// Keep the policies' chains between renders (IPv4's, IPv6's).
     renderer: Renderer,
     nft_renderer: brindle_felix_lite::nft::policy::Renderer,
@@ -310,7 +313,9 @@ impl PolicyState {
             .as_ref()
             .filter(|_| at.primary)
             .map(|(ns, p)| format!("{ns}/{p}"));
-        let current = self.in_kernel && !self.dirty && !self.announced;
+        let has_v6 = at.ips.iter().any(IpAddr::is_ipv6);
+        let current =
+            self.in_kernel && !self.dirty && !self.announced && (!has_v6 || self.v6_in_kernel);
         match self.written.get(&at.veth) {
             Some(pod) if current && key.is_some() && *pod == key => {
                 let _ = n.ready.send(());
@@ -452,6 +457,27 @@ impl PolicyState {
     }
 
     /// After a sync that wrote `with_chains`: the ADDs waiting for those are told.
+    /// [`PolicyState::programmed`] after a sync whose IPv6 part failed: the IPv4 rules are
+    /// in, so only the attachments without an IPv6 address are told; the others wait.
+    pub fn programmed_v4_only(&mut self, with_chains: &[String]) {
+        let v6: std::collections::HashSet<&String> = self
+            .known
+            .values()
+            .chain(self.fresh.values().map(|(a, _)| a))
+            .filter(|a| a.ips.iter().any(IpAddr::is_ipv6))
+            .map(|a| &a.veth)
+            .collect();
+        let told: Vec<String> = with_chains
+            .iter()
+            .filter(|v| !v6.contains(v))
+            .cloned()
+            .collect();
+        self.v6_in_kernel = false;
+        self.programmed(&told);
+        // Not all of the render is in the kernel: the next sync writes it again.
+        self.dirty = true;
+    }
+
     pub fn programmed(&mut self, with_chains: &[String]) {
         self.written = self.rendered.clone();
         self.in_kernel = true;

@@ -330,6 +330,8 @@ fn publish_counters(m: &Metrics, counts: &BTreeMap<fpolicy::Account, u64>, pst: 
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The longest wait between two failed syncs.
 const SYNC_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// The longest wait between two syncs whose IPv6 part failed (IPv4 changes ride on them).
+const V6_RETRY_MAX: Duration = Duration::from_secs(10);
 
 impl ServiceTask {
     pub async fn run(mut self) {
@@ -412,6 +414,8 @@ impl ServiceTask {
         let mut ctx: Option<NodeContext> = None;
         // The pool and host sets of each family (IPv6's when there is an IPv6 pool).
         let mut sets: PerFamily<BTreeMap<String, Vec<IpNetwork>>> = PerFamily::default();
+        // IPv6 rules have been wanted since the agent started.
+        let mut v6_used = false;
         // Known with the first synced snapshot, as the context is.
         let mut guard: Option<NodeGuard> = None;
         let mut reserved_now = Reserved::default();
@@ -425,6 +429,8 @@ impl ServiceTask {
         let mut backoff = Duration::ZERO;
         let mut failures = 0u64;
         let mut last_error = String::new();
+        // The last IPv6-only failure logged (IPv4 written, IPv6 closed).
+        let mut last_v6_error = String::new();
         let mut first = true;
         info!(
             dataplane = self.dataplane.name(),
@@ -568,9 +574,13 @@ impl ServiceTask {
                     // A pod with an IPv6 address before the snapshot shows its pool (IPAM
                     // reads the store itself): the IPv6 rules go in with its chains, never
                     // after its ADD has returned.
-                    if sets.v6.is_none() && policy_ctx.is_some() && pst.any_ipv6() {
+                    // And once IPv6 is in use it stays so for the agent's life: IPv6 pods may
+                    // outlive their pool, and their guard must not go with it.
+                    let in_use = v6_used || (policy_ctx.is_some() && pst.any_ipv6());
+                    if sets.v6.is_none() && in_use {
                         sets.v6 = Some(pool_sets(&self.snapshot.borrow(), Family::V6));
                     }
+                    v6_used |= sets.v6.is_some();
                     // A policy render due makes this sync a change, not just the re-read.
                     refresh_only &= !pst.needs_render();
                     let render_started = Instant::now();
@@ -618,8 +628,9 @@ impl ServiceTask {
                     let was_refresh = std::mem::take(&mut refresh_only);
                     let started = Instant::now();
                     let render_time = started - render_started;
+                    let prefix = self.workload_prefix.clone();
                     let mut job = tokio::task::spawn_blocking(move || {
-                        let r = w.sync(&want);
+                        let r = w.sync(&want, &prefix);
                         (w, r)
                     });
                     // Every tool has a deadline, so the sync is bounded: waiting for it is
@@ -655,7 +666,24 @@ impl ServiceTask {
                                 let (dp, runner) = (self.dataplane, runner.clone());
                                 tokio::task::spawn_blocking(move || crate::dataplane::DpWriter::remove_others(dp, &runner));
                             }
-                            pst.programmed(&with_chains);
+                            match &rep.v6_error {
+                                None => {
+                                    pst.v6_in_kernel = sets.v6.is_some();
+                                    pst.programmed(&with_chains);
+                                }
+                                Some(why) => {
+                                    // IPv4 is in; IPv6 is closed to pods and tried again
+                                    // soon (its pods' ADDs wait for it).
+                                    self.metrics.proxy_restore_failures.inc();
+                                    if *why != last_v6_error {
+                                        warn!("IPv6 rules not written (IPv4's are): {why}");
+                                        last_v6_error = why.clone();
+                                    }
+                                    pst.programmed_v4_only(&with_chains);
+                                    backoff = (backoff * 2).clamp(Duration::from_secs(1), V6_RETRY_MAX);
+                                    pending = true;
+                                }
+                            }
                             if let Some(tx) = &isolations {
                                 tx.send_if_modified(|now| {
                                     let changed = **now != pst.isolation;
@@ -665,7 +693,11 @@ impl ServiceTask {
                                     changed
                                 });
                             }
-                            if failures > 0 {
+                            if rep.v6_error.is_none() && !last_v6_error.is_empty() {
+                                info!("IPv6 rules written again");
+                                last_v6_error.clear();
+                            }
+                            if failures > 0 && rep.v6_error.is_none() {
                                 info!(failures, "dataplane writes work again");
                                 failures = 0;
                                 backoff = Duration::ZERO;

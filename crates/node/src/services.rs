@@ -246,6 +246,25 @@ pub fn service_ports(
             let of = |ips: &[IpAddr]| -> Vec<IpAddr> {
                 ips.iter().copied().filter(|ip| family.has(*ip)).collect()
             };
+            let family_ranges: Vec<IpNetwork> = ranges
+                .iter()
+                .copied()
+                .filter(|n| family.has_net(n))
+                .collect();
+            // Source ranges that name only the other family would leave this family's load
+            // balancer open to every source (kube-proxy's reading): its addresses are refused.
+            let mut lbs = of(&lb_ips);
+            if !ranges.is_empty() && family_ranges.is_empty() && !lbs.is_empty() {
+                skip(
+                    &key,
+                    format!(
+                        "loadBalancerSourceRanges has no {} range: the {} load balancer addresses are refused rather than open to every source",
+                        family.name(),
+                        family.name()
+                    ),
+                );
+                lbs.clear();
+            }
             let endpoints = endpoints_for(&pname, proto_s, family, slices, &mut skip);
             out.push(ServicePort {
                 namespace: ns.clone(),
@@ -257,12 +276,8 @@ pub fn service_ports(
                 port,
                 node_port,
                 external_ips: of(&external_ips),
-                load_balancer_ips: of(&lb_ips),
-                load_balancer_source_ranges: ranges
-                    .iter()
-                    .copied()
-                    .filter(|n| family.has_net(n))
-                    .collect(),
+                load_balancer_ips: lbs,
+                load_balancer_source_ranges: family_ranges,
                 external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
                 internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
                 affinity_seconds: affinity,
@@ -446,6 +461,28 @@ mod tests {
         assert_eq!(p[1].endpoints.len(), 1);
         assert_eq!(p[1].endpoints[0].addr(), "[fd00:10:244::1]:8080");
         assert_eq!(p[0].endpoints[0].addr(), "10.244.0.1:8080");
+        // Source ranges of IPv4 only: the IPv6 load balancer address is refused, not open.
+        let lb = svc(json!({
+            "metadata": {"namespace": "default", "name": "lb"},
+            "spec": {"type": "LoadBalancer", "clusterIPs": ["10.96.0.11", "fd00:10:96::b"],
+                     "ports": [{"port": 80}], "loadBalancerSourceRanges": ["198.18.0.0/16"]},
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.19.0.5"}, {"ip": "2001:db8:19::5"}]}}
+        }));
+        let lbs = Reserved {
+            lb_ips: vec![
+                "198.19.0.0/24".parse().unwrap(),
+                "2001:db8:19::/64".parse().unwrap(),
+            ],
+            ..Default::default()
+        };
+        let mut why = vec![];
+        let p = service_ports(&lb, &[], &lbs, &mut why);
+        assert_eq!(p[0].load_balancer_ips.len(), 1);
+        assert!(p[1].load_balancer_ips.is_empty(), "{p:?}");
+        assert!(
+            why.iter().any(|w| w.reason.contains("no IPv6 range")),
+            "{why:?}"
+        );
         // An IPv6-only Service: only the IPv6 port.
         let six = svc(json!({"metadata": {"namespace": "d", "name": "v6"},
             "spec": {"clusterIP": "fd00::10", "ports": [{"port": 80}]}}));
