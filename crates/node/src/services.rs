@@ -461,6 +461,32 @@ mod tests {
         assert_eq!(p[1].endpoints.len(), 1);
         assert_eq!(p[1].endpoints[0].addr(), "[fd00:10:244::1]:8080");
         assert_eq!(p[0].endpoints[0].addr(), "10.244.0.1:8080");
+        // A node's IPv6 address as an externalIP is refused as its IPv4 one is, even inside
+        // an allowed range (a namespace user capturing the node's IPv6 traffic).
+        let guarded = Reserved {
+            nets: vec![(
+                "2001:db8:18::10/128".parse().unwrap(),
+                "node n1's address".into(),
+            )],
+            external_ips: vec!["::/0".parse().unwrap()],
+            ..Default::default()
+        };
+        let capture = svc(json!({
+            "metadata": {"namespace": "evil", "name": "v6"},
+            "spec": {"clusterIPs": ["fd00:10:96::c"], "ports": [{"port": 179}],
+                     "externalIPs": ["2001:db8:18::10", "2001:db8:19::1"]}
+        }));
+        let mut why = vec![];
+        let p = service_ports(&capture, &[], &guarded, &mut why);
+        assert_eq!(
+            p[0].external_ips,
+            vec!["2001:db8:19::1".parse::<IpAddr>().unwrap()]
+        );
+        assert!(
+            why.iter()
+                .any(|w| w.reason.contains("2001:db8:18::10 is node n1's address")),
+            "{why:?}"
+        );
         // Source ranges of IPv4 only: the IPv6 load balancer address is refused, not open.
         let lb = svc(json!({
             "metadata": {"namespace": "default", "name": "lb"},
