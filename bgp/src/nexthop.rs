@@ -28,12 +28,11 @@ pub fn unusable_v6(nhs: &[IpAddr], own: Option<Ipv6Addr>, peer: IpAddr) -> Optio
     let Some(IpAddr::V6(global)) = nhs.first().copied() else {
         return Some("no IPv6 next hop");
     };
-    let link_local = |a: &Ipv6Addr| (a.segments()[0] & 0xffc0) == 0xfe80;
     if global.is_unspecified() {
         Some("::")
     } else if global.is_multicast() {
         Some("a multicast address")
-    } else if link_local(&global) {
+    } else if global.is_unicast_link_local() {
         Some("a link-local address without a global one")
     } else if global.is_loopback() && !peer.is_loopback() {
         Some("a loopback address from a peer that is not on loopback")

@@ -69,6 +69,22 @@ fn bird_routes(ns: &Netns) -> Vec<(String, String, Vec<String>)> {
     out
 }
 
+type Read = Vec<(IpNetwork, Option<Target>)>;
+
+/// Every wanted route is read back in a form that meets it.
+fn assert_read_back(read: &Read, wanted: &[(IpNetwork, Target)]) {
+    for (prefix, target) in wanted {
+        let have = read
+            .iter()
+            .find(|r| r.0 == *prefix)
+            .and_then(|r| r.1.as_ref());
+        assert!(
+            have.is_some_and(|h| target.is_met_by(h)),
+            "{prefix}: want {target:?}, read {have:?}"
+        );
+    }
+}
+
 fn via(gw: &str, onlink: bool) -> NextHop {
     NextHop {
         gateway: gw.parse::<IpAddr>().unwrap(),
@@ -114,16 +130,7 @@ fn ipv6_routes_at_metric_zero_read_back_as_installed() {
         })
     });
     assert_eq!(read.len(), 3, "{read:?}");
-    for (prefix, target) in &wanted {
-        let have = read
-            .iter()
-            .find(|r| r.0 == *prefix)
-            .and_then(|r| r.1.as_ref());
-        assert!(
-            have.is_some_and(|h| target.is_met_by(h)),
-            "{prefix}: want {target:?}, read {have:?}"
-        );
-    }
+    assert_read_back(&read, &wanted);
 }
 
 #[test]
@@ -188,16 +195,7 @@ fn install_replace_remove_and_purge() {
     // Read back as a restarting speaker reads what it kept: every form is recognised (ECMP in
     // any order, the interface the kernel chose), and a different form is not.
     let read = in_ns(&ns, |k| Box::pin(async move { k.routes().await.unwrap() }));
-    for (prefix, target) in &wanted {
-        let have = read
-            .iter()
-            .find(|r| r.0 == *prefix)
-            .and_then(|r| r.1.as_ref());
-        assert!(
-            have.is_some_and(|h| target.is_met_by(h)),
-            "{prefix}: want {target:?}, read {have:?}"
-        );
-    }
+    assert_read_back(&read, &wanted);
     let ecmp = read
         .iter()
         .find(|r| r.0 == net("10.244.3.0/26"))

@@ -123,6 +123,18 @@ fn attributes(payload: &[u8]) -> Vec<(u16, Vec<u8>)> {
         .collect()
 }
 
+/// Source and destination ports at the start of `l4`, for TCP, UDP and SCTP.
+fn ports(protocol: u8, l4: &[u8]) -> Option<(u16, u16)> {
+    if !matches!(protocol, 6 | 17 | 132) {
+        return None;
+    }
+    let l4 = l4.get(..4)?;
+    Some((
+        u16::from_be_bytes([l4[0], l4[1]]),
+        u16::from_be_bytes([l4[2], l4[3]]),
+    ))
+}
+
 /// A denied IPv4 packet, from its first bytes.
 fn ipv4(ingress: bool, veth: &str, p: &[u8]) -> Option<Denied> {
     let first = *p.first()?;
@@ -135,14 +147,8 @@ fn ipv4(ingress: bool, veth: &str, p: &[u8]) -> Option<Denied> {
     let dst = Ipv4Addr::from(<[u8; 4]>::try_from(p.get(16..20)?).ok()?);
     // A fragment after the first has no ports where they would be.
     let fragment_offset = u16::from_be_bytes([*p.get(6)?, *p.get(7)?]) & 0x1fff;
-    let ports = (matches!(protocol, 6 | 17 | 132) && fragment_offset == 0 && ihl >= 20)
-        .then(|| {
-            let l4 = p.get(ihl..ihl + 4)?;
-            Some((
-                u16::from_be_bytes([l4[0], l4[1]]),
-                u16::from_be_bytes([l4[2], l4[3]]),
-            ))
-        })
+    let ports = (fragment_offset == 0 && ihl >= 20)
+        .then(|| ports(protocol, p.get(ihl..)?))
         .flatten();
     Some(Denied {
         ingress,
@@ -163,15 +169,7 @@ fn ipv6(ingress: bool, veth: &str, p: &[u8]) -> Option<Denied> {
     let protocol = *p.get(6)?;
     let src = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(8..24)?).ok()?);
     let dst = Ipv6Addr::from(<[u8; 16]>::try_from(p.get(24..40)?).ok()?);
-    let ports = matches!(protocol, 6 | 17 | 132)
-        .then(|| {
-            let l4 = p.get(40..44)?;
-            Some((
-                u16::from_be_bytes([l4[0], l4[1]]),
-                u16::from_be_bytes([l4[2], l4[3]]),
-            ))
-        })
-        .flatten();
+    let ports = p.get(40..).and_then(|l4| ports(protocol, l4));
     Some(Denied {
         ingress,
         veth: veth.to_string(),

@@ -268,11 +268,13 @@ for _ in range(5):
     s.sendto(ip + udp, (dst, 0))
 "#;
 
-/// Prints each datagram that arrives on UDP 9999 as `<payload> <source>`.
+/// Prints each datagram that arrives on UDP 9999 as `<payload> <source>` (over IPv6 with
+/// the argument `6`).
 pub const LISTEN: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 9999))
+import socket, sys
+v6 = sys.argv[1:] == ["6"]
+s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("::" if v6 else "0.0.0.0", 9999))
 print("ready", flush=True)
 while True:
     data, addr = s.recvfrom(256)
@@ -283,16 +285,17 @@ while True:
 pub fn udp_listener(
     ns: &brindle_testsupport::Netns,
 ) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
-    udp_listener_with(ns, LISTEN)
+    udp_listener_on(ns, false)
 }
 
-/// [`udp_listener`] running `script` (which prints `ready`, then a line per datagram).
-pub fn udp_listener_with(
+/// [`udp_listener`] on IPv6 (`v6`) or IPv4.
+pub fn udp_listener_on(
     ns: &brindle_testsupport::Netns,
-    script: &str,
+    v6: bool,
 ) -> (ChildGuard, std::sync::mpsc::Receiver<String>) {
+    let family = if v6 { "6" } else { "4" };
     let child = ns
-        .command(&["python3", "-c", script])
+        .command(&["python3", "-c", LISTEN, family])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

@@ -136,17 +136,6 @@ fn dual_stack_racks_through_top_of_rack_routers() {
     });
 }
 
-/// [`LISTEN`] over IPv6.
-const LISTEN6: &str = r#"
-import socket
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind(("::", 9999))
-print("ready", flush=True)
-while True:
-    data, addr = s.recvfrom(256)
-    print(data.decode(errors="replace"), addr[0], flush=True)
-"#;
-
 /// Five datagrams `tag` to `dst` port 9999 from `src`, an address the pod need not hold
 /// (IPV6_FREEBIND): a pod forging its IPv6 source.
 const SEND6_FROM: &str = r#"
@@ -190,8 +179,8 @@ fn a_pod_cannot_send_as_another_over_ipv6(dp: Dp) {
         }
         let v6 = |p: &str| lab.pods[p].ip6.expect("a dual-stack pod").to_string();
         let (a, b, c) = (v6("a"), v6("b"), v6("c"));
-        let (_lb, heard_b) = udp_listener_with(&lab.pods["b"].ns, LISTEN6);
-        let (_lc, heard_c) = udp_listener_with(&lab.pods["c"].ns, LISTEN6);
+        let (_lb, heard_b) = udp_listener_on(&lab.pods["b"].ns, true);
+        let (_lc, heard_c) = udp_listener_on(&lab.pods["c"].ns, true);
         let outside = "2001:db8:77::7";
         let send = |src: &str, dst: &str, tag: &str| {
             let out = lab

@@ -193,6 +193,25 @@ impl Podman {
             .collect()
     }
 
+    /// Starts busybox httpd (port 8080, page "hi") as container `name` on `network`.
+    fn httpd(&self, name: &str, network: &str) {
+        self.ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            network,
+            IMAGE,
+            "httpd",
+            "-f",
+            "-p",
+            "8080",
+            "-h",
+            "/www",
+        ]);
+    }
+
     /// The container's global IPv6 addresses by interface.
     fn addrs6(&self, name: &str) -> BTreeMap<String, String> {
         let out = self.ok(&[
@@ -345,21 +364,7 @@ fn podman_runs_a_dual_stack_container() {
         let node = "node-0";
         let pm = Podman::new(lab, node, &["a"]);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pm.ok(&[
-                "run",
-                "-d",
-                "--name",
-                "srv",
-                "--network",
-                "a",
-                IMAGE,
-                "httpd",
-                "-f",
-                "-p",
-                "8080",
-                "-h",
-                "/www",
-            ]);
+            pm.httpd("srv", "a");
             let v4 = pm.addrs("srv");
             let v6 = pm.addrs6("srv");
             assert!(v4["eth0"].starts_with("10.244."), "{v4:?}");
@@ -397,21 +402,7 @@ fn podman_runs_a_dual_stack_container() {
 
 fn scenario(lab: &mut Lab, pm: &Podman, node: &str) {
     // One network: an httpd container and a client, pod to pod.
-    pm.ok(&[
-        "run",
-        "-d",
-        "--name",
-        "srv",
-        "--network",
-        "a",
-        IMAGE,
-        "httpd",
-        "-f",
-        "-p",
-        "8080",
-        "-h",
-        "/www",
-    ]);
+    pm.httpd("srv", "a");
     let srv = pm.id("srv");
     let srv_addrs = pm.addrs("srv");
     assert_eq!(srv_addrs.len(), 1, "{srv_addrs:?}");

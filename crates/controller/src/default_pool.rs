@@ -66,31 +66,36 @@ pub struct DefaultPool {
 pub const NAME: &str = "default-ipv4-ippool";
 pub const NAME6: &str = "default-ipv6-ippool";
 
+/// The pool `name` as asked for; None when `cidr` is "none".
+fn made(name: &str, cidr: &str, block_size: u8, ipip: IpipMode, nat: bool) -> Option<IPPool> {
+    if cidr == "none" {
+        return None;
+    }
+    let mut spec = IPPoolSpec::new(cidr);
+    spec.block_size = Some(block_size);
+    spec.ipip_mode = ipip;
+    spec.nat_outgoing = nat;
+    Some(IPPool::new(name, spec))
+}
+
 impl DefaultPool {
     pub fn pool(&self) -> Option<IPPool> {
-        if self.cidr == "none" {
-            return None;
-        }
-        let mut spec = IPPoolSpec::new(&self.cidr);
-        spec.block_size = Some(self.block_size);
-        spec.ipip_mode = match self.ipip.as_str() {
+        let ipip = match self.ipip.as_str() {
             "Always" => IpipMode::Always,
             "CrossSubnet" => IpipMode::CrossSubnet,
             _ => IpipMode::Never,
         };
-        spec.nat_outgoing = self.nat_outgoing;
-        Some(IPPool::new(NAME, spec))
+        made(NAME, &self.cidr, self.block_size, ipip, self.nat_outgoing)
     }
 
     pub fn pool6(&self) -> Option<IPPool> {
-        if self.cidr6 == "none" {
-            return None;
-        }
-        let mut spec = IPPoolSpec::new(&self.cidr6);
-        spec.block_size = Some(self.block_size6);
-        spec.ipip_mode = IpipMode::Never;
-        spec.nat_outgoing = self.nat_outgoing6;
-        Some(IPPool::new(NAME6, spec))
+        made(
+            NAME6,
+            &self.cidr6,
+            self.block_size6,
+            IpipMode::Never,
+            self.nat_outgoing6,
+        )
     }
 
     /// Makes the IPv4 pool if the cluster has no pool, and the IPv6 one if it has no IPv6

@@ -143,56 +143,57 @@ fn rack_nodes(spec: &LabSpec, rack: usize) -> Vec<(Ipv4Addr, Ipv6Addr)> {
 /// rack's nodes (iBGP), and speaks eBGP to the other racks' routers, rewriting the next hop
 /// to itself for routes from there. Only pod ranges (10.0.0.0/8) are taken or given.
 pub fn bird_conf(spec: &LabSpec, rack: usize) -> String {
+    let mut c = format!(
+        "router id {};\nprotocol device {{ scan time 2; }}\n",
+        spine_ip(rack)
+    );
+    c += &family_conf(spec, rack, false);
+    if spec.dual() {
+        // The same design over IPv6: one session per family, as the nodes have.
+        c += &family_conf(spec, rack, true);
+    }
+    c
+}
+
+/// One family's part of a rack router's configuration: its filter, kernel protocol, the
+/// template for the rack's nodes, a session per node and per other rack's router.
+fn family_conf(spec: &LabSpec, rack: usize, v6: bool) -> String {
     let asn = rack_as(spec, rack);
     let id = spine_ip(rack);
+    let (s, channel, pods) = if v6 {
+        ("6", "ipv6", PODS6)
+    } else {
+        ("", "ipv4", PODS)
+    };
+    let local = |r: usize| {
+        if v6 {
+            spine_ip6(r).to_string()
+        } else {
+            spine_ip(r).to_string()
+        }
+    };
     let mut c = format!(
-        r#"router id {id};
-protocol device {{ scan time 2; }}
-filter pods {{ if net ~ [ {PODS}+ ] then accept; reject; }}
-protocol kernel {{ ipv4 {{ import none; export filter pods; }}; merge paths on; }}
-template bgp rack_node {{
+        r#"filter pods{s} {{ if net ~ [ {pods}+ ] then accept; reject; }}
+protocol kernel {{ {channel} {{ import none; export filter pods{s}; }}; merge paths on; }}
+template bgp rack_node{s} {{
   local as {asn};
   rr client; rr cluster id {id}; direct;
   connect retry time 1; error wait time 1, 5;
-  ipv4 {{ import filter pods; export filter pods; next hop self ebgp; }};
+  {channel} {{ import filter pods{s}; export filter pods{s}; next hop self ebgp; }};
 }}
 "#
     );
-    for (k, (ip, _)) in rack_nodes(spec, rack).iter().enumerate() {
-        c += &format!("protocol bgp node_{k} from rack_node {{ neighbor {ip} as {asn}; }}\n");
+    for (k, (ip, ip6)) in rack_nodes(spec, rack).iter().enumerate() {
+        let ip = if v6 { ip6.to_string() } else { ip.to_string() };
+        c += &format!("protocol bgp node{s}_{k} from rack_node{s} {{ neighbor {ip} as {asn}; }}\n");
     }
     for other in (0..spec.racks).filter(|r| *r != rack) {
         c += &format!(
-            "protocol bgp rack_{other} {{ local {id} as {asn}; neighbor {} as {}; connect retry time 1; error wait time 1, 5; ipv4 {{ import filter pods; export filter pods; }}; }}\n",
-            spine_ip(other),
+            "protocol bgp rack{s}_{other} {{ local {} as {asn}; neighbor {} as {}; connect retry time 1; error wait time 1, 5; {channel} {{ import filter pods{s}; export filter pods{s}; }}; }}\n",
+            local(rack),
+            local(other),
             rack_as(spec, other)
         );
-    }
-    if spec.dual() {
-        // The same design over IPv6: one session per family, as the nodes have.
-        let id6 = spine_ip6(rack);
-        c += &format!(
-            r#"filter pods6 {{ if net ~ [ {PODS6}+ ] then accept; reject; }}
-protocol kernel {{ ipv6 {{ import none; export filter pods6; }}; merge paths on; }}
-template bgp rack_node6 {{
-  local as {asn};
-  rr client; rr cluster id {id}; direct;
-  connect retry time 1; error wait time 1, 5;
-  ipv6 {{ import filter pods6; export filter pods6; next hop self ebgp; }};
-}}
-"#
-        );
-        for (k, (_, ip6)) in rack_nodes(spec, rack).iter().enumerate() {
-            c +=
-                &format!("protocol bgp node6_{k} from rack_node6 {{ neighbor {ip6} as {asn}; }}\n");
-        }
-        for other in (0..spec.racks).filter(|r| *r != rack) {
-            c += &format!(
-                "protocol bgp rack6_{other} {{ local {id6} as {asn}; neighbor {} as {}; connect retry time 1; error wait time 1, 5; ipv6 {{ import filter pods6; export filter pods6; }}; }}\n",
-                spine_ip6(other),
-                rack_as(spec, other)
-            );
-        }
     }
     c
 }

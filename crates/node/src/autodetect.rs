@@ -153,7 +153,7 @@ pub fn is_global_unicast(ip: IpAddr) -> bool {
             !(ip.is_unspecified()
                 || ip.is_loopback()
                 || ip.is_multicast()
-                || (ip.segments()[0] & 0xffc0) == 0xfe80)
+                || ip.is_unicast_link_local())
         }
     }
 }

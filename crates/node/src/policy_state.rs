@@ -282,10 +282,16 @@ impl PolicyState {
     /// Whether a pod interface of this node has an IPv6 address: its IPv6 rules must be in
     /// the kernel before its ADD returns, whatever the snapshot says of the pools yet.
     pub fn any_ipv6(&self) -> bool {
+        self.with_ipv6().next().is_some()
+    }
+
+    /// The interfaces of this node's attachments that have an IPv6 address.
+    fn with_ipv6(&self) -> impl Iterator<Item = &String> {
         self.known
             .values()
             .chain(self.fresh.values().map(|(a, _)| a))
-            .any(|a| a.ips.iter().any(IpAddr::is_ipv6))
+            .filter(|a| a.ips.iter().any(IpAddr::is_ipv6))
+            .map(|a| &a.veth)
     }
 
     /// An attachment just given its addresses by the IPAM socket.
@@ -460,13 +466,7 @@ impl PolicyState {
     /// [`PolicyState::programmed`] after a sync whose IPv6 part failed: the IPv4 rules are
     /// in, so only the attachments without an IPv6 address are told; the others wait.
     pub fn programmed_v4_only(&mut self, with_chains: &[String]) {
-        let v6: std::collections::HashSet<&String> = self
-            .known
-            .values()
-            .chain(self.fresh.values().map(|(a, _)| a))
-            .filter(|a| a.ips.iter().any(IpAddr::is_ipv6))
-            .map(|a| &a.veth)
-            .collect();
+        let v6: std::collections::HashSet<&String> = self.with_ipv6().collect();
         let told: Vec<String> = with_chains
             .iter()
             .filter(|v| !v6.contains(v))
