@@ -23,6 +23,10 @@ pub enum IpamError {
         detail: String,
     },
 
+    /// An IPv4 address asked for on a node that has no IPv4 address: nothing would route it.
+    #[error("node {node} is IPv6-only (it recorded an IPv6 address and no IPv4 one), but IPv4 pool(s) [{pools}] select it: their addresses could not be routed to it. Set assign_ipv4 to false in the CNI configuration, exclude the node by the pools' nodeSelector, or give the node an IPv4 address (IP)")]
+    Ipv6OnlyNode { node: String, pools: String },
+
     #[error("the requested IPPool {0:?} does not exist (give a pool name or CIDR)")]
     UnknownPool(String),
 

@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::block::{self, block_name};
 use crate::error::{IpamError, Result};
-use crate::nodes::Owners;
+use crate::nodes::{NodeFacts, Owners};
 use crate::pools::{self, Eligible};
 
 /// Bound on every compare-and-swap loop (Calico's figure).
@@ -108,7 +108,7 @@ struct Cached<T> {
 struct Cache {
     pools: Option<Cached<Vec<IPPool>>>,
     config: Option<Cached<IPAMConfigSpec>>,
-    labels: HashMap<String, Cached<BTreeMap<String, String>>>,
+    nodes: HashMap<String, Cached<NodeFacts>>,
     /// Per node: its affine blocks.
     affine: HashMap<String, NodeBlocks>,
 }
@@ -198,24 +198,28 @@ impl Ipam {
     }
 
     pub(crate) async fn labels(&self, node: &str) -> Result<BTreeMap<String, String>> {
+        Ok(self.facts(node).await?.labels)
+    }
+
+    pub(crate) async fn facts(&self, node: &str) -> Result<NodeFacts> {
         let cached = self
             .cache()
-            .labels
+            .nodes
             .get(node)
             .filter(|c| c.at.elapsed() < self.opts.cache_ttl)
             .map(|c| c.value.clone());
-        if let Some(l) = cached {
-            return Ok(l);
+        if let Some(f) = cached {
+            return Ok(f);
         }
-        let l = self.owners.labels(node).await?;
-        self.cache().labels.insert(
+        let f = self.owners.facts(node).await?;
+        self.cache().nodes.insert(
             node.to_owned(),
             Cached {
                 at: Instant::now(),
-                value: l.clone(),
+                value: f.clone(),
             },
         );
-        Ok(l)
+        Ok(f)
     }
 
     /// Forgets everything cached (tests; after a long datastore outage).
@@ -232,19 +236,29 @@ impl Ipam {
     ) -> Result<Vec<Eligible>> {
         let once = || async {
             let pools = self.pools().await?;
-            let labels = self.labels(node).await?;
-            pools::eligible(&pools, &labels, family, use_, restrict)
+            let facts = self.facts(node).await?;
+            let found = pools::eligible(&pools, &facts.labels, family, use_, restrict)?;
+            if family == Family::V4 && facts.ipv6_only && !found.is_empty() {
+                let names: Vec<String> = found.iter().map(|p| p.name.clone()).collect();
+                return Err(IpamError::Ipv6OnlyNode {
+                    node: node.to_owned(),
+                    pools: names.join(", "),
+                });
+            }
+            Ok(found)
         };
         let mut found = once().await;
         // A pool or a node label newer than the cache (a pool created a moment ago): read
         // the datastore again before saying there is none.
-        if matches!(&found, Err(IpamError::UnknownPool(_)))
-            || found.as_ref().is_ok_and(|f| f.is_empty())
+        if matches!(
+            &found,
+            Err(IpamError::UnknownPool(_) | IpamError::Ipv6OnlyNode { .. })
+        ) || found.as_ref().is_ok_and(|f| f.is_empty())
         {
             {
                 let mut c = self.cache();
                 c.pools = None;
-                c.labels.remove(node);
+                c.nodes.remove(node);
             }
             found = once().await;
         }
@@ -859,7 +873,7 @@ impl Ipam {
                 pool.spec.allowed_uses
             )));
         }
-        self.cache().labels.remove(node);
+        self.cache().nodes.remove(node);
         let labels = self.labels(node).await?;
         if !pools::selects(pool, &labels)? {
             return Err(refuses(format!(

@@ -13,6 +13,15 @@ use crate::error::{IpamError, Result};
 /// How many times a node record update is retried on conflict.
 const NODE_RETRIES: u32 = 20;
 
+/// A node as IPAM sees it.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    pub labels: BTreeMap<String, String>,
+    /// Its agent recorded an IPv6 address and no IPv4 one (`IP=none`): IPv4 pools cannot
+    /// serve it (nothing would route their addresses to it).
+    pub ipv6_only: bool,
+}
+
 #[derive(Clone)]
 pub struct Owners {
     store: Store,
@@ -41,22 +50,30 @@ impl Owners {
 
     /// The node's labels; an error naming the node if it has no record.
     pub async fn labels(&self, node: &str) -> Result<BTreeMap<String, String>> {
-        let labels = if self.kube() {
-            self.store
-                .all::<Node>()
-                .get(node)
-                .await?
-                .map(|n| n.metadata.labels)
+        Ok(self.facts(node).await?.labels)
+    }
+
+    /// What IPAM needs of a node: its labels, and whether it is IPv6-only. An error naming
+    /// the node if it has no record.
+    pub async fn facts(&self, node: &str) -> Result<NodeFacts> {
+        let found = if self.kube() {
+            self.store.all::<Node>().get(node).await?.map(|n| {
+                let bgp = NodeBgp::from_annotations(&n.metadata.annotations.unwrap_or_default())
+                    .unwrap_or_default();
+                (n.metadata.labels, bgp)
+            })
         } else {
             self.store
                 .all::<BrindleNode>()
                 .get(node)
                 .await?
-                .map(|n| n.metadata.labels)
+                .map(|n| (n.metadata.labels, n.spec.bgp.unwrap_or_default()))
         };
-        labels
-            .map(Option::unwrap_or_default)
-            .ok_or_else(|| self.no_node(node))
+        let (labels, bgp) = found.ok_or_else(|| self.no_node(node))?;
+        Ok(NodeFacts {
+            labels: labels.unwrap_or_default(),
+            ipv6_only: bgp.ipv4_address.is_none() && bgp.ipv6_address.is_some(),
+        })
     }
 
     pub async fn node_exists(&self, node: &str) -> Result<bool> {

@@ -26,7 +26,8 @@ impl Ipam {
             .await
         {
             Ok(p) => p,
-            Err(IpamError::NoPools { .. }) => vec![],
+            // No IPIP pool for it, or an IPv6-only node (no tunnel: IPv6 is routed natively).
+            Err(IpamError::NoPools { .. } | IpamError::Ipv6OnlyNode { .. }) => vec![],
             Err(e) => return Err(e),
         };
         if let Some(addr) = current.as_deref().and_then(|a| a.parse::<IpAddr>().ok()) {

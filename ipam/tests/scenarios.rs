@@ -310,6 +310,59 @@ async fn ipv6_and_dual_stack() {
     assert_eq!(all_allocations(&store).await, before);
 }
 
+/// An IPv6-only node (its agent recorded an IPv6 address and no IPv4 one) gets IPv6
+/// addresses; an IPv4 address for it is refused with the reason, nothing allocated, while an
+/// IPv4 pool selects it; no tunnel address is taken for it.
+#[tokio::test]
+async fn an_ipv6_only_node_is_refused_ipv4_addresses() {
+    let store = memory();
+    add_pool(&store, "v6", "fd00:10::/120", 122).await;
+    let mut n = brindle_ipam::nodes::brindle_node("n6", &[("kubernetes.io/hostname", "n6")]);
+    n.spec.bgp = Some(brindle_api::NodeBgp {
+        ipv6_address: Some("2001:db8:18::10/64".into()),
+        ..Default::default()
+    });
+    store
+        .all::<brindle_api::BrindleNode>()
+        .create(&n)
+        .await
+        .unwrap();
+    let ipam = ipam(&store);
+    let mut v6 = pod_req("n6", "default", "a", "c1", 0);
+    v6.ipv6 = 1;
+    let got = ipam.assign(&v6).await.unwrap();
+    assert!(got.len() == 1 && got[0].is_ipv6(), "{got:?}");
+    // No IPv4 pool selects it: the usual error.
+    let e = ipam
+        .assign(&pod_req("n6", "default", "b", "c2", 1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, IpamError::NoPools { .. }), "{e}");
+    // One does: refused, naming the node, the pool and what to do.
+    add_ipip_pool(&store, "v4", "10.9.0.0/24", 26).await;
+    let before = all_allocations(&store).await;
+    let mut dual = pod_req("n6", "default", "c", "c3", 1);
+    dual.ipv6 = 1;
+    let e = ipam.assign(&dual).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, IpamError::Ipv6OnlyNode { .. }), "{msg}");
+    assert!(
+        msg.contains("n6") && msg.contains("[v4]") && msg.contains("assign_ipv4"),
+        "{msg}"
+    );
+    assert_eq!(all_allocations(&store).await, before, "nothing allocated");
+    assert_eq!(count::<IPAMBlock>(&store).await, 1, "no IPv4 block claimed");
+    // An IPIP pool takes no tunnel address for it (nothing would route to it).
+    assert_eq!(ipam.ensure_tunnel_address("n6").await.unwrap(), None);
+    // Given an IPv4 address, the node is served from the IPv4 pool.
+    let api = store.all::<brindle_api::BrindleNode>();
+    let mut n = api.get("n6").await.unwrap().unwrap();
+    n.spec.bgp.as_mut().unwrap().ipv4_address = Some("198.18.0.10/24".into());
+    api.update(&n).await.unwrap();
+    let got = ipam.assign(&dual).await.unwrap();
+    assert!(got[0].is_ipv4() && got[1].is_ipv6(), "{got:?}");
+}
+
 #[tokio::test]
 async fn tunnel_address_follows_the_ipip_pools() {
     let store = memory();

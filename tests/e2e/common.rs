@@ -80,7 +80,7 @@ pub fn expected_mesh_routes(lab: &Lab, node: &str) -> BTreeSet<String> {
             if owner == node {
                 want.insert(format!("blackhole {b}"));
             } else {
-                let ip = lab.node(&owner).ip;
+                let ip = lab.node(&owner).ip4();
                 want.insert(format!("{b} via {ip} dev eth0"));
             }
         }

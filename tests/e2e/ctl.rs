@@ -123,7 +123,7 @@ fn brindlectl_on_a_lab_with_a_bird_router() {
         v["spec"]["nodeToNodeMeshEnabled"] = true.into();
         let (code, _, err) = ctl(lab, &["apply", "-f", "-"], Some(&v.to_string()));
         assert_eq!(code, 0, "{err}");
-        let n1 = lab.node("node-1").ip.to_string();
+        let n1 = lab.node("node-1").ip4().to_string();
         wait_row(lab, "node-0", "node-1 up as a mesh peer", |r| {
             r.iter()
                 .any(|x| x.0 == n1 && x.1 == "node-to-node mesh" && x.2 == "up")

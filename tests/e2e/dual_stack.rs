@@ -365,7 +365,7 @@ fn dual_stack_services(dp: Dp) {
         let v6 = a.cluster_ip6.expect("a dual-stack Service");
         let np = a.node_port(80).expect("node port");
         for client in &pods {
-            for ip in [std::net::IpAddr::V4(a.cluster_ip), v6.into()] {
+            for ip in [a.cluster_ip, v6.into()] {
                 let seen = wait_for(
                     &format!("{client} → {ip} reaching both endpoints"),
                     Duration::from_secs(30),
@@ -419,10 +419,165 @@ fn dual_stack_through_a_route_reflector() {
             let rr = lab.node("node-0");
             assert_eq!(
                 addrs,
-                [rr.ip.to_string(), rr.ip6.expect("v6").to_string()],
+                [rr.ip4().to_string(), rr.ip6.expect("v6").to_string()],
                 "{n}: {peers:?}"
             );
         }
         wait_mesh_routes6(lab);
+    });
+}
+
+fn v6_only(nodes: usize) -> LabSpec {
+    LabSpec {
+        nodes,
+        ip_family: IpFamily::Ipv6,
+        ..Default::default()
+    }
+}
+
+/// calico-node's `CALICO_ROUTER_ID=hash` of a node name, computed apart from the agent
+/// (python's hashlib): what a real router must see as the IPv6-only node's BGP identifier.
+fn hashed_router_id(name: &str) -> String {
+    let script = "import hashlib,sys; h=hashlib.sha256(sys.argv[1].encode()).digest(); \
+                  print('.'.join(str(b) for b in [h[0]-32 if h[0]>223 else h[0], h[1], h[2], h[3]]))";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, name])
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// IPv6-only nodes (`--ip none`, no IPv4 address on the underlay at all): the record holds
+/// only an IPv6 address, the nodes peer over IPv6 only, each node's `ip -6 route show proto
+/// bird` is exactly the mesh's and it has no IPv4 route, pods get only an IPv6 address and
+/// reach each other, and an IPv6 single-stack Service answers on its cluster IP from every
+/// node and on its NodePort from outside.
+#[test]
+fn ipv6_only_nodes_mesh_pods_and_a_service() {
+    with_lab(v6_only(3), |lab| {
+        let pods = pod_per_node(lab);
+        all_reach6(lab, &pods);
+        wait_mesh_routes6(lab);
+        for n in &lab.nodes {
+            let v4 = n.ns.ok(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+            assert!(v4.trim().is_empty(), "{}: an IPv4 address: {v4}", n.name);
+            let peers = lab.peers(&n.name);
+            assert_eq!(peers.len(), lab.nodes.len() - 1, "{peers:?}");
+            assert!(
+                peers.iter().all(|p| p["state"] == "Established"
+                    && p["addr"].as_str().is_some_and(|a| a.contains(':'))),
+                "{}: {peers:?}",
+                n.name
+            );
+            assert!(lab.bird_routes(&n.name).is_empty(), "{}", n.name);
+            let rec = lab
+                .block_on(lab.store.all::<brindle_api::BrindleNode>().get(&n.name))
+                .expect("read")
+                .expect("record");
+            let bgp = rec.spec.bgp.expect("bgp");
+            assert_eq!(bgp.ipv4_address, None, "{}", n.name);
+            assert_eq!(
+                bgp.ipv6_address,
+                Some(format!("{}/64", n.ip6.expect("v6"))),
+                "{}",
+                n.name
+            );
+            // Only IPv6 blocks were claimed.
+            let blocks = &lab.blocks()[&n.name];
+            assert!(blocks.iter().all(|b| b.contains(':')), "{blocks:?}");
+        }
+        let p = &lab.pods[&pods[0]];
+        assert!(p.ip.is_none() && p.ip6.is_some());
+        let v4 = p.ns.ok(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+        assert!(v4.trim().is_empty(), "the pod has an IPv4 address: {v4}");
+
+        lab.pod_add_labeled("web-0", "node-0", &[("app", "web")])
+            .expect("web-0");
+        lab.pod_add_labeled("web-1", "node-1", &[("app", "web")])
+            .expect("web-1");
+        let a = lab
+            .service_add(&brindle_lab::LabService {
+                name: "web".into(),
+                selector: vec![("app".into(), "web".into())],
+                type_: "NodePort".into(),
+                ..Default::default()
+            })
+            .expect("service");
+        assert!(a.cluster_ip.is_ipv6(), "{:?}", a.cluster_ip);
+        for client in &pods {
+            let seen = wait_for(
+                &format!("{client} → {} reaching both endpoints", a.cluster_ip),
+                Duration::from_secs(30),
+                || {
+                    let r = lab.client(&lab.pods[client].ns, "many", a.cluster_ip, 80, 20);
+                    let names: std::collections::BTreeSet<String> = r
+                        .iter()
+                        .filter_map(|x| x.as_ref().ok())
+                        .map(|x| x.0.clone())
+                        .collect();
+                    (names.len() == 2).then_some(names)
+                },
+            );
+            assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["web-0", "web-1"]);
+        }
+        let np = a.node_port(80).expect("node port");
+        let node2 = lab.node("node-2").ip6.expect("v6");
+        let r = wait_for(
+            "NodePort on an IPv6-only node",
+            Duration::from_secs(30),
+            || {
+                lab.client(&lab.fabric, "hello", node2, np, 1)
+                    .remove(0)
+                    .ok()
+            },
+        );
+        assert!(r.0.starts_with("web-"), "{r:?}");
+    });
+}
+
+/// Two racks of IPv6-only nodes behind BIRD routers with IPv6 sessions only: each router
+/// sees each of its nodes under the router ID hashed from the node's name (calico-node's
+/// `CALICO_ROUTER_ID=hash`), holds every IPv6 block, and pods reach each other across racks.
+#[test]
+fn ipv6_only_racks_through_top_of_rack_routers() {
+    let spec = LabSpec {
+        nodes: 4,
+        racks: 2,
+        tor: true,
+        ..v6_only(4)
+    };
+    with_lab(spec, |lab| {
+        let pods = pod_per_node(lab);
+        all_reach6(lab, &pods);
+        let blocks = lab.blocks();
+        let all6: Vec<&String> = blocks.values().flatten().collect();
+        assert_eq!(all6.len(), 4, "{blocks:?}");
+        for n in &lab.nodes {
+            let peers = lab.peers(&n.name);
+            assert_eq!(peers.len(), 1, "{}: {peers:?}", n.name);
+        }
+        for t in &lab.tors {
+            let shown = t.bird.birdc(&["show", "route", "table", "master6"]);
+            for b in &all6 {
+                assert!(
+                    shown.contains(b.as_str()),
+                    "rack {}: no {b}: {shown}",
+                    t.rack
+                );
+            }
+            // Its nodes: node-(2·rack) and node-(2·rack+1), sessions node6_0 and node6_1.
+            for k in 0..2 {
+                let node = format!("node-{}", 2 * t.rack + k);
+                let all = t
+                    .bird
+                    .birdc(&["show", "protocols", "all", &format!("node6_{k}")]);
+                let id = all
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Neighbor ID:"))
+                    .map(str::trim);
+                assert!(all.contains("Established"), "{node}: {all}");
+                assert_eq!(id, Some(hashed_router_id(&node).as_str()), "{node}: {all}");
+            }
+        }
     });
 }

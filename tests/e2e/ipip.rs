@@ -98,9 +98,12 @@ fn expected(lab: &Lab, node: &str, tunnel: impl Fn(&str) -> bool) -> BTreeSet<St
             if owner == node {
                 want.insert(format!("blackhole {b}"));
             } else if tunnel(&owner) {
-                want.insert(format!("{b} via {} dev tunl0 onlink", lab.node(&owner).ip));
+                want.insert(format!(
+                    "{b} via {} dev tunl0 onlink",
+                    lab.node(&owner).ip4()
+                ));
             } else {
-                want.insert(format!("{b} via {} dev eth0", lab.node(&owner).ip));
+                want.insert(format!("{b} via {} dev eth0", lab.node(&owner).ip4()));
             }
         }
     }
@@ -190,7 +193,7 @@ fn ipip_packets_in(lab: &Lab, node: &str) -> u64 {
 
 /// Sends `n` bytes from pod `from` to `to`'s echo server and reads them back.
 fn echo_bytes(lab: &Lab, from: &str, to: &str, n: usize) {
-    let ip = lab.pods[to].ip.to_string();
+    let ip = lab.pods[to].ip4().to_string();
     let script = format!(
         "import socket\nc=socket.create_connection(('{ip}',8080),timeout=10)\nf=c.makefile('rb')\nf.readline()\n\
          data=b'x'*{n}\nc.sendall(data)\ngot=0\nwhile got<{n}:\n  d=c.recv(65536)\n  assert d, 'closed after %d' % got\n  got+=len(d)\nprint(got)\n"
@@ -388,7 +391,7 @@ fn vm_node_address_change_moves_the_next_hop() {
     with_lab(ipip_three(), |lab| {
         let pods = settled_ipip(lab);
         let i = lab.node_index("node-2");
-        let old = lab.nodes[i].ip;
+        let old = lab.nodes[i].ip4();
         let new = Ipv4Addr::new(old.octets()[0], old.octets()[1], old.octets()[2], 200);
         let gw = Ipv4Addr::new(old.octets()[0], old.octets()[1], old.octets()[2], 1);
         lab.stop_agent(i);
@@ -396,7 +399,7 @@ fn vm_node_address_change_moves_the_next_hop() {
         ns.ok(&["ip", "addr", "del", &format!("{old}/24"), "dev", "eth0"]);
         ns.ok(&["ip", "addr", "add", &format!("{new}/24"), "dev", "eth0"]);
         ns.ok(&["ip", "route", "replace", "default", "via", &gw.to_string()]);
-        lab.nodes[i].ip = new;
+        lab.nodes[i].ip = Some(new);
         lab.start_agent(i);
         wait_routes(lab, "through tunl0 to node-2's new address", |_, _| true);
         for n in ["node-0", "node-1"] {
@@ -425,8 +428,8 @@ fn vm_ipip_only_from_the_nodes() {
     };
     with_lab(spec, |lab| {
         let pods = settled_ipip(lab);
-        let (a, c) = (lab.pods[&pods[0]].ip, lab.pods[&pods[1]].ip);
-        let n0 = lab.node("node-0").ip;
+        let (a, c) = (lab.pods[&pods[0]].ip4(), lab.pods[&pods[1]].ip4());
+        let n0 = lab.node("node-0").ip4();
         let stranger = brindle_testsupport::Netns::new("brl-ext");
         stranger.veth("eth0", &lab.fabric, "x200");
         lab.fabric

@@ -773,7 +773,7 @@ fn run_case(variant: &str, case: Case, steps: &[Step]) {
 }
 
 fn ip(lab: &Lab, pod: &str) -> String {
-    lab.pods[pod].ip.to_string()
+    lab.pods[pod].ip4().to_string()
 }
 
 macro_rules! upstream {

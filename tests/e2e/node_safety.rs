@@ -33,7 +33,7 @@ fn a_service_cannot_take_a_nodes_bgp_traffic(dp: Dp) {
             allow_service_addresses(lab, "198.18.0.0/15");
             lab.pod_add_labeled("evil", "node-0", &[("app", "evil")])
                 .expect("the attacker's pod");
-            let n1 = lab.nodes[1].ip;
+            let n1 = lab.nodes[1].ip4();
             let capture = LabService {
                 name: "capture".into(),
                 selector: vec![("app".into(), "evil".into())],
@@ -119,7 +119,7 @@ fn a_pod_cannot_send_as_another(dp: Dp) {
             let (_lb, heard_b) = udp_listener(&lab.pods["b"].ns);
             let (_lc, heard_c) = udp_listener(&lab.pods["c"].ns);
             let outside = "198.19.77.7";
-            let send = |src: &str, dst: std::net::Ipv4Addr, tag: &str| {
+            let send = |src: &str, dst: std::net::IpAddr, tag: &str| {
                 let out = lab
                     .exec(
                         "a",
@@ -295,7 +295,7 @@ fn the_agent_is_alive_or_restarts() {
             settled_mesh(lab);
             let (status, body) = http_get(lab, "node-0", "http://127.0.0.1:9099/livez");
             assert_eq!((status, body.trim()), (200, "ok"), "alive at first");
-            let n0 = lab.node("node-0").ip;
+            let n0 = lab.node("node-0").ip4();
             let (status, _) = http_get(lab, "node-0", &format!("http://{n0}:9099/livez"));
             assert_eq!(status, 0, "health answers on loopback only");
 

@@ -39,7 +39,7 @@ fn two_racks_through_top_of_rack_routers() {
                     let want = if owner == &n.name {
                         format!("blackhole {b}")
                     } else if o.rack == n.rack {
-                        format!("{b} via {} dev eth0", o.ip)
+                        format!("{b} via {} dev eth0", o.ip4())
                     } else {
                         format!("{b} via 198.18.{}.1 dev eth0", n.rack)
                     };
@@ -67,7 +67,7 @@ fn two_racks_through_top_of_rack_routers() {
         let borrowed = lab.pod_add_from("s3", "node-3", Some("small")).expect("s3");
         assert!(
             "10.245.0.0/26"
-                .parse::<ipnetwork::Ipv4Network>()
+                .parse::<ipnetwork::IpNetwork>()
                 .unwrap()
                 .contains(borrowed),
             "{borrowed} should come from node-0's block"

@@ -101,7 +101,7 @@ fn the_cluster_roles_allow_every_call_brindle_makes_and_nothing_more() {
             lab.pod_del(&pods[0]).unwrap();
             // A pod deleted without a CNI DEL (its node lost it): the controller reads the
             // pod afresh after its grace period and releases the address.
-            let leaked = lab.pods[&pods[1]].ip.to_string();
+            let leaked = lab.pods[&pods[1]].ip4().to_string();
             lab.block_on(
                 lab.store
                     .namespaced::<Pod>("default")

@@ -22,7 +22,7 @@ fn one_reflector_for_four_clients() {
                 "{peers:?}"
             );
             if n.name != "node-0" {
-                assert_eq!(peers[0]["addr"], lab.node("node-0").ip.to_string());
+                assert_eq!(peers[0]["addr"], lab.node("node-0").ip4().to_string());
             }
         }
     });

@@ -74,9 +74,12 @@ fn pods_never_reach_a_nodes_bgp_port(dp: Dp) {
             lab.block_on(api.update(p)).expect("pool");
         }
         let pods = settled_mesh(lab);
-        let (n0, n1) = (lab.nodes[0].ip.to_string(), lab.nodes[1].ip.to_string());
+        let (n0, n1) = (
+            lab.nodes[0].ip4().to_string(),
+            lab.nodes[1].ip4().to_string(),
+        );
         let p1 = pods[1].clone(); // on node-1
-        let pod_ip = lab.pods[&p1].ip.to_string();
+        let pod_ip = lab.pods[&p1].ip4().to_string();
         // The guard is in place once the agent has programmed it.
         wait_for("the host guard", Duration::from_secs(30), || {
             dp.guard_ready(lab, "node-1").then_some(())
@@ -131,7 +134,10 @@ fn pods_never_reach_a_nodes_bgp_port(dp: Dp) {
 fn an_impostor_with_a_nodes_address_is_refused() {
     with_lab(two_nodes(), |lab| {
         settled_mesh(lab);
-        let (n0, n1) = (lab.nodes[0].ip.to_string(), lab.nodes[1].ip.to_string());
+        let (n0, n1) = (
+            lab.nodes[0].ip4().to_string(),
+            lab.nodes[1].ip4().to_string(),
+        );
         let dir = tempfile::tempdir().expect("dir");
         let conf = dir.path().join("impostor.toml");
         std::fs::write(
@@ -210,7 +216,7 @@ fn router_with(
         .ok(&["ip", "link", "set", &port, "master", "br0", "up"]);
     ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
     ns.ok(&["ip", "link", "set", "eth0", "up"]);
-    let node_ip = lab.node(node).ip;
+    let node_ip = lab.node(node).ip4();
     let statics: String = routes
         .iter()
         .map(|r| format!("route {r} blackhole;\n"))
@@ -254,8 +260,8 @@ protocol bgp n {{
 fn an_external_router_changes_nothing_it_must_not() {
     with_lab(two_nodes(), |lab| {
         let pods = settled_mesh(lab);
-        let n0 = lab.nodes[0].ip.to_string();
-        let pod0 = lab.pods[&pods[0]].ip.to_string();
+        let n0 = lab.nodes[0].ip4().to_string();
+        let pod0 = lab.pods[&pods[0]].ip4().to_string();
         let before0 = lab.nodes[0]
             .ns
             .ok(&["ip", "route", "show", "table", "main"]);

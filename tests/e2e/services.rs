@@ -5,7 +5,7 @@
 //! the other.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use brindle_lab::{Lab, LabService, LabSpec};
@@ -22,10 +22,16 @@ fn svc(name: &str, app: &str) -> LabService {
 }
 
 /// Which pods answered `n` TCP connections from `pod` to ip:port (errors counted as "error").
-fn spread(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, n: usize) -> BTreeMap<String, usize> {
+fn spread(
+    lab: &Lab,
+    pod: &str,
+    ip: impl Into<IpAddr>,
+    port: u16,
+    n: usize,
+) -> BTreeMap<String, usize> {
     let ns = &lab.pods[pod].ns;
     let mut m = BTreeMap::new();
-    for r in lab.client(ns, "many", ip, port, n) {
+    for r in lab.client(ns, "many", ip.into(), port, n) {
         let k = match r {
             Ok((who, _)) => who,
             Err(_) => "error".to_string(),
@@ -36,7 +42,8 @@ fn spread(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, n: usize) -> BTreeMap<S
 }
 
 /// Waits until `pod` reaches the service and only the given endpoints answer.
-fn wait_only(lab: &Lab, pod: &str, ip: Ipv4Addr, port: u16, want: &[&str]) {
+fn wait_only(lab: &Lab, pod: &str, ip: impl Into<IpAddr>, port: u16, want: &[&str]) {
+    let ip: IpAddr = ip.into();
     let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
     let mut last = BTreeMap::new();
     for _ in 0..60 {
@@ -150,7 +157,7 @@ fn services_reach_every_endpoint(dp: Dp) {
             );
 
             // From outside: the fabric, to a node port, an external IP and the LB IP.
-            let n1 = lab.node("node-1").ip;
+            let n1 = lab.node("node-1").ip4();
             for ip in ["198.19.100.10", "198.19.100.20"] {
                 lab.fabric.ok(&[
                     "ip",
@@ -251,7 +258,7 @@ fn services_reach_every_endpoint(dp: Dp) {
             let r = lab.client(
                 &lab.fabric,
                 "hello",
-                "198.19.100.30".parse().unwrap(),
+                "198.19.100.30".parse::<IpAddr>().unwrap(),
                 80,
                 1,
             );
@@ -289,7 +296,7 @@ fn services_reach_every_endpoint(dp: Dp) {
             let slice: k8s_openapi::api::discovery::v1::EndpointSlice = serde_json::from_value(serde_json::json!({
             "metadata": {"namespace": "default", "name": "bad-1", "labels": {"kubernetes.io/service-name": "bad"}},
             "addressType": "IPv4", "ports": [{"name": "tcp80", "port": 8080, "protocol": "TCP"}],
-            "endpoints": [{"addresses": [lab.pods["web-1"].ip.to_string()], "nodeName": "node-1"}]
+            "endpoints": [{"addresses": [lab.pods["web-1"].ip4().to_string()], "nodeName": "node-1"}]
         })).unwrap();
             lab.block_on(
                 lab.store
@@ -297,7 +304,13 @@ fn services_reach_every_endpoint(dp: Dp) {
                     .create(&slice),
             )
             .unwrap();
-            wait_only(lab, "client", "10.96.9.9".parse().unwrap(), 80, &["web-1"]);
+            wait_only(
+                lab,
+                "client",
+                "10.96.9.9".parse::<IpAddr>().unwrap(),
+                80,
+                &["web-1"],
+            );
             let log = std::fs::read_to_string(lab.node("node-0").log()).unwrap();
             assert!(
                 log.contains("port 0 is not 1-65535") && log.contains("unknown protocol \"QUIC\""),
@@ -426,7 +439,7 @@ fn traffic_policies_topology_affinity_and_nat_outgoing(dp: Dp) {
             let etl = lab.service_add(&etl).unwrap();
             let np = etl.node_port(80).unwrap();
             let fabric_ip = "198.18.0.1";
-            let n1 = lab.node("node-1").ip;
+            let n1 = lab.node("node-1").ip4();
             for _ in 0..10 {
                 let r = wait_for(
                     "fabric → node-1 node port",
@@ -435,7 +448,7 @@ fn traffic_policies_topology_affinity_and_nat_outgoing(dp: Dp) {
                 );
                 assert_eq!(r, ("a-1".to_string(), fabric_ip.to_string()));
             }
-            let r = lab.client(&lab.fabric, "hello", lab.node("node-0").ip, np, 1);
+            let r = lab.client(&lab.fabric, "hello", lab.node("node-0").ip4(), np, 1);
             assert!(r[0].is_err(), "node-0 has no local endpoint, yet: {r:?}");
             // Pods still use every endpoint of an eTP=Local Service through its cluster IP.
             wait_only(lab, "c0", etl.cluster_ip, 80, &["a-1", "a-2"]);
@@ -503,9 +516,9 @@ fn traffic_policies_topology_affinity_and_nat_outgoing(dp: Dp) {
                 "replace",
                 "10.244.0.0/16",
                 "via",
-                &lab.node("node-0").ip.to_string(),
+                &lab.node("node-0").ip4().to_string(),
             ]);
-            let c0_ip = lab.pods["c0"].ip.to_string();
+            let c0_ip = lab.pods["c0"].ip4().to_string();
             let gw: Ipv4Addr = fabric_ip.parse().unwrap();
             let seen = wait_for("c0 → outside", Duration::from_secs(20), || {
                 lab.client(&lab.pods["c0"].ns, "hello", gw, 8080, 1)
@@ -517,7 +530,7 @@ fn traffic_policies_topology_affinity_and_nat_outgoing(dp: Dp) {
             let mut pool = lab.block_on(pools.get("default")).unwrap().unwrap();
             pool.spec.nat_outgoing = true;
             lab.block_on(pools.update(&pool)).unwrap();
-            let node0_ip = lab.node("node-0").ip.to_string();
+            let node0_ip = lab.node("node-0").ip4().to_string();
             wait_for(
                 "c0 → outside masqueraded",
                 Duration::from_secs(20),
@@ -529,7 +542,7 @@ fn traffic_policies_topology_affinity_and_nat_outgoing(dp: Dp) {
                     (r.1 == node0_ip).then_some(())
                 },
             );
-            let r = lab.client(&lab.pods["c0"].ns, "hello", lab.pods["a-1"].ip, 8080, 1);
+            let r = lab.client(&lab.pods["c0"].ns, "hello", lab.pods["a-1"].ip4(), 8080, 1);
             assert_eq!(
                 r[0].as_ref().map(|x| x.1.clone()),
                 Ok(c0_ip),

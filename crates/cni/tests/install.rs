@@ -150,6 +150,27 @@ async fn the_installed_plugin_accepts_the_installed_configuration() {
     )
     .unwrap();
     assert_eq!(plugin_conf(&list, 0)["ipam"]["assign_ipv6"], true, "{list}");
+    assert!(plugin_conf(&list, 0)["ipam"].get("assign_ipv4").is_none());
+
+    // IPv6 only: no IPv4 address asked for; both off is refused.
+    let args = ["--datastore", "etcd", "--etcd-endpoints", &endpoint];
+    let v6 = [
+        ("BRINDLE_CNI_ASSIGN_IPV6", "true"),
+        ("BRINDLE_CNI_ASSIGN_IPV4", "false"),
+    ];
+    let (ok, text) = install(d, &args, &v6);
+    assert!(ok, "{text}");
+    let list: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("net.d/10-brindle.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        plugin_conf(&list, 0)["ipam"]["assign_ipv4"],
+        false,
+        "{list}"
+    );
+    let (ok, text) = install(d, &args, &[("BRINDLE_CNI_ASSIGN_IPV4", "false")]);
+    assert!(!ok && text.contains("--assign-ipv4 false needs"), "{text}");
 }
 
 #[test]

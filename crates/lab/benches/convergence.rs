@@ -71,7 +71,7 @@ fn scenario(name: &str, nodes: usize, reflectors: usize, dual: bool) -> Row {
         let hs: Vec<_> = paths
             .iter()
             .map(|p| {
-                let (tx, rx) = std::sync::mpsc::channel::<std::net::Ipv4Addr>();
+                let (tx, rx) = std::sync::mpsc::channel::<std::net::IpAddr>();
                 txs.push(tx);
                 sc.spawn(move || {
                     let f = std::fs::File::open(p).expect("netns");

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::IpAddr;
 
 use crate::{rack_as, Lab};
 
@@ -26,10 +27,14 @@ impl Lab {
     pub fn graph(&self) -> String {
         let mut by_ip: BTreeMap<String, String> = BTreeMap::new();
         for n in &self.nodes {
-            by_ip.insert(n.ip.to_string(), n.name.clone());
+            for a in (n.ip.map(IpAddr::V4).into_iter()).chain(n.ip6.map(IpAddr::V6)) {
+                by_ip.insert(a.to_string(), n.name.clone());
+            }
         }
         for t in &self.tors {
-            by_ip.insert(format!("198.18.{}.1", t.rack), format!("tor-{}", t.rack));
+            let tor = format!("tor-{}", t.rack);
+            by_ip.insert(crate::net::tor_ip(t.rack).to_string(), tor.clone());
+            by_ip.insert(crate::net::tor_ip6(t.rack).to_string(), tor);
         }
         // Each session once, by its two ends (sorted); a side per end that reports it.
         let mut sessions: BTreeMap<(String, String), Vec<Side>> = BTreeMap::new();
@@ -93,7 +98,7 @@ impl Lab {
                         "{}{}\\n{}\\nAS {}, {b} block(s){agent}",
                         n.name,
                         if reflector { " (reflector)" } else { "" },
-                        n.ip,
+                        n.addr(),
                         n.asn
                     ))
                 );

@@ -27,7 +27,7 @@ mod services;
 pub mod status;
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -61,6 +61,9 @@ pub enum IpFamily {
     Ipv4,
     /// IPv4 and IPv6: nodes peer over both, pods get an address of each.
     Dual,
+    /// IPv6 only: no IPv4 underlay (nodes run with `--ip none`), an IPv6 pool only, pods
+    /// with an IPv6 address only.
+    Ipv6,
 }
 
 #[derive(
@@ -122,15 +125,21 @@ pub struct LabSpec {
     #[arg(long)]
     #[serde(default)]
     pub etcd_tls: bool,
-    /// ipv4, or dual: nodes, routers, pools and pods get IPv6 addresses too.
+    /// ipv4; dual: nodes, routers, pools and pods get IPv6 addresses too; ipv6: only IPv6.
     #[arg(long, value_enum, default_value = "ipv4")]
     #[serde(default)]
     pub ip_family: IpFamily,
 }
 
 impl LabSpec {
-    pub fn dual(&self) -> bool {
-        self.ip_family == IpFamily::Dual
+    /// Nodes, routers, pools and pods have IPv4 (every family but ipv6).
+    pub fn v4(&self) -> bool {
+        self.ip_family != IpFamily::Ipv6
+    }
+
+    /// Nodes, routers, pools and pods have IPv6 (dual and ipv6).
+    pub fn v6(&self) -> bool {
+        self.ip_family != IpFamily::Ipv4
     }
 }
 
@@ -221,8 +230,9 @@ pub fn use_release_binaries() {
 pub struct LabNode {
     pub name: String,
     pub rack: usize,
-    pub ip: Ipv4Addr,
-    /// The node's IPv6 underlay address (dual-stack labs).
+    /// The node's IPv4 underlay address (none in an IPv6-only lab).
+    pub ip: Option<Ipv4Addr>,
+    /// The node's IPv6 underlay address (dual-stack and IPv6-only labs).
     pub ip6: Option<Ipv6Addr>,
     pub asn: u32,
     pub ns: Netns,
@@ -233,6 +243,21 @@ pub struct LabNode {
 }
 
 impl LabNode {
+    /// The node's IPv4 address (a test of an IPv4 or dual-stack lab).
+    pub fn ip4(&self) -> Ipv4Addr {
+        self.ip
+            .unwrap_or_else(|| panic!("{} has no IPv4 address (an IPv6-only lab)", self.name))
+    }
+
+    /// Its address of the lab's first family: IPv4, or IPv6 in an IPv6-only lab.
+    pub fn addr(&self) -> IpAddr {
+        match (self.ip, self.ip6) {
+            (Some(a), _) => IpAddr::V4(a),
+            (None, Some(a)) => IpAddr::V6(a),
+            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
+
     pub fn control_socket(&self) -> PathBuf {
         self.dir.join("bgpd.sock")
     }
@@ -416,11 +441,14 @@ impl Lab {
             let name = format!("node-{i}");
             let zone = format!("zone-{}", i % spec.zones.max(1));
             let k = (0..i).filter(|j| rack_of(&spec, *j) == rack).count();
-            let ip = Ipv4Addr::new(198, 18, rack as u8, 10 + k as u8);
-            let ip6 = spec.dual().then(|| net::node_ip6(rack, k));
+            let ip = spec.v4().then(|| net::node_ip(rack, k));
+            let ip6 = spec.v6().then(|| net::node_ip6(rack, k));
+            let addrs: Vec<String> = (ip.map(|a| format!("{a}/24")).into_iter())
+                .chain(ip6.map(|a| format!("{a}/64")))
+                .collect();
             progress(&format!(
-                "node {name}: namespace, uplink {ip}/24{} on rack {rack}",
-                ip6.map(|a| format!(" and {a}/64")).unwrap_or_default()
+                "node {name}: namespace, uplink {} on rack {rack}",
+                addrs.join(" and ")
             ));
             let ns = Netns::new("brl-node");
             net::node_uplink(&lab.fabric, &ns, rack, ip, ip6, i);
@@ -465,16 +493,18 @@ impl Lab {
         let mut peers = vec![];
         if s.tor {
             for r in 0..s.racks {
-                peers.push((
-                    format!("rack-{r}-router"),
-                    BGPPeerSpec {
-                        node_selector: Some(format!("rack == 'r{r}'")),
-                        peer_ip: Some(net::tor_ip(r).to_string()),
-                        as_number: Some(rack_as(s, r)),
-                        ..Default::default()
-                    },
-                ));
-                if s.dual() {
+                if s.v4() {
+                    peers.push((
+                        format!("rack-{r}-router"),
+                        BGPPeerSpec {
+                            node_selector: Some(format!("rack == 'r{r}'")),
+                            peer_ip: Some(net::tor_ip(r).to_string()),
+                            as_number: Some(rack_as(s, r)),
+                            ..Default::default()
+                        },
+                    ));
+                }
+                if s.v6() {
                     peers.push((
                         format!("rack-{r}-router-ipv6"),
                         BGPPeerSpec {
@@ -487,7 +517,8 @@ impl Lab {
                 }
             }
         }
-        let pool6 = s.dual().then(|| {
+        let pool4 = s.v4().then_some(pool);
+        let pool6 = s.v6().then(|| {
             let mut p = IPPoolSpec::new(POOL6);
             p.block_size = Some(122);
             p
@@ -503,10 +534,12 @@ impl Lab {
             ));
         }
         self.block_on(async {
-            self.store
-                .all::<IPPool>()
-                .create(&IPPool::new("default", pool))
-                .await?;
+            if let Some(p4) = pool4 {
+                self.store
+                    .all::<IPPool>()
+                    .create(&IPPool::new("default", p4))
+                    .await?;
+            }
             if let Some(p6) = pool6 {
                 self.store
                     .all::<IPPool>()
@@ -632,6 +665,8 @@ impl Lab {
             binary("brindle-node").display().to_string(),
             "--nodename".into(),
             n.name.clone(),
+            "--ip".into(),
+            if n.ip.is_some() { "autodetect" } else { "none" }.into(),
             "--ip-autodetection-method".into(),
             "interface=eth0".into(),
             "--ip6".into(),

@@ -45,6 +45,11 @@ fn add6(ns: &Netns, addr: Ipv6Addr, dev: &str) {
     ]);
 }
 
+/// A node's IPv4 underlay address: `198.18.<rack>.<10+k>`.
+pub fn node_ip(rack: usize, k: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, rack as u8, 10 + k as u8)
+}
+
 /// A rack's gateway: the router's address when there is one, else the fabric's own (the
 /// fabric then routes between racks like a plain L3 underlay).
 pub fn tor_ip(rack: usize) -> Ipv4Addr {
@@ -56,32 +61,42 @@ fn spine_ip(rack: usize) -> Ipv4Addr {
 }
 
 pub fn fabric(f: &Netns, spec: &LabSpec) {
-    f.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
     let mut bridges: Vec<String> = (0..spec.racks).map(|r| format!("br{r}")).collect();
     if spec.tor {
         bridges.push("brspine".into());
     }
-    if spec.dual() {
-        f.ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
-    }
+    forwarding(f, spec);
     for b in &bridges {
         f.ok(&["ip", "link", "add", b, "type", "bridge"]);
         f.ok(&["ip", "link", "set", b, "up"]);
     }
     if !spec.tor {
         for r in 0..spec.racks {
-            f.ok(&[
-                "ip",
-                "addr",
-                "add",
-                &format!("{}/24", tor_ip(r)),
-                "dev",
-                &format!("br{r}"),
-            ]);
-            if spec.dual() {
-                add6(f, tor_ip6(r), &format!("br{r}"));
+            let br = format!("br{r}");
+            if spec.v4() {
+                f.ok(&[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("{}/24", tor_ip(r)),
+                    "dev",
+                    &br,
+                ]);
+            }
+            if spec.v6() {
+                add6(f, tor_ip6(r), &br);
             }
         }
+    }
+}
+
+/// Forwarding on in a router's (or the fabric's) namespace, for the lab's families.
+fn forwarding(ns: &Netns, spec: &LabSpec) {
+    if spec.v4() {
+        ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    }
+    if spec.v6() {
+        ns.ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
     }
 }
 
@@ -90,7 +105,7 @@ pub fn node_uplink(
     f: &Netns,
     ns: &Netns,
     rack: usize,
-    ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
     ip6: Option<Ipv6Addr>,
     i: usize,
 ) {
@@ -105,17 +120,13 @@ pub fn node_uplink(
         &format!("br{rack}"),
         "up",
     ]);
-    ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
     ns.ok(&["ip", "link", "set", "eth0", "up"]);
-    ns.ok(&[
-        "ip",
-        "route",
-        "add",
-        "default",
-        "via",
-        &tor_ip(rack).to_string(),
-    ]);
-    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    if let Some(ip) = ip {
+        ns.ok(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        let gw = tor_ip(rack).to_string();
+        ns.ok(&["ip", "route", "add", "default", "via", &gw]);
+        ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    }
     // IPv6 forwarding is the agent's to turn on (calico-node's Felix does it too).
     if let Some(ip6) = ip6 {
         add6(ns, ip6, "eth0");
@@ -130,12 +141,7 @@ fn rack_nodes(spec: &LabSpec, rack: usize) -> Vec<(Ipv4Addr, Ipv6Addr)> {
     (0..spec.nodes)
         .filter(|i| i / per == rack)
         .enumerate()
-        .map(|(k, _)| {
-            (
-                Ipv4Addr::new(198, 18, rack as u8, 10 + k as u8),
-                node_ip6(rack, k),
-            )
-        })
+        .map(|(k, _)| (node_ip(rack, k), node_ip6(rack, k)))
         .collect()
 }
 
@@ -147,9 +153,12 @@ pub fn bird_conf(spec: &LabSpec, rack: usize) -> String {
         "router id {};\nprotocol device {{ scan time 2; }}\n",
         spine_ip(rack)
     );
-    c += &family_conf(spec, rack, false);
-    if spec.dual() {
-        // The same design over IPv6: one session per family, as the nodes have.
+    if spec.v4() {
+        c += &family_conf(spec, rack, false);
+    }
+    if spec.v6() {
+        // The same design over IPv6: one session per family, as the nodes have. (The router
+        // ID stays an IPv4-formed identifier in an IPv6-only lab: BGP's is 32 bits.)
         c += &family_conf(spec, rack, true);
     }
     c
@@ -213,30 +222,21 @@ pub fn tor(f: &Netns, spec: &LabSpec, rack: usize) -> Tor {
         "up",
     ]);
     f.ok(&["ip", "link", "set", &up, "master", "brspine", "up"]);
-    ns.ok(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{}/24", tor_ip(rack)),
-        "dev",
-        "rack",
-    ]);
-    ns.ok(&[
-        "ip",
-        "addr",
-        "add",
-        &format!("{}/24", spine_ip(rack)),
-        "dev",
-        "spine",
-    ]);
-    ns.ok(&["ip", "link", "set", "rack", "up"]);
-    ns.ok(&["ip", "link", "set", "spine", "up"]);
-    ns.ok(&["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
-    if spec.dual() {
+    if spec.v4() {
+        let (down4, up4) = (
+            format!("{}/24", tor_ip(rack)),
+            format!("{}/24", spine_ip(rack)),
+        );
+        ns.ok(&["ip", "addr", "add", &down4, "dev", "rack"]);
+        ns.ok(&["ip", "addr", "add", &up4, "dev", "spine"]);
+    }
+    if spec.v6() {
         add6(&ns, tor_ip6(rack), "rack");
         add6(&ns, spine_ip6(rack), "spine");
-        ns.ok(&["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]);
     }
+    ns.ok(&["ip", "link", "set", "rack", "up"]);
+    ns.ok(&["ip", "link", "set", "spine", "up"]);
+    forwarding(&ns, spec);
     let bird = Bird::start(&ns, &bird_conf(spec, rack));
     Tor { rack, ns, bird }
 }

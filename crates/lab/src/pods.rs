@@ -27,14 +27,33 @@ pub struct Pod {
     pub name: String,
     pub namespace: String,
     pub node: String,
-    pub ip: Ipv4Addr,
-    /// The pod's IPv6 address (dual-stack labs).
+    /// The pod's IPv4 address (none in an IPv6-only lab).
+    pub ip: Option<Ipv4Addr>,
+    /// The pod's IPv6 address (dual-stack and IPv6-only labs).
     pub ip6: Option<Ipv6Addr>,
     pub container_id: String,
     pub ns: Netns,
     /// The pod's labels (Services select on them).
     pub labels: std::collections::BTreeMap<String, String>,
     _server: ChildGuard,
+}
+
+impl Pod {
+    /// The pod's IPv4 address (a test of an IPv4 or dual-stack lab).
+    pub fn ip4(&self) -> Ipv4Addr {
+        self.ip
+            .unwrap_or_else(|| panic!("pod {} has no IPv4 address (an IPv6-only lab)", self.name))
+    }
+
+    /// Its address of the lab's first family (Kubernetes' `status.podIP`): IPv4, or IPv6 in
+    /// an IPv6-only lab.
+    pub fn addr(&self) -> IpAddr {
+        match (self.ip, self.ip6) {
+            (Some(a), _) => IpAddr::V4(a),
+            (None, Some(a)) => IpAddr::V6(a),
+            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        }
+    }
 }
 
 /// The echo server (greets with the pod's name, then echoes) and the clients the tests use.
@@ -163,7 +182,11 @@ impl Lab {
             "log_file_path": n.dir.join("cni.log"),
             "ipam_lock_file": n.dir.join("ipam.lock"),
             "ipam_socket": n.ipam_socket(),
-            "ipam": {"type": "brindle-ipam", "assign_ipv6": self.spec.dual()}
+            "ipam": {
+                "type": "brindle-ipam",
+                "assign_ipv4": self.spec.v4(),
+                "assign_ipv6": self.spec.v6()
+            }
         });
         match self.spec.datastore {
             Datastore::Etcd => {
@@ -224,7 +247,7 @@ impl Lab {
     }
 
     /// Creates a pod on a node: namespace, CNI ADD, echo server. Returns its address.
-    pub fn pod_add(&mut self, name: &str, node: &str) -> Result<Ipv4Addr, String> {
+    pub fn pod_add(&mut self, name: &str, node: &str) -> Result<IpAddr, String> {
         self.pod_add_from(name, node, None)
     }
 
@@ -234,7 +257,7 @@ impl Lab {
         name: &str,
         node: &str,
         pool: Option<&str>,
-    ) -> Result<Ipv4Addr, String> {
+    ) -> Result<IpAddr, String> {
         self.pod_add_with(name, node, pool, &mut |_| {})
     }
 
@@ -245,8 +268,8 @@ impl Lab {
         name: &str,
         node: &str,
         pool: Option<&str>,
-        wired: &mut dyn FnMut(Ipv4Addr),
-    ) -> Result<Ipv4Addr, String> {
+        wired: &mut dyn FnMut(IpAddr),
+    ) -> Result<IpAddr, String> {
         self.pod_add_full(name, node, pool, &[], false, Duration::ZERO, wired)
     }
 
@@ -256,7 +279,7 @@ impl Lab {
         name: &str,
         node: &str,
         labels: &[(&str, &str)],
-    ) -> Result<Ipv4Addr, String> {
+    ) -> Result<IpAddr, String> {
         self.pod_add_full(name, node, None, labels, false, Duration::ZERO, &mut |_| {})
     }
 
@@ -267,7 +290,7 @@ impl Lab {
         name: &str,
         node: &str,
         labels: &[(&str, &str)],
-    ) -> Result<Ipv4Addr, String> {
+    ) -> Result<IpAddr, String> {
         self.pod_add_full(name, node, None, labels, true, Duration::ZERO, &mut |_| {})
     }
 
@@ -279,7 +302,7 @@ impl Lab {
         node: &str,
         labels: &[(&str, &str)],
         gap: Duration,
-    ) -> Result<Ipv4Addr, String> {
+    ) -> Result<IpAddr, String> {
         self.pod_add_full(name, node, None, labels, false, gap, &mut |_| {})
     }
 
@@ -292,8 +315,8 @@ impl Lab {
         labels: &[(&str, &str)],
         serve_first: bool,
         gap: Duration,
-        wired: &mut dyn FnMut(Ipv4Addr),
-    ) -> Result<Ipv4Addr, String> {
+        wired: &mut dyn FnMut(IpAddr),
+    ) -> Result<IpAddr, String> {
         if self.pods.contains_key(name) {
             return Err(format!("pod {name} exists"));
         }
@@ -330,21 +353,23 @@ impl Lab {
             .flatten()
             .filter_map(|i| i["address"].as_str()?.split('/').next()?.parse().ok())
             .collect();
-        let ip = ips
-            .iter()
-            .find_map(|a| match a {
-                IpAddr::V4(a) => Some(*a),
-                IpAddr::V6(_) => None,
-            })
-            .ok_or_else(|| format!("CNI result without an IPv4 address: {res}"))?;
+        let ip = ips.iter().find_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        });
         let ip6 = ips.iter().find_map(|a| match a {
             IpAddr::V6(a) => Some(*a),
             IpAddr::V4(_) => None,
         });
-        if self.spec.dual() && ip6.is_none() {
-            return Err(format!("a dual-stack lab's pod got no IPv6 address: {res}"));
+        if self.spec.v4() && ip.is_none() {
+            return Err(format!("CNI result without an IPv4 address: {res}"));
         }
-        wired(ip);
+        if self.spec.v6() && ip6.is_none() {
+            return Err(format!("CNI result without an IPv6 address: {res}"));
+        }
+        let primary = ip.map(IpAddr::V4).or(ip6.map(IpAddr::V6));
+        let primary = primary.ok_or_else(|| format!("CNI result without an address: {res}"))?;
+        wired(primary);
         if self.spec.datastore == Datastore::Kubernetes {
             // The kubelet reports the IPs.
             self.write_pod(name, node, Some(&ips), None, None)?;
@@ -385,7 +410,7 @@ impl Lab {
         if !self.services.is_empty() {
             self.sync_endpoints()?;
         }
-        Ok(ip)
+        Ok(primary)
     }
 
     /// Writes the pod's object: `labels` (when given) and its named ports before ADD, the
@@ -492,8 +517,12 @@ impl Lab {
     /// A TCP connection from one pod to another pod's echo server: Ok(the name it greets
     /// with) or Err(why not).
     pub fn reach(&self, from: &str, to: &str) -> Result<String, String> {
-        let ip = self.pods.get(to).ok_or_else(|| format!("no pod {to}"))?.ip;
-        self.reach_addr(from, IpAddr::V4(ip))
+        let ip = self
+            .pods
+            .get(to)
+            .ok_or_else(|| format!("no pod {to}"))?
+            .addr();
+        self.reach_addr(from, ip)
     }
 
     /// [`Lab::reach`] over IPv6 (the pod's IPv6 address; dual-stack labs).
@@ -535,11 +564,11 @@ impl Lab {
         &self,
         ns: &Netns,
         mode: &str,
-        ip: Ipv4Addr,
+        ip: impl Into<IpAddr>,
         port: u16,
         count: usize,
     ) -> Vec<Result<(String, String), String>> {
-        self.client_addr(ns, mode, IpAddr::V4(ip), port, count)
+        self.client_addr(ns, mode, ip.into(), port, count)
     }
 
     /// [`Lab::client`] to an address of either family.
@@ -579,7 +608,7 @@ impl Lab {
     /// Starts a TCP stream from one pod to another for `secs`; [`Stream::finish`] says
     /// "ok N" (every round trip within 2 s) or "broken …". Killed if dropped unfinished.
     pub fn stream(&self, from: &str, to: &str, secs: u32) -> Stream {
-        let ip = self.pods[to].ip.to_string();
+        let ip = self.pods[to].addr().to_string();
         let script = self.echo_script();
         let (port, secs) = (PORT.to_string(), secs.to_string());
         let child = self.pods[from]
@@ -682,7 +711,7 @@ impl Lab {
     pub fn probe_addr(&self, pod: &str) -> Result<IpAddr, String> {
         let p = self.pods.get(pod).ok_or_else(|| format!("no pod {pod}"))?;
         match (self.probe_ipv6, p.ip6) {
-            (false, _) => Ok(IpAddr::V4(p.ip)),
+            (false, _) => Ok(p.addr()),
             (true, Some(a)) => Ok(IpAddr::V6(a)),
             (true, None) => Err(format!("pod {pod} has no IPv6 address")),
         }

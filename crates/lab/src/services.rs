@@ -6,7 +6,7 @@
 //! 10.96.0.0/16 and an IPv6 one from fd00:10:96::/112, and an IPv6 slice beside the IPv4 one.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use k8s_openapi::api::core::v1::{
     ClientIPConfig, LoadBalancerIngress, LoadBalancerStatus, Service, ServicePort, ServiceSpec,
@@ -63,9 +63,12 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
 #[derive(Debug, Clone)]
 pub struct Assigned {
     pub spec: LabService,
-    pub cluster_ip: Ipv4Addr,
-    /// The IPv6 cluster IP (dual-stack labs).
+    /// Its first cluster IP (`spec.clusterIP`): IPv4, or IPv6 in an IPv6-only lab.
+    pub cluster_ip: IpAddr,
+    /// The IPv6 cluster IP (dual-stack and IPv6-only labs).
     pub cluster_ip6: Option<Ipv6Addr>,
+    /// Its slot: cluster IPs 10.96.0.(10+slot) and fd00:10:96::(10+slot in hex).
+    pub slot: u32,
     /// Service port → (target port, protocol, node port).
     pub ports: Vec<(u16, u16, String, Option<u16>)>,
 }
@@ -186,26 +189,25 @@ impl Lab {
             return Err(format!("service {} exists", spec.name));
         }
         // The first slot no Service holds (a deleted one's slot is taken again).
-        let first = u32::from(Ipv4Addr::new(10, 96, 0, 10));
         let n = (0u32..)
-            .find(|n| {
-                self.services
-                    .values()
-                    .all(|a| u32::from(a.cluster_ip) != first + n)
-            })
+            .find(|n| self.services.values().all(|a| a.slot != *n))
             .unwrap_or_default();
-        let cluster_ip = Ipv4Addr::from(first + n);
+        let cluster_ip4 = self
+            .spec
+            .v4()
+            .then(|| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + n));
         let cluster_ip6 = self
             .spec
-            .dual()
+            .v6()
             .then(|| Ipv6Addr::new(0xfd00, 0x10, 0x96, 0, 0, 0, 0, 0x10 + n as u16));
-        let mut cluster_ips = vec![cluster_ip.to_string()];
-        cluster_ips.extend(cluster_ip6.map(|a| a.to_string()));
-        let families: Vec<String> = if cluster_ip6.is_some() {
-            vec!["IPv4".into(), "IPv6".into()]
-        } else {
-            vec!["IPv4".into()]
-        };
+        let cluster_ips: Vec<IpAddr> = (cluster_ip4.map(IpAddr::V4).into_iter())
+            .chain(cluster_ip6.map(IpAddr::V6))
+            .collect();
+        let cluster_ip = cluster_ips[0];
+        let families: Vec<String> = cluster_ips
+            .iter()
+            .map(|a| if a.is_ipv4() { "IPv4" } else { "IPv6" }.to_string())
+            .collect();
         let ports_in = if spec.ports.is_empty() {
             vec!["80:8080".to_string()]
         } else {
@@ -227,16 +229,16 @@ impl Lab {
             spec: Some(ServiceSpec {
                 type_: Some(spec.type_.clone()),
                 cluster_ip: Some(cluster_ip.to_string()),
-                cluster_ips: Some(cluster_ips),
-                ip_families: Some(families),
+                cluster_ips: Some(cluster_ips.iter().map(ToString::to_string).collect()),
                 ip_family_policy: Some(
-                    if cluster_ip6.is_some() {
+                    if families.len() > 1 {
                         "PreferDualStack"
                     } else {
                         "SingleStack"
                     }
                     .into(),
                 ),
+                ip_families: Some(families),
                 selector: Some(spec.selector.iter().cloned().collect()),
                 ports: Some(
                     ports
@@ -289,6 +291,7 @@ impl Lab {
             spec: spec.clone(),
             cluster_ip,
             cluster_ip6,
+            slot: n,
             ports,
         };
         self.services.insert(spec.name.clone(), a.clone());
@@ -302,11 +305,13 @@ impl Lab {
         }
         let svcs = self.store.namespaced::<Service>(NAMESPACE);
         let slices = self.store.namespaced::<EndpointSlice>(NAMESPACE);
-        let dual = self.spec.dual();
+        let (v4, v6) = (self.spec.v4(), self.spec.v6());
         self.block_on(async {
             svcs.delete(name, None).await?;
-            slices.delete(&format!("{name}-lab"), None).await?;
-            if dual {
+            if v4 {
+                slices.delete(&format!("{name}-lab"), None).await?;
+            }
+            if v6 {
                 slices.delete(&format!("{name}-lab6"), None).await?;
             }
             Ok::<_, brindle_datastore::StoreError>(())
@@ -353,12 +358,16 @@ impl Lab {
                         .iter()
                         .all(|(k, v)| p.labels.get(k) == Some(v))
             })
-            .filter(|p| !v6 || p.ip6.is_some())
-            .map(|p| Endpoint {
-                addresses: vec![match (v6, p.ip6) {
-                    (true, Some(a)) => a.to_string(),
-                    _ => p.ip.to_string(),
-                }],
+            .filter_map(|p| {
+                let addr = if v6 {
+                    p.ip6.map(IpAddr::V6)
+                } else {
+                    p.ip.map(IpAddr::V4)
+                };
+                Some((p, addr?))
+            })
+            .map(|(p, addr)| Endpoint {
+                addresses: vec![addr.to_string()],
                 conditions: Some(EndpointConditions {
                     ready: Some(true),
                     serving: Some(true),
@@ -405,11 +414,9 @@ impl Lab {
     /// Brings every Service's EndpointSlice up to date with the lab's pods.
     pub fn sync_endpoints(&mut self) -> Result<(), String> {
         let api = self.store.namespaced::<EndpointSlice>(NAMESPACE);
-        let families: &[bool] = if self.spec.dual() {
-            &[false, true]
-        } else {
-            &[false]
-        };
+        let families: Vec<bool> = (self.spec.v4().then_some(false).into_iter())
+            .chain(self.spec.v6().then_some(true))
+            .collect();
         for (a, v6) in self
             .services
             .values()

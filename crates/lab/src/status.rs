@@ -1,6 +1,7 @@
 //! `brindle-lab status` output and the speaker's control socket.
 
 use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -47,6 +48,14 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// "IPv4, IPv6", or whichever the lab has.
+fn addrs(ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> String {
+    let v: Vec<String> = (ip.map(|a| a.to_string()).into_iter())
+        .chain(ip6.map(|a| a.to_string()))
+        .collect();
+    v.join(", ")
+}
+
 pub fn render(lab: &Lab) -> String {
     let blocks = lab.blocks();
     let mut nodes = vec![];
@@ -56,10 +65,7 @@ pub fn render(lab: &Lab) -> String {
         let up = peers.iter().filter(|p| p["state"] == "Established").count();
         nodes.push(vec![
             n.name.clone(),
-            match n.ip6 {
-                Some(v6) => format!("{}, {v6}", n.ip),
-                None => n.ip.to_string(),
-            },
+            addrs(n.ip, n.ip6),
             format!("r{}", n.rack),
             n.asn.to_string(),
             n.agent_pid()
@@ -82,13 +88,7 @@ pub fn render(lab: &Lab) -> String {
     let pods: Vec<Vec<String>> = lab
         .pods
         .values()
-        .map(|p| {
-            let addr = match p.ip6 {
-                Some(v6) => format!("{}, {v6}", p.ip),
-                None => p.ip.to_string(),
-            };
-            vec![p.name.clone(), p.node.clone(), addr]
-        })
+        .map(|p| vec![p.name.clone(), p.node.clone(), addrs(p.ip, p.ip6)])
         .collect();
     let mut routes = String::new();
     for n in &lab.nodes {

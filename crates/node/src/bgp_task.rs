@@ -178,7 +178,7 @@ impl BgpTask {
             )),
             cluster_id: g.cluster_id,
             graceful_restart: GracefulRestart::default(),
-            next_hop_v4: Some(self.me.ip),
+            next_hop_v4: self.me.ip(),
             // IPv6 routes go over IPv6 sessions only (as Calico's bird6), next hop the
             // session's own address: never over an IPv4 session with an invented next hop.
             next_hop_v6: None,
@@ -188,7 +188,11 @@ impl BgpTask {
             kernel: Some(KernelConfig {
                 metric: 0,
                 encap: want.encap.clone(),
-                direct_subnets: std::iter::once(IpNetwork::V4(self.me.subnet))
+                direct_subnets: self
+                    .me
+                    .subnet()
+                    .map(IpNetwork::V4)
+                    .into_iter()
                     .chain(self.me.subnet6().map(IpNetwork::V6))
                     .collect(),
                 rescan: self.route_refresh,

@@ -23,17 +23,58 @@ use crate::snapshot::{NodeInfo, Snapshot};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Me {
     pub name: String,
-    pub ip: Ipv4Addr,
-    pub subnet: Ipv4Network,
+    /// The node's IPv4 address with its interface's prefix; none on an IPv6-only node.
+    pub ip4: Option<Ipv4Network>,
     /// The node's IPv6 address with its interface's prefix, when it has one (`--ip6`).
     pub ip6: Option<Ipv6Network>,
+    /// Its BGP identifier: see [`router_id`].
+    pub router_id: Ipv4Addr,
 }
 
 impl Me {
+    pub fn new(name: &str, ip4: Option<Ipv4Network>, ip6: Option<Ipv6Network>) -> Me {
+        Me {
+            name: name.to_owned(),
+            ip4,
+            ip6,
+            router_id: router_id(name, ip4.map(|n| n.ip())),
+        }
+    }
+
+    pub fn ip(&self) -> Option<Ipv4Addr> {
+        self.ip4.map(|n| n.ip())
+    }
+
+    /// The subnet of the node's IPv4 address.
+    pub fn subnet(&self) -> Option<Ipv4Network> {
+        let n = self.ip4?;
+        Ipv4Network::new(n.network(), n.prefix()).ok()
+    }
+
     /// The subnet of the node's IPv6 address.
     pub fn subnet6(&self) -> Option<Ipv6Network> {
         let n = self.ip6?;
         Ipv6Network::new(n.network(), n.prefix()).ok()
+    }
+}
+
+/// A node's BGP identifier: its IPv4 address, or, on an IPv6-only node, four bytes of the
+/// SHA-256 of its name (calico-node's `CALICO_ROUTER_ID=hash`, a first byte above 223 less
+/// 32, out of the multicast and reserved ranges). Every node derives every other node's the
+/// same way, and holds it to that in the OPEN.
+pub fn router_id(name: &str, ip4: Option<Ipv4Addr>) -> Ipv4Addr {
+    use sha2::Digest;
+    if let Some(ip) = ip4 {
+        return ip;
+    }
+    let h = sha2::Sha256::digest(name.as_bytes());
+    let first = if h[0] > 223 { h[0] - 32 } else { h[0] };
+    let id = Ipv4Addr::new(first, h[1], h[2], h[3]);
+    // 0.0.0.0 is no identifier (RFC 6286); one name in four billion.
+    if id.is_unspecified() {
+        Ipv4Addr::new(0, 0, 0, 1)
+    } else {
+        id
     }
 }
 
@@ -190,31 +231,66 @@ fn record_addr<T: std::str::FromStr>(
     parsed
 }
 
-fn node_ip(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<Ipv4Addr> {
+/// Another node as a BGP peer: its valid addresses and its router ID.
+struct NodeAddrs {
+    ip4: Option<Ipv4Addr>,
+    ip6: Option<Ipv6Addr>,
+    router_id: Ipv4Addr,
+}
+
+/// A node's addresses as its record gives them; none (with a warning for a bad record) when
+/// it has no valid one.
+fn node_addrs(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<NodeAddrs> {
     if let Some(e) = &n.bgp_error {
         warn(w, format!("node {name}"), e.clone());
         return None;
     }
-    let v = n.bgp.ipv4_address.as_deref();
-    record_addr::<Ipv4Network>(name, "ipv4Address", v, "IPv4", w).map(|n| n.ip())
+    let v4 = n.bgp.ipv4_address.as_deref();
+    let ip4 = record_addr::<Ipv4Network>(name, "ipv4Address", v4, "IPv4", w).map(|n| n.ip());
+    let v6 = n.bgp.ipv6_address.as_deref();
+    let ip6 = record_addr::<Ipv6Network>(name, "ipv6Address", v6, "IPv6", w).map(|n| n.ip());
+    if ip4.is_none() && ip6.is_none() {
+        return None;
+    }
+    Some(NodeAddrs {
+        ip4,
+        ip6,
+        router_id: router_id(name, ip4),
+    })
 }
 
-/// A node's IPv6 address, if it has a valid one.
-fn node_ip6(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<Ipv6Addr> {
-    let v = n.bgp.ipv6_address.as_deref();
-    record_addr::<Ipv6Network>(name, "ipv6Address", v, "IPv6", w).map(|n| n.ip())
-}
-
-/// The addresses two nodes peer on: their IPv4 ones, and their IPv6 ones when both have one
-/// (one session per family, as Calico's bird and bird6).
-fn session_addrs(me: &Me, ip: Ipv4Addr, ip6: Option<Ipv6Addr>) -> Vec<IpAddr> {
-    let mut v = vec![IpAddr::V4(ip)];
-    if let (Some(mine), Some(theirs)) = (me.ip6, ip6) {
+/// The addresses two nodes peer on: their IPv4 ones when both have one, their IPv6 ones when
+/// both have one (one session per family, as Calico's bird and bird6).
+fn session_addrs(me: &Me, other: &NodeAddrs) -> Vec<IpAddr> {
+    let mut v = vec![];
+    if let (Some(_), Some(theirs)) = (me.ip(), other.ip4) {
+        v.push(IpAddr::V4(theirs));
+    }
+    if let (Some(mine), Some(theirs)) = (me.ip6, other.ip6) {
         if mine.ip() != theirs {
             v.push(IpAddr::V6(theirs));
         }
     }
     v
+}
+
+/// Another node this node may peer with: not one claiming its router ID (the same IPv4
+/// address in a stale record, or a hash collision between IPv6-only nodes' names), which
+/// no session could be opened with.
+fn other_node(me: &Me, name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<NodeAddrs> {
+    let a = node_addrs(name, n, w)?;
+    if a.router_id == me.router_id {
+        warn(
+            w,
+            format!("node {name}"),
+            format!(
+                "its router ID {} is this node's; not peering with it",
+                a.router_id
+            ),
+        );
+        return None;
+    }
+    Some(a)
 }
 
 fn rr_id(n: Option<&NodeInfo>) -> Option<Ipv4Addr> {
@@ -226,7 +302,7 @@ pub fn globals(snap: &Snapshot, me: &Me) -> Globals {
     let cfg = config_for(snap, &me.name);
     Globals {
         asn: mine.map_or_else(|| cluster_as(snap), |n| node_asn(snap, n)),
-        router_id: me.ip,
+        router_id: me.router_id,
         listen_port: cfg.listen_port,
         cluster_id: rr_id(mine),
     }
@@ -255,7 +331,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
         |name: &str, n: &NodeInfo, addr: IpAddr, router_id: Ipv4Addr, kind: PeerKind| {
             let asn = node_asn(snap, n);
             let source = match addr {
-                IpAddr::V4(_) => IpAddr::V4(me.ip),
+                IpAddr::V4(_) => IpAddr::V4(me.ip().unwrap_or(Ipv4Addr::UNSPECIFIED)),
                 IpAddr::V6(_) => me
                     .ip6
                     .map_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED), |n| IpAddr::V6(n.ip())),
@@ -307,18 +383,15 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             if name == &me.name || rr_id(Some(n)).is_some() {
                 continue; // ourselves, or a route reflector (it peers by BGPPeer)
             }
-            let Some(ip) = node_ip(name, n, w) else {
+            let Some(other) = other_node(me, name, n, w) else {
                 continue;
             };
-            if ip == me.ip {
-                continue;
-            }
-            for addr in session_addrs(me, ip, node_ip6(name, n, w)) {
-                let mut d = node_peer(name, n, addr, ip, PeerKind::Mesh);
+            for addr in session_addrs(me, &other) {
+                let mut d = node_peer(name, n, addr, other.router_id, PeerKind::Mesh);
                 d.password = password.clone();
                 // GTSM only where the peer is directly connected.
                 let connected = match addr {
-                    IpAddr::V4(a) => me.subnet.contains(a),
+                    IpAddr::V4(a) => me.subnet().is_some_and(|s| s.contains(a)),
                     IpAddr::V6(a) => me.subnet6().is_some_and(|s| s.contains(a)),
                 };
                 if cfg.node_mesh_ttl_security && connected {
@@ -418,15 +491,17 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
         };
         let me_applies = applies(&my_labels, &me.name);
         if let Some(sa) = p.peer_addr() {
-            let own = sa.ip() == IpAddr::V4(me.ip) || me.ip6.is_some_and(|n| sa.ip() == n.ip());
+            let own = me.ip().is_some_and(|a| sa.ip() == IpAddr::V4(a))
+                || me.ip6.is_some_and(|n| sa.ip() == n.ip());
             if me_applies && !own {
                 let Some(asn) = p.as_number else { continue };
                 // A BGPPeer may name a node by address (a reflector, say): it is then that
                 // node, held to its router ID like a mesh peer.
                 let node = snap.nodes.iter().find_map(|(name, n)| {
-                    let ip = node_ip(name, n, &mut vec![])?;
-                    let ip6 = node_ip6(name, n, &mut vec![]).map(IpAddr::V6);
-                    (IpAddr::V4(ip) == sa.ip() || ip6 == Some(sa.ip())).then_some(ip)
+                    let a = node_addrs(name, n, &mut vec![])?;
+                    let ip4 = a.ip4.map(IpAddr::V4);
+                    let ip6 = a.ip6.map(IpAddr::V6);
+                    (ip4 == Some(sa.ip()) || ip6 == Some(sa.ip())).then_some(a.router_id)
                 });
                 let d = DesiredPeer {
                     addr: sa.ip(),
@@ -470,14 +545,11 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             if !wanted {
                 continue;
             }
-            let Some(ip) = node_ip(name, n, w) else {
+            let Some(other) = other_node(me, name, n, w) else {
                 continue;
             };
-            if ip == me.ip {
-                continue;
-            }
-            for addr in session_addrs(me, ip, node_ip6(name, n, w)) {
-                let mut d = tune(node_peer(name, n, addr, ip, kind));
+            for addr in session_addrs(me, &other) {
+                let mut d = tune(node_peer(name, n, addr, other.router_id, kind));
                 if rr_id(Some(n)).is_some() && rr_id(Some(n)) != my_rr {
                     d.kind = PeerKind::RouteReflector;
                 }
@@ -577,13 +649,13 @@ pub fn rails(snap: &Snapshot, me: &Me, host: &[IpNetwork], w: &mut Vec<Warning>)
         .iter()
         .filter_map(|a| IpNetwork::new(a.network(), a.prefix()).ok())
         .collect();
-    subnets.extend(IpNetwork::new(IpAddr::V4(me.subnet.network()), me.subnet.prefix()).ok());
+    subnets.extend(me.subnet().map(IpNetwork::V4));
     subnets.extend(me.subnet6().map(IpNetwork::V6));
     let mut addrs: Vec<IpNetwork> = host
         .iter()
         .filter_map(|a| IpNetwork::new(a.ip(), if a.is_ipv4() { 32 } else { 128 }).ok())
         .collect();
-    addrs.push(IpNetwork::V4(me.ip.into()));
+    addrs.extend(me.ip().map(|a| IpNetwork::V4(a.into())));
     addrs.extend(me.ip6.map(|n| IpNetwork::V6(n.ip().into())));
     // tunl0's address is inside a pool, perhaps borrowed from another node's block: that
     // block's route must not be refused for covering it (the local table keeps the address

@@ -310,12 +310,10 @@ fn find_address(
     };
     let given = given.map(str::trim).filter(|s| !s.is_empty());
     match (family, given) {
-        (Family::V4, Some("none")) => anyhow::bail!(
-            "--ip none (an IPv6-only node) is not supported yet: give the node an IPv4 address"
-        ),
-        // Unset or `none` keeps what is recorded (calico-node's rule: IPv6 is detected only
-        // when asked for, and `none` disables detection, not the address).
-        (Family::V6, None | Some("none")) => {
+        // `none` keeps what is recorded (calico-node's rule: it disables detection, not the
+        // address), and IPv6 is detected only when asked for. A node with no IPv4 address
+        // is IPv6-only.
+        (_, Some("none")) | (Family::V6, None) => {
             return Ok(previous.map(|net| Found {
                 iface: holder(net.ip()),
                 net,
@@ -396,8 +394,7 @@ async fn identify(
         &ifaces,
         prev(|b| &b.ipv4_address).as_deref(),
         &internal,
-    )?
-    .context("no IPv4 address")?;
+    )?;
     let v6 = find_address(
         &name,
         Family::V6,
@@ -407,34 +404,43 @@ async fn identify(
         prev(|b| &b.ipv6_address).as_deref(),
         &internal,
     )?;
-    let ipnetwork::IpNetwork::V4(net) = v4.net else {
-        anyhow::bail!("node {name}: {} is not IPv4", v4.net);
+    let ip4 = match v4.as_ref().map(|f| f.net) {
+        Some(ipnetwork::IpNetwork::V4(n)) => Some(n),
+        Some(other) => anyhow::bail!("node {name}: {other} is not IPv4"),
+        None => None,
     };
     let ip6 = match v6.as_ref().map(|f| f.net) {
         Some(ipnetwork::IpNetwork::V6(n)) => Some(n),
         _ => None,
     };
+    if ip4.is_none() && ip6.is_none() {
+        anyhow::bail!(
+            "node {name} has neither an IPv4 nor an IPv6 address (--ip none needs --ip6: IP=none with IP6=autodetect or an address)"
+        );
+    }
+    let uplink = v4.as_ref().or(v6.as_ref()).map_or("", |f| f.iface.as_str());
     let uplink_mtu = ifaces
         .iter()
-        .find(|i| i.name == v4.iface)
+        .find(|i| i.name == uplink)
         .map_or(1500, |i| i.mtu);
-    let subnet = ipnetwork::Ipv4Network::new(net.network(), net.prefix()).unwrap_or(net);
-    info!(node = %name, address = %net, interface = %v4.iface, mtu = uplink_mtu, "node address");
+    let me = Me::new(&name, ip4, ip6);
+    match &v4 {
+        Some(f) => {
+            info!(node = %name, address = %f.net, interface = %f.iface, mtu = uplink_mtu, "node address")
+        }
+        None => info!(
+            node = %name,
+            router_id = %me.router_id,
+            "no IPv4 address (--ip none): an IPv6-only node; its router ID is a hash of its name (calico-node's CALICO_ROUTER_ID=hash), IPv4 pools cannot serve it"
+        ),
+    }
     match &v6 {
         Some(f) => info!(node = %name, address = %f.net, interface = %f.iface, "node IPv6 address"),
         None => {
             info!(node = %name, "no IPv6 address (--ip6 / IP6 not set): IPv6 pools are not routed to this node")
         }
     }
-    Ok((
-        Me {
-            name,
-            ip: net.ip(),
-            subnet,
-            ip6,
-        },
-        uplink_mtu,
-    ))
+    Ok((me, uplink_mtu))
 }
 
 /// Serves until the server fails; returns only then (the supervisor ends the agent).
@@ -494,7 +500,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let handle = netlink()?;
     let (me, uplink_mtu) = identify(&a, &store, &handle).await?;
     retry("registering the node", || {
-        register::write(&store, &me.name, me_net(&me), me.ip6, a.asn)
+        register::write(&store, &me.name, me.ip4, me.ip6, a.asn)
     })
     .await;
     if me.ip6.is_some() {
@@ -743,10 +749,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(10), &mut bgp).await;
     info!("stopped");
     Ok(())
-}
-
-fn me_net(me: &Me) -> ipnetwork::Ipv4Network {
-    ipnetwork::Ipv4Network::new(me.ip, me.subnet.prefix()).unwrap_or_else(|_| me.ip.into())
 }
 
 /// The CNI plugin's rule for `veth_prefix`; an empty one would make `-i +`, every interface.

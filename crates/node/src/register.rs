@@ -103,7 +103,7 @@ pub async fn recorded(
 pub async fn write(
     store: &Store,
     node: &str,
-    ip: Ipv4Network,
+    ip: Option<Ipv4Network>,
     ip6: Option<Ipv6Network>,
     asn: Option<u32>,
 ) -> anyhow::Result<()> {
@@ -116,7 +116,10 @@ pub async fn write(
             let have = n.metadata.annotations.unwrap_or_default();
             // A value of None (JSON null in the merge patch) removes the annotation.
             let mut want: BTreeMap<String, Option<String>> = BTreeMap::from([
-                (annotations::IPV4_ADDRESS.to_string(), Some(ip.to_string())),
+                (
+                    annotations::IPV4_ADDRESS.to_string(),
+                    ip.map(|n| n.to_string()),
+                ),
                 (
                     annotations::IPV6_ADDRESS.to_string(),
                     ip6.map(|n| n.to_string()),
@@ -146,7 +149,7 @@ pub async fn write(
                     n.metadata.labels = None;
                     n.metadata.annotations = Some(version_annotation());
                     n.spec.bgp = Some(NodeBgp {
-                        ipv4_address: Some(ip.to_string()),
+                        ipv4_address: ip.map(|n| n.to_string()),
                         ipv6_address: ip6.map(|n| n.to_string()),
                         as_number: asn,
                         ..Default::default()
@@ -159,7 +162,7 @@ pub async fn write(
                 Some(mut n) => {
                     let before = (n.spec.clone(), n.metadata.annotations.clone());
                     let b = n.spec.bgp.get_or_insert_with(NodeBgp::default);
-                    b.ipv4_address = Some(ip.to_string());
+                    b.ipv4_address = ip.map(|n| n.to_string());
                     b.ipv6_address = ip6.map(|n| n.to_string());
                     if asn.is_some() {
                         b.as_number = asn;

@@ -93,6 +93,10 @@ struct Args {
     /// controller's `BRINDLE_IPV6POOL_CIDR`); the CNI configuration's `ipam.assign_ipv6`.
     #[arg(long, env = "BRINDLE_CNI_ASSIGN_IPV6", default_value_t = false, action = clap::ArgAction::Set)]
     assign_ipv6: bool,
+    /// Give pods an IPv4 address (the CNI configuration's `ipam.assign_ipv4`); false for
+    /// IPv6-only nodes (with `--assign-ipv6 true`).
+    #[arg(long, env = "BRINDLE_CNI_ASSIGN_IPV4", default_value_t = true, action = clap::ArgAction::Set)]
+    assign_ipv4: bool,
     /// Chain `portmap` (hostPort) after brindle-cni: auto = when the bin directory has it.
     #[arg(long, env = "BRINDLE_CNI_PORTMAP", default_value = "auto", value_parser = ["auto", "true", "false"])]
     portmap: String,
@@ -159,8 +163,14 @@ fn run(a: &Args) -> anyhow::Result<()> {
         "ipam_lock_file": a.ipam_lock_file,
         "ipam": {"type": "brindle-ipam"},
     });
+    if !a.assign_ipv4 && !a.assign_ipv6 {
+        anyhow::bail!("--assign-ipv4 false needs --assign-ipv6 true: pods would get no address");
+    }
     if a.assign_ipv6 {
         plugin_conf["ipam"]["assign_ipv6"] = true.into();
+    }
+    if !a.assign_ipv4 {
+        plugin_conf["ipam"]["assign_ipv4"] = false.into();
     }
     match a.datastore.datastore {
         DatastoreKind::Etcd => {

@@ -18,12 +18,8 @@ fn node(ip: &str, labels: &[(&str, &str)], rr: Option<&str>) -> NodeInfo {
 }
 
 fn me(name: &str, ip: &str) -> Me {
-    Me {
-        name: name.into(),
-        ip: ip.parse().unwrap(),
-        subnet: "198.18.0.0/24".parse().unwrap(),
-        ip6: None,
-    }
+    let ip: Ipv4Addr = ip.parse().unwrap();
+    Me::new(name, Some(Ipv4Network::new(ip, 24).unwrap()), None)
 }
 
 /// A confirmed affinity of `node` for the block `cidr`, under the key `key`.
@@ -125,6 +121,72 @@ fn dual_stack_nodes_peer_once_per_family_and_single_stack_ones_once() {
     assert!(w
         .iter()
         .any(|w| w.resource == "node n2" && w.reason.contains("ipv6Address")));
+}
+
+/// IPv6-only nodes (`IP=none`): sessions over IPv6 only, with every IPv6 node; none with an
+/// IPv4-only node; router IDs from the names' hash, held to by both sides.
+#[test]
+fn ipv6_only_nodes_peer_over_ipv6_with_hashed_router_ids() {
+    let mut s = three();
+    let v6only = |s: &mut Snapshot, n: &str, a: &str| {
+        let b = &mut s.nodes.get_mut(n).unwrap().bgp;
+        b.ipv4_address = None;
+        b.ipv6_address = Some(a.into());
+    };
+    v6only(&mut s, "n1", "2001:db8:18::11/64");
+    v6only(&mut s, "n2", "2001:db8:18::12/64");
+    // n3 stays IPv4-only; n4 is dual stack.
+    let mut n4 = node("198.18.0.14/24", &[], None);
+    n4.bgp.ipv6_address = Some("2001:db8:18::14/64".into());
+    s.nodes.insert("n4".into(), n4);
+    let m = Me::new("n1", None, Some("2001:db8:18::11/64".parse().unwrap()));
+    assert_eq!(m.router_id, router_id("n1", None));
+    assert_ne!(m.router_id, router_id("n2", None));
+    let g = globals(&s, &m);
+    assert_eq!(g.router_id, m.router_id);
+    let mut w = vec![];
+    let p = peers(&s, &m, &mut w);
+    assert!(w.is_empty(), "{w:?}");
+    let addrs: Vec<String> = p.keys().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["2001:db8:18::12", "2001:db8:18::14"]);
+    let to_n2 = &p[&"2001:db8:18::12".parse::<IpAddr>().unwrap()];
+    assert_eq!(to_n2.router_id, Some(router_id("n2", None)));
+    assert_eq!(to_n2.source, Some("2001:db8:18::11".parse().unwrap()));
+    // The dual-stack node is held to its IPv4 address, as ever.
+    let to_n4 = &p[&"2001:db8:18::14".parse::<IpAddr>().unwrap()];
+    assert_eq!(to_n4.router_id, Some("198.18.0.14".parse().unwrap()));
+    // And the dual-stack node's view: IPv4 with n3, IPv6 with n1 and n2 (held to hashes).
+    let m4 = Me::new(
+        "n4",
+        Some("198.18.0.14/24".parse().unwrap()),
+        Some("2001:db8:18::14/64".parse().unwrap()),
+    );
+    let p = peers(&s, &m4, &mut w);
+    let addrs: Vec<String> = p.keys().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["198.18.0.9", "2001:db8:18::11", "2001:db8:18::12"]);
+    let to_n1 = &p[&"2001:db8:18::11".parse::<IpAddr>().unwrap()];
+    assert_eq!(to_n1.router_id, Some(m.router_id));
+    // The rails protect what the IPv6-only node has, and nothing IPv4 of its own.
+    let r = rails(&s, &m, &[], &mut w);
+    assert!(r.protected.contains(&"2001:db8:18::/64".parse().unwrap()));
+    assert!(!r
+        .protected
+        .iter()
+        .any(|n| n.to_string().starts_with("198.18.")));
+}
+
+/// Calico's hash (`CALICO_ROUTER_ID=hash`): the first four bytes of SHA-256 of the name, a
+/// first byte above 223 less 32. Checked against `sha256sum`: "node-0" hashes to 7c6cc41e…,
+/// "node-18" to f5c28be3… (0xf5 = 245 → 213).
+#[test]
+fn router_id_hash_is_calicos() {
+    assert_eq!(router_id("node-0", None), Ipv4Addr::new(124, 108, 196, 30));
+    assert_eq!(
+        router_id("node-18", None),
+        Ipv4Addr::new(213, 194, 139, 227)
+    );
+    let ip = Ipv4Addr::new(198, 18, 0, 10);
+    assert_eq!(router_id("node-0", Some(ip)), ip);
 }
 
 #[test]
