@@ -26,6 +26,24 @@ pub const MAX_BATCH: usize = 64;
 pub type BatchExtra<'a> =
     &'a (dyn Fn(usize, &[IpAddr], &mut Txn) -> brindle_datastore::Result<()> + Sync);
 
+/// One family's blocks for a batch: the node's own (in the order IPAM tries them), then
+/// blocks it may claim.
+struct Blocks {
+    family: Family,
+    names: std::collections::VecDeque<String>,
+    eligible: Vec<crate::pools::Eligible>,
+    claim: bool,
+    tried: std::collections::HashSet<String>,
+}
+
+/// How many addresses of `family` a request wants.
+fn wanted(r: &AssignRequest, family: Family) -> usize {
+    match family {
+        Family::V4 => r.ipv4,
+        Family::V6 => r.ipv6,
+    }
+}
+
 struct Group<'a> {
     node: &'a str,
     reqs: &'a [AssignRequest],
@@ -59,21 +77,28 @@ impl Ipam {
         if !self.one_txn() {
             return out;
         }
+        // Workload requests of one or two families, up to a block's worth of each.
         let batchable = |r: &AssignRequest| {
-            r.ipv6 == 0 && r.ipv4 > 0 && r.ipv4 <= 64 && r.use_ == AllowedUse::Workload
+            r.use_ == AllowedUse::Workload && r.ipv4 + r.ipv6 > 0 && r.ipv4 <= 64 && r.ipv6 <= 64
         };
-        // Groups: same node and same pools.
-        let mut groups: BTreeMap<(&str, &[String]), Vec<usize>> = BTreeMap::new();
+        // Groups: same node, same pools, same families (IPv4, IPv6 or both).
+        type Key<'k> = (&'k str, &'k [String], bool, bool);
+        let mut groups: BTreeMap<Key<'_>, Vec<usize>> = BTreeMap::new();
         for (i, r) in reqs.iter().enumerate().filter(|(_, r)| batchable(r)) {
-            groups
-                .entry((r.node.as_str(), r.pools.as_slice()))
-                .or_default()
-                .push(i);
+            let key = (r.node.as_str(), r.pools.as_slice(), r.ipv4 > 0, r.ipv6 > 0);
+            groups.entry(key).or_default().push(i);
         }
-        for ((node, pools), idx) in groups {
+        for ((node, pools, v4, v6), idx) in groups {
+            let families: Vec<Family> = [(v4, Family::V4), (v6, Family::V6)]
+                .into_iter()
+                .filter_map(|(on, f)| on.then_some(f))
+                .collect();
             for chunk in idx.chunks(MAX_BATCH) {
                 let group = Group { node, reqs, extra };
-                if let Err(e) = self.batch_group(&group, pools, chunk, &mut out).await {
+                if let Err(e) = self
+                    .batch_group(&group, pools, &families, chunk, &mut out)
+                    .await
+                {
                     debug!(node, error = %e, "batch stopped; the rest are served one by one");
                 }
             }
@@ -81,44 +106,103 @@ impl Ipam {
         out
     }
 
+    /// Serves a group from one block per family at a time: the node's blocks with room
+    /// first, then blocks it claims, as a lone request would.
     async fn batch_group(
         &self,
         g: &Group<'_>,
         pools: &[String],
+        families: &[Family],
         idx: &[usize],
         out: &mut [Option<Vec<IpAddr>>],
     ) -> Result<()> {
         let node = g.node;
-        let eligible = self
-            .eligible(node, Family::V4, AllowedUse::Workload, pools)
-            .await?;
-        let mut waiting: Vec<usize> = idx.to_vec();
-        for name in self.affine_blocks(node, &eligible).await? {
-            if waiting.is_empty() {
-                break;
-            }
-            let Some(block) = self.block_for_batch(node, &name).await? else {
-                continue;
-            };
-            self.fill_block(g, block, &mut waiting, out).await?;
-        }
-        // The node's blocks are full: claim new ones for the rest of the batch, as a lone
-        // request would, rather than leaving each to claim and write on its own.
         let cfg = self.config().await?;
-        let mut tried = std::collections::HashSet::new();
-        while !waiting.is_empty() && cfg.auto_allocate_blocks {
-            let Some(name) = self.claim_block(node, &eligible, &cfg).await? else {
-                break;
-            };
-            if !tried.insert(name.clone()) {
-                break;
+        let mut sources = vec![];
+        for &f in families {
+            let eligible = self.eligible(node, f, AllowedUse::Workload, pools).await?;
+            let names = self.affine_blocks(node, &eligible).await?;
+            sources.push(Blocks {
+                family: f,
+                names: names.into(),
+                eligible,
+                claim: cfg.auto_allocate_blocks,
+                tried: Default::default(),
+            });
+        }
+        let mut waiting: Vec<usize> = idx.to_vec();
+        let mut current: Vec<Option<IPAMBlock>> = vec![None; sources.len()];
+        while !waiting.is_empty() {
+            // A block with room for the smallest wait, per family.
+            for (k, src) in sources.iter_mut().enumerate() {
+                let need = waiting
+                    .iter()
+                    .map(|&i| wanted(&g.reqs[i], src.family))
+                    .min()
+                    .unwrap_or(1);
+                if current[k]
+                    .as_ref()
+                    .is_some_and(|b| block::free(&b.spec) >= need)
+                {
+                    continue;
+                }
+                current[k] = self.next_block(node, src, need, &cfg).await?;
             }
-            let Some(block) = self.block_for_batch(node, &name).await? else {
-                continue;
+            let Some(blocks) = current.iter().cloned().collect::<Option<Vec<_>>>() else {
+                return Ok(()); // a family has no block left: the rest go alone
             };
-            self.fill_block(g, block, &mut waiting, out).await?;
+            let before = waiting.len();
+            let after = self.fill_blocks(g, blocks, &mut waiting, out).await?;
+            if after.iter().any(Option::is_none) || waiting.len() == before {
+                // A block went away or took no one: look again from the datastore next time.
+                for (k, b) in after.iter().enumerate() {
+                    if b.is_none() {
+                        current[k] = None;
+                    }
+                }
+                if waiting.len() == before && after.iter().all(Option::is_some) {
+                    return Ok(());
+                }
+            }
+            for (k, b) in after.into_iter().enumerate() {
+                if b.is_some() {
+                    current[k] = b;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The family's next block with room for `need` addresses: the node's own, then (if
+    /// allowed) one it claims; none when neither is left.
+    async fn next_block(
+        &self,
+        node: &str,
+        src: &mut Blocks,
+        need: usize,
+        cfg: &brindle_api::IPAMConfigSpec,
+    ) -> Result<Option<IPAMBlock>> {
+        while let Some(name) = src.names.pop_front() {
+            if let Some(b) = self.block_for_batch(node, &name).await? {
+                if block::free(&b.spec) >= need {
+                    return Ok(Some(b));
+                }
+            }
+        }
+        while src.claim {
+            let Some(name) = self.claim_block(node, &src.eligible, cfg).await? else {
+                return Ok(None);
+            };
+            if !src.tried.insert(name.clone()) {
+                return Ok(None); // the same block handed back: it cannot serve us
+            }
+            if let Some(b) = self.block_for_batch(node, &name).await? {
+                if block::free(&b.spec) >= need {
+                    return Ok(Some(b));
+                }
+            }
+        }
+        Ok(None)
     }
 
     async fn block_for_batch(&self, node: &str, name: &str) -> Result<Option<IPAMBlock>> {
@@ -128,37 +212,57 @@ impl Ipam {
         Ok(self.store.all::<IPAMBlock>().get(name).await?)
     }
 
-    /// Takes addresses for as many of `waiting` as fit in `block`, one transaction per round,
-    /// until the block is full or nobody waits. Served requests leave `waiting`; a request
-    /// whose handle turns out to exist leaves it unserved.
-    async fn fill_block(
+    /// Takes addresses for as many of `waiting` as fit in every one of `blocks` (one per
+    /// family, in the group's family order), one transaction per round, until a block is
+    /// full or nobody waits. Served requests leave `waiting`; a request whose handle turns
+    /// out to exist leaves it unserved. Returns the blocks as last stored, `None` for one
+    /// that is no longer ours.
+    async fn fill_blocks(
         &self,
         g: &Group<'_>,
-        mut block: IPAMBlock,
+        mut blocks: Vec<IPAMBlock>,
         waiting: &mut Vec<usize>,
         out: &mut [Option<Vec<IpAddr>>],
-    ) -> Result<()> {
+    ) -> Result<Vec<Option<IPAMBlock>>> {
         let (node, reqs) = (g.node, g.reqs);
-        let blocks = self.store.all::<IPAMBlock>();
+        let api = self.store.all::<IPAMBlock>();
         let handles = self.store.all::<IPAMHandle>();
-        let name = block.metadata.name.clone().unwrap_or_default();
+        let names: Vec<String> = blocks
+            .iter()
+            .map(|b| b.metadata.name.clone().unwrap_or_default())
+            .collect();
+        let family = |b: &IPAMBlock| match b.spec.cidr.parse::<IpNetwork>() {
+            Ok(IpNetwork::V6(_)) => Family::V6,
+            _ => Family::V4,
+        };
         for _ in 0..MAX_RETRIES {
-            if block.spec.deleted || !block::is_affine_to(&block.spec, node) {
-                self.forget(node, &name);
-                return Ok(());
+            if let Some(k) = blocks
+                .iter()
+                .position(|b| b.spec.deleted || !block::is_affine_to(&b.spec, node))
+            {
+                self.forget(node, &names[k]);
+                let mut v: Vec<Option<IPAMBlock>> = blocks.into_iter().map(Some).collect();
+                v[k] = None;
+                return Ok(v);
             }
-            let mut room = block::free(&block.spec);
+            let mut room: Vec<usize> = blocks.iter().map(|b| block::free(&b.spec)).collect();
             let mut take = vec![];
             for &i in waiting.iter() {
-                if reqs[i].ipv4 <= room {
-                    room -= reqs[i].ipv4;
+                let fits = blocks
+                    .iter()
+                    .zip(&room)
+                    .all(|(b, r)| wanted(&reqs[i], family(b)) <= *r);
+                if fits {
+                    for (b, r) in blocks.iter().zip(room.iter_mut()) {
+                        *r -= wanted(&reqs[i], family(b));
+                    }
                     take.push(i);
                 }
             }
             if take.is_empty() {
-                return Ok(());
+                return Ok(blocks.into_iter().map(Some).collect());
             }
-            let mut next = block.clone();
+            let mut next = blocks.clone();
             let mut t = self.store.txn();
             let mut got = vec![];
             // Which request each write of the transaction is for, to tell whose failed.
@@ -166,10 +270,22 @@ impl Ipam {
             let mut refused = None;
             for &i in &take {
                 let r = &reqs[i];
-                let ips = block::allocate(&mut next.spec, r.ipv4, &r.handle, &r.attrs);
-                let h =
-                    with_addresses(&HandleState::default(), &r.handle, &block.spec.cidr, r.ipv4);
-                t.create(&handles, &h)?;
+                let mut ips = vec![];
+                let mut h: Option<IPAMHandle> = None;
+                for (nb, b) in next.iter_mut().zip(&blocks) {
+                    let n = wanted(r, family(b));
+                    ips.extend(block::allocate(&mut nb.spec, n, &r.handle, &r.attrs));
+                    h = Some(match h {
+                        None => with_addresses(&HandleState::default(), &r.handle, &b.spec.cidr, n),
+                        Some(mut h) => {
+                            *h.spec.block.entry(b.spec.cidr.clone()).or_default() += n as u32;
+                            h
+                        }
+                    });
+                }
+                if let Some(h) = &h {
+                    t.create(&handles, h)?;
+                }
                 if let Err(e) = (g.extra)(i, &ips, &mut t) {
                     debug!(handle = %r.handle, error = %e, "its other writes cannot join the batch");
                     refused = Some(i);
@@ -182,11 +298,13 @@ impl Ipam {
                 waiting.retain(|&j| j != i);
                 continue;
             }
-            t.update(&blocks, &next)?;
+            let first_block = t.len();
+            for nb in &next {
+                t.update(&api, nb)?;
+            }
             let keys: Vec<Option<String>> = (0..t.len())
                 .map(|w| t.key(w).map(|k| k.as_str().to_owned()))
                 .collect();
-            let block_key = t_key(&keys, keys.len() - 1);
             match t.commit().await {
                 Ok(done) => {
                     for (&i, ips) in take.iter().zip(got) {
@@ -194,41 +312,69 @@ impl Ipam {
                         out[i] = Some(ips);
                     }
                     waiting.retain(|i| !take.contains(i));
-                    let Some(stored) = done.get(&blocks, keys.len() - 1)? else {
-                        return Ok(());
-                    };
-                    self.remember(node, stored.clone());
-                    if waiting.is_empty() || block::free(&stored.spec) == 0 {
-                        return Ok(());
+                    let mut stored = vec![];
+                    for k in 0..blocks.len() {
+                        let b = done.get(&api, first_block + k)?;
+                        if let Some(b) = &b {
+                            self.remember(node, b.clone());
+                        }
+                        stored.push(b);
                     }
-                    block = stored;
+                    if waiting.is_empty() || stored.iter().any(Option::is_none) {
+                        return Ok(stored);
+                    }
+                    blocks = stored.into_iter().flatten().collect();
                 }
                 Err(e) if is_race(&e) => {
                     let key = e.key().map(|k| k.as_str().to_owned());
-                    if key != block_key {
-                        // One request's own writes failed (a handle that exists: a repeated
-                        // ADD; a record changed meanwhile): the caller serves it alone.
-                        if let Some(&i) = (0..owner.len())
-                            .find(|&w| t_key(&keys, w) == key)
-                            .and_then(|w| owner.get(w))
-                        {
-                            waiting.retain(|&j| j != i);
-                            continue;
+                    let block_at = (first_block..keys.len()).find(|&w| t_key(&keys, w) == key);
+                    match block_at {
+                        Some(w) => {
+                            // That block changed: read it again.
+                            let k = w - first_block;
+                            match api.get(&names[k]).await? {
+                                Some(b) => blocks[k] = b,
+                                None => {
+                                    self.forget(node, &names[k]);
+                                    let mut v: Vec<Option<IPAMBlock>> =
+                                        blocks.into_iter().map(Some).collect();
+                                    v[k] = None;
+                                    return Ok(v);
+                                }
+                            }
                         }
-                    }
-                    match blocks.get(&name).await? {
-                        Some(b) => block = b,
                         None => {
-                            self.forget(node, &name);
-                            return Ok(());
+                            // One request's own writes failed (a handle that exists: a
+                            // repeated ADD; a record changed meanwhile): the caller serves
+                            // it alone. Unknown: read every block again.
+                            if let Some(&i) = (0..owner.len())
+                                .find(|&w| t_key(&keys, w) == key)
+                                .and_then(|w| owner.get(w))
+                            {
+                                waiting.retain(|&j| j != i);
+                                continue;
+                            }
+                            for (k, name) in names.iter().enumerate() {
+                                match api.get(name).await? {
+                                    Some(b) => blocks[k] = b,
+                                    None => {
+                                        self.forget(node, name);
+                                        let mut v: Vec<Option<IPAMBlock>> =
+                                            blocks.into_iter().map(Some).collect();
+                                        v[k] = None;
+                                        return Ok(v);
+                                    }
+                                }
+                            }
                         }
                     }
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        let cidrs: Vec<&str> = blocks.iter().map(|b| b.spec.cidr.as_str()).collect();
         Err(IpamError::TooManyRetries {
-            what: format!("batch allocation in block {}", block.spec.cidr),
+            what: format!("batch allocation in block(s) {}", cidrs.join(", ")),
             retries: MAX_RETRIES,
         })
     }

@@ -401,3 +401,77 @@ async fn batch_release_frees_together_or_leaves_to_the_caller() {
     let report = ipam.check(&owners(&["n1"], &["d"])).await.unwrap();
     assert!(report.is_clean(), "{report:?}");
 }
+
+/// Dual-stack requests are batched too: each gets an IPv4 and an IPv6 address, the
+/// addresses of both families and the handles in one transaction per (IPv4 block, IPv6 block)
+/// pair; a block of either family filling up moves on to the next (claimed) one; a failure
+/// between transactions leaves whole requests served and the rest untouched.
+#[tokio::test]
+async fn dual_stack_batch_takes_both_families_in_one_transaction() {
+    let (mem, store) = n1_with_a_slash_24().await;
+    // /122 blocks: 64 addresses; /26: 64 too. 40 + 40 requests cross a block of each.
+    add_pool(&store, "pool6", "fd00:10::/120", 122).await;
+    let (inst, ipam) = dying_with(&mem, true);
+    let dual = |p: &str| {
+        let mut r = pod_req("n1", "default", p, &format!("c-{p}"), 1);
+        r.ipv6 = 1;
+        r
+    };
+    let reqs: Vec<_> = (0..40).map(|i| dual(&format!("d{i}"))).collect();
+    let (_, w0) = inst.round_trips();
+    let out = ipam.assign_batch(&reqs).await;
+    let (_, w1) = inst.round_trips();
+    assert!(out.iter().all(Option::is_some), "{out:?}");
+    for o in out.iter().flatten() {
+        assert!(o.len() == 2 && o[0].is_ipv4() && o[1].is_ipv6(), "{o:?}");
+    }
+    // Block claims (one per family) and one allocation transaction.
+    assert!(w1 - w0 >= 3, "writes: {}", w1 - w0);
+    let h = store.all::<brindle_api::IPAMHandle>();
+    let one = h.get(&reqs[0].handle).await.unwrap().expect("handle");
+    assert_eq!(one.spec.block.len(), 2, "{:?}", one.spec.block);
+
+    // 40 more: the first blocks have 24 left each; the rest come from a second pair.
+    let more: Vec<_> = (40..80).map(|i| dual(&format!("d{i}"))).collect();
+    let out2 = ipam.assign_batch(&more).await;
+    assert!(out2.iter().all(Option::is_some), "{out2:?}");
+    let all = all_allocations(&store).await;
+    let distinct: HashSet<_> = all.iter().map(|a| a.0).collect();
+    assert_eq!(distinct.len(), all.len(), "no address twice");
+    assert_eq!(all.len(), 160);
+    assert_eq!(
+        count::<IPAMBlock>(&store).await,
+        4,
+        "two blocks of each family"
+    );
+
+    // Eight that fit the current pair of blocks (48 free in each): one transaction for all.
+    let eight: Vec<_> = (80..88).map(|i| dual(&format!("d{i}"))).collect();
+    let (_, w0) = inst.round_trips();
+    let out3 = ipam.assign_batch(&eight).await;
+    let (_, w1) = inst.round_trips();
+    assert!(out3.iter().all(Option::is_some), "{out3:?}");
+    assert_eq!(w1 - w0, 1, "eight dual-stack requests, one write");
+
+    // Die after the first transaction of a batch that needs more blocks: the current pair's
+    // room (40) is served, nothing of the rest is written.
+    let last: Vec<_> = (88..140).map(|i| dual(&format!("d{i}"))).collect();
+    inst.fail_writes_after(1);
+    let out4 = ipam.assign_batch(&last).await;
+    let served = out4.iter().filter(|o| o.is_some()).count();
+    assert_eq!(served, 40, "the current pair's room, then the failure");
+    for (r, o) in last.iter().zip(&out4) {
+        let held = h.get(&r.handle).await.unwrap();
+        assert_eq!(
+            held.is_some(),
+            o.is_some(),
+            "{}: handle iff served",
+            r.handle
+        );
+    }
+    let mut pods: Vec<String> = (0..140).map(|i| format!("d{i}")).collect();
+    pods.sort();
+    let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
+    let report = ipam.check(&owners(&["n1"], &pods)).await.unwrap();
+    assert!(report.is_clean(), "nothing half-written: {report:?}");
+}
