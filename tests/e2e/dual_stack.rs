@@ -581,3 +581,68 @@ fn ipv6_only_racks_through_top_of_rack_routers() {
         }
     });
 }
+
+/// IPv6 rules a previous run left (a node that had IPv6 pods, restarted after their pool
+/// went): the restarted agent keeps them in step from its first sync — a chain that no
+/// longer belongs goes — rather than leaving them as they were. Looking for them loads no
+/// ip6tables table where there is none.
+fn stale_ipv6_rules_are_kept_in_step(dp: Dp) {
+    with_lab(dp.spec(LabSpec::default()), |lab| {
+        restart_and_first_sync(lab, 0);
+        if dp == Dp::Iptables {
+            let names = lab.nodes[0].ns.ok(&["cat", "/proc/net/ip6_tables_names"]);
+            assert!(names.trim().is_empty(), "ip6tables tables loaded: {names}");
+        }
+        lab.stop_agent(0);
+        let present = |lab: &brindle_lab::Lab| {
+            let ns = &lab.nodes[0].ns;
+            match dp {
+                Dp::Iptables => ns
+                    .ok(&["ip6tables-legacy-save", "-t", "filter"])
+                    .contains(":BRL-STALE"),
+                Dp::Nftables => ns
+                    .run(&["nft", "list", "chain", "ip6", "brindle", "stale"])
+                    .status
+                    .success(),
+            }
+        };
+        let ns = &lab.nodes[0].ns;
+        match dp {
+            Dp::Iptables => {
+                ns.ok(&["ip6tables-legacy", "-t", "filter", "-N", "BRL-STALE"]);
+                ns.ok(&[
+                    "ip6tables-legacy",
+                    "-t",
+                    "filter",
+                    "-A",
+                    "BRL-STALE",
+                    "-j",
+                    "DROP",
+                ]);
+            }
+            Dp::Nftables => {
+                ns.ok(&["nft", "add", "table", "ip6", "brindle"]);
+                ns.ok(&["nft", "add", "chain", "ip6", "brindle", "stale"]);
+            }
+        }
+        assert!(present(lab));
+        lab.start_agent(0);
+        wait_for(
+            "the previous run's IPv6 chain to go",
+            Duration::from_secs(30),
+            || (!present(lab)).then_some(()),
+        );
+        let log = std::fs::read_to_string(lab.nodes[0].log()).unwrap_or_default();
+        assert!(log.contains("IPv6 rules of a previous run found"), "{log}");
+    });
+}
+
+#[test]
+fn stale_ipv6_rules_are_kept_in_step_iptables() {
+    stale_ipv6_rules_are_kept_in_step(Dp::Iptables);
+}
+
+#[test]
+fn stale_ipv6_rules_are_kept_in_step_nftables() {
+    stale_ipv6_rules_are_kept_in_step(Dp::Nftables);
+}

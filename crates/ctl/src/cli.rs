@@ -143,7 +143,14 @@ pub enum PolicyCommand {
     /// The verdict for a new connection FROM → TO, each direction with the policy and
     /// rule that decide it, from the datastore by the agents' own rules. FROM and TO are
     /// namespace/pod or an address; TO may end in :PORT[/PROTO] (default 80/TCP).
-    Explain { from: String, to: String },
+    Explain {
+        from: String,
+        to: String,
+        /// Over the pods' IPv6 addresses (implied when FROM or TO is an IPv6 address); else
+        /// their first, as Kubernetes' `status.podIP`.
+        #[arg(long)]
+        ipv6: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

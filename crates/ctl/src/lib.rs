@@ -140,8 +140,8 @@ async fn run(cli: Cli, name: &'static str) -> Result<(), Failure> {
         Command::Delete(a) => resources::delete(&c, a).await,
         Command::Label(a) => resources::label(&c, a).await,
         Command::Services { refused } => services_cmd::run(&c, &store, *refused).await,
-        Command::Policy(PolicyCommand::Explain { from, to }) => {
-            policy_cmd::explain(&store, from, to).await
+        Command::Policy(PolicyCommand::Explain { from, to, ipv6 }) => {
+            policy_cmd::explain(&store, from, to, *ipv6).await
         }
         Command::Ipam(IpamCommand::Show(a)) => ipam_cmd::show(&store, a).await,
         Command::Ipam(IpamCommand::Check { output }) => {

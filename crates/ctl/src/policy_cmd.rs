@@ -139,8 +139,8 @@ async fn world(store: &Store) -> Result<(World, Vec<Pod>, Vec<String>), Failure>
     Ok((w, pods, refused))
 }
 
-/// `ns/pod` or an address.
-fn end<'a>(what: &str, pods: &'a [Pod]) -> Result<End<'a>, Failure> {
+/// `ns/pod` (its first address, or its IPv6 one with `v6`) or an address.
+fn end<'a>(what: &str, pods: &'a [Pod], v6: bool) -> Result<End<'a>, Failure> {
     if let Ok(ip) = what.parse::<IpAddr>() {
         let pod = pods.iter().find(|p| p.ips.contains(&ip));
         return Ok(End { ip, pod });
@@ -156,9 +156,13 @@ fn end<'a>(what: &str, pods: &'a [Pod]) -> Result<End<'a>, Failure> {
         .ok_or_else(|| Failure::Error(anyhow::anyhow!("no pod {ns}/{name}")))?;
     let ip = pod
         .ips
-        .first()
+        .iter()
+        .find(|a| !v6 || a.is_ipv6())
         .copied()
-        .ok_or_else(|| Failure::Error(anyhow::anyhow!("pod {ns}/{name} has no address yet")))?;
+        .ok_or_else(|| {
+            let what = if v6 { "IPv6 address" } else { "address yet" };
+            Failure::Error(anyhow::anyhow!("pod {ns}/{name} has no {what}"))
+        })?;
     Ok(End { ip, pod: Some(pod) })
 }
 
@@ -191,7 +195,7 @@ fn say(d: &Decision, pod: Option<&Pod>) -> String {
     }
 }
 
-pub async fn explain(store: &Store, from: &str, to: &str) -> Result<(), Failure> {
+pub async fn explain(store: &Store, from: &str, to: &str, ipv6: bool) -> Result<(), Failure> {
     let (w, pods, refused) = world(store).await?;
     // A bare address (IPv6 ones have colons), else `TARGET:PORT` (`[v6]:PORT`).
     let (to, port_spec) = match to.rsplit_once(':') {
@@ -201,7 +205,12 @@ pub async fn explain(store: &Store, from: &str, to: &str) -> Result<(), Failure>
         _ => (to, None),
     };
     let (port, protocol) = port(port_spec.unwrap_or("80/TCP"))?;
-    let (f, t) = (end(from, &pods)?, end(to, &pods)?);
+    // One family for both ends: an IPv6 address given for either, or --ipv6.
+    let v6 = ipv6
+        || [from, to]
+            .iter()
+            .any(|e| e.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()));
+    let (f, t) = (end(from, &pods, v6)?, end(to, &pods, v6)?);
     let v = w.verdict(&Conn {
         from: f,
         to: t,
@@ -217,6 +226,7 @@ pub async fn explain(store: &Store, from: &str, to: &str) -> Result<(), Failure>
         protocol.name(),
         if v.allowed() { "ALLOWED" } else { "DENIED" }
     );
+    println!("  addresses: {} -> {}", f.ip, t.ip);
     println!("  egress:  {}", say(&v.egress, f.pod));
     println!("  ingress: {}", say(&v.ingress, t.pod));
     for r in refused {

@@ -113,6 +113,60 @@ async fn explain_names_the_policy_and_rule_that_decide() {
         "{e}"
     );
 
+    // IPv6: pods z/a and z/b have an address of each family; z/v6 lets in only an IPv6
+    // block. Over their first (IPv4) addresses the rule does not apply; over IPv6 it does.
+    let n: Namespace = serde_json::from_value(json!({"metadata": {"name": "z"}})).unwrap();
+    store.all::<Namespace>().create(&n).await.unwrap();
+    for (name, v4, v6) in [
+        ("a", "10.0.2.1", "fd00:10::1"),
+        ("b", "10.0.2.2", "fd00:10::2"),
+    ] {
+        let p: Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "z", "name": name, "labels": {"pod": name}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]},
+            "status": {"podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]}
+        }))
+        .unwrap();
+        store.namespaced::<Pod>("z").create(&p).await.unwrap();
+    }
+    let np: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"namespace": "z", "name": "v6"},
+        "spec": {"podSelector": {"matchLabels": {"pod": "a"}},
+                 "ingress": [{"from": [{"ipBlock": {"cidr": "fd00:10::/64"}}]}]}
+    }))
+    .unwrap();
+    store
+        .namespaced::<NetworkPolicy>("z")
+        .create(&np)
+        .await
+        .unwrap();
+    let e = run(&["policy", "explain", "z/b", "z/a:80"]);
+    assert!(
+        e.contains("DENIED") && e.contains("addresses: 10.0.2.2 -> 10.0.2.1"),
+        "{e}"
+    );
+    let e = run(&["policy", "explain", "--ipv6", "z/b", "z/a:80"]);
+    assert!(
+        e.contains("ALLOWED") && e.contains("allowed by z/v6, rule 0"),
+        "{e}"
+    );
+    assert!(e.contains("addresses: fd00:10::2 -> fd00:10::1"), "{e}");
+    // An IPv6 address for one end means IPv6 for the other.
+    let e = run(&["policy", "explain", "fd00:10::2", "z/a:80"]);
+    assert!(e.contains("ALLOWED") && e.contains("-> fd00:10::1"), "{e}");
+    let e = run(&["policy", "explain", "z/b", "[fd00:10::1]:80"]);
+    assert!(
+        e.contains("ALLOWED") && e.contains("fd00:10::2 -> fd00:10::1"),
+        "{e}"
+    );
+    // A pod without an IPv6 address cannot be explained over IPv6.
+    let none = ctl.run(&["policy", "explain", "--ipv6", "x/b", "z/a:80"]);
+    assert_ne!(none.code, 0, "{none:#?}");
+    assert!(
+        none.stderr.contains("pod x/b has no IPv6 address"),
+        "{none:#?}"
+    );
+
     let bad = ctl.run(&["policy", "explain", "x/b", "x/a:99999"]);
     assert_eq!(bad.code, 2, "{bad:#?}");
     assert!(bad.stderr.contains("not a port"), "{bad:#?}");

@@ -346,6 +346,29 @@ impl DpWriter {
         }
     }
 
+    /// Whether the kernel holds IPv6 rules of this dataplane's (a previous run's). Blocking.
+    pub fn v6_in_kernel(dp: Dataplane, runner: &Runner) -> bool {
+        match dp {
+            // Looking must not load the legacy tables (ip6tables-legacy-save would): none
+            // listed in this namespace, none of ours.
+            Dataplane::Iptables(Backend::Legacy)
+                if std::fs::read_to_string("/proc/net/ip6_tables_names")
+                    .map_or(true, |t| t.trim().is_empty()) =>
+            {
+                false
+            }
+            Dataplane::Iptables(b) => {
+                brindle_felix_lite::iptables::read_tables(b, Family::V6, runner).is_ok_and(|t| {
+                    t.values()
+                        .any(|ts| ts.chains.keys().any(|c| c.starts_with(rules::CHAIN_PREFIX)))
+                })
+            }
+            Dataplane::Nftables => {
+                nft::writer::read_table(runner, Family::V6).is_ok_and(|k| k.exists)
+            }
+        }
+    }
+
     /// Removes the rules of the dataplane not chosen (left by a run with the other flag).
     /// Blocking; errors are logged, never fatal (the chosen dataplane works regardless).
     pub fn remove_others(dp: Dataplane, runner: &Runner) {

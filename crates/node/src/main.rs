@@ -661,6 +661,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 workload_prefix: a.veth_prefix.clone(),
                 tool_timeout: a.iptables_tool_timeout,
                 services: a.services,
+                ipv6_node: me.ip6.is_some(),
                 policy: policy_on.then(|| service_task::PolicyConfig {
                     ctx: brindle_felix_lite::policy::PolicyContext {
                         workload_prefix: a.veth_prefix.clone(),

@@ -31,7 +31,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::dataplane::{Dataplane, PerFamily, PortRules, Want, Writers};
+use crate::dataplane::{Dataplane, DpWriter, PerFamily, PortRules, Want, Writers};
 use crate::metrics::Metrics;
 use crate::policy_state::{self, PolicyEv, PolicyState};
 use crate::services::{self, Reserved, Skipped};
@@ -59,6 +59,9 @@ pub struct ServiceTask {
     pub services: bool,
     /// Enforce NetworkPolicy.
     pub policy: Option<PolicyConfig>,
+    /// The node has an IPv6 address: its IPv6 rules (the guard first) are written from the
+    /// first sync, before any IPv6 pool exists, so no IPv6 pod ever precedes them.
+    pub ipv6_node: bool,
 }
 
 pub struct PolicyConfig {
@@ -414,8 +417,19 @@ impl ServiceTask {
         let mut ctx: Option<NodeContext> = None;
         // The pool and host sets of each family (IPv6's when there is an IPv6 pool).
         let mut sets: PerFamily<BTreeMap<String, Vec<IpNetwork>>> = PerFamily::default();
-        // IPv6 rules have been wanted since the agent started.
-        let mut v6_used = false;
+        // IPv6 rules have been wanted since the agent started: from the start on a node with
+        // an IPv6 address, or where a previous run left IPv6 rules (kept in step, so pods
+        // and Services gone since leave them, rather than left as they were).
+        let mut v6_used = self.ipv6_node || {
+            let (dp, r) = (self.dataplane, runner.clone());
+            let found = tokio::task::spawn_blocking(move || DpWriter::v6_in_kernel(dp, &r))
+                .await
+                .unwrap_or(false);
+            if found {
+                info!("IPv6 rules of a previous run found: kept in step from the first sync");
+            }
+            found
+        };
         // Known with the first synced snapshot, as the context is.
         let mut guard: Option<NodeGuard> = None;
         let mut reserved_now = Reserved::default();
