@@ -379,12 +379,12 @@ impl Ipam {
         })
     }
 
-    /// Releases many handles together: those whose addresses are all in one block are freed
-    /// with one transaction per block (the block, and each handle deleted on the condition
-    /// that it has not changed). Each answer is `Some(freed)` when done here (empty for a
-    /// handle that does not exist), `None` when the caller must release that handle alone
-    /// (it spans blocks, it changed meanwhile, an error, no transactions); nothing was
-    /// written for a `None`.
+    /// Releases many handles together: those whose addresses are in the same blocks (one,
+    /// or one per family for a dual-stack handle) are freed with one transaction per set of
+    /// blocks (the blocks, and each handle deleted on the condition that it has not changed).
+    /// Each answer is `Some(freed)` when done here (empty for a handle that does not exist),
+    /// `None` when the caller must release that handle alone (it changed meanwhile, an
+    /// error, no transactions); nothing was written for a `None`.
     pub async fn release_batch(&self, ids: &[String]) -> Vec<Option<Vec<IpAddr>>> {
         let mut out = vec![None; ids.len()];
         if !self.one_txn() {
@@ -392,64 +392,80 @@ impl Ipam {
         }
         let handles = self.store.all::<IPAMHandle>();
         let read = futures::future::join_all(ids.iter().map(|id| handles.get(id))).await;
-        let mut groups: BTreeMap<String, Vec<(usize, IPAMHandle)>> = BTreeMap::new();
+        let mut groups: BTreeMap<Vec<String>, Vec<(usize, IPAMHandle)>> = BTreeMap::new();
         for (i, h) in read.into_iter().enumerate() {
             match h {
                 Ok(None) => out[i] = Some(vec![]),
-                Ok(Some(h)) if h.spec.block.len() == 1 => {
-                    if let Some(cidr) = h.spec.block.keys().next().cloned() {
-                        groups.entry(cidr).or_default().push((i, h));
-                    }
+                // The block map's keys, sorted: the same blocks, the same group.
+                Ok(Some(h)) if (1..=2).contains(&h.spec.block.len()) => {
+                    let cidrs: Vec<String> = h.spec.block.keys().cloned().collect();
+                    groups.entry(cidrs).or_default().push((i, h));
                 }
                 _ => {}
             }
         }
-        for (cidr, group) in groups {
-            if let Err(e) = self.release_in_block(&cidr, group, &mut out).await {
-                debug!(block = %cidr, error = %e, "batch release stopped; the rest are released one by one");
+        for (cidrs, group) in groups {
+            if let Err(e) = self.release_in_blocks(&cidrs, group, &mut out).await {
+                debug!(blocks = ?cidrs, error = %e, "batch release stopped; the rest are released one by one");
             }
         }
         out
     }
 
-    async fn release_in_block(
+    async fn release_in_blocks(
         &self,
-        cidr: &str,
+        cidrs: &[String],
         mut group: Vec<(usize, IPAMHandle)>,
         out: &mut [Option<Vec<IpAddr>>],
     ) -> Result<()> {
-        let Ok(net) = cidr.parse::<IpNetwork>() else {
-            return Ok(());
-        };
+        let mut names = vec![];
+        for c in cidrs {
+            let Ok(net) = c.parse::<IpNetwork>() else {
+                return Ok(());
+            };
+            names.push(block_name(&net));
+        }
         let blocks = self.store.all::<IPAMBlock>();
         let handles = self.store.all::<IPAMHandle>();
-        let name = block_name(&net);
         for _ in 0..MAX_RETRIES {
             if group.is_empty() {
                 return Ok(());
             }
-            let mut next = blocks.get(&name).await?;
+            let mut next = vec![];
+            for name in &names {
+                next.push(blocks.get(name).await?);
+            }
             let mut t = self.store.txn();
             let mut freed = vec![];
+            let mut changed = vec![false; next.len()];
             for (_, h) in &group {
                 let id = h.spec.handle_id.as_str();
                 t.delete(&handles, id, h.metadata.resource_version.as_deref());
-                freed.push(match &mut next {
-                    Some(n) => block::release_handle(&mut n.spec, id),
-                    None => vec![],
-                });
+                let mut ips = vec![];
+                for (k, b) in next.iter_mut().enumerate() {
+                    if let Some(b) = b {
+                        let got = block::release_handle(&mut b.spec, id);
+                        changed[k] |= !got.is_empty();
+                        ips.extend(got);
+                    }
+                }
+                freed.push(ips);
             }
-            let changed = freed.iter().any(|f| !f.is_empty());
-            if let (Some(n), true) = (&next, changed) {
-                t.update(&blocks, n)?;
+            // Only the blocks that gave something back are written.
+            let mut written = vec![];
+            for (b, _) in next.iter().zip(&changed).filter(|(_, c)| **c) {
+                if let Some(b) = b {
+                    written.push(t.len());
+                    t.update(&blocks, b)?;
+                }
             }
             let keys: Vec<Option<String>> = (0..t.len())
                 .map(|w| t.key(w).map(|k| k.as_str().to_owned()))
                 .collect();
             match t.commit().await {
                 Ok(done) => {
-                    if changed {
-                        if let Some(b) = done.get(&blocks, group.len())? {
+                    for w in written {
+                        if let Some(b) = done.get(&blocks, w)? {
                             self.note_block(&b);
                         }
                     }
@@ -464,7 +480,7 @@ impl Ipam {
                 Err(e) if is_race(&e) => {
                     let key = e.key().map(|k| k.as_str().to_owned());
                     // A handle that changed (an ADD of the same attachment meanwhile) is
-                    // released alone by the caller; the block changing just means again.
+                    // released alone by the caller; a block changing just means again.
                     if let Some(w) = (0..group.len()).find(|&w| t_key(&keys, w) == key) {
                         group.remove(w);
                     }
@@ -473,7 +489,7 @@ impl Ipam {
             }
         }
         Err(IpamError::TooManyRetries {
-            what: format!("batch release in block {cidr}"),
+            what: format!("batch release in block(s) {}", cidrs.join(", ")),
             retries: MAX_RETRIES,
         })
     }

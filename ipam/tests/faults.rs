@@ -474,4 +474,31 @@ async fn dual_stack_batch_takes_both_families_in_one_transaction() {
     let pods: Vec<&str> = pods.iter().map(String::as_str).collect();
     let report = ipam.check(&owners(&["n1"], &pods)).await.unwrap();
     assert!(report.is_clean(), "nothing half-written: {report:?}");
+
+    // Released together too: the eight (same two blocks) in one write, both addresses each.
+    let (inst2, healthy) = dying_with(&mem, true);
+    let ids: Vec<String> = eight.iter().map(|r| r.handle.clone()).collect();
+    let (_, w0) = inst2.round_trips();
+    let freed = healthy.release_batch(&ids).await;
+    let (_, w1) = inst2.round_trips();
+    assert!(
+        freed
+            .iter()
+            .all(|f| f.as_ref().is_some_and(|ips| ips.len() == 2)),
+        "{freed:?}"
+    );
+    assert_eq!(w1 - w0, 1, "eight dual-stack handles, one write");
+    for id in &ids {
+        assert!(h.get(id).await.unwrap().is_none(), "{id} released");
+    }
+    let freed_ips: HashSet<_> = freed.iter().flatten().flatten().copied().collect();
+    let left: HashSet<_> = all_allocations(&store).await.iter().map(|a| a.0).collect();
+    assert!(freed_ips.is_disjoint(&left), "freed addresses are free");
+    let kept: Vec<&str> = pods
+        .iter()
+        .copied()
+        .filter(|p| !(80..88).any(|i| *p == format!("d{i}")))
+        .collect();
+    let report = ipam.check(&owners(&["n1"], &kept)).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
 }
