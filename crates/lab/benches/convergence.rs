@@ -1,7 +1,7 @@
 //! Convergence in the lab: `cargo bench -p brindle-lab --bench convergence`.
 //!
 //! For 3, 10 and 20 nodes in a full mesh (10 also dual stack: a block of each family per
-//! node, IPv6 sessions beside IPv4 ones) and 20 nodes with 2 route reflectors: each node
+//! node, IPv6 sessions beside IPv4 ones; and IPv6 only) and 20 nodes with 2 route reflectors: each node
 //! already holds one block (allocated through IPAM before any agent starts, as after a
 //! reboot of the whole cluster); then every agent starts, and we time from the last one
 //! starting until every node has a proto-bird route for every other node's block. Then a pod
@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use brindle_ipam::{AssignRequest, Ipam};
-use brindle_lab::{Lab, LabSpec};
+use brindle_lab::{IpFamily, Lab, LabSpec};
 
 struct Row {
     name: String,
@@ -36,24 +36,21 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks / 100.0
 }
 
-fn scenario(name: &str, nodes: usize, reflectors: usize, dual: bool) -> Row {
+fn scenario(name: &str, nodes: usize, reflectors: usize, ip_family: IpFamily) -> Row {
     let spec = LabSpec {
         nodes,
         reflectors,
         gc_grace: "1h".into(), // the pre-allocated addresses have no pods
-        ip_family: if dual {
-            brindle_lab::IpFamily::Dual
-        } else {
-            brindle_lab::IpFamily::Ipv4
-        },
+        ip_family,
         ..Default::default()
     };
     let mut lab = Lab::build(spec, &mut |_| {}).expect("lab");
     let ipam = Ipam::new(lab.store.clone());
     for n in lab.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>() {
         let mut req = AssignRequest::pod(&n, "bench", &format!("pre-{n}"), &format!("pre{n}"), 1);
-        // Dual stack: a block of each family per node, so convergence waits for both.
-        req.ipv6 = usize::from(dual);
+        // A block of each of the lab's families per node, so convergence waits for all.
+        req.ipv4 = usize::from(lab.spec.v4());
+        req.ipv6 = usize::from(lab.spec.v6());
         lab.block_on(ipam.assign(&req)).expect("pre-allocate");
     }
     lab.start_agents(&mut |_| {}).expect("agents");
@@ -126,15 +123,16 @@ fn scenario(name: &str, nodes: usize, reflectors: usize, dual: bool) -> Row {
 fn main() {
     brindle_lab::use_release_binaries();
     let mut rows = vec![];
-    for (name, n, rr, dual) in [
-        ("mesh", 3, 0, false),
-        ("mesh", 10, 0, false),
-        ("mesh, dual stack", 10, 0, true),
-        ("mesh", 20, 0, false),
-        ("2 reflectors", 20, 2, false),
+    for (name, n, rr, family) in [
+        ("mesh", 3, 0, IpFamily::Ipv4),
+        ("mesh", 10, 0, IpFamily::Ipv4),
+        ("mesh, dual stack", 10, 0, IpFamily::Dual),
+        ("mesh, IPv6 only", 10, 0, IpFamily::Ipv6),
+        ("mesh", 20, 0, IpFamily::Ipv4),
+        ("2 reflectors", 20, 2, IpFamily::Ipv4),
     ] {
         eprintln!("running {name} with {n} nodes…");
-        rows.push(scenario(name, n, rr, dual));
+        rows.push(scenario(name, n, rr, family));
     }
     println!("\nlab convergence (release binaries, encapsulation none, etcd on loopback)\n");
     println!("| topology | nodes | last agent start → all block routes (s) | CNI ADD (s) | pod ADD start → TCP from every node (s) | agent peak RSS max / mean (MiB) | agents' CPU total (s) |");

@@ -125,6 +125,7 @@ impl BgpTask {
                 encap: desired::encap(&snap, tunnel_ok),
                 rails: desired::rails(&snap, &self.me, &host, &mut warnings),
             };
+            desired::ipv4_pools_here(&snap, &self.me, &mut warnings);
             for w in warnings {
                 if warned.insert(w.clone()) {
                     warn!(resource = %w.resource, "{}", w.reason);

@@ -308,6 +308,34 @@ pub fn globals(snap: &Snapshot, me: &Me) -> Globals {
     }
 }
 
+/// On an IPv6-only node: each enabled IPv4 pool that selects it, named (IPAM refuses its
+/// pods IPv4 addresses while one does).
+pub fn ipv4_pools_here(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) {
+    if me.ip().is_some() {
+        return;
+    }
+    let labels = snap
+        .nodes
+        .get(&me.name)
+        .map(|n| n.labels.clone())
+        .unwrap_or_default();
+    for (name, p) in &snap.pools {
+        let v4 = p.cidr.parse::<IpNetwork>().is_ok_and(|n| n.is_ipv4());
+        let sel = match p.node_selector.trim() {
+            "" => "all()",
+            s => s,
+        };
+        let selects = Selector::parse(sel).is_ok_and(|s| s.matches(&labels));
+        if v4 && !p.disabled && selects {
+            warn(
+                w,
+                format!("IPPool {name}"),
+                "selects this IPv6-only node (no IPv4 address): its pods are refused IPv4 addresses; exclude the node by spec.nodeSelector, or set assign_ipv4 to false in the CNI configuration",
+            );
+        }
+    }
+}
+
 fn selector(s: &str, resource: &str, field: &str, w: &mut Vec<Warning>) -> Option<Selector> {
     match Selector::parse(s) {
         Ok(sel) => Some(sel),

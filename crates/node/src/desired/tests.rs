@@ -166,6 +166,20 @@ fn ipv6_only_nodes_peer_over_ipv6_with_hashed_router_ids() {
     assert_eq!(addrs, ["198.18.0.9", "2001:db8:18::11", "2001:db8:18::12"]);
     let to_n1 = &p[&"2001:db8:18::11".parse::<IpAddr>().unwrap()];
     assert_eq!(to_n1.router_id, Some(m.router_id));
+    // The IPv4 pool selects the IPv6-only node: named once; not for a dual-stack node.
+    let mut w = vec![];
+    ipv4_pools_here(&s, &m, &mut w);
+    assert!(
+        w.len() == 1 && w[0].resource == "IPPool default" && w[0].reason.contains("IPv6-only"),
+        "{w:?}"
+    );
+    let mut w4 = vec![];
+    ipv4_pools_here(&s, &m4, &mut w4);
+    assert!(w4.is_empty(), "{w4:?}");
+    s.pools.get_mut("default").unwrap().node_selector = "rack == 'r9'".into();
+    let mut w = vec![];
+    ipv4_pools_here(&s, &m, &mut w);
+    assert!(w.is_empty(), "a pool that does not select it: {w:?}");
     // The rails protect what the IPv6-only node has, and nothing IPv4 of its own.
     let r = rails(&s, &m, &[], &mut w);
     assert!(r.protected.contains(&"2001:db8:18::/64".parse().unwrap()));
