@@ -23,7 +23,7 @@ pub enum Backend {
 
 impl Backend {
     /// `iptables-legacy-save`, `ip6tables-nft-restore`, …
-    fn tool(self, family: Family, what: &str) -> String {
+    pub fn tool(self, family: Family, what: &str) -> String {
         let stem = family.iptables();
         match self {
             Backend::Legacy => format!("{stem}-legacy-{what}"),

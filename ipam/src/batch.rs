@@ -17,9 +17,10 @@ use crate::error::{IpamError, Result};
 use crate::ipam::{AssignRequest, Family, HandleState, Ipam, MAX_RETRIES};
 use crate::txn::{is_race, with_addresses};
 
-/// Most requests one batch transaction carries (etcd allows 128 operations per transaction
-/// by default: one block plus one handle per request).
-pub const MAX_BATCH: usize = 64;
+/// Most requests one batch transaction carries: etcd allows 128 operations per transaction
+/// by default, and a transaction holds a block per family (two for dual stack) and, per
+/// request, its handle and the caller's extra write (the pod record in etcd mode).
+pub const MAX_BATCH: usize = 63;
 
 /// More writes for request `i` of a batch, given its addresses (see
 /// [`Ipam::assign_batch_with`]).
@@ -55,9 +56,10 @@ fn t_key(keys: &[Option<String>], i: usize) -> Option<String> {
 }
 
 impl Ipam {
-    /// Serves many requests together: IPv4-only workload requests for one node whose handles
-    /// do not exist yet take their addresses from the node's blocks (claiming new ones when
-    /// those are full), as many per transaction as a block has room for. Each answer is
+    /// Serves many requests together: workload requests of one node (IPv4, IPv6 or both)
+    /// whose handles do not exist yet take their addresses from the node's blocks, one of
+    /// each family at a time (claiming new ones when those are full), as many per
+    /// transaction as the blocks have room for. Each answer is
     /// `Some(addresses)` when served here, `None` when the caller must serve that request
     /// alone (a handle that already exists, a borrow, an error, or a datastore without
     /// transactions); a request left `None` has had nothing written for it.

@@ -211,6 +211,12 @@ pub async fn explain(store: &Store, from: &str, to: &str, ipv6: bool) -> Result<
             .iter()
             .any(|e| e.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6()));
     let (f, t) = (end(from, &pods, v6)?, end(to, &pods, v6)?);
+    if f.ip.is_ipv6() != t.ip.is_ipv6() {
+        return Err(Failure::Usage(format!(
+            "{} and {} are of different families: give two of one family (--ipv6 for pods' IPv6 addresses)",
+            f.ip, t.ip
+        )));
+    }
     let v = w.verdict(&Conn {
         from: f,
         to: t,

@@ -159,6 +159,10 @@ async fn explain_names_the_policy_and_rule_that_decide() {
         e.contains("ALLOWED") && e.contains("fd00:10::2 -> fd00:10::1"),
         "{e}"
     );
+    // Two ends of different families are refused, not judged.
+    let mixed = ctl.run(&["policy", "explain", "10.0.2.2", "[fd00:10::1]:80"]);
+    assert_eq!(mixed.code, 2, "{mixed:#?}");
+    assert!(mixed.stderr.contains("different families"), "{mixed:#?}");
     // A pod without an IPv6 address cannot be explained over IPv6.
     let none = ctl.run(&["policy", "explain", "--ipv6", "x/b", "z/a:80"]);
     assert_ne!(none.code, 0, "{none:#?}");

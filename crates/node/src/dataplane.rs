@@ -349,13 +349,29 @@ impl DpWriter {
     /// Whether the kernel holds IPv6 rules of this dataplane's (a previous run's). Blocking.
     pub fn v6_in_kernel(dp: Dataplane, runner: &Runner) -> bool {
         match dp {
-            // Looking must not load the legacy tables (ip6tables-legacy-save would): none
-            // listed in this namespace, none of ours.
-            Dataplane::Iptables(Backend::Legacy)
-                if std::fs::read_to_string("/proc/net/ip6_tables_names")
-                    .map_or(true, |t| t.trim().is_empty()) =>
-            {
-                false
+            // Looking must not load the legacy tables (ip6tables-legacy-save of a table not
+            // loaded yet loads it): only the tables this namespace lists are read.
+            Dataplane::Iptables(Backend::Legacy) => {
+                let listed =
+                    std::fs::read_to_string("/proc/net/ip6_tables_names").unwrap_or_default();
+                let save = Backend::Legacy.tool(Family::V6, "save");
+                listed
+                    .lines()
+                    .map(str::trim)
+                    .filter(|t| ["raw", "nat", "filter"].contains(t))
+                    .any(|t| {
+                        std::process::Command::new(&save)
+                            .args(["-t", t])
+                            .output()
+                            .is_ok_and(|o| {
+                                let text = String::from_utf8_lossy(&o.stdout);
+                                brindle_felix_lite::iptables::parse_save(&text)
+                                    .values()
+                                    .any(|ts| {
+                                        ts.chains.keys().any(|c| c.starts_with(rules::CHAIN_PREFIX))
+                                    })
+                            })
+                    })
             }
             Dataplane::Iptables(b) => {
                 brindle_felix_lite::iptables::read_tables(b, Family::V6, runner).is_ok_and(|t| {

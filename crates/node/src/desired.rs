@@ -249,7 +249,9 @@ fn node_addrs(name: &str, n: &NodeInfo, w: &mut Vec<Warning>) -> Option<NodeAddr
     let ip4 = record_addr::<Ipv4Network>(name, "ipv4Address", v4, "IPv4", w).map(|n| n.ip());
     let v6 = n.bgp.ipv6_address.as_deref();
     let ip6 = record_addr::<Ipv6Network>(name, "ipv6Address", v6, "IPv6", w).map(|n| n.ip());
-    if ip4.is_none() && ip6.is_none() {
+    // A malformed IPv4 address: the node's router ID (that address) is unknown, so it cannot
+    // be held to one; it is not peered with at all (warned above).
+    if (v4.is_some() && ip4.is_none()) || (ip4.is_none() && ip6.is_none()) {
         return None;
     }
     Some(NodeAddrs {
@@ -326,7 +328,8 @@ pub fn ipv4_pools_here(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) {
             s => s,
         };
         let selects = Selector::parse(sel).is_ok_and(|s| s.matches(&labels));
-        if v4 && !p.disabled && selects {
+        let workloads = p.allowed_uses.contains(&brindle_api::AllowedUse::Workload);
+        if v4 && !p.disabled && workloads && selects {
             warn(
                 w,
                 format!("IPPool {name}"),

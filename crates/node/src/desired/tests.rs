@@ -162,8 +162,22 @@ fn ipv6_only_nodes_peer_over_ipv6_with_hashed_router_ids() {
         Some("2001:db8:18::14/64".parse().unwrap()),
     );
     let p = peers(&s, &m4, &mut w);
+    assert!(w.is_empty(), "{w:?}");
     let addrs: Vec<String> = p.keys().map(ToString::to_string).collect();
     assert_eq!(addrs, ["198.18.0.9", "2001:db8:18::11", "2001:db8:18::12"]);
+    // A malformed IPv4 address beside a good IPv6 one: its router ID is unknown, so no
+    // session at all (not one held to the hash), and it is named.
+    let mut bad = s.clone();
+    bad.nodes.get_mut("n2").unwrap().bgp.ipv4_address = Some("198.18.0.300/24".into());
+    let mut wb = vec![];
+    let pb = peers(&bad, &m, &mut wb);
+    assert!(
+        !pb.contains_key(&"2001:db8:18::12".parse::<IpAddr>().unwrap()),
+        "{pb:?}"
+    );
+    assert!(wb
+        .iter()
+        .any(|w| w.resource == "node n2" && w.reason.contains("ipv4Address")));
     let to_n1 = &p[&"2001:db8:18::11".parse::<IpAddr>().unwrap()];
     assert_eq!(to_n1.router_id, Some(m.router_id));
     // The IPv4 pool selects the IPv6-only node: named once; not for a dual-stack node.
