@@ -133,6 +133,16 @@ fn dual_stack_racks_through_top_of_rack_routers() {
                 );
             }
         }
+        // The fabric drawn: a session per family, node to router and router to router.
+        let dot = lab.graph();
+        for want in [
+            r#""node-0" -- "tor-0" [color=darkgreen, style=solid"#,
+            r#""node-0" -- "tor-0" [color=darkgreen, style=dashed, label="IPv6"#,
+            r#""tor-0" -- "tor-1" [color=darkgreen, style=solid, label="tor-0: Established"#,
+            r#""tor-0" -- "tor-1" [color=darkgreen, style=dashed"#,
+        ] {
+            assert!(dot.contains(want), "{want}:\n{dot}");
+        }
     });
 }
 

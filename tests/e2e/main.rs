@@ -13,6 +13,7 @@ mod ipam_agent;
 mod ipip;
 mod lifecycle;
 mod mesh;
+mod monitoring;
 mod netpol;
 mod node_safety;
 mod podman;

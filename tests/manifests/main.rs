@@ -1,6 +1,7 @@
 //! The install manifests (`manifests/`): valid for Kubernetes, typed as the cluster will read
 //! them, and alike across datastore variants.
 
+mod monitoring;
 mod readme;
 mod schema;
 

@@ -244,6 +244,7 @@ fn main() {
             path: socket.clone(),
             // IPAM only: NetworkPolicy's part of ADD is measured by the lab's policy bench.
             attachments: None,
+            observe: None,
         };
         agent_rt.spawn(server.run());
     }

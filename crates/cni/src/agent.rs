@@ -56,6 +56,25 @@ pub enum Response {
     },
 }
 
+impl Request {
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Add(_) => "add",
+            Request::Del(_) => "del",
+        }
+    }
+}
+
+impl Response {
+    pub fn result(&self) -> &'static str {
+        match self {
+            Response::Ok { .. } => "ok",
+            Response::Error { .. } => "error",
+            Response::Declined { .. } => "declined",
+        }
+    }
+}
+
 /// How a call to the agent ended.
 #[derive(Debug)]
 pub enum Answer {
@@ -204,6 +223,10 @@ pub struct AttachmentHook {
     pub wait: Duration,
 }
 
+/// Told of each request served: its operation (`add`, `del`), result (`ok`, `error`,
+/// `declined`) and how long the agent took (the plugin's wait, less the socket's round trip).
+pub type Observe = Arc<dyn Fn(&'static str, &'static str, Duration) + Send + Sync>;
+
 /// The agent's side: serves `path` until the listener fails.
 pub struct Server {
     pub store: Store,
@@ -211,6 +234,7 @@ pub struct Server {
     pub node: String,
     pub path: PathBuf,
     pub attachments: Option<AttachmentHook>,
+    pub observe: Option<Observe>,
 }
 
 impl Server {
@@ -242,7 +266,14 @@ impl Server {
                 std::io::Error::new(std::io::ErrorKind::TimedOut, "no request line within 30 s")
             })??;
         let resp = match serde_json::from_str::<Request>(&line) {
-            Ok(req) => self.answer(req, batcher).await,
+            Ok(req) => {
+                let (t, op) = (std::time::Instant::now(), req.op());
+                let resp = self.answer(req, batcher).await;
+                if let Some(observe) = &self.observe {
+                    observe(op, resp.result(), t.elapsed());
+                }
+                resp
+            }
             Err(e) => Response::Error {
                 code: code::DECODE,
                 msg: "brindle-node could not decode the IPAM request".into(),

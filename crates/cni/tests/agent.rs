@@ -61,6 +61,9 @@ async fn ipam_through_the_agent_and_without_it() {
         .await
         .unwrap();
     let socket = f.dir.0.join("ipam.sock");
+    // What the agent's metrics are told of each request.
+    let seen: Arc<std::sync::Mutex<Vec<(&str, &str)>>> = Default::default();
+    let record = seen.clone();
     let agent = tokio::spawn(
         Server {
             store: f.store.clone(),
@@ -68,6 +71,9 @@ async fn ipam_through_the_agent_and_without_it() {
             node: NODE.into(),
             path: socket.clone(),
             attachments: None,
+            observe: Some(Arc::new(move |op, result, _| {
+                record.lock().unwrap().push((op, result));
+            })),
         }
         .run(),
     );
@@ -110,6 +116,11 @@ async fn ipam_through_the_agent_and_without_it() {
     assert!(again.ok, "{}", again.json);
     assert_eq!(ip_of(&again.json), ip);
     assert_eq!(allocations(&f).await.len(), 1);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        [("add", "ok"), ("add", "ok")],
+        "each request observed with its result"
+    );
 
     // Annotations: a fixed address, then a pool. The guess taken while the pod was read
     // is given back; only the asked-for addresses remain.

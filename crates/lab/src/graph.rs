@@ -14,7 +14,8 @@ struct Side {
     from: String,
     established: bool,
     state: String,
-    received: u64,
+    /// Prefixes received (a node's view; the routers' is not read).
+    received: Option<u64>,
 }
 
 /// A DOT string: quoted, quotes escaped (`\n` in a label is Graphviz's line break).
@@ -36,23 +37,51 @@ impl Lab {
             by_ip.insert(crate::net::tor_ip(t.rack).to_string(), tor.clone());
             by_ip.insert(crate::net::tor_ip6(t.rack).to_string(), tor);
         }
-        // Each session once, by its two ends (sorted); a side per end that reports it.
-        let mut sessions: BTreeMap<(String, String), Vec<Side>> = BTreeMap::new();
+        // Each session once, by its two ends (sorted) and its family (a dual-stack pair has
+        // one of each); a side per end that reports it.
+        let mut sessions: BTreeMap<(String, String, bool), Vec<Side>> = BTreeMap::new();
         for n in &self.nodes {
             for p in self.peers(&n.name) {
                 let addr = p["addr"].as_str().unwrap_or_default().to_string();
+                let v6 = addr.contains(':');
                 let other = by_ip.get(&addr).cloned().unwrap_or(addr);
                 let key = if n.name <= other {
-                    (n.name.clone(), other)
+                    (n.name.clone(), other, v6)
                 } else {
-                    (other, n.name.clone())
+                    (other, n.name.clone(), v6)
                 };
                 let state = p["state"].as_str().unwrap_or("?").to_string();
                 sessions.entry(key).or_default().push(Side {
                     from: n.name.clone(),
                     established: state == "Established",
                     state,
-                    received: p["received"].as_u64().unwrap_or(0),
+                    received: p["received"].as_u64(),
+                });
+            }
+        }
+        // The routers' sessions with each other (eBGP between racks), as BIRD reports them.
+        for t in &self.tors {
+            let shown = t.bird.birdc(&["show", "protocols"]);
+            for line in shown.lines() {
+                let mut cols = line.split_whitespace();
+                let Some(name) = cols.next() else { continue };
+                let (v6, other) = match (name.strip_prefix("rack6_"), name.strip_prefix("rack_")) {
+                    (Some(o), _) => (true, o),
+                    (None, Some(o)) => (false, o),
+                    _ => continue,
+                };
+                let (me, other) = (format!("tor-{}", t.rack), format!("tor-{other}"));
+                let established = line.contains("Established");
+                let key = if me <= other {
+                    (me.clone(), other, v6)
+                } else {
+                    (other, me.clone(), v6)
+                };
+                sessions.entry(key).or_default().push(Side {
+                    from: me,
+                    established,
+                    state: if established { "Established" } else { "down" }.into(),
+                    received: None,
                 });
             }
         }
@@ -105,19 +134,26 @@ impl Lab {
             }
             out.push_str("  }\n");
         }
-        for ((a, b), sides) in &sessions {
+        for ((a, b, v6), sides) in &sessions {
             let up = sides.iter().all(|s| s.established);
-            // Each end's view, named: "node-0: Established, received 2".
-            let views: Vec<String> = sides
+            // Each end's view, named: "node-0: Established, received 2"; IPv6 sessions dashed.
+            let mut views: Vec<String> = sides
                 .iter()
-                .map(|s| format!("{}: {}, received {}", s.from, s.state, s.received))
+                .map(|s| match s.received {
+                    Some(n) => format!("{}: {}, received {n}", s.from, s.state),
+                    None => format!("{}: {}", s.from, s.state),
+                })
                 .collect();
+            if *v6 {
+                views.insert(0, "IPv6".into());
+            }
             let _ = writeln!(
                 out,
-                "  {} -- {} [color={}, label={}];",
+                "  {} -- {} [color={}, style={}, label={}];",
                 q(a),
                 q(b),
                 if up { "darkgreen" } else { "red" },
+                if *v6 { "dashed" } else { "solid" },
                 q(&views.join("\\n"))
             );
         }

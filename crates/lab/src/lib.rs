@@ -686,8 +686,9 @@ impl Lab {
             n.ipam_socket().display().to_string(),
             "--nodename-file".into(),
             n.dir.join("nodename").display().to_string(),
+            // Every address, as the DaemonSet's: a Prometheus in the fabric scrapes it.
             "--metrics-listen".into(),
-            "127.0.0.1:9091".into(),
+            "[::]:9091".into(),
             "--log".into(),
             "info,brindle_bgp=info".into(),
             "--workload-gc-grace-seconds".into(),

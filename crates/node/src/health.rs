@@ -26,6 +26,8 @@ const SPEAKER_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct Health {
+    /// This node's name (its blocks on `/metrics`).
+    pub node: String,
     pub started: Instant,
     pub snap: watch::Receiver<Arc<Snapshot>>,
     pub view: watch::Receiver<SpeakerView>,
@@ -132,8 +134,10 @@ impl Health {
         ))
     }
 
-    /// Refreshes the BGP gauges from the speaker.
+    /// Refreshes the IPAM gauges from the snapshot and the BGP gauges from the speaker.
     pub async fn refresh_metrics(&self) {
+        let snap = self.snap.borrow().clone();
+        self.metrics.ipam_pools.set(&snap, &self.node);
         let Some(sp) = self.view.borrow().speaker.clone() else {
             return;
         };
@@ -141,6 +145,7 @@ impl Health {
             return;
         };
         self.metrics.sessions.clear();
+        self.metrics.peer_established.clear();
         self.metrics.received.clear();
         self.metrics.advertised.clear();
         self.metrics.refused_by_rails.clear();
@@ -170,6 +175,10 @@ impl Health {
             let l = PeerLabel {
                 peer: p.addr.to_string(),
             };
+            self.metrics
+                .peer_established
+                .get_or_create(&l)
+                .set(i64::from(p.state == "Established"));
             self.metrics
                 .received
                 .get_or_create(&l)

@@ -548,6 +548,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
         },
     };
+    let metrics = metrics::Metrics::new();
     let (attach_tx, attach_rx) = tokio::sync::mpsc::channel(1024);
     let policy_on = a.policy && dataplane.is_some();
     if let Some(path) = ipam_socket.clone() {
@@ -560,6 +561,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 tx: attach_tx,
                 wait: a.policy_setup_timeout,
             }),
+            observe: Some({
+                let m = metrics.ipam_pools.clone();
+                std::sync::Arc::new(move |op, result, took| m.request(op, result, took))
+            }),
         };
         tasks.spawn("ipam-socket", async move {
             let path = server.path.clone();
@@ -570,7 +575,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
         });
     }
-    let metrics = metrics::Metrics::new();
     let snap = snapshot::start(&store, &a.secrets_namespace, metrics.clone());
     let (tunnel_tx, tunnel_rx) = watch::channel(false);
     let (view_tx, view_rx) = watch::channel(bgp_task::SpeakerView::default());
@@ -698,6 +702,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
     );
     tasks.spawn("peer-watch", health::watch_peers(view_rx.clone()));
     let h = health::Health {
+        node: me.name.clone(),
         started,
         snap: snap.clone(),
         view: view_rx,

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+pub mod ipam;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
@@ -61,6 +63,8 @@ pub struct PodLabel {
 pub struct Metrics {
     pub registry: Arc<Mutex<Registry>>,
     pub sessions: Family<StateLabel, Gauge>,
+    /// 1 for each peer whose session is Established, 0 for the others.
+    pub peer_established: Family<PeerLabel, Gauge>,
     pub received: Family<PeerLabel, Gauge>,
     pub advertised: Family<PeerLabel, Gauge>,
     /// From a datastore change reaching the agent to the speaker (and so the kernel writer)
@@ -96,13 +100,18 @@ pub struct Metrics {
     pub kernel_held: Gauge,
     /// Peer-status requests sent to the speaker (probes and scrapes share one a second).
     pub speaker_status_requests: Counter,
+    /// The IPAM socket's requests, the pools and this node's blocks.
+    pub ipam_pools: ipam::IpamMetrics,
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("brindle");
+        let ipam_pools = ipam::IpamMetrics::new(&mut registry);
         let m = Metrics {
-            registry: Arc::new(Mutex::new(Registry::with_prefix("brindle"))),
+            registry: Arc::new(Mutex::new(registry)),
             sessions: Family::default(),
+            peer_established: Family::default(),
             received: Family::default(),
             advertised: Family::default(),
             programming: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
@@ -123,9 +132,15 @@ impl Metrics {
             kernel_failures: Counter::default(),
             kernel_held: Gauge::default(),
             speaker_status_requests: Counter::default(),
+            ipam_pools,
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register("bgp_sessions", "BGP sessions by state", m.sessions.clone());
+            r.register(
+                "bgp_peer_established",
+                "1 for each configured peer whose session is Established, else 0",
+                m.peer_established.clone(),
+            );
             r.register(
                 "bgp_prefixes_received",
                 "Prefixes received from each peer",

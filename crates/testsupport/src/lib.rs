@@ -11,6 +11,7 @@ pub mod daemons;
 pub mod etcd;
 pub mod netns;
 mod ports;
+pub mod prometheus;
 pub mod vm;
 
 pub use apiserver::{ApiCall, ApiServer};
