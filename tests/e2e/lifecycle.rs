@@ -36,24 +36,126 @@ fn a_removed_node_disappears_from_every_node_and_the_controller_frees_its_blocks
             );
         }
         wait_mesh_routes(lab);
+        wait_blocks_freed(lab, "node-2", &gone);
+        all_reach(lab, &pods[..2]);
+    });
+}
+
+/// Until `node`'s blocks are gone from the datastore with their affinities (the controller's
+/// collector, after the lab's grace period).
+fn wait_blocks_freed(lab: &brindle_lab::Lab, node: &str, gone: &BTreeSet<String>) {
+    wait_for(
+        &format!("the controller to free {node}'s blocks and affinities"),
+        Duration::from_secs(90),
+        || {
+            let blocks = lab
+                .block_on(lab.store.all::<IPAMBlock>().list())
+                .ok()?
+                .items;
+            let affs = lab
+                .block_on(lab.store.all::<BlockAffinity>().list())
+                .ok()?
+                .items;
+            let left = blocks.iter().any(|b| gone.contains(&b.spec.cidr))
+                || affs.iter().any(|a| a.spec.node == node);
+            (!left).then_some(())
+        },
+    );
+}
+
+/// `brindle-lab node add|del` on a mesh: a node joins a running lab (every node peers with
+/// it, its pod reaches the others) and leaves it (its pod deleted through CNI DEL, its
+/// sessions and routes gone everywhere, its record gone, the controller frees its block).
+#[test]
+fn a_node_joins_and_leaves_the_mesh() {
+    let spec = LabSpec {
+        nodes: 2,
+        ..Default::default()
+    };
+    with_lab(spec, |lab| {
+        let pods = settled_mesh(lab);
+        let said = lab.node_add(None).expect("node add");
+        assert!(
+            said.contains("node-2: joined rack 0 with 198.18.0.12/24"),
+            "{said}"
+        );
+        lab.wait_sessions(Duration::from_secs(60))
+            .expect("sessions");
+        for n in &lab.nodes {
+            assert_eq!(lab.peers(&n.name).len(), 2, "{}", n.name);
+        }
+        lab.pod_add("p-new", "node-2")
+            .expect("a pod on the new node");
+        let mut all = pods.clone();
+        all.push("p-new".into());
+        all_reach(lab, &all);
+        wait_mesh_routes(lab);
+        let gone: BTreeSet<String> = lab.blocks()["node-2"].iter().cloned().collect();
+
+        let said = lab.node_del("node-2").expect("node del");
+        assert!(said.contains("node-2: 1 pod(s) deleted"), "{said}");
+        assert!(!lab.pods.contains_key("p-new"));
+        for n in ["node-0", "node-1"] {
+            wait_for(
+                &format!("{n} to drop node-2"),
+                Duration::from_secs(30),
+                || (lab.peers(n).len() == 1).then_some(()),
+            );
+        }
+        wait_mesh_routes(lab);
+        wait_blocks_freed(lab, "node-2", &gone);
+        let rec = lab.block_on(lab.store.all::<brindle_api::BrindleNode>().get("node-2"));
+        assert!(matches!(rec, Ok(None)), "{rec:?}");
+        all_reach(lab, &pods);
+        assert!(lab.node_del("node-9").is_err());
+    });
+}
+
+/// The same beside a rack router: BIRD is reconfigured with a session for the new node and
+/// without it when it leaves, while its session with the other node stays up throughout.
+#[test]
+fn a_node_joins_and_leaves_a_rack_with_a_router() {
+    let spec = LabSpec {
+        nodes: 2,
+        tor: true,
+        ..Default::default()
+    };
+    with_lab(spec, |lab| {
+        let pods = pod_per_node(lab);
+        all_reach(lab, &pods);
+        let since =
+            |lab: &brindle_lab::Lab| lab.peers("node-0")[0]["since_secs"].as_u64().unwrap_or(0);
+        let (before, t0) = (since(lab), Instant::now());
+        let said = lab.node_add(None).expect("node add");
+        assert!(said.contains("router reconfigured"), "{said}");
+        let tor = &lab.tors[0];
         wait_for(
-            "the controller to free node-2's blocks and affinities",
-            Duration::from_secs(90),
+            "the router's session with node-2",
+            Duration::from_secs(60),
             || {
-                let blocks = lab
-                    .block_on(lab.store.all::<IPAMBlock>().list())
-                    .ok()?
-                    .items;
-                let affs = lab
-                    .block_on(lab.store.all::<BlockAffinity>().list())
-                    .ok()?
-                    .items;
-                let left = blocks.iter().any(|b| gone.contains(&b.spec.cidr))
-                    || affs.iter().any(|a| a.spec.node == "node-2");
-                (!left).then_some(())
+                let p = tor.bird.birdc(&["show", "protocols", "node_2"]);
+                p.contains("Established").then_some(())
             },
         );
-        all_reach(lab, &pods[..2]);
+        lab.pod_add("p-new", "node-2")
+            .expect("a pod on the new node");
+        let mut all = pods.clone();
+        all.push("p-new".into());
+        all_reach(lab, &all);
+        lab.node_del("node-2").expect("node del");
+        let shown = lab.tors[0].bird.birdc(&["show", "protocols"]);
+        assert!(!shown.contains("node_2"), "{shown}");
+        assert!(
+            shown.contains("node_0") && shown.contains("node_1"),
+            "{shown}"
+        );
+        // Up all along: as old as it was plus the time since (a second's rounding).
+        let now = since(lab);
+        assert!(
+            now + 1 >= before + t0.elapsed().as_secs(),
+            "node-0's session with its router was reset: {before} s, then {now} s"
+        );
+        all_reach(lab, &pods);
     });
 }
 

@@ -19,6 +19,7 @@
 //! 2001:db8::/32 (documentation), the pods in fd00:10:244::/64 (unique-local).
 
 pub mod graph;
+mod members;
 mod net;
 pub mod netpol;
 mod pods;
@@ -230,6 +231,8 @@ pub fn use_release_binaries() {
 pub struct LabNode {
     pub name: String,
     pub rack: usize,
+    /// Its place in the rack: addresses `198.18.<rack>.<10+slot>`, `…::<10+slot>`.
+    pub slot: usize,
     /// The node's IPv4 underlay address (none in an IPv6-only lab).
     pub ip: Option<Ipv4Addr>,
     /// The node's IPv6 underlay address (dual-stack and IPv6-only labs).
@@ -243,6 +246,13 @@ pub struct LabNode {
 }
 
 impl LabNode {
+    /// Its underlay addresses with their prefixes, as `ip addr` shows them.
+    pub fn addrs(&self) -> Vec<String> {
+        (self.ip.map(|a| format!("{a}/24")).into_iter())
+            .chain(self.ip6.map(|a| format!("{a}/64")))
+            .collect()
+    }
+
     /// The node's IPv4 address (a test of an IPv4 or dual-stack lab).
     pub fn ip4(&self) -> Ipv4Addr {
         self.ip
@@ -303,6 +313,8 @@ pub struct Lab {
     /// dual-stack lab's policy tests, over IPv6).
     pub probe_ipv6: bool,
     controller: Option<ChildGuard>,
+    /// The datastore's address, forwarded into each node's namespace.
+    target: std::net::SocketAddr,
 }
 
 /// The AS of a rack's nodes and router when there are routers; 64512 otherwise.
@@ -424,6 +436,7 @@ impl Lab {
             last_add: None,
             probe_ipv6: false,
             controller: None,
+            target,
         };
         lab.seed()?;
         if spec.tor {
@@ -441,35 +454,46 @@ impl Lab {
             let name = format!("node-{i}");
             let zone = format!("zone-{}", i % spec.zones.max(1));
             let k = (0..i).filter(|j| rack_of(&spec, *j) == rack).count();
-            let ip = spec.v4().then(|| net::node_ip(rack, k));
-            let ip6 = spec.v6().then(|| net::node_ip6(rack, k));
-            let addrs: Vec<String> = (ip.map(|a| format!("{a}/24")).into_iter())
-                .chain(ip6.map(|a| format!("{a}/64")))
-                .collect();
+            let node = lab.new_node(&name, rack, k, i)?;
             progress(&format!(
                 "node {name}: namespace, uplink {} on rack {rack}",
-                addrs.join(" and ")
+                node.addrs().join(" and ")
             ));
-            let ns = Netns::new("brl-node");
-            net::node_uplink(&lab.fabric, &ns, rack, ip, ip6, i);
-            let forward = PortForward::new(&ns, target);
-            let dir = lab.dir.path().join(&name);
-            std::fs::create_dir_all(&dir)?;
-            let node = LabNode {
-                name: name.clone(),
-                rack,
-                ip,
-                ip6,
-                asn: rack_as(&spec, rack),
-                ns,
-                forward,
-                dir,
-                agent: None,
-            };
             lab.register(&node, &zone, i < spec.reflectors)?;
             lab.nodes.push(node);
         }
         Ok(lab)
+    }
+
+    /// A node's namespace, its uplink on `rack` (the fabric's port `nd<port>`) with the
+    /// addresses of `slot`, the datastore forwarded in, and its directory. Not registered,
+    /// no agent yet.
+    fn new_node(
+        &self,
+        name: &str,
+        rack: usize,
+        slot: usize,
+        port: usize,
+    ) -> anyhow::Result<LabNode> {
+        let ip = self.spec.v4().then(|| net::node_ip(rack, slot));
+        let ip6 = self.spec.v6().then(|| net::node_ip6(rack, slot));
+        let ns = Netns::new("brl-node");
+        net::node_uplink(&self.fabric, &ns, rack, ip, ip6, port);
+        let forward = PortForward::new(&ns, self.target);
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir)?;
+        Ok(LabNode {
+            name: name.to_string(),
+            rack,
+            slot,
+            ip,
+            ip6,
+            asn: rack_as(&self.spec, rack),
+            ns,
+            forward,
+            dir,
+            agent: None,
+        })
     }
 
     pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
@@ -562,7 +586,7 @@ impl Lab {
 
     /// The node's record as a kubelet (Kubernetes) or an installer (etcd) would make it:
     /// labels, and a route reflector's cluster ID. The agent fills in its address.
-    fn register(&self, n: &LabNode, zone: &str, reflector: bool) -> anyhow::Result<()> {
+    pub(crate) fn register(&self, n: &LabNode, zone: &str, reflector: bool) -> anyhow::Result<()> {
         let mut labels = BTreeMap::from([
             ("rack".to_string(), format!("r{}", n.rack)),
             ("kubernetes.io/hostname".to_string(), n.name.clone()),
@@ -856,6 +880,9 @@ impl Lab {
             self.pods.remove(&p);
         }
         let n = self.nodes.remove(i);
+        self.spec.nodes = self.nodes.len();
+        // Its rack's router forgets it (the other sessions stay up).
+        self.tell_router(n.rack);
         drop(n);
         self.block_on(async {
             match self.spec.datastore {

@@ -132,10 +132,29 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum NodeCmd {
-    Stop { name: String },
-    Kill { name: String },
-    Start { name: String },
-    Restart { name: String },
+    Stop {
+        name: String,
+    },
+    Kill {
+        name: String,
+    },
+    Start {
+        name: String,
+    },
+    Restart {
+        name: String,
+    },
+    /// A new node joins: registered, its agent started, its rack's router told.
+    Add {
+        /// The rack it joins (default 0).
+        #[arg(long)]
+        rack: Option<usize>,
+    },
+    /// A node leaves for good: its pods deleted, agent stopped, record deleted (the
+    /// controller frees its blocks), namespace removed.
+    Del {
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -682,6 +701,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 NodeCmd::Kill { name } => Fault::NodeKill(name),
                 NodeCmd::Start { name } => Fault::NodeStart(name),
                 NodeCmd::Restart { name } => Fault::NodeRestart(name),
+                NodeCmd::Add { rack } => Fault::NodeAdd { rack },
+                NodeCmd::Del { name } => Fault::NodeDel(name),
             };
             fault(dir, f)
         }

@@ -135,38 +135,36 @@ pub fn node_uplink(
     }
 }
 
-/// Node addresses of a rack (the same rule as [`crate::Lab::up`]).
-fn rack_nodes(spec: &LabSpec, rack: usize) -> Vec<(Ipv4Addr, Ipv6Addr)> {
+/// The slots of a rack's nodes as [`crate::Lab::up`] makes them (node k of the rack has
+/// addresses `198.18.<rack>.<10+k>` and `2001:db8:18:<rack>::<10+k>`).
+pub fn rack_slots(spec: &LabSpec, rack: usize) -> Vec<usize> {
     let per = spec.nodes.div_ceil(spec.racks.max(1)).max(1);
-    (0..spec.nodes)
-        .filter(|i| i / per == rack)
-        .enumerate()
-        .map(|(k, _)| (node_ip(rack, k), node_ip6(rack, k)))
-        .collect()
+    let n = (0..spec.nodes).filter(|i| i / per == rack).count();
+    (0..n).collect()
 }
 
 /// Calico's "AS per rack" design: the router shares its rack's AS, reflects between the
 /// rack's nodes (iBGP), and speaks eBGP to the other racks' routers, rewriting the next hop
 /// to itself for routes from there. Only pod ranges (10.0.0.0/8) are taken or given.
-pub fn bird_conf(spec: &LabSpec, rack: usize) -> String {
+pub fn bird_conf(spec: &LabSpec, rack: usize, slots: &[usize]) -> String {
     let mut c = format!(
         "router id {};\nprotocol device {{ scan time 2; }}\n",
         spine_ip(rack)
     );
     if spec.v4() {
-        c += &family_conf(spec, rack, false);
+        c += &family_conf(spec, rack, slots, false);
     }
     if spec.v6() {
         // The same design over IPv6: one session per family, as the nodes have. (The router
         // ID stays an IPv4-formed identifier in an IPv6-only lab: BGP's is 32 bits.)
-        c += &family_conf(spec, rack, true);
+        c += &family_conf(spec, rack, slots, true);
     }
     c
 }
 
 /// One family's part of a rack router's configuration: its filter, kernel protocol, the
 /// template for the rack's nodes, a session per node and per other rack's router.
-fn family_conf(spec: &LabSpec, rack: usize, v6: bool) -> String {
+fn family_conf(spec: &LabSpec, rack: usize, slots: &[usize], v6: bool) -> String {
     let asn = rack_as(spec, rack);
     let id = spine_ip(rack);
     let (s, channel, pods) = if v6 {
@@ -192,8 +190,12 @@ template bgp rack_node{s} {{
 }}
 "#
     );
-    for (k, (ip, ip6)) in rack_nodes(spec, rack).iter().enumerate() {
-        let ip = if v6 { ip6.to_string() } else { ip.to_string() };
+    for &k in slots {
+        let ip = if v6 {
+            node_ip6(rack, k).to_string()
+        } else {
+            node_ip(rack, k).to_string()
+        };
         c += &format!("protocol bgp node{s}_{k} from rack_node{s} {{ neighbor {ip} as {asn}; }}\n");
     }
     for other in (0..spec.racks).filter(|r| *r != rack) {
@@ -237,6 +239,6 @@ pub fn tor(f: &Netns, spec: &LabSpec, rack: usize) -> Tor {
     ns.ok(&["ip", "link", "set", "rack", "up"]);
     ns.ok(&["ip", "link", "set", "spine", "up"]);
     forwarding(&ns, spec);
-    let bird = Bird::start(&ns, &bird_conf(spec, rack));
+    let bird = Bird::start(&ns, &bird_conf(spec, rack, &rack_slots(spec, rack)));
     Tor { rack, ns, bird }
 }

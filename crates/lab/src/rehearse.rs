@@ -16,6 +16,12 @@ pub enum Fault {
     NodeStart(String),
     /// Stop (SIGTERM) and start again.
     NodeRestart(String),
+    /// A new node joins (on this rack, default 0).
+    NodeAdd {
+        rack: Option<usize>,
+    },
+    /// A node leaves for good: its pods, agent, record and namespace go.
+    NodeDel(String),
     /// The lab's etcd stopped (its data kept) or started again.
     Etcd {
         up: bool,
@@ -89,6 +95,8 @@ impl Lab {
                     watch_node(name)
                 )
             }
+            Fault::NodeAdd { rack } => self.node_add(*rack)?,
+            Fault::NodeDel(name) => self.node_del(name)?,
             Fault::Etcd { up } => {
                 if self.etcd.is_none() {
                     return Err("this lab's datastore is not etcd (--datastore kubernetes)".into());

@@ -489,4 +489,23 @@ fn failures_rehearsed_from_the_command_line() {
     let (ok, said) = lab(&dir, &["etcd", "start"]);
     assert!(ok, "{said}");
     wait_status(&dir, "sessions after etcd", all_up);
+
+    // A node joins (the router reconfigured for it) and leaves again.
+    let (ok, said) = lab(&dir, &["node", "add", "--rack", "0"]);
+    assert!(ok && said.contains("node-2: joined rack 0"), "{said}");
+    wait_status(&dir, "node-2 peering", |st| {
+        let with_it = rows(st, "SESSIONS")
+            .iter()
+            .any(|r| r.starts_with("node-2 "));
+        node_row(st, "node-2").contains("running") && with_it && all_up(st)
+    });
+    let (ok, said) = lab(&dir, &["node", "add", "--rack", "7"]);
+    assert!(!ok && said.contains("no rack 7"), "{said}");
+    let (ok, said) = lab(&dir, &["node", "del", "node-2"]);
+    assert!(ok && said.contains("record deleted"), "{said}");
+    // (Not a search of the whole text: a namespace like brl-node-2171-3 would match.)
+    let st = lab(&dir, &["status"]).1;
+    let sessions = rows(&st, "SESSIONS");
+    assert!(node_row(&st, "node-2").is_empty(), "{st}");
+    assert!(!sessions.iter().any(|r| r.starts_with("node-2 ")), "{st}");
 }

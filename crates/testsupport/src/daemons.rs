@@ -133,6 +133,13 @@ impl Bird {
         self.dir.path().join("bird.sock")
     }
 
+    /// Writes a new configuration and has BIRD take it (`birdc configure`): sessions whose
+    /// protocol is unchanged stay up. Returns what birdc said.
+    pub fn reconfigure(&self, conf: &str) -> String {
+        std::fs::write(self.dir.path().join("bird.conf"), conf).expect("write bird.conf");
+        self.birdc(&["configure"])
+    }
+
     /// `birdc -s sock <args>` (a unix socket: no need to enter the namespace).
     pub fn birdc(&self, args: &[&str]) -> String {
         let mut c = Command::new("birdc");
