@@ -354,56 +354,66 @@ fn dual_stack_services_nftables() {
     dual_stack_services(Dp::Nftables);
 }
 
+/// Two `app=web` pods (web-0 on node-0, web-1 on node-1) and a NodePort Service for them.
+fn web_service(lab: &mut brindle_lab::Lab) -> brindle_lab::Assigned {
+    lab.pod_add_labeled("web-0", "node-0", &[("app", "web")])
+        .expect("web-0");
+    lab.pod_add_labeled("web-1", "node-1", &[("app", "web")])
+        .expect("web-1");
+    lab.service_add(&brindle_lab::LabService {
+        name: "web".into(),
+        selector: vec![("app".into(), "web".into())],
+        type_: "NodePort".into(),
+        ..Default::default()
+    })
+    .expect("service")
+}
+
+/// `client` reaches both web pods through `ip` (20 connections).
+fn answers_from_both(lab: &brindle_lab::Lab, client: &str, ip: std::net::IpAddr) {
+    let seen = wait_for(
+        &format!("{client} → {ip} reaching both endpoints"),
+        Duration::from_secs(30),
+        || {
+            let r = lab.client(&lab.pods[client].ns, "many", ip, 80, 20);
+            let names: std::collections::BTreeSet<String> = r
+                .iter()
+                .filter_map(|x| x.as_ref().ok())
+                .map(|x| x.0.clone())
+                .collect();
+            (names.len() == 2).then_some(names)
+        },
+    );
+    let seen: Vec<String> = seen.into_iter().collect();
+    assert_eq!(seen, ["web-0", "web-1"], "{client} → {ip}");
+}
+
+/// The NodePort `np` on `addr`, from the fabric (outside the cluster): a web pod answers.
+fn node_port_answers(lab: &brindle_lab::Lab, addr: std::net::IpAddr, np: u16) {
+    let r = wait_for(
+        &format!("NodePort {addr}:{np}"),
+        Duration::from_secs(30),
+        || lab.client(&lab.fabric, "hello", addr, np, 1).remove(0).ok(),
+    );
+    assert!(r.0.starts_with("web-"), "{r:?}");
+}
+
 /// A dual-stack Service (PreferDualStack: an IPv4 and an IPv6 cluster IP, an EndpointSlice
 /// of each family) answers on both cluster IPs from every node, spreads over both endpoints
 /// on each, and its NodePort answers on a node's IPv6 address from outside the cluster.
 fn dual_stack_services(dp: Dp) {
     with_lab(dual_dp(dp, 2), |lab| {
         let pods = settled_mesh(lab);
-        lab.pod_add_labeled("web-0", "node-0", &[("app", "web")])
-            .expect("web-0");
-        lab.pod_add_labeled("web-1", "node-1", &[("app", "web")])
-            .expect("web-1");
-        let a = lab
-            .service_add(&brindle_lab::LabService {
-                name: "web".into(),
-                selector: vec![("app".into(), "web".into())],
-                type_: "NodePort".into(),
-                ..Default::default()
-            })
-            .expect("service");
+        let a = web_service(lab);
         let v6 = a.cluster_ip6.expect("a dual-stack Service");
-        let np = a.node_port(80).expect("node port");
         for client in &pods {
             for ip in [a.cluster_ip, v6.into()] {
-                let seen = wait_for(
-                    &format!("{client} → {ip} reaching both endpoints"),
-                    Duration::from_secs(30),
-                    || {
-                        let r = lab.client_addr(&lab.pods[client].ns, "many", ip, 80, 20);
-                        let names: std::collections::BTreeSet<String> = r
-                            .iter()
-                            .filter_map(|x| x.as_ref().ok())
-                            .map(|x| x.0.clone())
-                            .collect();
-                        (names.len() == 2).then_some(names)
-                    },
-                );
-                assert_eq!(
-                    seen.into_iter().collect::<Vec<_>>(),
-                    ["web-0", "web-1"],
-                    "{client} → {ip}"
-                );
+                answers_from_both(lab, client, ip);
             }
         }
         // The NodePort on a node's IPv6 address, from the fabric (outside the cluster).
         let node1 = lab.node("node-1").ip6.expect("v6");
-        let r = wait_for("NodePort over IPv6", Duration::from_secs(30), || {
-            lab.client_addr(&lab.fabric, "hello", node1.into(), np, 1)
-                .remove(0)
-                .ok()
-        });
-        assert!(r.0.starts_with("web-"), "{r:?}");
+        node_port_answers(lab, node1.into(), a.node_port(80).expect("node port"));
     });
 }
 
@@ -501,47 +511,13 @@ fn ipv6_only_nodes_mesh_pods_and_a_service() {
         let v4 = p.ns.ok(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
         assert!(v4.trim().is_empty(), "the pod has an IPv4 address: {v4}");
 
-        lab.pod_add_labeled("web-0", "node-0", &[("app", "web")])
-            .expect("web-0");
-        lab.pod_add_labeled("web-1", "node-1", &[("app", "web")])
-            .expect("web-1");
-        let a = lab
-            .service_add(&brindle_lab::LabService {
-                name: "web".into(),
-                selector: vec![("app".into(), "web".into())],
-                type_: "NodePort".into(),
-                ..Default::default()
-            })
-            .expect("service");
+        let a = web_service(lab);
         assert!(a.cluster_ip.is_ipv6(), "{:?}", a.cluster_ip);
         for client in &pods {
-            let seen = wait_for(
-                &format!("{client} → {} reaching both endpoints", a.cluster_ip),
-                Duration::from_secs(30),
-                || {
-                    let r = lab.client(&lab.pods[client].ns, "many", a.cluster_ip, 80, 20);
-                    let names: std::collections::BTreeSet<String> = r
-                        .iter()
-                        .filter_map(|x| x.as_ref().ok())
-                        .map(|x| x.0.clone())
-                        .collect();
-                    (names.len() == 2).then_some(names)
-                },
-            );
-            assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["web-0", "web-1"]);
+            answers_from_both(lab, client, a.cluster_ip);
         }
-        let np = a.node_port(80).expect("node port");
         let node2 = lab.node("node-2").ip6.expect("v6");
-        let r = wait_for(
-            "NodePort on an IPv6-only node",
-            Duration::from_secs(30),
-            || {
-                lab.client(&lab.fabric, "hello", node2, np, 1)
-                    .remove(0)
-                    .ok()
-            },
-        );
-        assert!(r.0.starts_with("web-"), "{r:?}");
+        node_port_answers(lab, node2.into(), a.node_port(80).expect("node port"));
     });
 }
 
