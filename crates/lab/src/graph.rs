@@ -23,6 +23,14 @@ fn q(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\\\""))
 }
 
+/// A rack router's addresses, of the lab's families.
+fn tor_addrs(spec: &crate::LabSpec, rack: usize) -> String {
+    let v4 = spec.v4().then(|| crate::net::tor_ip(rack).to_string());
+    let v6 = spec.v6().then(|| crate::net::tor_ip6(rack).to_string());
+    let both: Vec<String> = v4.into_iter().chain(v6).collect();
+    both.join("\\n")
+}
+
 impl Lab {
     /// The lab's fabric in Graphviz DOT (`dot -Tsvg` draws it).
     pub fn graph(&self) -> String {
@@ -102,7 +110,10 @@ impl Lab {
                     out,
                     "    {} [shape=diamond, label={}];",
                     q(&format!("tor-{rack}")),
-                    q(&format!("tor-{rack}\\n198.18.{rack}.1 (BIRD)"))
+                    q(&format!(
+                        "tor-{rack}\\n{} (BIRD)",
+                        tor_addrs(&self.spec, rack)
+                    ))
                 );
             }
             for (i, n) in self
@@ -127,7 +138,11 @@ impl Lab {
                         "{}{}\\n{}\\nAS {}, {b} block(s){agent}",
                         n.name,
                         if reflector { " (reflector)" } else { "" },
-                        n.addr(),
+                        n.addrs()
+                            .iter()
+                            .map(|a| a.split('/').next().unwrap_or(a))
+                            .collect::<Vec<_>>()
+                            .join("\\n"),
                         n.asn
                     ))
                 );

@@ -1030,6 +1030,20 @@ impl Lab {
             }
             total += peers.len();
         }
+        // The routers' sessions with each other's (eBGP between racks), as BIRD reports them.
+        for t in &self.tors {
+            let shown = t.bird.birdc(&["show", "protocols"]);
+            for line in shown.lines().filter(|l| l.starts_with("rack")) {
+                if !line.contains("Established") {
+                    let name = line.split_whitespace().next().unwrap_or("?");
+                    return Err(format!(
+                        "rack {}'s router: its session {name} is not Established",
+                        t.rack
+                    ));
+                }
+                total += 1;
+            }
+        }
         Ok(total)
     }
 

@@ -81,7 +81,7 @@ enum Cmd {
         cmd: Vec<String>,
     },
     /// Failure rehearsal: a node's agent stopped (SIGTERM: graceful restart), killed
-    /// (SIGKILL: a crash), started or restarted.
+    /// (SIGKILL: a crash), started or restarted; a node added or deleted.
     Node {
         #[command(subcommand)]
         cmd: NodeCmd,
