@@ -22,7 +22,7 @@ mod error;
 pub mod gc;
 mod ipam;
 pub mod nodes;
-mod pools;
+pub mod pools;
 mod release;
 pub mod selector;
 mod tunnel;

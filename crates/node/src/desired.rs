@@ -310,8 +310,8 @@ pub fn globals(snap: &Snapshot, me: &Me) -> Globals {
     }
 }
 
-/// On an IPv6-only node: each enabled IPv4 pool that selects it, named (IPAM refuses its
-/// pods IPv4 addresses while one does).
+/// On an IPv6-only node: each IPv4 pool IPAM would take its pods' addresses from, named
+/// (IPAM refuses them IPv4 addresses while one does). IPAM's own rule decides which.
 pub fn ipv4_pools_here(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) {
     if me.ip().is_some() {
         return;
@@ -321,21 +321,23 @@ pub fn ipv4_pools_here(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) {
         .get(&me.name)
         .map(|n| n.labels.clone())
         .unwrap_or_default();
-    for (name, p) in &snap.pools {
-        let v4 = p.cidr.parse::<IpNetwork>().is_ok_and(|n| n.is_ipv4());
-        let sel = match p.node_selector.trim() {
-            "" => "all()",
-            s => s,
-        };
-        let selects = Selector::parse(sel).is_ok_and(|s| s.matches(&labels));
-        let workloads = p.allowed_uses.contains(&brindle_api::AllowedUse::Workload);
-        if v4 && !p.disabled && workloads && selects {
-            warn(
-                w,
-                format!("IPPool {name}"),
-                "selects this IPv6-only node (no IPv4 address): its pods are refused IPv4 addresses; exclude the node by spec.nodeSelector, or set assign_ipv4 to false in the CNI configuration",
-            );
-        }
+    let pools: Vec<brindle_api::IPPool> = snap
+        .pools
+        .iter()
+        .map(|(name, p)| brindle_api::IPPool::new(name, p.clone()))
+        .collect();
+    let workload = brindle_api::AllowedUse::Workload;
+    let v4 = brindle_ipam::Family::V4;
+    // A pool whose selector does not parse is IPAM's error to report, not a warning here.
+    let Ok(found) = brindle_ipam::pools::eligible(&pools, &labels, v4, workload, &[]) else {
+        return;
+    };
+    for p in found {
+        warn(
+            w,
+            format!("IPPool {}", p.name),
+            "selects this IPv6-only node (no IPv4 address): its pods are refused IPv4 addresses; exclude the node by spec.nodeSelector, or set assign_ipv4 to false in the CNI configuration",
+        );
     }
 }
 
