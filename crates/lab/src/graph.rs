@@ -25,10 +25,15 @@ fn q(s: &str) -> String {
 
 /// A rack router's addresses, of the lab's families.
 fn tor_addrs(spec: &crate::LabSpec, rack: usize) -> String {
-    let v4 = spec.v4().then(|| crate::net::tor_ip(rack).to_string());
-    let v6 = spec.v6().then(|| crate::net::tor_ip6(rack).to_string());
-    let both: Vec<String> = v4.into_iter().chain(v6).collect();
-    both.join("\\n")
+    let v4 = spec.v4().then(|| crate::net::tor_ip(rack));
+    let v6 = spec.v6().then(|| crate::net::tor_ip6(rack));
+    lines(&crate::family_addrs(v4, v6))
+}
+
+/// Addresses one per line (Graphviz's `\\n`).
+fn lines(addrs: &[IpAddr]) -> String {
+    let v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    v.join("\\n")
 }
 
 impl Lab {
@@ -36,7 +41,7 @@ impl Lab {
     pub fn graph(&self) -> String {
         let mut by_ip: BTreeMap<String, String> = BTreeMap::new();
         for n in &self.nodes {
-            for a in (n.ip.map(IpAddr::V4).into_iter()).chain(n.ip6.map(IpAddr::V6)) {
+            for a in crate::family_addrs(n.ip, n.ip6) {
                 by_ip.insert(a.to_string(), n.name.clone());
             }
         }
@@ -138,11 +143,7 @@ impl Lab {
                         "{}{}\\n{}\\nAS {}, {b} block(s){agent}",
                         n.name,
                         if reflector { " (reflector)" } else { "" },
-                        n.addrs()
-                            .iter()
-                            .map(|a| a.split('/').next().unwrap_or(a))
-                            .collect::<Vec<_>>()
-                            .join("\\n"),
+                        lines(&crate::family_addrs(n.ip, n.ip6)),
                         n.asn
                     ))
                 );

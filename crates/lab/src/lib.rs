@@ -248,8 +248,9 @@ pub struct LabNode {
 impl LabNode {
     /// Its underlay addresses with their prefixes, as `ip addr` shows them.
     pub fn addrs(&self) -> Vec<String> {
-        (self.ip.map(|a| format!("{a}/24")).into_iter())
-            .chain(self.ip6.map(|a| format!("{a}/64")))
+        family_addrs(self.ip, self.ip6)
+            .iter()
+            .map(|a| format!("{a}/{}", if a.is_ipv4() { 24 } else { 64 }))
             .collect()
     }
 
@@ -261,11 +262,7 @@ impl LabNode {
 
     /// Its address of the lab's first family: IPv4, or IPv6 in an IPv6-only lab.
     pub fn addr(&self) -> IpAddr {
-        match (self.ip, self.ip6) {
-            (Some(a), _) => IpAddr::V4(a),
-            (None, Some(a)) => IpAddr::V6(a),
-            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        }
+        first_family(self.ip, self.ip6)
     }
 
     pub fn control_socket(&self) -> PathBuf {
@@ -315,6 +312,22 @@ pub struct Lab {
     controller: Option<ChildGuard>,
     /// The datastore's address, forwarded into each node's namespace.
     target: std::net::SocketAddr,
+}
+
+/// The addresses of a node or pod, IPv4 first.
+pub fn family_addrs(ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> Vec<IpAddr> {
+    (ip.map(IpAddr::V4).into_iter())
+        .chain(ip6.map(IpAddr::V6))
+        .collect()
+}
+
+/// The address of the lab's first family (Kubernetes' primary IP): IPv4, or IPv6 in an
+/// IPv6-only lab.
+pub fn first_family(ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> IpAddr {
+    family_addrs(ip, ip6)
+        .first()
+        .copied()
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
 /// The AS of a rack's nodes and router when there are routers; 64512 otherwise.
@@ -517,23 +530,16 @@ impl Lab {
         let mut peers = vec![];
         if s.tor {
             for r in 0..s.racks {
-                if s.v4() {
+                // A BGPPeer per family the lab has: the router's IPv4 and IPv6 addresses.
+                let v4 = s.v4().then(|| net::tor_ip(r));
+                let v6 = s.v6().then(|| net::tor_ip6(r));
+                for addr in family_addrs(v4, v6) {
+                    let suffix = if addr.is_ipv6() { "-ipv6" } else { "" };
                     peers.push((
-                        format!("rack-{r}-router"),
+                        format!("rack-{r}-router{suffix}"),
                         BGPPeerSpec {
                             node_selector: Some(format!("rack == 'r{r}'")),
-                            peer_ip: Some(net::tor_ip(r).to_string()),
-                            as_number: Some(rack_as(s, r)),
-                            ..Default::default()
-                        },
-                    ));
-                }
-                if s.v6() {
-                    peers.push((
-                        format!("rack-{r}-router-ipv6"),
-                        BGPPeerSpec {
-                            node_selector: Some(format!("rack == 'r{r}'")),
-                            peer_ip: Some(net::tor_ip6(r).to_string()),
+                            peer_ip: Some(addr.to_string()),
                             as_number: Some(rack_as(s, r)),
                             ..Default::default()
                         },

@@ -48,11 +48,7 @@ impl Pod {
     /// Its address of the lab's first family (Kubernetes' `status.podIP`): IPv4, or IPv6 in
     /// an IPv6-only lab.
     pub fn addr(&self) -> IpAddr {
-        match (self.ip, self.ip6) {
-            (Some(a), _) => IpAddr::V4(a),
-            (None, Some(a)) => IpAddr::V6(a),
-            (None, None) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-        }
+        crate::first_family(self.ip, self.ip6)
     }
 }
 

@@ -50,8 +50,9 @@ fn table(head: &[&str], rows: &[Vec<String>]) -> String {
 
 /// "IPv4, IPv6", or whichever the lab has.
 fn addrs(ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> String {
-    let v: Vec<String> = (ip.map(|a| a.to_string()).into_iter())
-        .chain(ip6.map(|a| a.to_string()))
+    let v: Vec<String> = crate::family_addrs(ip, ip6)
+        .iter()
+        .map(ToString::to_string)
         .collect();
     v.join(", ")
 }
