@@ -88,18 +88,10 @@ impl Bird {
         let mut args = vec!["bird", "-f", "-c", &c, "-s", &s, "-P", &p];
         args.extend_from_slice(flags);
         let log_path = dir.path().join("bird.log");
-        let log = std::fs::File::create(&log_path).expect("log");
         let child = ns
-            .command(&args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
+            .spawn_logged(&args, &log_path)
             .expect("start bird (install bird2)");
-        let b = Bird {
-            _child: ChildGuard(child),
-            dir,
-        };
+        let b = Bird { _child: child, dir };
         let start = Instant::now();
         while !b.birdc(&["show", "status"]).contains("Daemon is up") {
             assert!(
@@ -166,25 +158,14 @@ impl Gobgp {
         let port = 50051;
         let c = dir.path().join("gobgpd.toml");
         std::fs::write(&c, conf).expect("write gobgpd.toml");
-        let log = std::fs::File::create(dir.path().join("gobgpd.log")).expect("log");
+        let (c, api) = (c.display().to_string(), format!("127.0.0.1:{port}"));
+        let mut args = vec!["gobgpd", "-f", &c, "-t", "toml", "--api-hosts", &api];
+        args.extend_from_slice(flags);
         let child = ns
-            .command(&[
-                "gobgpd",
-                "-f",
-                &c.display().to_string(),
-                "-t",
-                "toml",
-                "--api-hosts",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
+            .spawn_logged(&args, &dir.path().join("gobgpd.log"))
             .expect("start gobgpd (install gobgpd)");
         let g = Gobgp {
-            _child: ChildGuard(child),
+            _child: child,
             dir,
             ns: ns.name().to_string(),
             port,
@@ -259,30 +240,33 @@ impl Frr {
             .arg(d)
             .status();
         let daemon = |name: &str, flags: &[&str]| {
-            let log = std::fs::File::create(d.join(format!("{name}.log"))).expect("log");
-            let child = ns
-                .command(&[
-                    &format!("/usr/lib/frr/{name}"),
-                    "-f",
-                    &conf_path.display().to_string(),
-                    "-i",
-                    &d.join(format!("{name}.pid")).display().to_string(),
-                    "-z",
-                    &d.join("zserv.api").display().to_string(),
-                    "--vty_socket",
-                    &d.display().to_string(),
-                    "-u",
-                    "frr",
-                    "-g",
-                    "frr",
-                ])
-                .args(flags)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .unwrap_or_else(|e| panic!("start {name} (install frr): {e}"));
-            ChildGuard(child)
+            let bin = format!("/usr/lib/frr/{name}");
+            let (conf, pid) = (
+                conf_path.display().to_string(),
+                d.join(format!("{name}.pid")).display().to_string(),
+            );
+            let (zserv, vty) = (
+                d.join("zserv.api").display().to_string(),
+                d.display().to_string(),
+            );
+            let mut args = vec![
+                bin.as_str(),
+                "-f",
+                &conf,
+                "-i",
+                &pid,
+                "-z",
+                &zserv,
+                "--vty_socket",
+                &vty,
+                "-u",
+                "frr",
+                "-g",
+                "frr",
+            ];
+            args.extend_from_slice(flags);
+            ns.spawn_logged(&args, &d.join(format!("{name}.log")))
+                .unwrap_or_else(|e| panic!("start {name} (install frr): {e}"))
         };
         let zebra = daemon("zebra", &[]);
         wait_for("zebra's API socket", Duration::from_secs(10), || {

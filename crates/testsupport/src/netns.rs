@@ -95,6 +95,19 @@ impl Netns {
         ]);
     }
 
+    /// Starts a daemon inside with its output (stdout and stderr) written to `log`; the
+    /// guard kills it (by PID) when dropped.
+    pub fn spawn_logged(&self, cmd: &[&str], log: &std::path::Path) -> std::io::Result<ChildGuard> {
+        let out = std::fs::File::create(log)?;
+        let child = self
+            .command(cmd)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()?;
+        Ok(ChildGuard(child))
+    }
+
     /// Starts a long-running command inside; the guard kills it (by PID) when dropped.
     pub fn spawn(&self, cmd: &[&str]) -> ChildGuard {
         let child = self

@@ -40,22 +40,18 @@ impl Prometheus {
         }
         let c = dir.path().join("prometheus.yml");
         std::fs::write(&c, conf).expect("write prometheus.yml");
-        let log_path = dir.path().join("prometheus.log");
-        let log = std::fs::File::create(&log_path).expect("log");
+        let args = [
+            "prometheus".to_string(),
+            format!("--config.file={}", c.display()),
+            format!("--storage.tsdb.path={}", dir.path().join("data").display()),
+            format!("--web.listen-address={LISTEN}"),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = ns
-            .command(&[
-                "prometheus",
-                &format!("--config.file={}", c.display()),
-                &format!("--storage.tsdb.path={}", dir.path().join("data").display()),
-                &format!("--web.listen-address={LISTEN}"),
-            ])
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
+            .spawn_logged(&args, &dir.path().join("prometheus.log"))
             .expect("start prometheus (install Debian's prometheus)");
         let p = Prometheus {
-            _child: ChildGuard(child),
+            _child: child,
             dir,
             ns: ns.name().to_string(),
         };
