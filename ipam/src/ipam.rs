@@ -874,12 +874,20 @@ impl Ipam {
             )));
         }
         self.cache().nodes.remove(node);
-        let labels = self.labels(node).await?;
-        if !pools::selects(pool, &labels)? {
+        let facts = self.facts(node).await?;
+        if !pools::selects(pool, &facts.labels)? {
             return Err(refuses(format!(
                 "does not select node {node} (nodeSelector: {:?})",
                 pool.spec.node_selector
             )));
+        }
+        // The pools' own assignment refuses IPv4 to an IPv6-only node; an address asked
+        // for by name is no different: nothing would route it to the node.
+        if ip.is_ipv4() && facts.ipv6_only {
+            return Err(IpamError::Ipv6OnlyNode {
+                node: node.to_owned(),
+                pools: pool.metadata.name.clone().unwrap_or_default(),
+            });
         }
         self.assign_ip(ip, handle_id, node, attrs).await
     }

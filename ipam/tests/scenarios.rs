@@ -352,6 +352,20 @@ async fn an_ipv6_only_node_is_refused_ipv4_addresses() {
     );
     assert_eq!(all_allocations(&store).await, before, "nothing allocated");
     assert_eq!(count::<IPAMBlock>(&store).await, 1, "no IPv4 block claimed");
+    // Nor an IPv4 address the pod asks for by name (brindle.dev/ipAddrs).
+    let e = ipam
+        .assign_requested_ip(
+            "10.9.0.7".parse().unwrap(),
+            "h-asked",
+            "n6",
+            &Default::default(),
+            brindle_api::AllowedUse::Workload,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, IpamError::Ipv6OnlyNode { .. }), "{e}");
+    assert_eq!(all_allocations(&store).await, before, "nothing allocated");
+    assert_eq!(count::<IPAMBlock>(&store).await, 1, "no IPv4 block claimed");
     // An IPIP pool takes no tunnel address for it (nothing would route to it).
     assert_eq!(ipam.ensure_tunnel_address("n6").await.unwrap(), None);
     // Given an IPv4 address, the node is served from the IPv4 pool.
