@@ -2,8 +2,8 @@
 //! family, attached to BGPPeers by name (`BGPPeer.spec.filters`). The first rule that matches,
 //! across the peer's filters in order, decides; a route no rule matches is accepted on
 //! import and exported as usual. Rules sit behind Brindle's rails: they can refuse what the
-//! rails let through, never let through what the rails refuse (see the README's "What a
-//! node accepts and announces").
+//! rails let through, never let through what the rails refuse (see "What a node accepts
+//! and announces" in docs/security.md).
 
 use ipnetwork::IpNetwork;
 use kube::CustomResource;

@@ -74,8 +74,8 @@ fn bgppeer_field(name: &str, v: &Value) -> Option<Field> {
     })
 }
 
-/// Every BGPFilter field carries over; how Brindle applies them is in the README ("What a
-/// node accepts and announces").
+/// Every BGPFilter field carries over; how Brindle applies them is in docs/security.md
+/// ("What a node accepts and announces").
 fn bgpfilter_field(name: &str, _v: &Value) -> Option<Field> {
     Some(match name {
         "exportV4" | "importV4" | "exportV6" | "importV6" => Field::Same,
