@@ -250,3 +250,95 @@ fn node_diags_collects_a_bug_report_from_the_node() {
         assert!(summary.contains("ok      ip-route.txt"), "{summary}");
     });
 }
+
+/// `node graph` run where an operator would (a node: it reaches every agent's metrics and
+/// the datastore): two racks of two nodes, each rack's BIRD router; the routers named by their
+/// BGPPeers and drawn with their rack, each session green with the prefixes received, the
+/// blocks per node; an agent that stops is said so, and its sessions go. Drawn with dot.
+#[test]
+fn node_graph_draws_the_cluster_from_the_datastore_and_the_agents_metrics() {
+    let spec = LabSpec {
+        nodes: 4,
+        racks: 2,
+        tor: true,
+        ..Default::default()
+    };
+    with_lab(spec, |lab| {
+        lab.pod_add("g1", "node-1").expect("pod on node-1");
+        lab.wait_converged(Duration::from_secs(60))
+            .expect("converged");
+        // From node-0, as an operator on a node: every node's address is reachable there
+        // (the other rack's through the routers), and the datastore.
+        let graph = |lab: &Lab, extra: &[&str]| {
+            let n = lab.node("node-0");
+            let endpoint = format!("http://{}", n.forward.addr);
+            let mut argv = vec![binary("brindlectl").display().to_string()];
+            argv.extend(["node", "graph"].map(String::from));
+            argv.extend(extra.iter().map(|s| s.to_string()));
+            argv.extend(["--datastore", "etcd", "--etcd-endpoints", &endpoint].map(String::from));
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            let o = n.ns.command(&argv).output().expect("brindlectl");
+            let (out, err) = (
+                String::from_utf8_lossy(&o.stdout).into_owned(),
+                String::from_utf8_lossy(&o.stderr).into_owned(),
+            );
+            assert!(o.status.success(), "{err}");
+            (out, err)
+        };
+        // Each node's session with its rack's router, Established.
+        let (dot, err) = wait_for("every session green", Duration::from_secs(60), || {
+            let (dot, err) = graph(lab, &[]);
+            (dot.matches("color=darkgreen").count() == 4 && !dot.contains("color=red"))
+                .then_some((dot, err))
+        });
+        for want in [
+            "subgraph cluster_as65000",
+            "subgraph cluster_as65001",
+            r#""198.18.0.1" [shape=diamond, label="198.18.0.1\nBGPPeer rack-0-router\nAS 65000"]"#,
+            r#""198.18.1.1" [shape=diamond"#,
+            r#""198.18.0.1" -- "node-0" [color=darkgreen, style=solid, label="node-0: Established, received "#,
+            r#""198.18.1.1" -- "node-3" [color=darkgreen"#,
+            r#"AS 65000, 1 block(s)"#,
+        ] {
+            assert!(dot.contains(want), "{want}:\n{dot}");
+        }
+        // Rack 0's router sits in rack 0's box, before rack 1's.
+        let rack1 = dot.find("cluster_as65001").unwrap();
+        assert!(dot.find(r#""198.18.0.1" [shape"#).unwrap() < rack1, "{dot}");
+        assert!(dot.find(r#""198.18.1.1" [shape"#).unwrap() > rack1, "{dot}");
+        assert!(
+            err.contains("4 node(s), 4 session(s), 4 Established"),
+            "{err}"
+        );
+        // node-1 holds the pod's block: its router received it from node-1.
+        let line = dot
+            .lines()
+            .find(|l| l.starts_with(r#"  "198.18.0.1" -- "node-1""#))
+            .expect("node-1's session");
+        assert!(line.contains("node-1: Established, received "), "{line}");
+
+        // Grouped by a label instead.
+        let (dot, _) = graph(lab, &["--group-by-label", "rack"]);
+        assert!(dot.contains(r#"label="rack=r1""#), "{dot}");
+
+        // node-3's agent stopped: said on its node and on stderr; no session of its left.
+        lab.stop_agent(3);
+        let (dot, err) = graph(lab, &["--timeout", "1"]);
+        assert!(
+            err.contains("metrics not read from 1 agent(s)") && err.contains("node-3 ("),
+            "{err}"
+        );
+        assert!(dot.contains("metrics unreachable"), "{dot}");
+        assert!(!dot.contains(r#"-- "node-3""#), "{dot}");
+
+        // Drawn.
+        let out = tempfile::tempdir().unwrap();
+        let svg = out.path().join("fabric.svg");
+        graph(lab, &["--out", svg.to_str().unwrap()]);
+        let drawn = std::fs::read_to_string(&svg).unwrap().replace("&#45;", "-");
+        assert!(
+            drawn.contains("<svg") && drawn.contains(">node-2<"),
+            "{drawn}"
+        );
+    });
+}

@@ -172,6 +172,29 @@ pub enum NodeCommand {
     /// agent's version, flags and logs, routes, rules, links, our iptables/nftables/ipset
     /// state, the speaker's peers and RIB, metrics, and this node's IPAM blocks.
     Diags(DiagsArgs),
+    /// The fabric in Graphviz DOT: every node (grouped by AS number or a label), the routers
+    /// they peer with, and each BGP session an edge coloured by its state with the prefixes
+    /// each end received, as the agents' metrics report them.
+    Graph(GraphArgs),
+}
+
+/// `node graph`.
+#[derive(Args, Debug)]
+pub struct GraphArgs {
+    /// The port of each agent's metrics (brindle-node --metrics-listen), read at the node's
+    /// recorded address.
+    #[arg(long, default_value_t = 9091)]
+    pub metrics_port: u16,
+    /// Group nodes by this label's value (a rack or zone label) instead of their AS number.
+    #[arg(long, value_name = "KEY")]
+    pub group_by_label: Option<String>,
+    /// How long to wait for each agent's metrics, in seconds.
+    #[arg(long, default_value_t = 3)]
+    pub timeout: u64,
+    /// Write here instead of stdout: `.svg` or `.png` is drawn with Graphviz's `dot`,
+    /// anything else gets the DOT text.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `node diags`.

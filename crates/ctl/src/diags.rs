@@ -134,6 +134,11 @@ fn flag(args: &[String], name: &str) -> Option<String> {
 
 /// `http://host:port/path` fetched with a plain HTTP/1.0 GET (the agent's metrics).
 async fn http_get(url: &str) -> Result<String, String> {
+    http_get_within(url, STEP_TIMEOUT).await
+}
+
+/// [`http_get`] with its own deadline.
+pub(crate) async fn http_get_within(url: &str, timeout: Duration) -> Result<String, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -145,9 +150,9 @@ async fn http_get(url: &str) -> Result<String, String> {
         c.read_to_string(&mut body).await?;
         Ok::<_, std::io::Error>(body)
     };
-    let text = tokio::time::timeout(STEP_TIMEOUT, get)
+    let text = tokio::time::timeout(timeout, get)
         .await
-        .map_err(|_| format!("no answer within {STEP_TIMEOUT:?}"))?
+        .map_err(|_| format!("no answer within {timeout:?}"))?
         .map_err(|e| e.to_string())?;
     let (head, body) = text.split_once("\r\n\r\n").ok_or("not an HTTP response")?;
     let status = head.lines().next().unwrap_or_default();

@@ -13,6 +13,8 @@ mod calico;
 pub mod cli;
 mod client;
 mod diags;
+pub mod graph;
+mod graph_cmd;
 mod input;
 mod ipam_cmd;
 mod kind;
@@ -143,6 +145,7 @@ async fn run(cli: Cli, name: &'static str) -> Result<(), Failure> {
         Command::Policy(PolicyCommand::Explain { from, to, ipv6 }) => {
             policy_cmd::explain(&store, from, to, *ipv6).await
         }
+        Command::Node(NodeCommand::Graph(a)) => graph_cmd::run(&c, &store, a).await,
         Command::Ipam(IpamCommand::Show(a)) => ipam_cmd::show(&store, a).await,
         Command::Ipam(IpamCommand::Check { output }) => {
             ipam_cmd::check(&store, output.as_deref()).await
@@ -164,7 +167,7 @@ async fn run(cli: Cli, name: &'static str) -> Result<(), Failure> {
         Command::Completion { .. }
         | Command::Validate(_)
         | Command::Convert(_)
-        | Command::Node(_)
+        | Command::Node(NodeCommand::Status { .. } | NodeCommand::Diags(_))
         | Command::Version { .. } => Ok(()),
     }
 }

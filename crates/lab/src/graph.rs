@@ -1,40 +1,13 @@
 //! `brindle-lab graph`: the fabric as Graphviz DOT — nodes grouped by rack with their
 //! routers, reflectors marked, and each BGP session an edge coloured by its state and
-//! labelled with the prefixes each side received.
+//! labelled with the prefixes each side received. Drawn by brindlectl's renderer
+//! ([`brindle_ctl::graph`]), which `brindlectl node graph` draws a cluster with.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::net::IpAddr;
+
+use brindle_ctl::graph::{addr_lines, Fabric, Member, Side};
 
 use crate::{rack_as, Lab};
-
-/// One session as seen from one end.
-struct Side {
-    /// The end that reports it.
-    from: String,
-    established: bool,
-    state: String,
-    /// Prefixes received (a node's view; the routers' is not read).
-    received: Option<u64>,
-}
-
-/// A DOT string: quoted, quotes escaped (`\n` in a label is Graphviz's line break).
-fn q(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\\\""))
-}
-
-/// A rack router's addresses, of the lab's families.
-fn tor_addrs(spec: &crate::LabSpec, rack: usize) -> String {
-    let v4 = spec.v4().then(|| crate::net::tor_ip(rack));
-    let v6 = spec.v6().then(|| crate::net::tor_ip6(rack));
-    lines(&crate::family_addrs(v4, v6))
-}
-
-/// Addresses one per line (Graphviz's `\\n`).
-fn lines(addrs: &[IpAddr]) -> String {
-    let v: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-    v.join("\\n")
-}
 
 impl Lab {
     /// The lab's fabric in Graphviz DOT (`dot -Tsvg` draws it).
@@ -50,26 +23,20 @@ impl Lab {
             by_ip.insert(crate::net::tor_ip(t.rack).to_string(), tor.clone());
             by_ip.insert(crate::net::tor_ip6(t.rack).to_string(), tor);
         }
-        // Each session once, by its two ends (sorted) and its family (a dual-stack pair has
-        // one of each); a side per end that reports it.
-        let mut sessions: BTreeMap<(String, String, bool), Vec<Side>> = BTreeMap::new();
+        let mut f = Fabric::default();
         for n in &self.nodes {
             for p in self.peers(&n.name) {
                 let addr = p["addr"].as_str().unwrap_or_default().to_string();
                 let v6 = addr.contains(':');
                 let other = by_ip.get(&addr).cloned().unwrap_or(addr);
-                let key = if n.name <= other {
-                    (n.name.clone(), other, v6)
-                } else {
-                    (other, n.name.clone(), v6)
-                };
                 let state = p["state"].as_str().unwrap_or("?").to_string();
-                sessions.entry(key).or_default().push(Side {
+                let side = Side {
                     from: n.name.clone(),
                     established: state == "Established",
                     state,
                     received: p["received"].as_u64(),
-                });
+                };
+                f.session(&n.name, &other, v6, side);
             }
         }
         // The routers' sessions with each other (eBGP between racks), as BIRD reports them.
@@ -83,43 +50,37 @@ impl Lab {
                     (None, Some(o)) => (false, o),
                     _ => continue,
                 };
-                let (me, other) = (format!("tor-{}", t.rack), format!("tor-{other}"));
+                let me = format!("tor-{}", t.rack);
                 let established = line.contains("Established");
-                let key = if me <= other {
-                    (me.clone(), other, v6)
-                } else {
-                    (other, me.clone(), v6)
-                };
-                sessions.entry(key).or_default().push(Side {
-                    from: me,
+                let side = Side {
+                    from: me.clone(),
                     established,
                     state: if established { "Established" } else { "down" }.into(),
                     received: None,
-                });
+                };
+                f.session(&me, &format!("tor-{other}"), v6, side);
             }
         }
-        let mut out = String::from(
-            "graph brindle {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n  \
-             edge [fontname=\"Helvetica\", fontsize=9];\n",
-        );
         let blocks = self.blocks();
         let racks: std::collections::BTreeSet<usize> = self.nodes.iter().map(|n| n.rack).collect();
         for rack in racks {
-            let _ = writeln!(
-                out,
-                "  subgraph cluster_rack{rack} {{\n    label={};",
-                q(&format!("rack {rack} (AS {})", rack_as(&self.spec, rack)))
-            );
+            let id = format!("rack{rack}");
+            let label = format!("rack {rack} (AS {})", rack_as(&self.spec, rack));
             if self.tors.iter().any(|t| t.rack == rack) {
-                let _ = writeln!(
-                    out,
-                    "    {} [shape=diamond, label={}];",
-                    q(&format!("tor-{rack}")),
-                    q(&format!(
-                        "tor-{rack}\\n{} (BIRD)",
-                        tor_addrs(&self.spec, rack)
-                    ))
-                );
+                let v4 = self.spec.v4().then(|| crate::net::tor_ip(rack));
+                let v6 = self.spec.v6().then(|| crate::net::tor_ip6(rack));
+                let mut lines = vec![format!("tor-{rack}")];
+                lines.extend(addr_lines(&crate::family_addrs(v4, v6)));
+                if let Some(last) = lines.last_mut() {
+                    last.push_str(" (BIRD)");
+                }
+                let tor = Member {
+                    name: format!("tor-{rack}"),
+                    router: true,
+                    reflector: false,
+                    lines,
+                };
+                f.member(&id, &label, tor);
             }
             for (i, n) in self
                 .nodes
@@ -127,53 +88,22 @@ impl Lab {
                 .enumerate()
                 .filter(|(_, n)| n.rack == rack)
             {
-                let reflector = i < self.spec.reflectors;
-                let agent = if n.agent_pid().is_some() {
-                    ""
-                } else {
-                    "\\nagent stopped"
-                };
+                let mut lines = vec![n.name.clone()];
+                lines.extend(addr_lines(&crate::family_addrs(n.ip, n.ip6)));
                 let b = blocks.get(&n.name).map_or(0, Vec::len);
-                let _ = writeln!(
-                    out,
-                    "    {} [shape=box{}, label={}];",
-                    q(&n.name),
-                    if reflector { ", peripheries=2" } else { "" },
-                    q(&format!(
-                        "{}{}\\n{}\\nAS {}, {b} block(s){agent}",
-                        n.name,
-                        if reflector { " (reflector)" } else { "" },
-                        lines(&crate::family_addrs(n.ip, n.ip6)),
-                        n.asn
-                    ))
-                );
+                lines.push(format!("AS {}, {b} block(s)", n.asn));
+                if n.agent_pid().is_none() {
+                    lines.push("agent stopped".into());
+                }
+                let node = Member {
+                    name: n.name.clone(),
+                    router: false,
+                    reflector: i < self.spec.reflectors,
+                    lines,
+                };
+                f.member(&id, &label, node);
             }
-            out.push_str("  }\n");
         }
-        for ((a, b, v6), sides) in &sessions {
-            let up = sides.iter().all(|s| s.established);
-            // Each end's view, named: "node-0: Established, received 2"; IPv6 sessions dashed.
-            let mut views: Vec<String> = sides
-                .iter()
-                .map(|s| match s.received {
-                    Some(n) => format!("{}: {}, received {n}", s.from, s.state),
-                    None => format!("{}: {}", s.from, s.state),
-                })
-                .collect();
-            if *v6 {
-                views.insert(0, "IPv6".into());
-            }
-            let _ = writeln!(
-                out,
-                "  {} -- {} [color={}, style={}, label={}];",
-                q(a),
-                q(b),
-                if up { "darkgreen" } else { "red" },
-                if *v6 { "dashed" } else { "solid" },
-                q(&views.join("\\n"))
-            );
-        }
-        out.push_str("}\n");
-        out
+        f.dot()
     }
 }

@@ -713,26 +713,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{dot}");
                 return Ok(());
             };
-            match out.extension().and_then(|e| e.to_str()) {
-                Some(fmt @ ("svg" | "png")) => {
-                    let mut child = Command::new("dot")
-                        .arg(format!("-T{fmt}"))
-                        .arg("-o")
-                        .arg(&out)
-                        .stdin(Stdio::piped())
-                        .spawn()
-                        .context("dot (install graphviz), or --out F.dot for the text")?;
-                    child
-                        .stdin
-                        .take()
-                        .context("dot's input")?
-                        .write_all(dot.as_bytes())?;
-                    if !child.wait()?.success() {
-                        bail!("dot failed to draw {}", out.display());
-                    }
-                }
-                _ => std::fs::write(&out, dot)?,
-            }
+            brindle_ctl::graph::write(dot, &out)?;
             println!("wrote {}", out.display());
             Ok(())
         }

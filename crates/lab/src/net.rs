@@ -238,6 +238,23 @@ pub fn tor(f: &Netns, spec: &LabSpec, rack: usize) -> Tor {
     }
     ns.ok(&["ip", "link", "set", "rack", "up"]);
     ns.ok(&["ip", "link", "set", "spine", "up"]);
+    // The underlay: the other racks' node subnets through their routers (static, as a
+    // fabric's own routing would give them; BGP carries only the pod ranges). A node then
+    // reaches every node's address, as a scraper or an operator's host does in a cluster.
+    for other in (0..spec.racks).filter(|r| *r != rack) {
+        if spec.v4() {
+            let net = format!("198.18.{other}.0/24");
+            let via = spine_ip(other).to_string();
+            ns.ok(&["ip", "route", "add", &net, "via", &via, "dev", "spine"]);
+        }
+        if spec.v6() {
+            let net = format!("2001:db8:18:{other}::/64");
+            let via = spine_ip6(other).to_string();
+            ns.ok(&[
+                "ip", "-6", "route", "add", &net, "via", &via, "dev", "spine",
+            ]);
+        }
+    }
     forwarding(&ns, spec);
     let bird = Bird::start(&ns, &bird_conf(spec, rack, &rack_slots(spec, rack)));
     Tor { rack, ns, bird }
