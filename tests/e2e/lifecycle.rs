@@ -275,22 +275,22 @@ fn cleanup_leaves_the_node_as_it_found_it() {
         ok(lab, &["nft", "add", "table", "ip", "theirs"]);
         ok(lab, &["nft", "add", "table", "ip", "brindle"]);
         let sock = lab.node("node-0").control_socket().display().to_string();
-        let cleanup = |lab: &brindle_lab::Lab| {
-            let o = lab
-                .node("node-0")
-                .ns
-                .command(&[
-                    brindle_lab::binary("brindle-node").to_str().unwrap(),
-                    "--cleanup",
-                    "--control-socket",
-                    &sock,
-                ])
-                .output()
-                .unwrap();
+        // `prefix`: a command the cleanup runs under (setpriv, to drop a capability).
+        let cleanup_under = |lab: &brindle_lab::Lab, prefix: &[&str]| {
+            let bin = brindle_lab::binary("brindle-node");
+            let mut argv = prefix.to_vec();
+            argv.extend([
+                bin.to_str().unwrap(),
+                "--cleanup",
+                "--control-socket",
+                &sock,
+            ]);
+            let o = lab.node("node-0").ns.command(&argv).output().unwrap();
             let said = String::from_utf8_lossy(&o.stdout).to_string()
                 + &String::from_utf8_lossy(&o.stderr);
             (o.status.success(), said)
         };
+        let cleanup = |lab: &brindle_lab::Lab| cleanup_under(lab, &[]);
         // While the agent runs, cleanup refuses (it would only cause an outage).
         let (done, said) = cleanup(lab);
         assert!(!done && said.contains("still running"), "{said}");
@@ -300,7 +300,29 @@ fn cleanup_leaves_the_node_as_it_found_it() {
         lab.stop_agent(0);
         assert!(ok(lab, &["iptables-legacy-save", "-t", "nat"]).contains("BRL-SERVICES"));
         assert!(!ok(lab, &["ip", "route", "show", "proto", "bird"]).is_empty());
+        // BIRD in the node's network namespace (calico-node's, say): its routes are proto
+        // bird too, so cleanup refuses, and takes nothing.
+        let conf = "router id 198.18.0.250;\nprotocol device {}\n";
+        let bird = brindle_testsupport::daemons::Bird::start(&lab.node("node-0").ns, conf);
         let (done, said) = cleanup(lab);
+        assert!(
+            !done && said.contains("bird (pid") && said.contains("runs in this network namespace"),
+            "{said}"
+        );
+        assert!(!ok(lab, &["ip", "route", "show", "proto", "bird"]).is_empty());
+        drop(bird);
+        // BIRD elsewhere (another namespace) is no reason to refuse; but a cleanup that
+        // cannot read its namespace (no CAP_SYS_PTRACE, as in a container that drops it)
+        // does not guess: it refuses.
+        let elsewhere = brindle_testsupport::daemons::Bird::start(&lab.fabric, conf);
+        let (done, said) = cleanup_under(lab, &["setpriv", "--bounding-set", "-sys_ptrace", "--"]);
+        assert!(
+            !done && said.contains("cannot be read") && said.contains("CAP_SYS_PTRACE"),
+            "{said}"
+        );
+        assert!(!ok(lab, &["ip", "route", "show", "proto", "bird"]).is_empty());
+        let (done, said) = cleanup(lab);
+        drop(elsewhere);
         assert!(done, "{said}");
         assert!(said.contains("nothing of Brindle's is left"), "{said}");
         let ipt = ok(lab, &["iptables-legacy-save"]);

@@ -26,19 +26,40 @@ fn refuse(control_socket: &Path) -> Option<String> {
             control_socket.display()
         ));
     }
-    let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
-    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+    let ours = match std::fs::read_link("/proc/self/ns/net") {
+        Ok(l) => l,
+        Err(e) => return Some(format!("cannot read our own network namespace: {e}")),
+    };
+    let procs = match std::fs::read_dir("/proc") {
+        Ok(d) => d,
+        Err(e) => return Some(format!("cannot list /proc to look for BIRD: {e}")),
+    };
+    for e in procs.flatten() {
         let comm = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         let comm = comm.trim();
         if !matches!(comm, "bird" | "bird6" | "calico-node") {
             continue;
         }
-        if std::fs::read_link(e.path().join("ns/net")).ok().as_ref() == Some(&ours) {
-            return Some(format!(
-                "{comm} (pid {}) runs in this network namespace: its routes are proto bird too \
-                 and tunl0 may hold its address, so cleanup would take them",
-                e.file_name().to_string_lossy()
-            ));
+        let pid = e.file_name().to_string_lossy().into_owned();
+        match std::fs::read_link(e.path().join("ns/net")) {
+            Ok(theirs) if theirs == ours => {
+                return Some(format!(
+                    "{comm} (pid {pid}) runs in this network namespace: its routes are proto \
+                     bird too and tunl0 may hold its address, so cleanup would take them"
+                ));
+            }
+            Ok(_) => {}
+            // Gone meanwhile: nothing to protect.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            // Not knowing is no licence to go on (a container without CAP_SYS_PTRACE cannot
+            // read a privileged process's namespace).
+            Err(e) => {
+                return Some(format!(
+                    "{comm} (pid {pid}) runs here and its network namespace cannot be read \
+                     ({e}; reading another root process's needs CAP_SYS_PTRACE): it may share \
+                     this one, whose proto bird routes and tunl0 address it would lose"
+                ));
+            }
         }
     }
     None
