@@ -32,6 +32,13 @@ pub fn install_files() -> Vec<PathBuf> {
     all
 }
 
+/// Every manifest shipped to apply: an install's, and the uninstall DaemonSet.
+pub fn shipped_files() -> Vec<PathBuf> {
+    let mut all = install_files();
+    all.extend(files("manifests/uninstall"));
+    all
+}
+
 /// Every document of the files, as JSON values, with the file each came from.
 pub fn documents(files: &[PathBuf]) -> Vec<(PathBuf, Value)> {
     let mut out = vec![];

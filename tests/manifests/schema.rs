@@ -5,13 +5,13 @@ use std::process::Command;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use serde_json::Value;
 
-use crate::{documents, files, install_files, kind, name, root};
+use crate::{documents, files, kind, name, root, shipped_files};
 
 /// kubernetes-validate (PyPI) against the 1.35 schemas, unknown fields refused. CI installs
 /// it; a machine without it fails here and says how to get it.
 #[test]
 fn every_manifest_validates_strictly_against_kubernetes_1_35() {
-    let mut all = install_files();
+    let mut all = shipped_files();
     // The one example that is not a Brindle resource (those have no Kubernetes schema).
     all.push(root().join("manifests/examples/kubernetes-services-endpoint.yaml"));
     // As a module: no dependence on where pip put the script or on pyenv's shims.
@@ -51,7 +51,7 @@ fn every_manifest_parses_into_the_k8s_openapi_types() {
             .unwrap_or_else(|e| panic!("{} {}: {e}", v["kind"], v["metadata"]["name"]));
         serde_json::to_value(t).unwrap()
     }
-    let docs = documents(&install_files());
+    let docs = documents(&shipped_files());
     assert!(docs.len() > 15, "{} documents", docs.len());
     for (f, v) in &docs {
         let back = match kind(v) {
@@ -233,6 +233,147 @@ fn the_examples_are_valid_resources() {
             Ok(Ok(())) => {}
             Ok(Err(e)) => panic!("{}: {e}", f.display()),
             Err(e) => panic!("{}: {e}", f.display()),
+        }
+    }
+}
+
+/// The uninstall DaemonSet undoes what the node DaemonSet did, with the commands the tests
+/// prove (`brindle-cni-install --uninstall`: crates/cni/tests/install.rs; `brindle-node
+/// --cleanup`: tests/e2e/lifecycle.rs): the same image and nodes, the CNI step with the
+/// install's very mounts (so it finds what was written), the cleanup in the host's network
+/// and process namespaces, seeing the agent's control socket where the agent made it, with
+/// the capabilities its work and its BIRD check need.
+#[test]
+fn the_uninstall_daemonset_undoes_the_install() {
+    let find = |file: &str, ds: &str| -> DaemonSet {
+        let docs = documents(&[root().join(file)]);
+        let (_, v) = docs
+            .iter()
+            .find(|(_, v)| kind(v) == "DaemonSet" && name(v) == ds)
+            .unwrap_or_else(|| panic!("no DaemonSet {ds} in {file}"));
+        serde_json::from_value(v.clone()).unwrap()
+    };
+    for node_file in [
+        "manifests/10-brindle-node.yaml",
+        "manifests/etcd/10-brindle-node.yaml",
+    ] {
+        let node = find(node_file, "brindle-node").spec.template.spec.unwrap();
+        let un = find(
+            "manifests/uninstall/brindle-uninstall.yaml",
+            "brindle-uninstall",
+        )
+        .spec
+        .template
+        .spec
+        .unwrap();
+        assert_eq!(un.host_network, Some(true));
+        assert_eq!(
+            un.host_pid,
+            Some(true),
+            "cleanup must see the host's processes"
+        );
+        assert_eq!(
+            un.tolerations, node.tolerations,
+            "every node the agent ran on"
+        );
+        assert_eq!(un.node_selector, node.node_selector);
+        let host_path = |spec: &k8s_openapi::api::core::v1::PodSpec, volume: &str| {
+            spec.volumes
+                .iter()
+                .flatten()
+                .find(|v| v.name == volume)
+                .and_then(|v| v.host_path.as_ref())
+                .map(|h| h.path.clone())
+        };
+        // mountPath -> host path, for one container's host directories (a Secret it reads,
+        // as the etcd variant's certificates, is input, not where anything was written).
+        let mounts = |spec: &k8s_openapi::api::core::v1::PodSpec,
+                      c: &k8s_openapi::api::core::v1::Container| {
+            let mut m: Vec<(String, String)> = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .filter_map(|vm| Some((vm.mount_path.clone(), host_path(spec, &vm.name)?)))
+                .collect();
+            m.sort();
+            m
+        };
+        let init = |spec: &k8s_openapi::api::core::v1::PodSpec, name: &str| {
+            spec.init_containers
+                .iter()
+                .flatten()
+                .find(|c| c.name == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("no init container {name}"))
+        };
+        let install = init(&node, "install-cni");
+        let agent = node.containers[0].clone();
+        let remove = init(&un, "remove-cni");
+        let cleanup = init(&un, "cleanup");
+        assert_eq!(
+            remove.command,
+            Some(vec![
+                "/usr/local/bin/brindle-cni-install".into(),
+                "--uninstall".into()
+            ])
+        );
+        assert_eq!(
+            cleanup.command,
+            Some(vec![
+                "/usr/local/bin/brindle-node".into(),
+                "--cleanup".into()
+            ])
+        );
+        for c in [&remove, &cleanup, &un.containers[0]] {
+            assert_eq!(c.image, agent.image, "{}: the agent's image", c.name);
+        }
+        assert_eq!(mounts(&un, &remove), mounts(&node, &install), "{node_file}");
+        // Where the install writes, if its environment moved it, must move the uninstall
+        // too (the settings `brindle-cni-install --uninstall` reads).
+        let placed = [
+            "BRINDLE_CNI_BIN_DIR",
+            "BRINDLE_CNI_CONF_DIR",
+            "BRINDLE_CNI_CONF_NAME",
+            "BRINDLE_CNI_TOKEN_FILE",
+            "BRINDLE_HOST_ROOT",
+        ];
+        let set = |c: &k8s_openapi::api::core::v1::Container| -> Vec<(String, Option<String>)> {
+            let mut v: Vec<_> = c
+                .env
+                .iter()
+                .flatten()
+                .filter(|e| placed.contains(&e.name.as_str()))
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(set(&remove), set(&install), "{node_file}");
+        // The agent's control socket, where the agent makes it (the default of both).
+        let run = mounts(&node, &agent)
+            .into_iter()
+            .find(|(p, _)| p == "/run/brindle")
+            .expect("the agent's /run/brindle");
+        assert!(mounts(&un, &cleanup).contains(&run), "{run:?}");
+        assert!(
+            !agent
+                .env
+                .iter()
+                .flatten()
+                .any(|e| e.name == "BRINDLE_CONTROL_SOCKET"),
+            "the agent's control socket moved: the cleanup must be told"
+        );
+        let caps = cleanup
+            .security_context
+            .as_ref()
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.add.clone())
+            .unwrap_or_default();
+        for want in ["NET_ADMIN", "NET_RAW", "SYS_PTRACE"] {
+            assert!(
+                caps.iter().any(|c| c == want),
+                "cleanup lacks {want}: {caps:?}"
+            );
         }
     }
 }
