@@ -38,6 +38,16 @@ echo "a reached b at $B: greeted by $GOT"
 [ "${GOT%% *}" = b ]   # the greeting is "<pod> <client address>"
 $L status | tee /tmp/status.txt
 grep -q "via .* dev tunl0 onlink" /tmp/status.txt
+echo "== brindle-lab netem (this kernel has sch_netem; the host's may not)"
+$L netem node-0 --delay 20ms --loss 0% | tee /tmp/netem.txt
+grep -q "eth0 netem delay 20ms loss 0%" /tmp/netem.txt
+NS=$(sed -n '/^ACCESS/,$p' /tmp/status.txt | awk '$1 == "node-0" { print $2; exit }')
+ip netns exec "$NS" tc qdisc show dev eth0 | grep -q "netem .*delay 20ms"
+# The SYN leaves node-0's uplink at least 20 ms late: a connect from a to b takes that long.
+T=$($L exec a -- python3 -c "import socket,time; t=time.time(); socket.create_connection(('$B',8080),timeout=20).close(); print(time.time()-t)")
+python3 -c "import sys; t=float(sys.argv[1]); assert t >= 0.020, t; print('connect through 20 ms of delay: %.3f s' % t)" "$T"
+$L netem node-0 --clear
+if ip netns exec "$NS" tc qdisc show dev eth0 | grep -q netem; then echo "netem still on eth0"; exit 1; fi
 $L down
 echo "== brindle-lab CLI ok"
 "#;
@@ -58,7 +68,7 @@ fn ipip_in_a_vm() {
     let start = Instant::now();
     let r = run_in_vm(&VmSpec {
         script: &script,
-        modules: &["ipip"],
+        modules: &["ipip", "sch_netem"],
         timeout: Duration::from_secs(1500),
         ..Default::default()
     })
