@@ -87,31 +87,43 @@ fn every_dashboard_query_is_valid_promql() {
     );
 }
 
+/// Each PodMonitor (the agents', the controller's) selects its workload's pods in their
+/// namespace, by a port name its containers have.
 #[test]
-fn the_podmonitor_finds_the_daemonsets_pods_and_port() {
-    let pm = yaml("manifests/monitoring/podmonitor.yaml");
-    let ds = documents(&install_files())
+fn the_podmonitors_find_their_pods_and_port() {
+    let monitors = documents(&[root().join("manifests/monitoring/podmonitor.yaml")]);
+    let workloads: Vec<Value> = documents(&install_files())
         .into_iter()
         .map(|(_, d)| d)
-        .find(|d| d["kind"] == "DaemonSet" && d["metadata"]["name"] == "brindle-node")
-        .expect("the brindle-node DaemonSet");
-    assert_eq!(pm["metadata"]["namespace"], ds["metadata"]["namespace"]);
-    let labels = &ds["spec"]["template"]["metadata"]["labels"];
-    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
-        assert_eq!(&labels[k], v, "the pods lack {k}={v}");
-    }
-    let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
-        .as_str()
-        .unwrap();
-    let names: Vec<String> = ds["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
-        .filter_map(|p| p["name"].as_str().map(String::from))
+        .filter(|d| d["kind"] == "DaemonSet" || d["kind"] == "Deployment")
         .collect();
-    assert!(
-        names.iter().any(|n| n == port),
-        "no container port {port:?}: {names:?}"
-    );
+    let mut seen = vec![];
+    for (_, pm) in &monitors {
+        let name = pm["metadata"]["name"].as_str().unwrap();
+        let w = workloads
+            .iter()
+            .find(|d| d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no DaemonSet or Deployment {name}"));
+        seen.push(name.to_string());
+        assert_eq!(pm["metadata"]["namespace"], w["metadata"]["namespace"]);
+        let labels = &w["spec"]["template"]["metadata"]["labels"];
+        for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+            assert_eq!(&labels[k], v, "{name}'s pods lack {k}={v}");
+        }
+        let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+            .as_str()
+            .unwrap();
+        let names: Vec<String> = w["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .filter_map(|p| p["name"].as_str().map(String::from))
+            .collect();
+        assert!(
+            names.iter().any(|n| n == port),
+            "{name}: no container port {port:?}: {names:?}"
+        );
+    }
+    assert_eq!(seen, ["brindle-node", "brindle-controller"]);
 }

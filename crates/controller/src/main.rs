@@ -10,8 +10,14 @@
 //! node dirty. Passes are run by `brindle_ipam::gc::Collector`: suspects are released only
 //! after `--grace` and a fresh read of the owner, so a stale cache never frees a live pod's
 //! address. Deleted nodes' blocks, affinities and tunnel addresses are freed.
+//!
+//! Replicas elect a leader over a Lease (`leader.rs`); only the leader collects. The others
+//! keep their caches warm and take over when its lease lapses; a leader that cannot renew
+//! exits before another may take over, so two never collect at once.
 
 mod default_pool;
+mod leader;
+mod metrics;
 mod watch;
 
 use std::collections::{BTreeMap, HashSet};
@@ -54,6 +60,35 @@ struct Args {
     /// Log filter (tracing-subscriber syntax), e.g. info or brindle_ipam=debug.
     #[arg(long, env = "BRINDLE_LOG", default_value = "info")]
     log: String,
+
+    /// `/metrics` and `/healthz` on this address; `none` turns them off.
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9094")]
+    metrics_listen: String,
+
+    /// Elect a leader among replicas (a coordination.k8s.io Lease); false: this one
+    /// collects alone (never run two replicas so).
+    #[arg(long, env = "BRINDLE_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+
+    /// The Lease's namespace (the pod's own, from the downward API).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "brindle-system")]
+    leader_elect_namespace: String,
+
+    /// This replica's name in the Lease (default: the pod's name, else hostname and PID).
+    #[arg(long, env = "POD_NAME")]
+    leader_elect_identity: Option<String>,
+
+    /// How long a lease lasts unrenewed before another replica may take it.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    leader_elect_lease_duration: Duration,
+
+    /// A leader that has not renewed for this long stops (exits): shorter than the lease.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    leader_elect_renew_deadline: Duration,
+
+    /// How often to renew, and to try to take the lease when standing by.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    leader_elect_retry_period: Duration,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -77,16 +112,81 @@ async fn main() -> anyhow::Result<()> {
     // A failure here ends the controller (its pod restarts with backoff, the log says why).
     args.default_pool.ensure(&store).await?;
     info!(backend = store.backend_name(), grace = ?args.grace, resync = ?args.resync, "brindle-controller starting");
+    let m = metrics::Metrics::new();
+    let (leading_tx, leading) = tokio::sync::watch::channel(!args.leader_elect);
+    let mut elector = args.leader_elect.then(|| {
+        let identity = args.leader_elect_identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}_{}", host.trim(), std::process::id())
+        });
+        leader::Elector::new(
+            &store,
+            leader::Config {
+                namespace: args.leader_elect_namespace.clone(),
+                name: "brindle-controller".into(),
+                identity,
+                lease_duration: args.leader_elect_lease_duration,
+                renew_deadline: args.leader_elect_renew_deadline,
+                retry_period: args.leader_elect_retry_period,
+            },
+        )
+    });
+    if args.metrics_listen != "none" {
+        let addr: std::net::SocketAddr = args
+            .metrics_listen
+            .parse()
+            .context("--metrics-listen: not address:port or none")?;
+        let h = metrics::Health {
+            metrics: m.clone(),
+            heartbeat: elector.as_ref().map(|e| (e.heartbeat.clone(), e.started())),
+            stale_after: args.leader_elect_lease_duration * 2,
+        };
+        tokio::spawn(async move {
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => {
+                    info!(%addr, "metrics and health listening");
+                    if let Err(e) = axum::serve(l, metrics::router(h)).await {
+                        error!("metrics server failed: {e}");
+                    }
+                }
+                Err(e) => error!(%addr, "metrics: cannot listen: {e}"),
+            }
+        });
+    }
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     watch::spawn(store.clone(), tx);
     let ipam = Ipam::new(store);
-    tokio::select! {
-        r = run(&args, &ipam, rx) => r,
+    // The election: stand by until this replica holds the lease, then keep it; losing it
+    // ends the process (the kubelet restarts it as a follower).
+    let elect = async {
+        let Some(e) = elector.as_mut() else {
+            return std::future::pending::<anyhow::Result<()>>().await;
+        };
+        e.acquire().await;
+        m.leader.set(1);
+        let _ = leading_tx.send(true);
+        let why = e.keep().await;
+        m.leader.set(0);
+        let _ = leading_tx.send(false);
+        anyhow::bail!("no longer leading: {why}; exiting so that only one controller collects")
+    };
+    if !args.leader_elect {
+        m.leader.set(1);
+    }
+    let r = tokio::select! {
+        r = run(&args, &ipam, rx, leading, &m) => r,
+        r = elect => r,
         _ = shutdown() => {
             info!("shutting down");
             Ok(())
         }
+    };
+    if let Some(e) = elector.as_mut() {
+        if m.leader.get() == 1 {
+            e.release().await;
+        }
     }
+    r
 }
 
 async fn shutdown() {
@@ -158,6 +258,8 @@ async fn run(
     args: &Args,
     ipam: &Ipam,
     mut rx: tokio::sync::mpsc::Receiver<Change>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    m: &metrics::Metrics,
 ) -> anyhow::Result<()> {
     let mut owners = Owners::default();
     let mut gc = Collector::new(args.grace);
@@ -183,9 +285,19 @@ async fn run(
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
+            changed = leading.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the leader election stopped");
+                }
+                // Newly leading: a full pass at once (the cache is warm already).
+                next_full = Instant::now();
+            }
         }
         if !synced {
             continue; // never judge owners from a half-filled cache
+        }
+        if !*leading.borrow() {
+            continue; // standing by: the cache is kept, nothing is collected
         }
         let now = Instant::now();
         while let Some(entry) = recheck.first_entry() {
@@ -206,11 +318,24 @@ async fn run(
             Some(std::mem::take(&mut dirty))
         };
         let mut full_due = None;
-        match gc
+        let started = std::time::Instant::now();
+        let result = gc
             .pass(ipam, &owners.snapshot(), scope.as_ref(), now.into_std())
-            .await
-        {
+            .await;
+        m.pass_seconds.observe(started.elapsed().as_secs_f64());
+        m.passes
+            .get_or_create(&metrics::PassLabel {
+                scope: if full { "full" } else { "incremental" }.into(),
+                result: if result.is_ok() { "ok" } else { "error" }.into(),
+            })
+            .inc();
+        match result {
             Ok(r) => {
+                m.released.inc_by(r.released.len() as u64);
+                m.blocks_freed.inc_by(r.blocks_freed.len() as u64);
+                m.affinities_freed.inc_by(r.affinities_freed.len() as u64);
+                m.handles_repaired.inc_by(r.handles_repaired.len() as u64);
+                m.suspects.set(r.suspects as i64);
                 let acted = !r.released.is_empty()
                     || !r.handles_repaired.is_empty()
                     || !r.blocks_freed.is_empty()

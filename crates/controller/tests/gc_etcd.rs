@@ -104,6 +104,7 @@ async fn controller_collects_leaks_and_deleted_nodes() {
     let _ctl = Controller(
         Command::new(env!("CARGO_BIN_EXE_brindle-controller"))
             .args(["--datastore", "etcd", "--etcd-endpoints", &etcd.endpoint()])
+            .args(["--metrics-listen", "none"])
             .args([
                 "--grace",
                 &format!("{grace}s"),
@@ -186,6 +187,7 @@ async fn the_default_pool_is_made_only_when_there_is_none() {
         Controller(
             Command::new(env!("CARGO_BIN_EXE_brindle-controller"))
                 .args(["--datastore", "etcd", "--etcd-endpoints", &etcd.endpoint()])
+                .args(["--metrics-listen", "none"])
                 .args(extra)
                 .stdin(Stdio::null())
                 // Read only once it has ended (the failing start logs a few lines).
@@ -279,4 +281,150 @@ fn ended(mut c: Controller) -> (bool, String) {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("the controller did not stop within 30 s");
+}
+
+/// A free port on loopback for a controller's /metrics.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `brindle_controller_leader` from a controller's /metrics (None while it does not answer).
+fn leader_gauge(port: u16) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    c.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("brindle_controller_leader "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Two replicas: one leads and collects, the other stands by. The leader is killed (SIGKILL)
+/// in the middle of releasing 120 leaked addresses: the other takes over only once the lease
+/// has lapsed, finishes the work, and frees nothing twice — the pods that got freed addresses
+/// meanwhile keep them. Stopped gracefully, a leader gives the lease up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standby_controller_takes_over_from_a_killed_leader() {
+    use brindle_datastore::Api;
+    use k8s_openapi::api::coordination::v1::Lease;
+    let etcd = tokio::task::spawn_blocking(EtcdServer::start)
+        .await
+        .unwrap();
+    let store = Store::new(EtcdBackend::connect(&[etcd.endpoint()]).await.unwrap());
+    let mut pool = IPPoolSpec::new("10.60.0.0/24");
+    pool.block_size = Some(26);
+    store
+        .all::<IPPool>()
+        .create(&IPPool::new("pool", pool))
+        .await
+        .unwrap();
+    store
+        .all::<BrindleNode>()
+        .create(&brindle_node("n1", &[]))
+        .await
+        .unwrap();
+    let ipam = Ipam::new(store.clone());
+    let pods = store.namespaced::<Pod>("default");
+    pods.create(&pod("live", "n1")).await.unwrap();
+    ipam.assign(&req("n1", "live")).await.unwrap();
+    let live = ipam.ips_of_handle("k8s-pod-network.live").await.unwrap();
+    // 120 leaks: addresses whose pods are gone and whose DEL never came.
+    for i in 0..120 {
+        ipam.assign(&req("n1", &format!("gone-{i}"))).await.unwrap();
+    }
+    assert_eq!(allocated(&store).await.len(), 121);
+
+    let logs = tempfile::tempdir().unwrap();
+    let start = |name: &str, port: u16| {
+        let log = std::fs::File::create(logs.path().join(name)).unwrap();
+        Controller(
+            Command::new(env!("CARGO_BIN_EXE_brindle-controller"))
+                .args(["--datastore", "etcd", "--etcd-endpoints", &etcd.endpoint()])
+                .args(["--grace", "1s", "--resync", "1s", "--debounce", "0s"])
+                .args(["--leader-elect-identity", name])
+                .args(["--leader-elect-lease-duration", "4s"])
+                .args(["--leader-elect-renew-deadline", "2s"])
+                .args(["--leader-elect-retry-period", "1s"])
+                .args(["--metrics-listen", &format!("127.0.0.1:{port}")])
+                .args(["--log", "info,brindle_ipam=debug"])
+                .stdin(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("start brindle-controller"),
+        )
+    };
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = start("a", pa);
+    eventually("a leads", || async { leader_gauge(pa) == Some(1) }).await;
+    let b = start("b", pb);
+    eventually("b answers, standing by", || async {
+        leader_gauge(pb) == Some(0)
+    })
+    .await;
+
+    // Kill a as soon as it has released some of the leaks, not all.
+    eventually("a releasing", || async {
+        allocated(&store).await.len() < 121
+    })
+    .await;
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    let killed = tokio::time::Instant::now();
+    let left = allocated(&store).await.len();
+    assert!(
+        left > 1,
+        "a finished before it was killed ({left} left): make the work longer"
+    );
+    // Pods come meanwhile and are given addresses, freed ones among them.
+    for i in 0..20 {
+        let name = format!("new-{i}");
+        pods.create(&pod(&name, "n1")).await.unwrap();
+        ipam.assign(&req("n1", &name)).await.unwrap();
+    }
+    // b stands by while a's lease lasts (it renewed at most 1 s before the kill).
+    eventually("b leads", || async { leader_gauge(pb) == Some(1) }).await;
+    assert!(
+        killed.elapsed() >= Duration::from_secs(2),
+        "b led {:?} after a's death: before its lease lapsed",
+        killed.elapsed()
+    );
+    let mut want = live.clone();
+    for i in 0..20 {
+        want.extend(
+            ipam.ips_of_handle(&format!("k8s-pod-network.new-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    want.sort();
+    eventually("b releases the rest, and only the rest", || async {
+        allocated(&store).await == want
+    })
+    .await;
+    // Some time more: b's passes leave the new pods' addresses alone.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(allocated(&store).await, want);
+    let handles = store.all::<IPAMHandle>().list().await.unwrap().items;
+    assert_eq!(handles.len(), 21, "{handles:?}");
+    let log_b = std::fs::read_to_string(logs.path().join("b")).unwrap();
+    assert!(log_b.contains("taking it over"), "{log_b}");
+
+    // b stopped gracefully: the lease is given up, so the next need not wait for it.
+    let lease: Api<Lease> = store.namespaced::<Lease>("brindle-system");
+    let term = Command::new("kill")
+        .args(["-TERM", &b.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let (clean, _) = ended(b);
+    assert!(clean, "a graceful stop exits 0");
+    let l = lease.get("brindle-controller").await.unwrap().unwrap();
+    let spec = l.spec.unwrap();
+    assert_eq!(spec.holder_identity, None, "{spec:?}");
+    assert_eq!(spec.lease_transitions, Some(1), "a, then b");
 }

@@ -138,3 +138,7 @@ impl StoreResource for k8s_openapi::api::core::v1::Namespace {
 impl StoreResource for k8s_openapi::api::networking::v1::NetworkPolicy {
     const NAMESPACED: bool = true;
 }
+/// The controller's leader election (coordination.k8s.io Lease, as client-go's).
+impl StoreResource for k8s_openapi::api::coordination::v1::Lease {
+    const NAMESPACED: bool = true;
+}

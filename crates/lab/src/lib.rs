@@ -790,6 +790,9 @@ impl Lab {
             self.spec.gc_grace.clone(),
             "--resync".into(),
             "10s".into(),
+            // Not on the host's addresses (the lab lives in namespaces and on loopback).
+            "--metrics-listen".into(),
+            "none".into(),
         ];
         match self.spec.datastore {
             Datastore::Etcd => {
