@@ -13,7 +13,8 @@
 //!
 //! Replicas elect a leader over a Lease (`leader.rs`); only the leader collects. The others
 //! keep their caches warm and take over when its lease lapses; a leader that cannot renew
-//! exits before another may take over, so two never collect at once.
+//! stops collecting (a pass in flight is dropped) before another may take over, so two
+//! never collect at once, and stands by again.
 
 mod default_pool;
 mod leader;
@@ -104,6 +105,19 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if args.leader_elect
+        && (args.leader_elect_renew_deadline >= args.leader_elect_lease_duration
+            || args.leader_elect_retry_period >= args.leader_elect_renew_deadline)
+    {
+        anyhow::bail!(
+            "--leader-elect-retry-period ({:?}) < --leader-elect-renew-deadline ({:?}) < \
+             --leader-elect-lease-duration ({:?}) must hold: a leader must stop before another \
+             may take over",
+            args.leader_elect_retry_period,
+            args.leader_elect_renew_deadline,
+            args.leader_elect_lease_duration
+        );
+    }
     let store = args
         .datastore
         .connect()
@@ -156,19 +170,21 @@ async fn main() -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::mpsc::channel(1024);
     watch::spawn(store.clone(), tx);
     let ipam = Ipam::new(store);
-    // The election: stand by until this replica holds the lease, then keep it; losing it
-    // ends the process (the kubelet restarts it as a follower).
+    // The election: stand by until this replica holds the lease, then keep it. A lost lease
+    // stops collection at once (a pass in flight is dropped) and the replica stands by again.
     let elect = async {
         let Some(e) = elector.as_mut() else {
             return std::future::pending::<anyhow::Result<()>>().await;
         };
-        e.acquire().await;
-        m.leader.set(1);
-        let _ = leading_tx.send(true);
-        let why = e.keep().await;
-        m.leader.set(0);
-        let _ = leading_tx.send(false);
-        anyhow::bail!("no longer leading: {why}; exiting so that only one controller collects")
+        loop {
+            e.acquire().await;
+            m.leader.set(1);
+            let _ = leading_tx.send(true);
+            let why = e.keep().await;
+            m.leader.set(0);
+            let _ = leading_tx.send(false);
+            warn!("no longer leading: {why}; collection stopped, standing by");
+        }
     };
     if !args.leader_elect {
         m.leader.set(1);
@@ -319,9 +335,19 @@ async fn run(
         };
         let mut full_due = None;
         let started = std::time::Instant::now();
-        let result = gc
-            .pass(ipam, &owners.snapshot(), scope.as_ref(), now.into_std())
-            .await;
+        let snapshot = owners.snapshot();
+        let result = tokio::select! {
+            r = gc.pass(ipam, &snapshot, scope.as_ref(), now.into_std()) => Some(r),
+            // The lease lost mid-pass: stop before another replica may start.
+            _ = leading.wait_for(|l| !*l) => None,
+        };
+        let Some(result) = result else {
+            warn!("the lease was lost during a pass: stopped it");
+            if let Some(s) = scope {
+                dirty.extend(s);
+            }
+            continue;
+        };
         m.pass_seconds.observe(started.elapsed().as_secs_f64());
         m.passes
             .get_or_create(&metrics::PassLabel {
