@@ -132,3 +132,100 @@ async fn a_peer_that_exports_nothing_is_not_grouped_with_peers_that_export_all()
     }
     r.shutdown(false).await.expect("shutdown r");
 }
+
+fn peer_to(ip: &str, port: u16, source: &str, passive: bool) -> PeerConfig {
+    let mut p = PeerConfig::new(ip.parse().unwrap(), 64512);
+    p.port = port;
+    p.source = Some(source.parse().unwrap());
+    p.passive = passive;
+    // Far longer than the test waits: the session must not owe its coming up to a retry.
+    p.connect_retry = Duration::from_secs(60);
+    p
+}
+
+/// A connection from an address that is not a peer yet (the agent has not heard of that node
+/// from the datastore, a moment behind the node itself) is held, not refused: the peer added
+/// meanwhile gets it, and the session comes up without the dialer's retry.
+#[tokio::test]
+async fn a_connection_from_a_peer_not_yet_known_is_kept_for_it() {
+    let (a_ip, b_ip) = ("127.0.0.41", "127.0.0.42");
+    let (pa, pb) = (free_port(a_ip), free_port(b_ip));
+    let a = Speaker::start(config(a_ip, pa, 64512)).await.expect("a");
+    let b = Speaker::start(config(b_ip, pb, 64512)).await.expect("b");
+    b.add_peer(peer_to(a_ip, pa, b_ip, false))
+        .await
+        .expect("b's peer");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_ne!(peer(&b, a_ip).await.state, "Established");
+    // a knows b now, and never dials it (passive): only b's held connection can carry it.
+    a.add_peer(peer_to(b_ip, pb, a_ip, true))
+        .await
+        .expect("a's peer");
+    until("the session up on b's held connection", async || {
+        (peer(&a, b_ip).await.state == "Established").then_some(())
+    })
+    .await;
+    a.shutdown(false).await.expect("shutdown a");
+    b.shutdown(false).await.expect("shutdown b");
+}
+
+/// A peer that refuses the connection (nothing listens yet: its agent is starting) is tried
+/// again within a fraction of a second, doubling up to the connect-retry time, instead of
+/// after the connect-retry time.
+#[tokio::test]
+async fn a_peer_not_listening_yet_is_reached_soon_after_it_is() {
+    let (a_ip, b_ip) = ("127.0.0.43", "127.0.0.44");
+    let (pa, pb) = (free_port(a_ip), free_port(b_ip));
+    let b = Speaker::start(config(b_ip, pb, 64512)).await.expect("b");
+    b.add_peer(peer_to(a_ip, pa, b_ip, false))
+        .await
+        .expect("b's peer");
+    // b is refused (nothing on a's port) at least once.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let a = Speaker::start(config(a_ip, pa, 64512)).await.expect("a");
+    a.add_peer(peer_to(b_ip, pb, a_ip, true))
+        .await
+        .expect("a's peer");
+    until("b reaches a", async || {
+        (peer(&b, a_ip).await.state == "Established").then_some(())
+    })
+    .await;
+    a.shutdown(false).await.expect("shutdown a");
+    b.shutdown(false).await.expect("shutdown b");
+}
+
+/// A connection held from an address that then becomes a peer with a TCP MD5 key is not
+/// given to that peer: it was accepted before the key was set, unsigned. It is closed, and
+/// no OPEN is ever sent on it.
+#[tokio::test]
+async fn a_held_connection_never_carries_a_peer_that_has_an_md5_key() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (a_ip, x_ip) = ("127.0.0.45", "127.0.0.46");
+    let pa = free_port(a_ip);
+    let a = Speaker::start(config(a_ip, pa, 64512)).await.expect("a");
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{x_ip}:0").parse().unwrap()).unwrap();
+    let mut c = sock
+        .connect(format!("{a_ip}:{pa}").parse().unwrap())
+        .await
+        .expect("connect");
+    // An OPEN: version 4, AS 64512, hold 90, identifier 127.0.0.46, no parameters.
+    let body = [4, 0xfc, 0x00, 0, 90, 127, 0, 0, 46, 0];
+    let len = (19 + body.len()) as u16;
+    let msg = [&[0xff; 16][..], &len.to_be_bytes(), &[1], &body].concat();
+    c.write_all(&msg).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut p = PeerConfig::new(x_ip.parse().unwrap(), 64512);
+    p.passive = true;
+    p.password = Some("secret".into());
+    a.add_peer(p).await.expect("the peer, with its key");
+    let mut got = vec![];
+    let read = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut got)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the held connection is closed: {read:?}"
+    );
+    assert!(got.is_empty(), "nothing sent on it: {got:?}");
+    assert_ne!(peer(&a, x_ip).await.state, "Established");
+    a.shutdown(false).await.expect("shutdown a");
+}

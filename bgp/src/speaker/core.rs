@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::kernel_task::{self, Control, KernelStats, Ops, Route};
 use super::pack::is_end_of_rib;
@@ -36,6 +36,8 @@ use export::{export_all, ExportCache};
 /// Timers and accepted connections, delivered back to the core.
 enum Internal {
     Accepted(TcpStream, SocketAddr),
+    /// Connections from addresses that are not peers have waited long enough.
+    ExpireWaiting,
     /// A restarting peer's restart time (or stale time) ran out.
     SweepStale {
         peer: PeerId,
@@ -126,6 +128,8 @@ pub struct Core {
     /// Lines the network can trigger: connections refused at accept, UPDATEs with errors.
     refused_log: super::loglimit::LogLimit,
     update_errors_log: super::loglimit::LogLimit,
+    /// Connections from addresses that may become peers in a moment.
+    waiting: super::waiting::Waiting,
 }
 
 fn unmap(a: IpAddr) -> IpAddr {
@@ -210,6 +214,7 @@ impl Core {
             rails,
             refused_log: super::loglimit::per_minute(),
             update_errors_log: super::loglimit::per_minute(),
+            waiting: Default::default(),
         })
     }
 
@@ -387,6 +392,19 @@ impl Core {
                 limit_hits: 0,
             },
         );
+        // A connection it made before we knew of it (held a moment): its session's now —
+        // unless the peer has a TCP MD5 key, which that connection was accepted without.
+        for (stream, from) in self.waiting.take(addr) {
+            if self
+                .peers
+                .get(&id)
+                .is_some_and(|p| p.cfg.password.is_some())
+            {
+                debug!(peer = %addr, "dropped a connection accepted before its MD5 key was set");
+                continue;
+            }
+            self.accepted(stream, from);
+        }
         Ok(())
     }
 
@@ -668,36 +686,51 @@ impl Core {
         }
     }
 
+    /// A connection on the listener: to its peer's session (after the TTL and GTSM checks),
+    /// or held a moment if its address is not a peer yet.
+    fn accepted(&mut self, s: TcpStream, from: SocketAddr) {
+        let addr = unmap(from.ip());
+        let Some(p) = self.by_addr.get(&addr).and_then(|id| self.peers.get(id)) else {
+            match self.waiting.hold(addr, from, s) {
+                Ok(()) => {
+                    let tx = self.internal_tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(super::waiting::HOLD).await;
+                        let _ = tx.send(Internal::ExpireWaiting);
+                    });
+                }
+                Err(_refused) => {
+                    if let Some(suppressed) = self.refused_log.allow() {
+                        info!(%from, suppressed, held = self.waiting.len(), "refused a connection from an address that is not a peer");
+                    }
+                }
+            }
+            return;
+        };
+        let sock = socket2::SockRef::from(&s);
+        let checked = socket::set_ttls(sock, from.is_ipv6(), &p.cfg, self.cfg.local_as)
+            .map_err(|e| format!("setting its TTLs failed: {e}"))
+            .and_then(|()| socket::check_syn_ttl(&s, &p.cfg).map_err(|e| format!("GTSM: {e}")));
+        match checked {
+            Ok(()) => {
+                let _ = p.cmd.send(SessionCmd::Incoming(s));
+            }
+            // Without its GTSM check the connection must not carry the session.
+            Err(e) => {
+                if let Some(suppressed) = self.refused_log.allow() {
+                    warn!(peer = %addr, suppressed, "refused a connection: {e}")
+                }
+            }
+        }
+    }
+
     fn internal(&mut self, i: Internal) {
         match i {
-            Internal::Accepted(s, from) => {
-                let addr = unmap(from.ip());
-                match self.by_addr.get(&addr).and_then(|id| self.peers.get(id)) {
-                    Some(p) => {
-                        let sock = socket2::SockRef::from(&s);
-                        let checked =
-                            socket::set_ttls(sock, from.is_ipv6(), &p.cfg, self.cfg.local_as)
-                                .map_err(|e| format!("setting its TTLs failed: {e}"))
-                                .and_then(|()| {
-                                    socket::check_syn_ttl(&s, &p.cfg)
-                                        .map_err(|e| format!("GTSM: {e}"))
-                                });
-                        match checked {
-                            Ok(()) => {
-                                let _ = p.cmd.send(SessionCmd::Incoming(s));
-                            }
-                            // Without its GTSM check the connection must not carry the session.
-                            Err(e) => {
-                                if let Some(suppressed) = self.refused_log.allow() {
-                                    warn!(peer = %addr, suppressed, "refused a connection: {e}")
-                                }
-                            }
-                        }
-                    }
-                    None => {
-                        if let Some(suppressed) = self.refused_log.allow() {
-                            info!(%from, suppressed, "refused a connection from an address that is not a peer");
-                        }
+            Internal::Accepted(s, from) => self.accepted(s, from),
+            Internal::ExpireWaiting => {
+                for from in self.waiting.expire(Instant::now()) {
+                    if let Some(suppressed) = self.refused_log.allow() {
+                        info!(%from, suppressed, "refused a connection from an address that is not a peer (held {:?} in case it became one)", super::waiting::HOLD);
                     }
                 }
             }

@@ -24,6 +24,7 @@ mod pack;
 mod session;
 mod socket;
 mod sockopt;
+mod waiting;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;

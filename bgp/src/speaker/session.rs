@@ -372,6 +372,7 @@ impl SessionTask {
             peer_gr: false,
             failures: 0,
             refused: false,
+            refusals: 0,
             ceased: false,
             ceases: 0,
             up_at: None,
@@ -454,7 +455,18 @@ impl SessionTask {
                         Err(e) => {
                             debug!(peer = %self.cfg.addr, "connect failed: {e}");
                             run.refused = true;
+                            // Refused outright (nothing listens yet: a node starting) is
+                            // tried again soon; anything else waits the connect-retry time.
+                            run.refusals = match e.kind() {
+                                std::io::ErrorKind::ConnectionRefused => run.refusals.saturating_add(1),
+                                _ => u32::MAX,
+                            };
                             self.process(&mut run, Input::TcpFails);
+                            // The FSM waits its connect-retry time; refused, sooner.
+                            let soon = Instant::now() + self.refused_backoff(run.refusals);
+                            if let Some(at) = run.timers.get_mut(&fsm::Timer::ConnectRetry) {
+                                *at = (*at).min(soon);
+                            }
                         }
                     }
                 }
@@ -489,6 +501,7 @@ impl SessionTask {
 
     fn attach(&self, run: &mut Run, s: TcpStream, buf: BytesMut) {
         run.refused = false;
+        run.refusals = 0;
         let local = s
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -694,7 +707,7 @@ impl SessionTask {
                     info!(peer = %self.cfg.addr, secs = wait.as_secs_f32(), "closed by us: trying again after a back-off");
                     wait
                 } else if run.refused {
-                    self.backoff(1)
+                    self.refused_backoff(run.refusals)
                 } else {
                     run.failures = run.failures.saturating_add(u32::from(!run.established));
                     self.backoff(run.failures)
@@ -741,6 +754,19 @@ impl SessionTask {
         base.mul_f64(jitter)
     }
 
+    /// After `n` connects in a row refused outright: 0.25 s, doubling up to the connect-retry
+    /// time (a peer that is starting is reached within a quarter second of listening, not
+    /// BIRD's fixed 2 s); any other connect failure waits the connect-retry time.
+    fn refused_backoff(&self, n: u32) -> Duration {
+        let fast = Duration::from_millis(250) * 2u32.saturating_pow(n.saturating_sub(1).min(8));
+        let plain = self.backoff(1);
+        if n == u32::MAX || fast >= self.cfg.connect_retry {
+            plain
+        } else {
+            fast
+        }
+    }
+
     async fn stop(&self, run: &mut Run, notify: bool) {
         if notify {
             self.process(run, Input::ManualStop);
@@ -769,9 +795,12 @@ struct Run {
     peer_gr: bool,
     failures: u32,
     /// The last attempt never got a TCP connection (refused, unreachable): retried after
-    /// the plain connect-retry time, as BIRD does, not the doubling error backoff — a peer
-    /// that is simply not listening yet (a node starting) is reached as soon as it is.
+    /// the plain connect-retry time, as BIRD does, or sooner when refused outright
+    /// ([`SessionTask::refused_backoff`]), not the doubling error backoff — a peer that is
+    /// simply not listening yet (a node starting) is reached as soon as it is.
     refused: bool,
+    /// Connects refused outright in a row (`u32::MAX` after any other connect failure).
+    refusals: u32,
     /// We closed the last session ourselves (Cease): back off by `ceases`.
     ceased: bool,
     /// How often we closed it lately.
