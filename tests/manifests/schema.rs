@@ -306,6 +306,14 @@ fn the_uninstall_daemonset_undoes_the_install() {
                 .cloned()
                 .unwrap_or_else(|| panic!("no init container {name}"))
         };
+        // The cleanup first: it refuses while an agent runs, before anything is removed.
+        let order: Vec<&str> = un
+            .init_containers
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(order, ["cleanup", "remove-cni"]);
         let install = init(&node, "install-cni");
         let agent = node.containers[0].clone();
         let remove = init(&un, "remove-cni");

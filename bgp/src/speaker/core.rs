@@ -395,12 +395,13 @@ impl Core {
         // A connection it made before we knew of it (held a moment): its session's now —
         // unless the peer has a TCP MD5 key, which that connection was accepted without.
         for (stream, from) in self.waiting.take(addr) {
+            // Nor to a GTSM peer: its minimum TTL was not on the socket while it waited.
             if self
                 .peers
                 .get(&id)
-                .is_some_and(|p| p.cfg.password.is_some())
+                .is_some_and(|p| p.cfg.password.is_some() || p.cfg.ttl_security.is_some())
             {
-                debug!(peer = %addr, "dropped a connection accepted before its MD5 key was set");
+                debug!(peer = %addr, "dropped a connection accepted before its MD5 key or minimum TTL was set");
                 continue;
             }
             self.accepted(stream, from);

@@ -458,6 +458,9 @@ impl SessionTask {
                             // Refused outright (nothing listens yet: a node starting) is
                             // tried again soon; anything else waits the connect-retry time.
                             run.refusals = match e.kind() {
+                                // (A run of refusals starts afresh after another failure: a
+                                // node that was unreachable while down refuses while starting.)
+                                std::io::ErrorKind::ConnectionRefused if run.refusals == u32::MAX => 1,
                                 std::io::ErrorKind::ConnectionRefused => run.refusals.saturating_add(1),
                                 _ => u32::MAX,
                             };

@@ -32,11 +32,26 @@ pub struct Config {
 pub struct Elector {
     api: Api<Lease>,
     cfg: Config,
-    /// The lease's resourceVersion when we last saw it change, and when (our clock).
+    /// The lease's resourceVersion when we last saw it change, and when (our clock);
+    /// [`GONE`] when we saw it missing.
     observed: Option<(String, Instant)>,
+    /// We hold the lease (as of our last attempt).
+    holding: bool,
     /// Milliseconds since `start` of the last attempt (the health endpoint's heartbeat).
     pub heartbeat: Arc<AtomicU64>,
     start: Instant,
+}
+
+/// `observed` for a lease seen missing.
+const GONE: &str = "(gone)";
+
+/// One try at the lease.
+struct Attempt {
+    held: bool,
+    /// When the try began.
+    started: Instant,
+    /// Who holds it, as read.
+    holder: String,
 }
 
 fn now_micro() -> MicroTime {
@@ -49,6 +64,7 @@ impl Elector {
             api: store.namespaced::<Lease>(&cfg.namespace),
             cfg,
             observed: None,
+            holding: false,
             heartbeat: Arc::new(AtomicU64::new(0)),
             start: Instant::now(),
         }
@@ -69,12 +85,38 @@ impl Elector {
         self.heartbeat.store(ms, Ordering::Relaxed);
     }
 
-    /// Takes or renews the lease: true when we hold it afterwards.
-    async fn try_acquire_or_renew(&mut self) -> Result<bool, StoreError> {
+    /// Takes or renews the lease. Times are taken conservatively: the attempt's start is
+    /// when a renewal counts from (the holder's deadline), the moment the read returned is
+    /// when a change was seen (a candidate's wait).
+    async fn try_acquire_or_renew(&mut self) -> Result<Attempt, StoreError> {
         self.beat();
-        let now = Instant::now();
+        let started = Instant::now();
         let secs = self.cfg.lease_duration.as_secs().max(1) as i32;
-        let Some(mut lease) = self.api.get(&self.cfg.name).await? else {
+        let found = self.api.get(&self.cfg.name).await?;
+        let seen_at = Instant::now();
+        let attempt = |held: bool, holder: String| Attempt {
+            held,
+            started,
+            holder,
+        };
+        let Some(mut lease) = found else {
+            // Gone. Its holder (us) makes it again at once; a candidate that saw it before
+            // treats its disappearance as a change seen now and waits a whole lease duration
+            // (its holder may not know yet); on a new cluster nobody has seen one.
+            let waited = match &self.observed {
+                _ if self.holding => true,
+                None => true,
+                Some((rv, at)) if rv == GONE => {
+                    seen_at.duration_since(*at) >= self.cfg.lease_duration
+                }
+                Some(_) => {
+                    self.observed = Some((GONE.to_string(), seen_at));
+                    false
+                }
+            };
+            if !waited {
+                return Ok(attempt(false, String::new()));
+            }
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.cfg.name.clone()),
@@ -92,27 +134,32 @@ impl Elector {
             };
             return match self.api.create(&lease).await {
                 Ok(made) => {
-                    self.observed = made.metadata.resource_version.map(|rv| (rv, now));
-                    Ok(true)
+                    self.observed = made.metadata.resource_version.map(|rv| (rv, seen_at));
+                    self.holding = true;
+                    Ok(attempt(true, self.cfg.identity.clone()))
                 }
-                Err(e) if e.is_already_exists() => Ok(false),
+                Err(e) if e.is_already_exists() => {
+                    self.holding = false;
+                    Ok(attempt(false, String::new()))
+                }
                 Err(e) => Err(e),
             };
         };
         let rv = lease.metadata.resource_version.clone().unwrap_or_default();
         if self.observed.as_ref().is_none_or(|(seen, _)| *seen != rv) {
-            self.observed = Some((rv, now));
+            self.observed = Some((rv, seen_at));
         }
         let spec = lease.spec.get_or_insert_with(Default::default);
         let holder = spec.holder_identity.clone().unwrap_or_default();
         let theirs = !holder.is_empty() && holder != self.cfg.identity;
         if theirs {
+            self.holding = false;
             // Their word for how long the lease lasts, at least ours.
             let lasts = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(0).max(0) as u64)
                 .max(self.cfg.lease_duration);
-            let seen = self.observed.as_ref().map_or(now, |(_, at)| *at);
-            if now.duration_since(seen) < lasts {
-                return Ok(false);
+            let seen = self.observed.as_ref().map_or(seen_at, |(_, at)| *at);
+            if seen_at.duration_since(seen) < lasts {
+                return Ok(attempt(false, holder));
             }
             info!(
                 holder,
@@ -128,69 +175,89 @@ impl Elector {
         spec.renew_time = Some(now_micro());
         match self.api.update(&lease).await {
             Ok(made) => {
-                self.observed = made.metadata.resource_version.map(|rv| (rv, now));
-                Ok(true)
+                self.observed = made.metadata.resource_version.map(|rv| (rv, seen_at));
+                self.holding = true;
+                Ok(attempt(true, self.cfg.identity.clone()))
             }
-            Err(e) if e.is_conflict() => Ok(false),
+            Err(e) if e.is_conflict() => {
+                self.holding = false;
+                Ok(attempt(false, holder))
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// Returns once we hold the lease.
-    pub async fn acquire(&mut self) {
+    /// Returns once we hold the lease: when the winning attempt began (the first renewal
+    /// deadline counts from it).
+    pub async fn acquire(&mut self) -> Instant {
         let mut said = false;
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
+            let tried = tokio::time::timeout(self.cfg.renew_deadline, self.try_acquire_or_renew());
+            match tried.await {
+                Ok(Ok(a)) if a.held => {
                     info!(identity = %self.cfg.identity, lease = %self.cfg.name, "leading");
-                    return;
+                    return a.started;
                 }
-                Ok(false) => {
+                Ok(Ok(a)) => {
                     if !said {
-                        let holder = self.holder().await.unwrap_or_default();
-                        info!(identity = %self.cfg.identity, holder, "another controller leads; standing by");
+                        info!(identity = %self.cfg.identity, holder = a.holder, "another controller leads; standing by");
                         said = true;
                     }
                 }
-                Err(e) => warn!(error = %e, "leader election: the lease cannot be read or written"),
+                Ok(Err(e)) => {
+                    warn!(error = %e, "leader election: the lease cannot be read or written")
+                }
+                Err(_) => warn!(
+                    "leader election: the datastore did not answer within {:?}",
+                    self.cfg.renew_deadline
+                ),
             }
             tokio::time::sleep(self.cfg.retry_period).await;
         }
     }
 
-    async fn holder(&self) -> Option<String> {
-        let l = self.api.get(&self.cfg.name).await.ok()??;
-        l.spec?.holder_identity
-    }
-
-    /// Renews the lease while we hold it; returns (with why) when we no longer may lead: the
-    /// renew deadline passed without a successful renewal, or someone else holds it.
-    pub async fn keep(&mut self) -> String {
-        let mut last_ok = Instant::now();
+    /// Renews the lease while we hold it; returns (with why) as soon as we may no longer
+    /// lead: the renew deadline passed since the last renewal began, or another holds it.
+    pub async fn keep(&mut self, mut last_ok: Instant) -> String {
         loop {
-            tokio::time::sleep(self.cfg.retry_period).await;
-            let attempt = Instant::now();
-            let left = self.cfg.renew_deadline.saturating_sub(last_ok.elapsed());
+            let deadline = last_ok + self.cfg.renew_deadline;
+            tokio::time::sleep_until(
+                (Instant::now() + self.cfg.retry_period)
+                    .min(deadline)
+                    .into(),
+            )
+            .await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
             match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
-                Ok(Ok(true)) => last_ok = attempt,
-                Ok(Ok(false)) => {
-                    let holder = self.holder().await.unwrap_or_default();
-                    return format!("the lease is held by {holder:?} now");
-                }
+                Ok(Ok(a)) if a.held => last_ok = a.started,
+                Ok(Ok(a)) => return format!("the lease is held by {:?} now", a.holder),
                 Ok(Err(e)) => warn!(error = %e, "renewing the lease failed; retrying"),
                 Err(_) => {}
             }
-            if last_ok.elapsed() >= self.cfg.renew_deadline {
-                return format!(
-                    "the lease was not renewed within {:?} (the datastore did not answer)",
-                    self.cfg.renew_deadline
-                );
-            }
         }
+        self.holding = false;
+        format!(
+            "the lease was not renewed within {:?} (the datastore did not answer)",
+            self.cfg.renew_deadline
+        )
     }
 
     /// Gives the lease up (shutdown): the next candidate need not wait for it to expire.
     pub async fn release(&mut self) {
+        let bound = self.cfg.retry_period;
+        if tokio::time::timeout(bound, self.release_now())
+            .await
+            .is_err()
+        {
+            warn!("could not give up the lease within {bound:?}; it expires on its own");
+        }
+    }
+
+    async fn release_now(&mut self) {
+        self.holding = false;
         let Ok(Some(mut lease)) = self.api.get(&self.cfg.name).await else {
             return;
         };
@@ -231,19 +298,28 @@ mod tests {
             brindle_datastore::Store::new(brindle_datastore::backend::memory::MemoryBackend::new());
         let mut a = Elector::new(&store, cfg("a"));
         let mut b = Elector::new(&store, cfg("b"));
-        assert!(a.try_acquire_or_renew().await.unwrap(), "first takes it");
-        assert!(!b.try_acquire_or_renew().await.unwrap(), "second waits");
-        assert!(a.try_acquire_or_renew().await.unwrap(), "holder renews");
+        assert!(
+            a.try_acquire_or_renew().await.unwrap().held,
+            "first takes it"
+        );
+        assert!(
+            !b.try_acquire_or_renew().await.unwrap().held,
+            "second waits"
+        );
+        assert!(
+            a.try_acquire_or_renew().await.unwrap().held,
+            "holder renews"
+        );
         // b keeps seeing renewals: never takes it.
         for _ in 0..5 {
             tokio::time::sleep(Duration::from_millis(400)).await;
-            assert!(a.try_acquire_or_renew().await.unwrap());
-            assert!(!b.try_acquire_or_renew().await.unwrap());
+            assert!(a.try_acquire_or_renew().await.unwrap().held);
+            assert!(!b.try_acquire_or_renew().await.unwrap().held);
         }
         // a stops renewing (a crash): b takes over only after a whole lease duration.
         let stopped = Instant::now();
         loop {
-            if b.try_acquire_or_renew().await.unwrap() {
+            if b.try_acquire_or_renew().await.unwrap().held {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -254,7 +330,7 @@ mod tests {
             stopped.elapsed()
         );
         // a, back, finds it held: it does not lead.
-        assert!(!a.try_acquire_or_renew().await.unwrap());
+        assert!(!a.try_acquire_or_renew().await.unwrap().held);
         let l = store
             .namespaced::<Lease>("brindle-system")
             .get("brindle-controller")
@@ -267,6 +343,28 @@ mod tests {
         assert_eq!(l.lease_transitions, Some(1));
         // b gives it up: a takes it at once.
         b.release().await;
-        assert!(a.try_acquire_or_renew().await.unwrap());
+        assert!(a.try_acquire_or_renew().await.unwrap().held);
+        // The lease deleted under a (by hand): b, which saw it before, does not take the
+        // gap; a, its holder, makes it again at its next renewal; b still stands by.
+        store
+            .namespaced::<Lease>("brindle-system")
+            .delete("brindle-controller", None)
+            .await
+            .unwrap();
+        assert!(!b.try_acquire_or_renew().await.unwrap().held, "b waits");
+        assert!(
+            a.try_acquire_or_renew().await.unwrap().held,
+            "a makes it again"
+        );
+        assert!(!b.try_acquire_or_renew().await.unwrap().held);
+        // Deleted and its holder gone: b takes it once a whole lease duration has passed.
+        store
+            .namespaced::<Lease>("brindle-system")
+            .delete("brindle-controller", None)
+            .await
+            .unwrap();
+        assert!(!b.try_acquire_or_renew().await.unwrap().held);
+        tokio::time::sleep(Duration::from_millis(1600)).await;
+        assert!(b.try_acquire_or_renew().await.unwrap().held);
     }
 }

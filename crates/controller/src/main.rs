@@ -63,7 +63,7 @@ struct Args {
     log: String,
 
     /// `/metrics` and `/healthz` on this address; `none` turns them off.
-    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9094")]
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "[::]:9094")]
     metrics_listen: String,
 
     /// Elect a leader among replicas (a coordination.k8s.io Lease); false: this one
@@ -83,7 +83,8 @@ struct Args {
     #[arg(long, default_value = "15s", value_parser = duration)]
     leader_elect_lease_duration: Duration,
 
-    /// A leader that has not renewed for this long stops (exits): shorter than the lease.
+    /// A leader that has not renewed for this long stops collecting and stands by: shorter
+    /// than the lease.
     #[arg(long, default_value = "10s", value_parser = duration)]
     leader_elect_renew_deadline: Duration,
 
@@ -156,7 +157,15 @@ async fn main() -> anyhow::Result<()> {
             stale_after: args.leader_elect_lease_duration * 2,
         };
         tokio::spawn(async move {
-            match tokio::net::TcpListener::bind(addr).await {
+            // `[::]` takes both families; a host without IPv6 gets `0.0.0.0` instead.
+            let bound = match tokio::net::TcpListener::bind(addr).await {
+                Err(_) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+                    let v4 = std::net::SocketAddr::from(([0, 0, 0, 0], addr.port()));
+                    tokio::net::TcpListener::bind(v4).await
+                }
+                r => r,
+            };
+            match bound {
                 Ok(l) => {
                     info!(%addr, "metrics and health listening");
                     if let Err(e) = axum::serve(l, metrics::router(h)).await {
@@ -177,10 +186,10 @@ async fn main() -> anyhow::Result<()> {
             return std::future::pending::<anyhow::Result<()>>().await;
         };
         loop {
-            e.acquire().await;
+            let since = e.acquire().await;
             m.leader.set(1);
             let _ = leading_tx.send(true);
-            let why = e.keep().await;
+            let why = e.keep(since).await;
             m.leader.set(0);
             let _ = leading_tx.send(false);
             warn!("no longer leading: {why}; collection stopped, standing by");
@@ -286,6 +295,9 @@ async fn run(
     let mut next_incremental: Option<Instant> = None;
     loop {
         let synced = owners.synced_pods && owners.synced_nodes;
+        // Timers only matter when a pass may run: a replica standing by (or with its caches
+        // still filling) waits for changes alone, not for deadlines already past.
+        let timers = synced && *leading.borrow();
         let recheck_at = recheck.keys().next().copied();
         let wake = [Some(next_full), next_incremental, recheck_at]
             .into_iter()
@@ -300,7 +312,7 @@ async fn run(
                     next_incremental.get_or_insert(Instant::now() + args.debounce);
                 }
             }
-            _ = tokio::time::sleep_until(wake) => {}
+            _ = tokio::time::sleep_until(wake), if timers => {}
             changed = leading.changed() => {
                 if changed.is_err() {
                     anyhow::bail!("the leader election stopped");

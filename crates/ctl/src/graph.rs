@@ -50,14 +50,18 @@ pub struct Fabric {
     sessions: BTreeMap<(String, String, bool), Vec<Side>>,
 }
 
-/// A DOT string: quoted, quotes and backslashes escaped except Graphviz's `\n` line break.
+/// A DOT string: quoted, quotes and backslashes escaped.
 fn q(s: &str) -> String {
-    format!(
-        "\"{}\"",
-        s.replace('\\', "\\\\")
-            .replace("\\\\n", "\\n")
-            .replace('"', "\\\"")
-    )
+    q_lines(&[s])
+}
+
+/// Lines as one DOT string, each escaped, joined by Graphviz's `\n` line break.
+fn q_lines<S: AsRef<str>>(lines: &[S]) -> String {
+    let escaped: Vec<String> = lines
+        .iter()
+        .map(|l| l.as_ref().replace('\\', "\\\\").replace('"', "\\\""))
+        .collect();
+    format!("\"{}\"", escaped.join("\\n"))
 }
 
 /// Addresses as label lines.
@@ -119,7 +123,7 @@ impl Fabric {
             q(&m.name),
             if m.router { "diamond" } else { "box" },
             if m.reflector { ", peripheries=2" } else { "" },
-            q(&label.join("\\n"))
+            q_lines(&label)
         );
     }
 
@@ -133,9 +137,12 @@ impl Fabric {
         // ("rack-1", "rack.1") get a suffix.
         let mut ids = std::collections::BTreeSet::new();
         for (i, g) in self.groups.iter().enumerate() {
-            let mut id = g.id.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-            if !ids.insert(id.clone()) {
-                id = format!("{id}_{i}");
+            let safe = g.id.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+            let mut id = safe.clone();
+            let mut n = i;
+            while !ids.insert(id.clone()) {
+                id = format!("{safe}_{n}");
+                n += 1;
             }
             let _ = writeln!(
                 out,
@@ -170,7 +177,7 @@ impl Fabric {
                 q(b),
                 if up { "darkgreen" } else { "red" },
                 if *v6 { "dashed" } else { "solid" },
-                q(&views.join("\\n"))
+                q_lines(&views)
             );
         }
         out.push_str("}\n");

@@ -138,6 +138,13 @@ pub async fn run(c: &Client, store: &Store, a: &GraphArgs) -> Result<(), Failure
             by_ip.insert(ip, n.metadata.name.clone().unwrap_or_default());
         }
     }
+    let asn_of = |n: &BrindleNode| {
+        n.spec
+            .bgp
+            .as_ref()
+            .and_then(|b| b.as_number)
+            .unwrap_or(default_as)
+    };
     let group_of = |n: &BrindleNode| -> (String, String) {
         match &a.group_by_label {
             Some(key) => {
@@ -146,15 +153,14 @@ pub async fn run(c: &Client, store: &Store, a: &GraphArgs) -> Result<(), Failure
                     Some(v) => format!("{key}={v}"),
                     None => format!("no {key} label"),
                 };
-                (format!("label_{}", v.unwrap_or_default()), label)
+                let id = match v {
+                    Some(v) => format!("label_{v}"),
+                    None => "unlabelled".to_string(),
+                };
+                (id, label)
             }
             None => {
-                let asn = n
-                    .spec
-                    .bgp
-                    .as_ref()
-                    .and_then(|b| b.as_number)
-                    .unwrap_or(default_as);
+                let asn = asn_of(n);
                 (format!("as{asn}"), format!("AS {asn}"))
             }
         }
@@ -166,12 +172,7 @@ pub async fn run(c: &Client, store: &Store, a: &GraphArgs) -> Result<(), Failure
     let mut unreachable = vec![];
     for n in &nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
-        let asn = n
-            .spec
-            .bgp
-            .as_ref()
-            .and_then(|b| b.as_number)
-            .unwrap_or(default_as);
+        let asn = asn_of(n);
         let mut lines = vec![name.clone()];
         lines.extend(addr_lines(&addrs_of(n)));
         lines.push(format!(
@@ -220,13 +221,8 @@ pub async fn run(c: &Client, store: &Store, a: &GraphArgs) -> Result<(), Failure
     for (addr, groups) in routers {
         let named: Vec<&BGPPeer> = peers
             .iter()
-            .filter(|p| {
-                p.spec
-                    .peer_ip
-                    .as_deref()
-                    .and_then(|ip| ip.parse::<IpAddr>().ok())
-                    == Some(addr)
-            })
+            // peerIP may carry a port (`ip:port`, `[v6]:port`).
+            .filter(|p| p.spec.peer_addr().map(|a| a.ip()) == Some(addr))
             .collect();
         let mut lines = vec![addr.to_string()];
         let names: Vec<String> = named

@@ -19,12 +19,27 @@ use brindle_felix_lite::nft;
 /// back, after an outage), or another BGP daemon in this network namespace (BIRD, Calico's:
 /// its routes carry the same protocol number and tunl0 its address).
 fn refuse(control_socket: &Path) -> Option<String> {
-    if std::os::unix::net::UnixStream::connect(control_socket).is_ok() {
-        return Some(format!(
-            "brindle-node is still running here (its control socket {} answers): delete the \
-             DaemonSet (or stop the agent) first",
-            control_socket.display()
-        ));
+    match std::os::unix::net::UnixStream::connect(control_socket) {
+        Ok(_) => {
+            return Some(format!(
+                "brindle-node is still running here (its control socket {} answers): delete \
+                 the DaemonSet (or stop the agent) first",
+                control_socket.display()
+            ))
+        }
+        // No socket, or nothing listening on it: no agent.
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) => {}
+        // Anything else (no permission, a full backlog) leaves the question open.
+        Err(e) => {
+            return Some(format!(
+                "cannot tell whether brindle-node runs here: its control socket {}: {e}",
+                control_socket.display()
+            ))
+        }
     }
     let ours = match std::fs::read_link("/proc/self/ns/net") {
         Ok(l) => l,
