@@ -84,7 +84,7 @@ struct Args {
     #[arg(long, env = "BRINDLE_HEALTH_LISTEN", default_value = "127.0.0.1:9099")]
     health_listen: SocketAddr,
     /// Prometheus /metrics; `none` turns it off.
-    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "0.0.0.0:9091")]
+    #[arg(long, env = "BRINDLE_METRICS_LISTEN", default_value = "[::]:9091")]
     metrics_listen: String,
     /// The speaker's control socket (read by `brindlectl node status`).
     #[arg(
@@ -445,7 +445,14 @@ async fn identify(
 
 /// Serves until the server fails; returns only then (the supervisor ends the agent).
 async fn serve(addr: SocketAddr, app: axum::Router, what: &'static str) {
-    match tokio::net::TcpListener::bind(addr).await {
+    // `[::]` takes both families; a host without IPv6 gets `0.0.0.0` instead.
+    let bound = match tokio::net::TcpListener::bind(addr).await {
+        Err(_) if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED => {
+            tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], addr.port()))).await
+        }
+        r => r,
+    };
+    match bound {
         Ok(l) => {
             info!(%addr, "{what} listening");
             if let Err(e) = axum::serve(l, app).await {
