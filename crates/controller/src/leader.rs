@@ -132,18 +132,14 @@ impl Elector {
                     ..Default::default()
                 }),
             };
-            return match self.api.create(&lease).await {
-                Ok(made) => {
-                    self.observed = made.metadata.resource_version.map(|rv| (rv, seen_at));
-                    self.holding = true;
-                    Ok(attempt(true, self.cfg.identity.clone()))
-                }
-                Err(e) if e.is_already_exists() => {
-                    self.holding = false;
-                    Ok(attempt(false, String::new()))
-                }
-                Err(e) => Err(e),
+            let written = self.api.create(&lease).await;
+            let held = self.settle(written, StoreError::is_already_exists, seen_at)?;
+            let holder = if held {
+                self.cfg.identity.clone()
+            } else {
+                String::new()
             };
+            return Ok(attempt(held, holder));
         };
         let rv = lease.metadata.resource_version.clone().unwrap_or_default();
         if self.observed.as_ref().is_none_or(|(seen, _)| *seen != rv) {
@@ -173,15 +169,35 @@ impl Elector {
         spec.holder_identity = Some(self.cfg.identity.clone());
         spec.lease_duration_seconds = Some(secs);
         spec.renew_time = Some(now_micro());
-        match self.api.update(&lease).await {
+        let written = self.api.update(&lease).await;
+        let held = self.settle(written, StoreError::is_conflict, seen_at)?;
+        Ok(attempt(
+            held,
+            if held {
+                self.cfg.identity.clone()
+            } else {
+                holder
+            },
+        ))
+    }
+
+    /// The outcome of writing the lease: held when written (the new version seen at
+    /// `seen_at`), not held when `lost` says another write won the race.
+    fn settle(
+        &mut self,
+        written: Result<Lease, StoreError>,
+        lost: fn(&StoreError) -> bool,
+        seen_at: Instant,
+    ) -> Result<bool, StoreError> {
+        match written {
             Ok(made) => {
                 self.observed = made.metadata.resource_version.map(|rv| (rv, seen_at));
                 self.holding = true;
-                Ok(attempt(true, self.cfg.identity.clone()))
+                Ok(true)
             }
-            Err(e) if e.is_conflict() => {
+            Err(e) if lost(&e) => {
                 self.holding = false;
-                Ok(attempt(false, holder))
+                Ok(false)
             }
             Err(e) => Err(e),
         }
