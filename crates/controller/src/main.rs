@@ -293,6 +293,9 @@ async fn run(
     let mut recheck: BTreeMap<Instant, HashSet<String>> = BTreeMap::new();
     let mut next_full = Instant::now();
     let mut next_incremental: Option<Instant> = None;
+    // The datastore's indexes are checked once by each new leader (etcd's node index may
+    // predate this version, or a writer may have gone around it).
+    let mut repair_due = true;
     loop {
         let synced = owners.synced_pods && owners.synced_nodes;
         // Timers only matter when a pass may run: a replica standing by (or with its caches
@@ -319,6 +322,7 @@ async fn run(
                 }
                 // Newly leading: a full pass at once (the cache is warm already).
                 next_full = Instant::now();
+                repair_due = true;
             }
         }
         if !synced {
@@ -345,6 +349,19 @@ async fn run(
         } else {
             Some(std::mem::take(&mut dirty))
         };
+        if full && repair_due {
+            match ipam.store().repair_indexes().await {
+                Ok(0) => repair_due = false,
+                Ok(n) => {
+                    info!(
+                        fixed = n,
+                        "repaired the datastore's node index (pods' records by node)"
+                    );
+                    repair_due = false;
+                }
+                Err(e) => warn!("cannot check the datastore's node index, will try again: {e}"),
+            }
+        }
         let mut full_due = None;
         let started = std::time::Instant::now();
         let snapshot = owners.snapshot();

@@ -1,15 +1,12 @@
-//! Follows pods and nodes: list, then watch from the list's revision, relist on `Expired`.
+//! Follows pods and nodes: list, then watch from the list's revision, list again after an
+//! expiry or a failure.
 //! Kubernetes backend: core Node; etcd and memory: the BrindleNode record. Pods are the core
 //! Pod in both.
 
-use std::time::Duration;
-
 use brindle_api::BrindleNode;
-use brindle_datastore::{Api, Store, StoreResource, WatchEvent};
-use futures::StreamExt;
+use brindle_datastore::{Api, Change as Followed, Store, StoreResource, WatchEvent};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio::sync::mpsc::Sender;
-use tracing::warn;
 
 type PodKey = (String, String);
 
@@ -67,45 +64,19 @@ fn node_changes<K: StoreResource>(ev: Result<Vec<K>, WatchEvent<K>>) -> Change {
     }
 }
 
-/// `to_change` gets Ok(full list) after every (re)list, Err(event) for each watch event.
+/// `to_change` gets Ok(full list) after every (re)list, Err(event) for each watch event
+/// ([`brindle_datastore::follow`]: the one list/watch/relist loop).
 async fn follow<K, F>(api: Api<K>, tx: Sender<Change>, to_change: F)
 where
     K: StoreResource,
-    F: Fn(Result<Vec<K>, WatchEvent<K>>) -> Change,
+    F: Fn(Result<Vec<K>, WatchEvent<K>>) -> Change + Send,
 {
-    let kind = K::kind(&());
-    loop {
-        let list = match api.list().await {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(%kind, error = %e, "list failed; retrying in 2s");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        if tx.send(to_change(Ok(list.items))).await.is_err() {
-            return;
-        }
-        let mut w = match api.watch(&list.revision).await {
-            Ok(w) => w,
-            Err(e) => {
-                warn!(%kind, error = %e, "watch failed; relisting in 2s");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        while let Some(ev) = w.next().await {
-            match ev {
-                Ok(ev) => {
-                    if tx.send(to_change(Err(ev))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    warn!(%kind, error = %e, "watch ended; relisting");
-                    break;
-                }
-            }
-        }
-    }
+    let convert = move |c: Followed<K>| {
+        Some(to_change(match c {
+            Followed::Listed(l) => Ok(l),
+            Followed::Upsert(o) => Err(WatchEvent::Modified(o)),
+            Followed::Deleted(o) => Err(WatchEvent::Deleted(o)),
+        }))
+    };
+    brindle_datastore::follow(api, tx, convert, || {}).await;
 }

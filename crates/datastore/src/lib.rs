@@ -25,12 +25,14 @@
 pub mod backend;
 pub mod config;
 mod error;
+pub mod follow;
 mod resource;
 mod store;
 
 pub use backend::{Backend, RawEvent, RawList, TxnWrite};
 pub use config::{ConnectError, DatastoreArgs, DatastoreKind, EtcdFiles};
 pub use error::{Key, StoreError};
+pub use follow::{follow, Change};
 pub use resource::{ResourceType, StoreResource};
 pub use store::{Api, Committed, ObjectList, Store, Txn, WatchEvent, WatchStream};
 

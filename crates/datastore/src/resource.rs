@@ -32,6 +32,12 @@ impl ResourceType {
         }
     }
 
+    /// The field that names the node an object is on, for kinds that have one (core Pods:
+    /// `spec.nodeName`); what [`crate::Api::on_node`] selects on.
+    pub fn node_field(&self) -> Option<&'static str> {
+        (self.group.is_empty() && self.kind == "Pod").then_some("spec.nodeName")
+    }
+
     /// `plural.group`, or `plural` for the core group: Kubernetes' own resource name.
     pub fn resource_name(&self) -> String {
         if self.group.is_empty() {

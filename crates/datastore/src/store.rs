@@ -41,6 +41,11 @@ impl Store {
         self.backend.transactions()
     }
 
+    /// See [`Backend::repair_indexes`]: run once by the leading controller.
+    pub async fn repair_indexes(&self) -> crate::Result<usize> {
+        self.backend.repair_indexes().await
+    }
+
     /// A transaction: writes to several objects, of any kinds, that land together or not at
     /// all, in one round trip. Check [`Store::transactions`] first.
     pub fn txn(&self) -> Txn {
@@ -55,6 +60,7 @@ impl Store {
         Api {
             store: self.clone(),
             ns: None,
+            node: None,
             ty: ResourceType::of::<K>(),
             _k: PhantomData,
         }
@@ -65,6 +71,7 @@ impl Store {
         Api {
             store: self.clone(),
             ns: Some(ns.to_owned()),
+            node: None,
             ty: ResourceType::of::<K>(),
             _k: PhantomData,
         }
@@ -99,6 +106,8 @@ pub type WatchStream<K> = std::pin::Pin<Box<dyn Stream<Item = Result<WatchEvent<
 pub struct Api<K> {
     store: Store,
     ns: Option<String>,
+    /// Lists and watches only the objects on this node (see [`Api::on_node`]).
+    node: Option<String>,
     ty: ResourceType,
     _k: PhantomData<fn() -> K>,
 }
@@ -108,6 +117,7 @@ impl<K> Clone for Api<K> {
         Api {
             store: self.store.clone(),
             ns: self.ns.clone(),
+            node: self.node.clone(),
             ty: self.ty.clone(),
             _k: PhantomData,
         }
@@ -117,6 +127,35 @@ impl<K> Clone for Api<K> {
 impl<K: StoreResource> Api<K> {
     fn backend(&self) -> &dyn Backend {
         self.store.backend.as_ref()
+    }
+
+    /// Lists and watches only the objects scheduled to `node` (`spec.nodeName`), for kinds
+    /// that have one ([`ResourceType::node_field`]: Pods). The datastore does the selecting,
+    /// so nothing about other nodes' objects reaches the caller: on Kubernetes a field
+    /// selector, in etcd an index kept in the same transactions as the objects. An object
+    /// moved onto the node arrives as added, one moved off it as deleted.
+    ///
+    /// Panics for a kind without a node field (a programming error, not input).
+    pub fn on_node(mut self, node: &str) -> Self {
+        assert!(
+            self.ty.node_field().is_some(),
+            "{} has no node field to select on",
+            self.ty.kind
+        );
+        self.node = Some(node.to_owned());
+        self
+    }
+
+    /// For logs: the kind, and the namespace and node it is limited to.
+    pub fn describe(&self) -> String {
+        let mut s = self.ty.kind.clone();
+        if let Some(ns) = &self.ns {
+            s += &format!(" in {ns}");
+        }
+        if let Some(n) = &self.node {
+            s += &format!(" on {n}");
+        }
+        s
     }
 
     fn decode(&self, value: Value) -> Result<K> {
@@ -195,7 +234,10 @@ impl<K: StoreResource> Api<K> {
     }
 
     pub async fn list(&self) -> Result<ObjectList<K>> {
-        let raw = self.backend().list(&self.ty, self.ns.as_deref()).await?;
+        let raw = self
+            .backend()
+            .list(&self.ty, self.ns.as_deref(), self.node.as_deref())
+            .await?;
         let items = raw
             .items
             .into_iter()
@@ -248,7 +290,7 @@ impl<K: StoreResource> Api<K> {
     pub async fn watch(&self, revision: &str) -> Result<WatchStream<K>> {
         let raw = self
             .backend()
-            .watch(&self.ty, self.ns.as_deref(), revision)
+            .watch(&self.ty, self.ns.as_deref(), self.node.as_deref(), revision)
             .await?;
         let api = self.clone();
         Ok(Box::pin(raw.map(move |ev| {

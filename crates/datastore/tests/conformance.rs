@@ -609,13 +609,157 @@ async fn transactions(h: &mut impl Harness) {
     assert!(e.to_string().contains("twice"), "{e}");
 }
 
+fn pod_on(ns: &str, name: &str, node: Option<&str>) -> Pod {
+    let mut p = pod(ns, name);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.node_name = node.map(str::to_owned);
+    }
+    p
+}
+
+fn names(pods: &[Pod]) -> Vec<String> {
+    let mut v: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().unwrap_or_default(),
+                p.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a watch event says, as `ADDED a/p`.
+fn said(ev: WatchEvent<Pod>) -> String {
+    let (what, p) = match ev {
+        WatchEvent::Added(p) => ("ADDED", p),
+        WatchEvent::Modified(p) => ("MODIFIED", p),
+        WatchEvent::Deleted(p) => ("DELETED", p),
+    };
+    format!("{what} {}", names(&[p])[0])
+}
+
+/// `Api::on_node`: the datastore gives one node's pods only, in lists and watches, as pods
+/// are created, bound, changed, moved, patched, deleted, one at a time or in transactions.
+/// Other nodes' changes never reach the watch: each expected event is the very next one.
+async fn node_scope(h: &mut impl Harness) {
+    let store = h.store().await;
+    let a = store.namespaced::<Pod>("a");
+    let b = store.namespaced::<Pod>("b");
+    a.create(&pod_on("a", "p1", Some("n1"))).await.unwrap();
+    a.create(&pod_on("a", "p2", Some("n2"))).await.unwrap();
+    b.create(&pod_on("b", "p3", Some("n1"))).await.unwrap();
+    a.create(&pod_on("a", "p4", None)).await.unwrap();
+    let mine = store.all::<Pod>().on_node("n1");
+    let list = mine.list().await.unwrap();
+    assert_eq!(names(&list.items), ["a/p1", "b/p3"]);
+    assert_eq!(
+        names(
+            &store
+                .namespaced::<Pod>("a")
+                .on_node("n1")
+                .list()
+                .await
+                .unwrap()
+                .items
+        ),
+        ["a/p1"]
+    );
+    let mut w = mine.watch(&list.revision).await.unwrap();
+    macro_rules! next {
+        () => {
+            said(next_event(&mut w).await.unwrap())
+        };
+    }
+
+    a.create(&pod_on("a", "p5", Some("n2"))).await.unwrap();
+    let mut p4 = a.get("p4").await.unwrap().unwrap();
+    p4.spec.as_mut().unwrap().node_name = Some("n1".into());
+    a.update(&p4).await.unwrap();
+    assert_eq!(next!(), "ADDED a/p4", "bound to n1");
+
+    let mut p2 = a.get("p2").await.unwrap().unwrap();
+    p2.metadata.labels = Some([("x".to_string(), "1".to_string())].into());
+    a.update(&p2).await.unwrap();
+    let mut p1 = a.get("p1").await.unwrap().unwrap();
+    p1.metadata.labels = Some([("x".to_string(), "1".to_string())].into());
+    a.update(&p1).await.unwrap();
+    assert_eq!(next!(), "MODIFIED a/p1");
+
+    let mut p3 = b.get("p3").await.unwrap().unwrap();
+    p3.spec.as_mut().unwrap().node_name = Some("n2".into());
+    b.update(&p3).await.unwrap();
+    assert_eq!(next!(), "DELETED b/p3", "moved off n1");
+
+    a.delete("p5", None).await.unwrap();
+    a.delete("p1", None).await.unwrap();
+    assert_eq!(next!(), "DELETED a/p1");
+
+    a.merge_patch(
+        "p2",
+        serde_json::json!({"metadata": {"labels": {"y": "2"}}}),
+    )
+    .await
+    .unwrap();
+    a.merge_patch(
+        "p4",
+        serde_json::json!({"metadata": {"labels": {"y": "2"}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(next!(), "MODIFIED a/p4", "a merge patch");
+
+    if store.transactions() {
+        let mut t = store.txn();
+        t.create(&a, &pod_on("a", "p6", Some("n1"))).unwrap();
+        t.create(&a, &pod_on("a", "p7", Some("n2"))).unwrap();
+        let mut moved = a.get("p2").await.unwrap().unwrap();
+        moved.spec.as_mut().unwrap().node_name = Some("n1".into());
+        t.update(&a, &moved).unwrap();
+        t.commit().await.unwrap();
+        let mut got = vec![next!(), next!()];
+        got.sort();
+        assert_eq!(got, ["ADDED a/p2", "ADDED a/p6"], "a transaction");
+        let mut t = store.txn();
+        t.delete(&a, "p7", None);
+        t.delete(&a, "p6", None);
+        t.commit().await.unwrap();
+        assert_eq!(next!(), "DELETED a/p6", "deleted in a transaction");
+    }
+    a.create(&pod_on("a", "last", Some("n1"))).await.unwrap();
+    assert_eq!(next!(), "ADDED a/last", "nothing else came first");
+
+    // What is stored under each node agrees with the pods themselves (no entry left behind).
+    for n in ["n1", "n2"] {
+        let all = store.all::<Pod>().list().await.unwrap().items;
+        let on: Vec<Pod> = all
+            .into_iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(n))
+            .collect();
+        let listed = store.all::<Pod>().on_node(n).list().await.unwrap().items;
+        assert_eq!(names(&listed), names(&on), "node {n}");
+        for p in &listed {
+            let stored = store
+                .namespaced::<Pod>(p.metadata.namespace.as_deref().unwrap())
+                .get(p.metadata.name.as_deref().unwrap())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&stored, p, "the node's copy is the pod as stored");
+        }
+    }
+}
+
 macro_rules! suite {
     ($backend:ident, $harness:expr) => {
         mod $backend {
             use super::*;
             suite!(@tests $harness; crud, namespaces, native_kinds, merge_patch, validation, cas_under_contention,
                 watch_order_and_resume, watch_survives_interruption, watch_expired, unreachable,
-                transactions);
+                transactions, node_scope);
         }
     };
     (@tests $harness:expr; $($t:ident),*) => {$(
@@ -630,3 +774,58 @@ macro_rules! suite {
 suite!(etcd, harness::EtcdHarness::start());
 suite!(kubernetes, harness::KubeHarness::start());
 suite!(memory, harness::MemoryHarness::start());
+
+/// etcd's node index after records were written around it (before it existed, or by another
+/// writer): `repair_indexes` adds what is missing, rewrites what is stale, removes orphans,
+/// and has nothing to do a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_node_index_repair() {
+    use brindle_datastore::backend::etcd::EtcdBackend;
+    let h = harness::EtcdHarness::start().await;
+    let store = h.store().await;
+    let mut raw = EtcdBackend::connect(&[h.endpoint()])
+        .await
+        .expect("connect")
+        .client();
+    let a = store.namespaced::<Pod>("a");
+    a.create(&pod_on("a", "p1", Some("n1"))).await.unwrap();
+    let json = |p: &Pod| serde_json::to_vec(p).unwrap();
+    // A record from before the index, one moved without it, an entry with no pod.
+    raw.put(
+        "/brindle/pods/a/old",
+        json(&pod_on("a", "old", Some("n1"))),
+        None,
+    )
+    .await
+    .unwrap();
+    raw.put(
+        "/brindle/pods/a/p1",
+        json(&pod_on("a", "p1", Some("n2"))),
+        None,
+    )
+    .await
+    .unwrap();
+    raw.put(
+        "/brindle/by-node/pods/n2/a/ghost",
+        json(&pod_on("a", "ghost", Some("n2"))),
+        None,
+    )
+    .await
+    .unwrap();
+    let on = |n: &'static str| {
+        let store = store.clone();
+        async move { names(&store.all::<Pod>().on_node(n).list().await.unwrap().items) }
+    };
+    assert_eq!(
+        on("n1").await,
+        ["a/p1"],
+        "the stale entry, before the repair"
+    );
+    assert_eq!(store.repair_indexes().await.unwrap(), 4);
+    assert_eq!(on("n1").await, ["a/old"]);
+    assert_eq!(on("n2").await, ["a/p1"]);
+    let listed = store.all::<Pod>().on_node("n2").list().await.unwrap().items;
+    let stored = a.get("p1").await.unwrap().unwrap();
+    assert_eq!(listed[0], stored, "the entry is the pod, at its revision");
+    assert_eq!(store.repair_indexes().await.unwrap(), 0);
+}

@@ -582,7 +582,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
         });
     }
-    let snap = snapshot::start(&store, &a.secrets_namespace, metrics.clone());
+    let snap = snapshot::start(&store, &me.name, &a.secrets_namespace, metrics.clone());
     let (tunnel_tx, tunnel_rx) = watch::channel(false);
     let (view_tx, view_rx) = watch::channel(bgp_task::SpeakerView::default());
     let (stop_tx, stop_rx) = oneshot::channel();

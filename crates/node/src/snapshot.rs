@@ -22,11 +22,9 @@ use brindle_api::{
     BlockAffinity, BlockAffinitySpec, BrindleNode, IPAMBlock, IPAMBlockSpec, IPPool, IPPoolSpec,
     NodeBgp,
 };
-use brindle_datastore::{Store, StoreError, StoreResource, WatchEvent};
-use futures::StreamExt;
+use brindle_datastore::{Change, Store, StoreResource};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
 
 use crate::metrics::{self, Metrics};
 
@@ -152,7 +150,12 @@ impl Snapshot {
 }
 
 /// Starts the mirrors and the fold task; returns the published snapshot.
-pub fn start(store: &Store, secrets_ns: &str, metrics: Metrics) -> watch::Receiver<Arc<Snapshot>> {
+pub fn start(
+    store: &Store,
+    node: &str,
+    secrets_ns: &str,
+    metrics: Metrics,
+) -> watch::Receiver<Arc<Snapshot>> {
     let (tx, rx) = mpsc::channel(1024);
     let kube = store.backend_name() == "kubernetes";
     macro_rules! mirror {
@@ -212,8 +215,10 @@ pub fn start(store: &Store, secrets_ns: &str, metrics: Metrics) -> watch::Receiv
                 .collect()
         ))
     );
-    mirror!(store.all::<Pod>(), Kind::Pod, |o: Pod| Some(Item::Pod(
-        PodInfo {
+    // Only this node's Pods: the datastore selects them (a field selector, an etcd index),
+    // so other nodes' pods cost this agent nothing here (policy keeps its own projection).
+    mirror!(store.all::<Pod>().on_node(node), Kind::Pod, |o: Pod| Some(
+        Item::Pod(PodInfo {
             node: o.spec.and_then(|s| s.node_name),
             ips: o
                 .status
@@ -222,8 +227,8 @@ pub fn start(store: &Store, secrets_ns: &str, metrics: Metrics) -> watch::Receiv
                 .iter()
                 .filter_map(|i| i.ip.parse().ok())
                 .collect(),
-        }
-    )));
+        })
+    ));
     drop(tx);
     let (pub_tx, pub_rx) = watch::channel(Arc::new(Snapshot::default()));
     tokio::spawn(fold(rx, pub_tx));
@@ -261,89 +266,41 @@ pub fn key_of<K: StoreResource>(o: &K) -> String {
     }
 }
 
-/// List, then watch from the list's revision; on any error keep what was sent, back off and
-/// list again (an `Expired` watch relists at once).
-pub async fn mirror<K: StoreResource, T, U>(
+/// Follows `api` ([`brindle_datastore::follow`]: list, watch, list again after a failure),
+/// sending each change converted by `f` (None: the object is treated as absent) and wrapped.
+pub async fn mirror<K: StoreResource, T, U: Send>(
     api: brindle_datastore::Api<K>,
     f: fn(K) -> Option<T>,
-    wrap: impl Fn(Event<T>) -> U,
+    wrap: impl Fn(Event<T>) -> U + Send,
     tx: mpsc::Sender<U>,
     metrics: Metrics,
 ) {
-    let name = K::kind(&());
-    let mut backoff = Duration::from_millis(200);
-    let mut failing = false;
-    loop {
-        let list = match api.list().await {
-            Ok(l) => l,
-            Err(e) => {
-                if !failing {
-                    warn!(kind = %name, "datastore unavailable, keeping the last known state: {e}");
-                    failing = true;
-                }
-                metrics
-                    .watch_restarts
-                    .get_or_create(&metrics::kind_label(&name))
-                    .inc();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        if failing {
-            info!(kind = %name, "datastore reachable again; resynced");
-            failing = false;
-        }
-        backoff = Duration::from_millis(200);
-        let items = list
-            .items
-            .into_iter()
-            .filter_map(|o| {
+    let label = metrics::kind_label(&K::kind(&()));
+    let convert = move |c: Change<K>| {
+        Some(wrap(match c {
+            Change::Listed(items) => Event::Reset(
+                items
+                    .into_iter()
+                    .filter_map(|o| {
+                        let k = key_of(&o);
+                        f(o).map(|i| (k, i))
+                    })
+                    .collect(),
+            ),
+            Change::Upsert(o) => {
                 let k = key_of(&o);
-                f(o).map(|i| (k, i))
-            })
-            .collect();
-        if tx.send(wrap(Event::Reset(items))).await.is_err() {
-            return;
-        }
-        let mut stream = match api.watch(&list.revision).await {
-            Ok(s) => s,
-            Err(e) => {
-                warn!(kind = %name, "watch failed to start: {e}");
-                tokio::time::sleep(backoff).await;
-                continue;
+                match f(o) {
+                    Some(i) => Event::Upsert(k, Box::new(i)),
+                    None => Event::Delete(k),
+                }
             }
-        };
-        while let Some(ev) = stream.next().await {
-            let u = match ev {
-                Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {
-                    let k = key_of(&o);
-                    match f(o) {
-                        Some(i) => Event::Upsert(k, Box::new(i)),
-                        None => Event::Delete(k),
-                    }
-                }
-                Ok(WatchEvent::Deleted(o)) => Event::Delete(key_of(&o)),
-                Err(StoreError::Expired { .. }) => {
-                    info!(kind = %name, "watch expired (compacted); listing again");
-                    break;
-                }
-                Err(e) => {
-                    warn!(kind = %name, "watch failed, keeping the last known state: {e}");
-                    failing = true;
-                    tokio::time::sleep(backoff).await;
-                    break;
-                }
-            };
-            if tx.send(wrap(u)).await.is_err() {
-                return;
-            }
-        }
-        metrics
-            .watch_restarts
-            .get_or_create(&metrics::kind_label(&name))
-            .inc();
-    }
+            Change::Deleted(o) => Event::Delete(key_of(&o)),
+        }))
+    };
+    let restarted = move || {
+        metrics.watch_restarts.get_or_create(&label).inc();
+    };
+    brindle_datastore::follow(api, tx, convert, restarted).await;
 }
 
 /// Owns the snapshot: folds updates in, publishes after each burst (a short settle so a

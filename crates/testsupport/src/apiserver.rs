@@ -12,12 +12,15 @@
 //!   an `ERROR` event with a 410 Status when N is older than the last [`ApiServer::compact`];
 //!   `resourceVersion` empty or `0` starts with synthetic ADDED events for what exists;
 //!   `timeoutSeconds` ends the call; [`ApiServer::drop_watches`] cuts every open watch;
+//! - `fieldSelector=a.b=v[,c.d=w]` on lists and watches (any dotted path; a missing field is
+//!   ""): a watched object that comes to match is ADDED, one that stops matching DELETED, as
+//!   the API server's watch cache does; anything else in a field selector is a 400;
 //! - one global revision counter, as etcd gives a real API server; uid and
 //!   creationTimestamp set on create and kept on update.
 //!
 //! What it does not cover: authentication and RBAC, admission and OpenAPI schema validation
 //! (CRDs need not be installed and nothing is validated or defaulted), label and field
-//! selectors, pagination (`limit`/`continue` are ignored: one page), PATCH other than merge
+//! selectors other than field selectors of `path=value` terms, pagination (`limit`/`continue` are ignored: one page), PATCH other than merge
 //! patches, server-side apply, subresources (`/status`, `/scale`), finalizers and graceful deletion, generation
 //! and managedFields, watch bookmarks, `resourceVersionMatch`, protobuf, discovery
 //! (`/api`, `/apis`), and HTTP/2 or TLS.
@@ -64,6 +67,8 @@ pub struct ApiCall {
     pub group: String,
     pub resource: String,
     pub namespace: Option<String>,
+    /// The list's or watch's `fieldSelector`, as sent.
+    pub field_selector: Option<String>,
 }
 
 #[derive(Clone)]
@@ -73,12 +78,63 @@ struct Change {
     namespace: String,
     kind: &'static str,
     object: Value,
+    /// The object before the change (MODIFIED and DELETED), for field-selected watches.
+    prev: Option<Value>,
 }
 
 struct Watcher {
     collection: String,
     namespace: Option<String>,
+    fields: Option<Fields>,
     tx: mpsc::UnboundedSender<Bytes>,
+}
+
+/// A field selector: every `path=value` term holds (a missing field is "").
+#[derive(Clone)]
+struct Fields(Vec<(Vec<String>, String)>);
+
+impl Fields {
+    fn parse(s: &str) -> Result<Fields, String> {
+        let mut terms = vec![];
+        for term in s.split(',') {
+            let (path, value) = term
+                .split_once("==")
+                .or_else(|| term.split_once('='))
+                .filter(|(p, _)| !p.is_empty() && !p.ends_with('!'))
+                .ok_or_else(|| {
+                    format!("field selector term {term:?}: only path=value is supported")
+                })?;
+            terms.push((path.split('.').map(str::to_owned).collect(), value.into()));
+        }
+        Ok(Fields(terms))
+    }
+
+    fn matches(&self, obj: &Value) -> bool {
+        self.0.iter().all(|(path, want)| {
+            let got = path
+                .iter()
+                .try_fold(obj, |v, seg| v.get(seg))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            got == want
+        })
+    }
+
+    /// The event a watch with this selector sees for a change: moving into the selection is
+    /// ADDED, out of it DELETED.
+    fn event(fields: Option<&Fields>, c: &Change) -> Option<&'static str> {
+        let Some(f) = fields else {
+            return Some(c.kind);
+        };
+        let was = c.prev.as_ref().is_some_and(|p| f.matches(p));
+        let is = c.kind != "DELETED" && f.matches(&c.object);
+        match (was, is) {
+            (true, true) => Some(c.kind),
+            (false, true) => Some("ADDED"),
+            (true, false) => Some("DELETED"),
+            (false, false) => None,
+        }
+    }
 }
 
 /// Where a request points: `group/version/plural`, namespace, name.
@@ -159,6 +215,7 @@ fn record(
     method: &Method,
     t: &Target,
     watch: bool,
+    field_selector: Option<String>,
 ) {
     let verb = match (method, &t.name) {
         (&Method::GET, Some(_)) => "get",
@@ -190,6 +247,7 @@ fn record(
         group,
         resource,
         namespace: t.namespace.clone(),
+        field_selector,
     });
 }
 
@@ -277,11 +335,16 @@ async fn handle(
         }
     };
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
-    record(&state, &headers, &method, &t, watch);
+    let selector = q.get("fieldSelector").filter(|s| !s.is_empty()).cloned();
+    record(&state, &headers, &method, &t, watch, selector.clone());
+    let fields = match selector.as_deref().map(Fields::parse).transpose() {
+        Ok(f) => f,
+        Err(e) => return status(StatusCode::BAD_REQUEST, "BadRequest", e),
+    };
     match (method, &t.name) {
         (Method::GET, Some(name)) => get(&state, &t, name),
-        (Method::GET, None) if watch => start_watch(&state, t, &q),
-        (Method::GET, None) => list(&state, &t),
+        (Method::GET, None) if watch => start_watch(&state, t, &q, fields),
+        (Method::GET, None) => list(&state, &t, fields.as_ref()),
         (Method::POST, None) => create(&state, &t, body),
         (Method::PUT, Some(name)) => replace(&state, &t, name, body),
         (Method::PATCH, Some(name)) => {
@@ -330,12 +393,13 @@ fn in_scope(t: &Target, collection: &str, ns: &str) -> bool {
     collection == t.collection && t.namespace.as_deref().is_none_or(|n| n == ns)
 }
 
-fn list(state: &Mutex<Db>, t: &Target) -> Response {
+fn list(state: &Mutex<Db>, t: &Target, fields: Option<&Fields>) -> Response {
     let db = lock(state);
     let items: Vec<&Value> = db
         .objects
         .iter()
         .filter(|((c, ns, _), _)| in_scope(t, c, ns))
+        .filter(|(_, v)| fields.is_none_or(|f| f.matches(v)))
         .map(|(_, v)| v)
         .collect();
     ok(
@@ -349,7 +413,7 @@ fn list(state: &Mutex<Db>, t: &Target) -> Response {
 }
 
 impl Db {
-    fn commit(&mut self, t: &Target, kind: &'static str, object: Value) {
+    fn commit(&mut self, t: &Target, kind: &'static str, object: Value, prev: Option<Value>) {
         let ns = t.namespace.clone().unwrap_or_default();
         let change = Change {
             revision: self.revision,
@@ -357,12 +421,15 @@ impl Db {
             namespace: ns.clone(),
             kind,
             object,
+            prev,
         };
-        let line = event_line(change.kind, &change.object);
         self.watchers.retain(|w| {
             let relevant =
                 w.collection == change.collection && w.namespace.as_deref().is_none_or(|n| n == ns);
-            !relevant || w.tx.send(line.clone()).is_ok()
+            match Fields::event(w.fields.as_ref(), &change).filter(|_| relevant) {
+                Some(kind) => w.tx.send(event_line(kind, &change.object)).is_ok(),
+                None => !w.tx.is_closed(),
+            }
         });
         self.history.push(change);
     }
@@ -418,7 +485,7 @@ fn create(state: &Mutex<Db>, t: &Target, body: Option<Value>) -> Response {
         set_meta(&mut obj, "namespace", ns.clone().into());
     }
     db.objects.insert(k, obj.clone());
-    db.commit(t, "ADDED", obj.clone());
+    db.commit(t, "ADDED", obj.clone(), None);
     ok(StatusCode::CREATED, &obj)
 }
 
@@ -460,8 +527,8 @@ fn replace(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Re
     }
     db.revision += 1;
     set_meta(&mut obj, "resourceVersion", db.revision.to_string().into());
-    db.objects.insert(k, obj.clone());
-    db.commit(t, "MODIFIED", obj.clone());
+    let prev = db.objects.insert(k, obj.clone());
+    db.commit(t, "MODIFIED", obj.clone(), prev);
     ok(StatusCode::OK, &obj)
 }
 
@@ -543,8 +610,8 @@ fn patch(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Resp
     }
     db.revision += 1;
     set_meta(&mut obj, "resourceVersion", db.revision.to_string().into());
-    db.objects.insert(k, obj.clone());
-    db.commit(t, "MODIFIED", obj.clone());
+    let prev = db.objects.insert(k, obj.clone());
+    db.commit(t, "MODIFIED", obj.clone(), prev);
     ok(StatusCode::OK, &obj)
 }
 
@@ -571,11 +638,16 @@ fn delete(state: &Mutex<Db>, t: &Target, name: &str, body: Option<Value>) -> Res
     let mut last = db.objects.remove(&k).unwrap_or_default();
     db.revision += 1;
     set_meta(&mut last, "resourceVersion", db.revision.to_string().into());
-    db.commit(t, "DELETED", last.clone());
+    db.commit(t, "DELETED", last.clone(), Some(last.clone()));
     ok(StatusCode::OK, &last)
 }
 
-fn start_watch(state: &Mutex<Db>, t: Target, q: &HashMap<String, String>) -> Response {
+fn start_watch(
+    state: &Mutex<Db>,
+    t: Target,
+    q: &HashMap<String, String>,
+    fields: Option<Fields>,
+) -> Response {
     let rv = q.get("resourceVersion").map(String::as_str).unwrap_or("");
     let timeout = q
         .get("timeoutSeconds")
@@ -588,7 +660,7 @@ fn start_watch(state: &Mutex<Db>, t: Target, q: &HashMap<String, String>) -> Res
         if rv.is_empty() || rv == "0" {
             // "Start at most recent": the current state as ADDED, then what follows.
             for ((c, ns, _), o) in &db.objects {
-                if in_scope(&t, c, ns) {
+                if in_scope(&t, c, ns) && fields.as_ref().is_none_or(|f| f.matches(o)) {
                     let _ = tx.send(event_line("ADDED", o));
                 }
             }
@@ -612,13 +684,16 @@ fn start_watch(state: &Mutex<Db>, t: Target, q: &HashMap<String, String>) -> Res
             }
             for c in db.history.iter().filter(|c| c.revision > from) {
                 if in_scope(&t, &c.collection, &c.namespace) {
-                    let _ = tx.send(event_line(c.kind, &c.object));
+                    if let Some(kind) = Fields::event(fields.as_ref(), c) {
+                        let _ = tx.send(event_line(kind, &c.object));
+                    }
                 }
             }
         }
         db.watchers.push(Watcher {
             collection: t.collection,
             namespace: t.namespace,
+            fields,
             tx,
         });
     }

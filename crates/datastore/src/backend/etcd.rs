@@ -7,6 +7,9 @@
 //! On update the object's metadata is stored as given (uid and creationTimestamp are kept
 //! when the caller sends back what it read, as every read-modify-write does).
 //!
+//! Pods are also indexed by node (`/brindle/by-node/pods/<node>/<namespace>/<name>`, in the
+//! same transactions; see [`node_index`]), so an agent watches its own node's pods only.
+//!
 //! Watches run in a task of their own: when the connection drops they re-watch from the last
 //! revision delivered, and when etcd has compacted that revision they end with `Expired`.
 
@@ -26,6 +29,8 @@ use super::{
     RawWatch, TxnWrite,
 };
 use crate::{Key, ResourceType, Result, StoreError};
+
+mod node_index;
 
 const NAME: &str = "etcd";
 /// Objects per page when listing, so a large list never exceeds gRPC's message limit.
@@ -122,6 +127,53 @@ impl EtcdBackend {
         match ns {
             Some(ns) => format!("{}{}/{ns}/", self.root, ty.resource_name()),
             None => format!("{}{}/", self.root, ty.resource_name()),
+        }
+    }
+
+    /// Every key under `prefix`, in pages, all read at one revision (`at`, or 0 for now);
+    /// returns them and that revision.
+    async fn scan(
+        &self,
+        prefix: &str,
+        at: i64,
+    ) -> std::result::Result<(Vec<KeyValue>, i64), etcd_client::Error> {
+        let end = prefix_end(prefix);
+        let mut kv = self.client.kv_client();
+        let mut start = prefix.as_bytes().to_vec();
+        let mut revision = at;
+        let mut items = vec![];
+        loop {
+            let mut opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if revision > 0 {
+                opts = opts.with_revision(revision); // every page from one snapshot
+            }
+            let mut resp = kv.get(start.clone(), Some(opts)).await?;
+            if revision == 0 {
+                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            match kvs.last() {
+                Some(last) if more => {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                _ => {
+                    items.extend(kvs);
+                    return Ok((items, revision));
+                }
+            }
+            items.extend(kvs);
+        }
+    }
+
+    /// Where a list or watch reads: the kind's prefix, or one node's index prefix.
+    fn scoped_prefix(&self, ty: &ResourceType, ns: Option<&str>, node: Option<&str>) -> String {
+        match node {
+            Some(n) => self.node_prefix(ty, n, ns),
+            None => self.prefix(ty, ns),
         }
     }
 
@@ -251,38 +303,21 @@ impl Backend for EtcdBackend {
             .transpose()
     }
 
-    async fn list(&self, ty: &ResourceType, ns: Option<&str>) -> Result<RawList> {
-        let prefix = self.prefix(ty, ns);
-        let end = prefix_end(&prefix);
-        let mut kv = self.client.kv_client();
-        let mut start = prefix.clone().into_bytes();
-        let mut revision = 0;
-        let mut items = vec![];
-        loop {
-            let mut opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(LIST_PAGE);
-            if revision > 0 {
-                opts = opts.with_revision(revision); // every page from one snapshot
-            }
-            let resp = kv
-                .get(start.clone(), Some(opts))
-                .await
-                .map_err(|e| self.err(ty.key(ns, None), e))?;
-            if revision == 0 {
-                revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-            }
-            for kv in resp.kvs() {
-                let key = || Key::new(&String::from_utf8_lossy(kv.key()), None, None);
-                items.push(self.decode(key, kv)?);
-            }
-            match resp.kvs().last() {
-                Some(last) if resp.more() => {
-                    start = last.key().to_vec();
-                    start.push(0);
-                }
-                _ => break,
-            }
+    async fn list(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<RawList> {
+        let prefix = self.scoped_prefix(ty, ns, node);
+        let (kvs, revision) = self
+            .scan(&prefix, 0)
+            .await
+            .map_err(|e| self.err(ty.key(ns, None), e))?;
+        let mut items = Vec::with_capacity(kvs.len());
+        for kv in &kvs {
+            let key = || Key::new(&String::from_utf8_lossy(kv.key()), None, None);
+            items.push(self.decode(key, kv)?);
         }
         Ok(RawList {
             items,
@@ -295,9 +330,12 @@ impl Backend for EtcdBackend {
         let key = || ty.key(ns.as_deref(), Some(&name));
         let k = self.etcd_key(ty, ns.as_deref(), &name);
         meta::stamp_created(&mut obj, uuid::Uuid::new_v4().to_string());
+        let bytes = Self::encode(&mut obj);
+        let mut then = self.index_ops(ty, &obj, None, Some(&bytes));
+        then.push(TxnOp::put(k.clone(), bytes, None));
         let txn = Txn::new()
-            .when([Compare::create_revision(k.clone(), CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(k, Self::encode(&mut obj), None)]);
+            .when([Compare::create_revision(k, CompareOp::Equal, 0)])
+            .and_then(then);
         let resp = self
             .client
             .kv_client()
@@ -316,6 +354,9 @@ impl Backend for EtcdBackend {
     }
 
     async fn update(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {
+        if ty.node_field().is_some() {
+            return self.update_indexed(ty, obj).await;
+        }
         let (ns, name) = name_of(&obj);
         let key = || ty.key(ns.as_deref(), Some(&name));
         let k = self.etcd_key(ty, ns.as_deref(), &name);
@@ -361,6 +402,9 @@ impl Backend for EtcdBackend {
         name: &str,
         precondition: Option<&str>,
     ) -> Result<()> {
+        if ty.node_field().is_some() {
+            return self.delete_indexed(ty, ns, name, precondition).await;
+        }
         let key = || ty.key(ns, Some(name));
         let k = self.etcd_key(ty, ns, name);
         let guard = exists_at(&k, ty, ns, precondition)?;
@@ -394,60 +438,88 @@ impl Backend for EtcdBackend {
         true
     }
 
+    async fn repair_indexes(&self) -> Result<usize> {
+        self.repair_node_index().await
+    }
+
     async fn txn(&self, mut writes: Vec<TxnWrite>) -> Result<Vec<Option<Value>>> {
         check_distinct(NAME, &writes)?;
-        let mut when = vec![];
-        let mut then = vec![];
-        let mut otherwise = vec![];
-        for w in &mut writes {
-            let (k, guard, op) = match w {
-                TxnWrite::Create { ty, obj } => {
-                    let (ns, name) = name_of(obj);
-                    let k = self.etcd_key(ty, ns.as_deref(), &name);
-                    meta::stamp_created(obj, uuid::Uuid::new_v4().to_string());
-                    let op = TxnOp::put(k.clone(), Self::encode_keeping_version(obj), None);
-                    (
-                        k.clone(),
-                        Compare::create_revision(k, CompareOp::Equal, 0),
-                        op,
-                    )
-                }
-                TxnWrite::Update { ty, obj } => {
-                    let (ns, name) = name_of(obj);
-                    let k = self.etcd_key(ty, ns.as_deref(), &name);
-                    let guard = exists_at(&k, ty, ns.as_deref(), meta::resource_version(obj))?;
-                    let op = TxnOp::put(k.clone(), Self::encode_keeping_version(obj), None);
-                    (k, guard, op)
-                }
-                TxnWrite::Delete {
-                    ty,
-                    ns,
-                    name,
-                    precondition,
-                } => {
-                    let k = self.etcd_key(ty, ns.as_deref(), name);
-                    let guard = exists_at(&k, ty, ns.as_deref(), precondition.as_deref())?;
-                    (k.clone(), guard, TxnOp::delete(k, None))
-                }
-            };
-            when.push(guard);
-            then.push(op);
-            otherwise.push(TxnOp::get(k, None));
-        }
-        let first_key = || {
+        let first_key = |writes: &[TxnWrite]| {
             writes
                 .first()
                 .map(TxnWrite::key)
                 .unwrap_or_else(|| Key::new("(transaction)", None, None))
         };
-        let txn = Txn::new().when(when).and_then(then).or_else(otherwise);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| self.err(first_key(), e))?;
-        if !resp.succeeded() {
+        for _ in 0..node_index::RETRIES {
+            // Updates and deletes of indexed objects (Pods) need the node each was on.
+            let seen = self.seen_all(&writes).await?;
+            let mut when = vec![];
+            let mut then = vec![];
+            let mut otherwise = vec![];
+            for (w, seen) in writes.iter_mut().zip(&seen) {
+                let (k, guard, ops) = match w {
+                    TxnWrite::Create { ty, obj } => {
+                        let (ns, name) = name_of(obj);
+                        let k = self.etcd_key(ty, ns.as_deref(), &name);
+                        meta::stamp_created(obj, uuid::Uuid::new_v4().to_string());
+                        let bytes = Self::encode_keeping_version(obj);
+                        let mut ops = self.index_ops(ty, obj, None, Some(&bytes));
+                        ops.push(TxnOp::put(k.clone(), bytes, None));
+                        let guard = Compare::create_revision(k.clone(), CompareOp::Equal, 0);
+                        (k, guard, ops)
+                    }
+                    TxnWrite::Update { ty, obj } => {
+                        let (ns, name) = name_of(obj);
+                        let k = self.etcd_key(ty, ns.as_deref(), &name);
+                        let guard = exists_at(&k, ty, ns.as_deref(), meta::resource_version(obj))?;
+                        let bytes = Self::encode_keeping_version(obj);
+                        let old = seen.as_ref().and_then(|s| s.node.as_deref());
+                        let mut ops = self.index_ops(ty, obj, old, Some(&bytes));
+                        ops.push(TxnOp::put(k.clone(), bytes, None));
+                        (k, guard, ops)
+                    }
+                    TxnWrite::Delete {
+                        ty,
+                        ns,
+                        name,
+                        precondition,
+                    } => {
+                        let k = self.etcd_key(ty, ns.as_deref(), name);
+                        let guard = exists_at(&k, ty, ns.as_deref(), precondition.as_deref())?;
+                        let stub = serde_json::json!({"metadata": {"name": name, "namespace": ns}});
+                        let old = seen.as_ref().and_then(|s| s.node.as_deref());
+                        let mut ops = self.index_ops(ty, &stub, old, None);
+                        ops.push(TxnOp::delete(k.clone(), None));
+                        (k, guard, ops)
+                    }
+                };
+                if let Some(seen) = seen {
+                    when.push(Self::unchanged(&k, seen));
+                }
+                when.push(guard);
+                then.extend(ops);
+                otherwise.push(TxnOp::get(k, None));
+            }
+            let txn = Txn::new().when(when).and_then(then).or_else(otherwise);
+            let resp = self
+                .client
+                .kv_client()
+                .txn(txn)
+                .await
+                .map_err(|e| self.err(first_key(&writes), e))?;
+            if resp.succeeded() {
+                let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
+                return Ok(writes
+                    .into_iter()
+                    .map(|w| match w {
+                        TxnWrite::Create { mut obj, .. } | TxnWrite::Update { mut obj, .. } => {
+                            meta::set(&mut obj, "resourceVersion", rev.to_string());
+                            Some(obj)
+                        }
+                        TxnWrite::Delete { .. } => None,
+                    })
+                    .collect());
+            }
             let current: Vec<Option<String>> = resp
                 .op_responses()
                 .into_iter()
@@ -458,32 +530,32 @@ impl Backend for EtcdBackend {
                     _ => None,
                 })
                 .collect();
-            return Err(txn_failure(NAME, &writes, &current).unwrap_or_else(|| {
-                StoreError::Backend {
+            if let Some(e) = txn_failure(NAME, &writes, &current) {
+                return Err(e);
+            }
+            if seen.iter().all(Option::is_none) {
+                return Err(StoreError::Backend {
                     backend: NAME,
-                    key: first_key(),
+                    key: first_key(&writes),
                     message: "transaction failed although every condition holds".into(),
-                }
-            }));
+                });
+            }
+            // An indexed object changed after it was read: read again.
         }
-        let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
-        Ok(writes
-            .into_iter()
-            .map(|w| match w {
-                TxnWrite::Create { mut obj, .. } | TxnWrite::Update { mut obj, .. } => {
-                    meta::set(&mut obj, "resourceVersion", rev.to_string());
-                    Some(obj)
-                }
-                TxnWrite::Delete { .. } => None,
-            })
-            .collect())
+        Err(node_index::busy(first_key(&writes)))
     }
 
-    async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {
+    async fn watch(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        revision: &str,
+    ) -> Result<RawWatch> {
         let from = parse_revision(ty, ns, revision)?;
         Ok(spawn_watch(|tx| Watch {
             backend: self.clone(),
-            prefix: self.prefix(ty, ns),
+            prefix: self.scoped_prefix(ty, ns, node),
             key: ty.key(ns, None),
             last: from,
             tx,

@@ -91,9 +91,14 @@ impl<B: Backend + Clone> Backend for Instrumented<B> {
         self.inner.get(ty, ns, name).await
     }
 
-    async fn list(&self, ty: &ResourceType, ns: Option<&str>) -> Result<RawList> {
+    async fn list(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<RawList> {
         self.read();
-        self.inner.list(ty, ns).await
+        self.inner.list(ty, ns, node).await
     }
 
     async fn create(&self, ty: &ResourceType, obj: Value) -> Result<Value> {
@@ -132,6 +137,10 @@ impl<B: Backend + Clone> Backend for Instrumented<B> {
         self.inner.transactions()
     }
 
+    async fn repair_indexes(&self) -> Result<usize> {
+        self.inner.repair_indexes().await
+    }
+
     /// One round trip, and one write for the fault injection: all of it reaches the
     /// datastore or none of it does.
     async fn txn(&self, writes: Vec<TxnWrite>) -> Result<Vec<Option<Value>>> {
@@ -140,8 +149,14 @@ impl<B: Backend + Clone> Backend for Instrumented<B> {
         self.inner.txn(writes).await
     }
 
-    async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {
+    async fn watch(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        revision: &str,
+    ) -> Result<RawWatch> {
         self.read();
-        self.inner.watch(ty, ns, revision).await
+        self.inner.watch(ty, ns, node, revision).await
     }
 }

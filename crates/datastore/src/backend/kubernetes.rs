@@ -98,6 +98,11 @@ impl KubernetesBackend {
     }
 }
 
+/// The API server's field selector for objects on `node` (`spec.nodeName=<node>`).
+fn field_selector(ty: &ResourceType, node: Option<&str>) -> Option<String> {
+    Some(format!("{}={}", ty.node_field()?, node?))
+}
+
 fn to_value(key: impl FnOnce() -> Key, obj: DynamicObject) -> Result<Value> {
     serde_json::to_value(obj).map_err(|source| StoreError::Decode {
         backend: NAME,
@@ -129,10 +134,18 @@ impl Backend for KubernetesBackend {
         }
     }
 
-    async fn list(&self, ty: &ResourceType, ns: Option<&str>) -> Result<RawList> {
+    async fn list(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<RawList> {
         let api = self.api(ty, ns);
         let mut items = vec![];
         let mut lp = ListParams::default().limit(LIST_PAGE);
+        if let Some(sel) = field_selector(ty, node) {
+            lp = lp.fields(&sel);
+        }
         loop {
             let page = api
                 .list(&lp)
@@ -223,10 +236,17 @@ impl Backend for KubernetesBackend {
             .map_err(|e| self.err(ty.key(ns, Some(name)), precondition, e))
     }
 
-    async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {
+    async fn watch(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        revision: &str,
+    ) -> Result<RawWatch> {
         Ok(spawn_watch(|tx| Watch {
             backend: self.clone(),
             api: self.api(ty, ns),
+            fields: field_selector(ty, node),
             key: ty.key(ns, None),
             last: revision.to_owned(),
             tx,
@@ -237,6 +257,8 @@ impl Backend for KubernetesBackend {
 struct Watch {
     backend: KubernetesBackend,
     api: kube::Api<DynamicObject>,
+    /// The field selector (`spec.nodeName=...`) of a watch limited to one node.
+    fields: Option<String>,
     key: Key,
     last: String,
     tx: mpsc::Sender<Result<RawEvent>>,
@@ -266,7 +288,10 @@ impl Watch {
     }
 
     async fn follow(&mut self) -> Ended {
-        let wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+        let mut wp = WatchParams::default().timeout(WATCH_TIMEOUT_SECS);
+        if let Some(f) = &self.fields {
+            wp = wp.fields(f);
+        }
         let stream = match self.api.watch(&wp, &self.last).await {
             Ok(s) => s,
             Err(kube::Error::Api(s)) if s.code == 410 => return self.expire().await,

@@ -25,14 +25,40 @@ struct Inner {
     revision: u64,
     compacted: u64,
     objects: BTreeMap<String, Value>,
-    history: Vec<(u64, String, RawEvent)>,
+    /// (revision, path, the event, the node the object was on before it).
+    history: Vec<(u64, String, RawEvent, Option<String>)>,
     watchers: Vec<Watcher>,
     unavailable: bool,
 }
 
 struct Watcher {
     prefix: String,
+    /// A watch limited to one node: (the kind, the node).
+    node: Option<(ResourceType, String)>,
     tx: mpsc::UnboundedSender<Result<RawEvent>>,
+}
+
+/// `ev` as a watch limited to `node` sees it: moving onto the node is an addition, moving
+/// off it a deletion, and changes elsewhere are not seen.
+fn on_node(
+    ev: &RawEvent,
+    before: Option<&str>,
+    scope: &Option<(ResourceType, String)>,
+) -> Option<RawEvent> {
+    let Some((ty, node)) = scope else {
+        return Some(ev.clone());
+    };
+    let was = before == Some(node.as_str());
+    let is = match ev {
+        RawEvent::Deleted(_) => false,
+        RawEvent::Added(o) | RawEvent::Modified(o) => meta::node(ty, o) == Some(node.as_str()),
+    };
+    match (was, is) {
+        (false, false) => None,
+        (true, true) => Some(ev.clone()),
+        (false, true) => Some(RawEvent::Added(ev.object().clone())),
+        (true, false) => Some(RawEvent::Deleted(ev.object().clone())),
+    }
 }
 
 fn path(ty: &ResourceType, ns: Option<&str>, name: &str) -> String {
@@ -47,6 +73,13 @@ fn prefix(ty: &ResourceType, ns: Option<&str>) -> String {
         Some(ns) => format!("{}/{ns}/", ty.resource_name()),
         None => format!("{}/", ty.resource_name()),
     }
+}
+
+/// The kind stored at `path`, when it is one with a node field (paths start with the
+/// resource name, and only core Pods have one).
+fn kind_of_path(path: &str) -> Option<ResourceType> {
+    let ty = ResourceType::of::<k8s_openapi::api::core::v1::Pod>();
+    path.starts_with(&prefix(&ty, None)).then_some(ty)
 }
 
 fn parse_revision(ty: &ResourceType, ns: Option<&str>, rev: &str) -> Result<u64> {
@@ -94,11 +127,24 @@ impl MemoryBackend {
 }
 
 impl Inner {
-    fn commit(&mut self, path: String, event: RawEvent) {
+    fn commit(&mut self, path: String, event: RawEvent, before: Option<String>) {
         let rev = self.revision;
-        self.watchers
-            .retain(|w| !path.starts_with(&w.prefix) || w.tx.send(Ok(event.clone())).is_ok());
-        self.history.push((rev, path, event));
+        self.watchers.retain(|w| {
+            if !path.starts_with(&w.prefix) {
+                return true;
+            }
+            match on_node(&event, before.as_deref(), &w.node) {
+                Some(ev) => w.tx.send(Ok(ev)).is_ok(),
+                None => !w.tx.is_closed(),
+            }
+        });
+        self.history.push((rev, path, event, before));
+    }
+
+    /// The node the object at `path` is on now (for kinds with a node field).
+    fn node_at(&self, path: &str) -> Option<String> {
+        let ty = kind_of_path(path)?;
+        meta::node(&ty, self.objects.get(path)?).map(str::to_owned)
     }
 
     /// A write at a new revision of its own.
@@ -110,21 +156,23 @@ impl Inner {
     /// Stores `obj` at the current revision and tells the watchers.
     fn put(&mut self, path: String, mut obj: Value, created: bool) -> Value {
         meta::set(&mut obj, "resourceVersion", self.revision.to_string());
+        let before = self.node_at(&path);
         self.objects.insert(path.clone(), obj.clone());
         let ev = if created {
             RawEvent::Added(obj.clone())
         } else {
             RawEvent::Modified(obj.clone())
         };
-        self.commit(path, ev);
+        self.commit(path, ev, before);
         obj
     }
 
     /// Removes the object at the current revision and tells the watchers.
     fn erase(&mut self, path: String) {
+        let before = self.node_at(&path);
         let mut last = self.objects.remove(&path).unwrap_or_default();
         meta::set(&mut last, "resourceVersion", self.revision.to_string());
-        self.commit(path, RawEvent::Deleted(last));
+        self.commit(path, RawEvent::Deleted(last), before);
     }
 }
 
@@ -139,13 +187,19 @@ impl Backend for MemoryBackend {
         Ok(inner.objects.get(&path(ty, ns, name)).cloned())
     }
 
-    async fn list(&self, ty: &ResourceType, ns: Option<&str>) -> Result<RawList> {
+    async fn list(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<RawList> {
         let inner = self.lock_available(|| ty.key(ns, None))?;
         let p = prefix(ty, ns);
         let items = inner
             .objects
             .range(p.clone()..)
             .take_while(|(k, _)| k.starts_with(&p))
+            .filter(|(_, v)| node.is_none() || meta::node(ty, v) == node)
             .map(|(_, v)| v.clone())
             .collect();
         Ok(RawList {
@@ -284,7 +338,13 @@ impl Backend for MemoryBackend {
         Ok(out)
     }
 
-    async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch> {
+    async fn watch(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        revision: &str,
+    ) -> Result<RawWatch> {
         let from = parse_revision(ty, ns, revision)?;
         let mut inner = self.lock_available(|| ty.key(ns, None))?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -296,13 +356,20 @@ impl Backend for MemoryBackend {
             }));
         } else {
             let p = prefix(ty, ns);
+            let scope = node.map(|n| (ty.clone(), n.to_owned()));
             // Replay and subscribe under one lock: nothing can slip between the two.
-            for (rev, path, ev) in &inner.history {
+            for (rev, path, ev, before) in &inner.history {
                 if *rev > from && path.starts_with(&p) {
-                    let _ = tx.send(Ok(ev.clone()));
+                    if let Some(ev) = on_node(ev, before.as_deref(), &scope) {
+                        let _ = tx.send(Ok(ev));
+                    }
                 }
             }
-            inner.watchers.push(Watcher { prefix: p, tx });
+            inner.watchers.push(Watcher {
+                prefix: p,
+                node: scope,
+                tx,
+            });
         }
         Ok(tokio_stream_from(rx))
     }

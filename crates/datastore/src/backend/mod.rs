@@ -77,8 +77,14 @@ pub trait Backend: Send + Sync + 'static {
 
     async fn get(&self, ty: &ResourceType, ns: Option<&str>, name: &str) -> Result<Option<Value>>;
 
-    /// Every object of the kind, in one namespace or (`None`) all of them.
-    async fn list(&self, ty: &ResourceType, ns: Option<&str>) -> Result<RawList>;
+    /// Every object of the kind, in one namespace or (`None`) all of them; with `node`, only
+    /// those whose [`ResourceType::node_field`] names that node (see [`crate::Api::on_node`]).
+    async fn list(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+    ) -> Result<RawList>;
 
     /// Stores a new object; returns it as stored (resourceVersion, uid, creationTimestamp).
     async fn create(&self, ty: &ResourceType, obj: Value) -> Result<Value>;
@@ -126,8 +132,23 @@ pub trait Backend: Send + Sync + 'static {
         })
     }
 
-    /// Changes after `revision`, in order; see the crate docs for reconnects and expiry.
-    async fn watch(&self, ty: &ResourceType, ns: Option<&str>, revision: &str) -> Result<RawWatch>;
+    /// Changes after `revision`, in order; see the crate docs for reconnects and expiry. With
+    /// `node`, only changes to objects on that node: one that moves onto it is added, one that
+    /// moves off it is deleted.
+    async fn watch(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        revision: &str,
+    ) -> Result<RawWatch>;
+
+    /// Brings the datastore's own indexes in line with its objects (etcd's node index, for
+    /// records written before it existed); returns how many entries it fixed. Nothing to do
+    /// where the datastore selects by itself (Kubernetes, memory).
+    async fn repair_indexes(&self) -> Result<usize> {
+        Ok(0)
+    }
 
     /// Whether [`Backend::txn`] is supported (etcd and memory; the Kubernetes API has no
     /// multi-object transactions).
@@ -284,6 +305,15 @@ pub(crate) mod meta {
 
     pub fn namespace(obj: &Value) -> Option<&str> {
         field(obj, "namespace")
+    }
+
+    /// The node an object is on, for kinds that have a node field (`spec.nodeName`).
+    pub fn node<'a>(ty: &crate::ResourceType, obj: &'a Value) -> Option<&'a str> {
+        ty.node_field()?;
+        obj.get("spec")?
+            .get("nodeName")?
+            .as_str()
+            .filter(|n| !n.is_empty())
     }
 
     pub fn resource_version(obj: &Value) -> Option<&str> {

@@ -34,6 +34,10 @@ impl EtcdHarness {
             .expect("etcd start");
         EtcdHarness { server }
     }
+
+    pub fn endpoint(&self) -> String {
+        self.server.endpoint()
+    }
 }
 
 impl Harness for EtcdHarness {

@@ -1,0 +1,193 @@
+//! The one list/watch/relist loop: every mirror of the store (the agent's, the controller's)
+//! is this loop with its own conversion.
+//!
+//! List, then watch from the list's revision. A watch that expires (compacted) lists again at
+//! once; any other failure keeps what was delivered, backs off (200 ms doubling to 5 s) and
+//! lists again. A fresh list replaces everything the caller knew of the kind, so an
+//! unchanged datastore after an outage gives the caller an unchanged state.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::{Api, StoreError, StoreResource, WatchEvent};
+
+/// What the loop reports.
+#[derive(Debug)]
+pub enum Change<K> {
+    /// A fresh list: replaces everything known of the kind.
+    Listed(Vec<K>),
+    /// Added or modified.
+    Upsert(K),
+    /// Its last state.
+    Deleted(K),
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Follows `api` until `tx` is closed. `convert` turns each change into what the receiver
+/// takes (None: nothing to send); `restarted` is called each time the loop lists again
+/// after a failure or an expiry (for a metric).
+pub async fn follow<K, U>(
+    api: Api<K>,
+    tx: mpsc::Sender<U>,
+    mut convert: impl FnMut(Change<K>) -> Option<U> + Send,
+    restarted: impl Fn() + Send,
+) where
+    K: StoreResource,
+    U: Send,
+{
+    let kind = api.describe();
+    let mut backoff = BACKOFF_FIRST;
+    let mut failing = false;
+    // Send, or report that the receiver is gone.
+    macro_rules! send {
+        ($c:expr) => {
+            if let Some(u) = convert($c) {
+                if tx.send(u).await.is_err() {
+                    return;
+                }
+            }
+        };
+    }
+    loop {
+        let list = match api.list().await {
+            Ok(l) => l,
+            Err(e) => {
+                if !failing {
+                    warn!(%kind, "datastore unavailable, keeping the last known state: {e}");
+                    failing = true;
+                }
+                restarted();
+                if pause(&tx, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        if failing {
+            info!(%kind, "datastore reachable again; resynced");
+            failing = false;
+        }
+        backoff = BACKOFF_FIRST;
+        let revision = list.revision;
+        send!(Change::Listed(list.items));
+        let mut stream = match api.watch(&revision).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(%kind, "watch failed to start: {e}");
+                restarted();
+                if pause(&tx, backoff).await {
+                    return;
+                }
+                continue;
+            }
+        };
+        loop {
+            let ev = tokio::select! {
+                ev = stream.next() => ev,
+                _ = tx.closed() => return,
+            };
+            match ev {
+                Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
+                    send!(Change::Upsert(o))
+                }
+                Some(Ok(WatchEvent::Deleted(o))) => send!(Change::Deleted(o)),
+                Some(Err(StoreError::Expired { .. })) => {
+                    info!(%kind, "watch expired (compacted); listing again");
+                    break;
+                }
+                Some(Err(e)) => {
+                    warn!(%kind, "watch failed, keeping the last known state: {e}");
+                    failing = true;
+                    if pause(&tx, backoff).await {
+                        return;
+                    }
+                    break;
+                }
+                None => {
+                    warn!(%kind, "watch ended; listing again");
+                    if pause(&tx, backoff).await {
+                        return;
+                    }
+                    break;
+                }
+            }
+        }
+        restarted();
+    }
+}
+
+/// Sleeps `d`, or returns true at once when the receiver is gone.
+async fn pause<U>(tx: &mpsc::Sender<U>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = tx.closed() => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::memory::MemoryBackend;
+    use crate::Store;
+    use k8s_openapi::api::core::v1::Pod;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    fn pod(name: &str) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"containers": []},
+        }))
+        .unwrap()
+    }
+
+    fn name(p: &Pod) -> &str {
+        p.metadata.name.as_deref().unwrap_or_default()
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<Change<Pod>>) -> Change<Pod> {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a change within 5 s")
+            .expect("the loop is running")
+    }
+
+    #[tokio::test]
+    async fn lists_after_an_outage_then_follows_and_stops_with_its_receiver() {
+        let mem = MemoryBackend::new();
+        let store = Store::new(mem.clone());
+        let api = store.all::<Pod>();
+        let default = store.namespaced::<Pod>("default");
+        default.create(&pod("a")).await.unwrap();
+        mem.set_unavailable(true);
+        let (tx, mut rx) = mpsc::channel(16);
+        let restarts = Arc::new(AtomicUsize::new(0));
+        let r = restarts.clone();
+        let task = tokio::spawn(follow(api.clone(), tx, Some, move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "nothing is sent while the store is down"
+        );
+        assert!(restarts.load(Ordering::SeqCst) >= 1);
+        mem.set_unavailable(false);
+        assert!(matches!(next(&mut rx).await, Change::Listed(l) if l.len() == 1));
+        default.create(&pod("b")).await.unwrap();
+        assert!(matches!(next(&mut rx).await, Change::Upsert(p) if name(&p) == "b"));
+        default.delete("a", None).await.unwrap();
+        assert!(matches!(next(&mut rx).await, Change::Deleted(p) if name(&p) == "a"));
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the loop stops when its receiver is gone")
+            .unwrap();
+    }
+}
