@@ -178,6 +178,23 @@ fn the_cluster_roles_allow_every_call_brindle_makes_and_nothing_more() {
                     "{account} is granted what it never used: {unused:#?}"
                 );
             }
+            // An agent reads Pods for its routes with a field selector on its own node, so the
+            // API server sends it nothing about other nodes' pods there; its one cluster-wide
+            // Pod read is NetworkPolicy's (which keeps a projection: labels, addresses, ports).
+            let pod_reads: BTreeSet<(&str, Option<String>)> = calls
+                .iter()
+                .filter(|c| c.user == TOKEN_NODE && c.resource == "pods")
+                .filter(|c| c.verb == "list" || c.verb == "watch")
+                .map(|c| (c.verb, c.field_selector.clone()))
+                .collect();
+            let mut want = BTreeSet::new();
+            for verb in ["list", "watch"] {
+                want.insert((verb, None));
+                for n in 0..3 {
+                    want.insert((verb, Some(format!("spec.nodeName=node-{n}"))));
+                }
+            }
+            assert_eq!(pod_reads, want, "the agents' Pod lists and watches");
             let anonymous: Vec<_> = calls
                 .iter()
                 .filter(|c| {
