@@ -152,13 +152,24 @@ impl BgpTask {
                 .programming
                 .observe(started.elapsed().as_secs_f64());
             let retry = running.is_none();
-            tokio::select! {
-                r = self.snap.changed() => if r.is_err() { break },
-                r = self.tunnel_ok.changed() => if r.is_err() { break },
-                _ = tokio::time::sleep(Duration::from_secs(5)), if retry => {}
-                // The host's addresses change without a snapshot (an interface added).
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
-                _ = &mut self.stop => break,
+            let retry_at = tokio::time::Instant::now() + Duration::from_secs(5);
+            // The host's addresses change without a snapshot (an interface added).
+            let refresh_at = tokio::time::Instant::now() + Duration::from_secs(30);
+            let stop = loop {
+                tokio::select! {
+                    r = self.snap.changed() => {
+                        if r.is_err() { break true }
+                        // Only this node's pods moved: nothing peering reads, nothing to do.
+                        if self.snap.borrow().changed_since(&snap).routing() { break false }
+                    }
+                    r = self.tunnel_ok.changed() => break r.is_err(),
+                    _ = tokio::time::sleep_until(retry_at), if retry => break false,
+                    _ = tokio::time::sleep_until(refresh_at) => break false,
+                    _ = &mut self.stop => break true,
+                }
+            };
+            if stop {
+                break;
             }
         }
         if let Some(r) = running {

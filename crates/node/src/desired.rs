@@ -412,7 +412,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
         },
     };
     if let (true, None, Some(password)) = (cfg.node_to_node_mesh_enabled, my_rr, mesh_password) {
-        for (name, n) in &snap.nodes {
+        for (name, n) in snap.nodes.iter() {
             if name == &me.name || rr_id(Some(n)).is_some() {
                 continue; // ourselves, or a route reflector (it peers by BGPPeer)
             }
@@ -434,7 +434,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
             }
         }
     }
-    for (pname, p) in &snap.peers {
+    for (pname, p) in snap.peers.iter() {
         let resource = format!("BGPPeer {pname}");
         // The nodeSelector is parsed once per resource, not once per node it is tried on.
         let node_sel = p
@@ -569,7 +569,7 @@ pub fn peers(snap: &Snapshot, me: &Me, w: &mut Vec<Warning>) -> BTreeMap<IpAddr,
         // Peering is symmetric: we peer with the nodes the selector picks when the resource
         // applies to us, and with the nodes it applies to when the selector picks us.
         let picked_me = ps.matches(&my_labels);
-        for (name, n) in &snap.nodes {
+        for (name, n) in snap.nodes.iter() {
             if name == &me.name {
                 continue;
             }

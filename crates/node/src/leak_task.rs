@@ -384,7 +384,7 @@ mod tests {
         other.insert(attr::TIMESTAMP.into(), old);
         brindle_ipam::block::allocate(&mut b, 1, "h-other", &other);
         let mut snap = Snapshot::default();
-        snap.blocks.insert("b".into(), b);
+        std::sync::Arc::make_mut(&mut snap.blocks).insert("b".into(), b);
         let got = candidates(&snap, "n1", now, Duration::from_secs(300));
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].handle.as_deref(), Some("h-old"));

@@ -56,17 +56,49 @@ pub struct Snapshot {
     /// The BGPFilters have been listed: until then a peer that names filters waits (it is
     /// never set up without them), and a node whose agent may not read them still routes.
     pub filters_listed: bool,
-    pub filters: BTreeMap<String, BGPFilterSpec>,
-    pub configs: BTreeMap<String, BGPConfigurationSpec>,
-    pub peers: BTreeMap<String, BGPPeerSpec>,
-    pub pools: BTreeMap<String, IPPoolSpec>,
-    pub blocks: BTreeMap<String, IPAMBlockSpec>,
-    pub affinities: BTreeMap<String, BlockAffinitySpec>,
-    pub nodes: BTreeMap<String, NodeInfo>,
+    pub filters: Arc<BTreeMap<String, BGPFilterSpec>>,
+    pub configs: Arc<BTreeMap<String, BGPConfigurationSpec>>,
+    pub peers: Arc<BTreeMap<String, BGPPeerSpec>>,
+    pub pools: Arc<BTreeMap<String, IPPoolSpec>>,
+    pub blocks: Arc<BTreeMap<String, IPAMBlockSpec>>,
+    pub affinities: Arc<BTreeMap<String, BlockAffinitySpec>>,
+    pub nodes: Arc<BTreeMap<String, NodeInfo>>,
     /// `namespace/name` → data.
-    pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
-    /// `namespace/name` → pod.
-    pub pods: BTreeMap<String, PodInfo>,
+    pub secrets: Arc<BTreeMap<String, BTreeMap<String, Vec<u8>>>>,
+    /// `namespace/name` → pod: this node's pods only.
+    pub pods: Arc<BTreeMap<String, PodInfo>>,
+}
+
+/// Which of a snapshot's kinds changed since an earlier one. Each kind's map is shared
+/// between snapshots until it changes (a publish copies pointers, not maps), so this is a
+/// pointer comparison: a task reads it to do nothing when none of its inputs moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    pub flags: bool,
+    pub filters: bool,
+    pub configs: bool,
+    pub peers: bool,
+    pub pools: bool,
+    pub blocks: bool,
+    pub affinities: bool,
+    pub nodes: bool,
+    pub secrets: bool,
+    pub pods: bool,
+}
+
+impl Changed {
+    /// Anything but this node's pods (what peering and exports read).
+    pub fn routing(&self) -> bool {
+        self.flags
+            || self.filters
+            || self.configs
+            || self.peers
+            || self.pools
+            || self.blocks
+            || self.affinities
+            || self.nodes
+            || self.secrets
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -108,15 +140,39 @@ pub enum Event<T> {
 type Update = (Kind, Event<Item>);
 
 impl Snapshot {
+    /// What changed since `before` (see [`Changed`]).
+    pub fn changed_since(&self, before: &Snapshot) -> Changed {
+        fn moved<T>(a: &Arc<T>, b: &Arc<T>) -> bool {
+            !Arc::ptr_eq(a, b)
+        }
+        Changed {
+            flags: (self.synced, self.secrets_listed, self.filters_listed)
+                != (before.synced, before.secrets_listed, before.filters_listed),
+            filters: moved(&self.filters, &before.filters),
+            configs: moved(&self.configs, &before.configs),
+            peers: moved(&self.peers, &before.peers),
+            pools: moved(&self.pools, &before.pools),
+            blocks: moved(&self.blocks, &before.blocks),
+            affinities: moved(&self.affinities, &before.affinities),
+            nodes: moved(&self.nodes, &before.nodes),
+            secrets: moved(&self.secrets, &before.secrets),
+            pods: moved(&self.pods, &before.pods),
+        }
+    }
+
     fn apply(&mut self, kind: Kind, key: String, item: Option<Item>) {
         macro_rules! put {
             ($map:expr, $v:ident) => {
                 match item {
                     Some(Item::$v(v)) => {
-                        $map.insert(key, v);
+                        if $map.get(&key) != Some(&v) {
+                            Arc::make_mut(&mut $map).insert(key, v);
+                        }
                     }
                     _ => {
-                        $map.remove(&key);
+                        if $map.contains_key(&key) {
+                            Arc::make_mut(&mut $map).remove(&key);
+                        }
                     }
                 }
             };
@@ -134,17 +190,30 @@ impl Snapshot {
         }
     }
 
-    fn clear(&mut self, kind: Kind) {
+    /// Replaces a kind with a fresh list; the map is kept (and stays shared) when the list
+    /// holds what it already had.
+    fn reset(&mut self, kind: Kind, items: Vec<(String, Item)>) {
+        let mut fresh = Snapshot::default();
+        for (key, i) in items {
+            fresh.apply(kind, key, Some(i));
+        }
+        macro_rules! take {
+            ($f:ident) => {
+                if self.$f != fresh.$f {
+                    self.$f = fresh.$f;
+                }
+            };
+        }
         match kind {
-            Kind::Config => self.configs.clear(),
-            Kind::Peer => self.peers.clear(),
-            Kind::Filter => self.filters.clear(),
-            Kind::Pool => self.pools.clear(),
-            Kind::Block => self.blocks.clear(),
-            Kind::Affinity => self.affinities.clear(),
-            Kind::Node => self.nodes.clear(),
-            Kind::Secret => self.secrets.clear(),
-            Kind::Pod => self.pods.clear(),
+            Kind::Config => take!(configs),
+            Kind::Peer => take!(peers),
+            Kind::Filter => take!(filters),
+            Kind::Pool => take!(pools),
+            Kind::Block => take!(blocks),
+            Kind::Affinity => take!(affinities),
+            Kind::Node => take!(nodes),
+            Kind::Secret => take!(secrets),
+            Kind::Pod => take!(pods),
         }
     }
 }
@@ -304,7 +373,8 @@ pub async fn mirror<K: StoreResource, T, U: Send>(
 }
 
 /// Owns the snapshot: folds updates in, publishes after each burst (a short settle so a
-/// relist of thousands of objects is one publish, not thousands).
+/// relist of thousands of objects is one publish, not thousands). A publish shares every
+/// map with the last one; a change copies only its own kind's map (once per burst).
 async fn fold(mut rx: mpsc::Receiver<Update>, out: watch::Sender<Arc<Snapshot>>) {
     let mut snap = Snapshot::default();
     let mut listed = [false; KINDS];
@@ -315,10 +385,7 @@ async fn fold(mut rx: mpsc::Receiver<Update>, out: watch::Sender<Arc<Snapshot>>)
             match u {
                 (k, Event::Reset(items)) => {
                     listed[k as usize] = true;
-                    snap.clear(k);
-                    for (key, i) in items {
-                        snap.apply(k, key, Some(i));
-                    }
+                    snap.reset(k, items);
                 }
                 (k, Event::Upsert(key, i)) => snap.apply(k, key, Some(*i)),
                 (k, Event::Delete(key)) => snap.apply(k, key, None),
@@ -338,5 +405,89 @@ async fn fold(mut rx: mpsc::Receiver<Update>, out: watch::Sender<Arc<Snapshot>>)
         if **out.borrow() != snap {
             out.send_replace(Arc::new(snap.clone()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(ip: [u8; 4]) -> Item {
+        Item::Pod(PodInfo {
+            node: Some("n".into()),
+            ips: vec![Ipv4Addr::from(ip)],
+        })
+    }
+
+    fn pool(cidr: &str) -> Item {
+        Item::Pool(serde_json::from_value(serde_json::json!({"cidr": cidr})).unwrap())
+    }
+
+    async fn published(rx: &mut watch::Receiver<Arc<Snapshot>>) -> Arc<Snapshot> {
+        tokio::time::timeout(Duration::from_secs(5), rx.changed())
+            .await
+            .expect("a publish within 5 s")
+            .unwrap();
+        rx.borrow_and_update().clone()
+    }
+
+    /// A publish shares every unchanged kind's map with the one before, so a pod event copies
+    /// the pods and nothing else, and the tasks that do not read pods see nothing changed.
+    #[tokio::test]
+    async fn a_change_copies_its_own_kind_only_and_a_relist_of_the_same_publishes_nothing() {
+        let (tx, rx) = mpsc::channel(16);
+        let (out, mut seen) = watch::channel(Arc::new(Snapshot::default()));
+        tokio::spawn(fold(rx, out));
+        tx.send((
+            Kind::Pool,
+            Event::Reset(vec![("p".into(), pool("10.0.0.0/16"))]),
+        ))
+        .await
+        .unwrap();
+        tx.send((
+            Kind::Pod,
+            Event::Reset(vec![("a/x".into(), pod([10, 0, 0, 1]))]),
+        ))
+        .await
+        .unwrap();
+        let first = published(&mut seen).await;
+        assert_eq!(first.pods.len(), 1);
+
+        tx.send((
+            Kind::Pod,
+            Event::Upsert("a/y".into(), Box::new(pod([10, 0, 0, 2]))),
+        ))
+        .await
+        .unwrap();
+        let second = published(&mut seen).await;
+        let c = second.changed_since(&first);
+        assert!(c.pods && !c.routing(), "{c:?}");
+        assert!(Arc::ptr_eq(&first.pools, &second.pools));
+
+        tx.send((
+            Kind::Pool,
+            Event::Reset(vec![("p".into(), pool("10.0.0.0/16"))]),
+        ))
+        .await
+        .unwrap();
+        tx.send((
+            Kind::Pool,
+            Event::Upsert("p".into(), Box::new(pool("10.0.0.0/16"))),
+        ))
+        .await
+        .unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(300), seen.changed()).await;
+        assert!(quiet.is_err(), "the same pools again published a snapshot");
+
+        tx.send((
+            Kind::Pool,
+            Event::Upsert("q".into(), Box::new(pool("10.1.0.0/16"))),
+        ))
+        .await
+        .unwrap();
+        let third = published(&mut seen).await;
+        let c = third.changed_since(&second);
+        assert!(c.pools && c.routing() && !c.pods, "{c:?}");
+        assert!(Arc::ptr_eq(&second.pods, &third.pods));
     }
 }

@@ -22,7 +22,7 @@ pub struct WorkloadTask {
 /// The routes this node's pods should have (pure).
 pub fn wanted(snap: &Snapshot, node: &str, prefix: &str) -> Vec<WorkloadRoute> {
     let mut v = vec![];
-    for (key, p) in &snap.pods {
+    for (key, p) in snap.pods.iter() {
         if p.node.as_deref() != Some(node) {
             continue;
         }
@@ -44,11 +44,8 @@ impl WorkloadTask {
     pub async fn run(mut self) {
         loop {
             self.pulse.beat();
-            let want = wanted(
-                &self.snap.borrow_and_update(),
-                &self.node,
-                &self.veth_prefix,
-            );
+            let snap = self.snap.borrow_and_update().clone();
+            let want = wanted(&snap, &self.node, &self.veth_prefix);
             match workloads::repair(&self.handle, &want).await {
                 Ok(added) => {
                     for r in added {
@@ -57,9 +54,16 @@ impl WorkloadTask {
                 }
                 Err(e) => warn!("{e}"),
             }
-            tokio::select! {
-                r = self.snap.changed() => if r.is_err() { return },
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            // Woken by this node's pods, or every 10 s to put back what was removed.
+            let repair_at = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                tokio::select! {
+                    r = self.snap.changed() => {
+                        if r.is_err() { return }
+                        if self.snap.borrow().changed_since(&snap).pods { break }
+                    }
+                    _ = tokio::time::sleep_until(repair_at) => break,
+                }
             }
         }
     }

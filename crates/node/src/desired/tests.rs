@@ -1,6 +1,7 @@
 use super::*;
 use brindle_api::{BGPPeerSpec, BlockAffinitySpec, IPPoolSpec, NodeBgp};
 use brindle_ipam::block::new_block;
+use std::sync::Arc;
 
 fn node(ip: &str, labels: &[(&str, &str)], rr: Option<&str>) -> NodeInfo {
     NodeInfo {
@@ -24,7 +25,7 @@ fn me(name: &str, ip: &str) -> Me {
 
 /// A confirmed affinity of `node` for the block `cidr`, under the key `key`.
 fn confirm(s: &mut Snapshot, key: &str, cidr: &str, node: &str) {
-    s.affinities.insert(
+    Arc::make_mut(&mut s.affinities).insert(
         key.into(),
         BlockAffinitySpec {
             node: node.into(),
@@ -37,7 +38,7 @@ fn confirm(s: &mut Snapshot, key: &str, cidr: &str, node: &str) {
 
 /// A block of `node`'s, affinity confirmed.
 fn confirmed_block(s: &mut Snapshot, key: &str, cidr: &str, node: &str) {
-    s.blocks.insert(
+    Arc::make_mut(&mut s.blocks).insert(
         key.into(),
         new_block(&cidr.parse().unwrap(), Some(format!("host:{node}"))),
     );
@@ -49,15 +50,11 @@ fn three() -> Snapshot {
         synced: true,
         ..Default::default()
     };
-    s.nodes
-        .insert("n1".into(), node("198.18.0.11/24", &[], None));
-    s.nodes
-        .insert("n2".into(), node("198.18.0.12/24", &[], None));
+    Arc::make_mut(&mut s.nodes).insert("n1".into(), node("198.18.0.11/24", &[], None));
+    Arc::make_mut(&mut s.nodes).insert("n2".into(), node("198.18.0.12/24", &[], None));
     // 198.18.0.9 is numerically lower than .11 but sorts higher as a string.
-    s.nodes
-        .insert("n3".into(), node("198.18.0.9/24", &[], None));
-    s.pools
-        .insert("default".into(), IPPoolSpec::new("10.244.0.0/16"));
+    Arc::make_mut(&mut s.nodes).insert("n3".into(), node("198.18.0.9/24", &[], None));
+    Arc::make_mut(&mut s.pools).insert("default".into(), IPPoolSpec::new("10.244.0.0/16"));
     s
 }
 
@@ -80,7 +77,11 @@ fn mesh_peers_everyone_else_and_the_lower_address_waits() {
 fn dual_stack_nodes_peer_once_per_family_and_single_stack_ones_once() {
     let mut s = three();
     let v6 = |s: &mut Snapshot, n: &str, a: &str| {
-        s.nodes.get_mut(n).unwrap().bgp.ipv6_address = Some(a.into());
+        Arc::make_mut(&mut s.nodes)
+            .get_mut(n)
+            .unwrap()
+            .bgp
+            .ipv6_address = Some(a.into());
     };
     v6(&mut s, "n1", "2001:db8:18::11/64");
     v6(&mut s, "n2", "2001:db8:18::12/64");
@@ -109,13 +110,21 @@ fn dual_stack_nodes_peer_once_per_family_and_single_stack_ones_once() {
     assert!(!p[&"2001:db8:18::9".parse::<IpAddr>().unwrap()].passive);
 
     // A node without IPv6 (or we without it) peers over IPv4 only.
-    s.nodes.get_mut("n3").unwrap().bgp.ipv6_address = None;
+    Arc::make_mut(&mut s.nodes)
+        .get_mut("n3")
+        .unwrap()
+        .bgp
+        .ipv6_address = None;
     assert_eq!(peers(&s, &m, &mut w).len(), 3);
     m.ip6 = None;
     assert_eq!(peers(&s, &m, &mut w).len(), 2);
     // A malformed IPv6 address is named, and that node still peers over IPv4.
     m.ip6 = Some("2001:db8:18::11/64".parse().unwrap());
-    s.nodes.get_mut("n2").unwrap().bgp.ipv6_address = Some("10.0.0.1/8".into());
+    Arc::make_mut(&mut s.nodes)
+        .get_mut("n2")
+        .unwrap()
+        .bgp
+        .ipv6_address = Some("10.0.0.1/8".into());
     let p = peers(&s, &m, &mut w);
     assert_eq!(p.len(), 2, "{p:?}");
     assert!(w
@@ -129,7 +138,7 @@ fn dual_stack_nodes_peer_once_per_family_and_single_stack_ones_once() {
 fn ipv6_only_nodes_peer_over_ipv6_with_hashed_router_ids() {
     let mut s = three();
     let v6only = |s: &mut Snapshot, n: &str, a: &str| {
-        let b = &mut s.nodes.get_mut(n).unwrap().bgp;
+        let b = &mut Arc::make_mut(&mut s.nodes).get_mut(n).unwrap().bgp;
         b.ipv4_address = None;
         b.ipv6_address = Some(a.into());
     };
@@ -138,7 +147,7 @@ fn ipv6_only_nodes_peer_over_ipv6_with_hashed_router_ids() {
     // n3 stays IPv4-only; n4 is dual stack.
     let mut n4 = node("198.18.0.14/24", &[], None);
     n4.bgp.ipv6_address = Some("2001:db8:18::14/64".into());
-    s.nodes.insert("n4".into(), n4);
+    Arc::make_mut(&mut s.nodes).insert("n4".into(), n4);
     let m = Me::new("n1", None, Some("2001:db8:18::11/64".parse().unwrap()));
     assert_eq!(m.router_id, router_id("n1", None));
     assert_ne!(m.router_id, router_id("n2", None));
@@ -168,7 +177,11 @@ fn ipv6_only_nodes_peer_over_ipv6_with_hashed_router_ids() {
     // A malformed IPv4 address beside a good IPv6 one: its router ID is unknown, so no
     // session at all (not one held to the hash), and it is named.
     let mut bad = s.clone();
-    bad.nodes.get_mut("n2").unwrap().bgp.ipv4_address = Some("198.18.0.300/24".into());
+    Arc::make_mut(&mut bad.nodes)
+        .get_mut("n2")
+        .unwrap()
+        .bgp
+        .ipv4_address = Some("198.18.0.300/24".into());
     let mut wb = vec![];
     let pb = peers(&bad, &m, &mut wb);
     assert!(
@@ -190,7 +203,10 @@ fn ipv6_only_nodes_peer_over_ipv6_with_hashed_router_ids() {
     let mut w4 = vec![];
     ipv4_pools_here(&s, &m4, &mut w4);
     assert!(w4.is_empty(), "{w4:?}");
-    s.pools.get_mut("default").unwrap().node_selector = "rack == 'r9'".into();
+    Arc::make_mut(&mut s.pools)
+        .get_mut("default")
+        .unwrap()
+        .node_selector = "rack == 'r9'".into();
     let mut w = vec![];
     ipv4_pools_here(&s, &m, &mut w);
     assert!(w.is_empty(), "a pool that does not select it: {w:?}");
@@ -233,8 +249,7 @@ fn rails_protect_the_nodes_ipv6_address_and_subnet() {
 #[test]
 fn mesh_off_and_a_malformed_node_is_skipped_with_a_warning() {
     let mut s = three();
-    s.nodes
-        .insert("bad".into(), node("198.18.0.300/24", &[], None));
+    Arc::make_mut(&mut s.nodes).insert("bad".into(), node("198.18.0.300/24", &[], None));
     let mut w = vec![];
     let p = peers(&s, &me("n1", "198.18.0.11"), &mut w);
     assert_eq!(p.len(), 2);
@@ -244,14 +259,14 @@ fn mesh_off_and_a_malformed_node_is_skipped_with_a_warning() {
         node_to_node_mesh_enabled: false,
         ..Default::default()
     };
-    s.configs.insert("default".into(), cfg);
+    Arc::make_mut(&mut s.configs).insert("default".into(), cfg);
     assert!(peers(&s, &me("n1", "198.18.0.11"), &mut w).is_empty());
 }
 
 #[test]
 fn route_reflector_by_peer_selector_both_ways() {
     let mut s = three();
-    s.nodes.insert(
+    Arc::make_mut(&mut s.nodes).insert(
         "rr".into(),
         node(
             "198.18.0.2/24",
@@ -263,8 +278,8 @@ fn route_reflector_by_peer_selector_both_ways() {
         node_to_node_mesh_enabled: false,
         ..Default::default()
     };
-    s.configs.insert("default".into(), cfg);
-    s.peers.insert(
+    Arc::make_mut(&mut s.configs).insert("default".into(), cfg);
+    Arc::make_mut(&mut s.peers).insert(
         "to-rr".into(),
         BGPPeerSpec {
             node_selector: Some("all()".into()),
@@ -302,7 +317,7 @@ fn global_and_node_specific_peers() {
         ttl_security: Some(1),
         ..Default::default()
     };
-    s.peers.insert("tor".into(), spec.clone());
+    Arc::make_mut(&mut s.peers).insert("tor".into(), spec.clone());
     let mut w = vec![];
     let tor: IpAddr = "198.18.0.1".parse().unwrap();
     assert!(!peers(&s, &me("n1", "198.18.0.11"), &mut w).contains_key(&tor));
@@ -318,7 +333,7 @@ fn global_and_node_specific_peers() {
         .all(|d| d.ttl_security.is_none()));
     spec.node = None;
     spec.ttl_security = Some(0); // Calico's "off"
-    s.peers.insert("tor".into(), spec);
+    Arc::make_mut(&mut s.peers).insert("tor".into(), spec);
     let p = peers(&s, &me("n1", "198.18.0.11"), &mut w);
     assert_eq!(
         (p[&tor].kind, p[&tor].ttl_security),
@@ -339,7 +354,7 @@ fn exports_confirmed_blocks_and_borrowed_addresses_only() {
         &BTreeMap::from([(attr::NODE.to_string(), "n1".to_string())]),
     ));
     for (n, b) in [("a", mine), ("b", pending), ("c", theirs)] {
-        s.blocks.insert(n.into(), b);
+        Arc::make_mut(&mut s.blocks).insert(n.into(), b);
     }
     confirm(&mut s, "a", "10.244.1.0/26", "n1");
     let e = exports(&s, &me("n1", "198.18.0.11"));
@@ -351,14 +366,20 @@ fn exports_confirmed_blocks_and_borrowed_addresses_only() {
             ("10.244.2.5/32".to_string(), false)
         ]
     );
-    s.pools.get_mut("default").unwrap().disable_bgp_export = true;
+    Arc::make_mut(&mut s.pools)
+        .get_mut("default")
+        .unwrap()
+        .disable_bgp_export = true;
     assert!(exports(&s, &me("n1", "198.18.0.11")).is_empty());
 }
 
 #[test]
 fn encapsulation_follows_the_pool_and_the_tunnel() {
     let mut s = three();
-    s.pools.get_mut("default").unwrap().ipip_mode = IpipMode::CrossSubnet;
+    Arc::make_mut(&mut s.pools)
+        .get_mut("default")
+        .unwrap()
+        .ipip_mode = IpipMode::CrossSubnet;
     assert_eq!(encap(&s, true)[0].1, Encap::CrossSubnet);
     assert_eq!(encap(&s, false)[0].1, Encap::None);
     assert!(wants_ipip(&s));
@@ -368,7 +389,7 @@ fn encapsulation_follows_the_pool_and_the_tunnel() {
 fn a_password_peer_waits_for_its_secret() {
     use brindle_api::bgp::{PeerPassword, SecretKeyRef};
     let mut s = three();
-    s.peers.insert(
+    Arc::make_mut(&mut s.peers).insert(
         "tor".into(),
         BGPPeerSpec {
             peer_ip: Some("198.18.0.1".into()),
@@ -392,7 +413,7 @@ fn a_password_peer_waits_for_its_secret() {
     s.secrets_listed = true;
     assert!(!peers(&s, &n1, &mut w).contains_key(&tor));
     assert!(w.len() == 1 && w[0].reason.contains("\"bgp\""), "{w:?}");
-    s.secrets.insert(
+    Arc::make_mut(&mut s.secrets).insert(
         "brindle-system/bgp".into(),
         BTreeMap::from([("tor".to_string(), b"s3cret".to_vec())]),
     );
@@ -405,7 +426,7 @@ fn a_password_peer_waits_for_its_secret() {
 #[test]
 fn nodes_are_members_held_to_their_router_id_and_routers_are_not() {
     let mut s = three();
-    s.peers.insert(
+    Arc::make_mut(&mut s.peers).insert(
         "tor".into(),
         BGPPeerSpec {
             peer_ip: Some("198.18.0.1".into()),
@@ -415,7 +436,7 @@ fn nodes_are_members_held_to_their_router_id_and_routers_are_not() {
         },
     );
     // A BGPPeer that names a node by address (an RR node, say) is that node.
-    s.peers.insert(
+    Arc::make_mut(&mut s.peers).insert(
         "rr".into(),
         BGPPeerSpec {
             peer_ip: Some("198.18.0.12".into()),
@@ -474,9 +495,8 @@ fn rails_protect_the_host_and_know_the_pools_and_our_blocks() {
 fn the_mesh_takes_its_password_and_gtsm_from_the_bgp_configuration() {
     use brindle_api::bgp::{PeerPassword, SecretKeyRef};
     let mut s = three();
-    s.nodes
-        .insert("far".into(), node("198.19.7.7/24", &[], None));
-    s.configs.insert(
+    Arc::make_mut(&mut s.nodes).insert("far".into(), node("198.19.7.7/24", &[], None));
+    Arc::make_mut(&mut s.configs).insert(
         "default".into(),
         BGPConfigurationSpec {
             node_mesh_password: Some(PeerPassword {
@@ -499,7 +519,7 @@ fn the_mesh_takes_its_password_and_gtsm_from_the_bgp_configuration() {
         w.iter().any(|x| x.reason.contains("nodeMeshPassword")),
         "{w:?}"
     );
-    s.secrets.insert(
+    Arc::make_mut(&mut s.secrets).insert(
         "brindle-system/mesh".into(),
         BTreeMap::from([("pw".to_string(), b"m3sh".to_vec())]),
     );
@@ -517,7 +537,10 @@ fn the_mesh_takes_its_password_and_gtsm_from_the_bgp_configuration() {
 #[test]
 fn a_subnet_covering_a_pool_does_not_refuse_the_pool() {
     let mut s = three();
-    s.pools.get_mut("default").unwrap().disable_bgp_export = true;
+    Arc::make_mut(&mut s.pools)
+        .get_mut("default")
+        .unwrap()
+        .disable_bgp_export = true;
     confirmed_block(&mut s, "a", "10.244.1.0/26", "n1");
     let host: Vec<IpNetwork> = vec!["10.0.0.5/8".parse().unwrap()];
     let mut w = vec![];

@@ -163,24 +163,24 @@ mod tests {
     #[test]
     fn pools_and_this_nodes_blocks() {
         let mut s = Snapshot::default();
-        s.pools
+        std::sync::Arc::make_mut(&mut s.pools)
             .insert("v4".into(), IPPoolSpec::new("10.244.0.0/16"));
-        s.pools
+        std::sync::Arc::make_mut(&mut s.pools)
             .insert("v6".into(), IPPoolSpec::new("fd00:10:244::/64"));
         let mut off = IPPoolSpec::new("10.9.0.0/24");
         off.disabled = true;
-        s.pools.insert("off".into(), off);
+        std::sync::Arc::make_mut(&mut s.pools).insert("off".into(), off);
         let mut mine = new_block(&"10.244.1.0/26".parse().unwrap(), Some("host:n1".into()));
         let attrs = Default::default();
         block::allocate(&mut mine, 3, "h", &attrs);
-        s.blocks.insert("a".into(), mine);
+        std::sync::Arc::make_mut(&mut s.blocks).insert("a".into(), mine);
         let theirs = new_block(&"10.244.2.0/26".parse().unwrap(), Some("host:n2".into()));
-        s.blocks.insert("b".into(), theirs);
+        std::sync::Arc::make_mut(&mut s.blocks).insert("b".into(), theirs);
         let six = new_block(
             &"fd00:10:244::40/122".parse().unwrap(),
             Some("host:n1".into()),
         );
-        s.blocks.insert("c".into(), six);
+        std::sync::Arc::make_mut(&mut s.blocks).insert("c".into(), six);
 
         let mut r = Registry::with_prefix("brindle");
         let m = IpamMetrics::new(&mut r);
