@@ -127,10 +127,22 @@ async fn run_clients(n: u32) -> std::io::Result<(f64, f64)> {
             let up = Instant::now();
             use tokio::io::AsyncWriteExt;
             c.w.write_all(&loadgen::announce(block(i), me)).await?;
+            // A client is never sent its own block back (the reflector leaves each
+            // client's own routes out of what it shares with the others).
+            let own = std::sync::atomic::AtomicBool::new(false);
             let done = loadgen::count_with(&mut c, n as usize - 1, |p| {
-                block_index(p).filter(|j| *j != i as usize)
+                let j = block_index(p)?;
+                if j == i as usize {
+                    own.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                (j != i as usize).then_some(j)
             })
             .await?;
+            if own.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::Error::other(format!(
+                    "client {i} was sent its own block"
+                )));
+            }
             // Stay up until everyone is done (our session going away would withdraw).
             Ok::<_, std::io::Error>((up, done, c))
         }));

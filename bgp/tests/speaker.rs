@@ -229,3 +229,97 @@ async fn a_held_connection_never_carries_a_peer_that_has_an_md5_key() {
     assert_ne!(peer(&a, x_ip).await.state, "Established");
     a.shutdown(false).await.expect("shutdown a");
 }
+
+/// A reflector's clients that come up together share one encoding of the table, and of each
+/// batch of changes, each sent it without its own routes: every client ends up holding every
+/// other client's routes and never its own back. When one client's route replaces another's
+/// for the same prefix, each of the two is told what the others are not (the replaced one
+/// learns the new route, the new one loses the old), and the rest see the new one.
+#[tokio::test]
+async fn reflector_clients_get_each_others_routes_and_never_their_own() {
+    let rr_ip = "127.0.0.41";
+    let r = Speaker::start(config(rr_ip, free_port(rr_ip), 64700))
+        .await
+        .expect("r");
+    let ips = ["127.0.0.42", "127.0.0.43", "127.0.0.44", "127.0.0.45"];
+    let shared = "10.247.100.0/26";
+    let mut clients = vec![];
+    let mut to_clients = vec![];
+    for (i, ip) in ips.iter().enumerate() {
+        let port = free_port(ip);
+        let s = Speaker::start(config(ip, port, 64700))
+            .await
+            .expect("client");
+        s.originate(Origination {
+            prefix: Some(net(&format!("10.247.{i}.0/26"))),
+            ..Origination::default()
+        })
+        .await
+        .expect("originate");
+        if i == 0 {
+            s.originate(Origination {
+                prefix: Some(net(shared)),
+                local_pref: Some(100),
+                ..Origination::default()
+            })
+            .await
+            .expect("originate");
+        }
+        let mut to_r = PeerConfig::new(rr_ip.parse().unwrap(), 64700);
+        to_r.passive = true;
+        s.add_peer(to_r).await.expect("peer r");
+        let mut to_s = PeerConfig::new(ip.parse().unwrap(), 64700);
+        to_s.port = port;
+        to_s.source = Some(rr_ip.parse().unwrap());
+        to_s.connect_retry = Duration::from_secs(1);
+        to_s.rr_client = true;
+        to_clients.push(to_s);
+        clients.push((*ip, s));
+    }
+    // Added together, so the sessions come up close together.
+    for p in to_clients {
+        r.add_peer(p).await.expect("peer");
+    }
+    // What each client should hold from the reflector: the others' own prefixes, and the
+    // shared prefix unless its best path is its own.
+    let held = async |want: [usize; 4]| {
+        for ((ip, s), n) in clients.iter().zip(want) {
+            until(
+                &format!("{ip} to hold {n} routes from the reflector"),
+                async || {
+                    let from_r = peer(s, rr_ip).await;
+                    let to_it = peer(&r, ip).await;
+                    (from_r.accepted == n && to_it.advertised == n).then_some(())
+                },
+            )
+            .await;
+        }
+    };
+    held([3, 4, 4, 4]).await;
+    clients[1]
+        .1
+        .originate(Origination {
+            prefix: Some(net(shared)),
+            local_pref: Some(200),
+            ..Origination::default()
+        })
+        .await
+        .expect("originate");
+    held([4, 3, 4, 4]).await;
+    for (ip, s) in &clients[2..] {
+        let rib = s.rib(RibFilter::default()).await.expect("rib");
+        let route = rib
+            .iter()
+            .find(|r| r.prefix == net(shared))
+            .expect("the shared prefix");
+        assert_eq!(
+            route.next_hop,
+            Some(ips[1].parse().unwrap()),
+            "{ip} follows the better path"
+        );
+    }
+    for (_, s) in clients {
+        s.shutdown(false).await.expect("shutdown");
+    }
+    r.shutdown(false).await.expect("shutdown r");
+}

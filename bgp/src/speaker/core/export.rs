@@ -2,7 +2,8 @@
 //! prefixes of one UPDATE and later peers share one result), and peers alike form update
 //! groups: a batch of changes is encoded once per group and the same bytes go to every
 //! member, except to the members some of the changes came from (a reflector's clients
-//! announcing), which get their own.
+//! announcing), which get their own. A table for members coming up is encoded once for the
+//! group, each member's own routes in a run of their own that is left out of what it is sent.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -71,77 +72,186 @@ impl Core {
         }
     }
 
-    /// One group's share of `changes`, encoded once and sent to every member that is the
-    /// source of none of them. Its wants are those of any such member: what a path exports
-    /// as differs between members alike only for the member it came from. The sources are
-    /// added to `alone`, to be served one by one.
+    /// One group's share of `changes`, encoded once for the group. A member that some of
+    /// the changes came from (a reflector's client announcing) is sent the encoding without
+    /// the run of its own changes, when what those changes mean to it is nothing: its own
+    /// route new or gone, with no other path before or after it. A member for which a
+    /// change means more (its route replaced another's, or another's replaced its own: it
+    /// needs a withdrawal or an announcement the others do not) is added to `alone`, to be
+    /// served by itself. Changes to a prefix that changed more than once in the batch stay
+    /// in the common run, in order.
     fn send_to_group(&mut self, changes: &[Change], members: Vec<PeerId>, alone: &mut Vec<PeerId>) {
         let set: HashSet<PeerId> = members.iter().copied().collect();
-        let sources: HashSet<PeerId> = changes
-            .iter()
-            .flat_map(|c| [&c.best, &c.previous])
-            .flatten()
-            .map(|p| p.peer)
-            .filter(|p| set.contains(p))
-            .collect();
-        let (shared, own): (Vec<PeerId>, Vec<PeerId>) =
-            members.into_iter().partition(|m| !sources.contains(m));
-        alone.extend(own);
+        let mut seen: HashMap<IpNetwork, usize> = HashMap::new();
+        for c in changes {
+            *seen.entry(c.prefix).or_default() += 1;
+        }
+        // Per change: the member whose run it goes in (None: the common run). Per member in
+        // any change: whether it can be served by skipping its run.
+        let mut bucket: Vec<Option<PeerId>> = Vec::with_capacity(changes.len());
+        let mut skippable: HashMap<PeerId, bool> = HashMap::new();
+        for c in changes {
+            let best = c.best.as_ref().map(|p| p.peer);
+            let before = c.previous.as_ref().map(|p| p.peer);
+            let mut own = None;
+            for m in [best, before]
+                .into_iter()
+                .flatten()
+                .filter(|m| set.contains(m))
+            {
+                let only_its_own = best.is_none_or(|b| b == m)
+                    && before.is_none_or(|b| b == m)
+                    && seen.get(&c.prefix) == Some(&1);
+                let ok = skippable.entry(m).or_insert(true);
+                *ok &= only_its_own;
+                if only_its_own {
+                    own = Some(m);
+                }
+            }
+            bucket.push(own);
+        }
+        let (shared, involved): (Vec<PeerId>, Vec<PeerId>) = members
+            .into_iter()
+            .partition(|m| !skippable.contains_key(m));
         let Some((rep, up)) = shared.first().and_then(|id| established(&self.peers, *id)) else {
+            alone.extend(involved);
             return;
         };
-        let (wants, delta) = wants(&self.rib, &mut self.cache, rep, up, changes);
-        if wants.is_empty() {
+        let (skipping, own): (Vec<PeerId>, Vec<PeerId>) =
+            involved.into_iter().partition(|m| skippable[m]);
+        alone.extend(own);
+        let skip: HashSet<PeerId> = skipping.iter().copied().collect();
+        let mut common = vec![];
+        let mut runs_of: HashMap<PeerId, Vec<Change>> = HashMap::new();
+        for (c, b) in changes.iter().zip(&bucket) {
+            match b.filter(|m| skip.contains(m)) {
+                Some(m) => runs_of.entry(m).or_default().push(c.clone()),
+                None => common.push(c.clone()),
+            }
+        }
+        let ctx = up.ctx.clone();
+        let (wants_common, mut delta) = wants(&self.rib, &mut self.cache, rep, up, &common);
+        let mut buf = BytesMut::new();
+        pack_wants(wants_common, &ctx, &mut buf);
+        let mut runs: HashMap<PeerId, (usize, usize, isize)> = HashMap::new();
+        for (m, cs) in runs_of {
+            let (w, d) = wants(&self.rib, &mut self.cache, rep, up, &cs);
+            let start = buf.len();
+            pack_wants(w, &ctx, &mut buf);
+            delta += d;
+            runs.insert(m, (start, buf.len(), d));
+        }
+        if buf.is_empty() {
             return;
         }
-        let mut buf = BytesMut::new();
-        pack_wants(wants, &up.ctx, &mut buf);
         let bytes = buf.freeze();
-        for up in shared
-            .iter()
-            .filter_map(|id| self.peers.get(id)?.up.as_ref())
-        {
-            count(up, delta);
-            let _ = up.writer.send(Out::Raw(bytes.clone()));
+        for id in shared.iter().chain(&skipping) {
+            let Some(up) = self.peers.get(id).and_then(|p| p.up.as_ref()) else {
+                continue;
+            };
+            match runs.get(id) {
+                Some(&(start, end, d)) => {
+                    count(up, delta - d);
+                    for part in [bytes.slice(..start), bytes.slice(end..)] {
+                        if !part.is_empty() {
+                            let _ = up.writer.send(Out::Raw(part));
+                        }
+                    }
+                }
+                None => {
+                    count(up, delta);
+                    let _ = up.writer.send(Out::Raw(bytes.clone()));
+                }
+            }
         }
     }
 
     /// The table, to each of `peers` that is up and has not had it. Members of one update
-    /// group that have no routes of their own in the Loc-RIB (nothing to leave out for them)
-    /// share one encoding of it: a reflector's clients that come up together.
+    /// group share one encoding of it (a reflector's clients that come up together): the
+    /// routes are packed in runs by the member they came from, and each member is sent the
+    /// encoding without its own run (its own routes are never sent back to it, and it has
+    /// had nothing yet, so there is nothing to withdraw). Nothing is encoded per member.
     pub(super) fn send_tables(&mut self, peers: Vec<PeerId>) {
-        let (groups, alone) = self.update_groups(
-            peers.into_iter(),
-            |_, up| !up.table_sent,
-            |p| self.rib.path_count(p.id) == 0,
-        );
+        let (groups, alone) =
+            self.update_groups(peers.into_iter(), |_, up| !up.table_sent, |_| true);
         for members in groups {
-            let Some((rep, up)) = established(&self.peers, members[0]) else {
-                continue;
-            };
-            let wants = export_all(&self.rib, &mut self.cache, &rep.cfg, up, self.rib.iter());
-            let n = wants.len();
-            let mut buf = BytesMut::new();
-            pack_wants(wants, &up.ctx, &mut buf);
-            for (on, afi) in [(up.v4, Afi::Ipv4), (up.v6, Afi::Ipv6)] {
-                if on {
-                    end_of_rib(afi, &up.ctx, &mut buf);
-                }
-            }
-            let bytes = buf.freeze();
-            for id in &members {
-                let Some(p) = self.peers.get_mut(id) else {
-                    continue;
-                };
-                let Some(up) = p.up.as_mut() else { continue };
-                up.table_sent = true;
-                up.advertised.store(n, Ordering::Relaxed);
-                let _ = up.writer.send(Out::Raw(bytes.clone()));
-                info!(peer = %p.cfg.addr, routes = n, group = members.len(), "sent the table and End-of-RIB");
-            }
+            self.send_group_table(&members);
         }
         for id in alone {
             self.send_table(id);
+        }
+    }
+
+    /// One group's table (see [`Core::send_tables`]); `members` has two or more.
+    fn send_group_table(&mut self, members: &[PeerId]) {
+        let (Some((p0, up0)), Some((p1, up1))) = (
+            established(&self.peers, members[0]),
+            members.get(1).and_then(|id| established(&self.peers, *id)),
+        ) else {
+            return;
+        };
+        let in_group: HashSet<PeerId> = members.iter().copied().collect();
+        // Each route as a member that it did not come from sees it: members alike export a
+        // path alike unless it is their own.
+        let mut common = vec![];
+        let mut own: HashMap<PeerId, Vec<Want>> = HashMap::new();
+        for c in self.rib.iter() {
+            let source = c.best.as_ref().map(|b| b.peer);
+            let (rp, rup) = if source == Some(p0.id) {
+                (p1, up1)
+            } else {
+                (p0, up0)
+            };
+            let w = Want::of(&c, false, |path| {
+                export_one(&self.rib, &rp.cfg, rup, &c.prefix, path, &mut self.cache)
+            });
+            if w.paths.is_empty() {
+                continue;
+            }
+            match source.filter(|s| in_group.contains(s)) {
+                Some(s) => own.entry(s).or_default().push(w),
+                None => common.push(w),
+            }
+        }
+        let n = common.len() + own.values().map(Vec::len).sum::<usize>();
+        let ctx = up0.ctx.clone();
+        let (v4, v6) = (up0.v4, up0.v6);
+        let mut buf = BytesMut::new();
+        pack_wants(common, &ctx, &mut buf);
+        let mut runs: HashMap<PeerId, (usize, usize, usize)> = HashMap::new();
+        for (src, wants) in own {
+            let (start, count) = (buf.len(), wants.len());
+            pack_wants(wants, &ctx, &mut buf);
+            runs.insert(src, (start, buf.len(), count));
+        }
+        for (on, afi) in [(v4, Afi::Ipv4), (v6, Afi::Ipv6)] {
+            if on {
+                end_of_rib(afi, &ctx, &mut buf);
+            }
+        }
+        let bytes = buf.freeze();
+        for id in members {
+            let Some(p) = self.peers.get_mut(id) else {
+                continue;
+            };
+            let Some(up) = p.up.as_mut() else { continue };
+            up.table_sent = true;
+            let routes = match runs.get(id) {
+                Some(&(start, end, count)) => {
+                    for part in [bytes.slice(..start), bytes.slice(end..)] {
+                        if !part.is_empty() {
+                            let _ = up.writer.send(Out::Raw(part));
+                        }
+                    }
+                    n - count
+                }
+                None => {
+                    let _ = up.writer.send(Out::Raw(bytes.clone()));
+                    n
+                }
+            };
+            up.advertised.store(routes, Ordering::Relaxed);
+            info!(peer = %p.cfg.addr, routes, group = members.len(), "sent the table and End-of-RIB");
         }
     }
 
