@@ -13,7 +13,7 @@
 //!   primary network, as everywhere);
 //! - a hostNetwork pod has no interface of ours.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -108,6 +108,8 @@ pub struct PolicyState {
     refused: BTreeMap<String, String>,
     namespaces: BTreeMap<String, Namespace>,
     pods: BTreeMap<String, Pod>,
+    /// The pod label keys the policies' selectors read (a change to another is nothing).
+    label_keys: BTreeSet<String>,
     listed: [bool; 3],
     /// From the IPAM blocks.
     known: BTreeMap<String, Attachment>,
@@ -173,11 +175,16 @@ impl PolicyState {
                 for (k, np) in items {
                     self.put_policy(k, &np);
                 }
+                self.label_keys = label_keys(&self.policies);
             }
-            PolicyEv::Policy(Event::Upsert(k, np)) => self.put_policy(k, &np),
+            PolicyEv::Policy(Event::Upsert(k, np)) => {
+                self.put_policy(k, &np);
+                self.label_keys = label_keys(&self.policies);
+            }
             PolicyEv::Policy(Event::Delete(k)) => {
                 self.policies.remove(&k);
                 self.refused.remove(&k);
+                self.label_keys = label_keys(&self.policies);
             }
             PolicyEv::Namespace(Event::Reset(items)) => {
                 self.listed[1] = true;
@@ -195,9 +202,14 @@ impl PolicyState {
                 self.announced |= !self.waiting.is_empty();
             }
             PolicyEv::Pod(Event::Upsert(k, p)) => {
-                if self.pods.get(&k) == Some(&*p) {
-                    self.dirty = was; // the same pod again (its status changed): nothing
-                    return;
+                if let Some(old) = self.pods.get(&k) {
+                    if self.same_to_policy(old, &p) {
+                        // The same pod again to every policy (its status, or a label no
+                        // selector reads, changed): kept, nothing to render.
+                        self.dirty = was;
+                        self.pods.insert(k, *p);
+                        return;
+                    }
                 }
                 // An ADD waiting for this Pod gets its chains at once, not after a batch.
                 self.announced |= self.waits_for(&k);
@@ -207,6 +219,22 @@ impl PolicyState {
                 self.pods.remove(&k);
             }
         }
+    }
+
+    /// Whether two states of one pod are alike to every policy: the same but for labels no
+    /// selector reads.
+    fn same_to_policy(&self, a: &Pod, b: &Pod) -> bool {
+        let read = |p: &Pod| -> Vec<(String, String)> {
+            self.label_keys
+                .iter()
+                .filter_map(|k| Some((k.clone(), p.labels.get(k)?.clone())))
+                .collect()
+        };
+        let bare = |p: &Pod| Pod {
+            labels: BTreeMap::new(),
+            ..p.clone()
+        };
+        bare(a) == bare(b) && read(a) == read(b)
     }
 
     /// An ADD is waiting for the chains of pod `key` (`namespace/name`).
@@ -509,6 +537,14 @@ impl PolicyState {
     }
 }
 
+/// The pod label keys the policies' selectors read.
+fn label_keys(policies: &BTreeMap<String, Policy>) -> BTreeSet<String> {
+    policies
+        .values()
+        .flat_map(|p| p.pod_label_keys().map(str::to_owned))
+        .collect()
+}
+
 pub fn kube_pod(p: KubePod) -> Option<Pod> {
     Some(brindle_policy::pod(&p))
 }
@@ -686,5 +722,63 @@ mod tests {
         // Another pod's ADD on an interface named like x/a's is not told by x/a's chains.
         let mut rx = announce(&mut st, attrs("n1", "x", "zz", "eth0", &veth), "10.0.0.3");
         assert!(rx.try_recv().is_err());
+    }
+    /// A pod event that changes nothing any policy reads (a label no selector names, its
+    /// status) renders nothing; one that changes a label a selector names does, and so does
+    /// it once a policy comes to name that label.
+    #[test]
+    fn a_label_no_selector_reads_renders_nothing() {
+        let np = |name: &str, key: &str| -> NetworkPolicy {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"namespace": "x", "name": name},
+                "spec": {"podSelector": {"matchLabels": {"app": "web"}},
+                         "ingress": [{"from": [{"podSelector": {"matchExpressions":
+                             [{"key": key, "operator": "Exists"}]}}]}]},
+            }))
+            .unwrap()
+        };
+        let mut st = PolicyState::new("n1");
+        st.apply(PolicyEv::Policy(Event::Reset(vec![(
+            "x/p".into(),
+            np("p", "tier"),
+        )])));
+        st.apply(PolicyEv::Namespace(Event::Reset(vec![(
+            "x".into(),
+            Namespace::new("x", &[]),
+        )])));
+        let labelled = |extra: &[(&str, &str)]| {
+            let mut p = pod("x", "a").label("app", "web");
+            for (k, v) in extra {
+                p = p.label(k, v);
+            }
+            p
+        };
+        st.apply(PolicyEv::Pod(Event::Reset(vec![(
+            "x/a".into(),
+            labelled(&[("gen", "1")]),
+        )])));
+        render_ipt(&mut st, &PolicyContext::default());
+        assert!(!st.needs_render());
+        st.apply(PolicyEv::Pod(Event::Upsert(
+            "x/a".into(),
+            Box::new(labelled(&[("gen", "2")])),
+        )));
+        assert!(!st.needs_render(), "a label no selector reads");
+        st.apply(PolicyEv::Pod(Event::Upsert(
+            "x/a".into(),
+            Box::new(labelled(&[("gen", "2"), ("tier", "db")])),
+        )));
+        assert!(st.needs_render(), "a label a peer selector reads");
+        render_ipt(&mut st, &PolicyContext::default());
+        st.apply(PolicyEv::Policy(Event::Upsert(
+            "x/q".into(),
+            Box::new(np("q", "gen")),
+        )));
+        render_ipt(&mut st, &PolicyContext::default());
+        st.apply(PolicyEv::Pod(Event::Upsert(
+            "x/a".into(),
+            Box::new(labelled(&[("gen", "3"), ("tier", "db")])),
+        )));
+        assert!(st.needs_render(), "gen is read once a policy names it");
     }
 }

@@ -85,6 +85,19 @@ impl Selector {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty() && self.exprs.is_empty()
     }
+
+    /// The label keys the selector reads: a change to any other key cannot change what it
+    /// selects.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.labels
+            .keys()
+            .map(String::as_str)
+            .chain(self.exprs.iter().map(|e| match e {
+                Expr::In(k, _) | Expr::NotIn(k, _) | Expr::Exists(k) | Expr::DoesNotExist(k) => {
+                    k.as_str()
+                }
+            }))
+    }
 }
 
 /// Which namespaces a pod peer's pods may be in.
@@ -149,6 +162,24 @@ impl Policy {
     /// `namespace/name`.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The pod label keys any of its selectors reads (its own pod selector, its peers'):
+    /// a pod's other labels cannot change what it allows.
+    pub fn pod_label_keys(&self) -> impl Iterator<Item = &str> {
+        let peers = self
+            .ingress
+            .iter()
+            .chain(&self.egress)
+            .flatten()
+            .flat_map(|r| &r.peers)
+            .filter_map(|p| match p {
+                Peer::Pods { pods, .. } => Some(pods),
+                Peer::Block { .. } => None,
+            });
+        std::iter::once(&self.pods)
+            .chain(peers)
+            .flat_map(Selector::keys)
     }
 
     /// Whether the policy applies to this pod.
