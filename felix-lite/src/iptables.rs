@@ -5,7 +5,7 @@
 //! written since; [`Writer::invalidate`] (the periodic refresh, or a failure) makes the next
 //! sync read it again, which is how drift is repaired.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -328,6 +328,10 @@ pub struct Writer {
     known_policy_sets: Option<HashMap<String, crate::policy::SetSpec>>,
     /// The policy set names after the last clean-up of stale ones.
     policy_set_names: Option<BTreeSet<String>>,
+    /// The ipsets that exist (listed when unknown: at start, after a failed restore), so a
+    /// set is created only when missing: a `create -exist` that differs from the existing
+    /// set's size fails, and sets made by an older version have ipset's default size.
+    existing_sets: Option<HashSet<String>>,
     /// The `iptables-restore` input of the last sync that wrote something.
     pub last_input: String,
     /// Successful writes so far: a read begun before one is stale ([`Writer::adopt`]).
@@ -349,6 +353,7 @@ impl Writer {
             known_sets: None,
             known_policy_sets: None,
             policy_set_names: None,
+            existing_sets: None,
             last_input: String::new(),
             generation: 0,
         }
@@ -382,6 +387,32 @@ impl Writer {
         self.known_sets = None;
         self.known_policy_sets = None;
         self.policy_set_names = None;
+        self.existing_sets = None;
+    }
+
+    /// The ipsets that exist now (listed once, then kept up to date by our own writes).
+    fn existing_sets(&mut self) -> Result<HashSet<String>, IptablesError> {
+        if let Some(e) = self.existing_sets.take() {
+            return Ok(e);
+        }
+        let listed = self.runner.run(&["ipset", "list", "-n"], None)?;
+        Ok(listed.lines().map(|l| l.trim().to_string()).collect())
+    }
+
+    /// Runs an `ipset restore` of sets swapped in by [`swap_in`]; afterwards each of `names`
+    /// exists (and no temporary set does).
+    fn restore_sets(
+        &mut self,
+        text: &str,
+        mut existing: HashSet<String>,
+        names: &[String],
+    ) -> Result<(), IptablesError> {
+        self.runner
+            .run(&["ipset", "restore", "-exist"], Some(text))?;
+        existing.extend(names.iter().cloned());
+        existing.retain(|n| !n.ends_with("-tmp"));
+        self.existing_sets = Some(existing);
+        Ok(())
     }
 
     fn read(&self) -> Result<HashMap<String, TableState>, IptablesError> {
@@ -398,19 +429,25 @@ impl Writer {
             return Ok(false);
         }
         let mut text = String::new();
+        let existing = match self.existing_sets() {
+            Ok(e) => e,
+            Err(e) => {
+                self.known_sets = None;
+                return Err(e);
+            }
+        };
         for (name, nets) in sets {
             swap_in(
                 &mut text,
+                &existing,
                 name,
                 "hash:net",
                 self.family,
                 nets.iter().map(ToString::to_string),
             );
         }
-        if let Err(e) = self
-            .runner
-            .run(&["ipset", "restore", "-exist"], Some(&text))
-        {
+        let names: Vec<String> = sets.keys().cloned().collect();
+        if let Err(e) = self.restore_sets(&text, existing, &names) {
             self.known_sets = None;
             return Err(e);
         }
@@ -429,8 +466,9 @@ impl Writer {
         sets: &[crate::policy::SetSpec],
     ) -> Result<usize, IptablesError> {
         let known = self.known_policy_sets.take().unwrap_or_default();
+        let existing = self.existing_sets()?;
         let mut text = String::new();
-        let mut written = 0;
+        let mut names = vec![];
         for s in sets {
             if known.get(&s.name) == Some(s) {
                 continue;
@@ -441,17 +479,20 @@ impl Writer {
             };
             swap_in(
                 &mut text,
+                &existing,
                 &s.name,
                 kind,
                 self.family,
                 s.members.iter().cloned(),
             );
-            written += 1;
+            names.push(s.name.clone());
         }
+        let written = names.len();
         if written > 0 {
-            self.runner
-                .run(&["ipset", "restore", "-exist"], Some(&text))?;
+            self.restore_sets(&text, existing, &names)?;
             self.generation += 1;
+        } else {
+            self.existing_sets = Some(existing);
         }
         let mut now: HashMap<String, crate::policy::SetSpec> = known;
         now.retain(|name, _| sets.iter().any(|s| &s.name == name));
@@ -484,7 +525,12 @@ impl Writer {
                 continue;
             }
             match self.runner.run(&["ipset", "destroy", name], None) {
-                Ok(_) => destroyed.push(name.to_string()),
+                Ok(_) => {
+                    if let Some(e) = self.existing_sets.as_mut() {
+                        e.remove(name);
+                    }
+                    destroyed.push(name.to_string())
+                }
                 Err(e) => failed = Some(e),
             }
         }
@@ -590,8 +636,16 @@ pub fn read_counters(
 }
 
 /// `ipset restore` lines that fill `name` under a temporary name and swap it in whole.
+/// How many members one of our ipsets may hold (Calico's default `MaxIpSetSize`): ipset's
+/// own default, 65,536, is less than one selector's pods in a large cluster.
+pub const SET_MAXELEM: u32 = 1_048_576;
+
+/// Appends to an `ipset restore` what replaces set `name`'s members at once: a temporary set
+/// filled, then swapped in. Sets are created (at [`SET_MAXELEM`]) only when they do not
+/// exist: a set made by an older version keeps its size until the swap gives it the new one.
 fn swap_in(
     text: &mut String,
+    existing: &HashSet<String>,
     name: &str,
     kind: &str,
     family: Family,
@@ -599,8 +653,16 @@ fn swap_in(
 ) {
     let tmp = format!("{}-tmp", &name[..name.len().min(27)]);
     let f = family.ipset_family();
+    if !existing.contains(name) {
+        text.push_str(&format!(
+            "create {name} {kind} family {f} maxelem {SET_MAXELEM}\n"
+        ));
+    }
+    if existing.contains(&tmp) {
+        text.push_str(&format!("destroy {tmp}\n")); // left by a failed run
+    }
     text.push_str(&format!(
-        "create {name} {kind} family {f} -exist\ncreate {tmp} {kind} family {f} -exist\nflush {tmp}\n"
+        "create {tmp} {kind} family {f} maxelem {SET_MAXELEM}\n"
     ));
     for m in members {
         text.push_str(&format!("add {tmp} {m}\n"));

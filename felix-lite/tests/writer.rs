@@ -201,6 +201,51 @@ fn policy_sets_hold_excepts_and_named_ports() {
     }
 }
 
+/// A set larger than ipset's default size (65,536: one selector's pods in a large cluster)
+/// is written, also over a set of the default size that an older version made, and after a
+/// restart (a new writer) nothing is created twice.
+#[test]
+fn a_set_of_a_hundred_thousand_members_replaces_a_default_sized_one() {
+    use brindle_felix_lite::policy::{SetKind, SetSpec};
+    let ns = Netns::new("brl-big");
+    ns.ok(&[
+        "ipset",
+        "create",
+        "brl40s-big",
+        "hash:net",
+        "family",
+        "inet",
+    ]);
+    ns.ok(&["ipset", "add", "brl40s-big", "192.0.2.1"]);
+    let members: Vec<String> = (0..100_000u32)
+        .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+        .collect();
+    let sets = vec![SetSpec {
+        name: "brl40s-big".into(),
+        kind: SetKind::Net,
+        members,
+    }];
+    let mut w = writer(&ns);
+    assert_eq!(w.sync_policy_sets(&sets).unwrap(), 1);
+    let test = |member: &str| {
+        ns.run(&["ipset", "test", "brl40s-big", member])
+            .status
+            .success()
+    };
+    assert!(test("10.1.134.159"), "the last member");
+    assert!(!test("192.0.2.1"), "the old member");
+    let header =
+        String::from_utf8_lossy(&ns.run(&["ipset", "list", "-t", "brl40s-big"]).stdout).to_string();
+    assert!(header.contains("maxelem 1048576"), "{header}");
+    let mut again = writer(&ns);
+    let mut fewer = sets.clone();
+    fewer[0].members.truncate(70_000);
+    assert_eq!(again.sync_policy_sets(&fewer).unwrap(), 1);
+    assert!(!test("10.1.134.159"));
+    assert!(test("10.1.17.111"), "member 69,999");
+    ns.run(&["ipset", "destroy", "brl40s-big"]);
+}
+
 /// Our jumps stand in the order given: one added between two that exist (the policy's
 /// dispatch between the node guard and the Services' accepts) puts all of ours back in
 /// order, in one restore; a foreign rule above them stays where it is.

@@ -11,8 +11,9 @@
 //!   policy and every pod (policy's projection), and the bytes etcd sent meanwhile
 //!   (`etcd_network_client_grpc_sent_bytes_total`: the agent is etcd's only client then);
 //! - its peak RSS (VmHWM);
-//! - CPU for 1,000 pod events on other nodes (a label change each, which policy's projection
-//!   carries), and per event on its own node, each less the same idle time's CPU.
+//! - CPU for 1,000 pod events on other nodes, twice: a label no policy reads changed, then a
+//!   label policies' selectors read (`tier`); and per event on its own node (`tier`); each
+//!   less the same idle time's CPU. The agent's own CPU and its tools' (iptables-restore).
 //!
 //! `BRINDLE_BENCH_SCALE` (default 1) multiplies every count (0.1 for a quick run);
 //! `BRINDLE_BENCH_BIN_DIR` runs the `brindle-node` found there instead (another build, e.g.
@@ -47,9 +48,11 @@ fn pod_ip(node: usize, j: usize) -> u32 {
     POOL_BASE + (node as u32) * 64 + j as u32 + 1
 }
 
-fn pod(node: usize, j: usize, generation: usize) -> Pod {
+/// Pod `j` of `node`; `generation` is a label no policy reads, `shift` moves its `tier`
+/// (which policies' peer selectors read).
+fn pod(node: usize, j: usize, generation: usize, shift: usize) -> Pod {
     let k = node * PODS_PER_NODE + j;
-    let tier = ["web", "db", "cache"][j % 3];
+    let tier = ["web", "db", "cache"][(j + shift) % 3];
     typed(json!({
         "metadata": {
             "name": format!("p-{node}-{j}"),
@@ -162,6 +165,33 @@ async fn fill<K: StoreResource + Clone + Send + Sync + 'static>(
     }
 }
 
+/// Gives each of `targets` (node, pod) the labels of [`pod`]`(.., generation, shift)`, in
+/// transactions of `per` pods.
+fn relabel(
+    lab: &Lab,
+    store: &Store,
+    targets: Vec<(usize, usize)>,
+    generation: usize,
+    shift: usize,
+    per: usize,
+) {
+    lab.block_on(async {
+        for chunk in targets.chunks(per) {
+            let mut t = store.txn();
+            for &(node, j) in chunk {
+                let want = pod(node, j, generation, shift);
+                let ns = want.metadata.namespace.clone().unwrap_or_default();
+                let api = store.namespaced::<Pod>(&ns);
+                let name = want.metadata.name.clone().unwrap_or_default();
+                let mut cur = api.get(&name).await.expect("get").expect("a pod");
+                cur.metadata.labels = want.metadata.labels;
+                t.update(&api, &cur).expect("update");
+            }
+            t.commit().await.expect("commit");
+        }
+    });
+}
+
 /// `etcd_network_client_grpc_sent_bytes_total` from etcd's own /metrics.
 fn etcd_sent_bytes(endpoint: &str) -> f64 {
     let addr = endpoint.trim_start_matches("http://");
@@ -268,7 +298,7 @@ fn main() {
         // Pods take two etcd operations each (the pod and its node's entry): 60 a transaction.
         for first in (0..nodes).step_by(200) {
             let batch: Vec<Pod> = (first..(first + 200).min(nodes))
-                .flat_map(|i| (0..PODS_PER_NODE).map(move |j| pod(i, j, 0)))
+                .flat_map(|i| (0..PODS_PER_NODE).map(move |j| pod(i, j, 0, 0)))
                 .collect();
             fill(&store, batch, 60).await;
         }
@@ -302,57 +332,26 @@ fn main() {
     std::thread::sleep(Duration::from_secs(3));
     let rss_start = proc_status_mib(pid, "VmHWM:");
 
-    // 1,000 pod events elsewhere: one label change each, on nodes other than node-0.
-    let others = n(1_000).min(pods - PODS_PER_NODE);
-    let elsewhere = cpu_for(pid, Duration::from_secs(5), || {
-        lab.block_on(async {
-            let mut t = store.txn();
-            let mut batch = 0;
-            for k in 0..others {
-                let (node, j) = (1 + k % (nodes - 1), (k / (nodes - 1)) % PODS_PER_NODE);
-                let p = pod(node, j, 1);
-                let api =
-                    store.namespaced::<Pod>(p.metadata.namespace.as_deref().unwrap_or_default());
-                let mut cur = api
-                    .get(p.metadata.name.as_deref().unwrap_or_default())
-                    .await
-                    .expect("get")
-                    .expect("a pod");
-                cur.metadata.labels = p.metadata.labels.clone();
-                t.update(&api, &cur).expect("update");
-                batch += 1;
-                if batch == 60 {
-                    std::mem::replace(&mut t, store.txn())
-                        .commit()
-                        .await
-                        .expect("commit");
-                    batch = 0;
-                }
-            }
-            if batch > 0 {
-                t.commit().await.expect("commit");
-            }
+    // 1,000 pod events elsewhere (nodes other than node-0), twice: a label no policy reads
+    // changed, then `tier`, which policies' peer selectors read.
+    let others = 1_000.min(pods - PODS_PER_NODE);
+    let elsewhere = |generation: usize, shift: usize| {
+        cpu_for(pid, Duration::from_secs(5), || {
+            let targets = (0..others)
+                .map(|k| (1 + k % (nodes - 1), (k / (nodes - 1)) % PODS_PER_NODE))
+                .collect();
+            relabel(&lab, &store, targets, generation, shift, 60);
         })
-    });
-    // Events on its own node: each of its pods relabelled, twice.
+    };
+    let unread = elsewhere(1, 0);
+    let read = elsewhere(2, 1);
+    // Events on its own node: each of its pods relabelled (`tier`), one write each, twice.
     let mine = 2 * PODS_PER_NODE;
     let own = cpu_for(pid, Duration::from_secs(5), || {
-        lab.block_on(async {
-            for g in 2..4 {
-                for j in 0..PODS_PER_NODE {
-                    let p = pod(0, j, g);
-                    let api = store
-                        .namespaced::<Pod>(p.metadata.namespace.as_deref().unwrap_or_default());
-                    let mut cur = api
-                        .get(p.metadata.name.as_deref().unwrap_or_default())
-                        .await
-                        .expect("get")
-                        .expect("a pod");
-                    cur.metadata.labels = p.metadata.labels.clone();
-                    api.update(&cur).await.expect("update");
-                }
-            }
-        })
+        for g in 3..5 {
+            let targets = (0..PODS_PER_NODE).map(|j| (0, j)).collect();
+            relabel(&lab, &store, targets, g, g, 1);
+        }
     });
     let rss = proc_status_mib(pid, "VmHWM:");
     let row = json!({
@@ -362,12 +361,14 @@ fn main() {
         "startup_etcd_sent_mib": sent / 1048576.0,
         "agent_peak_rss_mib_at_startup": rss_start,
         "agent_peak_rss_mib": rss,
-        "cpu_ms_per_1000_events_elsewhere": elsewhere * 1e3 / others as f64 * 1000.0,
+        "cpu_ms_per_1000_events_elsewhere_label_unread": unread * 1e3 / others as f64 * 1000.0,
+        "cpu_ms_per_1000_events_elsewhere_label_read": read * 1e3 / others as f64 * 1000.0,
         "events_elsewhere": others,
         "cpu_ms_per_event_on_its_node": own * 1e3 / mine as f64,
     });
+    let f = |k: &str| row[k].as_f64().unwrap_or(0.0);
     println!(
-        "{:>6} {:>7} {:>6} {:>6} | {:>9} {:>9} {:>9} | {:>14} {:>12}",
+        "{:>6} {:>7} {:>6} {:>5} | {:>7} {:>8} {:>7} | {:>15} {:>13} {:>12}",
         "nodes",
         "pods",
         "svcs",
@@ -375,11 +376,12 @@ fn main() {
         "start s",
         "MiB recv",
         "RSS MiB",
-        "ms/1000 other",
+        "ms/1000 unread",
+        "ms/1000 read",
         "ms/own event"
     );
     println!(
-        "{:>6} {:>7} {:>6} {:>6} | {:>9.1} {:>9.1} {:>9.0} | {:>14.0} {:>12.1}",
+        "{:>6} {:>7} {:>6} {:>5} | {:>7.1} {:>8.1} {:>7.0} | {:>15.0} {:>13.0} {:>12.1}",
         nodes,
         pods,
         services,
@@ -387,10 +389,9 @@ fn main() {
         startup.as_secs_f64(),
         sent / 1048576.0,
         rss,
-        row["cpu_ms_per_1000_events_elsewhere"]
-            .as_f64()
-            .unwrap_or(0.0),
-        row["cpu_ms_per_event_on_its_node"].as_f64().unwrap_or(0.0),
+        f("cpu_ms_per_1000_events_elsewhere_label_unread"),
+        f("cpu_ms_per_1000_events_elsewhere_label_read"),
+        f("cpu_ms_per_event_on_its_node"),
     );
     drop(lab);
     write_results("lab-synthetic.json", &row);
