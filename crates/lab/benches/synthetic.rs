@@ -17,7 +17,8 @@
 //!
 //! `BRINDLE_BENCH_SCALE` (default 1) multiplies every count (0.1 for a quick run);
 //! `BRINDLE_BENCH_BIN_DIR` runs the `brindle-node` found there instead (another build, e.g.
-//! the one before a change). Prints a table and writes `bench-results/lab-synthetic.json`.
+//! the one before a change); `BRINDLE_BENCH_AGENT_ARGS` adds flags to it (`--policy=false`
+//! to see what policy costs). Prints a table and writes `bench-results/lab-synthetic.json`.
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -314,13 +315,18 @@ fn main() {
 
     let sent0 = etcd_sent_bytes(&endpoint);
     let t0 = Instant::now();
-    lab.start_agent(0);
+    let extra = std::env::var("BRINDLE_BENCH_AGENT_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    lab.start_agent_with(0, &extra);
     let pid = lab.nodes[0].agent_pid().expect("agent pid");
     let log = lab.nodes[0].log();
+    // With policy off the agent counts no policies or pods.
+    let policy_on = !extra.contains(&"--policy=false");
+    let (want_policies, want_pods) = if policy_on { (policies, pods) } else { (0, 0) };
     let want = vec![
         format!("services={services} "),
-        format!("policies={policies} "),
-        format!("pods={pods} "),
+        format!("policies={want_policies} "),
+        format!("pods={want_pods} "),
     ];
     assert!(
         wait_programmed(&log, 0, &want, Duration::from_secs(1200)),
