@@ -18,9 +18,11 @@ use crate::ipam::{AssignRequest, Family, HandleState, Ipam, MAX_RETRIES};
 use crate::txn::{is_race, with_addresses};
 
 /// Most requests one batch transaction carries: etcd allows 128 operations per transaction
-/// by default, and a transaction holds a block per family (two for dual stack) and, per
-/// request, its handle and the caller's extra write (the pod record in etcd mode).
-pub const MAX_BATCH: usize = 63;
+/// (and as many conditions) by default, and a transaction holds a block per family (two for
+/// dual stack) and, per request, its handle and the caller's extra writes: in etcd mode the
+/// pod record and its node-index entry, or, for a record that moves node, the entry deleted
+/// too (4 operations a request, 2 + 31 × 4 = 126).
+pub const MAX_BATCH: usize = 31;
 
 /// More writes for request `i` of a batch, given its addresses (see
 /// [`Ipam::assign_batch_with`]).

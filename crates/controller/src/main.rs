@@ -279,6 +279,9 @@ impl Owners {
     }
 }
 
+/// How often the leader checks the datastore's indexes when the last check found nothing.
+const REPAIR_EVERY: Duration = Duration::from_secs(3600);
+
 async fn run(
     args: &Args,
     ipam: &Ipam,
@@ -293,9 +296,10 @@ async fn run(
     let mut recheck: BTreeMap<Instant, HashSet<String>> = BTreeMap::new();
     let mut next_full = Instant::now();
     let mut next_incremental: Option<Instant> = None;
-    // The datastore's indexes are checked once by each new leader (etcd's node index may
-    // predate this version, or a writer may have gone around it).
-    let mut repair_due = true;
+    // The datastore's indexes (etcd's node index) are checked by each new leader, then every
+    // hour, and at every full pass while a check finds something to fix: during a rolling
+    // upgrade, nodes still on an older version write pod records without the index.
+    let mut next_repair = Instant::now();
     loop {
         let synced = owners.synced_pods && owners.synced_nodes;
         // Timers only matter when a pass may run: a replica standing by (or with its caches
@@ -322,7 +326,7 @@ async fn run(
                 }
                 // Newly leading: a full pass at once (the cache is warm already).
                 next_full = Instant::now();
-                repair_due = true;
+                next_repair = Instant::now();
             }
         }
         if !synced {
@@ -349,16 +353,13 @@ async fn run(
         } else {
             Some(std::mem::take(&mut dirty))
         };
-        if full && repair_due {
+        if full && now >= next_repair {
             match ipam.store().repair_indexes().await {
-                Ok(0) => repair_due = false,
-                Ok(n) => {
-                    info!(
-                        fixed = n,
-                        "repaired the datastore's node index (pods' records by node)"
-                    );
-                    repair_due = false;
-                }
+                Ok(0) => next_repair = now + REPAIR_EVERY,
+                Ok(n) => info!(
+                    fixed = n,
+                    "repaired the datastore's node index (pods' records by node); checking again at the next full pass"
+                ),
                 Err(e) => warn!("cannot check the datastore's node index, will try again: {e}"),
             }
         }

@@ -2,8 +2,8 @@
 //! is this loop with its own conversion.
 //!
 //! List, then watch from the list's revision. A watch that expires (compacted) lists again at
-//! once; any other failure keeps what was delivered, backs off (200 ms doubling to 5 s) and
-//! lists again. A fresh list replaces everything the caller knew of the kind, so an
+//! once; any other failure keeps what was delivered, backs off (200 ms doubling to 5 s, afresh
+//! once a watch delivers) and lists again. A fresh list replaces everything the caller knew of the kind, so an
 //! unchanged datastore after an outage gives the caller an unchanged state.
 
 use std::time::Duration;
@@ -73,7 +73,6 @@ pub async fn follow<K, U>(
             info!(%kind, "datastore reachable again; resynced");
             failing = false;
         }
-        backoff = BACKOFF_FIRST;
         let revision = list.revision;
         send!(Change::Listed(list.items));
         let mut stream = match api.watch(&revision).await {
@@ -84,6 +83,7 @@ pub async fn follow<K, U>(
                 if pause(&tx, backoff).await {
                     return;
                 }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
@@ -92,6 +92,10 @@ pub async fn follow<K, U>(
                 ev = stream.next() => ev,
                 _ = tx.closed() => return,
             };
+            // A watch that delivers is healthy: the next failure starts the backoff afresh.
+            if matches!(ev, Some(Ok(_))) {
+                backoff = BACKOFF_FIRST;
+            }
             match ev {
                 Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
                     send!(Change::Upsert(o))
@@ -107,6 +111,7 @@ pub async fn follow<K, U>(
                     if pause(&tx, backoff).await {
                         return;
                     }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     break;
                 }
                 None => {
@@ -114,6 +119,7 @@ pub async fn follow<K, U>(
                     if pause(&tx, backoff).await {
                         return;
                     }
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
                     break;
                 }
             }

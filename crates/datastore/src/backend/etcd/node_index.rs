@@ -102,10 +102,15 @@ impl EtcdBackend {
             });
         };
         let key = || crate::Key::new(&String::from_utf8_lossy(kv.key()), None, None);
-        let v = self.decode(key, kv)?;
+        // A record that does not decode can still be replaced or deleted, as any other
+        // kind's: it has no entry to move (the repair removes one if it had).
+        let node = self
+            .decode(key, kv)
+            .ok()
+            .and_then(|v| meta::node(ty, &v).map(str::to_owned));
         Ok(Seen {
             rev: Some(kv.mod_revision()),
-            node: meta::node(ty, &v).map(str::to_owned),
+            node,
         })
     }
 
@@ -166,6 +171,10 @@ impl EtcdBackend {
         let key = || ty.key(ns.as_deref(), Some(&name));
         let k = self.etcd_key(ty, ns.as_deref(), &name);
         let expected = meta::resource_version(&obj).map(str::to_owned);
+        let wanted = expected
+            .as_deref()
+            .map(|e| super::parse_revision(ty, ns.as_deref(), e))
+            .transpose()?;
         let bytes = Self::encode(&mut obj);
         for _ in 0..RETRIES {
             let Some(seen) = self.seen(ty, ns.as_deref(), &name).await? else {
@@ -177,8 +186,8 @@ impl EtcdBackend {
                     key: key(),
                 });
             };
-            if let Some(e) = &expected {
-                if rev.to_string() != *e {
+            if let (Some(e), Some(w)) = (&expected, wanted) {
+                if rev != w {
                     return Err(StoreError::Conflict {
                         backend: NAME,
                         key: key(),
@@ -214,6 +223,9 @@ impl EtcdBackend {
     ) -> Result<()> {
         let key = || ty.key(ns, Some(name));
         let k = self.etcd_key(ty, ns, name);
+        let wanted = precondition
+            .map(|e| super::parse_revision(ty, ns, e))
+            .transpose()?;
         for _ in 0..RETRIES {
             let Some(seen) = self.seen(ty, ns, name).await? else {
                 break;
@@ -224,8 +236,8 @@ impl EtcdBackend {
                     key: key(),
                 });
             };
-            if let Some(e) = precondition {
-                if rev.to_string() != e {
+            if let (Some(e), Some(w)) = (precondition, wanted) {
+                if rev != w {
                     return Err(StoreError::Conflict {
                         backend: NAME,
                         key: key(),
