@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use ipnetwork::IpNetwork;
 use tracing::info;
 
@@ -56,7 +56,7 @@ impl Core {
         }
         self.kernel_changes(changes);
         let (groups, mut alone) =
-            self.update_groups(self.peers.keys().copied(), |_, up| up.table_sent, |_| true);
+            self.update_groups(self.peers.keys().copied(), |_, up| up.table_sent);
         for members in groups {
             self.send_to_group(changes, members, &mut alone);
         }
@@ -149,20 +149,9 @@ impl Core {
             let Some(up) = self.peers.get(id).and_then(|p| p.up.as_ref()) else {
                 continue;
             };
-            match runs.get(id) {
-                Some(&(start, end, d)) => {
-                    count(up, delta - d);
-                    for part in [bytes.slice(..start), bytes.slice(end..)] {
-                        if !part.is_empty() {
-                            let _ = up.writer.send(Out::Raw(part));
-                        }
-                    }
-                }
-                None => {
-                    count(up, delta);
-                    let _ = up.writer.send(Out::Raw(bytes.clone()));
-                }
-            }
+            let run = runs.get(id);
+            count(up, delta - run.map_or(0, |r| r.2));
+            send_without(up, &bytes, run.map(|r| (r.0, r.1)));
         }
     }
 
@@ -172,8 +161,7 @@ impl Core {
     /// encoding without its own run (its own routes are never sent back to it, and it has
     /// had nothing yet, so there is nothing to withdraw). Nothing is encoded per member.
     pub(super) fn send_tables(&mut self, peers: Vec<PeerId>) {
-        let (groups, alone) =
-            self.update_groups(peers.into_iter(), |_, up| !up.table_sent, |_| true);
+        let (groups, alone) = self.update_groups(peers.into_iter(), |_, up| !up.table_sent);
         for members in groups {
             self.send_group_table(&members);
         }
@@ -236,32 +224,20 @@ impl Core {
             };
             let Some(up) = p.up.as_mut() else { continue };
             up.table_sent = true;
-            let routes = match runs.get(id) {
-                Some(&(start, end, count)) => {
-                    for part in [bytes.slice(..start), bytes.slice(end..)] {
-                        if !part.is_empty() {
-                            let _ = up.writer.send(Out::Raw(part));
-                        }
-                    }
-                    n - count
-                }
-                None => {
-                    let _ = up.writer.send(Out::Raw(bytes.clone()));
-                    n
-                }
-            };
+            let run = runs.get(id);
+            send_without(up, &bytes, run.map(|r| (r.0, r.1)));
+            let routes = n - run.map_or(0, |r| r.2);
             up.advertised.store(routes, Ordering::Relaxed);
             info!(peer = %p.cfg.addr, routes, group = members.len(), "sent the table and End-of-RIB");
         }
     }
 
     /// `peers` that are established and `wanted`, split into update groups of two or more
-    /// and the rest (no group, alone in theirs, or not `groupable`).
+    /// and the rest (no group, or alone in theirs).
     fn update_groups(
         &self,
         peers: impl Iterator<Item = PeerId>,
         wanted: impl Fn(&Peer, &Up) -> bool,
-        groupable: impl Fn(&Peer) -> bool,
     ) -> (Vec<Vec<PeerId>>, Vec<PeerId>) {
         let mut groups: HashMap<GroupKey, Vec<PeerId>> = HashMap::new();
         let mut alone = vec![];
@@ -269,7 +245,7 @@ impl Core {
             if !wanted(p, up) {
                 continue;
             }
-            match group_key(&p.cfg, up).filter(|_| groupable(p)) {
+            match group_key(&p.cfg, up) {
                 Some(k) => groups.entry(k).or_default().push(p.id),
                 None => alone.push(p.id),
             }
@@ -277,6 +253,18 @@ impl Core {
         let (groups, single): (Vec<_>, Vec<_>) = groups.into_values().partition(|m| m.len() >= 2);
         alone.extend(single.into_iter().flatten());
         (groups, alone)
+    }
+}
+
+/// `bytes` to the peer, without the range `skip` (the run of its own routes), as zero-copy
+/// slices of the group's one encoding.
+fn send_without(up: &Up, bytes: &Bytes, skip: Option<(usize, usize)>) {
+    let parts = match skip {
+        Some((start, end)) => [bytes.slice(..start), bytes.slice(end..)],
+        None => [bytes.clone(), Bytes::new()],
+    };
+    for part in parts.into_iter().filter(|p| !p.is_empty()) {
+        let _ = up.writer.send(Out::Raw(part));
     }
 }
 

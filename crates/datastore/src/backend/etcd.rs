@@ -169,6 +169,19 @@ impl EtcdBackend {
         }
     }
 
+    /// Sends one transaction; a failure to send is reported against `key`.
+    async fn commit(
+        &self,
+        txn: Txn,
+        key: impl FnOnce() -> Key,
+    ) -> Result<etcd_client::TxnResponse> {
+        self.client
+            .kv_client()
+            .txn(txn)
+            .await
+            .map_err(|e| self.err(key(), e))
+    }
+
     /// Where a list or watch reads: the kind's prefix, or one node's index prefix.
     fn scoped_prefix(&self, ty: &ResourceType, ns: Option<&str>, node: Option<&str>) -> String {
         match node {
@@ -336,12 +349,7 @@ impl Backend for EtcdBackend {
         let txn = Txn::new()
             .when([Compare::create_revision(k, CompareOp::Equal, 0)])
             .and_then(then);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| self.err(key(), e))?;
+        let resp = self.commit(txn, key).await?;
         if !resp.succeeded() {
             return Err(StoreError::AlreadyExists {
                 backend: NAME,
@@ -366,12 +374,7 @@ impl Backend for EtcdBackend {
             .when([guard])
             .and_then([TxnOp::put(k.clone(), Self::encode(&mut obj), None)])
             .or_else([TxnOp::get(k, None)]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| self.err(key(), e))?;
+        let resp = self.commit(txn, key).await?;
         if !resp.succeeded() {
             return Err(match (Self::current(&resp), expected) {
                 (None, _) => StoreError::NotFound {
@@ -412,12 +415,7 @@ impl Backend for EtcdBackend {
             .when([guard])
             .and_then([TxnOp::delete(k.clone(), None)])
             .or_else([TxnOp::get(k, None)]);
-        let resp = self
-            .client
-            .kv_client()
-            .txn(txn)
-            .await
-            .map_err(|e| self.err(key(), e))?;
+        let resp = self.commit(txn, key).await?;
         if resp.succeeded() {
             return Ok(());
         }
@@ -501,12 +499,7 @@ impl Backend for EtcdBackend {
                 otherwise.push(TxnOp::get(k, None));
             }
             let txn = Txn::new().when(when).and_then(then).or_else(otherwise);
-            let resp = self
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(|e| self.err(first_key(&writes), e))?;
+            let resp = self.commit(txn, || first_key(&writes)).await?;
             if resp.succeeded() {
                 let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
                 return Ok(writes

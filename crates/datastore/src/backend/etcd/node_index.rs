@@ -80,18 +80,15 @@ impl EtcdBackend {
         ops
     }
 
-    /// The object's state for an update or delete of an indexed kind (None for other kinds).
-    async fn seen(&self, ty: &ResourceType, ns: Option<&str>, name: &str) -> Result<Option<Seen>> {
-        if ty.node_field().is_none() {
-            return Ok(None);
-        }
+    /// The object's state for an update or delete of an indexed kind.
+    async fn seen(&self, ty: &ResourceType, ns: Option<&str>, name: &str) -> Result<Seen> {
         let resp = self
             .client
             .kv_client()
             .get(self.etcd_key(ty, ns, name), None)
             .await
             .map_err(|e| self.err(ty.key(ns, Some(name)), e))?;
-        Ok(Some(self.seen_in(ty, resp.kvs().first())?))
+        self.seen_in(ty, resp.kvs().first())
     }
 
     fn seen_in(&self, ty: &ResourceType, kv: Option<&KeyValue>) -> Result<Seen> {
@@ -140,11 +137,8 @@ impl EtcdBackend {
             return Ok(keys.iter().map(|_| None).collect());
         }
         let resp = self
-            .client
-            .kv_client()
-            .txn(Txn::new().and_then(gets))
-            .await
-            .map_err(|e| self.err(writes[0].key(), e))?;
+            .commit(Txn::new().and_then(gets), || writes[0].key())
+            .await?;
         let mut found = resp.op_responses().into_iter().map(|r| match r {
             etcd_client::TxnOpResponse::Get(g) => g.kvs().first().cloned(),
             _ => None,
@@ -165,52 +159,68 @@ impl EtcdBackend {
         }
     }
 
-    /// [`crate::Backend::update`] of an indexed kind.
-    pub(super) async fn update_indexed(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {
-        let (ns, name) = name_of(&obj);
-        let key = || ty.key(ns.as_deref(), Some(&name));
-        let k = self.etcd_key(ty, ns.as_deref(), &name);
-        let expected = meta::resource_version(&obj).map(str::to_owned);
+    /// A write to an indexed object that must exist (an update, a delete): reads it (its
+    /// revision and node), refuses it as the non-indexed path would (`NotFound`; `Conflict`
+    /// when `expected` is not its revision), and commits `ops` for what was read while the
+    /// object is still at that revision, reading again when it is not. Returns the
+    /// revision written.
+    async fn write_existing(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        name: &str,
+        expected: Option<&str>,
+        ops: impl Fn(&Seen) -> Vec<TxnOp>,
+    ) -> Result<i64> {
+        let key = || ty.key(ns, Some(name));
+        let k = self.etcd_key(ty, ns, name);
         let wanted = expected
-            .as_deref()
-            .map(|e| super::parse_revision(ty, ns.as_deref(), e))
+            .map(|e| super::parse_revision(ty, ns, e))
             .transpose()?;
-        let bytes = Self::encode(&mut obj);
         for _ in 0..RETRIES {
-            let Some(seen) = self.seen(ty, ns.as_deref(), &name).await? else {
-                break;
-            };
+            let seen = self.seen(ty, ns, name).await?;
             let Some(rev) = seen.rev else {
                 return Err(StoreError::NotFound {
                     backend: NAME,
                     key: key(),
                 });
             };
-            if let (Some(e), Some(w)) = (&expected, wanted) {
+            if let (Some(e), Some(w)) = (expected, wanted) {
                 if rev != w {
                     return Err(StoreError::Conflict {
                         backend: NAME,
                         key: key(),
-                        expected: e.clone(),
+                        expected: e.to_owned(),
                     });
                 }
             }
-            let mut then = vec![TxnOp::put(k.clone(), bytes.clone(), None)];
-            then.extend(self.index_ops(ty, &obj, seen.node.as_deref(), Some(&bytes)));
-            let txn = Txn::new().when([Self::unchanged(&k, &seen)]).and_then(then);
-            let resp = self
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(|e| self.err(key(), e))?;
+            let txn = Txn::new()
+                .when([Self::unchanged(&k, &seen)])
+                .and_then(ops(&seen));
+            let resp = self.commit(txn, key).await?;
             if resp.succeeded() {
-                let rev = resp.header().map(|h| h.revision()).unwrap_or_default();
-                meta::set(&mut obj, "resourceVersion", rev.to_string());
-                return Ok(obj);
+                return Ok(resp.header().map(|h| h.revision()).unwrap_or_default());
             }
         }
         Err(busy(key()))
+    }
+
+    /// [`crate::Backend::update`] of an indexed kind.
+    pub(super) async fn update_indexed(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {
+        let (ns, name) = name_of(&obj);
+        let k = self.etcd_key(ty, ns.as_deref(), &name);
+        let expected = meta::resource_version(&obj).map(str::to_owned);
+        let bytes = Self::encode(&mut obj);
+        let ops = |seen: &Seen| {
+            let mut then = vec![TxnOp::put(k.clone(), bytes.clone(), None)];
+            then.extend(self.index_ops(ty, &obj, seen.node.as_deref(), Some(&bytes)));
+            then
+        };
+        let rev = self
+            .write_existing(ty, ns.as_deref(), &name, expected.as_deref(), ops)
+            .await?;
+        meta::set(&mut obj, "resourceVersion", rev.to_string());
+        Ok(obj)
     }
 
     /// [`crate::Backend::delete`] of an indexed kind.
@@ -221,46 +231,17 @@ impl EtcdBackend {
         name: &str,
         precondition: Option<&str>,
     ) -> Result<()> {
-        let key = || ty.key(ns, Some(name));
         let k = self.etcd_key(ty, ns, name);
-        let wanted = precondition
-            .map(|e| super::parse_revision(ty, ns, e))
-            .transpose()?;
-        for _ in 0..RETRIES {
-            let Some(seen) = self.seen(ty, ns, name).await? else {
-                break;
-            };
-            let Some(rev) = seen.rev else {
-                return Err(StoreError::NotFound {
-                    backend: NAME,
-                    key: key(),
-                });
-            };
-            if let (Some(e), Some(w)) = (precondition, wanted) {
-                if rev != w {
-                    return Err(StoreError::Conflict {
-                        backend: NAME,
-                        key: key(),
-                        expected: e.to_owned(),
-                    });
-                }
-            }
-            // The index entry's key needs only the name and namespace from the object.
-            let stub = serde_json::json!({"metadata": {"name": name, "namespace": ns}});
+        // The index entry's key needs only the name and namespace from the object.
+        let stub = serde_json::json!({"metadata": {"name": name, "namespace": ns}});
+        let ops = |seen: &Seen| {
             let mut then = vec![TxnOp::delete(k.clone(), None)];
             then.extend(self.index_ops(ty, &stub, seen.node.as_deref(), None));
-            let txn = Txn::new().when([Self::unchanged(&k, &seen)]).and_then(then);
-            let resp = self
-                .client
-                .kv_client()
-                .txn(txn)
-                .await
-                .map_err(|e| self.err(key(), e))?;
-            if resp.succeeded() {
-                return Ok(());
-            }
-        }
-        Err(busy(key()))
+            then
+        };
+        self.write_existing(ty, ns, name, precondition, ops)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -324,7 +305,7 @@ impl EtcdBackend {
         }
         let mut fixed = 0;
         for t in writes {
-            let resp = self.client.kv_client().txn(t).await.map_err(err)?;
+            let resp = self.commit(t, || ty.key(None, None)).await?;
             fixed += usize::from(resp.succeeded());
         }
         Ok(fixed)
