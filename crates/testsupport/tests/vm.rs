@@ -1,5 +1,6 @@
 //! The VM runner itself: a boot with the Debian kernel, a module the host lacks, the script's
-//! status and output, and a hung script killed at the bound.
+//! status and output, a hung script killed at the bound, and a guest that hangs in boot booted
+//! again.
 
 use std::time::Duration;
 
@@ -30,6 +31,25 @@ fn a_hung_vm_is_killed_and_reported() {
     .expect_err("must time out");
     match e {
         VmError::Timeout { tail, .. } => assert!(tail.contains("about-to-hang"), "{tail}"),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_guest_that_does_not_boot_in_time_is_booted_again_then_reported() {
+    // No guest reaches the script in a second, so every attempt is cut off in boot (and the
+    // error is not the overall Timeout).
+    let e = run_in_vm(&VmSpec {
+        script: "echo never-reached",
+        boot_timeout: Duration::from_secs(1),
+        timeout: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .expect_err("must not boot");
+    match e {
+        VmError::BootHung { attempts, .. } => {
+            assert_eq!(attempts, brindle_testsupport::vm::BOOT_ATTEMPTS)
+        }
         other => panic!("{other}"),
     }
 }
