@@ -175,7 +175,7 @@ fn change_a_policy(w: &mut World) {
 /// members move, no chain changes).
 fn relabel_a_pod(pods: &mut [Pod]) {
     let last = pods.len() - 1;
-    pods[last].labels.insert("app".into(), "app-moved".into());
+    pods[last].labels.insert("app", "app-moved");
 }
 
 fn ms(d: Duration) -> f64 {

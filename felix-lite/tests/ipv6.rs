@@ -181,7 +181,7 @@ fn the_ipv6_table_is_taken_by_nft_and_reads_back() {
     wr.invalidate();
     let rep = wr.sync(&want(&pods)).expect("re-read");
     assert!(!rep.wrote(), "{rep:?}\n{}", wr.last_input);
-    pods[2].labels.insert("app".into(), "client".into());
+    pods[2].labels.insert("app", "client");
     let rep = wr.sync(&want(&pods)).expect("relabel");
     assert_eq!(
         (rep.elements_added, rep.elements_deleted, rep.chains_written),

@@ -240,7 +240,7 @@ fn policy_reads_back_and_a_pod_is_one_element() {
     let rep = wr.sync(&want(&pods)).expect("re-read");
     assert!(!rep.wrote(), "{rep:?}\n{}", wr.last_input);
     // c2 becomes a client: one element into the selector set, no chain.
-    pods[2].labels.insert("app".into(), "client".into());
+    pods[2].labels.insert("app", "client");
     let rep = wr.sync(&want(&pods)).expect("relabel");
     assert_eq!(
         (rep.elements_added, rep.elements_deleted, rep.chains_written),

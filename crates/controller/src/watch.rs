@@ -4,7 +4,7 @@
 //! Pod in both.
 
 use brindle_api::BrindleNode;
-use brindle_datastore::{Api, Change as Followed, Store, StoreResource, WatchEvent};
+use brindle_datastore::{Api, Change as Followed, Store, StoreResource};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use tokio::sync::mpsc::Sender;
 
@@ -21,14 +21,24 @@ pub enum Change {
 }
 
 pub fn spawn(store: Store, tx: Sender<Change>) {
-    tokio::spawn(follow(store.all::<Pod>(), tx.clone(), pod_changes));
+    tokio::spawn(follow(
+        store.all::<Pod>(),
+        tx.clone(),
+        pod_key,
+        |c| match c {
+            Followed::Listed(l) => Change::PodsListed(l),
+            Followed::Upsert((k, n)) => Change::PodUp(k, n),
+            Followed::Deleted((k, n)) => Change::PodGone(k, n),
+        },
+    ));
     if store.backend_name() == "kubernetes" {
-        tokio::spawn(follow(store.all::<Node>(), tx, node_changes::<Node>));
+        tokio::spawn(follow(store.all::<Node>(), tx, name::<Node>, node_change));
     } else {
         tokio::spawn(follow(
             store.all::<BrindleNode>(),
             tx,
-            node_changes::<BrindleNode>,
+            name::<BrindleNode>,
+            node_change,
         ));
     }
 }
@@ -41,42 +51,33 @@ fn pod_key(p: &Pod) -> (PodKey, Option<String>) {
     (key, p.spec.as_ref().and_then(|s| s.node_name.clone()))
 }
 
-fn pod_changes(ev: Result<Vec<Pod>, WatchEvent<Pod>>) -> Change {
-    match ev {
-        Ok(list) => Change::PodsListed(list.iter().map(pod_key).collect()),
-        Err(WatchEvent::Deleted(p)) => {
-            let (k, n) = pod_key(&p);
-            Change::PodGone(k, n)
-        }
-        Err(WatchEvent::Added(p) | WatchEvent::Modified(p)) => {
-            let (k, n) = pod_key(&p);
-            Change::PodUp(k, n)
-        }
+fn name<K: StoreResource>(k: &K) -> String {
+    k.meta().name.clone().unwrap_or_default()
+}
+
+fn node_change(c: Followed<String>) -> Change {
+    match c {
+        Followed::Listed(l) => Change::NodesListed(l),
+        Followed::Upsert(n) => Change::NodeUp(n),
+        Followed::Deleted(n) => Change::NodeGone(n),
     }
 }
 
-fn node_changes<K: StoreResource>(ev: Result<Vec<K>, WatchEvent<K>>) -> Change {
-    let name = |k: &K| k.meta().name.clone().unwrap_or_default();
-    match ev {
-        Ok(list) => Change::NodesListed(list.iter().map(name).collect()),
-        Err(WatchEvent::Deleted(n)) => Change::NodeGone(name(&n)),
-        Err(WatchEvent::Added(n) | WatchEvent::Modified(n)) => Change::NodeUp(name(&n)),
-    }
-}
-
-/// `to_change` gets Ok(full list) after every (re)list, Err(event) for each watch event
+/// Follows `api` keeping of each object only what `project` takes from it (a list is never
+/// held whole as objects), sending `to_change` of each change
 /// ([`brindle_datastore::follow`]: the one list/watch/relist loop).
-async fn follow<K, F>(api: Api<K>, tx: Sender<Change>, to_change: F)
-where
-    K: StoreResource,
-    F: Fn(Result<Vec<K>, WatchEvent<K>>) -> Change + Send,
-{
-    let convert = move |c: Followed<K>| {
-        Some(to_change(match c {
-            Followed::Listed(l) => Ok(l),
-            Followed::Upsert(o) => Err(WatchEvent::Modified(o)),
-            Followed::Deleted(o) => Err(WatchEvent::Deleted(o)),
-        }))
-    };
-    brindle_datastore::follow(api, tx, convert, || {}).await;
+async fn follow<K: StoreResource, P: Send>(
+    api: Api<K>,
+    tx: Sender<Change>,
+    project: fn(&K) -> P,
+    to_change: fn(Followed<P>) -> Change,
+) {
+    brindle_datastore::follow(
+        api,
+        tx,
+        move |o| project(&o),
+        move |c| Some(to_change(c)),
+        || {},
+    )
+    .await;
 }

@@ -14,30 +14,34 @@ use tracing::{info, warn};
 
 use crate::{Api, StoreError, StoreResource, WatchEvent};
 
-/// What the loop reports.
+/// What the loop reports, of each object as the caller's projection made it.
 #[derive(Debug)]
-pub enum Change<K> {
+pub enum Change<T> {
     /// A fresh list: replaces everything known of the kind.
-    Listed(Vec<K>),
+    Listed(Vec<T>),
     /// Added or modified.
-    Upsert(K),
+    Upsert(T),
     /// Its last state.
-    Deleted(K),
+    Deleted(T),
 }
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Follows `api` until `tx` is closed. `convert` turns each change into what the receiver
-/// takes (None: nothing to send); `restarted` is called each time the loop lists again
-/// after a failure or an expiry (for a metric).
-pub async fn follow<K, U>(
+/// Follows `api` until `tx` is closed. `project` makes each object, listed or watched, into
+/// what the caller keeps (a list is projected page by page as it is decoded, so it is never
+/// held whole as objects); `convert` turns each change into what the receiver takes (None:
+/// nothing to send); `restarted` is called each time the loop lists again after a failure or
+/// an expiry (for a metric).
+pub async fn follow<K, T, U>(
     api: Api<K>,
     tx: mpsc::Sender<U>,
-    mut convert: impl FnMut(Change<K>) -> Option<U> + Send,
+    mut project: impl FnMut(K) -> T + Send,
+    mut convert: impl FnMut(Change<T>) -> Option<U> + Send,
     restarted: impl Fn() + Send,
 ) where
     K: StoreResource,
+    T: Send,
     U: Send,
 {
     let kind = api.describe();
@@ -54,7 +58,7 @@ pub async fn follow<K, U>(
         };
     }
     loop {
-        let list = match api.list().await {
+        let (items, revision) = match api.list_map(&mut project).await {
             Ok(l) => l,
             Err(e) => {
                 if !failing {
@@ -73,8 +77,7 @@ pub async fn follow<K, U>(
             info!(%kind, "datastore reachable again; resynced");
             failing = false;
         }
-        let revision = list.revision;
-        send!(Change::Listed(list.items));
+        send!(Change::Listed(items));
         let mut stream = match api.watch(&revision).await {
             Ok(s) => s,
             Err(e) => {
@@ -98,9 +101,9 @@ pub async fn follow<K, U>(
             }
             match ev {
                 Some(Ok(WatchEvent::Added(o) | WatchEvent::Modified(o))) => {
-                    send!(Change::Upsert(o))
+                    send!(Change::Upsert(project(o)))
                 }
-                Some(Ok(WatchEvent::Deleted(o))) => send!(Change::Deleted(o)),
+                Some(Ok(WatchEvent::Deleted(o))) => send!(Change::Deleted(project(o))),
                 Some(Err(StoreError::Expired { .. })) => {
                     info!(%kind, "watch expired (compacted); listing again");
                     break;
@@ -157,7 +160,7 @@ mod tests {
         p.metadata.name.as_deref().unwrap_or_default()
     }
 
-    async fn next(rx: &mut mpsc::Receiver<Change<Pod>>) -> Change<Pod> {
+    async fn next(rx: &mut mpsc::Receiver<Change<String>>) -> Change<String> {
         tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("a change within 5 s")
@@ -175,7 +178,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(16);
         let restarts = Arc::new(AtomicUsize::new(0));
         let r = restarts.clone();
-        let task = tokio::spawn(follow(api.clone(), tx, Some, move || {
+        // Each pod, listed or watched, reaches the receiver as its projection (its name).
+        let project = |p: Pod| name(&p).to_owned();
+        let task = tokio::spawn(follow(api.clone(), tx, project, Some, move || {
             r.fetch_add(1, Ordering::SeqCst);
         }));
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -185,11 +190,11 @@ mod tests {
         );
         assert!(restarts.load(Ordering::SeqCst) >= 1);
         mem.set_unavailable(false);
-        assert!(matches!(next(&mut rx).await, Change::Listed(l) if l.len() == 1));
+        assert!(matches!(next(&mut rx).await, Change::Listed(l) if l == ["a"]));
         default.create(&pod("b")).await.unwrap();
-        assert!(matches!(next(&mut rx).await, Change::Upsert(p) if name(&p) == "b"));
+        assert!(matches!(next(&mut rx).await, Change::Upsert(p) if p == "b"));
         default.delete("a", None).await.unwrap();
-        assert!(matches!(next(&mut rx).await, Change::Deleted(p) if name(&p) == "a"));
+        assert!(matches!(next(&mut rx).await, Change::Deleted(p) if p == "a"));
         drop(rx);
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

@@ -234,19 +234,34 @@ impl<K: StoreResource> Api<K> {
     }
 
     pub async fn list(&self) -> Result<ObjectList<K>> {
-        let raw = self
+        let (items, revision) = self.list_map(|o| o).await?;
+        Ok(ObjectList { items, revision })
+    }
+
+    /// [`Api::list`], each object made into what the caller keeps as soon as it is decoded,
+    /// a page at a time: the list is never held whole as objects (150,000 typed Pods are
+    /// hundreds of MiB; a projection of them a fraction). Returns the list's revision too.
+    pub async fn list_map<T: Send>(
+        &self,
+        mut f: impl FnMut(K) -> T + Send,
+    ) -> Result<(Vec<T>, String)> {
+        let mut items = vec![];
+        let revision = self
             .backend()
-            .list(&self.ty, self.ns.as_deref(), self.node.as_deref())
+            .list_pages(
+                &self.ty,
+                self.ns.as_deref(),
+                self.node.as_deref(),
+                &mut |page| {
+                    items.reserve(page.len());
+                    for v in page {
+                        items.push(f(self.decode(v)?));
+                    }
+                    Ok(())
+                },
+            )
             .await?;
-        let items = raw
-            .items
-            .into_iter()
-            .map(|v| self.decode(v))
-            .collect::<Result<_>>()?;
-        Ok(ObjectList {
-            items,
-            revision: raw.revision,
-        })
+        Ok((items, revision))
     }
 
     /// Validates, then stores a new object. Fails with `AlreadyExists` if the name is taken.

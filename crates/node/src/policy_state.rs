@@ -13,6 +13,7 @@
 //!   primary network, as everywhere);
 //! - a hostNetwork pod has no interface of ours.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -224,17 +225,15 @@ impl PolicyState {
     /// Whether two states of one pod are alike to every policy: the same but for labels no
     /// selector reads.
     fn same_to_policy(&self, a: &Pod, b: &Pod) -> bool {
-        let read = |p: &Pod| -> Vec<(String, String)> {
-            self.label_keys
-                .iter()
-                .filter_map(|k| Some((k.clone(), p.labels.get(k)?.clone())))
-                .collect()
-        };
         let bare = |p: &Pod| Pod {
-            labels: BTreeMap::new(),
+            labels: Default::default(),
             ..p.clone()
         };
-        bare(a) == bare(b) && read(a) == read(b)
+        bare(a) == bare(b)
+            && self
+                .label_keys
+                .iter()
+                .all(|k| a.labels.get(k) == b.labels.get(k))
     }
 
     /// An ADD is waiting for the chains of pod `key` (`namespace/name`).
@@ -387,7 +386,9 @@ impl PolicyState {
             self.dirty = true; // rendered without them now; nothing else to do
         }
         let local = self.local();
-        let mut pods = self.pods.clone();
+        // This node's pods with the addresses IPAM gave them: copies of those few, every
+        // other pod borrowed as it is.
+        let mut patched: BTreeMap<String, Pod> = BTreeMap::new();
         let mut endpoints: BTreeMap<String, LocalEndpoint> = BTreeMap::new();
         let mut with_chains = vec![];
         for a in local.values() {
@@ -399,15 +400,17 @@ impl PolicyState {
             // A pod's own network: its addresses are the pod's as soon as IPAM gave them (the
             // kubelet reports them later), and it waits for its Pod.
             if let Some(k) = &key {
-                match pods.get_mut(k) {
-                    Some(p) if !p.host_network => {
-                        for ip in &a.ips {
-                            if !p.ips.contains(ip) {
-                                p.ips.push(*ip);
-                            }
-                        }
+                let p = match patched.entry(k.clone()) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(e) => match self.pods.get(k) {
+                        Some(p) if !p.host_network => e.insert(p.clone()),
+                        _ => continue,
+                    },
+                };
+                for ip in &a.ips {
+                    if !p.ips.contains(ip) {
+                        p.ips.push(*ip);
                     }
-                    _ => continue,
                 }
             }
             with_chains.push(a.veth.clone());
@@ -417,7 +420,7 @@ impl PolicyState {
         // This node's pods whose interface is not there yet: their chains now, under the
         // name the CNI plugin gives a pod's eth0 veth, so that its ADD finds them written
         // and waits only for its address to enter the sets.
-        for (k, p) in &pods {
+        for (k, p) in &self.pods {
             if p.node != self.node || p.host_network || p.finished {
                 continue;
             }
@@ -436,16 +439,27 @@ impl PolicyState {
             namespaces: self.namespaces.clone(),
             ..Default::default()
         };
-        for p in pods.values() {
+        for p in self.pods.values() {
             // A namespace the datastore has no object for (etcd mode) still has its name.
-            world
-                .namespaces
-                .entry(p.namespace.clone())
-                .or_insert_with(|| Namespace::new(&p.namespace, &[]));
+            if !world.namespaces.contains_key(&p.namespace) {
+                let n = Namespace::new(&p.namespace, &[]);
+                world.namespaces.insert(p.namespace.clone(), n);
+            }
         }
         world.policies = self.policies.values().cloned().collect();
-        let pods: Vec<Pod> = pods.into_values().collect();
-        let prog = Program::compile(&world, &pods);
+        let pods: Vec<&Pod> = self
+            .pods
+            .iter()
+            .map(|(k, p)| patched.get(k).unwrap_or(p))
+            .collect();
+        // Only the pods with chains here need to know what isolates them.
+        let chained: BTreeSet<(&str, &str)> = endpoints
+            .iter()
+            .filter_map(|e| e.pod.as_deref()?.split_once('/'))
+            .collect();
+        let prog = Program::compile_for(&world, &pods, |p| {
+            chained.contains(&(p.namespace.as_str(), p.name.as_str()))
+        });
         // What --log-denied names: each pod interface with chains (pre-written ones too).
         self.isolation = endpoints
             .iter()

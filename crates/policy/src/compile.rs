@@ -91,6 +91,14 @@ impl Program {
     /// Compiles `world`'s policies for `pods` (every pod of the cluster: the sets hold
     /// remote pods too).
     pub fn compile(world: &World, pods: &[Pod]) -> Program {
+        let pods: Vec<&Pod> = pods.iter().collect();
+        Program::compile_for(world, &pods, |_| true)
+    }
+
+    /// [`Program::compile`] with endpoints (what isolates a pod) only for the pods `local`
+    /// accepts: a node writes chains for its own pods only, while its sets hold every pod.
+    /// [`Program::allows`] knows only those pods as endpoints.
+    pub fn compile_for(world: &World, pods: &[&Pod], local: impl Fn(&Pod) -> bool) -> Program {
         let mut prog = Program::default();
         let mut selectors: BTreeMap<SelectorKey, (Namespaces, Selector, String)> = BTreeMap::new();
         let mut named: BTreeSet<NamedKey> = BTreeSet::new();
@@ -164,7 +172,7 @@ impl Program {
         for (i, pod) in pods.iter().enumerate().filter(|(_, p)| !p.host_network) {
             by_ns.entry(pod.namespace.as_str()).or_default().push(i);
         }
-        let in_ns = |ns: &str| by_ns.get(ns).into_iter().flatten().map(|i| &pods[*i]);
+        let in_ns = |ns: &str| by_ns.get(ns).into_iter().flatten().map(|i| pods[*i]);
         for (key, (namespaces, sel, own)) in &selectors {
             let members = match namespaces {
                 Namespaces::Own => in_ns(own)
@@ -200,11 +208,12 @@ impl Program {
             prog.named_sets.insert(k, members);
         }
         // Per pod (by index), the policies isolating it, in the policies' order.
+        let wanted: Vec<bool> = pods.iter().map(|p| local(p)).collect();
         let mut eps: Vec<Endpoint> = vec![Endpoint::default(); pods.len()];
         for p in &policies {
             let id = p.id();
             for i in by_ns.get(p.namespace.as_str()).into_iter().flatten() {
-                if !p.selects(&pods[*i]) {
+                if !wanted[*i] || !p.selects(pods[*i]) {
                     continue;
                 }
                 if p.ingress.is_some() {
@@ -215,8 +224,8 @@ impl Program {
                 }
             }
         }
-        for (pod, e) in pods.iter().zip(eps) {
-            if pod.host_network {
+        for ((pod, e), wanted) in pods.iter().zip(eps).zip(wanted) {
+            if pod.host_network || !wanted {
                 continue;
             }
             for ip in &pod.ips {

@@ -15,6 +15,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::model::{
     Expr, NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule, Selector,
+    NAMESPACE_NAME_LABEL,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +83,7 @@ pub fn pod(p: &KubePod) -> Pod {
     Pod {
         namespace: p.metadata.namespace.clone().unwrap_or_default(),
         name: p.metadata.name.clone().unwrap_or_default(),
-        labels: p.metadata.labels.clone().unwrap_or_default(),
+        labels: p.metadata.labels.iter().flatten().collect(),
         ips,
         ports,
         host_network: spec.host_network.unwrap_or(false),
@@ -94,10 +95,14 @@ pub fn pod(p: &KubePod) -> Pod {
 /// A namespace with its labels (and always its name label, which the API server sets).
 pub fn namespace(n: &KubeNamespace) -> Namespace {
     let name = n.metadata.name.clone().unwrap_or_default();
-    let mut ns = Namespace::new(&name, &[]);
-    ns.labels
-        .extend(n.metadata.labels.clone().unwrap_or_default());
-    ns
+    let own = n.metadata.labels.iter().flatten();
+    Namespace {
+        labels: [(NAMESPACE_NAME_LABEL, name.as_str())]
+            .into_iter()
+            .chain(own.map(|(k, v)| (k.as_str(), v.as_str())))
+            .collect(),
+        name,
+    }
 }
 
 /// What an unreadable policy still does: isolate the pods it would select, for the

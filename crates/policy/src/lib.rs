@@ -8,8 +8,9 @@
 pub mod compile;
 pub mod convert;
 pub mod eval;
+pub mod labels;
 pub mod model;
 
 pub use convert::{closed, namespace, pod, policy, Invalid};
 pub use eval::{Conn, Decision, End, Verdict, World};
-pub use model::{NamedPort, Namespace, Peer, Pod, Policy, Port, Protocol, Rule, Selector};
+pub use model::{Labels, NamedPort, Namespace, Peer, Pod, Policy, Port, Protocol, Rule, Selector};

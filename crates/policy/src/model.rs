@@ -7,6 +7,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+pub use crate::labels::Labels;
+
 /// The label Kubernetes puts on every namespace (the upstream tests select on it).
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
@@ -72,11 +74,13 @@ impl Selector {
         s
     }
 
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    pub fn matches(&self, labels: &Labels) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v.as_str()))
             && self.exprs.iter().all(|e| match e {
-                Expr::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-                Expr::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
+                Expr::In(k, vs) => labels.get(k).is_some_and(|v| vs.iter().any(|w| w == v)),
+                Expr::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.iter().any(|w| w == v)),
                 Expr::Exists(k) => labels.contains_key(k),
                 Expr::DoesNotExist(k) => !labels.contains_key(k),
             })
@@ -200,7 +204,7 @@ pub struct NamedPort {
 pub struct Pod {
     pub namespace: String,
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub ips: Vec<IpAddr>,
     pub ports: Vec<NamedPort>,
     /// On the node's network: not a workload, no policy applies to it.
@@ -217,7 +221,7 @@ impl Pod {
         Pod {
             namespace: namespace.into(),
             name: name.into(),
-            labels: BTreeMap::new(),
+            labels: Labels::default(),
             ips: vec![ip],
             ports: vec![],
             host_network: false,
@@ -227,7 +231,7 @@ impl Pod {
     }
 
     pub fn label(mut self, key: &str, value: &str) -> Pod {
-        self.labels.insert(key.into(), value.into());
+        self.labels.insert(key, value);
         self
     }
 
@@ -246,16 +250,16 @@ impl Pod {
 pub struct Namespace {
     pub name: String,
     /// With `kubernetes.io/metadata.name` (the API server always sets it).
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 impl Namespace {
     pub fn new(name: &str, labels: &[(&str, &str)]) -> Namespace {
-        let mut l: BTreeMap<String, String> = labels
+        let l: Labels = labels
             .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .copied()
+            .chain([(NAMESPACE_NAME_LABEL, name)])
             .collect();
-        l.insert(NAMESPACE_NAME_LABEL.into(), name.into());
         Namespace {
             name: name.into(),
             labels: l,

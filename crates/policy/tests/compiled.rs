@@ -162,7 +162,7 @@ fn cluster(bytes: &[u8]) -> (World, Vec<Pod>) {
         pods.push(Pod {
             namespace: g.pick(&["x", "y", "z"]).into(),
             name: format!("p{i}"),
-            labels,
+            labels: labels.into(),
             ips: vec![IpAddr::from([10, 0, 0, i])],
             ports,
             host_network: g.n(8) == 0,
@@ -217,6 +217,30 @@ proptest! {
                     }
                 }
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+    /// What a node compiles for its own pods: every set whole, and for exactly its pods the
+    /// same isolation as the whole cluster's compile gives them.
+    #[test]
+    fn compiling_for_some_pods_keeps_every_set_and_their_isolation(bytes in proptest::collection::vec(any::<u8>(), 200..400)) {
+        let (world, pods) = cluster(&bytes);
+        let all = Program::compile(&world, &pods);
+        let mine: std::collections::BTreeSet<&str> =
+            pods.iter().step_by(2).map(|p| p.name.as_str()).collect();
+        let refs: Vec<&Pod> = pods.iter().collect();
+        let some = Program::compile_for(&world, &refs, |p| mine.contains(p.name.as_str()));
+        prop_assert_eq!(&some.selector_sets, &all.selector_sets);
+        prop_assert_eq!(&some.named_sets, &all.named_sets);
+        prop_assert_eq!(&some.ingress, &all.ingress);
+        prop_assert_eq!(&some.egress, &all.egress);
+        for p in &pods {
+            let key = format!("{}/{}", p.namespace, p.name);
+            let want = mine.contains(p.name.as_str()).then(|| all.by_pod.get(&key)).flatten();
+            prop_assert_eq!(some.by_pod.get(&key), want, "{}", key);
         }
     }
 }

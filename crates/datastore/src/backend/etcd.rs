@@ -36,6 +36,18 @@ const NAME: &str = "etcd";
 /// Objects per page when listing, so a large list never exceeds gRPC's message limit.
 const LIST_PAGE: i64 = 500;
 
+/// Why a paged scan stopped: etcd's error, or the one its page handler returned.
+enum Failed {
+    Etcd(etcd_client::Error),
+    Store(StoreError),
+}
+
+impl From<etcd_client::Error> for Failed {
+    fn from(e: etcd_client::Error) -> Self {
+        Failed::Etcd(e)
+    }
+}
+
 /// How to reach a secured etcd: TLS (CA, and a client certificate when etcd asks for one)
 /// and a user (etcd's `auth enable`).
 #[derive(Default, Clone)]
@@ -137,11 +149,28 @@ impl EtcdBackend {
         prefix: &str,
         at: i64,
     ) -> std::result::Result<(Vec<KeyValue>, i64), etcd_client::Error> {
+        let mut items = vec![];
+        let revision = self
+            .scan_pages(prefix, at, &mut |kvs| {
+                items.extend(kvs);
+                Ok::<_, etcd_client::Error>(())
+            })
+            .await?;
+        Ok((items, revision))
+    }
+
+    /// [`Self::scan`] a page at a time: `page` gets each page as it arrives (so a caller that
+    /// keeps only what it makes of them never holds the whole range); its error ends the scan.
+    async fn scan_pages<E: From<etcd_client::Error>>(
+        &self,
+        prefix: &str,
+        at: i64,
+        page: &mut (dyn FnMut(Vec<KeyValue>) -> std::result::Result<(), E> + Send),
+    ) -> std::result::Result<i64, E> {
         let end = prefix_end(prefix);
         let mut kv = self.client.kv_client();
         let mut start = prefix.as_bytes().to_vec();
         let mut revision = at;
-        let mut items = vec![];
         loop {
             let mut opts = GetOptions::new()
                 .with_range(end.clone())
@@ -155,17 +184,19 @@ impl EtcdBackend {
             }
             let more = resp.more();
             let kvs = resp.take_kvs();
-            match kvs.last() {
+            let next = match kvs.last() {
                 Some(last) if more => {
-                    start = last.key().to_vec();
-                    start.push(0);
+                    let mut k = last.key().to_vec();
+                    k.push(0);
+                    Some(k)
                 }
-                _ => {
-                    items.extend(kvs);
-                    return Ok((items, revision));
-                }
+                _ => None,
+            };
+            page(kvs)?;
+            match next {
+                Some(k) => start = k,
+                None => return Ok(revision),
             }
-            items.extend(kvs);
         }
     }
 
@@ -322,20 +353,40 @@ impl Backend for EtcdBackend {
         ns: Option<&str>,
         node: Option<&str>,
     ) -> Result<RawList> {
+        let mut items = vec![];
+        let revision = self
+            .list_pages(ty, ns, node, &mut |page| {
+                items.extend(page);
+                Ok(())
+            })
+            .await?;
+        Ok(RawList { items, revision })
+    }
+
+    async fn list_pages(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        page: &mut (dyn FnMut(Vec<Value>) -> Result<()> + Send),
+    ) -> Result<String> {
         let prefix = self.scoped_prefix(ty, ns, node);
-        let (kvs, revision) = self
-            .scan(&prefix, 0)
+        let revision = self
+            .scan_pages(&prefix, 0, &mut |kvs| {
+                let mut items = Vec::with_capacity(kvs.len());
+                for kv in &kvs {
+                    let key = || Key::new(&String::from_utf8_lossy(kv.key()), None, None);
+                    items.push(self.decode(key, kv).map_err(Failed::Store)?);
+                }
+                drop(kvs);
+                page(items).map_err(Failed::Store)
+            })
             .await
-            .map_err(|e| self.err(ty.key(ns, None), e))?;
-        let mut items = Vec::with_capacity(kvs.len());
-        for kv in &kvs {
-            let key = || Key::new(&String::from_utf8_lossy(kv.key()), None, None);
-            items.push(self.decode(key, kv)?);
-        }
-        Ok(RawList {
-            items,
-            revision: revision.to_string(),
-        })
+            .map_err(|e| match e {
+                Failed::Store(e) => e,
+                Failed::Etcd(e) => self.err(ty.key(ns, None), e),
+            })?;
+        Ok(revision.to_string())
     }
 
     async fn create(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {

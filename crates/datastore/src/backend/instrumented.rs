@@ -101,6 +101,17 @@ impl<B: Backend + Clone> Backend for Instrumented<B> {
         self.inner.list(ty, ns, node).await
     }
 
+    async fn list_pages(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        page: &mut (dyn FnMut(Vec<Value>) -> Result<()> + Send),
+    ) -> Result<String> {
+        self.read();
+        self.inner.list_pages(ty, ns, node, page).await
+    }
+
     async fn create(&self, ty: &ResourceType, obj: Value) -> Result<Value> {
         self.write(|| key_of(ty, &obj))?;
         self.inner.create(ty, obj).await

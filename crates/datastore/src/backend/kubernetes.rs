@@ -140,24 +140,43 @@ impl Backend for KubernetesBackend {
         ns: Option<&str>,
         node: Option<&str>,
     ) -> Result<RawList> {
-        let api = self.api(ty, ns);
         let mut items = vec![];
+        let revision = self
+            .list_pages(ty, ns, node, &mut |page| {
+                items.extend(page);
+                Ok(())
+            })
+            .await?;
+        Ok(RawList { items, revision })
+    }
+
+    async fn list_pages(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        page: &mut (dyn FnMut(Vec<Value>) -> Result<()> + Send),
+    ) -> Result<String> {
+        let api = self.api(ty, ns);
         let mut lp = ListParams::default().limit(LIST_PAGE);
         if let Some(sel) = field_selector(ty, node) {
             lp = lp.fields(&sel);
         }
         loop {
-            let page = api
+            let list = api
                 .list(&lp)
                 .await
                 .map_err(|e| self.err(ty.key(ns, None), None, e))?;
-            let revision = page.metadata.resource_version.clone().unwrap_or_default();
-            for o in page.items {
-                items.push(to_value(|| ty.key(ns, None), o)?);
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            let revision = list.metadata.resource_version.clone().unwrap_or_default();
+            let items = list
+                .items
+                .into_iter()
+                .map(|o| to_value(|| ty.key(ns, None), o))
+                .collect::<Result<Vec<_>>>()?;
+            page(items)?;
+            match list.metadata.continue_.filter(|c| !c.is_empty()) {
                 Some(token) => lp = lp.continue_token(&token),
-                None => return Ok(RawList { items, revision }),
+                None => return Ok(revision),
             }
         }
     }

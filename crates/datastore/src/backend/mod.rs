@@ -86,6 +86,21 @@ pub trait Backend: Send + Sync + 'static {
         node: Option<&str>,
     ) -> Result<RawList>;
 
+    /// [`Backend::list`] a page at a time: `page` gets each page's objects as they arrive,
+    /// so a caller that keeps only what it makes of them never holds the whole list. Returns
+    /// the list's revision; an error from `page` ends the list with that error.
+    async fn list_pages(
+        &self,
+        ty: &ResourceType,
+        ns: Option<&str>,
+        node: Option<&str>,
+        page: &mut (dyn FnMut(Vec<Value>) -> Result<()> + Send),
+    ) -> Result<String> {
+        let list = self.list(ty, ns, node).await?;
+        page(list.items)?;
+        Ok(list.revision)
+    }
+
     /// Stores a new object; returns it as stored (resourceVersion, uid, creationTimestamp).
     async fn create(&self, ty: &ResourceType, obj: Value) -> Result<Value>;
 
