@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
@@ -325,15 +326,16 @@ pub struct Writer {
     runner: Runner,
     known: Option<HashMap<String, TableState>>,
     known_sets: Option<BTreeMap<String, Vec<IpNetwork>>>,
-    known_policy_sets: Option<HashMap<String, crate::policy::SetSpec>>,
+    known_policy_sets: Option<HashMap<String, Arc<crate::policy::SetSpec>>>,
     /// The policy set names after the last clean-up of stale ones.
     policy_set_names: Option<BTreeSet<String>>,
     /// The ipsets that exist (listed when unknown: at start, after a failed restore), so a
     /// set is created only when missing: a `create -exist` that differs from the existing
     /// set's size fails, and sets made by an older version have ipset's default size.
     existing_sets: Option<HashSet<String>>,
-    /// The `iptables-restore` input of the last sync that wrote something.
-    pub last_input: String,
+    /// The `iptables-restore` input of the last sync that wrote something (shared with the
+    /// tool that read it, not copied; dropped when the next sync begins).
+    pub last_input: Arc<String>,
     /// Successful writes so far: a read begun before one is stale ([`Writer::adopt`]).
     generation: u64,
 }
@@ -354,7 +356,7 @@ impl Writer {
             known_policy_sets: None,
             policy_set_names: None,
             existing_sets: None,
-            last_input: String::new(),
+            last_input: Arc::default(),
             generation: 0,
         }
     }
@@ -463,7 +465,7 @@ impl Writer {
     /// left for [`Writer::destroy_stale_policy_sets`], once no rule names them.
     pub fn sync_policy_sets(
         &mut self,
-        sets: &[crate::policy::SetSpec],
+        sets: &[Arc<crate::policy::SetSpec>],
     ) -> Result<usize, IptablesError> {
         let known = self.known_policy_sets.take().unwrap_or_default();
         let existing = self.existing_sets()?;
@@ -494,7 +496,7 @@ impl Writer {
         } else {
             self.existing_sets = Some(existing);
         }
-        let mut now: HashMap<String, crate::policy::SetSpec> = known;
+        let mut now: HashMap<String, Arc<crate::policy::SetSpec>> = known;
         now.retain(|name, _| sets.iter().any(|s| &s.name == name));
         for s in sets {
             now.insert(s.name.clone(), s.clone());
@@ -508,7 +510,7 @@ impl Writer {
     /// is tried again next time. Returns the names destroyed.
     pub fn destroy_stale_policy_sets(
         &mut self,
-        sets: &[crate::policy::SetSpec],
+        sets: &[Arc<crate::policy::SetSpec>],
     ) -> Result<Vec<String>, IptablesError> {
         let names: BTreeSet<&str> = sets.iter().map(|s| s.name.as_str()).collect();
         if self.policy_set_names.as_ref() == Some(&names.iter().map(|n| n.to_string()).collect()) {
@@ -569,6 +571,8 @@ impl Writer {
             report.read_time = t.elapsed();
         }
         let known = self.known.as_mut().expect("read above");
+        // The last input goes before this one is built: two of them would be twice the peak.
+        self.last_input = Arc::default();
         let mut input = String::new();
         let mut applied = vec![];
         for (table, rules) in [
@@ -578,8 +582,7 @@ impl Writer {
         ] {
             let state = known.entry(table.to_string()).or_default();
             report.rules_total += rules.rule_count();
-            if let Some(d) = diff(table, rules, state, &mut report) {
-                input.push_str(&d.text);
+            if let Some(d) = diff(table, rules, state, &mut report, &mut input) {
                 applied.push((table, d));
             }
         }
@@ -589,9 +592,10 @@ impl Writer {
         report.bytes = input.len();
         let t = Instant::now();
         let restore = self.backend.tool(self.family, "restore");
+        let input = Arc::new(input);
         let r = self
             .runner
-            .run(&[&restore, "-w", "5", "--noflush"], Some(&input));
+            .run_shared(&[&restore, "-w", "5", "--noflush"], Some(input.clone()));
         report.restore_time = t.elapsed();
         if let Err(e) = r {
             self.known = None;
@@ -671,7 +675,6 @@ fn swap_in(
 }
 
 struct Diff {
-    text: String,
     /// Chains written (name → hashes), chains deleted, built-in chains' new rule lists.
     set: Vec<(String, Vec<Option<u64>>)>,
     deleted: Vec<String>,
@@ -707,31 +710,33 @@ fn same(have: Option<&Vec<Option<u64>>>, want: &[Rule]) -> bool {
     })
 }
 
+/// What `table` needs to become `want`, appended to `out` as `iptables-restore` input
+/// (nothing when it already is).
 fn diff(
     table: &str,
     want: &TableRules,
     have: &TableState,
     report: &mut SyncReport,
+    out: &mut String,
 ) -> Option<Diff> {
     let mut decl = String::new();
-    let mut body = String::new();
     let mut tail = String::new();
     let mut d = Diff {
-        text: String::new(),
         set: vec![],
         deleted: vec![],
         jump_texts: vec![],
     };
     let wanted: std::collections::HashSet<&str> =
         want.chains.iter().map(|c| c.name.as_str()).collect();
+    // The chains to write: declared here, their rules written straight into `out` below (at
+    // 10,000 Services the rules are tens of MiB: no copy of them is made on the way).
+    let mut changed = vec![];
     for c in &want.chains {
         if same(have.chains.get(&c.name), &c.rules) {
             continue;
         }
+        changed.push(c);
         decl.push_str(&format!(":{} - [0:0]\n", c.name));
-        for r in &c.rules {
-            body.push_str(&format!("-A {} {}\n", c.name, r.text));
-        }
         report.chains_written += 1;
         report.rules_written += c.rules.len();
         d.set.push((
@@ -822,7 +827,25 @@ fn diff(
     if decl.is_empty() && edits.is_empty() {
         return None;
     }
-    d.text = format!("*{table}\n{decl}{edits}{body}{tail}COMMIT\n");
+    let body: usize = changed
+        .iter()
+        .flat_map(|c| c.rules.iter().map(|r| 5 + c.name.len() + r.text.len()))
+        .sum();
+    out.reserve(table.len() + decl.len() + edits.len() + body + tail.len() + 9);
+    out.push('*');
+    out.push_str(table);
+    out.push('\n');
+    out.push_str(&decl);
+    out.push_str(&edits);
+    for c in changed {
+        for r in &c.rules {
+            for part in ["-A ", &c.name, " ", &r.text, "\n"] {
+                out.push_str(part);
+            }
+        }
+    }
+    out.push_str(&tail);
+    out.push_str("COMMIT\n");
     Some(d)
 }
 

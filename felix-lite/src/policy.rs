@@ -26,6 +26,7 @@
 //!   egress default-deny must not make a pod unreachable at layer 2).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
 use brindle_policy::model::Protocol;
@@ -116,7 +117,9 @@ pub struct SetSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PolicyRules {
     pub filter: TableRules,
-    pub sets: Vec<SetSpec>,
+    /// Shared (not copied) by the wanted state and the writer's record of what it wrote:
+    /// a large cluster's sets hold hundreds of thousands of members.
+    pub sets: Vec<Arc<SetSpec>>,
     /// Which rules count what, for the packet counters: by rule hash.
     pub accounting: Vec<(u64, Account)>,
 }
@@ -153,7 +156,7 @@ pub fn render(prog: &Program, local: &[LocalEndpoint], ctx: &PolicyContext) -> P
 }
 
 /// One policy's chain in one direction as last rendered, with the ipBlock sets it names.
-type Rendered = (Vec<CompiledRule>, Chain, Vec<SetSpec>);
+type Rendered = (Vec<CompiledRule>, Chain, Vec<Arc<SetSpec>>);
 
 /// [`render`] that keeps each policy's chain from one call to the next and renders again
 /// only the policies whose compiled rules changed (a pod added or relabelled changes set
@@ -246,7 +249,7 @@ fn endpoints_and_sets(
 ) -> PolicyRules {
     let family = ctx.family;
     for (key, members) in &prog.selector_sets {
-        out.sets.push(SetSpec {
+        out.sets.push(Arc::new(SetSpec {
             name: selector_set(family, key),
             kind: SetKind::Net,
             members: members
@@ -254,10 +257,10 @@ fn endpoints_and_sets(
                 .filter(|ip| family.has(**ip))
                 .map(|ip| format!("{ip}/{}", family.host_len()))
                 .collect(),
-        });
+        }));
     }
     for (key, members) in &prog.named_sets {
-        out.sets.push(SetSpec {
+        out.sets.push(Arc::new(SetSpec {
             name: named_set(family, key),
             kind: SetKind::IpPort,
             members: members
@@ -265,7 +268,7 @@ fn endpoints_and_sets(
                 .filter(|(ip, _)| family.has(*ip))
                 .map(|(ip, port)| format!("{ip},{}:{port}", key.protocol.lower()))
                 .collect(),
-        });
+        }));
     }
     out.sets.sort_by(|a, b| a.name.cmp(&b.name));
     out.sets.dedup_by(|a, b| a.name == b.name);
@@ -440,7 +443,7 @@ fn rule_lines(
     ingress: bool,
     ctx: &PolicyContext,
     lines: &mut Vec<Rule>,
-    sets: &mut Vec<SetSpec>,
+    sets: &mut Vec<Arc<SetSpec>>,
 ) {
     let (peer_dir, comment) = (
         if ingress { "src" } else { "dst" },
@@ -463,11 +466,11 @@ fn rule_lines(
                         .set_name(&format!("brl40b-{}", hash16(&format!("{cidr} {except:?}"))));
                     let mut members = vec![cidr.to_string()];
                     members.extend(except.iter().map(|e| format!("{e} nomatch")));
-                    sets.push(SetSpec {
+                    sets.push(Arc::new(SetSpec {
                         name: name.clone(),
                         kind: SetKind::Net,
                         members,
-                    });
+                    }));
                     Some(format!("-m set --match-set {name} {peer_dir}"))
                 }
             })

@@ -263,7 +263,7 @@ fn the_ipv6_ruleset_is_taken_by_ip6tables_and_reads_back() {
     }
     assert!(!saved.contains("-p 4 "), "{saved}");
     // The sets are of family inet6 and hold the pods' IPv6 addresses only.
-    let names: Vec<&SetSpec> = rendered.sets.iter().collect();
+    let names: Vec<&SetSpec> = rendered.sets.iter().map(|s| &**s).collect();
     assert!(
         names.iter().all(|s| s.name.starts_with("brl60")),
         "{names:?}"

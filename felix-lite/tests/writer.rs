@@ -2,6 +2,8 @@
 //! changed chains are written, a restart writes nothing, drift inside our chains is
 //! repaired, our old jumps are removed by their text, and nobody else's rule is touched.
 
+use std::sync::Arc;
+
 use brindle_felix_lite::iptables::{Backend, Runner, Writer};
 use brindle_felix_lite::proxy::rules::{Chain, Jump, Rule, Ruleset, TableRules};
 use brindle_testsupport::Netns;
@@ -147,16 +149,16 @@ fn policy_sets_hold_excepts_and_named_ports() {
     let ns = Netns::new("brl-ps");
     let mut w = writer(&ns);
     let sets = vec![
-        SetSpec {
+        Arc::new(SetSpec {
             name: "brl40b-test".into(),
             kind: SetKind::Net,
             members: vec!["198.51.100.0/24".into(), "198.51.100.7/32 nomatch".into()],
-        },
-        SetSpec {
+        }),
+        Arc::new(SetSpec {
             name: "brl40n-test".into(),
             kind: SetKind::IpPort,
             members: vec!["10.0.0.1,tcp:8080".into(), "10.0.0.2,udp:53".into()],
-        },
+        }),
     ];
     assert_eq!(w.sync_policy_sets(&sets).unwrap(), 2);
     assert_eq!(
@@ -177,7 +179,7 @@ fn policy_sets_hold_excepts_and_named_ports() {
     // A member gone is gone after the next sync (the set is swapped whole), and only the
     // set that changed is written.
     let mut fewer = sets.clone();
-    fewer[1].members.pop();
+    Arc::make_mut(&mut fewer[1]).members.pop();
     assert_eq!(w.sync_policy_sets(&fewer).unwrap(), 1);
     assert!(!test("brl40n-test", "10.0.0.2,udp:53"));
     // A set no longer wanted is destroyed; the wanted one and anyone else's set stay.
@@ -220,11 +222,11 @@ fn a_set_of_a_hundred_thousand_members_replaces_a_default_sized_one() {
     let members: Vec<String> = (0..100_000u32)
         .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
         .collect();
-    let sets = vec![SetSpec {
+    let sets = vec![Arc::new(SetSpec {
         name: "brl40s-big".into(),
         kind: SetKind::Net,
         members,
-    }];
+    })];
     let mut w = writer(&ns);
     assert_eq!(w.sync_policy_sets(&sets).unwrap(), 1);
     let test = |member: &str| {
@@ -239,7 +241,7 @@ fn a_set_of_a_hundred_thousand_members_replaces_a_default_sized_one() {
     assert!(header.contains("maxelem 1048576"), "{header}");
     let mut again = writer(&ns);
     let mut fewer = sets.clone();
-    fewer[0].members.truncate(70_000);
+    Arc::make_mut(&mut fewer[0]).members.truncate(70_000);
     assert_eq!(again.sync_policy_sets(&fewer).unwrap(), 1);
     assert!(!test("10.1.134.159"));
     assert!(test("10.1.17.111"), "member 69,999");

@@ -14,6 +14,8 @@
 //! - CPU for 1,000 pod events on other nodes, twice: a label no policy reads changed, then a
 //!   label policies' selectors read (`tier`); and per event on its own node (`tier`); each
 //!   less the same idle time's CPU. The agent's own CPU and its tools' (iptables-restore).
+//!   The periodic read-backs of the dataplane are off (`--iptables-refresh-interval 1h`,
+//!   `--route-refresh-interval 1h`): at this size they would bury the events' cost.
 //!
 //! `BRINDLE_BENCH_SCALE` (default 1) multiplies every count (0.1 for a quick run);
 //! `BRINDLE_BENCH_BIN_DIR` runs the `brindle-node` found there instead (another build, e.g.
@@ -239,7 +241,13 @@ fn cpu_for(pid: u32, settle: Duration, work: impl FnOnce()) -> f64 {
     let (c1, t1) = (cpu(pid), Instant::now());
     work();
     std::thread::sleep(settle);
-    ((cpu(pid) - c1) - idle_rate * t1.elapsed().as_secs_f64()).max(0.0)
+    let (used, took) = (cpu(pid) - c1, t1.elapsed().as_secs_f64());
+    println!(
+        "  cpu: {used:.3} s over {took:.1} s, idle rate {:.3} s/s ({:.3} s of it)",
+        idle_rate,
+        idle_rate * took
+    );
+    (used - idle_rate * took).max(0.0)
 }
 
 fn main() {
@@ -315,8 +323,18 @@ fn main() {
 
     let sent0 = etcd_sent_bytes(&endpoint);
     let t0 = Instant::now();
-    let extra = std::env::var("BRINDLE_BENCH_AGENT_ARGS").unwrap_or_default();
-    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let given = std::env::var("BRINDLE_BENCH_AGENT_ARGS").unwrap_or_default();
+    // The lab reads the dataplane back every 3 s (its tests want drift repaired at once); at
+    // this size each read-back costs far more than the events measured here. The read-backs
+    // are off (an hour); BRINDLE_BENCH_AGENT_ARGS="--iptables-refresh-interval 30s" (the
+    // default) shows their cost in the idle rate each CPU figure prints.
+    let mut extra = vec![
+        "--iptables-refresh-interval",
+        "1h",
+        "--route-refresh-interval",
+        "1h",
+    ];
+    extra.extend(given.split_whitespace());
     lab.start_agent_with(0, &extra);
     let pid = lab.nodes[0].agent_pid().expect("agent pid");
     let log = lab.nodes[0].log();

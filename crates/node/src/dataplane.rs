@@ -5,6 +5,7 @@
 //! other flag keeps forwarding throughout and ends with one set of rules.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use brindle_felix_lite::family::Family;
@@ -141,7 +142,7 @@ pub enum Want {
     Iptables {
         ruleset: Ruleset,
         sets: BTreeMap<String, Vec<IpNetwork>>,
-        policy_sets: Option<Vec<SetSpec>>,
+        policy_sets: Option<Vec<Arc<SetSpec>>>,
     },
     Nftables(nft::Table),
 }
