@@ -102,7 +102,7 @@ fn world(size: &Size) -> (World, Vec<Pod>) {
 
 fn local(pods: &[Pod]) -> Vec<LocalEndpoint> {
     pods.iter()
-        .filter(|p| p.node == "me")
+        .filter(|p| &*p.node == "me")
         .enumerate()
         .map(|(i, p)| LocalEndpoint {
             veth: format!("brl{i:011}"),

@@ -132,7 +132,7 @@ async fn world(store: &Store) -> Result<(World, Vec<Pod>, Vec<String>), Failure>
         let pod = brindle_policy::pod(&p);
         // A namespace the datastore has no object for (etcd mode) still has its name label.
         w.namespaces
-            .entry(pod.namespace.clone())
+            .entry(pod.namespace.to_string())
             .or_insert_with(|| Namespace::new(&pod.namespace, &[]));
         pods.push(pod);
     }
@@ -152,7 +152,7 @@ fn end<'a>(what: &str, pods: &'a [Pod], v6: bool) -> Result<End<'a>, Failure> {
     };
     let pod = pods
         .iter()
-        .find(|p| p.namespace == ns && p.name == name)
+        .find(|p| &*p.namespace == ns && p.name == name)
         .ok_or_else(|| Failure::Error(anyhow::anyhow!("no pod {ns}/{name}")))?;
     let ip = pod
         .ips

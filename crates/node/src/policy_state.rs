@@ -421,7 +421,7 @@ impl PolicyState {
         // name the CNI plugin gives a pod's eth0 veth, so that its ADD finds them written
         // and waits only for its address to enter the sets.
         for (k, p) in &self.pods {
-            if p.node != self.node || p.host_network || p.finished {
+            if *p.node != *self.node || p.host_network || p.finished {
                 continue;
             }
             let veth = host_veth_name(&ctx.workload_prefix, &p.namespace, &p.name);
@@ -441,9 +441,9 @@ impl PolicyState {
         };
         for p in self.pods.values() {
             // A namespace the datastore has no object for (etcd mode) still has its name.
-            if !world.namespaces.contains_key(&p.namespace) {
+            if !world.namespaces.contains_key(&*p.namespace) {
                 let n = Namespace::new(&p.namespace, &[]);
-                world.namespaces.insert(p.namespace.clone(), n);
+                world.namespaces.insert(p.namespace.to_string(), n);
             }
         }
         world.policies = self.policies.values().cloned().collect();
@@ -458,7 +458,7 @@ impl PolicyState {
             .filter_map(|e| e.pod.as_deref()?.split_once('/'))
             .collect();
         let prog = Program::compile_for(&world, &pods, |p| {
-            chained.contains(&(p.namespace.as_str(), p.name.as_str()))
+            chained.contains(&(&*p.namespace, p.name.as_str()))
         });
         // What --log-denied names: each pod interface with chains (pre-written ones too).
         self.isolation = endpoints

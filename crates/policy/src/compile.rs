@@ -170,7 +170,7 @@ impl Program {
         // a policy only at its own (cost follows what matches, not policies × pods).
         let mut by_ns: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, pod) in pods.iter().enumerate().filter(|(_, p)| !p.host_network) {
-            by_ns.entry(pod.namespace.as_str()).or_default().push(i);
+            by_ns.entry(&*pod.namespace).or_default().push(i);
         }
         let in_ns = |ns: &str| by_ns.get(ns).into_iter().flatten().map(|i| pods[*i]);
         for (key, (namespaces, sel, own)) in &selectors {
@@ -201,7 +201,7 @@ impl Program {
                 .flat_map(|pod| {
                     pod.ports
                         .iter()
-                        .filter(|n| n.name == k.name && n.protocol == k.protocol)
+                        .filter(|n| *n.name == *k.name && n.protocol == k.protocol)
                         .flat_map(|n| pod.ips.iter().map(move |ip| (*ip, n.port)))
                 })
                 .collect();

@@ -13,6 +13,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, Network
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use crate::labels::intern;
 use crate::model::{
     Expr, NamedPort, Namespace, Namespaces, Peer, Pod, Policy, Port, Protocol, Rule, Selector,
     NAMESPACE_NAME_LABEL,
@@ -47,20 +48,22 @@ pub fn policy(np: &NetworkPolicy) -> Result<Policy, Invalid> {
 /// network, its named container ports, and its addresses (`status.podIPs`, else `podIP`;
 /// none once it has finished: a Succeeded or Failed pod's address may already be another's).
 pub fn pod(p: &KubePod) -> Pod {
-    let spec = p.spec.clone().unwrap_or_default();
-    let status = p.status.clone().unwrap_or_default();
-    let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+    let spec = p.spec.as_ref();
+    let status = p.status.as_ref();
+    let finished = matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    );
     let mut ips: Vec<IpAddr> = status
-        .pod_ips
-        .iter()
+        .and_then(|s| s.pod_ips.as_ref())
+        .into_iter()
         .flatten()
         .filter_map(|i| i.ip.parse().ok())
         .collect();
     if ips.is_empty() {
         ips.extend(
             status
-                .pod_ip
-                .as_deref()
+                .and_then(|s| s.pod_ip.as_deref())
                 .and_then(|i| i.parse::<IpAddr>().ok()),
         );
     }
@@ -68,26 +71,32 @@ pub fn pod(p: &KubePod) -> Pod {
         ips.clear();
     }
     let ports = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
+        .into_iter()
+        .flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten())
+        })
         .flat_map(|c| c.ports.iter().flatten())
         .filter_map(|cp| {
             Some(NamedPort {
-                name: cp.name.clone()?,
+                name: intern(cp.name.as_deref()?),
                 protocol: Protocol::parse(cp.protocol.as_deref().unwrap_or("TCP"))?,
                 port: u16::try_from(cp.container_port).ok()?,
             })
         })
         .collect();
     Pod {
-        namespace: p.metadata.namespace.clone().unwrap_or_default(),
+        namespace: intern(p.metadata.namespace.as_deref().unwrap_or_default()),
         name: p.metadata.name.clone().unwrap_or_default(),
         labels: p.metadata.labels.iter().flatten().collect(),
         ips,
         ports,
-        host_network: spec.host_network.unwrap_or(false),
-        node: spec.node_name.unwrap_or_default(),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        node: intern(
+            spec.and_then(|s| s.node_name.as_deref())
+                .unwrap_or_default(),
+        ),
         finished,
     }
 }

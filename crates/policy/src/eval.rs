@@ -146,10 +146,10 @@ impl World {
                     return false;
                 };
                 let ns_ok = match namespaces {
-                    Namespaces::Own => pod.namespace == p.namespace,
+                    Namespaces::Own => *pod.namespace == *p.namespace,
                     Namespaces::Matching(sel) => self
                         .namespaces
-                        .get(&pod.namespace)
+                        .get(&*pod.namespace)
                         .is_some_and(|n| sel.matches(&n.labels)),
                 };
                 ns_ok && pods.matches(&pod.labels)
@@ -174,7 +174,7 @@ pub fn port_matches(x: &Port, dest: Option<&Pod>, protocol: Protocol, port: u16)
                 && dest.filter(|d| !d.host_network).is_some_and(|d| {
                     d.ports
                         .iter()
-                        .any(|n| n.name == *name && n.protocol == protocol && n.port == port)
+                        .any(|n| *n.name == **name && n.protocol == protocol && n.port == port)
                 })
         }
     }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
@@ -188,28 +189,30 @@ impl Policy {
 
     /// Whether the policy applies to this pod.
     pub fn selects(&self, pod: &Pod) -> bool {
-        !pod.host_network && pod.namespace == self.namespace && self.pods.matches(&pod.labels)
+        !pod.host_network && *pod.namespace == *self.namespace && self.pods.matches(&pod.labels)
     }
 }
 
 /// A container port a named port can resolve to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedPort {
-    pub name: String,
+    pub name: Arc<str>,
     pub protocol: Protocol,
     pub port: u16,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Namespace, node and port names are shared strings ([`crate::labels::intern`]): every pod
+/// of the cluster is held by each agent, and these repeat over all of them.
 pub struct Pod {
-    pub namespace: String,
+    pub namespace: Arc<str>,
     pub name: String,
     pub labels: Labels,
     pub ips: Vec<IpAddr>,
     pub ports: Vec<NamedPort>,
     /// On the node's network: not a workload, no policy applies to it.
     pub host_network: bool,
-    pub node: String,
+    pub node: Arc<str>,
     /// Succeeded or Failed: its containers are gone (no addresses, no interface).
     pub finished: bool,
 }

@@ -26,7 +26,7 @@ fn pod(ns: &str, name: &str) -> Pod {
             (Protocol::Sctp, "sctp"),
         ] {
             ports.push(NamedPort {
-                name: format!("serve-{port}-{tag}"),
+                name: format!("serve-{port}-{tag}").into(),
                 protocol: proto,
                 port,
             });
@@ -228,9 +228,9 @@ fn named_ports_resolve_per_destination_pod_with_their_protocol() {
     let b = m
         .pods
         .iter_mut()
-        .find(|p| p.namespace == "x" && p.name == "b")
+        .find(|p| &*p.namespace == "x" && p.name == "b")
         .unwrap();
-    b.ports.retain(|p| p.name != "serve-81-udp");
+    b.ports.retain(|p| &*p.name != "serve-81-udp");
     assert!(!m.conn("y/a", "x/b", Protocol::Udp, 81).allowed());
 }
 
