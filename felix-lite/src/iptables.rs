@@ -485,7 +485,7 @@ impl Writer {
                 &s.name,
                 kind,
                 self.family,
-                s.members.iter().cloned(),
+                s.members.iter(),
             );
             names.push(s.name.clone());
         }
@@ -653,7 +653,7 @@ fn swap_in(
     name: &str,
     kind: &str,
     family: Family,
-    members: impl Iterator<Item = String>,
+    members: impl Iterator<Item = impl std::fmt::Display>,
 ) {
     let tmp = format!("{}-tmp", &name[..name.len().min(27)]);
     let f = family.ipset_family();

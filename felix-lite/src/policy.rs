@@ -30,6 +30,8 @@ use std::sync::Arc;
 
 use brindle_policy::compile::{CompiledRule, PeerMatch, PortMatch, Program};
 use brindle_policy::model::Protocol;
+use ipnetwork::IpNetwork;
+use std::net::IpAddr;
 
 use crate::family::Family;
 use crate::proxy::rules::{
@@ -111,7 +113,38 @@ pub enum SetKind {
 pub struct SetSpec {
     pub name: String,
     pub kind: SetKind,
-    pub members: Vec<String>,
+    pub members: Vec<Member>,
+}
+
+/// One member of a policy set, written as `ipset restore` spells it. Kept as data, not
+/// text: a large cluster's sets hold hundreds of thousands of members, each a few bytes
+/// here and several times that as a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Member {
+    /// `a.b.c.d/n` (`hash:net`).
+    Net(IpNetwork),
+    /// `a.b.c.d/n nomatch` (`hash:net`): an ipBlock's except.
+    NoMatch(IpNetwork),
+    /// `a.b.c.d,tcp:80` (`hash:ip,port`).
+    IpPort(IpAddr, Protocol, u16),
+}
+
+impl Member {
+    /// A single address as a `hash:net` member (`/32`, `/128`).
+    pub fn host(ip: IpAddr) -> Member {
+        let len = if ip.is_ipv4() { 32 } else { 128 };
+        Member::Net(IpNetwork::new(ip, len).expect("a host prefix length is valid"))
+    }
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Member::Net(n) => write!(f, "{n}"),
+            Member::NoMatch(n) => write!(f, "{n} nomatch"),
+            Member::IpPort(ip, proto, port) => write!(f, "{ip},{}:{port}", proto.lower()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -255,7 +288,7 @@ fn endpoints_and_sets(
             members: members
                 .iter()
                 .filter(|ip| family.has(**ip))
-                .map(|ip| format!("{ip}/{}", family.host_len()))
+                .map(|ip| Member::host(*ip))
                 .collect(),
         }));
     }
@@ -266,7 +299,7 @@ fn endpoints_and_sets(
             members: members
                 .iter()
                 .filter(|(ip, _)| family.has(*ip))
-                .map(|(ip, port)| format!("{ip},{}:{port}", key.protocol.lower()))
+                .map(|(ip, port)| Member::IpPort(*ip, key.protocol, *port))
                 .collect(),
         }));
     }
@@ -464,8 +497,8 @@ fn rule_lines(
                     let name = ctx
                         .family
                         .set_name(&format!("brl40b-{}", hash16(&format!("{cidr} {except:?}"))));
-                    let mut members = vec![cidr.to_string()];
-                    members.extend(except.iter().map(|e| format!("{e} nomatch")));
+                    let mut members = vec![Member::Net(*cidr)];
+                    members.extend(except.iter().map(|e| Member::NoMatch(*e)));
                     sets.push(Arc::new(SetSpec {
                         name: name.clone(),
                         kind: SetKind::Net,
@@ -785,14 +818,22 @@ pub(crate) mod tests {
         // Sets: b's address for the selector, the block with its except as nomatch, the
         // named port as ip,proto:port.
         let set = |prefix: &str| r.sets.iter().find(|s| s.name.starts_with(prefix)).unwrap();
-        assert_eq!(set("brl40s-").members, vec!["10.0.0.2/32"]);
+        // As ipset restore is given them.
+        let members = |prefix: &str| -> Vec<String> {
+            set(prefix)
+                .members
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(members("brl40s-"), vec!["10.0.0.2/32"]);
         assert_eq!(
-            set("brl40b-").members,
+            members("brl40b-"),
             vec!["198.51.100.0/24", "198.51.100.7/32 nomatch"]
         );
         assert_eq!(set("brl40n-").kind, SetKind::IpPort);
         assert_eq!(
-            set("brl40n-").members,
+            members("brl40n-"),
             vec!["10.0.0.1,tcp:8080", "10.0.0.2,tcp:8080"]
         );
         // --log-denied: the isolated direction logs (limited) just before its drop; the

@@ -145,19 +145,26 @@ fn writes_only_what_changed_and_never_touches_others() {
 /// (the block matches around it), a named port is an address, protocol and port.
 #[test]
 fn policy_sets_hold_excepts_and_named_ports() {
-    use brindle_felix_lite::policy::{SetKind, SetSpec};
+    use brindle_felix_lite::policy::{Member, SetKind, SetSpec};
+    use brindle_policy::Protocol;
     let ns = Netns::new("brl-ps");
     let mut w = writer(&ns);
     let sets = vec![
         Arc::new(SetSpec {
             name: "brl40b-test".into(),
             kind: SetKind::Net,
-            members: vec!["198.51.100.0/24".into(), "198.51.100.7/32 nomatch".into()],
+            members: vec![
+                Member::Net("198.51.100.0/24".parse().unwrap()),
+                Member::NoMatch("198.51.100.7/32".parse().unwrap()),
+            ],
         }),
         Arc::new(SetSpec {
             name: "brl40n-test".into(),
             kind: SetKind::IpPort,
-            members: vec!["10.0.0.1,tcp:8080".into(), "10.0.0.2,udp:53".into()],
+            members: vec![
+                Member::IpPort("10.0.0.1".parse().unwrap(), Protocol::Tcp, 8080),
+                Member::IpPort("10.0.0.2".parse().unwrap(), Protocol::Udp, 53),
+            ],
         }),
     ];
     assert_eq!(w.sync_policy_sets(&sets).unwrap(), 2);
@@ -208,7 +215,7 @@ fn policy_sets_hold_excepts_and_named_ports() {
 /// restart (a new writer) nothing is created twice.
 #[test]
 fn a_set_of_a_hundred_thousand_members_replaces_a_default_sized_one() {
-    use brindle_felix_lite::policy::{SetKind, SetSpec};
+    use brindle_felix_lite::policy::{Member, SetKind, SetSpec};
     let ns = Netns::new("brl-big");
     ns.ok(&[
         "ipset",
@@ -219,8 +226,8 @@ fn a_set_of_a_hundred_thousand_members_replaces_a_default_sized_one() {
         "inet",
     ]);
     ns.ok(&["ipset", "add", "brl40s-big", "192.0.2.1"]);
-    let members: Vec<String> = (0..100_000u32)
-        .map(|i| format!("{}/32", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+    let members: Vec<Member> = (0..100_000u32)
+        .map(|i| Member::host(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()))
         .collect();
     let sets = vec![Arc::new(SetSpec {
         name: "brl40s-big".into(),
