@@ -112,13 +112,15 @@ fn local(pods: &[Pod]) -> Vec<LocalEndpoint> {
 }
 
 fn writer(ns: &Netns) -> Writer {
-    Writer::new(
+    let mut w = Writer::new(
         Backend::Legacy,
         Runner {
             prefix: vec!["ip".into(), "netns".into(), "exec".into(), ns.name().into()],
             ..Default::default()
         },
-    )
+    );
+    w.keep_input = true; // replayed through raw iptables-restore for the floor
+    w
 }
 
 fn run(ns: &Netns, argv: &[&str], stdin: &str) -> Duration {

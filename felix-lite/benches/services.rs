@@ -247,6 +247,7 @@ fn one_run_iptables(n: usize, backend: Backend) -> Run {
             ..Default::default()
         },
     );
+    w.keep_input = true; // replayed through raw iptables-restore for the floor
     let svcs: Vec<ServicePort> = (0..n).map(|i| service(i, 0)).collect();
     // Full sync: render everything, assemble, read the (empty) tables, restore.
     let t = Instant::now();

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ipnetwork::IpNetwork;
 
 use crate::family::Family;
-use crate::proxy::rules::{Rule, Ruleset, TableRules, CHAIN_PREFIX, TAG};
+use crate::proxy::rules::{Chain, Rule, Ruleset, TableRules, CHAIN_PREFIX, TAG};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -76,6 +76,17 @@ impl Default for Runner {
     }
 }
 
+/// Writes a tool's standard input.
+pub(crate) type Feed<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + 'a>;
+
+/// What a tool reads on its standard input.
+pub(crate) enum Input<'a> {
+    None,
+    /// Written on a thread of its own while the tool reads it: a large transaction is
+    /// generated into the pipe, never held whole.
+    Fed(Feed<'a>),
+}
+
 impl Runner {
     /// The network namespace the prefix runs commands in: None for this process's own,
     /// `ip netns exec NAME` → NAME; an error for any other prefix (it cannot be told).
@@ -92,14 +103,29 @@ impl Runner {
     }
 
     pub(crate) fn run(&self, argv: &[&str], stdin: Option<&str>) -> Result<String, IptablesError> {
-        self.run_shared(argv, stdin.map(|s| std::sync::Arc::new(s.to_owned())))
+        match stdin {
+            Some(s) => self.run_shared(argv, Arc::new(s.to_owned())),
+            None => self.run_input(argv, Input::None),
+        }
     }
 
     /// [`Runner::run`] with input the caller keeps too (a large transaction is not copied).
     pub(crate) fn run_shared(
         &self,
         argv: &[&str],
-        stdin: Option<std::sync::Arc<String>>,
+        stdin: Arc<String>,
+    ) -> Result<String, IptablesError> {
+        self.run_input(
+            argv,
+            Input::Fed(Box::new(move |w| w.write_all(stdin.as_bytes()))),
+        )
+    }
+
+    /// Runs `argv` with `stdin`; a [`Input::Fed`] input is written while the tool reads it.
+    pub(crate) fn run_input(
+        &self,
+        argv: &[&str],
+        stdin: Input<'_>,
     ) -> Result<String, IptablesError> {
         let all: Vec<&str> = self
             .prefix
@@ -110,10 +136,9 @@ impl Runner {
         let cmd = argv.join(" ");
         let mut c = Command::new(all[0]);
         c.args(&all[1..])
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
+            .stdin(match stdin {
+                Input::None => Stdio::null(),
+                Input::Fed(_) => Stdio::piped(),
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -123,15 +148,22 @@ impl Runner {
         })?;
         // The pipes are fed and drained by threads of their own, so that a tool that stops
         // reading or writing cannot hold this one past the deadline.
-        let feed = match (stdin, child.stdin.take()) {
-            (Some(text), Some(mut w)) => {
-                // A failed write shows up as the tool's error below.
-                Some(std::thread::spawn(move || {
-                    let _ = w.write_all(text.as_bytes());
-                }))
+        let pipe = child.stdin.take();
+        std::thread::scope(|scope| {
+            if let (Input::Fed(feed), Some(w)) = (stdin, pipe) {
+                // A failed write shows up as the tool's error (or its timeout); a tool
+                // killed at the deadline closes the pipe, which ends the feed.
+                scope.spawn(move || {
+                    let mut w = std::io::BufWriter::with_capacity(1 << 16, w);
+                    let _ = feed(&mut w).and_then(|()| w.flush());
+                });
             }
-            _ => None,
-        };
+            self.wait(child, cmd)
+        })
+    }
+
+    /// Drains the tool's output and waits for it, killing it at the deadline.
+    fn wait(&self, mut child: std::process::Child, cmd: String) -> Result<String, IptablesError> {
         let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
@@ -164,9 +196,6 @@ impl Runner {
                 Err(source) => return Err(IptablesError::Spawn { cmd, source }),
             }
         };
-        if let Some(f) = feed {
-            let _ = f.join();
-        }
         let stdout = out.join().unwrap_or_default();
         let stderr = err.join().unwrap_or_default();
         if !status.success() {
@@ -333,8 +362,10 @@ pub struct Writer {
     /// set is created only when missing: a `create -exist` that differs from the existing
     /// set's size fails, and sets made by an older version have ipset's default size.
     existing_sets: Option<HashSet<String>>,
-    /// The `iptables-restore` input of the last sync that wrote something (shared with the
-    /// tool that read it, not copied; dropped when the next sync begins).
+    /// Keep each sync's `iptables-restore` input in [`Writer::last_input`] (tests and
+    /// benchmarks read it). Off, the input is generated straight into the tool's pipe.
+    pub keep_input: bool,
+    /// With `keep_input`: the input of the last sync that wrote something.
     pub last_input: Arc<String>,
     /// Successful writes so far: a read begun before one is stale ([`Writer::adopt`]).
     generation: u64,
@@ -356,6 +387,7 @@ impl Writer {
             known_policy_sets: None,
             policy_set_names: None,
             existing_sets: None,
+            keep_input: false,
             last_input: Arc::default(),
             generation: 0,
         }
@@ -571,31 +603,54 @@ impl Writer {
             report.read_time = t.elapsed();
         }
         let known = self.known.as_mut().expect("read above");
-        // The last input goes before this one is built: two of them would be twice the peak.
+        // The last input goes before this one is made: two of them would be twice the peak.
         self.last_input = Arc::default();
-        let mut input = String::new();
-        let mut applied = vec![];
-        for (table, rules) in [
+        let tables = [
             ("raw", &want.raw),
             ("nat", &want.nat),
             ("filter", &want.filter),
-        ] {
+        ];
+        // What changes, and how many bytes say so (the text itself is kept only on request;
+        // otherwise it is generated again into the tool's pipe, never held whole: at 10,000
+        // Services it is tens of MiB).
+        let mut first = Tally {
+            bytes: 0,
+            text: self.keep_input.then(Vec::new),
+        };
+        let mut applied = vec![];
+        for (table, rules) in tables {
             let state = known.entry(table.to_string()).or_default();
             report.rules_total += rules.rule_count();
-            if let Some(d) = diff(table, rules, state, &mut report, &mut input) {
+            if let Some(d) = diff(table, rules, state, &mut report, &mut first) {
                 applied.push((table, d));
             }
         }
-        if input.is_empty() {
+        if applied.is_empty() {
             return Ok(report);
         }
-        report.bytes = input.len();
+        report.bytes = first.bytes;
         let t = Instant::now();
         let restore = self.backend.tool(self.family, "restore");
-        let input = Arc::new(input);
-        let r = self
-            .runner
-            .run_shared(&[&restore, "-w", "5", "--noflush"], Some(input.clone()));
+        let argv = [restore.as_str(), "-w", "5", "--noflush"];
+        let kept = first
+            .text
+            .map(|t| Arc::new(String::from_utf8_lossy(&t).into_owned()));
+        let r = match &kept {
+            Some(text) => self.runner.run_shared(&argv, text.clone()),
+            None => {
+                let have: &HashMap<String, TableState> = known;
+                let feed = move |w: &mut dyn Write| {
+                    let mut again = SyncReport::default();
+                    for (table, rules) in tables {
+                        if let Some(state) = have.get(table) {
+                            diff(table, rules, state, &mut again, w);
+                        }
+                    }
+                    Ok(())
+                };
+                self.runner.run_input(&argv, Input::Fed(Box::new(feed)))
+            }
+        };
         report.restore_time = t.elapsed();
         if let Err(e) = r {
             self.known = None;
@@ -606,8 +661,28 @@ impl Writer {
             d.apply(state);
         }
         self.generation += 1;
-        self.last_input = input;
+        self.last_input = kept.unwrap_or_default();
         Ok(report)
+    }
+}
+
+/// Counts what [`diff`] writes, keeping the text only when asked.
+struct Tally {
+    bytes: usize,
+    text: Option<Vec<u8>>,
+}
+
+impl Write for Tally {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.bytes += buf.len();
+        if let Some(t) = &mut self.text {
+            t.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -710,14 +785,14 @@ fn same(have: Option<&Vec<Option<u64>>>, want: &[Rule]) -> bool {
     })
 }
 
-/// What `table` needs to become `want`, appended to `out` as `iptables-restore` input
-/// (nothing when it already is).
+/// What `table` needs to become `want`, written to `out` as `iptables-restore` input
+/// (nothing when it already is). A failed write (the tool is gone) is the tool's error.
 fn diff(
     table: &str,
     want: &TableRules,
     have: &TableState,
     report: &mut SyncReport,
-    out: &mut String,
+    out: &mut dyn Write,
 ) -> Option<Diff> {
     let mut decl = String::new();
     let mut tail = String::new();
@@ -827,26 +902,30 @@ fn diff(
     if decl.is_empty() && edits.is_empty() {
         return None;
     }
-    let body: usize = changed
-        .iter()
-        .flat_map(|c| c.rules.iter().map(|r| 5 + c.name.len() + r.text.len()))
-        .sum();
-    out.reserve(table.len() + decl.len() + edits.len() + body + tail.len() + 9);
-    out.push('*');
-    out.push_str(table);
-    out.push('\n');
-    out.push_str(&decl);
-    out.push_str(&edits);
+    let _ = write_table(out, table, &decl, &edits, &changed, &tail);
+    Some(d)
+}
+
+fn write_table(
+    out: &mut dyn Write,
+    table: &str,
+    decl: &str,
+    edits: &str,
+    changed: &[&Chain],
+    tail: &str,
+) -> std::io::Result<()> {
+    for part in ["*", table, "\n", decl, edits] {
+        out.write_all(part.as_bytes())?;
+    }
     for c in changed {
         for r in &c.rules {
             for part in ["-A ", &c.name, " ", &r.text, "\n"] {
-                out.push_str(part);
+                out.write_all(part.as_bytes())?;
             }
         }
     }
-    out.push_str(&tail);
-    out.push_str("COMMIT\n");
-    Some(d)
+    out.write_all(tail.as_bytes())?;
+    out.write_all(b"COMMIT\n")
 }
 
 #[cfg(test)]

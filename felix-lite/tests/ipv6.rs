@@ -235,6 +235,7 @@ fn the_ipv6_ruleset_is_taken_by_ip6tables_and_reads_back() {
     let mut ruleset = rules::assemble_family(Family::V6, &ctx(), &guard(), &svcs);
     merge(&mut ruleset, &rendered);
     let mut wr = IptWriter::for_family(Backend::Legacy, Family::V6, runner(&ns));
+    wr.keep_input = true;
     wr.sync_sets(&sets6()).expect("pool sets");
     wr.sync_policy_sets(&rendered.sets).expect("policy sets");
     wr.sync(&ruleset).expect("ip6tables-restore");

@@ -356,9 +356,7 @@ impl Writer {
             }
         }
         let text = std::sync::Arc::new(text);
-        let r = self
-            .runner
-            .run_shared(&["nft", "-f", "-"], Some(text.clone()));
+        let r = self.runner.run_shared(&["nft", "-f", "-"], text.clone());
         if let Some(e) = refused {
             match &r {
                 Ok(_) => {
