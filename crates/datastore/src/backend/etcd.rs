@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{
-    check_distinct, meta, spawn_watch, txn_failure, Backend, Ended, Follow, RawEvent, RawList,
-    RawWatch, TxnWrite,
+    check_distinct, meta, spawn_watch, txn_failure, Backend, Ended, Follow, RawEvent, RawWatch,
+    TxnWrite,
 };
 use crate::{Key, ResourceType, Result, StoreError};
 
@@ -345,22 +345,6 @@ impl Backend for EtcdBackend {
             .first()
             .map(|kv| self.decode(key, kv))
             .transpose()
-    }
-
-    async fn list(
-        &self,
-        ty: &ResourceType,
-        ns: Option<&str>,
-        node: Option<&str>,
-    ) -> Result<RawList> {
-        let mut items = vec![];
-        let revision = self
-            .list_pages(ty, ns, node, &mut |page| {
-                items.extend(page);
-                Ok(())
-            })
-            .await?;
-        Ok(RawList { items, revision })
     }
 
     async fn list_pages(

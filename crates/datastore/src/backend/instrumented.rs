@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::Value;
 
-use super::{Backend, RawList, RawWatch, TxnWrite};
+use super::{Backend, RawWatch, TxnWrite};
 use crate::{Key, ResourceType, Result, StoreError};
 
 #[derive(Default)]
@@ -89,16 +89,6 @@ impl<B: Backend + Clone> Backend for Instrumented<B> {
     async fn get(&self, ty: &ResourceType, ns: Option<&str>, name: &str) -> Result<Option<Value>> {
         self.read();
         self.inner.get(ty, ns, name).await
-    }
-
-    async fn list(
-        &self,
-        ty: &ResourceType,
-        ns: Option<&str>,
-        node: Option<&str>,
-    ) -> Result<RawList> {
-        self.read();
-        self.inner.list(ty, ns, node).await
     }
 
     async fn list_pages(

@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use super::{meta, spawn_watch, Backend, Ended, Follow, RawEvent, RawList, RawWatch};
+use super::{meta, spawn_watch, Backend, Ended, Follow, RawEvent, RawWatch};
 use crate::{Key, ResourceType, Result, StoreError};
 
 const NAME: &str = "kubernetes";
@@ -132,22 +132,6 @@ impl Backend for KubernetesBackend {
             Ok(None) => Ok(None),
             Err(e) => Err(self.err(key(), None, e)),
         }
-    }
-
-    async fn list(
-        &self,
-        ty: &ResourceType,
-        ns: Option<&str>,
-        node: Option<&str>,
-    ) -> Result<RawList> {
-        let mut items = vec![];
-        let revision = self
-            .list_pages(ty, ns, node, &mut |page| {
-                items.extend(page);
-                Ok(())
-            })
-            .await?;
-        Ok(RawList { items, revision })
     }
 
     async fn list_pages(

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::{check_distinct, meta, txn_failure, Backend, RawEvent, RawList, RawWatch, TxnWrite};
+use super::{check_distinct, meta, txn_failure, Backend, RawEvent, RawWatch, TxnWrite};
 use crate::{Key, ResourceType, Result, StoreError};
 
 const NAME: &str = "memory";
@@ -187,25 +187,28 @@ impl Backend for MemoryBackend {
         Ok(inner.objects.get(&path(ty, ns, name)).cloned())
     }
 
-    async fn list(
+    /// One page: the whole list (held in memory anyway).
+    async fn list_pages(
         &self,
         ty: &ResourceType,
         ns: Option<&str>,
         node: Option<&str>,
-    ) -> Result<RawList> {
-        let inner = self.lock_available(|| ty.key(ns, None))?;
-        let p = prefix(ty, ns);
-        let items = inner
-            .objects
-            .range(p.clone()..)
-            .take_while(|(k, _)| k.starts_with(&p))
-            .filter(|(_, v)| node.is_none() || meta::node(ty, v) == node)
-            .map(|(_, v)| v.clone())
-            .collect();
-        Ok(RawList {
-            items,
-            revision: inner.revision.to_string(),
-        })
+        page: &mut (dyn FnMut(Vec<Value>) -> Result<()> + Send),
+    ) -> Result<String> {
+        let (items, revision) = {
+            let inner = self.lock_available(|| ty.key(ns, None))?;
+            let p = prefix(ty, ns);
+            let items = inner
+                .objects
+                .range(p.clone()..)
+                .take_while(|(k, _)| k.starts_with(&p))
+                .filter(|(_, v)| node.is_none() || meta::node(ty, v) == node)
+                .map(|(_, v)| v.clone())
+                .collect();
+            (items, inner.revision.to_string())
+        };
+        page(items)?;
+        Ok(revision)
     }
 
     async fn create(&self, ty: &ResourceType, mut obj: Value) -> Result<Value> {

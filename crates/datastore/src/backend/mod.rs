@@ -84,7 +84,16 @@ pub trait Backend: Send + Sync + 'static {
         ty: &ResourceType,
         ns: Option<&str>,
         node: Option<&str>,
-    ) -> Result<RawList>;
+    ) -> Result<RawList> {
+        let mut items = vec![];
+        let revision = self
+            .list_pages(ty, ns, node, &mut |page| {
+                items.extend(page);
+                Ok(())
+            })
+            .await?;
+        Ok(RawList { items, revision })
+    }
 
     /// [`Backend::list`] a page at a time: `page` gets each page's objects as they arrive,
     /// so a caller that keeps only what it makes of them never holds the whole list. Returns
@@ -95,11 +104,7 @@ pub trait Backend: Send + Sync + 'static {
         ns: Option<&str>,
         node: Option<&str>,
         page: &mut (dyn FnMut(Vec<Value>) -> Result<()> + Send),
-    ) -> Result<String> {
-        let list = self.list(ty, ns, node).await?;
-        page(list.items)?;
-        Ok(list.revision)
-    }
+    ) -> Result<String>;
 
     /// Stores a new object; returns it as stored (resourceVersion, uid, creationTimestamp).
     async fn create(&self, ty: &ResourceType, obj: Value) -> Result<Value>;
