@@ -79,6 +79,55 @@ impl Default for Runner {
 /// Writes a tool's standard input.
 pub(crate) type Feed<'a> = Box<dyn FnOnce(&mut dyn Write) -> std::io::Result<()> + Send + 'a>;
 
+/// A tool's standard input, written without blocking past `until` (non-blocking, waiting in
+/// `poll`): a write that cannot go on by then fails with `TimedOut`.
+struct BoundedPipe {
+    pipe: std::process::ChildStdin,
+    until: Instant,
+}
+
+impl BoundedPipe {
+    fn new(pipe: std::process::ChildStdin, until: Instant) -> BoundedPipe {
+        use nix::fcntl::{fcntl, FcntlArg, OFlag};
+        // Should this fail, the writes block as a plain pipe's would (no bound, no loss).
+        let _ = fcntl(&pipe, FcntlArg::F_GETFL).and_then(|f| {
+            let flags = OFlag::from_bits_truncate(f) | OFlag::O_NONBLOCK;
+            fcntl(&pipe, FcntlArg::F_SETFL(flags))
+        });
+        BoundedPipe { pipe, until }
+    }
+}
+
+impl Write for BoundedPipe {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsFd;
+        loop {
+            match self.pipe.write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                done => return done,
+            }
+            let left = self.until.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if ms == 0 {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            let mut fds = [nix::poll::PollFd::new(
+                self.pipe.as_fd(),
+                nix::poll::PollFlags::POLLOUT,
+            )];
+            match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What a tool reads on its standard input.
 pub(crate) enum Input<'a> {
     None,
@@ -148,12 +197,15 @@ impl Runner {
         })?;
         // The pipes are fed and drained by threads of their own, so that a tool that stops
         // reading or writing cannot hold this one past the deadline.
+        let until = Instant::now() + self.deadline;
         let pipe = child.stdin.take();
         std::thread::scope(|scope| {
-            if let (Input::Fed(feed), Some(w)) = (stdin, pipe) {
-                // A failed write shows up as the tool's error (or its timeout); a tool
-                // killed at the deadline closes the pipe, which ends the feed.
+            if let (Input::Fed(feed), Some(pipe)) = (stdin, pipe) {
+                // A failed write shows up as the tool's error (or its timeout). The feed
+                // gives up at the deadline even when something else holds the pipe open (a
+                // child the tool started), so the scope never waits past it.
                 scope.spawn(move || {
+                    let w = BoundedPipe::new(pipe, until);
                     let mut w = std::io::BufWriter::with_capacity(1 << 16, w);
                     let _ = feed(&mut w).and_then(|()| w.flush());
                 });
@@ -603,8 +655,6 @@ impl Writer {
             report.read_time = t.elapsed();
         }
         let known = self.known.as_mut().expect("read above");
-        // The last input goes before this one is made: two of them would be twice the peak.
-        self.last_input = Arc::default();
         let tables = [
             ("raw", &want.raw),
             ("nat", &want.nat),
@@ -628,6 +678,8 @@ impl Writer {
         if applied.is_empty() {
             return Ok(report);
         }
+        // The last input goes before this one is sent: two of them would be twice the peak.
+        self.last_input = Arc::default();
         report.bytes = first.bytes;
         let t = Instant::now();
         let restore = self.backend.tool(self.family, "restore");
@@ -947,6 +999,41 @@ mod tests {
         // A tool that never reads its input is killed too.
         let e = r.run(&["sleep", "30"], Some(&big)).unwrap_err();
         assert!(matches!(e, IptablesError::Timeout { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_feed_gives_up_at_the_deadline_when_a_child_of_the_tool_holds_its_input() {
+        // The tool starts a child that keeps its standard input open and never reads it,
+        // then hangs; killing the tool leaves the child holding the pipe. The feed must still
+        // end at the deadline (else this call would wait for the child: past nextest's 5
+        // minute limit, a failure).
+        let dir = tempfile_dir();
+        let pidfile = dir.join("child.pid");
+        let script = format!(
+            "sleep 400 <&0 & echo $! > {}; exec sleep 30",
+            pidfile.display()
+        );
+        let r = Runner {
+            deadline: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let text = Arc::new("x".repeat(4 << 20));
+        let e = r.run_shared(&["sh", "-c", &script], text).unwrap_err();
+        let child = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        if let Ok(pid) = child.trim().parse::<i32>() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(e, IptablesError::Timeout { .. }), "{e}");
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("brl-feed-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("a temporary directory");
+        d
     }
 
     use super::*;
