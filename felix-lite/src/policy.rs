@@ -137,6 +137,22 @@ impl Member {
     }
 }
 
+/// `n` as `hash:net` can hold it: the kernel refuses a prefix of length 0, so the whole
+/// space (`0.0.0.0/0`, `::/0`, a common ipBlock) is its two halves, as Calico writes it.
+fn settable(n: IpNetwork) -> Vec<IpNetwork> {
+    if n.prefix() > 0 {
+        return vec![n];
+    }
+    let halves = match n {
+        IpNetwork::V4(_) => ["0.0.0.0/1", "128.0.0.0/1"],
+        IpNetwork::V6(_) => ["::/1", "8000::/1"],
+    };
+    halves
+        .iter()
+        .map(|h| h.parse().expect("a valid literal"))
+        .collect()
+}
+
 impl std::fmt::Display for Member {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -497,8 +513,14 @@ fn rule_lines(
                     let name = ctx
                         .family
                         .set_name(&format!("brl40b-{}", hash16(&format!("{cidr} {except:?}"))));
-                    let mut members = vec![Member::Net(*cidr)];
-                    members.extend(except.iter().map(|e| Member::NoMatch(*e)));
+                    let mut members: Vec<Member> =
+                        settable(*cidr).into_iter().map(Member::Net).collect();
+                    members.extend(
+                        except
+                            .iter()
+                            .flat_map(|e| settable(*e))
+                            .map(Member::NoMatch),
+                    );
                     sets.push(Arc::new(SetSpec {
                         name: name.clone(),
                         kind: SetKind::Net,

@@ -333,3 +333,46 @@ fn a_forward_chain_that_drops_by_default_is_seen_in_either_backend() {
         assert!(got.contains(says), "{tool}: {got:?}");
     }
 }
+
+/// An ipBlock of the whole space (`0.0.0.0/0` with an except, the usual "anywhere but the
+/// cluster" egress) reaches the real ipset: `hash:net` refuses a prefix of length 0, so it is
+/// written as its two halves, and the except still holds.
+#[test]
+fn an_ip_block_of_the_whole_space_is_written_and_matches() {
+    use brindle_felix_lite::policy::{render, LocalEndpoint, PolicyContext};
+    use brindle_policy::compile::Program;
+    use brindle_policy::model::{Namespace, Peer, Pod, Policy, Rule as PRule, Selector};
+    use brindle_policy::World;
+    let mut world = World::default();
+    world
+        .namespaces
+        .insert("x".into(), Namespace::new("x", &[]));
+    world.policies.push(Policy {
+        namespace: "x".into(),
+        name: "anywhere-but".into(),
+        pods: Selector::default(),
+        ingress: None,
+        egress: Some(vec![PRule {
+            peers: vec![Peer::Block {
+                cidr: "0.0.0.0/0".parse().unwrap(),
+                except: vec!["10.0.0.0/8".parse().unwrap()],
+            }],
+            ports: vec![],
+        }]),
+    });
+    let pods = vec![Pod::running("x", "a", "n1", "10.0.0.1".parse().unwrap())];
+    let prog = Program::compile(&world, &pods);
+    let local = vec![LocalEndpoint {
+        veth: "brl0000000000a".into(),
+        pod: Some("x/a".into()),
+    }];
+    let rendered = render(&prog, &local, &PolicyContext::default());
+    let ns = Netns::new("brl-p0");
+    let mut w = writer(&ns);
+    assert_eq!(w.sync_policy_sets(&rendered.sets).expect("sets written"), 1);
+    let set = &rendered.sets[0].name;
+    let test = |member: &str| ns.run(&["ipset", "test", set, member]).status.success();
+    assert!(test("8.8.8.8") && test("200.1.2.3") && test("0.0.0.1"));
+    assert!(!test("10.1.2.3"), "the except");
+    ns.run(&["ipset", "destroy", set]);
+}

@@ -929,6 +929,12 @@ upstream! {
         policies: |lab| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.244.0.0/16, except: [{}/32]}}}}]\n", ip(lab, "y/b")))],
         checks: &[(80, "tcp", |f, t| f != "x/a" || t != "y/b")],
     };
+    // The usual "anywhere but" egress: a block of the whole space, which ipset's hash:net
+    // cannot hold as one member (written as its two halves).
+    the_whole_space_except_one_address: Case {
+        policies: |lab| vec![np("p", "x", &format!("{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 0.0.0.0/0, except: [{}/32]}}}}]\n", ip(lab, "y/b")))],
+        checks: &[(80, "tcp", |f, t| f != "x/a" || t != "y/b")],
+    };
     an_address_in_an_except_and_in_another_block_is_allowed: Case {
         policies: |lab| vec![np("p", "x", &format!(
             "{TO_A}  policyTypes: [Egress]\n  egress:\n  - to: [{{ipBlock: {{cidr: 10.244.0.0/16, except: [{0}/32]}}}}]\n  - to: [{{ipBlock: {{cidr: {0}/32}}}}]\n",
