@@ -684,9 +684,12 @@ impl Writer {
         let t = Instant::now();
         let restore = self.backend.tool(self.family, "restore");
         let argv = [restore.as_str(), "-w", "5", "--noflush"];
-        let kept = first
-            .text
-            .map(|t| Arc::new(String::from_utf8_lossy(&t).into_owned()));
+        let kept = first.text.map(|t| {
+            Arc::new(
+                String::from_utf8(t)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            )
+        });
         let r = match &kept {
             Some(text) => self.runner.run_shared(&argv, text.clone()),
             None => {

@@ -35,7 +35,7 @@ impl Labels {
     /// Sets `key` (a builder's call: it copies the pairs).
     pub fn insert(&mut self, key: &str, value: &str) {
         let mut pairs = std::mem::take(&mut self.0).into_vec();
-        match self.find_in(&pairs, key) {
+        match position(&pairs, key) {
             Ok(i) => pairs[i].1 = intern(value),
             Err(i) => pairs.insert(i, (intern(key), intern(value))),
         }
@@ -43,12 +43,13 @@ impl Labels {
     }
 
     fn find(&self, key: &str) -> Result<usize, usize> {
-        self.find_in(&self.0, key)
+        position(&self.0, key)
     }
+}
 
-    fn find_in(&self, pairs: &[(Arc<str>, Arc<str>)], key: &str) -> Result<usize, usize> {
-        pairs.binary_search_by(|(k, _)| (**k).cmp(key))
-    }
+/// Where `key` is in sorted `pairs`, or would go.
+fn position(pairs: &[(Arc<str>, Arc<str>)], key: &str) -> Result<usize, usize> {
+    pairs.binary_search_by(|(k, _)| (**k).cmp(key))
 }
 
 impl<K: AsRef<str>, V: AsRef<str>> FromIterator<(K, V)> for Labels {
