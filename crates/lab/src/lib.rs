@@ -24,6 +24,7 @@ mod net;
 pub mod netpol;
 mod pods;
 pub mod rehearse;
+pub mod routewatch;
 mod services;
 pub mod status;
 
@@ -330,6 +331,9 @@ pub fn first_family(ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
+/// Above this many nodes, nodes' neighbours are pinned ([`Lab::pin_neighbours`]).
+const PIN_NEIGHBOURS_ABOVE: usize = 20;
+
 /// The AS of a rack's nodes and router when there are routers; 64512 otherwise.
 pub fn rack_as(spec: &LabSpec, rack: usize) -> u32 {
     if spec.tor {
@@ -475,7 +479,61 @@ impl Lab {
             lab.register(&node, &zone, i < spec.reflectors)?;
             lab.nodes.push(node);
         }
+        if lab.nodes.len() > PIN_NEIGHBOURS_ABOVE {
+            progress("pinning each node's neighbours (the host's one ARP table is too small)");
+            lab.pin_neighbours()?;
+        }
         Ok(lab)
+    }
+
+    /// Every node learns the MAC addresses of the other nodes of its rack up front, as
+    /// permanent neighbour entries. The host's ARP table and its ND table are one each,
+    /// shared by every namespace (1,024 entries by default, `gc_thresh3`): 50 nodes that
+    /// each learn 49 others overflow it, and the kernel then drops what needs a new entry
+    /// (seen: a 50-node mesh whose sessions never all came up, with "neighbor table
+    /// overflow" in the kernel's log). Permanent entries do not count against the limit. A
+    /// real cluster's nodes each have a kernel, and a table, of their own.
+    fn pin_neighbours(&self) -> anyhow::Result<()> {
+        let mut macs = vec![];
+        for n in &self.nodes {
+            let link = n.ns.ip_json(&["link", "show", "dev", "eth0"]);
+            let mac = link[0]["address"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("{}: eth0 has no MAC address", n.name))?;
+            macs.push(mac.to_string());
+        }
+        for n in &self.nodes {
+            let mut batch = String::new();
+            for (o, mac) in self.nodes.iter().zip(&macs) {
+                if o.name == n.name || o.rack != n.rack {
+                    continue;
+                }
+                if let Some(ip) = o.ip {
+                    batch += &format!("neigh replace {ip} lladdr {mac} dev eth0 nud permanent\n");
+                }
+                if let Some(ip) = o.ip6 {
+                    batch +=
+                        &format!("-6 neigh replace {ip} lladdr {mac} dev eth0 nud permanent\n");
+                }
+            }
+            let mut child =
+                n.ns.command(&["ip", "-batch", "-"])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()?;
+            if let Some(mut stdin) = child.stdin.take() {
+                std::io::Write::write_all(&mut stdin, batch.as_bytes())?;
+            }
+            let out = child.wait_with_output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "{}: pinning neighbours: {}",
+                n.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// A node's namespace, its uplink on `rack` (the fabric's port `nd<port>`) with the
@@ -720,7 +778,8 @@ impl Lab {
             "--metrics-listen".into(),
             "[::]:9091".into(),
             "--log".into(),
-            "info,brindle_bgp=info".into(),
+            // BRINDLE_LAB_LOG: another filter, to look closer at a run (`debug`).
+            std::env::var("BRINDLE_LAB_LOG").unwrap_or_else(|_| "info,brindle_bgp=info".into()),
             "--workload-gc-grace-seconds".into(),
             self.spec.workload_gc_grace_seconds.to_string(),
             "--cni-cache-dir".into(),
