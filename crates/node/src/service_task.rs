@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 use crate::dataplane::{Dataplane, DpWriter, PerFamily, PortRules, Want, Writers};
 use crate::metrics::Metrics;
 use crate::policy_state::{self, PolicyEv, PolicyState};
-use crate::services::{self, Reserved, Skipped};
+use crate::services::{self, Reserved, Skipped, SliceModel, SvcModel};
 use crate::snapshot::{mirror, Event, Snapshot};
 use brindle_api::service_addresses::NodeAddress;
 use brindle_cni::agent::NewAttachment;
@@ -79,15 +79,15 @@ const READS_DROPPED_MAX: u32 = 3;
 const POLICY_BATCH: Duration = Duration::from_millis(20);
 
 enum Ev {
-    Svc(Event<Service>),
-    Slice(Event<EndpointSlice>),
+    Svc(Event<SvcModel>),
+    Slice(Event<SliceModel>),
     Policy(PolicyEv),
 }
 
 #[derive(Default)]
 struct State {
-    services: HashMap<String, Service>,
-    slices: HashMap<String, EndpointSlice>,
+    services: HashMap<String, SvcModel>,
+    slices: HashMap<String, SliceModel>,
     /// Service key → its slices' keys.
     by_service: HashMap<String, BTreeSet<String>>,
     listed_services: bool,
@@ -100,17 +100,17 @@ struct State {
 
 impl State {
     fn slice_owner(&self, key: &str) -> Option<String> {
-        self.slices.get(key).and_then(services::slice_service)
+        self.slices.get(key).and_then(|s| s.service.clone())
     }
 
-    fn put_slice(&mut self, key: String, s: EndpointSlice) {
+    fn put_slice(&mut self, key: String, s: SliceModel) {
         if let Some(old) = self.slice_owner(&key) {
             if let Some(set) = self.by_service.get_mut(&old) {
                 set.remove(&key);
             }
             self.dirty.insert(old);
         }
-        if let Some(owner) = services::slice_service(&s) {
+        if let Some(owner) = s.service.clone() {
             self.by_service
                 .entry(owner.clone())
                 .or_default()
@@ -190,7 +190,7 @@ impl State {
                 self.skipped.remove(&k);
                 continue;
             };
-            let slices: Vec<&EndpointSlice> = self
+            let slices: Vec<&SliceModel> = self
                 .by_service
                 .get(&k)
                 .into_iter()
@@ -342,14 +342,14 @@ impl ServiceTask {
         if self.services {
             tokio::spawn(mirror(
                 self.store.all::<Service>(),
-                services::slim_service,
+                services::service_model,
                 Ev::Svc,
                 tx.clone(),
                 self.metrics.clone(),
             ));
             tokio::spawn(mirror(
                 self.store.all::<EndpointSlice>(),
-                services::slim_slice,
+                services::slice_model,
                 Ev::Slice,
                 tx.clone(),
                 self.metrics.clone(),

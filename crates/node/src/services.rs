@@ -1,7 +1,13 @@
 //! Services and EndpointSlices (Kubernetes' types) → felix-lite's plain [`ServicePort`]s, one
-//! per port and family (a dual-stack Service's IPv6 ports go to the IPv6 rules). Pure. What
-//! cannot be programmed (a bad port, an unknown protocol, an address of a family the Service
-//! does not have, a slice port without a number) is skipped with a reason; the rest goes on.
+//! per port and family (a dual-stack Service's IPv6 ports go to the IPv6 rules).
+//!
+//! The agent keeps neither object: each is read once, as it arrives, into [`SvcModel`] or
+//! [`SliceModel`] (what rendering needs, parsed; 10,000 Services and their slices held as
+//! API objects cost an agent about 50 MiB even slimmed). What cannot be programmed (a bad
+//! port, an unknown protocol, an address of a family the Service does not have, a slice port
+//! without a number) is kept as a reason and skipped; the rest goes on. What depends on the
+//! cluster ([`Reserved`]: the nodes' addresses, the pools, the BGP ports) is applied when a
+//! Service is rendered, as it can change. All of it is pure.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -10,7 +16,7 @@ pub use brindle_api::service_addresses::{AddressKind, Reserved};
 use brindle_felix_lite::family::Family;
 use brindle_felix_lite::proxy::{Endpoint, Protocol, ServicePort};
 use ipnetwork::IpNetwork;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec, ServiceStatus};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -25,171 +31,167 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// A Service with only what [`service_ports`] reads (name, namespace, spec, the load
-/// balancer's ingress addresses): 10,000 Services held whole (managed fields, annotations,
-/// status conditions) cost the agent 200 MiB. A change to nothing kept is no change.
-pub fn slim_service(mut s: Service) -> Option<Service> {
-    s.metadata = slim_meta(&mut s.metadata, false);
-    if let Some(st) = s.status.as_mut() {
-        st.conditions = None;
-        for i in st
-            .load_balancer
-            .iter_mut()
-            .flat_map(|l| l.ingress.iter_mut().flatten())
-        {
-            i.hostname = None;
-            i.ports = None;
-        }
-    }
-    Some(s)
+/// A Service as the agent keeps it. Equal models render the same rules, so an update that
+/// changes nothing kept (an annotation, a status condition) is no change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SvcModel {
+    pub namespace: String,
+    pub name: String,
+    /// What could not be read, each a reason the Service's key is logged with.
+    pub problems: Vec<String>,
+    /// Nothing of it is programmed: ExternalName, headless, no usable cluster IP, no spec, or
+    /// a name the API server would refuse.
+    pub inert: bool,
+    /// One per cluster IP's family, in the order of `clusterIPs` (IPv4 alone when there is
+    /// no cluster IP at all: what externalIPs alone give).
+    pub families: Vec<Family>,
+    pub cluster_ips: Vec<IpAddr>,
+    /// Of the Service's families; not yet judged against [`Reserved`].
+    pub external_ips: Vec<IpAddr>,
+    /// The load balancer's ingress addresses, as `external_ips`.
+    pub lb_ips: Vec<IpAddr>,
+    pub source_ranges: Vec<IpNetwork>,
+    pub affinity_seconds: Option<u32>,
+    pub external_local: bool,
+    pub internal_local: bool,
+    pub ports: Vec<SvcPort>,
 }
 
-/// An EndpointSlice with only what the Services read: name, namespace, its Service's label,
-/// ports and the endpoints' addresses, conditions, node, zone and hints.
-pub fn slim_slice(mut s: EndpointSlice) -> Option<EndpointSlice> {
-    s.metadata = slim_meta(&mut s.metadata, true);
-    for e in s.endpoints.iter_mut().flatten() {
-        e.target_ref = None;
-        e.hostname = None;
-        e.deprecated_topology = None;
-    }
-    Some(s)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SvcPort {
+    pub name: String,
+    pub protocol: Protocol,
+    pub port: u16,
+    /// Only for NodePort and LoadBalancer Services; not yet judged against [`Reserved`].
+    pub node_port: Option<u16>,
 }
 
-fn slim_meta(
-    m: &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    service_label: bool,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-    let labels = service_label
-        .then(|| m.labels.as_ref()?.get(SERVICE_NAME_LABEL).cloned())
-        .flatten()
-        .map(|v| BTreeMap::from([(SERVICE_NAME_LABEL.to_string(), v)]));
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        name: m.name.take(),
-        namespace: m.namespace.take(),
-        labels,
+/// An EndpointSlice as the agent keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceModel {
+    /// `namespace/name`, what a skipped reason names.
+    pub key: String,
+    /// Its Service's key (`namespace/name`), from [`SERVICE_NAME_LABEL`].
+    pub service: Option<String>,
+    /// `addressType` (None: FQDN, which is never programmed).
+    pub family: Option<Family>,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePort {
+    pub name: String,
+    /// None: a protocol no Service port can have (it matches none).
+    pub protocol: Option<Protocol>,
+    pub port: Option<i32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    /// Its first address; the text when it is not an IP address.
+    pub address: Result<IpAddr, String>,
+    pub node: Option<String>,
+    pub zone: Option<String>,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub for_nodes: Option<Vec<String>>,
+    pub for_zones: Option<Vec<String>>,
+}
+
+/// Reads a Service into what the agent keeps (the mirror's projection; never None).
+pub fn service_model(s: Service) -> Option<SvcModel> {
+    let mut m = SvcModel {
+        namespace: s.metadata.namespace.unwrap_or_default(),
+        name: s.metadata.name.unwrap_or_default(),
+        inert: true,
         ..Default::default()
-    }
-}
-
-/// The Service key (`ns/name`) an EndpointSlice belongs to.
-pub fn slice_service(s: &EndpointSlice) -> Option<String> {
-    let name = s.metadata.labels.as_ref()?.get(SERVICE_NAME_LABEL)?;
-    Some(format!("{}/{name}", s.metadata.namespace.as_deref()?))
-}
-
-fn port_ok(p: i32) -> Option<u16> {
-    u16::try_from(p).ok().filter(|p| *p != 0)
-}
-
-/// The ports of one Service with their endpoints; `skipped` gets a line per problem.
-pub fn service_ports(
-    svc: &Service,
-    slices: &[&EndpointSlice],
-    reserved: &Reserved,
-    skipped: &mut Vec<Skipped>,
-) -> Vec<ServicePort> {
-    let ns = svc.metadata.namespace.clone().unwrap_or_default();
-    let name = svc.metadata.name.clone().unwrap_or_default();
-    let key = format!("{ns}/{name}");
-    let mut skip = |object: &str, reason: String| {
-        skipped.push(Skipped {
-            object: object.to_string(),
-            reason,
-        })
     };
-    let Some(spec) = &svc.spec else {
-        return vec![];
+    read_service(&mut m, s.spec, s.status);
+    Some(m)
+}
+
+/// Fills `m` from the spec and status; `m.inert` stays true on every early return.
+fn read_service(m: &mut SvcModel, spec: Option<ServiceSpec>, status: Option<ServiceStatus>) {
+    let Some(spec) = spec else {
+        return;
     };
     // Names become parts of chain and set names and rule comments: what the API server
     // would refuse (etcd mode has none to ask) is refused here, never written.
-    for (what, v) in [("namespace", &ns), ("name", &name)] {
-        if let Err(e) = brindle_api::validation::check_name(v) {
-            skip(&key, format!("metadata.{what}: {e}"));
-            return vec![];
-        }
+    let bad_name = [("namespace", &m.namespace), ("name", &m.name)]
+        .into_iter()
+        .find_map(|(what, v)| {
+            brindle_api::validation::check_name(v)
+                .err()
+                .map(|e| format!("metadata.{what}: {e}"))
+        });
+    if let Some(why) = bad_name {
+        m.problems.push(why);
+        return;
     }
     let ty = spec.type_.as_deref().unwrap_or("ClusterIP");
     if ty == "ExternalName" {
-        return vec![];
+        return;
     }
     let ips: Vec<&String> = match &spec.cluster_ips {
         Some(v) if !v.is_empty() => v.iter().collect(),
         _ => spec.cluster_ip.iter().collect(),
     };
     if ips.iter().any(|i| i.as_str() == "None") {
-        return vec![]; // headless: DNS only, nothing to program
+        return; // headless: DNS only, nothing to program
     }
-    // One ServicePort per family the Service has a cluster IP of (dual stack: both, in the
-    // order of clusterIPs; its first is the primary one).
-    let mut cluster_ips: Vec<IpAddr> = vec![];
     for i in &ips {
         match i.parse::<IpAddr>() {
-            Ok(ip) if !cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()) => {
-                cluster_ips.push(ip)
+            Ok(ip) if !m.cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4()) => {
+                m.cluster_ips.push(ip)
             }
-            Ok(ip) => skip(&key, format!("clusterIPs: a second {ip:?} of one family")),
-            Err(_) => skip(&key, format!("clusterIPs: {i:?} is not an IP address")),
+            Ok(ip) => m
+                .problems
+                .push(format!("clusterIPs: a second {ip:?} of one family")),
+            Err(_) => m
+                .problems
+                .push(format!("clusterIPs: {i:?} is not an IP address")),
         }
     }
-    if cluster_ips.is_empty() && !ips.is_empty() {
-        return vec![];
+    if m.cluster_ips.is_empty() && !ips.is_empty() {
+        return;
     }
-    let families: Vec<Family> = if cluster_ips.is_empty() {
-        vec![Family::V4] // no cluster IP at all: what externalIPs alone give, as before
+    m.families = if m.cluster_ips.is_empty() {
+        vec![Family::V4]
     } else {
-        cluster_ips.iter().map(|ip| Family::of(*ip)).collect()
+        m.cluster_ips.iter().map(|ip| Family::of(*ip)).collect()
     };
-    let served = |ip: IpAddr| families.contains(&Family::of(ip));
-    let mut external_ips = vec![];
-    for e in spec.external_ips.iter().flatten() {
-        match e.parse::<IpAddr>() {
-            Ok(ip) if !served(ip) => skip(
-                &key,
-                format!("externalIPs: {ip} is not of the Service's families"),
-            ),
-            Ok(ip) => match reserved.refuse(ip, AddressKind::ExternalIp) {
-                Some(why) => skip(&key, format!("externalIPs: {why}: refused")),
-                None => external_ips.push(ip),
-            },
-            Err(_) => skip(&key, format!("externalIPs: {e:?} is not an IP address")),
-        }
-    }
-    let mut lb_ips = vec![];
-    let ingress = svc
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|l| l.ingress.as_ref());
-    for i in ingress.into_iter().flatten() {
-        if let Some(ip) = &i.ip {
-            match ip.parse::<IpAddr>() {
-                Ok(a) if !served(a) => skip(
-                    &key,
-                    format!("loadBalancer ingress {a} is not of the Service's families"),
-                ),
-                Ok(a) => match reserved.refuse(a, AddressKind::LoadBalancer) {
-                    Some(why) => skip(&key, format!("loadBalancer ingress {why}: refused")),
-                    None => lb_ips.push(a),
-                },
-                Err(_) => skip(
-                    &key,
-                    format!("loadBalancer ingress {ip:?} is not an IP address"),
-                ),
+    let families = m.families.clone();
+    let served =
+        |what: &str, text: &str, to: &mut Vec<IpAddr>, problems: &mut Vec<String>| match text
+            .parse::<IpAddr>()
+        {
+            Ok(ip) if !families.contains(&Family::of(ip)) => {
+                problems.push(format!("{what} {ip} is not of the Service's families"))
             }
-        }
+            Ok(ip) => to.push(ip),
+            Err(_) => problems.push(format!("{what} {text:?} is not an IP address")),
+        };
+    for e in spec.external_ips.iter().flatten() {
+        served("externalIPs:", e, &mut m.external_ips, &mut m.problems);
     }
-    let mut ranges = vec![];
+    let ingress = status
+        .and_then(|s| s.load_balancer)
+        .and_then(|l| l.ingress)
+        .unwrap_or_default();
+    for ip in ingress.iter().filter_map(|i| i.ip.as_deref()) {
+        served("loadBalancer ingress", ip, &mut m.lb_ips, &mut m.problems);
+    }
     for r in spec.load_balancer_source_ranges.iter().flatten() {
         match r.trim().parse::<IpNetwork>() {
-            Ok(n) => ranges.push(n),
-            Err(_) => skip(
-                &key,
-                format!("loadBalancerSourceRanges: {r:?} is not a CIDR"),
-            ),
+            Ok(n) => m.source_ranges.push(n),
+            Err(_) => m
+                .problems
+                .push(format!("loadBalancerSourceRanges: {r:?} is not a CIDR")),
         }
     }
-    let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+    m.affinity_seconds = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
             .and_then(|c| c.client_ip.as_ref())
@@ -198,54 +200,158 @@ pub fn service_ports(
             .filter(|t| *t > 0)
             .unwrap_or(DEFAULT_AFFINITY_SECONDS)
     });
+    m.external_local = spec.external_traffic_policy.as_deref() == Some("Local");
+    m.internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
     let with_node_port = ty == "NodePort" || ty == "LoadBalancer";
+    for p in spec.ports.into_iter().flatten() {
+        match read_port(p, with_node_port) {
+            Ok(p) => m.ports.push(p),
+            Err(why) => m.problems.push(why),
+        }
+    }
+    m.inert = false;
+}
+
+/// A Service port as kept, or why it cannot be programmed.
+fn read_port(
+    p: k8s_openapi::api::core::v1::ServicePort,
+    with_node_port: bool,
+) -> Result<SvcPort, String> {
+    let name = p.name.unwrap_or_default();
+    if !name.is_empty() {
+        brindle_api::validation::check_name(&name).map_err(|e| format!("port name: {e}"))?;
+    }
+    let proto = p.protocol.as_deref().unwrap_or("TCP");
+    let protocol = Protocol::parse(proto)
+        .ok_or_else(|| format!("port {name:?}: unknown protocol {proto:?}"))?;
+    let port =
+        port_ok(p.port).ok_or_else(|| format!("port {name:?}: port {} is not 1-65535", p.port))?;
+    let node_port = match p.node_port.filter(|_| with_node_port) {
+        None => None,
+        Some(n) => {
+            Some(port_ok(n).ok_or_else(|| format!("port {name:?}: nodePort {n} is not 1-65535"))?)
+        }
+    };
+    Ok(SvcPort {
+        name,
+        protocol,
+        port,
+        node_port,
+    })
+}
+
+/// Reads an EndpointSlice into what the agent keeps (the mirror's projection; never None).
+pub fn slice_model(s: EndpointSlice) -> Option<SliceModel> {
+    let ns = s.metadata.namespace.unwrap_or_default();
+    let service = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .map(|name| format!("{ns}/{name}"));
+    let family = match s.address_type.as_str() {
+        "IPv4" => Some(Family::V4),
+        "IPv6" => Some(Family::V6),
+        _ => None,
+    };
+    let ports = s
+        .ports
+        .into_iter()
+        .flatten()
+        .map(|p| SlicePort {
+            name: p.name.unwrap_or_default(),
+            protocol: Protocol::parse(p.protocol.as_deref().unwrap_or("TCP")),
+            port: p.port,
+        })
+        .collect();
+    let endpoints = s
+        .endpoints
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let text = e.addresses.into_iter().next()?;
+            let c = e.conditions.unwrap_or_default();
+            let ready = c.ready.unwrap_or(true);
+            let hints = e.hints.unwrap_or_default();
+            Some(SliceEndpoint {
+                address: text.parse().map_err(|_| text),
+                node: e.node_name,
+                zone: e.zone,
+                ready,
+                serving: c.serving.unwrap_or(ready),
+                terminating: c.terminating.unwrap_or(false),
+                for_nodes: hints
+                    .for_nodes
+                    .map(|v| v.into_iter().map(|n| n.name).collect()),
+                for_zones: hints
+                    .for_zones
+                    .map(|v| v.into_iter().map(|z| z.name).collect()),
+            })
+        })
+        .collect();
+    Some(SliceModel {
+        key: format!("{ns}/{}", s.metadata.name.unwrap_or_default()),
+        service,
+        family,
+        ports,
+        endpoints,
+    })
+}
+
+fn port_ok(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|p| *p != 0)
+}
+
+/// The ports of one Service with their endpoints; `skipped` gets a line per problem.
+pub fn service_ports(
+    svc: &SvcModel,
+    slices: &[&SliceModel],
+    reserved: &Reserved,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<ServicePort> {
+    let key = format!("{}/{}", svc.namespace, svc.name);
+    let mut skip = |object: &str, reason: String| {
+        skipped.push(Skipped {
+            object: object.to_string(),
+            reason,
+        })
+    };
+    for p in &svc.problems {
+        skip(&key, p.clone());
+    }
+    if svc.inert {
+        return vec![];
+    }
+    let mut allowed = |ips: &[IpAddr], kind: AddressKind, what: &str| -> Vec<IpAddr> {
+        ips.iter()
+            .copied()
+            .filter(|ip| match reserved.refuse(*ip, kind) {
+                Some(why) => {
+                    skip(&key, format!("{what}{why}: refused"));
+                    false
+                }
+                None => true,
+            })
+            .collect()
+    };
+    let external_ips = allowed(&svc.external_ips, AddressKind::ExternalIp, "externalIPs: ");
+    let lb_ips = allowed(
+        &svc.lb_ips,
+        AddressKind::LoadBalancer,
+        "loadBalancer ingress ",
+    );
     let mut out = vec![];
-    for p in spec.ports.iter().flatten() {
-        let pname = p.name.clone().unwrap_or_default();
-        let checked = if pname.is_empty() {
-            Ok(())
-        } else {
-            brindle_api::validation::check_name(&pname)
-        };
-        if let Err(e) = checked {
-            skip(&key, format!("port name: {e}"));
+    for p in &svc.ports {
+        let pname = &p.name;
+        if let Some(why) = p.node_port.and_then(|n| reserved.refuse_node_port(n)) {
+            skip(&key, format!("port {pname:?}: {why}: refused"));
             continue;
         }
-        let proto_s = p.protocol.as_deref().unwrap_or("TCP");
-        let Some(protocol) = Protocol::parse(proto_s) else {
-            skip(
-                &key,
-                format!("port {pname:?}: unknown protocol {proto_s:?}"),
-            );
-            continue;
-        };
-        let Some(port) = port_ok(p.port) else {
-            skip(
-                &key,
-                format!("port {pname:?}: port {} is not 1-65535", p.port),
-            );
-            continue;
-        };
-        let node_port = match p.node_port.filter(|_| with_node_port) {
-            None => None,
-            Some(n) => match port_ok(n) {
-                Some(n) => {
-                    if let Some(why) = reserved.refuse_node_port(n) {
-                        skip(&key, format!("port {pname:?}: {why}: refused"));
-                        continue;
-                    }
-                    Some(n)
-                }
-                None => {
-                    skip(&key, format!("port {pname:?}: nodePort {n} is not 1-65535"));
-                    continue;
-                }
-            },
-        };
-        for &family in &families {
+        for &family in &svc.families {
             let of = |ips: &[IpAddr]| -> Vec<IpAddr> {
                 ips.iter().copied().filter(|ip| family.has(*ip)).collect()
             };
+            let ranges = &svc.source_ranges;
             let family_ranges: Vec<IpNetwork> = ranges
                 .iter()
                 .copied()
@@ -265,22 +371,22 @@ pub fn service_ports(
                 );
                 lbs.clear();
             }
-            let endpoints = endpoints_for(&pname, proto_s, family, slices, &mut skip);
+            let endpoints = endpoints_for(p, family, slices, &mut skip);
             out.push(ServicePort {
-                namespace: ns.clone(),
-                name: name.clone(),
+                namespace: svc.namespace.clone(),
+                name: svc.name.clone(),
                 port_name: pname.clone(),
-                protocol,
+                protocol: p.protocol,
                 family,
-                cluster_ip: cluster_ips.iter().copied().find(|ip| family.has(*ip)),
-                port,
-                node_port,
+                cluster_ip: svc.cluster_ips.iter().copied().find(|ip| family.has(*ip)),
+                port: p.port,
+                node_port: p.node_port,
                 external_ips: of(&external_ips),
                 load_balancer_ips: lbs,
                 load_balancer_source_ranges: family_ranges,
-                external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
-                internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-                affinity_seconds: affinity,
+                external_local: svc.external_local,
+                internal_local: svc.internal_local,
+                affinity_seconds: svc.affinity_seconds,
                 endpoints,
             });
         }
@@ -288,71 +394,62 @@ pub fn service_ports(
     out
 }
 
-/// The endpoints of the service port named `pname`, from every slice of `family`
-/// (`addressType` IPv4 or IPv6), deduplicated and sorted (so the rules are the same whatever
-/// order the slices came in).
+/// The endpoints of the Service port `sp`, from every slice of `family`, deduplicated and
+/// sorted (so the rules are the same whatever order the slices came in).
 fn endpoints_for(
-    pname: &str,
-    proto: &str,
+    sp: &SvcPort,
     family: Family,
-    slices: &[&EndpointSlice],
+    slices: &[&SliceModel],
     skip: &mut impl FnMut(&str, String),
 ) -> Vec<Endpoint> {
-    let want = match family {
-        Family::V4 => "IPv4",
-        Family::V6 => "IPv6",
-    };
     let mut eps: BTreeMap<(IpAddr, u16), Endpoint> = BTreeMap::new();
-    for s in slices {
-        if s.address_type != want {
-            continue;
-        }
-        let skey = format!(
-            "{}/{}",
-            s.metadata.namespace.as_deref().unwrap_or_default(),
-            s.metadata.name.as_deref().unwrap_or_default()
-        );
-        let Some(sp) = s.ports.iter().flatten().find(|sp| {
-            sp.name.as_deref().unwrap_or_default() == pname
-                && sp.protocol.as_deref().unwrap_or("TCP") == proto
-        }) else {
+    for s in slices.iter().filter(|s| s.family == Some(family)) {
+        let Some(port) = s
+            .ports
+            .iter()
+            .find(|p| p.name == sp.name && p.protocol == Some(sp.protocol))
+        else {
             continue; // this slice does not serve the port (a named port nobody defines)
         };
-        let Some(port) = sp.port.and_then(port_ok) else {
+        let Some(port) = port.port.and_then(port_ok) else {
             skip(
-                &skey,
-                format!("port {pname:?} has no usable number ({:?})", sp.port),
+                &s.key,
+                format!("port {:?} has no usable number ({:?})", sp.name, port.port),
             );
             continue;
         };
-        for e in s.endpoints.iter().flatten() {
-            let Some(addr) = e.addresses.first() else {
-                continue;
-            };
-            let ip = match addr.parse::<IpAddr>() {
-                Ok(ip) if family.has(ip) => ip,
-                _ => {
-                    skip(&skey, format!("endpoint {addr:?} is not an {want} address"));
+        for e in &s.endpoints {
+            let ip = match &e.address {
+                Ok(ip) if family.has(*ip) => *ip,
+                Ok(ip) => {
+                    skip(
+                        &s.key,
+                        format!(
+                            "endpoint {:?} is not an {} address",
+                            ip.to_string(),
+                            family.name()
+                        ),
+                    );
+                    continue;
+                }
+                Err(text) => {
+                    skip(
+                        &s.key,
+                        format!("endpoint {text:?} is not an {} address", family.name()),
+                    );
                     continue;
                 }
             };
-            let c = e.conditions.clone().unwrap_or_default();
-            let ready = c.ready.unwrap_or(true);
-            let hints = e.hints.as_ref();
-            eps.entry((ip, port)).or_insert(Endpoint {
+            eps.entry((ip, port)).or_insert_with(|| Endpoint {
                 ip,
                 port,
-                node: e.node_name.clone(),
+                node: e.node.clone(),
                 zone: e.zone.clone(),
-                ready,
-                serving: c.serving.unwrap_or(ready),
-                terminating: c.terminating.unwrap_or(false),
-                for_nodes: hints
-                    .and_then(|h| h.for_nodes.as_ref())
-                    .map(|v| v.iter().map(|n| n.name.clone()).collect()),
-                for_zones: hints
-                    .and_then(|h| h.for_zones.as_ref())
-                    .map(|v| v.iter().map(|z| z.name.clone()).collect()),
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+                for_nodes: e.for_nodes.clone(),
+                for_zones: e.for_zones.clone(),
             });
         }
     }
@@ -369,6 +466,21 @@ mod tests {
     }
     fn slice(v: serde_json::Value) -> EndpointSlice {
         serde_json::from_value(v).unwrap()
+    }
+    /// The ports of a Service and its slices as the agent reads and keeps them.
+    fn ports_of(
+        s: &Service,
+        slices: &[&EndpointSlice],
+        reserved: &Reserved,
+        skipped: &mut Vec<Skipped>,
+    ) -> Vec<ServicePort> {
+        let svc = service_model(s.clone()).unwrap();
+        let slices: Vec<SliceModel> = slices
+            .iter()
+            .map(|s| slice_model((*s).clone()).unwrap())
+            .collect();
+        let slices: Vec<&SliceModel> = slices.iter().collect();
+        service_ports(&svc, &slices, reserved, skipped)
     }
 
     #[test]
@@ -392,18 +504,26 @@ mod tests {
                  "hints": {"forZones": [{"name": "z1"}]}}
             ]
         }));
-        assert_eq!(slice_service(&sl).as_deref(), Some("default/web"));
+        let m = slice_model(sl.clone()).unwrap();
+        assert_eq!(m.service.as_deref(), Some("default/web"));
+        assert_eq!(m.key, "default/web-1");
         let mut skipped = vec![];
-        let p = service_ports(&s, &[&sl], &Reserved::default(), &mut skipped);
+        let p = ports_of(&s, &[&sl], &Reserved::default(), &mut skipped);
         assert!(skipped.is_empty(), "{skipped:?}");
-        // What the agent keeps (slimmed objects) converts to the same ports.
-        let (s2, sl2) = (
-            slim_service(s.clone()).unwrap(),
-            slim_slice(sl.clone()).unwrap(),
-        );
-        assert_eq!(slice_service(&sl2).as_deref(), Some("default/web"));
-        let p2 = service_ports(&s2, &[&sl2], &Reserved::default(), &mut skipped);
-        assert_eq!(p, p2);
+        // What the agent does not keep is no change: annotations, managed fields, status
+        // conditions, an endpoint's targetRef.
+        let mut s2 = s.clone();
+        s2.metadata.annotations = Some([("a".to_string(), "b".to_string())].into());
+        s2.metadata.resource_version = Some("7".into());
+        let mut sl2 = sl.clone();
+        sl2.endpoints.as_mut().unwrap()[0].target_ref = Some(Default::default());
+        sl2.metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert("x".into(), "y".into());
+        assert_eq!(service_model(s2), service_model(s.clone()));
+        assert_eq!(slice_model(sl2), slice_model(sl.clone()));
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].port_name_string(), "default/web:http");
         assert_eq!(p[0].node_port, Some(30080));
@@ -448,7 +568,7 @@ mod tests {
             ..Default::default()
         };
         let mut skipped = vec![];
-        let p = service_ports(&s, &[&s4, &s6], &anywhere, &mut skipped);
+        let p = ports_of(&s, &[&s4, &s6], &anywhere, &mut skipped);
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(p.len(), 2);
         assert_eq!((p[0].family, p[1].family), (Family::V4, Family::V6));
@@ -477,7 +597,7 @@ mod tests {
                      "externalIPs": ["2001:db8:18::10", "2001:db8:19::1"]}
         }));
         let mut why = vec![];
-        let p = service_ports(&capture, &[], &guarded, &mut why);
+        let p = ports_of(&capture, &[], &guarded, &mut why);
         assert_eq!(
             p[0].external_ips,
             vec!["2001:db8:19::1".parse::<IpAddr>().unwrap()]
@@ -502,7 +622,7 @@ mod tests {
             ..Default::default()
         };
         let mut why = vec![];
-        let p = service_ports(&lb, &[], &lbs, &mut why);
+        let p = ports_of(&lb, &[], &lbs, &mut why);
         assert_eq!(p[0].load_balancer_ips.len(), 1);
         assert!(p[1].load_balancer_ips.is_empty(), "{p:?}");
         assert!(
@@ -512,7 +632,7 @@ mod tests {
         // An IPv6-only Service: only the IPv6 port.
         let six = svc(json!({"metadata": {"namespace": "d", "name": "v6"},
             "spec": {"clusterIP": "fd00::10", "ports": [{"port": 80}]}}));
-        let p = service_ports(&six, &[], &Reserved::default(), &mut skipped);
+        let p = ports_of(&six, &[], &Reserved::default(), &mut skipped);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].family, Family::V6);
     }
@@ -528,7 +648,7 @@ mod tests {
                      "ports": [{"name": "a; flush ruleset", "port": 80},
                                {"name": "ok", "port": 81}]}
         }));
-        let p = service_ports(&bad_port, &[], &Reserved::default(), &mut skipped);
+        let p = ports_of(&bad_port, &[], &Reserved::default(), &mut skipped);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].port_name, "ok");
         assert!(skipped[0].reason.starts_with("port name: "), "{skipped:?}");
@@ -536,7 +656,7 @@ mod tests {
             "metadata": {"namespace": "x\"\ny", "name": "web"},
             "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}
         }));
-        assert!(service_ports(&bad_ns, &[], &Reserved::default(), &mut skipped).is_empty());
+        assert!(ports_of(&bad_ns, &[], &Reserved::default(), &mut skipped).is_empty());
         assert!(
             skipped[1].reason.starts_with("metadata.namespace: "),
             "{skipped:?}"
@@ -557,7 +677,7 @@ mod tests {
             external_ips: vec!["0.0.0.0/0".parse().unwrap()],
             ..Default::default()
         };
-        let p = service_ports(&s, &[], &anywhere, &mut skipped);
+        let p = ports_of(&s, &[], &anywhere, &mut skipped);
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].external_ips.len(), 1);
         let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
@@ -572,7 +692,7 @@ mod tests {
             .any(|r| r.contains("fd00::1 is not of the Service's families")));
         let junk = svc(json!({"metadata": {"namespace": "d", "name": "j"},
             "spec": {"clusterIP": "10.96.0.300", "ports": [{"port": 80}]}}));
-        assert!(service_ports(&junk, &[], &Reserved::default(), &mut skipped).is_empty());
+        assert!(ports_of(&junk, &[], &Reserved::default(), &mut skipped).is_empty());
         assert!(skipped
             .last()
             .unwrap()
@@ -580,7 +700,7 @@ mod tests {
             .contains("is not an IP address"));
         let headless = svc(json!({"metadata": {"namespace": "d", "name": "h"},
             "spec": {"clusterIP": "None", "ports": [{"port": 80}]}}));
-        assert!(service_ports(&headless, &[], &Reserved::default(), &mut skipped).is_empty());
+        assert!(ports_of(&headless, &[], &Reserved::default(), &mut skipped).is_empty());
     }
 
     /// A Service may take an externalIP or LoadBalancer address only inside the allowed
@@ -611,7 +731,7 @@ mod tests {
                                                     {"ip": "203.0.113.1"}]}}
         }));
         let mut skipped = vec![];
-        let p = service_ports(&s, &[], &reserved, &mut skipped);
+        let p = ports_of(&s, &[], &reserved, &mut skipped);
         let reasons: Vec<&str> = skipped.iter().map(|s| s.reason.as_str()).collect();
         assert_eq!(
             p.len(),
@@ -638,7 +758,7 @@ mod tests {
             ..reserved
         };
         let mut skipped = vec![];
-        let p = service_ports(&s, &[], &none, &mut skipped);
+        let p = ports_of(&s, &[], &none, &mut skipped);
         assert!(p[0].external_ips.is_empty());
         assert!(skipped.iter().any(|s| s.reason.contains(
             "198.19.0.9 is outside the BGPConfiguration default's serviceExternalIPs (none set)"
