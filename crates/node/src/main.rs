@@ -14,7 +14,8 @@
 //!
 //! SIGTERM stops the speaker gracefully (RFC 4724): kernel routes stay and peers keep ours
 //! until we are back.
-#![forbid(unsafe_code)]
+// No unsafe code but the one allocator option call (`allocator_setup`), allowed there.
+#![deny(unsafe_code)]
 
 mod autodetect;
 mod bgp_task;
@@ -463,8 +464,32 @@ async fn serve(addr: SocketAddr, app: axum::Router, what: &'static str) {
     }
 }
 
+/// See the `mimalloc` feature in Cargo.toml: glibc's arenas kept 65 MiB more at 5,000 nodes.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Freed memory goes back to the kernel at once rather than after mimalloc's 10 ms: a policy
+/// render or a relist frees tens of MiB in a burst, and the delay let the next burst's
+/// allocations land beside it (peak RSS at 5,000 nodes 291 -> 241 MiB, CPU no different).
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides, as mimalloc documents.
+#[cfg(feature = "mimalloc")]
+#[allow(unsafe_code)]
+fn allocator_setup() {
+    // `mi_option_purge_delay` in mimalloc 2.x's mimalloc.h (the sys crate names no constant).
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options, which may change at any time.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
+
+#[cfg(not(feature = "mimalloc"))]
+fn allocator_setup() {}
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    allocator_setup();
     let a = Args::parse();
     init_logging(&a);
     if a.cleanup {
