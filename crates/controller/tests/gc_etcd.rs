@@ -420,11 +420,19 @@ async fn the_standby_controller_takes_over_from_a_killed_leader() {
     // another replica took over): b stops collecting and stands by, alive; once the lease
     // is free again, it leads again.
     let lease: Api<Lease> = store.namespaced::<Lease>("brindle-system");
-    let mut l = lease.get("brindle-controller").await.unwrap().unwrap();
-    let spec = l.spec.as_mut().unwrap();
-    spec.holder_identity = Some("intruder".into());
-    spec.lease_duration_seconds = Some(1);
-    lease.update(&l).await.unwrap();
+    // b renews every 2 s meanwhile: a renewal between our read and write is a conflict,
+    // and we read again.
+    loop {
+        let mut l = lease.get("brindle-controller").await.unwrap().unwrap();
+        let spec = l.spec.as_mut().unwrap();
+        spec.holder_identity = Some("intruder".into());
+        spec.lease_duration_seconds = Some(1);
+        match lease.update(&l).await {
+            Ok(_) => break,
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => panic!("taking the lease: {e}"),
+        }
+    }
     eventually("b stands by", || async { leader_gauge(pb) == Some(0) }).await;
     let log_b = std::fs::read_to_string(logs.path().join("b")).unwrap();
     assert!(log_b.contains("collection stopped, standing by"), "{log_b}");

@@ -13,6 +13,9 @@
 //! poller looked. etcd's peak RSS and watch count are read too.
 //! Prints a table and writes `bench-results/lab-convergence.json`.
 //!
+//! `BRINDLE_BENCH_KEEP_LOGS=DIR` keeps every agent's log (a directory per scenario); a
+//! number among the arguments runs only the scenarios of that many nodes.
+//!
 //! `cargo bench -p brindle-lab --bench convergence -- large` runs a 50-node full mesh and
 //! 100 nodes with 2 route reflectors instead (`bench-results/lab-convergence-large.json`).
 
@@ -116,6 +119,33 @@ fn scenario(name: &str, nodes: usize, reflectors: usize, ip_family: IpFamily) ->
         }
     };
     let converge = per_node.iter().max().copied().unwrap_or_default();
+    // Which nodes were last (the last started, or the others learning its block?).
+    let mut order: Vec<(Duration, &str)> = per_node
+        .iter()
+        .zip(&names)
+        .map(|(t, n)| (*t, n.as_str()))
+        .collect();
+    order.sort();
+    let show = |v: &[(Duration, &str)]| {
+        v.iter()
+            .map(|(t, n)| format!("{n} {:.3}", t.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    eprintln!(
+        "  first: {}; last: {}",
+        show(&order[..order.len().min(3)]),
+        show(&order[order.len().saturating_sub(3)..])
+    );
+    // BRINDLE_BENCH_KEEP_LOGS=DIR keeps every agent's log of the run.
+    if let Some(dir) = std::env::var_os("BRINDLE_BENCH_KEEP_LOGS") {
+        let dir =
+            std::path::Path::new(&dir).join(format!("{}-{nodes}", name.replace([' ', ','], "")));
+        let _ = std::fs::create_dir_all(&dir);
+        for n in &lab.nodes {
+            let _ = std::fs::copy(n.log(), dir.join(format!("{}.log", n.name)));
+        }
+    }
     // The lab's own check (every node's `ip route`, the datastore's blocks) agrees.
     lab.wait_converged(Duration::from_secs(30))
         .expect("the lab's convergence check");

@@ -492,7 +492,8 @@ impl Lab {
     /// each learn 49 others overflow it, and the kernel then drops what needs a new entry
     /// (seen: a 50-node mesh whose sessions never all came up, with "neighbor table
     /// overflow" in the kernel's log). Permanent entries do not count against the limit. A
-    /// real cluster's nodes each have a kernel, and a table, of their own.
+    /// real cluster's nodes each have a kernel, and a table, of their own. Run again when a
+    /// node joins (`neigh replace`: a reused address gets the newcomer's MAC address).
     fn pin_neighbours(&self) -> anyhow::Result<()> {
         let mut macs = vec![];
         for n in &self.nodes {

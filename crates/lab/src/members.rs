@@ -41,6 +41,12 @@ impl Lab {
         let addrs = node.addrs().join(" and ");
         self.nodes.push(node);
         self.spec.nodes = self.nodes.len();
+        // A large lab's neighbours are pinned: the newcomer's too, and its address may be a
+        // removed node's, whose old MAC address the others hold (replaced here).
+        if self.nodes.len() > crate::PIN_NEIGHBOURS_ABOVE {
+            self.pin_neighbours()
+                .map_err(|e| format!("{name}: pinning neighbours: {e:#}"))?;
+        }
         let told = self.tell_router(rack);
         self.start_agent(self.nodes.len() - 1);
         Ok(format!(

@@ -76,14 +76,28 @@ pub fn time_routes(
                 sc.spawn(move || watch_one(path, want, timeout, ready, start, abort))
             })
             .collect();
-        // Every watcher has subscribed and read its table before anything starts.
+        drop(ready_tx);
+        // Stops every watcher if this returns early or `go` panics (rather than each waiting
+        // out its deadline).
+        struct Abort<'a>(&'a AtomicBool, bool);
+        impl Drop for Abort<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut guard = Abort(&abort, true);
+        // Every watcher has subscribed and read its table before anything starts (a watcher
+        // that died without a word closes the channel early).
         let subscribed: Result<Vec<()>, String> = ready_rx.iter().take(netns.len()).collect();
-        if let Err(e) = subscribed {
-            abort.store(true, Ordering::Relaxed);
-            return Err(e);
+        let subscribed = subscribed?;
+        if subscribed.len() < netns.len() {
+            return Err("a route watcher stopped before it was ready".into());
         }
         go();
         let _ = start.set(Instant::now());
+        guard.1 = false;
         handles
             .into_iter()
             .map(|h| {
@@ -168,6 +182,12 @@ fn watch_one(
                     if let Some(w) = bird_route(&r) {
                         have.remove(&w);
                     }
+                }
+                // The socket overflowed (ENOBUFS) and events were lost: read the table again.
+                NetlinkPayload::Overrun(_) => {
+                    have = dump(&handle)
+                        .await
+                        .map_err(|e| format!("route dump in {path}: {e}"))?;
                 }
                 _ => {}
             }

@@ -478,8 +478,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn allocator_setup() {
     // `mi_option_purge_delay` in mimalloc 2.x's mimalloc.h (the sys crate names no constant).
     const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets one of mimalloc's options, which may change at any time.
+    // (`MIMALLOC_RESET_DELAY` is the option's older name, which mimalloc still reads.)
+    let given = ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if !given {
+        // SAFETY: sets one of mimalloc's options, called first in `main` while this is the
+        // only thread (mimalloc's options are not meant to be set concurrently).
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     }
 }
@@ -487,9 +492,22 @@ fn allocator_setup() {
 #[cfg(not(feature = "mimalloc"))]
 fn allocator_setup() {}
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    // Before any other thread exists (mimalloc's options are not set under threads).
     allocator_setup();
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(agent()),
+        Err(e) => {
+            eprintln!("brindle-node: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn agent() -> std::process::ExitCode {
     let a = Args::parse();
     init_logging(&a);
     if a.cleanup {
