@@ -469,23 +469,25 @@ async fn serve(addr: SocketAddr, app: axum::Router, what: &'static str) {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Freed memory goes back to the kernel at once rather than after mimalloc's 10 ms: a policy
-/// render or a relist frees tens of MiB in a burst, and the delay let the next burst's
-/// allocations land beside it (peak RSS at 5,000 nodes 291 -> 241 MiB, CPU no different).
-/// `MIMALLOC_PURGE_DELAY` in the environment still decides, as mimalloc documents.
+/// mimalloc's purge delay for the agent, unless the environment sets it (as mimalloc
+/// documents): freed memory goes back to the kernel at once rather than after 10 ms. A
+/// policy render or a relist frees tens of MiB in a burst, and the delay let the next
+/// burst's allocations land beside it (peak RSS at 5,000 nodes 290 -> 241-253 MiB). Its arena
+/// is not committed up front either, but that is set where mimalloc is built
+/// (`.cargo/config.toml`): from here it would come after the first arena was made.
 #[cfg(feature = "mimalloc")]
 #[allow(unsafe_code)]
 fn allocator_setup() {
-    // `mi_option_purge_delay` in mimalloc 2.x's mimalloc.h (the sys crate names no constant).
-    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-    // (`MIMALLOC_RESET_DELAY` is the option's older name, which mimalloc still reads.)
-    let given = ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
-    if !given {
-        // SAFETY: sets one of mimalloc's options, called first in `main` while this is the
-        // only thread (mimalloc's options are not meant to be set concurrently).
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // Its place in `mi_option_e` of mimalloc 2.x's mimalloc.h (the sys crate names none),
+    // with its names in the environment (the older one still read).
+    const OPTIONS: [(libmimalloc_sys::mi_option_t, &[&str]); 1] =
+        [(15, &["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"])];
+    for (option, names) in OPTIONS {
+        if names.iter().all(|v| std::env::var_os(v).is_none()) {
+            // SAFETY: sets one of mimalloc's options, called first in `main` while this is
+            // the only thread (mimalloc's options are not meant to be set concurrently).
+            unsafe { libmimalloc_sys::mi_option_set(option, 0) };
+        }
     }
 }
 
