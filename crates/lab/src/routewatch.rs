@@ -88,8 +88,8 @@ pub fn time_routes(
             }
         }
         let mut guard = Abort(&abort, true);
-        // Every watcher has subscribed and read its table before anything starts (a watcher
-        // that died without a word closes the channel early).
+        // Every watcher has subscribed and read its table before anything starts. (A watcher
+        // that died without a word is noticed only when the others end at their deadline.)
         let subscribed: Result<Vec<()>, String> = ready_rx.iter().take(netns.len()).collect();
         let subscribed = subscribed?;
         if subscribed.len() < netns.len() {
