@@ -421,21 +421,15 @@ fn endpoints_for(
         for e in &s.endpoints {
             let ip = match &e.address {
                 Ok(ip) if family.has(*ip) => *ip,
-                Ok(ip) => {
+                other => {
+                    let text = match other {
+                        Ok(ip) => ip.to_string(),
+                        Err(text) => text.clone(),
+                    };
+                    let family = family.name();
                     skip(
                         &s.key,
-                        format!(
-                            "endpoint {:?} is not an {} address",
-                            ip.to_string(),
-                            family.name()
-                        ),
-                    );
-                    continue;
-                }
-                Err(text) => {
-                    skip(
-                        &s.key,
-                        format!("endpoint {text:?} is not an {} address", family.name()),
+                        format!("endpoint {text:?} is not an {family} address"),
                     );
                     continue;
                 }
