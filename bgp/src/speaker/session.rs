@@ -757,11 +757,17 @@ impl SessionTask {
         base.mul_f64(jitter)
     }
 
-    /// After `n` connects in a row refused outright: 0.25 s, doubling up to the connect-retry
-    /// time (a peer that is starting is reached within a quarter second of listening, not
-    /// BIRD's fixed 2 s); any other connect failure waits the connect-retry time.
+    /// After `n` connects in a row refused outright: every 50 ms for the first second (a
+    /// peer that is starting is reached within 50 ms of listening, not BIRD's fixed 2 s),
+    /// then 0.25 s doubling up to the connect-retry time; any other connect failure waits
+    /// the connect-retry time. A refused connect is a SYN and a RST: twenty in the first
+    /// second of a peer's start, four a second after.
     fn refused_backoff(&self, n: u32) -> Duration {
-        let fast = Duration::from_millis(250) * 2u32.saturating_pow(n.saturating_sub(1).min(8));
+        const QUICK: u32 = 20;
+        let fast = match n {
+            0..=QUICK => Duration::from_millis(50),
+            _ => Duration::from_millis(250) * 2u32.saturating_pow((n - QUICK - 1).min(8)),
+        };
         let plain = self.backoff(1);
         if n == u32::MAX || fast >= self.cfg.connect_retry {
             plain

@@ -583,50 +583,7 @@ async fn run(a: Args) -> anyhow::Result<()> {
             .run(),
         );
     }
-    let ipam_socket = (a.ipam_socket.as_os_str() != "none").then(|| a.ipam_socket.clone());
-    // The dataplane (Services and NetworkPolicy) on this node, if any.
-    let dataplane = match a.services || a.policy {
-        false => None,
-        true => match dataplane::choose(&a.dataplane, &a.iptables_backend, &Runner::default()) {
-            Ok((dp, why)) => {
-                info!(dataplane = dp.name(), "dataplane chosen: {why}");
-                Some(dp)
-            }
-            Err(dataplane::ChooseError::Fatal(e)) => anyhow::bail!(e),
-            // A node whose dataplane cannot be used still routes pods; it says so loudly.
-            Err(e) => {
-                error!("Services, NAT outgoing and NetworkPolicy are OFF on this node: {e}");
-                None
-            }
-        },
-    };
     let metrics = metrics::Metrics::new();
-    let (attach_tx, attach_rx) = tokio::sync::mpsc::channel(1024);
-    let policy_on = a.policy && dataplane.is_some();
-    if let Some(path) = ipam_socket.clone() {
-        let server = brindle_cni::agent::Server {
-            store: store.clone(),
-            ipam: std::sync::Arc::new(brindle_ipam::Ipam::new(store.clone())),
-            node: me.name.clone(),
-            path,
-            attachments: policy_on.then(|| brindle_cni::agent::AttachmentHook {
-                tx: attach_tx,
-                wait: a.policy_setup_timeout,
-            }),
-            observe: Some({
-                let m = metrics.ipam_pools.clone();
-                std::sync::Arc::new(move |op, result, took| m.request(op, result, took))
-            }),
-        };
-        tasks.spawn("ipam-socket", async move {
-            let path = server.path.clone();
-            if let Err(e) = server.run().await {
-                // Not worth a restart: the plugin does the same work itself.
-                error!(socket = %path.display(), "IPAM socket failed; the CNI plugin does IPAM itself: {e}");
-                std::future::pending::<()>().await;
-            }
-        });
-    }
     let snap = snapshot::start(&store, &me.name, &a.secrets_namespace, metrics.clone());
     let (tunnel_tx, tunnel_rx) = watch::channel(false);
     let (view_tx, view_rx) = watch::channel(bgp_task::SpeakerView::default());
@@ -676,6 +633,77 @@ async fn run(a: Args) -> anyhow::Result<()> {
             }
             .run(),
         );
+    }
+    let mut bgp = tokio::spawn(
+        bgp_task::BgpTask {
+            me: me.clone(),
+            snap: snap.clone(),
+            tunnel_ok: tunnel_rx,
+            metrics: metrics.clone(),
+            control_socket: a.control_socket.clone(),
+            view: view_tx,
+            stop: stop_rx,
+            handle: netlink()?,
+            route_refresh: a.route_refresh_interval,
+            pulse: heart.pulse("bgp", Duration::from_secs(120)),
+        }
+        .run(),
+    );
+    tasks.spawn("peer-watch", health::watch_peers(view_rx.clone()));
+    // The dataplane's probes run iptables and nft: off the runtime's threads, and after the
+    // routing tasks are under way (a node's routes never wait for them).
+    let ipam_socket = (a.ipam_socket.as_os_str() != "none").then(|| a.ipam_socket.clone());
+    // The dataplane (Services and NetworkPolicy) on this node, if any.
+    let chosen = match a.services || a.policy {
+        false => None,
+        true => {
+            let (choice, backend) = (a.dataplane.clone(), a.iptables_backend.clone());
+            let choose = move || dataplane::choose(&choice, &backend, &Runner::default());
+            Some(
+                tokio::task::spawn_blocking(choose)
+                    .await
+                    .context("choosing the dataplane")?,
+            )
+        }
+    };
+    let dataplane = match chosen {
+        None => None,
+        Some(Ok((dp, why))) => {
+            info!(dataplane = dp.name(), "dataplane chosen: {why}");
+            Some(dp)
+        }
+        Some(Err(dataplane::ChooseError::Fatal(e))) => anyhow::bail!(e),
+        // A node whose dataplane cannot be used still routes pods; it says so loudly.
+        Some(Err(e)) => {
+            error!("Services, NAT outgoing and NetworkPolicy are OFF on this node: {e}");
+            None
+        }
+    };
+    let (attach_tx, attach_rx) = tokio::sync::mpsc::channel(1024);
+    let policy_on = a.policy && dataplane.is_some();
+    if let Some(path) = ipam_socket.clone() {
+        let server = brindle_cni::agent::Server {
+            store: store.clone(),
+            ipam: std::sync::Arc::new(brindle_ipam::Ipam::new(store.clone())),
+            node: me.name.clone(),
+            path,
+            attachments: policy_on.then(|| brindle_cni::agent::AttachmentHook {
+                tx: attach_tx,
+                wait: a.policy_setup_timeout,
+            }),
+            observe: Some({
+                let m = metrics.ipam_pools.clone();
+                std::sync::Arc::new(move |op, result, took| m.request(op, result, took))
+            }),
+        };
+        tasks.spawn("ipam-socket", async move {
+            let path = server.path.clone();
+            if let Err(e) = server.run().await {
+                // Not worth a restart: the plugin does the same work itself.
+                error!(socket = %path.display(), "IPAM socket failed; the CNI plugin does IPAM itself: {e}");
+                std::future::pending::<()>().await;
+            }
+        });
     }
     // --log-denied: the group is bound before any rule names it; a node where it cannot be
     // still enforces policy, without the lines (said once, loudly).
@@ -737,22 +765,6 @@ async fn run(a: Args) -> anyhow::Result<()> {
             .run(),
         );
     }
-    let mut bgp = tokio::spawn(
-        bgp_task::BgpTask {
-            me: me.clone(),
-            snap: snap.clone(),
-            tunnel_ok: tunnel_rx,
-            metrics: metrics.clone(),
-            control_socket: a.control_socket.clone(),
-            view: view_tx,
-            stop: stop_rx,
-            handle: netlink()?,
-            route_refresh: a.route_refresh_interval,
-            pulse: heart.pulse("bgp", Duration::from_secs(120)),
-        }
-        .run(),
-    );
-    tasks.spawn("peer-watch", health::watch_peers(view_rx.clone()));
     let h = health::Health {
         node: me.name.clone(),
         started,
