@@ -70,7 +70,7 @@ pub fn pod(p: &KubePod) -> Pod {
     if finished {
         ips.clear();
     }
-    let ports = spec
+    let ports: Vec<NamedPort> = spec
         .into_iter()
         .flat_map(|s| {
             s.containers
@@ -86,12 +86,14 @@ pub fn pod(p: &KubePod) -> Pod {
             })
         })
         .collect();
+    // Held for every pod of the cluster: exactly sized (a collected Vec has room for four).
+    ips.shrink_to_fit();
     Pod {
         namespace: intern(p.metadata.namespace.as_deref().unwrap_or_default()),
         name: p.metadata.name.clone().unwrap_or_default(),
         labels: p.metadata.labels.iter().flatten().collect(),
         ips,
-        ports,
+        ports: crate::labels::share_ports(&ports),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         node: intern(
             spec.and_then(|s| s.node_name.as_deref())

@@ -194,7 +194,7 @@ impl Policy {
 }
 
 /// A container port a named port can resolve to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamedPort {
     pub name: Arc<str>,
     pub protocol: Protocol,
@@ -202,14 +202,15 @@ pub struct NamedPort {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-/// Namespace, node and port names are shared strings ([`crate::labels::intern`]): every pod
-/// of the cluster is held by each agent, and these repeat over all of them.
+/// Namespace and node names are shared strings ([`crate::labels::intern`]), labels and
+/// named ports shared lists ([`crate::labels::share_ports`]): every pod of the cluster is
+/// held by each agent, and these repeat over all of them.
 pub struct Pod {
     pub namespace: Arc<str>,
     pub name: String,
     pub labels: Labels,
     pub ips: Vec<IpAddr>,
-    pub ports: Vec<NamedPort>,
+    pub ports: Arc<[NamedPort]>,
     /// On the node's network: not a workload, no policy applies to it.
     pub host_network: bool,
     pub node: Arc<str>,
@@ -226,7 +227,7 @@ impl Pod {
             name: name.into(),
             labels: Labels::default(),
             ips: vec![ip],
-            ports: vec![],
+            ports: Arc::default(),
             host_network: false,
             node: node.into(),
             finished: false,
@@ -240,11 +241,13 @@ impl Pod {
 
     /// A named container port.
     pub fn port(mut self, name: &str, protocol: Protocol, port: u16) -> Pod {
-        self.ports.push(NamedPort {
+        let mut ports = self.ports.to_vec();
+        ports.push(NamedPort {
             name: name.into(),
             protocol,
             port,
         });
+        self.ports = crate::labels::share_ports(&ports);
         self
     }
 }

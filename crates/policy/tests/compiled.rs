@@ -164,7 +164,7 @@ fn cluster(bytes: &[u8]) -> (World, Vec<Pod>) {
             name: format!("p{i}"),
             labels: labels.into(),
             ips: vec![IpAddr::from([10, 0, 0, i])],
-            ports,
+            ports: brindle_policy::labels::share_ports(&ports),
             host_network: g.n(8) == 0,
             finished: false,
             node: "n1".into(),

@@ -37,7 +37,7 @@ fn pod(ns: &str, name: &str) -> Pod {
         name: name.into(),
         labels: [("pod".to_string(), name.to_string())].into(),
         ips: vec![IpAddr::from([10, 0, n, p + 1])],
-        ports,
+        ports: brindle_policy::labels::share_ports(&ports),
         host_network: false,
         finished: false,
         node: "n1".into(),
@@ -230,7 +230,13 @@ fn named_ports_resolve_per_destination_pod_with_their_protocol() {
         .iter_mut()
         .find(|p| &*p.namespace == "x" && p.name == "b")
         .unwrap();
-    b.ports.retain(|p| &*p.name != "serve-81-udp");
+    let kept: Vec<_> = b
+        .ports
+        .iter()
+        .filter(|p| &*p.name != "serve-81-udp")
+        .cloned()
+        .collect();
+    b.ports = brindle_policy::labels::share_ports(&kept);
     assert!(!m.conn("y/a", "x/b", Protocol::Udp, 81).allowed());
 }
 
