@@ -297,26 +297,36 @@ fn endpoints_and_sets(
     endpoint_cache: &mut Endpoints,
 ) -> PolicyRules {
     let family = ctx.family;
+    // Every member of every set is held until the next render: exactly sized (a filtered
+    // collect grows by doubling, up to twice the room).
+    let exact = |mut v: Vec<Member>| {
+        v.shrink_to_fit();
+        v
+    };
     for (key, members) in &prog.selector_sets {
         out.sets.push(Arc::new(SetSpec {
             name: selector_set(family, key),
             kind: SetKind::Net,
-            members: members
-                .iter()
-                .filter(|ip| family.has(**ip))
-                .map(|ip| Member::host(*ip))
-                .collect(),
+            members: exact(
+                members
+                    .iter()
+                    .filter(|ip| family.has(**ip))
+                    .map(|ip| Member::host(*ip))
+                    .collect(),
+            ),
         }));
     }
     for (key, members) in &prog.named_sets {
         out.sets.push(Arc::new(SetSpec {
             name: named_set(family, key),
             kind: SetKind::IpPort,
-            members: members
-                .iter()
-                .filter(|(ip, _)| family.has(*ip))
-                .map(|(ip, port)| Member::IpPort(*ip, key.protocol, *port))
-                .collect(),
+            members: exact(
+                members
+                    .iter()
+                    .filter(|(ip, _)| family.has(*ip))
+                    .map(|(ip, port)| Member::IpPort(*ip, key.protocol, *port))
+                    .collect(),
+            ),
         }));
     }
     out.sets.sort_by(|a, b| a.name.cmp(&b.name));

@@ -54,7 +54,7 @@ fn world() -> (World, Vec<Pod>) {
         let mut p = Pod::running("x", name, "n1", v4.parse().unwrap())
             .label("app", app)
             .port("http", Protocol::Tcp, 8080);
-        p.ips.push(v6.parse().unwrap());
+        p.ips = [p.ips[0], v6.parse().unwrap()].into();
         p
     };
     let mut w = World::default();

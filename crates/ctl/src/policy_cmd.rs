@@ -152,7 +152,7 @@ fn end<'a>(what: &str, pods: &'a [Pod], v6: bool) -> Result<End<'a>, Failure> {
     };
     let pod = pods
         .iter()
-        .find(|p| &*p.namespace == ns && p.name == name)
+        .find(|p| &*p.namespace == ns && &*p.name == name)
         .ok_or_else(|| Failure::Error(anyhow::anyhow!("no pod {ns}/{name}")))?;
     let ip = pod
         .ips

@@ -108,7 +108,8 @@ pub struct PolicyState {
     /// `ns/name` → why the policy was refused (logged once per reason).
     refused: BTreeMap<String, String>,
     namespaces: BTreeMap<String, Namespace>,
-    pods: BTreeMap<String, Pod>,
+    /// `ns/name` → the pod (every pod of the cluster: keys exactly sized).
+    pods: BTreeMap<Box<str>, Pod>,
     /// The pod label keys the policies' selectors read (a change to another is nothing).
     label_keys: BTreeSet<String>,
     listed: [bool; 3],
@@ -199,25 +200,28 @@ impl PolicyState {
             }
             PolicyEv::Pod(Event::Reset(items)) => {
                 self.listed[2] = true;
-                self.pods = items.into_iter().collect();
+                self.pods = items
+                    .into_iter()
+                    .map(|(k, p)| (k.into_boxed_str(), p))
+                    .collect();
                 self.announced |= !self.waiting.is_empty();
             }
             PolicyEv::Pod(Event::Upsert(k, p)) => {
-                if let Some(old) = self.pods.get(&k) {
+                if let Some(old) = self.pods.get(k.as_str()) {
                     if self.same_to_policy(old, &p) {
                         // The same pod again to every policy (its status, or a label no
                         // selector reads, changed): kept, nothing to render.
                         self.dirty = was;
-                        self.pods.insert(k, *p);
+                        self.pods.insert(k.into_boxed_str(), *p);
                         return;
                     }
                 }
                 // An ADD waiting for this Pod gets its chains at once, not after a batch.
                 self.announced |= self.waits_for(&k);
-                self.pods.insert(k, *p);
+                self.pods.insert(k.into_boxed_str(), *p);
             }
             PolicyEv::Pod(Event::Delete(k)) => {
-                self.pods.remove(&k);
+                self.pods.remove(k.as_str());
             }
         }
     }
@@ -402,15 +406,19 @@ impl PolicyState {
             if let Some(k) = &key {
                 let p = match patched.entry(k.clone()) {
                     Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => match self.pods.get(k) {
+                    Entry::Vacant(e) => match self.pods.get(k.as_str()) {
                         Some(p) if !p.host_network => e.insert(p.clone()),
                         _ => continue,
                     },
                 };
-                for ip in &a.ips {
-                    if !p.ips.contains(ip) {
-                        p.ips.push(*ip);
-                    }
+                let missing: Vec<IpAddr> = a
+                    .ips
+                    .iter()
+                    .filter(|ip| !p.ips.contains(ip))
+                    .copied()
+                    .collect();
+                if !missing.is_empty() {
+                    p.ips = p.ips.iter().copied().chain(missing).collect();
                 }
             }
             with_chains.push(a.veth.clone());
@@ -427,7 +435,7 @@ impl PolicyState {
             let veth = host_veth_name(&ctx.workload_prefix, &p.namespace, &p.name);
             endpoints.entry(veth.clone()).or_insert(LocalEndpoint {
                 veth,
-                pod: Some(k.clone()),
+                pod: Some(k.to_string()),
             });
         }
         self.rendered = endpoints
@@ -450,7 +458,7 @@ impl PolicyState {
         let pods: Vec<&Pod> = self
             .pods
             .iter()
-            .map(|(k, p)| patched.get(k).unwrap_or(p))
+            .map(|(k, p)| patched.get(&**k).unwrap_or(p))
             .collect();
         // Only the pods with chains here need to know what isolates them.
         let chained: BTreeSet<(&str, &str)> = endpoints
@@ -458,7 +466,7 @@ impl PolicyState {
             .filter_map(|e| e.pod.as_deref()?.split_once('/'))
             .collect();
         let prog = Program::compile_for(&world, &pods, |p| {
-            chained.contains(&(&*p.namespace, p.name.as_str()))
+            chained.contains(&(&*p.namespace, &*p.name))
         });
         // What --log-denied names: each pod interface with chains (pre-written ones too).
         self.isolation = endpoints

@@ -11,10 +11,12 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 pub use brindle_api::service_addresses::{AddressKind, Reserved};
 use brindle_felix_lite::family::Family;
 use brindle_felix_lite::proxy::{Endpoint, Protocol, ServicePort};
+use brindle_policy::labels::intern;
 use ipnetwork::IpNetwork;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec, ServiceStatus};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -91,8 +93,9 @@ pub struct SlicePort {
 pub struct SliceEndpoint {
     /// Its first address; the text when it is not an IP address.
     pub address: Result<IpAddr, String>,
-    pub node: Option<String>,
-    pub zone: Option<String>,
+    /// Shared strings: a cluster's endpoints name the same nodes and zones over and over.
+    pub node: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -254,7 +257,9 @@ pub fn slice_model(s: EndpointSlice) -> Option<SliceModel> {
         "IPv6" => Some(Family::V6),
         _ => None,
     };
-    let ports = s
+    // Every slice of the cluster is kept: its lists exactly sized (a filtered collect grows
+    // by doubling).
+    let mut ports: Vec<SlicePort> = s
         .ports
         .into_iter()
         .flatten()
@@ -264,7 +269,8 @@ pub fn slice_model(s: EndpointSlice) -> Option<SliceModel> {
             port: p.port,
         })
         .collect();
-    let endpoints = s
+    ports.shrink_to_fit();
+    let mut endpoints: Vec<SliceEndpoint> = s
         .endpoints
         .into_iter()
         .flatten()
@@ -275,8 +281,8 @@ pub fn slice_model(s: EndpointSlice) -> Option<SliceModel> {
             let hints = e.hints.unwrap_or_default();
             Some(SliceEndpoint {
                 address: text.parse().map_err(|_| text),
-                node: e.node_name,
-                zone: e.zone,
+                node: e.node_name.as_deref().map(intern),
+                zone: e.zone.as_deref().map(intern),
                 ready,
                 serving: c.serving.unwrap_or(ready),
                 terminating: c.terminating.unwrap_or(false),
@@ -289,6 +295,7 @@ pub fn slice_model(s: EndpointSlice) -> Option<SliceModel> {
             })
         })
         .collect();
+    endpoints.shrink_to_fit();
     Some(SliceModel {
         key: format!("{ns}/{}", s.metadata.name.unwrap_or_default()),
         service,
@@ -437,8 +444,8 @@ fn endpoints_for(
             eps.entry((ip, port)).or_insert_with(|| Endpoint {
                 ip,
                 port,
-                node: e.node.clone(),
-                zone: e.zone.clone(),
+                node: e.node.as_deref().map(str::to_string),
+                zone: e.zone.as_deref().map(str::to_string),
                 ready: e.ready,
                 serving: e.serving,
                 terminating: e.terminating,

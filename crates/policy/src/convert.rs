@@ -87,12 +87,11 @@ pub fn pod(p: &KubePod) -> Pod {
         })
         .collect();
     // Held for every pod of the cluster: exactly sized (a collected Vec has room for four).
-    ips.shrink_to_fit();
     Pod {
         namespace: intern(p.metadata.namespace.as_deref().unwrap_or_default()),
-        name: p.metadata.name.clone().unwrap_or_default(),
+        name: p.metadata.name.as_deref().unwrap_or_default().into(),
         labels: p.metadata.labels.iter().flatten().collect(),
-        ips,
+        ips: ips.into_boxed_slice(),
         ports: crate::labels::share_ports(&ports),
         host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
         node: intern(

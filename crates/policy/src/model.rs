@@ -207,9 +207,9 @@ pub struct NamedPort {
 /// held by each agent, and these repeat over all of them.
 pub struct Pod {
     pub namespace: Arc<str>,
-    pub name: String,
+    pub name: Box<str>,
     pub labels: Labels,
-    pub ips: Vec<IpAddr>,
+    pub ips: Box<[IpAddr]>,
     pub ports: Arc<[NamedPort]>,
     /// On the node's network: not a workload, no policy applies to it.
     pub host_network: bool,
@@ -226,7 +226,7 @@ impl Pod {
             namespace: namespace.into(),
             name: name.into(),
             labels: Labels::default(),
-            ips: vec![ip],
+            ips: Box::new([ip]),
             ports: Arc::default(),
             host_network: false,
             node: node.into(),

@@ -161,9 +161,9 @@ fn cluster(bytes: &[u8]) -> (World, Vec<Pod>) {
         }
         pods.push(Pod {
             namespace: g.pick(&["x", "y", "z"]).into(),
-            name: format!("p{i}"),
+            name: format!("p{i}").into(),
             labels: labels.into(),
-            ips: vec![IpAddr::from([10, 0, 0, i])],
+            ips: Box::new([IpAddr::from([10, 0, 0, i])]),
             ports: brindle_policy::labels::share_ports(&ports),
             host_network: g.n(8) == 0,
             finished: false,
@@ -230,16 +230,16 @@ proptest! {
         let (world, pods) = cluster(&bytes);
         let all = Program::compile(&world, &pods);
         let mine: std::collections::BTreeSet<&str> =
-            pods.iter().step_by(2).map(|p| p.name.as_str()).collect();
+            pods.iter().step_by(2).map(|p| &*p.name).collect();
         let refs: Vec<&Pod> = pods.iter().collect();
-        let some = Program::compile_for(&world, &refs, |p| mine.contains(p.name.as_str()));
+        let some = Program::compile_for(&world, &refs, |p| mine.contains(&*p.name));
         prop_assert_eq!(&some.selector_sets, &all.selector_sets);
         prop_assert_eq!(&some.named_sets, &all.named_sets);
         prop_assert_eq!(&some.ingress, &all.ingress);
         prop_assert_eq!(&some.egress, &all.egress);
         for p in &pods {
             let key = format!("{}/{}", p.namespace, p.name);
-            let want = mine.contains(p.name.as_str()).then(|| all.by_pod.get(&key)).flatten();
+            let want = mine.contains(&*p.name).then(|| all.by_pod.get(&key)).flatten();
             prop_assert_eq!(some.by_pod.get(&key), want, "{}", key);
         }
     }

@@ -36,7 +36,7 @@ fn pod(ns: &str, name: &str) -> Pod {
         namespace: ns.into(),
         name: name.into(),
         labels: [("pod".to_string(), name.to_string())].into(),
-        ips: vec![IpAddr::from([10, 0, n, p + 1])],
+        ips: Box::new([IpAddr::from([10, 0, n, p + 1])]),
         ports: brindle_policy::labels::share_ports(&ports),
         host_network: false,
         finished: false,
@@ -228,7 +228,7 @@ fn named_ports_resolve_per_destination_pod_with_their_protocol() {
     let b = m
         .pods
         .iter_mut()
-        .find(|p| &*p.namespace == "x" && p.name == "b")
+        .find(|p| &*p.namespace == "x" && &*p.name == "b")
         .unwrap();
     let kept: Vec<_> = b
         .ports
