@@ -233,7 +233,7 @@ fn one(size: &Size) -> Sample {
             SetKind::IpPort => "hash:ip,port",
         };
         sets.push_str(&format!("create {} {kind} family inet\n", x.name));
-        for m in &x.members {
+        for m in x.members.iter() {
             sets.push_str(&format!("add {} {m}\n", x.name));
         }
     }

@@ -15,6 +15,7 @@
 
 pub mod family;
 pub mod iptables;
+pub mod members;
 pub mod nflog;
 pub mod nft;
 pub mod policy;

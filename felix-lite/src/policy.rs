@@ -34,6 +34,7 @@ use ipnetwork::IpNetwork;
 use std::net::IpAddr;
 
 use crate::family::Family;
+pub use crate::members::Members;
 use crate::proxy::rules::{
     hash16, Chain, Jump, Rule, Ruleset, TableRules, FORWARD as FORWARD_CHAIN,
 };
@@ -113,7 +114,8 @@ pub enum SetKind {
 pub struct SetSpec {
     pub name: String,
     pub kind: SetKind,
-    pub members: Vec<Member>,
+    /// Packed ([`Members`]): the sets of a cluster hold close to a million members.
+    pub members: Members,
 }
 
 /// One member of a policy set, written as `ipset restore` spells it. Kept as data, not
@@ -297,36 +299,26 @@ fn endpoints_and_sets(
     endpoint_cache: &mut Endpoints,
 ) -> PolicyRules {
     let family = ctx.family;
-    // Every member of every set is held until the next render: exactly sized (a filtered
-    // collect grows by doubling, up to twice the room).
-    let exact = |mut v: Vec<Member>| {
-        v.shrink_to_fit();
-        v
-    };
     for (key, members) in &prog.selector_sets {
         out.sets.push(Arc::new(SetSpec {
             name: selector_set(family, key),
             kind: SetKind::Net,
-            members: exact(
-                members
-                    .iter()
-                    .filter(|ip| family.has(**ip))
-                    .map(|ip| Member::host(*ip))
-                    .collect(),
-            ),
+            members: members
+                .iter()
+                .filter(|ip| family.has(**ip))
+                .map(|ip| Member::host(*ip))
+                .collect(),
         }));
     }
     for (key, members) in &prog.named_sets {
         out.sets.push(Arc::new(SetSpec {
             name: named_set(family, key),
             kind: SetKind::IpPort,
-            members: exact(
-                members
-                    .iter()
-                    .filter(|(ip, _)| family.has(*ip))
-                    .map(|(ip, port)| Member::IpPort(*ip, key.protocol, *port))
-                    .collect(),
-            ),
+            members: members
+                .iter()
+                .filter(|(ip, _)| family.has(*ip))
+                .map(|(ip, port)| Member::IpPort(*ip, key.protocol, *port))
+                .collect(),
         }));
     }
     out.sets.sort_by(|a, b| a.name.cmp(&b.name));
@@ -534,7 +526,7 @@ fn rule_lines(
                     sets.push(Arc::new(SetSpec {
                         name: name.clone(),
                         kind: SetKind::Net,
-                        members,
+                        members: members.into(),
                     }));
                     Some(format!("-m set --match-set {name} {peer_dir}"))
                 }
@@ -852,11 +844,7 @@ pub(crate) mod tests {
         let set = |prefix: &str| r.sets.iter().find(|s| s.name.starts_with(prefix)).unwrap();
         // As ipset restore is given them.
         let members = |prefix: &str| -> Vec<String> {
-            set(prefix)
-                .members
-                .iter()
-                .map(ToString::to_string)
-                .collect()
+            set(prefix).members.iter().map(|m| m.to_string()).collect()
         };
         assert_eq!(members("brl40s-"), vec!["10.0.0.2/32"]);
         assert_eq!(

@@ -156,7 +156,8 @@ fn policy_sets_hold_excepts_and_named_ports() {
             members: vec![
                 Member::Net("198.51.100.0/24".parse().unwrap()),
                 Member::NoMatch("198.51.100.7/32".parse().unwrap()),
-            ],
+            ]
+            .into(),
         }),
         Arc::new(SetSpec {
             name: "brl40n-test".into(),
@@ -164,7 +165,8 @@ fn policy_sets_hold_excepts_and_named_ports() {
             members: vec![
                 Member::IpPort("10.0.0.1".parse().unwrap(), Protocol::Tcp, 8080),
                 Member::IpPort("10.0.0.2".parse().unwrap(), Protocol::Udp, 53),
-            ],
+            ]
+            .into(),
         }),
     ];
     assert_eq!(w.sync_policy_sets(&sets).unwrap(), 2);
@@ -186,7 +188,8 @@ fn policy_sets_hold_excepts_and_named_ports() {
     // A member gone is gone after the next sync (the set is swapped whole), and only the
     // set that changed is written.
     let mut fewer = sets.clone();
-    Arc::make_mut(&mut fewer[1]).members.pop();
+    let first = fewer[1].members.iter().take(1).collect();
+    Arc::make_mut(&mut fewer[1]).members = first;
     assert_eq!(w.sync_policy_sets(&fewer).unwrap(), 1);
     assert!(!test("brl40n-test", "10.0.0.2,udp:53"));
     // A set no longer wanted is destroyed; the wanted one and anyone else's set stay.
@@ -232,7 +235,7 @@ fn a_set_of_a_hundred_thousand_members_replaces_a_default_sized_one() {
     let sets = vec![Arc::new(SetSpec {
         name: "brl40s-big".into(),
         kind: SetKind::Net,
-        members,
+        members: members.into(),
     })];
     let mut w = writer(&ns);
     assert_eq!(w.sync_policy_sets(&sets).unwrap(), 1);
@@ -248,7 +251,8 @@ fn a_set_of_a_hundred_thousand_members_replaces_a_default_sized_one() {
     assert!(header.contains("maxelem 1048576"), "{header}");
     let mut again = writer(&ns);
     let mut fewer = sets.clone();
-    Arc::make_mut(&mut fewer[0]).members.truncate(70_000);
+    let kept = fewer[0].members.iter().take(70_000).collect();
+    Arc::make_mut(&mut fewer[0]).members = kept;
     assert_eq!(again.sync_policy_sets(&fewer).unwrap(), 1);
     assert!(!test("10.1.134.159"));
     assert!(test("10.1.17.111"), "member 69,999");
