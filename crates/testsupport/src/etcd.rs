@@ -132,10 +132,17 @@ pub fn etcd_binary() -> PathBuf {
 impl EtcdServer {
     /// Starts etcd with its data in memory (`/dev/shm` when there is one): fast, for tests.
     pub fn start() -> Self {
-        let base = Path::new("/dev/shm");
+        crate::sweep::once();
+        let base = Path::new(crate::sweep::SHM);
         let dir = if base.is_dir() {
+            // The PID in the name: what a killed test leaves is found by the next one
+            // ([`crate::sweep`]).
             tempfile::Builder::new()
-                .prefix("brindle-etcd-")
+                .prefix(&format!(
+                    "{}{}-",
+                    crate::sweep::ETCD_PREFIX,
+                    std::process::id()
+                ))
                 .tempdir_in(base)
         } else {
             tempfile::Builder::new().prefix("brindle-etcd-").tempdir()

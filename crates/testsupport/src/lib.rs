@@ -12,6 +12,7 @@ pub mod etcd;
 pub mod netns;
 mod ports;
 pub mod prometheus;
+pub mod sweep;
 pub mod vm;
 
 pub use apiserver::{ApiCall, ApiServer};

@@ -13,6 +13,7 @@ pub struct Netns {
 impl Netns {
     /// `ip netns add <prefix>-<pid>-<n>`; loopback is brought up.
     pub fn new(prefix: &str) -> Netns {
+        crate::sweep::once();
         let name = format!(
             "{prefix}-{}-{}",
             std::process::id(),
