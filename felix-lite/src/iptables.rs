@@ -407,7 +407,7 @@ pub struct Writer {
     runner: Runner,
     known: Option<HashMap<String, TableState>>,
     known_sets: Option<BTreeMap<String, Vec<IpNetwork>>>,
-    known_policy_sets: Option<HashMap<String, Arc<crate::policy::SetSpec>>>,
+    known_policy_sets: Option<HashMap<String, WrittenSet>>,
     /// The policy set names after the last clean-up of stale ones.
     policy_set_names: Option<BTreeSet<String>>,
     /// The ipsets that exist (listed when unknown: at start, after a failed restore), so a
@@ -553,13 +553,19 @@ impl Writer {
     ) -> Result<usize, IptablesError> {
         let known = self.known_policy_sets.take().unwrap_or_default();
         let existing = self.existing_sets()?;
-        // Only the sets that differ from what was last written, generated into the pipe (at
-        // a cluster's size the text is tens of megabytes: never held whole).
-        let changed: Vec<&crate::policy::SetSpec> = sets
-            .iter()
-            .filter(|s| known.get(&s.name) != Some(*s))
-            .map(|s| &**s)
-            .collect();
+        // What each wanted set is, and whether it differs from what was last written.
+        let mut now: HashMap<String, WrittenSet> = HashMap::with_capacity(sets.len());
+        let mut changed: Vec<&crate::policy::SetSpec> = vec![];
+        for s in sets {
+            let (same, w) = WrittenSet::compare(known.get(&s.name), s);
+            if !same {
+                changed.push(s);
+            }
+            now.insert(s.name.clone(), w);
+        }
+        drop(known);
+        // Only the sets that differ, generated into the pipe (at a cluster's size the text
+        // is tens of megabytes: never held whole).
         let names: Vec<String> = changed.iter().map(|s| s.name.clone()).collect();
         let written = names.len();
         if written > 0 {
@@ -578,11 +584,6 @@ impl Writer {
             self.generation += 1;
         } else {
             self.existing_sets = Some(existing);
-        }
-        let mut now: HashMap<String, Arc<crate::policy::SetSpec>> = known;
-        now.retain(|name, _| sets.iter().any(|s| &s.name == name));
-        for s in sets {
-            now.insert(s.name.clone(), s.clone());
         }
         self.known_policy_sets = Some(now);
         Ok(written)
@@ -773,6 +774,38 @@ pub fn read_counters(
 /// own default, 65,536, is less than one selector's pods in a large cluster.
 pub const SET_MAXELEM: u32 = 1_048_576;
 
+/// What was last written of a NetworkPolicy set: the set itself is not kept (at a cluster's
+/// size the sets hold close to a million members, and a re-render would hold them twice),
+/// only a weak pointer that finds the very same set again and the digest of its members that
+/// tells an equal one from a changed one.
+struct WrittenSet {
+    set: std::sync::Weak<crate::policy::SetSpec>,
+    kind: crate::policy::SetKind,
+    digest: [u8; 20],
+}
+
+impl WrittenSet {
+    /// Whether `s` is what `last` wrote, and the record of `s`.
+    fn compare(last: Option<&WrittenSet>, s: &Arc<crate::policy::SetSpec>) -> (bool, WrittenSet) {
+        // The weak pointer keeps its allocation: an equal address is this very set.
+        if let Some(w) = last.filter(|w| std::ptr::eq(w.set.as_ptr(), Arc::as_ptr(s))) {
+            let again = WrittenSet {
+                set: Arc::downgrade(s),
+                kind: w.kind,
+                digest: w.digest,
+            };
+            return (true, again);
+        }
+        let w = WrittenSet {
+            set: Arc::downgrade(s),
+            kind: s.kind,
+            digest: s.members.digest(),
+        };
+        let same = last.is_some_and(|l| l.kind == w.kind && l.digest == w.digest);
+        (same, w)
+    }
+}
+
 /// Appends to an `ipset restore` what replaces set `name`'s members at once: a temporary set
 /// filled, then swapped in. Sets are created (at [`SET_MAXELEM`]) only when they do not
 /// exist: a set made by an older version keeps its size until the swap gives it the new one.
@@ -860,7 +893,7 @@ fn diff(
         if same(have.chains.get(&c.name), &c.rules) {
             continue;
         }
-        changed.push(c);
+        changed.push(&**c);
         decl.push_str(&format!(":{} - [0:0]\n", c.name));
         report.chains_written += 1;
         report.rules_written += c.rules.len();

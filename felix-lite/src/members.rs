@@ -65,6 +65,22 @@ impl Members {
         self.len() == 0
     }
 
+    /// A digest of the members in their order (SHA-1: a set that changed must never look
+    /// unchanged, whoever chose its members).
+    pub fn digest(&self) -> [u8; 20] {
+        use sha1::Digest;
+        let mut h = sha1::Sha1::new();
+        h.update((self.v4.len() as u64).to_le_bytes());
+        for v in &self.v4 {
+            h.update(v.to_le_bytes());
+        }
+        for m in &self.other {
+            h.update(m.to_string().as_bytes());
+            h.update([b'\n']);
+        }
+        h.finalize().into()
+    }
+
     /// The IPv4 members, then the others.
     pub fn iter(&self) -> impl Iterator<Item = Member> + '_ {
         self.v4
@@ -127,6 +143,9 @@ mod tests {
         assert_eq!(m.v4.len(), given.len(), "every IPv4 member packed");
         assert_eq!(m.iter().collect::<Vec<_>>(), given);
         assert_eq!(m.len(), given.len());
+        let fewer: Members = given[1..].iter().copied().collect();
+        assert_ne!(m.digest(), fewer.digest());
+        assert_eq!(m.digest(), m.clone().digest());
     }
 
     #[test]

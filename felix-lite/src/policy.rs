@@ -397,7 +397,7 @@ fn endpoints_and_sets(
             rules: std::mem::take(list),
         });
     }
-    out.filter.chains = chains;
+    out.filter.chains = chains.into_iter().map(Arc::new).collect();
     let jump = |chain: &'static str, comment: &str, body: String| Jump {
         chain,
         rule: Rule::new(chain, comment, &body),

@@ -29,7 +29,10 @@ fn ruleset(jump_comment: &str, target: &str) -> Ruleset {
                         "-p tcp -m tcp -j DNAT --to-destination 10.244.0.2:8080",
                     )],
                 },
-            ],
+            ]
+            .into_iter()
+            .map(std::sync::Arc::new)
+            .collect(),
             jumps: vec![Jump {
                 chain: "PREROUTING",
                 rule: Rule::new("PREROUTING", jump_comment, "-j BRL-SERVICES"),

@@ -653,10 +653,10 @@ mod tests {
             Dataplane::Iptables(_) => {
                 let ok = |body: &str| {
                     let mut r = Ruleset::default();
-                    r.filter.chains = vec![Chain {
+                    r.filter.chains = vec![std::sync::Arc::new(Chain {
                         name: "BRL-TEST".into(),
                         rules: vec![Rule::new("BRL-TEST", "", body)],
-                    }];
+                    })];
                     Want::Iptables {
                         ruleset: r,
                         sets: BTreeMap::new(),

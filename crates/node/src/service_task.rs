@@ -626,6 +626,9 @@ impl ServiceTask {
                         // open over IPv6 meanwhile): rendered now if it is not yet.
                         let v6_unrendered = want.v6.is_some() && policy_rules.v6.is_none();
                         if pst.needs_render() || v6_unrendered {
+                            // The last render goes first: at a cluster's size a render is
+                            // tens of MiB, and two at once were the agent's peak.
+                            drop(std::mem::take(&mut policy_rules));
                             (policy_rules, with_chains) = pst.render(pctx, self.dataplane, want.v6.is_some());
                             self.metrics.policy_refused.clear();
                             for k in pst.refused() {

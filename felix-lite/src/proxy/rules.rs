@@ -4,6 +4,7 @@
 //! what it compares with the kernel, so the text never has to be read back.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use sha1::Digest;
 
@@ -119,7 +120,7 @@ pub struct Chain {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ServiceRules {
     /// nat: its SVC/SVL/EXT/FW/SEP chains (none when it has no endpoints).
-    pub chains: Vec<Chain>,
+    pub chains: Vec<Arc<Chain>>,
     pub nat_services: Vec<Rule>,
     pub nat_nodeports: Vec<Rule>,
     pub filter_services: Vec<Rule>,
@@ -315,19 +316,19 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
             ));
         }
         endpoint_rules(&mut rules, &svc_chain, svc, &plan.cat.cluster);
-        out.chains.push(Chain {
+        out.chains.push(Arc::new(Chain {
             name: svc_chain.clone(),
             rules,
-        });
+        }));
     }
     if plan.uses_local {
         let svl_chain = chain_of(ChainKind::Local);
         let mut rules = vec![];
         endpoint_rules(&mut rules, &svl_chain, svc, &plan.cat.local);
-        out.chains.push(Chain {
+        out.chains.push(Arc::new(Chain {
             name: svl_chain,
             rules,
-        });
+        }));
     }
     if svc.externally_accessible() {
         let rules = plan
@@ -358,10 +359,10 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
                 ExternalStep::To(k) => Rule::new(&ext_chain, "", &format!("-j {}", chain_of(*k))),
             })
             .collect();
-        out.chains.push(Chain {
+        out.chains.push(Arc::new(Chain {
             name: ext_chain.clone(),
             rules,
-        });
+        }));
     }
     if plan.uses_firewall {
         let mut rules = vec![];
@@ -380,10 +381,10 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
                 &format!("-s {} -j {ext_chain}", host(*ip)),
             ));
         }
-        out.chains.push(Chain {
+        out.chains.push(Arc::new(Chain {
             name: fw_chain,
             rules,
-        });
+        }));
     }
     // SEP chains: every endpoint either policy chain uses, once.
     let mut seen = std::collections::BTreeSet::new();
@@ -411,7 +412,7 @@ pub fn render(svc: &ServicePort, ctx: &NodeContext) -> ServiceRules {
                 ),
             ),
         ];
-        out.chains.push(Chain { name, rules });
+        out.chains.push(Arc::new(Chain { name, rules }));
     }
     out
 }
@@ -465,7 +466,7 @@ pub struct Jump {
 /// One table as we want it: our chains, and our jumps from the built-in chains.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TableRules {
-    pub chains: Vec<Chain>,
+    pub chains: Vec<Arc<Chain>>,
     pub jumps: Vec<Jump>,
 }
 
@@ -537,7 +538,7 @@ pub fn assemble_family<'a>(
             family.loopback()
         ),
     ));
-    let mut nat_chains = vec![
+    let nat_chains = vec![
         Chain {
             name: SERVICES.into(),
             rules: nat_services,
@@ -579,6 +580,7 @@ pub fn assemble_family<'a>(
             ],
         },
     ];
+    let mut nat_chains: Vec<Arc<Chain>> = nat_chains.into_iter().map(Arc::new).collect();
     nat_chains.extend(chains);
     let mut ports = guard.pod_blocked_ports.clone();
     ports.sort();
@@ -649,14 +651,14 @@ pub fn assemble_family<'a>(
     // to 2, loose, which lets any routable source through): a packet from a pod whose
     // source is not routed back to that interface is dropped before conntrack sees it.
     let raw = TableRules {
-        chains: vec![Chain {
+        chains: vec![Arc::new(Chain {
             name: ANTI_SPOOF.into(),
             rules: vec![Rule::new(
                 ANTI_SPOOF,
                 "brindle: a pod sends only from its own addresses",
                 &format!("-i {}+ -m rpfilter --invert -j DROP", guard.workload_prefix),
             )],
-        }],
+        })],
         jumps: vec![jump(
             "PREROUTING",
             "brindle anti-spoofing",
@@ -678,7 +680,7 @@ pub fn assemble_family<'a>(
             ],
         },
         filter: TableRules {
-            chains: filter_chains,
+            chains: filter_chains.into_iter().map(Arc::new).collect(),
             jumps: vec![
                 // First in both chains: before any ACCEPT, and (FORWARD) before NAT outgoing
                 // could give a pod its node's address.
