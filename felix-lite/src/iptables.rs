@@ -972,9 +972,9 @@ fn diff(
                 }
             }
             for j in want.jumps.iter().filter(|j| j.chain == b).rev() {
-                edits.push_str(&format!("-I {b} {} {}\n", at + 1, j.rule.text));
+                edits.push_str(&format!("-I {b} {} {}\n", at + 1, j.rule));
                 rules.insert(at, Some(j.rule.hash));
-                d.jump_texts.push((j.rule.hash, j.rule.text.to_string()));
+                d.jump_texts.push((j.rule.hash, j.rule.to_string()));
                 report.jumps_inserted += 1;
             }
         }
@@ -1002,9 +1002,7 @@ fn write_table(
     }
     for c in changed {
         for r in &c.rules {
-            for part in ["-A ", &c.name, " ", &r.text, "\n"] {
-                out.write_all(part.as_bytes())?;
-            }
+            writeln!(out, "-A {} {r}", c.name)?;
         }
     }
     out.write_all(tail.as_bytes())?;

@@ -253,7 +253,7 @@ impl Renderer {
                 out.accounting.extend(
                     r.1.rules
                         .iter()
-                        .filter(|x| !x.text.ends_with("-j RETURN"))
+                        .filter(|x| !x.body().ends_with("-j RETURN"))
                         .map(|x| {
                             let policy = id.clone();
                             (x.hash, Account::Allowed { policy, ingress })
@@ -305,8 +305,8 @@ fn endpoints_and_sets(
             kind: SetKind::Net,
             members: members
                 .iter()
-                .filter(|ip| family.has(**ip))
-                .map(|ip| Member::host(*ip))
+                .filter(|ip| family.has(*ip))
+                .map(Member::host)
                 .collect(),
         }));
     }
@@ -317,7 +317,7 @@ fn endpoints_and_sets(
             members: members
                 .iter()
                 .filter(|(ip, _)| family.has(*ip))
-                .map(|(ip, port)| Member::IpPort(*ip, key.protocol, *port))
+                .map(|(ip, port)| Member::IpPort(ip, key.protocol, port))
                 .collect(),
         }));
     }
@@ -452,13 +452,13 @@ pub fn merge(ruleset: &mut Ruleset, policy: &PolicyRules) {
         .filter
         .jumps
         .iter()
-        .partition(|j| j.rule.text.contains(ALLOWED));
+        .partition(|j| j.rule.comment().contains(ALLOWED));
     let forward_rules = format!("-j {FORWARD_CHAIN}");
     for j in dispatch {
         let at = if j.chain == "FORWARD" {
             f.jumps
                 .iter()
-                .position(|x| x.chain == "FORWARD" && x.rule.text.ends_with(&forward_rules))
+                .position(|x| x.chain == "FORWARD" && x.rule.body().ends_with(&forward_rules))
         } else {
             f.jumps
                 .iter()
@@ -755,12 +755,7 @@ pub(crate) mod tests {
                 .find(|c| c.name == n)
                 .unwrap_or_else(|| panic!("{n}"))
         };
-        let texts = |c: &Chain| {
-            c.rules
-                .iter()
-                .map(|r| r.text.to_string())
-                .collect::<Vec<_>>()
-        };
+        let texts = |c: &Chain| c.rules.iter().map(|r| r.to_string()).collect::<Vec<_>>();
         for c in &r.filter.chains {
             assert!(c.name.len() <= 28, "{}", c.name);
         }
@@ -907,7 +902,7 @@ pub(crate) mod tests {
                 .jumps
                 .iter()
                 .filter(|j| j.chain == chain)
-                .map(|j| j.rule.text.to_string())
+                .map(|j| j.rule.to_string())
                 .collect()
         };
         let fwd = order("FORWARD");
@@ -958,7 +953,7 @@ pub(crate) mod tests {
             .filter
             .chains
             .iter()
-            .flat_map(|c| c.rules.iter().map(|r| r.text.to_string()))
+            .flat_map(|c| c.rules.iter().map(|r| r.to_string()))
             .collect();
         assert!(
             texts

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use crate::addrs::{AddrSet, PortSet};
 use crate::eval::World;
 use crate::model::{Namespaces, Peer, Pod, Policy, Port, Protocol, Selector};
 
@@ -77,8 +78,8 @@ pub struct Program {
     pub endpoints: BTreeMap<IpAddr, Endpoint>,
     /// By pod (`namespace/name`), addresses or not yet (hostNetwork pods are not here).
     pub by_pod: BTreeMap<String, Endpoint>,
-    pub selector_sets: BTreeMap<SelectorKey, BTreeSet<IpAddr>>,
-    pub named_sets: BTreeMap<NamedKey, BTreeSet<(IpAddr, u16)>>,
+    pub selector_sets: BTreeMap<SelectorKey, AddrSet>,
+    pub named_sets: BTreeMap<NamedKey, PortSet>,
 }
 
 fn text(s: &Selector) -> String {
@@ -207,27 +208,31 @@ impl Program {
                 .collect();
             prog.named_sets.insert(k, members);
         }
-        // Per pod (by index), the policies isolating it, in the policies' order.
-        let wanted: Vec<bool> = pods.iter().map(|p| local(p)).collect();
-        let mut eps: Vec<Endpoint> = vec![Endpoint::default(); pods.len()];
+        // Per local pod (by index), the policies isolating it, in the policies' order. Only
+        // the local ones get an entry: at 150,000 pods a slot for each is 7 MiB.
+        let mut eps: BTreeMap<usize, Endpoint> = pods
+            .iter()
+            .enumerate()
+            .filter(|(_, pod)| !pod.host_network && local(pod))
+            .map(|(i, _)| (i, Endpoint::default()))
+            .collect();
         for p in &policies {
             let id = p.id();
             for i in by_ns.get(p.namespace.as_str()).into_iter().flatten() {
-                if !wanted[*i] || !p.selects(pods[*i]) {
+                let Some(e) = eps.get_mut(i) else { continue };
+                if !p.selects(pods[*i]) {
                     continue;
                 }
                 if p.ingress.is_some() {
-                    eps[*i].ingress.push(id.clone());
+                    e.ingress.push(id.clone());
                 }
                 if p.egress.is_some() {
-                    eps[*i].egress.push(id.clone());
+                    e.egress.push(id.clone());
                 }
             }
         }
-        for ((pod, e), wanted) in pods.iter().zip(eps).zip(wanted) {
-            if pod.host_network || !wanted {
-                continue;
-            }
+        for (i, e) in eps {
+            let pod = pods[i];
             for ip in &pod.ips {
                 prog.endpoints.insert(*ip, e.clone());
             }

@@ -5,6 +5,7 @@
 //! `brindlectl policy explain` are built on these; neither the dataplane nor the datastore
 //! is known here.
 
+pub mod addrs;
 pub mod compile;
 pub mod convert;
 pub mod eval;

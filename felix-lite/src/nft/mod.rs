@@ -24,7 +24,7 @@ pub mod writer;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::family::Family;
-use crate::proxy::rules::{rule_hash, Rule, TAG};
+use crate::proxy::rules::{rule_hash, TAG};
 
 /// Our table's name (in family `ip`, and `ip6` for IPv6).
 pub const TABLE: &str = "brindle";
@@ -170,6 +170,14 @@ impl Table {
     }
 }
 
+/// One rule in nft syntax: its identity hash and its whole text,
+/// `<body> comment "brl:<hash> <comment>"` (shared: a clone costs a count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub hash: u64,
+    pub text: std::sync::Arc<str>,
+}
+
 /// A rule of `chain` in nft syntax, tagged `comment "brl:<hash> <comment>"`.
 pub fn rule(chain: &str, comment: &str, body: &str) -> Rule {
     let hash = rule_hash(chain, comment, body);
@@ -234,8 +242,9 @@ mod tests {
             rule_hash("c", "x\"; flush ruleset\n add \\", "accept")
         );
         let i = crate::proxy::rules::Rule::new("C", "a\"\n-A INPUT -j ACCEPT", "-j RETURN");
-        assert_eq!(i.text.lines().count(), 1, "{}", i.text);
-        assert_eq!(i.text.matches('"').count(), 2, "{}", i.text);
+        let i = i.to_string();
+        assert_eq!(i.lines().count(), 1, "{i}");
+        assert_eq!(i.matches('"').count(), 2, "{i}");
     }
 
     #[test]

@@ -5,9 +5,9 @@ use std::fmt::Write as _;
 
 use super::expr::{compile, element, split_comment};
 use super::netlink::Msg;
+use super::Rule;
 use super::{Hook, SetType, TABLE};
 use crate::family::Family;
-use crate::proxy::rules::Rule;
 
 /// Elements per `add element` / `delete element` statement.
 const ELEMENTS_PER_LINE: usize = 1000;

@@ -24,10 +24,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use brindle_policy::compile::{CompiledRule, NamedKey, PeerMatch, PortMatch, Program, SelectorKey};
 
+use super::Rule;
 use super::{rule, SetType, Table};
 use crate::family::Family;
 use crate::policy::{Account, LocalEndpoint, PolicyContext};
-use crate::proxy::rules::{hash16, Rule};
+use crate::proxy::rules::hash16;
 
 pub const FROM_WL: &str = "from-workload";
 pub const TO_WL: &str = "to-workload";
@@ -135,8 +136,8 @@ impl Renderer {
         for (key, members) in &prog.selector_sets {
             let elements = members
                 .iter()
-                .filter(|ip| family.has(**ip))
-                .map(ToString::to_string)
+                .filter(|ip| family.has(*ip))
+                .map(|ip| ip.to_string())
                 .collect();
             out.sets
                 .push((selector_set(key), address_set(family), elements));

@@ -21,10 +21,11 @@ use std::net::IpAddr;
 
 use ipnetwork::{IpNetwork, Ipv4Network};
 
+use super::Rule;
 use super::{hash8, rule, Hook, SetType, Table};
 use crate::family::Family;
 use crate::proxy::plan::{ChainKind, ExternalStep, NoEndpoint, Plan};
-use crate::proxy::rules::{Rule, ALL_HOSTS_SET, ALL_POOLS_SET, BGP_PEERS_SET, MASQ_POOLS_SET};
+use crate::proxy::rules::{ALL_HOSTS_SET, ALL_POOLS_SET, BGP_PEERS_SET, MASQ_POOLS_SET};
 use crate::proxy::{Endpoint, NatOutgoingExclusions, NodeContext, NodeGuard, ServicePort};
 
 pub const SERVICE_IPS: &str = "service-ips";

@@ -37,12 +37,18 @@ pub const ANTI_SPOOF: &str = "BRL-ANTI-SPOOF";
 /// The comment tag of our rules.
 pub const TAG: &str = "brl:";
 
-/// One rule: its identity hash and its text after `-A <chain> ` (shared: the assembled
-/// ruleset of 10,000 Services clones every rule, and a clone must cost a count, not a copy).
+/// One rule: its identity hash and what follows `-A <chain> `, which [`Rule`]'s `Display`
+/// writes: `-m comment --comment "brl:<hash> <comment>" <body>`. Only the comment and body
+/// are held (the tag and hash are 43 bytes of 190 at 10,000 Services), in one shared string:
+/// the assembled ruleset clones every fixed chain's rules at every sync, and a clone must
+/// cost a count, not a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub hash: u64,
-    pub text: std::sync::Arc<str>,
+    /// The comment (already made safe) followed by the body.
+    tail: Arc<str>,
+    /// The comment's length in `tail`.
+    comment: u8,
 }
 
 impl Rule {
@@ -50,14 +56,33 @@ impl Rule {
     pub fn new(chain: &str, comment: &str, body: &str) -> Rule {
         let hash = rule_hash(chain, comment, body);
         let comment = safe_comment(comment);
-        let text = if comment.is_empty() {
-            format!("-m comment --comment {TAG}{hash:016x} {body}")
-        } else {
-            format!("-m comment --comment \"{TAG}{hash:016x} {comment}\" {body}")
-        };
+        let mut tail = String::with_capacity(comment.len() + body.len());
+        tail.push_str(&comment);
+        tail.push_str(body);
         Rule {
             hash,
-            text: text.into(),
+            tail: tail.into(),
+            comment: u8::try_from(comment.len()).expect("cut at MAX_COMMENT"),
+        }
+    }
+
+    /// The comment people see after the tag and hash (cut and made safe).
+    pub fn comment(&self) -> &str {
+        &self.tail[..usize::from(self.comment)]
+    }
+
+    /// The rule's matches and target, after the comment.
+    pub fn body(&self) -> &str {
+        &self.tail[usize::from(self.comment)..]
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (hash, body) = (self.hash, self.body());
+        match self.comment() {
+            "" => write!(f, "-m comment --comment {TAG}{hash:016x} {body}"),
+            c => write!(f, "-m comment --comment \"{TAG}{hash:016x} {c}\" {body}"),
         }
     }
 }
@@ -66,6 +91,7 @@ impl Rule {
 /// bytes (the whole transaction with it) and iptables one over 255; a Service's or policy's
 /// namespace and name alone can be 316. The rule's hash is of the whole comment.
 pub const MAX_COMMENT: usize = 100;
+const _: () = assert!(MAX_COMMENT <= u8::MAX as usize);
 
 /// A comment as written into a rule: a quote, a backslash or a control character (a
 /// newline would start a line of its own in the restore or `nft -f` input) becomes `_`, and
@@ -754,8 +780,9 @@ mod tests {
         let a = Rule::new("C", &format!("{long}a"), "-j ACCEPT");
         let b = Rule::new("C", &format!("{long}b"), "-j ACCEPT");
         assert_ne!(a.hash, b.hash);
-        assert_ne!(a.text, b.text, "the hash is in the text");
-        assert!(a.text.contains(&*c) && !a.text.contains(&long[..120]));
+        let (a, b) = (a.to_string(), b.to_string());
+        assert_ne!(a, b, "the hash is in the text");
+        assert!(a.contains(&*c) && !a.contains(&long[..120]));
     }
 
     fn svc(eps: &[(u8, &str)]) -> ServicePort {
@@ -797,8 +824,8 @@ mod tests {
             masquerade_bit: 14,
         }
     }
-    fn texts(rules: &[Rule]) -> Vec<&str> {
-        rules.iter().map(|r| &*r.text).collect()
+    fn texts(rules: &[Rule]) -> Vec<String> {
+        rules.iter().map(Rule::to_string).collect()
     }
 
     #[test]
@@ -825,7 +852,7 @@ mod tests {
         assert!(!t[3].contains("statistic"));
         assert_eq!(r.chains.len(), 4); // SVC + 3 SEP
         assert!(r.chains[1].rules[1]
-            .text
+            .body()
             .ends_with("-p tcp -m tcp -j DNAT --to-destination 10.180.0.1:80"));
         assert!(r.filter_services.is_empty());
     }
@@ -862,7 +889,7 @@ mod tests {
             .unwrap();
         // Pod and node traffic short-circuits to the cluster chain; nothing goes to SVL.
         assert_eq!(ext.rules.len(), 3);
-        assert!(!ext.rules.iter().any(|r| r.text.contains("BRL-SVL-")));
+        assert!(!ext.rules.iter().any(|r| r.to_string().contains("BRL-SVL-")));
     }
 
     #[test]
@@ -874,7 +901,7 @@ mod tests {
         assert!(t[1].contains("--rcheck --seconds 10800 --reap --name BRL-SEP-"));
         assert!(t[3].contains("statistic"));
         assert!(r.chains[1].rules[1]
-            .text
+            .body()
             .contains("-m recent --set --name BRL-SEP-"));
     }
 
@@ -901,21 +928,21 @@ mod tests {
             .iter()
             .find(|c| c.name == HOST_GUARD)
             .unwrap();
-        assert!(g.rules[0].text.ends_with(
+        assert!(g.rules[0].body().ends_with(
             "-p tcp -m set --match-set brl40all-ipam-pools src -m multiport --dports 179,1790 -j DROP"
         ));
         let first = |chain: &str| r.filter.jumps.iter().find(|j| j.chain == chain).unwrap();
-        assert!(first("INPUT").rule.text.ends_with("-j BRL-HOST-GUARD"));
-        assert!(g.rules.last().unwrap().text.ends_with(
+        assert!(first("INPUT").rule.body().ends_with("-j BRL-HOST-GUARD"));
+        assert!(g.rules.last().unwrap().body().ends_with(
             "-p 4 -m addrtype --dst-type LOCAL -m set ! --match-set brl40all-hosts-net src -j DROP"
         ));
         assert_eq!(r.raw.jumps[0].chain, "PREROUTING");
         assert!(r.raw.chains[0].rules[0]
-            .text
+            .body()
             .ends_with("-i brl+ -m rpfilter --invert -j DROP"));
         assert!(first("FORWARD")
             .rule
-            .text
+            .body()
             .ends_with("-m set --match-set brl40all-hosts-net dst -j BRL-HOST-GUARD"));
         let nat = r
             .nat
@@ -923,7 +950,7 @@ mod tests {
             .iter()
             .find(|c| c.name == NAT_OUTGOING)
             .unwrap();
-        assert!(nat.rules[0].text.contains(
+        assert!(nat.rules[0].body().contains(
             "! --match-set brl40all-ipam-pools dst -m set ! --match-set brl40all-hosts-net dst"
         ));
         let calico = NodeGuard {
@@ -937,6 +964,6 @@ mod tests {
             .iter()
             .find(|c| c.name == NAT_OUTGOING)
             .unwrap();
-        assert!(!nat.rules[0].text.contains(ALL_HOSTS_SET));
+        assert!(!nat.rules[0].body().contains(ALL_HOSTS_SET));
     }
 }
