@@ -42,6 +42,11 @@ fn agent_killed_ten_times_during_1000_adds_and_dels_leaves_nothing_to_repair() {
             )
         };
         wait_socket();
+        // The socket is served only after the agent's first dataplane sync.
+        assert!(
+            lab.nodes[0].dataplane_ready_file().exists(),
+            "IPAM served before the dataplane was programmed"
+        );
         // The pods exist, so the controller's collector (running, with a 5 s grace) has no
         // reason to take their addresses.
         lab.block_on(async {

@@ -275,6 +275,8 @@ fn cleanup_leaves_the_node_as_it_found_it() {
         ok(lab, &["nft", "add", "table", "ip", "theirs"]);
         ok(lab, &["nft", "add", "table", "ip", "brindle"]);
         let sock = lab.node("node-0").control_socket().display().to_string();
+        let ready = lab.node("node-0").dataplane_ready_file();
+        let ready_arg = ready.display().to_string();
         // `prefix`: a command the cleanup runs under (setpriv, to drop a capability).
         let cleanup_under = |lab: &brindle_lab::Lab, prefix: &[&str]| {
             let bin = brindle_lab::binary("brindle-node");
@@ -284,6 +286,8 @@ fn cleanup_leaves_the_node_as_it_found_it() {
                 "--cleanup",
                 "--control-socket",
                 &sock,
+                "--dataplane-ready-file",
+                &ready_arg,
             ]);
             let o = lab.node("node-0").ns.command(&argv).output().unwrap();
             let said = String::from_utf8_lossy(&o.stdout).to_string()
@@ -292,8 +296,13 @@ fn cleanup_leaves_the_node_as_it_found_it() {
         };
         let cleanup = |lab: &brindle_lab::Lab| cleanup_under(lab, &[]);
         // While the agent runs, cleanup refuses (it would only cause an outage).
+        assert!(
+            ready.exists(),
+            "the agent has synced: the CNI plugin may wire pods"
+        );
         let (done, said) = cleanup(lab);
         assert!(!done && said.contains("still running"), "{said}");
+        assert!(ready.exists(), "a refused cleanup takes nothing");
         assert!(ok(lab, &["iptables-legacy-save", "-t", "nat"]).contains("BRL-SERVICES"));
         // The DaemonSet gone: pods drained, the agent stopped; its rules and routes stay.
         lab.pod_del("c0").unwrap();
@@ -325,6 +334,11 @@ fn cleanup_leaves_the_node_as_it_found_it() {
         drop(elsewhere);
         assert!(done, "{said}");
         assert!(said.contains("nothing of Brindle's is left"), "{said}");
+        // The CNI plugin, without an agent, wires no pod onto a node without our rules.
+        assert!(
+            !ready.exists() && said.contains("dataplane-ready file: removed"),
+            "{said}"
+        );
         let ipt = ok(lab, &["iptables-legacy-save"]);
         assert!(!ipt.contains("BRL-") && !ipt.contains("brl:"), "{ipt}");
         assert!(

@@ -242,6 +242,8 @@ fn everything_works_against_etcd_requiring_client_certificates() {
                     "127.0.0.1:19099",
                     "--nodename-file",
                     lab.dir.path().join("x-nodename").to_str().expect("path"),
+                    "--dataplane-ready-file",
+                    lab.dir.path().join("x-ready").to_str().expect("path"),
                 ])
                 .stdout(f.try_clone().expect("log"))
                 .stderr(f)

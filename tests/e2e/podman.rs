@@ -333,6 +333,14 @@ fn podman_runs_containers_on_one_and_two_brindle_networks_and_leaks_nothing() {
     };
     with_lab(spec, |lab| {
         let node = "node-0";
+        // podman, unlike the kubelet, does not retry an ADD the plugin refuses because the
+        // node's dataplane is not programmed yet: start once it is.
+        let ready = lab.node(node).dataplane_ready_file();
+        wait_for(
+            "the agent's first dataplane sync",
+            Duration::from_secs(60),
+            || ready.exists().then_some(()),
+        );
         let pm = Podman::new(lab, node, &["a", "b"]);
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| scenario(lab, &pm, node)));
         if let Err(e) = r {

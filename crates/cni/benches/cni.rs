@@ -251,12 +251,15 @@ fn main() {
     while !socket.exists() {
         std::thread::sleep(Duration::from_millis(10));
     }
+    // As brindle-node leaves it once the node's dataplane is programmed.
+    let ready = dir.join("dataplane-ready");
+    std::fs::write(&ready, "synced").expect("the dataplane-ready file");
     let brindle = |ipam_socket: &std::path::Path| {
         json!({
             "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "brindle-cni",
             "nodename": "bench-node", "datastore_type": "etcd", "etcd_endpoints": etcd.endpoint(),
             "log_file_path": dir.join("cni.log"), "ipam_lock_file": dir.join("ipam.lock"),
-            "ipam_socket": ipam_socket,
+            "ipam_socket": ipam_socket, "dataplane_ready_file": ready,
         })
         .to_string()
     };

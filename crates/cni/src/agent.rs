@@ -29,6 +29,9 @@ use crate::podipam::{self, AddRequest, Batch, DelRequest, Record};
 use crate::spec::{code, CniError};
 
 pub const DEFAULT_SOCKET: &str = "/run/brindle/ipam.sock";
+/// Where brindle-node says it has programmed the node's dataplane since boot (the plugin's
+/// `dataplane_ready_file`).
+pub const DEFAULT_READY_FILE: &str = "/run/brindle/dataplane-ready";
 /// Largest request line the agent reads.
 const MAX_LINE: u64 = 1 << 20;
 

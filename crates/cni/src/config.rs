@@ -58,6 +58,12 @@ pub struct NetConf {
     /// brindle-node's IPAM socket; `""` never asks the agent.
     #[serde(default = "default_ipam_socket")]
     pub ipam_socket: PathBuf,
+    /// Written by brindle-node once it has programmed this node's dataplane (the guard of the
+    /// node's own ports, anti-spoofing, policy) since the node booted (it is on tmpfs). When
+    /// the agent does not answer, ADD wires a pod only if it is there, and STATUS is not
+    /// ready without it. `""` never checks.
+    #[serde(default = "default_dataplane_ready_file")]
+    pub dataplane_ready_file: PathBuf,
     #[serde(default)]
     pub ipam: IpamConf,
     #[serde(rename = "prevResult", default)]
@@ -119,6 +125,9 @@ fn default_prefix() -> String {
 }
 fn default_ipam_socket() -> PathBuf {
     crate::agent::DEFAULT_SOCKET.into()
+}
+fn default_dataplane_ready_file() -> PathBuf {
+    crate::agent::DEFAULT_READY_FILE.into()
 }
 fn default_lock() -> PathBuf {
     "/run/brindle/ipam.lock".into()

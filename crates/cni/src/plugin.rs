@@ -263,7 +263,12 @@ impl Ctx {
         let got = match answer {
             Some(got) => got,
             None => {
-                let got = self.ipam_here(&req).await;
+                // The agent, when it answers, holds the ADD until the pod's chains are in;
+                // without it, a pod is wired only onto a dataplane the agent has programmed.
+                let got = match self.dataplane_ready(code::TRY_AGAIN_LATER) {
+                    Ok(()) => self.ipam_here(&req).await,
+                    Err(e) => Err(e),
+                };
                 ipam_t = t.elapsed();
                 got
             }
@@ -656,8 +661,29 @@ impl Ctx {
         Ok(())
     }
 
-    /// CNI 1.1 STATUS: ready when the datastore answers and an enabled pool exists.
+    /// Whether brindle-node has programmed this node's dataplane since the node booted
+    /// (`dataplane_ready_file`). A pod wired before that has nothing between it and the
+    /// node's own ports (BGP among them), no anti-spoofing and no NetworkPolicy.
+    fn dataplane_ready(&self, code: u32) -> CniResult<()> {
+        let file = &self.conf.dataplane_ready_file;
+        if file.as_os_str().is_empty() || file.exists() {
+            return Ok(());
+        }
+        Err(CniError::new(
+            code,
+            "brindle-node has not programmed this node's dataplane yet",
+            format!(
+                "{} is not there: until brindle-node's first sync since boot, no rule guards \
+                 the node's ports or stops spoofing, so no pod is wired (is brindle-node running?)",
+                file.display()
+            ),
+        ))
+    }
+
+    /// CNI 1.1 STATUS: ready when brindle-node has programmed the node's dataplane, the
+    /// datastore answers and an enabled pool exists.
     pub async fn status(&self) -> CniResult<()> {
+        self.dataplane_ready(code::NOT_AVAILABLE)?;
         let pools = self
             .store()
             .await?

@@ -735,3 +735,53 @@ async fn an_annotated_address_must_come_from_a_pool_the_pod_may_use() {
         );
     }
 }
+
+/// Before brindle-node has programmed the node's dataplane since boot, nothing guards the
+/// node's ports (BGP), stops spoofing or enforces policy: without an agent to ask, ADD wires
+/// no pod (CNI's "try again later", which kubelet retries) and STATUS is not ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_pod_is_wired_before_the_agent_has_programmed_the_dataplane() {
+    let f = Fixture::new("10.68.0.0/16").await;
+    let pod = Netns::new("brl-pod");
+    std::fs::remove_file(f.ready_file()).unwrap();
+    let conf = f.conf("1.1.0");
+    let out = f.cni(
+        "ADD",
+        "c1",
+        Some(("default", "early")),
+        Some(&pod.path()),
+        &conf,
+    );
+    assert!(!out.ok, "wired before the dataplane: {}", out.json);
+    assert_eq!(out.json["code"], 11, "{}", out.json);
+    let details = out.json["details"].as_str().unwrap_or_default();
+    assert!(details.contains("dataplane-ready"), "{}", out.json);
+    assert!(f.allocated().await.is_empty(), "nothing allocated");
+    assert!(f.host_veths().is_empty(), "no interface left");
+    assert_eq!(f.handles().await, 0, "no handle");
+    let out = f.cni("STATUS", "", None, None, &conf);
+    assert!(!out.ok, "ready before the dataplane: {}", out.json);
+    assert_eq!(out.json["code"], 50, "{}", out.json);
+
+    // Once the agent has synced, the same ADD goes through.
+    std::fs::write(f.ready_file(), "synced").unwrap();
+    let out = f.cni(
+        "ADD",
+        "c1",
+        Some(("default", "early")),
+        Some(&pod.path()),
+        &conf,
+    );
+    assert!(out.ok, "{}", out.json);
+    assert_eq!(f.allocated().await.len(), 1);
+    let out = f.cni("STATUS", "", None, None, &conf);
+    assert!(out.ok, "{}", out.json);
+    let out = f.cni(
+        "DEL",
+        "c1",
+        Some(("default", "early")),
+        Some(&pod.path()),
+        &conf,
+    );
+    assert!(out.ok, "{}", out.json);
+}

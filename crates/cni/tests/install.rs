@@ -69,6 +69,8 @@ async fn the_installed_plugin_accepts_the_installed_configuration() {
             d.join("cni.log").to_str().unwrap(),
             "--ipam-lock-file",
             d.join("ipam.lock").to_str().unwrap(),
+            "--dataplane-ready-file",
+            f.ready_file().to_str().unwrap(),
         ],
         &[],
     );

@@ -274,6 +274,11 @@ impl LabNode {
     pub fn ipam_socket(&self) -> PathBuf {
         self.dir.join("ipam.sock")
     }
+    /// Written by this node's agent once it has programmed the dataplane (kept while the
+    /// lab lives: the node's "boot").
+    pub fn dataplane_ready_file(&self) -> PathBuf {
+        self.dir.join("dataplane-ready")
+    }
     /// The CNI cache (libcni's `/var/lib/cni`) of this node's container runtime, if any.
     pub fn cni_cache_dir(&self) -> PathBuf {
         self.dir.join("cni-cache")
@@ -775,6 +780,8 @@ impl Lab {
             n.ipam_socket().display().to_string(),
             "--nodename-file".into(),
             n.dir.join("nodename").display().to_string(),
+            "--dataplane-ready-file".into(),
+            n.dataplane_ready_file().display().to_string(),
             // Every address, as the DaemonSet's: a Prometheus in the fabric scrapes it.
             "--metrics-listen".into(),
             "[::]:9091".into(),

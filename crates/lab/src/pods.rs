@@ -178,6 +178,7 @@ impl Lab {
             "log_file_path": n.dir.join("cni.log"),
             "ipam_lock_file": n.dir.join("ipam.lock"),
             "ipam_socket": n.ipam_socket(),
+            "dataplane_ready_file": n.dataplane_ready_file(),
             "ipam": {
                 "type": "brindle-ipam",
                 "assign_ipv4": self.spec.v4(),
@@ -206,7 +207,8 @@ impl Lab {
         c
     }
 
-    /// Runs brindle-cni in the node's namespace; Ok(result) or Err(the error JSON / text).
+    /// Runs brindle-cni in the node's namespace; Ok(result) or Err(the error JSON / text)
+    /// (ADD refused with code 11 is not tried again here: [`Lab::pod_add`] does that).
     pub fn cni(
         &self,
         command: &str,
@@ -341,7 +343,16 @@ impl Lab {
         );
         std::thread::sleep(gap);
         let started = std::time::Instant::now();
-        let res = self.cni("ADD", node, name, &cid, &ns.path())?;
+        // As the kubelet does, an ADD refused with "try again later" (CNI code 11: the node's
+        // agent has not programmed its dataplane yet, or the datastore is away) is tried again.
+        let res = loop {
+            match self.cni("ADD", node, name, &cid, &ns.path()) {
+                Err(e) if try_again(&e) && started.elapsed() < ADD_RETRY_FOR => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                r => break r?,
+            }
+        };
         self.last_add = Some(started.elapsed());
         let ips: Vec<IpAddr> = res["ips"]
             .as_array()
@@ -771,4 +782,12 @@ impl Lab {
         }
         ok
     }
+}
+
+/// How long a pod's ADD is tried again while the plugin says "try again later".
+const ADD_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Whether the plugin's error is CNI's "try again later" (11).
+fn try_again(error: &str) -> bool {
+    serde_json::from_str::<Value>(error).is_ok_and(|v| v["code"] == 11)
 }

@@ -81,11 +81,17 @@ fn refuse(control_socket: &Path) -> Option<String> {
 }
 
 /// Runs every step, says what each removed, and fails at the end if any step failed.
-pub fn run(runner: &Runner, control_socket: &Path) -> anyhow::Result<()> {
+pub fn run(runner: &Runner, control_socket: &Path, ready: Option<&Path>) -> anyhow::Result<()> {
     if let Some(why) = refuse(control_socket) {
         anyhow::bail!("not cleaning up: {why}");
     }
     let mut failed = vec![];
+    // First: from here on the CNI plugin wires no pod without an agent.
+    match crate::ready::clear(ready) {
+        Ok(true) => println!("dataplane-ready file: removed"),
+        Ok(false) => {}
+        Err(e) => failed.push(format!("the dataplane-ready file: {e}")),
+    }
     for b in [Backend::Legacy, Backend::Nft] {
         if runner.backend(b.name()).is_err() {
             println!("iptables-{}: not usable here, nothing of ours", b.name());

@@ -28,6 +28,7 @@ mod health;
 mod leak_task;
 mod metrics;
 mod policy_state;
+mod ready;
 mod register;
 mod service_task;
 mod services;
@@ -109,6 +110,15 @@ struct Args {
         default_value = "/var/lib/brindle/nodename"
     )]
     nodename_file: PathBuf,
+    /// Written once this run (or an earlier one since boot: keep it on tmpfs) has programmed
+    /// the node's dataplane: the CNI plugin's `dataplane_ready_file`. Without an agent to ask,
+    /// the plugin wires no pod before it exists. `none`: not written.
+    #[arg(
+        long,
+        env = "BRINDLE_DATAPLANE_READY_FILE",
+        default_value = brindle_cni::agent::DEFAULT_READY_FILE
+    )]
+    dataplane_ready_file: PathBuf,
     /// tunl0's MTU; 0 = the uplink's MTU less 20.
     #[arg(long, env = "BRINDLE_IPIP_MTU", default_value_t = 0)]
     ipip_mtu: u32,
@@ -509,11 +519,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// `--dataplane-ready-file`, unless `none`.
+fn ready_file(a: &Args) -> Option<PathBuf> {
+    (a.dataplane_ready_file.as_os_str() != "none").then(|| a.dataplane_ready_file.clone())
+}
+
 async fn agent() -> std::process::ExitCode {
     let a = Args::parse();
     init_logging(&a);
     if a.cleanup {
-        return match cleanup::run(&Runner::default(), &a.control_socket) {
+        let ready = ready_file(&a);
+        return match cleanup::run(&Runner::default(), &a.control_socket, ready.as_deref()) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("brindle-node --cleanup: {e:#}");
@@ -679,6 +695,14 @@ async fn run(a: Args) -> anyhow::Result<()> {
             None
         }
     };
+    if dataplane.is_none() {
+        // Nothing of the dataplane's will come (off, or not usable here: said above).
+        ready::mark(ready_file(&a).as_deref(), "no dataplane on this node");
+    }
+    // IPAM is served once the dataplane is programmed: a pod the agent wired before that
+    // would have no guard, anti-spoofing or policy (meanwhile the plugin's own IPAM refuses
+    // too, without the ready file, and the kubelet retries).
+    let (synced_tx, synced_rx) = watch::channel(dataplane.is_none());
     let (attach_tx, attach_rx) = tokio::sync::mpsc::channel(1024);
     let policy_on = a.policy && dataplane.is_some();
     if let Some(path) = ipam_socket.clone() {
@@ -696,7 +720,15 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 std::sync::Arc::new(move |op, result, took| m.request(op, result, took))
             }),
         };
+        let mut synced = synced_rx.clone();
         tasks.spawn("ipam-socket", async move {
+            if !*synced.borrow() {
+                info!("the IPAM socket is served after the dataplane's first sync");
+                if synced.wait_for(|s| *s).await.is_err() {
+                    // The dataplane's task is gone: nothing will be programmed.
+                    std::future::pending::<()>().await;
+                }
+            }
             let path = server.path.clone();
             if let Err(e) = server.run().await {
                 // Not worth a restart: the plugin does the same work itself.
@@ -743,6 +775,8 @@ async fn run(a: Args) -> anyhow::Result<()> {
                 metrics: metrics.clone(),
                 nat_outgoing_exclusions: a.nat_outgoing_exclusions,
                 workload_prefix: a.veth_prefix.clone(),
+                ready_file: ready_file(&a),
+                synced: synced_tx,
                 tool_timeout: a.iptables_tool_timeout,
                 services: a.services,
                 ipv6_node: me.ip6.is_some(),

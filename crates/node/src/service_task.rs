@@ -52,6 +52,10 @@ pub struct ServiceTask {
     pub nat_outgoing_exclusions: NatOutgoingExclusions,
     /// The pods' host interfaces' prefix (anti-spoofing).
     pub workload_prefix: String,
+    /// Written after the first sync (`--dataplane-ready-file`).
+    pub ready_file: Option<std::path::PathBuf>,
+    /// Set after the first sync (the IPAM socket waits for it).
+    pub synced: watch::Sender<bool>,
     pub pulse: crate::supervise::Pulse,
     /// The deadline of each iptables or ipset tool run.
     pub tool_timeout: Duration,
@@ -722,6 +726,12 @@ impl ServiceTask {
                             }
                             if first && !rep.wrote {
                                 info!(services = st.services.len(), rules_total = rep.rules_total, "services: the tables already hold every rule (nothing written)");
+                            }
+                            if first {
+                                // The guard, anti-spoofing and (with every policy, namespace
+                                // and pod listed) NetworkPolicy are in the kernel.
+                                crate::ready::mark(self.ready_file.as_deref(), &format!("{} programmed", self.dataplane.name()));
+                                self.synced.send_replace(true);
                             }
                             first = false;
                             if rep.wrote {

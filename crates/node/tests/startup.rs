@@ -47,6 +47,13 @@ impl Node {
         let ep = format!("http://{}", self.forward.addr);
         let sock = self.dir.path().join("bgpd.sock").display().to_string();
         let name = self.dir.path().join("nodename").display().to_string();
+        let ipam = self.dir.path().join("ipam.sock").display().to_string();
+        let ready = self
+            .dir
+            .path()
+            .join("dataplane-ready")
+            .display()
+            .to_string();
         let mut args = vec![
             env!("CARGO_BIN_EXE_brindle-node"),
             "--nodename",
@@ -59,6 +66,10 @@ impl Node {
             &sock,
             "--nodename-file",
             &name,
+            "--ipam-socket",
+            &ipam,
+            "--dataplane-ready-file",
+            &ready,
             "--metrics-listen",
             "none",
         ];

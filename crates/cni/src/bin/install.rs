@@ -79,6 +79,14 @@ struct Args {
         default_value = "/run/brindle/ipam.lock"
     )]
     ipam_lock_file: PathBuf,
+    /// Where brindle-node says it has programmed the node's dataplane (its
+    /// `--dataplane-ready-file`): without the agent, the plugin wires no pod before it exists.
+    #[arg(
+        long,
+        env = "BRINDLE_DATAPLANE_READY_FILE",
+        default_value = brindle_cni::agent::DEFAULT_READY_FILE
+    )]
+    dataplane_ready_file: PathBuf,
     /// The service account token copy the plugin's kubeconfig names (host path).
     #[arg(
         long,
@@ -161,6 +169,7 @@ fn run(a: &Args) -> anyhow::Result<()> {
         "log_level": a.log_level,
         "log_file_path": a.log_file,
         "ipam_lock_file": a.ipam_lock_file,
+        "dataplane_ready_file": a.dataplane_ready_file,
         "ipam": {"type": "brindle-ipam"},
     });
     if !a.assign_ipv4 && !a.assign_ipv6 {

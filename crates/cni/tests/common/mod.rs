@@ -85,14 +85,22 @@ impl Fixture {
             .parse()
             .unwrap();
         let forward = PortForward::new(&node, target);
-        Fixture {
+        let f = Fixture {
             forward,
             fabric,
             etcd,
             store,
             node,
             dir: tempfile_dir::Dir::new(),
-        }
+        };
+        // As brindle-node leaves it once it has programmed the node's dataplane.
+        std::fs::write(f.ready_file(), "synced").unwrap();
+        f
+    }
+
+    /// The conf's `dataplane_ready_file`.
+    pub fn ready_file(&self) -> std::path::PathBuf {
+        self.dir.0.join("dataplane-ready")
     }
 
     pub fn conf(&self, version: &str) -> Value {
@@ -109,6 +117,7 @@ impl Fixture {
             "ipam_lock_file": self.dir.0.join("ipam.lock"),
             // The plugin's own IPAM (tests/agent.rs serves it from an agent instead).
             "ipam_socket": "",
+            "dataplane_ready_file": self.ready_file(),
             "ipam": {"type": "brindle-ipam"}
         })
     }
