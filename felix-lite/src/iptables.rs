@@ -837,6 +837,7 @@ fn swap_in(
 /// the first sync).
 struct Plan<'w> {
     changed: Vec<&'w Chain>,
+    /// Chains of ours the ruleset no longer has.
     deleted: Vec<String>,
     /// Built-in chains whose rules (ours among them) change: their contents after.
     builtins: Vec<(String, Vec<Option<u64>>)>,
@@ -884,6 +885,7 @@ impl Plan<'_> {
     }
 }
 
+/// The text of one of our jumps, as read or as we wrote it.
 fn jump_text(have: &TableState, p: &Plan, h: u64) -> Option<String> {
     have.jump_texts.get(&h).cloned().or_else(|| {
         p.jump_texts
@@ -893,6 +895,7 @@ fn jump_text(have: &TableState, p: &Plan, h: u64) -> Option<String> {
     })
 }
 
+/// The kernel's chain holds exactly these rules of ours, in this order, and nothing else.
 fn same(have: Option<&Vec<Option<u64>>>, want: &[Rule]) -> bool {
     have.is_some_and(|h| {
         h.len() == want.len() && h.iter().zip(want).all(|(a, r)| *a == Some(r.hash))

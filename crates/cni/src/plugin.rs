@@ -263,8 +263,9 @@ impl Ctx {
         let got = match answer {
             Some(got) => got,
             None => {
-                // The agent, when it answers, holds the ADD until the pod's chains are in;
-                // without it, a pod is wired only onto a dataplane the agent has programmed.
+                // The agent answers only once it has programmed the node's dataplane (and,
+                // with policy, holds an ADD until the pod's chains are in); without it, a pod
+                // is wired only onto a dataplane the agent has programmed since boot.
                 let got = match self.dataplane_ready(code::TRY_AGAIN_LATER) {
                     Ok(()) => self.ipam_here(&req).await,
                     Err(e) => Err(e),
