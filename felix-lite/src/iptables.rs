@@ -911,6 +911,8 @@ fn plan<'w>(want: &'w TableRules, have: &TableState, report: &mut SyncReport) ->
         edits: String::new(),
         jump_texts: vec![],
     };
+    // The chains to write: their rules go straight from the ruleset into the tool's input
+    // (at 10,000 Services the rules are tens of MiB: no copy of them is made on the way).
     for c in &want.chains {
         if same(have.chains.get(&c.name), &c.rules) {
             continue;
@@ -929,6 +931,8 @@ fn plan<'w>(want: &'w TableRules, have: &TableState, report: &mut SyncReport) ->
     stale.sort();
     report.chains_deleted += stale.len();
     p.deleted = stale.into_iter().cloned().collect();
+    // Built-in chains: ours that are no longer wanted go (deleted by their text as read),
+    // missing ones are inserted at the top; the rest of the chain is not ours to touch.
     let mut builtins: Vec<&str> = want.jumps.iter().map(|j| j.chain).collect();
     builtins.extend(
         have.chains
@@ -958,6 +962,9 @@ fn plan<'w>(want: &'w TableRules, have: &TableState, report: &mut SyncReport) ->
                 report.jumps_removed += 1;
             }
         }
+        // Ours must stand in the order given (the guard before the policy's accept, the
+        // policy before the Services' accepts): when one is missing or they are out of
+        // order, all of ours go and are inserted again together, in one restore.
         let present: Vec<u64> = rules
             .iter()
             .flatten()
@@ -965,6 +972,8 @@ fn plan<'w>(want: &'w TableRules, have: &TableState, report: &mut SyncReport) ->
             .filter(|h| ours.contains(h))
             .collect();
         if present != ours {
+            // Where the first of ours stood (the top when none is there): a foreign rule
+            // above them stays above.
             let at = rules
                 .iter()
                 .position(|r| r.is_some_and(|h| ours.contains(&h)))
